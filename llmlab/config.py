@@ -1,0 +1,173 @@
+"""Typed dataclass configs loaded from YAML and overridden by `key=value` CLI arguments.
+
+Every stage has one dataclass; field names follow HF/TRL (`learning_rate`, `max_length`, ...).
+Unknown keys, wrong types and missing files raise `UserError` naming the key or file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from llmlab.errors import UserError
+
+T = TypeVar("T")
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Convert `value` (from YAML or a CLI string) to the annotated type `tp`, or raise UserError."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(name, value, a)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0] if errors else f"config key '{name}': bad value {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise UserError(f"config key '{name}': {value!r} is not one of {list(args)}")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""] if value else []
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key '{name}': expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(name, v, inner) for v in value] if inner is not Any else list(value)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{name}': expected a mapping, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise UserError(f"config key '{name}': expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise UserError(f"config key '{name}': expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise UserError(f"config key '{name}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise UserError(f"config key '{name}': expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"config key '{name}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"config key '{name}': expected a string, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{name}': expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=f"{name}.")
+    return value
+
+
+def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
+    """Build dataclass `cls` from a (possibly nested) dict with type checks."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise UserError(f"unknown config key '{prefix}{key}' for {cls.__name__}; "
+                            f"known keys: {', '.join(sorted(fields))}")
+        kwargs[key] = _coerce(prefix + key, value, hints[key])
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:  # __post_init__ validation
+        raise UserError(f"{cls.__name__}: {e}") from None
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {p}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {p}: top level must be a mapping of key: value")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`a=1 b.c=x` -> {'a': '1', 'b': {'c': 'x'}}; values stay strings (typed later) unless YAML-ish lists."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"expected key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        if not key:
+            raise UserError(f"empty key in '{item}'")
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        if value.startswith("[") and value.endswith("]"):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise UserError(f"config key '{key}': bad list {value!r}") from None
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(cls: type[T], args: list[str]) -> T:
+    """`[config.yaml] [key=value ...]` -> a `cls` instance. YAML first, then overrides."""
+    data: dict = {}
+    rest = list(args)
+    if rest and "=" not in rest[0]:
+        data = load_yaml(rest.pop(0))
+    return from_dict(cls, _merge(data, parse_overrides(rest)))
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)

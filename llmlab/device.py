@@ -1,0 +1,58 @@
+"""Device, dtype and thread setup, in one place.
+
+CPU torch slows down ~10x when threads outnumber free cores, so we never use more threads
+than the cores this process may run on.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from llmlab.errors import UserError
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def setup_threads(num_threads: int | None = None) -> int:
+    """Use at most the available cores (or `num_threads`, if smaller); returns the count."""
+    n = available_cores()
+    if num_threads:
+        n = min(n, num_threads)
+    env = os.environ.get("OMP_NUM_THREADS")
+    if env and env.isdigit() and not num_threads:
+        n = min(n, int(env))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' requested but CUDA is not available")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto' is fp32 on CPU (bf16 matmuls are ~100x slower there) and bf16 on GPUs that support it."""
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if name not in _DTYPES:
+        raise UserError(f"unknown dtype '{name}'; use one of auto, {', '.join(sorted(_DTYPES))}")
+    return _DTYPES[name]

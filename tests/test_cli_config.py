@@ -1,0 +1,95 @@
+"""The CLI and typed configs: overrides, YAML, and one-line errors with exit code 2."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import pytest
+
+from llmlab.cli import all_verbs, main
+from llmlab.config import load_config
+from llmlab.errors import UserError
+
+
+@dataclass
+class Inner:
+    depth: int = 2
+
+
+@dataclass
+class Cfg:
+    learning_rate: float = 1e-3
+    max_length: int = 128
+    bf16: bool = False
+    name: str = "x"
+    mode: Literal["a", "b"] = "a"
+    tags: list[str] = field(default_factory=list)
+    warmup: Optional[int] = None
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_yaml_then_overrides(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("learning_rate: 3.0e-4\nmax_length: 64\ninner:\n  depth: 4\n")
+    cfg = load_config(Cfg, [str(y), "max_length=256", "bf16=true", "tags=a,b", "inner.depth=6", "warmup=none"])
+    assert cfg == Cfg(learning_rate=3e-4, max_length=256, bf16=True, tags=["a", "b"], inner=Inner(6))
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["nosuch=1"], "unknown config key 'nosuch'"),
+    (["max_length=1.5"], "config key 'max_length': expected an integer"),
+    (["bf16=maybe"], "config key 'bf16': expected true/false"),
+    (["mode=c"], "config key 'mode': 'c' is not one of"),
+    (["inner.width=3"], "unknown config key 'inner.width'"),
+    (["missing.yaml"], "config file not found: missing.yaml"),
+    (["noequals", "x"], "config file not found: noequals"),
+    (["a=1", "oops"], "expected key=value, got 'oops'"),
+])
+def test_config_errors_name_the_key(args, msg):
+    with pytest.raises(UserError, match=msg):
+        load_config(Cfg, args)
+
+
+def test_bad_yaml(tmp_path):
+    y = tmp_path / "bad.yaml"
+    y.write_text("a: [1, 2\n")
+    with pytest.raises(UserError, match="invalid YAML"):
+        load_config(Cfg, [str(y)])
+
+
+def test_every_verb_has_help_and_example(capsys):
+    verbs = all_verbs()
+    assert {"generate", "chat"} <= set(verbs)
+    for name, verb in verbs.items():
+        assert verb.example.startswith("llmlab "), name
+        assert main(name.split() + ["--help"]) == 0
+        out = capsys.readouterr().out
+        assert f"usage: llmlab {name}" in out and "example:" in out
+
+
+def test_cli_errors_are_one_line_exit_2():
+    """Run the real entry point: bad input gives one stderr line, exit 2, no traceback."""
+    for args in (["chat", "nosuch=1"], ["chat", "missing.yaml"], ["chat", "max_new_tokens=abc"],
+                 ["generate", "model=/no/such/model", "prompt=hi"], ["frobnicate"]):
+        r = subprocess.run([sys.executable, "-m", "llmlab.cli", *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.startswith("llmlab: error: ") and r.stderr.count("\n") == 1, r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_prompt_longer_than_context_is_a_clear_error(smollm2, smollm2_tokenizer):
+    from llmlab.infer.generate import generate_ids
+    from llmlab.infer.sampling import SamplingParams
+
+    ids = [100] * (smollm2.config.max_position_embeddings + 1)
+    with pytest.raises(UserError, match="context window is 8192"):
+        next(generate_ids(smollm2, ids, SamplingParams(max_new_tokens=4)))
+
+
+def test_chat_answers(capsys, smollm2):
+    """`make run`'s job: SmolLM2 answers a canned prompt through the chat verb."""
+    rc = main(["chat", "prompt=What is the capital of France?", "max_new_tokens=16"])
+    assert rc == 0
+    assert "Paris" in capsys.readouterr().out
