@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test test-slow setup bench clean
+.PHONY: run test test-slow setup bench clean browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,7 +26,16 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/llmlab chat configs/chat_smollm2.yaml prompt="What is the capital of France? Answer in one sentence."
 
-test: $(STAMP)
+# Headless Chromium for the web-chat test: installed where we can (root + apt, as in CI);
+# otherwise that one test skips and says what to install.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	  || echo "could not install chromium: the browser test will skip"; \
+	else echo "no chromium and not root: the browser test will skip (apt-get install chromium chromium-driver)"; fi
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)

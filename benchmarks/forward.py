@@ -21,18 +21,24 @@ def main() -> None:
     args = ap.parse_args()
     repeats, new_tokens = (3, 32) if args.quick else (7, 128)
 
-    from transformers import AutoModelForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from llmlab.device import setup_threads
     from llmlab.infer.generate import generate_ids
     from llmlab.infer.sampling import SamplingParams
     from llmlab.model.gguf_io import load_gguf
+    from llmlab.model.hf import config_to_hf
     from llmlab.model.load import packaged_path
 
     threads = setup_threads()
     path = packaged_path("smollm2")
     ours = load_gguf(path)
-    peer = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    # the peer gets the very same fp32 weights (tests/test_model_parity.py checks them against
+    # transformers' own GGUF loader); building it this way skips a second 20 s dequantization
+    peer = LlamaForCausalLM(LlamaConfig(**config_to_hf(ours.config))).eval()
+    peer.load_state_dict(ours.state_dict(), strict=False)
+    peer.tie_weights()
+    assert torch.equal(peer.lm_head.weight, ours.lm_head.weight)
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(100, 40000, (1, args.prompt_len), generator=g)
     short = prompt[:, :16]
