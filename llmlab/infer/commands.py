@@ -1,4 +1,5 @@
-"""CLI verbs: `llmlab generate` (one completion) and `llmlab chat` (terminal REPL)."""
+"""CLI verbs: `llmlab generate` (one completion: sampled, greedy or beam search) and `llmlab chat`
+(terminal REPL on the continuous-batching engine, the same one `llmlab serve` runs)."""
 from __future__ import annotations
 
 import sys
@@ -9,40 +10,69 @@ from llmlab.errors import UserError
 
 
 @dataclass
-class GenerateConfig:
-    model: str = field(default="smollm2", metadata={"help": "packaged name, .gguf file or HF-style dir"})
-    prompt: str = field(default="", metadata={"help": "prompt text (required)"})
-    chat: bool = field(default=False, metadata={"help": "wrap the prompt as a user turn with the chat template"})
-    system: str = field(default="", metadata={"help": "system message when chat=true"})
+class _Sampling:
     max_new_tokens: int = 128
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
-    top_k: int = 0
-    top_p: float = 1.0
+    top_k: int = field(default=0, metadata={"help": "0 = off"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus mass; 1 = off"})
+    min_p: float = field(default=0.0, metadata={"help": "drop tokens below min_p * max prob; 0 = off"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "CTRL penalty on seen tokens; 1 = off"})
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    no_repeat_ngram_size: int = field(default=0, metadata={"help": "ban repeating n-grams of this size; 0 = off"})
+    stop: list[str] = field(default_factory=list, metadata={"help": "stop strings, e.g. stop='[\"\\n\\n\"]'"})
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
 
 
 @dataclass
-class ChatConfig:
+class GenerateConfig(_Sampling):
+    model: str = field(default="smollm2", metadata={"help": "packaged name, .gguf file or HF-style dir"})
+    prompt: str = field(default="", metadata={"help": "prompt text (required)"})
+    chat: bool = field(default=False, metadata={"help": "wrap the prompt as a user turn with the chat template"})
+    system: str = field(default="", metadata={"help": "system message when chat=true"})
+    num_beams: int = field(default=1, metadata={"help": "> 1: beam search (ignores sampling settings)"})
+    length_penalty: float = field(default=1.0, metadata={"help": "beam score = logprob / length**length_penalty"})
+    early_stopping: str = field(default="false", metadata={"help": "beam search: true, false or never"})
+    num_return_sequences: int = field(default=1, metadata={"help": "beam search: print the n best"})
+
+
+@dataclass
+class ChatConfig(_Sampling):
     model: str = field(default="smollm2", metadata={"help": "packaged name, .gguf file or HF-style dir"})
     system: str = field(default="", metadata={"help": "system message (empty: the template's default)"})
     prompt: str = field(default="", metadata={"help": "if set: answer this one message and exit (no REPL)"})
     max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
 
 
 def _params(cfg):
     from llmlab.infer.sampling import SamplingParams
     try:
-        return SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed)
+        return SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed,
+                              min_p=cfg.min_p, repetition_penalty=cfg.repetition_penalty,
+                              presence_penalty=cfg.presence_penalty, frequency_penalty=cfg.frequency_penalty,
+                              no_repeat_ngram_size=cfg.no_repeat_ngram_size, stop=tuple(cfg.stop))
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+def _beam(cfg, model, tok, ids) -> int:
+    from llmlab.infer.beam import beam_search
+    es = {"true": True, "false": False, "never": "never"}.get(str(cfg.early_stopping).lower())
+    if es is None:
+        raise UserError(f"early_stopping: expected true, false or never, got '{cfg.early_stopping}'")
+    if not 1 <= cfg.num_return_sequences <= cfg.num_beams:
+        raise UserError(f"num_return_sequences must be in [1, num_beams={cfg.num_beams}], got {cfg.num_return_sequences}")
+    if len(ids) + cfg.max_new_tokens > model.config.max_position_embeddings:
+        raise UserError(f"prompt ({len(ids)} tokens) + max_new_tokens ({cfg.max_new_tokens}) exceed the context "
+                        f"window ({model.config.max_position_embeddings})")
+    hyps = beam_search(model, ids, cfg.num_beams, cfg.max_new_tokens, cfg.length_penalty, es,
+                       cfg.num_return_sequences, {tok.eos_id} if tok.eos_id is not None else set())
+    for i, h in enumerate(hyps):
+        prefix = f"[{i}] score={h.score:.4f} " if len(hyps) > 1 else ""
+        print(prefix + (cfg.prompt if not cfg.chat else "") + tok.decode(h.tokens))
+    return 0
 
 
 def run_generate(cfg: GenerateConfig) -> int:
@@ -51,6 +81,8 @@ def run_generate(cfg: GenerateConfig) -> int:
 
     if not cfg.prompt:
         raise UserError("prompt is empty: pass prompt=\"...\"")
+    if cfg.num_beams < 1:
+        raise UserError(f"num_beams must be >= 1, got {cfg.num_beams}")
     params = _params(cfg)
     model, tok = load_model_and_tokenizer(cfg.model, cfg.device, cfg.dtype)
     if cfg.chat:
@@ -58,6 +90,9 @@ def run_generate(cfg: GenerateConfig) -> int:
         ids = tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True))
     else:
         ids = tok.encode(cfg.prompt)
+    if cfg.num_beams > 1:
+        return _beam(cfg, model, tok, ids)
+    if not cfg.chat:
         sys.stdout.write(cfg.prompt)
     for piece in stream_text(model, tok, ids, params):
         sys.stdout.write(piece)
@@ -66,12 +101,30 @@ def run_generate(cfg: GenerateConfig) -> int:
     return 0
 
 
+def _engine_stream(engine, ids, params):
+    """Yield text pieces of one request through the engine (the path `llmlab serve` uses)."""
+    try:
+        rid = engine.add_request(ids, params)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    try:
+        while engine.has_work():
+            for o in engine.step():
+                if o.request_id == rid and o.text:
+                    yield o.text
+    finally:
+        engine.cancel(rid)  # Ctrl-C mid-reply frees the blocks
+
+
 def run_chat(cfg: ChatConfig) -> int:
-    from llmlab.infer.generate import stream_text
+    from llmlab.infer.engine import Engine
     from llmlab.infer.load import load_model_and_tokenizer
 
     params = _params(cfg)
     model, tok = load_model_and_tokenizer(cfg.model, cfg.device, cfg.dtype)
+    # one user: no batch to be invariant to, so no row padding (row_pad=1 is the fastest at batch 1)
+    engine = Engine(model, tok, max_num_seqs=1, num_blocks=-(-model.config.max_position_embeddings // 16) + 1,
+                    row_pad=1)
     history = [{"role": "system", "content": cfg.system}] if cfg.system else []
     interactive = not cfg.prompt
     if interactive:
@@ -98,7 +151,7 @@ def run_chat(cfg: ChatConfig) -> int:
         sys.stdout.write("assistant> ")
         reply = []
         try:
-            for piece in stream_text(model, tok, ids, params):
+            for piece in _engine_stream(engine, ids, params):
                 reply.append(piece)
                 sys.stdout.write(piece)
                 sys.stdout.flush()
@@ -115,7 +168,7 @@ def run_chat(cfg: ChatConfig) -> int:
 
 
 VERBS = {
-    "generate": Verb(GenerateConfig, run_generate, "complete a prompt (greedy or sampled), streaming to stdout",
+    "generate": Verb(GenerateConfig, run_generate, "complete a prompt (greedy, sampled or beam search), streaming to stdout",
                      'llmlab generate model=smollm2 prompt="The capital of France is" max_new_tokens=20'),
     "chat": Verb(ChatConfig, run_chat, "chat with a model in the terminal using its chat template",
                  "llmlab chat model=smollm2 temperature=0.7 top_p=0.9"),

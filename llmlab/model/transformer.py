@@ -79,7 +79,9 @@ class Transformer(nn.Module):
             mask = self._padding_mask(attention_mask, past, T)
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(layer, x, rope, None, mask, use_reentrant=False)
+                # a cache that never changes during forward (e.g. a PEFT prefix) is safe to recompute with
+                ckpt_cache = cache if getattr(cache, "stateless", False) else None
+                x = torch.utils.checkpoint.checkpoint(layer, x, rope, ckpt_cache, mask, use_reentrant=False)
             else:
                 x = layer(x, rope, cache, mask)
         if cache is not None:

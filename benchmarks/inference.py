@@ -1,0 +1,175 @@
+"""Inference speed on SmolLM2-135M: our decoders and engine vs transformers, side by side in one run.
+
+- decode_tok_s: batch-1 greedy decode tokens/s, `llmlab.infer.generate.generate_ids` vs
+  `transformers.generate` (same fp32 weights, same prompt, EOS ignored, prefill included);
+- prefill_tok_s: tokens/s to prefill a 512-token prompt through the engine's paged runner vs
+  transformers' forward (logits of the last position only on both sides);
+- concurrent_vs_sequential: aggregate tokens/s of 32 concurrent greedy requests (mixed prompt
+  lengths) through the continuous-batching engine / the same 32 run one at a time with our
+  best batch-1 decoder; plus time-to-first-token and p50/p99 request latency under that load
+  (all 32 arrive at t = 0).
+Both sides alternate within each repeat; medians. If llama-cpp-python is installed its decode
+speed is added as a reference column (it is not a dependency). Last stdout line: JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import time
+
+import torch
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def server_start_to_first_answer(port: int = 8791) -> float:
+    """Seconds from launching `llmlab serve` to the first chat answer (12 tokens)."""
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    cli = Path(sys.executable).parent / "llmlab"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([str(cli), "serve", "model=smollm2", f"port={port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        body = json.dumps({"model": "smollm2", "messages": [{"role": "user", "content": "Capital of France?"}],
+                           "max_tokens": 12, "temperature": 0}).encode()
+        while True:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=120) as r:
+                    json.loads(r.read())
+                return time.perf_counter() - t0
+            except OSError:
+                if proc.poll() is not None or time.perf_counter() - t0 > 300:
+                    raise RuntimeError("server did not answer") from None
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and tokens (about a minute)")
+    ap.add_argument("--server-start", action="store_true",
+                    help="also time `llmlab serve` launch -> first chat answer (a subprocess)")
+    args = ap.parse_args()
+    repeats, new_tokens, conc_tokens = (1, 24, 12) if args.quick else (3, 64, 32)
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llmlab.device import setup_threads
+    from llmlab.infer.engine import Engine
+    from llmlab.infer.generate import generate_ids
+    from llmlab.infer.paged import BlockTable, PagedKVCache
+    from llmlab.infer.runner import PagedRunner
+    from llmlab.infer.sampling import SamplingParams
+    from llmlab.model.gguf_io import load_gguf
+    from llmlab.model.hf import config_to_hf
+    from llmlab.model.load import packaged_path
+    from llmlab.tokenizer.bpe import load_tokenizer
+
+    threads = setup_threads()
+    path = packaged_path("smollm2")
+    ours, tok = load_gguf(path), load_tokenizer(path)
+    # the peer gets the very same fp32 weights (skips transformers' 20 s GGUF dequantization)
+    peer = LlamaForCausalLM(LlamaConfig(**config_to_hf(ours.config))).eval()
+    peer.load_state_dict(ours.state_dict(), strict=False)
+    peer.tie_weights()
+    g = torch.Generator().manual_seed(0)
+    prompt512 = torch.randint(100, 40000, (512,), generator=g).tolist()
+    short = prompt512[:32]
+    greedy = SamplingParams(max_new_tokens=new_tokens)
+
+    def decode_ours():
+        out = list(generate_ids(ours, short, greedy))
+        assert len(out) == new_tokens
+
+    def decode_peer():
+        out = peer.generate(torch.tensor([short]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                            do_sample=False, pad_token_id=0)
+        assert out.shape[1] == len(short) + new_tokens
+
+    cache = PagedKVCache.for_model(ours, 64)
+    runner = PagedRunner(ours, cache)
+
+    def prefill_ours():
+        t = BlockTable()
+        cache.reserve(t, 512)
+        runner.prefill(t, prompt512)
+        cache.free(t)
+
+    def prefill_peer():
+        peer(torch.tensor([prompt512]), logits_to_keep=1, use_cache=True)
+
+    lens = [int(x) for x in torch.randint(16, 160, (32,), generator=g)]
+    prompts = [torch.randint(100, 40000, (n,), generator=g).tolist() for n in lens]
+    cparams = SamplingParams(max_new_tokens=conc_tokens, ignore_eos=True)
+
+    def concurrent():
+        eng = Engine(ours, tok, num_blocks=32 * 20, max_num_seqs=32, prefill_chunk=512, max_prefill_tokens=2048)
+        t0 = time.perf_counter()
+        rids = [eng.add_request(p, cparams) for p in prompts]
+        first, done, n = {}, {}, 0
+        while eng.has_work():
+            for o in eng.step():
+                now = time.perf_counter() - t0
+                first.setdefault(o.request_id, now)
+                n += o.token_id is not None
+                if o.finish_reason:
+                    done[o.request_id] = now
+        wall = time.perf_counter() - t0
+        return n / wall, [first[r] for r in rids], [done[r] for r in rids]
+
+    def sequential():
+        t0 = time.perf_counter()
+        n = sum(len(list(generate_ids(ours, p, cparams))) for p in prompts)
+        return n / (time.perf_counter() - t0)
+
+    res = {k: [] for k in ["dec_o", "dec_p", "pre_o", "pre_p", "conc", "seq", "ttft50", "ttft99", "lat50", "lat99"]}
+    with torch.inference_mode():
+        decode_ours(), decode_peer(), prefill_ours(), prefill_peer()  # warm up
+        for _ in range(repeats):
+            for key, fn, n in [("dec_o", decode_ours, new_tokens), ("dec_p", decode_peer, new_tokens),
+                               ("pre_o", prefill_ours, 512), ("pre_p", prefill_peer, 512)]:
+                t0 = time.perf_counter()
+                fn()
+                res[key].append(n / (time.perf_counter() - t0))
+            tps, ttft, lat = concurrent()
+            res["conc"].append(tps)
+            res["ttft50"].append(pct(ttft, 50)), res["ttft99"].append(pct(ttft, 99))
+            res["lat50"].append(pct(lat, 50)), res["lat99"].append(pct(lat, 99))
+            res["seq"].append(sequential())
+    med = {k: statistics.median(v) for k, v in res.items()}
+    ours_r = {"decode_tok_s": med["dec_o"], "prefill_tok_s": med["pre_o"], "concurrent_tok_s": med["conc"],
+              "sequential_tok_s": med["seq"], "ttft_p50_s": med["ttft50"], "ttft_p99_s": med["ttft99"],
+              "latency_p50_s": med["lat50"], "latency_p99_s": med["lat99"]}
+    peer_r = {"decode_tok_s": med["dec_p"], "prefill_tok_s": med["pre_p"]}
+    if args.server_start:
+        ours_r["server_start_to_first_answer_s"] = server_start_to_first_answer()
+    if importlib.util.find_spec("llama_cpp") is not None:  # optional reference column
+        from llama_cpp import Llama
+        llm = Llama(model_path=str(path), n_threads=threads, verbose=False)
+        t0 = time.perf_counter()
+        llm(tok.decode(short), max_tokens=new_tokens, temperature=0)
+        peer_r["llama_cpp_decode_tok_s"] = new_tokens / (time.perf_counter() - t0)
+    for k, v in {**ours_r, **{f"peer_{k}": v for k, v in peer_r.items()}}.items():
+        print(f"{k:28s} {v:10.3f}")
+    print(f"threads={threads} repeats={repeats} decode_tokens={new_tokens} concurrent=32x{conc_tokens}")
+    print(json.dumps({"benchmark": "inference", "ours": ours_r, "peer": peer_r,
+                      "ratio": {"decode_tok_s": med["dec_o"] / med["dec_p"],
+                                "prefill_tok_s": med["pre_o"] / med["pre_p"],
+                                "concurrent_vs_sequential": med["conc"] / med["seq"]}}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Preference data from the model's own samples, ranked by a verifiable reward (RLAIF without a judge).
+
+For each prompt, sample k completions, score each with a graded verifiable reward, and keep one
+completion per distinct score, best first. Ties carry no preference, so a prompt whose samples all
+score the same yields no row. k > 2 distinct scores give Plackett-Luce rankings, exactly two a pair.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from llmlab.align.encode import pad_id_of
+from llmlab.align.rewards import extract_answer, format_reward
+from llmlab.align.rollout import sample
+
+
+def graded_arithmetic_reward(row: dict, completion: str) -> float:
+    """Exact answer 1; otherwise closer is better: 1/(2 + |x - answer|) (< 1/2); no number: 0.
+    A well-formatted completion gets +0.01, which only breaks ties."""
+    got = extract_answer(completion)
+    if got is None:
+        base = 0.0
+    else:
+        d = abs(int(got) - int(row["answer"]))
+        base = 1.0 if d == 0 else 1.0 / (2 + d)
+    return base + 0.01 * format_reward(row, completion)
+
+
+@torch.no_grad()
+def sampled_rankings(model, tok, rows: list[dict], k: int = 4, reward_fn: Callable[[dict, str], float] =
+                     graded_arithmetic_reward, max_new_tokens: int = 16, temperature: float = 1.0,
+                     seed: int = 0) -> list[dict]:
+    """rows: {"prompt", "answer", ...}; the prompt text is encoded as is (render chat templates first).
+    Returns {"prompt", "completions" (best first), "rewards"} rows, or pairs when only two levels exist."""
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    ids = [tok.encode(r["prompt"]) for r in rows for _ in range(k)]
+    ro = sample(model, ids, max_new_tokens, tok.eos_id, pad_id_of(tok), temperature, 1.0, gen)
+    eos = tok.eos_id
+    texts = [tok.decode([t for t in c if t != eos]).strip() for c in ro.completions()]
+    out = []
+    for i, row in enumerate(rows):
+        best: dict[float, str] = {}
+        for text in texts[i * k:(i + 1) * k]:
+            if not text:
+                continue
+            r = float(reward_fn(row, text))
+            if math.isfinite(r) and r not in best:
+                best[r] = text
+        if len(best) < 2 or len(set(best.values())) < len(best):
+            continue
+        order = sorted(best, reverse=True)
+        comps = [best[r] for r in order]
+        if len(comps) == 2:
+            out.append({"prompt": row["prompt"], "chosen": comps[0], "rejected": comps[1], "rewards": order})
+        else:
+            out.append({"prompt": row["prompt"], "completions": comps, "rewards": order})
+    return out

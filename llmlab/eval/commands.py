@@ -1,0 +1,78 @@
+"""CLI verb: `llmlab eval [cfg.yaml] model=smollm2 tasks=mmlu_0shot,arithmetic limit=20`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmlab.command import Verb
+from llmlab.errors import UserError
+
+
+@dataclass
+class EvalConfig:
+    model: str = field(default="smollm2", metadata={"help": "packaged name, .gguf file or HF-style dir"})
+    tasks: list[str] = field(default_factory=lambda: ["perplexity_en", "mmlu_0shot"],
+                             metadata={"help": "task names (`llmlab eval tasks=list`) or .jsonl task files; "
+                                                   "name:N overrides limit for that task"})
+    limit: int = field(default=0, metadata={"help": "items per task (0: the task's default sample count)"})
+    seed: int = field(default=1234, metadata={"help": "seed for sampling items, distractors and few-shot examples"})
+    batch_size: int = field(default=16, metadata={"help": "log-likelihood batch size (scores do not depend on it)"})
+    max_length: int = field(default=0, metadata={"help": "context window to use (0: the model's)"})
+    contamination_corpus: str = field(default="", metadata={"help": "training text file for the n-gram overlap check"})
+    ngram: int = field(default=13, metadata={"help": "n-gram length of the contamination check"})
+    output_dir: str = field(default="runs/eval", metadata={"help": "where report_card.json/.md go"})
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+def run_eval(cfg: EvalConfig) -> int:
+    import torch
+
+    from llmlab.device import resolve_device, resolve_dtype, setup_threads
+    from llmlab.eval.contamination import NgramIndex
+    from llmlab.eval.harness import EvalContext, run_task
+    from llmlab.eval.report import make_card, markdown_table, model_hash, write_card
+    from llmlab.eval.tasks import get_task, task_names
+    from llmlab.model.load import load_model
+    from llmlab.tokenizer.bpe import load_tokenizer
+
+    if cfg.tasks == ["list"]:
+        print("\n".join(task_names()))
+        return 0
+    if cfg.limit < 0 or cfg.batch_size < 1 or cfg.max_length < 0:
+        raise UserError(f"limit ({cfg.limit}), batch_size ({cfg.batch_size}) and max_length ({cfg.max_length}) "
+                        f"must be >= 0, >= 1, >= 0")
+    if not cfg.tasks:
+        raise UserError("tasks is empty: pass tasks=name[,name...] (see `llmlab eval tasks=list`)")
+    tasks, limits = [], []
+    for spec in cfg.tasks:  # "name" or "name:limit"
+        name, _, n = spec.rpartition(":")
+        if not name or not n.isdigit():
+            name, n = spec, ""
+        tasks.append(get_task(name))
+        limits.append(int(n) if n else (cfg.limit or None))
+    setup_threads()
+    device = resolve_device(cfg.device)
+    model, path = load_model(cfg.model, resolve_dtype(cfg.dtype, device))
+    model = model.to(device).eval()
+    tok = load_tokenizer(path)
+    index = NgramIndex.from_file(cfg.contamination_corpus, cfg.ngram) if cfg.contamination_corpus else None
+    ctx = EvalContext(model, tok, cfg.batch_size, max_length=cfg.max_length or None, seed=cfg.seed)
+    results = []
+    settings = {"batch_size": cfg.batch_size, "max_length": ctx.window, "limit": cfg.limit,
+                "contamination_corpus": cfg.contamination_corpus or None, "dtype": str(next(model.parameters()).dtype)}
+    sha = model_hash(path)
+    with torch.inference_mode():
+        for task, limit in zip(tasks, limits):
+            res = run_task(task, ctx, limit, index)
+            results.append(res)
+            print(f"{task.name}: " + ", ".join(f"{k}={v:.4g}" for k, v in res.items() if isinstance(v, float)),
+                  flush=True)
+            card = make_card(cfg.model, path, cfg.seed, settings, results, sha)
+            jp, mp = write_card(card, cfg.output_dir)  # after every task: a crash keeps what finished
+    print(markdown_table(card))
+    print(f"report card: {jp} and {mp}")
+    return 0
+
+
+VERBS = {"eval": Verb(EvalConfig, run_eval, "evaluate a model on packaged tasks; writes a JSON + markdown report card",
+                      "llmlab eval model=smollm2 tasks=mmlu_0shot,arithmetic limit=20")}

@@ -1,0 +1,79 @@
+"""Arithmetic and word problems from a seeded generator, scored by exact match.
+
+Four operations on 2-digit numbers plus four word-problem templates; 3 fixed worked examples
+(generated with a different seed, never equal to a test item) are prepended. The model's
+answer is the last integer of its reply line. Baseline: always answering the most frequent gold
+answer of the set (a constant guess), which is what a model that ignores the question gets.
+"""
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+
+_NAMES = ["Ana", "Ben", "Chen", "Dana", "Eli", "Fatima", "Goro", "Hana", "Ivan", "Jia"]
+_OBJECTS = ["apples", "books", "coins", "pencils", "stickers", "marbles", "cookies", "cards"]
+_INT = re.compile(r"-?\d+")
+
+
+def make_problem(rng: random.Random) -> tuple[str, int]:
+    kind = rng.randrange(8)
+    a, b = rng.randint(10, 99), rng.randint(2, 9 if kind in (2, 3, 6, 7) else 99)
+    name, obj = rng.choice(_NAMES), rng.choice(_OBJECTS)
+    if kind == 0:
+        return f"What is {a} plus {b}?", a + b
+    if kind == 1:
+        a, b = max(a, b), min(a, b)
+        return f"What is {a} minus {b}?", a - b
+    if kind == 2:
+        return f"What is {a} times {b}?", a * b
+    if kind == 3:
+        return f"What is {a * b} divided by {b}?", a
+    if kind == 4:
+        return f"{name} has {a} {obj} and gets {b} more. How many {obj} does {name} have now?", a + b
+    if kind == 5:
+        a, b = max(a, b), min(a, b)
+        return f"{name} had {a} {obj} and gave {b} of them away. How many {obj} are left?", a - b
+    if kind == 6:
+        return f"There are {b} boxes with {a} {obj} in each box. How many {obj} are there in total?", a * b
+    return f"{name} shares {a * b} {obj} equally among {b} friends. How many {obj} does each friend get?", a
+
+
+def last_int(text: str) -> str:
+    """The answer is the last integer of the reply ("12 + 46 = 58" -> 58), as in GSM8K scoring."""
+    m = _INT.findall(text.replace(",", ""))
+    return m[-1] if m else ""
+
+
+class Arithmetic:
+    kind = "generate"
+    name = "arithmetic"
+    version = "1"
+    default_limit = 50
+
+    def items(self, limit: int | None, seed: int) -> list[dict]:
+        shot_rng = random.Random(seed + 7919)
+        shots = [make_problem(shot_rng) for _ in range(3)]
+        rng = random.Random(seed)
+        seen = {q for q, _ in shots}
+        out = []
+        while len(out) < (limit or self.default_limit):
+            q, a = make_problem(rng)
+            if q in seen:
+                continue
+            seen.add(q)
+            head = "".join(f"Question: {sq}\nAnswer: {sa}\n\n" for sq, sa in shots)
+            out.append({"question": q, "answer": str(a), "prompt": f"{head}Question: {q}\nAnswer:"})
+        return out
+
+    def evaluate(self, ctx, items: list[dict]) -> dict:
+        correct = 0
+        for it in items:
+            g = ctx.generate(it["prompt"], max_new_tokens=16, stop=["\n"])  # digits are single tokens
+            correct += last_int(g.text) == it["answer"]
+        top = Counter(it["answer"] for it in items).most_common(1)[0][1] if items else 0
+        n = max(len(items), 1)
+        return {"exact_match": correct / n, "chance": top / n, "n": len(items)}
+
+    def texts(self, items: list[dict]) -> list[str]:
+        return [it["question"] for it in items]

@@ -1,0 +1,69 @@
+"""A user task in a JSONL file, one item per line.
+
+Multiple choice (first line has "choices"): {"query": str, "choices": [str, ...], "gold": int}
+  scored by log-likelihood of " " + choice after the query (acc, acc_norm, chance 1/#choices).
+Generative: {"prompt": str, "answer": str} scored by greedy generation (stop at newline),
+  SQuAD exact match and token F1; chance = most frequent answer's share.
+A line without a required field raises UserError "file:line: missing field ...".
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from llmlab.errors import UserError
+from llmlab.eval.choice import ChoiceMeter
+from llmlab.eval.data import read_jsonl
+from llmlab.eval.squad import exact_match, token_f1
+
+MC_FIELDS = ("query", "choices", "gold")
+GEN_FIELDS = ("prompt", "answer")
+
+
+class JsonlTask:
+    version = "file"
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.name = self.path.name
+        self._items = self._load()  # validate now: a bad file fails before any model is loaded
+
+    def items(self, limit: int | None, seed: int) -> list[dict]:
+        return self._items[:limit] if limit else list(self._items)
+
+    def _load(self) -> list[dict]:
+        first = next(read_jsonl(self.path, ()), None)
+        if first is None:
+            raise UserError(f"{self.path}: no items")
+        self.kind = "multiple_choice" if "choices" in first else "generate"
+        fields = MC_FIELDS if self.kind == "multiple_choice" else GEN_FIELDS
+        items = []
+        for n, rec in enumerate(read_jsonl(self.path, fields), 1):
+            if self.kind == "multiple_choice" and not (
+                    isinstance(rec["choices"], list) and isinstance(rec["gold"], int)
+                    and 0 <= rec["gold"] < len(rec["choices"])):
+                raise UserError(f"{self.path}: item {n}: 'gold' must index 'choices' "
+                                f"(gold={json.dumps(rec['gold'])}, {len(rec['choices'])} choices)")
+            items.append(rec)
+        return items
+
+    def evaluate(self, ctx, items: list[dict]) -> dict:
+        if self.kind == "multiple_choice":
+            pairs = [(it["query"], " " + c) for it in items for c in it["choices"]]
+            lls = iter(ctx.loglik(pairs))
+            meter = ChoiceMeter()
+            for it in items:
+                meter.update([next(lls).logprob for _ in it["choices"]], it["choices"], it["gold"])
+            return meter.result()
+        em = f1 = 0.0
+        for it in items:
+            pred = ctx.generate(it["prompt"], max_new_tokens=32, stop=["\n"]).text.strip()
+            em += exact_match(pred, it["answer"])
+            f1 += token_f1(pred, it["answer"])
+        n = max(len(items), 1)
+        top = Counter(it["answer"] for it in items).most_common(1)[0][1] if items else 0
+        return {"exact_match": em / n, "f1": f1 / n, "chance": top / n, "n": len(items)}
+
+    def texts(self, items: list[dict]) -> list[str]:
+        return [it.get("query") or it.get("prompt", "") for it in items]

@@ -1,0 +1,16 @@
+"""Instruction tuning and parameter-efficient fine-tuning (PEFT), each method from scratch.
+
+targets.py   module-name patterns (PEFT `target_modules` semantics)
+lora.py      LoRA (Hu et al. 2021): W0 x + (alpha/r) B A x, merge/unmerge
+nf4.py       4-bit NormalFloat + double quantization (Dettmers et al. 2023)
+qlora.py     QLoRA: a frozen NF4 base Linear with LoRA on top
+adapter.py   bottleneck adapters (Houlsby et al. 2019)
+prefix.py    prefix tuning (Li & Liang 2021) and P-tuning v2 deep prompts (Liu et al. 2022)
+prompt.py    prompt tuning (Lester et al. 2021) and P-tuning v1 (Liu et al. 2021)
+io.py        saving/loading only the adapter weights, strict key and base-model checks
+peft_format.py  LoRA in the HF `peft` on-disk format (both directions)
+methods.py   attach / save_peft / load_peft: one entry point for every method
+commands.py  CLI verbs `llmlab sft data` and `llmlab merge`
+jsonl.py     reading/validating TRL-style JSONL (`messages` or `prompt`/`completion`)
+datasets.py  instruction data builders from packaged text and a seeded generator
+"""

@@ -1,0 +1,321 @@
+"""Continuous batching (Yu et al. 2022, Orca; Kwon et al. 2023, vLLM) over the paged KV cache.
+
+Every `step()` is one scheduling round at a token boundary:
+1. swapped-out sequences come back first when blocks allow (they were preempted earlier);
+2. prefill: waiting requests are admitted in arrival order while the step's prefill token
+   budget and the running-sequence limit allow; a long prompt is prefilled in fixed chunks of
+   `prefill_chunk` tokens over several steps (chunked prefill, Agrawal et al. 2023), so decode
+   of the running sequences is never stalled for a whole long prompt;
+3. decode: every running sequence gets one token in a single batched forward. When the pool
+   cannot hold one more token, the newest running sequence is preempted: swapped to host memory
+   (`preempt="swap"`, bit-exact on resume) or freed and later recomputed (`preempt="recompute"`).
+New requests therefore join, and finished or cancelled ones leave, between any two tokens.
+
+A request with n > 1 prefills once and forks n sequences that share the prompt blocks
+(copy-on-write); prompts that share 16-token blocks with earlier ones reuse their KV (prefix cache).
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from llmlab.infer.detok import TextStream
+from llmlab.infer.paged import BlockTable, NoFreeBlocks, PagedKVCache
+from llmlab.infer.runner import PagedRunner
+from llmlab.infer.sampling import SamplingParams, choose, top_logprobs
+
+WAITING, PREFILL, RUNNING, SWAPPED, FINISHED = "waiting", "prefill", "running", "swapped", "finished"
+
+
+@dataclass
+class Output:
+    """One event for one sequence of a request: a new token (and its text), and/or the end."""
+    request_id: str
+    index: int  # which of the request's n samples
+    token_id: int | None = None
+    text: str = ""
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    finish_reason: str | None = None  # "stop", "length", "cancelled" (None while running)
+    prompt_logprobs: list | None = None  # echo scoring: [(token, logprob | None, top)] per prompt token
+    stop_token_id: int | None = None  # set (and token_id None) when the sequence ended on a stop token
+
+
+@dataclass
+class Sequence:
+    request: "Request"
+    index: int
+    tokens: list[int]  # prompt + generated; the last one is not in the cache yet while decoding
+    generator: torch.Generator
+    table: BlockTable = field(default_factory=BlockTable)
+    status: str = WAITING
+    swapped: list | None = None
+    recompute: bool = False  # preempted by recompute: prefill tokens[:-1], then resume decoding
+    text: TextStream | None = None
+    num_generated: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.status == FINISHED
+
+
+@dataclass
+class Request:
+    id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    prompt_logprobs: int | None = None  # echo scoring (/v1/completions echo+logprobs)
+    seqs: list[Sequence] = field(default_factory=list)
+    arrival: int = 0
+    _plp: list = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.seqs) and all(s.finished for s in self.seqs)
+
+
+class Engine:
+    def __init__(self, model, tokenizer, num_blocks: int | None = None, block_size: int = 16,
+                 max_num_seqs: int = 64, prefill_chunk: int = 512, max_prefill_tokens: int = 1024,
+                 preempt: str = "swap", prefix_caching: bool = True, row_pad: int = 8):
+        if preempt not in ("swap", "recompute"):
+            raise ValueError(f"preempt must be 'swap' or 'recompute', got {preempt!r}")
+        self.model, self.tok = model, tokenizer
+        self.ctx = model.config.max_position_embeddings
+        if num_blocks is None:  # enough for max_num_seqs sequences of 512 tokens
+            num_blocks = max_num_seqs * 512 // block_size
+        self.cache = PagedKVCache.for_model(model, num_blocks, block_size)
+        self.runner = PagedRunner(model, self.cache, row_pad)
+        self.max_num_seqs, self.prefill_chunk, self.max_prefill_tokens = max_num_seqs, prefill_chunk, max_prefill_tokens
+        self.preempt_mode, self.prefix_caching = preempt, prefix_caching
+        self.requests: dict[str, Request] = {}
+        self.waiting: list[Sequence] = []  # FIFO: new prompts and recompute-preempted sequences
+        self.running: list[Sequence] = []  # in the decode batch (or mid-prefill)
+        self.swapped: list[Sequence] = []
+        self.eos = tokenizer.eos_id if tokenizer is not None else None
+        self._ids = itertools.count()
+        self.stats = {"preempted": 0, "prefix_hit_tokens": 0, "steps": 0}
+
+    # ------------------------------------------------------------------ requests
+    def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
+                    prompt_logprobs: int | None = None) -> str:
+        if not prompt_ids:
+            raise ValueError("empty prompt")
+        if len(prompt_ids) >= self.ctx and not (params.max_new_tokens == 0 and len(prompt_ids) <= self.ctx):
+            raise ValueError(f"prompt is {len(prompt_ids)} tokens; the context window is {self.ctx}")
+        need = -(-min(len(prompt_ids) + params.max_new_tokens, self.ctx) // self.cache.block_size)
+        if need > self.cache.alloc.num_blocks:
+            raise ValueError(f"request needs {need} KV blocks; the pool has {self.cache.alloc.num_blocks}")
+        rid = request_id or f"req-{next(self._ids)}"
+        if rid in self.requests:
+            raise ValueError(f"duplicate request id {rid}")
+        req = Request(rid, list(prompt_ids), params, prompt_logprobs, arrival=next(self._ids))
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        gen = torch.Generator(device=self.runner.device).manual_seed(seed)
+        seq = Sequence(req, 0, list(prompt_ids), gen, text=TextStream(params.stop))
+        req.seqs.append(seq)
+        self.requests[rid] = req
+        self.waiting.append(seq)
+        return rid
+
+    def cancel(self, request_id: str) -> bool:
+        """Stop a request now and free its blocks (client went away, or a stop button)."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return False
+        for s in req.seqs:
+            self._release(s)
+            s.status = FINISHED
+        return True
+
+    def _release(self, s: Sequence) -> None:
+        for q in (self.waiting, self.running, self.swapped):
+            if s in q:
+                q.remove(s)
+        self.cache.free(s.table)
+        s.swapped = None
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self.swapped)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.cache.alloc.num_free
+
+    # ------------------------------------------------------------------ scheduling
+    def step(self) -> list[Output]:
+        """One scheduling round: swap-in, prefill (chunked), one decode token for all running."""
+        out: list[Output] = []
+        self.stats["steps"] += 1
+        self._swap_in()
+        self._prefill(out)
+        self._decode(out)
+        for rid in [r.id for r in self.requests.values() if r.finished]:
+            del self.requests[rid]
+        return out
+
+    def _swap_in(self) -> None:
+        while self.swapped and len(self.running) < self.max_num_seqs:
+            s = self.swapped[0]
+            if self.cache.blocks_needed(BlockTable(), s.table.num_tokens + 1) > self.cache.alloc.num_free:
+                return
+            self.cache.swap_in(s.table, s.swapped)
+            s.swapped, s.status = None, RUNNING
+            self.swapped.pop(0)
+            self.running.append(s)
+
+    def _prefill(self, out: list[Output]) -> None:
+        budget = self.max_prefill_tokens
+        # sequences mid-prefill continue first (they are in `running` with status PREFILL)
+        queue = [s for s in self.running if s.status == PREFILL] + list(self.waiting)
+        for s in queue:
+            if s.status == WAITING:
+                if len(self.running) >= self.max_num_seqs or self.swapped:
+                    break
+                self._admit(s)
+            target = len(s.tokens) - 1 if s.recompute else len(s.tokens)
+            chunk = min(self.prefill_chunk, target - s.table.num_tokens)
+            if chunk > budget:
+                break  # fixed chunks only: a request's chunk boundaries never depend on the load
+            try:
+                self.cache.reserve(s.table, s.table.num_tokens + chunk)
+            except NoFreeBlocks:
+                break
+            budget -= chunk
+            start = s.table.num_tokens
+            want_all = s.request.prompt_logprobs is not None
+            logits = self.runner.prefill(s.table, s.tokens[start:start + chunk], all_logits=want_all)
+            if want_all:
+                self._collect_prompt_logprobs(s, start, logits)
+                logits = logits[-1]
+            if self.prefix_caching:
+                self.cache.register_prefix(s.table, s.tokens)
+            if s.table.num_tokens == target:
+                s.status = RUNNING
+                if s.recompute:
+                    s.recompute = False
+                else:
+                    self._start_decoding(s, logits, out)
+
+    def _admit(self, s: Sequence) -> None:
+        self.waiting.remove(s)
+        s.status = PREFILL
+        self.running.append(s)
+        if self.prefix_caching and s.request.prompt_logprobs is None:
+            self.stats["prefix_hit_tokens"] += self.cache.match_prefix(s.tokens[:-1] if s.recompute else s.tokens,
+                                                                       s.table)
+
+    def _collect_prompt_logprobs(self, s: Sequence, start: int, logits: torch.Tensor) -> None:
+        req, k = s.request, s.request.prompt_logprobs
+        if start == 0:
+            req._plp.append((s.tokens[0], None, []))
+        for j in range(logits.shape[0]):
+            p = start + j + 1
+            if p < len(req.prompt_ids):
+                lp, top = top_logprobs(logits[j], req.prompt_ids[p], k)
+                req._plp.append((req.prompt_ids[p], lp, top))
+
+    def _start_decoding(self, s: Sequence, logits: torch.Tensor, out: list[Output]) -> None:
+        """The prompt is in the cache: fork the n samples, each takes its first token."""
+        req = s.request
+        for i in range(1, req.params.n):
+            seed = (req.params.seed + i) if req.params.seed is not None else random.getrandbits(63)
+            child = Sequence(req, i, list(s.tokens), torch.Generator(device=self.runner.device).manual_seed(seed),
+                             table=self.cache.fork(s.table), status=RUNNING, text=TextStream(req.params.stop))
+            req.seqs.append(child)
+            self.running.append(child)
+        for seq in list(req.seqs):
+            o = self._emit(seq, logits, out)
+            if req.prompt_logprobs is not None and o is not None:
+                o.prompt_logprobs = req._plp  # every sample echoes the same prompt
+
+    def _decode(self, out: list[Output]) -> None:
+        batch = [s for s in self.running if s.status == RUNNING]
+        if not batch:
+            return
+        # make room for one more token each; preempt the newest sequences if the pool is full
+        while True:
+            need = sum(self.cache.blocks_needed(s.table, s.table.num_tokens + 1) for s in batch)
+            if need <= self.cache.alloc.num_free:
+                break
+            if len(batch) <= 1:  # last resort: give back the blocks of half-prefilled prompts
+                mid = [q for q in self.running if q.status == PREFILL]
+                if not mid:
+                    raise NoFreeBlocks("KV pool too small for a single sequence")
+                for q in mid:
+                    self.running.remove(q)
+                    self.cache.free(q.table)
+                    q.status, q.request._plp = WAITING, []
+                    self.waiting.insert(0, q)
+                continue
+            victim = max(batch, key=lambda s: (s.request.arrival, s.index))
+            batch.remove(victim)
+            self._preempt(victim)
+        for s in batch:
+            self.cache.reserve(s.table, s.table.num_tokens + 1)
+        logits = self.runner.decode([s.table for s in batch], [s.tokens[-1] for s in batch])
+        for s, row in zip(batch, logits):
+            self._emit(s, row, out)
+
+    def _preempt(self, s: Sequence) -> None:
+        self.stats["preempted"] += 1
+        self.running.remove(s)
+        if self.preempt_mode == "swap":
+            s.swapped = self.cache.swap_out(s.table)
+            s.status = SWAPPED
+            self.swapped.append(s)
+        else:
+            self.cache.free(s.table)
+            s.status, s.recompute = WAITING, True
+            self.waiting.insert(0, s)
+
+    # ------------------------------------------------------------------ one token
+    def _emit(self, s: Sequence, logits: torch.Tensor, out: list[Output]) -> Output | None:
+        """Choose s's next token from its logits row, update text/stop state, record an Output."""
+        p, req = s.request.params, s.request
+        if p.max_new_tokens == 0:
+            o = Output(req.id, s.index, finish_reason="length")
+            self._finish(s)
+            out.append(o)
+            return o
+        tid = choose(logits, p, s.generator, s.tokens, len(req.prompt_ids))
+        o = Output(req.id, s.index, tid)
+        if p.logprobs is not None:
+            o.logprob, o.top_logprobs = top_logprobs(logits, tid, p.logprobs)
+        s.num_generated += 1
+        stop_tokens = set(p.stop_token_ids) | ({self.eos} if self.eos is not None and not p.ignore_eos else set())
+        if tid in stop_tokens:  # the stop token itself is not part of the output
+            o.token_id, o.stop_token_id = None, tid
+            o.finish_reason = "stop"
+            o.text = s.text.finish()
+        else:
+            s.tokens.append(tid)
+            o.text, hit = s.text.push(self.tok.decode_bytes([tid]) if self.tok is not None else b"")
+            if hit:
+                o.finish_reason = "stop"
+            elif s.num_generated >= p.max_new_tokens or len(s.tokens) >= self.ctx:
+                o.finish_reason = "length"
+                o.text += s.text.finish()
+        if o.finish_reason:
+            self._finish(s)
+        out.append(o)
+        return o
+
+    def _finish(self, s: Sequence) -> None:
+        self._release(s)
+        s.status = FINISHED
+
+    # ------------------------------------------------------------------ convenience
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[list[int]]]:
+        """Run prompts concurrently to completion -> per prompt, per sample, the generated ids."""
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        rids = [self.add_request(p, sp) for p, sp in zip(prompts, plist)]
+        result = {r: [[] for _ in range(sp.n)] for r, sp in zip(rids, plist)}
+        while self.has_work():
+            for o in self.step():
+                if o.request_id in result and o.token_id is not None:
+                    result[o.request_id][o.index].append(o.token_id)
+        return [result[r] for r in rids]

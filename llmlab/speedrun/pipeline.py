@@ -1,0 +1,148 @@
+"""The speedrun: build data -> train a tokenizer -> tokenize into shards -> pretrain -> sample -> report.
+
+Every stage writes into runs/<name>/ and is timed; the report (report.md + PNG plots) says what
+each stage did, what it cost, and how good the result is (validation bits-per-byte: the figure
+later work must beat).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from llmlab.errors import UserError
+from llmlab.log import get_logger
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+SAMPLE_PROMPTS = ["The moon", "Once upon a time", "In the history of", "中国", "Love is"]
+
+
+@dataclass
+class SpeedrunConfig:
+    name: str = field(default="speedrun", metadata={"help": "run directory: runs/<name>/"})
+    runs_dir: str = "runs"
+    quick: bool = field(default=False, metadata={"help": "tiny everything: finishes in < 2 min (tests)"})
+    preset: str = field(default="cpu", metadata={"help": "model/budget preset (tiny, cpu, small, gpu)"})
+    max_docs: int = field(default=30_000, metadata={"help": "documents drawn from the data mix"})
+    vocab_size: int = field(default=4096, metadata={"help": "BPE vocabulary (incl. special tokens)"})
+    max_steps: int = field(default=0, metadata={"help": "override the preset's step budget (0 = preset)"})
+    eval_steps: int = field(default=100, metadata={"help": "validation every N steps"})
+    sample_tokens: int = 48
+    seed: int = 0
+    device: str = "auto"
+
+
+def _timed(stages: dict, name: str):
+    class _T:
+        def __enter__(self):
+            self.t = time.perf_counter()
+            stages[name] = {}
+            get_logger().info(f"speedrun: {name} ...")
+
+        def __exit__(self, *exc):
+            stages[name]["seconds"] = time.perf_counter() - self.t
+
+    return _T()
+
+
+def _read_texts(path: Path) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line in f if line.strip()]
+
+
+def run(cfg: SpeedrunConfig) -> dict:
+    from llmlab.data.pipeline import DataBuildConfig, build
+    from llmlab.data.loader import TokenWindowLoader
+    from llmlab.data.shards import write_shards
+    from llmlab.device import setup_threads
+    from llmlab.model import Transformer
+    from llmlab.model.config import ModelConfig
+    from llmlab.tokenizer.chat import CHATML
+    from llmlab.tokenizer.train_bpe import train_bpe
+    from llmlab.train.config import TrainConfig
+    from llmlab.train.sizing import preset
+    from llmlab.train.trainer import train
+
+    setup_threads()
+    out = Path(cfg.runs_dir) / cfg.name
+    out.mkdir(parents=True, exist_ok=True)
+    stages: dict = {}
+    preset_name = "tiny" if cfg.quick else cfg.preset
+
+    with _timed(stages, "data"):
+        data_report = build(DataBuildConfig(out_dir=str(out / "data"), max_docs=300 if cfg.quick else cfg.max_docs,
+                                             quick=cfg.quick, seed=cfg.seed, progress=not cfg.quick))
+        train_texts = _read_texts(out / "data" / "train.jsonl")
+        val_texts = _read_texts(out / "data" / "val.jsonl")
+        if not train_texts or not val_texts:
+            raise UserError(f"data stage produced {len(train_texts)} train / {len(val_texts)} val documents; "
+                            "raise max_docs")
+        stages["data"].update(train_docs=len(train_texts), val_docs=len(val_texts),
+                              train_mb=sum(len(t.encode()) for t in train_texts) / 1e6)
+
+    with _timed(stages, "tokenizer"):
+        vocab = 512 if cfg.quick else cfg.vocab_size
+        tok = train_bpe(train_texts, vocab_size=vocab, special_tokens=SPECIAL_TOKENS, chat_template=CHATML,
+                        bos_token=None, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+        tok.save(out / "tokenizer")
+        tok_files = {p.name: p.read_text(encoding="utf-8") for p in (out / "tokenizer").iterdir()}
+
+    with _timed(stages, "shards"):
+        tr = write_shards(train_texts, tok, out / "shards" / "train")
+        va = write_shards(val_texts, tok, out / "shards" / "val")
+        bytes_per_token = va["num_bytes"] / max(1, va["num_tokens"])
+        stages["shards"].update(train_tokens=tr["num_tokens"], val_tokens=va["num_tokens"],
+                                bytes_per_token=bytes_per_token)
+
+    sizing, overrides = preset(preset_name, tok.vocab_size)
+    if cfg.quick:  # a smoke run: a few small optimizer steps
+        overrides.update(max_steps=min(overrides["max_steps"], 40), gradient_accumulation_steps=1)
+    if cfg.max_steps:
+        overrides["max_steps"] = cfg.max_steps
+    overrides["warmup_steps"] = max(1, overrides["max_steps"] // 20)
+    model_cfg = ModelConfig(**{**sizing.model.to_dict(), "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id})
+    tcfg = TrainConfig(output_dir=str(out / "train"), seed=cfg.seed, device=cfg.device,
+                       eval_steps=0 if cfg.quick else cfg.eval_steps, bytes_per_token=bytes_per_token,
+                       logging_steps=5 if cfg.quick else 10, disable_tqdm=cfg.quick, **overrides)
+    with _timed(stages, "pretrain"):
+        import torch
+        torch.manual_seed(cfg.seed)
+        model = Transformer(model_cfg)
+        train_loader = TokenWindowLoader(out / "shards" / "train", tcfg.max_length, tcfg.per_device_train_batch_size,
+                                         seed=cfg.seed)
+        val_loader = TokenWindowLoader(out / "shards" / "val", tcfg.max_length,
+                                       min(tcfg.per_device_train_batch_size, 4), seed=cfg.seed, shuffle=False)
+        result = train(tcfg, model, train_loader, val_loader, extra_files=tok_files)
+        stages["pretrain"].update(steps=result.step, tokens=result.tokens, params=model.num_params(),
+                                  train_loss=result.train_loss, val_loss=result.val_loss, val_bpb=result.val_bpb)
+
+    with _timed(stages, "samples"):
+        samples = _samples(model, tok, cfg)
+
+    with _timed(stages, "eval"):  # the report card, with contamination against our own training text
+        from llmlab.eval.commands import EvalConfig, run_eval
+        n = 5 if cfg.quick else 40
+        run_eval(EvalConfig(model=str(out / "train" / "model"), output_dir=str(out / "eval"), seed=cfg.seed,
+                            tasks=[f"perplexity_en:{n}", f"perplexity_zh:{n}", f"zh_idiom:{2 * n}", f"arithmetic:{n}"],
+                            contamination_corpus=str(out / "data" / "train.jsonl"), device=cfg.device))
+
+    summary = {"config": asdict(cfg), "model": model_cfg.to_dict(), "sizing": sizing.summary(),
+               "train": {k: v for k, v in asdict(tcfg).items()}, "stages": stages, "data_report": data_report,
+               "evals": result.evals, "samples": samples, "model_dir": str(out / "train" / "model")}
+    from llmlab.speedrun.report import write_report
+    write_report(out, summary)
+    return summary
+
+
+def _samples(model, tok, cfg: SpeedrunConfig) -> list[dict]:
+    from llmlab.infer.generate import stream_text
+    from llmlab.infer.sampling import SamplingParams
+
+    model.eval()
+    out = []
+    for i, prompt in enumerate(SAMPLE_PROMPTS):
+        params = SamplingParams(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_p=0.95, seed=cfg.seed + i)
+        text = "".join(stream_text(model, tok, tok.encode(prompt), params))
+        out.append({"prompt": prompt, "completion": text})
+    return out

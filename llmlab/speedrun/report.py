@@ -1,0 +1,82 @@
+"""The speedrun report: report.md, summary.json and PNG plots in the run directory."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+
+def _plots(out: Path, summary: dict) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    stages = summary["stages"]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    names = list(stages)
+    ax.barh(names, [stages[n]["seconds"] for n in names], color="#4c72b0")
+    ax.set_xlabel("seconds")
+    ax.set_title("time per stage")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(out / "stage_times.png", dpi=110)
+    plt.close(fig)
+    made.append("stage_times.png")
+
+    evals = [e for e in summary.get("evals", []) if e.get("val_bpb") is not None]
+    if evals:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.plot([e["step"] for e in evals], [e["val_bpb"] for e in evals], marker="o")
+        ax.set_xlabel("step")
+        ax.set_ylabel("val bits per byte")
+        ax.set_title("validation bits-per-byte")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "val_bpb.png", dpi=110)
+        plt.close(fig)
+        made.append("val_bpb.png")
+
+    loss_png = out / "train" / "loss.png"
+    if loss_png.is_file():
+        shutil.copyfile(loss_png, out / "loss.png")
+        made.append("loss.png")
+    return made
+
+
+def write_report(out: Path, summary: dict) -> Path:
+    plots = _plots(out, summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n",
+                                      encoding="utf-8")
+    s = summary["stages"]
+    pt = s["pretrain"]
+    total = sum(v["seconds"] for v in s.values())
+    lines = [f"# Speedrun report: {summary['config']['name']}", "",
+             f"Total time {total / 60:.1f} min. Preset sizing: {summary['sizing']}; trained "
+             f"{pt['steps']} steps ({pt['tokens']:,} tokens).", "",
+             "| stage | seconds | what |", "|---|---:|---|",
+             f"| data | {s['data']['seconds']:.1f} | {s['data']['train_docs']} train / {s['data']['val_docs']} val "
+             f"documents, {s['data']['train_mb']:.1f} MB of training text |",
+             f"| tokenizer | {s['tokenizer']['seconds']:.1f} | byte-level BPE, vocab "
+             f"{summary['model']['vocab_size']} |",
+             f"| shards | {s['shards']['seconds']:.1f} | {s['shards']['train_tokens']:,} train / "
+             f"{s['shards']['val_tokens']:,} val tokens, {s['shards']['bytes_per_token']:.2f} bytes/token |",
+             f"| pretrain | {pt['seconds']:.1f} | {pt['steps']} steps, {pt['tokens']:,} tokens, "
+             f"{pt['params'] / 1e6:.2f}M params, {pt['tokens'] / max(pt['seconds'], 1e-9):,.0f} tokens/s |",
+             f"| samples | {s['samples']['seconds']:.1f} | {len(summary['samples'])} sampled completions |",
+             "", "## Result", "",
+             f"- final training loss: {pt['train_loss']:.3f}",
+             f"- validation loss: {pt['val_loss']:.3f} nats/token" if pt.get("val_loss") is not None else "- validation loss: n/a",
+             f"- **validation bits-per-byte: {pt['val_bpb']:.3f}**" if pt.get("val_bpb") is not None else "- validation bits-per-byte: n/a",
+             "", "## Plots", ""]
+    lines += [f"![{p}]({p})" for p in plots]
+    card = out / "eval" / "report_card.md"
+    if card.is_file():
+        lines += ["", "## Report card (`llmlab eval`)", "", card.read_text(encoding="utf-8").strip()]
+    lines += ["", "## Samples (temperature 0.8, top-p 0.95)", ""]
+    for smp in summary["samples"]:
+        lines += [f"**{smp['prompt']}**{smp['completion']}".replace("\n", " ") + "", ""]
+    lines += ["## Chat with it", "", "```", f"llmlab chat model={summary['model_dir']}", "```", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

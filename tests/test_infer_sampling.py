@@ -1,0 +1,107 @@
+"""Logits processors against transformers' own, plus hand-computed penalties, seeds, UTF-8 and stop strings."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmlab.infer.detok import TextStream, Utf8Stream
+from llmlab.infer.sampling import (SamplingParams, apply_penalties, banned_ngram_tokens, choose, filter_logits,
+                                   top_logprobs)
+
+transformers = pytest.importorskip("transformers")
+
+
+def _logits(seed=0, V=50):
+    return torch.randn(1, V, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_top_k_matches_hf(k):
+    x = _logits(k)
+    ref = transformers.TopKLogitsWarper(k)(None, x.clone())
+    assert torch.equal(filter_logits(x, top_k=k), ref)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_top_p_matches_hf(p):
+    x = _logits(int(p * 10))
+    ref = transformers.TopPLogitsWarper(p)(None, x.clone())
+    assert torch.equal(torch.isinf(filter_logits(x, top_p=p)), torch.isinf(ref))
+
+
+@pytest.mark.parametrize("m", [0.05, 0.3])
+def test_min_p_matches_hf(m):
+    x = _logits(7)
+    ref = transformers.MinPLogitsWarper(m)(None, x.clone())
+    assert torch.equal(torch.isinf(filter_logits(x, min_p=m)), torch.isinf(ref))
+
+
+def test_repetition_penalty_matches_hf():
+    x = _logits(3)
+    ctx = [1, 4, 4, 9, 30]
+    ref = transformers.RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([ctx]), x.clone())
+    got = apply_penalties(x[0], SamplingParams(repetition_penalty=1.3), ctx, n_prompt=2)
+    assert torch.allclose(got, ref[0])
+
+
+def test_no_repeat_ngram_matches_hf():
+    ctx = [5, 6, 7, 5, 6, 8, 5, 6]
+    x = _logits(4)
+    ref = transformers.NoRepeatNGramLogitsProcessor(3)(torch.tensor([ctx]), x.clone())
+    assert banned_ngram_tokens(ctx, 3) == {7, 8}
+    got = apply_penalties(x[0], SamplingParams(no_repeat_ngram_size=3), ctx, 0)
+    assert torch.equal(torch.isinf(got), torch.isinf(ref[0]))
+
+
+def test_presence_frequency_penalties_by_hand():
+    x = torch.zeros(10)
+    # prompt [1, 2], output [2, 3, 3]: only output tokens count (OpenAI semantics)
+    got = apply_penalties(x, SamplingParams(presence_penalty=0.5, frequency_penalty=0.25), [1, 2, 2, 3, 3], 2)
+    want = torch.zeros(10)
+    want[2] = -(0.5 + 0.25 * 1)
+    want[3] = -(0.5 + 0.25 * 2)
+    assert torch.equal(got, want)
+
+
+def test_params_validation():
+    for bad in [dict(temperature=-1), dict(top_p=0), dict(top_k=-2), dict(min_p=2), dict(n=0),
+                dict(repetition_penalty=0), dict(presence_penalty=3), dict(logprobs=50), dict(stop=("",))]:
+        with pytest.raises(ValueError):
+            SamplingParams(**bad)
+    assert SamplingParams(stop="x").stop == ("x",)
+
+
+def test_seeded_sampling_is_reproducible_and_seed_dependent():
+    x = _logits(1, V=1000)[0] * 0.1  # flat: many plausible tokens
+    p = SamplingParams(temperature=1.0, top_p=0.95)
+    draw = lambda s: [choose(x, p, torch.Generator().manual_seed(s)) for _ in range(20)]  # noqa: E731
+    assert draw(1) == draw(1)
+    assert draw(1) != draw(2)
+
+
+def test_greedy_and_logprobs():
+    x = _logits(2)[0]
+    assert choose(x, SamplingParams()) == int(x.argmax())
+    lp, top = top_logprobs(x, int(x.argmax()), 3)
+    ref = torch.log_softmax(x, -1)
+    assert lp == pytest.approx(float(ref.max()))
+    assert [t for t, _ in top] == ref.topk(3).indices.tolist()
+
+
+def test_utf8_stream_never_splits_a_character():
+    data = "héllo 世界 🙂".encode()
+    s = Utf8Stream()
+    pieces = [s.push(data[i:i + 1]) for i in range(len(data))] + [s.flush()]
+    assert "".join(pieces) == "héllo 世界 🙂"
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_stop_strings_hold_back_and_cut():
+    t = TextStream(stop=("END",))
+    outs = [t.push(b) for b in [b"abc E", b"N", b"D tail"]]
+    assert outs == [("abc ", False), ("", False), ("", True)]
+    assert t.text == "abc "
+    t = TextStream(stop=("END",))
+    assert t.push(b"xE") == ("x", False)
+    assert t.push(b"Nope") == ("ENope", False)  # not a stop after all: released
+    assert t.finish() == ""

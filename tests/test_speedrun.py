@@ -1,0 +1,27 @@
+"""`llmlab speedrun quick=true`: the whole path, real packaged text to a report, in one go."""
+from __future__ import annotations
+
+import json
+import math
+
+from llmlab.cli import main
+
+
+def test_quick_speedrun_writes_report(tmp_path, capsys):
+    rc = main(["speedrun", "quick=true", "name=t", f"runs_dir={tmp_path}"])
+    assert rc == 0
+    out = tmp_path / "t"
+    summary = json.loads((out / "summary.json").read_text())
+    pt = summary["stages"]["pretrain"]
+    assert pt["steps"] > 0 and math.isfinite(pt["val_bpb"]) and pt["val_bpb"] > 0
+    # training lowered the loss below a uniform guess over the vocabulary
+    assert pt["train_loss"] < math.log(summary["model"]["vocab_size"])
+    report = (out / "report.md").read_text()
+    assert "validation bits-per-byte" in report and "llmlab chat model=" in report
+    assert (out / "stage_times.png").is_file()
+    assert len(summary["samples"]) == 5
+    model_dir = out / "train" / "model"
+    assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer.json").is_file()
+    # the result chats through the same CLI
+    assert main(["generate", f"model={model_dir}", "prompt=The moon", "max_new_tokens=5"]) == 0
+    assert "chat with it" in capsys.readouterr().out
