@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test test-slow setup bench clean browser
+.PHONY: run test test-slow setup bench clean browser speedrun
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,9 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m "not slow"
+
+speedrun: $(STAMP)
+	$(BIN)/llmlab speedrun
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
