@@ -26,8 +26,9 @@ class SpeedrunConfig:
     preset: str = field(default="cpu", metadata={"help": "model/budget preset (tiny, cpu, small, gpu)"})
     max_docs: int = field(default=30_000, metadata={"help": "documents drawn from the data mix"})
     vocab_size: int = field(default=4096, metadata={"help": "BPE vocabulary (incl. special tokens)"})
-    max_steps: int = field(default=0, metadata={"help": "override the preset's step budget (0 = preset)"})
-    eval_steps: int = field(default=100, metadata={"help": "validation every N steps"})
+    max_steps: int = field(default=200, metadata={
+        "help": "optimizer steps (0 = the preset's Chinchilla-style budget, ~35 min on 2 cores for `cpu`)"})
+    eval_steps: int = field(default=50, metadata={"help": "validation every N steps"})
     sample_tokens: int = 48
     seed: int = 0
     device: str = "auto"
@@ -98,7 +99,7 @@ def run(cfg: SpeedrunConfig) -> dict:
     sizing, overrides = preset(preset_name, tok.vocab_size)
     if cfg.quick:  # a smoke run: a few small optimizer steps
         overrides.update(max_steps=min(overrides["max_steps"], 40), gradient_accumulation_steps=1)
-    if cfg.max_steps:
+    elif cfg.max_steps:
         overrides["max_steps"] = cfg.max_steps
     overrides["warmup_steps"] = max(1, overrides["max_steps"] // 20)
     model_cfg = ModelConfig(**{**sizing.model.to_dict(), "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id})
