@@ -64,6 +64,7 @@ def write_report(out: Path, summary: dict) -> Path:
              f"| pretrain | {pt['seconds']:.1f} | {pt['steps']} steps, {pt['tokens']:,} tokens, "
              f"{pt['params'] / 1e6:.2f}M params, {pt['tokens'] / max(pt['seconds'], 1e-9):,.0f} tokens/s |",
              f"| samples | {s['samples']['seconds']:.1f} | {len(summary['samples'])} sampled completions |",
+             *([f"| eval | {s['eval']['seconds']:.1f} | report card below |"] if "eval" in s else []),
              "", "## Result", "",
              f"- final training loss: {pt['train_loss']:.3f}",
              f"- validation loss: {pt['val_loss']:.3f} nats/token" if pt.get("val_loss") is not None else "- validation loss: n/a",
