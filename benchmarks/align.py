@@ -171,7 +171,6 @@ def toy_results(seeds=(0, 1, 2)) -> dict:
     import random
 
     from llmlab.align.grpo import mean_reward
-    from llmlab.align.preference_trainer import logprob_preference_accuracy
 
     tok = CharTokenizer()
     small = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -204,14 +203,295 @@ def toy_results(seeds=(0, 1, 2)) -> dict:
            {f"toy_{k}_std": statistics.stdev(v) for k, v in out.items()}
 
 
+# ---------------------------------------------------------------------------------------------
+# --results: issue 8 item 7, held-out results on SmolLM2-135M-Instruct (and the speedrun model)
+# ---------------------------------------------------------------------------------------------
+
+# Hyperparameters, chosen on the dev split only (docs/align.md, docs/LOG.md); `--set key=value`
+# overrides one (e.g. --set grpo.learning_rate=3e-5) for a dev experiment.
+RESULTS_HP = {
+    "common": {"n_train_layers": 4, "max_new_tokens": 8, "n_eval": 64, "max_operand": 9},
+    "rm": {"loss": "pl", "learning_rate": 5e-5, "num_train_epochs": 2, "per_device_train_batch_size": 4,
+           "rows": 48, "samples": 2},
+    "pref_data": {"rows": 64, "samples": 2},
+    "grpo": {"num_generations": 8, "prompts_per_step": 2, "max_steps": 20, "max_completion_length": 6,
+             "learning_rate": 1e-4, "beta": 0.04, "temperature": 1.0, "rows": 128},
+    "ppo": {"rollout_batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 2, "max_steps": 10,
+            "max_completion_length": 6, "learning_rate": 1e-4, "kl_coef": 0.05, "rows": 128},
+    "dpo": {"beta": 0.1, "learning_rate": 2e-5, "num_train_epochs": 1, "per_device_train_batch_size": 4},
+    "ipo": {"beta": 0.1, "learning_rate": 5e-5, "num_train_epochs": 1, "per_device_train_batch_size": 4},
+    "kto": {"beta": 0.1, "learning_rate": 5e-5, "num_train_epochs": 1, "per_device_train_batch_size": 4},
+    "orpo": {"beta": 0.1, "learning_rate": 5e-5, "num_train_epochs": 1, "per_device_train_batch_size": 4},
+}
+PREF_METHODS = ("dpo", "ipo", "kto", "orpo")
+# the speedrun model (4.3M parameters) trains in full (no shared trunk) with larger learning rates
+SPEEDRUN_HP = {"common": {"n_train_layers": 0}, "rm": {"learning_rate": 1e-3}, "grpo": {"learning_rate": 1e-3},
+               "ppo": {"learning_rate": 1e-3}, "dpo": {"learning_rate": 1e-3}, "ipo": {"learning_rate": 1e-3},
+               "kto": {"learning_rate": 1e-3}, "orpo": {"learning_rate": 1e-3},
+               "sft": {"epochs": 12, "learning_rate": 1e-3, "rows": 150}}
+
+
+def hp_for(model_name: str, sets: list[str]) -> dict:
+    import copy as _copy
+    hp = _copy.deepcopy(RESULTS_HP)
+    if model_name == "speedrun":
+        for sec, kv in SPEEDRUN_HP.items():
+            hp.setdefault(sec, {}).update(kv)
+    return _apply_overrides(hp, sets)
+
+
+def speedrun_chat_model(hp: dict, log=print) -> str:
+    """The speedrun's chat-tuned model: runs/speedrun/sft/model if the speedrun made one, else a short
+    `llmlab sft` of runs/speedrun/train/model on training-split arithmetic questions (never a dev or
+    test question), written once to runs/align_speedrun_sft/model."""
+    from pathlib import Path
+
+    from llmlab.align.evaluate import arithmetic_splits, arithmetic_train
+    for cand in ("runs/speedrun/sft/model", "runs/align_speedrun_sft/model"):
+        if (Path(cand) / "config.json").is_file():
+            return cand
+    base = Path("runs/speedrun/train/model")
+    if not (base / "config.json").is_file():
+        raise FileNotFoundError("no speedrun model: run `make speedrun` (runs/speedrun/train/model) first")
+    from llmlab.finetune.sft import run_sft
+    from llmlab.finetune.sft_config import SftConfig
+    c, h = hp["common"], hp["sft"]
+    test, dev = arithmetic_splits(c["n_eval"], c["n_eval"], max_operand=c["max_operand"])
+    rows = arithmetic_train(h["rows"], 300, test + dev, c["max_operand"])
+    out = Path("runs/align_speedrun_sft")
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "arithmetic_sft.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "system", "content": ""},
+                                                     {"role": "user", "content": r["prompt"]},
+                                                     {"role": "assistant", "content": r["answer"]}]}) + "\n"
+                            for r in rows))
+    log(f"[speedrun] no chat model yet: SFT of {base} on {len(rows)} training questions -> {out}/model")
+    run_sft(SftConfig(model=str(base), datasets=[str(data)], num_train_epochs=h["epochs"], learning_rate=h["learning_rate"],
+                      per_device_train_batch_size=16, max_length=128, output_dir=str(out), save_strategy="no",
+                      eval_max_examples=0, disable_tqdm=True, report_to=["jsonl"]))
+    return str(out / "model")
+
+
+def _apply_overrides(hp: dict, sets: list[str]) -> dict:
+    import copy as _copy
+    hp = _copy.deepcopy(hp)
+    for kv in sets:
+        key, _, val = kv.partition("=")
+        sec, _, name = key.partition(".")
+        if sec not in hp or name not in hp[sec]:
+            raise SystemExit(f"--set {kv}: unknown key (sections: {', '.join(hp)})")
+        old = hp[sec][name]
+        hp[sec][name] = type(old)(val) if not isinstance(old, bool) else val.lower() in ("1", "true", "yes")
+    return hp
+
+
+def load_policy_model(name: str, hp: dict, log=print):
+    """'smollm2' (the packaged SmolLM2-135M-Instruct), 'speedrun' (the speedrun's chat model) or a dir."""
+    from pathlib import Path
+
+    from llmlab.model.load import load_model, resolve_model_path
+    from llmlab.tokenizer.bpe import load_tokenizer
+    if name == "speedrun":
+        name = speedrun_chat_model(hp, log)
+    model, path = load_model(name)
+    return model.float().eval(), load_tokenizer(resolve_model_path(name) if name != "smollm2" else path), name
+
+
+def results(model_name: str, seeds: list[int], split: str, only: set[str], hp: dict, log=print) -> dict:
+    """Train each method from the SFT model for each seed; evaluate on held-out (or dev) prompts."""
+    import copy as _copy
+
+    from llmlab.align.evaluate import (arithmetic_splits, arithmetic_train, decode, encode_prompts,
+                                       implicit_reward_accuracy, mean_std, pair_logprobs, score_completions, win_rate)
+    from llmlab.align.frozen_trunk import fork, share_frozen_trunk  # noqa: F811
+    from llmlab.align.ppo import PPOConfig, PPOTrainer, verifiable_score_fn
+    from llmlab.align.reward_model import RewardConfig, RewardModel, pairwise_accuracy, train_reward_model
+    from llmlab.align.rewards import strict_arithmetic_reward, strict_exact_match_reward
+    from llmlab.align.sampled_rankings import gold_vs_samples
+
+    t_start = time.perf_counter()
+    c = hp["common"]
+    sft, tok, resolved = load_policy_model(model_name, hp, log)
+    trunk = share_frozen_trunk([sft], c["n_train_layers"]) if c["n_train_layers"] else None
+    if trunk is None:  # full training: a fork is a plain trainable copy
+        def fork(m):
+            m = _copy.deepcopy(m)
+            for p in m.parameters():
+                p.requires_grad_(True)
+            return m
+    for p in sft.parameters():
+        p.requires_grad_(False)
+    test, dev = arithmetic_splits(c["n_eval"], c["n_eval"], max_operand=c["max_operand"])
+    exclude = test + dev
+
+    def render(rows):  # the chat template with an empty system prompt (SmolLM2's default one is 21 tokens)
+        return [dict(r, prompt=tok.apply_chat_template([{"role": "system", "content": ""},
+                                                        {"role": "user", "content": r["prompt"]}])) for r in rows]
+    held = render(test if split == "test" else dev)
+    P = encode_prompts(tok, held, chat=False)
+    T = c["max_new_tokens"]
+    answers = lambda g: [strict_exact_match_reward(r, t) for r, t in zip(held, g["texts"])]  # noqa: E731
+    sft_g = decode(sft, tok, P, T)
+    sft_em = answers(sft_g)
+    log(f"[{model_name}] SFT exact match on {split}: {statistics.mean(sft_em):.3f}; "
+        f"sample answers: {sft_g['texts'][:4]}")
+    out = {"model": resolved, "split": split, "n_eval": len(held), "seeds": seeds, "hp": hp,
+           "trainable": (f"top {c['n_train_layers']} of {sft.config.num_hidden_layers} blocks + final norm"
+                         if trunk is not None else "all parameters"),
+           "sft_exact_match": statistics.mean(sft_em), "methods": {}}
+    # held-out preference data: gold answer vs near miss vs the SFT model's own wrong samples
+    held_pairs, held_rank = gold_vs_samples(sft, tok, held, hp["pref_data"]["samples"], T, seed=999, chat=False)
+
+    # reward models (the seed-0 one judges the win rates)
+    judge, rm_acc = None, []
+    if "rm" in only:
+        r = hp["rm"]
+        for s in seeds:
+            torch.manual_seed(s)
+            rows = render(arithmetic_train(r["rows"], 100 + s, exclude, c["max_operand"]))
+            _, rank = gold_vs_samples(sft, tok, rows, r["samples"], T, seed=s, chat=False)
+            rm = RewardModel(fork(sft))
+            t0 = time.perf_counter()
+            logs = train_reward_model(rm, tok, rank, RewardConfig(loss=r["loss"], learning_rate=r["learning_rate"],
+                                      num_train_epochs=r["num_train_epochs"], chat=False, max_length=128,
+                                      per_device_train_batch_size=r["per_device_train_batch_size"], seed=s))
+            dt = (time.perf_counter() - t0) / max(1, len(logs))
+            rm_acc.append(pairwise_accuracy(rm, tok, held_rank, 128, False))
+            log(f"[{model_name}] rm seed {s}: held-out pairwise accuracy {rm_acc[-1]:.3f} ({len(logs)} steps, "
+                f"{dt:.2f} s/step)")
+            if judge is None:
+                judge = rm
+            out.setdefault("rm_s_per_step", []).append(dt)
+        base_acc = pairwise_accuracy(RewardModel(fork(sft)), tok, held_rank, 128, False)
+        out["rm"] = {"heldout_pairwise_accuracy": mean_std(rm_acc), "untrained_head_accuracy": base_acc,
+                     "heldout_pairs": sum(len(x["completions"]) * (len(x["completions"]) - 1) // 2 for x in held_rank)}
+    sft_rm = score_completions(judge, tok, P, sft_g["completions"]) if judge is not None else None
+
+    sft_pair_lp = pair_logprobs(sft, tok, held_pairs, 128)
+
+    def evaluate(policy) -> dict:
+        tt = [time.perf_counter()]
+        g = decode(policy, tok, P, T, ref=sft)  # greedy answers, and KL(pi || pi_sft) along them
+        tt.append(time.perf_counter())
+        em = answers(g)
+        same = [a == b for a, b in zip(g["completions"], sft_g["completions"])]
+        ev = {"exact_match": statistics.mean(em), "win_checker": win_rate(em, sft_em, same),
+              "kl": statistics.mean(g["kl"]), "sample": g["texts"][:4]}
+        if judge is not None:
+            ev["win_rm"] = win_rate(score_completions(judge, tok, P, g["completions"]), sft_rm, same)
+        tt.append(time.perf_counter())
+        ev["pref_accuracy"] = implicit_reward_accuracy(pair_logprobs(policy, tok, held_pairs, 128), sft_pair_lp)
+        tt.append(time.perf_counter())
+        ev["eval_parts_s"] = dict(zip(("greedy+kl", "rm", "pref"), [round(b - a, 1) for a, b in zip(tt, tt[1:])]))
+        return ev
+
+    pref_data = {}
+    for method in [m for m in ("grpo", "ppo", *PREF_METHODS) if m in only]:
+        runs = []
+        for s in seeds:
+            torch.manual_seed(s)
+            policy = fork(sft)
+            t0 = time.perf_counter()
+            if method == "grpo":
+                h = dict(hp["grpo"])
+                prompts = render(arithmetic_train(h.pop("rows"), s, exclude, c["max_operand"]))
+                logs = GRPOTrainer(policy, sft, tok, prompts, strict_arithmetic_reward, GRPOConfig(**h, seed=s)).train()
+                per_step = [x["time_rollout"] + x["time_reward"] + x["time_update"] for x in logs]
+                curve = [x["reward"] for x in logs]
+            elif method == "ppo":
+                h = dict(hp["ppo"])
+                prompts = render(arithmetic_train(h.pop("rows"), s, exclude, c["max_operand"]))
+                critic = RewardModel(fork(sft))
+                logs = PPOTrainer(policy, sft, critic, tok, prompts, verifiable_score_fn(strict_arithmetic_reward),
+                                  PPOConfig(**h, seed=s)).train()
+                del critic
+                per_step = [x["time_rollout"] + x["time_reward"] + x["time_update"] for x in logs]
+                curve = [x["reward"] for x in logs]
+            else:
+                if s not in pref_data:
+                    rows = render(arithmetic_train(hp["pref_data"]["rows"], 200 + s, exclude, c["max_operand"]))
+                    pref_data[s] = gold_vs_samples(sft, tok, rows, hp["pref_data"]["samples"], T, seed=s,
+                                                   chat=False)[0]
+                cfg = PreferenceConfig(loss_type=method, chat=False, max_length=128, seed=s, **hp[method])
+                logs = PreferenceTrainer(policy, None if method == "orpo" else sft, tok, pref_data[s], cfg).train()
+                per_step = [x["step_time"] for x in logs]
+                curve = [x["loss"] for x in logs]
+            train_s = time.perf_counter() - t0
+            ev = evaluate(policy)
+            ev.update(seed=s, steps=len(logs), train_s=train_s, eval_s=time.perf_counter() - t0 - train_s, s_per_step=statistics.median(per_step),
+                      curve=[round(v, 4) for v in curve])
+            runs.append(ev)
+            log(f"[{model_name}] {method} seed {s}: EM {statistics.mean(sft_em):.3f} -> {ev['exact_match']:.3f}, "
+                f"win(checker) {ev['win_checker']['win_rate']:.3f}"
+                + (f", win(RM) {ev['win_rm']['win_rate']:.3f}" if "win_rm" in ev else "")
+                + f", KL {ev['kl']:.3f}, pref acc {ev['pref_accuracy']:.3f}, {len(logs)} steps in {train_s:.0f} s "
+                f"(eval {ev['eval_s']:.0f} s: {ev['eval_parts_s']});"
+                f" {ev['sample']}; curve {[round(v, 2) for v in curve]}")
+            del policy
+        summ = {"runs": runs}
+        for k in ("exact_match", "kl", "pref_accuracy", "s_per_step"):
+            summ[k] = mean_std([r[k] for r in runs])
+        summ["win_checker"] = mean_std([r["win_checker"]["win_rate"] for r in runs])
+        if judge is not None:
+            summ["win_rm"] = mean_std([r["win_rm"]["win_rate"] for r in runs])
+        out["methods"][method] = summ
+    if trunk is not None:
+        out["trunk"] = {"hits": trunk.hits, "misses": trunk.misses, "prefix_hits": trunk.prefix_hits}
+    out["seconds"] = time.perf_counter() - t_start
+    return out
+
+
+def results_table(res: dict) -> str:
+    """Markdown table of one model's results: mean ± std over seeds."""
+    f = lambda ms, d=3: f"{ms[0]:.{d}f} ± {ms[1]:.{d}f}"  # noqa: E731
+    lines = ["| method | exact match (SFT -> after) | win rate vs SFT, checker | win rate vs SFT, RM | "
+             "KL to SFT (nats/answer) | implicit-reward pref. acc. | s/step |", "|---|---|---|---|---|---|---|"]
+    for m, s in res["methods"].items():
+        lines.append(f"| {m.upper()} | {res['sft_exact_match']:.3f} -> {f(s['exact_match'])} | {f(s['win_checker'])} | "
+                     + (f(s["win_rm"]) if "win_rm" in s else "-") + f" | {f(s['kl'])} | {f(s['pref_accuracy'])} | "
+                     f"{s['s_per_step'][0]:.2f} |")
+    if "rm" in res:
+        a = res["rm"]["heldout_pairwise_accuracy"]
+        lines.append(f"\nReward model: held-out pairwise accuracy {a[0]:.3f} ± {a[1]:.3f} over "
+                     f"{res['rm']['heldout_pairs']} pairs (untrained head: {res['rm']['untrained_head_accuracy']:.3f}).")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--results", action="store_true", help="issue 8 item 7: held-out results table(s)")
+    ap.add_argument("--models", default="smollm2,speedrun", help="with --results: smollm2, speedrun or a dir")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--split", default="test", choices=("test", "dev"), help="dev: for choosing hyperparameters")
+    ap.add_argument("--only", default="rm,grpo,ppo,dpo,ipo,kto,orpo")
+    ap.add_argument("--set", action="append", default=[], help="override a hyperparameter: section.key=value")
+    ap.add_argument("--no-timing", action="store_true", help="with --results: skip the step-time comparison")
+    ap.add_argument("--json-out", default="", help="with --results: also write the full results JSON here")
     a = ap.parse_args()
     threads = setup_threads()
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    res_all = {}
+    if a.results:
+        seeds = [int(x) for x in a.seeds.split(",")]
+        for name in a.models.split(","):
+            try:
+                res_all[name] = results(name, seeds, a.split, set(a.only.split(",")), hp_for(name, a.set),
+                                        log=lambda m: print(m, flush=True))
+            except FileNotFoundError as e:
+                res_all[name] = {"pending": str(e)}
+                print(f"[{name}] pending: {e}", flush=True)
+                continue
+            print(f"\n## {name} ({a.split} split, seeds {a.seeds}, "
+                  f"{res_all[name]['seconds']:.0f} s, load {os.getloadavg()[0]:.1f})\n", flush=True)
+            print(results_table(res_all[name]), flush=True)
+        if a.json_out:
+            with open(a.json_out, "w") as f:
+                json.dump(res_all, f, indent=1, default=str)
+        if a.no_timing:
+            return
     import tempfile
 
     tok = CharTokenizer()
@@ -228,14 +508,24 @@ def main() -> None:
             res["ours_grpo"] += run_ours_grpo(cfg, tok, P, G, T, steps)[1:]
             res["trl_grpo"] += run_trl_grpo(cfg, tok, P, G, T, steps, tmp)[1:]
     med = {k: statistics.median(v) for k, v in res.items()}
-    toy = {} if a.quick else toy_results()
+    toy = {} if (a.quick or a.results) else toy_results()
     load = os.getloadavg()[0]
     note = (f"CPU, {threads} thread(s), 1-min load average {load:.1f} on a shared machine"
             + (" (contended: absolute times inflated)" if load > (os.cpu_count() or 1) else ""))
     setup = {"model": "LLaMA 4x128, vocab 18, tied", "dpo_batch_pairs": B, "grpo_prompts": P, "grpo_G": G,
              "grpo_max_completion_length": T, "steps_per_run": steps, "repeats": repeats, "note": note}
+    summary = {}
+    for name, r in res_all.items():
+        if "methods" not in r:
+            summary[name] = r
+            continue
+        summary[name] = {"sft_exact_match": r["sft_exact_match"], "split": r["split"],
+                         **({"rm_accuracy": r["rm"]["heldout_pairwise_accuracy"]} if "rm" in r else {}),
+                         **{m: {k: v[k] for k in ("exact_match", "win_checker", "win_rm", "kl", "s_per_step") if k in v}
+                            for m, v in r["methods"].items()}}
     print(json.dumps({"benchmark": "align",
-                      "ours": {"dpo_s_per_step": med["ours_dpo"], "grpo_s_per_step": med["ours_grpo"], **setup, **toy},
+                      "ours": {"dpo_s_per_step": med["ours_dpo"], "grpo_s_per_step": med["ours_grpo"], **setup, **toy,
+                               **({"results": summary} if summary else {})},
                       "peer": {"name": "trl " + __import__("trl").__version__, "dpo_s_per_step": med["trl_dpo"],
                                "grpo_s_per_step": med["trl_grpo"]},
                       "ratio": {"dpo_step_speed": med["trl_dpo"] / med["ours_dpo"],

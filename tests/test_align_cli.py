@@ -50,6 +50,9 @@ def test_cli_reward_dpo_grpo_ppo_cai(tiny_dir, tmp_path, capsys):
     assert main(["grpo", m, "max_steps=1", "num_rows=2", "eval_rows=2", "num_generations=2",
                  "max_completion_length=3", f"output_dir={tmp_path / 'grpo'}"]) == 0
     assert "heldout_exact_match_after" in last_json(capsys)
+    assert main(["grpo", m, "supervision=process", "step_end=digits", "max_steps=1", "num_rows=2", "eval_rows=2",
+                 "num_generations=2", "max_completion_length=3", f"output_dir={tmp_path / 'grpo_process'}"]) == 0
+    assert last_json(capsys)["supervision"] == "process"
     assert main(["ppo", m, "max_steps=1", "num_rows=4", "eval_rows=2", "rollout_batch_size=2", "mini_batch_size=2",
                  "max_completion_length=3", "reward=model", f"reward_model={tmp_path / 'rm/model'}",
                  f"output_dir={tmp_path / 'ppo'}"]) == 0
@@ -76,3 +79,28 @@ def test_cli_user_errors(tiny_dir, tmp_path):
         run("grpo", "reward=bogus")
     with pytest.raises(UserError, match="reward_model"):
         run("ppo", "reward=model")
+    with pytest.raises(UserError, match="step_reward"):
+        run("grpo", "supervision=process", "step_reward=bogus")
+    with pytest.raises(UserError, match="step_end"):
+        run("grpo", "supervision=process", "step_end=words")
+
+
+def test_cli_grpo_process_supervision_runs(tiny_dir, tmp_path):
+    """`llmlab grpo supervision=process` trains with the built-in step reward (digits as steps)."""
+    from llmlab.align.commands import VERBS
+    from llmlab.config import load_config
+    cfg = load_config(VERBS["grpo"].config, [f"model={tiny_dir}", f"output_dir={tmp_path}", "supervision=process",
+                                             "max_steps=1", "num_rows=2", "eval_rows=2", "num_generations=2",
+                                             "max_completion_length=3"])
+    assert VERBS["grpo"].run(cfg) == 0
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_cli_splits_share_no_prompt(tmp_path):
+    from llmlab.align.commands import _split_rows
+    from llmlab.align.preference_data import arithmetic_pairs, write_jsonl
+    train, held = _split_rows("arithmetic", 300, 64, 0)
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held} and len(train) == 300
+    write_jsonl(tmp_path / "p.jsonl", arithmetic_pairs(20, 5))
+    train, held = _split_rows(str(tmp_path / "p.jsonl"), 100, 4, 0)
+    assert len(held) == 4 and len(train) <= 16 and not {r["prompt"] for r in train} & {r["prompt"] for r in held}

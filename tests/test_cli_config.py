@@ -93,3 +93,21 @@ def test_chat_answers(capsys, smollm2):
     rc = main(["chat", "prompt=What is the capital of France?", "max_new_tokens=16"])
     assert rc == 0
     assert "Paris" in capsys.readouterr().out
+
+
+def test_explicit_value_equal_to_default_is_not_derived():
+    """`learning_rate=1e-3` on the CLI is the user's choice even though 1e-3 is also the default."""
+    from llmlab.config import is_explicit, load_config
+    from llmlab.train.commands import TrainCommandConfig, _preset_shape
+    from llmlab.train.sizing import PRESETS
+    default_lr = TrainCommandConfig().learning_rate
+    assert PRESETS["cpu"]["learning_rate"] != default_lr
+    cfg = load_config(TrainCommandConfig, ["preset=cpu", f"learning_rate={default_lr}", "max_length=128"])
+    assert is_explicit(cfg, "learning_rate") and not is_explicit(cfg, "max_steps")
+    _preset_shape(cfg)
+    assert cfg.learning_rate == default_lr  # explicit, though equal to the default
+    assert cfg.max_length == 128  # explicit
+    assert cfg.max_steps == PRESETS["cpu"]["max_steps"]  # the preset's (left at the default)
+    cfg = load_config(TrainCommandConfig, ["preset=cpu"])
+    _preset_shape(cfg)
+    assert cfg.learning_rate == PRESETS["cpu"]["learning_rate"]

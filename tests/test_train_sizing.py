@@ -36,6 +36,12 @@ def test_presets():
     for name in PRESETS:
         s, over = preset(name, 8192, world_size=2)
         micro = over["per_device_train_batch_size"] * over["max_length"] * 2
-        assert over["gradient_accumulation_steps"] * micro == s.batch_tokens
+        if "gradient_accumulation_steps" in PRESETS[name]:  # a preset's explicit batch wins over the fit
+            assert over["gradient_accumulation_steps"] == PRESETS[name]["gradient_accumulation_steps"]
+        else:
+            assert over["gradient_accumulation_steps"] * micro == s.batch_tokens
+        for key in ("learning_rate", "max_steps"):
+            assert over[key] == PRESETS[name].get(key, getattr(s, key))
+        assert over["warmup_steps"] == max(1, over["max_steps"] // 50)
     with pytest.raises(UserError, match="unknown preset"):
         preset("huge", 100)

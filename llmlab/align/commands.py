@@ -24,7 +24,8 @@ class Common:
     tokenizer: str = field(default="", metadata={"help": "tokenizer source if the model dir has none (default: model)"})
     output_dir: str = field(default="runs/align", metadata={"help": "where the trained model and metrics go"})
     num_rows: int = field(default=256, metadata={"help": "training rows/prompts to build"})
-    eval_rows: int = field(default=64, metadata={"help": "held-out rows/prompts (built with seed + 1000)"})
+    eval_rows: int = field(default=64, metadata={"help": "held-out rows/prompts (builders: seed + 1000; a .jsonl: "
+                                                         "its last rows); no training row shares their prompts"})
 
 
 @dataclass
@@ -43,6 +44,11 @@ class DPORun(Common, PreferenceConfig):
 class GRPORun(Common, GRPOConfig):
     ref_model: str = field(default="", metadata={"help": "frozen reference (default: a copy of the policy)"})
     reward: str = field(default="arithmetic", metadata={"help": "exact_match, format or arithmetic"})
+    step_reward: str = field(default="prefix_match", metadata={
+        "help": "supervision=process: per-step verifiable reward (prefix_match: each step right while the "
+                "answer so far is a prefix of the correct one; the last step by exact match)"})
+    step_end: str = field(default="digits", metadata={
+        "help": "supervision=process: what ends a step: digits (each digit token) or newline"})
     chat: bool = field(default=True, metadata={"help": "render prompts with the chat template"})
 
 
@@ -108,6 +114,35 @@ def _save(model, out: str, name: str = "model", extra: dict | None = None):
     return path
 
 
+def _split_rows(source: str, n_train: int, n_held: int, seed: int, k: int = 4) -> tuple[list[dict], list[dict]]:
+    """Training and held-out preference rows that share no prompt: builders draw the held-out rows
+    with seed + 1000 and training rows with a held-out prompt are dropped; a .jsonl file keeps its
+    last n_held rows for evaluation."""
+    from llmlab.align.preference_data import build_rows
+    if source.endswith(".jsonl"):
+        rows = build_rows(source, 0, seed, k)
+        if len(rows) <= n_held:
+            raise UserError(f"config key 'data': {source} has {len(rows)} rows, not more than eval_rows={n_held}")
+        held = rows[-n_held:]
+        pool = rows[:-n_held]
+    else:
+        held = build_rows(source, n_held, seed + 1000, k)
+        pool = build_rows(source, n_train + n_held, seed, k)
+    seen = {r["prompt"] for r in held}
+    train = [r for r in pool if r["prompt"] not in seen][:n_train]
+    if not train:
+        raise UserError(f"config key 'data': no training rows left after removing held-out prompts from {source}")
+    return train, held
+
+
+def _prompt_rows_split(n_train: int, n_held: int, seed: int, tok, chat: bool) -> tuple[list[dict], list[dict]]:
+    """Training and held-out arithmetic prompts (seed and seed + 1000), no question in both."""
+    held = _prompt_rows(n_held, seed + 1000, tok, chat)
+    seen = {r["prompt"] for r in held}
+    train = [r for r in _prompt_rows(n_train + n_held, seed, tok, chat) if r["prompt"] not in seen][:n_train]
+    return train, held
+
+
 def _prompt_rows(n: int, seed: int, tok, chat: bool) -> list[dict]:
     from llmlab.align.preference_data import arithmetic_pairs
     rows = [{"prompt": r["prompt"], "answer": r["answer"]} for r in arithmetic_pairs(n, seed)]
@@ -118,14 +153,12 @@ def _prompt_rows(n: int, seed: int, tok, chat: bool) -> list[dict]:
 
 
 def run_reward(cfg: RewardRun) -> int:
-    from llmlab.align.preference_data import build_rows
     from llmlab.align.reward_model import RewardModel, pairwise_accuracy, train_reward_model
     from llmlab.checkpoint import save_tensors
 
     metrics = _setup(cfg.output_dir)
     backbone, tok = _load(cfg.model, cfg.tokenizer)
-    train = build_rows(cfg.data, cfg.num_rows, cfg.seed, cfg.ranking_size)
-    held = build_rows(cfg.data, cfg.eval_rows, cfg.seed + 1000, cfg.ranking_size)
+    train, held = _split_rows(cfg.data, cfg.num_rows, cfg.eval_rows, cfg.seed, cfg.ranking_size)
     rm = RewardModel(backbone)
     before = pairwise_accuracy(rm, tok, held, cfg.max_length, cfg.chat)
     logs = train_reward_model(rm, tok, train, cfg, metrics)
@@ -153,7 +186,7 @@ def load_reward_model(path: str, tokenizer: str = ""):
 
 
 def run_dpo(cfg: DPORun) -> int:
-    from llmlab.align.preference_data import BUILTIN, build_rows
+    from llmlab.align.preference_data import BUILTIN
     from llmlab.align.preference_trainer import PreferenceTrainer, logprob_preference_accuracy
 
     if cfg.data not in BUILTIN and not cfg.data.endswith(".jsonl"):
@@ -161,8 +194,7 @@ def run_dpo(cfg: DPORun) -> int:
     metrics = _setup(cfg.output_dir)
     policy, tok = _load(cfg.model, cfg.tokenizer)
     ref = _ref(policy, tok, cfg.ref_model, cfg.tokenizer) if cfg.loss_type != "orpo" else None
-    train = build_rows(cfg.data, cfg.num_rows, cfg.seed)
-    held = build_rows(cfg.data, cfg.eval_rows, cfg.seed + 1000)
+    train, held = _split_rows(cfg.data, cfg.num_rows, cfg.eval_rows, cfg.seed)
     base = copy.deepcopy(policy).eval()
     before = logprob_preference_accuracy(policy, tok, held, cfg.max_length, cfg.chat)
     logs = PreferenceTrainer(policy, ref, tok, train, cfg, metrics).train()
@@ -187,22 +219,31 @@ def run_grpo(cfg: GRPORun) -> int:
     from llmlab.align.grpo import GRPOTrainer, mean_reward
     from llmlab.align.rewards import exact_match_reward
 
+    from llmlab.align.rewards import STEP_ENDS, STEP_REWARDS, step_end_token_ids
+
     reward_fn = _reward_fn(cfg.reward)  # check the config before loading anything
     if cfg.supervision == "process":
-        raise UserError("config key 'supervision': process supervision needs a per-step reward function, "
-                        "which only the Python API takes (GRPOTrainer(step_reward_fn=...)); use outcome")
+        if cfg.step_reward not in STEP_REWARDS:
+            raise UserError(f"config key 'step_reward': {cfg.step_reward!r} is not one of {', '.join(STEP_REWARDS)}")
+        if cfg.step_end not in STEP_ENDS:
+            raise UserError(f"config key 'step_end': {cfg.step_end!r} is not one of {', '.join(STEP_ENDS)}")
     metrics = _setup(cfg.output_dir)
     policy, tok = _load(cfg.model, cfg.tokenizer)
     ref = _ref(policy, tok, cfg.ref_model, cfg.tokenizer)
-    train = _prompt_rows(cfg.num_rows, cfg.seed, tok, cfg.chat)
-    held = _prompt_rows(cfg.eval_rows, cfg.seed + 1000, tok, cfg.chat)
+    process = {}
+    if cfg.supervision == "process":
+        ends = step_end_token_ids(tok, cfg.step_end)
+        if not ends:
+            raise UserError(f"config key 'step_end': the tokenizer has no {cfg.step_end} tokens")
+        process = {"step_reward_fn": STEP_REWARDS[cfg.step_reward], "step_end_ids": ends}
+    train, held = _prompt_rows_split(cfg.num_rows, cfg.eval_rows, cfg.seed, tok, cfg.chat)
     em = lambda m: mean_reward(m, tok, held, exact_match_reward, 1, cfg.max_completion_length, 0.0)  # noqa: E731
     before = em(policy)
-    logs = GRPOTrainer(policy, ref, tok, train, reward_fn, cfg, metrics=metrics).train()
+    logs = GRPOTrainer(policy, ref, tok, train, reward_fn, cfg, metrics=metrics, **process).train()
     after = em(policy)
     path = _save(policy, cfg.output_dir, "model", {"source": cfg.model, "tokenizer": cfg.tokenizer or cfg.model})
-    print(json.dumps({"verb": "grpo", "heldout_exact_match_before": before, "heldout_exact_match_after": after,
-                      "steps": len(logs), "output": str(path)}))
+    print(json.dumps({"verb": "grpo", "supervision": cfg.supervision, "heldout_exact_match_before": before,
+                      "heldout_exact_match_after": after, "steps": len(logs), "output": str(path)}))
     return 0
 
 
@@ -230,8 +271,7 @@ def run_ppo(cfg: PPORun) -> int:
     else:
         score = verifiable_score_fn(_reward_fn(cfg.reward))
         critic = RewardModel(copy.deepcopy(policy))
-    train = _prompt_rows(cfg.num_rows, cfg.seed, tok, cfg.chat)
-    held = _prompt_rows(cfg.eval_rows, cfg.seed + 1000, tok, cfg.chat)
+    train, held = _prompt_rows_split(cfg.num_rows, cfg.eval_rows, cfg.seed, tok, cfg.chat)
     em = lambda m: mean_reward(m, tok, held, exact_match_reward, 1, cfg.max_completion_length, 0.0)  # noqa: E731
     before = em(policy)
     logs = PPOTrainer(policy, ref, critic, tok, train, score, cfg, metrics=metrics).train()

@@ -57,3 +57,53 @@ def sampled_rankings(model, tok, rows: list[dict], k: int = 4, reward_fn: Callab
         else:
             out.append({"prompt": row["prompt"], "completions": comps, "rewards": order})
     return out
+
+
+def graded_strict_reward(row: dict, completion: str) -> float:
+    """`graded_arithmetic_reward` for answers that must be a bare integer: a bare integer scores 1 if
+    right, else 1/(2 + distance); anything else (a sentence, an echo of the question) scores 0."""
+    from llmlab.align.rewards import _BARE_INT
+    m = _BARE_INT.fullmatch(completion)
+    if m is None:
+        return 0.0
+    d = abs(int(m.group(1)) - int(row["answer"]))
+    return 1.0 if d == 0 else 1.0 / (2 + d)
+
+
+@torch.no_grad()
+def gold_vs_samples(model, tok, rows: list[dict], samples: int = 2, max_new_tokens: int = 8,
+                    temperature: float = 1.0, seed: int = 0, chat: bool = True,
+                    check: Callable[[dict, str], float] | None = None,
+                    grade: Callable[[dict, str], float] = graded_strict_reward) -> tuple[list[dict], list[dict]]:
+    """On-policy verifiable preference data for arithmetic rows {"prompt" (raw question), "answer",
+    "rejected" (a near miss)}: sample `samples` completions per prompt from `model` (the SFT model).
+
+    Returns (pairs, rankings). A pair is the gold answer (chosen) against the first sample the exact-
+    match checker marks wrong (rejected), or against the near miss when every sample is right. A
+    ranking orders the gold answer, the near miss and the wrong samples by `grade`
+    (best first, one completion per distinct reward). `check` (default: strict exact match) decides
+    right/wrong, `grade` the ranking. Prompts are encoded with `chat`; rows keep them as given."""
+    from llmlab.align.encode import encode_prompt
+    from llmlab.align.rewards import strict_exact_match_reward
+    check = check or strict_exact_match_reward
+
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    ids = [encode_prompt(tok, r["prompt"], chat) for r in rows for _ in range(samples)]
+    ro = sample(model, ids, max_new_tokens, tok.eos_id, pad_id_of(tok), temperature, 1.0, gen)
+    eos = tok.eos_id
+    texts = [tok.decode([t for t in c if t != eos]).strip() for c in ro.completions()]
+    pairs, rankings = [], []
+    for i, row in enumerate(rows):
+        outs = texts[i * samples:(i + 1) * samples]
+        wrong = [t for t in outs if t and not check(row, t)]
+        gold = str(row["answer"])
+        pairs.append({"prompt": row["prompt"], "chosen": gold, "rejected": wrong[0] if wrong else row["rejected"],
+                      "answer": gold})
+        best: dict[float, str] = {}
+        for text in [gold, row["rejected"]] + wrong:
+            r = grade(row, text)
+            if r not in best and text not in best.values():
+                best[r] = text
+        order = sorted(best, reverse=True)
+        rankings.append({"prompt": row["prompt"], "completions": [best[r] for r in order], "answer": gold})
+    return pairs, rankings

@@ -10,7 +10,15 @@ prompt.py    prompt tuning (Lester et al. 2021) and P-tuning v1 (Liu et al. 2021
 io.py        saving/loading only the adapter weights, strict key and base-model checks
 peft_format.py  LoRA in the HF `peft` on-disk format (both directions)
 methods.py   attach / save_peft / load_peft: one entry point for every method
-commands.py  CLI verbs `llmlab sft data` and `llmlab merge`
+commands.py  CLI verbs `llmlab sft`, `llmlab peft <method>`, `sft data`, `sft self_instruct`, `peft params`, `merge`
 jsonl.py     reading/validating TRL-style JSONL (`messages` or `prompt`/`completion`)
 datasets.py  instruction data builders from packaged text and a seeded generator
+self_instruct.py  Self-Instruct (Wang et al. 2023): a model writes new instructions + answers
+sft_config.py     SftConfig (HF/TRL names)
+sft_data.py       records -> assistant-only labels -> rows (padded or packed) -> resumable batches; replay
+packing.py        first-fit-decreasing packing, per-example causal mask
+sft_build.py      the model (+ PEFT method) and data an SftConfig asks for
+sft_state.py      atomic, verified SFT checkpoints (on llmlab.train.checkpoint)
+sft.py            the SFT loop, exports, run_sft (CLI and speedrun)
+sft_eval.py       held-out arithmetic exact match and idiom ROUGE-L by greedy generation
 """

@@ -1,11 +1,15 @@
-"""CLI verbs: `llmlab sft data` (instruction datasets) and `llmlab merge` (fold a LoRA adapter)."""
+"""CLI verbs: `llmlab sft` (train), `llmlab peft <method>` (train one PEFT method), `llmlab sft data`
+(instruction datasets), `llmlab peft params` and `llmlab merge` (fold a LoRA adapter)."""
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmlab.command import Verb
 from llmlab.errors import UserError
+from llmlab.finetune.sft_config import SftConfig
 
 
 @dataclass
@@ -17,6 +21,30 @@ class SftDataConfig:
     num_examples: int = field(default=500, metadata={"help": "examples per builder before the split"})
     heldout_fraction: float = field(default=0.1, metadata={"help": "share kept for evaluation"})
     seed: int = 0
+
+
+@dataclass
+class SelfInstructConfig:
+    model: str = field(default="smollm2", metadata={"help": "the model that writes instructions and answers"})
+    output: str = field(default="data/sft/self_instruct.jsonl", metadata={"help": "JSONL file to write"})
+    num_instructions: int = field(default=50, metadata={"help": "records wanted"})
+    max_rounds: int = field(default=10, metadata={"help": "generation rounds at most (budget)"})
+    per_round: int = field(default=8, metadata={"help": "new-instruction requests per round"})
+    rouge_threshold: float = field(default=0.7, metadata={"help": "reject if ROUGE-L >= this vs any pool entry"})
+    seed: int = 0
+
+
+def run_self_instruct(cfg: SelfInstructConfig) -> int:
+    from llmlab.finetune.datasets import self_instruct
+    from llmlab.finetune.jsonl import write_jsonl
+
+    if cfg.num_instructions < 1 or cfg.max_rounds < 1 or cfg.per_round < 1:
+        raise UserError("num_instructions, max_rounds and per_round must be >= 1")
+    recs, stats = self_instruct(cfg.model, cfg.num_instructions, cfg.seed, cfg.max_rounds, cfg.per_round,
+                                cfg.rouge_threshold)
+    write_jsonl(cfg.output, recs)
+    print(f"{len(recs)} records -> {cfg.output} ({stats['requests']} requests; rejected: {stats['rejected']})")
+    return 0
 
 
 @dataclass
@@ -109,10 +137,75 @@ def _tokenizer_files(model_path) -> dict[str, str]:
         return {f.name: f.read_text(encoding="utf-8") for f in out.iterdir()}
 
 
+def run_sft_verb(cfg) -> int:
+    from llmlab.finetune.sft import run_sft
+
+    print(run_sft(cfg))
+    return 0
+
+
+def _copy_field(f: dataclasses.Field, default=dataclasses.MISSING):
+    if default is not dataclasses.MISSING:
+        return field(default=default, metadata=f.metadata)
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return field(default_factory=f.default_factory, metadata=f.metadata)  # type: ignore[misc]
+    return field(default=f.default, metadata=f.metadata)
+
+
+def peft_verb_config(method: str) -> type:
+    """SftConfig's keys (but `method`) plus the method's own options as top-level keys (r=8, ...)."""
+    from llmlab.finetune.methods import CONFIGS
+
+    out = []
+    for cls in (SftConfig, CONFIGS[method]):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name == "method" or (method == "ptuning_v2" and f.name == "prefix_projection"):
+                continue
+            if any(f.name == o[0] for o in out):
+                raise RuntimeError(f"option {f.name} of {method} clashes with an SFT key")
+            default = "lstm" if (method == "ptuning" and f.name == "encoder") else dataclasses.MISSING
+            out.append((f.name, hints[f.name], _copy_field(f, default)))
+    return dataclasses.make_dataclass(f"Peft_{method}_Config", out)
+
+
+def _peft_runner(method: str):
+    def run(cfg) -> int:
+        from llmlab.finetune.methods import CONFIGS
+
+        sft_keys = {f.name for f in dataclasses.fields(SftConfig)}
+        kw = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in sft_keys}
+        defaults = {f.name: f for f in dataclasses.fields(type(cfg))}
+        opts = {}
+        for f in dataclasses.fields(CONFIGS[method]):
+            if f.name in defaults:
+                d = defaults[f.name]
+                default = d.default_factory() if d.default_factory is not dataclasses.MISSING else d.default  # type: ignore[misc]
+                if getattr(cfg, f.name) != default:  # options given on the command line win over `peft:`
+                    opts[f.name] = getattr(cfg, f.name)
+        kw["peft"] = {**(kw.get("peft") or {}), **opts}
+        return run_sft_verb(SftConfig(method=method, **kw))
+    return run
+
+
+def _peft_verbs() -> dict:
+    from llmlab.finetune.methods import METHODS
+
+    return {f"peft {m}": Verb(peft_verb_config(m), _peft_runner(m), f"train {m} on instruction data (the SFT loop)",
+                              f"llmlab peft {m} configs/sft_smollm2.yaml" + (" r=8" if m in ("lora", "qlora") else ""))
+            for m in METHODS}
+
+
 VERBS = {
+    "sft": Verb(SftConfig, run_sft_verb, "supervised fine-tuning on chat data (full, or method=<peft method>)",
+                "llmlab sft configs/sft_smollm2.yaml max_steps=100 output_dir=runs/sft"),
+    **_peft_verbs(),
     "peft params": Verb(PeftParamsConfig, run_peft_params,
                         "what each PEFT method trains and stores on a model (default options)",
                         "llmlab peft params model=smollm2 methods=lora,prefix"),
+    "sft self_instruct": Verb(SelfInstructConfig, run_self_instruct,
+                              "Self-Instruct: a model writes new instructions + answers from seed tasks",
+                              "llmlab sft self_instruct model=smollm2 num_instructions=20 output=data/sft/si.jsonl"),
     "sft data": Verb(SftDataConfig, run_sft_data, "build instruction JSONL (TRL columns) with held-out splits",
                      "llmlab sft data output_dir=data/sft num_examples=200 datasets=arith_en,idiom_zh"),
     "merge": Verb(MergeConfig, run_merge, "fold a LoRA adapter into its base model and save an HF dir",

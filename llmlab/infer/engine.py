@@ -5,7 +5,8 @@ Every `step()` is one scheduling round at a token boundary:
 2. prefill: waiting requests are admitted in arrival order while the step's prefill token
    budget and the running-sequence limit allow; a long prompt is prefilled in fixed chunks of
    `prefill_chunk` tokens over several steps (chunked prefill, Agrawal et al. 2023), so decode
-   of the running sequences is never stalled for a whole long prompt;
+   of the running sequences is never stalled for a whole long prompt; all the chunks of a step
+   go through one forward (their rows share every matmul, attention stays per sequence);
 3. decode: every running sequence gets one token in a single batched forward. When the pool
    cannot hold one more token, the newest running sequence is preempted: swapped to host memory
    (`preempt="swap"`, bit-exact on resume) or freed and later recomputed (`preempt="recompute"`).
@@ -171,6 +172,7 @@ class Engine:
         budget = self.max_prefill_tokens
         # sequences mid-prefill continue first (they are in `running` with status PREFILL)
         queue = [s for s in self.running if s.status == PREFILL] + list(self.waiting)
+        batch = []  # (sequence, first position, chunk length, target length)
         for s in queue:
             if s.status == WAITING:
                 if len(self.running) >= self.max_num_seqs or self.swapped:
@@ -185,10 +187,14 @@ class Engine:
             except NoFreeBlocks:
                 break
             budget -= chunk
-            start = s.table.num_tokens
-            want_all = s.request.prompt_logprobs is not None
-            logits = self.runner.prefill(s.table, s.tokens[start:start + chunk], all_logits=want_all)
-            if want_all:
+            batch.append((s, s.table.num_tokens, chunk, target))
+        if not batch:
+            return
+        # one forward for all the chunks of this step: their rows share every matmul
+        logits_all = self.runner.prefill_many([(s.table, s.tokens[start:start + chunk], s.request.prompt_logprobs
+                                                is not None) for s, start, chunk, _ in batch])
+        for (s, start, chunk, target), logits in zip(batch, logits_all):
+            if s.request.prompt_logprobs is not None:
                 self._collect_prompt_logprobs(s, start, logits)
                 logits = logits[-1]
             if self.prefix_caching:

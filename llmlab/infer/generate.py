@@ -10,8 +10,10 @@ import torch
 
 from llmlab.errors import UserError
 from llmlab.infer.detok import TextStream, Utf8Stream  # noqa: F401  (Utf8Stream is re-exported)
+from llmlab.infer.runner import ContiguousDecoder
 from llmlab.infer.sampling import SamplingParams, choose, needs_context
 from llmlab.model.kv_cache import KVCache
+from llmlab.model.transformer import Transformer
 
 
 @torch.inference_mode()
@@ -36,8 +38,15 @@ def generate_ids(model, prompt_ids: list[int], params: SamplingParams,
     if params.seed is not None:
         gen = torch.Generator(device=device).manual_seed(params.seed)
     context = list(prompt_ids) if needs_context(params) else None
-    cache = KVCache.for_model(model, 1, len(prompt_ids) + budget)
-    logits = model(torch.tensor([prompt_ids], device=device), cache=cache, last_only=True)[0, -1]
+    if type(model) is Transformer:  # the lean inference forward (llmlab.infer.runner)
+        dec = ContiguousDecoder(model, len(prompt_ids) + budget)
+        forward = dec.forward
+    else:  # wrappers (PEFT prefixes, soft prompts, ...) run their own forward
+        cache = KVCache.for_model(model, 1, len(prompt_ids) + budget)
+
+        def forward(ids):
+            return model(torch.tensor([ids], device=device), cache=cache, last_only=True)[0, -1]
+    logits = forward(prompt_ids)
     for step in range(budget):
         nxt = choose(logits, params, gen, context, len(prompt_ids))
         if nxt in stops:
@@ -46,7 +55,7 @@ def generate_ids(model, prompt_ids: list[int], params: SamplingParams,
         if context is not None:
             context.append(nxt)
         if step + 1 < budget:
-            logits = model(torch.tensor([[nxt]], device=device), cache=cache)[0, -1]
+            logits = forward([nxt])
 
 
 def stream_text(model, tokenizer, prompt_ids: list[int], params: SamplingParams) -> Iterator[str]:

@@ -88,11 +88,16 @@ class BlockTable:
 class PagedKVCache:
     def __init__(self, num_layers: int, num_blocks: int, n_kv_heads: int, head_dim: int,
                  block_size: int = 16, dtype: torch.dtype = torch.float32, device="cpu"):
-        shape = (num_blocks, block_size, n_kv_heads, head_dim)
+        shape = (num_blocks + 1, block_size, n_kv_heads, head_dim)
         # empty, not zeros: pages are committed only when blocks are first written, and a slot is
-        # never read before it is written (attention reads positions < num_tokens only)
+        # never read before it is written (attention reads positions < num_tokens only). The one
+        # extra block at the end (`null_slot`) is all zeros and never allocated: batched decode
+        # points the padding keys of short sequences at it (masked, but finite: 0 * NaN is NaN).
         self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        for pool in (*self.k, *self.v):
+            pool[num_blocks].zero_()
+        self.null_slot = num_blocks * block_size
         self.block_size = block_size
         self.alloc = BlockAllocator(num_blocks)
 

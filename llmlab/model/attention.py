@@ -25,13 +25,21 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=b)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache=None, mask: torch.Tensor | None = None) -> torch.Tensor:
+                cache=None, mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """x (B, T, d) -> (B, T, d); with last_only, keys/values for all T tokens (the cache needs
+        them) but only the last token's query and output: (B, 1, d)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        if last_only and T > 1:
+            x, q_rope = x[:, -1:], tuple(r[..., -1:, :] for r in rope) if rope is not None else None
+            mask = mask[:, :, -1:] if mask is not None else None
+        else:
+            q_rope, last_only = rope, False
+        Tq = x.shape[1]
+        q = self.q_proj(x).view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = apply_rope(q, *q_rope), apply_rope(k, *rope)
         past = 0
         if cache is not None:
             past = cache.length
@@ -39,11 +47,11 @@ class Attention(nn.Module):
         gqa = self.n_kv != self.n_heads
         if mask is not None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-        elif T == 1 or past == 0:
+        elif last_only or T == 1 or past == 0:
             # one new token sees everything; a fresh prompt is plain causal
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=Tq > 1, enable_gqa=gqa)
         else:  # a chunk appended to a cache: causal with an offset
             i = torch.arange(T, device=x.device).unsqueeze(1) + past
             j = torch.arange(past + T, device=x.device).unsqueeze(0)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=j <= i, enable_gqa=gqa)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        return self.o_proj(y.transpose(1, 2).reshape(B, Tq, self.n_heads * self.head_dim))

@@ -18,6 +18,9 @@ class Block(nn.Module):
         self.post_attention_layernorm = make_norm(cfg.norm, cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = make_mlp(cfg.mlp, cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)
 
-    def forward(self, x: torch.Tensor, rope, cache=None, mask=None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, cache, mask)
+    def forward(self, x: torch.Tensor, rope, cache=None, mask=None, last_only: bool = False) -> torch.Tensor:
+        """last_only: return only the last position (B, 1, d); used on the final layer when only
+        the next-token logits are wanted, which skips that layer's query/MLP work on T-1 tokens."""
+        h = self.self_attn(self.input_layernorm(x), rope, cache, mask, last_only=last_only)
+        x = (x[:, -1:] if last_only else x) + h
         return x + self.mlp(self.post_attention_layernorm(x))

@@ -77,13 +77,14 @@ class Transformer(nn.Module):
         mask = None
         if attention_mask is not None:
             mask = self._padding_mask(attention_mask, past, T)
-        for layer in self.model.layers:
+        last = len(self.model.layers) - 1
+        for i, layer in enumerate(self.model.layers):
             if self.gradient_checkpointing and self.training:
                 # a cache that never changes during forward (e.g. a PEFT prefix) is safe to recompute with
                 ckpt_cache = cache if getattr(cache, "stateless", False) else None
                 x = torch.utils.checkpoint.checkpoint(layer, x, rope, ckpt_cache, mask, use_reentrant=False)
-            else:
-                x = layer(x, rope, cache, mask)
+            else:  # only the next-token logits wanted: the last layer works on the last token only
+                x = layer(x, rope, cache, mask, last_only=last_only and i == last)
         if cache is not None:
             cache.advance(T)
         if last_only:

@@ -16,6 +16,8 @@ from llmlab.log import get_logger
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 SAMPLE_PROMPTS = ["The moon", "Once upon a time", "In the history of", "中国", "Love is"]
+CHAT_PROMPTS = ["What is 7 plus 5?", "Tell me about the moon.", "Hello! How are you?", "“画蛇添足”是什么意思？",
+                "计算 12 加 9。"]
 
 
 @dataclass
@@ -24,10 +26,10 @@ class SpeedrunConfig:
     runs_dir: str = "runs"
     quick: bool = field(default=False, metadata={"help": "tiny everything: finishes in < 2 min (tests)"})
     preset: str = field(default="cpu", metadata={"help": "model/budget preset (tiny, cpu, small, gpu)"})
-    max_docs: int = field(default=30_000, metadata={"help": "documents drawn from the data mix"})
+    max_docs: int = field(default=20_000, metadata={"help": "documents drawn from the data mix"})
     vocab_size: int = field(default=4096, metadata={"help": "BPE vocabulary (incl. special tokens)"})
-    max_steps: int = field(default=200, metadata={
-        "help": "optimizer steps (0 = the preset's Chinchilla-style budget, ~35 min on 2 cores for `cpu`)"})
+    max_steps: int = field(default=0, metadata={
+        "help": "optimizer steps (0 = the preset's budget: 1,000 steps of 2,048 tokens, ~10 min on 2 cores for `cpu`)"})
     eval_steps: int = field(default=50, metadata={"help": "validation every N steps"})
     sample_tokens: int = 48
     seed: int = 0
@@ -120,17 +122,24 @@ def run(cfg: SpeedrunConfig) -> dict:
 
     with _timed(stages, "samples"):
         samples = _samples(model, tok, cfg)
-
-    with _timed(stages, "eval"):  # the report card, with contamination against our own training text
+    with _timed(stages, "sft"):  # instruction tuning: the pretrained model becomes a chat model
+        from llmlab.finetune.sft import sft, speedrun_sft_config
+        res = sft(speedrun_sft_config(out / "train" / "model", out / "sft", quick=cfg.quick, seed=cfg.seed,
+                                      device=cfg.device), progress=not cfg.quick)
+        chat_dir = res.output
+        stages["sft"].update(steps=res.step, train_loss=res.train_loss, heldout_loss=res.eval_loss)
+        chats = _chat_samples(res.model, res.tokenizer, cfg)
+    with _timed(stages, "eval"):  # the chat model's report card, with contamination against our own text
         from llmlab.eval.commands import EvalConfig, run_eval
         n = 5 if cfg.quick else 40
-        run_eval(EvalConfig(model=str(out / "train" / "model"), output_dir=str(out / "eval"), seed=cfg.seed,
+        run_eval(EvalConfig(model=str(chat_dir), output_dir=str(out / "eval"), seed=cfg.seed,
                             tasks=[f"perplexity_en:{n}", f"perplexity_zh:{n}", f"zh_idiom:{2 * n}", f"arithmetic:{n}"],
                             contamination_corpus=str(out / "data" / "train.jsonl"), device=cfg.device))
 
     summary = {"config": asdict(cfg), "model": model_cfg.to_dict(), "sizing": sizing.summary(),
                "train": {k: v for k, v in asdict(tcfg).items()}, "stages": stages, "data_report": data_report,
-               "evals": result.evals, "samples": samples, "model_dir": str(out / "train" / "model")}
+               "evals": result.evals, "samples": samples, "chat_samples": chats,
+               "pretrained_dir": str(out / "train" / "model"), "model_dir": str(chat_dir)}
     from llmlab.speedrun.report import write_report
     write_report(out, summary)
     return summary
@@ -146,4 +155,18 @@ def _samples(model, tok, cfg: SpeedrunConfig) -> list[dict]:
         params = SamplingParams(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_p=0.95, seed=cfg.seed + i)
         text = "".join(stream_text(model, tok, tok.encode(prompt), params))
         out.append({"prompt": prompt, "completion": text})
+    return out
+
+
+def _chat_samples(model, tok, cfg: SpeedrunConfig) -> list[dict]:
+    """Greedy replies of the chat model, through the same chat template SFT trained on."""
+    from llmlab.infer.generate import stream_text
+    from llmlab.infer.sampling import SamplingParams
+
+    model.eval()
+    out = []
+    for prompt in CHAT_PROMPTS:
+        ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True))
+        params = SamplingParams(max_new_tokens=cfg.sample_tokens, temperature=0.0)
+        out.append({"prompt": prompt, "reply": "".join(stream_text(model, tok, ids, params)).strip()})
     return out

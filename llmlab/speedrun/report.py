@@ -64,7 +64,11 @@ def write_report(out: Path, summary: dict) -> Path:
              f"| pretrain | {pt['seconds']:.1f} | {pt['steps']} steps, {pt['tokens']:,} tokens, "
              f"{pt['params'] / 1e6:.2f}M params, {pt['tokens'] / max(pt['seconds'], 1e-9):,.0f} tokens/s |",
              f"| samples | {s['samples']['seconds']:.1f} | {len(summary['samples'])} sampled completions |",
-             *([f"| eval | {s['eval']['seconds']:.1f} | report card below |"] if "eval" in s else []),
+             *([f"| sft | {s['sft']['seconds']:.1f} | {s['sft']['steps']} steps of full SFT on the packaged "
+                f"instruction data, train loss {s['sft']['train_loss']:.3f}"
+                + (f", held-out loss {s['sft']['heldout_loss']:.3f}" if s['sft'].get('heldout_loss') is not None else "")
+                + " |"] if "sft" in s else []),
+             *([f"| eval | {s['eval']['seconds']:.1f} | report card below (the chat model) |"] if "eval" in s else []),
              "", "## Result", "",
              f"- final training loss: {pt['train_loss']:.3f}",
              f"- validation loss: {pt['val_loss']:.3f} nats/token" if pt.get("val_loss") is not None else "- validation loss: n/a",
@@ -77,6 +81,10 @@ def write_report(out: Path, summary: dict) -> Path:
     lines += ["", "## Samples (temperature 0.8, top-p 0.95)", ""]
     for smp in summary["samples"]:
         lines += [f"**{smp['prompt']}**{smp['completion']}".replace("\n", " ") + "", ""]
+    if summary.get("chat_samples"):
+        lines += ["## Chat samples (after SFT, greedy)", ""]
+        for smp in summary["chat_samples"]:
+            lines += [f"- **you>** {smp['prompt']}  ", f"  **assistant>** {smp['reply']}".replace("\n", " "), ""]
     lines += ["## Chat with it", "", "```", f"llmlab chat model={summary['model_dir']}", "```", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmlab.command import Verb
+from llmlab.config import is_explicit
 from llmlab.errors import UserError
 from llmlab.train.config import TrainConfig
 
@@ -87,7 +88,7 @@ def _preset_shape(cfg: TrainCommandConfig) -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(TrainCommandConfig)
                 if f.default is not dataclasses.MISSING}
     for k, v in PRESETS.get(cfg.preset, {}).items():
-        if k != "depth" and getattr(cfg, k) == defaults.get(k):
+        if k != "depth" and not is_explicit(cfg, k) and getattr(cfg, k) == defaults.get(k):
             setattr(cfg, k, v)
 
 
@@ -101,7 +102,7 @@ def _apply_preset(cfg: TrainCommandConfig, vocab: int, world: int):
                 if f.default is not dataclasses.MISSING}
 
     def fill(key, value):
-        if getattr(cfg, key) == defaults.get(key):
+        if not is_explicit(cfg, key) and getattr(cfg, key) == defaults.get(key):
             setattr(cfg, key, value)
 
     cfg.depth = cfg.depth or PRESETS.get(cfg.preset, {}).get("depth", 4)

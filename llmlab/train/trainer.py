@@ -321,6 +321,9 @@ def train(cfg: TrainConfig, model, train_loader, val_loader=None, *, extra_files
                 dt = time.perf_counter() - t_log
                 tps = tok_log / dt if dt > 0 else 0.0
                 util = mfu(tps / info.world_size, fpt, peak)
+                if util > 1.0 and not cfg.peak_flops:  # the ceiling was measured while the machine was busy
+                    peak = max(peak, measure_matmul_flops(device, amp_dtype or torch.float32, seconds=0.3))
+                    util = mfu(tps / info.world_size, fpt, peak)
                 if info.is_main:
                     reporter.log("train", step, loss=loss_log / n_log, lr=lr, grad_norm=grad_norm, tokens=tokens_seen,
                                  tokens_per_s=tps, mfu=util, elapsed_s=time.perf_counter() - t_start)
