@@ -213,21 +213,22 @@ RESULTS_HP = {
     "common": {"n_train_layers": 4, "max_new_tokens": 8, "n_eval": 64, "max_operand": 9},
     "rm": {"loss": "pl", "learning_rate": 5e-5, "num_train_epochs": 2, "per_device_train_batch_size": 4,
            "rows": 48, "samples": 2},
-    "pref_data": {"rows": 64, "samples": 2},
+    "pref_data": {"rows": 64, "samples": 1, "temperature": 0.0},  # rejected: the SFT model's greedy answer
     "grpo": {"num_generations": 8, "prompts_per_step": 2, "max_steps": 20, "max_completion_length": 6,
              "learning_rate": 1e-4, "beta": 0.04, "temperature": 1.0, "rows": 128},
     "ppo": {"rollout_batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 2, "max_steps": 10,
             "max_completion_length": 6, "learning_rate": 1e-4, "kl_coef": 0.05, "rows": 128},
-    "dpo": {"beta": 0.1, "learning_rate": 2e-5, "num_train_epochs": 1, "per_device_train_batch_size": 4},
-    "ipo": {"beta": 0.1, "learning_rate": 5e-5, "num_train_epochs": 1, "per_device_train_batch_size": 4},
-    "kto": {"beta": 0.1, "learning_rate": 5e-5, "num_train_epochs": 1, "per_device_train_batch_size": 4},
+    "dpo": {"beta": 0.1, "learning_rate": 1e-4, "num_train_epochs": 1, "per_device_train_batch_size": 4},
+    "ipo": {"beta": 0.1, "learning_rate": 1e-4, "num_train_epochs": 1, "per_device_train_batch_size": 4},
+    "kto": {"beta": 0.1, "learning_rate": 1e-4, "num_train_epochs": 1, "per_device_train_batch_size": 4},
     "orpo": {"beta": 0.1, "learning_rate": 5e-5, "num_train_epochs": 1, "per_device_train_batch_size": 4},
 }
 PREF_METHODS = ("dpo", "ipo", "kto", "orpo")
 # the speedrun model (4.3M parameters) trains in full (no shared trunk) with larger learning rates
+# (the preference methods at 1e-3 collapsed on dev, to constant or repeated digits: 1e-4 there)
 SPEEDRUN_HP = {"common": {"n_train_layers": 0}, "rm": {"learning_rate": 1e-3}, "grpo": {"learning_rate": 1e-3},
-               "ppo": {"learning_rate": 1e-3}, "dpo": {"learning_rate": 1e-3}, "ipo": {"learning_rate": 1e-3},
-               "kto": {"learning_rate": 1e-3}, "orpo": {"learning_rate": 1e-3},
+               "ppo": {"learning_rate": 1e-3}, "dpo": {"learning_rate": 1e-4}, "ipo": {"learning_rate": 1e-4},
+               "kto": {"learning_rate": 1e-4}, "orpo": {"learning_rate": 1e-4},
                "sft": {"epochs": 12, "learning_rate": 1e-3, "rows": 150}}
 
 
@@ -297,7 +298,8 @@ def load_policy_model(name: str, hp: dict, log=print):
     return model.float().eval(), load_tokenizer(resolve_model_path(name) if name != "smollm2" else path), name
 
 
-def results(model_name: str, seeds: list[int], split: str, only: set[str], hp: dict, log=print) -> dict:
+def results(model_name: str, seeds: list[int], split: str, only: set[str], hp: dict, log=print,
+            method_seeds: dict[str, list[int]] | None = None) -> dict:
     """Train each method from the SFT model for each seed; evaluate on held-out (or dev) prompts."""
     import copy as _copy
 
@@ -333,14 +335,17 @@ def results(model_name: str, seeds: list[int], split: str, only: set[str], hp: d
     answers = lambda g: [strict_exact_match_reward(r, t) for r, t in zip(held, g["texts"])]  # noqa: E731
     sft_g = decode(sft, tok, P, T)
     sft_em = answers(sft_g)
+    sft_copies = statistics.mean(float(t.strip().rstrip(".") == r["prompt"].split("What is ")[-1].split()[0])
+                                 for r, t in zip(held, sft_g["texts"]))
     log(f"[{model_name}] SFT exact match on {split}: {statistics.mean(sft_em):.3f}; "
         f"sample answers: {sft_g['texts'][:4]}")
     out = {"model": resolved, "split": split, "n_eval": len(held), "seeds": seeds, "hp": hp,
            "trainable": (f"top {c['n_train_layers']} of {sft.config.num_hidden_layers} blocks + final norm"
                          if trunk is not None else "all parameters"),
-           "sft_exact_match": statistics.mean(sft_em), "methods": {}}
+           "sft_exact_match": statistics.mean(sft_em), "sft_copies_first_operand": sft_copies,
+           "sft_samples": sft_g["texts"][:8], "methods": {}}
     # held-out preference data: gold answer vs near miss vs the SFT model's own wrong samples
-    held_pairs, held_rank = gold_vs_samples(sft, tok, held, hp["pref_data"]["samples"], T, seed=999, chat=False)
+    held_pairs, held_rank = gold_vs_samples(sft, tok, held, 2, T, seed=999, chat=False)
 
     # reward models (the seed-0 one judges the win rates)
     judge, rm_acc = None, []
@@ -369,18 +374,22 @@ def results(model_name: str, seeds: list[int], split: str, only: set[str], hp: d
 
     sft_pair_lp = pair_logprobs(sft, tok, held_pairs, 128)
 
-    def evaluate(policy) -> dict:
+    def evaluate(policy, pref: bool) -> dict:
         tt = [time.perf_counter()]
         g = decode(policy, tok, P, T, ref=sft)  # greedy answers, and KL(pi || pi_sft) along them
         tt.append(time.perf_counter())
         em = answers(g)
         same = [a == b for a, b in zip(g["completions"], sft_g["completions"])]
         ev = {"exact_match": statistics.mean(em), "win_checker": win_rate(em, sft_em, same),
-              "kl": statistics.mean(g["kl"]), "sample": g["texts"][:4]}
+              "kl": statistics.mean(g["kl"]), "sample": g["texts"][:4],
+              # a degenerate policy answers with the question's first number ("2 * 3" -> "2")
+              "copies_first_operand": statistics.mean(float(t.strip().rstrip(".") == r["prompt"].split("What is ")[-1].split()[0])
+                                                      for r, t in zip(held, g["texts"]))}
         if judge is not None:
             ev["win_rm"] = win_rate(score_completions(judge, tok, P, g["completions"]), sft_rm, same)
         tt.append(time.perf_counter())
-        ev["pref_accuracy"] = implicit_reward_accuracy(pair_logprobs(policy, tok, held_pairs, 128), sft_pair_lp)
+        if pref:  # the preference methods' own target; skipped for GRPO/PPO to save time
+            ev["pref_accuracy"] = implicit_reward_accuracy(pair_logprobs(policy, tok, held_pairs, 128), sft_pair_lp)
         tt.append(time.perf_counter())
         ev["eval_parts_s"] = dict(zip(("greedy+kl", "rm", "pref"), [round(b - a, 1) for a, b in zip(tt, tt[1:])]))
         return ev
@@ -388,7 +397,7 @@ def results(model_name: str, seeds: list[int], split: str, only: set[str], hp: d
     pref_data = {}
     for method in [m for m in ("grpo", "ppo", *PREF_METHODS) if m in only]:
         runs = []
-        for s in seeds:
+        for s in (method_seeds or {}).get(method, seeds):
             torch.manual_seed(s)
             policy = fork(sft)
             t0 = time.perf_counter()
@@ -410,27 +419,30 @@ def results(model_name: str, seeds: list[int], split: str, only: set[str], hp: d
             else:
                 if s not in pref_data:
                     rows = render(arithmetic_train(hp["pref_data"]["rows"], 200 + s, exclude, c["max_operand"]))
-                    pref_data[s] = gold_vs_samples(sft, tok, rows, hp["pref_data"]["samples"], T, seed=s,
-                                                   chat=False)[0]
+                    pref_data[s] = gold_vs_samples(sft, tok, rows, hp["pref_data"]["samples"], T,
+                                                   hp["pref_data"]["temperature"], seed=s, chat=False)[0]
                 cfg = PreferenceConfig(loss_type=method, chat=False, max_length=128, seed=s, **hp[method])
                 logs = PreferenceTrainer(policy, None if method == "orpo" else sft, tok, pref_data[s], cfg).train()
                 per_step = [x["step_time"] for x in logs]
                 curve = [x["loss"] for x in logs]
             train_s = time.perf_counter() - t0
-            ev = evaluate(policy)
+            ev = evaluate(policy, method in PREF_METHODS)
             ev.update(seed=s, steps=len(logs), train_s=train_s, eval_s=time.perf_counter() - t0 - train_s, s_per_step=statistics.median(per_step),
                       curve=[round(v, 4) for v in curve])
             runs.append(ev)
             log(f"[{model_name}] {method} seed {s}: EM {statistics.mean(sft_em):.3f} -> {ev['exact_match']:.3f}, "
                 f"win(checker) {ev['win_checker']['win_rate']:.3f}"
                 + (f", win(RM) {ev['win_rm']['win_rate']:.3f}" if "win_rm" in ev else "")
-                + f", KL {ev['kl']:.3f}, pref acc {ev['pref_accuracy']:.3f}, {len(logs)} steps in {train_s:.0f} s "
+                + f", KL {ev['kl']:.3f}" + (f", pref acc {ev['pref_accuracy']:.3f}" if "pref_accuracy" in ev else "")
+                + f", {len(logs)} steps in {train_s:.0f} s "
                 f"(eval {ev['eval_s']:.0f} s: {ev['eval_parts_s']});"
                 f" {ev['sample']}; curve {[round(v, 2) for v in curve]}")
             del policy
         summ = {"runs": runs}
-        for k in ("exact_match", "kl", "pref_accuracy", "s_per_step"):
-            summ[k] = mean_std([r[k] for r in runs])
+        for k in ("exact_match", "kl", "pref_accuracy", "s_per_step", "copies_first_operand"):
+            if k in runs[0]:
+                summ[k] = mean_std([r[k] for r in runs])
+        summ["seeds"] = [r["seed"] for r in runs]
         summ["win_checker"] = mean_std([r["win_checker"]["win_rate"] for r in runs])
         if judge is not None:
             summ["win_rm"] = mean_std([r["win_rm"]["win_rate"] for r in runs])
@@ -444,12 +456,15 @@ def results(model_name: str, seeds: list[int], split: str, only: set[str], hp: d
 def results_table(res: dict) -> str:
     """Markdown table of one model's results: mean ± std over seeds."""
     f = lambda ms, d=3: f"{ms[0]:.{d}f} ± {ms[1]:.{d}f}"  # noqa: E731
-    lines = ["| method | exact match (SFT -> after) | win rate vs SFT, checker | win rate vs SFT, RM | "
-             "KL to SFT (nats/answer) | implicit-reward pref. acc. | s/step |", "|---|---|---|---|---|---|---|"]
+    lines = [f"SFT answers equal to the first operand: {res['sft_copies_first_operand']:.2f}.\n",
+             "| method | exact match (SFT -> after) | win rate vs SFT, checker | win rate vs SFT, RM | "
+             "KL to SFT (nats/answer) | implicit-reward pref. acc. | answer = 1st operand | s/step | seeds |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for m, s in res["methods"].items():
         lines.append(f"| {m.upper()} | {res['sft_exact_match']:.3f} -> {f(s['exact_match'])} | {f(s['win_checker'])} | "
-                     + (f(s["win_rm"]) if "win_rm" in s else "-") + f" | {f(s['kl'])} | {f(s['pref_accuracy'])} | "
-                     f"{s['s_per_step'][0]:.2f} |")
+                     + (f(s["win_rm"]) if "win_rm" in s else "-") + f" | {f(s['kl'])} | "
+                     + (f(s["pref_accuracy"]) if "pref_accuracy" in s else "-")
+                     + f" | {f(s['copies_first_operand'], 2)} | {s['s_per_step'][0]:.2f} | {','.join(map(str, s['seeds']))} |")
     if "rm" in res:
         a = res["rm"]["heldout_pairwise_accuracy"]
         lines.append(f"\nReward model: held-out pairwise accuracy {a[0]:.3f} ± {a[1]:.3f} over "
@@ -469,6 +484,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="override a hyperparameter: section.key=value")
     ap.add_argument("--no-timing", action="store_true", help="with --results: skip the step-time comparison")
     ap.add_argument("--json-out", default="", help="with --results: also write the full results JSON here")
+    ap.add_argument("--method-seeds", action="append", default=[],
+                    help="with --results: other seeds for one method, e.g. ppo:0,1 (default: --seeds)")
     a = ap.parse_args()
     threads = setup_threads()
     warnings.filterwarnings("ignore")
@@ -478,8 +495,9 @@ def main() -> None:
         seeds = [int(x) for x in a.seeds.split(",")]
         for name in a.models.split(","):
             try:
+                per = {m: [int(x) for x in v.split(",")] for m, _, v in (ms.partition(":") for ms in a.method_seeds)}
                 res_all[name] = results(name, seeds, a.split, set(a.only.split(",")), hp_for(name, a.set),
-                                        log=lambda m: print(m, flush=True))
+                                        log=lambda m: print(m, flush=True), method_seeds=per)
             except FileNotFoundError as e:
                 res_all[name] = {"pending": str(e)}
                 print(f"[{name}] pending: {e}", flush=True)
@@ -496,7 +514,7 @@ def main() -> None:
 
     tok = CharTokenizer()
     cfg = model_config(tok)
-    steps, repeats = (4, 1) if a.quick else (8, 3)
+    steps, repeats = (4, 1) if a.quick else (8, 1 if a.results else 3)
     repeats = a.repeats or repeats
     B, P, G, T = 8, 2, 4, 4
     rows = dpo_rows(B * steps)

@@ -13,7 +13,12 @@ weights (policy, reference, critic/reward backbones) so they hold one `SharedTru
 of their bottom blocks and one embedding; the trunk and embedding are frozen. The trunk memoises
 its output per row, keyed by the row's exact input (embedding output, position table and padding
 mask), both for plain forwards and for KV-cache prefills (it then also keeps the row's keys and
-values and writes them into the caller's cache); decode steps are computed as usual. Results are
+values and writes them into the caller's cache); decode steps are computed as usual. Two kinds of
+row reuse their prefix instead of being recomputed: a rollout row (left-padded prompt + completion)
+runs only its completion on top of the prompt's memoised prefill, and a right-padded row (the
+preference loop's and the reward model's layout) runs only what follows the longest prefix it
+shares with a memoised row, e.g. the rejected answer after the chosen one of the same prompt.
+Results are
 the plain model's up to float reassociation (tested), and nothing below the top blocks gets a
 gradient. The rewired models are for in-process training and evaluation; their state dicts do not
 follow the HF layout, so save a model before rewiring it if it must be saved.
@@ -242,8 +247,8 @@ def _same(a: nn.Module, b: nn.Module) -> bool:
 
 def share_frozen_trunk(models: list[nn.Module], n_train: int, max_bytes: int = 2 << 30) -> SharedTrunk:
     """Rewire `models` (Transformers with identical bottom blocks and embedding) in place to share one
-    frozen, memoised trunk; only their top `n_train` blocks and final norm keep requires_grad.
-    A model's LM head stays frozen when it is tied to the (frozen) embedding."""
+    frozen, memoised trunk; only their top `n_train` blocks and final norm keep requires_grad (the LM
+    head stays frozen: with tied embeddings it is the shared embedding)."""
     if not models:
         raise UserError("share_frozen_trunk: no models")
     base = models[0]

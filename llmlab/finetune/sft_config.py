@@ -7,9 +7,9 @@ from typing import Literal, Optional
 from llmlab.errors import UserError
 
 METHODS = ("full", "lora", "qlora", "adapter", "prefix", "ptuning_v2", "prompt", "ptuning")
-# usual peak learning rates: full SFT as TRL's default; LoRA/adapters as the LoRA/QLoRA papers'
-# small-model runs; prefix/prompt methods train few vectors and need far larger steps (Li & Liang
-# 2021: 5e-5..8e-5 with their MLP on GPT-2 is for 10 epochs; peft's examples use 1e-2..3e-2)
+# usual peak learning rates: TRL's SFT default for full fine-tuning; 2e-4 for LoRA/QLoRA/adapters
+# (the QLoRA paper's rate for its smaller models); prefix/prompt methods train a few vectors and
+# need far larger steps (HF peft's examples use 1e-2 to 3e-2)
 DEFAULT_LR = {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4, "adapter": 2e-4, "prefix": 1e-2, "ptuning_v2": 1e-2,
               "prompt": 3e-2, "ptuning": 1e-2}
 DEFAULT_DATASETS = ["arith_en", "arith_zh", "idiom_zh", "wiki_en", "chitchat_en", "chitchat_zh"]

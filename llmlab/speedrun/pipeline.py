@@ -159,10 +159,13 @@ def _samples(model, tok, cfg: SpeedrunConfig) -> list[dict]:
 
 
 def _chat_samples(model, tok, cfg: SpeedrunConfig) -> list[dict]:
-    """Greedy replies of the chat model, through the same chat template SFT trained on."""
+    """Greedy replies of the chat model, through the same chat template SFT trained on; a reply
+    ends at the end-of-turn token, as in `llmlab chat` on the saved model."""
+    from llmlab.finetune.sft import chat_tokenizer
     from llmlab.infer.generate import stream_text
     from llmlab.infer.sampling import SamplingParams
 
+    tok = chat_tokenizer(tok)
     model.eval()
     out = []
     for prompt in CHAT_PROMPTS:
