@@ -213,11 +213,14 @@ RESULTS_HP = {
     "common": {"n_train_layers": 4, "max_new_tokens": 8, "n_eval": 64, "max_operand": 9},
     "rm": {"loss": "pl", "learning_rate": 5e-5, "num_train_epochs": 2, "per_device_train_batch_size": 4,
            "rows": 48, "samples": 2},
-    "pref_data": {"rows": 64, "samples": 1, "temperature": 0.0},  # rejected: the SFT model's greedy answer
+    # on_policy: chosen/rejected = the SFT model's own samples the checker marks right/wrong
+    # (sampled_rankings.on_policy_pairs); gold: the gold answer vs the SFT model's greedy answer
+    "pref_data": {"source": "on_policy", "rows": 128, "samples": 8, "temperature": 1.0, "gold_fallback": False},
     "grpo": {"num_generations": 8, "prompts_per_step": 2, "max_steps": 20, "max_completion_length": 6,
-             "learning_rate": 1e-4, "beta": 0.04, "temperature": 1.0, "rows": 128},
+             "learning_rate": 1e-4, "beta": 0.04, "temperature": 1.0, "rows": 128, "reward": "flexible_arithmetic"},
     "ppo": {"rollout_batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 2, "max_steps": 10,
-            "max_completion_length": 6, "learning_rate": 1e-4, "kl_coef": 0.05, "rows": 128},
+            "max_completion_length": 6, "learning_rate": 1e-4, "kl_coef": 0.05, "rows": 128,
+            "reward": "flexible_arithmetic"},
     "dpo": {"beta": 0.1, "learning_rate": 1e-4, "num_train_epochs": 1, "per_device_train_batch_size": 4},
     "ipo": {"beta": 0.1, "learning_rate": 1e-4, "num_train_epochs": 1, "per_device_train_batch_size": 4},
     "kto": {"beta": 0.1, "learning_rate": 1e-4, "num_train_epochs": 1, "per_device_train_batch_size": 4},
@@ -225,8 +228,11 @@ RESULTS_HP = {
 }
 PREF_METHODS = ("dpo", "ipo", "kto", "orpo")
 # the speedrun model (4.3M parameters) trains in full (no shared trunk) with larger learning rates
-# (the preference methods at 1e-3 collapsed on dev, to constant or repeated digits: 1e-4 there)
+# (the preference methods at 1e-3 collapsed on dev, to constant or repeated digits: 1e-4 there).
+# It is right on ~1% of samples, so 8 samples x 128 prompts gave 5 on-policy pairs on dev: it gets
+# 32 samples x all 200 remaining training questions (the gold fallback collapsed DPO/IPO to blanks)
 SPEEDRUN_HP = {"common": {"n_train_layers": 0}, "rm": {"learning_rate": 1e-3}, "grpo": {"learning_rate": 1e-3},
+               "pref_data": {"rows": 200, "samples": 32},
                "ppo": {"learning_rate": 1e-3}, "dpo": {"learning_rate": 1e-4}, "ipo": {"learning_rate": 1e-4},
                "kto": {"learning_rate": 1e-4}, "orpo": {"learning_rate": 1e-4},
                "sft": {"epochs": 12, "learning_rate": 1e-3, "rows": 150}}
@@ -308,8 +314,8 @@ def results(model_name: str, seeds: list[int], split: str, only: set[str], hp: d
     from llmlab.align.frozen_trunk import fork, share_frozen_trunk  # noqa: F811
     from llmlab.align.ppo import PPOConfig, PPOTrainer, verifiable_score_fn
     from llmlab.align.reward_model import RewardConfig, RewardModel, pairwise_accuracy, train_reward_model
-    from llmlab.align.rewards import strict_arithmetic_reward, strict_exact_match_reward
-    from llmlab.align.sampled_rankings import gold_vs_samples
+    from llmlab.align.rewards import REWARDS, last_int_match_reward, strict_exact_match_reward
+    from llmlab.align.sampled_rankings import gold_vs_samples, graded_answer_reward, on_policy_pairs
 
     t_start = time.perf_counter()
     c = hp["common"]
@@ -332,20 +338,27 @@ def results(model_name: str, seeds: list[int], split: str, only: set[str], hp: d
     held = render(test if split == "test" else dev)
     P = encode_prompts(tok, held, chat=False)
     T = c["max_new_tokens"]
-    answers = lambda g: [strict_exact_match_reward(r, t) for r, t in zip(held, g["texts"])]  # noqa: E731
+    # the checker: primary = answer correctness, the reply's last integer (lm-eval gsm8k "flexible-
+    # extract"); secondary = strict match, the reply is the bare number ("strict-match")
+    correct = lambda g: [last_int_match_reward(r, t) for r, t in zip(held, g["texts"])]  # noqa: E731
+    strict = lambda g: [strict_exact_match_reward(r, t) for r, t in zip(held, g["texts"])]  # noqa: E731
+    # a degenerate policy answers with the question's first number ("2 * 3" -> "2")
+    copies = lambda g: statistics.mean(float(t.strip().rstrip(".") == r["prompt"].split("What is ")[-1].split()[0])  # noqa: E731
+                                       for r, t in zip(held, g["texts"]))
+    check = {"check": last_int_match_reward, "grade": graded_answer_reward}  # for the RM's rankings
     sft_g = decode(sft, tok, P, T)
-    sft_em = answers(sft_g)
-    sft_copies = statistics.mean(float(t.strip().rstrip(".") == r["prompt"].split("What is ")[-1].split()[0])
-                                 for r, t in zip(held, sft_g["texts"]))
-    log(f"[{model_name}] SFT exact match on {split}: {statistics.mean(sft_em):.3f}; "
-        f"sample answers: {sft_g['texts'][:4]}")
+    sft_ok = correct(sft_g)
+    sft_copies = copies(sft_g)
+    log(f"[{model_name}] SFT on {split}: accuracy {statistics.mean(sft_ok):.3f}, strict match "
+        f"{statistics.mean(strict(sft_g)):.3f}; sample answers: {sft_g['texts'][:4]}")
     out = {"model": resolved, "split": split, "n_eval": len(held), "seeds": seeds, "hp": hp,
            "trainable": (f"top {c['n_train_layers']} of {sft.config.num_hidden_layers} blocks + final norm"
                          if trunk is not None else "all parameters"),
-           "sft_exact_match": statistics.mean(sft_em), "sft_copies_first_operand": sft_copies,
-           "sft_samples": sft_g["texts"][:8], "methods": {}}
+           "sft_accuracy": statistics.mean(sft_ok), "sft_strict_match": statistics.mean(strict(sft_g)),
+           "sft_copies_first_operand": sft_copies, "sft_answers": sft_g["texts"],
+           "sft_samples": sft_g["texts"][:8], "methods": {}, "pref_pairs": {}}
     # held-out preference data: gold answer vs near miss vs the SFT model's own wrong samples
-    held_pairs, held_rank = gold_vs_samples(sft, tok, held, 2, T, seed=999, chat=False)
+    held_pairs, held_rank = gold_vs_samples(sft, tok, held, 2, T, seed=999, chat=False, **check)
 
     # reward models (the seed-0 one judges the win rates)
     judge, rm_acc = None, []
@@ -354,7 +367,7 @@ def results(model_name: str, seeds: list[int], split: str, only: set[str], hp: d
         for s in seeds:
             torch.manual_seed(s)
             rows = render(arithmetic_train(r["rows"], 100 + s, exclude, c["max_operand"]))
-            _, rank = gold_vs_samples(sft, tok, rows, r["samples"], T, seed=s, chat=False)
+            _, rank = gold_vs_samples(sft, tok, rows, r["samples"], T, seed=s, chat=False, **check)
             rm = RewardModel(fork(sft))
             t0 = time.perf_counter()
             logs = train_reward_model(rm, tok, rank, RewardConfig(loss=r["loss"], learning_rate=r["learning_rate"],
@@ -378,13 +391,11 @@ def results(model_name: str, seeds: list[int], split: str, only: set[str], hp: d
         tt = [time.perf_counter()]
         g = decode(policy, tok, P, T, ref=sft)  # greedy answers, and KL(pi || pi_sft) along them
         tt.append(time.perf_counter())
-        em = answers(g)
+        ok = correct(g)
         same = [a == b for a, b in zip(g["completions"], sft_g["completions"])]
-        ev = {"exact_match": statistics.mean(em), "win_checker": win_rate(em, sft_em, same),
-              "kl": statistics.mean(g["kl"]), "sample": g["texts"][:4],
-              # a degenerate policy answers with the question's first number ("2 * 3" -> "2")
-              "copies_first_operand": statistics.mean(float(t.strip().rstrip(".") == r["prompt"].split("What is ")[-1].split()[0])
-                                                      for r, t in zip(held, g["texts"]))}
+        ev = {"accuracy": statistics.mean(ok), "strict_match": statistics.mean(strict(g)),
+              "win_checker": win_rate(ok, sft_ok, same), "kl": statistics.mean(g["kl"]),
+              "sample": g["texts"][:4], "answers": g["texts"], "copies_first_operand": copies(g)}
         if judge is not None:
             ev["win_rm"] = win_rate(score_completions(judge, tok, P, g["completions"]), sft_rm, same)
         tt.append(time.perf_counter())
@@ -404,23 +415,36 @@ def results(model_name: str, seeds: list[int], split: str, only: set[str], hp: d
             if method == "grpo":
                 h = dict(hp["grpo"])
                 prompts = render(arithmetic_train(h.pop("rows"), s, exclude, c["max_operand"]))
-                logs = GRPOTrainer(policy, sft, tok, prompts, strict_arithmetic_reward, GRPOConfig(**h, seed=s)).train()
+                reward_fn = REWARDS[h.pop("reward")]
+                logs = GRPOTrainer(policy, sft, tok, prompts, reward_fn, GRPOConfig(**h, seed=s)).train()
                 per_step = [x["time_rollout"] + x["time_reward"] + x["time_update"] for x in logs]
                 curve = [x["reward"] for x in logs]
             elif method == "ppo":
                 h = dict(hp["ppo"])
                 prompts = render(arithmetic_train(h.pop("rows"), s, exclude, c["max_operand"]))
                 critic = RewardModel(fork(sft))
-                logs = PPOTrainer(policy, sft, critic, tok, prompts, verifiable_score_fn(strict_arithmetic_reward),
+                reward_fn = REWARDS[h.pop("reward")]
+                logs = PPOTrainer(policy, sft, critic, tok, prompts, verifiable_score_fn(reward_fn),
                                   PPOConfig(**h, seed=s)).train()
                 del critic
                 per_step = [x["time_rollout"] + x["time_reward"] + x["time_update"] for x in logs]
                 curve = [x["reward"] for x in logs]
             else:
                 if s not in pref_data:
-                    rows = render(arithmetic_train(hp["pref_data"]["rows"], 200 + s, exclude, c["max_operand"]))
-                    pref_data[s] = gold_vs_samples(sft, tok, rows, hp["pref_data"]["samples"], T,
-                                                   hp["pref_data"]["temperature"], seed=s, chat=False)[0]
+                    d = hp["pref_data"]
+                    rows = render(arithmetic_train(d["rows"], 200 + s, exclude, c["max_operand"]))
+                    if d["source"] == "on_policy":
+                        pref_data[s], counts = on_policy_pairs(sft, tok, rows, d["samples"], T, d["temperature"],
+                                                               seed=s, chat=False, gold_fallback=d["gold_fallback"])
+                    elif d["source"] == "gold":
+                        pref_data[s] = gold_vs_samples(sft, tok, rows, d["samples"], T, d["temperature"], seed=s,
+                                                       chat=False, **check)[0]
+                        counts = {"prompts": len(rows), "gold": len(pref_data[s])}
+                    else:
+                        raise SystemExit(f"pref_data.source must be on_policy or gold, got {d['source']!r}")
+                    out["pref_pairs"][s] = counts
+                    log(f"[{model_name}] preference pairs, seed {s}: {len(pref_data[s])} ({counts}); "
+                        f"e.g. {[(x['chosen'], x['rejected']) for x in pref_data[s][:3]]}")
                 cfg = PreferenceConfig(loss_type=method, chat=False, max_length=128, seed=s, **hp[method])
                 logs = PreferenceTrainer(policy, None if method == "orpo" else sft, tok, pref_data[s], cfg).train()
                 per_step = [x["step_time"] for x in logs]
@@ -430,8 +454,9 @@ def results(model_name: str, seeds: list[int], split: str, only: set[str], hp: d
             ev.update(seed=s, steps=len(logs), train_s=train_s, eval_s=time.perf_counter() - t0 - train_s, s_per_step=statistics.median(per_step),
                       curve=[round(v, 4) for v in curve])
             runs.append(ev)
-            log(f"[{model_name}] {method} seed {s}: EM {statistics.mean(sft_em):.3f} -> {ev['exact_match']:.3f}, "
-                f"win(checker) {ev['win_checker']['win_rate']:.3f}"
+            log(f"[{model_name}] {method} seed {s}: accuracy {statistics.mean(sft_ok):.3f} -> {ev['accuracy']:.3f}, "
+                f"strict {out['sft_strict_match']:.3f} -> {ev['strict_match']:.3f}, "
+                f"1st operand {ev['copies_first_operand']:.2f}, win(checker) {ev['win_checker']['win_rate']:.3f}"
                 + (f", win(RM) {ev['win_rm']['win_rate']:.3f}" if "win_rm" in ev else "")
                 + f", KL {ev['kl']:.3f}" + (f", pref acc {ev['pref_accuracy']:.3f}" if "pref_accuracy" in ev else "")
                 + f", {len(logs)} steps in {train_s:.0f} s "
@@ -439,7 +464,7 @@ def results(model_name: str, seeds: list[int], split: str, only: set[str], hp: d
                 f" {ev['sample']}; curve {[round(v, 2) for v in curve]}")
             del policy
         summ = {"runs": runs}
-        for k in ("exact_match", "kl", "pref_accuracy", "s_per_step", "copies_first_operand"):
+        for k in ("accuracy", "strict_match", "kl", "pref_accuracy", "s_per_step", "copies_first_operand"):
             if k in runs[0]:
                 summ[k] = mean_std([r[k] for r in runs])
         summ["seeds"] = [r["seed"] for r in runs]
@@ -457,14 +482,21 @@ def results_table(res: dict) -> str:
     """Markdown table of one model's results: mean ± std over seeds."""
     f = lambda ms, d=3: f"{ms[0]:.{d}f} ± {ms[1]:.{d}f}"  # noqa: E731
     lines = [f"SFT answers equal to the first operand: {res['sft_copies_first_operand']:.2f}.\n",
-             "| method | exact match (SFT -> after) | win rate vs SFT, checker | win rate vs SFT, RM | "
-             "KL to SFT (nats/answer) | implicit-reward pref. acc. | answer = 1st operand | s/step | seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | accuracy, last integer (SFT -> after) | strict match, bare number (SFT -> after) | "
+             "win rate vs SFT, checker | win rate vs SFT, RM | KL to SFT (nats/answer) | "
+             "implicit-reward pref. acc. | answer = 1st operand | s/step | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for m, s in res["methods"].items():
-        lines.append(f"| {m.upper()} | {res['sft_exact_match']:.3f} -> {f(s['exact_match'])} | {f(s['win_checker'])} | "
+        lines.append(f"| {m.upper()} | {res['sft_accuracy']:.3f} -> {f(s['accuracy'])} | "
+                     f"{res['sft_strict_match']:.3f} -> {f(s['strict_match'])} | {f(s['win_checker'])} | "
                      + (f(s["win_rm"]) if "win_rm" in s else "-") + f" | {f(s['kl'])} | "
                      + (f(s["pref_accuracy"]) if "pref_accuracy" in s else "-")
                      + f" | {f(s['copies_first_operand'], 2)} | {s['s_per_step'][0]:.2f} | {','.join(map(str, s['seeds']))} |")
+    if res.get("pref_pairs"):
+        lines.append("\nPreference pairs (DPO/IPO/KTO/ORPO training data) per seed: "
+                     + "; ".join(f"seed {s}: {sum(v for k, v in c.items() if k in ('on_policy', 'gold_fallback', 'gold'))}"
+                                 f" of {c['prompts']} prompts ({', '.join(f'{k} {v}' for k, v in c.items() if k != 'prompts')})"
+                                 for s, c in res["pref_pairs"].items()) + ".")
     if "rm" in res:
         a = res["rm"]["heldout_pairwise_accuracy"]
         lines.append(f"\nReward model: held-out pairwise accuracy {a[0]:.3f} ± {a[1]:.3f} over "
@@ -537,9 +569,10 @@ def main() -> None:
         if "methods" not in r:
             summary[name] = r
             continue
-        summary[name] = {"sft_exact_match": r["sft_exact_match"], "split": r["split"],
+        summary[name] = {"sft_accuracy": r["sft_accuracy"], "sft_strict_match": r["sft_strict_match"], "split": r["split"],
                          **({"rm_accuracy": r["rm"]["heldout_pairwise_accuracy"]} if "rm" in r else {}),
-                         **{m: {k: v[k] for k in ("exact_match", "win_checker", "win_rm", "kl", "s_per_step") if k in v}
+                         **{m: {k: v[k] for k in ("accuracy", "strict_match", "win_checker", "win_rm", "kl", "s_per_step")
+                                if k in v}
                             for m, v in r["methods"].items()}}
     print(json.dumps({"benchmark": "align",
                       "ours": {"dpo_s_per_step": med["ours_dpo"], "grpo_s_per_step": med["ours_grpo"], **setup, **toy,

@@ -36,6 +36,26 @@ def test_strict_checks():
     assert graded_strict_reward(row, "2 * 3 = 6") == 0.0
 
 
+def test_flexible_checks_read_the_last_integer():
+    from llmlab.align.rewards import flexible_arithmetic_reward, last_int_match_reward
+    from llmlab.align.sampled_rankings import graded_answer_reward
+    from llmlab.finetune.datasets import grade_answer
+    row = {"answer": "6"}
+    texts = ("6", " 6.\n", "2 * 3 = 6", "The answer is 6.", "6 apples", "2 * 3 = 7", "6 - 1 = 5", "7", "six", "",
+             "2 * 3 = ", "-6", "1,006")
+    want = [1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert [last_int_match_reward(row, t) for t in texts] == want
+    # the same reading as the SFT stage's grader (lm-eval gsm8k "flexible-extract")
+    assert [float(grade_answer(t, 6)) for t in texts] == want
+    assert last_int_match_reward({"answer": "-5"}, "1 - 6 = -5") == 1.0
+    assert last_int_match_reward({"answer": "1006"}, "1,006") == 1.0
+    # right in any form 1, + 0.2 only when also bare; a wrong bare guess earns nothing
+    assert [flexible_arithmetic_reward(row, t) for t in ("6", "2 * 3 = 6", "7", "2 * 3 = 7", "six")] == \
+        pytest.approx([1.2, 1.0, 0.0, 0.0, 0.0])
+    assert [graded_answer_reward(row, t) for t in ("6", "2 * 3 = 6", "8", "2 * 3 = 8", "six")] == \
+        pytest.approx([1.01, 1.0, 0.25, 0.25, 0.0])
+
+
 def test_splits_are_disjoint_and_seeded():
     test, dev = arithmetic_splits(32, 32, max_operand=9)
     train = arithmetic_train(64, 0, test + dev, max_operand=9)
@@ -94,3 +114,37 @@ def test_gold_vs_samples_pairs_and_rankings():
         assert k["completions"][0] == r["answer"] and len(set(k["completions"])) == len(k["completions"])
         grades = [graded_strict_reward(r, c) for c in k["completions"]]
         assert grades == sorted(grades, reverse=True)
+
+
+def test_on_policy_pairs_are_the_models_own_samples_split_by_the_checker():
+    from llmlab.align.rollout import sample
+    from llmlab.align.sampled_rankings import on_policy_pairs
+    tok, m = tiny()
+    rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a, b in ((1, 2), (3, 4), (5, 1), (2, 2))]
+    k = 6
+    # a stub checker: "right" when the sample starts with an even digit, so both kinds occur at random
+    even = lambda row, t: float(t[:1] in "02468")  # noqa: E731
+    pairs, counts = on_policy_pairs(m, tok, rows, samples=k, max_new_tokens=3, seed=3, chat=False, check=even)
+    # the samples it ranked are exactly what the sampler draws with that seed
+    gen = torch.Generator().manual_seed(3)
+    ro = sample(m, [tok.encode(r["prompt"]) for r in rows for _ in range(k)], 3, tok.eos_id, tok.pad_id, 1.0, 1.0, gen)
+    texts = [tok.decode([t for t in c if t != tok.eos_id]).strip() for c in ro.completions()]
+    assert counts["prompts"] == 4 and counts["gold_fallback"] == 0
+    assert counts["on_policy"] + counts["all_right"] + counts["all_wrong_skipped"] == 4
+    assert len(pairs) == counts["on_policy"] >= 1
+    for p in pairs:
+        i = [r["prompt"] for r in rows].index(p["prompt"])
+        own = [t for t in texts[i * k:(i + 1) * k] if t]
+        assert p["chosen"] == next(t for t in own if even(None, t))  # the first right sample
+        assert p["rejected"] == next(t for t in own if not even(None, t))  # the first wrong one
+        assert p["source"] == "on_policy"
+    assert on_policy_pairs(m, tok, rows, samples=k, max_new_tokens=3, seed=3, chat=False, check=even) == (pairs, counts)
+    # nothing right: no pairs, unless the gold answer stands in for the chosen sample
+    never = lambda row, t: 0.0  # noqa: E731
+    none, c0 = on_policy_pairs(m, tok, rows, samples=2, max_new_tokens=3, chat=False, check=never)
+    assert none == [] and c0["all_wrong_skipped"] == 4
+    gold, c1 = on_policy_pairs(m, tok, rows, samples=2, max_new_tokens=3, chat=False, check=never, gold_fallback=True)
+    assert [p["chosen"] for p in gold] == [r["answer"] for r in rows] and c1["gold_fallback"] == 4
+    # everything right: no preference, no pair
+    always = lambda row, t: 1.0  # noqa: E731
+    assert on_policy_pairs(m, tok, rows, samples=2, max_new_tokens=3, chat=False, check=always)[0] == []

@@ -54,8 +54,31 @@ def strict_arithmetic_reward(row: dict, completion: str, format_weight: float = 
     return strict_exact_match_reward(row, completion) + format_weight * float(_BARE_INT.fullmatch(completion) is not None)
 
 
+def last_integer(text: str) -> int | None:
+    """The last integer in the text (thousands commas dropped), as GSM8K's flexible extraction
+    and `llmlab.finetune.datasets.grade_answer` read a reply; None when it holds no integer."""
+    nums = _INT.findall(text.replace(",", ""))
+    return int(nums[-1]) if nums else None
+
+
+def last_int_match_reward(row: dict, completion: str) -> float:
+    """1.0 when the reply's last integer is the answer ("9 * 5 = 45", "The answer is 45.", "45"),
+    else 0.0: answer correctness with lm-eval's gsm8k "flexible-extract", whatever the format."""
+    got = last_integer(completion)
+    return float(got is not None and got == int(row["answer"]))
+
+
+def flexible_arithmetic_reward(row: dict, completion: str, format_weight: float = 0.2) -> float:
+    """Correctness first, format second: 1.0 for a right answer in any form (last-integer match),
+    + `format_weight` when it is also the bare number ("45": 1.2, "9 * 5 = 45": 1.0), 0 for any
+    wrong reply. Unlike `strict_arithmetic_reward`, a wrong bare guess earns nothing, so the format
+    bonus can never pay for answering with a number instead of the right one."""
+    return last_int_match_reward(row, completion) + format_weight * strict_exact_match_reward(row, completion)
+
+
 REWARDS = {"exact_match": exact_match_reward, "format": format_reward, "arithmetic": arithmetic_reward,
-           "strict_exact_match": strict_exact_match_reward, "strict_arithmetic": strict_arithmetic_reward}
+           "strict_exact_match": strict_exact_match_reward, "strict_arithmetic": strict_arithmetic_reward,
+           "last_int_match": last_int_match_reward, "flexible_arithmetic": flexible_arithmetic_reward}
 
 
 # ---- process supervision: one verifiable reward per reasoning step -------------------------------

@@ -9,10 +9,12 @@ ops. All the rows of a step share every matmul: a decode step over 32 sequences 
 GEMM per weight, and the prompts prefilled in one engine step are concatenated into one GEMM.
 
 Batch invariance (a request's tokens must not depend on what else runs):
-- fp32 GEMM rows: MKL's sgemm computes a row identically for M = 4, 8 and every M >= 12 (and
-  differently for M in 1..3, 5..7, 9..11 at 2 threads), and identically at 1 or 2 threads
-  (measured on this x86 build for the model's shapes, M up to 3000). Every matmul therefore
-  runs on `invariant_rows(M)` rows (extra rows are zeros and are discarded);
+- fp32 GEMM rows: the engine's matmuls use weights packed once by oneDNN (`Packed`), whose rows
+  have the same bits for every row count M (measured M = 1..69 and up to 3,000 here; re-checked
+  at run time by `packed_rows_invariant`, at 1 thread and at torch's count). Where packing is
+  unavailable or that check fails, MKL's sgemm is used on `invariant_rows(M)` rows: it computes a
+  row identically for M = 4, 8 and every M >= 12 (differently for M in 1..3, 5..7, 9..11 at 2
+  threads), at 1 or 2 threads (extra rows are zeros and are discarded);
 - attention runs at 1 thread (torch's flash-attention kernel splits differently at 2 threads,
   measured: batched != alone there), per sequence over its own keys in prefill; in decode the
   sequences are grouped by their key count rounded up to `attn_bucket` (32) and each group is
@@ -24,13 +26,13 @@ tests/test_infer_engine.py checks 16 concurrent greedy requests == each alone, b
 Threads. On a 2-core machine shared with other jobs, a parallel region costs a scheduler time
 slice whenever the other core is taken: a (32, 576) x (576, 3072) GEMM measured 26 ms at 2
 threads vs 5.8 ms at 1 under load 3.3 (and the reverse when idle). GEMM bits do not depend on
-the thread count, so `ThreadTuner` times each forward and keeps the faster count per kind of
-step, re-trying the other now and then; batch-1 decode (memory-bound matrix-vector products,
-one core already reads ~12 GB/s here) always runs at one thread.
+the thread count, so `ThreadTuner` times every layer and keeps the faster count per kind of
+step (trying each count on one layer of the first forward, re-trying the other now and then).
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 import weakref
 
@@ -65,13 +67,14 @@ def num_threads(n: int):
 
 
 class ThreadTuner:
-    """Chooses the intra-op thread count of the layers of a forward by measuring them.
+    """Chooses the intra-op thread count of each layer of a forward by measuring them.
 
-    Per kind of step, an exponential average of seconds per layer for each candidate count. A
-    forward runs its layers at the best count, except one layer (a different one each time) at
-    the other count while it is unmeasured and then every `explore_every` forwards: trying the
-    other count costs one layer, not a whole step (2 threads measured 11x slower than 1 under
-    load average 6 here, and faster when idle; a shared machine's load changes)."""
+    Per kind of step, an exponential average of seconds per layer for each candidate count. The
+    first forward of a kind tries every candidate on one layer each (layers 0, 1, ...) and runs
+    its remaining layers at the faster: a bad guess costs one layer, not a whole step (a 2,048-row
+    prefill step at the wrong count costs seconds). Later forwards run at the best count, except
+    one layer at the other count every `explore_every` forwards (a shared machine's load
+    changes: 2 threads measured 11x slower than 1 under load average 6 here, faster when idle)."""
 
     def __init__(self, max_threads: int, explore_every: int = 8):
         self.cands = sorted({1, max(1, max_threads)})
@@ -81,42 +84,45 @@ class ThreadTuner:
 
     def best(self, kind) -> int:
         known = [n for n in self.cands if (kind, n) in self.cost]
-        return min(known, key=lambda n: self.cost[(kind, n)]) if known else self.cands[0]
+        return min(known, key=lambda n: self.cost[(kind, n)]) if known else self.cands[-1]
 
-    def plan(self, kind, n_layers: int) -> list[int]:
-        """Thread count for each layer of the next forward of this kind."""
+    def start(self, kind, n_layers: int) -> int | None:
+        """Begin a forward of this kind -> the layer that re-tries the other count, or None."""
+        c = self.calls[kind] = self.calls.get(kind, 0) + 1
+        if len(self.cands) > 1 and n_layers > 1 and c % self.explore_every == 0:
+            return c // self.explore_every % n_layers
+        return None
+
+    def pick(self, kind, layer: int, explore: int | None) -> int:
+        """Thread count for this layer: an unmeasured count first, else the best (or the other one
+        on the exploring layer)."""
+        unknown = [n for n in self.cands if (kind, n) not in self.cost]
+        if unknown:
+            return unknown[-1]
         best = self.best(kind)
-        plan = [best] * n_layers
-        if len(self.cands) > 1 and n_layers > 1:
-            c = self.calls[kind] = self.calls.get(kind, 0) + 1
-            alt = [n for n in self.cands if n != best]
-            unknown = [n for n in alt if (kind, n) not in self.cost]
-            if unknown or c % self.explore_every == 0:
-                plan[c % n_layers] = (unknown or alt)[0]
-        return plan
+        if layer == explore:
+            return next(n for n in self.cands if n != best)
+        return best
 
-    def record(self, kind, plan: list[int], seconds: list[float]) -> None:
-        for n in set(plan):
-            ts = [t for p, t in zip(plan, seconds) if p == n]
-            c, key = sum(ts) / len(ts), (kind, n)
-            self.cost[key] = c if key not in self.cost else 0.7 * self.cost[key] + 0.3 * c
+    def record(self, kind, n: int, seconds: float) -> None:
+        key = (kind, n)
+        self.cost[key] = seconds if key not in self.cost else 0.7 * self.cost[key] + 0.3 * seconds
 
 
 def run_layers(tuner: "ThreadTuner | None", kind, n_layers: int, layer, fixed: int | None = None) -> None:
-    """layer(i) for i in range(n_layers), each at its planned thread count (CPU), timed."""
-    if tuner is None:
-        for i in range(n_layers):
-            layer(i)
+    """layer(i) for i in range(n_layers), each at the thread count the tuner picks (CPU), timed."""
+    if tuner is None or fixed:
+        with num_threads(fixed) if fixed else contextlib.nullcontext():
+            for i in range(n_layers):
+                layer(i)
         return
-    plan = [fixed] * n_layers if fixed else tuner.plan(kind, n_layers)
-    secs = []
-    for i, n in enumerate(plan):
+    explore = tuner.start(kind, n_layers)
+    for i in range(n_layers):
+        n = tuner.pick(kind, i, explore)
         t0 = time.perf_counter()
         with num_threads(n):
             layer(i)
-        secs.append(time.perf_counter() - t0)
-    if not fixed:
-        tuner.record(kind, plan, secs)
+        tuner.record(kind, n, time.perf_counter() - t0)
 
 
 class _Layer:
@@ -142,9 +148,27 @@ def _norm(x: torch.Tensor, s) -> torch.Tensor:
     return s[1](x)
 
 
-def _lin(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """x (M, in) -> (M, out). One row: matrix-vector product (MKL's gemv reads the weight ~2x
-    faster than its gemm with M = 1 at one thread)."""
+class Packed:
+    """A weight reordered once by oneDNN into its blocked layout, for x (M, in) @ W.T.
+
+    Why (measured here, AMD EPYC, AVX2, torch 2.13, one thread): MKL's sgemm packs the weight on
+    every call, so a 32-row decode step's matmuls over SmolLM2's 538 MB took 198-252 ms (~34
+    GFLOP/s); with the weights packed once, oneDNN takes 164-187 ms (the LM head 33-40 vs 52-76
+    ms); 2,048-row prefill GEMMs are equal (~67 GFLOP/s). And a row's bits do not depend on the
+    row count M at all (M = 1..69 and up to 3,000 checked, pack hints 8..512), where MKL needs M
+    in {4, 8, >= 12}: no padding rows. `packed_rows_invariant` re-checks it at run time."""
+    __slots__ = ("w",)
+    HINT = 32  # the batch size oneDNN packs for (any M works; 32 = a full decode batch)
+
+    def __init__(self, w: torch.Tensor):
+        self.w = torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), self.HINT)
+
+
+def _lin(x: torch.Tensor, w, b: torch.Tensor | None) -> torch.Tensor:
+    """x (M, in) -> (M, out). A `Packed` weight: oneDNN. A plain one with one row: matrix-vector
+    product (MKL's gemv reads the weight ~2x faster than its gemm with M = 1 at one thread)."""
+    if type(w) is Packed:
+        return torch.ops.mkldnn._linear_pointwise(x, w.w, b, "none", [], "")
     if x.shape[0] == 1:
         y = torch.mv(w, x[0]) if b is None else torch.addmv(b, w, x[0])
         return y[None]
@@ -184,6 +208,30 @@ class FusedModel:
                 L.down_w = m.down_proj.weight.detach()
                 L.down_b = m.down_proj.bias.detach() if m.down_proj.bias is not None else None
                 self.layers.append(L)
+
+    def packed(self) -> "FusedModel | None":
+        """The same model with every matmul weight oneDNN-packed (`Packed`), built on first use and
+        kept; None where that is unavailable (not CPU fp32, no mkldnn) or, on this machine, not
+        row-count invariant (then the engine pads rows for MKL instead)."""
+        if not hasattr(self, "_packed"):
+            self._packed = None
+            if _on_cpu(self.embed) and self.embed.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+                try:
+                    with num_threads(1):
+                        pk = copy.copy(self)
+                        pk.layers = []
+                        for L in self.layers:
+                            P = _Layer()
+                            for name in _Layer.__slots__:
+                                v = getattr(L, name)
+                                setattr(P, name, Packed(v) if name.endswith("_w") else v)
+                            pk.layers.append(P)
+                        pk.head_w = Packed(self.head_w)
+                    if packed_rows_invariant(pk):
+                        self._packed = pk
+                except (RuntimeError, AttributeError):  # an op this build lacks
+                    pass
+        return self._packed
 
     @staticmethod
     def signature(model) -> tuple:
@@ -243,6 +291,29 @@ def fused(model) -> FusedModel:
     return f
 
 
+_INVARIANT: dict = {}
+
+
+def packed_rows_invariant(w: "FusedModel", rows=(1, 2, 3, 5, 8, 13)) -> bool:
+    """Does a row of every packed matmul (layer 0's and the LM head) have the same bits for each
+    row count in `rows` as in a 21-row call, at 1 thread and at torch's thread count? Measured
+    once per process and shape (~0.1 s per thread count): the engine's batch invariance rests on
+    it (the full sweep, M = 1..3000, is tests/test_infer_runner.py's)."""
+    L = w.layers[0]
+    mats = [(L.qkv_w, L.qkv_b), (L.o_w, L.o_b), (L.up_w, L.up_b), (L.down_w, L.down_b), (w.head_w, w.head_b)]
+    key = (tuple(tuple(m.w.shape) for m, _ in mats), torch.get_num_threads())
+    if key not in _INVARIANT:
+        g, ok = torch.Generator().manual_seed(0), True
+        for n in sorted({1, torch.get_num_threads()}):
+            with num_threads(n), torch.inference_mode():
+                for m, b in mats:
+                    x = torch.randn(21, m.w.shape[1], generator=g)
+                    ref = _lin(x, m, b)
+                    ok = ok and all(torch.equal(_lin(x[:r], m, b), ref[:r]) for r in rows)
+        _INVARIANT[key] = ok
+    return _INVARIANT[key]
+
+
 def _on_cpu(t: torch.Tensor) -> bool:
     return t.device.type == "cpu"
 
@@ -250,19 +321,24 @@ def _on_cpu(t: torch.Tensor) -> bool:
 class PagedRunner:
     def __init__(self, model, cache: PagedKVCache, row_pad: int = 8, threads: int | None = None,
                  attn_bucket: int = 32):
-        """row_pad <= 1: no row padding (one user, nothing to be invariant to: the fastest at batch
-        1); otherwise matmuls run on `invariant_rows` rows. threads: intra-op threads for the
-        matmuls (default: measured per kind of step, see ThreadTuner)."""
+        """row_pad <= 1: the plain weights, no row padding (one user, nothing to be invariant to: a
+        1-row matmul is a gemv, the fastest at batch 1); otherwise the oneDNN-packed weights, whose
+        rows are invariant to the row count (`Packed`), or where those are unavailable, MKL on
+        `invariant_rows` rows. threads: intra-op threads for the matmuls (default: measured per
+        kind of step, see ThreadTuner)."""
         self.model, self.cache, self.cfg = model, cache, model.config
         self.row_pad, self.attn_bucket = row_pad, attn_bucket
         self.device = next(model.parameters()).device
         self.H, self.Hkv, self.D = self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim
         self.w = fused(model)
+        self.packed = False
+        if row_pad > 1 and (pk := self.w.packed()) is not None:
+            self.w, self.packed = pk, True
         self.fixed_threads = threads
         self.tuner = ThreadTuner(torch.get_num_threads())
 
     def padded_rows(self, n: int) -> int:
-        return n if self.row_pad <= 1 else invariant_rows(n)
+        return n if self.row_pad <= 1 or self.packed else invariant_rows(n)
 
     def _forward(self, kind, embed, layer, head):
         """x = embed(); x = layer(i, x) for every layer; head(x) -- at tuned thread counts on CPU."""
@@ -416,8 +492,9 @@ class PagedRunner:
 
 class ContiguousDecoder:
     """One sequence over a contiguous KV cache (Hkv, max_len, D) per layer: the batch-1 path of
-    `generate_ids`. No gathers, no padding rows; decode steps run at one thread (matrix-vector
-    products are memory-bound), prefill at the tuned thread count."""
+    `generate_ids`. No gathers, no padding rows; one-token steps are matrix-vector products
+    (memory-bound). Both prompts and one-token steps run at the tuned thread count: one core
+    streams ~9-10 GB/s here, and whether two stream more depends on what else the machine runs."""
 
     _tuners: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -454,10 +531,9 @@ class ContiguousDecoder:
                                                    is_causal=start == 0 and T > 1, enable_gqa=w.Hkv != w.H)
             st[0] = w.attn_out_mlp(L, x, y[0].transpose(0, 1).reshape(T, -1))
 
-        # one token: matrix-vector products, memory-bound: one thread; a prompt: tuned
-        kind = ("prefill", T.bit_length())
-        tuner = self.tuner if cpu and T > 1 else None
-        with num_threads(1 if T == 1 else self.tuner.best(kind)) if cpu else contextlib.nullcontext():
+        kind = ("prefill", T.bit_length()) if T > 1 else ("decode", 1)
+        tuner = self.tuner if cpu else None
+        with num_threads(self.tuner.best(kind)) if cpu else contextlib.nullcontext():
             run_layers(tuner, kind, len(w.layers), layer)
             self.n += T
             return w.logits(st[0][-1:])[0]
