@@ -43,7 +43,9 @@ class DPORun(Common, PreferenceConfig):
 @dataclass
 class GRPORun(Common, GRPOConfig):
     ref_model: str = field(default="", metadata={"help": "frozen reference (default: a copy of the policy)"})
-    reward: str = field(default="arithmetic", metadata={"help": "exact_match, format or arithmetic"})
+    reward: str = field(default="arithmetic", metadata={
+        "help": "a name in llmlab.align.rewards.REWARDS: arithmetic, flexible_arithmetic (used for the held-out "
+                "results), strict_arithmetic, exact_match, last_int_match, strict_exact_match or format"})
     step_reward: str = field(default="prefix_match", metadata={
         "help": "supervision=process: per-step verifiable reward (prefix_match: each step right while the "
                 "answer so far is a prefix of the correct one; the last step by exact match)"})
