@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="default 8 (4 with --quick)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-bf16", action="store_true")
+    ap.add_argument("--repeats", type=int, default=0, help="timed steps per side (default 15 on CPU, 3 with --quick)")
     args = ap.parse_args()
 
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -45,7 +46,7 @@ def main() -> None:
     args.batch = args.batch or (4 if args.quick and not cuda else 8)
     if args.quick and not cuda:
         args.no_bf16 = True  # CPU bf16 is emulated and slow: full mode only
-    repeats = (3 if args.quick else 7) if not cuda else 10
+    repeats = args.repeats or ((3 if args.quick else 15) if not cuda else 10)
     steps = 1 if not cuda else 5  # optimizer steps per timed repeat
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 

@@ -57,7 +57,9 @@ def test_kv_cache_equals_full_recompute(smollm2, smollm2_tokenizer):
         for t in range(9, len(ids)):  # ...then one token at a time
             pieces.append(smollm2(x[:, t:t + 1], cache=cache))
     inc = torch.cat(pieces, dim=1)
-    assert (inc - full).abs().max().item() <= 1e-4
+    # fp32 sums in another order (chunked vs whole) over 30 layers: up to 1.2e-4 seen on an
+    # AVX-512 CPU (1 logit of 1.9M), <= 1e-4 on AVX2 ones
+    torch.testing.assert_close(inc, full, atol=2e-4, rtol=1e-5)
 
 
 def test_save_then_transformers_load(tmp_path, smollm2, smollm2_tokenizer):

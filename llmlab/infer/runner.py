@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.infer.paged import BlockTable, PagedKVCache
+from llmlab.quant import ggml
+from llmlab.quant.ggml import matmul as qmatmul
 
 
 def invariant_rows(n: int) -> int:
@@ -164,11 +166,28 @@ class Packed:
         self.w = torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), self.HINT)
 
 
+class QLinear:
+    """A weight that also exists as GGUF blocks (`llmlab.quant.ggml`): multiplied by the block
+    kernel, which uses the very same fp32 weight values but reads ~5x fewer bytes. gemm: its
+    register-tiled path for many rows (prefill), else the one for few rows (decode)."""
+    __slots__ = ("w", "q", "gemm")
+
+    def __init__(self, w: torch.Tensor, q, gemm: bool = False):
+        self.w, self.q, self.gemm = w, q, gemm
+
+
+def _fp32(w):
+    return w.w if type(w) is QLinear else w
+
+
 def _lin(x: torch.Tensor, w, b: torch.Tensor | None) -> torch.Tensor:
-    """x (M, in) -> (M, out). A `Packed` weight: oneDNN. A plain one with one row: matrix-vector
-    product (MKL's gemv reads the weight ~2x faster than its gemm with M = 1 at one thread)."""
+    """x (M, in) -> (M, out). A `Packed` weight: oneDNN. A `QLinear`: the block kernel. A plain
+    one with one row: matrix-vector product (MKL's gemv reads the weight ~2x faster than its gemm
+    with M = 1 at one thread)."""
     if type(w) is Packed:
         return torch.ops.mkldnn._linear_pointwise(x, w.w, b, "none", [], "")
+    if type(w) is QLinear:
+        return qmatmul(x, w.q, b, w.gemm)
     if x.shape[0] == 1:
         y = torch.mv(w, x[0]) if b is None else torch.addmv(b, w, x[0])
         return y[None]
@@ -178,8 +197,24 @@ def _lin(x: torch.Tensor, w, b: torch.Tensor | None) -> torch.Tensor:
 class FusedModel:
     """A model's weights regrouped for inference; rebuilt when the model's parameters change."""
 
-    def __init__(self, model, sig):
+    def __init__(self, model, sig, blocks: bool = True):
+        """blocks: use the model's GGUF blocks (`model.quantized`) where every part of a weight
+        has them, unchanged since loading, and the kernel builds."""
         self.sig = sig
+        self.has_blocks = False  # some matmul weights are QLinear
+        self.n_plain = 0  # matmul weights without blocks
+        names = {id(p): n for n, p in model.named_parameters()}
+        use_blocks = blocks and bool(getattr(model, "quantized", None)) and ggml.available()
+
+        def weight(*params):
+            w = torch.cat([p.detach() for p in params]) if len(params) > 1 else params[0].detach()
+            if use_blocks:
+                qs = [ggml.blocks_for(model, names[id(p)]) for p in params]
+                if all(q is not None for q in qs) and (q := ggml.QuantWeight.cat(qs)) is not None:
+                    self.has_blocks = True
+                    return QLinear(w, q)
+            self.n_plain += 1
+            return w
         cfg = model.config
         self.cfg = cfg
         self.H, self.Hkv, self.D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -188,26 +223,51 @@ class FusedModel:
         self.pos_embed = bb.embed_positions.weight.detach() if cfg.position == "learned" else None
         self.rope = model.rope if cfg.position == "rope" else None
         self.norm = _norm_spec(bb.norm)
-        self.head_w = model.lm_head.weight.detach()
+        self.head_w = weight(model.lm_head.weight)
         self.head_b = model.lm_head.bias.detach() if model.lm_head.bias is not None else None
         self.layers = []
         with torch.no_grad():
             for blk in bb.layers:
                 a, m, L = blk.self_attn, blk.mlp, _Layer()
                 L.n1, L.n2 = _norm_spec(blk.input_layernorm), _norm_spec(blk.post_attention_layernorm)
-                L.qkv_w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+                L.qkv_w = weight(a.q_proj.weight, a.k_proj.weight, a.v_proj.weight)
                 L.qkv_b = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]) if a.q_proj.bias is not None else None
-                L.o_w, L.o_b = a.o_proj.weight.detach(), (a.o_proj.bias.detach() if a.o_proj.bias is not None else None)
+                L.o_w, L.o_b = weight(a.o_proj.weight), (a.o_proj.bias.detach() if a.o_proj.bias is not None else None)
                 L.swiglu = hasattr(m, "gate_proj")
                 if L.swiglu:
-                    L.up_w = torch.cat([m.gate_proj.weight, m.up_proj.weight])
+                    L.up_w = weight(m.gate_proj.weight, m.up_proj.weight)
                     L.up_b = torch.cat([m.gate_proj.bias, m.up_proj.bias]) if m.up_proj.bias is not None else None
                 else:
-                    L.up_w = m.up_proj.weight.detach()
+                    L.up_w = weight(m.up_proj.weight)
                     L.up_b = m.up_proj.bias.detach() if m.up_proj.bias is not None else None
-                L.down_w = m.down_proj.weight.detach()
+                L.down_w = weight(m.down_proj.weight)
                 L.down_b = m.down_proj.bias.detach() if m.down_proj.bias is not None else None
                 self.layers.append(L)
+
+    def prefill_view(self) -> "FusedModel":
+        """The same weights with every QLinear on the kernel's GEMM path (where it exists:
+        AVX-512), for prompts: 168-191 GFLOP/s at 512+ rows vs 90-128 on the decode path,
+        and no packed fp32 copy to build. Built once; self where there is nothing to switch."""
+        if not hasattr(self, "_prefill"):
+            self._prefill = self
+            if self.has_blocks and ggml.has_gemm():
+                pv = self._remap(lambda v: QLinear(v.w, v.q, gemm=True) if type(v) is QLinear else v)
+                pv._prefill = pv
+                self._prefill = pv
+        return self._prefill
+
+    def _remap(self, fn) -> "FusedModel":
+        """A shallow copy whose matmul weights (every layer's *_w and the LM head) are fn(weight)."""
+        out = copy.copy(self)
+        out.layers = []
+        for L in self.layers:
+            P = _Layer()
+            for name in _Layer.__slots__:
+                v = getattr(L, name)
+                setattr(P, name, fn(v) if name.endswith("_w") else v)
+            out.layers.append(P)
+        out.head_w = fn(self.head_w)
+        return out
 
     def packed(self) -> "FusedModel | None":
         """The same model with every matmul weight oneDNN-packed (`Packed`), built on first use and
@@ -218,16 +278,9 @@ class FusedModel:
             if _on_cpu(self.embed) and self.embed.dtype == torch.float32 and torch.backends.mkldnn.is_available():
                 try:
                     with num_threads(1):
-                        pk = copy.copy(self)
-                        pk.layers = []
-                        for L in self.layers:
-                            P = _Layer()
-                            for name in _Layer.__slots__:
-                                v = getattr(L, name)
-                                setattr(P, name, Packed(v) if name.endswith("_w") else v)
-                            pk.layers.append(P)
-                        pk.head_w = Packed(self.head_w)
-                    if packed_rows_invariant(pk):
+                        pk = self._remap(lambda v: Packed(_fp32(v)))
+                    pk.min_rows = packed_min_rows(pk)
+                    if pk.min_rows is not None:
                         self._packed = pk
                 except (RuntimeError, AttributeError):  # an op this build lacks
                     pass
@@ -294,24 +347,32 @@ def fused(model) -> FusedModel:
 _INVARIANT: dict = {}
 
 
-def packed_rows_invariant(w: "FusedModel", rows=(1, 2, 3, 5, 8, 13)) -> bool:
-    """Does a row of every packed matmul (layer 0's and the LM head) have the same bits for each
-    row count in `rows` as in a 21-row call, at 1 thread and at torch's thread count? Measured
-    once per process and shape (~0.1 s per thread count): the engine's batch invariance rests on
-    it (the full sweep, M = 1..3000, is tests/test_infer_runner.py's)."""
+def packed_min_rows(w: "FusedModel", rows=(1, 2, 3, 5, 8, 13)) -> int | None:
+    """The fewest rows p (1, 2, 4 or 8) such that, with calls padded to at least p rows, a row of
+    every packed matmul (layer 0's and the LM head) has the same bits for each row count in
+    `rows` as in a 21-row call, at 1 thread and at torch's thread count; None if no p works.
+    Measured once per process and shape (~0.1 s per thread count): the engine's batch
+    invariance rests on it (the full sweep is tests/test_infer_runner.py's). oneDNN's AVX-512
+    kernels compute M = 1 apart for some shapes (p = 2 there); its AVX2 ones need p = 1."""
     L = w.layers[0]
     mats = [(L.qkv_w, L.qkv_b), (L.o_w, L.o_b), (L.up_w, L.up_b), (L.down_w, L.down_b), (w.head_w, w.head_b)]
-    key = (tuple(tuple(m.w.shape) for m, _ in mats), torch.get_num_threads())
+    key = (tuple(tuple(m.w.shape) for m, _ in mats), torch.get_num_threads(), rows)
     if key not in _INVARIANT:
-        g, ok = torch.Generator().manual_seed(0), True
+        g, ok = torch.Generator().manual_seed(0), {1: True, 2: True, 4: True, 8: True}
         for n in sorted({1, torch.get_num_threads()}):
             with num_threads(n), torch.inference_mode():
                 for m, b in mats:
                     x = torch.randn(21, m.w.shape[1], generator=g)
                     ref = _lin(x, m, b)
-                    ok = ok and all(torch.equal(_lin(x[:r], m, b), ref[:r]) for r in rows)
-        _INVARIANT[key] = ok
+                    for p in ok:
+                        ok[p] = ok[p] and all(torch.equal(_lin(x[:max(r, p)], m, b)[:r], ref[:r]) for r in rows)
+        _INVARIANT[key] = next((p for p, good in ok.items() if good), None)
     return _INVARIANT[key]
+
+
+def packed_rows_invariant(w: "FusedModel", rows=(1, 2, 3, 5, 8, 13)) -> bool:
+    """Rows invariant to the row count without any padding (packed_min_rows == 1)?"""
+    return packed_min_rows(w, rows) == 1
 
 
 def _on_cpu(t: torch.Tensor) -> bool:
@@ -321,24 +382,40 @@ def _on_cpu(t: torch.Tensor) -> bool:
 class PagedRunner:
     def __init__(self, model, cache: PagedKVCache, row_pad: int = 8, threads: int | None = None,
                  attn_bucket: int = 32):
-        """row_pad <= 1: the plain weights, no row padding (one user, nothing to be invariant to: a
-        1-row matmul is a gemv, the fastest at batch 1); otherwise the oneDNN-packed weights, whose
-        rows are invariant to the row count (`Packed`), or where those are unavailable, MKL on
-        `invariant_rows` rows. threads: intra-op threads for the matmuls (default: measured per
-        kind of step, see ThreadTuner)."""
+        """row_pad <= 1: the plain weights (or GGUF blocks), no row padding (one user, nothing to
+        be invariant to: a 1-row matmul is a gemv, the fastest at batch 1). Otherwise every kind
+        of step (prefill, decode) uses one matmul whose rows do not depend on the row count:
+        decode the GGUF blocks where the model has them (`QLinear`: fewest bytes per token),
+        prefill the oneDNN-packed weights (`Packed`, padded to `min_rows`; compute-bound, where
+        oneDNN is fastest); where packing is unavailable or not invariant, the blocks, else MKL
+        on `invariant_rows` rows. threads: intra-op threads for the matmuls (default: measured
+        per kind of step, see ThreadTuner)."""
         self.model, self.cache, self.cfg = model, cache, model.config
         self.row_pad, self.attn_bucket = row_pad, attn_bucket
         self.device = next(model.parameters()).device
         self.H, self.Hkv, self.D = self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim
-        self.w = fused(model)
-        self.packed = False
-        if row_pad > 1 and (pk := self.w.packed()) is not None:
-            self.w, self.packed = pk, True
+        base = fused(model)
+        blocks = base.has_blocks and base.n_plain == 0  # the block kernel: rows alike for every M
+        gemm = blocks and base.prefill_view() is not base
+        pk = base.packed() if row_pad > 1 and not gemm else None
+        none, mkl = (lambda n: n), invariant_rows
+        packed = (lambda n: max(n, pk.min_rows)) if pk is not None else None
+        if gemm:  # the block kernel for both kinds: its GEMM path for prompts
+            self.w, self._pad = base, none
+            self.w_prefill, self._pad_prefill = base.prefill_view(), none
+        elif row_pad <= 1:
+            self.w, self._pad = base, none
+            self.w_prefill, self._pad_prefill = base, none
+        else:
+            self.w, self._pad = (base, none) if blocks else (pk, packed) if pk is not None else (base, mkl)
+            self.w_prefill, self._pad_prefill = ((pk, packed) if pk is not None else
+                                                 (base, none) if blocks else (base, mkl))
+        self.packed = (self._pad is not mkl and row_pad > 1) or gemm  # no padding beyond min_rows
         self.fixed_threads = threads
         self.tuner = ThreadTuner(torch.get_num_threads())
 
-    def padded_rows(self, n: int) -> int:
-        return n if self.row_pad <= 1 or self.packed else invariant_rows(n)
+    def padded_rows(self, n: int, prefill: bool = False) -> int:
+        return (self._pad_prefill if prefill else self._pad)(n)
 
     def _forward(self, kind, embed, layer, head):
         """x = embed(); x = layer(i, x) for every layer; head(x) -- at tuned thread counts on CPU."""
@@ -369,9 +446,9 @@ class PagedRunner:
         """Append tokens to several sequences in one forward: their rows share every matmul,
         attention is per sequence. items: (table, tokens, all_logits) -> per item the logits of
         its last position (V,), or (T, V) with all_logits."""
-        dev, w, bs = self.device, self.w, self.cache.block_size
+        dev, w, bs = self.device, self.w_prefill, self.cache.block_size
         n = sum(len(t) for _, t, _ in items)
-        M = self.padded_rows(n)
+        M = self.padded_rows(n, prefill=True)
         ids, pos, slots, segs, off = [], [], [], [], 0
         for table, toks, _ in items:
             start, T = table.num_tokens, len(toks)
@@ -420,7 +497,7 @@ class PagedRunner:
 
         def head(x):
             R = len(heads)
-            hsel = x[torch.tensor(heads + [heads[-1]] * (self.padded_rows(R) - R), device=dev)]
+            hsel = x[torch.tensor(heads + [heads[-1]] * (self.padded_rows(R, prefill=True) - R), device=dev)]
             return w.logits(hsel)[:R]
 
         logits = self._forward(("prefill", M.bit_length()), embed, layer, head)
@@ -512,7 +589,7 @@ class ContiguousDecoder:
     @torch.inference_mode()
     def forward(self, tokens: list[int]) -> torch.Tensor:
         """Append tokens -> logits of the last one (V,)."""
-        w, start, T = self.w, self.n, len(tokens)
+        w, start, T = (self.w.prefill_view() if len(tokens) > 1 else self.w), self.n, len(tokens)
         dev, cpu = self.k.device, self.cpu
         x, rope = w.embed_rows(torch.tensor(tokens, device=dev), torch.arange(start, start + T, device=dev))
         mask = None

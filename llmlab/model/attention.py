@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.model.config import ModelConfig
+from llmlab.model.linear import linear
 from llmlab.model.rope import apply_rope
 
 
@@ -29,15 +30,15 @@ class Attention(nn.Module):
         """x (B, T, d) -> (B, T, d); with last_only, keys/values for all T tokens (the cache needs
         them) but only the last token's query and output: (B, 1, d)."""
         B, T, _ = x.shape
-        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        k = linear(self.k_proj, x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        v = linear(self.v_proj, x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         if last_only and T > 1:
             x, q_rope = x[:, -1:], tuple(r[..., -1:, :] for r in rope) if rope is not None else None
             mask = mask[:, :, -1:] if mask is not None else None
         else:
             q_rope, last_only = rope, False
         Tq = x.shape[1]
-        q = self.q_proj(x).view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)
+        q = linear(self.q_proj, x).view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *q_rope), apply_rope(k, *rope)
         past = 0
@@ -54,4 +55,4 @@ class Attention(nn.Module):
             i = torch.arange(T, device=x.device).unsqueeze(1) + past
             j = torch.arange(past + T, device=x.device).unsqueeze(0)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=j <= i, enable_gqa=gqa)
-        return self.o_proj(y.transpose(1, 2).reshape(B, Tq, self.n_heads * self.head_dim))
+        return linear(self.o_proj, y.transpose(1, 2).reshape(B, Tq, self.n_heads * self.head_dim))

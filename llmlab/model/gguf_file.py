@@ -122,6 +122,10 @@ class GGUFFile:
     def get(self, key: str, default=None):
         return self.fields.get(key, default)
 
+    def raw(self, info: TensorInfo) -> torch.Tensor:
+        """The tensor's bytes as stored (uint8, a copy)."""
+        return torch.from_numpy(np.array(self._data[info.offset:info.offset + info.nbytes]))
+
     def tensor(self, info: TensorInfo) -> torch.Tensor:
         """Dequantized fp32 tensor in PyTorch shape order."""
         import gguf

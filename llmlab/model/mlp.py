@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmlab.model.linear import linear
+
 
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x))."""
@@ -17,7 +19,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+            return linear(self.down_proj, F.silu(linear(self.gate_proj, x)) * linear(self.up_proj, x))
         # inference: reuse the gate buffer (saves two (T, hidden) allocations per layer)
         return self.down_proj(F.silu(self.gate_proj(x), inplace=True).mul_(self.up_proj(x)))
 
@@ -31,7 +33,7 @@ class GeluMLP(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))
+        return linear(self.down_proj, F.gelu(linear(self.up_proj, x), approximate="tanh"))
 
 
 def make_mlp(kind: str, dim: int, hidden: int, bias: bool) -> nn.Module:

@@ -1,0 +1,148 @@
+"""GGUF block-quantized weights (Q4_0, Q4_1, Q8_0) kept as blocks, and their matmul.
+
+A GGUF loaded by `llmlab.model.gguf_io` becomes fp32 parameters (training, export and every
+reference check use those), and its quantized matrices are also kept here, repacked for the C
+kernel (`kernel.py`, `ggml_matmul.c`): nibbles or int8 in one array, fp32 scales d and offsets
+m in two more. The kernel multiplies with exactly the fp32 weights the model holds (same bits:
+checked on every build by `QuantWeight.check`), it just reads ~5x fewer bytes to get them.
+
+Formats (ggml's `ggml-quants.c`), 32 weights per block:
+  Q4_0: fp16 d, 16 B nibbles     w = d * (q - 8)   stored as q4 with m = -8d (exact)
+  Q4_1: fp16 d, fp16 m, 16 B     w = d * q + m
+  Q8_0: fp16 d, 32 int8          w = d * q
+"""
+from __future__ import annotations
+
+import torch
+
+from llmlab.quant import kernel
+
+QK = 32
+_RAW = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
+FORMATS = tuple(_RAW)
+
+
+class QuantWeight:
+    """A (rows, k) weight in block form: fmt 4 (qs: rows x nb x 16 nibble bytes, d, m) or 8
+    (qs: rows x nb x 32 int8 bytes, d; m None). d, m: fp32 (rows, nb)."""
+
+    __slots__ = ("fmt", "qs", "d", "m", "rows", "k")
+
+    def __init__(self, fmt: int, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None):
+        self.fmt, self.qs, self.d, self.m = fmt, qs.contiguous(), d.contiguous(), None if m is None else m.contiguous()
+        self.rows, nb = d.shape
+        self.k = nb * QK
+
+    @classmethod
+    def from_gguf(cls, qtype: str, raw: torch.Tensor, shape: tuple[int, int]) -> "QuantWeight":
+        """raw: the tensor's bytes (uint8) as stored in the file; shape: (rows, k) torch order."""
+        rows, k = shape
+        if qtype not in _RAW or k % QK:
+            raise ValueError(f"cannot keep {qtype} {shape} as blocks")
+        b = raw.view(rows, k // QK, _RAW[qtype])
+        f16 = lambda lo: b[..., lo:lo + 2].contiguous().view(torch.float16)[..., 0].float()  # noqa: E731
+        if qtype == "Q8_0":
+            return cls(8, b[..., 2:], f16(0), None)
+        if qtype == "Q4_1":
+            return cls(4, b[..., 4:], f16(0), f16(2))
+        d = f16(0)
+        return cls(4, b[..., 2:], d, -8.0 * d)
+
+    def index_rows(self, idx: torch.Tensor) -> "QuantWeight":
+        return QuantWeight(self.fmt, self.qs[idx], self.d[idx], None if self.m is None else self.m[idx])
+
+    @staticmethod
+    def cat(parts: list["QuantWeight"]) -> "QuantWeight | None":
+        """Rows of several weights stacked (fused q/k/v, gate/up); None if their formats differ."""
+        if len({(p.fmt, p.k) for p in parts}) != 1:
+            return None
+        m = None if parts[0].m is None else torch.cat([p.m for p in parts])
+        return QuantWeight(parts[0].fmt, torch.cat([p.qs for p in parts]), torch.cat([p.d for p in parts]), m)
+
+    def dequantize(self) -> torch.Tensor:
+        """fp32 (rows, k): the weights exactly as the kernel uses them."""
+        if self.fmt == 8:
+            w = self.d[..., None] * self.qs.view(torch.int8).float()
+        else:
+            q = torch.cat([self.qs & 0x0F, self.qs >> 4], dim=-1).float()
+            w = torch.addcmul(self.m[..., None], self.d[..., None], q)
+        return w.reshape(self.rows, self.k)
+
+    def check(self, w: torch.Tensor, rows: int = 4) -> bool:
+        """Do the first and last rows decode to exactly `w`'s rows (the model's fp32 weight)?"""
+        if tuple(w.shape) != (self.rows, self.k):
+            return False
+        idx = torch.tensor(sorted({0, self.rows - 1, *range(min(rows, self.rows))}))
+        return torch.equal(self.index_rows(idx).dequantize(), w.detach()[idx].float())
+
+    @property
+    def nbytes(self) -> int:
+        return self.qs.numel() + 4 * self.d.numel() + (0 if self.m is None else 4 * self.m.numel())
+
+
+def available() -> bool:
+    return kernel.load() is not None
+
+
+PARALLEL_MACS = 2_000_000  # smaller calls run on one thread (waking a second costs more)
+
+
+def has_gemm() -> bool:
+    """Is the many-rows GEMM path compiled in (AVX-512)?"""
+    lib = kernel.load()
+    return lib is not None and lib.llmlab_ggml_simd() >= 3
+
+
+def matmul(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None, gemm: bool = False) -> torch.Tensor:
+    """x (M, k) fp32 on CPU -> x @ W.T (+ bias), (M, rows). Each output row is computed the same
+    way whatever M is and however many threads run (batch invariant). Threads: torch's count
+    (its OpenMP pool), for calls of at least PARALLEL_MACS multiply-adds. gemm: the register-tiled
+    path for many rows (prefill; `has_gemm()`), itself batch invariant but not bit-equal to the
+    default path, so a caller uses one of them per kind of step."""
+    lib = kernel.load()
+    if lib is None:
+        raise RuntimeError("the quantized-weight kernel is not available")
+    x = x.contiguous()
+    if x.dtype != torch.float32 or x.dim() != 2 or x.shape[-1] != w.k:
+        raise ValueError(f"x must be fp32 (M, {w.k}); got {tuple(x.shape)} {x.dtype}")
+    M = x.shape[0]
+    y = torch.empty(M, w.rows)
+    nt = torch.get_num_threads() if M * w.rows * w.k >= PARALLEL_MACS else 1
+    run = lib.llmlab_ggml_gemm if gemm else lib.llmlab_ggml_matmul
+    if run(w.fmt, w.qs.data_ptr(), w.d.data_ptr(), 0 if w.m is None else w.m.data_ptr(),
+           w.rows, w.k, x.data_ptr(), M, y.data_ptr(), nt) == 0 and gemm:
+        raise RuntimeError("the GEMM path is not compiled in (needs AVX-512; see has_gemm())")
+    return y if bias is None else y.add_(bias)
+
+
+def _stamp(p: torch.Tensor) -> tuple:
+    try:
+        return (p.data_ptr(), p._version)
+    except RuntimeError:  # an inference tensor has no version counter
+        return (p.data_ptr(), 0)
+
+
+def attach(model, blocks: dict[str, QuantWeight]) -> None:
+    """Keep block-quantized copies of a model's weights (name -> QuantWeight) with a stamp of
+    each fp32 parameter as loaded; `blocks_for` hands one out only while that parameter is
+    unchanged (training, LoRA merges or .to() invalidate it) and its rows decode to its values."""
+    kept = {}
+    for name, q in blocks.items():
+        try:
+            p = model.get_parameter(name)
+        except AttributeError:
+            continue
+        kept[name] = (q, _stamp(p))
+    if kept:
+        model.quantized = kept
+
+
+def blocks_for(model, name: str) -> QuantWeight | None:
+    entry = getattr(model, "quantized", {}).get(name)
+    if entry is None:
+        return None
+    q, stamp = entry
+    p = model.get_parameter(name)
+    if p.device.type != "cpu" or p.dtype != torch.float32 or _stamp(p) != stamp or not q.check(p):
+        return None
+    return q

@@ -1,0 +1,288 @@
+/* y = x @ W.T for W in GGUF block formats, computed on the dequantized fp32 weights.
+ *
+ * Weights are stored as repacked by llmlab/quant/ggml.py (not GGUF's interleaved blocks):
+ *   "q4": per 32-weight block, 16 bytes qs (byte j: weight j low nibble, weight j+16 high
+ *         nibble), fp32 scale d[b] and offset m[b]:  w = d*q + m   (Q4_1; Q4_0 has m = -8d)
+ *   "q8": per block, 32 int8 qs and fp32 d[b]:        w = d*q       (Q8_0)
+ * d*q is exact in fp32 (an fp16 scale times a <= 8-bit integer), so fma(d, q, m) rounds once,
+ * like the loader's (d*q) + m: every weight used here equals the model's fp32 weight bit for bit;
+ * only the order of the dot product's sum differs from a BLAS gemv.
+ *
+ * Layout: W rows (out features) x nb blocks; X (m, k) row-major; Y (m, rows) row-major.
+ * Rows [r0, r1) are computed, so callers may split rows across threads.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define LLMLAB_AVX2 1
+#endif
+
+#define QK 32
+
+/* Dequantize one row (nb blocks) into out[nb*32]. */
+static void deq_row_q4(const uint8_t *qs, const float *d, const float *m, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *q = qs + b * 16;
+        float db = d[b], mb = m[b];
+#ifdef LLMLAB_AVX2
+        __m128i v = _mm_loadu_si128((const __m128i *)q);
+        __m128i lo = _mm_and_si128(v, _mm_set1_epi8(0x0F));
+        __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(0x0F));
+        __m256 vd = _mm256_set1_ps(db), vm = _mm256_set1_ps(mb);
+        float *o = out + b * QK;
+        _mm256_storeu_ps(o + 0, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), vd, vm));
+        _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), vd, vm));
+        _mm256_storeu_ps(o + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), vd, vm));
+        _mm256_storeu_ps(o + 24, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), vd, vm));
+#else
+        for (int j = 0; j < 16; j++) {
+            out[b * QK + j] = __builtin_fmaf(db, (float)(q[j] & 15), mb);
+            out[b * QK + j + 16] = __builtin_fmaf(db, (float)(q[j] >> 4), mb);
+        }
+#endif
+    }
+}
+
+static void deq_row_q8(const int8_t *qs, const float *d, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++) {
+        const int8_t *q = qs + b * QK;
+        float db = d[b];
+#ifdef LLMLAB_AVX2
+        __m256 vd = _mm256_set1_ps(db);
+        for (int j = 0; j < QK; j += 8) {
+            __m128i v = _mm_loadl_epi64((const __m128i *)(q + j));
+            _mm256_storeu_ps(out + b * QK + j, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), vd));
+        }
+#else
+        for (int j = 0; j < QK; j++) out[b * QK + j] = db * (float)q[j];
+#endif
+    }
+}
+
+#ifdef LLMLAB_AVX2
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+/* 4 dequantized weight rows (w, stride k) against 2 input rows: out[i*ldy + r]. */
+static void dot_4x2(const float *w, int64_t k, const float *x0, const float *x1, float *y0, float *y1, int two) {
+#ifdef LLMLAB_AVX2
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
+    __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    const float *w0 = w, *w1 = w + k, *w2 = w + 2 * k, *w3 = w + 3 * k;
+    if (two) {
+        for (int64_t j = 0; j < k; j += 8) {
+            __m256 u = _mm256_loadu_ps(x0 + j), v = _mm256_loadu_ps(x1 + j);
+            __m256 b0 = _mm256_loadu_ps(w0 + j), b1 = _mm256_loadu_ps(w1 + j);
+            __m256 b2 = _mm256_loadu_ps(w2 + j), b3 = _mm256_loadu_ps(w3 + j);
+            a00 = _mm256_fmadd_ps(u, b0, a00); a01 = _mm256_fmadd_ps(u, b1, a01);
+            a02 = _mm256_fmadd_ps(u, b2, a02); a03 = _mm256_fmadd_ps(u, b3, a03);
+            a10 = _mm256_fmadd_ps(v, b0, a10); a11 = _mm256_fmadd_ps(v, b1, a11);
+            a12 = _mm256_fmadd_ps(v, b2, a12); a13 = _mm256_fmadd_ps(v, b3, a13);
+        }
+        y1[0] = hsum(a10); y1[1] = hsum(a11); y1[2] = hsum(a12); y1[3] = hsum(a13);
+    } else {
+        for (int64_t j = 0; j < k; j += 8) {
+            __m256 u = _mm256_loadu_ps(x0 + j);
+            a00 = _mm256_fmadd_ps(u, _mm256_loadu_ps(w0 + j), a00);
+            a01 = _mm256_fmadd_ps(u, _mm256_loadu_ps(w1 + j), a01);
+            a02 = _mm256_fmadd_ps(u, _mm256_loadu_ps(w2 + j), a02);
+            a03 = _mm256_fmadd_ps(u, _mm256_loadu_ps(w3 + j), a03);
+        }
+    }
+    y0[0] = hsum(a00); y0[1] = hsum(a01); y0[2] = hsum(a02); y0[3] = hsum(a03);
+#else
+    for (int r = 0; r < 4; r++) {
+        float s0 = 0.f, s1 = 0.f;
+        for (int64_t j = 0; j < k; j++) {
+            s0 += x0[j] * w[r * k + j];
+            if (two) s1 += x1[j] * w[r * k + j];
+        }
+        y0[r] = s0;
+        if (two) y1[r] = s1;
+    }
+#endif
+}
+
+static float dot1(const float *w, const float *x, int64_t k) {
+#ifdef LLMLAB_AVX2
+    __m256 a = _mm256_setzero_ps(), b = a;
+    for (int64_t j = 0; j < k; j += 16) {
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(w + j), a);
+        b = _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 8), _mm256_loadu_ps(w + j + 8), b);
+    }
+    return hsum(_mm256_add_ps(a, b));
+#else
+    float s = 0.f;
+    for (int64_t j = 0; j < k; j++) s += x[j] * w[j];
+    return s;
+#endif
+}
+
+/* buf: scratch of 4*k floats. The one kernel for both formats: dequantize 4 rows into L1, then
+ * every input row of a chunk of MB reads them (weights decoded once per chunk, not once per
+ * input row; a chunk's inputs stay in L2). A row's result never depends on mx, the chunking or
+ * [r0, r1) as long as r0 is a multiple of 4: the engine's batch invariance rests on it. */
+#define MB 64
+static void matmul(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
+                   const float *x, int64_t mx, float *y, int64_t r0, int64_t r1, float *buf) {
+    int64_t nb = k / QK, bq = fmt == 4 ? 16 : 32;
+    for (int64_t i0 = 0; i0 < mx; i0 += MB) {
+        int64_t i1 = mx - i0 < MB ? mx : i0 + MB;
+        for (int64_t r = r0; r < r1; r += 4) {
+            int64_t nr = r1 - r < 4 ? r1 - r : 4;
+            for (int64_t t = 0; t < nr; t++) {
+                int64_t row = r + t;
+                if (fmt == 4) deq_row_q4(qs + row * nb * bq, d + row * nb, m + row * nb, nb, buf + t * k);
+                else deq_row_q8((const int8_t *)qs + row * nb * bq, d + row * nb, nb, buf + t * k);
+            }
+            if (nr == 4) {
+                int64_t i = i0;
+                float tmp0[4], tmp1[4];
+                for (; i + 1 < i1; i += 2) {
+                    dot_4x2(buf, k, x + i * k, x + (i + 1) * k, tmp0, tmp1, 1);
+                    memcpy(y + i * rows + r, tmp0, sizeof tmp0);
+                    memcpy(y + (i + 1) * rows + r, tmp1, sizeof tmp1);
+                }
+                if (i < i1) {
+                    dot_4x2(buf, k, x + i * k, x + i * k, tmp0, tmp1, 0);
+                    memcpy(y + i * rows + r, tmp0, sizeof tmp0);
+                }
+            } else {
+                for (int64_t i = i0; i < i1; i++)
+                    for (int64_t t = 0; t < nr; t++) y[i * rows + r + t] = dot1(buf + t * k, x + i * k, k);
+            }
+        }
+    }
+}
+
+/* This thread's share [lo, hi) of `units` work units (inside an OpenMP region, or all of it). */
+static void my_share(int64_t units, int64_t *lo, int64_t *hi) {
+    int t = 0, n = 1;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+    n = omp_get_num_threads();
+#endif
+    *lo = units * t / n;
+    *hi = units * (t + 1) / n;
+}
+
+static int clamp_threads(int nt, int64_t units) {
+    if (nt < 1) nt = 1;
+    return nt > units ? (int)units : nt;
+}
+
+/* Exported: fmt 4 ("q4") or 8 ("q8"); k a multiple of 32. nt threads split the rows in groups of
+ * 4 (OpenMP: linked by soname to the libgomp torch already loaded, so these are torch's own
+ * worker threads, not a second pool competing with them for the cores). */
+void llmlab_ggml_matmul(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
+                        const float *x, int64_t mx, float *y, int nt) {
+    int64_t groups = (rows + 3) / 4;
+    nt = clamp_threads(nt, groups);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int64_t g0, g1;
+        my_share(groups, &g0, &g1);
+        int64_t r0 = g0 * 4, r1 = g1 * 4 < rows ? g1 * 4 : rows;
+        float *buf = (float *)malloc(sizeof(float) * 4 * (size_t)k);
+        if (buf) {
+            matmul(fmt, qs, d, m, rows, k, x, mx, y, r0, r1, buf);
+            free(buf);
+        }
+    }
+}
+
+
+/* ---- GEMM path for many input rows (prefill), AVX-512 only -----------------------------------
+ * 32 output rows (a panel) are dequantized and transposed into buf as [k][32] floats, then 8 input
+ * rows at a time run an 8 x 32 register tile: per k, two 16-wide loads of the panel, 8 broadcasts
+ * of x, 16 FMAs. Every output sums over k in order 0..k-1 in one FMA lane, so a row's result does
+ * not depend on mx, its position in the tile or the thread split (batch invariant, like the path
+ * above, but not bit-equal to it: callers use one path per kind of step). */
+#if defined(__AVX512F__)
+#define LLMLAB_GEMM 1
+#define NR 32
+#define MR 8
+static void panel(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
+                  int64_t r, float *row, float *pan) {
+    int64_t nb = k / QK, bq = fmt == 4 ? 16 : 32;
+    for (int64_t t = 0; t < NR; t++) {
+        int64_t rr = r + t;
+        if (rr < rows) {
+            if (fmt == 4) deq_row_q4(qs + rr * nb * bq, d + rr * nb, m + rr * nb, nb, row);
+            else deq_row_q8((const int8_t *)qs + rr * nb * bq, d + rr * nb, nb, row);
+            for (int64_t j = 0; j < k; j++) pan[j * NR + t] = row[j];
+        } else {
+            for (int64_t j = 0; j < k; j++) pan[j * NR + t] = 0.f;
+        }
+    }
+}
+
+static void tile(const float *pan, int64_t k, const float *x, int64_t nx, float *y, int64_t ldy, int64_t nr) {
+    __m512 a[MR][2];
+    for (int i = 0; i < MR; i++) a[i][0] = a[i][1] = _mm512_setzero_ps();
+    const float *xs[MR];
+    for (int i = 0; i < MR; i++) xs[i] = x + (i < nx ? i : 0) * k;  /* rows past nx: computed, dropped */
+    for (int64_t j = 0; j < k; j++) {
+        __m512 b0 = _mm512_loadu_ps(pan + j * NR), b1 = _mm512_loadu_ps(pan + j * NR + 16);
+        for (int i = 0; i < MR; i++) {
+            __m512 v = _mm512_set1_ps(xs[i][j]);
+            a[i][0] = _mm512_fmadd_ps(v, b0, a[i][0]);
+            a[i][1] = _mm512_fmadd_ps(v, b1, a[i][1]);
+        }
+    }
+    __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);
+    for (int i = 0; i < nx; i++) {
+        _mm512_mask_storeu_ps(y + i * ldy, m0, a[i][0]);
+        _mm512_mask_storeu_ps(y + i * ldy + 16, m1, a[i][1]);
+    }
+}
+#endif
+
+/* Exported: the GEMM path (returns 0 where it is not compiled in: no AVX-512). */
+int llmlab_ggml_gemm(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
+                     const float *x, int64_t mx, float *y, int nt) {
+#ifdef LLMLAB_GEMM
+    int64_t panels = (rows + NR - 1) / NR;
+    nt = clamp_threads(nt, panels);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int64_t p0, p1;
+        my_share(panels, &p0, &p1);
+        float *pan = (float *)malloc(sizeof(float) * (size_t)(NR * k + k));
+        if (pan) {
+            for (int64_t p = p0; p < p1; p++) {
+                int64_t r = p * NR, nr = rows - r < NR ? rows - r : NR;
+                panel(fmt, qs, d, m, rows, k, r, pan + NR * k, pan);
+                for (int64_t i = 0; i < mx; i += MR)
+                    tile(pan, k, x + i * k, mx - i < MR ? mx - i : MR, y + i * rows + r, rows, nr);
+            }
+            free(pan);
+        }
+    }
+    return 1;
+#else
+    (void)fmt; (void)qs; (void)d; (void)m; (void)rows; (void)k; (void)x; (void)mx; (void)y; (void)nt;
+    return 0;
+#endif
+}
+
+int llmlab_ggml_simd(void) {
+#if defined(LLMLAB_AVX2) && defined(__AVX512F__)
+    return 3;
+#elif defined(LLMLAB_AVX2)
+    return 2;
+#else
+    return 0;
+#endif
+}

@@ -1,0 +1,90 @@
+"""Build and load the C kernel of `ggml_matmul.c` (compiled once per machine, then cached).
+
+Why a C kernel: batch-1 decode reads every weight once per token, so its speed is the memory
+bandwidth over the weights' bytes. SmolLM2's GGUF stores them as Q4_1/Q8_0 blocks (~0.6 bytes
+per weight); dequantized to fp32 they are 4 bytes (538 MB, ~55 ms per token at the ~10 GB/s
+one core streams here). The kernel decodes blocks into L1 and multiplies there, so it reads
+~0.75 bytes per weight. torch has no CPU matmul over these formats.
+
+The library is compiled with the system C compiler (`cc`, -O3 -march=native -fopenmp) into
+`$LLMLAB_CACHE` (default `~/.cache/llmlab`) under a name that hashes the source and the CPU's
+flags. No compiler, or a failed build: `load()` returns None and callers use the fp32 weights
+(one warning).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from llmlab.log import get_logger
+
+SRC = Path(__file__).with_name("ggml_matmul.c")
+_LIB: list = []  # [lib or None] once tried
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LLMLAB_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llmlab")
+    return Path(root) / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build() -> Path | None:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("no C compiler (cc/gcc) on PATH")
+    src = SRC.read_bytes()
+    key = hashlib.sha256(src + _cpu_flags().encode() + platform.machine().encode()).hexdigest()[:16]
+    out = cache_dir() / f"ggml_matmul-{key}.so"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tmp_so = Path(tmp) / out.name
+        cmd = [cc, "-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-o", str(tmp_so), str(SRC)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:  # no OpenMP support: one thread
+            cmd.remove("-fopenmp")
+            r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {r.stderr.strip()[:500]}")
+        os.replace(tmp_so, out)  # atomic: a concurrent build never sees a half-written library
+    return out
+
+
+def load():
+    """The compiled library (ctypes.CDLL), or None where it cannot be built (warned once).
+    LLMLAB_NO_KERNELS=1 disables it."""
+    if not _LIB:
+        lib = None
+        if os.environ.get("LLMLAB_NO_KERNELS", "") not in ("", "0"):
+            _LIB.append(None)
+            return None
+        try:
+            lib = ctypes.CDLL(str(_build()))
+            p, i64 = ctypes.c_void_p, ctypes.c_int64
+            lib.llmlab_ggml_matmul.argtypes = [ctypes.c_int, p, p, p, i64, i64, p, i64, p, ctypes.c_int]
+            lib.llmlab_ggml_matmul.restype = None
+            lib.llmlab_ggml_gemm.argtypes = [ctypes.c_int, p, p, p, i64, i64, p, i64, p, ctypes.c_int]
+            lib.llmlab_ggml_gemm.restype = ctypes.c_int
+            lib.llmlab_ggml_simd.restype = ctypes.c_int
+        except (RuntimeError, OSError) as e:
+            get_logger().warning(f"quantized-weight kernel unavailable, using fp32 weights: {e}")
+            lib = None
+        _LIB.append(lib)
+    return _LIB[0]
