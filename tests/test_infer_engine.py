@@ -41,6 +41,30 @@ def test_16_concurrent_greedy_requests_equal_each_alone_smollm2(smollm2, smollm2
     assert alone[3][0] == list(generate_ids(smollm2, prompts[3], params[3]))
 
 
+@pytest.mark.parametrize("path", ["fp32", "blocks_without_gemm"])
+def test_concurrent_equal_alone_on_the_other_matmul_paths(smollm2, smollm2_tokenizer, monkeypatch, path):
+    """What other machines run: no block kernel (fp32 weights: packed oneDNN or padded MKL), or
+    blocks without the AVX-512 GEMM path (prefill then on packed oneDNN)."""
+    from llmlab.infer import runner
+    from llmlab.quant import ggml
+    if path == "blocks_without_gemm":
+        monkeypatch.setattr(ggml, "has_gemm", lambda: False)
+    runner._FUSED[smollm2] = runner.FusedModel(smollm2, runner.FusedModel.signature(smollm2),
+                                               blocks=path != "fp32")
+    try:
+        tok = smollm2_tokenizer
+        prompts = [tok.encode(f"Item {i}: " + "red and green " * (i % 5) + "so") for i in range(8)]
+        params = [SamplingParams(max_new_tokens=3 + i % 3, ignore_eos=True) for i in range(8)]
+        eng = Engine(smollm2, tok, num_blocks=128, max_num_seqs=8, prefill_chunk=64, max_prefill_tokens=128)
+        assert (type(eng.runner.w.layers[0].up_w) is runner.QLinear) == (path != "fp32")
+        together = eng.generate(prompts, params)
+        alone = [Engine(smollm2, tok, num_blocks=32, prefill_chunk=64, max_prefill_tokens=128).generate([p], [sp])[0]
+                 for p, sp in zip(prompts, params)]
+        assert together == alone
+    finally:
+        runner._FUSED.pop(smollm2)
+
+
 def test_requests_join_at_token_boundaries(tiny):
     eng = Engine(tiny, None, num_blocks=64, max_num_seqs=8)
     p = _prompts(3)
