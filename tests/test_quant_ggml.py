@@ -11,7 +11,6 @@ from llmlab.infer import runner
 from llmlab.infer.generate import generate_ids
 from llmlab.infer.runner import QLinear, fused, num_threads
 from llmlab.infer.sampling import SamplingParams
-from llmlab.model.gguf_file import _TORCH_DEQUANT
 from llmlab.quant import ggml, kernel
 from llmlab.quant.ggml import QuantWeight, matmul
 
@@ -24,11 +23,19 @@ def _blocks(qtype: str, rows: int, k: int, seed: int = 0):
     return torch.from_numpy(np.ascontiguousarray(raw)).reshape(-1), raw
 
 
+def _loader_tensor(qtype, raw, shape):
+    """What GGUFFile.tensor returns for these bytes (the loader's fp32 weight)."""
+    from llmlab.model.gguf_file import GGUFFile, TensorInfo
+    f = GGUFFile.__new__(GGUFFile)
+    f._data = raw.numpy()
+    return f.tensor(TensorInfo("w", shape, getattr(gguf.GGMLQuantizationType, qtype).value, 0, raw.numel()))
+
+
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
 def test_blocks_decode_to_the_loaders_fp32_weights_bit_for_bit(qtype):
     raw, raw_np = _blocks(qtype, 70, 96)
     q = QuantWeight.from_gguf(qtype, raw, (70, 96))
-    ours_loader = _TORCH_DEQUANT[qtype](raw).reshape(70, 96)
+    ours_loader = _loader_tensor(qtype, raw, (70, 96))
     reference = torch.from_numpy(gguf.quants.dequantize(raw_np, getattr(gguf.GGMLQuantizationType, qtype)).astype(np.float32))
     assert torch.equal(q.dequantize(), ours_loader)
     assert torch.equal(q.dequantize(), reference.reshape(70, 96))

@@ -398,19 +398,17 @@ class PagedRunner:
         blocks = base.has_blocks and base.n_plain == 0  # the block kernel: rows alike for every M
         gemm = blocks and base.prefill_view() is not base
         pk = base.packed() if row_pad > 1 and not gemm else None
-        none, mkl = (lambda n: n), invariant_rows
-        packed = (lambda n: max(n, pk.min_rows)) if pk is not None else None
-        if gemm:  # the block kernel for both kinds: its GEMM path for prompts
-            self.w, self._pad = base, none
-            self.w_prefill, self._pad_prefill = base.prefill_view(), none
-        elif row_pad <= 1:
-            self.w, self._pad = base, none
-            self.w_prefill, self._pad_prefill = base, none
+        same, mkl = (lambda n: n), invariant_rows
+        packed = (pk, lambda n: max(n, pk.min_rows)) if pk is not None else None
+        if row_pad <= 1 and not gemm:  # one user: plain weights or blocks, no padding
+            decode = prefill = (base, same)
+        elif blocks:  # decode on the blocks; prompts on their GEMM path, else packed, else blocks
+            decode = (base, same)
+            prefill = (base.prefill_view(), same) if gemm else packed or decode
         else:
-            self.w, self._pad = (base, none) if blocks else (pk, packed) if pk is not None else (base, mkl)
-            self.w_prefill, self._pad_prefill = ((pk, packed) if pk is not None else
-                                                 (base, none) if blocks else (base, mkl))
-        self.packed = (self._pad is not mkl and row_pad > 1) or gemm  # no padding beyond min_rows
+            decode = prefill = packed or (base, mkl)
+        (self.w, self._pad), (self.w_prefill, self._pad_prefill) = decode, prefill
+        self.packed = self._pad is not mkl and (row_pad > 1 or gemm)  # no padding beyond min_rows
         self.fixed_threads = threads
         self.tuner = ThreadTuner(torch.get_num_threads())
 

@@ -3,7 +3,8 @@
 `gguf.GGUFReader` builds a numpy view per array element, which takes ~6 s for a 49k-token
 vocabulary; this reader parses the same layout (GGUF v2/v3, little-endian) in well under a
 second. Quantization types and dequantization come from the `gguf` package; Q4_0, Q4_1 and
-Q8_0 (the common ones) are dequantized with vectorised torch, everything else with gguf.quants.
+Q8_0 (the common ones) are dequantized by `llmlab.quant.ggml` (vectorised torch), everything
+else with gguf.quants.
 Tested against gguf.GGUFReader field by field.
 """
 from __future__ import annotations
@@ -126,15 +127,27 @@ class GGUFFile:
         """The tensor's bytes as stored (uint8, a copy)."""
         return torch.from_numpy(np.array(self._data[info.offset:info.offset + info.nbytes]))
 
+    def blocks(self, info: TensorInfo):
+        """The tensor as a `llmlab.quant.ggml.QuantWeight` (rows = all but the last dim), or
+        None if its type is not one kept as blocks (Q4_0, Q4_1, Q8_0)."""
+        import gguf
+
+        from llmlab.quant.ggml import FORMATS, QuantWeight
+        name = gguf.GGMLQuantizationType(info.qtype).name
+        if name not in FORMATS:
+            return None
+        k = info.shape[-1]
+        return QuantWeight.from_gguf(name, self.raw(info), (int(np.prod(info.shape)) // k, k))
+
     def tensor(self, info: TensorInfo) -> torch.Tensor:
         """Dequantized fp32 tensor in PyTorch shape order."""
         import gguf
 
         raw = self._data[info.offset:info.offset + info.nbytes]
         qt = gguf.GGMLQuantizationType(info.qtype)
-        fast = _TORCH_DEQUANT.get(qt.name)
-        if fast is not None:
-            w = fast(torch.from_numpy(np.array(raw)))
+        q = self.blocks(info)
+        if q is not None:  # Q4_0 / Q4_1 / Q8_0: one implementation of the formats (llmlab.quant)
+            w = q.dequantize()
         elif qt.name == "F32":
             w = torch.from_numpy(np.array(raw).view(np.float32))
         elif qt.name == "F16":
@@ -142,33 +155,3 @@ class GGUFFile:
         else:
             w = torch.from_numpy(np.asarray(gguf.quants.dequantize(np.array(raw), qt), dtype=np.float32).copy())
         return w.reshape(info.shape)
-
-
-def _scale(blocks: torch.Tensor, lo: int) -> torch.Tensor:
-    return blocks[:, lo:lo + 2].contiguous().view(torch.float16).float()  # (n_blocks, 1)
-
-
-def _q8_0(raw: torch.Tensor) -> torch.Tensor:
-    """Q8_0 block (34 B): fp16 scale d, 32 int8 q; w = d * q."""
-    b = raw.view(-1, 34)
-    return (_scale(b, 0) * b[:, 2:].view(torch.int8).float()).reshape(-1)
-
-
-def _nibbles(qs: torch.Tensor) -> torch.Tensor:
-    # byte j holds weight j (low nibble) and weight j + 16 (high nibble)
-    return torch.cat([qs & 0x0F, qs >> 4], dim=1).float()
-
-
-def _q4_0(raw: torch.Tensor) -> torch.Tensor:
-    """Q4_0 block (18 B): fp16 d, 16 B of nibbles; w = d * (q - 8)."""
-    b = raw.view(-1, 18)
-    return (_scale(b, 0) * (_nibbles(b[:, 2:]) - 8)).reshape(-1)
-
-
-def _q4_1(raw: torch.Tensor) -> torch.Tensor:
-    """Q4_1 block (20 B): fp16 d, fp16 m, 16 B of nibbles; w = d * q + m."""
-    b = raw.view(-1, 20)
-    return (_scale(b, 0) * _nibbles(b[:, 4:]) + _scale(b, 2)).reshape(-1)
-
-
-_TORCH_DEQUANT = {"Q8_0": _q8_0, "Q4_0": _q4_0, "Q4_1": _q4_1}

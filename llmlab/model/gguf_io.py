@@ -66,9 +66,6 @@ def _unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
 def gguf_state_dict(reader, cfg: ModelConfig, blocks: dict | None = None) -> dict[str, torch.Tensor]:
     """fp32 tensors by our names; with `blocks`, also fills it with the block-quantized 2-D
     matrices (name -> QuantWeight, rows in the same order as the fp32 weight)."""
-    import gguf
-
-    from llmlab.quant.ggml import FORMATS, QuantWeight
     state = {}
     for t in reader.tensors:
         name = t.name
@@ -86,18 +83,20 @@ def gguf_state_dict(reader, cfg: ModelConfig, blocks: dict | None = None) -> dic
                 key = f"model.layers.{idx}.{_NAMES[rest]}"
         else:
             key = f"gguf:{name}"
-        w = reader.tensor(t)
         heads = {"q_proj.weight": cfg.num_attention_heads, "k_proj.weight": cfg.num_key_value_heads}
         n_head = next((h for suffix, h in heads.items() if key.endswith(suffix)), None)
-        if n_head is not None:
-            w = _unpermute(w, n_head)
-        state[key] = w.contiguous()
-        qtype = gguf.GGMLQuantizationType(t.qtype).name
-        if blocks is not None and qtype in FORMATS and len(t.shape) == 2 and not key.startswith("gguf:"):
-            q = QuantWeight.from_gguf(qtype, reader.raw(t), t.shape)
-            if n_head is not None:  # the same row permutation, applied to whole rows of blocks
+        q = reader.blocks(t) if len(t.shape) == 2 else None
+        if q is not None:  # decoded once: the fp32 weight comes from the blocks that are kept
+            if n_head is not None:  # the same row permutation as the fp32 weight, on whole rows
                 q = q.index_rows(_unpermute(torch.arange(t.shape[0]), n_head))
-            blocks[key] = q
+            w = q.dequantize()
+            if blocks is not None and not key.startswith("gguf:"):
+                blocks[key] = q
+        else:
+            w = reader.tensor(t)
+            if n_head is not None:
+                w = _unpermute(w, n_head)
+        state[key] = w.contiguous()
     return state
 
 

@@ -8,8 +8,8 @@ both operands transposed and copied there, and was slower).
 
 `linear(module, x)` takes this path only for a plain `nn.Linear` without hooks, fp32 on CPU,
 outside autocast, with autograd recording and at least MIN_ROWS rows, and only when oneDNN is in
-the torch build (LLMLAB_NO_DNN=1 turns it off); everything else (LoRA/adapter layers, GPUs, bf16, inference) calls the module
-as usual. The product is the same x W^T + b; only the order of the fp32 sums differs from MKL's.
+the torch build (LLMLAB_NO_DNN=1 turns it off); everything else (LoRA/adapter layers, GPUs,
+bf16, inference) calls the module as usual. The product is the same x W^T + b; only the order of the fp32 sums differs from MKL's.
 """
 from __future__ import annotations
 
@@ -22,16 +22,7 @@ _DNN = [None]  # oneDNN's linear op usable here (probed once)
 
 
 def use_dnn() -> bool:
-    """oneDNN's fp32 linear is in this torch build and works (probed once)."""
-    return _available()
-
-
-def dnn_linear(x2: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """x2 (M, in) @ w.T (+ b) through oneDNN (no autograd); w may be a transposed view."""
-    return _dnn(x2.contiguous(), w, b)
-
-
-def _available() -> bool:
+    """oneDNN's fp32 linear is in this torch build, works, and is not turned off (probed once)."""
     if _DNN[0] is None:
         import os
         ok = (os.environ.get("LLMLAB_NO_DNN", "") in ("", "0") and torch.backends.mkldnn.is_available()
@@ -39,15 +30,16 @@ def _available() -> bool:
         if ok:
             try:
                 x, w = torch.randn(4, 8), torch.randn(3, 8)
-                ok = torch.allclose(_dnn(x, w, None), F.linear(x, w), atol=1e-5)
+                ok = torch.allclose(dnn_linear(x, w), F.linear(x, w), atol=1e-5)
             except RuntimeError:  # an op this build lacks
                 ok = False
         _DNN[0] = ok
     return _DNN[0]
 
 
-def _dnn(x2: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x2, w, b, "none", [], "")
+def dnn_linear(x2: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """x2 (M, in) @ w.T (+ b) through oneDNN (no autograd); w may be a transposed view."""
+    return torch.ops.mkldnn._linear_pointwise(x2.contiguous(), w, b, "none", [], "")
 
 
 class _DnnLinear(torch.autograd.Function):
@@ -56,22 +48,18 @@ class _DnnLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        x2 = x.reshape(-1, x.shape[-1])
-        if not x2.is_contiguous():
-            x2 = x2.contiguous()
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()
         ctx.save_for_backward(x2, weight)
         ctx.has_bias, ctx.x_shape = bias is not None, x.shape
-        return _dnn(x2, weight, bias).view(*x.shape[:-1], weight.shape[0])
+        return dnn_linear(x2, weight, bias).view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_y):
         x2, w = ctx.saved_tensors
-        g2 = grad_y.reshape(-1, w.shape[0])
-        if not g2.is_contiguous():
-            g2 = g2.contiguous()
+        g2 = grad_y.reshape(-1, w.shape[0]).contiguous()
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = _dnn(g2, w.t(), None).view(ctx.x_shape)
+            gx = dnn_linear(g2, w.t()).view(ctx.x_shape)
         if ctx.needs_input_grad[1]:
             gw = g2.t().mm(x2)
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -86,6 +74,6 @@ def linear(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
             and x.numel() >= MIN_ROWS * x.shape[-1] and not torch.is_autocast_enabled("cpu")
             and not (mod._forward_hooks or mod._forward_pre_hooks or nn.modules.module._global_forward_hooks
                      or nn.modules.module._global_forward_pre_hooks)
-            and _available()):
+            and use_dnn()):
         return _DnnLinear.apply(x, mod.weight, mod.bias)
     return mod(x)
