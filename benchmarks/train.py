@@ -5,7 +5,9 @@ loss, backward, clip, step. Ours uses the fused chunked LM-head + cross-entropy 
 transformers computes full logits and its own shifted loss. fp32 (the CPU default) and bf16
 autocast (labelled: bf16 matmuls are slow on most CPUs). MFU = model FLOP/s (6N + 12LHQT per token)
 over a matmul ceiling measured in this same process. Both sides alternate; medians of the repeats.
-Last line: JSON with ratio key train_tok_s (fp32, ours / transformers).
+On CPU our step also runs a third time with llmlab.model.linear's oneDNN path off, in the same
+alternation (`ours.train_tok_s_without_onednn`, a reference column: how much of the ratio that
+path is). Last line: JSON with ratio key train_tok_s (fp32, ours / transformers).
 """
 from __future__ import annotations
 
@@ -78,6 +80,15 @@ def main() -> None:
 
     step_ours = make(ours, lambda: linear_cross_entropy(ours(inp, return_hidden=True), ours.lm_head.weight, tgt))
     step_peer = make(peer, lambda: peer(input_ids=inp, labels=inp).loss)  # HF shifts labels itself
+    from llmlab.model import linear as dnn
+
+    def step_ours_mkl(dt):  # the same step with llmlab.model.linear's oneDNN path off (A/B)
+        saved, dnn._DNN[0] = dnn._DNN[0], False
+        try:
+            return step_ours(dt)
+        finally:
+            dnn._DNN[0] = saved
+    ab = dnn.use_dnn() and not cuda
 
     with torch.no_grad():  # same weights, same loss (before any step)
         lo = linear_cross_entropy(ours(inp, return_hidden=True), ours.lm_head.weight, tgt).item()
@@ -90,13 +101,14 @@ def main() -> None:
     dtypes = [("fp32", None)] + ([] if args.no_bf16 else [("bf16", torch.bfloat16)])
     for name, dt in dtypes:
         ceiling = measure_matmul_flops(device, dt or torch.float32, seconds=1.0)
-        times = {"ours": [], "peer": []}
+        sides = [("ours", step_ours), ("peer", step_peer)] + ([("ours_mkl", step_ours_mkl)] if ab and dt is None else [])
+        times = {side: [] for side, _ in sides}
         reps = repeats if (dt is None or cuda) else max(2, repeats // 2)
-        for fn in (step_ours, step_peer):  # warm-up
+        for _, fn in sides:  # warm-up
             fn(dt)
         sync()
         for _ in range(reps):
-            for side, fn in (("ours", step_ours), ("peer", step_peer)):
+            for side, fn in sides:
                 t = time.perf_counter()
                 for _ in range(steps):
                     fn(dt)
@@ -115,11 +127,13 @@ def main() -> None:
                 tps = results[side][f"train_tok_s{'' if dt is None else '_bf16'}"]
                 results[side][f"mfu{'' if dt is None else '_bf16'}"] = tps * fpt / ceiling
         results.setdefault("ceiling", {})[name] = ceiling
+        if "ours_mkl" in times:  # reference column, not a ratio: our step without oneDNN
+            results["ours"]["train_tok_s_without_onednn"] = tokens / statistics.median(times["ours_mkl"])
         # best-of-repeats too: on a shared machine the fastest repeat is the least disturbed one
         results.setdefault("best_ratio", {})[name] = min(times["peer"]) / min(times["ours"])
 
     res = {"benchmark": "train", "ours": results["ours"], "peer": results["peer"],
-           "ratio": {k: results["ours"][k] / results["peer"][k] for k in results["ours"] if k.startswith("train_tok_s")},
+           "ratio": {k: results["ours"][k] / results["peer"][k] for k in results["ours"] if k in results["peer"] and k.startswith("train_tok_s")},
            "config": {"device": str(device), "threads": threads, "depth": args.depth, "hidden": cfg.hidden_size,
                       "layers": cfg.num_hidden_layers, "vocab": args.vocab, "seq": args.seq, "batch": args.batch,
                       "params": ours.num_params(), "flops_per_token": fpt, "repeats": repeats,
@@ -128,6 +142,8 @@ def main() -> None:
     for k in res["ratio"]:
         print(f"{k:18s} ours {res['ours'][k]:10.1f}   transformers {res['peer'][k]:10.1f}   ratio {res['ratio'][k]:.2f}")
     print(f"MFU (fp32)         ours {res['ours']['mfu']:.1%}   transformers {res['peer']['mfu']:.1%}")
+    if "train_tok_s_without_onednn" in res["ours"]:
+        print(f"ours with llmlab.model.linear's oneDNN path off: {res['ours']['train_tok_s_without_onednn']:.1f} tok/s")
     print(json.dumps(res))
 
 
