@@ -17,7 +17,7 @@ $(BIN)/python:
 # torch first, from the local CPU wheel; everything else under a constraint pinning it.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt requirements-data.txt
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[serve,test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[serve,rag,test]'
 	$(BIN)/pip install -q -c constraints.txt --no-deps -r requirements-data.txt
 	touch $(STAMP)
 
