@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import pkgutil
 import sys
 import typing
 
@@ -11,18 +12,14 @@ from llmlab.command import Verb
 from llmlab.config import load_config
 from llmlab.errors import UserError
 
-STAGES = ["data", "tokenizer", "embed", "model", "train", "finetune", "align", "infer", "serve",
-          "quant", "eval", "rag", "agent", "multimodal", "speedrun"]
-
-
 def all_verbs() -> dict[str, Verb]:
+    """Every stage's verbs: each `llmlab/<stage>/commands.py` declares `VERBS` (found, not listed)."""
+    import llmlab
+
     verbs: dict[str, Verb] = {}
-    for stage in STAGES:
+    for stage in sorted(m.name for m in pkgutil.iter_modules(llmlab.__path__) if m.ispkg):
         name = f"llmlab.{stage}.commands"
-        try:
-            if importlib.util.find_spec(name) is None:
-                continue
-        except ModuleNotFoundError:
+        if importlib.util.find_spec(name) is None:
             continue
         verbs.update(importlib.import_module(name).VERBS)
     return verbs
