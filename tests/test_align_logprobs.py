@@ -6,7 +6,8 @@ import torch
 
 from llmlab.align.logprobs import sequence_logprobs
 from llmlab.align.nan_guard import NanGuard
-from llmlab.align.rollout import pad_left, sample, top_p_filter
+from llmlab.align.rollout import pad_left, sample
+from llmlab.infer.sampling import filter_logits
 from llmlab.errors import UserError
 from llmlab.model import Transformer
 
@@ -62,9 +63,9 @@ def test_sample_stops_at_eos_and_masks_after(model):
 
 def test_top_p_filter():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    kept = torch.isfinite(top_p_filter(logits, 0.7))
+    kept = torch.isfinite(filter_logits(logits, top_p=0.7))
     assert kept.tolist() == [[True, True, False, False]]
-    assert torch.isfinite(top_p_filter(logits, 0.01)).sum() == 1
+    assert torch.isfinite(filter_logits(logits, top_p=0.01)).sum() == 1
 
 
 def test_nan_guard_skips_and_rolls_back(model):

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from llmlab.cli import main
-from llmlab.data import sources
+from llmlab.data import packages, sources
 from llmlab.data.commands import iter_jsonl_texts
 from llmlab.data.loader import TokenWindowLoader
 from llmlab.data.pipeline import DataBuildConfig, build
@@ -85,7 +85,7 @@ def test_build_user_errors(tmp_path, monkeypatch, capsys):
     assert main(["data", "build", "weights.nope=1", f"out_dir={tmp_path}"]) == 2
     assert "unknown source 'nope'" in capsys.readouterr().err
     assert main(["data", "build", "val_fraction=1.5", f"out_dir={tmp_path}"]) == 2
-    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(packages.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="pip install --no-deps"):
         build(DataBuildConfig(out_dir=str(tmp_path), quick=True, progress=False))
     bad = tmp_path / "bad.jsonl"

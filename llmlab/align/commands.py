@@ -288,7 +288,8 @@ def run_cai(cfg: CAIRun) -> int:
     from pathlib import Path
 
     from llmlab.align.cai import DEFAULT_PROMPTS, LocalLLM, ai_preferences, critique_revise
-    from llmlab.align.preference_data import read_jsonl, write_jsonl
+    from llmlab.align.preference_data import write_jsonl
+    from llmlab.data.packages import read_jsonl
 
     _setup(cfg.output_dir)
     model, tok = _load(cfg.model)

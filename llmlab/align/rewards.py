@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+from llmlab.eval.answers import last_integer_matches
+
 _INT = re.compile(r"-?\d+")
 _ANSWER_ONLY = re.compile(r"\s*-?\d+\s*")
 _TAGGED = re.compile(r"<answer>\s*(-?\d+)\s*</answer>")
@@ -54,18 +56,10 @@ def strict_arithmetic_reward(row: dict, completion: str, format_weight: float = 
     return strict_exact_match_reward(row, completion) + format_weight * float(_BARE_INT.fullmatch(completion) is not None)
 
 
-def last_integer(text: str) -> int | None:
-    """The last integer in the text (thousands commas dropped), as GSM8K's flexible extraction
-    and `llmlab.finetune.datasets.grade_answer` read a reply; None when it holds no integer."""
-    nums = _INT.findall(text.replace(",", ""))
-    return int(nums[-1]) if nums else None
-
-
 def last_int_match_reward(row: dict, completion: str) -> float:
     """1.0 when the reply's last integer is the answer ("9 * 5 = 45", "The answer is 45.", "45"),
     else 0.0: answer correctness with lm-eval's gsm8k "flexible-extract", whatever the format."""
-    got = last_integer(completion)
-    return float(got is not None and got == int(row["answer"]))
+    return float(last_integer_matches(completion, row["answer"]))
 
 
 def flexible_arithmetic_reward(row: dict, completion: str, format_weight: float = 0.2) -> float:

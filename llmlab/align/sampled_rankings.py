@@ -118,7 +118,8 @@ def graded_answer_reward(row: dict, completion: str) -> float:
     """`graded_strict_reward` for answers read with flexible extraction (the reply's last integer,
     `last_int_match_reward`): right 1 (+0.01 when also the bare number, which only breaks ties),
     otherwise 1/(2 + distance) (< 1/2); no integer at all: 0."""
-    from llmlab.align.rewards import last_integer, strict_exact_match_reward
+    from llmlab.align.rewards import strict_exact_match_reward
+    from llmlab.eval.answers import last_integer
     got = last_integer(completion)
     if got is None:
         return 0.0

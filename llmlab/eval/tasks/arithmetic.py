@@ -8,12 +8,12 @@ answer of the set (a constant guess), which is what a model that ignores the que
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter
+
+from llmlab.eval.answers import last_integer_text
 
 _NAMES = ["Ana", "Ben", "Chen", "Dana", "Eli", "Fatima", "Goro", "Hana", "Ivan", "Jia"]
 _OBJECTS = ["apples", "books", "coins", "pencils", "stickers", "marbles", "cookies", "cards"]
-_INT = re.compile(r"-?\d+")
 
 
 def make_problem(rng: random.Random) -> tuple[str, int]:
@@ -41,8 +41,7 @@ def make_problem(rng: random.Random) -> tuple[str, int]:
 
 def last_int(text: str) -> str:
     """The answer is the last integer of the reply ("12 + 46 = 58" -> 58), as in GSM8K scoring."""
-    m = _INT.findall(text.replace(",", ""))
-    return m[-1] if m else ""
+    return last_integer_text(text) or ""
 
 
 class Arithmetic:

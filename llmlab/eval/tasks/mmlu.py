@@ -15,7 +15,7 @@ import random
 import re
 
 from llmlab.eval.choice import ChoiceMeter
-from llmlab.eval.data import package_file
+from llmlab.data.packages import package_file
 
 _OPT = re.compile(r"(?:^|\s)\(([A-J])\)\s")
 

@@ -12,7 +12,8 @@ import functools
 import random
 import re
 
-from llmlab.eval.data import package_file, wiki_extracts
+from llmlab.data.packages import package_file
+from llmlab.eval.data import wiki_extracts
 from llmlab.eval.perplexity import NLLMeter, uniform_bits_per_byte
 
 _TAG = re.compile(r"/[a-zA-Z]+$")

