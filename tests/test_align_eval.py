@@ -39,7 +39,7 @@ def test_strict_checks():
 def test_flexible_checks_read_the_last_integer():
     from llmlab.align.rewards import flexible_arithmetic_reward, last_int_match_reward
     from llmlab.align.sampled_rankings import graded_answer_reward
-    from llmlab.finetune.datasets import grade_answer
+    from llmlab.finetune.instruct.builders import grade_answer
     row = {"answer": "6"}
     texts = ("6", " 6.\n", "2 * 3 = 6", "The answer is 6.", "6 apples", "2 * 3 = 7", "6 - 1 = 5", "7", "six", "",
              "2 * 3 = ", "-6", "1,006")

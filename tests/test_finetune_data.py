@@ -6,7 +6,7 @@ import json
 import pytest
 
 from llmlab.errors import UserError
-from llmlab.finetune.datasets import (arithmetic, build_all, chitchat, grade_answer, idioms, split_heldout,
+from llmlab.finetune.instruct.builders import (arithmetic, build_all, chitchat, grade_answer, idioms, split_heldout,
                                       wiki_tell_me, _question)
 from llmlab.finetune.jsonl import read_jsonl, validate_record, write_jsonl
 

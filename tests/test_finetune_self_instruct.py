@@ -8,7 +8,7 @@ import torch
 from llmlab.errors import UserError
 from llmlab.eval.rouge import rouge_l
 from llmlab.finetune.jsonl import validate_record
-from llmlab.finetune.self_instruct import clean_instruction, parse_listing, reject_reason, self_instruct
+from llmlab.finetune.instruct.self_instruct import clean_instruction, parse_listing, reject_reason, self_instruct
 from llmlab.finetune.sft_eval import rouge_l_cjk
 
 
@@ -71,7 +71,7 @@ def test_loop_on_scripted_generator():
 def test_engine_generator_tiny_model(tiny_config):
     """The real generation path (inference engine, chat template) on a tiny random model: a budget
     of 1 round x 2 requests, whatever the (random) model writes is filtered, nothing crashes."""
-    from llmlab.finetune.self_instruct import engine_generator
+    from llmlab.finetune.instruct.self_instruct import engine_generator
     from llmlab.model import Transformer
     from llmlab.model.config import ModelConfig
     from llmlab.tokenizer.chat import CHATML

@@ -24,7 +24,7 @@ CONV = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user"
 def tiny_dir(tmp_path_factory):
     """A tiny random LLaMA saved as an HF dir with a speedrun-style tokenizer (ChatML template,
     eos <|endoftext|>), the layout of runs/speedrun/train/model."""
-    from llmlab.finetune.datasets import arithmetic
+    from llmlab.finetune.instruct.builders import arithmetic
     from llmlab.model import Transformer
     from llmlab.model.config import ModelConfig
     from llmlab.model.hf import save_hf_dir

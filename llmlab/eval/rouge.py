@@ -43,8 +43,9 @@ def lcs_length(a: list[str], b: list[str]) -> int:
     return prev[-1]
 
 
-def rouge_l(reference: str, prediction: str) -> tuple[float, float, float]:
-    ref, pred = tokenize(reference), tokenize(prediction)
+def rouge_l(reference: str, prediction: str, tokens=tokenize) -> tuple[float, float, float]:
+    """-> (precision, recall, fmeasure) of the longest common subsequence of `tokens(text)`."""
+    ref, pred = tokens(reference), tokens(prediction)
     if not ref or not pred:
         return 0.0, 0.0, 0.0
     lcs = lcs_length(ref, pred)
@@ -56,3 +57,16 @@ def rouge(reference: str, prediction: str) -> dict[str, float]:
     """F-measures keyed like rouge-score: rouge1, rouge2, rougeL."""
     return {"rouge1": rouge_n(reference, prediction, 1)[2], "rouge2": rouge_n(reference, prediction, 2)[2],
             "rougeL": rouge_l(reference, prediction)[2]}
+
+
+_TOKENS = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[a-z0-9]+")
+
+
+def zh_tokens(text: str) -> list[str]:
+    return _TOKENS.findall(text.lower())
+
+
+def rouge_l_cjk(reference: str, prediction: str) -> float:
+    """ROUGE-L F over CJK characters and lowercase ASCII words (punctuation dropped); on English
+    text this is exactly rouge-score's rougeL (same tokens, no stemming)."""
+    return rouge_l(reference, prediction, zh_tokens)[2]

@@ -35,7 +35,7 @@ class SelfInstructConfig:
 
 
 def run_self_instruct(cfg: SelfInstructConfig) -> int:
-    from llmlab.finetune.datasets import self_instruct
+    from llmlab.finetune.instruct.self_instruct import from_model as self_instruct
     from llmlab.finetune.jsonl import write_jsonl
 
     if cfg.num_instructions < 1 or cfg.max_rounds < 1 or cfg.per_round < 1:
@@ -93,7 +93,7 @@ def run_peft_params(cfg: PeftParamsConfig) -> int:
 
 
 def run_sft_data(cfg: SftDataConfig) -> int:
-    from llmlab.finetune.datasets import build_all
+    from llmlab.finetune.instruct.builders import build_all
 
     if cfg.num_examples < 1:
         raise UserError(f"num_examples must be >= 1, got {cfg.num_examples}")

@@ -25,10 +25,10 @@ import torch
 
 from llmlab.errors import UserError
 from llmlab.finetune.packing import pack
+from llmlab.tokenizer.chat import END_OF_TURN, end_of_turn  # noqa: F401  (re-exported: sft.py, sft_eval.py)
 from llmlab.log import get_logger
 
 log = get_logger("llmlab.sft")
-END_OF_TURN = "<|im_end|>"
 
 
 def to_messages(rec: dict) -> list[dict]:
@@ -45,7 +45,7 @@ def load_records(specs: list[str], num_examples: int = 500, seed: int = 0, heldo
                  on_error: str = "raise") -> tuple[list[dict], list[dict]]:
     """-> (train records, held-out records). A spec is a builder name or a .jsonl file; for
     `<name>.train.jsonl` a sibling `<name>.heldout.jsonl` (as `llmlab sft data` writes) is the held-out set."""
-    from llmlab.finetune.datasets import BUILDERS, split_heldout
+    from llmlab.finetune.instruct.builders import BUILDERS, split_heldout
     from llmlab.finetune.jsonl import read_jsonl
 
     train, held = [], []
@@ -65,18 +65,6 @@ def load_records(specs: list[str], num_examples: int = 500, seed: int = 0, heldo
         train += tr
         held += he
     return train, held
-
-
-def end_of_turn(tok) -> str | None:
-    """The token that closes an assistant turn: ChatML's <|im_end|> when the template uses it and
-    the vocabulary has it as a special token (SmolLM2's eos already is; the speedrun's eos is
-    <|endoftext|>), else the tokenizer's eos."""
-    from llmlab.tokenizer.chat import CHATML
-
-    template = tok.chat_template or CHATML
-    if END_OF_TURN in template and END_OF_TURN in getattr(tok, "special", {}):
-        return END_OF_TURN
-    return tok.eos_token
 
 
 def encode_records(tok, records: list[dict], max_length: int, assistant_only: bool = True,

@@ -6,40 +6,20 @@ template (generation prompt on) and answered greedily; prompts run in left-padde
 padding mask (works for every PEFT wrapper; left padding can move logits by ~1e-5, enough to flip
 a near-tie argmax, as llmlab.eval.generation notes).
 
-- arithmetic: exact match of the last integer of the reply (`datasets.grade_answer`);
+- arithmetic: exact match of the last integer of the reply (`llmlab.eval.answers`);
 - idiom: ROUGE-L F (Lin 2004) of the reply against the reference explanation (释义). Chinese has
   no spaces and rouge-score's tokenizer drops non-ASCII, so tokens are single CJK characters plus
   ASCII words, punctuation dropped: the usual character-level ROUGE for Chinese.
 """
 from __future__ import annotations
 
-import re
-
-from llmlab.eval.rouge import lcs_length
+from llmlab.eval.rouge import rouge_l_cjk, zh_tokens  # noqa: F401  (zh_tokens re-exported)
 from llmlab.infer.generate import generate_batch
 from llmlab.infer.sampling import SamplingParams
 
-_TOKENS = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[a-z0-9]+")
-
-
-def zh_tokens(text: str) -> list[str]:
-    return _TOKENS.findall(text.lower())
-
-
-def rouge_l_cjk(reference: str, prediction: str) -> float:
-    """ROUGE-L F over CJK characters and lowercase ASCII words (punctuation dropped); on English
-    text this is exactly rouge-score's rougeL (same tokens, no stemming)."""
-    ref, pred = zh_tokens(reference), zh_tokens(prediction)
-    if not ref or not pred:
-        return 0.0
-    lcs = lcs_length(ref, pred)
-    p, r = lcs / len(pred), lcs / len(ref)
-    return 2 * p * r / (p + r) if p + r else 0.0
-
-
 def heldout_items(name: str, limit: int = 50, num_examples: int = 500, seed: int = 0,
                   heldout_fraction: float = 0.1) -> list[dict]:
-    from llmlab.finetune.datasets import BUILDERS, split_heldout
+    from llmlab.finetune.instruct.builders import BUILDERS, split_heldout
 
     return split_heldout(BUILDERS[name](num_examples, seed), heldout_fraction, salt=name)[1][:limit]
 
@@ -75,7 +55,7 @@ def answer(model, tok, questions: list[list[dict]], max_new_tokens: int, batch_s
 
 def evaluate_heldout(model, tok, limit: int = 50, batch_size: int = 64, num_examples: int = 500) -> dict:
     """{"arith_em", "idiom_rougeL", "n_arith", "n_idiom", "samples"} on the held-out splits."""
-    from llmlab.finetune.datasets import grade_answer
+    from llmlab.finetune.instruct.builders import grade_answer
     from llmlab.finetune.sft_data import to_messages
 
     arith, idiom = heldout_items("arith_en", limit, num_examples), heldout_items("idiom_zh", limit, num_examples)

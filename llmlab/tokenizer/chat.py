@@ -97,3 +97,16 @@ def encode_chat(tokenizer, messages: list[dict], train_on_end_of_turn: bool = Tr
                 mask.extend([flag] * len(part))
         pos = end
     return ids, mask
+
+
+END_OF_TURN = "<|im_end|>"
+
+
+def end_of_turn(tok) -> str | None:
+    """The token that closes an assistant turn: ChatML's <|im_end|> when the template uses it and
+    the vocabulary has it as a special token (SmolLM2's eos already is; the speedrun's eos is
+    <|endoftext|>), else the tokenizer's eos."""
+    template = tok.chat_template or CHATML
+    if END_OF_TURN in template and END_OF_TURN in getattr(tok, "special", {}):
+        return END_OF_TURN
+    return tok.eos_token
