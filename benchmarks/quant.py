@@ -35,7 +35,7 @@ def main() -> None:
     repeats = 3 if args.quick else 7
 
     from llmlab.device import setup_threads
-    from llmlab.infer import runner
+    from llmlab.infer import fused as runner  # fused, Packed, _lin live in llmlab/infer/fused.py
     from llmlab.model.gguf_io import load_gguf
     from llmlab.model.load import packaged_path
     from llmlab.quant import ggml

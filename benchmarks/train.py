@@ -80,15 +80,15 @@ def main() -> None:
 
     step_ours = make(ours, lambda: linear_cross_entropy(ours(inp, return_hidden=True), ours.lm_head.weight, tgt))
     step_peer = make(peer, lambda: peer(input_ids=inp, labels=inp).loss)  # HF shifts labels itself
-    from llmlab.model import linear as dnn
+    from llmlab import device as dnn
 
-    def step_ours_mkl(dt):  # the same step with llmlab.model.linear's oneDNN path off (A/B)
-        saved, dnn._DNN[0] = dnn._DNN[0], False
+    def step_ours_mkl(dt):  # the same step with the oneDNN path off (A/B; llmlab.device decides)
+        saved, dnn._ONEDNN[0] = dnn._ONEDNN[0], False
         try:
             return step_ours(dt)
         finally:
-            dnn._DNN[0] = saved
-    ab = dnn.use_dnn() and not cuda
+            dnn._ONEDNN[0] = saved
+    ab = dnn.use_onednn() and not cuda
 
     with torch.no_grad():  # same weights, same loss (before any step)
         lo = linear_cross_entropy(ours(inp, return_hidden=True), ours.lm_head.weight, tgt).item()

@@ -1,10 +1,11 @@
-"""Device, dtype and thread setup, in one place.
+"""Device, dtype and thread setup, and the oneDNN decision, in one place.
 
 CPU torch slows down ~10x when threads outnumber free cores, so we never use more threads
 than the cores this process may run on.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -33,6 +34,40 @@ def setup_threads(num_threads: int | None = None) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+@contextlib.contextmanager
+def num_threads(n: int):
+    """Run the block with n intra-op threads (torch's setting is global; restored after)."""
+    old = torch.get_num_threads()
+    if n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+_ONEDNN: list = [None]  # probed once per process
+
+
+def use_onednn() -> bool:
+    """Whether fp32 CPU matmuls may go through oneDNN (training linears, packed inference weights):
+    it is in this torch build, its linear op works, and LLMLAB_NO_DNN is not set (=1 turns it off)."""
+    if _ONEDNN[0] is None:
+        ok = (os.environ.get("LLMLAB_NO_DNN", "") in ("", "0") and torch.backends.mkldnn.is_available()
+              and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+        if ok:
+            try:
+                x, w = torch.randn(4, 8), torch.randn(3, 8)
+                got = torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+                ok = torch.allclose(got, torch.nn.functional.linear(x, w), atol=1e-5)
+            except RuntimeError:  # an op this build lacks
+                ok = False
+        _ONEDNN[0] = ok
+    return _ONEDNN[0]
 
 
 def resolve_device(name: str = "auto") -> torch.device:

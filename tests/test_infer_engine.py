@@ -45,7 +45,7 @@ def test_16_concurrent_greedy_requests_equal_each_alone_smollm2(smollm2, smollm2
 def test_concurrent_equal_alone_on_the_other_matmul_paths(smollm2, smollm2_tokenizer, monkeypatch, path):
     """What other machines run: no block kernel (fp32 weights: packed oneDNN or padded MKL), or
     blocks without the AVX-512 GEMM path (prefill then on packed oneDNN)."""
-    from llmlab.infer import runner
+    from llmlab.infer import fused as runner
     from llmlab.quant import ggml
     if path == "blocks_without_gemm":
         monkeypatch.setattr(ggml, "has_gemm", lambda: False)

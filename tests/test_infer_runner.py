@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.infer.paged import BlockTable, PagedKVCache
-from llmlab.infer.runner import (ContiguousDecoder, Packed, PagedRunner, ThreadTuner, _lin, fused, invariant_rows,
-                                 num_threads, packed_rows_invariant, run_layers)
+from llmlab.device import num_threads
+from llmlab.infer.fused import Packed, _lin, fused, invariant_rows, packed_rows_invariant
+from llmlab.infer.runner import ContiguousDecoder, PagedRunner
+from llmlab.infer.threads import ThreadTuner, run_layers
 from llmlab.model.config import ModelConfig
 from llmlab.model.transformer import Transformer
 

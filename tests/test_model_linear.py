@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmlab import device
 from llmlab.model import linear as L
 
 pytestmark = pytest.mark.skipif(not L.use_dnn(), reason="no oneDNN linear in this torch build")
@@ -61,7 +62,7 @@ def test_model_training_step_matches_the_mkl_path(monkeypatch):
     ids = torch.randint(0, 300, (4, 33), generator=torch.Generator().manual_seed(0))
 
     def grads(dnn: bool):
-        monkeypatch.setattr(L, "_DNN", [dnn])
+        monkeypatch.setattr(device, "_ONEDNN", [dnn])
         torch.manual_seed(0)
         m = Transformer(cfg).train()
         loss = linear_cross_entropy(m(ids[:, :-1], return_hidden=True), m.lm_head.weight, ids[:, 1:])

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from llmlab.infer import runner
+from llmlab.infer import fused as runner
 from llmlab.infer.generate import generate_ids
-from llmlab.infer.runner import QLinear, fused, num_threads
+from llmlab.device import num_threads
+from llmlab.infer.fused import QLinear, fused
 from llmlab.infer.sampling import SamplingParams
 from llmlab.quant import ggml, kernel
 from llmlab.quant.ggml import QuantWeight, matmul

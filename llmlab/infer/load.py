@@ -3,21 +3,19 @@ from __future__ import annotations
 
 import time
 
-from llmlab.device import resolve_device, resolve_dtype, setup_threads
+from llmlab.device import num_threads, resolve_device, resolve_dtype, setup_threads
 from llmlab.log import get_logger
 
 
 def load_model_and_tokenizer(ref: str, device: str = "auto", dtype: str = "auto"):
-    from llmlab.infer.runner import num_threads
     from llmlab.model.load import load_model
     from llmlab.tokenizer.bpe import load_tokenizer
 
     setup_threads()
     dev = resolve_device(device)
     t0 = time.perf_counter()
-    # dequantizing/copying weights is memory-bound: one thread reads as fast as two here, and on
-    # a shared 2-core machine each 2-thread op can wait a scheduler slice for the other core
-    # (SmolLM2 measured 1.3-3.4 s at 1 thread vs 11.6-11.9 s at 2 under load average 6.5)
+    # dequantizing/copying weights is memory-bound: one thread reads as fast as two, and on a
+    # shared machine each 2-thread op can wait a scheduler slice for the other core (docs/LOG.md)
     with num_threads(1):
         model, path = load_model(ref, resolve_dtype(dtype, dev))
         tok = load_tokenizer(path)

@@ -1,10 +1,9 @@
 """nn.Linear's training forward/backward on oneDNN, where that is faster (CPU, fp32).
 
-Why: torch sends an fp32 `F.linear` on x86 CPUs to MKL's sgemm. On this machine's AMD EPYC
-(AVX-512) MKL takes its AVX2 path while oneDNN (also inside torch) uses AVX-512: a (2048, 256) x
-(256, 768) product ran at 126 GFLOP/s through MKL vs 177-188 through oneDNN at 2 threads, the
-dX product 148 vs 181 (docs/train.md). The weight gradient dW = dY^T X stays on MKL (oneDNN needs
-both operands transposed and copied there, and was slower).
+Why: torch sends an fp32 `F.linear` on x86 CPUs to MKL's sgemm, which can take a narrower SIMD
+path than oneDNN (also inside torch) on the same CPU; the measured products are in docs/LOG.md
+and docs/train.md. The weight gradient dW = dY^T X stays on MKL (oneDNN needs both operands
+transposed and copied there, and was slower).
 
 `linear(module, x)` takes this path only for a plain `nn.Linear` without hooks, fp32 on CPU,
 outside autocast, with autograd recording and at least MIN_ROWS rows, and only when oneDNN is in
@@ -14,27 +13,16 @@ bf16, inference) calls the module as usual. The product is the same x W^T + b; o
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from llmlab.device import use_onednn
+
 MIN_ROWS = 64
-_DNN = [None]  # oneDNN's linear op usable here (probed once)
 
 
 def use_dnn() -> bool:
-    """oneDNN's fp32 linear is in this torch build, works, and is not turned off (probed once)."""
-    if _DNN[0] is None:
-        import os
-        ok = (os.environ.get("LLMLAB_NO_DNN", "") in ("", "0") and torch.backends.mkldnn.is_available()
-              and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
-        if ok:
-            try:
-                x, w = torch.randn(4, 8), torch.randn(3, 8)
-                ok = torch.allclose(dnn_linear(x, w), F.linear(x, w), atol=1e-5)
-            except RuntimeError:  # an op this build lacks
-                ok = False
-        _DNN[0] = ok
-    return _DNN[0]
+    """oneDNN's fp32 linear is usable and not turned off (the one decision: llmlab.device)."""
+    return use_onednn()
 
 
 def dnn_linear(x2: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:

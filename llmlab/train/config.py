@@ -1,27 +1,30 @@
-"""TrainConfig: every pretraining knob, with HF `TrainingArguments` names where one exists."""
+"""Training configs: `TrainingBase` holds every knob pretraining and SFT share (HF
+`TrainingArguments` names), validated once; `TrainConfig` (pretraining) adds its own knobs and
+`llmlab.finetune.sft_config.SftConfig` changes defaults only. Bad values raise UserError."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from llmlab.errors import UserError
+
+REPORTERS = {"jsonl", "tensorboard", "png"}
+
 
 @dataclass
-class TrainConfig:
+class TrainingBase:
     output_dir: str = field(default="runs/train", metadata={"help": "checkpoints, metrics.jsonl, tb/, loss.png"})
     # optimisation (AdamW, Loshchilov & Hutter 2019); defaults follow GPT-3 / LLaMA
-    learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    learning_rate: Optional[float] = field(default=1e-3, metadata={"help": "peak learning rate"})
     weight_decay: float = 0.1
     adam_beta1: float = 0.9
     adam_beta2: float = field(default=0.95, metadata={"help": "0.95 as GPT-3/LLaMA (0.999 is HF's default)"})
     adam_epsilon: float = 1e-8
-    decay_norms_and_embeddings: bool = field(
-        default=False, metadata={"help": "false: no weight decay on norm gains, biases and embeddings"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "global-norm clipping threshold; 0 = off"})
     # schedule
     lr_scheduler_type: Literal["cosine", "linear", "wsd", "constant"] = "cosine"
     warmup_steps: int = 0
     min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr / peak lr (cosine, linear, wsd); LLaMA: 0.1"})
-    decay_ratio: float = field(default=0.2, metadata={"help": "wsd: fraction of max_steps spent in the final decay"})
     max_steps: int = 100
     # batch
     per_device_train_batch_size: int = 8
@@ -29,15 +32,11 @@ class TrainConfig:
     max_length: int = field(default=256, metadata={"help": "tokens per training window (sequence length)"})
     # precision / speed
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast (slow on most CPUs)"})
-    fp16: bool = field(default=False, metadata={"help": "fp16 autocast + GradScaler loss scaling (CUDA only)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
-    torch_compile: bool = False
-    fused_cross_entropy: bool = field(default=True, metadata={"help": "chunked LM-head + CE, no full logits"})
     device: str = "auto"
+    seed: int = 42
     # evaluation / logging / saving
     eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0 = only at the end)"})
-    eval_batches: int = field(default=8, metadata={"help": "validation batches per evaluation (0 = all)"})
-    bytes_per_token: float = field(default=0.0, metadata={"help": "for bits-per-byte; 0 = not reported"})
     logging_steps: int = 10
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
     save_total_limit: int = field(default=2, metadata={"help": "keep this many newest checkpoints (0 = all)"})
@@ -46,8 +45,39 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard", "png"],
                                  metadata={"help": "any of jsonl, tensorboard, png"})
     disable_tqdm: bool = False
+
+    def __post_init__(self):
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.learning_rate is not None and self.learning_rate <= 0:
+            raise UserError(f"learning_rate must be > 0, got {self.learning_rate}")
+        for name in ("warmup_steps", "eval_steps", "save_steps", "logging_steps", "weight_decay",
+                     "max_grad_norm", "save_total_limit"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 <= self.adam_beta1 < 1.0 or not 0.0 <= self.adam_beta2 < 1.0:
+            raise UserError("adam_beta1 and adam_beta2 must be in [0, 1)")
+        bad = set(self.report_to) - REPORTERS
+        if bad:
+            raise UserError(f"report_to: unknown {sorted(bad)} (use jsonl, tensorboard, png)")
+
+
+@dataclass
+class TrainConfig(TrainingBase):
+    """Pretraining: the shared knobs plus the ones only `llmlab train` has."""
+    learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    decay_norms_and_embeddings: bool = field(
+        default=False, metadata={"help": "false: no weight decay on norm gains, biases and embeddings"})
+    decay_ratio: float = field(default=0.2, metadata={"help": "wsd: fraction of max_steps spent in the final decay"})
+    fp16: bool = field(default=False, metadata={"help": "fp16 autocast + GradScaler loss scaling (CUDA only)"})
+    torch_compile: bool = False
+    fused_cross_entropy: bool = field(default=True, metadata={"help": "chunked LM-head + CE, no full logits"})
+    eval_batches: int = field(default=8, metadata={"help": "validation batches per evaluation (0 = all)"})
+    bytes_per_token: float = field(default=0.0, metadata={"help": "for bits-per-byte; 0 = not reported"})
     peak_flops: float = field(default=0.0, metadata={"help": "MFU denominator (FLOP/s); 0 = measure a matmul"})
-    seed: int = 42
     # loss-spike guard (PaLM: restart before the spike and skip the data around it)
     spike_guard: Literal["off", "skip", "rollback"] = "skip"
     spike_threshold: float = field(default=6.0, metadata={"help": "spike = loss > mean + k * std of recent losses"})
@@ -59,22 +89,16 @@ class TrainConfig:
     debug_kill_at_step: int = field(default=0, metadata={"help": "testing: SIGKILL itself after this step"})
 
     def __post_init__(self):
-        for name in ("learning_rate", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-                     "max_length"):
+        super().__post_init__()
+        if self.learning_rate is None:
+            raise UserError("learning_rate must be set for pretraining")
+        for name in ("max_steps",):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_steps", "save_steps", "logging_steps", "weight_decay",
-                     "max_grad_norm", "eval_batches", "spike_skip_batches"):
+                raise UserError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("eval_batches", "spike_skip_batches"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.bf16 and self.fp16:
-            raise ValueError("bf16 and fp16 are exclusive: pick one")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+            raise UserError("bf16 and fp16 are exclusive: pick one")
         if not 0.0 <= self.decay_ratio <= 1.0:
-            raise ValueError(f"decay_ratio must be in [0, 1], got {self.decay_ratio}")
-        if not 0.0 <= self.adam_beta1 < 1.0 or not 0.0 <= self.adam_beta2 < 1.0:
-            raise ValueError("adam_beta1 and adam_beta2 must be in [0, 1)")
-        bad = set(self.report_to) - {"jsonl", "tensorboard", "png"}
-        if bad:
-            raise ValueError(f"report_to: unknown {sorted(bad)} (use jsonl, tensorboard, png)")
+            raise UserError(f"decay_ratio must be in [0, 1], got {self.decay_ratio}")

@@ -32,6 +32,7 @@ from llmlab.train import checkpoint as ckpt
 from llmlab.train import distributed as D
 from llmlab.train.config import TrainConfig
 from llmlab.train.loss import linear_cross_entropy
+from llmlab.train.memory import available_bytes, estimate_memory, is_oom, oom_error
 from llmlab.train.mfu import measure_matmul_flops, mfu
 from llmlab.train.optim import build_optimizer
 from llmlab.train.reporting import Reporter
@@ -53,46 +54,6 @@ class TrainResult:
     spikes: int = 0
     rollbacks: int = 0
     evals: list[dict] = field(default_factory=list)
-
-
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e) \
-        or "out of memory" in str(e).lower()
-
-
-def _oom_error(cfg: TrainConfig) -> UserError:
-    return UserError(f"a batch of per_device_train_batch_size={cfg.per_device_train_batch_size} x "
-                     f"max_length={cfg.max_length} does not fit in memory: lower per_device_train_batch_size "
-                     "(raise gradient_accumulation_steps to keep the global batch), lower max_length, "
-                     "or set gradient_checkpointing=true")
-
-
-def _available_bytes(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def estimate_memory(model, cfg: TrainConfig, dtype_bytes: int = 4) -> int:
-    """Rough peak bytes: weights + grads + 2 Adam moments, plus activations kept for backward.
-
-    Per token and layer a pre-norm SwiGLU block keeps ~ 10 d + 3 f values (inputs of each matmul,
-    norms, SiLU) and the attention (H x T scores when SDPA falls back to the math kernel); the
-    fused loss keeps d per token. Checkpointing keeps only the block inputs.
-    """
-    c = model.config
-    n = sum(p.numel() for p in model.parameters())
-    bt = cfg.per_device_train_batch_size * cfg.max_length
-    per_layer = 10 * c.hidden_size + 3 * c.intermediate_size + c.num_attention_heads * cfg.max_length
-    layers = c.hidden_size * c.num_hidden_layers + per_layer if cfg.gradient_checkpointing \
-        else per_layer * c.num_hidden_layers
-    return 16 * n + dtype_bytes * bt * (layers + 2 * c.hidden_size)
 
 
 class _Batches:
@@ -140,6 +101,221 @@ def evaluate(model, val_loader, cfg: TrainConfig, loss_fn, autocast, info: D.Dis
     return {"val_loss": loss, "val_bpb": bpb, "val_tokens": int(total[1])}
 
 
+class _Run:
+    """The state of one pretraining run and its pieces as named steps: setup, resume, one
+    accumulated step, the spike guard, logging, evaluation and checkpointing. `train` is the loop."""
+
+    def __init__(self, cfg: TrainConfig, model, train_loader, val_loader, extra_files, model_flops_per_token):
+        device = resolve_device(cfg.device)
+        if cfg.fp16 and device.type != "cuda":
+            raise UserError("fp16=true needs a CUDA GPU (fp16 loss scaling); on CPU use fp32 (default) or bf16=true")
+        self.info = info = D.setup(device)
+        if info.enabled and device.type == "cuda":
+            device = torch.device("cuda", info.local_rank)
+        self.cfg, self.device, self.out = cfg, device, Path(cfg.output_dir)
+        self.train_loader, self.val_loader, self.extra_files = train_loader, val_loader, extra_files
+        torch.manual_seed(cfg.seed + info.rank)
+        self.raw = raw = model.to(device)
+        raw.train()
+        raw.gradient_checkpointing = cfg.gradient_checkpointing
+        need, have = estimate_memory(raw, cfg), available_bytes(device)
+        if have is not None and need > have:
+            raise oom_error(cfg)
+        self.opt = build_optimizer(raw, cfg.learning_rate, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2),
+                                   cfg.adam_epsilon, cfg.decay_norms_and_embeddings)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.fp16 else None
+        self.amp_dtype = torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else None
+        self.guard = SpikeGuard(cfg.spike_threshold, cfg.spike_window, cfg.spike_min_steps)
+        self.step, self.lr_mult, self.tokens_seen, self.spikes, self.rollbacks = 0, 1.0, 0, 0, 0
+        self.resume()
+        self.fwd = self.ddp = raw
+        if info.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            self.fwd = self.ddp = DDP(raw, device_ids=[info.local_rank] if device.type == "cuda" else None)
+        if cfg.torch_compile:
+            self.fwd = torch.compile(self.fwd)
+        self.reporter = Reporter(self.out, cfg.report_to, self.step) if info.is_main else None
+        self.fpt = model_flops_per_token or flops_per_token(raw.config, cfg.max_length)
+        self.peak = cfg.peak_flops or measure_matmul_flops(device, self.amp_dtype or torch.float32, seconds=0.3)
+        self.global_tokens = (cfg.per_device_train_batch_size * cfg.max_length * cfg.gradient_accumulation_steps
+                              * info.world_size)
+        self.batches = _Batches(train_loader, "train data")
+        self.params = [p for p in raw.parameters() if p.requires_grad]
+        self.bar = None
+        if info.is_main and not cfg.disable_tqdm:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def loss_fn(self, x, y, module=None):
+        m = module or self.fwd
+        if self.cfg.fused_cross_entropy:
+            return linear_cross_entropy(m(x, return_hidden=True), self.raw.lm_head.weight, y)
+        logits = m(x)
+        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
+
+    # ------------------------------------------------------------------ checkpoints
+    def restore(self, path: Path, data_too: bool) -> None:
+        ts, rng = ckpt.load_checkpoint(path, self.raw, self.opt)
+        self.step, self.lr_mult, self.tokens_seen = int(ts["step"]), float(ts["lr_mult"]), int(ts["tokens"])
+        self.guard.load_state_dict(ts["spike_guard"])
+        if self.scaler is not None and ts.get("scaler"):
+            self.scaler.load_state_dict(ts["scaler"])
+        if data_too:
+            r = self.info.rank if self.info.rank < len(ts["loader_states"]) else 0
+            if hasattr(self.train_loader, "load_state_dict") and ts["loader_states"][r] is not None:
+                self.train_loader.load_state_dict(ts["loader_states"][r])
+            ckpt.set_rng_state({"torch_cpu": rng[f"rank{r}.torch_cpu"],
+                                **({"torch_cuda": rng[f"rank{r}.torch_cuda"]} if f"rank{r}.torch_cuda" in rng else {})},
+                               ts["rng"][r])
+
+    def resume(self) -> None:
+        cfg, out = self.cfg, self.out
+        if not cfg.resume_from_checkpoint:
+            return
+        path = ckpt.latest_valid(out, log) if cfg.resume_from_checkpoint == "auto" else Path(cfg.resume_from_checkpoint)
+        if path is not None:
+            self.restore(path, data_too=True)
+            if self.info.is_main:
+                log.info(f"resumed from {path} at step {self.step}")
+        elif self.info.is_main:
+            log.info(f"no valid checkpoint in {out}: starting from scratch")
+
+    def save(self, at_step: int) -> None:
+        # every rank's data position and RNG states travel to rank 0, which writes them all
+        info, loader = self.info, self.train_loader
+        rng_t, rng_js = ckpt.rng_state()
+        local = json.dumps({"loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
+                            "rng": rng_js}).encode()
+        gathered = D.all_gather_bytes(local, info)
+        rng_bytes = {k: D.all_gather_bytes(bytes(v.tolist()), info) for k, v in rng_t.items()}
+        if info.is_main:
+            per_rank = [json.loads(g) for g in gathered]
+            state = {"step": at_step, "lr_mult": self.lr_mult, "tokens": self.tokens_seen,
+                     "spike_guard": self.guard.state_dict(),
+                     "loader_states": [p["loader"] for p in per_rank], "rng": [p["rng"] for p in per_rank],
+                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                     "world_size": info.world_size, "config": asdict(self.cfg)}
+            rng_tensors = {f"rank{r}.{k}": torch.tensor(list(b[r]), dtype=torch.uint8)
+                           for k, b in rng_bytes.items() for r in range(info.world_size)}
+            ckpt.save_checkpoint(self.out / f"checkpoint-{at_step}", self.raw, self.opt, state, rng_tensors,
+                                 self.extra_files)
+            ckpt.prune(self.out, self.cfg.save_total_limit)
+        D.barrier(info)
+
+    # ------------------------------------------------------------------ one optimizer step
+    def set_lr(self) -> float:
+        cfg = self.cfg
+        lr = cfg.learning_rate * self.lr_mult * lr_factor(self.step, cfg.lr_scheduler_type, cfg.max_steps,
+                                                          cfg.warmup_steps, cfg.min_lr_ratio, cfg.decay_ratio)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def accumulate(self) -> float:
+        """Forward/backward over gradient_accumulation_steps micro-batches -> the step's mean loss (all ranks)."""
+        cfg, raw, info = self.cfg, self.raw, self.info
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(cfg.gradient_accumulation_steps):
+            x, y = self.batches.next()
+            if x.shape[-1] > raw.config.max_position_embeddings:
+                raise UserError(f"batch of length {x.shape[-1]} exceeds the model's max_position_embeddings "
+                                f"({raw.config.max_position_embeddings}); lower max_length")
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            last = micro == cfg.gradient_accumulation_steps - 1
+            sync = self.ddp.no_sync() if info.enabled and not last else contextlib.nullcontext()
+            try:
+                with sync:
+                    with self.autocast():
+                        loss = self.loss_fn(x, y) / cfg.gradient_accumulation_steps
+                    (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            except RuntimeError as e:
+                if is_oom(e):
+                    raise oom_error(cfg) from None
+                raise
+            loss_sum += loss.detach()
+        return float(D.all_reduce_mean(loss_sum, info))
+
+    def clip(self) -> float:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
+        if self.cfg.max_grad_norm > 0:
+            return float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm, foreach=True))
+        return float(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None]))
+
+    def on_spike(self, step_loss: float) -> None:
+        """Drop this step's gradients; with spike_guard=rollback go back to the last checkpoint."""
+        cfg, guard = self.cfg, self.guard
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.update()
+        self.spikes += 1
+        guard.consecutive += 1
+        action, spike_step, mean, std = "skip", self.step, guard.mean, math.sqrt(guard.var)
+        if cfg.spike_guard == "rollback":
+            path = ckpt.latest_valid(self.out, log)
+            if path is not None:
+                self.restore(path, data_too=False)
+                self.lr_mult *= cfg.spike_lr_factor
+                for _ in range(cfg.spike_skip_batches * cfg.gradient_accumulation_steps):
+                    self.batches.next()
+                self.rollbacks += 1
+                action = f"rollback to {path.name}"
+        if self.info.is_main:
+            log.warning(f"loss spike at step {spike_step}: {step_loss:.4f} (mean {mean:.4f}); {action}")
+            self.reporter.log("spike", spike_step, loss=step_loss, mean=mean, std=std, action=action)
+        if guard.consecutive > cfg.max_spikes:
+            raise UserError(f"{guard.consecutive} loss spikes in a row at step {spike_step}: training diverged; "
+                            "lower learning_rate or check the data")
+
+    def apply(self, step_loss: float) -> None:
+        """The optimizer step proper, and the counters that move with it."""
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.cfg.spike_guard != "off":
+            self.guard.update(step_loss)
+        self.step += 1
+        self.tokens_seen += self.global_tokens
+
+    def log_train(self, lr: float, grad_norm: float, window: dict) -> None:
+        """Every logging_steps: mean loss, tokens/s and MFU over the window since the last log."""
+        dt = time.perf_counter() - window["t"]
+        tps = window["tokens"] / dt if dt > 0 else 0.0
+        world = self.info.world_size
+        util = mfu(tps / world, self.fpt, self.peak)
+        if util > 1.0 and not self.cfg.peak_flops:  # the ceiling was measured while the machine was busy
+            self.peak = max(self.peak, measure_matmul_flops(self.device, self.amp_dtype or torch.float32, seconds=0.3))
+            util = mfu(tps / world, self.fpt, self.peak)
+        loss = window["loss"] / window["n"]
+        if self.info.is_main:
+            self.reporter.log("train", self.step, loss=loss, lr=lr, grad_norm=grad_norm, tokens=self.tokens_seen,
+                              tokens_per_s=tps, mfu=util, elapsed_s=time.perf_counter() - window["start"])
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:.0f}", mfu=f"{util:.1%}")
+        window.update(loss=0.0, n=0, tokens=0, t=time.perf_counter())
+
+    def evaluate(self) -> dict:
+        res = evaluate(self.raw, self.val_loader, self.cfg, lambda a, b: self.loss_fn(a, b, self.raw), self.autocast,
+                       self.info, self.device)
+        if self.info.is_main:
+            self.reporter.log("eval", self.step, **res)
+        return res
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.reporter is not None:
+            self.reporter.close()
+
+
 def train(cfg: TrainConfig, model, train_loader, val_loader=None, *, extra_files: dict[str, str] | None = None,
           model_flops_per_token: float | None = None) -> TrainResult:
     """Pretrain `model` (an llmlab Transformer) on `train_loader` batches; see the module docstring.
@@ -148,212 +324,39 @@ def train(cfg: TrainConfig, model, train_loader, val_loader=None, *, extra_files
     state_dict()/load_state_dict(); under torchrun each rank passes its own rank's loader.
     extra_files (name -> text, e.g. tokenizer files) are written into every saved model dir.
     """
-    device = resolve_device(cfg.device)
-    if cfg.fp16 and device.type != "cuda":
-        raise UserError("fp16=true needs a CUDA GPU (fp16 loss scaling); on CPU use fp32 (default) or bf16=true")
-    info = D.setup(device)
-    if info.enabled and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-    out = Path(cfg.output_dir)
-    torch.manual_seed(cfg.seed + info.rank)
-
-    raw = model.to(device)
-    raw.train()
-    raw.gradient_checkpointing = cfg.gradient_checkpointing
-    need, have = estimate_memory(raw, cfg), _available_bytes(device)
-    if have is not None and need > have:
-        raise _oom_error(cfg)
-    opt = build_optimizer(raw, cfg.learning_rate, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2),
-                          cfg.adam_epsilon, cfg.decay_norms_and_embeddings)
-    scaler = torch.amp.GradScaler("cuda") if cfg.fp16 else None
-    amp_dtype = torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else None
-
-    def autocast():
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=amp_dtype)
-
-    guard = SpikeGuard(cfg.spike_threshold, cfg.spike_window, cfg.spike_min_steps)
-    step, lr_mult, tokens_seen, spikes, rollbacks = 0, 1.0, 0, 0, 0
-
-    def restore(path: Path, data_too: bool) -> None:
-        nonlocal step, lr_mult, tokens_seen
-        ts, rng = ckpt.load_checkpoint(path, raw, opt)
-        step, lr_mult, tokens_seen = int(ts["step"]), float(ts["lr_mult"]), int(ts["tokens"])
-        guard.load_state_dict(ts["spike_guard"])
-        if scaler is not None and ts.get("scaler"):
-            scaler.load_state_dict(ts["scaler"])
-        if data_too:
-            r = info.rank if info.rank < len(ts["loader_states"]) else 0
-            if hasattr(train_loader, "load_state_dict") and ts["loader_states"][r] is not None:
-                train_loader.load_state_dict(ts["loader_states"][r])
-            ckpt.set_rng_state({"torch_cpu": rng[f"rank{r}.torch_cpu"],
-                                **({"torch_cuda": rng[f"rank{r}.torch_cuda"]} if f"rank{r}.torch_cuda" in rng else {})},
-                               ts["rng"][r])
-
-    if cfg.resume_from_checkpoint:
-        path = ckpt.latest_valid(out, log) if cfg.resume_from_checkpoint == "auto" else Path(cfg.resume_from_checkpoint)
-        if path is not None:
-            restore(path, data_too=True)
-            if info.is_main:
-                log.info(f"resumed from {path} at step {step}")
-        elif info.is_main:
-            log.info(f"no valid checkpoint in {out}: starting from scratch")
-
-    fwd = ddp = raw
-    if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        fwd = ddp = DDP(raw, device_ids=[info.local_rank] if device.type == "cuda" else None)
-    if cfg.torch_compile:
-        fwd = torch.compile(fwd)
-
-    def loss_fn(x, y, module=None):
-        m = module or fwd
-        if cfg.fused_cross_entropy:
-            return linear_cross_entropy(m(x, return_hidden=True), raw.lm_head.weight, y)
-        logits = m(x)
-        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
-
-    reporter = Reporter(out, cfg.report_to, step) if info.is_main else None
-    fpt = model_flops_per_token or flops_per_token(raw.config, cfg.max_length)
-    peak = cfg.peak_flops or measure_matmul_flops(device, amp_dtype or torch.float32, seconds=0.3)
-    global_tokens = cfg.per_device_train_batch_size * cfg.max_length * cfg.gradient_accumulation_steps * info.world_size
-    batches = _Batches(train_loader, "train data")
-    params = [p for p in raw.parameters() if p.requires_grad]
-    bar = None
-    if info.is_main and not cfg.disable_tqdm:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.max_steps, initial=step, desc="train", dynamic_ncols=True)
-
-    def save(at_step: int) -> None:
-        # every rank's data position and RNG states travel to rank 0, which writes them all
-        rng_t, rng_js = ckpt.rng_state()
-        local = json.dumps({"loader": train_loader.state_dict() if hasattr(train_loader, "state_dict") else None,
-                            "rng": rng_js}).encode()
-        gathered = D.all_gather_bytes(local, info)
-        rng_bytes = {k: D.all_gather_bytes(bytes(v.tolist()), info) for k, v in rng_t.items()}
-        if info.is_main:
-            per_rank = [json.loads(g) for g in gathered]
-            state = {"step": at_step, "lr_mult": lr_mult, "tokens": tokens_seen, "spike_guard": guard.state_dict(),
-                     "loader_states": [p["loader"] for p in per_rank], "rng": [p["rng"] for p in per_rank],
-                     "scaler": scaler.state_dict() if scaler is not None else None,
-                     "world_size": info.world_size, "config": asdict(cfg)}
-            rng_tensors = {f"rank{r}.{k}": torch.tensor(list(b[r]), dtype=torch.uint8)
-                           for k, b in rng_bytes.items() for r in range(info.world_size)}
-            ckpt.save_checkpoint(out / f"checkpoint-{at_step}", raw, opt, state, rng_tensors, extra_files)
-            ckpt.prune(out, cfg.save_total_limit)
-        D.barrier(info)
-
+    run = _Run(cfg, model, train_loader, val_loader, extra_files, model_flops_per_token)
     t_start = time.perf_counter()
-    t_log, tok_log, loss_log, n_log = time.perf_counter(), 0, 0.0, 0
+    window = {"start": t_start, "t": t_start, "tokens": 0, "loss": 0.0, "n": 0}
     last_loss, last_eval, evals = float("nan"), None, []
     try:
-        while step < cfg.max_steps:
-            lr = cfg.learning_rate * lr_mult * lr_factor(step, cfg.lr_scheduler_type, cfg.max_steps, cfg.warmup_steps,
-                                                         cfg.min_lr_ratio, cfg.decay_ratio)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(cfg.gradient_accumulation_steps):
-                x, y = batches.next()
-                if x.shape[-1] > raw.config.max_position_embeddings:
-                    raise UserError(f"batch of length {x.shape[-1]} exceeds the model's max_position_embeddings "
-                                    f"({raw.config.max_position_embeddings}); lower max_length")
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                last = micro == cfg.gradient_accumulation_steps - 1
-                sync = ddp.no_sync() if info.enabled and not last else contextlib.nullcontext()
-                try:
-                    with sync:
-                        with autocast():
-                            loss = loss_fn(x, y) / cfg.gradient_accumulation_steps
-                        (scaler.scale(loss) if scaler is not None else loss).backward()
-                except RuntimeError as e:
-                    if _is_oom(e):
-                        raise _oom_error(cfg) from None
-                    raise
-                loss_sum += loss.detach()
-            step_loss = float(D.all_reduce_mean(loss_sum, info))
-            if scaler is not None:
-                scaler.unscale_(opt)
-            if cfg.max_grad_norm > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True))
-            else:
-                grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-
-            if cfg.spike_guard != "off" and guard.is_spike(step_loss):
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.update()
-                spikes += 1
-                guard.consecutive += 1
-                action, spike_step, mean, std = "skip", step, guard.mean, math.sqrt(guard.var)
-                if cfg.spike_guard == "rollback":
-                    path = ckpt.latest_valid(out, log)
-                    if path is not None:
-                        restore(path, data_too=False)
-                        lr_mult *= cfg.spike_lr_factor
-                        for _ in range(cfg.spike_skip_batches * cfg.gradient_accumulation_steps):
-                            batches.next()
-                        rollbacks += 1
-                        action = f"rollback to {path.name}"
-                if info.is_main:
-                    log.warning(f"loss spike at step {spike_step}: {step_loss:.4f} (mean {mean:.4f}); {action}")
-                    reporter.log("spike", spike_step, loss=step_loss, mean=mean, std=std, action=action)
-                if guard.consecutive > cfg.max_spikes:
-                    raise UserError(f"{guard.consecutive} loss spikes in a row at step {spike_step}: training diverged; "
-                                    "lower learning_rate or check the data")
+        while run.step < cfg.max_steps:
+            lr = run.set_lr()
+            step_loss = run.accumulate()
+            grad_norm = run.clip()
+            if cfg.spike_guard != "off" and run.guard.is_spike(step_loss):
+                run.on_spike(step_loss)
                 continue
-
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
-            if cfg.spike_guard != "off":
-                guard.update(step_loss)
-            step += 1
-            tokens_seen += global_tokens
-            last_loss = step_loss
-            loss_log, n_log, tok_log = loss_log + step_loss, n_log + 1, tok_log + global_tokens
-
+            run.apply(step_loss)
+            step, last_loss = run.step, step_loss
+            window.update(loss=window["loss"] + step_loss, n=window["n"] + 1, tokens=window["tokens"] + run.global_tokens)
             if step % max(1, cfg.logging_steps) == 0 or step == cfg.max_steps:
-                dt = time.perf_counter() - t_log
-                tps = tok_log / dt if dt > 0 else 0.0
-                util = mfu(tps / info.world_size, fpt, peak)
-                if util > 1.0 and not cfg.peak_flops:  # the ceiling was measured while the machine was busy
-                    peak = max(peak, measure_matmul_flops(device, amp_dtype or torch.float32, seconds=0.3))
-                    util = mfu(tps / info.world_size, fpt, peak)
-                if info.is_main:
-                    reporter.log("train", step, loss=loss_log / n_log, lr=lr, grad_norm=grad_norm, tokens=tokens_seen,
-                                 tokens_per_s=tps, mfu=util, elapsed_s=time.perf_counter() - t_start)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{loss_log / n_log:.3f}", tok_s=f"{tps:.0f}", mfu=f"{util:.1%}")
-                loss_log, n_log, tok_log, t_log = 0.0, 0, 0, time.perf_counter()
-            if bar is not None:
-                bar.update(1)
-
+                run.log_train(lr, grad_norm, window)
+            if run.bar is not None:
+                run.bar.update(1)
             t_aside = time.perf_counter()  # eval and save time is kept out of tokens/s
-            do_eval = val_loader is not None and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == cfg.max_steps)
-            if do_eval:
-                last_eval = evaluate(raw, val_loader, cfg, lambda a, b: loss_fn(a, b, raw), autocast, info, device)
+            if val_loader is not None and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == cfg.max_steps):
+                last_eval = run.evaluate()
                 evals.append({"step": step, **last_eval})
-                if info.is_main:
-                    reporter.log("eval", step, **last_eval)
             if (cfg.save_steps and step % cfg.save_steps == 0) or step == cfg.max_steps:
-                save(step)
-            t_log += time.perf_counter() - t_aside
+                run.save(step)
+            window["t"] += time.perf_counter() - t_aside
             if cfg.debug_kill_at_step and step == cfg.debug_kill_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume test: no cleanup at all
-
-        if info.is_main:
-            save_hf_dir(raw, out / "model", extra_files=extra_files)
-        D.barrier(info)
+        if run.info.is_main:
+            save_hf_dir(run.raw, run.out / "model", extra_files=extra_files)
+        D.barrier(run.info)
     finally:
-        if bar is not None:
-            bar.close()
-        if reporter is not None:
-            reporter.close()
+        run.close()
     seconds = time.perf_counter() - t_start
-    return TrainResult(step, last_loss, last_eval and last_eval["val_loss"], last_eval and last_eval["val_bpb"],
-                       tokens_seen, seconds, out, spikes, rollbacks, evals)
+    return TrainResult(run.step, last_loss, last_eval and last_eval["val_loss"], last_eval and last_eval["val_bpb"],
+                       run.tokens_seen, seconds, run.out, run.spikes, run.rollbacks, evals)

@@ -1,0 +1,73 @@
+"""Intra-op threads for inference forwards, chosen by measuring.
+
+On a small machine shared with other jobs, a parallel region costs a scheduler time slice
+whenever another core is taken, so 2 threads can be several times slower than 1 under load and
+faster when idle (figures: docs/LOG.md, "Threads under load"). GEMM bits do not depend on the
+thread count, so `ThreadTuner` times every layer and keeps the faster count per kind of step.
+Thread setup itself (how many, `num_threads`) is `llmlab.device`'s.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+from llmlab.device import num_threads
+
+
+class ThreadTuner:
+    """Chooses the intra-op thread count of each layer of a forward by measuring them.
+
+    Per kind of step, an exponential average of seconds per layer for each candidate count. The
+    first forward of a kind tries every candidate on one layer each (layers 0, 1, ...) and runs
+    its remaining layers at the faster: a bad guess costs one layer, not a whole step (a 2,048-row
+    prefill step at the wrong count costs seconds). Later forwards run at the best count, except
+    one layer at the other count every `explore_every` forwards (a shared machine's load
+    changes: 2 threads measured 11x slower than 1 under load average 6 here, faster when idle)."""
+
+    def __init__(self, max_threads: int, explore_every: int = 8):
+        self.cands = sorted({1, max(1, max_threads)})
+        self.explore_every = explore_every
+        self.cost: dict = {}
+        self.calls: dict = {}
+
+    def best(self, kind) -> int:
+        known = [n for n in self.cands if (kind, n) in self.cost]
+        return min(known, key=lambda n: self.cost[(kind, n)]) if known else self.cands[-1]
+
+    def start(self, kind, n_layers: int) -> int | None:
+        """Begin a forward of this kind -> the layer that re-tries the other count, or None."""
+        c = self.calls[kind] = self.calls.get(kind, 0) + 1
+        if len(self.cands) > 1 and n_layers > 1 and c % self.explore_every == 0:
+            return c // self.explore_every % n_layers
+        return None
+
+    def pick(self, kind, layer: int, explore: int | None) -> int:
+        """Thread count for this layer: an unmeasured count first, else the best (or the other one
+        on the exploring layer)."""
+        unknown = [n for n in self.cands if (kind, n) not in self.cost]
+        if unknown:
+            return unknown[-1]
+        best = self.best(kind)
+        if layer == explore:
+            return next(n for n in self.cands if n != best)
+        return best
+
+    def record(self, kind, n: int, seconds: float) -> None:
+        key = (kind, n)
+        self.cost[key] = seconds if key not in self.cost else 0.7 * self.cost[key] + 0.3 * seconds
+
+
+def run_layers(tuner: "ThreadTuner | None", kind, n_layers: int, layer, fixed: int | None = None) -> None:
+    """layer(i) for i in range(n_layers), each at the thread count the tuner picks (CPU), timed."""
+    if tuner is None or fixed:
+        with num_threads(fixed) if fixed else contextlib.nullcontext():
+            for i in range(n_layers):
+                layer(i)
+        return
+    explore = tuner.start(kind, n_layers)
+    for i in range(n_layers):
+        n = tuner.pick(kind, i, explore)
+        t0 = time.perf_counter()
+        with num_threads(n):
+            layer(i)
+        tuner.record(kind, n, time.perf_counter() - t0)
