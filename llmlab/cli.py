@@ -8,7 +8,7 @@ import pkgutil
 import sys
 import typing
 
-from llmlab.command import Verb
+from llmlab.verb import Verb
 from llmlab.config import load_config
 from llmlab.errors import UserError
 

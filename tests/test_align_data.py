@@ -5,7 +5,7 @@ import pytest
 
 from llmlab.align import preference_data as D
 from llmlab.align.humaneval_pairs import humaneval_pairs, load_humaneval, mutants
-from llmlab.align.sandbox import run_humaneval, run_python
+from llmlab.align.humaneval_check import run_humaneval, run_python
 from llmlab.errors import UserError
 
 

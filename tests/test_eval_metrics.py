@@ -12,7 +12,7 @@ from llmlab.eval.bleu import corpus_bleu, tokenize_13a
 from llmlab.eval.choice import ChoiceMeter, choose
 from llmlab.eval.data import wiki_extracts
 from llmlab.eval.passk import pass_at_k
-from llmlab.eval.perplexity import NLLMeter
+from llmlab.eval.nll_meter import NLLMeter
 from llmlab.eval.rouge import rouge
 from llmlab.eval.squad import exact_match, normalize_answer, token_f1
 

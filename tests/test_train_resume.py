@@ -16,7 +16,7 @@ import torch
 from llmlab.checkpoint import load_tensors
 from llmlab.errors import UserError
 from llmlab.model import ModelConfig, Transformer
-from llmlab.train import checkpoint as ckpt
+from llmlab.train import train_state as ckpt
 from llmlab.train.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from llmlab.align.grpo import GRPOConfig
 from llmlab.align.ppo import PPOConfig
 from llmlab.align.preference_trainer import PreferenceConfig
 from llmlab.align.reward_model import RewardConfig
-from llmlab.command import Verb
+from llmlab.verb import Verb
 from llmlab.errors import UserError
 
 
@@ -70,15 +70,9 @@ class CAIRun(CAIConfig):
 
 
 def _load(ref: str, tokenizer: str = ""):
-    from llmlab.model.load import load_model, resolve_model_path
-    from llmlab.tokenizer.bpe import load_tokenizer
+    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
 
-    model, path = load_model(ref)
-    try:
-        tok = load_tokenizer(resolve_model_path(tokenizer) if tokenizer else path)
-    except FileNotFoundError as e:
-        raise UserError(f"no tokenizer found for model '{ref}' ({e}); pass tokenizer=<model with one>") from None
-    return model, tok
+    return load_model_and_tokenizer(ref, device="cpu", dtype="fp32", tokenizer=tokenizer)
 
 
 _PROBE = "Tokenizer probe: 12 + 30 = 42. 成语 <|im_end|>"

@@ -1,6 +1,6 @@
 """HumanEval preference pairs: the canonical solution (chosen) vs a mutated copy (rejected) that is
 *verified* to fail the problem's tests, while the canonical one is verified to pass, both by running
-the check program in the sandbox (llmlab.align.sandbox).
+the check program in the sandbox (llmlab.align.humaneval_check).
 
 Mutations are small, plausible bugs, one per mutant (mutation testing's classic operators):
 flipped comparisons, off-by-one constants, swapped and/or, +/- swaps, flipped boolean returns.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import re
 
-from llmlab.align.sandbox import run_humaneval
+from llmlab.align.humaneval_check import run_humaneval
 from llmlab.data.packages import package_file, read_jsonl
 from llmlab.log import get_logger
 

@@ -89,12 +89,11 @@ def speedrun_chat_model(hp: dict, log=print) -> str:
 def load_policy_model(name: str, hp: dict, log=print):
     """'smollm2' (the packaged SmolLM2-135M-Instruct), 'speedrun' (the speedrun's chat model) or a dir."""
 
-    from llmlab.model.load import load_model, resolve_model_path
-    from llmlab.tokenizer.bpe import load_tokenizer
+    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     if name == "speedrun":
         name = speedrun_chat_model(hp, log)
-    model, path = load_model(name)
-    return model.float().eval(), load_tokenizer(resolve_model_path(name) if name != "smollm2" else path), name
+    model, tok = load_model_and_tokenizer(name, device="cpu", dtype="fp32")
+    return model.float().eval(), tok, name
 
 
 class _Setup:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmlab.command import Verb
+from llmlab.verb import Verb
 from llmlab.data.pipeline import DataBuildConfig
 from llmlab.data.packages import iter_jsonl
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmlab.command import Verb
+from llmlab.verb import Verb
 from llmlab.errors import UserError
 
 
@@ -27,13 +27,13 @@ class EvalConfig:
 def run_eval(cfg: EvalConfig) -> int:
     import torch
 
-    from llmlab.device import resolve_device, resolve_dtype, setup_threads
+    from llmlab.device import setup_threads
     from llmlab.eval.contamination import NgramIndex
     from llmlab.eval.harness import EvalContext, run_task
     from llmlab.eval.report import make_card, markdown_table, model_hash, write_card
     from llmlab.eval.tasks import get_task, task_names
-    from llmlab.model.load import load_model
-    from llmlab.tokenizer.bpe import load_tokenizer
+    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
+    from llmlab.model.load import resolve_model_path
 
     if cfg.tasks == ["list"]:
         print("\n".join(task_names()))
@@ -51,10 +51,9 @@ def run_eval(cfg: EvalConfig) -> int:
         tasks.append(get_task(name))
         limits.append(int(n) if n else (cfg.limit or None))
     setup_threads()
-    device = resolve_device(cfg.device)
-    model, path = load_model(cfg.model, resolve_dtype(cfg.dtype, device))
-    model = model.to(device).eval()
-    tok = load_tokenizer(path)
+    model, tok = load_model_and_tokenizer(cfg.model, cfg.device, cfg.dtype)
+    path = resolve_model_path(cfg.model)
+    model = model.eval()
     index = NgramIndex.from_file(cfg.contamination_corpus, cfg.ngram) if cfg.contamination_corpus else None
     ctx = EvalContext(model, tok, cfg.batch_size, max_length=cfg.max_length or None, seed=cfg.seed)
     results = []

@@ -18,7 +18,7 @@ sft_config.py     SftConfig (HF/TRL names)
 sft_data.py       records -> assistant-only labels -> rows (padded or packed) -> resumable batches; replay
 packing.py        first-fit-decreasing packing, per-example causal mask
 sft_build.py      the model (+ PEFT method) and data an SftConfig asks for
-sft_state.py      atomic, verified SFT checkpoints (on llmlab.train.checkpoint)
+sft_state.py      atomic, verified SFT checkpoints (on llmlab.train.train_state)
 sft.py            the SFT loop, exports, run_sft (CLI and speedrun)
 sft_eval.py       held-out arithmetic exact match and idiom ROUGE-L by greedy generation
 """

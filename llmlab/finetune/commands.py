@@ -7,7 +7,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmlab.command import Verb
+from llmlab.verb import Verb
 from llmlab.errors import UserError
 from llmlab.finetune.sft_config import SftConfig
 

@@ -5,7 +5,7 @@ cross-entropy on conversations, counted on the assistant's tokens only (`sft_dat
 model learns to answer, not to imitate prompts. Everything else is the pretraining trainer's:
 AdamW with its weight-decay groups (`train.optim`), warmup + decay schedule as a pure function of
 the step (`train.schedule`), global-norm clipping, atomic verified checkpoints (`sft_state.py`
-on top of `train.checkpoint`), metrics.jsonl / TensorBoard / loss.png (`train.reporting`).
+on top of `train.train_state`), metrics.jsonl / TensorBoard / loss.png (`train.reporting`).
 
 Loss normalisation: one optimizer step covers `gradient_accumulation_steps` micro-batches; the
 loss is the sum over all their target tokens divided by the total count, so every assistant token

@@ -1,4 +1,4 @@
-"""SFT checkpoints, built from the pretraining trainer's pieces (llmlab.train.checkpoint).
+"""SFT checkpoints, built from the pretraining trainer's pieces (llmlab.train.train_state).
 
 Layout of `<output_dir>/checkpoint-<step>/`:
   trainable.safetensors   the parameters being trained, by name (the whole model for full SFT,
@@ -19,7 +19,7 @@ import torch
 
 from llmlab.checkpoint import atomic_dir, check_state_dict, load_tensors, read_json, save_tensors, write_json
 from llmlab.errors import UserError
-from llmlab.train import checkpoint as ckpt
+from llmlab.train import train_state as ckpt
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from llmlab.command import Verb
+from llmlab.verb import Verb
 from llmlab.errors import UserError
 
 
@@ -77,7 +77,7 @@ def _beam(cfg, model, tok, ids) -> int:
 
 def run_generate(cfg: GenerateConfig) -> int:
     from llmlab.infer.generate import stream_text
-    from llmlab.infer.load import load_model_and_tokenizer
+    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
 
     if not cfg.prompt:
         raise UserError("prompt is empty: pass prompt=\"...\"")
@@ -118,7 +118,7 @@ def _engine_stream(engine, ids, params):
 
 def run_chat(cfg: ChatConfig) -> int:
     from llmlab.infer.engine import Engine
-    from llmlab.infer.load import load_model_and_tokenizer
+    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
 
     params = _params(cfg)
     model, tok = load_model_and_tokenizer(cfg.model, cfg.device, cfg.dtype)

@@ -1,4 +1,5 @@
-"""Resolve a model reference to a loaded Transformer: a GGUF file, an HF-style dir, or a packaged name."""
+"""The one model loader: a reference (a GGUF file, an HF-style dir, or a packaged name) -> our
+Transformer. With its tokenizer: `llmlab.infer.model_and_tokenizer` (downstream of both stages)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmlab.command import Verb
+from llmlab.verb import Verb
 from llmlab.errors import UserError
 
 
@@ -29,7 +29,7 @@ class ServeConfig:
 def build(cfg: ServeConfig):
     """-> (FastAPI app, EngineWorker), model loaded; the worker thread is started."""
     from llmlab.infer.engine import Engine
-    from llmlab.infer.load import load_model_and_tokenizer
+    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     from llmlab.serve.app import create_app
     from llmlab.serve.worker import EngineWorker
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmlab.command import Verb
+from llmlab.verb import Verb
 from llmlab.errors import UserError
 
 PATTERNS = ("gpt2", "gpt4", "gpt2_digits")

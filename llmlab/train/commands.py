@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmlab.command import Verb
+from llmlab.verb import Verb
 from llmlab.config import is_explicit
 from llmlab.errors import UserError
 from llmlab.train.config import TrainConfig

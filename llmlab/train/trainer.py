@@ -28,7 +28,7 @@ from llmlab.errors import UserError
 from llmlab.log import get_logger
 from llmlab.model.hf import save_hf_dir
 from llmlab.model.transformer import flops_per_token
-from llmlab.train import checkpoint as ckpt
+from llmlab.train import train_state as ckpt
 from llmlab.train import distributed as D
 from llmlab.train.config import TrainConfig
 from llmlab.train.loss import linear_cross_entropy

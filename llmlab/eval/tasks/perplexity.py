@@ -14,7 +14,7 @@ import re
 
 from llmlab.data.packages import package_file
 from llmlab.eval.data import wiki_extracts
-from llmlab.eval.perplexity import NLLMeter, uniform_bits_per_byte
+from llmlab.eval.nll_meter import NLLMeter, uniform_bits_per_byte
 
 _TAG = re.compile(r"/[a-zA-Z]+$")
 
