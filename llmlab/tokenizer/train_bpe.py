@@ -94,6 +94,7 @@ def iter_file_blocks(paths: Iterable[str | Path], block_bytes: int = 1 << 20, pr
 
 def learn_merges(counts: dict[str, int] | Counter, num_merges: int, min_frequency: int = 2,
                  progress: bool = False) -> list[tuple[bytes, bytes]]:
+    # over 100 lines: one hot loop whose incremental pair counts and occurrence sets are shared state
     """Learn up to `num_merges` byte-pair merges from pre-token counts (see module docstring).
 
     A word is stored as bytes holding little-endian uint16 token ids, so finding a pair inside it is
