@@ -22,7 +22,7 @@ class ThreadTuner:
     its remaining layers at the faster: a bad guess costs one layer, not a whole step (a 2,048-row
     prefill step at the wrong count costs seconds). Later forwards run at the best count, except
     one layer at the other count every `explore_every` forwards (a shared machine's load
-    changes: 2 threads measured 11x slower than 1 under load average 6 here, faster when idle)."""
+    changes: 2 threads can be many times slower than 1 under load and faster when idle; docs/LOG.md)."""
 
     def __init__(self, max_threads: int, explore_every: int = 8):
         self.cands = sorted({1, max(1, max_threads)})
