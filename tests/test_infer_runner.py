@@ -73,6 +73,17 @@ def test_engine_runner_uses_packed_weights_without_padding():
     assert not one.packed and type(one.w.layers[0].up_w) is torch.Tensor
 
 
+def test_llmlab_no_dnn_turns_packing_off_for_the_engine(monkeypatch):
+    """The one oneDNN decision (llmlab.device.use_onednn) governs the engine's packed weights too."""
+    from llmlab import device
+    monkeypatch.setattr(device, "_ONEDNN", [None])
+    monkeypatch.setenv("LLMLAB_NO_DNN", "1")
+    assert not device.use_onednn()
+    model = _model()
+    r = PagedRunner(model, PagedKVCache.for_model(model, 8))
+    assert fused(model).packed() is None and not r.packed and r.padded_rows(5) == 8  # MKL on invariant rows
+
+
 def test_prefill_many_equals_one_at_a_time():
     model = _model()
     c = PagedKVCache.for_model(model, 32)
