@@ -42,3 +42,16 @@ def token_f1(prediction: str, gold: str) -> float:
 
 def best_over_golds(metric, prediction: str, golds: Sequence[str]) -> float:
     return max(metric(prediction, g) for g in golds)
+
+
+def generated_em_f1(ctx, items: Sequence[dict], max_new_tokens: int) -> tuple[float, float, int]:
+    """Greedy one-line answers to each item's "prompt" (up to a newline), scored against its
+    "answer" -> (mean exact match, mean token F1, n) with SQuAD's normalisation."""
+    em = f1 = 0.0
+    for it in items:
+        pred = ctx.generate(it["prompt"], max_new_tokens=max_new_tokens, stop=["\n"]).text.strip()
+        em += exact_match(pred, it["answer"])
+        f1 += token_f1(pred, it["answer"])
+    n = max(len(items), 1)
+    return em / n, f1 / n, len(items)
+

@@ -12,7 +12,7 @@ import random
 import re
 
 from llmlab.eval.data import wiki_extracts
-from llmlab.eval.squad import exact_match, token_f1
+from llmlab.eval.squad import generated_em_f1
 
 _NUMBER = re.compile(r"\b\d{3,4}\b")
 _NAME = re.compile(r"\b[A-Z][a-z]+(?: (?:of |de |the )?[A-Z][a-z]+)+\b")
@@ -69,14 +69,8 @@ class WikiCloze:
         return out
 
     def evaluate(self, ctx, items: list[dict]) -> dict:
-        em = f1 = 0.0
-        for it in items:
-            pred = ctx.generate(it["prompt"], max_new_tokens=16, stop=["\n"]).text.strip()
-            em += exact_match(pred, it["answer"])
-            f1 += token_f1(pred, it["answer"])
-        n = max(len(items), 1)
-        return {"exact_match": em / n, "f1": f1 / n, "chance": sum(it["chance"] for it in items) / n,
-                "n": len(items)}
+        em, f1, n = generated_em_f1(ctx, items, 16)
+        return {"exact_match": em, "f1": f1, "chance": sum(it["chance"] for it in items) / max(n, 1), "n": n}
 
     def texts(self, items: list[dict]) -> list[str]:
         return [it["passage"] for it in items]

@@ -15,7 +15,7 @@ from pathlib import Path
 from llmlab.errors import UserError
 from llmlab.eval.choice import ChoiceMeter
 from llmlab.data.packages import iter_jsonl
-from llmlab.eval.squad import exact_match, token_f1
+from llmlab.eval.squad import generated_em_f1
 
 MC_FIELDS = ("query", "choices", "gold")
 GEN_FIELDS = ("prompt", "answer")
@@ -56,14 +56,9 @@ class JsonlTask:
             for it in items:
                 meter.update([next(lls).logprob for _ in it["choices"]], it["choices"], it["gold"])
             return meter.result()
-        em = f1 = 0.0
-        for it in items:
-            pred = ctx.generate(it["prompt"], max_new_tokens=32, stop=["\n"]).text.strip()
-            em += exact_match(pred, it["answer"])
-            f1 += token_f1(pred, it["answer"])
-        n = max(len(items), 1)
+        em, f1, n = generated_em_f1(ctx, items, 32)
         top = Counter(it["answer"] for it in items).most_common(1)[0][1] if items else 0
-        return {"exact_match": em / n, "f1": f1 / n, "chance": top / n, "n": len(items)}
+        return {"exact_match": em, "f1": f1, "chance": top / max(n, 1), "n": n}
 
     def texts(self, items: list[dict]) -> list[str]:
         return [it.get("query") or it.get("prompt", "") for it in items]
