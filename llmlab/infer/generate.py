@@ -189,13 +189,15 @@ def generate_batch(model, prompts: list[list[int]], params: SamplingParams, *, s
     fwd = CacheForward(model, prompts, pad_id, budget, masked)
     stops = set(stop_ids) | set(params.stop_token_ids)
     cols, alive_cols, lp_cols = [], [], []
-    if budget:
-        for nxt, alive, lps in _decode_steps(fwd, prompts, params, budget, stops, pad_id, generator,
-                                             logits_processors, on_step, stop_when, logprobs):
-            cols.append([t if a else pad_id for t, a in zip(nxt, alive)])
-            alive_cols.append(alive)
-            lp_cols.append([x if a else 0.0 for x, a in zip(lps, alive)] if lps is not None else None)
-    model.train(was)
+    try:
+        if budget:
+            for nxt, alive, lps in _decode_steps(fwd, prompts, params, budget, stops, pad_id, generator,
+                                                 logits_processors, on_step, stop_when, logprobs):
+                cols.append([t if a else pad_id for t, a in zip(nxt, alive)])
+                alive_cols.append(alive)
+                lp_cols.append([x if a else 0.0 for x, a in zip(lps, alive)] if lps is not None else None)
+    finally:
+        model.train(was)
     B, T, dev = len(prompts), len(cols), fwd.device
     out = torch.tensor(cols, dtype=torch.long, device=dev).reshape(T, B).T
     mask = torch.tensor(alive_cols, dtype=torch.long, device=dev).reshape(T, B).T
