@@ -12,9 +12,11 @@ peft_format.py  LoRA in the HF `peft` on-disk format (both directions)
 methods.py   attach / save_peft / load_peft: one entry point for every method
 commands.py  CLI verbs `llmlab sft`, `llmlab peft <method>`, `sft data`, `sft self_instruct`, `peft params`, `merge`
 jsonl.py     reading/validating TRL-style JSONL (`messages` or `prompt`/`completion`)
-datasets.py  instruction data builders from packaged text and a seeded generator
-self_instruct.py  Self-Instruct (Wang et al. 2023): a model writes new instructions + answers
-sft_config.py     SftConfig (HF/TRL names)
+instruct/    instruction data (imports nothing from the SFT modules): builders.py (templated
+             and seeded builders, held-out splits), self_instruct.py (Self-Instruct, Wang et al.
+             2023: a model writes new instructions + answers). datasets.py / self_instruct.py
+             here are the old names, re-exporting them.
+sft_config.py     SftConfig: the shared TrainingBase knobs with SFT defaults (HF/TRL names)
 sft_data.py       records -> assistant-only labels -> rows (padded or packed) -> resumable batches; replay
 packing.py        first-fit-decreasing packing, per-example causal mask
 sft_build.py      the model (+ PEFT method) and data an SftConfig asks for
