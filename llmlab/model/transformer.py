@@ -239,8 +239,11 @@ def num_params(cfg: ModelConfig, non_embedding: bool = False) -> int:
 def flops_per_token(cfg: ModelConfig, seq_len: int, training: bool = True) -> float:
     """Kaplan et al. 2020 / PaLM (Chowdhery et al. 2022, App. B): 6N + 12*L*H*Q*T per trained token,
     where N counts non-embedding weights plus the LM head (a matmul, unlike the embedding lookup).
-    Forward only is one third of that (2N + 4*L*H*Q*T)."""
+    Forward only is one third of that (2N + 4*L*H*Q*T). With MoE, N counts the active experts only."""
     n = num_params(cfg, non_embedding=True) + cfg.vocab_size * cfg.hidden_size
+    if cfg.num_local_experts:  # only the k routed experts a token visits do work
+        fe = cfg.moe_intermediate_size or cfg.intermediate_size
+        n -= cfg.num_hidden_layers * (cfg.num_local_experts - cfg.num_experts_per_tok) * 3 * cfg.hidden_size * fe
     attn = cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq_len
     fwd = 2 * n + 4 * attn
     return 3 * fwd if training else fwd

@@ -209,10 +209,14 @@ def train(cfg: TrainConfig, model, train_loader, val_loader=None, *, extra_files
 
     def loss_fn(x, y, module=None):
         m = module or fwd
-        if cfg.fused_cross_entropy:
-            return linear_cross_entropy(m(x, return_hidden=True), raw.lm_head.weight, y)
-        logits = m(x)
-        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
+        aux = getattr(raw, "aux_loss", lambda: None)  # MoE router losses of this forward (None if dense)
+        if cfg.fused_cross_entropy and getattr(raw, "fused_ce_ok", True):
+            loss = linear_cross_entropy(m(x, return_hidden=True), raw.lm_head.weight, y)
+        else:
+            logits = m(x)
+            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
+        a = aux()
+        return loss if a is None else loss + a
 
     reporter = Reporter(out, cfg.report_to, step) if info.is_main else None
     fpt = model_flops_per_token or flops_per_token(raw.config, cfg.max_length)
