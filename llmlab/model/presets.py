@@ -84,6 +84,8 @@ def train_model_kwargs(name: str, heads: int, width: int, seq_len: int) -> dict:
         kw["intermediate_size"] = max(8, round(width * p["intermediate_size"] / p["hidden_size"] / 8) * 8)
     if "moe_intermediate_size" in p:
         kw["moe_intermediate_size"] = max(8, round(width * p["moe_intermediate_size"] / p["hidden_size"] / 8) * 8)
+    if p.get("num_local_experts") and not p.get("router_aux_loss_coef"):
+        kw["router_aux_loss_coef"] = 0.01  # Switch's alpha: training from scratch needs the balance term
     if "partial_rotary_factor" in p:  # an even number of rotated channels at head_dim 64
         kw["partial_rotary_factor"] = max(2, 2 * round(64 * p["partial_rotary_factor"] / 2)) / 64
     if "sliding_window" in p:
