@@ -5,7 +5,9 @@ FlashAttention (llmlab.model.flash) vs naive attention.
 Training: the HF model is built from its config with its own random init, ours is loaded from the
 same weights (llmlab.model.hf_arch), same batch, same AdamW (foreach); one step = forward with full
 logits, shifted cross-entropy over the same tokens, backward, step. fp32, alternating ours / peer,
-medians of the repeats.
+medians of the repeats. Rates are tokens per second of process CPU time (one thread: the rate on a
+free core, robust when other jobs share the machine); wall-clock rates are printed beside them and
+kept as *_wall keys.
 Memory: each attention (B=1, H=4, T=4096, D=64, causal, forward + backward) runs in its own child
 process; the figure is the child's peak RSS growth over its inputs, sampled by a thread (glibc
 returns large blocks to the OS, so RSS follows live tensors); SDPA is shown for reference. Last line: JSON with ratio keys gpt2_train_tok_s,
@@ -70,19 +72,23 @@ def train_rates(repeats: int, batch: int, seq: int, vocab: int) -> dict:
     for name, hf_cfg in hf_configs(vocab).items():
         ours, hf = pair(hf_cfg)
         steps = {"ours": step_fn(ours, ids, False), "peer": step_fn(hf, ids, True)}
-        times = {"ours": [], "peer": []}
+        wall, cpu = {"ours": [], "peer": []}, {"ours": [], "peer": []}
         for s in steps.values():  # warm-up
             s()
         for r in range(repeats):
             for side in (("ours", "peer") if r % 2 == 0 else ("peer", "ours")):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 steps[side]()
-                times[side].append(time.perf_counter() - t0)
+                wall[side].append(time.perf_counter() - t0)
+                cpu[side].append(time.process_time() - c0)
         n = ours.num_params()
-        out[name] = {side: batch * seq / statistics.median(t) for side, t in times.items()}
+        out[name] = {side: batch * seq / statistics.median(cpu[side]) for side in cpu}
+        out[name].update({f"{side}_wall": batch * seq / statistics.median(wall[side]) for side in wall})
         out[name]["params_M"] = round(n / 1e6, 2)
-        print(f"{name:6s} {n / 1e6:5.1f}M params: ours {out[name]['ours']:8.0f} tok/s, transformers "
-              f"{out[name]['peer']:8.0f} tok/s, ratio {out[name]['ours'] / out[name]['peer']:.2f}", flush=True)
+        print(f"{name:6s} {n / 1e6:5.1f}M params: ours {out[name]['ours']:6.0f} tok/s (wall {out[name]['ours_wall']:6.0f}),"
+              f" transformers {out[name]['peer']:6.0f} (wall {out[name]['peer_wall']:6.0f}); ratio "
+              f"{out[name]['ours'] / out[name]['peer']:.2f} (wall {out[name]['ours_wall'] / out[name]['peer_wall']:.2f})",
+              flush=True)
     return out
 
 
@@ -156,11 +162,12 @@ def main() -> None:
     batch, seq = args.batch or (4 if args.quick else 8), args.seq or (128 if args.quick else 256)
     rates = train_rates(repeats, batch, seq, args.vocab)
     mem = memory_table(args.mem_tokens)
-    ours = {f"{k}_train_tok_s": round(v["ours"], 1) for k, v in rates.items()}
-    peer = {f"{k}_train_tok_s": round(v["peer"], 1) for k, v in rates.items()}
+    ours = {f"{k}_train_tok_s{w}": round(v["ours" + w], 1) for k, v in rates.items() for w in ("", "_wall")}
+    peer = {f"{k}_train_tok_s{w}": round(v["peer" + w], 1) for k, v in rates.items() for w in ("", "_wall")}
     ours["attn_peak_mb_4k"], peer["attn_peak_mb_4k"] = round(mem["flash"]["peak_mb"], 1), round(mem["naive"]["peak_mb"], 1)
     peer["sdpa_attn_peak_mb_4k"] = round(mem["sdpa"]["peak_mb"], 1)
     ratio = {f"{k}_train_tok_s": round(v["ours"] / v["peer"], 3) for k, v in rates.items()}
+    ratio.update({f"{k}_train_tok_s_wall": round(v["ours_wall"] / v["peer_wall"], 3) for k, v in rates.items()})
     ratio["flash_mem"] = round(mem["naive"]["peak_mb"] / max(mem["flash"]["peak_mb"], 1.0), 2)
     print(json.dumps({"benchmark": "zoo", "config": {"batch": batch, "seq": seq, "repeats": repeats,
                                                      "threads": torch.get_num_threads(),

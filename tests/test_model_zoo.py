@@ -220,3 +220,10 @@ def test_presets_build_and_train_kwargs_make_valid_models():
         assert m.num_params() == s.params
         ids = torch.randint(0, 97, (1, 8))
         m.loss(ids[:, :-1], ids[:, 1:]).backward()
+
+
+def test_fused_engine_feature_list():
+    assert _cfg().beyond_llama_gpt() == []
+    assert _cfg(mlp="gelu", position="learned", norm="layernorm").beyond_llama_gpt() == []
+    assert _cfg(position="alibi", embedding_layernorm=True).beyond_llama_gpt() == ["position", "embedding_layernorm"]
+    assert _cfg(num_local_experts=2, sliding_window=4).beyond_llama_gpt() == ["sliding_window", "num_local_experts"]

@@ -14,6 +14,7 @@ from llmlab.errors import UserError
 GATED_MLPS = {"swiglu": "silu", "geglu": "gelu", "reglu": "relu"}  # GLU family -> default activation
 PLAIN_MLPS = {"gelu": "gelu_pytorch_tanh", "relu": "relu", "silu": "silu"}  # 2-matrix MLPs
 ROPE_TYPES = ("default", "linear", "dynamic", "ntk", "yarn", "llama3")
+ACTIVATION_NAMES = ("relu", "silu", "swish", "gelu", "gelu_pytorch_tanh", "gelu_new")  # HF hidden_act names
 
 
 class ModelConfigError(UserError, ValueError):
@@ -105,9 +106,8 @@ class ModelConfig:
 
     def _check_combinations(self, UserError) -> None:
         """Combinations that cannot work: one line naming the keys."""
-        from llmlab.model.mlp import ACTIVATIONS
-        if self.hidden_act not in ACTIVATIONS:
-            raise UserError(f"hidden_act '{self.hidden_act}' unknown (use one of {', '.join(ACTIVATIONS)})")
+        if self.hidden_act not in ACTIVATION_NAMES:
+            raise UserError(f"hidden_act '{self.hidden_act}' unknown (use one of {', '.join(ACTIVATION_NAMES)})")
         rope_type = (self.rope_scaling or {}).get("rope_type", (self.rope_scaling or {}).get("type", "default"))
         if self.rope_scaling and self.position != "rope":
             raise UserError(f"rope_scaling needs position=rope, got position={self.position}")
@@ -153,11 +153,28 @@ class ModelConfig:
         """Attention needs the explicit score matrix (no fused SDPA kernel): soft-capping."""
         return self.attn_logit_softcapping is not None
 
-    @property
-    def is_llama(self) -> bool:
-        """True when the architecture is exactly HF `LlamaForCausalLM` (rope scaling allowed)."""
-        from llmlab.model.hf_arch import family_of
-        return family_of(self) == "llama"
+    def beyond_llama_gpt(self) -> list[str]:
+        """The keys set here that the fused inference path (llmlab.infer.runner.FusedModel: pre-norm,
+        RoPE or learned positions, SwiGLU or GeLU-tanh MLP) does not implement; [] = it can run this
+        model. The plain `Transformer.forward` (with KVCache) runs every variant."""
+        checks = {
+            "position": self.position not in ("rope", "learned"),
+            "partial_rotary_factor": self.partial_rotary_factor != 1.0,
+            "rope_scaling (dynamic)": self.rope_type == "dynamic",
+            "norm_placement": self.norm_placement != "pre",
+            "deepnorm": self.deepnorm,
+            "embedding_layernorm": self.embedding_layernorm,
+            "qk_norm": self.qk_norm,
+            "hidden_act": (self.mlp, self.hidden_act) not in (("swiglu", "silu"), ("gelu", "gelu_pytorch_tanh")),
+            "sliding_window": self.sliding_window is not None,
+            "sparse_stride": self.sparse_stride is not None,
+            "attn_logit_softcapping": self.attn_logit_softcapping is not None,
+            "final_logit_softcapping": self.final_logit_softcapping is not None,
+            "parallel_block": self.parallel_block,
+            "scale_embeddings": self.scale_embeddings,
+            "num_local_experts": self.num_local_experts > 0,
+        }
+        return [k for k, on in checks.items() if on]
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -78,11 +78,3 @@ def linear(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return _DnnLinear.apply(x, mod.weight, mod.bias)
     return mod(x)
 
-
-def linear_weight(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """F.linear(x, w) for a bare weight tensor (MoE experts), through oneDNN when that applies."""
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-            and torch.is_grad_enabled() and x.numel() >= MIN_ROWS * x.shape[-1]
-            and not torch.is_autocast_enabled("cpu") and use_dnn()):
-        return _DnnLinear.apply(x, w, None)
-    return F.linear(x, w)

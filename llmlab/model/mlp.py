@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmlab.model.config import GATED_MLPS, PLAIN_MLPS
 from llmlab.model.linear import linear
 
 # HF `hidden_act` names (gelu_new / gelu_pytorch_tanh are the same tanh approximation)
@@ -60,7 +61,6 @@ class PlainMLP(nn.Module):
 
 
 def make_mlp(kind: str, dim: int, hidden: int, bias: bool, act: str | None = None) -> nn.Module:
-    from llmlab.model.config import GATED_MLPS, PLAIN_MLPS
     if kind in GATED_MLPS:
         return GatedMLP(dim, hidden, bias, act or GATED_MLPS[kind])
     if kind in PLAIN_MLPS:

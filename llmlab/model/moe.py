@@ -9,9 +9,9 @@ Dispatch by sort/gather: the N*k (token, expert) assignments are sorted by exper
 tokens first); each gets its rank within its expert; with a capacity C = ceil(capacity_factor * N *
 k / E) (Switch) ranks >= C are dropped (the token keeps only its residual for that slot) and counted
 in `self.dropped`. The kept rows are gathered in that order, so each expert's tokens are one
-contiguous slice: a grouped GEMM (one matmul pair per expert, MegaBlocks-style, no padding to
-capacity); outputs return, weighted, with index_add. No Python loop over tokens. (A padded (E, C, d)
-buffer with two bmm's was 1.5x slower here: CPU bmm with transposed weights is slower than mm.)
+contiguous slice: a grouped GEMM (`GroupedLinear`: one matmul per expert on its rows, MegaBlocks-
+style, no padding to capacity); outputs return, weighted, with index_add. No Python loop over
+tokens. (A padded (E, C, d) buffer with two bmm's was 1.5x slower here on CPU.)
 Losses (returned by `aux_loss`): Switch load balancing E * sum_i f_i P_i (f_i: share of assignments
 to expert i per top-k slot, P_i: mean router probability, as HF computes it) and the ST-MoE router
 z-loss mean(logsumexp(logits)^2) (Zoph et al. 2022).
@@ -28,8 +28,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.model.linear import linear_weight
 from llmlab.model.mlp import ACTIVATIONS, GatedMLP
+
+
+class GroupedLinear(torch.autograd.Function):
+    """y[rows of expert e] = x[rows of e] @ W[e]^T for x sorted by expert (a grouped GEMM).
+
+    Its own backward writes every expert's weight gradient into one (E, out, in) tensor; autograd
+    through `W[e]` would instead build a full-size zero gradient per expert and add them up
+    (E^2 work, ~10 % of a MoE layer here)."""
+
+    @staticmethod
+    def forward(ctx, x, w, sizes):
+        y = x.new_empty(x.shape[0], w.shape[1])
+        start = 0
+        for e, n in enumerate(sizes):
+            if n:
+                torch.mm(x[start:start + n], w[e].t(), out=y[start:start + n])
+                start += n
+        ctx.save_for_backward(x, w)
+        ctx.sizes = sizes
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w = ctx.saved_tensors
+        gx, gw = torch.empty_like(x), torch.zeros_like(w)
+        start = 0
+        for e, n in enumerate(ctx.sizes):
+            if n:
+                g = gy[start:start + n]
+                torch.mm(g, w[e], out=gx[start:start + n])
+                torch.mm(g.t(), x[start:start + n], out=gw[e])
+                start += n
+        return gx, gw, None
 
 
 class Experts(nn.Module):
@@ -40,15 +72,9 @@ class Experts(nn.Module):
         self.act = ACTIVATIONS[act]
 
     def forward(self, xs: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-        """xs (M, d) sorted by expert, sizes[e] rows for expert e -> (M, d): a grouped GEMM, one
-        matmul pair per expert on its contiguous rows."""
-        out, start = [], 0
-        for e, n in enumerate(sizes):
-            if n:
-                gate, up = linear_weight(xs[start:start + n], self.gate_up_proj[e]).chunk(2, dim=-1)
-                out.append(linear_weight(self.act(gate) * up, self.down_proj[e]))
-                start += n
-        return torch.cat(out) if out else xs[:0]
+        """xs (M, d) sorted by expert, sizes[e] rows for expert e -> (M, d)."""
+        gate, up = GroupedLinear.apply(xs, self.gate_up_proj, sizes).chunk(2, dim=-1)
+        return GroupedLinear.apply((self.act(gate) * up).contiguous(), self.down_proj, sizes)
 
 
 class MoE(nn.Module):
