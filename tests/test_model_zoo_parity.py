@@ -108,3 +108,20 @@ def test_mixtral_original_layout_loads(tmp_path):
     ids = torch.randint(0, 97, (1, 9))
     with torch.no_grad():
         assert torch.equal(load_hf_dir(tmp_path / "b")(ids), ours(ids))
+
+
+@pytest.mark.parametrize("case", ["gpt2", "bloom"])
+def test_hub_files_without_transformer_prefix_load(case, tmp_path):
+    """openai-community/gpt2 and bigscience/bloom-560m store `h.0...`, `wte.weight` (no `transformer.`),
+    and GPT-2 files carry the causal-mask buffers `attn.bias`: both are accepted."""
+    from llmlab.checkpoint import load_tensors, save_tensors
+    hf = _hf_model(CASES[case]())
+    hf.save_pretrained(tmp_path)
+    f = tmp_path / "model.safetensors"
+    state = {k.removeprefix("transformer."): v for k, v in load_tensors(f).items() if k != "lm_head.weight"}
+    if case == "gpt2":
+        state["h.0.attn.bias"] = torch.ones(1, 1, 64, 64).tril()
+    save_tensors(f, state)
+    ids = torch.randint(0, 97, (1, 10))
+    with torch.no_grad():
+        assert (load_hf_dir(tmp_path)(ids) - hf(ids).logits).abs().max() <= 1e-4
