@@ -77,4 +77,3 @@ def linear(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
             and use_dnn()):
         return _DnnLinear.apply(x, mod.weight, mod.bias)
     return mod(x)
-
