@@ -1,7 +1,8 @@
 """HF-style model directories: config.json + model.safetensors (+ generation_config.json).
 
-LLaMA-shaped configs are written as `LlamaForCausalLM`, so `transformers.AutoModelForCausalLM`
-loads what we save; other variants (LayerNorm, GELU, learned positions) are written with
+Configs that a real HF architecture expresses (llama, mistral, qwen2, gemma, mixtral, gpt2, bloom,
+phi: llmlab/model/hf_arch.py) are written as that class with its own weight names, so
+`transformers.AutoModelForCausalLM` loads what we save; other variants are written with
 model_type "llmlab" and load only here.
 """
 from __future__ import annotations
@@ -14,46 +15,35 @@ from llmlab.checkpoint import atomic_dir, load_tensors, read_json, save_tensors,
 from llmlab.config import from_dict
 from llmlab.errors import UserError
 from llmlab.model.config import ModelConfig
+from llmlab.model.hf_arch import FAMILIES, add_prefix, family_of
 from llmlab.model.transformer import Transformer, from_state_dict
 
-_LLAMA_KEYS = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-               "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "rope_theta",
-               "tie_word_embeddings", "attention_bias", "mlp_bias", "initializer_range",
-               "bos_token_id", "eos_token_id", "pad_token_id"]
-
-
 def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
+    """The family's own config.json where one expresses cfg exactly (llmlab/model/hf_arch.py), else
+    model_type "llmlab" carrying the whole ModelConfig."""
     dt = str(dtype).removeprefix("torch.")
-    if cfg.is_llama:
-        d = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-             "rope_scaling": None, "attention_dropout": 0.0, "pretraining_tp": 1, "use_cache": True,
-             "torch_dtype": dt}
-        d.update({k: getattr(cfg, k) for k in _LLAMA_KEYS})
-        return d
-    return {"architectures": ["LlmlabForCausalLM"], "model_type": "llmlab", "torch_dtype": dt,
-            "llmlab": cfg.to_dict()}
+    name = family_of(cfg)
+    if name is None:
+        return {"architectures": ["LlmlabForCausalLM"], "model_type": "llmlab", "torch_dtype": dt,
+                "llmlab": cfg.to_dict()}
+    fam = FAMILIES[name]
+    d = {"architectures": [fam.architecture], "model_type": name, "torch_dtype": dt, "use_cache": True,
+         "attention_dropout": 0.0, **fam.hf_config(cfg)}
+    if name == "llama":
+        d["pretraining_tp"] = 1
+    return d
 
 
 def config_from_hf(d: dict, source: str = "config.json") -> ModelConfig:
     mt = d.get("model_type")
     if mt == "llmlab":
         return from_dict(ModelConfig, d["llmlab"])
-    if mt not in ("llama", "mistral", "qwen2"):
-        raise UserError(f"{source}: unsupported model_type '{mt}' (supported: llama, mistral, qwen2, llmlab)")
-    if d.get("hidden_act", "silu") != "silu":
-        raise UserError(f"{source}: unsupported hidden_act '{d.get('hidden_act')}'")
-    rs = d.get("rope_scaling") or d.get("rope_parameters")
-    if rs and rs.get("rope_type", rs.get("type", "default")) not in ("default", None):
-        raise UserError(f"{source}: unsupported rope_scaling {rs}")
-    kw = {k: d[k] for k in _LLAMA_KEYS if k in d and d[k] is not None}
-    if rs and "rope_theta" in rs and "rope_theta" not in kw:
-        kw["rope_theta"] = rs["rope_theta"]
-    if isinstance(kw.get("eos_token_id"), list):
-        kw["eos_token_id"] = kw["eos_token_id"][0]
-    kw.setdefault("tie_word_embeddings", False)  # HF's LlamaConfig default
-    if mt == "qwen2":
-        kw["attention_bias"] = True
-    return from_dict(ModelConfig, kw)
+    if mt not in FAMILIES:
+        raise UserError(f"{source}: unsupported model_type '{mt}' (supported: {', '.join(FAMILIES)}, llmlab)")
+    try:
+        return ModelConfig(**FAMILIES[mt].config(d))
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
 
 
 def _weight_files(path: Path) -> list[Path]:
@@ -76,6 +66,9 @@ def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> Transfo
     state: dict[str, torch.Tensor] = {}
     for f in _weight_files(path):
         state.update(load_tensors(f))
+    mt = read_json(path / "config.json").get("model_type")
+    if mt in FAMILIES:
+        state = FAMILIES[mt].to_ours(add_prefix(mt, state), cfg)
     return from_state_dict(cfg, state, str(path), dtype)
 
 
@@ -89,8 +82,11 @@ def save_hf_dir(model: Transformer, path: str | Path, dtype: torch.dtype | None 
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     dtype = dtype or next(model.parameters()).dtype
+    hf_cfg = config_to_hf(cfg, dtype)
+    if hf_cfg["model_type"] in FAMILIES:
+        state = FAMILIES[hf_cfg["model_type"]].to_hf(state, cfg)
     with atomic_dir(path) as tmp:
-        write_json(tmp / "config.json", config_to_hf(cfg, dtype))
+        write_json(tmp / "config.json", hf_cfg)
         save_tensors(tmp / "model.safetensors", state)
         gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
                "pad_token_id": cfg.pad_token_id, **(generation or {})}

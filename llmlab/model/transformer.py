@@ -1,7 +1,9 @@
-"""The decoder-only Transformer: embeddings -> N pre-norm blocks -> final norm -> LM head.
+"""The decoder-only Transformer: embeddings -> N blocks -> final norm -> LM head.
 
 Module names follow HF `LlamaForCausalLM` (model.embed_tokens, model.layers.N.self_attn.q_proj,
-..., lm_head), so LLaMA checkpoints and PEFT target-module names map one to one.
+..., lm_head), so LLaMA checkpoints and PEFT target-module names map one to one; other families
+are renamed on load/save (llmlab/model/hf_arch.py). Every variant of ModelConfig is wired here:
+positions (rope.py, positions.py), masks (masks.py), blocks (block.py), MoE losses (moe.py).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from torch import nn
 
 from llmlab.model.block import Block
 from llmlab.model.config import ModelConfig
+from llmlab.model.masks import key_positions, keep_mask
 from llmlab.model.norm import make_norm
 from llmlab.model.rope import RotaryEmbedding
 
@@ -24,8 +27,25 @@ class Backbone(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         if cfg.position == "learned":
             self.embed_positions = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        if cfg.embedding_layernorm:
+            self.embed_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        if cfg.position == "t5":
+            from llmlab.model.positions import T5Bias
+            self.relative_attention_bias = T5Bias(cfg.num_attention_heads, cfg.relative_attention_num_buckets,
+                                                  cfg.relative_attention_max_distance)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = make_norm(cfg.norm, cfg.hidden_size, cfg.rms_norm_eps)
+        if cfg.norm_placement != "post":  # post-norm blocks already end normalised
+            self.norm = make_norm(cfg.norm, cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_weight_offset)
+
+
+def max_length(cfg: ModelConfig) -> int:
+    """Longest sequence the model takes: the trained context, x factor for dynamic NTK; ALiBi, T5
+    and no positions extrapolate (their selling point), bounded only by memory."""
+    if cfg.position in ("alibi", "t5", "none"):
+        return 1 << 30
+    if cfg.rope_type == "dynamic":
+        return int(cfg.max_position_embeddings * cfg.rope_scaling["factor"])
+    return cfg.max_position_embeddings
 
 
 class Transformer(nn.Module):
@@ -33,14 +53,27 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = Backbone(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.rope = (RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
-                     if cfg.position == "rope" else None)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=cfg.lm_head_bias)
+        self.rope = RotaryEmbedding(cfg) if cfg.position == "rope" else None
+        self.max_length = max_length(cfg)
+        if cfg.position == "sinusoidal":
+            from llmlab.model.positions import sinusoidal_table
+            self.register_buffer("sinusoid", sinusoidal_table(cfg.max_position_embeddings, cfg.hidden_size),
+                                 persistent=False)
+        if cfg.position == "alibi":
+            from llmlab.model.positions import alibi_slopes
+            self.register_buffer("alibi_slopes", alibi_slopes(cfg.num_attention_heads), persistent=False)
+        self.moe = bool(cfg.num_local_experts)
         self.gradient_checkpointing = False
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2L)
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
+            if name.endswith(("o_proj.weight", "down_proj.weight", "experts.down_proj")):
                 nn.init.normal_(p, 0.0, cfg.initializer_range / math.sqrt(2 * cfg.num_hidden_layers))
+        if cfg.deepnorm:  # Wang et al. 2022: xavier init, gain beta=(8N)^-1/4 on v, o and the MLP
+            beta = (8 * cfg.num_hidden_layers) ** -0.25
+            for name, p in self.named_parameters():
+                if ".layers." in name and name.endswith("_proj.weight"):
+                    nn.init.xavier_normal_(p, gain=1.0 if name.endswith(("q_proj.weight", "k_proj.weight")) else beta)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -49,6 +82,29 @@ class Transformer(nn.Module):
             nn.init.normal_(m.weight, 0.0, self.config.initializer_range)
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
+        if type(m).__name__ == "Experts":
+            for p in m.parameters():
+                nn.init.normal_(p, 0.0, self.config.initializer_range)
+
+    @property
+    def fused_ce_ok(self) -> bool:
+        """The trainer's chunked LM-head + cross-entropy applies (no head bias, no logit soft-cap)."""
+        return self.lm_head.bias is None and self.config.final_logit_softcapping is None
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """MoE training losses of the last forward (router_aux_loss_coef, router_z_loss_coef); None if dense."""
+        if not self.moe or not (self.config.router_aux_loss_coef or self.config.router_z_loss_coef):
+            return None
+        from llmlab.model.moe import load_balancing_loss, z_loss
+        cfg = self.config
+        logits = [blk.mlp.router_logits for blk in self.model.layers if blk.mlp.router_logits is not None]
+        loss = logits[0].new_zeros((), dtype=torch.float32)
+        if cfg.router_aux_loss_coef:
+            loss = loss + cfg.router_aux_loss_coef * load_balancing_loss(logits, cfg.num_local_experts,
+                                                                         cfg.num_experts_per_tok)
+        if cfg.router_z_loss_coef:
+            loss = loss + cfg.router_z_loss_coef * z_loss(logits)
+        return loss
 
     def forward(self, input_ids: torch.Tensor, cache=None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, last_only: bool = False,
@@ -59,24 +115,28 @@ class Transformer(nn.Module):
         attention_mask: (B, past + T), 1 for real tokens, 0 for (left) padding.
         """
         B, T = input_ids.shape
+        cfg = self.config
         past = cache.length if cache is not None else 0
-        if past + T > self.config.max_position_embeddings:
-            raise ValueError(f"sequence of {past + T} tokens exceeds the context window "
-                             f"({self.config.max_position_embeddings})")
+        if past + T > self.max_length:
+            raise ValueError(f"sequence of {past + T} tokens exceeds the context window ({self.max_length})")
         if position_ids is None:
             if attention_mask is not None:  # left padding: real tokens count from 0
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
             else:
                 position_ids = torch.arange(past, past + T, device=input_ids.device)
         x = self.model.embed_tokens(input_ids)
-        if self.config.position == "learned":
-            x = x + self.model.embed_positions(position_ids)
-            rope = None
-        else:
+        rope = None
+        if cfg.position == "rope":
             rope = self.rope(position_ids, x.dtype)
-        mask = None
-        if attention_mask is not None:
-            mask = self._padding_mask(attention_mask, past, T)
+        elif cfg.position == "learned":
+            x = x + self.model.embed_positions(position_ids)
+        elif cfg.position == "sinusoidal":
+            x = x + self.sinusoid[position_ids].to(x.dtype)
+        if cfg.scale_embeddings:  # Gemma: sqrt(d), rounded to the activation dtype as HF does
+            x = x * torch.tensor(cfg.hidden_size ** 0.5, dtype=x.dtype)
+        if cfg.embedding_layernorm:
+            x = self.model.embed_layernorm(x)
+        mask = self._attention_mask(attention_mask, past, T, x)
         last = len(self.model.layers) - 1
         for i, layer in enumerate(self.model.layers):
             if self.gradient_checkpointing and self.training:
@@ -89,26 +149,51 @@ class Transformer(nn.Module):
             cache.advance(T)
         if last_only:
             x = x[:, -1:]
-        x = self.model.norm(x)
+        if cfg.norm_placement != "post":
+            x = self.model.norm(x)
         if return_hidden:
             return x
-        return self.lm_head(x)
+        logits = self.lm_head(x)
+        if cfg.final_logit_softcapping is not None:
+            c = cfg.final_logit_softcapping
+            logits = c * torch.tanh(logits / c)
+        return logits
+
+    def _attention_mask(self, attention_mask, past: int, T: int, x: torch.Tensor):
+        """None (plain causal), a bool keep-mask (B|1, 1, T, S), or with ALiBi/T5 a float bias
+        (B|1, H, T, S) holding -inf where a key is hidden."""
+        cfg = self.config
+        bias_kind = cfg.position if cfg.position in ("alibi", "t5") else None
+        if attention_mask is not None and attention_mask.dim() == 4:  # a ready mask (packed rows)
+            return self._padding_mask(attention_mask, past, T)
+        if bias_kind is None and cfg.sliding_window is None and cfg.sparse_stride is None:
+            return None if attention_mask is None else self._padding_mask(attention_mask, past, T)
+        mask = keep_mask(cfg, T, past, attention_mask, x.device, force=bias_kind is not None)
+        if bias_kind is None:
+            return mask
+        k_pos = key_positions(attention_mask, past + T, x.device)
+        q_pos = k_pos[:, past:]
+        if bias_kind == "alibi":
+            from llmlab.model.positions import alibi_bias
+            bias = alibi_bias(self.alibi_slopes, q_pos, k_pos)
+        else:
+            bias = self.model.relative_attention_bias(q_pos, k_pos)
+        return bias.to(x.dtype).masked_fill(~mask, float("-inf"))
 
     @staticmethod
     def _padding_mask(attention_mask: torch.Tensor, past: int, T: int) -> torch.Tensor:
-        """(B, S) keep-mask -> (B, 1, T, S) boolean causal mask that also hides padding keys."""
-        S = past + T
-        keys = attention_mask[:, :S].bool()
-        i = torch.arange(T, device=keys.device).unsqueeze(1) + past
-        j = torch.arange(S, device=keys.device).unsqueeze(0)
-        m = (j <= i).unsqueeze(0) & keys.unsqueeze(1)
-        m = m | (j == i).unsqueeze(0)  # a padding query attends to itself: no all-masked rows (NaN)
-        return m.unsqueeze(1)
+        """(B, S) keep-mask -> (B, 1, T, S) boolean causal mask that also hides padding keys
+        (an instance may swap this builder: llmlab/finetune/packing.py)."""
+        from types import SimpleNamespace
+        plain = SimpleNamespace(sliding_window=None, sparse_stride=None)
+        return keep_mask(plain, T, past, attention_mask, attention_mask.device)
 
     def loss(self, input_ids: torch.Tensor, labels: torch.Tensor, **kw) -> torch.Tensor:
         """Mean next-token cross-entropy; labels are already shifted, -100 is ignored."""
         logits = self(input_ids, **kw)
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+        aux = self.aux_loss()
+        return loss if aux is None else loss + aux
 
     def num_params(self, non_embedding: bool = False) -> int:
         """All parameters (tied weights once); non_embedding: the blocks and final norm only
@@ -124,13 +209,25 @@ class Transformer(nn.Module):
 
 
 def num_params(cfg: ModelConfig, non_embedding: bool = False) -> int:
-    """Closed-form parameter count (matches Transformer.num_params)."""
+    """Closed-form parameter count (matches Transformer.num_params for every variant)."""
     d, L, f = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size
     q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    attn = d * q + 2 * d * kv + q * d + (q + 2 * kv + d if cfg.attention_bias else 0)
-    mlp = (3 if cfg.mlp == "swiglu" else 2) * d * f + ((2 * f + d if cfg.mlp == "swiglu" else f + d) if cfg.mlp_bias else 0)
-    norm = d if cfg.norm == "rmsnorm" else 2 * d
-    n = L * (attn + mlp + 2 * norm) + norm
+
+    def norm(n):
+        return n if cfg.norm == "rmsnorm" else 2 * n
+    attn = d * q + 2 * d * kv + q * d + (q + 2 * kv if cfg.attention_bias else 0)
+    attn += (d if cfg.attention_out_bias else 0) + (2 * norm(cfg.head_dim) if cfg.qk_norm else 0)
+    if cfg.num_local_experts:
+        fe = cfg.moe_intermediate_size or f
+        mlp = cfg.num_local_experts * (3 * d * fe + d) + 3 * d * fe * cfg.n_shared_experts
+    else:
+        mats = 3 if cfg.is_gated else 2
+        mlp = mats * d * f + (((mats - 1) * f + d) if cfg.mlp_bias else 0)
+    norms = 1 if cfg.parallel_block else 2 + (2 if cfg.norm_placement == "sandwich" else 0)
+    n = L * (attn + mlp + norms * norm(d)) + (norm(d) if cfg.norm_placement != "post" else 0)
+    n += 2 * d if cfg.embedding_layernorm else 0
+    n += cfg.relative_attention_num_buckets * cfg.num_attention_heads if cfg.position == "t5" else 0
+    n += cfg.vocab_size if cfg.lm_head_bias else 0
     if non_embedding:
         return n
     n += cfg.vocab_size * d * (1 if cfg.tie_word_embeddings else 2)
@@ -142,8 +239,11 @@ def num_params(cfg: ModelConfig, non_embedding: bool = False) -> int:
 def flops_per_token(cfg: ModelConfig, seq_len: int, training: bool = True) -> float:
     """Kaplan et al. 2020 / PaLM (Chowdhery et al. 2022, App. B): 6N + 12*L*H*Q*T per trained token,
     where N counts non-embedding weights plus the LM head (a matmul, unlike the embedding lookup).
-    Forward only is one third of that (2N + 4*L*H*Q*T)."""
+    Forward only is one third of that (2N + 4*L*H*Q*T). With MoE, N counts the active experts only."""
     n = num_params(cfg, non_embedding=True) + cfg.vocab_size * cfg.hidden_size
+    if cfg.num_local_experts:  # only the k routed experts a token visits do work
+        fe = cfg.moe_intermediate_size or cfg.intermediate_size
+        n -= cfg.num_hidden_layers * (cfg.num_local_experts - cfg.num_experts_per_tok) * 3 * cfg.hidden_size * fe
     attn = cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq_len
     fwd = 2 * n + 4 * attn
     return 3 * fwd if training else fwd

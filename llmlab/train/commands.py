@@ -22,7 +22,9 @@ class TrainCommandConfig(TrainConfig):
                                                     "and val/), or a UTF-8 .txt file trained byte-level"})
     tokenizer: str = field(default="", metadata={"help": "tokenizer dir whose files are copied into saved models"})
     preset: str = field(default="", metadata={"help": "tiny | cpu | small | gpu: depth + budget (keys left at "
-                                                      "their defaults take the preset's values)"})
+                                                      "their defaults take the preset's values); or an "
+                                                      "architecture (gpt2, llama, mistral, mixtral, qwen2, gemma, "
+                                                      "bloom, phi, palm, deepseek-moe) sized by depth"})
     depth: int = field(default=0, metadata={"help": "model size dial: width 64*depth, depth layers (0: preset or 4)"})
     tokens_per_param: float = field(default=0.0, metadata={"help": "sets max_steps to this x params tokens (0: off)"})
     init_from: str = field(default="", metadata={"help": "continue pretraining this model (smollm2, .gguf, HF dir)"})
@@ -82,9 +84,10 @@ def _loaders(cfg: TrainCommandConfig, rank: int, world: int):
 def _preset_shape(cfg: TrainCommandConfig) -> None:
     """The preset's window, micro-batch and token budget, for keys left at their defaults (needed
     before the loaders are built, so they run before the vocabulary is known)."""
+    from llmlab.model.presets import PRESETS as ARCH
     from llmlab.train.sizing import PRESETS
-    if cfg.preset and cfg.preset not in PRESETS:
-        raise UserError(f"unknown preset '{cfg.preset}'; known: {', '.join(PRESETS)}")
+    if cfg.preset and cfg.preset not in PRESETS and cfg.preset not in ARCH:
+        raise UserError(f"unknown preset '{cfg.preset}'; known: {', '.join([*PRESETS, *ARCH])}")
     defaults = {f.name: f.default for f in dataclasses.fields(TrainCommandConfig)
                 if f.default is not dataclasses.MISSING}
     for k, v in PRESETS.get(cfg.preset, {}).items():
@@ -95,9 +98,11 @@ def _preset_shape(cfg: TrainCommandConfig) -> None:
 def _apply_preset(cfg: TrainCommandConfig, vocab: int, world: int):
     """Size the model from `depth` (or the preset's) and fill every key still at its default with the
     derived value: lr, gradient accumulation (batch), max_steps (token budget), warmup."""
+    from llmlab.model.presets import PRESETS as ARCH
+    from llmlab.model.presets import train_model_kwargs
     from llmlab.train.sizing import PRESETS, size_model
-    if cfg.preset and cfg.preset not in PRESETS:
-        raise UserError(f"unknown preset '{cfg.preset}'; known: {', '.join(PRESETS)}")
+    if cfg.preset and cfg.preset not in PRESETS and cfg.preset not in ARCH:
+        raise UserError(f"unknown preset '{cfg.preset}'; known: {', '.join([*PRESETS, *ARCH])}")
     defaults = {f.name: f.default for f in dataclasses.fields(TrainCommandConfig)
                 if f.default is not dataclasses.MISSING}
 
@@ -107,7 +112,9 @@ def _apply_preset(cfg: TrainCommandConfig, vocab: int, world: int):
 
     cfg.depth = cfg.depth or PRESETS.get(cfg.preset, {}).get("depth", 4)
     micro = cfg.per_device_train_batch_size * cfg.max_length * world
-    s = size_model(cfg.depth, vocab, cfg.max_length, cfg.tokens_per_param or 20.0, micro_batch_tokens=micro)
+    arch = (train_model_kwargs(cfg.preset, cfg.depth, 64 * cfg.depth, cfg.max_length)
+            if cfg.preset in ARCH else {})  # an architecture preset: its design at this depth
+    s = size_model(cfg.depth, vocab, cfg.max_length, cfg.tokens_per_param or 20.0, micro_batch_tokens=micro, **arch)
     fill("learning_rate", s.learning_rate)
     fill("gradient_accumulation_steps", s.batch_tokens // micro)
     fill("max_steps", max(1, s.tokens // (micro * cfg.gradient_accumulation_steps)))

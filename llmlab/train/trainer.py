@@ -153,10 +153,14 @@ class _Run:
 
     def loss_fn(self, x, y, module=None):
         m = module or self.fwd
-        if self.cfg.fused_cross_entropy:
-            return linear_cross_entropy(m(x, return_hidden=True), self.raw.lm_head.weight, y)
-        logits = m(x)
-        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
+        aux = getattr(self.raw, "aux_loss", lambda: None)  # MoE router losses of this forward (None if dense)
+        if self.cfg.fused_cross_entropy and getattr(self.raw, "fused_ce_ok", True):
+            loss = linear_cross_entropy(m(x, return_hidden=True), self.raw.lm_head.weight, y)
+        else:
+            logits = m(x)
+            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
+        a = aux()
+        return loss if a is None else loss + a
 
     # ------------------------------------------------------------------ checkpoints
     def restore(self, path: Path, data_too: bool) -> None:

@@ -1,0 +1,36 @@
+"""Which keys each query may see: causal, left padding, sliding window (Mistral; Beltagy et al.
+2020), local + strided sparse (Child et al. 2019, Sparse Transformer).
+
+Returns a boolean keep-mask (B|1, 1, T, S) for queries at absolute step past..past+T-1 over keys
+0..S-1, or None when plain causal attention needs no mask (the fast SDPA path).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def keep_mask(cfg, T: int, past: int, attention_mask: torch.Tensor | None, device,
+              force: bool = False) -> torch.Tensor | None:
+    window, stride = cfg.sliding_window, cfg.sparse_stride
+    if attention_mask is None and window is None and stride is None and not force:
+        return None
+    S = past + T
+    i = torch.arange(T, device=device).unsqueeze(1) + past
+    j = torch.arange(S, device=device).unsqueeze(0)
+    m = j <= i
+    if window is not None:
+        m = m & (i - j < window)
+    if stride is not None:  # Sparse Transformer "strided": the previous `stride` keys, then every stride-th
+        m = m & ((i - j < stride) | ((i - j) % stride == 0))
+    m = m.unsqueeze(0)
+    if attention_mask is not None:
+        m = m & attention_mask[:, :S].bool().unsqueeze(1)
+        m = m | (j == i).unsqueeze(0)  # a padding query attends to itself: no all-masked rows (NaN)
+    return m.unsqueeze(1)
+
+
+def key_positions(attention_mask: torch.Tensor | None, S: int, device) -> torch.Tensor:
+    """(B|1, S) position of every key: counted over real tokens when left-padded."""
+    if attention_mask is None:
+        return torch.arange(S, device=device).unsqueeze(0)
+    return (attention_mask[:, :S].long().cumsum(-1) - 1).clamp(min=0)
