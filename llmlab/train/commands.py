@@ -154,6 +154,10 @@ def run_train(cfg: TrainCommandConfig) -> int:
             extra = {f.name: f.read_text(encoding="utf-8") for f in tdir.iterdir()
                      if f.is_file() and f.suffix in (".json", ".txt", ".jinja", ".model")}
         tcfg = TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})
+        if tcfg.deepspeed:  # llmlab.distributed: DeepSpeed / ZeRO-1/2 / FSDP2 loops (docs/distributed.md)
+            from llmlab.distributed.deepspeed_loop import train
+        elif tcfg.strategy != "ddp":
+            from llmlab.distributed.loop import train
         res = train(tcfg, model, train_loader, val_loader, extra_files=extra)
         if info.is_main:
             bpb = f", val bits/byte {res.val_bpb:.4f}" if res.val_bpb is not None else ""
