@@ -51,7 +51,7 @@ def _wrap(model, cfg, info):
                           cfg.adam_epsilon, cfg.decay_norms_and_embeddings)
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        return DDP(model), opt
+        return DDP(model, gradient_as_bucket_view=True), opt  # grads live in DDP's buckets: no second copy
     return model, opt
 
 

@@ -6,9 +6,9 @@ laid out flat:
 
     flat params   [ rank 0 | rank 1 | ... | rank N-1 ]   (params are views into it)
     Adam m, v     [ own slice only ]                      <- ZeRO-1: optimizer states / N
-    gradients     ZeRO-1: all-reduce, keep all;  ZeRO-2: reduce-scatter, keep own slice only
+    gradients     reduce-scatter; ZeRO-1 keeps the full gradient buffers, ZeRO-2 frees all but its slice
 
-One step: average the gradients (all-reduce or reduce-scatter), clip by the global norm (sum of
+One step: average the gradients with a reduce-scatter, clip by the global norm (sum of
 the slices' squared norms, all-reduced), AdamW on the own slice, all-gather the updated slices
 into every rank's flat params. Communication: reduce-scatter + all-gather = one all-reduce's
 2 psi, the same as DDP. AdamW on a slice is elementwise, so the result equals one process's
@@ -44,6 +44,14 @@ class _Group:
         self.numel, self.lo = n, rank * self.shard
         self.own = nn.Parameter(self.flat[self.lo:self.lo + self.shard])  # a view: updated in place
 
+    def bind_grads(self) -> None:
+        """ZeRO-1: zero the gradient buffer and make every p.grad a view into it."""
+        self.grad_flat.zero_()
+        off = 0
+        for p in self.params:
+            p.grad = self.grad_flat[off:off + p.numel()].view_as(p)
+            off += p.numel()
+
     def flat_grad(self) -> torch.Tensor:
         g = torch.zeros_like(self.flat)
         off = 0
@@ -65,28 +73,27 @@ class ZeroOptimizer:
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.groups = [_Group(g["params"], self.rank, self.world) for g in param_groups(model, weight_decay, decay_all)
                        if g["params"]]
+        if stage == 1:
+            for g in self.groups:  # one persistent full gradient buffer; backward accumulates into views of it
+                g.grad_flat = torch.zeros_like(g.flat)
+                g.bind_grads()
         wds = [g["weight_decay"] for g in param_groups(model, weight_decay, decay_all) if g["params"]]
         self.opt = torch.optim.AdamW([{"params": [g.own], "weight_decay": wd} for g, wd in zip(self.groups, wds)],
                                      lr=lr, betas=betas, eps=eps, foreach=True)
         self.param_groups = self.opt.param_groups
 
     def reduce_gradients(self) -> None:
-        """Average gradients over ranks into each group's own slice (and, ZeRO-1, keep them all)."""
+        """Reduce-scatter the summed gradients: each rank gets the average of its own slice."""
         for g in self.groups:
-            full = g.flat_grad()
-            if self.stage == 1:
-                dist.all_reduce(full)
-                full /= self.world
-                g.own.grad = full[g.lo:g.lo + g.shard]  # a view: clipping it clips the full gradient too
-                off = 0
-                for p in g.params:  # ZeRO-1 keeps the full averaged gradient, as DDP does
-                    p.grad = full[off:off + p.numel()].view_as(p)
-                    off += p.numel()
-            else:
-                own = torch.empty(g.shard, dtype=full.dtype, device=full.device)
-                dist.reduce_scatter_tensor(own, full)
-                g.own.grad = own / self.world
-                for p in g.params:  # ZeRO-2: only the own slice of the gradient survives
+            own = torch.empty(g.shard, dtype=g.flat.dtype, device=g.flat.device)
+            dist.reduce_scatter_tensor(own, g.grad_flat if self.stage == 1 else g.flat_grad())
+            own /= self.world
+            if self.stage == 1:  # the slice lands in the full gradient buffer, which stays (DDP's memory)
+                g.own.grad = g.grad_flat[g.lo:g.lo + g.shard]
+                g.own.grad.copy_(own)
+            else:  # ZeRO-2: only the own slice of the gradient survives
+                g.own.grad = own
+                for p in g.params:
                     p.grad = None
 
     def clip_grad_norm_(self, max_norm: float) -> float:
@@ -107,15 +114,16 @@ class ZeroOptimizer:
     def zero_grad(self) -> None:
         for g in self.groups:
             g.own.grad = None
-            for p in g.params:
-                p.grad = None
+            if self.stage == 1:
+                g.bind_grads()
+            else:
+                for p in g.params:
+                    p.grad = None
 
     def state_bytes(self) -> int:
         """Bytes of optimizer state and gradients this rank holds (for the memory check)."""
         n = sum(v.numel() * v.element_size() for st in self.opt.state.values() for v in st.values() if v.dim() > 0)
-        if self.stage == 1:  # the full gradient (own slices are views into it)
-            return n + sum(p.grad.numel() * p.grad.element_size() for g in self.groups for p in g.params
-                           if p.grad is not None)
+        n += sum(p.grad.numel() * p.grad.element_size() for g in self.groups for p in g.params if p.grad is not None)
         return n + sum(g.own.grad.numel() * g.own.grad.element_size() for g in self.groups if g.own.grad is not None)
 
     def state_dict(self) -> dict:

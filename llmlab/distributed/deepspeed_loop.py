@@ -1,0 +1,1 @@
+"""DeepSpeed placeholder replaced below."""
