@@ -60,7 +60,6 @@ def _losses(out: Path) -> list[float]:
 def test_cli_fsdp_matches_trainer_resumes_exactly_and_consolidates(tmp_path):
     from test_train_resume import make_shards
 
-    from llmlab.distributed.sharded_checkpoint import consolidate
     data = make_shards(tmp_path)
     args = [f"data={data}", "depth=1", "max_length=32", "gradient_accumulation_steps=2", "max_steps=4",
             "eval_batches=2", "warmup_steps=1", "learning_rate=3e-3", "logging_steps=1", "disable_tqdm=true",
@@ -85,7 +84,8 @@ def test_cli_fsdp_matches_trainer_resumes_exactly_and_consolidates(tmp_path):
     assert _losses(resumed)[-2:] == l2[-2:]
 
     # the 2-rank sharded checkpoint read by one process (DCP reshards) = the HF model rank 0 wrote
-    consolidate(two / "checkpoint-4", tmp_path / "hf")
+    _run([sys.executable, "-m", "llmlab.cli", "consolidate", f"checkpoint={two / 'checkpoint-4'}",
+          f"output_dir={tmp_path / 'hf'}"])
     w4 = load_tensors(tmp_path / "hf" / "model.safetensors")
     assert all((w2[k] == w4[k]).all() for k in w2)
 
@@ -99,3 +99,5 @@ def test_zero_needs_torchrun_and_bad_strategy_is_one_line(tmp_path):
     assert p.returncode == 2 and "torchrun" in p.stderr and "Traceback" not in p.stderr
     p = _run([sys.executable, "-m", "llmlab.cli", "train", f"data={data}", "strategy=zero4"], check=False)
     assert p.returncode == 2 and "zero4" in p.stderr
+    p = _run([sys.executable, "-m", "llmlab.cli", "consolidate", f"checkpoint={data}", "output_dir=x"], check=False)
+    assert p.returncode == 2 and "config.json" in p.stderr and "Traceback" not in p.stderr

@@ -10,8 +10,8 @@ the pipe is full, holding at most p micro-batches of activations instead of m. B
         time ->   F1 F2 F3 F4 .. .. .. B4 B3 B2 B1          stage 0 (GPipe, m = 4, p = 2)
                   .. F1 F2 F3 F4 B4 B3 B2 B1 ..             stage 1
 
-`StageTimer` measures each stage's busy time (forward and backward of its module), so the
-measured bubble is 1 - busy / wall.
+`stage_busy_seconds` times one micro-batch's forward + backward of a stage on its own, so the
+measured bubble of a schedule is 1 - m x busy / wall (llmlab.calc.pipeline.measured_bubble).
 """
 from __future__ import annotations
 
@@ -59,21 +59,23 @@ def lm_loss(logits, labels):
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
 
 
-class StageTimer:
-    """Accumulates the seconds a module spends in forward and in backward."""
-
-    def __init__(self, module: nn.Module):
-        self.busy, self._t = 0.0, 0.0
-        module.register_forward_pre_hook(lambda m, a: self._start())
-        module.register_forward_hook(lambda m, a, o: self._stop())
-        module.register_full_backward_pre_hook(lambda m, g: self._start())
-        module.register_full_backward_hook(lambda m, gi, go: self._stop())
-
-    def _start(self):
-        self._t = time.perf_counter()
-
-    def _stop(self):
-        self.busy += time.perf_counter() - self._t
+def stage_busy_seconds(stage: Stage, x_micro: torch.Tensor, y_micro: torch.Tensor, hidden: int,
+                       repeats: int = 3) -> float:
+    """Seconds this stage computes per micro-batch (forward + backward, no communication): the
+    best of `repeats` runs on a micro-batch of the shapes it sees in the pipeline."""
+    first, last = stage.embed is not None, stage.head is not None
+    inp = x_micro if first else torch.randn(*x_micro.shape, hidden, requires_grad=True)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = stage(inp)
+        if last:
+            lm_loss(out, y_micro).backward()
+        else:
+            out.backward(torch.ones_like(out))
+        best = min(best, time.perf_counter() - t)
+    stage.zero_grad(set_to_none=True)
+    return best
 
 
 def pipeline_step(stage_module: Stage, rank: int, stages: int, x, y, micro_batches: int, schedule: str = "gpipe"):

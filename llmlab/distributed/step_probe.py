@@ -58,12 +58,14 @@ def run_strategy(strategy: str, model_kw: dict, global_bs: int, seq: int, steps:
             state["bytes"] = live_bytes(fwd.parameters(), grads,
                                         [v for st in inner.state.values() for v in st.values() if v.dim() > 0])
         opt.step()
+        if strategy in ("ddp", "zero1"):  # their gradient buffers stay allocated between steps
+            state["grad_buffers"] = [p.grad for p in fwd.parameters()]
         opt.zero_grad()
         return float(D.all_reduce_mean(loss.detach(), info))
 
     losses = [one_step(0)]  # first step creates the Adam states
-    before = live_bytes(fwd.parameters(), [v for st in getattr(opt, "opt", opt).state.values()
-                                           for v in st.values() if v.dim() > 0])
+    before = live_bytes(fwd.parameters(), state.get("grad_buffers", []),
+                        [v for st in getattr(opt, "opt", opt).state.values() for v in st.values() if v.dim() > 0])
     with counter:
         counter.bytes = 0.0
         peak, loss = peak_bytes(lambda: one_step(1, measure=True))

@@ -1,0 +1,44 @@
+"""CLI verb `llmlab consolidate`: a sharded (DCP) checkpoint from `llmlab train strategy=...`,
+written by any number of ranks, into the usual HF model dir (one process, no torchrun).
+
+  llmlab consolidate checkpoint=runs/fsdp/checkpoint-100 output_dir=runs/fsdp/model-100
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmlab.command import Verb
+from llmlab.errors import UserError
+
+
+@dataclass
+class ConsolidateConfig:
+    checkpoint: str = field(default="", metadata={"help": "a checkpoint-N dir written by strategy=zero1|zero2|fsdp"})
+    output_dir: str = field(default="", metadata={"help": "where the HF model dir goes"})
+    tokenizer: str = field(default="", metadata={"help": "tokenizer dir whose files are copied into the model dir"})
+
+
+def run_consolidate(cfg: ConsolidateConfig) -> int:
+    from pathlib import Path
+
+    from llmlab.distributed.sharded_checkpoint import consolidate
+    if not cfg.checkpoint or not cfg.output_dir:
+        raise UserError("checkpoint=... and output_dir=... are required")
+    if not Path(cfg.checkpoint).is_dir():
+        raise UserError(f"checkpoint dir not found: {cfg.checkpoint}")
+    extra = {}
+    if cfg.tokenizer:
+        tdir = Path(cfg.tokenizer)
+        if not tdir.is_dir():
+            raise UserError(f"tokenizer dir not found: {tdir}")
+        extra = {f.name: f.read_text(encoding="utf-8") for f in tdir.iterdir()
+                 if f.is_file() and f.suffix in (".json", ".txt", ".jinja", ".model")}
+    out = consolidate(cfg.checkpoint, cfg.output_dir, extra_files=extra)
+    print(f"consolidated {cfg.checkpoint} -> {out}")
+    return 0
+
+
+VERBS = {
+    "consolidate": Verb(ConsolidateConfig, run_consolidate, "sharded (DCP) training checkpoint -> HF model dir",
+                        "llmlab consolidate checkpoint=runs/fsdp/checkpoint-100 output_dir=runs/fsdp/model"),
+}
