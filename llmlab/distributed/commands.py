@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from llmlab.command import Verb
 from llmlab.errors import UserError
+from llmlab.train.commands import TRAIN_LOOPS
 
 
 @dataclass
@@ -37,6 +38,19 @@ def run_consolidate(cfg: ConsolidateConfig) -> int:
     print(f"consolidated {cfg.checkpoint} -> {out}")
     return 0
 
+
+def _zero_fsdp_loop(*args, **kw):
+    from llmlab.distributed.loop import train
+    return train(*args, **kw)
+
+
+def _deepspeed_loop(*args, **kw):
+    from llmlab.distributed.deepspeed_loop import train
+    return train(*args, **kw)
+
+
+# `llmlab train strategy=... | deepspeed=...` dispatches here (llmlab.train cannot import a later stage)
+TRAIN_LOOPS.update(zero1=_zero_fsdp_loop, zero2=_zero_fsdp_loop, fsdp=_zero_fsdp_loop, deepspeed=_deepspeed_loop)
 
 VERBS = {
     "consolidate": Verb(ConsolidateConfig, run_consolidate, "sharded (DCP) training checkpoint -> HF model dir",
