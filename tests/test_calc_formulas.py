@@ -159,3 +159,15 @@ def test_calc_cli_rejects_bad_layout():
         report(CalcConfig(num_attention_heads=4, tp=3))
     with pytest.raises(UserError, match="pp=3"):
         report(CalcConfig(num_hidden_layers=4, pp=3))
+
+
+def test_scaling_fit_recovers_a_known_surface():
+    from llmlab.calc.fit import GRID, fit_loss_surface, optimal_split
+    true = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+    pts = [{"params": n, "tokens": d, "val_loss": true["E"] + true["A"] / n ** 0.34 + true["B"] / d ** 0.28}
+           for n in (1e6, 3e6, 1e7, 3e7, 1e8) for d in (1e8, 1e9, 1e10)]
+    fit = fit_loss_surface(pts, starts=GRID[::9])  # a tenth of the CLI's 162-point grid
+    assert fit["alpha"] == pytest.approx(0.34, abs=0.02) and fit["beta"] == pytest.approx(0.28, abs=0.02)
+    n, d = optimal_split(fit, 5.76e23)
+    assert 6 * n * d == pytest.approx(5.76e23, rel=1e-6)
+    assert fit["a"] == pytest.approx(0.452, abs=0.03)

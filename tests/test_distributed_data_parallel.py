@@ -1,4 +1,4 @@
-"""ZeRO-1/2 (ours), FSDP2 (ZeRO-3) and DDP on 2 gloo processes against one process on the same
+"""ZeRO-1/2 (ours), FSDP2 (ZeRO-3; fp32 and a bf16 mixed-precision policy) and DDP on 2 gloo processes against one process on the same
 global batch: identical loss trajectory and final weights (tolerance 1e-5, fp32; only the order of
 the gradient sums differs), model-state bytes per rank and bytes sent per step against
 llmlab.calc, sharded checkpoints that resume exactly and consolidate into the HF model dir."""
@@ -27,7 +27,7 @@ def test_strategies_match_one_process_and_calc():
     from llmlab.distributed.step_probe import run_strategies
     one = spawn(run_strategies, 1, ["ddp"], TINY, 8, 32, 4)[0][0]
     names = ["ddp", "zero1", "zero2", "fsdp"]
-    ranks = spawn(run_strategies, 2, names, TINY, 8, 32, 4)
+    ranks = spawn(run_strategies, 2, names + ["fsdp:bf16"], TINY, 8, 32, 4)
     assert one["losses"][-1] < one["losses"][0]
     for i, name in enumerate(names):
         r0, r1 = ranks[0][i], ranks[1][i]
@@ -39,7 +39,13 @@ def test_strategies_match_one_process_and_calc():
             # ring bytes sent per step: 2 psi (DDP, ZeRO-1/2), 3 psi (ZeRO-3; FSDP2 keeps the root's
             # weights gathered from forward to backward, so it sends a little less)
             assert 0.9 < r["comm_bytes"] / r["comm_pred"] < 1.01, (name, r["comm_bytes"], r["comm_pred"])
-    ddp, z1, z2, fsdp = (ranks[0][i] for i in range(4))
+    ddp, z1, z2, fsdp, bf16 = (ranks[0][i] for i in range(5))
+    # FSDP2 with MixedPrecisionPolicy(bf16 params, fp32 reduce): bf16 rounding only, fp32 master shards
+    assert max(abs(a - b) for a, b in zip(bf16["losses"], one["losses"])) < 2e-2, (bf16["losses"], one["losses"])
+    assert max((bf16["weights"][k] - one["weights"][k]).abs().max().item() for k in one["weights"]) < 3e-2
+    assert bf16["state_bytes"] == fsdp["state_bytes"]
+    # weights gathered twice in bf16 (2 B), gradients reduce-scattered in fp32 (4 B): 8/12 of fp32's bytes
+    assert 0.9 < bf16["comm_bytes"] / (fsdp["comm_pred"] * 8 / 12) < 1.01
     assert fsdp["state_bytes"] < z2["state_bytes"] < z1["state_bytes"] < ddp["state_bytes"] == one["state_bytes"]
     assert fsdp["peak_bytes"] < ddp["peak_bytes"]
 

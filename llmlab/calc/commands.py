@@ -98,7 +98,79 @@ def run_calc(cfg: CalcConfig) -> int:
     return 0
 
 
+@dataclass
+class FitConfig:
+    data: str = field(default="", metadata={"help": "a UTF-8 .txt file, trained byte-level (last 10% held out)"})
+    output_dir: str = "runs/calc_fit"
+    hidden_sizes: list[int] = field(default_factory=lambda: [16, 24, 32, 48, 64], metadata={"help": "model sizes"})
+    steps: list[int] = field(default_factory=lambda: [32, 64, 128], metadata={"help": "token budgets, in steps"})
+    layers: int = 2
+    seq_len: int = 64
+    batch: int = 8
+    learning_rate: float = 3e-3
+    seed: int = 0
+
+
+def run_fit(cfg: FitConfig) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from llmlab.calc.fit import fit_loss_surface, optimal_split, predict, train_point
+    from llmlab.device import setup_threads
+    p = Path(cfg.data)
+    if not cfg.data or not p.is_file():
+        raise UserError(f"data must be a .txt file, got {cfg.data!r}")
+    if len(cfg.hidden_sizes) < 2 or len(cfg.steps) < 2:
+        raise UserError("a fit needs at least 2 hidden_sizes and 2 steps values (the study: >= 5 x >= 3)")
+    setup_threads()
+    raw = torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8)
+    n_val = len(raw) // 10
+    if n_val < 4 * (cfg.seq_len + 1):
+        raise UserError(f"{p}: too little text ({len(raw)} bytes) for seq_len {cfg.seq_len}")
+    train, val = raw[:-n_val], raw[-n_val:]
+    points = []
+    for h in cfg.hidden_sizes:
+        for s in cfg.steps:
+            pt = train_point(train, val, h, cfg.layers, s, cfg.seq_len, cfg.batch, cfg.learning_rate, cfg.seed)
+            points.append(pt)
+            print(f"hidden {h:4d}  N {pt['params']:>9,}  D {pt['tokens']:>9,}  val loss {pt['val_loss']:.4f}", flush=True)
+    fit = fit_loss_surface(points)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fit.json").write_text(json.dumps({"points": points, "fit": fit}, indent=1))
+    print(f"L(N, D) = {fit['E']:.3f} + {fit['A']:.3g}/N^{fit['alpha']:.3f} + {fit['B']:.3g}/D^{fit['beta']:.3f}; "
+          f"N_opt ~ C^{fit['a']:.3f}, D_opt ~ C^{fit['b']:.3f} (Chinchilla: 0.452, 0.548)")
+    import matplotlib
+    import matplotlib.ticker
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for s in cfg.steps:
+        pts = [q for q in points if q["tokens"] == s * cfg.batch * cfg.seq_len]
+        ax1.plot([q["params"] for q in pts], [q["val_loss"] for q in pts], "o", label=f"D={pts[0]['tokens']:,}")
+        ns = sorted(q["params"] for q in pts)
+        ax1.plot(ns, [predict(fit, n, pts[0]["tokens"]) for n in ns], "-", color=ax1.lines[-1].get_color())
+    ax1.set(xscale="log", xlabel="params N", ylabel="val loss (nats/byte)", title="runs (dots) and fitted L(N, D)")
+    ax1.legend()
+    cs = [6 * q["params"] * q["tokens"] for q in points]
+    grid = [min(cs) * (max(cs) / min(cs)) ** (i / 20) for i in range(21)]
+    n_fit = [optimal_split(fit, c)[0] for c in grid]
+    ax2.plot(grid, n_fit, label=f"fit: N_opt ~ C^{fit['a']:.2f}")
+    ax2.plot(grid, [n_fit[0] * (c / grid[0]) ** 0.452 for c in grid], "--", label="Chinchilla's slope C^0.45")
+    ax2.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax2.set(xscale="log", yscale="log", xlabel="compute C = 6ND", ylabel="N_opt", title="IsoFLOP optimum")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(out / "scaling.png", dpi=90)
+    print(f"wrote {out / 'fit.json'} and {out / 'scaling.png'}")
+    return 0
+
+
 VERBS = {
+    "calc fit": Verb(FitConfig, run_fit, "scaling-law study: tiny runs of >= 5 sizes x >= 3 budgets, fit L(N, D)",
+                     "llmlab calc fit data=corpus.txt output_dir=runs/calc_fit"),
     "calc": Verb(CalcConfig, run_calc, "FLOPs, memory per rank (DDP/ZeRO), activations, comm, bubble, Chinchilla",
                  "llmlab calc depth=4 seq_len=256 micro_batch=8 world_size=2 tp=2 pp=2"),
 }

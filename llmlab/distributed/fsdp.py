@@ -22,6 +22,10 @@ _DTYPES = {"": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torc
 
 def shard_model(model: nn.Module, param_dtype: str = "", cpu_offload: bool = False, mesh=None) -> nn.Module:
     """fully_shard every Transformer block, then the root (embeddings, final norm, tied LM head)."""
+    if cpu_offload and not torch.cuda.is_available():
+        from llmlab.errors import UserError
+        raise UserError("fsdp_cpu_offload=true needs a GPU (it pins host memory); on CPU the shards already "
+                        "live in host memory: leave it false")
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
     mp = MixedPrecisionPolicy(param_dtype=_DTYPES[param_dtype], reduce_dtype=torch.float32 if param_dtype else None)
     kw = {"mp_policy": mp, "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}

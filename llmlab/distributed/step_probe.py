@@ -34,7 +34,10 @@ def run_strategy(strategy: str, model_kw: dict, global_bs: int, seq: int, steps:
     rank, world = info.rank, info.world_size
     if global_bs % world:
         raise ValueError(f"global batch {global_bs} is not divisible by {world} ranks")
-    cfg = TrainConfig(strategy=strategy, learning_rate=lr, max_steps=steps, device="cpu")
+    # "fsdp:bf16" = FSDP2 with a bf16 MixedPrecisionPolicy, "fsdp:offload" = with CPUOffloadPolicy
+    strategy, _, option = strategy.partition(":")
+    cfg = TrainConfig(strategy=strategy, learning_rate=lr, max_steps=steps, device="cpu",
+                      fsdp_param_dtype="bf16" if option == "bf16" else "", fsdp_cpu_offload=option == "offload")
     torch.manual_seed(0)
     raw = Transformer(ModelConfig(**model_kw))
     n_params = sum(p.numel() for p in raw.parameters())
@@ -77,7 +80,7 @@ def run_strategy(strategy: str, model_kw: dict, global_bs: int, seq: int, steps:
     dt = time.perf_counter() - t
     full = _full_state(raw, cfg, info)
     sb = memory.bytes_per_param("fp32")
-    return {"strategy": strategy, "rank": rank, "world": world, "losses": losses,
+    return {"strategy": strategy + (f":{option}" if option else ""), "rank": rank, "world": world, "losses": losses,
             "state_bytes": state["bytes"], "state_pred": memory.per_rank_state_bytes(n_params, world, STAGE[strategy], sb),
             "peak_bytes": before + peak, "comm_bytes": sent,
             "comm_pred": comm.step_volume(n_params, world, STAGE[strategy], 4),
