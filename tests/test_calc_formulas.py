@@ -171,3 +171,16 @@ def test_scaling_fit_recovers_a_known_surface():
     n, d = optimal_split(fit, 5.76e23)
     assert 6 * n * d == pytest.approx(5.76e23, rel=1e-6)
     assert fit["a"] == pytest.approx(0.452, abs=0.03)
+
+
+def test_calc_fit_bad_input(tmp_path):
+    from llmlab.calc.commands import FitConfig, run_fit
+    from llmlab.errors import UserError
+    with pytest.raises(UserError, match="txt"):
+        run_fit(FitConfig(data=str(tmp_path / "missing.txt")))
+    small = tmp_path / "small.txt"
+    small.write_text("too short")
+    with pytest.raises(UserError, match="too little text"):
+        run_fit(FitConfig(data=str(small)))
+    with pytest.raises(UserError, match="at least 2"):
+        run_fit(FitConfig(data=str(small), hidden_sizes=[16]))
