@@ -111,13 +111,40 @@ class FitConfig:
     seed: int = 0
 
 
+def plot_fit(points: list[dict], fit: dict, path) -> None:
+    """Left: the runs and the fitted L(N, D) per budget; right: N_opt(C) beside Chinchilla's slope."""
+    from llmlab.calc.fit import optimal_split, predict
+    import matplotlib
+    import matplotlib.ticker
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for d in sorted({q["tokens"] for q in points}):
+        pts = [q for q in points if q["tokens"] == d]
+        ax1.plot([q["params"] for q in pts], [q["val_loss"] for q in pts], "o", label=f"D={pts[0]['tokens']:,}")
+        ns = sorted(q["params"] for q in pts)
+        ax1.plot(ns, [predict(fit, n, pts[0]["tokens"]) for n in ns], "-", color=ax1.lines[-1].get_color())
+    ax1.set(xscale="log", xlabel="params N", ylabel="val loss (nats/byte)", title="runs (dots) and fitted L(N, D)")
+    ax1.legend()
+    cs = [6 * q["params"] * q["tokens"] for q in points]
+    grid = [min(cs) * (max(cs) / min(cs)) ** (i / 20) for i in range(21)]
+    n_fit = [optimal_split(fit, c)[0] for c in grid]
+    ax2.plot(grid, n_fit, label=f"fit: N_opt ~ C^{fit['a']:.2f}")
+    ax2.plot(grid, [n_fit[0] * (c / grid[0]) ** 0.452 for c in grid], "--", label="Chinchilla's slope C^0.45")
+    ax2.set(xscale="log", yscale="log", xlabel="compute C = 6ND", ylabel="N_opt", title="IsoFLOP optimum")
+    ax2.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
 def run_fit(cfg: FitConfig) -> int:
     import json
     from pathlib import Path
 
     import torch
 
-    from llmlab.calc.fit import fit_loss_surface, optimal_split, predict, train_point
+    from llmlab.calc.fit import fit_loss_surface, train_point
     from llmlab.device import setup_threads
     p = Path(cfg.data)
     if not cfg.data or not p.is_file():
@@ -142,28 +169,7 @@ def run_fit(cfg: FitConfig) -> int:
     (out / "fit.json").write_text(json.dumps({"points": points, "fit": fit}, indent=1))
     print(f"L(N, D) = {fit['E']:.3f} + {fit['A']:.3g}/N^{fit['alpha']:.3f} + {fit['B']:.3g}/D^{fit['beta']:.3f}; "
           f"N_opt ~ C^{fit['a']:.3f}, D_opt ~ C^{fit['b']:.3f} (Chinchilla: 0.452, 0.548)")
-    import matplotlib
-    import matplotlib.ticker
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for s in cfg.steps:
-        pts = [q for q in points if q["tokens"] == s * cfg.batch * cfg.seq_len]
-        ax1.plot([q["params"] for q in pts], [q["val_loss"] for q in pts], "o", label=f"D={pts[0]['tokens']:,}")
-        ns = sorted(q["params"] for q in pts)
-        ax1.plot(ns, [predict(fit, n, pts[0]["tokens"]) for n in ns], "-", color=ax1.lines[-1].get_color())
-    ax1.set(xscale="log", xlabel="params N", ylabel="val loss (nats/byte)", title="runs (dots) and fitted L(N, D)")
-    ax1.legend()
-    cs = [6 * q["params"] * q["tokens"] for q in points]
-    grid = [min(cs) * (max(cs) / min(cs)) ** (i / 20) for i in range(21)]
-    n_fit = [optimal_split(fit, c)[0] for c in grid]
-    ax2.plot(grid, n_fit, label=f"fit: N_opt ~ C^{fit['a']:.2f}")
-    ax2.plot(grid, [n_fit[0] * (c / grid[0]) ** 0.452 for c in grid], "--", label="Chinchilla's slope C^0.45")
-    ax2.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax2.set(xscale="log", yscale="log", xlabel="compute C = 6ND", ylabel="N_opt", title="IsoFLOP optimum")
-    ax2.legend()
-    fig.tight_layout()
-    fig.savefig(out / "scaling.png", dpi=90)
+    plot_fit(points, fit, out / "scaling.png")
     print(f"wrote {out / 'fit.json'} and {out / 'scaling.png'}")
     return 0
 
