@@ -32,6 +32,10 @@ class TrainCommandConfig(TrainConfig):
     shuffle: bool = field(default=True, metadata={"help": "shard data: shuffle windows (seeded)"})
 
 
+# training loops of later stages, by strategy name (llmlab.distributed.commands fills it: no backward import)
+TRAIN_LOOPS: dict = {}
+
+
 def _bytes_per_token(val_dir: Path, val_tokens: int) -> float:
     """Text bytes per token of the val split: `num_bytes` in the shard index (llmlab.data writes it),
     else the UTF-8 size of the val.jsonl that `data tokenize` read."""
@@ -161,6 +165,11 @@ def run_train(cfg: TrainCommandConfig) -> int:
             extra = {f.name: f.read_text(encoding="utf-8") for f in tdir.iterdir()
                      if f.is_file() and f.suffix in (".json", ".txt", ".jinja", ".model")}
         tcfg = TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})
+        loop = "deepspeed" if tcfg.deepspeed else tcfg.strategy
+        if loop != "ddp":  # ZeRO-1/2, FSDP2, DeepSpeed: registered by llmlab.distributed (docs/distributed.md)
+            if loop not in TRAIN_LOOPS:
+                raise UserError(f"{loop}: llmlab.distributed is not loaded (run it through the llmlab CLI)")
+            train = TRAIN_LOOPS[loop]
         res = train(tcfg, model, train_loader, val_loader, extra_files=extra)
         if info.is_main:
             bpb = f", val bits/byte {res.val_bpb:.4f}" if res.val_bpb is not None else ""

@@ -87,6 +87,13 @@ class TrainConfig(TrainingBase):
     spike_lr_factor: float = field(default=1.0, metadata={"help": "rollback: multiply lr by this (OPT lowers it)"})
     max_spikes: int = field(default=20, metadata={"help": "stop with an error after this many spikes in a row"})
     debug_kill_at_step: int = field(default=0, metadata={"help": "testing: SIGKILL itself after this step"})
+    # distributed strategies beyond DDP (llmlab.distributed; docs/distributed.md)
+    strategy: Literal["ddp", "zero1", "zero2", "fsdp"] = field(
+        default="ddp", metadata={"help": "ddp (replicas) | zero1 (shard Adam) | zero2 (+grads) | fsdp (ZeRO-3)"})
+    fsdp_param_dtype: Literal["", "bf16", "fp16", "fp32"] = field(
+        default="", metadata={"help": "fsdp: compute dtype of gathered params ('' = as stored, fp32)"})
+    fsdp_cpu_offload: bool = field(default=False, metadata={"help": "fsdp: shards and Adam step on the CPU"})
+    deepspeed: str = field(default="", metadata={"help": "a DeepSpeed JSON config (configs/ds_zero*.json)"})
 
     def __post_init__(self):
         super().__post_init__()

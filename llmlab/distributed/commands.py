@@ -1,0 +1,58 @@
+"""CLI verb `llmlab consolidate`: a sharded (DCP) checkpoint from `llmlab train strategy=...`,
+written by any number of ranks, into the usual HF model dir (one process, no torchrun).
+
+  llmlab consolidate checkpoint=runs/fsdp/checkpoint-100 output_dir=runs/fsdp/model-100
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmlab.command import Verb
+from llmlab.errors import UserError
+from llmlab.train.commands import TRAIN_LOOPS
+
+
+@dataclass
+class ConsolidateConfig:
+    checkpoint: str = field(default="", metadata={"help": "a checkpoint-N dir written by strategy=zero1|zero2|fsdp"})
+    output_dir: str = field(default="", metadata={"help": "where the HF model dir goes"})
+    tokenizer: str = field(default="", metadata={"help": "tokenizer dir whose files are copied into the model dir"})
+
+
+def run_consolidate(cfg: ConsolidateConfig) -> int:
+    from pathlib import Path
+
+    from llmlab.distributed.sharded_checkpoint import consolidate
+    if not cfg.checkpoint or not cfg.output_dir:
+        raise UserError("checkpoint=... and output_dir=... are required")
+    if not Path(cfg.checkpoint).is_dir():
+        raise UserError(f"checkpoint dir not found: {cfg.checkpoint}")
+    extra = {}
+    if cfg.tokenizer:
+        tdir = Path(cfg.tokenizer)
+        if not tdir.is_dir():
+            raise UserError(f"tokenizer dir not found: {tdir}")
+        extra = {f.name: f.read_text(encoding="utf-8") for f in tdir.iterdir()
+                 if f.is_file() and f.suffix in (".json", ".txt", ".jinja", ".model")}
+    out = consolidate(cfg.checkpoint, cfg.output_dir, extra_files=extra)
+    print(f"consolidated {cfg.checkpoint} -> {out}")
+    return 0
+
+
+def _zero_fsdp_loop(*args, **kw):
+    from llmlab.distributed.loop import train
+    return train(*args, **kw)
+
+
+def _deepspeed_loop(*args, **kw):
+    from llmlab.distributed.deepspeed_loop import train
+    return train(*args, **kw)
+
+
+# `llmlab train strategy=... | deepspeed=...` dispatches here (llmlab.train cannot import a later stage)
+TRAIN_LOOPS.update(zero1=_zero_fsdp_loop, zero2=_zero_fsdp_loop, fsdp=_zero_fsdp_loop, deepspeed=_deepspeed_loop)
+
+VERBS = {
+    "consolidate": Verb(ConsolidateConfig, run_consolidate, "sharded (DCP) training checkpoint -> HF model dir",
+                        "llmlab consolidate checkpoint=runs/fsdp/checkpoint-100 output_dir=runs/fsdp/model"),
+}

@@ -1,0 +1,101 @@
+"""Pipeline parallel with `torch.distributed.pipelining` (GPipe: Huang et al. 2019; 1F1B:
+Narayanan et al. 2019, PipeDream-Flush).
+
+The layers are cut into p contiguous stages, one per rank; a batch is cut into m micro-batches
+that flow through the stages. GPipe runs all forwards, then all backwards; 1F1B alternates once
+the pipe is full, holding at most p micro-batches of activations instead of m. Both idle
+
+    bubble = (p - 1) / (m + p - 1)          (llmlab.calc.pipeline)
+
+        time ->   F1 F2 F3 F4 .. .. .. B4 B3 B2 B1          stage 0 (GPipe, m = 4, p = 2)
+                  .. F1 F2 F3 F4 B4 B3 B2 B1 ..             stage 1
+
+`stage_busy_seconds` times one micro-batch's forward + backward of a stage on its own, so the
+measured bubble of a schedule is 1 - m x busy / wall (llmlab.calc.pipeline.measured_bubble).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmlab.errors import UserError
+
+
+class Stage(nn.Module):
+    """Layers [lo, hi) of an llmlab Transformer; the first stage embeds, the last one norms and
+    projects to logits."""
+
+    def __init__(self, model, lo: int, hi: int, first: bool, last: bool):
+        super().__init__()
+        self.layers = nn.ModuleList(model.model.layers[lo:hi])
+        self.embed = model.model.embed_tokens if first else None
+        self.norm = model.model.norm if last else None
+        self.head = model.lm_head if last else None
+        self.rope = model.rope
+
+    def forward(self, x):
+        h = self.embed(x) if self.embed is not None else x
+        rope = self.rope(torch.arange(h.shape[1], device=h.device), h.dtype) if self.rope is not None else None
+        for layer in self.layers:
+            h = layer(h, rope)
+        return self.head(self.norm(h)) if self.head is not None else h
+
+
+def split_stages(model, rank: int, stages: int) -> Stage:
+    L = model.config.num_hidden_layers
+    if L % stages:
+        raise UserError(f"pipeline: {stages} stages do not divide the {L} layers")
+    if stages > 1 and model.config.tie_word_embeddings:
+        raise UserError("pipeline: the first and last stage would each hold the tied embedding, and their "
+                        "gradients would have to be summed across ranks; set tie_word_embeddings=false")
+    per = L // stages
+    return Stage(model, rank * per, (rank + 1) * per, rank == 0, rank == stages - 1)
+
+
+def lm_loss(logits, labels):
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+
+
+def stage_busy_seconds(stage: Stage, x_micro: torch.Tensor, y_micro: torch.Tensor, hidden: int,
+                       repeats: int = 3) -> float:
+    """Seconds this stage computes per micro-batch (forward + backward, no communication): the
+    best of `repeats` runs on a micro-batch of the shapes it sees in the pipeline."""
+    first, last = stage.embed is not None, stage.head is not None
+    inp = x_micro if first else torch.randn(*x_micro.shape, hidden, requires_grad=True)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = stage(inp)
+        if last:
+            lm_loss(out, y_micro).backward()
+        else:
+            out.backward(torch.ones_like(out))
+        best = min(best, time.perf_counter() - t)
+    stage.zero_grad(set_to_none=True)
+    return best
+
+
+def pipeline_step(stage_module: Stage, rank: int, stages: int, x, y, micro_batches: int, schedule: str = "gpipe"):
+    """One training step's forward+backward through the pipeline; returns (loss or None, seconds)."""
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+    if x.shape[0] % micro_batches:
+        raise UserError(f"pipeline: batch {x.shape[0]} is not divisible into {micro_batches} micro-batches")
+    stage = PipelineStage(stage_module, rank, stages, torch.device("cpu"))
+    kind = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}.get(schedule)
+    if kind is None:
+        raise UserError(f"pipeline schedule must be gpipe or 1f1b, got {schedule!r}")
+    sched = kind(stage, micro_batches, loss_fn=lm_loss)
+    losses: list = []
+    t = time.perf_counter()
+    if rank == 0:
+        sched.step(x)
+    elif rank == stages - 1:
+        sched.step(target=y, losses=losses)
+    else:
+        sched.step()
+    seconds = time.perf_counter() - t
+    loss = torch.stack(losses).mean() if losses else None
+    return loss, seconds
