@@ -61,11 +61,7 @@ def analogies(kv: WordVectors, path: str | Path | None = None, restrict: int = 3
         hits = 0
         for s in range(0, len(q), batch):
             a, b, c, d = q[s:s + batch].T
-            sa, sb, sc = unit @ unit[a].T, unit @ unit[b].T, unit @ unit[c].T  # [V, n]
-            if method == "add":
-                score = sb - sa + sc
-            else:
-                score = ((1 + sb) / 2) * ((1 + sc) / 2) / ((1 + sa) / 2 + 1e-3)
+            score = analogy_scores(unit, a, b, c, method)
             cols = np.arange(len(a))
             for x in (a, b, c):
                 score[x, cols] = -np.inf
@@ -74,6 +70,14 @@ def analogies(kv: WordVectors, path: str | Path | None = None, restrict: int = 3
         correct, total = correct + hits, total + len(q)
     return {"accuracy": correct / total if total else 0.0, "correct": correct, "total": total,
             "skipped": skipped, "sections": out}
+
+
+def analogy_scores(unit: np.ndarray, a, b, c, method: str = "add", eps: float = 1e-3) -> np.ndarray:
+    """[V, n] scores of every word as the answer to each question (a, b, c) (rows of unit vectors)."""
+    sa, sb, sc = unit @ unit[a].T, unit @ unit[b].T, unit @ unit[c].T
+    if method == "add":
+        return sb - sa + sc
+    return ((1 + sb) / 2) * ((1 + sc) / 2) / ((1 + sa) / 2 + eps)
 
 
 def spearman(x, y) -> float:
