@@ -2,7 +2,7 @@
  * llmlab/embed/kernel.py. One function per concept; the algorithms are those of Mikolov's
  * word2vec.c, Bojanowski et al.'s fastText and Pennington et al.'s glove.c, restated here.
  *
- * Threads (OpenMP) split the sentences into contiguous ranges and update the shared matrices
+ * Threads (OpenMP) take blocks of 16 sentences as they free up and update the shared matrices
  * without locks ("Hogwild", Recht et al. 2011), as the reference implementations and gensim do.
  * With one thread a run is a pure function of the seed (bit-reproducible).
  *
@@ -169,15 +169,6 @@ static void train_sentence(const W2VArgs *a, const int32_t *sen, int64_t n, floa
     }
 }
 
-static int64_t first_sentence_at(const W2VArgs *a, int64_t token) {  /* binary search */
-    int64_t lo = 0, hi = a->nsent;
-    while (lo < hi) {
-        int64_t mid = (lo + hi) / 2;
-        if (a->sent_starts[mid] < token) lo = mid + 1; else hi = mid;
-    }
-    return lo;
-}
-
 /* One epoch over the corpus. Returns 0, or -1 if memory ran out. */
 int llmlab_w2v_epoch(W2VArgs *a) {
     float exp_table[EXP_TABLE_SIZE];
@@ -190,43 +181,48 @@ int llmlab_w2v_epoch(W2VArgs *a) {
         int64_t len = a->sent_starts[s + 1] - a->sent_starts[s];
         if (len > max_len) max_len = len;
     }
-    int64_t done = 0, trained = 0, base = a->sent_starts[0], ntok = a->sent_starts[a->nsent] - base;
+    int64_t done = 0, trained = 0;
     int failed = 0, nthreads = a->nthreads > 0 ? a->nthreads : 1;
 #pragma omp parallel num_threads(nthreads) reduction(+:trained)
     {
-        int tid = 0, nt = 1;
+        int tid = 0;
 #ifdef _OPENMP
-        tid = omp_get_thread_num(); nt = omp_get_num_threads();
+        tid = omp_get_thread_num();
 #endif
-        int64_t s_lo = first_sentence_at(a, base + ntok * tid / nt), s_hi = first_sentence_at(a, base + ntok * (tid + 1) / nt);
         uint64_t rng = a->seed ^ (0xD1B54A32D192ED03ULL * (uint64_t)(tid + 1));
         float *h = malloc(a->dim * sizeof(float)), *work = malloc(a->dim * sizeof(float));
         int32_t *sen = malloc(max_len * sizeof(int32_t));
-        if (!h || !work || !sen) {
+        int ok = h && work && sen;
+        if (!ok) {
 #pragma omp atomic write
             failed = 1;
-        } else {
-            int64_t pending = 0;
-            float alpha = a->alpha;
-            for (int64_t s = s_lo; s < s_hi; s++) {
-                int64_t n = 0;
-                for (int64_t p = a->sent_starts[s]; p < a->sent_starts[s + 1]; p++) {
-                    int32_t w = a->ids[p];
-                    pending++;
-                    if (a->keep && a->keep[w] < (uint32_t)(rng_next(&rng) >> 32)) continue;
-                    sen[n++] = w;
-                }
-                if (pending >= 10000 || s == s_lo) {  /* linear decay on the words seen by all threads */
-                    int64_t now;
-#pragma omp atomic capture
-                    { done += pending; now = done; }
-                    pending = 0;
-                    alpha = a->alpha - (a->alpha - a->min_alpha) * (float)((double)(a->words_before + now) / (double)a->total_words);
-                    if (alpha < a->min_alpha) alpha = a->min_alpha;
-                }
-                trained += n;
-                train_sentence(a, sen, n, alpha, h, work, exp_table, &rng);
+        }
+        int64_t pending = 0;
+        int first = 1;
+        float alpha = a->alpha;
+        /* blocks of sentences handed out dynamically (threads slowed by other load do less);
+         * one thread: the sentences in order, one random stream */
+#pragma omp for schedule(dynamic, 16)
+        for (int64_t s = 0; s < a->nsent; s++) {
+            if (!ok) continue;
+            int64_t n = 0;
+            for (int64_t p = a->sent_starts[s]; p < a->sent_starts[s + 1]; p++) {
+                int32_t w = a->ids[p];
+                pending++;
+                if (a->keep && a->keep[w] < (uint32_t)(rng_next(&rng) >> 32)) continue;
+                sen[n++] = w;
             }
+            if (pending >= 10000 || first) {  /* linear decay on the words seen by all threads */
+                int64_t now;
+#pragma omp atomic capture
+                { done += pending; now = done; }
+                pending = 0;
+                first = 0;
+                alpha = a->alpha - (a->alpha - a->min_alpha) * (float)((double)(a->words_before + now) / (double)a->total_words);
+                if (alpha < a->min_alpha) alpha = a->min_alpha;
+            }
+            trained += n;
+            train_sentence(a, sen, n, alpha, h, work, exp_table, &rng);
         }
         free(h); free(work); free(sen);
     }

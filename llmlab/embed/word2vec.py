@@ -61,9 +61,13 @@ def train(vocab: vocab_mod.Vocab, corpus: vocab_mod.Corpus, s: TrainSettings, pr
         from llmlab.embed.subwords import subword_rows
 
         sub_start, sub_idx = subword_rows(vocab.words, s.min_n, s.max_n, s.bucket)
-        syn0 = ((rng.random((v + s.bucket, d), dtype=np.float32) * 2 - 1) / d).astype(np.float32)
+        syn0 = rng.random((v + s.bucket, d), dtype=np.float32)  # uniform(-1/d, 1/d), as gensim's FastText
+        syn0 -= 0.5
+        syn0 *= 2.0 / d
     else:
-        syn0 = ((rng.random((v, d), dtype=np.float32) - 0.5) / d).astype(np.float32)
+        syn0 = rng.random((v, d), dtype=np.float32)  # uniform(-0.5/d, 0.5/d), as word2vec.c
+        syn0 -= 0.5
+        syn0 /= d
     syn1 = np.zeros((max(v - 1, 1), d), np.float32) if s.hs else None
     syn1neg = np.zeros((v, d), np.float32) if s.negative else None
     codes = points = codelens = None
