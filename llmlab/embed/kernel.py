@@ -46,6 +46,8 @@ def load():
                 lib.llmlab_ft_ngrams.restype = _i64
                 lib.llmlab_glove_epoch.argtypes = [_p, _p, _p, _p, _p, _p, _p, _p, _p, _i64, _i64, _f32, _i32]
                 lib.llmlab_glove_epoch.restype = ctypes.c_double
+                lib.llmlab_uniform_init.argtypes = [_p, _i64, _u64, _f32, _i32]
+                lib.llmlab_uniform_init.restype = None
             except (RuntimeError, OSError) as e:
                 get_logger().warning(f"embedding kernel unavailable, training in Python (slow): {e}")
                 lib = None

@@ -126,3 +126,17 @@ def epoch(a: dict) -> int:
                 for r in ctx:
                     syn0[r] += work
     return trained
+
+
+def uniform_init(n: int, seed: int, scale: float) -> np.ndarray:
+    """The kernel's llmlab_uniform_init in numpy (splitmix64 is counter-based, so vectorises)."""
+    g = np.uint64(0x9E3779B97F4A7C15)
+    i = np.arange(n, dtype=np.uint64)
+    block = i >> np.uint64(16)
+    with np.errstate(over="ignore"):
+        z = (np.uint64(seed & M64) ^ (g * (block + np.uint64(1)))) + g * ((i & np.uint64(65535)) + np.uint64(1))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    u = (z >> np.uint64(40)).astype(np.float32) * np.float32(1.0 / 16777216.0)
+    return (u - np.float32(0.5)) * np.float32(scale)

@@ -295,3 +295,14 @@ double llmlab_glove_epoch(float *W, float *C, float *GW, float *GC, const int32_
     }
     return loss;
 }
+
+/* x[i] = (uniform[0,1) - 0.5) * scale for i < n, threaded (fastText's 2M-bucket matrix is 200M floats). */
+void llmlab_uniform_init(float *x, int64_t n, uint64_t seed, float scale, int32_t nthreads) {
+#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static)
+    for (int64_t b = 0; b < (n + 65535) / 65536; b++) {
+        uint64_t rng = seed ^ (0x9E3779B97F4A7C15ULL * (uint64_t)(b + 1));
+        int64_t end = (b + 1) * 65536 < n ? (b + 1) * 65536 : n;
+        for (int64_t i = b * 65536; i < end; i++)
+            x[i] = ((float)(rng_next(&rng) >> 40) * (1.0f / 16777216.0f) - 0.5f) * scale;
+    }
+}

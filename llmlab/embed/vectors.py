@@ -22,13 +22,13 @@ class WordVectors:
     @classmethod
     def from_fasttext(cls, words, word_rows, ngram_rows, sub_start, sub_idx, min_n, max_n, bucket, counts=None):
         """A word's vector is the mean of its own row and its n-gram rows (as fastText and gensim)."""
+        import scipy.sparse as sp
+
         v = len(words)
-        sums = word_rows.astype(np.float32).copy()
-        owner = np.repeat(np.arange(v), np.diff(sub_start) - 1)
-        is_ngram = np.ones(len(sub_idx), dtype=bool)
-        is_ngram[sub_start[:-1]] = False
-        np.add.at(sums, owner, ngram_rows[sub_idx[is_ngram] - v])
-        kv = cls(words, sums / np.diff(sub_start)[:, None].astype(np.float32), counts)
+        n = np.diff(sub_start)
+        mean = sp.csr_matrix((np.repeat(1.0 / n, n).astype(np.float32), sub_idx, sub_start),
+                             shape=(v, v + len(ngram_rows)))
+        kv = cls(words, mean[:, :v] @ word_rows + mean[:, v:] @ ngram_rows, counts)
         kv.ngrams, kv.min_n, kv.max_n, kv.bucket = ngram_rows, min_n, max_n, bucket
         return kv
 

@@ -55,19 +55,21 @@ def train(vocab: vocab_mod.Vocab, corpus: vocab_mod.Corpus, s: TrainSettings, pr
     if s.hs == 0 and s.negative <= 0:
         raise ValueError("one of hs=1 or negative>0 is needed")
     v, d = len(vocab), s.vector_size
-    rng = np.random.default_rng(s.seed)
+    lib = kernel.load()
     sub_start = sub_idx = None
+    rows = v
     if s.fasttext:
         from llmlab.embed.subwords import subword_rows
 
         sub_start, sub_idx = subword_rows(vocab.words, s.min_n, s.max_n, s.bucket)
-        syn0 = rng.random((v + s.bucket, d), dtype=np.float32)  # uniform(-1/d, 1/d), as gensim's FastText
-        syn0 -= 0.5
-        syn0 *= 2.0 / d
+        rows = v + s.bucket
+    # uniform(-0.5/d, 0.5/d) as word2vec.c; fastText (and gensim's FastText): uniform(-1/d, 1/d)
+    scale = (2.0 if s.fasttext else 1.0) / d
+    syn0 = np.empty((rows, d), dtype=np.float32)
+    if lib is not None:
+        lib.llmlab_uniform_init(syn0.ctypes.data, syn0.size, s.seed, scale, max(1, s.workers))
     else:
-        syn0 = rng.random((v, d), dtype=np.float32)  # uniform(-0.5/d, 0.5/d), as word2vec.c
-        syn0 -= 0.5
-        syn0 /= d
+        syn0[:] = reference.uniform_init(syn0.size, s.seed, scale).reshape(rows, d)
     syn1 = np.zeros((max(v - 1, 1), d), np.float32) if s.hs else None
     syn1neg = np.zeros((v, d), np.float32) if s.negative else None
     codes = points = codelens = None
@@ -81,7 +83,6 @@ def train(vocab: vocab_mod.Vocab, corpus: vocab_mod.Corpus, s: TrainSettings, pr
                   sub_idx=sub_idx, sg=int(s.sg), hs=int(s.hs), negative=int(s.negative), window=int(s.window),
                   cbow_mean=int(s.cbow_mean), nthreads=max(1, int(s.workers)), alpha=s.alpha,
                   min_alpha=s.min_alpha)
-    lib = kernel.load()
     n_tok = len(corpus.ids)
     total = max(1, s.epochs * n_tok)
     # slice boundaries (sentence indices) of ~SLICE_TOKENS tokens
