@@ -82,7 +82,7 @@ def test_kernel_epoch_is_sequential_adagrad():
     np.testing.assert_allclose(GC, gc64, rtol=1e-4)
 
 
-def test_training_lowers_the_loss_and_fallback_agrees(monkeypatch):
+def test_training_lowers_the_loss_kernel_and_fallback(monkeypatch):
     rng = np.random.default_rng(2)
     ids = rng.integers(0, 40, 4000) // (1 + rng.integers(0, 3, 4000))
     cooc = glove.cooccurrence(ids, np.array([0, 4000]), 40, 5)
