@@ -44,19 +44,20 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def _build() -> Path | None:
+def build(src: Path = SRC) -> Path:
+    """Compile C file `src` into a cached shared library (also used by llmlab/embed/kernel.py)."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise RuntimeError("no C compiler (cc/gcc) on PATH")
-    src = SRC.read_bytes()
-    key = hashlib.sha256(src + _cpu_flags().encode() + platform.machine().encode()).hexdigest()[:16]
-    out = cache_dir() / f"ggml_matmul-{key}.so"
+    code = src.read_bytes()
+    key = hashlib.sha256(code + _cpu_flags().encode() + platform.machine().encode()).hexdigest()[:16]
+    out = cache_dir() / f"{src.stem}-{key}.so"
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp_so = Path(tmp) / out.name
-        cmd = [cc, "-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-o", str(tmp_so), str(SRC)]
+        cmd = [cc, "-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-o", str(tmp_so), str(src)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:  # no OpenMP support: one thread
             cmd.remove("-fopenmp")
@@ -76,7 +77,7 @@ def load():
             _LIB.append(None)
             return None
         try:
-            lib = ctypes.CDLL(str(_build()))
+            lib = ctypes.CDLL(str(build()))
             p, i64 = ctypes.c_void_p, ctypes.c_int64
             lib.llmlab_ggml_matmul.argtypes = [ctypes.c_int, p, p, p, i64, i64, p, i64, p, ctypes.c_int]
             lib.llmlab_ggml_matmul.restype = None
