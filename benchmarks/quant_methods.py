@@ -1,0 +1,127 @@
+"""Post-training quantization methods side by side on one held-out text: ours vs references.
+
+    OMP_NUM_THREADS=1 python benchmarks/quant_methods.py [--quick] [--model smollm2] [--out FILE.json]
+
+Every row starts from the same fp32 model (for SmolLM2: its packaged Q4_1/Q8_0 weights decoded
+to fp32, the baseline), quantizes the projections of every block (the tied embedding / LM head
+stays fp32) and scores the same held-out windows (`llmlab.quant.calibrate`: Wikipedia extracts in
+the data pipeline's validation split); GPTQ, AWQ and SmoothQuant calibrate on windows from the
+other documents. References where they run on CPU: optimum-quanto int8/int4 weight-only, torchao
+int8 weight-only. Prints a markdown table, then as its last line one JSON object with the ratios
+gptq_vs_rtn = (RTN int4-g64 ppl - fp32 ppl) / (GPTQ's - fp32), awq_vs_rtn likewise, and
+int8_ppl = fp32 ppl / W8A8 SmoothQuant ppl (all higher is better).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+import torch
+
+from llmlab.quant import calibrate
+from llmlab.quant.apply import quantize_model
+
+
+
+def rows(group: int) -> list[tuple[str, str, dict]]:
+    """(label, method, kwargs); the keys the ratios use are 'rtn4', 'gptq4', 'awq4', 'sq'."""
+    return [
+        ("rtn8", "int8 RTN per-channel (W8)", "rtn", dict(bits=8, group=-1, sym=True)),
+        ("rtn4", f"int4 RTN g{group} (W4)", "rtn", dict(bits=4, group=group, sym=False)),
+        ("gptq4", f"int4 GPTQ g{group} act-order", "gptq", dict(bits=4, group=group, sym=False)),
+        ("awq4", f"int4 AWQ g{group}", "awq", dict(bits=4, group=group, sym=False)),
+        ("nf4", "NF4 (block 64, double quant)", "nf4", {}),
+        ("w8a8", "W8A8 per-token (no smoothing)", "w8a8", {}),
+        ("sq", "W8A8 SmoothQuant a=0.5", "smoothquant", dict(alpha=0.5)),
+        ("int8", "LLM.int8() threshold 6", "llm_int8", dict(threshold=6.0)),
+    ]
+
+
+QUICK = {"rtn4", "gptq4", "awq4", "sq"}
+
+
+def peers(base, ev, quick: bool) -> dict:
+    out = {}
+    try:
+        from optimum.quanto import freeze, qint4, qint8, quantize
+        for label, qt in (("quanto int8 weight-only", qint8), ("quanto int4 weight-only", qint4)):
+            if quick and qt is qint8:
+                continue
+            m = copy.deepcopy(base)
+            quantize(m, weights=qt, exclude=["lm_head"])
+            freeze(m)
+            out[label] = calibrate.perplexity(m, ev).perplexity
+    except Exception as e:  # a reference that does not run here is reported, not fatal
+        out["quanto error"] = repr(e)[:200]
+    if not quick:
+        try:
+            from torchao.quantization import Int8WeightOnlyConfig, quantize_
+            m = copy.deepcopy(base)
+            quantize_(m, Int8WeightOnlyConfig(), filter_fn=lambda mod, fqn: isinstance(mod, torch.nn.Linear)
+                      and not fqn.endswith("lm_head"))
+            out["torchao int8 weight-only"] = calibrate.perplexity(m, ev).perplexity
+        except Exception as e:
+            out["torchao error"] = repr(e)[:200]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--eval-windows", type=int, default=32)
+    ap.add_argument("--calib-windows", type=int, default=32)
+    ap.add_argument("--length", type=int, default=256)
+    ap.add_argument("--group", type=int, default=64, help="int4 group size (SmolLM2's rows of 576 are not "
+                    "a multiple of 128)")
+    ap.add_argument("--out", default="")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    from llmlab.infer.load import load_model_and_tokenizer
+    base, tok = load_model_and_tokenizer(a.model)
+    base.__dict__.pop("quantized", None)  # the packaged blocks: every row here runs fp32 matmuls
+    n_ev, n_cal = (8, 8) if a.quick else (a.eval_windows, a.calib_windows)
+    ev = calibrate.token_windows(tok, calibrate.wiki_split(True), n_ev, a.length)
+    cal = calibrate.token_windows(tok, calibrate.wiki_split(False), n_cal, a.length, seed=1)
+    t0 = time.perf_counter()
+    fp = calibrate.perplexity(base, ev).perplexity
+    lins = list(calibrate.quantizable_linears(base))
+    stats = calibrate.collect(base, cal, lins, {"hessian", "sample"})
+    print(f"fp32 ppl {fp:.4f} ({n_ev} x {a.length} held-out tokens; calibration {n_cal} x {a.length}; "
+          f"{time.perf_counter() - t0:.0f}s)", flush=True)
+    ours = {"fp32": fp}
+    todo = [r for r in rows(a.group) if not a.quick or r[0] in QUICK]
+    table = [("fp32 (decoded packaged weights)", fp, 0.0, 4 * sum(p.numel() for p in base.parameters()), 0.0)]
+    for key, label, method, kw in todo:
+        m = copy.deepcopy(base)
+        t = time.perf_counter()
+        info = quantize_model(m, method, stats=stats, **kw)
+        secs = time.perf_counter() - t
+        ppl = calibrate.perplexity(m, ev).perplexity
+        ours[key] = ppl
+        table.append((label, ppl, ppl - fp, info["stored_bytes"], secs))
+        print(f"{label}: ppl {ppl:.4f} (+{ppl - fp:.4f}), {info['stored_bytes'] / 1e6:.1f} MB, {secs:.0f}s", flush=True)
+        del m
+    peer = peers(base, ev, a.quick)
+    print("\n| method | held-out ppl | delta vs fp32 | stored MB | quantize s |\n|---|---|---|---|---|")
+    for label, ppl, d, nb, secs in table:
+        print(f"| {label} | {ppl:.3f} | {d:+.3f} ({100 * d / fp:+.1f}%) | {nb / 1e6:.1f} | {secs:.0f} |")
+    for label, ppl in peer.items():
+        print(f"| {label} | {ppl if isinstance(ppl, str) else f'{ppl:.3f} | {ppl - fp:+.3f} ({100 * (ppl - fp) / fp:+.1f}%)'} | | |")
+    d_rtn = ours["rtn4"] - fp
+    ratio = {"gptq_vs_rtn": d_rtn / max(ours["gptq4"] - fp, 1e-9),
+             "awq_vs_rtn": d_rtn / max(ours["awq4"] - fp, 1e-9),
+             "int8_ppl": fp / ours["sq"]}
+    res = {"benchmark": "quant_methods", "ours": ours, "peer": peer, "ratio": ratio,
+           "conditions": {"model": a.model, "eval_tokens": n_ev * a.length, "calib_tokens": n_cal * a.length, "group": a.group,
+                          "threads": 1}}
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
