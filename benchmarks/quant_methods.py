@@ -82,13 +82,13 @@ def main() -> None:
     from llmlab.infer.load import load_model_and_tokenizer
     base, tok = load_model_and_tokenizer(a.model)
     base.__dict__.pop("quantized", None)  # the packaged blocks: every row here runs fp32 matmuls
-    n_ev, n_cal = (8, 8) if a.quick else (a.eval_windows, a.calib_windows)
+    n_ev, n_cal = (4, 4) if a.quick else (a.eval_windows, a.calib_windows)
     ev = calibrate.token_windows(tok, calibrate.wiki_split(True), n_ev, a.length)
     cal = calibrate.token_windows(tok, calibrate.wiki_split(False), n_cal, a.length, seed=1)
     t0 = time.perf_counter()
     fp = calibrate.perplexity(base, ev).perplexity
     lins = list(calibrate.quantizable_linears(base))
-    stats = calibrate.collect(base, cal, lins, {"hessian", "sample"})
+    stats = calibrate.collect(base, cal, lins, set())  # activation ranges for SmoothQuant
     print(f"fp32 ppl {fp:.4f} ({n_ev} x {a.length} held-out tokens; calibration {n_cal} x {a.length}; "
           f"{time.perf_counter() - t0:.0f}s)", flush=True)
     ours = {"fp32": fp}
@@ -97,7 +97,8 @@ def main() -> None:
     for key, label, method, kw in todo:
         m = copy.deepcopy(base)
         t = time.perf_counter()
-        info = quantize_model(m, method, stats=stats, **kw)
+        # GPTQ/AWQ calibrate block by block (sequentially) on `cal`; SmoothQuant uses the fp32 ranges
+        info = quantize_model(m, method, calib=cal, stats=stats if method == "smoothquant" else None, **kw)
         secs = time.perf_counter() - t
         ppl = calibrate.perplexity(m, ev).perplexity
         ours[key] = ppl

@@ -112,39 +112,91 @@ class Stats:
         return torch.cat(self.rows)[: self.max_rows]
 
 
+class _Gather:
+    """Forward pre-hooks on named Linears filling one Stats per distinct input tensor."""
+
+    def __init__(self, mods: dict[str, nn.Linear], want: set[str], max_rows: int):
+        self.stats = {n: Stats(m.in_features, want, max_rows) for n, m in mods.items()}
+        self.seen: dict[int, tuple] = {}
+        self.hooks = [m.register_forward_pre_hook(self._hook(n)) for n, m in mods.items()]
+
+    def _hook(self, name):
+        def pre(mod, args):
+            x = args[0]
+            entry = self.seen.get(id(x))  # the same input tensor: one accumulation for all its readers
+            if entry is None:
+                self.stats[name].add(x)
+                self.seen[id(x)] = (x, self.stats[name])  # keeps x alive: its id is not reused meanwhile
+            else:
+                self.stats[name] = entry[1]
+        return pre
+
+    def step(self, run, *args):
+        self.seen.clear()
+        return run(*args)
+
+    def close(self) -> dict[str, Stats]:
+        for h in self.hooks:
+            h.remove()
+        self.seen.clear()
+        return self.stats
+
+
 @torch.no_grad()
 def collect(model, windows: torch.Tensor, names: list[str], want: set[str], max_rows: int = 512,
             batch_size: int = 4) -> dict[str, Stats]:
     """Run the calibration windows through the model and gather each named Linear's input stats.
     Linears fed the same tensor (q/k/v, gate/up) share one Stats object."""
     mods = dict(model.named_modules())
-    stats: dict[str, Stats] = {}
-    seen: dict[int, tuple] = {}
-    hooks = []
-
-    def hook_for(name):
-        def pre(mod, args):
-            x = args[0]
-            entry = seen.get(id(x))  # the same input tensor: one accumulation for all its consumers
-            if entry is None:
-                stats[name].add(x)
-                seen[id(x)] = (x, stats[name])  # keeps x alive, so its id is not reused this batch
-            else:
-                stats[name] = entry[1]
-        return pre
-
-    for n in names:
-        stats[n] = Stats(mods[n].in_features, want, max_rows)
-        hooks.append(mods[n].register_forward_pre_hook(hook_for(n)))
+    g = _Gather({n: mods[n] for n in names}, want, max_rows)
     try:
         model.eval()
         for b in windows.split(batch_size):
-            seen.clear()
-            model(b)
+            g.step(model, b)
     finally:
-        for h in hooks:
-            h.remove()
+        stats = g.close()
     return stats
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def layerwise(model, windows: torch.Tensor, want: set[str], quantize_layer, max_rows: int = 512,
+              batch_size: int = 4) -> None:
+    """Sequential calibration, as GPTQ's and AWQ's reference code do: the inputs of block i are
+    the outputs of the already-quantized blocks before it. quantize_layer(names, stats) changes
+    block i's Linears in place; then block i is run again to give block i+1 its inputs.
+    Cost: about two forward passes over the calibration set."""
+    layers = model.model.layers
+    xs, rest = [], []
+
+    def grab(mod, args):
+        xs.append(args[0].detach())
+        rest[:] = args[1:]
+        raise _Stop
+
+    h = layers[0].register_forward_pre_hook(grab)
+    try:
+        model.eval()
+        for b in windows.split(batch_size):
+            try:
+                model(b)
+            except _Stop:
+                pass
+    finally:
+        h.remove()
+    for i, layer in enumerate(layers):
+        mods = {f"model.layers.{i}.{n}": m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
+        g = _Gather(mods, want, max_rows)
+        try:
+            for x in xs:
+                g.step(layer, x, *rest)
+        finally:
+            stats = g.close()
+        quantize_layer(list(mods), stats)
+        xs = [layer(x, *rest) for x in xs]
 
 
 def bits_per_weight(nbytes: int, numel: int) -> float:
