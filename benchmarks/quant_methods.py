@@ -67,6 +67,50 @@ def peers(base, ev, quick: bool) -> dict:
     return out
 
 
+def decode_tps(model, tok, n_new: int = 32, repeats: int = 3) -> float:
+    """Greedy decode tokens/s through our generator (median of `repeats`)."""
+    import statistics
+
+    from llmlab.infer.generate import generate_ids
+    from llmlab.infer.sampling import SamplingParams
+    ids = tok.encode("The history of the city begins")
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        n = sum(1 for _ in generate_ids(model, ids, SamplingParams(max_new_tokens=n_new, ignore_eos=True)))
+        times.append(n / (time.perf_counter() - t))
+    return statistics.median(times)
+
+
+def gguf_rows(a) -> None:
+    """Export SmolLM2 as each GGUF type, reload it through our loader, score and time it."""
+    import os
+    import tempfile
+
+    from llmlab.infer.load import load_model_and_tokenizer
+    from llmlab.quant.gguf_export import write_gguf
+    base, tok = load_model_and_tokenizer(a.model)
+    ev = calibrate.token_windows(tok, calibrate.wiki_split(True), a.eval_windows, a.length)
+    out = {}
+    with tempfile.TemporaryDirectory() as td:
+        for fmt in ("F32", "F16", "Q8_0", "Q4_1", "Q4_0"):
+            path = os.path.join(td, f"m.{fmt}.gguf")
+            info = write_gguf(base, tok, path, fmt)
+            m, _ = load_model_and_tokenizer(path)
+            ppl = calibrate.perplexity(m, ev).perplexity
+            out[fmt] = {"ppl": ppl, "MB": info["bytes"] / 1e6, "decode_tok_s": decode_tps(m, tok),
+                        "blocks_in_kernel": len(getattr(m, "quantized", {}))}
+            print(fmt, out[fmt], flush=True)
+            os.unlink(path)
+            del m
+    fp = out["F32"]["ppl"]
+    print("\n| GGUF type | held-out ppl | delta vs fp32 | file MB | decode tok/s |\n|---|---|---|---|---|")
+    for fmt, r in out.items():
+        print(f"| {fmt} | {r['ppl']:.3f} | {r['ppl'] - fp:+.3f} ({100 * (r['ppl'] - fp) / fp:+.1f}%) | "
+              f"{r['MB']:.1f} | {r['decode_tok_s']:.1f} |")
+    print(json.dumps({"benchmark": "quant_gguf", "ours": out}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2")
@@ -77,22 +121,29 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=64, help="int4 group size (SmolLM2's rows of 576 are not "
                     "a multiple of 128)")
     ap.add_argument("--out", default="")
+    ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,nf4,w8a8,sq,int8); "
+                    "default all (--quick: rtn4,gptq4,awq4,sq)")
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--gguf", action="store_true", help="instead: the GGUF export table (size, ppl, decode tok/s)")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    if a.gguf:
+        return gguf_rows(a)
     from llmlab.infer.load import load_model_and_tokenizer
     base, tok = load_model_and_tokenizer(a.model)
     base.__dict__.pop("quantized", None)  # the packaged blocks: every row here runs fp32 matmuls
     n_ev, n_cal = (4, 4) if a.quick else (a.eval_windows, a.calib_windows)
     ev = calibrate.token_windows(tok, calibrate.wiki_split(True), n_ev, a.length)
     cal = calibrate.token_windows(tok, calibrate.wiki_split(False), n_cal, a.length, seed=1)
+    keys = set(a.rows.split(",")) if a.rows else QUICK if a.quick else {r[0] for r in rows(a.group)}
     t0 = time.perf_counter()
     fp = calibrate.perplexity(base, ev).perplexity
     lins = list(calibrate.quantizable_linears(base))
-    stats = calibrate.collect(base, cal, lins, set())  # activation ranges for SmoothQuant
+    stats = calibrate.collect(base, cal, lins, set()) if "sq" in keys else None  # SmoothQuant's ranges
     print(f"fp32 ppl {fp:.4f} ({n_ev} x {a.length} held-out tokens; calibration {n_cal} x {a.length}; "
           f"{time.perf_counter() - t0:.0f}s)", flush=True)
     ours = {"fp32": fp}
-    todo = [r for r in rows(a.group) if not a.quick or r[0] in QUICK]
+    todo = [r for r in rows(a.group) if r[0] in keys]
     table = [("fp32 (decoded packaged weights)", fp, 0.0, 4 * sum(p.numel() for p in base.parameters()), 0.0)]
     for key, label, method, kw in todo:
         m = copy.deepcopy(base)
@@ -105,16 +156,18 @@ def main() -> None:
         table.append((label, ppl, ppl - fp, info["stored_bytes"], secs))
         print(f"{label}: ppl {ppl:.4f} (+{ppl - fp:.4f}), {info['stored_bytes'] / 1e6:.1f} MB, {secs:.0f}s", flush=True)
         del m
-    peer = peers(base, ev, a.quick)
+    peer = {} if a.no_peers else peers(base, ev, a.quick)
     print("\n| method | held-out ppl | delta vs fp32 | stored MB | quantize s |\n|---|---|---|---|---|")
     for label, ppl, d, nb, secs in table:
         print(f"| {label} | {ppl:.3f} | {d:+.3f} ({100 * d / fp:+.1f}%) | {nb / 1e6:.1f} | {secs:.0f} |")
     for label, ppl in peer.items():
         print(f"| {label} | {ppl if isinstance(ppl, str) else f'{ppl:.3f} | {ppl - fp:+.3f} ({100 * (ppl - fp) / fp:+.1f}%)'} | | |")
-    d_rtn = ours["rtn4"] - fp
-    ratio = {"gptq_vs_rtn": d_rtn / max(ours["gptq4"] - fp, 1e-9),
-             "awq_vs_rtn": d_rtn / max(ours["awq4"] - fp, 1e-9),
-             "int8_ppl": fp / ours["sq"]}
+    ratio = {}
+    for key, name in (("gptq4", "gptq_vs_rtn"), ("awq4", "awq_vs_rtn")):
+        if key in ours and "rtn4" in ours:
+            ratio[name] = (ours["rtn4"] - fp) / max(ours[key] - fp, 1e-9)
+    if "sq" in ours:
+        ratio["int8_ppl"] = fp / ours["sq"]
     res = {"benchmark": "quant_methods", "ours": ours, "peer": peer, "ratio": ratio,
            "conditions": {"model": a.model, "eval_tokens": n_ev * a.length, "calib_tokens": n_cal * a.length, "group": a.group,
                           "threads": 1}}

@@ -119,3 +119,17 @@ def test_collect_shares_stats_between_readers_of_one_input(tiny_config):
     assert st["model.layers.0.mlp.gate_proj"] is st["model.layers.0.mlp.up_proj"]
     assert st["model.layers.0.mlp.down_proj"] is not st["model.layers.0.mlp.up_proj"]
     assert st["model.layers.0.self_attn.q_proj"].n == 32
+
+
+def test_layerwise_stats_equal_one_pass_when_nothing_changes(tiny_config):
+    from llmlab.model.transformer import Transformer
+    torch.manual_seed(0)
+    model = Transformer(tiny_config).eval()
+    calib = torch.randint(0, 97, (4, 16))
+    names = list(calibrate.quantizable_linears(model))
+    once = calibrate.collect(model, calib, names, {"hessian"}, batch_size=2)
+    seen = {}
+    calibrate.layerwise(model, calib, {"hessian"}, lambda ns, st: seen.update(st), batch_size=2)
+    assert set(seen) == set(names)
+    for n in names:
+        assert torch.allclose(seen[n].H, once[n].H, atol=1e-6), n

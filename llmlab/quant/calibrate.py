@@ -59,15 +59,17 @@ def text_windows(tok, path: str, n: int, length: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def perplexity(model, windows: torch.Tensor, batch_size: int = 8) -> NLLMeter:
-    """Each window scored on its own: tokens 2..L predicted from their prefix in the window."""
+def perplexity(model, windows: torch.Tensor, batch_size: int = 8, tok=None) -> NLLMeter:
+    """Each window scored on its own: tokens 2..L predicted from their prefix in the window.
+    With `tok`, the predicted tokens' UTF-8 bytes are counted too (bits per byte)."""
     meter = NLLMeter()
     model.eval()
     for b in windows.split(batch_size):
         logits = model(b)[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), b[:, 1:].reshape(-1),
                                                 reduction="sum")
-        meter.update(float(nll), b[:, 1:].numel(), 0)
+        nbytes = sum(len(tok.decode_bytes(r[1:].tolist())) for r in b) if tok is not None else 0
+        meter.update(float(nll), b[:, 1:].numel(), nbytes)
     return meter
 
 
