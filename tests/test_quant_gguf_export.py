@@ -126,3 +126,37 @@ def test_cli_bad_input(tmp_path):
         assert r.returncode == 2 and msg in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_q6_k_blocks_decode_within_half_a_step():
+    from llmlab.quant.kquants import encode_q6_k
+    torch.manual_seed(0)
+    w = torch.randn(6, 512) * torch.logspace(-2, 0, 6)[:, None]
+    w[0, :256] = 0.0
+    w[1, 7] = 2.5  # an outlier inside one sub-block
+    raw = encode_q6_k(w).numpy()
+    assert raw.shape == (6, 2 * 210)
+    deq = torch.from_numpy(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q6_K).copy()).view(6, 512)
+    blocks = raw.reshape(-1, 210)
+    d = torch.from_numpy(blocks[:, 208:210].copy().view(np.float16).astype(np.float32))  # (12, 1)
+    sc = torch.from_numpy(blocks[:, 192:208].copy().view(np.int8).astype(np.float32))  # (12, 16)
+    step = (d * sc).abs().repeat_interleave(16, dim=1).view(6, 512)
+    err = (deq - w).abs()
+    q = (deq / torch.where(step == 0, torch.ones_like(step), step)).round().abs()
+    inside = q < 31  # values on the grid's edge may be clipped by design (the scale search trades them)
+    assert bool((err[inside] <= step[inside] / 2 + 1e-3 * w.abs()[inside] + 1e-7).all())
+    assert float(inside.float().mean()) > 0.9  # 1 in 16 sits at the edge (the sub-block max)
+    assert bool((deq[0, :256] == 0).all())
+    rel = float(((deq - w) ** 2).mean() / (w ** 2).mean())
+    q4 = gguf.quants.dequantize(encode_blocks(w, "Q4_0").numpy(), gguf.GGMLQuantizationType.Q4_0).reshape(6, 512)
+    assert rel < 0.1 * float(((torch.from_numpy(q4) - w) ** 2).mean() / (w ** 2).mean())
+
+
+def test_q6_k_export_round_trip(tiny, tmp_path):
+    from llmlab.model.load import load_model
+    model, tok = tiny
+    path = tmp_path / "m.Q6_K.gguf"
+    info = write_gguf(model, tok, path, "Q6_K")
+    assert info["types"] == {"Q8_0": 13, "F32": 5}  # rows of 64/128: no 256-multiple, Q8_0 fallback
+    back, _ = load_model(str(path))
+    assert back(torch.tensor([[1, 2, 3]])).shape == (1, 3, tok.vocab_size)
