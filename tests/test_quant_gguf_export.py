@@ -153,10 +153,32 @@ def test_q6_k_blocks_decode_within_half_a_step():
 
 
 def test_q6_k_export_round_trip(tiny, tmp_path):
+    from llmlab.model.config import ModelConfig
     from llmlab.model.load import load_model
-    model, tok = tiny
+    from llmlab.model.transformer import Transformer
+    from llmlab.quant.kquants import encode_q6_k
+    _, tok = tiny
+    torch.manual_seed(1)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2,
+                                    num_attention_heads=4, intermediate_size=256, max_position_embeddings=64))
     path = tmp_path / "m.Q6_K.gguf"
     info = write_gguf(model, tok, path, "Q6_K")
-    assert info["types"] == {"Q8_0": 13, "F32": 5}  # rows of 64/128: no 256-multiple, Q8_0 fallback
+    assert info["types"] == {"Q6_K": 2, "Q8_0": 13, "F32": 5}  # only down_proj rows are 256-multiples
     back, _ = load_model(str(path))
-    assert back(torch.tensor([[1, 2, 3]])).shape == (1, 3, tok.vocab_size)
+    w = model.model.layers[1].mlp.down_proj.weight.detach()
+    expect = gguf.quants.dequantize(encode_q6_k(w).numpy(), gguf.GGMLQuantizationType.Q6_K).reshape(w.shape)
+    assert torch.equal(back.model.layers[1].mlp.down_proj.weight, torch.from_numpy(expect.copy()))
+
+
+@pytest.mark.slow
+def test_smollm2_q4_1_reexport_is_lossless(smollm2, smollm2_tokenizer, smollm2_path, tmp_path):
+    """Re-encoding SmolLM2's decoded Q4_1/Q8_0 weights in their own formats gives the same
+    weights back (every block's extremes are on its grid), and a file of about the same size."""
+    from llmlab.model.load import load_model
+    path = tmp_path / "s.gguf"
+    info = write_gguf(smollm2, smollm2_tokenizer, path, "Q4_1")
+    assert info["types"] == {"Q4_1": 210, "Q8_0": 1, "F32": 61}
+    assert abs(info["bytes"] - smollm2_path.stat().st_size) < 4096
+    back, _ = load_model(str(path))
+    a, b = smollm2.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
