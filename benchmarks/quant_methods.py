@@ -1,6 +1,7 @@
 """Post-training quantization methods side by side on one held-out text: ours vs references.
 
-    OMP_NUM_THREADS=1 python benchmarks/quant_methods.py [--quick] [--model smollm2] [--out FILE.json]
+    OMP_NUM_THREADS=1 python benchmarks/quant_methods.py [--quick] [--rows rtn4,gptq4,...] [--out FILE.json]
+    OMP_NUM_THREADS=1 python benchmarks/quant_methods.py --gguf     # the GGUF export table instead
 
 Every row starts from the same fp32 model (for SmolLM2: its packaged Q4_1/Q8_0 weights decoded
 to fp32, the baseline), quantizes the projections of every block (the tied embedding / LM head
@@ -8,7 +9,8 @@ stays fp32) and scores the same held-out windows (`llmlab.quant.calibrate`: Wiki
 the data pipeline's validation split); GPTQ, AWQ and SmoothQuant calibrate on windows from the
 other documents. References where they run on CPU: optimum-quanto int8/int4 weight-only, torchao
 int8 weight-only. Prints a markdown table, then as its last line one JSON object with the ratios
-gptq_vs_rtn = (RTN int4-g64 ppl - fp32 ppl) / (GPTQ's - fp32), awq_vs_rtn likewise, and
+gptq_vs_rtn = (RTN int4 ppl - fp32 ppl) / (GPTQ's - fp32), awq_vs_rtn likewise (int4 at
+--group, default 64: SmolLM2's rows of 576 are not a multiple of 128), and
 int8_ppl = fp32 ppl / W8A8 SmoothQuant ppl (all higher is better).
 """
 from __future__ import annotations
