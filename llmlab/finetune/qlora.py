@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.finetune.lora import LoraConfig, LoRAMixin, apply_lora, lora_layers
-from llmlab.finetune.nf4 import NF4Tensor, quantize_nf4
+from llmlab.quant.nf4 import NF4Tensor, quantize_nf4
 
 
 class QLoRALinear(nn.Module, LoRAMixin):

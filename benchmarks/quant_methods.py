@@ -1,0 +1,183 @@
+"""Post-training quantization methods side by side on one held-out text: ours vs references.
+
+    OMP_NUM_THREADS=1 python benchmarks/quant_methods.py [--quick] [--rows rtn4,gptq4,...] [--out FILE.json]
+    OMP_NUM_THREADS=1 python benchmarks/quant_methods.py --gguf     # the GGUF export table instead
+
+Every row starts from the same fp32 model (for SmolLM2: its packaged Q4_1/Q8_0 weights decoded
+to fp32, the baseline), quantizes the projections of every block (the tied embedding / LM head
+stays fp32) and scores the same held-out windows (`llmlab.quant.calibrate`: Wikipedia extracts in
+the data pipeline's validation split); GPTQ, AWQ and SmoothQuant calibrate on windows from the
+other documents. References where they run on CPU: optimum-quanto int8/int4 weight-only, torchao
+int8 weight-only. Prints a markdown table, then as its last line one JSON object with the ratios
+gptq_vs_rtn = (RTN int4 ppl - fp32 ppl) / (GPTQ's - fp32), awq_vs_rtn likewise (int4 at
+--group, default 64: SmolLM2's rows of 576 are not a multiple of 128), and
+int8_ppl = fp32 ppl / W8A8 SmoothQuant ppl (all higher is better).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+import torch
+
+from llmlab.quant import calibrate
+from llmlab.quant.apply import quantize_model
+
+
+
+def rows(group: int) -> list[tuple[str, str, dict]]:
+    """(label, method, kwargs); the keys the ratios use are 'rtn4', 'gptq4', 'awq4', 'sq'."""
+    return [
+        ("rtn8", "int8 RTN per-channel (W8)", "rtn", dict(bits=8, group=-1, sym=True)),
+        ("rtn4", f"int4 RTN g{group} (W4)", "rtn", dict(bits=4, group=group, sym=False)),
+        ("gptq4", f"int4 GPTQ g{group} act-order", "gptq", dict(bits=4, group=group, sym=False)),
+        ("awq4", f"int4 AWQ g{group}", "awq", dict(bits=4, group=group, sym=False)),
+        ("nf4", "NF4 (block 64, double quant)", "nf4", {}),
+        ("w8a8", "W8A8 per-token (no smoothing)", "w8a8", {}),
+        ("sq", "W8A8 SmoothQuant a=0.5", "smoothquant", dict(alpha=0.5)),
+        ("int8", "LLM.int8() threshold 6", "llm_int8", dict(threshold=6.0)),
+    ]
+
+
+QUICK = {"rtn4", "gptq4", "awq4", "sq"}
+
+
+def peers(base, ev, quick: bool) -> dict:
+    out = {}
+    try:
+        from optimum.quanto import freeze, qint4, qint8, quantize
+        for label, qt in (("quanto int8 weight-only", qint8), ("quanto int4 weight-only", qint4)):
+            if quick and qt is qint8:
+                continue
+            m = copy.deepcopy(base)
+            quantize(m, weights=qt, exclude=["lm_head"])
+            freeze(m)
+            out[label] = calibrate.perplexity(m, ev).perplexity
+    except Exception as e:  # a reference that does not run here is reported, not fatal
+        out["quanto error"] = repr(e)[:200]
+    if not quick:
+        try:
+            from torchao.quantization import Int8WeightOnlyConfig, quantize_
+            m = copy.deepcopy(base)
+            quantize_(m, Int8WeightOnlyConfig(), filter_fn=lambda mod, fqn: isinstance(mod, torch.nn.Linear)
+                      and not fqn.endswith("lm_head"))
+            out["torchao int8 weight-only"] = calibrate.perplexity(m, ev).perplexity
+        except Exception as e:
+            out["torchao error"] = repr(e)[:200]
+    return out
+
+
+def decode_tps(model, tok, n_new: int = 32, repeats: int = 3) -> float:
+    """Greedy decode tokens/s through our generator (median of `repeats`)."""
+    import statistics
+
+    from llmlab.infer.generate import generate_ids
+    from llmlab.infer.sampling import SamplingParams
+    ids = tok.encode("The history of the city begins")
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        n = sum(1 for _ in generate_ids(model, ids, SamplingParams(max_new_tokens=n_new, ignore_eos=True)))
+        times.append(n / (time.perf_counter() - t))
+    return statistics.median(times)
+
+
+def gguf_rows(a) -> None:
+    """Export SmolLM2 as each GGUF type, reload it through our loader, score and time it."""
+    import os
+    import tempfile
+
+    from llmlab.infer.load import load_model_and_tokenizer
+    from llmlab.quant.gguf_export import write_gguf
+    base, tok = load_model_and_tokenizer(a.model)
+    ev = calibrate.token_windows(tok, calibrate.wiki_split(True), a.eval_windows, a.length)
+    out = {}
+    with tempfile.TemporaryDirectory() as td:
+        for fmt in ("F32", "F16", "Q8_0", "Q4_1", "Q4_0"):
+            path = os.path.join(td, f"m.{fmt}.gguf")
+            info = write_gguf(base, tok, path, fmt)
+            m, _ = load_model_and_tokenizer(path)
+            ppl = calibrate.perplexity(m, ev).perplexity
+            out[fmt] = {"ppl": ppl, "MB": info["bytes"] / 1e6, "decode_tok_s": decode_tps(m, tok),
+                        "blocks_in_kernel": len(getattr(m, "quantized", {}))}
+            print(fmt, out[fmt], flush=True)
+            os.unlink(path)
+            del m
+    fp = out["F32"]["ppl"]
+    print("\n| GGUF type | held-out ppl | delta vs fp32 | file MB | decode tok/s |\n|---|---|---|---|---|")
+    for fmt, r in out.items():
+        print(f"| {fmt} | {r['ppl']:.3f} | {r['ppl'] - fp:+.3f} ({100 * (r['ppl'] - fp) / fp:+.1f}%) | "
+              f"{r['MB']:.1f} | {r['decode_tok_s']:.1f} |")
+    print(json.dumps({"benchmark": "quant_gguf", "ours": out}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--eval-windows", type=int, default=32)
+    ap.add_argument("--calib-windows", type=int, default=32)
+    ap.add_argument("--length", type=int, default=256)
+    ap.add_argument("--group", type=int, default=64, help="int4 group size (SmolLM2's rows of 576 are not "
+                    "a multiple of 128)")
+    ap.add_argument("--out", default="")
+    ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,nf4,w8a8,sq,int8); "
+                    "default all (--quick: rtn4,gptq4,awq4,sq)")
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--gguf", action="store_true", help="instead: the GGUF export table (size, ppl, decode tok/s)")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    if a.gguf:
+        return gguf_rows(a)
+    from llmlab.infer.load import load_model_and_tokenizer
+    base, tok = load_model_and_tokenizer(a.model)
+    base.__dict__.pop("quantized", None)  # the packaged blocks: every row here runs fp32 matmuls
+    n_ev, n_cal = (4, 4) if a.quick else (a.eval_windows, a.calib_windows)
+    ev = calibrate.token_windows(tok, calibrate.wiki_split(True), n_ev, a.length)
+    cal = calibrate.token_windows(tok, calibrate.wiki_split(False), n_cal, a.length, seed=1)
+    keys = set(a.rows.split(",")) if a.rows else QUICK if a.quick else {r[0] for r in rows(a.group)}
+    t0 = time.perf_counter()
+    fp = calibrate.perplexity(base, ev).perplexity
+    lins = list(calibrate.quantizable_linears(base))
+    stats = calibrate.collect(base, cal, lins, set()) if "sq" in keys else None  # SmoothQuant's ranges
+    print(f"fp32 ppl {fp:.4f} ({n_ev} x {a.length} held-out tokens; calibration {n_cal} x {a.length}; "
+          f"{time.perf_counter() - t0:.0f}s)", flush=True)
+    ours = {"fp32": fp}
+    todo = [r for r in rows(a.group) if r[0] in keys]
+    table = [("fp32 (decoded packaged weights)", fp, 0.0, 4 * sum(p.numel() for p in base.parameters()), 0.0)]
+    for key, label, method, kw in todo:
+        m = copy.deepcopy(base)
+        t = time.perf_counter()
+        # GPTQ/AWQ calibrate block by block (sequentially) on `cal`; SmoothQuant uses the fp32 ranges
+        info = quantize_model(m, method, calib=cal, stats=stats if method == "smoothquant" else None, **kw)
+        secs = time.perf_counter() - t
+        ppl = calibrate.perplexity(m, ev).perplexity
+        ours[key] = ppl
+        table.append((label, ppl, ppl - fp, info["stored_bytes"], secs))
+        print(f"{label}: ppl {ppl:.4f} (+{ppl - fp:.4f}), {info['stored_bytes'] / 1e6:.1f} MB, {secs:.0f}s", flush=True)
+        del m
+    peer = {} if a.no_peers else peers(base, ev, a.quick)
+    print("\n| method | held-out ppl | delta vs fp32 | stored MB | quantize s |\n|---|---|---|---|---|")
+    for label, ppl, d, nb, secs in table:
+        print(f"| {label} | {ppl:.3f} | {d:+.3f} ({100 * d / fp:+.1f}%) | {nb / 1e6:.1f} | {secs:.0f} |")
+    for label, ppl in peer.items():
+        print(f"| {label} | {ppl if isinstance(ppl, str) else f'{ppl:.3f} | {ppl - fp:+.3f} ({100 * (ppl - fp) / fp:+.1f}%)'} | | |")
+    ratio = {}
+    for key, name in (("gptq4", "gptq_vs_rtn"), ("awq4", "awq_vs_rtn")):
+        if key in ours and "rtn4" in ours:
+            ratio[name] = (ours["rtn4"] - fp) / max(ours[key] - fp, 1e-9)
+    if "sq" in ours:
+        ratio["int8_ppl"] = fp / ours["sq"]
+    res = {"benchmark": "quant_methods", "ours": ours, "peer": peer, "ratio": ratio,
+           "conditions": {"model": a.model, "eval_tokens": n_ev * a.length, "calib_tokens": n_cal * a.length, "group": a.group,
+                          "threads": 1}}
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

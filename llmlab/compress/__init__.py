@@ -1,0 +1,1 @@
+"""Compression: knowledge distillation and pruning (quantization is `llmlab.quant`)."""

@@ -1,0 +1,56 @@
+"""Knowledge distillation (Hinton et al. 2015, arXiv:1503.02531; Kim & Rush 2016, arXiv:1606.07947).
+
+Logit KD: the student matches the teacher's softened distribution p_T = softmax(z_t / T):
+    L_KD = T^2 * KL(p_T || q_T),  q_T = softmax(z_s / T)
+averaged over predicted tokens. The T^2 keeps the gradient scale independent of T (the gradient
+of the softened KL wrt z_s is (q_T - p_T) / T). The training loss mixes it with the usual
+cross-entropy on the data:  L = alpha * L_KD + (1 - alpha) * CE(z_s, y).
+Teacher and student must share the vocabulary (same tokenizer).
+
+Sequence-level KD: the teacher generates sequences (greedy or sampled) for the prompts and the
+student is trained on them with plain cross-entropy (`teacher_sequences`).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from llmlab.errors import UserError
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
+    """T^2 * KL(softmax(t/T) || softmax(s/T)), mean over the positions where mask is true."""
+    if temperature <= 0:
+        raise UserError(f"temperature must be > 0, got {temperature}")
+    if student_logits.shape[-1] != teacher_logits.shape[-1]:
+        raise UserError(f"student and teacher vocabularies differ ({student_logits.shape[-1]} vs "
+                        f"{teacher_logits.shape[-1]}): logit KD needs one tokenizer")
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kl = (t.exp() * (t - s)).sum(-1)
+    if mask is not None:
+        kl = kl[mask]
+    return temperature ** 2 * kl.mean()
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                 temperature: float = 2.0, alpha: float = 0.5, ignore_index: int = -100) -> torch.Tensor:
+    """alpha * KD + (1 - alpha) * CE; logits already aligned with labels (B, T, V) / (B, T)."""
+    mask = labels != ignore_index
+    ce = F.cross_entropy(student_logits.float().reshape(-1, student_logits.shape[-1]), labels.reshape(-1),
+                         ignore_index=ignore_index)
+    return alpha * kd_loss(student_logits, teacher_logits, temperature, mask) + (1 - alpha) * ce
+
+
+@torch.no_grad()
+def teacher_sequences(teacher, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
+                      seed: int = 0) -> list[list[int]]:
+    """Sequence-level KD data: prompt + the teacher's continuation, one list of ids per prompt."""
+    from llmlab.infer.generate import generate_ids
+    from llmlab.infer.sampling import SamplingParams
+    out = []
+    for i, p in enumerate(prompts):
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + i)
+        out.append(list(p) + list(generate_ids(teacher, p, params)))
+    return out

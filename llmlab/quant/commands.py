@@ -1,0 +1,94 @@
+"""CLI verb `llmlab quantize`: GGUF export, or a post-training method applied and saved."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmlab.command import Verb
+from llmlab.errors import UserError
+
+
+@dataclass
+class QuantizeConfig:
+    model: str = field(default="smollm2", metadata={"help": "packaged name, .gguf file or HF-style dir"})
+    output: str = field(default="", metadata={"help": "the .gguf file (format=gguf) or model dir (format=hf)"})
+    format: str = field(default="gguf", metadata={"help": "gguf (block formats) or hf (method applied, fp32 "
+                                                           "weights holding the dequantized values)"})
+    type: str = field(default="Q8_0", metadata={"help": "GGUF tensor type: F32 F16 Q8_0 Q4_0 Q4_1 Q6_K"})
+    method: str = field(default="rtn", metadata={"help": "format=hf: rtn nf4 gptq awq"})
+    bits: int = field(default=4, metadata={"help": "format=hf: weight bits (2, 3, 4, 8)"})
+    group_size: int = field(default=64, metadata={"help": "format=hf: weights per scale (-1: per channel)"})
+    sym: bool = field(default=False, metadata={"help": "format=hf: symmetric absmax grid instead of zero-point"})
+    act_order: bool = field(default=True, metadata={"help": "GPTQ: columns by decreasing Hessian diagonal"})
+    calibration: str = field(default="wiki", metadata={"help": "'wiki' (Wikipedia extracts outside the held-out "
+                                                                "split) or a UTF-8 text file"})
+    num_calibration_samples: int = field(default=32, metadata={"help": "calibration windows"})
+    calibration_length: int = field(default=256, metadata={"help": "tokens per calibration window"})
+    eval_windows: int = field(default=0, metadata={"help": "if > 0: held-out perplexity before and after on this "
+                                                            "many 256-token windows"})
+    name: str = field(default="", metadata={"help": "general.name in the GGUF metadata"})
+
+
+def _calibration(cfg: QuantizeConfig, tok):
+    from llmlab.quant import calibrate
+    if cfg.calibration == "wiki":
+        return calibrate.token_windows(tok, calibrate.wiki_split(False), cfg.num_calibration_samples,
+                                       cfg.calibration_length, seed=1)
+    return calibrate.text_windows(tok, cfg.calibration, cfg.num_calibration_samples, cfg.calibration_length)
+
+
+def run_quantize(cfg: QuantizeConfig) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from llmlab.quant import calibrate
+    from llmlab.quant.gguf_export import FORMATS
+
+    if not cfg.output:
+        raise UserError("output= is required (a .gguf file for format=gguf, a directory for format=hf)")
+    if cfg.format not in ("gguf", "hf"):
+        raise UserError(f"unknown format '{cfg.format}' (gguf or hf)")
+    if cfg.format == "gguf" and cfg.type not in FORMATS:
+        raise UserError(f"unknown GGUF type '{cfg.type}' (one of: {', '.join(FORMATS)})")
+    if cfg.format == "hf" and cfg.method not in ("rtn", "nf4", "gptq", "awq"):
+        raise UserError(f"method '{cfg.method}' cannot be saved as weights (rtn, nf4, gptq, awq); the activation "
+                        "methods are measured by benchmarks/quant_methods.py")
+    from llmlab.infer.load import load_model_and_tokenizer
+    torch.set_grad_enabled(False)
+    model, tok = load_model_and_tokenizer(cfg.model, device="cpu", dtype="float32")
+    ev = None
+    if cfg.eval_windows > 0:
+        ev = calibrate.token_windows(tok, calibrate.wiki_split(True), cfg.eval_windows, 256)
+        print(f"held-out perplexity before: {calibrate.perplexity(model, ev).perplexity:.4f}")
+    if cfg.format == "gguf":
+        from llmlab.quant.gguf_export import write_gguf
+        out = Path(cfg.output)
+        if out.suffix != ".gguf":
+            raise UserError(f"output must end in .gguf for format=gguf, got {cfg.output}")
+        info = write_gguf(model, tok, out, cfg.type, cfg.name or Path(cfg.model).stem)
+        print(f"wrote {out} ({info['bytes'] / 1e6:.1f} MB; tensor types: {info['types']})")
+        if ev is not None:
+            from llmlab.model.load import load_model
+            back, _ = load_model(str(out))
+            print(f"held-out perplexity after: {calibrate.perplexity(back, ev).perplexity:.4f}")
+        return 0
+    from llmlab.quant.apply import quantize_model
+    calib = _calibration(cfg, tok) if cfg.method in ("gptq", "awq") else None
+    info = quantize_model(model, cfg.method, cfg.bits, cfg.group_size, cfg.sym, calib, act_order=cfg.act_order)
+    from llmlab.model.hf import save_hf_dir
+    import tempfile
+    with tempfile.TemporaryDirectory() as td:
+        tok.save(td)
+        files = {n: (Path(td) / n).read_text(encoding="utf-8") for n in ("tokenizer.json", "tokenizer_config.json")}
+    save_hf_dir(model, cfg.output, extra_files=files)
+    print(f"wrote {cfg.output} ({cfg.method} int{cfg.bits} g{cfg.group_size}: {info['stored_bytes'] / 1e6:.1f} MB "
+          "as codes + scales; the directory holds the dequantized fp32 weights)")
+    if ev is not None:
+        print(f"held-out perplexity after: {calibrate.perplexity(model, ev).perplexity:.4f}")
+    return 0
+
+
+VERBS = {
+    "quantize": Verb(QuantizeConfig, run_quantize, "post-training quantization: GGUF export, RTN/NF4/GPTQ/AWQ",
+                     "llmlab quantize model=smollm2 format=gguf type=Q4_0 output=runs/smollm2.Q4_0.gguf"),
+}

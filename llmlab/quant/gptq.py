@@ -1,0 +1,87 @@
+"""GPTQ (Frantar et al. 2022, arXiv:2210.17323): quantize a Linear's weight column by column,
+spreading each column's rounding error onto the columns not yet quantized.
+
+For one layer with calibration inputs X (n, k), the objective is the output error
+||W X^T - Q X^T||^2 = tr((W - Q) H (W - Q)^T) with H = 2 X^T X (the Hessian of that loss).
+Optimal Brain Quantization: after rounding column i to q_i, the remaining columns move by
+    W[:, i+1:] -= (w_i - q_i) / [H^-1]_ii * [H^-1]_{i, i+1:}
+GPTQ's three changes make that fast and stable:
+  1. a fixed column order for every row (so H^-1 is shared by all rows);
+  2. lazy batch updates: inside a block of B columns only the block is updated, the rest of the
+     matrix gets one rank-B update per block (memory-bound -> compute-bound);
+  3. the rows of H^-1 needed are those of its upper Cholesky factor: U with H^-1 = U^T U, taken
+     once (with dampening lambda = percdamp * mean(diag H) added to H).
+Act-order ("desc_act"): columns are processed in decreasing diag(H) (largest activations first).
+With groups, each group of `group` columns gets its own (scale, zero). Without act-order they are
+taken when the group's first column is reached (from the already-updated weights, as the paper's
+code does); with act-order they are fixed beforehand on the original column groups ("static
+groups"), so the stored layout is the ordinary one (no g_idx indirection).
+"""
+from __future__ import annotations
+
+import torch
+
+from llmlab.quant.ptq import check_bits, fake_quant, qparams
+
+
+def hessian(x: torch.Tensor) -> torch.Tensor:
+    """H = 2/n X^T X for inputs x (..., k) (float64 for the accumulation)."""
+    x = x.reshape(-1, x.shape[-1]).double()
+    return 2.0 / x.shape[0] * x.t() @ x
+
+
+def layer_error(w: torch.Tensor, q: torch.Tensor, h: torch.Tensor) -> float:
+    """tr((W - Q) H (W - Q)^T): the summed squared output error over the calibration inputs
+    (up to the constant 2/n of H)."""
+    d = (w - q).double()
+    return float(torch.einsum("ij,jk,ik->", d, h.double(), d))
+
+
+def gptq(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group: int = 128, sym: bool = False,
+         act_order: bool = True, blocksize: int = 128, percdamp: float = 0.01) -> torch.Tensor:
+    """w (rows, k), h (k, k) -> the dequantized GPTQ weight (fp32, rows x k). group <= 0: one
+    (scale, zero) per row."""
+    check_bits(bits)
+    W = w.detach().double().clone()
+    H = h.detach().double().clone()
+    rows, k = W.shape
+    if group > 0 and k % group:
+        from llmlab.errors import UserError
+        raise UserError(f"group size {group} does not divide the row length {k}")
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    static = None
+    if group > 0 and act_order:  # static groups on the original columns
+        g = W.reshape(rows, k // group, group)
+        s, z = qparams(g.reshape(-1, group), bits, sym)
+        static = (s.view(rows, k // group), z.view(rows, k // group))
+    elif group <= 0:
+        s, z = qparams(W, bits, sym)
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(k)
+    W, H = W[:, perm], H[perm][:, perm]
+    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(k, dtype=H.dtype)
+    L = torch.linalg.cholesky(H)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    if group > 0:
+        blocksize = group * max(1, blocksize // group)  # groups never straddle two blocks
+    Q = torch.zeros_like(W)
+    for i1 in range(0, k, blocksize):
+        i2 = min(i1 + blocksize, k)
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            col = i1 + i
+            if static is not None:
+                gi = int(perm[col]) // group
+                s, z = static[0][:, gi:gi + 1], static[1][:, gi:gi + 1]
+            elif group > 0 and col % group == 0:
+                s, z = qparams(W1[:, i:i + group], bits, sym)
+            wc = W1[:, i:i + 1]
+            qc = fake_quant(wc, s, z, bits, sym)
+            Q[:, col:col + 1] = qc
+            err = (wc - qc) / Hinv1[i, i]
+            W1[:, i:] -= err @ Hinv1[i:i + 1, i:]
+            Err1[:, i:i + 1] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return Q[:, torch.argsort(perm)].to(w.dtype)

@@ -1,0 +1,139 @@
+"""Post-training quantization building blocks: uniform integer grids, their granularity, packing.
+
+A b-bit uniform quantizer maps a real weight w to an integer code q and back (Jacob et al. 2018,
+arXiv:1712.05877; Nagel et al. 2021, "A White Paper on Neural Network Quantization"):
+
+  symmetric (absmax):      scale = max|w| / qmax,         q = clamp(round(w / scale), -qmax, qmax),
+                           w' = scale * q,  qmax = 2^(b-1) - 1   (int8: -127..127, int4: -7..7)
+  asymmetric (zero-point): scale = (max - min) / (2^b - 1),  z = round(-min / scale),
+                           q = clamp(round(w / scale) + z, 0, 2^b - 1),  w' = scale * (q - z)
+                           (min <= 0 <= max is enforced so that 0 is exact: zero padding stays 0)
+
+Rounding to nearest bounds the error by scale / 2 per element (tested). One (scale, zero) pair
+covers a *granule*: the whole tensor, one output channel (row), or a group of `group` consecutive
+weights of a row (32/64/128: the GPTQ/AWQ default 128, GGUF's 32). Smaller granules follow the
+local range better and cost more scale bytes.
+
+Int4 codes are stored two per byte (`pack_int4`: element 2i in the low nibble). Activations for
+W8A8 are quantized on the fly, one symmetric int8 scale per token (`quantize_per_token`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llmlab.errors import UserError
+
+BITS = (2, 3, 4, 8)
+
+
+def granule_view(w: torch.Tensor, group: int | str) -> torch.Tensor:
+    """w (rows, k) -> (n_granules, size): 'tensor' one granule, 'channel' one per row, an int g
+    groups of g consecutive weights of a row (g must divide k)."""
+    if w.dim() != 2:
+        raise UserError(f"expected a 2-D weight, got shape {tuple(w.shape)}")
+    if group == "tensor":
+        return w.reshape(1, -1)
+    if group == "channel" or group == -1:
+        return w
+    if not isinstance(group, int) or group <= 0:
+        raise UserError(f"group must be 'tensor', 'channel' or a positive integer, got {group!r}")
+    if w.shape[1] % group:
+        raise UserError(f"group size {group} does not divide the row length {w.shape[1]}")
+    return w.reshape(-1, group)
+
+
+def check_bits(bits: int) -> None:
+    if bits not in BITS:
+        raise UserError(f"unsupported bit width {bits} (supported: {', '.join(map(str, BITS))})")
+
+
+def qparams(g: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (scale, zero) of g (n, size); zero is 0 for symmetric grids."""
+    tiny = torch.finfo(torch.float32).tiny
+    if sym:
+        scale = g.abs().amax(dim=1, keepdim=True).clamp_min(tiny) / (2 ** (bits - 1) - 1)
+        return scale, torch.zeros_like(scale)
+    lo = g.amin(dim=1, keepdim=True).clamp_max(0)
+    hi = g.amax(dim=1, keepdim=True).clamp_min(0)
+    scale = ((hi - lo) / (2 ** bits - 1)).clamp_min(tiny)
+    return scale, torch.round(-lo / scale)
+
+
+def qrange(bits: int, sym: bool) -> tuple[int, int]:
+    return (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if sym else (0, 2 ** bits - 1)
+
+
+def quantize_codes(g: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, sym: bool) -> torch.Tensor:
+    lo, hi = qrange(bits, sym)
+    return torch.clamp(torch.round(g / scale) + zero, lo, hi)
+
+
+def fake_quant(g: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, sym: bool) -> torch.Tensor:
+    """Quantize then dequantize with given parameters (what the model computes with)."""
+    return (quantize_codes(g, scale, zero, bits, sym) - zero) * scale
+
+
+@dataclass
+class QTensor:
+    """A weight as integer codes plus one (scale, zero) per granule."""
+    codes: torch.Tensor  # int8 (n_granules, size); asymmetric int8 codes are stored minus 128
+    scale: torch.Tensor  # fp32 (n_granules, 1)
+    zero: torch.Tensor   # fp32 (n_granules, 1), integer-valued
+    bits: int
+    sym: bool
+    shape: tuple
+
+    def dequantize(self) -> torch.Tensor:
+        q = self.codes.float() + (128 if (not self.sym and self.bits == 8) else 0)
+        return ((q - self.zero) * self.scale).reshape(self.shape)
+
+    def nbytes(self, scale_bytes: int = 2) -> int:
+        """Stored size: codes at `bits` each, fp16 scales, zero-points at `bits` each."""
+        n_codes = self.codes.numel() * self.bits
+        n_params = self.scale.numel() * (8 * scale_bytes + (0 if self.sym else self.bits))
+        return (n_codes + n_params + 7) // 8
+
+
+def quantize(w: torch.Tensor, bits: int = 8, group: int | str = "channel", sym: bool = True) -> QTensor:
+    """Round-to-nearest (RTN) quantization of a 2-D weight."""
+    check_bits(bits)
+    g = granule_view(w.detach().float(), group)
+    scale, zero = qparams(g, bits, sym)
+    q = quantize_codes(g, scale, zero, bits, sym)
+    if not sym and bits == 8:
+        q = q - 128
+    return QTensor(q.to(torch.int8), scale, zero, bits, sym, tuple(w.shape))
+
+
+def rtn(w: torch.Tensor, bits: int = 4, group: int | str = 128, sym: bool = False) -> torch.Tensor:
+    """The dequantized RTN weight (fp32, same shape)."""
+    return quantize(w, bits, group, sym).dequantize().to(w.dtype)
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """Unsigned 4-bit codes (0..15, any shape with an even element count) -> uint8, two per byte."""
+    c = codes.reshape(-1).to(torch.uint8)
+    if c.numel() % 2:
+        raise UserError("pack_int4 needs an even number of codes")
+    if int(c.max()) > 15:
+        raise UserError("pack_int4: codes must be in 0..15")
+    return c[0::2] | (c[1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    return torch.stack([packed & 0x0F, packed >> 4], dim=1).reshape(-1)
+
+
+def quantize_per_token(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic symmetric activation quantization, one scale per token (last dim = features):
+    -> (int8 codes, fp32 scale with a trailing dim of 1)."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) / qmax
+    return torch.clamp(torch.round(x / scale), -qmax, qmax).to(torch.int8), scale
+
+
+def fake_quant_per_token(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    q, scale = quantize_per_token(x, bits)
+    return q.to(x.dtype) * scale

@@ -1,0 +1,135 @@
+"""GPTQ, AWQ, SmoothQuant, LLM.int8(): each beats its naive baseline on the error it targets."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from llmlab.errors import UserError
+from llmlab.quant import calibrate, gptq
+from llmlab.quant.apply import quantize_model
+from llmlab.quant.awq import awq_group, rtn_fq
+from llmlab.quant.llm_int8 import Int8Linear
+from llmlab.quant.ptq import rtn
+from llmlab.quant.smoothquant import W8A8Linear, smooth_scales
+
+
+def _inputs(n=2048, k=256, seed=0):
+    """Correlated activations with a few large channels, like a transformer's."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, k // 4, generator=g) @ torch.randn(k // 4, k, generator=g) / 4
+    x += 0.3 * torch.randn(n, k, generator=g)
+    x[:, :4] *= 12
+    return x
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("group", [128, 32, -1])
+def test_gptq_lowers_layer_error_below_rtn(act_order, group):
+    torch.manual_seed(0)
+    x, w = _inputs(), torch.randn(96, 256) * 0.05
+    h = gptq.hessian(x)
+    q = gptq.gptq(w, h, bits=4, group=group, sym=False, act_order=act_order)
+    r = rtn(w, 4, group if group > 0 else "channel", sym=False)
+    e_g, e_r = gptq.layer_error(w, q, h), gptq.layer_error(w, r, h)
+    assert e_g < 0.7 * e_r
+    # layer_error is the mean squared output error (up to the factor 2 of H)
+    assert abs(e_g - float(((x @ (w - q).t()) ** 2).sum(1).mean()) * 2) / e_g < 1e-4
+    # each group's values lie on a 16-level grid (the codes are storable)
+    g = group if group > 0 else 256
+    assert len(torch.unique(q[0, :g])) <= 16
+
+
+def test_gptq_bad_group():
+    with pytest.raises(UserError, match="does not divide"):
+        gptq.gptq(torch.randn(4, 96), torch.eye(96), group=64)
+
+
+def test_awq_beats_rtn_on_output_error():
+    x = _inputs(seed=1)
+    ws = [torch.randn(64, 256) * 0.05, torch.randn(64, 256) * 0.05]
+    new, alpha = awq_group(ws, ["gate_proj", "up_proj"], x[:512], x.abs().mean(0), 4, 128, False)
+    for w, q in zip(ws, new):
+        e_awq = float(((x @ (w - q).t()) ** 2).mean())
+        e_rtn = float(((x @ (w - rtn_fq(w, 4, 128, False)).t()) ** 2).mean())
+        assert e_awq < 0.8 * e_rtn
+    assert 0 < alpha < 1
+
+
+def test_smoothquant_beats_plain_w8a8_with_outliers():
+    x = _inputs(seed=2)
+    x[:, 7] *= 20  # an outlier channel, as in LLM activations
+    lin = nn.Linear(256, 64)
+    ref = lin(x)
+    plain = W8A8Linear(lin)(x)
+    smooth = W8A8Linear(lin, smooth_scales(x.abs().amax(0), [lin.weight], 0.5))(x)
+    assert ((smooth - ref) ** 2).mean() < 0.5 * ((plain - ref) ** 2).mean()
+    # without quantization the smoothing transform is exact: (x / s) (W s)^T = x W^T
+    s = smooth_scales(x.abs().amax(0), [lin.weight], 0.5)
+    assert torch.allclose((x / s) @ (lin.weight * s).t(), x @ lin.weight.t(), atol=1e-4)
+
+
+def test_llm_int8_keeps_outlier_columns_in_float():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 16, bias=False)
+    x = torch.randn(10, 64)
+    x[:, 5] = 40.0
+    m = Int8Linear(lin, threshold=6.0)
+    y = m(x)
+    assert m.last_outliers == 1
+    # hand computation: float outlier column + int8 x int8 for the rest
+    wq = rtn(lin.weight.detach(), 8, "channel", True)
+    reg = x.clone()
+    reg[:, 5] = 0
+    s = reg.abs().amax(1, keepdim=True) / 127
+    expect = (torch.round(reg / s) * s) @ wq.t() + x[:, 5:6] @ wq[:, 5:6].t()
+    assert torch.allclose(y, expect, atol=1e-5)
+    no_split = Int8Linear(lin, threshold=0)(x)
+    assert ((y - lin(x)) ** 2).mean() < 0.1 * ((no_split - lin(x)) ** 2).mean()
+
+
+def test_quantize_model_end_to_end(tiny_config):
+    from llmlab.model.transformer import Transformer
+    torch.manual_seed(0)
+    model = Transformer(tiny_config).eval()
+    calib = torch.randint(0, tiny_config.vocab_size, (4, 32))
+    ids = torch.randint(0, tiny_config.vocab_size, (2, 16))
+    ref = model(ids).detach()
+    for method in ("rtn", "nf4", "gptq", "awq", "w8a8", "smoothquant", "llm_int8"):
+        m = copy.deepcopy(model)
+        info = quantize_model(m, method, bits=4, group=32, calib=calib)
+        out = m(ids).detach()
+        assert info["layers"] == 14 and out.shape == ref.shape
+        assert 0 < float((out - ref).abs().max()) < 1.0, method
+        assert info["stored_bytes"] < 4 * sum(p.numel() for p in model.parameters())
+    with pytest.raises(UserError, match="calibration"):
+        quantize_model(copy.deepcopy(model), "gptq", group=32, calib=None)
+    with pytest.raises(UserError, match="unknown method"):
+        quantize_model(copy.deepcopy(model), "zip")
+    with pytest.raises(UserError, match="does not divide"):
+        quantize_model(copy.deepcopy(model), "rtn", group=24)
+
+
+def test_collect_shares_stats_between_readers_of_one_input(tiny_config):
+    from llmlab.model.transformer import Transformer
+    model = Transformer(tiny_config).eval()
+    st = calibrate.collect(model, torch.randint(0, 97, (2, 16)), list(calibrate.quantizable_linears(model)),
+                           {"hessian"})
+    assert st["model.layers.0.self_attn.q_proj"] is st["model.layers.0.self_attn.k_proj"]
+    assert st["model.layers.0.mlp.gate_proj"] is st["model.layers.0.mlp.up_proj"]
+    assert st["model.layers.0.mlp.down_proj"] is not st["model.layers.0.mlp.up_proj"]
+    assert st["model.layers.0.self_attn.q_proj"].n == 32
+
+
+def test_layerwise_stats_equal_one_pass_when_nothing_changes(tiny_config):
+    from llmlab.model.transformer import Transformer
+    torch.manual_seed(0)
+    model = Transformer(tiny_config).eval()
+    calib = torch.randint(0, 97, (4, 16))
+    names = list(calibrate.quantizable_linears(model))
+    once = calibrate.collect(model, calib, names, {"hessian"}, batch_size=2)
+    seen = {}
+    calibrate.layerwise(model, calib, {"hessian"}, lambda ns, st: seen.update(st), batch_size=2)
+    assert set(seen) == set(names)
+    for n in names:
+        assert torch.allclose(seen[n].H, once[n].H, atol=1e-6), n
