@@ -2,7 +2,7 @@
 
 - sweep_ms: one decode step's worth of matrix-vector products, all 211 matrices (the 30 layers'
   7 projections and the tied Q8_0 LM head), one input row each: ours through the blocks
-  (`llmlab.quant.ggml.matmul`), the peer `torch.mv` on the dequantized fp32 weights (MKL);
+  (`llmlab.kernels.ggml.matmul`), the peer `torch.mv` on the dequantized fp32 weights (MKL);
 - gflops_M{rows}: layer 0's fused q/k/v, o, gate/up, down and the LM head at several row counts,
   ours on the decode path (M <= 32) or the GEMM path (M >= 512, AVX-512 only), the peer
   `F.linear` (MKL) and, as a reference column, oneDNN on weights packed once (what the engine
@@ -38,7 +38,7 @@ def main() -> None:
     from llmlab.infer import fused as runner  # fused, Packed, _lin live in llmlab/infer/fused.py
     from llmlab.model.gguf_io import load_gguf
     from llmlab.model.load import packaged_path
-    from llmlab.quant import ggml
+    from llmlab.kernels import ggml
 
     threads = setup_threads()
     model = load_gguf(packaged_path("smollm2"))

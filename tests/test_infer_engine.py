@@ -46,7 +46,7 @@ def test_concurrent_equal_alone_on_the_other_matmul_paths(smollm2, smollm2_token
     """What other machines run: no block kernel (fp32 weights: packed oneDNN or padded MKL), or
     blocks without the AVX-512 GEMM path (prefill then on packed oneDNN)."""
     from llmlab.infer import fused as runner
-    from llmlab.quant import ggml
+    from llmlab.kernels import ggml
     if path == "blocks_without_gemm":
         monkeypatch.setattr(ggml, "has_gemm", lambda: False)
     runner._FUSED[smollm2] = runner.FusedModel(smollm2, runner.FusedModel.signature(smollm2),

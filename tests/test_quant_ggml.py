@@ -12,8 +12,8 @@ from llmlab.infer.generate import generate_ids
 from llmlab.device import num_threads
 from llmlab.infer.fused import QLinear, fused
 from llmlab.infer.sampling import SamplingParams
-from llmlab.quant import ggml, kernel
-from llmlab.quant.ggml import QuantWeight, matmul
+from llmlab.kernels import build as kernel, ggml
+from llmlab.kernels.ggml import QuantWeight, matmul
 
 pytestmark = pytest.mark.skipif(kernel.load() is None, reason="no C compiler: the block kernel is not built")
 

@@ -1,5 +1,5 @@
 """Build and load the C training kernel `train_kernel.c` (compiled with `cc` on first use and
-cached, by the same helper as llmlab/quant/kernel.py). No compiler, a failed build or
+cached, by the same helper as llmlab/kernels/build.py). No compiler, a failed build or
 LLMLAB_NO_KERNELS=1: `load()` returns None and training uses llmlab/embed/reference.py (same
 algorithm in Python, about 1000x slower; one warning).
 """
@@ -34,7 +34,7 @@ def load():
     if not _LIB:
         lib = None
         if os.environ.get("LLMLAB_NO_KERNELS", "") in ("", "0"):
-            from llmlab.quant.kernel import build
+            from llmlab.kernels.build import build
 
             try:
                 lib = ctypes.CDLL(str(build(SRC)))

@@ -8,7 +8,7 @@ LayerNorm, MHA/GQA/MQA, biases). A matmul weight is one of three kinds (`_lin`):
 - `Packed`: reordered once by oneDNN (`llmlab.device.use_onednn` decides whether oneDNN is used):
   faster for decode batches, and a row's bits do not depend on the row count
   (`packed_min_rows` re-checks that at run time);
-- `QLinear`: GGUF blocks multiplied by the block kernel (`llmlab.quant.ggml`).
+- `QLinear`: GGUF blocks multiplied by the block kernel (`llmlab.kernels.ggml`).
 MKL's sgemm computes a row identically only for some row counts: `invariant_rows(M)` pads to them.
 Measured figures behind these choices: docs/LOG.md ("Inference forward: packed weights").
 """
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.device import num_threads, use_onednn
-from llmlab.quant import ggml
-from llmlab.quant.ggml import matmul as qmatmul
+from llmlab.kernels import ggml
+from llmlab.kernels.ggml import matmul as qmatmul
 
 
 def invariant_rows(n: int) -> int:
@@ -72,7 +72,7 @@ class Packed:
 
 
 class QLinear:
-    """A weight that also exists as GGUF blocks (`llmlab.quant.ggml`): multiplied by the block
+    """A weight that also exists as GGUF blocks (`llmlab.kernels.ggml`): multiplied by the block
     kernel, which uses the very same fp32 weight values but reads ~5x fewer bytes. gemm: its
     register-tiled path for many rows (prefill), else the one for few rows (decode)."""
     __slots__ = ("w", "q", "gemm")

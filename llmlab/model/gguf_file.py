@@ -3,7 +3,7 @@
 `gguf.GGUFReader` builds a numpy view per array element, which takes ~6 s for a 49k-token
 vocabulary; this reader parses the same layout (GGUF v2/v3, little-endian) in well under a
 second. Quantization types and dequantization come from the `gguf` package; Q4_0, Q4_1 and
-Q8_0 (the common ones) are dequantized by `llmlab.quant.ggml` (vectorised torch), everything
+Q8_0 (the common ones) are dequantized by `llmlab.kernels.ggml` (vectorised torch), everything
 else with gguf.quants.
 Tested against gguf.GGUFReader field by field.
 """
@@ -128,11 +128,11 @@ class GGUFFile:
         return torch.from_numpy(np.array(self._data[info.offset:info.offset + info.nbytes]))
 
     def blocks(self, info: TensorInfo):
-        """The tensor as a `llmlab.quant.ggml.QuantWeight` (rows = all but the last dim), or
+        """The tensor as a `llmlab.kernels.ggml.QuantWeight` (rows = all but the last dim), or
         None if its type is not one kept as blocks (Q4_0, Q4_1, Q8_0)."""
         import gguf
 
-        from llmlab.quant.ggml import FORMATS, QuantWeight
+        from llmlab.kernels.ggml import FORMATS, QuantWeight
         name = gguf.GGMLQuantizationType(info.qtype).name
         if name not in FORMATS:
             return None

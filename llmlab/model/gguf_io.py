@@ -5,7 +5,7 @@ llama.cpp's converter permutes the rows of Q and K for its interleaved RoPE; we 
 the weights are in HF's "rotate half" layout (the inverse of `permute` in convert_hf_to_gguf.py).
 
 Matrices stored as Q4_0/Q4_1/Q8_0 are also kept as blocks (`model.quantized`, see
-`llmlab.quant.ggml`): inference multiplies with those, reading ~5x fewer bytes per token.
+`llmlab.kernels.ggml`): inference multiplies with those, reading ~5x fewer bytes per token.
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def gguf_state_dict(reader, cfg: ModelConfig, blocks: dict | None = None) -> dic
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> Transformer:
-    from llmlab.quant.ggml import attach
+    from llmlab.kernels.ggml import attach
     reader = GGUFFile(path)
     cfg = gguf_config(reader, str(path))
     blocks: dict = {}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from llmlab.quant import kernel
+from llmlab.kernels import build as kernel
 
 QK = 32
 _RAW = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}

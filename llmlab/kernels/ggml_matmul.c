@@ -1,6 +1,6 @@
 /* y = x @ W.T for W in GGUF block formats, computed on the dequantized fp32 weights.
  *
- * Weights are stored as repacked by llmlab/quant/ggml.py (not GGUF's interleaved blocks):
+ * Weights are stored as repacked by llmlab/kernels/ggml.py (not GGUF's interleaved blocks):
  *   "q4": per 32-weight block, 16 bytes qs (byte j: weight j low nibble, weight j+16 high
  *         nibble), fp32 scale d[b] and offset m[b]:  w = d*q + m   (Q4_1; Q4_0 has m = -8d)
  *   "q8": per block, 32 int8 qs and fp32 d[b]:        w = d*q       (Q8_0)

@@ -1,0 +1,6 @@
+"""Compiled kernels and the GGUF block formats they multiply: shared plumbing under every stage.
+
+`ggml.py` keeps GGUF Q4_0/Q4_1/Q8_0 blocks and multiplies with them (`ggml_matmul.c`); `build.py`
+compiles a C source with the system compiler once per machine and caches it (also used by the
+word-embedding kernel). The quantization *methods* (PTQ, GPTQ, AWQ, export) live in `llmlab/quant`.
+"""
