@@ -89,7 +89,7 @@ def gguf_rows(a) -> None:
     import os
     import tempfile
 
-    from llmlab.infer.load import load_model_and_tokenizer
+    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     from llmlab.quant.gguf_export import write_gguf
     base, tok = load_model_and_tokenizer(a.model)
     ev = calibrate.token_windows(tok, calibrate.wiki_split(True), a.eval_windows, a.length)
@@ -131,7 +131,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if a.gguf:
         return gguf_rows(a)
-    from llmlab.infer.load import load_model_and_tokenizer
+    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     base, tok = load_model_and_tokenizer(a.model)
     base.__dict__.pop("quantized", None)  # the packaged blocks: every row here runs fp32 matmuls
     n_ev, n_cal = (4, 4) if a.quick else (a.eval_windows, a.calib_windows)

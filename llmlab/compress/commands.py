@@ -77,7 +77,7 @@ def run_prune(cfg: PruneConfig) -> int:
     import torch
 
     from llmlab.compress import prune
-    from llmlab.infer.load import load_model_and_tokenizer
+    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     from llmlab.quant import calibrate
 
     if cfg.method not in PRUNE_METHODS:
@@ -177,7 +177,7 @@ def run_distill(cfg: DistillConfig) -> int:
     import torch
 
     from llmlab.compress.kd import distill_loss
-    from llmlab.infer.load import load_model_and_tokenizer
+    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     from llmlab.model.config import ModelConfig
     from llmlab.model.transformer import Transformer
     from llmlab.quant import calibrate

@@ -21,7 +21,7 @@ from torch import nn
 
 from llmlab.data.split import is_val
 from llmlab.errors import UserError
-from llmlab.eval.perplexity import NLLMeter
+from llmlab.eval.nll_meter import NLLMeter
 
 HELDOUT_FRACTION, HELDOUT_SEED = 0.05, 0
 

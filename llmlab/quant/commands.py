@@ -53,7 +53,7 @@ def run_quantize(cfg: QuantizeConfig) -> int:
     if cfg.format == "hf" and cfg.method not in ("rtn", "nf4", "gptq", "awq"):
         raise UserError(f"method '{cfg.method}' cannot be saved as weights (rtn, nf4, gptq, awq); the activation "
                         "methods are measured by benchmarks/quant_methods.py")
-    from llmlab.infer.load import load_model_and_tokenizer
+    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     torch.set_grad_enabled(False)
     model, tok = load_model_and_tokenizer(cfg.model, device="cpu", dtype="float32")
     ev = None

@@ -145,7 +145,9 @@ def write_gguf(model, tok, path: str | Path, fmt: str = "Q8_0", name: str = "llm
     if fmt not in FORMATS:
         raise UserError(f"unknown GGUF type '{fmt}' (one of: {', '.join(FORMATS)})")
     cfg = model.config
-    if not cfg.is_llama or cfg.attention_bias:
+    llama = (cfg.norm == "rmsnorm" and cfg.mlp == "swiglu" and cfg.position == "rope"
+             and not cfg.mlp_bias and not cfg.attention_bias and not cfg.beyond_llama_gpt())
+    if not llama:
         raise UserError("GGUF export supports LLaMA-architecture models (RMSNorm, SwiGLU, RoPE, no biases)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
