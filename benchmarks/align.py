@@ -34,7 +34,8 @@ sys.path.insert(0, os.path.dirname(_HERE))
 import torch  # noqa: E402
 
 from llmlab.align.grpo import GRPOConfig, GRPOTrainer  # noqa: E402
-from llmlab.align.preference_trainer import PreferenceConfig, PreferenceTrainer  # noqa: E402
+from llmlab.align.preference_trainer import (  # noqa: E402
+    PreferenceConfig, PreferenceTrainer, logprob_preference_accuracy)
 from llmlab.align.rewards import arithmetic_reward  # noqa: E402
 from llmlab.align.toy import CharTokenizer, toy_sum_prompts  # noqa: E402
 from llmlab.device import setup_threads  # noqa: E402
@@ -294,8 +295,6 @@ def _apply_overrides(hp: dict, sets: list[str]) -> dict:
 
 def load_policy_model(name: str, hp: dict, log=print):
     """'smollm2' (the packaged SmolLM2-135M-Instruct), 'speedrun' (the speedrun's chat model) or a dir."""
-    from pathlib import Path
-
     from llmlab.model.load import load_model, resolve_model_path
     from llmlab.tokenizer.bpe import load_tokenizer
     if name == "speedrun":

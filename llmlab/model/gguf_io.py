@@ -17,7 +17,7 @@ from llmlab.config import from_dict
 from llmlab.model.gguf_file import GGUFFile
 from llmlab.errors import UserError
 from llmlab.model.config import ModelConfig
-from llmlab.model.transformer import from_state_dict
+from llmlab.model.transformer import Transformer, from_state_dict
 
 SUPPORTED_ARCHS = ("llama",)
 
