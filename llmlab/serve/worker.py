@@ -58,15 +58,26 @@ class EngineWorker:
         self.inbox.put(("add", rid, prompt_ids, params, prompt_logprobs))
         return rid, q
 
-    def cancel(self, rid: str) -> None:
-        """Free a request's blocks at the next token boundary (client gone or stop pressed)."""
+    def release(self, rid: str) -> None:
+        """Free a request's slot now and its blocks at the next token boundary (finished, failed,
+        client gone or stop pressed). Idempotent: every exit path of a handler calls it."""
         with self.lock:
-            self.streams.pop(rid, None)
-        self.inbox.put(("cancel", rid))
+            live = self.streams.pop(rid, None) is not None
+        if live:
+            self.inbox.put(("cancel", rid))
 
-    def done(self, rid: str) -> None:
+    cancel = release
+
+    def drain(self, timeout: float) -> bool:
+        """Stop accepting (new requests get ShuttingDown -> 503); wait up to `timeout` s for the
+        in-flight ones to be answered. -> True if all were."""
+        import time
         with self.lock:
-            self.streams.pop(rid, None)
+            self.accepting = False
+        t_end = time.monotonic() + timeout
+        while (self.engine.has_work() or self.streams) and time.monotonic() < t_end:
+            time.sleep(0.05)
+        return not self.streams
 
     def _send(self, rid: str, item) -> None:
         with self.lock:
@@ -113,15 +124,14 @@ class EngineWorker:
                     self._send(rid, RuntimeError(f"engine error: {e}"))
                 continue
             for o in outs:
-                self._send(o.request_id, o)
+                if o.finish_reason == "error":  # this request alone failed; the batch went on
+                    log.warning(f"request {o.request_id} failed: {o.error}")
+                    self._send(o.request_id, RuntimeError(o.error))
+                else:
+                    self._send(o.request_id, o)
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop accepting, let in-flight requests finish (up to timeout), then stop the thread."""
-        import time
-        with self.lock:
-            self.accepting = False
-        t_end = time.monotonic() + timeout
-        while self.engine.has_work() and time.monotonic() < t_end:
-            time.sleep(0.05)
+        self.drain(timeout)
         self._stop.set()
         self.thread.join(timeout=5)
