@@ -69,6 +69,7 @@ def create_app(worker: EngineWorker, tokenizer, model_name: str, max_tokens_defa
     app = FastAPI(title="llmlab", version="1", docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="OpenAI-compatible API over llmlab's continuous-batching engine")
     _error_handlers(app)
+    app.add_middleware(JSONBodies)
 
     @app.get("/health")
     async def health():
@@ -92,6 +93,20 @@ def create_app(worker: EngineWorker, tokenizer, model_name: str, max_tokens_defa
         return await _chat(st, body, request)
 
     return app
+
+
+class JSONBodies:
+    """Read every POST body under /v1 as JSON whatever its Content-Type: `curl -d` sends
+    application/x-www-form-urlencoded, some clients send none (OpenAI's API accepts both)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v1/"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
 
 
 def _error_handlers(app: FastAPI) -> None:
