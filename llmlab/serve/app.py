@@ -70,6 +70,7 @@ def create_app(worker: EngineWorker, tokenizer, model_name: str, max_tokens_defa
                   description="OpenAI-compatible API over llmlab's continuous-batching engine")
     _error_handlers(app)
     app.add_middleware(JSONBodies)
+    _precise_openapi(app, model_name)
 
     @app.get("/health")
     async def health():
@@ -93,6 +94,33 @@ def create_app(worker: EngineWorker, tokenizer, model_name: str, max_tokens_defa
         return await _chat(st, body, request)
 
     return app
+
+
+def _precise_openapi(app: FastAPI, model_name: str) -> None:
+    """The schema names the one model this server serves and the error body of every failure."""
+    def openapi():
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            comps = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name in ("ChatCompletionRequest", "CompletionRequest"):
+                if name in comps:
+                    comps[name]["properties"]["model"]["enum"] = [model_name]
+            comps["Error"] = {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["message", "type", "param", "code"], "properties": {
+                    "message": {"type": "string"}, "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+            err = {"description": "OpenAI-format error", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Error"}}}}
+            for path in schema.get("paths", {}).values():
+                for op in path.values():
+                    resp = op.setdefault("responses", {})
+                    resp.pop("422", None)  # validation errors are 400s here, as OpenAI's
+                    for code in (("400", "404", "429", "503") if "requestBody" in op else ()):
+                        resp[code] = err
+            app.openapi_schema = schema
+        return app.openapi_schema
+    app.openapi = openapi
 
 
 class JSONBodies:
