@@ -181,6 +181,10 @@ def load_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise UserError(f"config file {p}: invalid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"config file {p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"config file {p}: cannot read it ({e.strerror})") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {p}: top level must be a mapping of key: value")
     return data

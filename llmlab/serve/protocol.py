@@ -42,7 +42,7 @@ def _bound(name: str, **kw):
     return Field(None, **kw)
 
 
-Number = Union[StrictInt, StrictFloat]
+Number = StrictFloat  # strict: a JSON number (ints too), never a string or a bool
 NonEmpty = Annotated[StrictStr, Field(min_length=1)]
 Role = Literal[ROLES]  # type: ignore[valid-type]
 
