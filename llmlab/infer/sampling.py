@@ -29,6 +29,7 @@ class SamplingError(ValueError):
         self.field = field_name
 
 
+GREEDY_BELOW = 1e-5  # temperatures below this are greedy
 SEED_MIN, SEED_MAX = -2 ** 63, 2 ** 64 - 1  # what torch.Generator.manual_seed accepts
 
 
@@ -42,7 +43,7 @@ class SamplingParams:
     """Every sampling setting, validated here once (the CLI's `generate`/`chat`, the server and the
     engine all build one). Bounds are what the engine computes safely; docs/serve.md lists them."""
     max_new_tokens: int = _f(128, 0, None, "tokens to generate at most")
-    temperature: float = _f(0.0, 0.0, 2.0, "0 = greedy")
+    temperature: float = _f(0.0, 0.0, 2.0, "0 (or < 1e-5) = greedy")
     top_k: int = _f(0, 0, 2 ** 31 - 1, "keep the k most likely tokens; 0 = off")
     top_p: float = _f(1.0, 0.0, 1.0, "nucleus mass; 1 = off", lo_open=True)
     seed: int | None = _f(None, SEED_MIN, SEED_MAX, "per-request generator: same seed, same output, whatever the batch")
@@ -74,7 +75,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        # below 1e-5 (vLLM's epsilon) sampling is argmax in all but name, and in float32 a
+        # temperature like 5e-324 rounds to 0: max-logit / 0 would be NaN
+        return self.temperature < GREEDY_BELOW
 
 
 def _kind(annotation) -> type:
@@ -109,6 +112,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_
         probs = sorted_logits.softmax(-1)
         # drop a token when the mass before it already reaches top_p (the first token always stays)
         drop = probs.cumsum(-1) - probs >= top_p
+        drop[..., 0] = False  # top_p = 1e-300 is 0 in float32: 0 >= 0 would drop every token
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
     if min_p > 0.0:
@@ -179,7 +183,7 @@ def top_logprobs(logits: torch.Tensor, chosen: int, k: int) -> tuple[float, list
 
 def sample_next(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
     """logits (B, V) -> next ids (B,) (no penalties: they need each row's history; see `choose`)."""
-    if p.temperature == 0:
+    if p.greedy:
         return logits.argmax(-1)
     logits = filter_logits(logits.float() / p.temperature, p.top_k, p.top_p, p.min_p)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)

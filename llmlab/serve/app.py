@@ -28,8 +28,9 @@ from starlette.exceptions import HTTPException
 from llmlab.errors import UserError
 from llmlab.infer.engine import Output
 from llmlab.log import get_logger
-from llmlab.serve.protocol import (APIError, ChatCompletionRequest, CompletionRequest, check_model, message_text,
-                                   prompts_to_ids, resolve_max_tokens, sampling_params, validation_error)
+from llmlab.serve.protocol import (APIError, ChatCompletionRequest, CompletionRequest, chat_logprobs, check_model,
+                                   cmpl_logprobs, message_text, prompts_to_ids, resolve_max_tokens, sampling_params,
+                                   validation_error)
 from llmlab.serve.worker import EngineWorker, Overloaded, ShuttingDown
 
 STATIC = Path(__file__).parent / "static"
@@ -281,7 +282,7 @@ async def _completions(st: ServerState, body: CompletionRequest, request: Reques
                     if echo and i not in sent_echo:
                         sent_echo.add(i)
                         text = tok.decode(starts[base]) + text
-                    lp = _cmpl_logprobs([o], tok) if want_lp else None
+                    lp = cmpl_logprobs([o], tok) if want_lp else None
                     yield _sse({**head, "created": int(time.time()),
                                 "choices": [{"index": i, "text": text, "logprobs": lp, "finish_reason": o.finish_reason}]})
             except APIError as e:
@@ -304,7 +305,7 @@ async def _completions(st: ServerState, body: CompletionRequest, request: Reques
         for j in range(n):
             a = acc.get(base + j, {"outs": [], "finish": None, "plp": None})
             usage_c += sum(o.token_id is not None for o in a["outs"])
-            lp = _cmpl_logprobs(a["outs"], tok, a["plp"] if echo else None, prefix) if want_lp else None
+            lp = cmpl_logprobs(a["outs"], tok, a["plp"] if echo else None, prefix) if want_lp else None
             choices.append({"index": base + j, "text": prefix + "".join(o.text for o in a["outs"]),
                             "logprobs": lp, "finish_reason": a["finish"]})
     usage_p = sum(len(ids) for ids, _, _ in jobs)
@@ -344,7 +345,7 @@ async def _chat(st: ServerState, body: ChatCompletionRequest, request: Request):
     for i, outs in acc.items():
         ntok += sum(o.token_id is not None for o in outs)
         choices.append({"index": i, "message": {"role": "assistant", "content": "".join(o.text for o in outs)},
-                        "logprobs": ({"content": _chat_logprobs(outs, st.tokenizer)}
+                        "logprobs": ({"content": chat_logprobs(outs, st.tokenizer)}
                                      if params.logprobs is not None else None),
                         "finish_reason": outs[-1].finish_reason if outs else None})
     return {**head, "object": "chat.completion", "created": int(time.time()), "choices": choices,
@@ -366,7 +367,7 @@ async def _chat_sse(st: ServerState, request: Request, adm: Admitted, head: dict
             ntok += o.token_id is not None
             choice = {"index": o.index, "delta": delta, "logprobs": None, "finish_reason": o.finish_reason}
             if params.logprobs is not None and o.token_id is not None:
-                choice["logprobs"] = {"content": _chat_logprobs([o], st.tokenizer)}
+                choice["logprobs"] = {"content": chat_logprobs([o], st.tokenizer)}
             yield _sse({**chunk, "created": int(time.time()), "choices": [choice]})
         if include_usage:
             yield _sse({**chunk, "created": int(time.time()), "choices": [],
@@ -375,42 +376,3 @@ async def _chat_sse(st: ServerState, request: Request, adm: Admitted, head: dict
     except APIError as e:
         yield _sse(e.body())
     yield "data: [DONE]\n\n"
-
-
-# ------------------------------------------------------------------ logprobs objects
-def _tok_str(tokenizer, t: int) -> str:
-    return tokenizer.decode_bytes([t]).decode("utf-8", errors="replace")
-
-
-def _cmpl_logprobs(outs: list[Output], tokenizer, prompt_lp=None, echo_text: str = "") -> dict:
-    """The legacy completions logprobs object; with echo the prompt tokens come first (the first
-    has logprob null). A stop token is listed too (lm-eval slices off the last token)."""
-    tokens, lps, tops, offsets = [], [], [], []
-    pos = 0
-    for t, lp, top in (prompt_lp or []):
-        s = _tok_str(tokenizer, t)
-        tokens.append(s), lps.append(lp), offsets.append(pos)
-        tops.append({_tok_str(tokenizer, a): v for a, v in top} if lp is not None else None)
-        pos += len(s)
-    pos = len(echo_text) if prompt_lp else 0
-    for o in outs:
-        if o.logprob is None:
-            continue
-        tid = o.token_id if o.token_id is not None else o.stop_token_id
-        s = _tok_str(tokenizer, tid)
-        tokens.append(s), lps.append(o.logprob), offsets.append(pos)
-        tops.append({_tok_str(tokenizer, a): v for a, v in (o.top_logprobs or [])})
-        pos += len(s) if o.token_id is not None else 0
-    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
-
-
-def _chat_logprobs(outs: list[Output], tokenizer) -> list[dict]:
-    res = []
-    for o in outs:
-        if o.token_id is None or o.logprob is None:
-            continue
-        b = tokenizer.decode_bytes([o.token_id])
-        res.append({"token": b.decode("utf-8", errors="replace"), "logprob": o.logprob, "bytes": list(b),
-                    "top_logprobs": [{"token": _tok_str(tokenizer, a), "logprob": v,
-                                      "bytes": list(tokenizer.decode_bytes([a]))} for a, v in (o.top_logprobs or [])]})
-    return res

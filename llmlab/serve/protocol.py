@@ -201,3 +201,42 @@ def prompts_to_ids(prompt, tokenizer, vocab_size: int) -> list[list[int]]:
             raise APIError(400, "the prompt is empty", "prompt")
         out.append(ids)
     return out
+
+
+# ------------------------------------------------------------------ logprobs objects of the responses
+def _tok_str(tokenizer, t: int) -> str:
+    return tokenizer.decode_bytes([t]).decode("utf-8", errors="replace")
+
+
+def cmpl_logprobs(outs: list, tokenizer, prompt_lp=None, echo_text: str = "") -> dict:
+    """The legacy completions logprobs object; with echo the prompt tokens come first (the first
+    has logprob null). A stop token is listed too (lm-eval slices off the last token)."""
+    tokens, lps, tops, offsets = [], [], [], []
+    pos = 0
+    for t, lp, top in (prompt_lp or []):
+        s = _tok_str(tokenizer, t)
+        tokens.append(s), lps.append(lp), offsets.append(pos)
+        tops.append({_tok_str(tokenizer, a): v for a, v in top} if lp is not None else None)
+        pos += len(s)
+    pos = len(echo_text) if prompt_lp else 0
+    for o in outs:
+        if o.logprob is None:
+            continue
+        tid = o.token_id if o.token_id is not None else o.stop_token_id
+        s = _tok_str(tokenizer, tid)
+        tokens.append(s), lps.append(o.logprob), offsets.append(pos)
+        tops.append({_tok_str(tokenizer, a): v for a, v in (o.top_logprobs or [])})
+        pos += len(s) if o.token_id is not None else 0
+    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+def chat_logprobs(outs: list, tokenizer) -> list[dict]:
+    res = []
+    for o in outs:
+        if o.token_id is None or o.logprob is None:
+            continue
+        b = tokenizer.decode_bytes([o.token_id])
+        res.append({"token": b.decode("utf-8", errors="replace"), "logprob": o.logprob, "bytes": list(b),
+                    "top_logprobs": [{"token": _tok_str(tokenizer, a), "logprob": v,
+                                      "bytes": list(tokenizer.decode_bytes([a]))} for a, v in (o.top_logprobs or [])]})
+    return res

@@ -18,6 +18,23 @@ from llmlab.infer.sampling import SamplingParams
 from llmlab.log import get_logger
 
 
+_LIBC = None
+
+
+def trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc `malloc_trim`). Freed memory otherwise stays in
+    the per-thread malloc arenas and a server's RSS creeps up under a varying load (+7.7 % in a
+    20-minute soak without it, docs/serve.md). Called when the engine goes idle; a no-op off glibc."""
+    global _LIBC
+    try:
+        if _LIBC is None:
+            import ctypes
+            _LIBC = ctypes.CDLL("libc.so.6")
+        _LIBC.malloc_trim(0)
+    except (OSError, AttributeError):
+        _LIBC = False
+
+
 class Overloaded(RuntimeError):
     """Too many requests in flight."""
 
@@ -111,10 +128,15 @@ class EngineWorker:
 
     def _loop(self) -> None:
         log = get_logger()
+        busy = False
         while not self._stop.is_set():
             self._drain_inbox(block=not self.engine.has_work())
             if not self.engine.has_work():
+                if busy:  # just went idle
+                    busy = False
+                    trim_heap()
                 continue
+            busy = True
             try:
                 outs: list[Output] = self.engine.step()
             except Exception as e:  # never let one bad step kill the server: fail what is in flight
