@@ -137,7 +137,7 @@ def tiny_dir(tmp_path_factory):
     return save_tiny_dir(tmp_path_factory.mktemp("tiny") / "m")
 
 
-@settings(max_examples=max(EXAMPLES // 10, 3), **SETTINGS)
+@settings(max_examples=max(EXAMPLES // 20, 3), **SETTINGS)
 @given(lines=st.lists(st.text(max_size=40) | st.sampled_from(["{", "[]", '{"prompt": 1}', "null", '{"x": "y"}',
                                                               '{"prompt": "a", "chosen": 3}']), min_size=1, max_size=4))
 def test_malformed_jsonl_is_a_one_line_error(tmp_path_factory, capsys, tiny_dir, lines):
