@@ -55,7 +55,7 @@ def read_json(path: str | Path) -> dict:
         raise UserError(f"file not found: {p}")
     try:
         return json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{p}: invalid JSON ({e})") from None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import os
 import pkgutil
 import sys
 import typing
@@ -30,20 +31,43 @@ def _type_name(tp) -> str:
     return s or str(tp).replace("typing.", "")
 
 
-def verb_help(name: str, verb: Verb) -> str:
-    lines = [f"usage: llmlab {name} [config.yaml] [key=value ...]", "", verb.summary, "",
-             f"example:\n  {verb.example}", "", "config keys (default):"]
-    hints = typing.get_type_hints(verb.config)
-    for f in dataclasses.fields(verb.config):
-        if f.default is not dataclasses.MISSING:
+def _key_lines(cls, indent: str = "  ", prefix: str = "", defaults=None) -> list[str]:
+    """One line per config key; a nested section (a dataclass) lists its own keys under it."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name.startswith("_") or f.metadata.get("hidden"):
+            continue
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]
         else:
             default = "(required)"
         doc = f.metadata.get("help", "")
-        lines.append(f"  {f.name}: {_type_name(hints[f.name])} = {default!r}" + (f"  # {doc}" if doc else ""))
-    return "\n".join(lines)
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            lines.append(f"{indent}{prefix}{f.name}:" + (f"  # {doc}" if doc else ""))
+            lines += _key_lines(type(default), indent + "  ", "", default)
+            continue
+        lines.append(f"{indent}{prefix}{f.name}: {_type_name(hints[f.name])} = {default!r}" + (f"  # {doc}" if doc else ""))
+    return lines
+
+
+def verb_help(name: str, verb: Verb) -> str:
+    lines = [f"usage: llmlab {name} [config.yaml] [key=value ...]", "", verb.summary, "",
+             f"example:\n  {verb.example}", "", "config keys (default):"]
+    return "\n".join(lines + _key_lines(verb.config))
+
+
+def group_help(group: str, verbs: dict[str, Verb]) -> str:
+    """`llmlab peft --help`: the sub-verbs of a two-word verb group."""
+    subs = sorted(v for v in verbs if v.startswith(group + " "))
+    width = max(map(len, subs))
+    return "\n".join([f"usage: llmlab {group} <sub-verb> [config.yaml] [key=value ...]   "
+                      f"(llmlab {group} <sub-verb> --help for details)", ""] +
+                     [f"  {v:<{width}}  {verbs[v].summary}" for v in subs])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             name, rest = f"{argv[0]} {argv[1]}", argv[2:]
         elif argv[0] in verbs:
             name, rest = argv[0], argv[1:]
+        elif any(v.startswith(argv[0] + " ") for v in verbs) and (len(argv) == 1 or argv[1] in ("-h", "--help", "help")):
+            print(group_help(argv[0], verbs))
+            return 0
         else:
             subs = sorted(v for v in verbs if v.startswith(argv[0] + " "))
             hint = f"; did you mean one of: {', '.join(subs)}" if subs else "; run 'llmlab --help' for the list"
@@ -78,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nllmlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `llmlab x --help | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -104,11 +104,15 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
-    for key, value in data.items():
+    for key, value in _route_flat_keys(hints, fields, data).items():
         if key not in fields:
             raise UserError(f"unknown config key '{prefix}{key}' for {cls.__name__}; "
                             f"known keys: {', '.join(sorted(fields))}")
-        kwargs[key] = _coerce(prefix + key, value, hints[key])
+        default = _default_of(fields[key])
+        if isinstance(value, dict) and dataclasses.is_dataclass(default):  # a section: over its defaults
+            kwargs[key] = _replace(default, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(prefix + key, value, hints[key])
     try:
         cfg = cls(**kwargs)
     except (TypeError, ValueError) as e:  # __post_init__ validation
@@ -117,6 +121,51 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     # batch) fill only the others, so an explicit value equal to the default still wins
     object.__setattr__(cfg, "_explicit", frozenset(kwargs))
     return cfg
+
+
+def _default_of(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _replace(default: Any, data: dict, prefix: str) -> Any:
+    """A nested section given as a mapping: its keys over the field's default instance."""
+    cls = type(default)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kw = {}
+    for k, v in data.items():
+        if k not in names:
+            raise UserError(f"unknown config key '{prefix}{k}' for {cls.__name__}; known keys: {', '.join(sorted(names))}")
+        kw[k] = _coerce(prefix + k, v, hints[k])
+    try:
+        return dataclasses.replace(default, **kw)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{prefix.rstrip('.')}: {e}") from None
+
+
+def _route_flat_keys(hints: dict, fields: dict, data: dict) -> dict:
+    """Keys of a nested section may also be given flat: `temperature=0.7` means
+    `sampling.temperature=0.7` when exactly one section has that key (today's flat keys keep working)."""
+    sections = {n: hints[n] for n in fields if dataclasses.is_dataclass(hints[n]) and isinstance(hints[n], type)}
+    if not sections:
+        return data
+    out: dict = {}
+    for k, v in data.items():
+        owners = [n for n, tp in sections.items() if k not in fields and k in {f.name for f in dataclasses.fields(tp)}]
+        if len(owners) == 1:
+            sec = out.setdefault(owners[0], {})
+            if isinstance(sec, dict):
+                sec[k] = v
+                continue
+        if k in sections and isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**v, **out[k]}
+        else:
+            out[k] = v
+    return out
 
 
 def is_explicit(cfg: Any, key: str) -> bool:
@@ -132,6 +181,10 @@ def load_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise UserError(f"config file {p}: invalid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"config file {p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"config file {p}: cannot read it ({e.strerror})") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {p}: top level must be a mapping of key: value")
     return data

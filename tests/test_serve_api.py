@@ -181,11 +181,15 @@ def test_graceful_shutdown_finishes_in_flight_then_refuses(tiny_model, smollm2_t
 
 
 def test_serve_config_errors_are_user_errors():
+    from llmlab.config import load_config
     from llmlab.errors import UserError
-    from llmlab.serve.commands import ServeConfig, build
-    for bad in [dict(preempt="drop"), dict(max_num_seqs=0), dict(prefill_chunk=4096, max_prefill_tokens=1024)]:
+    from llmlab.serve.commands import ServeConfig
+    for bad in [["preempt=drop"], ["max_num_seqs=0"], ["prefill_chunk=4096", "max_prefill_tokens=1024"],
+                ["engine.block_size=-1"], ["max_pending=0"]]:
         with pytest.raises(UserError):
-            build(ServeConfig(**bad))
+            load_config(ServeConfig, bad)
+    cfg = load_config(ServeConfig, ["max_num_seqs=4", "engine.preempt=recompute"])  # flat and nested keys
+    assert cfg.engine.max_num_seqs == 4 and cfg.engine.preempt == "recompute" and cfg.engine.block_size == 16
 
 
 def test_echo_scoring_batch_as_lm_eval_sends_it(tiny_server, smollm2_tokenizer):

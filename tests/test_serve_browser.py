@@ -90,3 +90,40 @@ def test_web_chat_streams_a_reply_and_stops(smollm2, smollm2_tokenizer, tmp_path
             assert len(drv.find_elements(By.CSS_SELECTOR, ".msg.user")) == 2
         finally:
             drv.quit()
+
+
+def test_web_chat_drops_a_failed_turn_from_the_history(smollm2_tokenizer, tmp_path):
+    """A turn that failed (here: max_tokens beyond the context, a 400) is shown as an error and is
+    not sent again with the next turn; a good turn is kept with its reply."""
+    from selenium.webdriver.common.by import By
+
+    from tiny_serve_model import tiny_model
+
+    with live_server(tiny_model(smollm2_tokenizer), smollm2_tokenizer, name="m", num_blocks=64) as (base, worker):
+        drv = _browser(tmp_path)
+        try:
+            drv.get(base + "/")
+            t0 = time.monotonic()
+            while "m" not in drv.find_element(By.ID, "model").text.replace("model:", ""):
+                assert time.monotonic() - t0 < 20
+                time.sleep(0.05)
+
+            def turn(text, max_tokens):
+                drv.find_element(By.ID, "max_tokens").clear()
+                drv.find_element(By.ID, "max_tokens").send_keys(max_tokens)
+                n = len(drv.find_elements(By.CSS_SELECTOR, ".msg[data-done]"))
+                drv.find_element(By.ID, "input").send_keys(text)
+                drv.find_element(By.ID, "send").click()
+                t0 = time.monotonic()
+                while len(drv.find_elements(By.CSS_SELECTOR, ".msg[data-done]")) <= n:
+                    assert time.monotonic() - t0 < 30
+                    time.sleep(0.02)
+                return drv.execute_script("return window.chatHistory()")
+
+            assert turn("first", "100000") == []  # the 400 turn is dropped
+            assert drv.find_elements(By.CSS_SELECTOR, ".msg.error")
+            hist = turn("second", "3")
+            assert [m["role"] for m in hist] == ["user", "assistant"] and hist[0]["content"] == "second"
+            assert hist[1]["content"]
+        finally:
+            drv.quit()

@@ -7,54 +7,48 @@ from dataclasses import dataclass, field
 
 from llmlab.command import Verb
 from llmlab.errors import UserError
+from llmlab.infer.sampling import SamplingParams
+
+
+def _sampling(**defaults):
+    """The sampling section: SamplingParams itself (validated once, in its __post_init__). Its keys
+    are also accepted flat, as before: `temperature=0.7` is `sampling.temperature=0.7`."""
+    from llmlab.infer.sampling import SamplingParams
+    return field(default_factory=lambda: SamplingParams(seed=0, **defaults),
+                 metadata={"help": "sampling settings (llmlab.infer.sampling.SamplingParams); keys may be given flat"})
 
 
 @dataclass
-class _Sampling:
-    max_new_tokens: int = 128
-    temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
-    top_k: int = field(default=0, metadata={"help": "0 = off"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus mass; 1 = off"})
-    min_p: float = field(default=0.0, metadata={"help": "drop tokens below min_p * max prob; 0 = off"})
-    repetition_penalty: float = field(default=1.0, metadata={"help": "CTRL penalty on seen tokens; 1 = off"})
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    no_repeat_ngram_size: int = field(default=0, metadata={"help": "ban repeating n-grams of this size; 0 = off"})
-    stop: list[str] = field(default_factory=list, metadata={"help": "stop strings, e.g. stop='[\"\\n\\n\"]'"})
-    seed: int = 0
+class GenerateConfig:
+    model: str = field(default="smollm2", metadata={"help": "packaged name, .gguf file or HF-style dir"})
+    prompt: str = field(default="", metadata={"help": "prompt text (required)"})
+    chat: bool = field(default=False, metadata={"help": "wrap the prompt as a user turn with the chat template"})
+    system: str = field(default="", metadata={"help": "system message when chat=true"})
+    sampling: SamplingParams = _sampling()
+    num_beams: int = field(default=1, metadata={"help": "> 1: beam search (ignores sampling settings)"})
+    length_penalty: float = field(default=1.0, metadata={"help": "beam score = logprob / length**length_penalty"})
+    early_stopping: str = field(default="false", metadata={"help": "beam search: true, false or never"})
+    num_return_sequences: int = field(default=1, metadata={"help": "beam search: print the n best"})
     device: str = "auto"
     dtype: str = "auto"
 
 
 @dataclass
-class GenerateConfig(_Sampling):
-    model: str = field(default="smollm2", metadata={"help": "packaged name, .gguf file or HF-style dir"})
-    prompt: str = field(default="", metadata={"help": "prompt text (required)"})
-    chat: bool = field(default=False, metadata={"help": "wrap the prompt as a user turn with the chat template"})
-    system: str = field(default="", metadata={"help": "system message when chat=true"})
-    num_beams: int = field(default=1, metadata={"help": "> 1: beam search (ignores sampling settings)"})
-    length_penalty: float = field(default=1.0, metadata={"help": "beam score = logprob / length**length_penalty"})
-    early_stopping: str = field(default="false", metadata={"help": "beam search: true, false or never"})
-    num_return_sequences: int = field(default=1, metadata={"help": "beam search: print the n best"})
-
-
-@dataclass
-class ChatConfig(_Sampling):
+class ChatConfig:
     model: str = field(default="smollm2", metadata={"help": "packaged name, .gguf file or HF-style dir"})
     system: str = field(default="", metadata={"help": "system message (empty: the template's default)"})
     prompt: str = field(default="", metadata={"help": "if set: answer this one message and exit (no REPL)"})
-    max_new_tokens: int = 256
+    sampling: SamplingParams = _sampling(max_new_tokens=256)
+    device: str = "auto"
+    dtype: str = "auto"
 
 
 def _params(cfg):
-    from llmlab.infer.sampling import SamplingParams
-    try:
-        return SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed,
-                              min_p=cfg.min_p, repetition_penalty=cfg.repetition_penalty,
-                              presence_penalty=cfg.presence_penalty, frequency_penalty=cfg.frequency_penalty,
-                              no_repeat_ngram_size=cfg.no_repeat_ngram_size, stop=tuple(cfg.stop))
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    """The request's settings; n and logprobs belong to the server (one completion is printed)."""
+    p = cfg.sampling
+    if p.n != 1 or p.logprobs is not None:
+        raise UserError("n and logprobs are server settings (llmlab serve); the CLI prints one completion")
+    return p
 
 
 def _beam(cfg, model, tok, ids) -> int:
@@ -64,10 +58,10 @@ def _beam(cfg, model, tok, ids) -> int:
         raise UserError(f"early_stopping: expected true, false or never, got '{cfg.early_stopping}'")
     if not 1 <= cfg.num_return_sequences <= cfg.num_beams:
         raise UserError(f"num_return_sequences must be in [1, num_beams={cfg.num_beams}], got {cfg.num_return_sequences}")
-    if len(ids) + cfg.max_new_tokens > model.config.max_position_embeddings:
-        raise UserError(f"prompt ({len(ids)} tokens) + max_new_tokens ({cfg.max_new_tokens}) exceed the context "
+    if len(ids) + cfg.sampling.max_new_tokens > model.config.max_position_embeddings:
+        raise UserError(f"prompt ({len(ids)} tokens) + max_new_tokens ({cfg.sampling.max_new_tokens}) exceed the context "
                         f"window ({model.config.max_position_embeddings})")
-    hyps = beam_search(model, ids, cfg.num_beams, cfg.max_new_tokens, cfg.length_penalty, es,
+    hyps = beam_search(model, ids, cfg.num_beams, cfg.sampling.max_new_tokens, cfg.length_penalty, es,
                        cfg.num_return_sequences, {tok.eos_id} if tok.eos_id is not None else set())
     for i, h in enumerate(hyps):
         prefix = f"[{i}] score={h.score:.4f} " if len(hyps) > 1 else ""
@@ -116,6 +110,45 @@ def _engine_stream(engine, ids, params):
         engine.cancel(rid)  # Ctrl-C mid-reply frees the blocks
 
 
+def _read_turn(history: list, system: str):
+    """Prompt until the user types a message; -> the message, or None to quit (Ctrl-D, /exit).
+    Ctrl-C at the prompt clears the line and says how to quit (as Python's own REPL does)."""
+    while True:
+        try:
+            user = input("you> ").strip()
+        except EOFError:
+            print()
+            return None
+        except KeyboardInterrupt:
+            print("\n(Ctrl-C stops a reply; /exit or Ctrl-D quits)")
+            continue
+        if user in ("/exit", "/quit"):
+            return None
+        if user == "/reset":
+            del history[1 if system else 0:]
+            continue
+        if user:
+            return user
+
+
+def _reply(engine, tok, history: list, params) -> str | None:
+    """Stream one assistant turn; Ctrl-C stops it (the part shown is kept). -> the reply, or None
+    when the conversation no longer fits the context (the turn is dropped)."""
+    ids = tok.encode(tok.apply_chat_template(history, add_generation_prompt=True))
+    sys.stdout.write("assistant> ")
+    reply = []
+    try:
+        for piece in _engine_stream(engine, ids, params):
+            reply.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:  # stop this reply, keep the session (the engine freed its blocks)
+        print(" [stopped]")
+        return "".join(reply)
+    print()
+    return "".join(reply)
+
+
 def run_chat(cfg: ChatConfig) -> int:
     from llmlab.infer.engine import Engine
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
@@ -128,41 +161,23 @@ def run_chat(cfg: ChatConfig) -> int:
     history = [{"role": "system", "content": cfg.system}] if cfg.system else []
     interactive = not cfg.prompt
     if interactive:
-        print("chat with the model; /reset clears the history, /exit or Ctrl-D quits")
+        print("chat with the model; /reset clears the history, Ctrl-C stops a reply, /exit or Ctrl-D quits")
     while True:
-        if interactive:
-            try:
-                user = input("you> ").strip()
-            except EOFError:
-                print()
-                return 0
-            if user in ("/exit", "/quit"):
-                return 0
-            if user == "/reset":
-                history = history[:1] if cfg.system else []
-                continue
-            if not user:
-                continue
-        else:
-            user = cfg.prompt
+        user = _read_turn(history, cfg.system) if interactive else cfg.prompt
+        if user is None:
+            return 0
+        if not interactive:
             print(f"you> {user}")
         history.append({"role": "user", "content": user})
-        ids = tok.encode(tok.apply_chat_template(history, add_generation_prompt=True))
-        sys.stdout.write("assistant> ")
-        reply = []
         try:
-            for piece in _engine_stream(engine, ids, params):
-                reply.append(piece)
-                sys.stdout.write(piece)
-                sys.stdout.flush()
+            reply = _reply(engine, tok, history, params)
         except UserError as e:  # context full: tell, drop the turn, keep the session
             history.pop()
             print(f"\n[{e}; use /reset]")
             if not interactive:
                 raise
             continue
-        print()
-        history.append({"role": "assistant", "content": "".join(reply)})
+        history.append({"role": "assistant", "content": reply})
         if not interactive:
             return 0
 

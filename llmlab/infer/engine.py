@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -28,7 +28,38 @@ from llmlab.infer.paged import BlockTable, NoFreeBlocks, PagedKVCache
 from llmlab.infer.runner import PagedRunner
 from llmlab.infer.sampling import SamplingParams, choose, needs_context, top_logprobs
 
+SEED_MASK = 2 ** 64 - 1
 WAITING, PREFILL, RUNNING, SWAPPED, FINISHED = "waiting", "prefill", "running", "swapped", "finished"
+
+
+@dataclass
+class EngineConfig:
+    """The engine's settings, declared once (`llmlab serve` nests them; `Engine(**asdict(cfg))`)."""
+    max_num_seqs: int = field(default=64, metadata={"help": "sequences decoded together per step"})
+    num_blocks: int = field(default=0, metadata={"help": "KV cache blocks (0: max_num_seqs * 512 tokens)"})
+    block_size: int = field(default=16, metadata={"help": "tokens per KV block"})
+    prefill_chunk: int = field(default=512, metadata={"help": "chunked prefill: tokens of one prompt per step"})
+    max_prefill_tokens: int = field(default=1024, metadata={"help": "prompt tokens prefilled per step, all requests"})
+    preempt: str = field(default="swap", metadata={"help": "when blocks run out: swap or recompute"})
+    prefix_caching: bool = True
+    row_pad: int = field(default=8, metadata={"help": "pad decode rows to a multiple (batch-invariant output)"})
+
+    def __post_init__(self):
+        if self.preempt not in ("swap", "recompute"):
+            raise ValueError(f"preempt: expected 'swap' or 'recompute', got '{self.preempt}'")
+        for key in ("max_num_seqs", "block_size", "prefill_chunk", "max_prefill_tokens", "row_pad"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        if self.num_blocks < 0:
+            raise ValueError(f"num_blocks must be >= 0 (0: automatic), got {self.num_blocks}")
+        if self.prefill_chunk > self.max_prefill_tokens:
+            raise ValueError(f"prefill_chunk ({self.prefill_chunk}) must be <= max_prefill_tokens "
+                             f"({self.max_prefill_tokens})")
+
+    def build(self, model, tokenizer) -> "Engine":
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        kw["num_blocks"] = self.num_blocks or None
+        return Engine(model, tokenizer, **kw)
 
 
 @dataclass
@@ -43,6 +74,7 @@ class Output:
     finish_reason: str | None = None  # "stop", "length", "cancelled" (None while running)
     prompt_logprobs: list | None = None  # echo scoring: [(token, logprob | None, top)] per prompt token
     stop_token_id: int | None = None  # set (and token_id None) when the sequence ended on a stop token
+    error: str | None = None  # finish_reason "error": this request failed alone (the batch went on)
 
 
 @dataclass
@@ -105,6 +137,9 @@ class Engine:
                     prompt_logprobs: int | None = None) -> str:
         if not prompt_ids:
             raise ValueError("empty prompt")
+        vocab = self.model.config.vocab_size
+        if not all(isinstance(t, int) and 0 <= t < vocab for t in prompt_ids):
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
         if len(prompt_ids) >= self.ctx and not (params.max_new_tokens == 0 and len(prompt_ids) <= self.ctx):
             raise ValueError(f"prompt is {len(prompt_ids)} tokens; the context window is {self.ctx}")
         need = -(-min(len(prompt_ids) + params.max_new_tokens, self.ctx) // self.cache.block_size)
@@ -228,12 +263,15 @@ class Engine:
         """The prompt is in the cache: fork the n samples, each takes its first token."""
         req = s.request
         for i in range(1, req.params.n):
-            seed = (req.params.seed + i) if req.params.seed is not None else random.getrandbits(63)
+            # wrap into manual_seed's 64-bit range (seed 2**64-1 with n > 1 must not overflow)
+            seed = (req.params.seed + i) & SEED_MASK if req.params.seed is not None else random.getrandbits(63)
             child = Sequence(req, i, list(s.tokens), torch.Generator(device=self.runner.device).manual_seed(seed),
                              table=self.cache.fork(s.table), status=RUNNING, text=TextStream(req.params.stop))
             req.seqs.append(child)
             self.running.append(child)
         for seq in list(req.seqs):
+            if seq.finished:  # an earlier sample failed the request
+                continue
             o = self._emit(seq, logits, out)
             if req.prompt_logprobs is not None and o is not None:
                 o.prompt_logprobs = req._plp  # every sample echoes the same prompt
@@ -267,7 +305,8 @@ class Engine:
         plain = [s.request.params.greedy and not needs_context(s.request.params) for s in batch]
         best = logits.argmax(-1).tolist() if any(plain) else None
         for i, (s, row) in enumerate(zip(batch, logits)):
-            self._emit(s, row, out, best[i] if plain[i] else None)
+            if not s.finished:  # a sibling sample may have failed the request in this loop
+                self._emit(s, row, out, best[i] if plain[i] else None)
 
     def _preempt(self, s: Sequence) -> None:
         self.stats["preempted"] += 1
@@ -291,11 +330,15 @@ class Engine:
             self._finish(s)
             out.append(o)
             return o
-        if tid is None:
-            tid = choose(logits, p, s.generator, s.tokens, len(req.prompt_ids))
         o = Output(req.id, s.index, tid)
-        if p.logprobs is not None:
-            o.logprob, o.top_logprobs = top_logprobs(logits, tid, p.logprobs)
+        try:  # a failure in this request's sampling is confined to this request
+            if tid is None:
+                o.token_id = tid = choose(logits, p, s.generator, s.tokens, len(req.prompt_ids))
+            if p.logprobs is not None:
+                o.logprob, o.top_logprobs = top_logprobs(logits, tid, p.logprobs)
+        except Exception as e:  # noqa: BLE001 - any error here is this request's alone
+            self._fail(req, f"sampling failed: {e}", out)
+            return None
         s.num_generated += 1
         stop_tokens = set(p.stop_token_ids) | ({self.eos} if self.eos is not None and not p.ignore_eos else set())
         if tid in stop_tokens:  # the stop token itself is not part of the output
@@ -318,6 +361,14 @@ class Engine:
     def _finish(self, s: Sequence) -> None:
         self._release(s)
         s.status = FINISHED
+
+    def _fail(self, req: Request, message: str, out: list[Output]) -> None:
+        """End every sample of `req` now with finish_reason "error"; free its blocks. The other
+        requests of the batch are untouched (their rows were computed independently)."""
+        for s in req.seqs:
+            if not s.finished:
+                self._finish(s)
+        out.append(Output(req.id, 0, finish_reason="error", error=message))
 
     # ------------------------------------------------------------------ convenience
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[list[int]]]:

@@ -15,54 +15,91 @@ truncation (top-k, top-p, min-p), then a draw.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 
 import torch
 
 
+class SamplingError(ValueError):
+    """A sampling setting out of its bounds; `field` names it (the server's error `param`)."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(message)
+        self.field = field_name
+
+
+GREEDY_BELOW = 1e-5  # temperatures below this are greedy
+SEED_MIN, SEED_MAX = -2 ** 63, 2 ** 64 - 1  # what torch.Generator.manual_seed accepts
+
+
+def _f(default, lo=None, hi=None, help="", lo_open=False, **kw):
+    """A field with its bounds: the one place the CLI, the server and the engine take them from."""
+    return field(default=default, metadata={"help": help, "bounds": (lo, hi, lo_open)}, **kw)
+
+
 @dataclass
 class SamplingParams:
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    seed: int | None = None  # per-request generator: same seed, same output, whatever the batch
-    min_p: float = 0.0  # 0 = off
-    repetition_penalty: float = 1.0  # 1 = off
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    no_repeat_ngram_size: int = 0  # 0 = off
-    stop: tuple[str, ...] = ()  # stop strings (not included in the output)
-    stop_token_ids: tuple[int, ...] = ()  # stop tokens besides EOS (not included)
+    """Every sampling setting, validated here once (the CLI's `generate`/`chat`, the server and the
+    engine all build one). Bounds are what the engine computes safely; docs/serve.md lists them."""
+    max_new_tokens: int = _f(128, 0, None, "tokens to generate at most")
+    temperature: float = _f(0.0, 0.0, 2.0, "0 (or < 1e-5) = greedy")
+    top_k: int = _f(0, 0, 2 ** 31 - 1, "keep the k most likely tokens; 0 = off")
+    top_p: float = _f(1.0, 0.0, 1.0, "nucleus mass; 1 = off", lo_open=True)
+    seed: int | None = _f(None, SEED_MIN, SEED_MAX, "per-request generator: same seed, same output, whatever the batch")
+    min_p: float = _f(0.0, 0.0, 1.0, "drop tokens below min_p * max prob; 0 = off")
+    repetition_penalty: float = _f(1.0, 0.01, 100.0, "CTRL penalty on seen tokens; 1 = off")
+    presence_penalty: float = _f(0.0, -2.0, 2.0)
+    frequency_penalty: float = _f(0.0, -2.0, 2.0)
+    no_repeat_ngram_size: int = _f(0, 0, 1024, "ban repeating n-grams of this size; 0 = off")
+    stop: tuple[str, ...] = field(default=(), metadata={"help": "stop strings (not in the output), e.g. stop='[\"\\n\\n\"]'"})
+    stop_token_ids: tuple[int, ...] = field(default=(), metadata={"help": "stop tokens besides EOS (not in the output)"})
     ignore_eos: bool = False
-    logprobs: int | None = None  # None = off; k = chosen token's logprob plus the k best alternatives
-    n: int = 1  # parallel samples of one prompt (share the prompt's KV blocks)
-    extra: dict = field(default_factory=dict, repr=False)
+    logprobs: int | None = _f(None, 0, 20, "None = off; k = chosen token's logprob plus the k best alternatives")
+    n: int = _f(1, 1, 16, "parallel samples of one prompt (share the prompt's KV blocks)")
+    extra: dict = field(default_factory=dict, repr=False, metadata={"hidden": True})
 
     def __post_init__(self):
-        self.stop = tuple([self.stop] if isinstance(self.stop, str) else self.stop)
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        if not isinstance(self.stop, (list, tuple)) or not all(isinstance(x, str) and x for x in self.stop):
+            raise SamplingError("stop", f"stop strings must be non-empty strings, got {self.stop!r}")
+        self.stop = tuple(self.stop)
+        if not isinstance(self.stop_token_ids, (list, tuple)) or not all(
+                isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2 ** 31 for t in self.stop_token_ids):
+            raise SamplingError("stop_token_ids", f"stop_token_ids must be token ids, got {self.stop_token_ids!r}")
         self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
-        checks = [
-            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
-            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-            (self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}"),
-            (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
-            (self.max_new_tokens >= 0, f"max_new_tokens must be >= 0, got {self.max_new_tokens}"),
-            (self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
-            (-2 <= self.presence_penalty <= 2, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}"),
-            (-2 <= self.frequency_penalty <= 2, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
-            (self.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}"),
-            (self.logprobs is None or 0 <= self.logprobs <= 20, f"logprobs must be in [0, 20], got {self.logprobs}"),
-            (self.n >= 1, f"n must be >= 1, got {self.n}"),
-            (all(self.stop), "stop strings must be non-empty"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
+        for f in fields(self):
+            if "bounds" in f.metadata:
+                check_bound(f.name, getattr(self, f.name), *f.metadata["bounds"], kind=_kind(f.type))
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        # below 1e-5 (vLLM's epsilon) sampling is argmax in all but name, and in float32 a
+        # temperature like 5e-324 rounds to 0: max-logit / 0 would be NaN
+        return self.temperature < GREEDY_BELOW
+
+
+def _kind(annotation) -> type:
+    return int if str(annotation).startswith("int") else float
+
+
+def check_bound(name: str, v, lo, hi, lo_open: bool = False, kind: type = float) -> None:
+    """Raise SamplingError unless v is a finite number of `kind` in [lo, hi] ((lo, hi] if lo_open);
+    None passes (= off)."""
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)) \
+            or not math.isfinite(v):
+        raise SamplingError(name, f"{name} must be a{'n integer' if kind is int else ' finite number'}, got {v!r}")
+    if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
+        rng = f"{'(' if lo_open else '['}{lo}, {'inf' if hi is None else hi}]"
+        raise SamplingError(name, f"{name} must be in {rng}, got {v}")
+
+
+def bounds(name: str) -> tuple:
+    """(lo, hi, lo_open) of a SamplingParams field."""
+    return next(f.metadata["bounds"] for f in fields(SamplingParams) if f.name == name)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
@@ -75,6 +112,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_
         probs = sorted_logits.softmax(-1)
         # drop a token when the mass before it already reaches top_p (the first token always stays)
         drop = probs.cumsum(-1) - probs >= top_p
+        drop[..., 0] = False  # top_p = 1e-300 is 0 in float32: 0 >= 0 would drop every token
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
     if min_p > 0.0:
@@ -124,8 +162,12 @@ def choose(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator |
         logits = apply_penalties(logits, p, context or [], n_prompt)
     if p.greedy:
         return int(logits.argmax())
-    logits = filter_logits(logits / p.temperature, p.top_k, p.top_p, p.min_p)
-    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+    # shift by the max before dividing: a tiny temperature then gives -inf/0, never inf - inf = NaN
+    logits = filter_logits((logits - logits.max()) / p.temperature, p.top_k, p.top_p, p.min_p)
+    probs = logits.softmax(-1)
+    if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0:
+        raise SamplingError("logits", "the next-token distribution is not finite (NaN/inf logits)")
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def top_logprobs(logits: torch.Tensor, chosen: int, k: int) -> tuple[float, list[tuple[int, float]]]:
@@ -141,7 +183,7 @@ def top_logprobs(logits: torch.Tensor, chosen: int, k: int) -> tuple[float, list
 
 def sample_next(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
     """logits (B, V) -> next ids (B,) (no penalties: they need each row's history; see `choose`)."""
-    if p.temperature == 0:
+    if p.greedy:
         return logits.argmax(-1)
     logits = filter_logits(logits.float() / p.temperature, p.top_k, p.top_p, p.min_p)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)

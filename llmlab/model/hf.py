@@ -35,6 +35,8 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
 
 
 def config_from_hf(d: dict, source: str = "config.json") -> ModelConfig:
+    if not isinstance(d, dict):
+        raise UserError(f"{source}: expected a JSON object, got {type(d).__name__}")
     mt = d.get("model_type")
     if mt == "llmlab":
         return from_dict(ModelConfig, d["llmlab"])

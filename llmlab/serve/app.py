@@ -1,342 +1,378 @@
 """An OpenAI-compatible HTTP server (FastAPI) over the continuous-batching engine.
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions (echo + logprobs: lm-eval's
-`local-completions` scores through it), GET /v1/models, GET /health, and the web chat at /.
+`local-completions` scores through it), GET /v1/models, GET /health, the web chat at /, and the
+OpenAPI schema at /openapi.json (request bodies: llmlab/serve/protocol.py).
 `stream: true` answers with server-sent events (`data: {chunk}` ... `data: [DONE]`).
-A client that disconnects is cancelled at the next token boundary and its KV blocks are freed.
+
+Isolation: a request is validated completely before it is admitted; once admitted, every exit
+path (done, error, client gone, exception) releases its slot and KV blocks (`_release`), and a
+client that disconnects is noticed at once (a task waits for the ASGI disconnect message), not
+at the next token. Every error, including an unexpected one, is answered as OpenAI error JSON.
+docs/serve.md tabulates the limits and what exceeding each one returns.
 """
 from __future__ import annotations
 
 import asyncio
 import json
-from contextlib import aclosing
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
+from llmlab.errors import UserError
 from llmlab.infer.engine import Output
-from llmlab.serve.protocol import APIError, check_model, resolve_max_tokens, sampling_params
+from llmlab.log import get_logger
+from llmlab.serve.protocol import (APIError, ChatCompletionRequest, CompletionRequest, chat_logprobs, check_model,
+                                   cmpl_logprobs, message_text, prompts_to_ids, resolve_max_tokens, sampling_params,
+                                   validation_error)
 from llmlab.serve.worker import EngineWorker, Overloaded, ShuttingDown
 
 STATIC = Path(__file__).parent / "static"
+_GONE = object()  # put in the event queue when the client disconnects
+
+
+@dataclass
+class ServerState:
+    worker: EngineWorker
+    tokenizer: object
+    model_name: str
+    max_tokens_default: int = 256
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def ctx(self) -> int:
+        return self.worker.engine.ctx
+
+
+@dataclass
+class Admitted:
+    """The engine requests of one HTTP request: (request id, Output queue, n samples, choice offset)."""
+    subs: list[tuple[str, asyncio.Queue, int, int]] = field(default_factory=list)
 
 
 def create_app(worker: EngineWorker, tokenizer, model_name: str, max_tokens_default: int = 256,
-               drain_timeout: float = 30.0):
+               drain_timeout: float = 30.0) -> FastAPI:
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(app):
         yield
-        # uvicorn stopped accepting (SIGINT/SIGTERM) and waited for open responses: stop the engine
+        # uvicorn stopped accepting and waited for open responses: stop the engine
         await asyncio.to_thread(worker.shutdown, drain_timeout)
 
-    app = FastAPI(title="llmlab", docs_url=None, redoc_url=None, lifespan=lifespan)
-    ctx = worker.engine.ctx
-    created = int(time.time())
-
-    def err(e: APIError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
-
-    async def read_json(request: Request) -> dict:
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(400, f"We could not parse the JSON body of your request ({e})") from None
-        if not isinstance(body, dict):
-            raise APIError(400, "the request body must be a JSON object")
-        return body
-
-    def submit(ids, params, plp=None):
-        try:
-            return worker.submit(ids, params, plp)
-        except Overloaded as e:
-            raise APIError(429, f"Server overloaded: {e}; retry later", None, "rate_limit_exceeded",
-                           "rate_limit_error") from None
-        except ShuttingDown as e:
-            raise APIError(503, str(e), None, "service_unavailable", "server_error") from None
-
-    async def events(request: Request, subs: list[tuple[str, asyncio.Queue, int]]):
-        """Merge the Outputs of several engine requests; cancel them all if the client leaves.
-        Yields (choice offset, Output)."""
-        remaining = {rid: n for rid, _, n in subs}
-        merged: asyncio.Queue = asyncio.Queue()
-
-        async def pump(rid, q, base):
-            while remaining.get(rid, 0) > 0:
-                item = await q.get()
-                if isinstance(item, Exception):
-                    remaining[rid] = 0
-                    await merged.put((base, item))
-                    return
-                if item.finish_reason:
-                    remaining[rid] -= 1
-                await merged.put((base, item))
-
-        tasks = [asyncio.create_task(pump(rid, q, base)) for (rid, q, _), base in
-                 zip(subs, _offsets([n for _, _, n in subs]))]
-        try:
-            while any(v > 0 for v in remaining.values()) or not merged.empty():
-                try:
-                    item = await asyncio.wait_for(merged.get(), timeout=0.5)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return
-                    continue
-                if isinstance(item[1], Exception):
-                    raise APIError(400 if isinstance(item[1], ValueError) else 500, str(item[1]))
-                yield item
-        finally:
-            for t in tasks:
-                t.cancel()
-            for rid, _, _ in subs:  # finished ones are a no-op; live ones are freed (disconnect)
-                if remaining.get(rid, 0) > 0:
-                    worker.cancel(rid)
-                else:
-                    worker.done(rid)
-
-    @app.exception_handler(APIError)
-    async def _api_error(request, e: APIError):
-        return err(e)
+    st = ServerState(worker, tokenizer, model_name, max_tokens_default)
+    app = FastAPI(title="llmlab", version="1", docs_url=None, redoc_url=None, lifespan=lifespan,
+                  description="OpenAI-compatible API over llmlab's continuous-batching engine")
+    _error_handlers(app)
+    app.add_middleware(JSONBodies)
+    _precise_openapi(app, model_name)
 
     @app.get("/health")
     async def health():
-        if not worker.accepting:
-            return JSONResponse({"status": "shutting_down"}, status_code=503)
-        e = worker.engine
-        return {"status": "ok", "model": model_name, "in_flight": worker.pending,
-                "free_kv_blocks": e.num_free_blocks, "total_kv_blocks": e.cache.alloc.num_blocks}
+        return _health(st)
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                            "owned_by": "llmlab", "max_model_len": ctx}]}
+        return {"object": "list", "data": [{"id": st.model_name, "object": "model", "created": st.created,
+                                            "owned_by": "llmlab", "max_model_len": st.ctx}]}
 
-    @app.get("/")
+    @app.get("/", include_in_schema=False)
     async def index():
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
-    # ------------------------------------------------------------------ /v1/completions
     @app.post("/v1/completions")
-    async def completions(request: Request):
-        body = await read_json(request)
-        check_model(body, model_name)
-        prompts = _prompts(body.get("prompt"), tokenizer)
-        echo = bool(body.get("echo", False))
-        subs, per_prompt = [], []
-        for ids in prompts:
-            mt = resolve_max_tokens(body, ("max_tokens",), len(ids), ctx, 16, 0)  # OpenAI's default: 16
-            params = sampling_params(body, mt, chat=False)
-            per_prompt.append((ids, params))
-        for ids, params in per_prompt:  # validate all before submitting any
-            plp = params.logprobs if (echo and params.logprobs is not None) else None
-            rid, q = submit(ids, params, plp)
-            subs.append((rid, q, params.n))
-        cid, model = f"cmpl-{uuid.uuid4().hex[:24]}", model_name
-        n_choices = sum(n for _, _, n in subs)
-        starts = {base: ids for (ids, _), base in zip(per_prompt, _offsets([n for _, _, n in subs]))}
-        want_lp = per_prompt[0][1].logprobs is not None
+    async def completions(body: CompletionRequest, request: Request):
+        return await _completions(st, body, request)
 
-        if body.get("stream"):
-            async def sse():
-                sent_echo = set()
-                try:
-                    async with aclosing(events(request, subs)) as evs:  # closed at once on disconnect
-                        async for base, o in evs:
-                            i = base + o.index
-                            text = o.text
-                            if echo and i not in sent_echo:
-                                sent_echo.add(i)
-                                text = tokenizer.decode(starts[base]) + text
-                            lp = _cmpl_logprobs([o], tokenizer) if want_lp else None
-                            chunk = {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
-                                     "choices": [{"index": i, "text": text, "logprobs": lp,
-                                                  "finish_reason": o.finish_reason}]}
-                            yield f"data: {json.dumps(chunk)}\n\n"
-                except APIError as e:
-                    yield f"data: {json.dumps(e.body())}\n\n"
-                yield "data: [DONE]\n\n"
-            return StreamingResponse(sse(), media_type="text/event-stream")
-
-        acc = {i: {"outs": [], "finish": None, "plp": None} for i in range(n_choices)}
-        async for base, o in events(request, subs):
-            a = acc[base + o.index]
-            a["outs"].append(o)
-            if o.prompt_logprobs is not None:
-                a["plp"] = o.prompt_logprobs
-            if o.finish_reason:
-                a["finish"] = o.finish_reason
-        choices, usage_c = [], 0
-        for base, ids in starts.items():
-            n = next(n for (_, _, n), b in zip(subs, _offsets([n for _, _, n in subs])) if b == base)
-            for j in range(n):
-                a = acc[base + j]
-                text = "".join(o.text for o in a["outs"])
-                usage_c += sum(o.token_id is not None for o in a["outs"])
-                lp = None
-                if want_lp:
-                    lp = _cmpl_logprobs(a["outs"], tokenizer, a["plp"] if echo else None, tokenizer.decode(ids) if echo else "")
-                choices.append({"index": base + j, "text": (tokenizer.decode(ids) if echo else "") + text,
-                                "logprobs": lp, "finish_reason": a["finish"]})
-        usage_p = sum(len(ids) for ids, _ in per_prompt)
-        return {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
-                "choices": choices, "usage": {"prompt_tokens": usage_p, "completion_tokens": usage_c,
-                                              "total_tokens": usage_p + usage_c}}
-
-    # ------------------------------------------------------------------ /v1/chat/completions
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        body = await read_json(request)
-        check_model(body, model_name)
-        msgs = body.get("messages")
-        if not isinstance(msgs, list) or not msgs or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) for m in msgs):
-            raise APIError(400, "'messages' must be a non-empty list of {role, content} objects", "messages")
-        conv = []
-        for m in msgs:
-            c = m.get("content")
-            if isinstance(c, list):  # [{"type": "text", "text": ...}, ...]
-                c = "".join(p.get("text", "") for p in c if isinstance(p, dict))
-            if not isinstance(c, str):
-                raise APIError(400, "each message needs a string 'content'", "messages")
-            conv.append({"role": m["role"], "content": c})
-        ids = tokenizer.encode(tokenizer.apply_chat_template(conv, add_generation_prompt=True))
-        mt = resolve_max_tokens(body, ("max_completion_tokens", "max_tokens"), len(ids), ctx, max_tokens_default, 1)
-        params = sampling_params(body, mt, chat=True)
-        rid, q = submit(ids, params)
-        subs = [(rid, q, params.n)]
-        cid, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", model_name
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-
-        if body.get("stream"):
-            async def sse():
-                started, ntok = set(), 0
-                try:
-                    async with aclosing(events(request, subs)) as evs:  # closed at once on disconnect
-                        async for _, o in evs:
-                            delta = {}
-                            if o.index not in started:
-                                started.add(o.index)
-                                delta["role"] = "assistant"
-                            if o.text or "role" in delta:
-                                delta["content"] = o.text
-                            ntok += o.token_id is not None
-                            choice = {"index": o.index, "delta": delta, "logprobs": None, "finish_reason": o.finish_reason}
-                            if params.logprobs is not None and o.token_id is not None:
-                                choice["logprobs"] = {"content": _chat_logprobs([o], tokenizer)}
-                            yield "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk",
-                                                         "created": int(time.time()), "model": model,
-                                                         "choices": [choice]}) + "\n\n"
-                    if include_usage:
-                        yield "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk",
-                                                     "created": int(time.time()), "model": model, "choices": [],
-                                                     "usage": {"prompt_tokens": len(ids), "completion_tokens": ntok,
-                                                               "total_tokens": len(ids) + ntok}}) + "\n\n"
-                except APIError as e:
-                    yield f"data: {json.dumps(e.body())}\n\n"
-                yield "data: [DONE]\n\n"
-            return StreamingResponse(sse(), media_type="text/event-stream")
-
-        acc = {i: [] for i in range(params.n)}
-        async for _, o in events(request, subs):
-            acc[o.index].append(o)
-        choices, ntok = [], 0
-        for i, outs in acc.items():
-            ntok += sum(o.token_id is not None for o in outs)
-            choices.append({"index": i, "message": {"role": "assistant", "content": "".join(o.text for o in outs)},
-                            "logprobs": ({"content": _chat_logprobs(outs, tokenizer)}
-                                         if params.logprobs is not None else None),
-                            "finish_reason": outs[-1].finish_reason if outs else None})
-        return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-                "choices": choices, "usage": {"prompt_tokens": len(ids), "completion_tokens": ntok,
-                                              "total_tokens": len(ids) + ntok}}
-
-    @app.exception_handler(404)
-    async def _not_found(request, exc):
-        return JSONResponse(APIError(404, f"no route {request.method} {request.url.path}", None,
-                                     "not_found").body(), status_code=404)
-
-    @app.exception_handler(405)
-    async def _bad_method(request, exc):
-        return JSONResponse(APIError(405, f"method {request.method} not allowed on {request.url.path}").body(),
-                            status_code=405)
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        return await _chat(st, body, request)
 
     return app
 
 
-def _offsets(ns: list[int]) -> list[int]:
-    out, s = [], 0
-    for n in ns:
-        out.append(s)
-        s += n
-    return out
+def _precise_openapi(app: FastAPI, model_name: str) -> None:
+    """The schema names the one model this server serves and the error body of every failure."""
+    def openapi():
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            comps = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name in ("ChatCompletionRequest", "CompletionRequest"):
+                if name in comps:
+                    comps[name]["properties"]["model"]["enum"] = [model_name]
+            comps["Error"] = {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["message", "type", "param", "code"], "properties": {
+                    "message": {"type": "string"}, "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+            err = {"description": "OpenAI-format error", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Error"}}}}
+            for path in schema.get("paths", {}).values():
+                for op in path.values():
+                    resp = op.setdefault("responses", {})
+                    resp.pop("422", None)  # validation errors are 400s here, as OpenAI's
+                    for code in (("400", "404", "429", "503") if "requestBody" in op else ()):
+                        resp[code] = err
+            app.openapi_schema = schema
+        return app.openapi_schema
+    app.openapi = openapi
 
 
-def _prompts(prompt, tokenizer) -> list[list[int]]:
-    """OpenAI accepts a string, a list of strings, a list of token ids, or a list of id lists."""
-    bad = APIError(400, "'prompt' must be a non-empty string, list of strings, list of token ids, "
-                        "or list of token-id lists", "prompt")
-    if isinstance(prompt, str):
-        prompt = [prompt]
-    if not isinstance(prompt, list) or not prompt:
-        raise bad
-    if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        prompt = [prompt]
-    out = []
-    for p in prompt:
-        if isinstance(p, str):
-            ids = tokenizer.encode(p)
-        elif isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
-            if any(t < 0 or t >= tokenizer.vocab_size for t in p):
-                raise APIError(400, f"token ids must be in [0, {tokenizer.vocab_size})", "prompt")
-            ids = p
-        else:
-            raise bad
-        if not ids:
-            raise APIError(400, "the prompt is empty", "prompt")
-        out.append(ids)
-    if len(out) > 64:
-        raise APIError(400, f"at most 64 prompts per request, got {len(out)}", "prompt")
-    return out
+class JSONBodies:
+    """Read every POST body under /v1 as JSON whatever its Content-Type: `curl -d` sends
+    application/x-www-form-urlencoded, some clients send none (OpenAI's API accepts both)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v1/"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
 
 
-def _tok_str(tokenizer, t: int) -> str:
-    return tokenizer.decode_bytes([t]).decode("utf-8", errors="replace")
+def _error_handlers(app: FastAPI) -> None:
+    """Every error leaves as OpenAI error JSON: ours, validation, HTTP (404/405), and unexpected ones."""
+    @app.exception_handler(APIError)
+    async def _api_error(request, e: APIError):
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e: RequestValidationError):
+        err = validation_error(list(e.errors()))
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request, e: HTTPException):
+        msg = {404: f"no route {request.method} {request.url.path}",
+               405: f"method {request.method} not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
+        return JSONResponse(APIError(e.status_code, msg, None, "not_found" if e.status_code == 404 else None).body(),
+                            status_code=e.status_code, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, e: Exception):
+        get_logger().exception(f"unexpected error on {request.method} {request.url.path}")
+        return JSONResponse(APIError(500, f"internal error: {type(e).__name__}: {e}", None, None,
+                                     "server_error").body(), status_code=500)
 
 
-def _cmpl_logprobs(outs: list[Output], tokenizer, prompt_lp=None, echo_text: str = "") -> dict:
-    """The legacy completions logprobs object; with echo the prompt tokens come first (the first
-    has logprob null). A stop token is listed too (lm-eval slices off the last token)."""
-    tokens, lps, tops, offsets = [], [], [], []
-    pos = 0
-    for t, lp, top in (prompt_lp or []):
-        s = _tok_str(tokenizer, t)
-        tokens.append(s), lps.append(lp), offsets.append(pos)
-        tops.append({_tok_str(tokenizer, a): v for a, v in top} if lp is not None else None)
-        pos += len(s)
-    pos = len(echo_text) if prompt_lp else 0
-    for o in outs:
-        if o.logprob is None:
-            continue
-        tid = o.token_id if o.token_id is not None else o.stop_token_id
-        s = _tok_str(tokenizer, tid)
-        tokens.append(s), lps.append(o.logprob), offsets.append(pos)
-        tops.append({_tok_str(tokenizer, a): v for a, v in (o.top_logprobs or [])})
-        pos += len(s) if o.token_id is not None else 0
-    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+def _health(st: ServerState):
+    if not st.worker.accepting:
+        return JSONResponse({"status": "shutting_down", "in_flight": st.worker.pending}, status_code=503)
+    e = st.worker.engine
+    return {"status": "ok", "model": st.model_name, "in_flight": st.worker.pending,
+            "free_kv_blocks": e.num_free_blocks, "total_kv_blocks": e.cache.alloc.num_blocks}
 
 
-def _chat_logprobs(outs: list[Output], tokenizer) -> list[dict]:
-    res = []
-    for o in outs:
-        if o.token_id is None or o.logprob is None:
-            continue
-        b = tokenizer.decode_bytes([o.token_id])
-        res.append({"token": b.decode("utf-8", errors="replace"), "logprob": o.logprob, "bytes": list(b),
-                    "top_logprobs": [{"token": _tok_str(tokenizer, a), "logprob": v,
-                                      "bytes": list(tokenizer.decode_bytes([a]))} for a, v in (o.top_logprobs or [])]})
-    return res
+# ------------------------------------------------------------------ admission and events
+def _admit(st: ServerState, jobs: list[tuple[list[int], object, int | None]]) -> Admitted:
+    """Submit every (ids, params, prompt_logprobs) of one HTTP request, all or none."""
+    adm, base = Admitted(), 0
+    try:
+        for ids, params, plp in jobs:
+            rid, q = st.worker.submit(ids, params, plp)
+            adm.subs.append((rid, q, params.n, base))
+            base += params.n
+    except Overloaded as e:
+        _release(st, adm)
+        raise APIError(429, f"Server overloaded: {e}; retry later", None, "rate_limit_exceeded",
+                       "rate_limit_error") from None
+    except ShuttingDown as e:
+        _release(st, adm)
+        raise APIError(503, str(e), None, "service_unavailable", "server_error") from None
+    return adm
+
+
+def _release(st: ServerState, adm: Admitted) -> None:
+    """Free the slots and KV blocks of every engine request of `adm` (idempotent)."""
+    for rid, _, _, _ in adm.subs:
+        st.worker.release(rid)
+
+
+async def _watch_disconnect(request: Request, merged: asyncio.Queue) -> None:
+    while True:
+        msg = await request.receive()
+        if msg["type"] == "http.disconnect":
+            merged.put_nowait(_GONE)
+            return
+
+
+async def events(st: ServerState, request: Request, adm: Admitted):
+    """Merge the Outputs of the engine requests of `adm` -> (choice offset, Output). Stops at once
+    when the client leaves; raises APIError when a request failed; always releases `adm`."""
+    remaining = {rid: n for rid, _, n, _ in adm.subs}
+    merged: asyncio.Queue = asyncio.Queue()
+
+    async def pump(rid, q, base):
+        while remaining[rid] > 0:
+            item = await q.get()
+            if isinstance(item, Exception) or item.finish_reason:
+                remaining[rid] = 0 if isinstance(item, Exception) else remaining[rid] - 1
+            await merged.put((base, item))
+
+    tasks = [asyncio.create_task(pump(rid, q, base)) for rid, q, _, base in adm.subs]
+    tasks.append(asyncio.create_task(_watch_disconnect(request, merged)))
+    try:
+        while any(v > 0 for v in remaining.values()) or not merged.empty():
+            item = await merged.get()
+            if item is _GONE:
+                return
+            if isinstance(item[1], Exception):
+                e = item[1]
+                if isinstance(e, ValueError):
+                    raise APIError(400, str(e))
+                raise APIError(500, str(e), None, None, "server_error")
+            yield item
+    finally:
+        for t in tasks:
+            t.cancel()
+        _release(st, adm)
+
+
+class ReleasingStream(StreamingResponse):
+    """A streamed response that releases its engine requests however it ends, even when the
+    client is gone before the body generator ever started (then its `finally` never runs)."""
+
+    def __init__(self, content, on_close):
+        super().__init__(content, media_type="text/event-stream")
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
+def _sse(obj) -> str:
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+# ------------------------------------------------------------------ /v1/completions
+async def _completions(st: ServerState, body: CompletionRequest, request: Request):
+    check_model(body.model, st.model_name)
+    tok = st.tokenizer
+    prompts = prompts_to_ids(body.prompt, tok, st.worker.engine.model.config.vocab_size)
+    echo = bool(body.echo)
+    jobs = []
+    for ids in prompts:  # validate all before submitting any
+        mt = resolve_max_tokens(body.max_tokens, "max_tokens", len(ids), st.ctx, 16, 0)  # OpenAI's default: 16
+        params = sampling_params(body, mt, chat=False)
+        jobs.append((ids, params, params.logprobs if (echo and params.logprobs is not None) else None))
+    adm = _admit(st, jobs)
+    cid = f"cmpl-{uuid.uuid4().hex[:24]}"
+    starts = {base: ids for (ids, _, _), (_, _, _, base) in zip(jobs, adm.subs)}
+    want_lp = jobs[0][1].logprobs is not None
+    head = {"id": cid, "object": "text_completion", "model": st.model_name}
+
+    if body.stream:
+        async def sse():
+            sent_echo = set()
+            try:
+                async for base, o in events(st, request, adm):
+                    i = base + o.index
+                    text = o.text
+                    if echo and i not in sent_echo:
+                        sent_echo.add(i)
+                        text = tok.decode(starts[base]) + text
+                    lp = cmpl_logprobs([o], tok) if want_lp else None
+                    yield _sse({**head, "created": int(time.time()),
+                                "choices": [{"index": i, "text": text, "logprobs": lp, "finish_reason": o.finish_reason}]})
+            except APIError as e:
+                yield _sse(e.body())
+            yield "data: [DONE]\n\n"
+        return ReleasingStream(sse(), lambda: _release(st, adm))
+
+    try:
+        acc: dict[int, dict] = {}
+        async for base, o in events(st, request, adm):
+            a = acc.setdefault(base + o.index, {"outs": [], "finish": None, "plp": None})
+            a["outs"].append(o)
+            a["plp"] = o.prompt_logprobs if o.prompt_logprobs is not None else a["plp"]
+            a["finish"] = o.finish_reason or a["finish"]
+    finally:
+        _release(st, adm)
+    choices, usage_c = [], 0
+    for (ids, params, _), (_, _, n, base) in zip(jobs, adm.subs):
+        prefix = tok.decode(ids) if echo else ""
+        for j in range(n):
+            a = acc.get(base + j, {"outs": [], "finish": None, "plp": None})
+            usage_c += sum(o.token_id is not None for o in a["outs"])
+            lp = cmpl_logprobs(a["outs"], tok, a["plp"] if echo else None, prefix) if want_lp else None
+            choices.append({"index": base + j, "text": prefix + "".join(o.text for o in a["outs"]),
+                            "logprobs": lp, "finish_reason": a["finish"]})
+    usage_p = sum(len(ids) for ids, _, _ in jobs)
+    return {**head, "created": int(time.time()), "choices": choices,
+            "usage": {"prompt_tokens": usage_p, "completion_tokens": usage_c, "total_tokens": usage_p + usage_c}}
+
+
+# ------------------------------------------------------------------ /v1/chat/completions
+def _chat_prompt(st: ServerState, body: ChatCompletionRequest) -> list[int]:
+    conv = [{"role": m.role, "content": message_text(m)} for m in body.messages]
+    try:
+        return st.tokenizer.encode(st.tokenizer.apply_chat_template(conv, add_generation_prompt=True))
+    except UserError as e:  # the model's chat template refused the conversation
+        raise APIError(400, str(e), "messages") from None
+
+
+async def _chat(st: ServerState, body: ChatCompletionRequest, request: Request):
+    check_model(body.model, st.model_name)
+    ids = _chat_prompt(st, body)
+    key = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    mt = resolve_max_tokens(requested, key, len(ids), st.ctx, st.max_tokens_default, 1)
+    params = sampling_params(body, mt, chat=True)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    adm = _admit(st, [(ids, params, None)])
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "model": st.model_name}
+    if body.stream:
+        return ReleasingStream(_chat_sse(st, request, adm, head, params, len(ids), include_usage),
+                               lambda: _release(st, adm))
+    acc: dict[int, list[Output]] = {i: [] for i in range(params.n)}
+    try:
+        async for _, o in events(st, request, adm):
+            acc[o.index].append(o)
+    finally:
+        _release(st, adm)
+    choices, ntok = [], 0
+    for i, outs in acc.items():
+        ntok += sum(o.token_id is not None for o in outs)
+        choices.append({"index": i, "message": {"role": "assistant", "content": "".join(o.text for o in outs)},
+                        "logprobs": ({"content": chat_logprobs(outs, st.tokenizer)}
+                                     if params.logprobs is not None else None),
+                        "finish_reason": outs[-1].finish_reason if outs else None})
+    return {**head, "object": "chat.completion", "created": int(time.time()), "choices": choices,
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": ntok, "total_tokens": len(ids) + ntok}}
+
+
+async def _chat_sse(st: ServerState, request: Request, adm: Admitted, head: dict, params, n_prompt: int,
+                    include_usage: bool):
+    started, ntok = set(), 0
+    chunk = {**head, "object": "chat.completion.chunk"}
+    try:
+        async for _, o in events(st, request, adm):
+            delta = {}
+            if o.index not in started:
+                started.add(o.index)
+                delta["role"] = "assistant"
+            if o.text or "role" in delta:
+                delta["content"] = o.text
+            ntok += o.token_id is not None
+            choice = {"index": o.index, "delta": delta, "logprobs": None, "finish_reason": o.finish_reason}
+            if params.logprobs is not None and o.token_id is not None:
+                choice["logprobs"] = {"content": chat_logprobs([o], st.tokenizer)}
+            yield _sse({**chunk, "created": int(time.time()), "choices": [choice]})
+        if include_usage:
+            yield _sse({**chunk, "created": int(time.time()), "choices": [],
+                        "usage": {"prompt_tokens": n_prompt, "completion_tokens": ntok,
+                                  "total_tokens": n_prompt + ntok}})
+    except APIError as e:
+        yield _sse(e.body())
+    yield "data: [DONE]\n\n"

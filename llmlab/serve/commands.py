@@ -1,10 +1,13 @@
 """CLI verb: `llmlab serve` (OpenAI-compatible API + web chat on one port)."""
 from __future__ import annotations
 
+import signal
+import threading
 from dataclasses import dataclass, field
 
 from llmlab.command import Verb
 from llmlab.errors import UserError
+from llmlab.infer.engine import EngineConfig
 
 
 @dataclass
@@ -13,40 +16,78 @@ class ServeConfig:
     served_model_name: str = field(default="", metadata={"help": "the id clients send as 'model' (default: model)"})
     host: str = "127.0.0.1"
     port: int = 8000
-    max_num_seqs: int = field(default=32, metadata={"help": "sequences decoded together per step"})
-    num_blocks: int = field(default=0, metadata={"help": "KV cache blocks (0: max_num_seqs * 512 tokens)"})
-    block_size: int = 16
-    prefill_chunk: int = field(default=512, metadata={"help": "chunked prefill: tokens of one prompt per step"})
-    max_prefill_tokens: int = field(default=1024, metadata={"help": "prompt tokens prefilled per step, all requests"})
-    preempt: str = field(default="swap", metadata={"help": "when blocks run out: swap or recompute"})
-    prefix_caching: bool = True
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(max_num_seqs=32),
+                                 metadata={"help": "engine settings (llmlab.infer.engine.EngineConfig); "
+                                                   "keys may be given flat"})
     max_pending: int = field(default=128, metadata={"help": "requests queued or running; beyond: HTTP 429"})
     max_tokens_default: int = field(default=256, metadata={"help": "completion cap when a request sets none"})
+    drain_timeout: float = field(default=30.0, metadata={"help": "on SIGTERM/Ctrl-C: seconds to finish in-flight "
+                                                                 "requests (new ones get 503) before exiting"})
     device: str = "auto"
     dtype: str = "auto"
+
+    def __post_init__(self):
+        for key in ("max_pending", "max_tokens_default"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        if not 0 <= self.drain_timeout <= 3600:
+            raise ValueError(f"drain_timeout must be in [0, 3600] s, got {self.drain_timeout}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
 
 
 def build(cfg: ServeConfig):
     """-> (FastAPI app, EngineWorker), model loaded; the worker thread is started."""
-    from llmlab.infer.engine import Engine
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     from llmlab.serve.app import create_app
     from llmlab.serve.worker import EngineWorker
 
-    if cfg.preempt not in ("swap", "recompute"):
-        raise UserError(f"preempt: expected 'swap' or 'recompute', got '{cfg.preempt}'")
-    for key in ("max_num_seqs", "block_size", "prefill_chunk", "max_prefill_tokens", "max_pending", "max_tokens_default"):
-        if getattr(cfg, key) <= 0:
-            raise UserError(f"{key} must be > 0, got {getattr(cfg, key)}")
-    if cfg.prefill_chunk > cfg.max_prefill_tokens:
-        raise UserError(f"prefill_chunk ({cfg.prefill_chunk}) must be <= max_prefill_tokens ({cfg.max_prefill_tokens})")
     model, tok = load_model_and_tokenizer(cfg.model, cfg.device, cfg.dtype)
-    engine = Engine(model, tok, num_blocks=cfg.num_blocks or None, block_size=cfg.block_size,
-                    max_num_seqs=cfg.max_num_seqs, prefill_chunk=cfg.prefill_chunk,
-                    max_prefill_tokens=cfg.max_prefill_tokens, preempt=cfg.preempt, prefix_caching=cfg.prefix_caching)
-    worker = EngineWorker(engine, cfg.max_pending).start()
-    app = create_app(worker, tok, cfg.served_model_name or cfg.model, cfg.max_tokens_default)
+    worker = EngineWorker(cfg.engine.build(model, tok), cfg.max_pending).start()
+    app = create_app(worker, tok, cfg.served_model_name or cfg.model, cfg.max_tokens_default, cfg.drain_timeout)
     return app, worker
+
+
+def _draining_server(uvicorn, config, worker, drain_timeout: float, log):
+    """uvicorn.Server that, on the first SIGTERM/SIGINT, keeps listening while it drains: new
+    requests get 503 + /health says shutting_down, in-flight ones finish (up to drain_timeout), then
+    it stops and the process exits 0 (a second signal exits at once)."""
+
+    class DrainingServer(uvicorn.Server):
+        draining = False
+
+        def handle_exit(self, sig, frame):
+            if self.draining:
+                log.warning("second signal: exiting now")
+                self.should_exit = self.force_exit = True
+                return
+            self.draining = True
+            log.info(f"received {signal.Signals(sig).name}: draining {worker.pending} in-flight request(s) "
+                     f"for up to {drain_timeout:g}s; new requests get 503")
+
+            def drain():
+                done = worker.drain(drain_timeout)
+                log.info("drained; stopping" if done else f"drain timeout: {worker.pending} request(s) cut off")
+                self.should_exit = True
+            threading.Thread(target=drain, name="llmlab-drain", daemon=True).start()
+
+        def capture_signals(self):  # uvicorn re-raises the signal after shutdown (exit 143): we exit 0
+            import contextlib
+
+            @contextlib.contextmanager
+            def ctx():
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                old = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+                try:
+                    yield
+                finally:
+                    for s, h in old.items():
+                        signal.signal(s, h)
+            return ctx()
+
+    return DrainingServer(config)
 
 
 def run_serve(cfg: ServeConfig) -> int:
@@ -54,13 +95,20 @@ def run_serve(cfg: ServeConfig) -> int:
 
     from llmlab.log import get_logger
 
-    app, _ = build(cfg)
-    get_logger().info(f"serving {cfg.served_model_name or cfg.model} on http://{cfg.host}:{cfg.port} "
-                      f"(web chat at /, OpenAI API at /v1)")
+    log = get_logger()
+    app, worker = build(cfg)
+    log.info(f"serving {cfg.served_model_name or cfg.model} on http://{cfg.host}:{cfg.port} "
+             f"(web chat at /, OpenAI API at /v1)")
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
+                            timeout_graceful_shutdown=int(cfg.drain_timeout) + 5)
+    server = _draining_server(uvicorn, config, worker, cfg.drain_timeout, log)
     try:
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=30)
-    except OSError as e:
-        raise UserError(f"cannot listen on {cfg.host}:{cfg.port}: {e}") from None
+        server.run()
+    except (OSError, SystemExit) as e:  # uvicorn exits 1 when it cannot bind
+        raise UserError(f"cannot listen on {cfg.host}:{cfg.port}: {e or 'address in use?'}") from None
+    if not server.started:
+        raise UserError(f"cannot listen on {cfg.host}:{cfg.port} (in use?)")
+    log.info("server stopped")
     return 0
 
 

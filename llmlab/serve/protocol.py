@@ -1,13 +1,25 @@
-"""OpenAI request validation -> SamplingParams, and OpenAI-format errors.
+"""The OpenAI request bodies as pydantic models (they are the server's OpenAPI schema), their
+translation to SamplingParams, and OpenAI-format errors.
 
 Errors look like OpenAI's: HTTP 4xx/5xx with
 {"error": {"message": ..., "type": "invalid_request_error", "param": ..., "code": ...}}.
 Beyond the OpenAI fields we accept vLLM's extras: top_k, min_p, repetition_penalty,
-no_repeat_ngram_size, stop_token_ids, ignore_eos.
+no_repeat_ngram_size, stop_token_ids, ignore_eos. Numeric bounds are SamplingParams' own
+(llmlab/infer/sampling.py): declared once, checked here by pydantic and again by SamplingParams.
+Unknown fields are accepted and ignored (as vLLM and the OpenAI clients expect).
 """
 from __future__ import annotations
 
-from llmlab.infer.sampling import SamplingParams
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from llmlab.infer.sampling import SamplingError, SamplingParams, bounds
+from llmlab.tokenizer.chat import ROLES
+
+MAX_PROMPTS = 64  # prompts in one /v1/completions request
+MAX_MESSAGES = 1024  # messages in one chat request
+INT32_MAX = 2 ** 31 - 1
 
 
 class APIError(Exception):
@@ -20,74 +32,211 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-def _num(body: dict, key: str, default, lo=None, hi=None, kind=float, lo_open=False):
-    v = body.get(key, default)
-    if v is None:
-        v = default
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not float(v).is_integer()):
-        raise APIError(400, f"'{key}' must be a{'n integer' if kind is int else ' number'}, got {v!r}", key)
-    v = kind(v)
-    if lo is not None and (v < lo or (lo_open and v == lo)) or hi is not None and v > hi:
-        rng = f"{'(' if lo_open else '['}{lo}, {hi}]"
-        raise APIError(400, f"'{key}' must be in {rng}, got {v}", key)
-    return v
+def _bound(name: str, **kw):
+    """A pydantic Field with SamplingParams' bounds for `name`, as JSON Schema minimum/maximum."""
+    lo, hi, lo_open = bounds(name)
+    if lo is not None:
+        kw["gt" if lo_open else "ge"] = lo
+    if hi is not None:
+        kw["le"] = hi
+    return Field(None, **kw)
 
 
-def sampling_params(body: dict, max_tokens: int, chat: bool) -> SamplingParams:
-    """Validate the sampling fields of a (chat) completion request; max_tokens is the resolved cap."""
-    stop = body.get("stop") or ()
-    if isinstance(stop, str):
-        stop = (stop,)
-    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
-        raise APIError(400, "'stop' must be a non-empty string or a list of up to 4 non-empty strings", "stop")
-    if chat:
-        logprobs = (_num(body, "top_logprobs", 0, 0, 20, int) or 0) if body.get("logprobs") else None
-    else:
-        logprobs = _num(body, "logprobs", None, 0, 5, int)
-    stop_ids = body.get("stop_token_ids") or ()
-    if not isinstance(stop_ids, (list, tuple)) or not all(isinstance(t, int) for t in stop_ids):
-        raise APIError(400, "'stop_token_ids' must be a list of integers", "stop_token_ids")
-    seed = _num(body, "seed", None, kind=int)
-    return SamplingParams(
-        max_new_tokens=max_tokens,
-        temperature=_num(body, "temperature", 1.0, 0, 2),
-        top_p=_num(body, "top_p", 1.0, 0, 1, lo_open=True),
-        top_k=_num(body, "top_k", 0, -1, None, int) if body.get("top_k", 0) != -1 else 0,
-        min_p=_num(body, "min_p", 0.0, 0, 1),
-        seed=seed,
-        repetition_penalty=_num(body, "repetition_penalty", 1.0, 0, None, lo_open=True),
-        presence_penalty=_num(body, "presence_penalty", 0.0, -2, 2),
-        frequency_penalty=_num(body, "frequency_penalty", 0.0, -2, 2),
-        no_repeat_ngram_size=_num(body, "no_repeat_ngram_size", 0, 0, None, int),
-        stop=tuple(stop), stop_token_ids=tuple(stop_ids), ignore_eos=bool(body.get("ignore_eos", False)),
-        logprobs=logprobs, n=_num(body, "n", 1, 1, 16, int))
+Number = StrictFloat  # strict: a JSON number (ints too), never a string or a bool
+NonEmpty = Annotated[StrictStr, Field(min_length=1)]
+Role = Literal[ROLES]  # type: ignore[valid-type]
 
 
-def check_model(body: dict, served: str) -> None:
-    m = body.get("model")
-    if m is None:
-        raise APIError(400, "you must provide a 'model' parameter", "model")
-    if m != served:
-        raise APIError(404, f"The model '{m}' does not exist (this server serves '{served}')", "model",
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessage(_Strict):
+    role: Role
+    content: Union[StrictStr, list[TextPart], None] = None
+    name: StrictStr | None = None
+
+
+class StreamOptions(_Strict):
+    include_usage: StrictBool | None = None
+
+
+class _Sampling(_Strict):
+    """Fields shared by both endpoints."""
+    model: StrictStr
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
+    n: StrictInt | None = _bound("n")
+    temperature: Number | None = _bound("temperature")
+    top_p: Number | None = _bound("top_p")
+    top_k: StrictInt | None = Field(None, ge=-1, le=INT32_MAX, description="-1 or 0: off (vLLM's convention)")
+    min_p: Number | None = _bound("min_p")
+    seed: StrictInt | None = _bound("seed")
+    repetition_penalty: Number | None = _bound("repetition_penalty")
+    presence_penalty: Number | None = _bound("presence_penalty")
+    frequency_penalty: Number | None = _bound("frequency_penalty")
+    no_repeat_ngram_size: StrictInt | None = _bound("no_repeat_ngram_size")
+    stop: Union[NonEmpty, Annotated[list[NonEmpty], Field(max_length=4)], None] = None
+    stop_token_ids: list[StrictInt] | None = Field(None, max_length=64)
+    ignore_eos: StrictBool | None = None
+    user: StrictStr | None = None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: StrictInt | None = Field(None, ge=1, le=INT32_MAX)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=INT32_MAX)
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = _bound("logprobs")
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]]
+    max_tokens: StrictInt | None = Field(None, ge=0, le=INT32_MAX)
+    echo: StrictBool | None = None
+    logprobs: StrictInt | None = Field(None, ge=0, le=5)
+
+
+def validation_error(errors: list[dict]) -> APIError:
+    """pydantic/FastAPI validation errors -> one OpenAI 400 naming the first bad field."""
+    e = errors[0] if errors else {}
+    loc = [str(x) for x in e.get("loc", ()) if x != "body" and _is_field(x)]
+    if e.get("type") == "json_invalid":
+        return APIError(400, f"We could not parse the JSON body of your request ({e.get('msg', '')})")
+    if not loc:
+        return APIError(400, f"the request body must be a JSON object ({e.get('msg', 'invalid')})")
+    where = ".".join(loc)
+    got = repr(e.get("input"))
+    got = got if len(got) <= 60 else got[:57] + "..."
+    return APIError(400, f"'{where}': {e.get('msg', 'invalid value')} (got {got})", loc[0])
+
+
+def _is_field(part) -> bool:
+    """Drop pydantic's union-member tags ('str', 'list[constrained-str]', ...) from an error location."""
+    return isinstance(part, int) or (str(part).isidentifier() and part not in ("str", "int", "float", "bool"))
+
+
+def check_model(model: str, served: str) -> None:
+    if model != served:
+        raise APIError(404, f"The model '{model}' does not exist (this server serves '{served}')", "model",
                        "model_not_found")
 
 
-def resolve_max_tokens(body: dict, keys: tuple[str, ...], prompt_len: int, ctx: int, default_cap: int,
+def message_text(m: ChatMessage) -> str:
+    if isinstance(m.content, list):  # [{"type": "text", "text": ...}, ...]
+        return "".join(p.text for p in m.content)
+    return m.content or ""
+
+
+def sampling_params(req: _Sampling, max_tokens: int, chat: bool) -> SamplingParams:
+    """A validated request -> SamplingParams (bounds checked once more there; errors name the field)."""
+    stop = req.stop if req.stop is not None else ()
+    stop = (stop,) if isinstance(stop, str) else tuple(stop)
+    if not all(stop) or len(stop) > 4:
+        raise APIError(400, "'stop' must be a non-empty string or a list of up to 4 non-empty strings", "stop")
+    if chat:
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    else:
+        logprobs = req.logprobs
+    names = {"max_new_tokens": "max_tokens", "logprobs": "top_logprobs" if chat else "logprobs"}
+    try:
+        return SamplingParams(
+            max_new_tokens=max_tokens, logprobs=logprobs, stop=stop, n=_default(req.n, 1),
+            temperature=_default(req.temperature, 1.0), top_p=_default(req.top_p, 1.0),
+            top_k=max(0, _default(req.top_k, 0)), min_p=_default(req.min_p, 0.0), seed=req.seed,
+            repetition_penalty=_default(req.repetition_penalty, 1.0),
+            presence_penalty=_default(req.presence_penalty, 0.0),
+            frequency_penalty=_default(req.frequency_penalty, 0.0),
+            no_repeat_ngram_size=_default(req.no_repeat_ngram_size, 0),
+            stop_token_ids=tuple(req.stop_token_ids or ()), ignore_eos=bool(req.ignore_eos))
+    except SamplingError as e:
+        raise APIError(400, str(e), names.get(e.field, e.field)) from None
+
+
+def _default(v, d):
+    return d if v is None else v
+
+
+def resolve_max_tokens(requested: int | None, key: str, prompt_len: int, ctx: int, default_cap: int,
                        lo: int) -> int:
     """vLLM's rule: prompt + max_tokens must fit the context; absent max_tokens means 'what fits',
     capped by the server's default."""
     if prompt_len > ctx or (prompt_len == ctx and lo > 0):
         raise APIError(400, f"This model's maximum context length is {ctx} tokens. However, your prompt "
-                            f"has {prompt_len} tokens. Please reduce the length of the prompt.", "messages"
-                       if "max_completion_tokens" in keys else "prompt", "context_length_exceeded")
-    for k in keys:
-        if body.get(k) is not None:
-            n = _num(body, k, None, lo, None, int)
-            if prompt_len + n > ctx:
-                raise APIError(400, f"This model's maximum context length is {ctx} tokens. However, you "
-                                    f"requested {prompt_len + n} tokens ({prompt_len} in the prompt, {n} "
-                                    f"for the completion). Please reduce the length.", k, "context_length_exceeded")
-            return n
-    return min(default_cap, ctx - prompt_len)
+                            f"has {prompt_len} tokens. Please reduce the length of the prompt.",
+                       "messages" if key == "max_completion_tokens" else "prompt", "context_length_exceeded")
+    if requested is None:
+        return min(default_cap, ctx - prompt_len)
+    if prompt_len + requested > ctx:
+        raise APIError(400, f"This model's maximum context length is {ctx} tokens. However, you "
+                            f"requested {prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} "
+                            f"for the completion). Please reduce the length.", key, "context_length_exceeded")
+    return requested
+
+
+def prompts_to_ids(prompt, tokenizer, vocab_size: int) -> list[list[int]]:
+    """OpenAI accepts a string, a list of strings, a list of token ids, or a list of id lists."""
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    if not prompt:
+        raise APIError(400, "'prompt' must not be empty", "prompt")
+    if all(isinstance(t, int) for t in prompt):
+        prompt = [prompt]
+    if len(prompt) > MAX_PROMPTS:
+        raise APIError(400, f"at most {MAX_PROMPTS} prompts per request, got {len(prompt)}", "prompt")
+    out = []
+    for p in prompt:
+        if isinstance(p, str):
+            ids = tokenizer.encode(p)
+        else:
+            if any(t < 0 or t >= vocab_size for t in p):
+                raise APIError(400, f"token ids must be in [0, {vocab_size})", "prompt")
+            ids = list(p)
+        if not ids:
+            raise APIError(400, "the prompt is empty", "prompt")
+        out.append(ids)
+    return out
+
+
+# ------------------------------------------------------------------ logprobs objects of the responses
+def _tok_str(tokenizer, t: int) -> str:
+    return tokenizer.decode_bytes([t]).decode("utf-8", errors="replace")
+
+
+def cmpl_logprobs(outs: list, tokenizer, prompt_lp=None, echo_text: str = "") -> dict:
+    """The legacy completions logprobs object; with echo the prompt tokens come first (the first
+    has logprob null). A stop token is listed too (lm-eval slices off the last token)."""
+    tokens, lps, tops, offsets = [], [], [], []
+    pos = 0
+    for t, lp, top in (prompt_lp or []):
+        s = _tok_str(tokenizer, t)
+        tokens.append(s), lps.append(lp), offsets.append(pos)
+        tops.append({_tok_str(tokenizer, a): v for a, v in top} if lp is not None else None)
+        pos += len(s)
+    pos = len(echo_text) if prompt_lp else 0
+    for o in outs:
+        if o.logprob is None:
+            continue
+        tid = o.token_id if o.token_id is not None else o.stop_token_id
+        s = _tok_str(tokenizer, tid)
+        tokens.append(s), lps.append(o.logprob), offsets.append(pos)
+        tops.append({_tok_str(tokenizer, a): v for a, v in (o.top_logprobs or [])})
+        pos += len(s) if o.token_id is not None else 0
+    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+def chat_logprobs(outs: list, tokenizer) -> list[dict]:
+    res = []
+    for o in outs:
+        if o.token_id is None or o.logprob is None:
+            continue
+        b = tokenizer.decode_bytes([o.token_id])
+        res.append({"token": b.decode("utf-8", errors="replace"), "logprob": o.logprob, "bytes": list(b),
+                    "top_logprobs": [{"token": _tok_str(tokenizer, a), "logprob": v,
+                                      "bytes": list(tokenizer.decode_bytes([a]))} for a, v in (o.top_logprobs or [])]})
+    return res

@@ -319,4 +319,7 @@ def load_tokenizer(path: str | Path) -> ByteLevelBPE:
     p = Path(path)
     if p.is_file() and p.suffix == ".gguf":
         return ByteLevelBPE.from_gguf(p)
-    return ByteLevelBPE.from_hf_dir(p)
+    try:
+        return ByteLevelBPE.from_hf_dir(p)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:  # malformed tokenizer.json
+        raise UserError(f"{p}: malformed tokenizer file ({type(e).__name__}: {e})") from None
