@@ -12,7 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from llmlab.calc import activations, chinchilla, comm, flops, memory, pipeline, roofline
-from llmlab.model import linear as L
+from llmlab import device as D
 from llmlab.model.config import ModelConfig
 from llmlab.model.kv_cache import KVCache
 from llmlab.model.transformer import Transformer
@@ -20,7 +20,7 @@ from llmlab.model.transformer import Transformer
 
 @pytest.fixture()
 def model(monkeypatch):
-    monkeypatch.setattr(L, "_DNN", [False])  # oneDNN's linear op is invisible to the FLOP counter
+    monkeypatch.setattr(D, "_ONEDNN", [False])  # oneDNN's linear op is invisible to the FLOP counter
     torch.manual_seed(0)
     # hidden 48 -> SwiGLU width 128 = 8h/3 exactly, so the MLP is the 16 h^2 of the formula
     return Transformer(ModelConfig(vocab_size=96, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmlab.cli import all_verbs, main
-from llmlab.command import Verb
+from llmlab.verb import Verb
 
 VERBS = all_verbs()
 EXAMPLES = int(os.environ.get("LLMLAB_CLI_FUZZ_EXAMPLES", "60"))

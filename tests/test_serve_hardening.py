@@ -284,7 +284,7 @@ def test_sigterm_drains_in_flight_answers_503_and_exits_0(tmp_path):
 # ------------------------------------------------------------------ 8. Ctrl-C in `llmlab chat`
 def test_chat_ctrl_c_stops_the_reply_not_the_session(monkeypatch, capsys, model, tok):
     import llmlab.infer.commands as cmds
-    import llmlab.infer.load as load
+    import llmlab.infer.model_and_tokenizer as load
 
     monkeypatch.setattr(load, "load_model_and_tokenizer", lambda *a, **k: (model, tok))
     inputs = iter(["tell me", KeyboardInterrupt, "again", EOFError])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmlab.command import Verb
+from llmlab.verb import Verb
 from llmlab.errors import UserError
 
 PRUNE_METHODS = ("magnitude", "wanda", "2:4", "heads", "channels", "layers")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from llmlab.command import Verb
+from llmlab.verb import Verb
 from llmlab.embed.config import EmbedConfig
 from llmlab.errors import UserError
 

@@ -5,7 +5,7 @@ import signal
 import threading
 from dataclasses import dataclass, field
 
-from llmlab.command import Verb
+from llmlab.verb import Verb
 from llmlab.errors import UserError
 from llmlab.infer.engine import EngineConfig
 

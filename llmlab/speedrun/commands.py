@@ -1,7 +1,7 @@
 """CLI verb: `llmlab speedrun`."""
 from __future__ import annotations
 
-from llmlab.command import Verb
+from llmlab.verb import Verb
 from llmlab.speedrun.pipeline import SpeedrunConfig
 
 
