@@ -43,6 +43,16 @@ class RagDeleteConfig:
     sources: list[str] = field(default_factory=list, metadata={"help": "source paths as listed by the index"})
 
 
+@dataclass
+class RagEvalConfig:
+    index: str = field(default="rag_eval_idx", metadata={"help": "index folder; built from the extracts if missing"})
+    docs: int = field(default=2000, metadata={"help": "Wikipedia extracts to index (the first N by title)"})
+    n: int = field(default=200, metadata={"help": "cloze queries for recall@k / nDCG@10"})
+    n_qa: int = field(default=50, metadata={"help": "cloze items answered by the LLM (0 = retrieval only)"})
+    model: str = "smollm2"
+    seed: int = 0
+
+
 def _progress(total: int | None, desc: str):
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit="doc", file=sys.stderr, disable=None)
@@ -155,7 +165,33 @@ def run_delete(cfg: RagDeleteConfig) -> int:
     return 0
 
 
+def run_eval(cfg: RagEvalConfig) -> int:
+    import json
+
+    from llmlab.eval.data import wiki_extracts
+    from llmlab.rag.evaluate import evaluate_index
+    from llmlab.rag.index import RagIndex
+    from llmlab.rag.loaders import Document
+    ex = wiki_extracts()[:cfg.docs]
+    sources = [f"wiki:{e['title']}" for e in ex]
+    idx = RagIndex(cfg.index, create=True)
+    try:
+        with _progress(len(ex), "indexing") as bar:
+            idx.add([Document(s, e["extract"], e["title"]) for s, e in zip(sources, ex)], progress=bar.update)
+        llm = None
+        if cfg.n_qa:
+            from llmlab.prompt.llm import LocalLLM
+            llm = LocalLLM.load(cfg.model)
+        res = evaluate_index(idx, [e["extract"] for e in ex], sources, cfg.n, cfg.seed, llm=llm, n_qa=cfg.n_qa)
+        print(json.dumps(res))
+    finally:
+        idx.close()
+    return 0
+
+
 VERBS = {
+    "rag eval": Verb(RagEvalConfig, run_eval, "held-out retrieval recall@k/nDCG@10 and cloze F1, closed-book vs retrieval",
+                     "llmlab rag eval docs=2000 n=200 n_qa=50"),
     "rag index": Verb(RagIndexConfig, run_index, "index documents (SQLite + FTS5 + FAISS; incremental by content hash)",
                       "llmlab rag index index=wiki_idx source=wiki_en limit=2000"),
     "rag query": Verb(RagQueryConfig, run_query, "retrieve chunks: hybrid (RRF of MiniLM + BM25), dense, bm25 or fts",

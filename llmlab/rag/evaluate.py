@@ -46,3 +46,56 @@ def ndcg_at_k(runs: list[list[int]], golds: list[int], k: int = 10) -> float:
         rank = rank_of(r[:k], g)
         total += 1 / math.log2(1 + rank) if rank else 0.0
     return total / max(len(golds), 1)
+
+
+def _cloze_prompt(question: str, passages: str = "") -> str:
+    head = f"Passages:\n{passages}\n\n" if passages else ""
+    return (f"{head}Fill in the blank (_____) in the sentence with a short span.\nSentence: {question}\n"
+            "The blank is:")
+
+
+def evaluate_index(index, extracts: list[str], sources: list[str], n: int, seed: int, modes=("hybrid", "dense", "bm25"),
+                   llm=None, n_qa: int = 0, k_qa: int = 3) -> dict:
+    """Retrieval recall@1/5 and nDCG@10 per mode (a hit = a chunk of the query's article) and, with an
+    LLM, cloze EM/F1 closed-book vs with the top `k_qa` retrieved chunks in the prompt."""
+    from llmlab.eval.squad import exact_match, token_f1
+    from llmlab.eval.tasks.cloze import make_item
+    rng = random.Random(seed)
+    order = list(range(len(extracts)))
+    rng.shuffle(order)
+    items = []
+    for i in order:
+        it = make_item(extracts[i], rng)
+        if it is not None:
+            items.append((it, i))
+            if len(items) == n:
+                break
+    pos = {s: j for j, s in enumerate(sources)}
+    out: dict = {"n": len(items)}
+    for mode in modes:
+        runs = []
+        for it, _ in items:
+            q = " ".join(it["question"].replace("_____", " ").split())
+            seen, ranked = set(), []
+            for h in index.search(q, 30, mode):  # chunks -> distinct articles, in rank order
+                if h.source not in seen:
+                    seen.add(h.source)
+                    ranked.append(pos.get(h.source, -1))
+            runs.append(ranked)
+        golds = [i for _, i in items]
+        out[mode] = {"recall_at_1": recall_at_k(runs, golds, 1), "recall_at_5": recall_at_k(runs, golds, 5),
+                     "ndcg_at_10": ndcg_at_k(runs, golds, 10)}
+    if llm is not None and n_qa:
+        scores = {"closed_book": [0.0, 0.0], "retrieval": [0.0, 0.0]}
+        for it, _ in items[:n_qa]:
+            q = " ".join(it["question"].replace("_____", " ").split())
+            hits = index.search(q, k_qa, "hybrid")
+            ctx = "\n".join(f"[{j}] {h.text[:600]}" for j, h in enumerate(hits, 1))
+            for name, prompt in (("closed_book", _cloze_prompt(it["question"])),
+                                 ("retrieval", _cloze_prompt(it["question"], ctx))):
+                pred = llm.complete(prompt, max_new_tokens=16, stop=("\n",)).strip()
+                scores[name][0] += exact_match(pred, it["answer"])
+                scores[name][1] += token_f1(pred, it["answer"])
+        m = min(n_qa, len(items))
+        out["qa"] = {k: {"exact_match": v[0] / m, "f1": v[1] / m, "n": m} for k, v in scores.items()}
+    return out
