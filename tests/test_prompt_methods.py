@@ -4,7 +4,6 @@ import itertools
 from fractions import Fraction
 
 import numpy as np
-import pytest
 import torch
 
 from llmlab.prompt import game24

@@ -59,7 +59,11 @@ def run_agent(cfg: AgentRunConfig) -> int:
             print(answer)
             return 0
         agent = ReActAgent(llm, tools, cfg.max_steps, cfg.max_seconds, cfg.max_new_tokens, tracer)
-        res = plan_and_execute(agent, cfg.question) if cfg.pattern == "plan" else agent.run(cfg.question)
+        if cfg.pattern == "plan":
+            res = plan_and_execute(agent, cfg.question)
+        else:  # one worked example in the prompt when the calculator is a tool (few-shot ReAct, as in the paper)
+            from llmlab.agent.tasks import REACT_EXAMPLE
+            res = agent.run(cfg.question, REACT_EXAMPLE if "calculator" in tools.tools else "")
         print(res.answer if res.answer is not None else f"(no answer: {res.status} after {res.steps} steps)")
         print(f"status={res.status} steps={res.steps} tool_calls={res.tool_calls} tool_errors={res.tool_errors} "
               f"tokens={llm.tokens}", file=sys.stderr)
