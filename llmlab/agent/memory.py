@@ -43,7 +43,7 @@ class VectorMemory:
     @property
     def encoder(self):
         if self._encoder is None:
-            from llmlab.model.encoder import SentenceEncoder
+            from llmlab.rag.embed import SentenceEncoder
             self._encoder = SentenceEncoder()
         return self._encoder
 

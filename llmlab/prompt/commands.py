@@ -53,7 +53,7 @@ def run_eval(cfg: PromptEvalConfig) -> int:
             runs = [lambda m=m: ev.run_game24(llm, m, cfg.n, seed) for m in cfg.methods]
         else:
             if any(s in ("nearest", "mmr") for s in cfg.selections) and enc is None:
-                from llmlab.model.encoder import SentenceEncoder
+                from llmlab.rag.embed import SentenceEncoder
                 enc = SentenceEncoder()
             for m in cfg.methods:
                 if m == "kshot" or cfg.task == "wiki_cloze":

@@ -31,7 +31,7 @@ class DemoSelector:
     def _embed(self):
         if self._vecs is None:
             if self._encoder is None:
-                from llmlab.model.encoder import SentenceEncoder
+                from llmlab.rag.embed import SentenceEncoder
                 self._encoder = SentenceEncoder()
             self._vecs = self._encoder.encode([d[self.key] for d in self.pool]).numpy()
         return self._vecs

@@ -178,11 +178,11 @@ def run_eval(cfg: RagEvalConfig) -> int:
     try:
         with _progress(len(ex), "indexing") as bar:
             idx.add([Document(s, e["extract"], e["title"]) for s, e in zip(sources, ex)], progress=bar.update)
-        llm = None
+        model = tok = None
         if cfg.n_qa:
-            from llmlab.prompt.llm import LocalLLM
-            llm = LocalLLM.load(cfg.model)
-        res = evaluate_index(idx, [e["extract"] for e in ex], sources, cfg.n, cfg.seed, llm=llm, n_qa=cfg.n_qa)
+            from llmlab.infer.load import load_model_and_tokenizer
+            model, tok = load_model_and_tokenizer(cfg.model)
+        res = evaluate_index(idx, [e["extract"] for e in ex], sources, cfg.n, cfg.seed, model=model, tok=tok, n_qa=cfg.n_qa)
         print(json.dumps(res))
     finally:
         idx.close()

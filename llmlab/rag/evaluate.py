@@ -54,10 +54,18 @@ def _cloze_prompt(question: str, passages: str = "") -> str:
             "The blank is:")
 
 
+def greedy_line(model, tok, prompt: str, max_new_tokens: int = 16) -> str:
+    """Greedy completion up to the end of the line (llmlab.infer.generate)."""
+    from llmlab.infer.generate import stream_text
+    from llmlab.infer.sampling import SamplingParams
+    ids = tok.encode(prompt, allow_special=False)[-(model.config.max_position_embeddings - max_new_tokens - 1):]
+    return "".join(stream_text(model, tok, ids, SamplingParams(max_new_tokens, 0.0, stop=("\n",))))
+
+
 def evaluate_index(index, extracts: list[str], sources: list[str], n: int, seed: int, modes=("hybrid", "dense", "bm25"),
-                   llm=None, n_qa: int = 0, k_qa: int = 3) -> dict:
-    """Retrieval recall@1/5 and nDCG@10 per mode (a hit = a chunk of the query's article) and, with an
-    LLM, cloze EM/F1 closed-book vs with the top `k_qa` retrieved chunks in the prompt."""
+                   model=None, tok=None, n_qa: int = 0, k_qa: int = 3) -> dict:
+    """Retrieval recall@1/5 and nDCG@10 per mode (a hit = a chunk of the query's article) and, with a
+    model, cloze EM/F1 closed-book vs with the top `k_qa` retrieved chunks in the prompt."""
     from llmlab.eval.squad import exact_match, token_f1
     from llmlab.eval.tasks.cloze import make_item
     rng = random.Random(seed)
@@ -85,7 +93,7 @@ def evaluate_index(index, extracts: list[str], sources: list[str], n: int, seed:
         golds = [i for _, i in items]
         out[mode] = {"recall_at_1": recall_at_k(runs, golds, 1), "recall_at_5": recall_at_k(runs, golds, 5),
                      "ndcg_at_10": ndcg_at_k(runs, golds, 10)}
-    if llm is not None and n_qa:
+    if model is not None and n_qa:
         scores = {"closed_book": [0.0, 0.0], "retrieval": [0.0, 0.0]}
         for it, _ in items[:n_qa]:
             q = " ".join(it["question"].replace("_____", " ").split())
@@ -93,7 +101,7 @@ def evaluate_index(index, extracts: list[str], sources: list[str], n: int, seed:
             ctx = "\n".join(f"[{j}] {h.text[:600]}" for j, h in enumerate(hits, 1))
             for name, prompt in (("closed_book", _cloze_prompt(it["question"])),
                                  ("retrieval", _cloze_prompt(it["question"], ctx))):
-                pred = llm.complete(prompt, max_new_tokens=16, stop=("\n",)).strip()
+                pred = greedy_line(model, tok, prompt).strip()
                 scores[name][0] += exact_match(pred, it["answer"])
                 scores[name][1] += token_f1(pred, it["answer"])
         m = min(n_qa, len(items))

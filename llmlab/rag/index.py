@@ -50,7 +50,7 @@ class RagIndex:
     @property
     def encoder(self):
         if self._encoder is None:
-            from llmlab.model.encoder import SentenceEncoder
+            from llmlab.rag.embed import SentenceEncoder
             self._encoder = SentenceEncoder()
         return self._encoder
 
