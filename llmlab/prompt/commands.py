@@ -78,22 +78,19 @@ def run_eval(cfg: PromptEvalConfig) -> int:
 def run_json(cfg: PromptJsonConfig) -> int:
     from pathlib import Path
 
-    from llmlab.infer.constrained import Constraint, generate_constrained
+    from llmlab.infer.constrained import Constraint, generate_constrained, schema_to_regex
     from llmlab.infer.load import load_model_and_tokenizer
     if not cfg.prompt:
         raise UserError('prompt is empty: pass prompt="..."')
-    model, tok = load_model_and_tokenizer(cfg.model)
-    if cfg.regex:
-        c = Constraint(cfg.regex, tok)
-    elif cfg.schema:
+    pattern = cfg.regex
+    if not pattern and cfg.schema:
         text = Path(cfg.schema).read_text() if cfg.schema.endswith(".json") and Path(cfg.schema).is_file() else cfg.schema
         try:
-            schema = json.loads(text)
+            pattern = schema_to_regex(json.loads(text))
         except json.JSONDecodeError as e:
             raise UserError(f"schema: invalid JSON ({e.msg})") from None
-        c = Constraint.json_schema(schema, tok)
-    else:
-        c = Constraint.json_mode(tok)
+    model, tok = load_model_and_tokenizer(cfg.model)
+    c = Constraint(pattern, tok) if pattern else Constraint.json_mode(tok)
     ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": cfg.prompt}], add_generation_prompt=True))
     sys.stdout.write(generate_constrained(model, tok, ids, c, cfg.max_new_tokens, cfg.temperature, cfg.seed) + "\n")
     return 0

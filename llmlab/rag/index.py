@@ -35,11 +35,11 @@ class Hit:
 class RagIndex:
     def __init__(self, root: str | Path, create: bool = False, chunking: str = "recursive", chunk_size: int = 800,
                  chunk_overlap: int = 100, encoder=None):
+        if chunking not in STRATEGIES:
+            raise UserError(f"chunking: unknown strategy '{chunking}'; known: {', '.join(STRATEGIES)}")
+        chunk(" ", chunking, chunk_size, chunk_overlap if chunking in ("fixed", "tokens") else 0, len)  # validate first
         self.store = Store(root, create)
         if self.store.get_meta("encoder") is None:
-            if chunking not in STRATEGIES:
-                raise UserError(f"chunking: unknown strategy '{chunking}'; known: {', '.join(STRATEGIES)}")
-            chunk(" ", chunking, chunk_size, chunk_overlap if chunking in ("fixed", "tokens") else 0, len)  # validate
             with self.store.transaction():
                 for k, v in (("encoder", ENCODER), ("dim", 384), ("chunking", chunking), ("chunk_size", chunk_size),
                              ("chunk_overlap", chunk_overlap)):
