@@ -80,10 +80,12 @@ def test_mask_by_hand():
 def test_forced_closing_near_budget():
     tok = CharTok()
     c = Constraint.json_schema({"type": "object", "properties": {"s": {"type": "string"}}}, tok)
-    proc = ConstrainedLogits(c, max_new_tokens=12, force_margin=4)
-    ids = tok.encode('{"s": "aaa')  # 10 tokens in, 2 left: must close now
+    proc = ConstrainedLogits(c, max_new_tokens=13, force_margin=4)
+    early = tok.encode('{"s": "a')  # 8 tokens in, 5 left: not forced yet, the model's 'a' is allowed
     logits = torch.zeros(tok.vocab_size)
-    logits[tok.pieces.index("a")] = 10.0  # the model wants more 'a'
+    logits[tok.pieces.index("a")] = 10.0
+    assert int(proc(early, logits).argmax()) == tok.pieces.index("a") and not proc.forced
+    ids = tok.encode('{"s": "aaa')  # 10 tokens in, 3 left = the closing '"}' (1 token) + EOS + 1: close now
     out = []
     for _ in range(3):
         nxt = int(proc(ids + out, logits).argmax())

@@ -13,9 +13,9 @@ probability mass: untested tokens are masked too, which changes the distribution
 greedy decoding is exactly the argmax over the allowed tokens. So the cost is a few regex calls per
 step when the model agrees with the constraint, the whole vocabulary when it does not.
 
-Termination: near the end of the token budget the processor switches to forced completion: it
-appends the shortest way to close the text it finds greedily (preferring '"', '}', ']', digits),
-so output under a JSON schema is complete and valid even when the budget runs out.
+Termination: once the token budget left is no more than the closing's length + 1, the processor
+forces the shortest way to close the text that it finds greedily (preferring '"', '}', ']',
+digits), so output under a JSON schema is complete and valid even when the budget runs out.
 Tokens whose bytes are not whole UTF-8 characters are never allowed (rare characters may
 therefore be unreachable inside strings).
 """
@@ -177,12 +177,13 @@ class ConstrainedLogits:
         text = self.text_of(generated)
         self.steps = len(generated)
         out = torch.full_like(logits, float("-inf"))
-        if self.max_new_tokens is not None and not self.forced and \
-                self.max_new_tokens - len(generated) <= self.force_margin and not self.c.complete(text):
+        left = None if self.max_new_tokens is None else self.max_new_tokens - len(generated)
+        if left is not None and not self.forced and left <= self.force_margin and not self.c.complete(text):
             tail = self.c.closing(text)
             if tail is not None:
-                self.forced = self.c.tok.encode(tail, allow_special=False)
-                self._forced_at = len(generated)
+                tail_ids = self.c.tok.encode(tail, allow_special=False)
+                if left <= len(tail_ids) + 1:  # just enough budget left to close: close now
+                    self.forced, self._forced_at = tail_ids, len(generated)
         if self.forced:
             k = len(generated) - self._forced_at
             nxt = self.forced[k] if k < len(self.forced) else self.c.eos
