@@ -62,3 +62,11 @@ def test_encoder_strict_loading(tmp_path):
     (tmp_path / "config.json").write_text((src / "config.json").read_text())
     with pytest.raises(UserError, match="do not match"):
         load_bert(tmp_path)
+
+
+def test_recall_and_ndcg_by_hand():
+    import math
+    from llmlab.rag.evaluate import ndcg_at_k, recall_at_k
+    runs, golds = [[3, 1, 2], [5, 6, 7], [9]], [1, 7, 4]
+    assert recall_at_k(runs, golds, 1) == 0 and recall_at_k(runs, golds, 3) == pytest.approx(2 / 3)
+    assert ndcg_at_k(runs, golds, 10) == pytest.approx((1 / math.log2(3) + 1 / math.log2(4)) / 3)

@@ -48,10 +48,14 @@ def ndcg_at_k(runs: list[list[int]], golds: list[int], k: int = 10) -> float:
     return total / max(len(golds), 1)
 
 
-def _cloze_prompt(question: str, passages: str = "") -> str:
-    head = f"Passages:\n{passages}\n\n" if passages else ""
-    return (f"{head}Fill in the blank (_____) in the sentence with a short span.\nSentence: {question}\n"
-            "The blank is:")
+def _cloze_prompt(question: str, passages: str | None, shots: list[dict]) -> str:
+    """The eval stage's cloze format (two worked examples from other articles, then the item);
+    closed-book drops the passages, also from the examples."""
+    def block(passage, sentence):
+        return (f"Passage: {passage}\n" if passage is not None else "") + f"Sentence: {sentence}\nThe blank is:"
+    head = "".join(block(sh["passage"] if passages is not None else None, sh["question"]) + f" {sh['answer']}\n\n"
+                   for sh in shots)
+    return head + block(passages, question)
 
 
 def greedy_line(model, tok, prompt: str, max_new_tokens: int = 16) -> str:
@@ -94,13 +98,16 @@ def evaluate_index(index, extracts: list[str], sources: list[str], n: int, seed:
         out[mode] = {"recall_at_1": recall_at_k(runs, golds, 1), "recall_at_5": recall_at_k(runs, golds, 5),
                      "ndcg_at_10": ndcg_at_k(runs, golds, 10)}
     if model is not None and n_qa:
+        shot_rng, used = random.Random(seed + 1), {i for _, i in items}
+        shots = [it for it in (make_item(extracts[j], shot_rng) for j in range(len(extracts)) if j not in used)
+                 if it is not None][:2]
         scores = {"closed_book": [0.0, 0.0], "retrieval": [0.0, 0.0]}
         for it, _ in items[:n_qa]:
             q = " ".join(it["question"].replace("_____", " ").split())
             hits = index.search(q, k_qa, "hybrid")
-            ctx = "\n".join(f"[{j}] {h.text[:600]}" for j, h in enumerate(hits, 1))
-            for name, prompt in (("closed_book", _cloze_prompt(it["question"])),
-                                 ("retrieval", _cloze_prompt(it["question"], ctx))):
+            ctx = " ".join(h.text[:500] for h in hits)
+            for name, prompt in (("closed_book", _cloze_prompt(it["question"], None, shots)),
+                                 ("retrieval", _cloze_prompt(it["question"], ctx, shots))):
                 pred = greedy_line(model, tok, prompt).strip()
                 scores[name][0] += exact_match(pred, it["answer"])
                 scores[name][1] += token_f1(pred, it["answer"])
