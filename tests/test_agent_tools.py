@@ -150,3 +150,43 @@ def test_wikipedia_and_retrieve_tools(tmp_path):
         make_registry(["retrieve"])
     with pytest.raises(UserError, match="unknown tool"):
         make_registry(["shell"])
+
+
+class _Chat:
+    def __init__(self, outputs):
+        self.outputs, self.msgs = list(outputs), []
+
+    def chat(self, messages, max_new_tokens=0, temperature=0.0, seed=0, stop=(), prefix=""):
+        self.msgs.append(messages)
+        return self.outputs.pop(0)
+
+
+def test_summary_and_vector_memory():
+    import torch
+    from llmlab.agent.memory import SummaryMemory, VectorMemory
+
+    class Enc:
+        def encode(self, texts):
+            return torch.nn.functional.normalize(torch.tensor([[t.count("cat") + 0.1, t.count("dog") + 0.1]
+                                                               for t in texts]), dim=-1)
+    vm = VectorMemory(Enc(), k=1)
+    vm.add("my cat?", "Tom the cat")
+    vm.add("my dog?", "Rex the dog")
+    assert vm.recall("what about the dog")[0][0] == "Q: my dog?\nA: Rex the dog"
+    llm = _Chat(["User has a cat named Tom."])
+    sm = SummaryMemory(llm, max_chars=30)
+    sm.add("my cat?", "Tom")
+    assert sm.recent and not sm.summary  # 16 chars: under budget
+    sm.add("and my dog?", "Rex, a big dog")
+    assert sm.summary == "User has a cat named Tom." and sm.recent == [] and "Q: my cat?" in llm.msgs[0][0]["content"]
+
+
+def test_plan_and_execute_and_debate():
+    from llmlab.agent.patterns import debate, plan_and_execute
+    llm = _Chat(["1. Multiply 4 by 12\n2. Add 15", " x\nFinal Answer: 48", " y\nFinal Answer: 63", "63"])
+    res = plan_and_execute(ReActAgent(llm, _calc_registry()), "15 + 4 * 12?")
+    assert res.answer == "63" and "Step 1: Multiply 4 by 12 -> 48" in llm.msgs[2][0]["content"]
+    llm = _Chat(["2 + 2 = 5. Answer: 5", "Answer: 4", "You are right. Answer: 4", "Answer: 4"])
+    final, history = debate(llm, "2 + 2?", rounds=1)
+    assert final == "4" and len(history) == 2
+    assert "Another agent answered:\nAnswer: 4" in llm.msgs[2][1]["content"]

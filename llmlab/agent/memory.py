@@ -38,7 +38,7 @@ class VectorMemory:
     def __init__(self, encoder=None, k: int = 3):
         self._encoder, self.k = encoder, k
         self.texts: list[str] = []
-        self.vecs = np.zeros((0, 384), np.float32)
+        self.vecs: np.ndarray | None = None
 
     @property
     def encoder(self):
@@ -50,10 +50,11 @@ class VectorMemory:
     def add(self, question: str, answer: str) -> None:
         text = f"Q: {question}\nA: {answer}"
         self.texts.append(text)
-        self.vecs = np.concatenate([self.vecs, self.encoder.encode([text]).numpy()])
+        v = self.encoder.encode([text]).numpy()
+        self.vecs = v if self.vecs is None else np.concatenate([self.vecs, v])
 
     def recall(self, query: str) -> list[tuple[str, float]]:
-        if not self.texts:
+        if self.vecs is None:
             return []
         s = self.vecs @ self.encoder.encode([query]).numpy()[0]
         top = np.argsort(-s, kind="stable")[: self.k]
