@@ -6,9 +6,12 @@ RLIMIT_CPU (CPU seconds), RLIMIT_AS (address space: an allocation bomb gets Memo
 killed), RLIMIT_FSIZE and RLIMIT_CORE limits, and -- where the kernel allows unprivileged user
 namespaces -- in a new network namespace with no interfaces. As a second barrier the program's
 prelude replaces socket creation with an error. A wall-clock timeout kills the group with
-SIGKILL (a `while True: pass` or `time.sleep(1e9)` never blocks the evaluator). This is a
-guard against accidents, not a security boundary against a determined attacker (see
-docs/eval.md).
+SIGKILL (a `while True: pass` or `time.sleep(1e9)` never blocks the evaluator). RLIMIT_NPROC 0 and a
+seccomp filter forbid child processes (a fork bomb gets EAGAIN; threads still work), and Landlock (llmlab.eval.landlock) confines
+the files it can touch to its directory plus read/execute of the Python installation (no other
+files, no /proc/<pid>/environ of its parent) and blocks TCP and signals to outside processes.
+tests/test_agent_sandbox.py runs the known escapes of in-process executors against it. Still a
+guard, not a VM: a kernel exploit is out of scope (see docs/eval.md, docs/agent.md).
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+
+from llmlab.eval import landlock, seccomp
 
 _CLONE_NEWUSER, _CLONE_NEWNET = 0x10000000, 0x40000000
 
@@ -37,9 +42,19 @@ class RunResult:
     passed: bool
     status: str  # passed | failed | timeout | memory
     detail: str = ""
+    stdout: str = ""  # the program's output (first 64 KiB)
 
 
-def _limits(cpu_s: int, mem_bytes: int):
+def _read_paths() -> list[str]:
+    """What the interpreter needs to start and import the standard library (read and execute only)."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.realpath(sys.executable), "/usr", "/lib", "/lib64",
+             "/etc/ld.so.cache", "/dev/urandom", "/dev/null"}
+    return sorted(paths)
+
+
+def _limits(cpu_s: int, mem_bytes: int, workdir: str | None = None):
+    reads = _read_paths()
+
     def apply():  # runs in the child between fork and exec
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
         resource.setrlimit(resource.RLIMIT_AS, (mem_bytes, mem_bytes))
@@ -49,6 +64,10 @@ def _limits(cpu_s: int, mem_bytes: int):
             ctypes.CDLL(None, use_errno=True).unshare(_CLONE_NEWUSER | _CLONE_NEWNET)
         except Exception:  # no user namespaces here: the prelude still blocks sockets
             pass
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no child processes (not enforced for root: so
+        seccomp.forbid_processes()  # also a seccomp filter: fork/vfork/clone-without-CLONE_THREAD fail)
+        if workdir is not None:
+            landlock.restrict(reads, [workdir, "/dev/null"])
     return apply
 
 
@@ -60,9 +79,9 @@ def run_program(code: str, timeout_s: float = 10.0, cpu_s: int = 10, mem_mb: int
             f.write(_PRELUDE + code)
         proc = subprocess.Popen([sys.executable, "-I", path], cwd=tmp, env={"PATH": "/usr/bin:/bin"},
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, preexec_fn=_limits(cpu_s, mem_mb << 20))
+                                start_new_session=True, preexec_fn=_limits(cpu_s, mem_mb << 20, tmp))
         try:
-            _, err = proc.communicate(timeout=timeout_s)
+            out, err = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
@@ -72,10 +91,11 @@ def run_program(code: str, timeout_s: float = 10.0, cpu_s: int = 10, mem_mb: int
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] if err else []
+    stdout = out[:65536].decode("utf-8", "replace")
     if proc.returncode == 0:
-        return RunResult(True, "passed")
+        return RunResult(True, "passed", stdout=stdout)
     if proc.returncode == -signal.SIGXCPU or proc.returncode == -signal.SIGKILL:
         return RunResult(False, "timeout", f"killed by signal {-proc.returncode} (CPU limit)")
     if tail and "MemoryError" in tail[0]:
-        return RunResult(False, "memory", tail[0])
-    return RunResult(False, "failed", tail[0] if tail else f"exit status {proc.returncode}")
+        return RunResult(False, "memory", tail[0], stdout)
+    return RunResult(False, "failed", tail[0] if tail else f"exit status {proc.returncode}", stdout)

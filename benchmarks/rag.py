@@ -1,0 +1,128 @@
+"""Retrieval pipeline, ours vs sentence-transformers + FAISS + bm25s, on the packaged Wikipedia extracts.
+
+  python benchmarks/rag.py [--quick] [--docs N] [--queries Q]
+
+One document = one extract (both encoders truncate at 256 tokens). Steps, alternating ours/peer:
+  embed    the documents in blocks of 256, ours (llmlab.model.encoder) and sentence-transformers
+           alternating block by block; docs/s = documents / summed block times
+  bm25     index the same token lists (llmlab.rag.bm25.tokenize) with ours and bm25s; time the
+           queries one at a time (top 5), alternating rounds; queries/s = queries / median round time
+  recall   held-out cloze queries (a sentence of the article with a span removed); ours = hybrid
+           (RRF of our dense top 50 and our BM25 top 50), the peer = the better of its two
+           retrievers (ST+FAISS dense, bm25s), both at k=5; nDCG@10 likewise
+Last line: {"benchmark": "rag", ..., "ratio": {embed_docs_s, bm25_queries_s, recall_at_5}} (ours / peer,
+higher is better). Figures from a shared CPU are labelled so in docs/rag.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from llmlab.eval.data import wiki_extracts  # noqa: E402
+from llmlab.model.encoder import minilm_dir  # noqa: E402
+from llmlab.rag.embed import SentenceEncoder  # noqa: E402
+from llmlab.rag.bm25 import BM25, reciprocal_rank_fusion, tokenize  # noqa: E402
+from llmlab.rag.evaluate import cloze_queries, ndcg_at_k, recall_at_k  # noqa: E402
+
+
+def embed_both(texts, ours, peer, block=256):
+    t_ours = t_peer = 0.0
+    eo, ep = [], []
+    for s in range(0, len(texts), block):
+        part = texts[s:s + block]
+        t = time.perf_counter()
+        eo.append(ours.encode(part).numpy())
+        t_ours += time.perf_counter() - t
+        t = time.perf_counter()
+        ep.append(peer.encode(part, batch_size=32, convert_to_numpy=True, normalize_embeddings=True))
+        t_peer += time.perf_counter() - t
+        print(f"  embedded {s + len(part)}/{len(texts)}", file=sys.stderr, flush=True)
+    return np.concatenate(eo), np.concatenate(ep), t_ours, t_peer
+
+
+def dense_top(vecs, qvecs, k):
+    import faiss
+    index = faiss.IndexFlatIP(vecs.shape[1])
+    index.add(np.ascontiguousarray(vecs, dtype=np.float32))
+    return index.search(np.ascontiguousarray(qvecs, dtype=np.float32), k)[1].tolist()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="1000 documents, 100 queries (about a minute)")
+    ap.add_argument("--docs", type=int, default=0)
+    ap.add_argument("--queries", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    import bm25s
+    from sentence_transformers import SentenceTransformer
+
+    n_docs = args.docs or (1000 if args.quick else 10000)
+    n_q = args.queries or (100 if args.quick else 500)
+    texts = [e["extract"] for e in wiki_extracts()][:n_docs]
+    queries = cloze_queries(texts, n_q, seed=1234)
+    qtexts, golds = [q for q, _ in queries], [g for _, g in queries]
+    print(f"{len(texts)} documents, {len(queries)} queries, {torch.get_num_threads()} thread(s)", file=sys.stderr)
+
+    ours_enc = SentenceEncoder(batch_size=32)
+    peer_enc = SentenceTransformer(str(minilm_dir()), device="cpu")
+    vo, vp, t_ours, t_peer = embed_both(texts, ours_enc, peer_enc)
+    cos = float((vo * vp).sum(1).min())
+
+    toks = [tokenize(t) for t in texts]
+    qtoks = [tokenize(q) for q in qtexts]
+    t = time.perf_counter()
+    ours_bm = BM25(toks)
+    t_build_ours = time.perf_counter() - t
+    t = time.perf_counter()
+    peer_bm = bm25s.BM25()
+    peer_bm.index(toks, show_progress=False)
+    t_build_peer = time.perf_counter() - t
+    r_ours, r_peer = [], []
+    for _ in range(args.rounds):
+        t = time.perf_counter()
+        bm_ours = [[d for d, _ in ours_bm.top_k(q, 50)] for q in qtoks]
+        r_ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        bm_peer = [peer_bm.retrieve([q], k=50, show_progress=False, n_threads=1)[0][0].tolist() for q in qtoks]
+        r_peer.append(time.perf_counter() - t)
+
+    qo = ours_enc.encode(qtexts).numpy()
+    qp = peer_enc.encode(qtexts, batch_size=32, convert_to_numpy=True, normalize_embeddings=True)
+    dense_ours, dense_peer = dense_top(vo, qo, 50), dense_top(vp, qp, 50)
+    hybrid = [[d for d, _ in reciprocal_rank_fusion([a, b])] for a, b in zip(dense_ours, bm_ours)]
+    metrics = {}
+    for name, runs in (("hybrid", hybrid), ("dense", dense_ours), ("bm25", bm_ours),
+                       ("peer_dense", dense_peer), ("peer_bm25s", bm_peer)):
+        metrics[name] = {"recall_at_1": recall_at_k(runs, golds, 1), "recall_at_5": recall_at_k(runs, golds, 5),
+                         "ndcg_at_10": ndcg_at_k(runs, golds, 10)}
+        print(f"  {name:<11} " + " ".join(f"{k}={v:.3f}" for k, v in metrics[name].items()), file=sys.stderr)
+    peer_best = max(metrics["peer_dense"]["recall_at_5"], metrics["peer_bm25s"]["recall_at_5"])
+    ours = {"embed_docs_s": len(texts) / t_ours, "bm25_queries_s": len(qtoks) / statistics.median(r_ours),
+            "bm25_build_s": t_build_ours, "recall_at_5": metrics["hybrid"]["recall_at_5"],
+            "ndcg_at_10": metrics["hybrid"]["ndcg_at_10"], "min_cosine_vs_peer": cos, "retrievers": {
+                k: metrics[k] for k in ("hybrid", "dense", "bm25")}}
+    peer = {"embed_docs_s": len(texts) / t_peer, "bm25_queries_s": len(qtoks) / statistics.median(r_peer),
+            "bm25_build_s": t_build_peer, "recall_at_5": peer_best, "retrievers": {
+                k: metrics[k] for k in ("peer_dense", "peer_bm25s")}}
+    ratio = {k: ours[k] / peer[k] for k in ("embed_docs_s", "bm25_queries_s", "recall_at_5")}
+    print(json.dumps({"benchmark": "rag", "docs": len(texts), "queries": len(qtoks), "threads": torch.get_num_threads(),
+                      "ours": ours, "peer": peer, "ratio": ratio}))
+
+
+if __name__ == "__main__":
+    main()

