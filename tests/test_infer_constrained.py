@@ -99,7 +99,7 @@ def test_forced_closing_near_budget():
 def test_smollm2_output_is_always_schema_valid():
     jsonschema_rs = pytest.importorskip("jsonschema_rs")
     from llmlab.infer.constrained import generate_constrained
-    from llmlab.infer.load import load_model_and_tokenizer
+    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     torch.set_num_threads(1)
     model, tok = load_model_and_tokenizer("smollm2")
     schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},

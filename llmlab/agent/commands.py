@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from llmlab.command import Verb
+from llmlab.verb import Verb
 from llmlab.errors import UserError
 
 PATTERNS = ("react", "plan", "debate")

@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from llmlab.command import Verb
+from llmlab.verb import Verb
 from llmlab.errors import UserError
 
 
@@ -79,7 +79,7 @@ def run_json(cfg: PromptJsonConfig) -> int:
     from pathlib import Path
 
     from llmlab.infer.constrained import Constraint, generate_constrained, schema_to_regex
-    from llmlab.infer.load import load_model_and_tokenizer
+    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     if not cfg.prompt:
         raise UserError('prompt is empty: pass prompt="..."')
     pattern = cfg.regex

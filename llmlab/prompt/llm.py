@@ -13,7 +13,7 @@ class LocalLLM:
 
     @classmethod
     def load(cls, ref: str = "smollm2", device: str = "auto") -> "LocalLLM":
-        from llmlab.infer.load import load_model_and_tokenizer
+        from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
         return cls(*load_model_and_tokenizer(ref, device))
 
     def _run(self, ids: list[int], max_new_tokens: int, temperature: float, seed: int | None, stop) -> str:

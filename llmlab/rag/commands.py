@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from llmlab.command import Verb
+from llmlab.verb import Verb
 from llmlab.errors import UserError
 
 
@@ -126,7 +126,7 @@ def run_query(cfg: RagQueryConfig) -> int:
 
 def run_ask(cfg: RagAskConfig) -> int:
     from llmlab.infer.generate import stream_text
-    from llmlab.infer.load import load_model_and_tokenizer
+    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     from llmlab.infer.sampling import SamplingParams
     from llmlab.rag.answer import add_citations, messages, rerank
     from llmlab.rag.index import RagIndex
@@ -180,7 +180,7 @@ def run_eval(cfg: RagEvalConfig) -> int:
             idx.add([Document(s, e["extract"], e["title"]) for s, e in zip(sources, ex)], progress=bar.update)
         model = tok = None
         if cfg.n_qa:
-            from llmlab.infer.load import load_model_and_tokenizer
+            from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
             model, tok = load_model_and_tokenizer(cfg.model)
         res = evaluate_index(idx, [e["extract"] for e in ex], sources, cfg.n, cfg.seed, model=model, tok=tok, n_qa=cfg.n_qa)
         print(json.dumps(res))
