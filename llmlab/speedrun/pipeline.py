@@ -44,7 +44,7 @@ class SpeedrunConfig:
         "help": "optimizer steps (0 = the preset's budget: 1,000 steps of 2,048 tokens, ~10 min on 2 cores for `cpu`)"})
     eval_steps: int = field(default=50, metadata={"help": "validation every N steps"})
     weights: dict = field(default_factory=lambda: dict(SPEEDRUN_WEIGHTS), metadata={
-        "help": "data mix (source -> weight, see `llmlab data build`)"})
+        "help": "data mix (source -> weight, see `llmlab data build`); keys given replace these"})
     max_archaic: float = field(default=0.01, metadata={"help": "data: archaic-word share above which English "
                                                                      "documents are dropped (1 = keep all)"})
     # 16 x 128 beat the `cpu` preset's 8 x 256 at equal tokens on the same data and eval (docs/LOG.md)
@@ -86,19 +86,12 @@ def run(cfg: SpeedrunConfig) -> dict:
     from llmlab.data.shards import write_shards
     from llmlab.device import setup_threads
     from llmlab.model import Transformer
-    from llmlab.model.config import ModelConfig
     from llmlab.tokenizer.chat import CHATML
     from llmlab.tokenizer.train_bpe import train_bpe
-    from llmlab.train.config import TrainConfig
-    from llmlab.train.sizing import preset
     from llmlab.train.trainer import train
 
     setup_threads()
-    if cfg.preset == "gpu":
-        defaults = SpeedrunConfig()
-        for k, v in GPU_DEFAULTS.items():
-            if getattr(cfg, k) == getattr(defaults, k):
-                setattr(cfg, k, v)
+    _apply_preset_defaults(cfg)
     out = Path(cfg.runs_dir) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     stages: dict = {}
@@ -107,7 +100,8 @@ def run(cfg: SpeedrunConfig) -> dict:
     with _timed(stages, "data"):
         data_report = build(DataBuildConfig(out_dir=str(out / "data"), max_docs=300 if cfg.quick else (cfg.max_docs or 0),
                                              quick=cfg.quick, seed=cfg.seed, progress=not cfg.quick,
-                                             weights=cfg.weights, max_archaic=cfg.max_archaic))
+                                             weights={**SPEEDRUN_WEIGHTS, **(cfg.weights or {})},
+                                             max_archaic=cfg.max_archaic))
         train_texts = _read_texts(out / "data" / "train.jsonl")
         val_texts = _read_texts(out / "data" / "val.jsonl")
         if not train_texts or not val_texts:
@@ -130,35 +124,17 @@ def run(cfg: SpeedrunConfig) -> dict:
         stages["shards"].update(train_tokens=tr["num_tokens"], val_tokens=va["num_tokens"],
                                 bytes_per_token=bytes_per_token)
 
-    sizing, overrides = preset(preset_name, tok.vocab_size)
-    if cfg.quick:  # a smoke run: a few small optimizer steps
-        overrides.update(max_steps=min(overrides["max_steps"], 40), gradient_accumulation_steps=1)
-    elif cfg.max_steps:
-        overrides["max_steps"] = cfg.max_steps
-    if not cfg.quick:
-        overrides.update({k: v for k, v in (("max_length", cfg.max_length), ("per_device_train_batch_size",
-                                                                             cfg.batch_size),
-                                            ("gradient_accumulation_steps", cfg.grad_accum)) if v})
-        sizing.model.max_position_embeddings = overrides["max_length"]
-    sizing.batch_tokens = (overrides["max_length"] * overrides["per_device_train_batch_size"]
-                           * overrides["gradient_accumulation_steps"])
-    sizing.max_steps = overrides["max_steps"]
-    overrides["warmup_steps"] = max(1, overrides["max_steps"] // 20)
-    model_cfg = ModelConfig(**{**sizing.model.to_dict(), "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id})
-    from llmlab.device import resolve_device
-    on_gpu = resolve_device(cfg.device).type == "cuda"  # bf16 autocast + torch.compile only pay off there
-    tcfg = TrainConfig(output_dir=str(out / "train"), seed=cfg.seed, device=cfg.device, bf16=on_gpu,
-                       torch_compile=on_gpu and not cfg.quick,
-                       eval_steps=0 if cfg.quick else cfg.eval_steps, bytes_per_token=bytes_per_token,
-                       logging_steps=5 if cfg.quick else 10, disable_tqdm=cfg.quick, **overrides)
+    sizing, model_cfg, tcfg = _train_config(cfg, preset_name, tok, out, bytes_per_token)
     with _timed(stages, "pretrain"):
         import torch
         torch.manual_seed(cfg.seed)
         model = Transformer(model_cfg)
         train_loader = TokenWindowLoader(out / "shards" / "train", tcfg.max_length, tcfg.per_device_train_batch_size,
                                          seed=cfg.seed)
-        val_loader = TokenWindowLoader(out / "shards" / "val", tcfg.max_length,
-                                       min(tcfg.per_device_train_batch_size, 4), seed=cfg.seed, shuffle=False)
+        # 1,024 validation tokens per batch whatever the window (4 x 256 before issue 24, 8 x 128 now), so
+        # the validation sample (eval_batches x 1,024 tokens) stays the same size as the figures it is compared with
+        val_batch = max(1, min(8, 1024 // tcfg.max_length))
+        val_loader = TokenWindowLoader(out / "shards" / "val", tcfg.max_length, val_batch, seed=cfg.seed, shuffle=False)
         result = train(tcfg, model, train_loader, val_loader, extra_files=tok_files)
         stages["pretrain"].update(steps=result.step, tokens=result.tokens, params=model.num_params(),
                                   train_loss=result.train_loss, val_loss=result.val_loss, val_bpb=result.val_bpb)
@@ -166,17 +142,8 @@ def run(cfg: SpeedrunConfig) -> dict:
     with _timed(stages, "samples"):
         samples = _samples(model, tok, cfg)
     with _timed(stages, "sft"):  # instruction tuning: the pretrained model becomes a chat model
-        from llmlab.finetune.instruct import templated
-        from llmlab.finetune.sft import sft, speedrun_sft_config
-        recs = templated.build(100 if cfg.quick else cfg.sft_examples, seed=cfg.seed)
-        sft_file = templated.write_jsonl(recs, out / "sft_data" / "templated.jsonl")
-        sft_kw = {} if cfg.quick else {"max_steps": cfg.sft_steps, "per_device_train_batch_size": 8}
-        res = sft(speedrun_sft_config(out / "train" / "model", out / "sft", quick=cfg.quick, seed=cfg.seed,
-                                      device=cfg.device, datasets=[str(sft_file)], **sft_kw),
-                  progress=not cfg.quick)
+        res = _sft(cfg, out, stages)
         chat_dir = res.output
-        stages["sft"].update(steps=res.step, train_loss=res.train_loss, heldout_loss=res.eval_loss,
-                             examples=len(recs), kinds=dict(Counter(r["kind"] for r in recs)))
         chats = _chat_samples(res.model, res.tokenizer, cfg)
     judgement = _judge(cfg, out, stages, model, tok, res, val_texts) if cfg.judge else None
     with _timed(stages, "eval"):  # the chat model's report card, with contamination against our own text
@@ -193,6 +160,61 @@ def run(cfg: SpeedrunConfig) -> dict:
     from llmlab.speedrun.report import write_report
     write_report(out, summary)
     return summary
+
+
+def _train_config(cfg: SpeedrunConfig, preset_name: str, tok, out: Path, bytes_per_token: float):
+    """(sizing, model config, TrainConfig): the preset's sizing with the speedrun's window, batch and
+    step overrides (not in quick mode)."""
+    from llmlab.device import resolve_device
+    from llmlab.model.config import ModelConfig
+    from llmlab.train.config import TrainConfig
+    from llmlab.train.sizing import preset
+
+    sizing, overrides = preset(preset_name, tok.vocab_size)
+    if cfg.quick:  # a smoke run: a few small optimizer steps
+        overrides.update(max_steps=min(overrides["max_steps"], 40), gradient_accumulation_steps=1)
+    elif cfg.max_steps:
+        overrides["max_steps"] = cfg.max_steps
+    if not cfg.quick:
+        overrides.update({k: v for k, v in (("max_length", cfg.max_length), ("per_device_train_batch_size",
+                                                                             cfg.batch_size),
+                                            ("gradient_accumulation_steps", cfg.grad_accum)) if v})
+        sizing.model.max_position_embeddings = overrides["max_length"]
+    sizing.batch_tokens = (overrides["max_length"] * overrides["per_device_train_batch_size"]
+                           * overrides["gradient_accumulation_steps"])
+    sizing.max_steps = overrides["max_steps"]
+    overrides["warmup_steps"] = max(1, overrides["max_steps"] // 20)
+    model_cfg = ModelConfig(**{**sizing.model.to_dict(), "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id})
+    on_gpu = resolve_device(cfg.device).type == "cuda"  # bf16 autocast + torch.compile only pay off there
+    tcfg = TrainConfig(output_dir=str(out / "train"), seed=cfg.seed, device=cfg.device, bf16=on_gpu,
+                       torch_compile=on_gpu and not cfg.quick,
+                       eval_steps=0 if cfg.quick else cfg.eval_steps, bytes_per_token=bytes_per_token,
+                       logging_steps=5 if cfg.quick else 10, disable_tqdm=cfg.quick, **overrides)
+    return sizing, model_cfg, tcfg
+
+
+def _apply_preset_defaults(cfg: SpeedrunConfig) -> None:
+    """`preset=gpu`: GPU_DEFAULTS for the fields the user left at their defaults."""
+    if cfg.preset == "gpu":
+        defaults = SpeedrunConfig()
+        for k, v in GPU_DEFAULTS.items():
+            if getattr(cfg, k) == getattr(defaults, k):
+                setattr(cfg, k, v)
+
+
+def _sft(cfg: SpeedrunConfig, out: Path, stages: dict):
+    """Full SFT of the pretrained model on templated instruction data (llmlab.finetune.instruct)."""
+    from llmlab.finetune.instruct import templated
+    from llmlab.finetune.sft import sft, speedrun_sft_config
+
+    recs = templated.build(100 if cfg.quick else cfg.sft_examples, seed=cfg.seed)
+    sft_file = templated.write_jsonl(recs, out / "sft_data" / "templated.jsonl")
+    sft_kw = {} if cfg.quick else {"max_steps": cfg.sft_steps, "per_device_train_batch_size": 8}
+    res = sft(speedrun_sft_config(out / "train" / "model", out / "sft", quick=cfg.quick, seed=cfg.seed,
+                                  device=cfg.device, datasets=[str(sft_file)], **sft_kw), progress=not cfg.quick)
+    stages["sft"].update(steps=res.step, train_loss=res.train_loss, heldout_loss=res.eval_loss,
+                         examples=len(recs), kinds=dict(Counter(r["kind"] for r in recs)))
+    return res
 
 
 def _judge(cfg: SpeedrunConfig, out: Path, stages: dict, model, tok, res, val_texts: list[str]) -> dict:
