@@ -21,3 +21,21 @@ def test_archaic_words_counts(text, hits, n):
 def test_archaic_score_is_share_and_zero_without_words():
     assert archaic_score("Thou art here now") == pytest.approx(1 / 4)
     assert archaic_score("") == 0.0 and archaic_score("12 34 !!") == 0.0
+
+
+def test_data_build_drops_archaic_poetry_and_reports_it(tmp_path):
+    import json
+
+    from llmlab.data.pipeline import DataBuildConfig, build
+
+    only_poetry = {"wiki_en": 0, "poetry_en": 1.0, "news_zh": 0, "reviews_zh": 0, "idioms_zh": 0}
+    rep = build(DataBuildConfig(out_dir=str(tmp_path / "a"), max_docs=80, weights=only_poetry, progress=False,
+                                near_dedup=False))
+    step = next(s for s in rep["steps"] if s["step"] == "archaic")
+    assert step["removed"] > 0 and step["reasons"] == {"archaic_words": step["removed"]}
+    assert rep["per_source"]["poetry_en"]["drop_archaic"] == step["removed"]
+    kept = [json.loads(ln)["text"] for f in ("train.jsonl", "val.jsonl") for ln in open(tmp_path / "a" / f)]
+    assert kept and all(archaic_score(t) <= 0.01 for t in kept)
+    off = build(DataBuildConfig(out_dir=str(tmp_path / "b"), max_docs=80, weights=only_poetry, progress=False,
+                                near_dedup=False, max_archaic=1.0))
+    assert "archaic" not in [s["step"] for s in off["steps"]]

@@ -110,6 +110,10 @@ def build(cfg: DataBuildConfig) -> dict:
     if cfg.progress:
         from tqdm import tqdm
         docs = tqdm(docs, total=max_docs, desc="data build", unit="doc", mininterval=0.5)
+    for name, on in (("normalize", True), ("langid", True), ("quality", True), ("archaic", cfg.max_archaic < 1),
+                     ("exact_dedup", cfg.exact_dedup), ("near_dedup", cfg.near_dedup), ("pii", cfg.pii)):
+        if on:  # report rows in pipeline order, whichever document reaches a step first
+            report.step(name)
     t_start, cpu_start = time.perf_counter(), time.process_time()
     try:
         for src, raw in docs:
@@ -134,9 +138,9 @@ def build(cfg: DataBuildConfig) -> dict:
             if reason is not None:
                 counts["drop_quality"] += 1
                 continue
-            if lang == "en" and cfg.max_archaic < 1:
+            if cfg.max_archaic < 1:  # English only; other documents pass (and are counted as kept)
                 t = time.process_time()
-                ok = archaic_score(text) <= cfg.max_archaic
+                ok = lang != "en" or archaic_score(text) <= cfg.max_archaic
                 report.record("archaic", text, ok, "archaic_words", seconds=time.process_time() - t)
                 if not ok:
                     counts["drop_archaic"] += 1
