@@ -29,7 +29,7 @@ def test_build_writes_jsonl_and_report(built):
     assert not any(ln in train_lines for r in val for ln in r["text"].split("\n") if len(ln) > 40)
     report = json.loads((built / "report.json").read_text())
     steps = {s["step"]: s for s in report["steps"]}
-    assert list(steps) == ["normalize", "langid", "quality", "exact_dedup", "near_dedup", "pii"]
+    assert list(steps) == ["normalize", "langid", "quality", "archaic", "exact_dedup", "near_dedup", "pii"]
     for s in report["steps"]:
         assert s["in"] == s["kept"] + s["removed"] == s["kept"] + sum(s["reasons"].values())
     order = report["steps"]

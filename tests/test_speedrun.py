@@ -20,6 +20,15 @@ def test_quick_speedrun_writes_report(tmp_path, capsys):
     assert "validation bits-per-byte" in report and "llmlab chat model=" in report
     assert (out / "stage_times.png").is_file()
     assert len(summary["samples"]) == 5
+    # held-out judgement (issue 24): judge perplexity, instruction scores, clean own-split bits/byte
+    j = summary["judgement"]
+    assert math.isfinite(j["fluency"]["judge_ppl"]) and 0 <= j["fluency"]["distinct_2"] <= 1
+    assert j["fluency"]["human_judge_ppl"] < j["fluency"]["judge_ppl"]  # human text reads better than 40 steps
+    assert set(j["instruction"]["scores"]) == {"arithmetic", "greeting", "definition", "idiom"}
+    assert j["own_split"]["contamination"]["contaminated_frac"] == 0 and j["own_split"]["docs"] > 0
+    assert math.isfinite(j["own_split"]["pretrained"])
+    assert "Held-out judgement" in report
+    assert summary["data_report"]["config"]["max_archaic"] == 0.01
     model_dir = out / "train" / "model"
     assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer.json").is_file()
     # the result chats through the same CLI

@@ -1,4 +1,4 @@
-"""`llmlab data build`: sources -> mix -> normalise -> language id -> quality -> exact dedup ->
+"""`llmlab data build`: sources -> mix -> normalise -> language id -> quality -> archaic -> exact dedup ->
 near dedup (MinHash/LSH) -> PII scrubbing -> train/val split -> JSONL + report.
 
 Streaming: one document at a time flows through every step, so memory holds only the dedup
@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmlab.data.archaic import archaic_score
 from llmlab.data.dedup_exact import ExactDeduper
 from llmlab.data.langid import detect_language
 from llmlab.data.minhash import MinHashConfig, NearDeduper, lsh_threshold
@@ -41,6 +42,9 @@ class DataBuildConfig:
     seed: int = field(default=0, metadata={"help": "seeds the mixing draws and the train/val split"})
     val_fraction: float = field(default=0.05, metadata={"help": "share of documents (not lines) held out"})
     languages: list[str] = field(default_factory=lambda: ["en", "zh"], metadata={"help": "kept language ids"})
+    max_archaic: float = field(default=0.01, metadata={
+        "help": "drop English docs whose share of archaic marker words (thou, hath, whan; llmlab.data.archaic) "
+                "is above this; 1 = keep all"})
     exact_dedup: bool = True
     near_dedup: bool = True
     pii: bool = field(default=True, metadata={"help": "replace emails/phones/IDs/cards/IPs by placeholders"})
@@ -106,6 +110,10 @@ def build(cfg: DataBuildConfig) -> dict:
     if cfg.progress:
         from tqdm import tqdm
         docs = tqdm(docs, total=max_docs, desc="data build", unit="doc", mininterval=0.5)
+    for name, on in (("normalize", True), ("langid", True), ("quality", True), ("archaic", cfg.max_archaic < 1),
+                     ("exact_dedup", cfg.exact_dedup), ("near_dedup", cfg.near_dedup), ("pii", cfg.pii)):
+        if on:  # report rows in pipeline order, whichever document reaches a step first
+            report.step(name)
     t_start, cpu_start = time.perf_counter(), time.process_time()
     try:
         for src, raw in docs:
@@ -130,6 +138,13 @@ def build(cfg: DataBuildConfig) -> dict:
             if reason is not None:
                 counts["drop_quality"] += 1
                 continue
+            if cfg.max_archaic < 1:  # English only; other documents pass (and are counted as kept)
+                t = time.process_time()
+                ok = lang != "en" or archaic_score(text) <= cfg.max_archaic
+                report.record("archaic", text, ok, "archaic_words", seconds=time.process_time() - t)
+                if not ok:
+                    counts["drop_archaic"] += 1
+                    continue
             if cfg.exact_dedup:
                 t = time.process_time()
                 dup = exact.is_duplicate(text)
@@ -170,7 +185,8 @@ def build(cfg: DataBuildConfig) -> dict:
                                "lsh_s_curve_threshold": round(lsh_threshold(cfg.minhash.bands, cfg.minhash.rows), 4),
                                "candidates_checked": near.candidates_checked}
     report.extra["config"] = {"max_docs": max_docs, "seed": cfg.seed, "val_fraction": cfg.val_fraction,
-                              "weights": cfg.weights, "languages": cfg.languages}
+                              "weights": cfg.weights, "languages": cfg.languages,
+                              "max_archaic": cfg.max_archaic}
     report.extra["total_seconds"] = round(time.perf_counter() - t_start, 2)
     report.extra["total_cpu_seconds"] = round(time.process_time() - cpu_start, 2)
     report.write(out)

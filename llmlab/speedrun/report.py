@@ -64,10 +64,12 @@ def write_report(out: Path, summary: dict) -> Path:
              f"| pretrain | {pt['seconds']:.1f} | {pt['steps']} steps, {pt['tokens']:,} tokens, "
              f"{pt['params'] / 1e6:.2f}M params, {pt['tokens'] / max(pt['seconds'], 1e-9):,.0f} tokens/s |",
              f"| samples | {s['samples']['seconds']:.1f} | {len(summary['samples'])} sampled completions |",
-             *([f"| sft | {s['sft']['seconds']:.1f} | {s['sft']['steps']} steps of full SFT on the packaged "
+             *([f"| sft | {s['sft']['seconds']:.1f} | {s['sft']['steps']} steps of full SFT on templated "
                 f"instruction data, train loss {s['sft']['train_loss']:.3f}"
                 + (f", held-out loss {s['sft']['heldout_loss']:.3f}" if s['sft'].get('heldout_loss') is not None else "")
                 + " |"] if "sft" in s else []),
+             *([f"| judge | {s['judge']['seconds']:.1f} | SmolLM2-135M judges the samples; held-out instructions |"]
+               if "judge" in s else []),
              *([f"| eval | {s['eval']['seconds']:.1f} | report card below (the chat model) |"] if "eval" in s else []),
              "", "## Result", "",
              f"- final training loss: {pt['train_loss']:.3f}",
@@ -75,6 +77,8 @@ def write_report(out: Path, summary: dict) -> Path:
              f"- **validation bits-per-byte: {pt['val_bpb']:.3f}**" if pt.get("val_bpb") is not None else "- validation bits-per-byte: n/a",
              "", "## Plots", ""]
     lines += [f"![{p}]({p})" for p in plots]
+    if summary.get("judgement"):
+        lines += judgement_lines(summary["judgement"])
     card = out / "eval" / "report_card.md"
     if card.is_file():
         lines += ["", "## Report card (`llmlab eval`)", "", card.read_text(encoding="utf-8").strip()]
@@ -89,3 +93,38 @@ def write_report(out: Path, summary: dict) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def judgement_lines(j: dict) -> list[str]:
+    """The held-out judgement section (llmlab.speedrun.judge)."""
+    f, ins, own = j["fluency"], j["instruction"], j["own_split"]
+    lines = ["", "## Held-out judgement", "",
+             f"Fluency: SmolLM2-135M-Instruct's perplexity on the pretrained model's continuations of "
+             f"{len(f['samples'])} fixed English prompts (temperature 0.8, top-p 0.95, fixed seeds; 64 tokens "
+             "unless quick); distinct-2 = distinct word "
+             "bigrams / all bigrams (low = repetitive).", "",
+             "| text | judge perplexity | distinct-2 |", "|---|---:|---:|",
+             f"| our samples | {f['judge_ppl']:.1f} | {f['distinct_2']:.3f} |",
+             f"| held-out human text ({f['human_n']} validation docs, same length) | {f['human_judge_ppl']:.1f} | "
+             f"{f['human_distinct_2']:.3f} |", "",
+             "Instruction following (the chat model, greedy), on questions whose wording (arithmetic, greeting) or "
+             "subject (definition, idiom) the SFT data never contains:", "",
+             "| kind | n | score | scored by |", "|---|---:|---:|---|"]
+    how = {"arithmetic": "exact: last integer of the reply", "greeting": "the reply greets (hello/hi/fine/help...)",
+           "definition": "names the subject and defines it (is/was/are/refers to)",
+           "idiom": "character F1 vs the dictionary explanation"
+                    + (f" (copying the question: {ins['idiom_copy_question_f1']:.3f})"
+                       if ins.get("idiom_copy_question_f1") is not None else "")}
+    for k, v in ins["scores"].items():
+        lines.append(f"| {k} | {ins['n'][k]} | {v:.3f} | {how.get(k, '')} |")
+    lines += ["", "<details><summary>every held-out question and reply</summary>", ""]
+    for it in ins["items"]:
+        lines.append(f"- [{it['kind']}, {it['score']:.2f}] {it['prompt']} -> {it['reply']}".replace("\n", " "))
+    lines += ["", "</details>", "",
+              f"Bits per byte on the run's own validation split: {own['docs']} documents "
+              f"({own['dropped_overlap']} of {own['val_docs']} dropped for sharing a 13-gram with the training "
+              f"text; contamination of the scored set "
+              f"{100 * own['contamination']['contaminated_frac']:.1f}%), {own['bytes']:,} bytes.", "",
+              "| model | bits/byte |", "|---|---:|"]
+    lines += [f"| {k} | {own[k]:.3f} |" for k in ("pretrained", "chat") if k in own]
+    return lines

