@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llmlab.finetune.lora import LoraConfig, lora_layers
-from llmlab.finetune.nf4 import NF4_LEVELS, nf4_levels_from_normal, quantize_int4_absmax, quantize_nf4
+from llmlab.quant.nf4 import NF4_LEVELS, nf4_levels_from_normal, quantize_int4_absmax, quantize_nf4
 from llmlab.finetune.peft_format import load_lora, save_lora
 from llmlab.finetune.qlora import QLoRALinear, apply_qlora, stored_weight_bytes
 from llmlab.model.transformer import Transformer

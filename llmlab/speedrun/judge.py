@@ -73,7 +73,7 @@ def human_reference(val_texts: list[str], tok, n: int = 20, max_tokens: int = SA
 
 def load_judge():
     from llmlab.eval.harness import EvalContext
-    from llmlab.infer.load import load_model_and_tokenizer
+    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(JUDGE, device="cpu", dtype="float32")
     model.eval()

