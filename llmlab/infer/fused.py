@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.device import num_threads, use_onednn
+from llmlab.errors import UserError
 from llmlab.kernels import ggml
 from llmlab.kernels.ggml import matmul as qmatmul
 
@@ -105,6 +106,11 @@ class FusedModel:
     def __init__(self, model, sig, blocks: bool = True):
         """blocks: use the model's GGUF blocks (`model.quantized`) where every part of a weight
         has them, unchanged since loading, and the kernel builds."""
+        unsupported = model.config.beyond_llama_gpt()
+        if unsupported:  # these variants run in Transformer.forward (training, generate_batch), not here yet
+            raise UserError(f"the inference engine does not implement this model's {', '.join(unsupported)} yet "
+                            "(it runs LLaMA- and GPT-2-style models); Transformer.forward with a KVCache "
+                            "and llmlab.infer.generate.generate_batch decode every variant")
         self.sig = sig
         self.has_blocks = False  # some matmul weights are QLinear
         self.n_plain = 0  # matmul weights without blocks
