@@ -27,13 +27,8 @@ def run_consolidate(cfg: ConsolidateConfig) -> int:
         raise UserError("checkpoint=... and output_dir=... are required")
     if not Path(cfg.checkpoint).is_dir():
         raise UserError(f"checkpoint dir not found: {cfg.checkpoint}")
-    extra = {}
-    if cfg.tokenizer:
-        tdir = Path(cfg.tokenizer)
-        if not tdir.is_dir():
-            raise UserError(f"tokenizer dir not found: {tdir}")
-        extra = {f.name: f.read_text(encoding="utf-8") for f in tdir.iterdir()
-                 if f.is_file() and f.suffix in (".json", ".txt", ".jinja", ".model")}
+    from llmlab.train.commands import tokenizer_files
+    extra = tokenizer_files(cfg.tokenizer) if cfg.tokenizer else {}
     out = consolidate(cfg.checkpoint, cfg.output_dir, extra_files=extra)
     print(f"consolidated {cfg.checkpoint} -> {out}")
     return 0

@@ -36,6 +36,15 @@ class TrainCommandConfig(TrainConfig):
 TRAIN_LOOPS: dict = {}
 
 
+
+def tokenizer_files(path: str) -> dict[str, str]:
+    """name -> text of a tokenizer dir's files, written into every saved model dir."""
+    tdir = Path(path)
+    if not tdir.is_dir():
+        raise UserError(f"tokenizer dir not found: {tdir}")
+    return {f.name: f.read_text(encoding="utf-8") for f in tdir.iterdir()
+            if f.is_file() and f.suffix in (".json", ".txt", ".jinja", ".model")}
+
 def _bytes_per_token(val_dir: Path, val_tokens: int) -> float:
     """Text bytes per token of the val split: `num_bytes` in the shard index (llmlab.data writes it),
     else the UTF-8 size of the val.jsonl that `data tokenize` read."""
@@ -157,13 +166,7 @@ def run_train(cfg: TrainCommandConfig) -> int:
                 log.info(f"model: {sizing.summary()} (derived); using lr {cfg.learning_rate:.2e}, "
                          f"{cfg.max_steps} steps of {cfg.per_device_train_batch_size} x {cfg.max_length} x "
                          f"{cfg.gradient_accumulation_steps} accumulation x {info.world_size} ranks")
-        extra = {}
-        if cfg.tokenizer:
-            tdir = Path(cfg.tokenizer)
-            if not tdir.is_dir():
-                raise UserError(f"tokenizer dir not found: {tdir}")
-            extra = {f.name: f.read_text(encoding="utf-8") for f in tdir.iterdir()
-                     if f.is_file() and f.suffix in (".json", ".txt", ".jinja", ".model")}
+        extra = tokenizer_files(cfg.tokenizer) if cfg.tokenizer else {}
         tcfg = TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})
         loop = "deepspeed" if tcfg.deepspeed else tcfg.strategy
         if loop != "ddp":  # ZeRO-1/2, FSDP2, DeepSpeed: registered by llmlab.distributed (docs/distributed.md)
