@@ -233,9 +233,9 @@ def sft(cfg: SftConfig, *, stop_at_step: int | None = None, progress: bool = Tru
 
 
 def speedrun_sft_config(model_dir: str | Path, output_dir: str | Path, quick: bool = False, **overrides) -> SftConfig:
-    """The speedrun's SFT stage (configs/sft_speedrun.yaml): full SFT of a small pretrained model on
-    the six packaged instruction builders, packed rows; ~100 steps of 8 x 256 tokens, about two
-    minutes on 2 CPU cores for the 4M-parameter `cpu` preset. quick: a few tiny steps (tests)."""
+    """The speedrun's SFT settings (configs/sft_speedrun.yaml): full SFT of a small pretrained model,
+    packed rows. The speedrun overrides `datasets` with its templated instruction data and sets
+    max_steps (llmlab/speedrun/pipeline.py). quick: a few tiny steps (tests)."""
     from llmlab.checkpoint import read_json
 
     ctx = int(read_json(Path(model_dir) / "config.json").get("max_position_embeddings", 256))
