@@ -95,6 +95,22 @@ def test_cli_fsdp_matches_trainer_resumes_exactly_and_consolidates(tmp_path):
     w4 = load_tensors(tmp_path / "hf" / "model.safetensors")
     assert all((w2[k] == w4[k]).all() for k in w2)
 
+    # another world size: FSDP (DTensor) checkpoints reshard onto 1 rank; ZeRO-2 slices are refused
+    one_rank = [a.replace("--nproc_per_node=2", "--nproc_per_node=1") for a in torchrun]
+    p = _run(one_rank + ["per_device_train_batch_size=4", f"output_dir={tmp_path / 'reshard'}",
+                         f"resume_from_checkpoint={two / 'checkpoint-2'}"], check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert len(_losses(tmp_path / "reshard")) == 2  # steps 3 and 4 after the resharded resume
+    zero = tmp_path / "zero2-ckpt"  # a ZeRO-2 checkpoint written by 3 ranks, resumed on 2
+    shutil.copytree(two / "checkpoint-2", zero)
+    state = json.loads((zero / "trainer_state.json").read_text())
+    (zero / "trainer_state.json").write_text(json.dumps({**state, "strategy": "zero2", "world_size": 3}))
+    zero_two = [a.replace("strategy=fsdp", "strategy=zero2") for a in torchrun]
+    p = _run(zero_two + [f"output_dir={tmp_path / 'z'}", f"resume_from_checkpoint={zero}"], check=False)
+    # each rank exits with 2 and one line; torchrun itself then exits 1 and names the ranks' exit code
+    assert p.returncode != 0 and "exitcode  : 2" in p.stderr, p.stderr[-3000:]
+    assert "llmlab: error: " in p.stderr and "saved by 3 ranks, now 2" in p.stderr, p.stderr[-3000:]
+
 
 def test_bad_input_is_one_clear_error(tmp_path):  # fast: no process group needed
     from llmlab.config import load_config

@@ -43,7 +43,8 @@ def _wrap(model, cfg, info):
                                       cfg.adam_epsilon, cfg.decay_norms_and_embeddings)
     if s in ("zero1", "zero2"):
         if not info.enabled:
-            raise UserError(f"strategy={s} needs torch.distributed: launch with torchrun --nproc_per_node N")
+            raise UserError(f"strategy={s} shards over ranks: launch with torchrun --nproc_per_node N, N >= 2 "
+                            "(one process trains without a strategy)")
         from llmlab.distributed.zero import ZeroOptimizer
         return model, ZeroOptimizer(model, int(s[-1]), cfg.learning_rate, cfg.weight_decay,
                                     (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_epsilon, cfg.decay_norms_and_embeddings)
