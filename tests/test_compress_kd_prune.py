@@ -115,3 +115,18 @@ def test_recovery_keeps_pruned_weights_zero_and_lowers_loss(tiny_config):
     _recover(model, masks, calib, steps=20, lr=1e-2)
     assert abs(prune.sparsity_of(model) - 0.5) < 0.01
     assert loss() < before
+
+
+def test_topk_kd_equals_full_kd_at_full_k_and_drops_the_tail_below():
+    from llmlab.compress.kd import topk_kd_loss
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(2, 5, 11, generator=g), torch.randn(2, 5, 11, generator=g) * 3
+    y = torch.randint(0, 11, (2, 5), generator=g)
+    v, i = t.topk(11, dim=-1)
+    for T in (1.0, 4.0):
+        assert torch.allclose(topk_kd_loss(s, v, i, T), kd_loss(s, t, T), atol=1e-6)
+        assert torch.allclose(distill_loss(s, (v, i), y, T, 0.5), distill_loss(s, t, y, T, 0.5), atol=1e-6)
+    v3, i3 = t.topk(3, dim=-1)  # hand computation of one position at k = 3
+    p = torch.softmax(v3[0, 0] / 2, -1)
+    q = torch.log_softmax(s[0, 0] / 2, -1)[i3[0, 0]]
+    assert torch.allclose(topk_kd_loss(s[:1, :1], v3[:1, :1], i3[:1, :1], 2.0), 4 * (p * (p.log() - q)).sum(), atol=1e-6)

@@ -34,13 +34,37 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return temperature ** 2 * kl.mean()
 
 
+def topk_kd_loss(student_logits: torch.Tensor, top_values: torch.Tensor, top_ids: torch.Tensor,
+                 temperature: float = 2.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """KD against a cached top-k of the teacher's logits (values (..., k), vocabulary ids (..., k)):
+    p = softmax(top_values / T) renormalised over those k tokens, q_T the student's full softmax,
+    T^2 * sum_{i in top-k} p_i (log p_i - log q_T,i). With k = the vocabulary it is `kd_loss`; with
+    k << V it drops the teacher's tail mass (small for a confident teacher) and lets the teacher's
+    forward be run once and stored (k values + ids per position) instead of once per student step."""
+    if temperature <= 0:
+        raise UserError(f"temperature must be > 0, got {temperature}")
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1).gather(-1, top_ids)
+    t = F.log_softmax(top_values.float() / temperature, dim=-1)
+    kl = (t.exp() * (t - s)).sum(-1)
+    if mask is not None:
+        kl = kl[mask]
+    return temperature ** 2 * kl.mean()
+
+
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                  temperature: float = 2.0, alpha: float = 0.5, ignore_index: int = -100) -> torch.Tensor:
-    """alpha * KD + (1 - alpha) * CE; logits already aligned with labels (B, T, V) / (B, T)."""
+    """alpha * KD + (1 - alpha) * CE; logits already aligned with labels (B, T, V) / (B, T).
+    `teacher_logits` is the full (B, T, V) tensor, or a (values, ids) pair of its top-k."""
     mask = labels != ignore_index
     ce = F.cross_entropy(student_logits.float().reshape(-1, student_logits.shape[-1]), labels.reshape(-1),
                          ignore_index=ignore_index)
-    return alpha * kd_loss(student_logits, teacher_logits, temperature, mask) + (1 - alpha) * ce
+    if alpha == 0:
+        return ce
+    if isinstance(teacher_logits, tuple):
+        kd = topk_kd_loss(student_logits, *teacher_logits, temperature, mask)
+    else:
+        kd = kd_loss(student_logits, teacher_logits, temperature, mask)
+    return alpha * kd + (1 - alpha) * ce
 
 
 @torch.no_grad()
