@@ -28,36 +28,18 @@ def rtn_fq(w: torch.Tensor, bits: int, group: int, sym: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def weight_mean(ws: list[torch.Tensor], group: int) -> torch.Tensor:
-    """Mean over output rows of |w| / (its group's absmax), per input channel (AutoAWQ's w_mean)."""
-    w = torch.cat(ws, 0)
-    gs = group if group > 0 else w.shape[1]
-    g = w.abs().reshape(-1, gs)
-    return (g / (g.amax(dim=1, keepdim=True) + 1e-6)).reshape(w.shape).mean(0)
-
-
-@torch.no_grad()
 def search_scale(ws: list[torch.Tensor], x: torch.Tensor, mean_abs: torch.Tensor, bits: int, group: int,
                  sym: bool, grid: int = 20) -> tuple[torch.Tensor, float]:
-    """-> (s (k,), alpha) minimizing sum over ws of ||x W^T - x (Q(W s)/s)^T||^2.
-
-    Candidates: the paper's s = mean|x|^alpha and AutoAWQ's "duo scaling"
-    s = mean|x|^alpha / (w_mean^(1-alpha) + 1e-4) (w_mean: the weights' mean magnitude relative to
-    their group max, per input channel), both over alpha in {0, 1/grid, ...}; the one with the least
-    calibration error is kept, so adding the second family can only lower that error."""
+    """-> (s (k,), alpha) minimizing sum over ws of ||x W^T - x (Q(W s)/s)^T||^2."""
     ys = [x @ w.t() for w in ws]
     best, best_s, best_a = float("inf"), torch.ones_like(mean_abs), 0.0
-    w_mean = weight_mean(ws, group)
     for r in range(grid):
         a = r / grid
-        for duo in (False, True):
-            s = mean_abs.clamp_min(1e-4).pow(a)
-            if duo:
-                s = (s / (w_mean.pow(1 - a) + 1e-4)).clamp_min(1e-4)
-            s = s / (s.max() * s.min()).sqrt()
-            err = sum(float(((x @ (rtn_fq(w * s, bits, group, sym) / s).t() - y) ** 2).mean()) for w, y in zip(ws, ys))
-            if err < best:
-                best, best_s, best_a = err, s, a
+        s = mean_abs.clamp_min(1e-4).pow(a)
+        s = s / (s.max() * s.min()).sqrt()
+        err = sum(float(((x @ (rtn_fq(w * s, bits, group, sym) / s).t() - y) ** 2).mean()) for w, y in zip(ws, ys))
+        if err < best:
+            best, best_s, best_a = err, s, a
     return best_s, best_a
 
 
