@@ -1,0 +1,106 @@
+"""`llmlab train objective=... architecture=...`: the model, loaders and tokenizer files an
+objective needs, and the one-line errors for combinations that cannot work.
+
+New model: the objective's special tokens are appended to the data's vocabulary (special.allot)
+and the model is built for the architecture: decoder (causal), prefix_decoder (the Transformer with
+prefix_lm=true) or encoder_decoder (llmlab.model.encdec, sized like the decoder: the same width,
+heads and MLP, `depth` layers in each stack). init_from: the model must already have the tokens
+and an attention pattern the objective can use.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from llmlab.errors import UserError
+from llmlab.train.objectives import NEEDS_PREFIX, OBJECTIVES, ObjectiveLoader, build_objective, special
+
+NATURAL = {"causal_lm": "decoder", "fim": "decoder", "prefix_lm": "prefix_decoder", "mlm": "prefix_decoder",
+           "span_corruption": "prefix_decoder", "ul2": "prefix_decoder"}
+SEQ2SEQ_FFN = {"relu": "relu", "gelu": "gelu", "silu": "silu", "swiglu": "gated-silu", "geglu": "gated-gelu",
+               "reglu": "gated-relu"}
+PAD = "<pad>"  # encoder-decoder: padding and decoder start, as T5's id 0
+
+
+def _params(cfg) -> dict:
+    keys = ("noise_density", "mean_noise_span_length", "num_sentinels", "mlm_probability", "ul2_mixture",
+            "fim_rate", "fim_spm_rate")
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def check_config(cfg) -> None:
+    """Objective name, parameters and architecture: bad ones are a one-line UserError."""
+    if cfg.objective not in OBJECTIVES:
+        raise UserError(f"objective '{cfg.objective}' unknown (use one of {', '.join(OBJECTIVES)})")
+    build_objective(cfg.objective, **_params(cfg))  # validates the parameters
+    if cfg.num_sentinels < 1:
+        raise UserError(f"num_sentinels must be >= 1, got {cfg.num_sentinels}")
+    arch = cfg.architecture or NATURAL[cfg.objective]
+    if cfg.objective in NEEDS_PREFIX and arch == "decoder":
+        raise UserError(f"objective={cfg.objective} needs bidirectional attention over its input, but "
+                        "architecture=decoder is causal-only: use architecture=prefix_decoder"
+                        + (" or encoder_decoder" if cfg.objective != "mlm" else ""))
+    if arch == "encoder_decoder" and cfg.objective in ("mlm", "fim", "causal_lm"):
+        raise UserError(f"objective={cfg.objective} has no input/target split for an encoder-decoder: "
+                        "use span_corruption, ul2 or prefix_lm")
+
+
+def _new_model(cfg, base_model_cfg, vocab: int, eos):
+    """(model, ids, layout) for a model trained from scratch with the objective's tokens."""
+    import torch
+
+    from llmlab.model import Transformer
+    arch = cfg.architecture or NATURAL[cfg.objective]
+    obj = build_objective(cfg.objective, vocab_size=vocab, **_params(cfg))
+    names = list(obj.special_tokens) + ([PAD] if arch == "encoder_decoder" else [])
+    ids = special.allot(vocab, names)
+    extra = {**base_model_cfg.extra, "special_tokens": ids, "objective": cfg.objective}
+    torch.manual_seed(cfg.seed)
+    if arch == "encoder_decoder":
+        from llmlab.model.encdec import EncDecConfig, EncoderDecoder
+        c = base_model_cfg
+        if c.mlp not in SEQ2SEQ_FFN:
+            raise UserError(f"encoder_decoder: no T5 feed-forward for mlp={c.mlp}")
+        ec = EncDecConfig(vocab_size=vocab + len(names), d_model=c.hidden_size, d_kv=c.head_dim, d_ff=c.intermediate_size,
+                          num_layers=c.num_hidden_layers, num_heads=c.num_attention_heads,
+                          feed_forward_proj=SEQ2SEQ_FFN[c.mlp], tie_word_embeddings=c.tie_word_embeddings,
+                          pad_token_id=ids[PAD], decoder_start_token_id=ids[PAD], eos_token_id=eos, extra=extra)
+        return obj, EncoderDecoder(ec), ids, "seq2seq"
+    mc = dataclasses.replace(base_model_cfg, vocab_size=vocab + len(names), prefix_lm=arch == "prefix_decoder",
+                             extra=extra)
+    return obj, Transformer(mc), ids, "prefix" if arch == "prefix_decoder" else "causal"
+
+
+def _existing_model(cfg, model, tokenizer):
+    """(objective, ids, layout) for init_from: checks the model can take this objective."""
+    c = model.config
+    seq2seq = getattr(model, "is_encoder_decoder", False)
+    obj = build_objective(cfg.objective, vocab_size=c.vocab_size, **_params(cfg))
+    if seq2seq and cfg.objective in ("mlm", "fim", "causal_lm"):
+        raise UserError(f"objective={cfg.objective} cannot train an encoder-decoder (use span_corruption, ul2, prefix_lm)")
+    if not seq2seq and cfg.objective in NEEDS_PREFIX and not c.prefix_lm:
+        raise UserError(f"objective={cfg.objective} needs bidirectional attention, but {cfg.init_from} is a "
+                        "causal-only decoder (prefix_lm=false)")
+    names = list(obj.special_tokens) + ([PAD] if seq2seq else [])
+    ids = special.find(names, c, tokenizer, cfg.objective) if names else {}
+    layout = "seq2seq" if seq2seq else "prefix" if c.prefix_lm else "causal"
+    return obj, ids, layout
+
+
+def prepare(cfg, model, train_loader, val_loader, extra_files: dict, vocab: int, eos, tokenizer=None):
+    """-> (model, train_loader, val_loader, extra_files, model_flops_per_token or None)."""
+    if cfg.init_from:
+        obj, ids, layout = _existing_model(cfg, model, tokenizer)
+    else:
+        obj, model, ids, layout = _new_model(cfg, model.config, vocab, eos)
+    pad = ids.get(PAD, 0)
+    start = getattr(model.config, "decoder_start_token_id", 0)
+    mk = lambda base, seed: ObjectiveLoader(base, obj, ids, layout, pad, None, start, seed)  # noqa: E731
+    train_loader = mk(train_loader, cfg.seed)
+    val_loader = mk(val_loader, cfg.seed + 1) if val_loader is not None else None
+    if ids and extra_files:
+        extra_files = special.add_to_tokenizer_files(extra_files, ids)
+    fpt = None
+    if layout == "seq2seq":
+        from llmlab.model.encdec import flops_per_token
+        fpt = flops_per_token(model.config, cfg.max_length)
+    return model, train_loader, val_loader, extra_files, fpt
