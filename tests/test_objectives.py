@@ -62,6 +62,15 @@ def test_noise_mask_properties(n, density, mu):
         assert rebuilt == toks
 
 
+def test_short_sequences_have_one_span_at_the_end():
+    """A known property of T5's mask: at n <= 30 (15 %, mu 3) there is one span, so the mask is the
+    last round(0.15 n) tokens whatever the seed (n = 30: 26 kept, 4 noise); n = 31 has two spans."""
+    for seed in range(10):
+        assert random_spans_noise_mask(30, 0.15, 3.0, np.random.default_rng(seed)).tolist() == [False] * 26 + [True] * 4
+    masks = {tuple(random_spans_noise_mask(31, 0.15, 3.0, np.random.default_rng(s))) for s in range(10)}
+    assert len(masks) > 1
+
+
 def test_random_segmentation_and_mean_span_length():
     rng = np.random.default_rng(0)
     seg = random_segmentation(20, 6, rng)
@@ -173,3 +182,20 @@ def test_prefix_decoder_mask():
         assert torch.allclose(m(x, prefix_lengths=0), m(x.clone().unsqueeze(0)[0]), atol=1e-6)
         cache = KVCache.for_model(m, 1, 16)
         assert torch.allclose(m(x, cache=cache)[0, -1], m(x, prefix_lengths=10)[0, -1], atol=1e-5)
+
+
+@pytest.mark.parametrize("objective,arch", [("ul2", "encoder_decoder"), ("mlm", ""), ("fim", ""), ("prefix_lm", "")])
+def test_make_api_one_step(objective, arch):
+    """The API other tools call: a model for (objective, architecture), its loader, one loss."""
+    from llmlab.model import ModelConfig
+    from llmlab.train.objectives import model_loss
+    from llmlab.train.objectives.setup import make
+    st = make(objective, ModelConfig(vocab_size=1, hidden_size=32, num_hidden_layers=1, num_attention_heads=2), 100,
+              architecture=arch)
+    assert st.model.config.vocab_size == 100 + len(st.ids)
+    inputs, labels = next(iter(st.loader(TokenArrayLoader(torch.arange(3000) % 100, 64, 4))))
+    loss = model_loss(st.model, inputs, labels)
+    loss.backward()
+    assert 3.0 < float(loss.detach()) < 7.0  # about ln(vocab) at init
+    with pytest.raises(UserError, match="causal-only"):
+        make("mlm", st.model.config if arch != "encoder_decoder" else ModelConfig(), 100, architecture="decoder")

@@ -10,6 +10,7 @@ and an attention pattern the objective can use.
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 from llmlab.errors import UserError
 from llmlab.train.objectives import NEEDS_PREFIX, OBJECTIVES, ObjectiveLoader, build_objective, special
@@ -21,10 +22,12 @@ SEQ2SEQ_FFN = {"relu": "relu", "gelu": "gelu", "silu": "silu", "swiglu": "gated-
 PAD = "<pad>"  # encoder-decoder: padding and decoder start, as T5's id 0
 
 
+DEFAULTS = dict(noise_density=0.15, mean_noise_span_length=3.0, num_sentinels=100, mlm_probability=0.15,
+                ul2_mixture="ul2", fim_rate=0.5, fim_spm_rate=0.5)  # TrainConfig's objective fields
+
+
 def _params(cfg) -> dict:
-    keys = ("noise_density", "mean_noise_span_length", "num_sentinels", "mlm_probability", "ul2_mixture",
-            "fim_rate", "fim_spm_rate")
-    return {k: getattr(cfg, k) for k in keys}
+    return {k: getattr(cfg, k) for k in DEFAULTS}
 
 
 def check_config(cfg) -> None:
@@ -44,30 +47,47 @@ def check_config(cfg) -> None:
                         "use span_corruption, ul2 or prefix_lm")
 
 
-def _new_model(cfg, base_model_cfg, vocab: int, eos):
-    """(model, ids, layout) for a model trained from scratch with the objective's tokens."""
+@dataclasses.dataclass
+class Setup:
+    """A new model built for an objective: `loader(window_loader, seed)` wraps (x, y) windows."""
+    objective: object
+    model: object
+    ids: dict
+    layout: str  # causal | prefix | seq2seq
+
+    def loader(self, windows, seed: int = 0) -> ObjectiveLoader:
+        start = getattr(self.model.config, "decoder_start_token_id", 0)
+        return ObjectiveLoader(windows, self.objective, self.ids, self.layout, self.ids.get(PAD, 0), None, start, seed)
+
+
+def make(objective: str, model_config, vocab: int, architecture: str = "", eos=None, seed: int = 0,
+         **params) -> Setup:
+    """A model trained from scratch with `objective`: the decoder config `model_config` (a ModelConfig,
+    its vocab_size ignored) with the objective's tokens appended to a `vocab`-id vocabulary, as the
+    architecture (default: the objective's natural one). params: TrainConfig's objective fields."""
     import torch
 
     from llmlab.model import Transformer
-    arch = cfg.architecture or NATURAL[cfg.objective]
-    obj = build_objective(cfg.objective, vocab_size=vocab, **_params(cfg))
+    check_config(SimpleNamespace(objective=objective, architecture=architecture, **{**DEFAULTS, **params}))
+    arch = architecture or NATURAL[objective]
+    obj = build_objective(objective, vocab_size=vocab, **params)
     names = list(obj.special_tokens) + ([PAD] if arch == "encoder_decoder" else [])
     ids = special.allot(vocab, names)
-    extra = {**base_model_cfg.extra, "special_tokens": ids, "objective": cfg.objective}
-    torch.manual_seed(cfg.seed)
+    extra = {**model_config.extra, "special_tokens": ids, "objective": objective}
+    torch.manual_seed(seed)
     if arch == "encoder_decoder":
         from llmlab.model.encdec import EncDecConfig, EncoderDecoder
-        c = base_model_cfg
+        c = model_config
         if c.mlp not in SEQ2SEQ_FFN:
             raise UserError(f"encoder_decoder: no T5 feed-forward for mlp={c.mlp}")
         ec = EncDecConfig(vocab_size=vocab + len(names), d_model=c.hidden_size, d_kv=c.head_dim, d_ff=c.intermediate_size,
                           num_layers=c.num_hidden_layers, num_heads=c.num_attention_heads,
                           feed_forward_proj=SEQ2SEQ_FFN[c.mlp], tie_word_embeddings=c.tie_word_embeddings,
                           pad_token_id=ids[PAD], decoder_start_token_id=ids[PAD], eos_token_id=eos, extra=extra)
-        return obj, EncoderDecoder(ec), ids, "seq2seq"
-    mc = dataclasses.replace(base_model_cfg, vocab_size=vocab + len(names), prefix_lm=arch == "prefix_decoder",
+        return Setup(obj, EncoderDecoder(ec), ids, "seq2seq")
+    mc = dataclasses.replace(model_config, vocab_size=vocab + len(names), prefix_lm=arch == "prefix_decoder",
                              extra=extra)
-    return obj, Transformer(mc), ids, "prefix" if arch == "prefix_decoder" else "causal"
+    return Setup(obj, Transformer(mc), ids, "prefix" if arch == "prefix_decoder" else "causal")
 
 
 def _existing_model(cfg, model, tokenizer):
@@ -91,7 +111,8 @@ def prepare(cfg, model, train_loader, val_loader, extra_files: dict, vocab: int,
     if cfg.init_from:
         obj, ids, layout = _existing_model(cfg, model, tokenizer)
     else:
-        obj, model, ids, layout = _new_model(cfg, model.config, vocab, eos)
+        st = make(cfg.objective, model.config, vocab, cfg.architecture, eos, cfg.seed, **_params(cfg))
+        obj, model, ids, layout = st.objective, st.model, st.ids, st.layout
     pad = ids.get(PAD, 0)
     start = getattr(model.config, "decoder_start_token_id", 0)
     mk = lambda base, seed: ObjectiveLoader(base, obj, ids, layout, pad, None, start, seed)  # noqa: E731
