@@ -111,26 +111,25 @@ def corpus(tmp_path):
 
 def test_train_span_corruption_loss_goes_down_and_generates(corpus):
     """A decoder (prefix LM) and a T5 encoder-decoder trained with span corruption: the loss falls;
-    `llmlab generate` runs both (prefix prefill / encode once + cached decode)."""
+    the sentinels land in the saved tokenizer (one id each, T5's ids); `llmlab generate` runs both
+    (prefix prefill / encode once + cached decode) and prints what a cache-free greedy decode gives."""
     from llmlab.model.load import load_model
-    from llmlab.tokenizer.bpe import ByteLevelBPE
+    from llmlab.tokenizer.bpe import ByteLevelBPE, load_tokenizer
+    ByteLevelBPE([bytes([i]) for i in range(256)], [], {}).save(corpus / "bytes")  # the .txt data's ids
     for arch in ("prefix_decoder", "encoder_decoder"):
         _train(corpus, "objective=span_corruption", f"architecture={arch}", "max_steps=30",
-               f"output_dir={corpus / arch}")
+               f"output_dir={corpus / arch}", f"tokenizer={corpus / 'bytes'}")
         losses = _losses(corpus / arch)
         assert losses[-1] < losses[0] - 1.0, (arch, losses)
         model, _ = load_model(str(corpus / arch / "model"))
+        tok = load_tokenizer(corpus / arch / "model")
         ids = model.config.extra["special_tokens"]
-        assert ids["<extra_id_0>"] == model.config.vocab_size - 1  # T5's sentinel ids
-        tok = ByteLevelBPE([bytes([i]) for i in range(256)] + [None] * len(ids), [], ids)
-        tok.save(corpus / "tok")
-        for f in (corpus / "tok").iterdir():
-            (corpus / arch / "model" / f.name).write_bytes(f.read_bytes())
+        assert ids["<extra_id_0>"] == model.config.vocab_size - 1 == tok.encode("<extra_id_0>")[0]  # T5's ids
+        prompt = tok.encode("the cat <extra_id_0> on a mat")
+        assert len(prompt) == len("the cat  on a mat") + 1
         r = _cli("generate", f"model={corpus / arch / 'model'}", "prompt=the cat <extra_id_0> on a mat",
                  "temperature=0", "max_new_tokens=8", cwd=corpus)
         assert r.returncode == 0, r.stderr
-        prompt = tok.encode("the cat <extra_id_0> on a mat")
-        assert ids["<extra_id_0>"] in prompt
         want = _greedy_reference(model, prompt, 8)
         assert r.stdout.rstrip("\n") == "the cat <extra_id_0> on a mat" + tok.decode(want)
 

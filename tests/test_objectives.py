@@ -197,5 +197,11 @@ def test_make_api_one_step(objective, arch):
     loss = model_loss(st.model, inputs, labels)
     loss.backward()
     assert 3.0 < float(loss.detach()) < 7.0  # about ln(vocab) at init
+    grid = ("[MASK]", "[R]", "[S]", "[X]", "<fim_prefix>", "<fim_middle>", "<fim_suffix>",
+            *(f"<extra_id_{k}>" for k in range(100)), "<pad>")
+    cfg = ModelConfig(vocab_size=1, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    other = "prefix_lm" if arch == "encoder_decoder" else "causal_lm"
+    a, b = (make(o, cfg, 100, architecture=arch, reserve_tokens=grid) for o in (other, objective))
+    assert a.ids == b.ids and len(a.ids) == len(grid)  # one vocabulary for a whole grid
     with pytest.raises(UserError, match="causal-only"):
         make("mlm", st.model.config if arch != "encoder_decoder" else ModelConfig(), 100, architecture="decoder")

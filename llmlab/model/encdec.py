@@ -299,8 +299,8 @@ class EncoderDecoder(nn.Module):
                 decoder_input_ids: torch.Tensor | None = None, return_hidden: bool = False, **_) -> torch.Tensor:
         """Training / scoring: encoder input (B, S), decoder input (B, T) -> logits (B, T, V)."""
         if decoder_input_ids is None:
-            raise UserError("an encoder-decoder needs decoder_input_ids (train it with a seq2seq objective: "
-                            "span_corruption, ul2, prefix_lm)")
+            raise UserError("an encoder-decoder needs decoder_input_ids: train it with span_corruption, ul2 or "
+                            "prefix_lm; generate with num_beams=1 (beam search is decoder-only)")
         enc = self.encode(input_ids, attention_mask)
         return self.decode(decoder_input_ids, enc, attention_mask, return_hidden=return_hidden)
 

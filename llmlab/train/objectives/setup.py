@@ -56,22 +56,26 @@ class Setup:
     layout: str  # causal | prefix | seq2seq
 
     def loader(self, windows, seed: int = 0) -> ObjectiveLoader:
-        start = getattr(self.model.config, "decoder_start_token_id", 0)
-        return ObjectiveLoader(windows, self.objective, self.ids, self.layout, self.ids.get(PAD, 0), None, start, seed)
+        c = self.model.config
+        pad = self.ids.get(PAD, getattr(c, "pad_token_id", None) or 0)
+        return ObjectiveLoader(windows, self.objective, self.ids, self.layout, pad, None,
+                               getattr(c, "decoder_start_token_id", 0), seed)
 
 
 def make(objective: str, model_config, vocab: int, architecture: str = "", eos=None, seed: int = 0,
-         **params) -> Setup:
+         reserve_tokens: tuple[str, ...] = (), **params) -> Setup:
     """A model trained from scratch with `objective`: the decoder config `model_config` (a ModelConfig,
     its vocab_size ignored) with the objective's tokens appended to a `vocab`-id vocabulary, as the
-    architecture (default: the objective's natural one). params: TrainConfig's objective fields."""
+    architecture (default: the objective's natural one). params: TrainConfig's objective fields.
+    reserve_tokens: more special tokens to add (e.g. every objective's, so models trained with
+    different objectives share one vocabulary and can all be scored on span infilling)."""
     import torch
 
     from llmlab.model import Transformer
     check_config(SimpleNamespace(objective=objective, architecture=architecture, **{**DEFAULTS, **params}))
     arch = architecture or NATURAL[objective]
     obj = build_objective(objective, vocab_size=vocab, **params)
-    names = list(obj.special_tokens) + ([PAD] if arch == "encoder_decoder" else [])
+    names = list(dict.fromkeys([*reserve_tokens, *obj.special_tokens, *([PAD] if arch == "encoder_decoder" else [])]))
     ids = special.allot(vocab, names)
     extra = {**model_config.extra, "special_tokens": ids, "objective": objective}
     torch.manual_seed(seed)
@@ -100,7 +104,7 @@ def _existing_model(cfg, model, tokenizer):
     if not seq2seq and cfg.objective in NEEDS_PREFIX and not c.prefix_lm:
         raise UserError(f"objective={cfg.objective} needs bidirectional attention, but {cfg.init_from} is a "
                         "causal-only decoder (prefix_lm=false)")
-    names = list(obj.special_tokens) + ([PAD] if seq2seq else [])
+    names = list(obj.special_tokens)  # an encoder-decoder brings its own pad / decoder start id
     ids = special.find(names, c, tokenizer, cfg.objective) if names else {}
     layout = "seq2seq" if seq2seq else "prefix" if c.prefix_lm else "causal"
     return obj, ids, layout
@@ -113,7 +117,7 @@ def prepare(cfg, model, train_loader, val_loader, extra_files: dict, vocab: int,
     else:
         st = make(cfg.objective, model.config, vocab, cfg.architecture, eos, cfg.seed, **_params(cfg))
         obj, model, ids, layout = st.objective, st.model, st.ids, st.layout
-    pad = ids.get(PAD, 0)
+    pad = ids.get(PAD, getattr(model.config, "pad_token_id", None) or 0)
     start = getattr(model.config, "decoder_start_token_id", 0)
     mk = lambda base, seed: ObjectiveLoader(base, obj, ids, layout, pad, None, start, seed)  # noqa: E731
     train_loader = mk(train_loader, cfg.seed)
