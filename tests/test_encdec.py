@@ -45,6 +45,10 @@ def test_t5_logits_match_transformers(ffp, tie, tmp_path):
         back = load_t5_dir(tmp_path / "t5")
         assert torch.equal(back(ids, attention_mask=mask, decoder_input_ids=dec),
                            ours(ids, attention_mask=mask, decoder_input_ids=dec))
+        hf.save_pretrained(tmp_path / "hf")  # what transformers writes, the one loader reads
+        from llmlab.model.load import load_model
+        theirs, _ = load_model(str(tmp_path / "hf"))
+        assert (theirs(ids, attention_mask=mask, decoder_input_ids=dec) - ref).abs().max() <= 1e-4
 
 
 def test_t5_loading_is_strict():
@@ -156,3 +160,19 @@ def test_objectives_bad_input_exit_2(corpus):
         r = _cli("train", f"data={corpus / 't.txt'}", "max_steps=1", f"output_dir={corpus / 'x'}", *args, cwd=corpus)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name,params", [("t5-small", 60_506_624), ("t5-v1_1-small", 76_961_152)])
+def test_presets_have_the_published_shapes(name, params):
+    """Preset state dicts have transformers' names and shapes (so hub checkpoints load strictly)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+    from llmlab.model.encdec import EncoderDecoder
+    from llmlab.model.t5 import t5_config
+    cfg = t5_config(name)
+    with torch.device("meta"):
+        ours = EncoderDecoder(cfg)
+        hf = T5ForConditionalGeneration(T5Config(**{k: v for k, v in cfg.to_hf().items() if k != "llmlab"}))
+    assert ours.num_params() == params
+    theirs = {k: tuple(v.shape) for k, v in hf.state_dict().items() if k not in ("encoder.embed_tokens.weight",
+                                                                                  "decoder.embed_tokens.weight")}
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == theirs
