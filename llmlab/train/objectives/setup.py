@@ -124,6 +124,11 @@ def prepare(cfg, model, train_loader, val_loader, extra_files: dict, vocab: int,
     val_loader = mk(val_loader, cfg.seed + 1) if val_loader is not None else None
     if ids and extra_files:
         extra_files = special.add_to_tokenizer_files(extra_files, ids)
+    from llmlab.log import get_logger
+    n = sum(p.numel() for p in model.parameters())
+    get_logger("llmlab.train").info(f"objective {cfg.objective} on a {layout} model ({n / 1e6:.2f}M params, "
+                                    f"{len(ids)} special tokens added to the vocabulary)" if not cfg.init_from else
+                                    f"objective {cfg.objective} on {cfg.init_from} ({layout})")
     fpt = None
     if layout == "seq2seq":
         from llmlab.model.encdec import flops_per_token
