@@ -235,7 +235,7 @@ def generate_ids(model, prompt_ids: list[int], params: SamplingParams,
             return dec.forward(list(prompt_ids) if fed is None else fed).unsqueeze(0)
     elif hasattr(model, "stepper"):  # encoder-decoder: encode the prompt once, decode with a cache
         forward = model.stepper(list(prompt_ids), budget)
-    else:  # variants (prefix decoder, ALiBi, ...) and wrappers run Transformer.forward with a KV cache  # wrappers (PEFT prefixes, soft prompts, ...) run their own forward
+    else:  # other variants (prefix decoder, ALiBi, ...) and wrappers (PEFT prefixes, ...): their forward + a KV cache
         forward = CacheForward(model, [list(prompt_ids)], 0, budget, masked=False)
     procs = [logits_processor] if logits_processor is not None else None
     for nxt, _, _ in _decode_steps(forward, [list(prompt_ids)], params, budget, stops, 0, gen, procs,
