@@ -163,7 +163,6 @@ class _Sub(nn.Module):
     def __init__(self, c: EncDecConfig, name: str, f: nn.Module):
         super().__init__()
         self.layer_norm = make_norm("rmsnorm", c.d_model, c.layer_norm_epsilon)
-        self.name = name
         setattr(self, name, f)
 
 
