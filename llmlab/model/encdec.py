@@ -59,6 +59,8 @@ class EncDecConfig:
     pad_token_id: int = 0
     eos_token_id: Optional[int] = 1
     decoder_start_token_id: int = 0
+    # relative positions have no hard limit; this sizes caches and generation budgets (old HF T5 key)
+    n_positions: int = 512
     extra: dict = field(default_factory=dict)  # e.g. special_tokens: name -> id
     model_type = "t5"
     prefix_lm = False
@@ -81,7 +83,7 @@ class EncDecConfig:
     num_key_value_heads = property(lambda self: self.num_heads)
     head_dim = property(lambda self: self.d_kv)
     num_hidden_layers = property(lambda self: self.num_layers + self.num_decoder_layers)
-    max_position_embeddings = property(lambda self: 1 << 30)  # relative positions: no hard limit
+    max_position_embeddings = property(lambda self: self.n_positions)
     bos_token_id = property(lambda self: None)
 
     def beyond_llama_gpt(self) -> list[str]:

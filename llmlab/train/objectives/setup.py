@@ -87,7 +87,8 @@ def make(objective: str, model_config, vocab: int, architecture: str = "", eos=N
         ec = EncDecConfig(vocab_size=vocab + len(names), d_model=c.hidden_size, d_kv=c.head_dim, d_ff=c.intermediate_size,
                           num_layers=c.num_hidden_layers, num_heads=c.num_attention_heads,
                           feed_forward_proj=SEQ2SEQ_FFN[c.mlp], tie_word_embeddings=c.tie_word_embeddings,
-                          pad_token_id=ids[PAD], decoder_start_token_id=ids[PAD], eos_token_id=eos, extra=extra)
+                          pad_token_id=ids[PAD], decoder_start_token_id=ids[PAD], eos_token_id=eos,
+                          n_positions=c.max_position_embeddings, extra=extra)
         return Setup(obj, EncoderDecoder(ec), ids, "seq2seq")
     mc = dataclasses.replace(model_config, vocab_size=vocab + len(names), prefix_lm=arch == "prefix_decoder",
                              extra=extra)
