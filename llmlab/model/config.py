@@ -55,6 +55,7 @@ class ModelConfig:
     attn_logit_softcapping: Optional[float] = None  # Gemma 2: s <- c * tanh(s / c)
     final_logit_softcapping: Optional[float] = None
     attn_implementation: Literal["sdpa", "eager", "flash"] = "sdpa"  # flash = llmlab.model.flash
+    prefix_lm: bool = False  # prefix (non-causal) decoder, GLM / U-PaLM: bidirectional over the prefix
     # block layout
     parallel_block: bool = False  # GPT-J / PaLM / Phi: x + attn(ln(x)) + mlp(ln(x))
     attention_bias: bool = False
@@ -173,6 +174,7 @@ class ModelConfig:
             "parallel_block": self.parallel_block,
             "scale_embeddings": self.scale_embeddings,
             "num_local_experts": self.num_local_experts > 0,
+            "prefix_lm": self.prefix_lm,
         }
         return [k for k, on in checks.items() if on]
 

@@ -77,6 +77,9 @@ def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> Transfo
 def save_hf_dir(model: Transformer, path: str | Path, dtype: torch.dtype | None = None,
                 generation: dict | None = None, extra_files: dict[str, str] | None = None) -> Path:
     """Atomically write `path` as an HF model dir. extra_files: name -> text (tokenizer files...)."""
+    if getattr(model, "is_encoder_decoder", False):  # T5-style: its own HF class (llmlab/model/t5.py)
+        from llmlab.model.t5 import save_t5_dir
+        return save_t5_dir(model, path, dtype, generation, extra_files)
     cfg = model.config
     state = model.state_dict()
     if cfg.tie_word_embeddings:

@@ -39,5 +39,10 @@ def load_model(ref: str, dtype: torch.dtype = torch.float32):
             raise UserError(f"{path}: expected a .gguf file or a model directory")
         from llmlab.model.gguf_io import load_gguf
         return load_gguf(path, dtype), path
+    from llmlab.checkpoint import read_json
+    meta = read_json(path / "config.json") if (path / "config.json").is_file() else None
+    if isinstance(meta, dict) and meta.get("model_type") == "t5":  # encoder-decoder (llmlab/model/t5.py)
+        from llmlab.model.t5 import load_t5_dir
+        return load_t5_dir(path, dtype), path
     from llmlab.model.hf import load_hf_dir
     return load_hf_dir(path, dtype), path

@@ -108,11 +108,14 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache=None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, last_only: bool = False,
-                return_hidden: bool = False) -> torch.Tensor:
+                return_hidden: bool = False, prefix_lengths: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (B, T) -> logits (B, T, V) (or (B, 1, V) with last_only).
 
         cache: a KVCache; the new tokens are appended after cache.length positions.
         attention_mask: (B, past + T), 1 for real tokens, 0 for (left) padding.
+        prefix_lengths: (B,) or int, prefix decoder: positions < prefix_lengths[b] attend to each
+        other both ways (training). A prefix_lm model prefilling a cache treats the whole prompt as
+        the prefix (generation); otherwise attention is causal.
         """
         B, T = input_ids.shape
         cfg = self.config
@@ -136,7 +139,11 @@ class Transformer(nn.Module):
             x = x * torch.tensor(cfg.hidden_size ** 0.5, dtype=x.dtype)
         if cfg.embedding_layernorm:
             x = self.model.embed_layernorm(x)
-        mask = self._attention_mask(attention_mask, past, T, x)
+        if prefix_lengths is None and cfg.prefix_lm and cache is not None and past == 0:
+            prefix_lengths = T  # generation: the prompt is the prefix
+        if prefix_lengths is not None:
+            prefix_lengths = torch.as_tensor(prefix_lengths, device=x.device).long().reshape(-1)
+        mask = self._attention_mask(attention_mask, past, T, x, prefix_lengths)
         last = len(self.model.layers) - 1
         for i, layer in enumerate(self.model.layers):
             if self.gradient_checkpointing and self.training:
@@ -159,16 +166,16 @@ class Transformer(nn.Module):
             logits = c * torch.tanh(logits / c)
         return logits
 
-    def _attention_mask(self, attention_mask, past: int, T: int, x: torch.Tensor):
+    def _attention_mask(self, attention_mask, past: int, T: int, x: torch.Tensor, prefix=None):
         """None (plain causal), a bool keep-mask (B|1, 1, T, S), or with ALiBi/T5 a float bias
-        (B|1, H, T, S) holding -inf where a key is hidden."""
+        (B|1, H, T, S) holding -inf where a key is hidden. prefix: (B,) prefix-LM lengths."""
         cfg = self.config
         bias_kind = cfg.position if cfg.position in ("alibi", "t5") else None
         if attention_mask is not None and attention_mask.dim() == 4:  # a ready mask (packed rows)
             return self._padding_mask(attention_mask, past, T)
-        if bias_kind is None and cfg.sliding_window is None and cfg.sparse_stride is None:
+        if bias_kind is None and cfg.sliding_window is None and cfg.sparse_stride is None and prefix is None:
             return None if attention_mask is None else self._padding_mask(attention_mask, past, T)
-        mask = keep_mask(cfg, T, past, attention_mask, x.device, force=bias_kind is not None)
+        mask = keep_mask(cfg, T, past, attention_mask, x.device, force=bias_kind is not None, prefix=prefix)
         if bias_kind is None:
             return mask
         k_pos = key_positions(attention_mask, past + T, x.device)

@@ -45,6 +45,19 @@ def tokenizer_files(path: str) -> dict[str, str]:
     return {f.name: f.read_text(encoding="utf-8") for f in tdir.iterdir()
             if f.is_file() and f.suffix in (".json", ".txt", ".jinja", ".model")}
 
+def _tokenizer(cfg):
+    """The tokenizer of init_from or tokenizer= (for the ids of an objective's special tokens), or None."""
+    from llmlab.model.load import resolve_model_path
+    from llmlab.tokenizer.bpe import load_tokenizer
+    for ref in (cfg.init_from, cfg.tokenizer):
+        try:
+            if ref:
+                return load_tokenizer(resolve_model_path(ref))
+        except (UserError, FileNotFoundError):
+            continue
+    return None
+
+
 def _bytes_per_token(val_dir: Path, val_tokens: int) -> float:
     """Text bytes per token of the val split: `num_bytes` in the shard index (llmlab.data writes it),
     else the UTF-8 size of the val.jsonl that `data tokenize` read."""
@@ -167,13 +180,19 @@ def run_train(cfg: TrainCommandConfig) -> int:
                          f"{cfg.max_steps} steps of {cfg.per_device_train_batch_size} x {cfg.max_length} x "
                          f"{cfg.gradient_accumulation_steps} accumulation x {info.world_size} ranks")
         extra = tokenizer_files(cfg.tokenizer) if cfg.tokenizer else {}
+        fpt = None
+        if cfg.objective != "causal_lm" or cfg.architecture not in ("", "decoder"):  # llmlab.train.objectives
+            from llmlab.train.objectives.setup import prepare
+            model, train_loader, val_loader, extra, fpt = prepare(cfg, model, train_loader, val_loader, extra,
+                                                                  vocab, eos, _tokenizer(cfg))
+            cfg.bytes_per_token = 0.0 if cfg.objective != "causal_lm" else cfg.bytes_per_token  # not per-text loss
         tcfg = TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})
         loop = "deepspeed" if tcfg.deepspeed else tcfg.strategy
         if loop != "ddp":  # ZeRO-1/2, FSDP2, DeepSpeed: registered by llmlab.distributed (docs/distributed.md)
             if loop not in TRAIN_LOOPS:
                 raise UserError(f"{loop}: llmlab.distributed is not loaded (run it through the llmlab CLI)")
             train = TRAIN_LOOPS[loop]
-        res = train(tcfg, model, train_loader, val_loader, extra_files=extra)
+        res = train(tcfg, model, train_loader, val_loader, extra_files=extra, model_flops_per_token=fpt)
         if info.is_main:
             bpb = f", val bits/byte {res.val_bpb:.4f}" if res.val_bpb is not None else ""
             val = f", val loss {res.val_loss:.4f}" if res.val_loss is not None else ""

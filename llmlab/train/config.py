@@ -94,6 +94,19 @@ class TrainConfig(TrainingBase):
         default="", metadata={"help": "fsdp: compute dtype of gathered params ('' = as stored, fp32)"})
     fsdp_cpu_offload: bool = field(default=False, metadata={"help": "fsdp: shards and Adam step on the CPU"})
     deepspeed: str = field(default="", metadata={"help": "a DeepSpeed JSON config (configs/ds_zero*.json)"})
+    # pretraining objective (llmlab.train.objectives; docs/train.md "Objectives")
+    objective: str = field(default="causal_lm", metadata={
+        "help": "causal_lm | prefix_lm | mlm | span_corruption | ul2 | fim"})
+    architecture: Literal["", "decoder", "prefix_decoder", "encoder_decoder"] = field(default="", metadata={
+        "help": "'' = the objective's natural one: decoder (causal_lm, fim), prefix_decoder (prefix_lm, mlm, "
+                "span_corruption, ul2); encoder_decoder = T5-style"})
+    noise_density: float = field(default=0.15, metadata={"help": "span_corruption: fraction of tokens dropped"})
+    mean_noise_span_length: float = field(default=3.0, metadata={"help": "span_corruption: mean span length"})
+    num_sentinels: int = field(default=100, metadata={"help": "span_corruption/ul2: sentinel tokens added"})
+    mlm_probability: float = field(default=0.15, metadata={"help": "mlm: fraction of tokens selected"})
+    ul2_mixture: str = field(default="ul2", metadata={"help": "ul2: ul2 (7 denoisers uniform) | ul2r (S 50/R 25/X 25)"})
+    fim_rate: float = field(default=0.5, metadata={"help": "fim: fraction of windows rearranged"})
+    fim_spm_rate: float = field(default=0.5, metadata={"help": "fim: fraction of those in SPM order (else PSM)"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -109,3 +122,6 @@ class TrainConfig(TrainingBase):
             raise UserError("bf16 and fp16 are exclusive: pick one")
         if not 0.0 <= self.decay_ratio <= 1.0:
             raise UserError(f"decay_ratio must be in [0, 1], got {self.decay_ratio}")
+        if self.objective != "causal_lm" or self.architecture:
+            from llmlab.train.objectives.setup import check_config
+            check_config(self)

@@ -13,6 +13,7 @@ weights after N steps are bit-identical whether or not the run was killed in bet
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -153,6 +154,9 @@ class _Run:
 
     def loss_fn(self, x, y, module=None):
         m = module or self.fwd
+        if isinstance(x, dict):  # an objective's batch (llmlab.train.objectives): the forward's kwargs
+            rest = {k: v for k, v in x.items() if k != "input_ids"}
+            m, x = functools.partial(m, **rest), x["input_ids"]
         aux = getattr(self.raw, "aux_loss", lambda: None)  # MoE router losses of this forward (None if dense)
         if self.cfg.fused_cross_entropy and getattr(self.raw, "fused_ce_ok", True):
             loss = linear_cross_entropy(m(x, return_hidden=True), self.raw.lm_head.weight, y)
