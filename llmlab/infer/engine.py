@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass, field, fields
+import copy
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from llmlab.infer.detok import TextStream
 from llmlab.infer.paged import BlockTable, NoFreeBlocks, PagedKVCache
 from llmlab.infer.runner import PagedRunner
-from llmlab.infer.sampling import SamplingParams, choose, needs_context, top_logprobs
+from llmlab.infer.sampling import SamplingParams, choose, needs_context, probs_for, top_logprobs
+from llmlab.infer.speculative import DraftModel, Fallback, accept, check_same_tokenizer, prompt_lookup, timer
 
 SEED_MASK = 2 ** 64 - 1
 WAITING, PREFILL, RUNNING, SWAPPED, FINISHED = "waiting", "prefill", "running", "swapped", "finished"
@@ -41,13 +43,20 @@ class EngineConfig:
     prefill_chunk: int = field(default=512, metadata={"help": "chunked prefill: tokens of one prompt per step"})
     max_prefill_tokens: int = field(default=1024, metadata={"help": "prompt tokens prefilled per step, all requests"})
     preempt: str = field(default="swap", metadata={"help": "when blocks run out: swap or recompute"})
-    prefix_caching: bool = True
+    prefix_caching: bool = field(default=True, metadata={"help": "reuse the KV blocks of shared prompt prefixes "
+                                                                   "across requests (hash-chained full blocks, LRU)"})
     row_pad: int = field(default=8, metadata={"help": "pad decode rows to a multiple (batch-invariant output)"})
+    speculative: str = field(default="", metadata={"help": "speculative decoding: '' off, 'ngram' (prompt lookup) "
+                                                           "or a draft model with the same tokenizer"})
+    num_speculative_tokens: int = field(default=4, metadata={"help": "tokens drafted per step"})
+    speculative_fallback: bool = field(default=True, metadata={"help": "measure; decode plainly while "
+                                                                       "speculation is slower"})
 
     def __post_init__(self):
         if self.preempt not in ("swap", "recompute"):
             raise ValueError(f"preempt: expected 'swap' or 'recompute', got '{self.preempt}'")
-        for key in ("max_num_seqs", "block_size", "prefill_chunk", "max_prefill_tokens", "row_pad"):
+        for key in ("max_num_seqs", "block_size", "prefill_chunk", "max_prefill_tokens", "row_pad",
+                    "num_speculative_tokens"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
         if self.num_blocks < 0:
@@ -57,9 +66,14 @@ class EngineConfig:
                              f"({self.max_prefill_tokens})")
 
     def build(self, model, tokenizer) -> "Engine":
-        kw = {f.name: getattr(self, f.name) for f in fields(self)}
-        kw["num_blocks"] = self.num_blocks or None
-        return Engine(model, tokenizer, **kw)
+        """The engine over `model`; a draft model named by `speculative` is loaded here (and refused
+        unless it has the target's tokenizer)."""
+        draft = None
+        if self.speculative not in ("", "ngram"):
+            from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
+            draft, draft_tok = load_model_and_tokenizer(self.speculative, str(next(model.parameters()).device))
+            check_same_tokenizer(tokenizer, draft_tok, self.speculative)
+        return Engine(model, tokenizer, self, draft_model=draft)
 
 
 @dataclass
@@ -89,6 +103,7 @@ class Sequence:
     recompute: bool = False  # preempted by recompute: prefill tokens[:-1], then resume decoding
     text: TextStream | None = None
     num_generated: int = 0
+    processor: object = None  # the request's logits processor (its own copy per sample)
 
     @property
     def finished(self) -> bool:
@@ -111,30 +126,47 @@ class Request:
 
 
 class Engine:
-    def __init__(self, model, tokenizer, num_blocks: int | None = None, block_size: int = 16,
-                 max_num_seqs: int = 64, prefill_chunk: int = 512, max_prefill_tokens: int = 1024,
-                 preempt: str = "swap", prefix_caching: bool = True, row_pad: int = 8):
-        if preempt not in ("swap", "recompute"):
-            raise ValueError(f"preempt must be 'swap' or 'recompute', got {preempt!r}")
+    def __init__(self, model, tokenizer, config: EngineConfig | None = None, draft_model=None, **settings):
+        """settings: EngineConfig fields overriding `config` (EngineConfig is their one declaration).
+        draft_model: the loaded draft when config.speculative names one (EngineConfig.build loads it)."""
+        cfg = replace(config or EngineConfig(), **settings)
+        self.config = cfg
         self.model, self.tok = model, tokenizer
         self.ctx = model.config.max_position_embeddings
-        if num_blocks is None:  # enough for max_num_seqs sequences of 512 tokens
-            num_blocks = max_num_seqs * 512 // block_size
-        self.cache = PagedKVCache.for_model(model, num_blocks, block_size)
-        self.runner = PagedRunner(model, self.cache, row_pad)
-        self.max_num_seqs, self.prefill_chunk, self.max_prefill_tokens = max_num_seqs, prefill_chunk, max_prefill_tokens
-        self.preempt_mode, self.prefix_caching = preempt, prefix_caching
+        num_blocks = cfg.num_blocks or cfg.max_num_seqs * 512 // cfg.block_size  # 0: 512 tokens per sequence
+        self.cache = PagedKVCache.for_model(model, num_blocks, cfg.block_size)
+        self.runner = PagedRunner(model, self.cache, cfg.row_pad)
+        self.max_num_seqs, self.prefill_chunk, self.max_prefill_tokens = (cfg.max_num_seqs, cfg.prefill_chunk,
+                                                                          cfg.max_prefill_tokens)
+        self.preempt_mode, self.prefix_caching = cfg.preempt, cfg.prefix_caching
+        if cfg.speculative not in ("", "ngram") and draft_model is None:
+            raise ValueError(f"speculative={cfg.speculative!r}: pass the loaded draft model (EngineConfig.build "
+                             f"loads it), or use 'ngram' for prompt lookup")
+        self.draft = DraftModel(draft_model, model.config.vocab_size) if draft_model is not None else None
+        self.spec_k = cfg.num_speculative_tokens if cfg.speculative else 0
+        self.fallback = Fallback(cfg.speculative_fallback)
         self.requests: dict[str, Request] = {}
         self.waiting: list[Sequence] = []  # FIFO: new prompts and recompute-preempted sequences
         self.running: list[Sequence] = []  # in the decode batch (or mid-prefill)
         self.swapped: list[Sequence] = []
         self.eos = tokenizer.eos_id if tokenizer is not None else None
         self._ids = itertools.count()
-        self.stats = {"preempted": 0, "prefix_hit_tokens": 0, "steps": 0}
+        self.stats = {"preempted": 0, "prefix_hit_tokens": 0, "steps": 0, "spec_steps": 0, "spec_drafted": 0,
+                      "spec_accepted": 0, "spec_emitted": 0}
+
+    def spec_summary(self) -> dict:
+        """Speculation so far: mean accepted draft tokens and emitted tokens per verify, acceptance rate."""
+        st, n = self.stats, max(self.stats["spec_steps"], 1)
+        return {"mean_accepted": st["spec_accepted"] / n, "mean_emitted": st["spec_emitted"] / n,
+                "acceptance_rate": st["spec_accepted"] / max(st["spec_drafted"], 1), "verify_steps": st["spec_steps"],
+                "speculating": self.fallback.use_spec(), "rate_tok_s": dict(self.fallback.rate)}
 
     # ------------------------------------------------------------------ requests
     def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
-                    prompt_logprobs: int | None = None) -> str:
+                    prompt_logprobs: int | None = None, logits_processor=None) -> str:
+        """logits_processor (or params.extra["logits_processor"]): processor(generated ids, logits)
+        -> logits, applied after penalties (constrained decoding); each sample gets its own copy.
+        If it raises, this request alone ends with finish_reason "error"."""
         if not prompt_ids:
             raise ValueError("empty prompt")
         vocab = self.model.config.vocab_size
@@ -151,7 +183,8 @@ class Engine:
         req = Request(rid, list(prompt_ids), params, prompt_logprobs, arrival=next(self._ids))
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         gen = torch.Generator(device=self.runner.device).manual_seed(seed)
-        seq = Sequence(req, 0, list(prompt_ids), gen, text=TextStream(params.stop))
+        seq = Sequence(req, 0, list(prompt_ids), gen, text=TextStream(params.stop),
+                       processor=logits_processor or params.extra.get("logits_processor"))
         req.seqs.append(seq)
         self.requests[rid] = req
         self.waiting.append(seq)
@@ -173,6 +206,8 @@ class Engine:
                 q.remove(s)
         self.cache.free(s.table)
         s.swapped = None
+        if self.draft is not None:
+            self.draft.drop(id(s))
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self.swapped)
@@ -266,7 +301,8 @@ class Engine:
             # wrap into manual_seed's 64-bit range (seed 2**64-1 with n > 1 must not overflow)
             seed = (req.params.seed + i) & SEED_MASK if req.params.seed is not None else random.getrandbits(63)
             child = Sequence(req, i, list(s.tokens), torch.Generator(device=self.runner.device).manual_seed(seed),
-                             table=self.cache.fork(s.table), status=RUNNING, text=TextStream(req.params.stop))
+                             table=self.cache.fork(s.table), status=RUNNING, text=TextStream(req.params.stop),
+                             processor=copy.copy(s.processor))
             req.seqs.append(child)
             self.running.append(child)
         for seq in list(req.seqs):
@@ -280,7 +316,26 @@ class Engine:
         batch = [s for s in self.running if s.status == RUNNING]
         if not batch:
             return
-        # make room for one more token each; preempt the newest sequences if the pool is full
+        spec = self.spec_k > 0 and self.fallback.use_spec()
+        elapsed = timer()
+        drafts = {id(s): self._propose(s) for s in batch} if spec else {}
+        extra = {k: len(d) for k, (d, _) in drafts.items()}
+        if sum(self.cache.blocks_needed(s.table, s.table.num_tokens + 1 + extra.get(id(s), 0))
+               for s in batch) > self.cache.alloc.num_free:
+            drafts, extra = {}, {}  # no room for drafts: decode one token each rather than preempt
+        self._make_room(batch)
+        if spec:
+            emitted = self._decode_speculative(batch, drafts, out)
+        else:
+            emitted = len(batch)
+            self._decode_plain(batch, out)
+        if self.spec_k > 0:
+            self.fallback.record(spec, emitted, elapsed())
+
+    def _make_room(self, batch: list[Sequence]) -> None:
+        """Blocks for one more token per sequence; preempt the newest sequences while the pool is
+        short. Cached prefix blocks nobody uses count as free: the allocator evicts them (LRU)
+        before any live sequence is preempted."""
         while True:
             need = sum(self.cache.blocks_needed(s.table, s.table.num_tokens + 1) for s in batch)
             if need <= self.cache.alloc.num_free:
@@ -298,15 +353,70 @@ class Engine:
             victim = max(batch, key=lambda s: (s.request.arrival, s.index))
             batch.remove(victim)
             self._preempt(victim)
+
+    def _decode_plain(self, batch: list[Sequence], out: list[Output]) -> None:
         for s in batch:
             self.cache.reserve(s.table, s.table.num_tokens + 1)
         logits = self.runner.decode([s.table for s in batch], [s.tokens[-1] for s in batch])
         # greedy rows without penalties: one argmax over the batch instead of one call per row
-        plain = [s.request.params.greedy and not needs_context(s.request.params) for s in batch]
+        plain = [s.request.params.greedy and not needs_context(s.request.params) and s.processor is None
+                 for s in batch]
         best = logits.argmax(-1).tolist() if any(plain) else None
         for i, (s, row) in enumerate(zip(batch, logits)):
             if not s.finished:  # a sibling sample may have failed the request in this loop
                 self._emit(s, row, out, best[i] if plain[i] else None)
+
+    # ------------------------------------------------------------------ speculative decoding
+    def _propose(self, s: Sequence) -> tuple[list[int], list | None]:
+        """Draft tokens for s (none for constrained requests or at the end of the budget)."""
+        p = s.request.params
+        k = min(self.spec_k, p.max_new_tokens - s.num_generated - 1, self.ctx - len(s.tokens) - 1)
+        if k <= 0 or s.processor is not None:
+            return [], None
+        if self.draft is None:
+            return prompt_lookup(s.tokens, k), None
+        limit = len(s.request.prompt_ids) + p.max_new_tokens + self.spec_k + 1
+        return self.draft.propose(id(s), s.tokens, k, p, limit, s.generator)
+
+    def _decode_speculative(self, batch: list[Sequence], drafts: dict, out: list[Output]) -> int:
+        """Verify every sequence's draft in one forward ([last token] + draft each), accept by
+        rejection sampling (llmlab.infer.speculative.accept), emit; -> tokens emitted."""
+        starts, items = [], []
+        for s in batch:
+            d = drafts.get(id(s), ([], None))[0]
+            starts.append(s.table.num_tokens)
+            self.cache.reserve(s.table, s.table.num_tokens + 1 + len(d))
+            items.append((s.table, [s.tokens[-1]] + d, True))
+        logits_all = self.runner.prefill_many(items)
+        emitted = 0
+        for s, start, rows in zip(batch, starts, logits_all):
+            d, qs = drafts.get(id(s), ([], None))
+            if s.finished:  # a sibling sample failed the request
+                continue
+            if not d:  # nothing drafted: the usual choice (processors, seeds as without speculation)
+                self.cache.truncate(s.table, start + 1)
+                emitted += self._emit(s, rows[0], out) is not None
+                continue
+            p, n0 = s.request.params, len(s.request.prompt_ids)
+            try:
+                target = torch.stack([probs_for(rows[i], p, s.tokens + d[:i], n0) for i in range(len(d) + 1)])
+                toks, a = accept(d, qs, target, s.generator)
+            except Exception as e:  # noqa: BLE001 - this request's failure alone
+                self._fail(s.request, f"sampling failed: {e}", out)
+                continue
+            st = self.stats
+            st["spec_steps"] += 1
+            st["spec_drafted"] += len(d)
+            st["spec_accepted"] += a
+            st["spec_emitted"] += len(toks)
+            self.cache.truncate(s.table, start + 1 + a)  # the rejected drafts' keys are dropped
+            if self.draft is not None:
+                self.draft.rollback(id(s), len(s.tokens) + min(a, len(d) - 1))
+            for i, t in enumerate(toks):
+                emitted += 1
+                if self._emit(s, rows[i], out, t) is None or s.finished:
+                    break
+        return emitted
 
     def _preempt(self, s: Sequence) -> None:
         self.stats["preempted"] += 1
@@ -333,11 +443,12 @@ class Engine:
         o = Output(req.id, s.index, tid)
         try:  # a failure in this request's sampling is confined to this request
             if tid is None:
-                o.token_id = tid = choose(logits, p, s.generator, s.tokens, len(req.prompt_ids))
+                o.token_id = tid = choose(logits, p, s.generator, s.tokens, len(req.prompt_ids), s.processor)
             if p.logprobs is not None:
                 o.logprob, o.top_logprobs = top_logprobs(logits, tid, p.logprobs)
         except Exception as e:  # noqa: BLE001 - any error here is this request's alone
-            self._fail(req, f"sampling failed: {e}", out)
+            what = "logits processor or sampling" if s.processor is not None else "sampling"
+            self._fail(req, f"{what} failed: {e}", out)
             return None
         s.num_generated += 1
         stop_tokens = set(p.stop_token_ids) | ({self.eos} if self.eos is not None and not p.ignore_eos else set())
