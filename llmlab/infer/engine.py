@@ -387,7 +387,7 @@ class Engine:
             starts.append(s.table.num_tokens)
             self.cache.reserve(s.table, s.table.num_tokens + 1 + len(d))
             items.append((s.table, [s.tokens[-1]] + d, True))
-        logits_all = self.runner.prefill_many(items)
+        logits_all = self.runner.prefill_many(items, decode_weights=True)
         emitted = 0
         for s, start, rows in zip(batch, starts, logits_all):
             d, qs = drafts.get(id(s), ([], None))

@@ -46,7 +46,7 @@ class OutputFormat:
 
     def _pattern(self, body) -> str | None:
         rf = body.response_format
-        content = None
+        content, where = None, "response_format"
         try:
             if rf is not None and rf.type == "json_object":
                 content = JSON_OBJECT
@@ -57,12 +57,12 @@ class OutputFormat:
                 content = schema_to_regex(rf.json_schema.schema_)
             if not self.tools:
                 return content
+            where = "tools"
             calls = "|".join(schema_to_regex({"type": "object", "properties": {
                 "name": {"const": name}, "arguments": f.parameters or {"type": "object"}}})
                 for name, f in self.tools.items())
-        except UserError as e:
-            raise APIError(400, str(e), "tools" if self.tools and "response_format" not in str(e) else
-                           "response_format") from None
+        except (UserError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+            raise APIError(400, f"{where}: unsupported schema ({e})", where) from None
         if self.choice == "required":
             return f"(?:{calls})"
         return f"(?:{calls}|{content or FREE_TEXT})"
@@ -102,7 +102,11 @@ class OutputFormat:
         scan at the most likely allowed token (exact for argmax)."""
         if self.pattern is None:
             return None
-        return ConstrainedLogits(Constraint(self.pattern, self.tok), max_new_tokens, **({"mass": 0.0} if greedy else {}))
+        try:
+            constraint = Constraint(self.pattern, self.tok)
+        except UserError as e:  # e.g. a string `pattern` that is no valid regular expression
+            raise APIError(400, str(e), "tools" if self.tools else "response_format") from None
+        return ConstrainedLogits(constraint, max_new_tokens, **({"mass": 0.0} if greedy else {}))
 
     def starts_call(self, text: str) -> bool:
         return bool(self.tools) and text.lstrip().startswith("{")
