@@ -110,6 +110,7 @@ def speculative(model, tok, new_tokens: int = 96, n_prompts: int = 3, repeats: i
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="8 requests, fewer tokens (a few minutes under load)")
+    ap.add_argument("--only", choices=["spec", "prefix"], help="run one of the two measurements")
     args = ap.parse_args()
     from llmlab.device import setup_threads
     from llmlab.model.gguf_io import load_gguf
@@ -121,16 +122,17 @@ def main() -> None:
     path = packaged_path("smollm2")
     model, tok = load_gguf(path), load_tokenizer(path)
     with torch.inference_mode():
-        spec = speculative(model, tok, 64 if args.quick else 128, 2 if args.quick else 4)
-        pc = prefix_cache(model, tok, 8 if args.quick else 32)
+        spec = speculative(model, tok, 64 if args.quick else 128, 2 if args.quick else 4) if args.only != "prefix" else {}
+        pc = prefix_cache(model, tok, 8 if args.quick else 32) if args.only != "spec" else {}
     ours = {**{k: v for k, v in spec.items() if k != "spec_speedup"},
             **{k: v for k, v in pc.items() if not k.startswith("prefix_cache_ttft")}}
+    ratio = {k: d[k] for d, k in ((spec, "spec_speedup"), (pc, "prefix_cache_ttft")) if k in d}
     for k, v in {**spec, **pc}.items():
         print(f"{k:32s} {v}")
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print(f"threads={threads} quick={args.quick} load_avg(before, after)={load}")
     print(json.dumps({"benchmark": "inference_features", "load_avg": load, "ours": ours, "peer": {},
-                      "ratio": {"spec_speedup": spec["spec_speedup"], "prefix_cache_ttft": pc["prefix_cache_ttft"]}}))
+                      "ratio": ratio}))
 
 
 if __name__ == "__main__":

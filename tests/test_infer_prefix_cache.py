@@ -57,9 +57,11 @@ def test_cached_blocks_are_evicted_lru_before_live_requests_are_preempted(tiny):
     eng.generate(old, SamplingParams(max_new_tokens=2, ignore_eos=True))
     cached = eng.cache.alloc.num_cached
     assert cached >= 6
-    # two live requests that need 22 of the 24 blocks: the cached prefix must make way
-    new = _shared_prefix_prompts(2, prefix_len=150, seed=2)
-    params = SamplingParams(max_new_tokens=20, ignore_eos=True)
+    # two live requests that fit the pool only without the cached prefix: it must make way
+    new = _shared_prefix_prompts(1, prefix_len=150, seed=2) + _shared_prefix_prompts(1, prefix_len=150, seed=3)
+    params = SamplingParams(max_new_tokens=8, ignore_eos=True)
+    live = sum(-(-(len(p) + 8) // 16) for p in new)
+    assert live <= 24 < live + cached  # room for both only if the cached blocks go
     out = eng.generate(new, params)
     assert eng.stats["preempted"] == 0
     assert eng.cache.alloc.evictions > 0
@@ -77,3 +79,12 @@ def test_allocator_evicts_the_least_recently_used_cached_block():
     a.decref(b0)  # ... and releases it: now the most recently used
     assert a.allocate() == b1 and a.lookup("k1") is None and a.lookup("k0") == b0
     assert a.evictions == 1
+
+
+def test_requests_arriving_together_compute_a_shared_long_prefix_once(tiny):
+    prompts = _shared_prefix_prompts(6, prefix_len=200, seed=3)
+    params = SamplingParams(max_new_tokens=3, ignore_eos=True)
+    eng = Engine(tiny, None, num_blocks=128, prefill_chunk=64, max_prefill_tokens=128)
+    out = eng.generate(prompts, params)
+    assert eng.stats["prefix_hit_tokens"] == 5 * 192  # all but the first reuse its 12 full blocks
+    assert out == Engine(tiny, None, num_blocks=128, prefix_caching=False).generate(prompts, params)

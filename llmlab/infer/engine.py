@@ -2,36 +2,37 @@
 
 Every `step()` is one scheduling round at a token boundary:
 1. swapped-out sequences come back first when blocks allow (they were preempted earlier);
-2. prefill: waiting requests are admitted in arrival order while the step's prefill token
-   budget and the running-sequence limit allow; a long prompt is prefilled in fixed chunks of
-   `prefill_chunk` tokens over several steps (chunked prefill, Agrawal et al. 2023), so decode
-   of the running sequences is never stalled for a whole long prompt; all the chunks of a step
-   go through one forward (their rows share every matmul, attention stays per sequence);
-3. decode: every running sequence gets one token in a single batched forward. When the pool
-   cannot hold one more token, the newest running sequence is preempted: swapped to host memory
-   (`preempt="swap"`, bit-exact on resume) or freed and later recomputed (`preempt="recompute"`).
-New requests therefore join, and finished or cancelled ones leave, between any two tokens.
-
-A request with n > 1 prefills once and forks n sequences that share the prompt blocks
-(copy-on-write); prompts that share 16-token blocks with earlier ones reuse their KV (prefix cache).
+2. prefill: waiting requests are admitted in arrival order while the step's prefill token budget
+   and the running-sequence limit allow; long prompts go in fixed `prefill_chunk`-token chunks
+   (chunked prefill, Agrawal et al. 2023), all the chunks of a step in one forward;
+3. decode: every running sequence gets one token (or, speculating, a verified draft: see
+   llmlab/infer/speculative.py) in one batched forward. When the pool cannot hold one more token,
+   the newest running sequence is preempted: swapped to host memory (`preempt="swap"`, bit-exact
+   on resume) or freed and later recomputed (`preempt="recompute"`).
+Prefix caching: full blocks are named by a hash chain over their tokens (llmlab/infer/paged.py);
+a new prompt reuses every leading block already cached, blocks are reference counted, and cached
+blocks nobody uses are evicted LRU before any live request is preempted. A request whose long
+prefix another request is prefilling right now waits for it instead of computing it twice.
+A request with n > 1 prefills once and forks n copy-on-write sequences. A request's logits
+processor (constrained decoding) runs on its own rows; if it raises, that request alone fails.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import random
-import copy
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from llmlab.infer.detok import TextStream
 from llmlab.infer.paged import BlockTable, NoFreeBlocks, PagedKVCache
+from llmlab.infer.request import FINISHED, PREFILL, RUNNING, SWAPPED, WAITING, Output, Request, Sequence
 from llmlab.infer.runner import PagedRunner
-from llmlab.infer.sampling import SamplingParams, choose, needs_context, probs_for, top_logprobs
-from llmlab.infer.speculative import DraftModel, Fallback, accept, check_same_tokenizer, prompt_lookup, timer
+from llmlab.infer.sampling import SamplingParams, choose, needs_context, top_logprobs
+from llmlab.infer.speculative import DraftModel, Fallback, check_same_tokenizer, propose, summary, timer, verify_step
 
 SEED_MASK = 2 ** 64 - 1
-WAITING, PREFILL, RUNNING, SWAPPED, FINISHED = "waiting", "prefill", "running", "swapped", "finished"
 
 
 @dataclass
@@ -76,55 +77,6 @@ class EngineConfig:
         return Engine(model, tokenizer, self, draft_model=draft)
 
 
-@dataclass
-class Output:
-    """One event for one sequence of a request: a new token (and its text), and/or the end."""
-    request_id: str
-    index: int  # which of the request's n samples
-    token_id: int | None = None
-    text: str = ""
-    logprob: float | None = None
-    top_logprobs: list[tuple[int, float]] | None = None
-    finish_reason: str | None = None  # "stop", "length", "cancelled" (None while running)
-    prompt_logprobs: list | None = None  # echo scoring: [(token, logprob | None, top)] per prompt token
-    stop_token_id: int | None = None  # set (and token_id None) when the sequence ended on a stop token
-    error: str | None = None  # finish_reason "error": this request failed alone (the batch went on)
-
-
-@dataclass
-class Sequence:
-    request: "Request"
-    index: int
-    tokens: list[int]  # prompt + generated; the last one is not in the cache yet while decoding
-    generator: torch.Generator
-    table: BlockTable = field(default_factory=BlockTable)
-    status: str = WAITING
-    swapped: list | None = None
-    recompute: bool = False  # preempted by recompute: prefill tokens[:-1], then resume decoding
-    text: TextStream | None = None
-    num_generated: int = 0
-    processor: object = None  # the request's logits processor (its own copy per sample)
-
-    @property
-    def finished(self) -> bool:
-        return self.status == FINISHED
-
-
-@dataclass
-class Request:
-    id: str
-    prompt_ids: list[int]
-    params: SamplingParams
-    prompt_logprobs: int | None = None  # echo scoring (/v1/completions echo+logprobs)
-    seqs: list[Sequence] = field(default_factory=list)
-    arrival: int = 0
-    _plp: list = field(default_factory=list)
-
-    @property
-    def finished(self) -> bool:
-        return bool(self.seqs) and all(s.finished for s in self.seqs)
-
-
 class Engine:
     def __init__(self, model, tokenizer, config: EngineConfig | None = None, draft_model=None, **settings):
         """settings: EngineConfig fields overriding `config` (EngineConfig is their one declaration).
@@ -155,11 +107,7 @@ class Engine:
                       "spec_accepted": 0, "spec_emitted": 0}
 
     def spec_summary(self) -> dict:
-        """Speculation so far: mean accepted draft tokens and emitted tokens per verify, acceptance rate."""
-        st, n = self.stats, max(self.stats["spec_steps"], 1)
-        return {"mean_accepted": st["spec_accepted"] / n, "mean_emitted": st["spec_emitted"] / n,
-                "acceptance_rate": st["spec_accepted"] / max(st["spec_drafted"], 1), "verify_steps": st["spec_steps"],
-                "speculating": self.fallback.use_spec(), "rate_tok_s": dict(self.fallback.rate)}
+        return summary(self.stats, self.fallback)
 
     # ------------------------------------------------------------------ requests
     def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
@@ -247,6 +195,8 @@ class Engine:
             if s.status == WAITING:
                 if len(self.running) >= self.max_num_seqs or self.swapped:
                     break
+                if self._prefix_in_flight(s):
+                    continue  # admitted once the shared prefix is cached: computed once, not twice
                 self._admit(s)
             target = len(s.tokens) - 1 if s.recompute else len(s.tokens)
             chunk = min(self.prefill_chunk, target - s.table.num_tokens)
@@ -275,6 +225,14 @@ class Engine:
                     s.recompute = False
                 else:
                     self._start_decoding(s, logits, out)
+
+    def _prefix_in_flight(self, s: Sequence, min_blocks: int = 8) -> bool:
+        """Is a long prefix of s (>= min_blocks blocks) being prefilled right now by another
+        request? Then s waits a step or two and reuses it (cache-aware admission)."""
+        if not self.prefix_caching or s.request.prompt_logprobs is not None:
+            return False
+        return any(q.status == PREFILL and q.table.num_tokens < self.cache.block_size * n
+                   for q in self.running if (n := self.cache.shared_blocks(s.tokens, q.tokens)) >= min_blocks)
 
     def _admit(self, s: Sequence) -> None:
         self.waiting.remove(s)
@@ -318,14 +276,14 @@ class Engine:
             return
         spec = self.spec_k > 0 and self.fallback.use_spec()
         elapsed = timer()
-        drafts = {id(s): self._propose(s) for s in batch} if spec else {}
+        drafts = {id(s): propose(self, s) for s in batch} if spec else {}
         extra = {k: len(d) for k, (d, _) in drafts.items()}
         if sum(self.cache.blocks_needed(s.table, s.table.num_tokens + 1 + extra.get(id(s), 0))
                for s in batch) > self.cache.alloc.num_free:
             drafts, extra = {}, {}  # no room for drafts: decode one token each rather than preempt
         self._make_room(batch)
         if spec:
-            emitted = self._decode_speculative(batch, drafts, out)
+            emitted = verify_step(self, batch, drafts, out)
         else:
             emitted = len(batch)
             self._decode_plain(batch, out)
@@ -365,58 +323,6 @@ class Engine:
         for i, (s, row) in enumerate(zip(batch, logits)):
             if not s.finished:  # a sibling sample may have failed the request in this loop
                 self._emit(s, row, out, best[i] if plain[i] else None)
-
-    # ------------------------------------------------------------------ speculative decoding
-    def _propose(self, s: Sequence) -> tuple[list[int], list | None]:
-        """Draft tokens for s (none for constrained requests or at the end of the budget)."""
-        p = s.request.params
-        k = min(self.spec_k, p.max_new_tokens - s.num_generated - 1, self.ctx - len(s.tokens) - 1)
-        if k <= 0 or s.processor is not None:
-            return [], None
-        if self.draft is None:
-            return prompt_lookup(s.tokens, k), None
-        limit = len(s.request.prompt_ids) + p.max_new_tokens + self.spec_k + 1
-        return self.draft.propose(id(s), s.tokens, k, p, limit, s.generator)
-
-    def _decode_speculative(self, batch: list[Sequence], drafts: dict, out: list[Output]) -> int:
-        """Verify every sequence's draft in one forward ([last token] + draft each), accept by
-        rejection sampling (llmlab.infer.speculative.accept), emit; -> tokens emitted."""
-        starts, items = [], []
-        for s in batch:
-            d = drafts.get(id(s), ([], None))[0]
-            starts.append(s.table.num_tokens)
-            self.cache.reserve(s.table, s.table.num_tokens + 1 + len(d))
-            items.append((s.table, [s.tokens[-1]] + d, True))
-        logits_all = self.runner.prefill_many(items, decode_weights=True)
-        emitted = 0
-        for s, start, rows in zip(batch, starts, logits_all):
-            d, qs = drafts.get(id(s), ([], None))
-            if s.finished:  # a sibling sample failed the request
-                continue
-            if not d:  # nothing drafted: the usual choice (processors, seeds as without speculation)
-                self.cache.truncate(s.table, start + 1)
-                emitted += self._emit(s, rows[0], out) is not None
-                continue
-            p, n0 = s.request.params, len(s.request.prompt_ids)
-            try:
-                target = torch.stack([probs_for(rows[i], p, s.tokens + d[:i], n0) for i in range(len(d) + 1)])
-                toks, a = accept(d, qs, target, s.generator)
-            except Exception as e:  # noqa: BLE001 - this request's failure alone
-                self._fail(s.request, f"sampling failed: {e}", out)
-                continue
-            st = self.stats
-            st["spec_steps"] += 1
-            st["spec_drafted"] += len(d)
-            st["spec_accepted"] += a
-            st["spec_emitted"] += len(toks)
-            self.cache.truncate(s.table, start + 1 + a)  # the rejected drafts' keys are dropped
-            if self.draft is not None:
-                self.draft.rollback(id(s), len(s.tokens) + min(a, len(d) - 1))
-            for i, t in enumerate(toks):
-                emitted += 1
-                if self._emit(s, rows[i], out, t) is None or s.finished:
-                    break
-        return emitted
 
     def _preempt(self, s: Sequence) -> None:
         self.stats["preempted"] += 1

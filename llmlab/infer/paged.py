@@ -160,6 +160,13 @@ class PagedKVCache:
         del table.blocks[keep:]
         table.num_tokens = min(table.num_tokens, n)
 
+    def shared_blocks(self, a: list[int], b: list[int]) -> int:
+        """Leading full blocks two prompts have in common (the last token of `a` excluded)."""
+        bs, n = self.block_size, 0
+        while (n + 1) * bs < len(a) and (n + 1) * bs <= len(b) and a[n * bs:(n + 1) * bs] == b[n * bs:(n + 1) * bs]:
+            n += 1
+        return n
+
     # prefix sharing -------------------------------------------------------------------------
     def match_prefix(self, tokens: list[int], table: BlockTable) -> int:
         """Attach cached full blocks matching tokens' leading blocks; returns positions reused.

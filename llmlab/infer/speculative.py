@@ -168,6 +168,70 @@ class Fallback:
                     self.choice = self.rate[True] >= self.rate[False]
 
 
+# ---------------------------------------------------------------- the engine's speculative step
+def propose(engine, s) -> tuple[list[int], list | None]:
+    """Draft tokens for the engine's sequence s (none for constrained requests or at the end of
+    the budget) -> (ids, proposal distributions or None)."""
+    p = s.request.params
+    k = min(engine.spec_k, p.max_new_tokens - s.num_generated - 1, engine.ctx - len(s.tokens) - 1)
+    if k <= 0 or s.processor is not None:
+        return [], None
+    if engine.draft is None:
+        return prompt_lookup(s.tokens, k), None
+    limit = len(s.request.prompt_ids) + p.max_new_tokens + engine.spec_k + 1
+    return engine.draft.propose(id(s), s.tokens, k, p, limit, s.generator)
+
+
+def verify_step(engine, batch: list, drafts: dict, out: list) -> int:
+    """Verify every sequence's draft in one forward ([last token] + draft each), accept by
+    rejection sampling (`accept`), emit; -> tokens emitted."""
+    starts, items = [], []
+    for s in batch:
+        d = drafts.get(id(s), ([], None))[0]
+        starts.append(s.table.num_tokens)
+        engine.cache.reserve(s.table, s.table.num_tokens + 1 + len(d))
+        items.append((s.table, [s.tokens[-1]] + d, True))
+    logits_all = engine.runner.prefill_many(items, decode_weights=True)
+    emitted = 0
+    for s, start, rows in zip(batch, starts, logits_all):
+        d, qs = drafts.get(id(s), ([], None))
+        if s.finished:  # a sibling sample failed the request
+            continue
+        if not d:  # nothing drafted: the usual choice (processors, seeds as without speculation)
+            engine.cache.truncate(s.table, start + 1)
+            emitted += engine._emit(s, rows[0], out) is not None
+            continue
+        p, n0 = s.request.params, len(s.request.prompt_ids)
+        try:
+            target = torch.stack([probs_for(rows[i], p, s.tokens + d[:i], n0) for i in range(len(d) + 1)])
+            toks, a = accept(d, qs, target, s.generator)
+        except Exception as e:  # noqa: BLE001 - this request's failure alone
+            engine._fail(s.request, f"sampling failed: {e}", out)
+            continue
+        st = engine.stats
+        st["spec_steps"] += 1
+        st["spec_drafted"] += len(d)
+        st["spec_accepted"] += a
+        st["spec_emitted"] += len(toks)
+        engine.cache.truncate(s.table, start + 1 + a)  # the rejected drafts' keys are dropped
+        if engine.draft is not None:
+            engine.draft.rollback(id(s), len(s.tokens) + min(a, len(d) - 1))
+        for i, t in enumerate(toks):
+            emitted += 1
+            if engine._emit(s, rows[i], out, t) is None or s.finished:
+                break
+    return emitted
+
+
+def summary(st: dict, fallback: Fallback) -> dict:
+    """Speculation so far: mean accepted draft tokens and emitted tokens per verification, the
+    acceptance rate, and what the fallback measured (emitted tokens/s with and without)."""
+    n = max(st["spec_steps"], 1)
+    return {"mean_accepted": st["spec_accepted"] / n, "mean_emitted": st["spec_emitted"] / n,
+            "acceptance_rate": st["spec_accepted"] / max(st["spec_drafted"], 1), "verify_steps": st["spec_steps"],
+            "speculating": fallback.use_spec(), "rate_tok_s": dict(fallback.rate)}
+
+
 def timer():
     t0 = time.perf_counter()
     return lambda: time.perf_counter() - t0
