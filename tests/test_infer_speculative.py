@@ -154,3 +154,17 @@ def test_fallback_keeps_the_faster_mode():
         fb.record(spec, 10, 1.0 if spec else 0.5)  # plain emits twice as many tokens per second
     assert modes == [True, True, False, False]
     assert [fb.use_spec() for _ in range(1)] == [False] and fb.rate[False] == 20.0
+
+
+def test_serve_config_takes_speculative_and_refuses_a_missing_draft(tiny):
+    from llmlab.config import load_config
+    from llmlab.serve.commands import ServeConfig
+    cfg = load_config(ServeConfig, ["speculative=ngram", "num_speculative_tokens=3"])
+    assert cfg.engine.speculative == "ngram" and cfg.engine.num_speculative_tokens == 3
+    eng = cfg.engine.build(tiny, None)
+    assert eng.spec_k == 3 and eng.draft is None
+    with pytest.raises(UserError, match="num_speculative_tokens"):
+        load_config(ServeConfig, ["num_speculative_tokens=0"])
+    bad = load_config(ServeConfig, ["speculative=/no/such/draft"])
+    with pytest.raises(UserError):
+        bad.engine.build(tiny, None)
