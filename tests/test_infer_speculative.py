@@ -56,7 +56,7 @@ def test_rejection_sampling_keeps_the_target_distribution(deterministic):
     V = 5
     p = torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05], [0.05, 0.05, 0.3, 0.3, 0.3], [0.2, 0.2, 0.2, 0.2, 0.2]])
     q = torch.tensor([[0.1, 0.1, 0.1, 0.2, 0.5], [0.4, 0.3, 0.1, 0.1, 0.1]])
-    n = 20000
+    n = 10000
     first, second_given_acc = torch.zeros(V), torch.zeros(V)
     for _ in range(n):
         if deterministic:  # prompt lookup: a fixed draft, q one-hot
@@ -168,3 +168,17 @@ def test_serve_config_takes_speculative_and_refuses_a_missing_draft(tiny):
     bad = load_config(ServeConfig, ["speculative=/no/such/draft"])
     with pytest.raises(UserError):
         bad.engine.build(tiny, None)
+
+
+@pytest.mark.slow
+def test_greedy_speculation_equals_plain_decoding_smollm2(smollm2, smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    text = ("The river rises in the northern hills, runs south through three market towns and reaches "
+            "the sea at a wide estuary where the old harbour still stands.")
+    ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": "Repeat exactly:\n\n" + text}]))
+    p = SamplingParams(max_new_tokens=40, ignore_eos=True)
+    for row_pad in (1, 8):  # `llmlab chat`'s one-user setting and the server's
+        plain = Engine(smollm2, tok, num_blocks=32, row_pad=row_pad).generate([ids], p)
+        eng = Engine(smollm2, tok, num_blocks=32, row_pad=row_pad, speculative="ngram", speculative_fallback=False)
+        assert eng.generate([ids], p) == plain
+        assert eng.spec_summary()["mean_accepted"] > 1  # the copy is drafted and accepted

@@ -165,3 +165,20 @@ def test_engine_processor_equals_the_batch1_constrained_loop(smollm2_tokenizer):
     out = eng.generate([ids], SamplingParams(max_new_tokens=40, extra={"logits_processor": proc}))
     assert tok.decode(out[0][0]) == ref
     assert jsonschema_rs.validator_for(PERSON).is_valid(json.loads(ref))
+
+
+def test_openai_parse_helpers_with_pydantic_models(server):
+    """What users write: client.beta.chat.completions.parse(response_format=Model / tools=[...])."""
+    from pydantic import BaseModel
+    c, _ = server
+
+    class City(BaseModel):
+        name: str
+        population: int
+        capital: bool
+
+    r = c.beta.chat.completions.parse(model="m", messages=MSG, response_format=City, max_tokens=24, temperature=0)
+    assert isinstance(r.choices[0].message.parsed, City)
+    r = c.beta.chat.completions.parse(model="m", messages=MSG, tools=[openai.pydantic_function_tool(City)],
+                                      tool_choice="required", max_tokens=24, temperature=0)
+    assert isinstance(r.choices[0].message.tool_calls[0].function.parsed_arguments, City)
