@@ -386,6 +386,8 @@ async def _chat_sse(st: ServerState, request: Request, adm: Admitted, head: dict
             choice = {"index": o.index, "delta": delta, "logprobs": None, "finish_reason": finish}
             if params.logprobs is not None and o.token_id is not None:
                 choice["logprobs"] = {"content": chat_logprobs([o], st.tokenizer)}
+            if o.index in held and not delta and choice["logprobs"] is None:
+                continue  # a tool call being held back: nothing to send yet
             yield _sse({**chunk, "created": int(time.time()), "choices": [choice]})
         if include_usage:
             yield _sse({**chunk, "created": int(time.time()), "choices": [],
