@@ -81,7 +81,7 @@ class Engine:
     def __init__(self, model, tokenizer, config: EngineConfig | None = None, draft_model=None, **settings):
         """settings: EngineConfig fields overriding `config` (EngineConfig is their one declaration).
         draft_model: the loaded draft when config.speculative names one (EngineConfig.build loads it)."""
-        cfg = replace(config or EngineConfig(), **settings)
+        cfg = replace(config or EngineConfig(), **{k: v for k, v in settings.items() if v is not None})
         self.config = cfg
         self.model, self.tok = model, tokenizer
         self.ctx = model.config.max_position_embeddings
