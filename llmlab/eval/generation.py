@@ -4,9 +4,8 @@
 (`llmlab.infer.engine.Engine`): its greedy outputs are batch-invariant (a request's tokens do not
 depend on what else runs; left-padded batches would change logits by ~1e-5, enough to flip a
 near-tie argmax), so batching changes the speed, not the answers. A request is cancelled as soon
-as its text hits a stop string. Models the engine does not run (adapters, architecture variants
-beyond LLaMA/GPT-2) fall back to `greedy_generate`, one prompt at a time through the one decoding
-loop. Prompts that do not fit the context window together with `max_new_tokens` are cut on the
+as its text hits a stop string. Wrapped models (adapters, soft prompts) fall back to
+`greedy_generate`, one prompt at a time through the one decoding loop. Prompts that do not fit the context window together with `max_new_tokens` are cut on the
 left, and the caller is told.
 """
 from __future__ import annotations
@@ -49,9 +48,13 @@ def greedy_generate_many(model, tokenizer, prompts: Sequence[list[int]], max_new
     """greedy_generate for every prompt, run concurrently through the engine (same rules)."""
     from llmlab.infer.engine import Engine
 
+    from llmlab.model.transformer import Transformer
+
     fitted = [_fit(model, p, max_new_tokens, max_length) for p in prompts]
     if not fitted:
         return []
+    if type(model) is not Transformer:  # wrappers (adapters, soft prompts) run their own forward
+        return [greedy_generate(model, tokenizer, p, max_new_tokens, stop, max_length) for p in prompts]
     try:
         bs = 16
         longest = max(len(p) for p, _ in fitted) + max_new_tokens

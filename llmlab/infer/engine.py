@@ -28,6 +28,7 @@ import torch
 from llmlab.infer.detok import TextStream
 from llmlab.infer.paged import BlockTable, NoFreeBlocks, PagedKVCache
 from llmlab.infer.request import FINISHED, PREFILL, RUNNING, SWAPPED, WAITING, Output, Request, Sequence
+from llmlab.infer.model_runner import ModelRunner
 from llmlab.infer.runner import PagedRunner
 from llmlab.infer.sampling import SamplingParams, choose, needs_context, top_logprobs
 from llmlab.infer.speculative import DraftModel, Fallback, check_same_tokenizer, propose, summary, timer, verify_step
@@ -67,8 +68,7 @@ class EngineConfig:
                              f"({self.max_prefill_tokens})")
 
     def build(self, model, tokenizer) -> "Engine":
-        """The engine over `model`; a draft model named by `speculative` is loaded here (and refused
-        unless it has the target's tokenizer)."""
+        """The engine over `model`; loads the draft model `speculative` names (same tokenizer only)."""
         draft = None
         if self.speculative not in ("", "ngram"):
             from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
@@ -87,7 +87,9 @@ class Engine:
         self.ctx = model.config.max_position_embeddings
         num_blocks = cfg.num_blocks or cfg.max_num_seqs * 512 // cfg.block_size  # 0: 512 tokens per sequence
         self.cache = PagedKVCache.for_model(model, num_blocks, cfg.block_size)
-        self.runner = PagedRunner(model, self.cache, cfg.row_pad)
+        # zoo variants the fused forward lacks run Transformer.forward per sequence (model_runner.py)
+        self.runner = ModelRunner(model, self.cache) if model.config.beyond_llama_gpt() else \
+            PagedRunner(model, self.cache, cfg.row_pad)
         self.max_num_seqs, self.prefill_chunk, self.max_prefill_tokens = (cfg.max_num_seqs, cfg.prefill_chunk,
                                                                           cfg.max_prefill_tokens)
         self.preempt_mode, self.prefix_caching = cfg.preempt, cfg.prefix_caching
@@ -291,9 +293,8 @@ class Engine:
             self.fallback.record(spec, emitted, elapsed())
 
     def _make_room(self, batch: list[Sequence]) -> None:
-        """Blocks for one more token per sequence; preempt the newest sequences while the pool is
-        short. Cached prefix blocks nobody uses count as free: the allocator evicts them (LRU)
-        before any live sequence is preempted."""
+        """Blocks for one more token each; preempt the newest sequences while the pool is short
+        (cached prefix blocks nobody uses count as free: evicted LRU before any preemption)."""
         while True:
             need = sum(self.cache.blocks_needed(s.table, s.table.num_tokens + 1) for s in batch)
             if need <= self.cache.alloc.num_free:
@@ -338,8 +339,7 @@ class Engine:
 
     # ------------------------------------------------------------------ one token
     def _emit(self, s: Sequence, logits: torch.Tensor, out: list[Output], tid: int | None = None) -> Output | None:
-        """Choose s's next token from its logits row (or take `tid`, already chosen), update
-        text/stop state, record an Output."""
+        """Choose s's next token from its row (or take `tid`); update text/stop state; an Output."""
         p, req = s.request.params, s.request
         if p.max_new_tokens == 0:
             o = Output(req.id, s.index, finish_reason="length")

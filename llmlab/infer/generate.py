@@ -228,12 +228,12 @@ def generate_ids(model, prompt_ids: list[int], params: SamplingParams,
     gen = None
     if params.seed is not None:
         gen = torch.Generator(device=device).manual_seed(params.seed)
-    if type(model) is Transformer:  # the lean inference forward (llmlab.infer.runner)
+    if type(model) is Transformer and not model.config.beyond_llama_gpt():  # the lean forward (infer/runner.py)
         dec = ContiguousDecoder(model, len(prompt_ids) + budget)
 
         def forward(fed):
             return dec.forward(list(prompt_ids) if fed is None else fed).unsqueeze(0)
-    else:  # wrappers (PEFT prefixes, soft prompts, ...) run their own forward
+    else:  # wrappers (PEFT prefixes, soft prompts, ...) and zoo variants run their own forward
         forward = CacheForward(model, [list(prompt_ids)], 0, budget, masked=False)
     procs = [logits_processor] if logits_processor is not None else None
     for nxt, _, _ in _decode_steps(forward, [list(prompt_ids)], params, budget, stops, 0, gen, procs,
