@@ -119,7 +119,8 @@ def speculative(model, tok, new_tokens: int = 96, n_prompts: int = 3, repeats: i
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="8 requests, fewer tokens (a few minutes under load)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 8 requests x 500 shared tokens, one copy "
+                    "prompt x 48 tokens (about a minute on a free core)")
     ap.add_argument("--only", choices=["spec", "prefix"], help="run one of the two measurements")
     args = ap.parse_args()
     from llmlab.device import setup_threads
@@ -132,8 +133,8 @@ def main() -> None:
     path = packaged_path("smollm2")
     model, tok = load_gguf(path), load_tokenizer(path)
     with torch.inference_mode():
-        spec = speculative(model, tok, 64 if args.quick else 128, 2 if args.quick else 4) if args.only != "prefix" else {}
-        pc = prefix_cache(model, tok, 8 if args.quick else 32) if args.only != "spec" else {}
+        spec = speculative(model, tok, *((48, 1) if args.quick else (128, 4))) if args.only != "prefix" else {}
+        pc = prefix_cache(model, tok, *((8, 500) if args.quick else (32, 1000))) if args.only != "spec" else {}
     ours = {**{k: v for k, v in spec.items() if k != "spec_speedup"},
             **{k: v for k, v in pc.items() if k != "prefix_cache_ttft"}}
     ratio = {k: d[k] for d, k in ((spec, "spec_speedup"), (pc, "prefix_cache_ttft")) if k in d}
