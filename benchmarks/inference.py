@@ -68,6 +68,9 @@ def main() -> None:
     ap.add_argument("--server-start", action="store_true",
                     help="also time `llmlab serve` launch -> first chat answer (a subprocess)")
     ap.add_argument("--repeats", type=int, default=0, help="override the number of repeats")
+    ap.add_argument("--no-features", action="store_true",
+                    help="skip the engine-feature columns (spec_speedup, prefix_cache_ttft: inference_features.py; "
+                         "--quick skips them too: `inference_features.py --quick` is their smoke run)")
     args = ap.parse_args()
     repeats, new_tokens, conc_tokens = (1, 24, 12) if args.quick else (3, 64, 32)
     repeats = args.repeats or repeats
@@ -178,6 +181,12 @@ def main() -> None:
         t0 = time.perf_counter()
         llm(tok.decode(short), max_tokens=new_tokens, temperature=0)
         peer_r["llama_cpp_decode_tok_s"] = new_tokens / (time.perf_counter() - t0)
+    features = {}
+    if not (args.no_features or args.quick):  # engine features, ours with / without (inference_features.py)
+        import inference_features as feat
+        with torch.inference_mode():
+            features = {**feat.speculative(ours, tok, 128, 4), **feat.prefix_cache(ours, tok, 32)}
+        ours_r.update({k: v for k, v in features.items() if k not in ("spec_speedup", "prefix_cache_ttft")})
     for k, v in {**ours_r, **{f"peer_{k}": v for k, v in peer_r.items()}}.items():
         print(f"{k:28s} {v:10.3f}")
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
@@ -186,7 +195,8 @@ def main() -> None:
     print(json.dumps({"benchmark": "inference", "load_avg": load, "ours": ours_r, "peer": peer_r,
                       "ratio": {"decode_tok_s": med["dec_o"] / med["dec_p"],
                                 "prefill_tok_s": med["pre_o"] / med["pre_p"],
-                                "concurrent_vs_sequential": med["conc"] / med["seq"]}}))
+                                "concurrent_vs_sequential": med["conc"] / med["seq"],
+                                **{k: features[k] for k in ("spec_speedup", "prefix_cache_ttft") if k in features}}}))
 
 
 if __name__ == "__main__":

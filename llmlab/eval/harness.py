@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from llmlab.eval.generation import Generation, greedy_generate
+from llmlab.eval.generation import Generation, greedy_generate, greedy_generate_many
 from llmlab.eval.scoring import LogLik, encode_pair, loglikelihoods, rolling_nll
 
 
@@ -51,17 +51,27 @@ class EvalContext:
         return rolling_nll(self.model, [self.encode(t) for t in texts], self.prefix_id, self.window,
                            self.batch_size, self.bucket)
 
-    def generate(self, prompt: str, max_new_tokens: int = 64, stop: Sequence[str] = (),
-                 chat: bool = False) -> Generation:
+    def _prompt_ids(self, prompt: str, chat: bool) -> list[int]:
         if chat and self.tokenizer.chat_template:
             prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                                         add_generation_prompt=True)
-            ids = self.tokenizer.encode(prompt, allow_special=True)
-        else:
-            ids = self.encode(prompt)
-        g = greedy_generate(self.model, self.tokenizer, ids, max_new_tokens, stop, self.window)
+            return self.tokenizer.encode(prompt, allow_special=True)
+        return self.encode(prompt)
+
+    def generate(self, prompt: str, max_new_tokens: int = 64, stop: Sequence[str] = (),
+                 chat: bool = False) -> Generation:
+        g = greedy_generate(self.model, self.tokenizer, self._prompt_ids(prompt, chat), max_new_tokens, stop,
+                            self.window)
         self.truncated += g.truncated
         return g
+
+    def generate_many(self, prompts: Sequence[str], max_new_tokens: int = 64, stop: Sequence[str] = (),
+                      chat: bool = False) -> list[Generation]:
+        """`generate` for every prompt, together through the batched engine (same outputs)."""
+        gens = greedy_generate_many(self.model, self.tokenizer, [self._prompt_ids(p, chat) for p in prompts],
+                                    max_new_tokens, stop, self.window, max_num_seqs=self.batch_size)
+        self.truncated += sum(g.truncated for g in gens)
+        return gens
 
 
 def run_task(task, ctx: EvalContext, limit: int | None = None, index=None) -> dict:

@@ -41,13 +41,17 @@ class LlmlabLM(LM):
         return [-nll for nll, _ in self.ctx.rolling([req.args[0] for req in requests])]
 
     def generate_until(self, requests) -> list[str]:
-        out = []
-        for req in requests:
-            context, kw = req.args
+        groups: dict[tuple, list[int]] = {}  # requests with the same settings run together
+        for i, req in enumerate(requests):
+            _, kw = req.args
             until = kw.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            g = self.ctx.generate(context, int(kw.get("max_gen_toks", 256)), until)
-            out.append(g.text)
+            until = (until,) if isinstance(until, str) else tuple(until)
+            groups.setdefault((until, int(kw.get("max_gen_toks", 256))), []).append(i)
+        out = [""] * len(requests)
+        for (until, max_toks), idx in groups.items():
+            gens = self.ctx.generate_many([requests[i].args[0] for i in idx], max_toks, list(until))
+            for i, g in zip(idx, gens):
+                out[i] = g.text
         return out
 
 

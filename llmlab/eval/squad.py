@@ -48,8 +48,9 @@ def generated_em_f1(ctx, items: Sequence[dict], max_new_tokens: int) -> tuple[fl
     """Greedy one-line answers to each item's "prompt" (up to a newline), scored against its
     "answer" -> (mean exact match, mean token F1, n) with SQuAD's normalisation."""
     em = f1 = 0.0
-    for it in items:
-        pred = ctx.generate(it["prompt"], max_new_tokens=max_new_tokens, stop=["\n"]).text.strip()
+    gens = ctx.generate_many([it["prompt"] for it in items], max_new_tokens=max_new_tokens, stop=["\n"])
+    for it, g in zip(items, gens):
+        pred = g.text.strip()
         em += exact_match(pred, it["answer"])
         f1 += token_f1(pred, it["answer"])
     n = max(len(items), 1)

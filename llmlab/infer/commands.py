@@ -29,6 +29,9 @@ class GenerateConfig:
     length_penalty: float = field(default=1.0, metadata={"help": "beam score = logprob / length**length_penalty"})
     early_stopping: str = field(default="false", metadata={"help": "beam search: true, false or never"})
     num_return_sequences: int = field(default=1, metadata={"help": "beam search: print the n best"})
+    speculative: str = field(default="", metadata={"help": "speculative decoding through the engine: 'ngram' "
+                                                           "(prompt lookup) or a draft model with the same tokenizer"})
+    num_speculative_tokens: int = field(default=4, metadata={"help": "tokens drafted per step"})
     device: str = "auto"
     dtype: str = "auto"
 
@@ -77,6 +80,8 @@ def run_generate(cfg: GenerateConfig) -> int:
         raise UserError("prompt is empty: pass prompt=\"...\"")
     if cfg.num_beams < 1:
         raise UserError(f"num_beams must be >= 1, got {cfg.num_beams}")
+    if cfg.speculative and cfg.num_beams > 1:
+        raise UserError("speculative decoding with beam search is not supported: use num_beams=1 or speculative=''")
     params = _params(cfg)
     model, tok = load_model_and_tokenizer(cfg.model, cfg.device, cfg.dtype)
     if cfg.chat:
@@ -88,10 +93,20 @@ def run_generate(cfg: GenerateConfig) -> int:
         return _beam(cfg, model, tok, ids)
     if not cfg.chat:
         sys.stdout.write(cfg.prompt)
-    for piece in stream_text(model, tok, ids, params):
+    engine = None
+    if cfg.speculative:  # one user through the engine (no row padding), speculation measured, not forced
+        from llmlab.infer.engine import EngineConfig
+        engine = EngineConfig(max_num_seqs=1, num_blocks=-(-model.config.max_position_embeddings // 16) + 1,
+                              row_pad=1, speculative=cfg.speculative,
+                              num_speculative_tokens=cfg.num_speculative_tokens).build(model, tok)
+    for piece in (_engine_stream(engine, ids, params) if engine else stream_text(model, tok, ids, params)):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    if engine is not None:
+        sp = engine.spec_summary()
+        print(f"[speculative {cfg.speculative}: {sp['mean_accepted']:.2f} drafted tokens accepted per step "
+              f"({sp['acceptance_rate']:.0%} of drafts) over {sp['verify_steps']} steps]", file=sys.stderr)
     return 0
 
 

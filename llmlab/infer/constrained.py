@@ -22,6 +22,8 @@ therefore be unreachable inside strings).
 from __future__ import annotations
 
 import json
+import weakref
+
 import regex
 import torch
 
@@ -33,6 +35,7 @@ _NUMBER = _INT + r"(?:\.[0-9]{1,15})?(?:[eE][+-]?[0-9]{1,3})?"
 JSON_ANY = (r"(?(DEFINE)(?P<val>(?&obj)|(?&arr)|" + _STRING + "|" + _NUMBER + r"|true|false|null)"
             r"(?P<obj>\{(?:" + _STRING + r": (?&val)(?:, " + _STRING + r": (?&val))*)?\})"
             r"(?P<arr>\[(?:(?&val)(?:, (?&val))*)?\]))(?&val)")
+JSON_OBJECT = JSON_ANY.removesuffix("(?&val)") + "(?&obj)"  # OpenAI's json_object: an object at the top
 
 
 def _lit(value) -> str:
@@ -105,6 +108,32 @@ JSON_ANY_VALUE = "(?:" + _SCALAR + "|" + _FLAT_ARR + "|" + _FLAT_OBJ + ")"
 JSON_ANY_OBJECT = _FLAT_OBJ
 
 
+_TEXTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def vocab_texts(tokenizer) -> list[str | None]:
+    """Each token's text (None: a special token or not whole UTF-8), computed once per tokenizer
+    (the server builds a constraint per request)."""
+    try:
+        return _TEXTS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    special = getattr(tokenizer, "special", None)
+    specials = set(special.values()) if isinstance(special, dict) else set()
+    texts: list[str | None] = []
+    for i in range(tokenizer.vocab_size):
+        try:
+            t = tokenizer.decode_bytes([i]).decode("utf-8") if i not in specials else None
+        except (UnicodeDecodeError, KeyError, IndexError, TypeError):
+            t = None
+        texts.append(t or None)
+    try:
+        _TEXTS[tokenizer] = texts
+    except TypeError:  # not weak-referenceable: no cache
+        pass
+    return texts
+
+
 class Constraint:
     """A compiled pattern plus each vocabulary token's text."""
 
@@ -115,22 +144,15 @@ class Constraint:
             raise UserError(f"constraint: invalid regular expression ({e})") from None
         self.tok = tokenizer
         self.eos = tokenizer.eos_id
-        self.texts: list[str | None] = []
-        specials = set(getattr(tokenizer, "special", {}).values()) if isinstance(getattr(tokenizer, "special", None), dict) else set()
-        for i in range(tokenizer.vocab_size):
-            try:
-                t = tokenizer.decode_bytes([i]).decode("utf-8") if i not in specials else None
-            except (UnicodeDecodeError, KeyError, IndexError, TypeError):
-                t = None
-            self.texts.append(t or None)
+        self.texts = vocab_texts(tokenizer)
 
     @classmethod
     def json_schema(cls, schema: dict, tokenizer) -> "Constraint":
         return cls(schema_to_regex(schema), tokenizer)
 
     @classmethod
-    def json_mode(cls, tokenizer) -> "Constraint":
-        return cls(JSON_ANY, tokenizer)
+    def json_mode(cls, tokenizer, top_object: bool = False) -> "Constraint":
+        return cls(JSON_OBJECT if top_object else JSON_ANY, tokenizer)
 
     def viable(self, text: str) -> bool:
         return self.pattern.fullmatch(text, partial=True) is not None
@@ -162,7 +184,9 @@ class Constraint:
 
 class ConstrainedLogits:
     """Logits processor: disallowed tokens get -inf. `force_margin` tokens before the budget ends it
-    forces the closing of the text (tracked from the ids it has seen)."""
+    forces the closing of the text (tracked from the ids it has seen). mass=0 stops at the most
+    likely allowed token: exact for greedy decoding, and much cheaper when the model's distribution
+    is flat (the server uses it for greedy requests)."""
 
     def __init__(self, constraint: Constraint, max_new_tokens: int | None = None, mass: float = 1 - 1e-6,
                  force_margin: int = 48):
@@ -189,15 +213,25 @@ class ConstrainedLogits:
             nxt = self.forced[k] if k < len(self.forced) else self.c.eos
             out[nxt] = 0.0
             return out
-        probs = torch.softmax(logits.float(), -1)
-        order = torch.argsort(logits, descending=True).tolist()
-        seen = 0.0
-        any_ok = False
-        for tid in order:
-            if self.c.allowed(text, tid):
+        order = torch.argsort(logits, descending=True)
+        probs = torch.softmax(logits.float(), -1)[order].tolist()
+        seen, any_ok, eos, texts = 0.0, False, self.c.eos, self.c.texts
+        first_ok: dict[str, bool] = {}  # a token whose first character leaves the language is out
+        for tid, pr in zip(order.tolist(), probs):
+            t = texts[tid] if tid < len(texts) else None
+            if tid == eos:
+                ok = self.c.complete(text)
+            elif t is None:
+                ok = False
+            else:
+                ok = first_ok.get(t[0])
+                if ok is None:
+                    ok = first_ok[t[0]] = self.c.viable(text + t[0])
+                ok = ok and (len(t) == 1 or self.c.viable(text + t))
+            if ok:
                 out[tid] = logits[tid]
                 any_ok = True
-            seen += float(probs[tid])
+            seen += pr
             if seen >= self.mass and any_ok:
                 break
         if not any_ok:  # the model put all its mass on invalid tokens: allow the closing path
@@ -212,7 +246,8 @@ class ConstrainedLogits:
 @torch.inference_mode()
 def generate_constrained(model, tokenizer, prompt_ids: list[int], constraint: Constraint, max_new_tokens: int = 256,
                          temperature: float = 0.0, seed: int = 0) -> str:
-    """A small decode loop applying the processor (until the engine takes per-request processors)."""
+    """A small batch-1 decode loop applying the processor (the engine takes the same processor per
+    request: `Engine.add_request(..., logits_processor=ConstrainedLogits(...))`)."""
     from llmlab.infer.runner import ContiguousDecoder
     ctx = model.config.max_position_embeddings
     if len(prompt_ids) + max_new_tokens > ctx:

@@ -2,34 +2,38 @@
 
 Every `step()` is one scheduling round at a token boundary:
 1. swapped-out sequences come back first when blocks allow (they were preempted earlier);
-2. prefill: waiting requests are admitted in arrival order while the step's prefill token
-   budget and the running-sequence limit allow; a long prompt is prefilled in fixed chunks of
-   `prefill_chunk` tokens over several steps (chunked prefill, Agrawal et al. 2023), so decode
-   of the running sequences is never stalled for a whole long prompt; all the chunks of a step
-   go through one forward (their rows share every matmul, attention stays per sequence);
-3. decode: every running sequence gets one token in a single batched forward. When the pool
-   cannot hold one more token, the newest running sequence is preempted: swapped to host memory
-   (`preempt="swap"`, bit-exact on resume) or freed and later recomputed (`preempt="recompute"`).
-New requests therefore join, and finished or cancelled ones leave, between any two tokens.
-
-A request with n > 1 prefills once and forks n sequences that share the prompt blocks
-(copy-on-write); prompts that share 16-token blocks with earlier ones reuse their KV (prefix cache).
+2. prefill: waiting requests are admitted in arrival order while the step's prefill token budget
+   and the running-sequence limit allow; long prompts go in fixed `prefill_chunk`-token chunks
+   (chunked prefill, Agrawal et al. 2023), all the chunks of a step in one forward;
+3. decode: every running sequence gets one token (or, speculating, a verified draft: see
+   llmlab/infer/speculative.py) in one batched forward. When the pool cannot hold one more token,
+   the newest running sequence is preempted: swapped to host memory (`preempt="swap"`, bit-exact
+   on resume) or freed and later recomputed (`preempt="recompute"`).
+Prefix caching: full blocks are named by a hash chain over their tokens (llmlab/infer/paged.py);
+a new prompt reuses every leading block already cached, blocks are reference counted, and cached
+blocks nobody uses are evicted LRU before any live request is preempted. A request whose long
+prefix another request is prefilling right now waits for it instead of computing it twice.
+A request with n > 1 prefills once and forks n copy-on-write sequences. A request's logits
+processor (constrained decoding) runs on its own rows; if it raises, that request alone fails.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import random
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from llmlab.infer.detok import TextStream
 from llmlab.infer.paged import BlockTable, NoFreeBlocks, PagedKVCache
+from llmlab.infer.request import FINISHED, PREFILL, RUNNING, SWAPPED, WAITING, Output, Request, Sequence
+from llmlab.infer.model_runner import ModelRunner
 from llmlab.infer.runner import PagedRunner
 from llmlab.infer.sampling import SamplingParams, choose, needs_context, top_logprobs
+from llmlab.infer.speculative import DraftModel, Fallback, check_same_tokenizer, propose, summary, timer, verify_step
 
 SEED_MASK = 2 ** 64 - 1
-WAITING, PREFILL, RUNNING, SWAPPED, FINISHED = "waiting", "prefill", "running", "swapped", "finished"
 
 
 @dataclass
@@ -41,13 +45,20 @@ class EngineConfig:
     prefill_chunk: int = field(default=512, metadata={"help": "chunked prefill: tokens of one prompt per step"})
     max_prefill_tokens: int = field(default=1024, metadata={"help": "prompt tokens prefilled per step, all requests"})
     preempt: str = field(default="swap", metadata={"help": "when blocks run out: swap or recompute"})
-    prefix_caching: bool = True
+    prefix_caching: bool = field(default=True, metadata={"help": "reuse the KV blocks of shared prompt prefixes "
+                                                                   "across requests (hash-chained full blocks, LRU)"})
     row_pad: int = field(default=8, metadata={"help": "pad decode rows to a multiple (batch-invariant output)"})
+    speculative: str = field(default="", metadata={"help": "speculative decoding: '' off, 'ngram' (prompt lookup) "
+                                                           "or a draft model with the same tokenizer"})
+    num_speculative_tokens: int = field(default=4, metadata={"help": "tokens drafted per step"})
+    speculative_fallback: bool = field(default=True, metadata={"help": "measure; decode plainly while "
+                                                                       "speculation is slower"})
 
     def __post_init__(self):
         if self.preempt not in ("swap", "recompute"):
             raise ValueError(f"preempt: expected 'swap' or 'recompute', got '{self.preempt}'")
-        for key in ("max_num_seqs", "block_size", "prefill_chunk", "max_prefill_tokens", "row_pad"):
+        for key in ("max_num_seqs", "block_size", "prefill_chunk", "max_prefill_tokens", "row_pad",
+                    "num_speculative_tokens"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
         if self.num_blocks < 0:
@@ -57,84 +68,55 @@ class EngineConfig:
                              f"({self.max_prefill_tokens})")
 
     def build(self, model, tokenizer) -> "Engine":
-        kw = {f.name: getattr(self, f.name) for f in fields(self)}
-        kw["num_blocks"] = self.num_blocks or None
-        return Engine(model, tokenizer, **kw)
-
-
-@dataclass
-class Output:
-    """One event for one sequence of a request: a new token (and its text), and/or the end."""
-    request_id: str
-    index: int  # which of the request's n samples
-    token_id: int | None = None
-    text: str = ""
-    logprob: float | None = None
-    top_logprobs: list[tuple[int, float]] | None = None
-    finish_reason: str | None = None  # "stop", "length", "cancelled" (None while running)
-    prompt_logprobs: list | None = None  # echo scoring: [(token, logprob | None, top)] per prompt token
-    stop_token_id: int | None = None  # set (and token_id None) when the sequence ended on a stop token
-    error: str | None = None  # finish_reason "error": this request failed alone (the batch went on)
-
-
-@dataclass
-class Sequence:
-    request: "Request"
-    index: int
-    tokens: list[int]  # prompt + generated; the last one is not in the cache yet while decoding
-    generator: torch.Generator
-    table: BlockTable = field(default_factory=BlockTable)
-    status: str = WAITING
-    swapped: list | None = None
-    recompute: bool = False  # preempted by recompute: prefill tokens[:-1], then resume decoding
-    text: TextStream | None = None
-    num_generated: int = 0
-
-    @property
-    def finished(self) -> bool:
-        return self.status == FINISHED
-
-
-@dataclass
-class Request:
-    id: str
-    prompt_ids: list[int]
-    params: SamplingParams
-    prompt_logprobs: int | None = None  # echo scoring (/v1/completions echo+logprobs)
-    seqs: list[Sequence] = field(default_factory=list)
-    arrival: int = 0
-    _plp: list = field(default_factory=list)
-
-    @property
-    def finished(self) -> bool:
-        return bool(self.seqs) and all(s.finished for s in self.seqs)
+        """The engine over `model`; loads the draft model `speculative` names (same tokenizer only)."""
+        draft = None
+        if self.speculative not in ("", "ngram"):
+            from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
+            draft, draft_tok = load_model_and_tokenizer(self.speculative, str(next(model.parameters()).device))
+            check_same_tokenizer(tokenizer, draft_tok, self.speculative)
+        return Engine(model, tokenizer, self, draft_model=draft)
 
 
 class Engine:
-    def __init__(self, model, tokenizer, num_blocks: int | None = None, block_size: int = 16,
-                 max_num_seqs: int = 64, prefill_chunk: int = 512, max_prefill_tokens: int = 1024,
-                 preempt: str = "swap", prefix_caching: bool = True, row_pad: int = 8):
-        if preempt not in ("swap", "recompute"):
-            raise ValueError(f"preempt must be 'swap' or 'recompute', got {preempt!r}")
+    def __init__(self, model, tokenizer, config: EngineConfig | None = None, draft_model=None, **settings):
+        """settings: EngineConfig fields overriding `config` (EngineConfig is their one declaration).
+        draft_model: the loaded draft when config.speculative names one (EngineConfig.build loads it)."""
+        cfg = replace(config or EngineConfig(), **{k: v for k, v in settings.items() if v is not None})
+        self.config = cfg
         self.model, self.tok = model, tokenizer
         self.ctx = model.config.max_position_embeddings
-        if num_blocks is None:  # enough for max_num_seqs sequences of 512 tokens
-            num_blocks = max_num_seqs * 512 // block_size
-        self.cache = PagedKVCache.for_model(model, num_blocks, block_size)
-        self.runner = PagedRunner(model, self.cache, row_pad)
-        self.max_num_seqs, self.prefill_chunk, self.max_prefill_tokens = max_num_seqs, prefill_chunk, max_prefill_tokens
-        self.preempt_mode, self.prefix_caching = preempt, prefix_caching
+        num_blocks = cfg.num_blocks or cfg.max_num_seqs * 512 // cfg.block_size  # 0: 512 tokens per sequence
+        self.cache = PagedKVCache.for_model(model, num_blocks, cfg.block_size)
+        # zoo variants the fused forward lacks run Transformer.forward per sequence (model_runner.py)
+        self.runner = ModelRunner(model, self.cache) if model.config.beyond_llama_gpt() else \
+            PagedRunner(model, self.cache, cfg.row_pad)
+        self.max_num_seqs, self.prefill_chunk, self.max_prefill_tokens = (cfg.max_num_seqs, cfg.prefill_chunk,
+                                                                          cfg.max_prefill_tokens)
+        self.preempt_mode, self.prefix_caching = cfg.preempt, cfg.prefix_caching
+        if cfg.speculative not in ("", "ngram") and draft_model is None:
+            raise ValueError(f"speculative={cfg.speculative!r}: pass the loaded draft model (EngineConfig.build "
+                             f"loads it), or use 'ngram' for prompt lookup")
+        self.draft = DraftModel(draft_model, model.config.vocab_size) if draft_model is not None else None
+        self.spec_k = cfg.num_speculative_tokens if cfg.speculative else 0
+        self.fallback = Fallback(cfg.speculative_fallback)
         self.requests: dict[str, Request] = {}
         self.waiting: list[Sequence] = []  # FIFO: new prompts and recompute-preempted sequences
         self.running: list[Sequence] = []  # in the decode batch (or mid-prefill)
         self.swapped: list[Sequence] = []
         self.eos = tokenizer.eos_id if tokenizer is not None else None
         self._ids = itertools.count()
-        self.stats = {"preempted": 0, "prefix_hit_tokens": 0, "steps": 0}
+        self.stats = {"preempted": 0, "prefix_hit_tokens": 0, "steps": 0, "spec_steps": 0, "spec_drafted": 0,
+                      "spec_accepted": 0, "spec_emitted": 0}
+
+    def spec_summary(self) -> dict:
+        return summary(self.stats, self.fallback)
 
     # ------------------------------------------------------------------ requests
     def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
-                    prompt_logprobs: int | None = None) -> str:
+                    prompt_logprobs: int | None = None, logits_processor=None) -> str:
+        """logits_processor (or params.extra["logits_processor"]): processor(generated ids, logits)
+        -> logits, applied after penalties (constrained decoding); each sample gets its own copy.
+        If it raises, this request alone ends with finish_reason "error"."""
         if not prompt_ids:
             raise ValueError("empty prompt")
         vocab = self.model.config.vocab_size
@@ -151,7 +133,8 @@ class Engine:
         req = Request(rid, list(prompt_ids), params, prompt_logprobs, arrival=next(self._ids))
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         gen = torch.Generator(device=self.runner.device).manual_seed(seed)
-        seq = Sequence(req, 0, list(prompt_ids), gen, text=TextStream(params.stop))
+        seq = Sequence(req, 0, list(prompt_ids), gen, text=TextStream(params.stop),
+                       processor=logits_processor or params.extra.get("logits_processor"))
         req.seqs.append(seq)
         self.requests[rid] = req
         self.waiting.append(seq)
@@ -173,6 +156,8 @@ class Engine:
                 q.remove(s)
         self.cache.free(s.table)
         s.swapped = None
+        if self.draft is not None:
+            self.draft.drop(id(s))
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self.swapped)
@@ -212,6 +197,8 @@ class Engine:
             if s.status == WAITING:
                 if len(self.running) >= self.max_num_seqs or self.swapped:
                     break
+                if self._prefix_in_flight(s):
+                    continue  # admitted once the shared prefix is cached: computed once, not twice
                 self._admit(s)
             target = len(s.tokens) - 1 if s.recompute else len(s.tokens)
             chunk = min(self.prefill_chunk, target - s.table.num_tokens)
@@ -241,6 +228,14 @@ class Engine:
                 else:
                     self._start_decoding(s, logits, out)
 
+    def _prefix_in_flight(self, s: Sequence, min_blocks: int = 8) -> bool:
+        """Is a long prefix of s (>= min_blocks blocks) being prefilled right now by another
+        request? Then s waits a step or two and reuses it (cache-aware admission)."""
+        if not self.prefix_caching or s.request.prompt_logprobs is not None:
+            return False
+        return any(q.status == PREFILL and q.table.num_tokens < self.cache.block_size * n
+                   for q in self.running if (n := self.cache.shared_blocks(s.tokens, q.tokens)) >= min_blocks)
+
     def _admit(self, s: Sequence) -> None:
         self.waiting.remove(s)
         s.status = PREFILL
@@ -266,7 +261,8 @@ class Engine:
             # wrap into manual_seed's 64-bit range (seed 2**64-1 with n > 1 must not overflow)
             seed = (req.params.seed + i) & SEED_MASK if req.params.seed is not None else random.getrandbits(63)
             child = Sequence(req, i, list(s.tokens), torch.Generator(device=self.runner.device).manual_seed(seed),
-                             table=self.cache.fork(s.table), status=RUNNING, text=TextStream(req.params.stop))
+                             table=self.cache.fork(s.table), status=RUNNING, text=TextStream(req.params.stop),
+                             processor=copy.copy(s.processor))
             req.seqs.append(child)
             self.running.append(child)
         for seq in list(req.seqs):
@@ -280,7 +276,25 @@ class Engine:
         batch = [s for s in self.running if s.status == RUNNING]
         if not batch:
             return
-        # make room for one more token each; preempt the newest sequences if the pool is full
+        spec = self.spec_k > 0 and self.fallback.use_spec()
+        elapsed = timer()
+        drafts = {id(s): propose(self, s) for s in batch} if spec else {}
+        extra = {k: len(d) for k, (d, _) in drafts.items()}
+        if sum(self.cache.blocks_needed(s.table, s.table.num_tokens + 1 + extra.get(id(s), 0))
+               for s in batch) > self.cache.alloc.num_free:
+            drafts, extra = {}, {}  # no room for drafts: decode one token each rather than preempt
+        self._make_room(batch)
+        if spec:
+            emitted = verify_step(self, batch, drafts, out)
+        else:
+            emitted = len(batch)
+            self._decode_plain(batch, out)
+        if self.spec_k > 0:
+            self.fallback.record(spec, emitted, elapsed())
+
+    def _make_room(self, batch: list[Sequence]) -> None:
+        """Blocks for one more token each; preempt the newest sequences while the pool is short
+        (cached prefix blocks nobody uses count as free: evicted LRU before any preemption)."""
         while True:
             need = sum(self.cache.blocks_needed(s.table, s.table.num_tokens + 1) for s in batch)
             if need <= self.cache.alloc.num_free:
@@ -298,11 +312,14 @@ class Engine:
             victim = max(batch, key=lambda s: (s.request.arrival, s.index))
             batch.remove(victim)
             self._preempt(victim)
+
+    def _decode_plain(self, batch: list[Sequence], out: list[Output]) -> None:
         for s in batch:
             self.cache.reserve(s.table, s.table.num_tokens + 1)
         logits = self.runner.decode([s.table for s in batch], [s.tokens[-1] for s in batch])
         # greedy rows without penalties: one argmax over the batch instead of one call per row
-        plain = [s.request.params.greedy and not needs_context(s.request.params) for s in batch]
+        plain = [s.request.params.greedy and not needs_context(s.request.params) and s.processor is None
+                 for s in batch]
         best = logits.argmax(-1).tolist() if any(plain) else None
         for i, (s, row) in enumerate(zip(batch, logits)):
             if not s.finished:  # a sibling sample may have failed the request in this loop
@@ -322,8 +339,7 @@ class Engine:
 
     # ------------------------------------------------------------------ one token
     def _emit(self, s: Sequence, logits: torch.Tensor, out: list[Output], tid: int | None = None) -> Output | None:
-        """Choose s's next token from its logits row (or take `tid`, already chosen), update
-        text/stop state, record an Output."""
+        """Choose s's next token from its row (or take `tid`); update text/stop state; an Output."""
         p, req = s.request.params, s.request
         if p.max_new_tokens == 0:
             o = Output(req.id, s.index, finish_reason="length")
@@ -333,11 +349,12 @@ class Engine:
         o = Output(req.id, s.index, tid)
         try:  # a failure in this request's sampling is confined to this request
             if tid is None:
-                o.token_id = tid = choose(logits, p, s.generator, s.tokens, len(req.prompt_ids))
+                o.token_id = tid = choose(logits, p, s.generator, s.tokens, len(req.prompt_ids), s.processor)
             if p.logprobs is not None:
                 o.logprob, o.top_logprobs = top_logprobs(logits, tid, p.logprobs)
         except Exception as e:  # noqa: BLE001 - any error here is this request's alone
-            self._fail(req, f"sampling failed: {e}", out)
+            what = "logits processor or sampling" if s.processor is not None else "sampling"
+            self._fail(req, f"{what} failed: {e}", out)
             return None
         s.num_generated += 1
         stop_tokens = set(p.stop_token_ids) | ({self.eos} if self.eos is not None and not p.ignore_eos else set())

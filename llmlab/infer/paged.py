@@ -34,10 +34,17 @@ class BlockAllocator:
         self.evictable: OrderedDict[int, None] = OrderedDict()  # ref 0 but hashed (prefix cache)
         self.block_hash: dict[int, object] = {}  # block -> its prefix key
         self.by_hash: dict[object, int] = {}  # prefix key -> block
+        self.evictions = 0  # cached prefix blocks reused for other data (LRU)
 
     @property
     def num_free(self) -> int:
+        """Blocks allocatable now: never used, or holding a cached prefix nobody references."""
         return len(self.free) + len(self.evictable)
+
+    @property
+    def num_cached(self) -> int:
+        """Blocks named in the prefix cache (referenced or not)."""
+        return len(self.block_hash)
 
     def allocate(self) -> int:
         if self.free:
@@ -45,6 +52,7 @@ class BlockAllocator:
         elif self.evictable:
             b, _ = self.evictable.popitem(last=False)  # least recently used cached block
             del self.by_hash[self.block_hash.pop(b)]
+            self.evictions += 1
         else:
             raise NoFreeBlocks(f"all {self.num_blocks} KV blocks are in use")
         self.ref[b] = 1
@@ -143,6 +151,21 @@ class PagedKVCache:
         for b in table.blocks:
             self.alloc.decref(b)
         table.blocks, table.num_tokens, table.hashed, table.last_key = [], 0, 0, None
+
+    def truncate(self, table: BlockTable, n: int) -> None:
+        """Keep positions 0..n-1 (speculative decoding drops rejected drafts); frees blocks past them."""
+        keep = -(-n // self.block_size)
+        for b in table.blocks[keep:]:
+            self.alloc.decref(b)
+        del table.blocks[keep:]
+        table.num_tokens = min(table.num_tokens, n)
+
+    def shared_blocks(self, a: list[int], b: list[int]) -> int:
+        """Leading full blocks two prompts have in common (the last token of `a` excluded)."""
+        bs, n = self.block_size, 0
+        while (n + 1) * bs < len(a) and (n + 1) * bs <= len(b) and a[n * bs:(n + 1) * bs] == b[n * bs:(n + 1) * bs]:
+            n += 1
+        return n
 
     # prefix sharing -------------------------------------------------------------------------
     def match_prefix(self, tokens: list[int], table: BlockTable) -> int:

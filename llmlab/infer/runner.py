@@ -93,13 +93,15 @@ class PagedRunner:
         return self.prefill_many([(table, tokens, all_logits)])[0]
 
     @torch.inference_mode()
-    def prefill_many(self, items: list[tuple[BlockTable, list[int], bool]]) -> list[torch.Tensor]:
+    def prefill_many(self, items: list[tuple[BlockTable, list[int], bool]],
+                     decode_weights: bool = False) -> list[torch.Tensor]:
         """Append tokens to several sequences in one forward: their rows share every matmul,
         attention is per sequence. items: (table, tokens, all_logits) -> per item the logits of
         its last position (V,), or (T, V) with all_logits."""
-        dev, w, bs = self.device, self.w_prefill, self.cache.block_size
+        # decode_weights: speculative verification (a few rows per sequence) on the decode path
+        dev, w, bs = self.device, (self.w if decode_weights else self.w_prefill), self.cache.block_size
         n = sum(len(t) for _, t, _ in items)
-        M = self.padded_rows(n, prefill=True)
+        M = self.padded_rows(n, prefill=not decode_weights)
         ids, pos, slots, segs, off = [], [], [], [], 0
         for table, toks, _ in items:
             start, T = table.num_tokens, len(toks)
@@ -148,10 +150,11 @@ class PagedRunner:
 
         def head(x):
             R = len(heads)
-            hsel = x[torch.tensor(heads + [heads[-1]] * (self.padded_rows(R, prefill=True) - R), device=dev)]
+            hsel = x[torch.tensor(heads + [heads[-1]] * (self.padded_rows(R, prefill=not decode_weights) - R),
+                                  device=dev)]
             return w.logits(hsel)[:R]
 
-        logits = self._forward(("prefill", M.bit_length()), embed, layer, head)
+        logits = self._forward(("decode" if decode_weights else "prefill", M.bit_length()), embed, layer, head)
         for table, toks, _ in items:
             table.num_tokens += len(toks)
         outs, o = [], 0

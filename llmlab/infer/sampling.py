@@ -155,11 +155,15 @@ def needs_context(p: SamplingParams) -> bool:
 
 
 def choose(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None = None,
-           context: list[int] | None = None, n_prompt: int = 0) -> int:
-    """One row (V,) of raw logits -> the next token id, after penalties, temperature and truncation."""
+           context: list[int] | None = None, n_prompt: int = 0, processor=None) -> int:
+    """One row (V,) of raw logits -> the next token id, after penalties, the request's logits
+    processor (processor(generated ids, logits) -> logits; constrained decoding), temperature and
+    truncation."""
     logits = logits.float()
     if needs_context(p):
         logits = apply_penalties(logits, p, context or [], n_prompt)
+    if processor is not None:
+        logits = processor(list((context or [])[n_prompt:]), logits)
     if p.greedy:
         return int(logits.argmax())
     # shift by the max before dividing: a tiny temperature then gives -inf/0, never inf - inf = NaN
@@ -168,6 +172,21 @@ def choose(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator |
     if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0:
         raise SamplingError("logits", "the next-token distribution is not finite (NaN/inf logits)")
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def probs_for(logits: torch.Tensor, p: SamplingParams, context: list[int] | None = None,
+              n_prompt: int = 0) -> torch.Tensor:
+    """The distribution `choose` draws from, as probabilities (V,): one-hot at the argmax when
+    greedy (speculative decoding verifies drafts against it)."""
+    logits = logits.float()
+    if needs_context(p):
+        logits = apply_penalties(logits, p, context or [], n_prompt)
+    if p.greedy:
+        return torch.zeros_like(logits).index_fill_(0, logits.argmax().view(1), 1.0)
+    probs = filter_logits((logits - logits.max()) / p.temperature, p.top_k, p.top_p, p.min_p).softmax(-1)
+    if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0:
+        raise SamplingError("logits", "the next-token distribution is not finite (NaN/inf logits)")
+    return probs
 
 
 def top_logprobs(logits: torch.Tensor, chosen: int, k: int) -> tuple[float, list[tuple[int, float]]]:

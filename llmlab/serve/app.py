@@ -29,8 +29,9 @@ from llmlab.errors import UserError
 from llmlab.infer.engine import Output
 from llmlab.log import get_logger
 from llmlab.serve.protocol import (APIError, ChatCompletionRequest, CompletionRequest, chat_logprobs, check_model,
-                                   cmpl_logprobs, message_text, prompts_to_ids, resolve_max_tokens, sampling_params,
+                                   cmpl_logprobs, prompts_to_ids, resolve_max_tokens, sampling_params,
                                    validation_error)
+from llmlab.serve.tools import OutputFormat
 from llmlab.serve.worker import EngineWorker, Overloaded, ShuttingDown
 
 STATIC = Path(__file__).parent / "static"
@@ -314,8 +315,8 @@ async def _completions(st: ServerState, body: CompletionRequest, request: Reques
 
 
 # ------------------------------------------------------------------ /v1/chat/completions
-def _chat_prompt(st: ServerState, body: ChatCompletionRequest) -> list[int]:
-    conv = [{"role": m.role, "content": message_text(m)} for m in body.messages]
+def _chat_prompt(st: ServerState, body: ChatCompletionRequest, fmt: OutputFormat) -> list[int]:
+    conv = fmt.conversation(body.messages)
     try:
         return st.tokenizer.encode(st.tokenizer.apply_chat_template(conv, add_generation_prompt=True))
     except UserError as e:  # the model's chat template refused the conversation
@@ -324,16 +325,18 @@ def _chat_prompt(st: ServerState, body: ChatCompletionRequest) -> list[int]:
 
 async def _chat(st: ServerState, body: ChatCompletionRequest, request: Request):
     check_model(body.model, st.model_name)
-    ids = _chat_prompt(st, body)
+    fmt = OutputFormat(body, st.tokenizer)  # response_format / tools (llmlab/serve/tools.py)
+    ids = _chat_prompt(st, body, fmt)
     key = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     mt = resolve_max_tokens(requested, key, len(ids), st.ctx, st.max_tokens_default, 1)
     params = sampling_params(body, mt, chat=True)
+    params.extra["logits_processor"] = fmt.processor(mt, params.greedy)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     adm = _admit(st, [(ids, params, None)])
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "model": st.model_name}
     if body.stream:
-        return ReleasingStream(_chat_sse(st, request, adm, head, params, len(ids), include_usage),
+        return ReleasingStream(_chat_sse(st, request, adm, head, params, len(ids), include_usage, fmt),
                                lambda: _release(st, adm))
     acc: dict[int, list[Output]] = {i: [] for i in range(params.n)}
     try:
@@ -344,17 +347,20 @@ async def _chat(st: ServerState, body: ChatCompletionRequest, request: Request):
     choices, ntok = [], 0
     for i, outs in acc.items():
         ntok += sum(o.token_id is not None for o in outs)
-        choices.append({"index": i, "message": {"role": "assistant", "content": "".join(o.text for o in outs)},
+        message, finish = fmt.message("".join(o.text for o in outs), outs[-1].finish_reason if outs else None)
+        choices.append({"index": i, "message": message,
                         "logprobs": ({"content": chat_logprobs(outs, st.tokenizer)}
                                      if params.logprobs is not None else None),
-                        "finish_reason": outs[-1].finish_reason if outs else None})
+                        "finish_reason": finish})
     return {**head, "object": "chat.completion", "created": int(time.time()), "choices": choices,
             "usage": {"prompt_tokens": len(ids), "completion_tokens": ntok, "total_tokens": len(ids) + ntok}}
 
 
 async def _chat_sse(st: ServerState, request: Request, adm: Admitted, head: dict, params, n_prompt: int,
-                    include_usage: bool):
+                    include_usage: bool, fmt: OutputFormat):
     started, ntok = set(), 0
+    held: dict[int, str] = {}  # an answer that starts a tool call is held back until it is complete
+    spoke: set[int] = set()  # choices that already streamed content (then it is no call)
     chunk = {**head, "object": "chat.completion.chunk"}
     try:
         async for _, o in events(st, request, adm):
@@ -362,12 +368,26 @@ async def _chat_sse(st: ServerState, request: Request, adm: Admitted, head: dict
             if o.index not in started:
                 started.add(o.index)
                 delta["role"] = "assistant"
-            if o.text or "role" in delta:
-                delta["content"] = o.text
+            text, finish = o.text, o.finish_reason
+            if o.index in held or (o.index not in spoke and fmt.starts_call(text)):
+                held[o.index] = held.get(o.index, "") + text
+                text = ""
+                if finish:
+                    message, finish = fmt.message(held.pop(o.index), finish)
+                    if "tool_calls" in message:
+                        delta["tool_calls"] = [{"index": 0, **message["tool_calls"][0]}]
+                    else:
+                        text = message["content"]
+            if text.strip():
+                spoke.add(o.index)
+            if text or "role" in delta:
+                delta["content"] = text
             ntok += o.token_id is not None
-            choice = {"index": o.index, "delta": delta, "logprobs": None, "finish_reason": o.finish_reason}
+            choice = {"index": o.index, "delta": delta, "logprobs": None, "finish_reason": finish}
             if params.logprobs is not None and o.token_id is not None:
                 choice["logprobs"] = {"content": chat_logprobs([o], st.tokenizer)}
+            if o.index in held and not delta and choice["logprobs"] is None:
+                continue  # a tool call being held back: nothing to send yet
             yield _sse({**chunk, "created": int(time.time()), "choices": [choice]})
         if include_usage:
             yield _sse({**chunk, "created": int(time.time()), "choices": [],

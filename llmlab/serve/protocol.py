@@ -56,10 +56,61 @@ class TextPart(_Strict):
     text: StrictStr
 
 
+class FunctionCall(_Strict):
+    name: StrictStr
+    arguments: StrictStr  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Strict):
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
     role: Role
     content: Union[StrictStr, list[TextPart], None] = None
     name: StrictStr | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
+    tool_call_id: StrictStr | None = None  # a tool turn: which call it answers
+
+
+# ------------------------------------------------------------------ structured output and tools
+class JSONSchemaFormat(_Strict):
+    name: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    description: StrictStr | None = None
+    schema_: dict | None = Field(None, alias="schema", description="a JSON Schema (the subset of "
+                                 "llmlab.infer.constrained.schema_to_regex); output is constrained to it")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(_Strict):
+    """{"type": "text"} (default), {"type": "json_object"} (any JSON object) or
+    {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}: the output is
+    constrained token by token (llmlab.infer.constrained), so it always parses (and validates)."""
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
+class FunctionDef(_Strict):
+    name: Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    description: StrictStr | None = None
+    parameters: dict | None = Field(None, description="JSON Schema of the arguments object")
+    strict: StrictBool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: StrictStr
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(_Strict):
@@ -93,6 +144,10 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: StrictInt | None = Field(None, ge=1, le=INT32_MAX)
     logprobs: StrictBool | None = None
     top_logprobs: StrictInt | None = _bound("logprobs")
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    parallel_tool_calls: StrictBool | None = None  # accepted; at most one call is generated per turn
 
 
 class CompletionRequest(_Sampling):

@@ -48,7 +48,7 @@ class HumanEval:
         return [probs[int(i * step)] for i in range(n)]
 
     def evaluate(self, ctx, items: list[dict]) -> dict:
-        completions = [ctx.generate(p["prompt"], max_new_tokens=256, stop=STOP).text for p in items]
+        completions = [g.text for g in ctx.generate_many([p["prompt"] for p in items], max_new_tokens=256, stop=STOP)]
         res = score_completions(items, completions)
         base = score_completions(items, ["    pass\n"] * len(items))
         counts = {s: res["statuses"].count(s) for s in sorted(set(res["statuses"]))}

@@ -98,8 +98,9 @@ class IFEvalLite:
     def evaluate(self, ctx, items: list[dict]) -> dict:
         prompt_ok = inst_ok = inst_n = 0
         base_prompt = base_inst = 0
-        for it in items:
-            resp = ctx.generate(it["prompt"], max_new_tokens=128, chat=True).text
+        gens = ctx.generate_many([it["prompt"] for it in items], max_new_tokens=128, chat=True)
+        for it, g in zip(items, gens):
+            resp = g.text
             oks = [check(resp, s) for s in it["specs"]]
             prompt_ok += all(oks)
             inst_ok += sum(oks)
