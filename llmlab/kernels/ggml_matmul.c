@@ -4,6 +4,10 @@
  *   "q4": per 32-weight block, 16 bytes qs (byte j: weight j low nibble, weight j+16 high
  *         nibble), fp32 scale d[b] and offset m[b]:  w = d*q + m   (Q4_1; Q4_0 has m = -8d)
  *   "q8": per block, 32 int8 qs and fp32 d[b]:        w = d*q       (Q8_0)
+ *   fmt 5: per 32 weights, int8 q (0..31), fp32 d, m: w = d*q + m   (Q5_K; Q4_K uses "q4")
+ *   fmt 6: per 16 weights, int8 q (-32..31), fp32 d:   w = d*q       (Q6_K)
+ * (a K-quant's d here is its fp16 super-scale times the sub-block's integer scale, m = -dmin*min:
+ * both exact in fp32, as in gguf.quants.dequantize.)
  * d*q is exact in fp32 (an fp16 scale times a <= 8-bit integer), so fma(d, q, m) rounds once,
  * like the loader's (d*q) + m: every weight used here equals the model's fp32 weight bit for bit;
  * only the order of the dot product's sum differs from a BLAS gemv.
@@ -48,20 +52,34 @@ static void deq_row_q4(const uint8_t *qs, const float *d, const float *m, int64_
     }
 }
 
-static void deq_row_q8(const int8_t *qs, const float *d, int64_t nb, float *out) {
-    for (int64_t b = 0; b < nb; b++) {
-        const int8_t *q = qs + b * QK;
+/* int8 weights in groups of g (32: Q8_0 and Q5_K's repacking; 16: Q6_K's): w = d*q, or fma(d, q, m)
+ * with an offset (Q5_K). d*q is exact in fp32 for every format kept (<= 24 significant bits). */
+static void deq_row_i8(const int8_t *qs, const float *d, const float *m, int64_t ng, int g, float *out) {
+    for (int64_t b = 0; b < ng; b++) {
+        const int8_t *q = qs + b * g;
         float db = d[b];
 #ifdef LLMLAB_AVX2
         __m256 vd = _mm256_set1_ps(db);
-        for (int j = 0; j < QK; j += 8) {
-            __m128i v = _mm_loadl_epi64((const __m128i *)(q + j));
-            _mm256_storeu_ps(out + b * QK + j, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), vd));
+        for (int j = 0; j < g; j += 8) {
+            __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + j))));
+            _mm256_storeu_ps(out + b * g + j, m ? _mm256_fmadd_ps(v, vd, _mm256_set1_ps(m[b])) : _mm256_mul_ps(v, vd));
         }
 #else
-        for (int j = 0; j < QK; j++) out[b * QK + j] = db * (float)q[j];
+        if (m) for (int j = 0; j < g; j++) out[b * g + j] = __builtin_fmaf(db, (float)q[j], m[b]);
+        else for (int j = 0; j < g; j++) out[b * g + j] = db * (float)q[j];
 #endif
     }
+}
+
+/* Group size of a format: 16 for fmt 6 (Q6_K), else 32. Bytes of qs per group: 16 for fmt 4. */
+static inline int group_of(int fmt) { return fmt == 6 ? 16 : QK; }
+
+/* Dequantize row `row` of a weight with k columns into out[k] (any format). */
+static void deq_row(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t row, int64_t k, float *out) {
+    int g = group_of(fmt);
+    int64_t ng = k / g;
+    if (fmt == 4) deq_row_q4(qs + row * ng * 16, d + row * ng, m + row * ng, ng, out);
+    else deq_row_i8((const int8_t *)qs + row * k, d + row * ng, m ? m + row * ng : NULL, ng, g, out);
 }
 
 #ifdef LLMLAB_AVX2
@@ -135,16 +153,11 @@ static float dot1(const float *w, const float *x, int64_t k) {
 #define MB 64
 static void matmul(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
                    const float *x, int64_t mx, float *y, int64_t r0, int64_t r1, float *buf) {
-    int64_t nb = k / QK, bq = fmt == 4 ? 16 : 32;
     for (int64_t i0 = 0; i0 < mx; i0 += MB) {
         int64_t i1 = mx - i0 < MB ? mx : i0 + MB;
         for (int64_t r = r0; r < r1; r += 4) {
             int64_t nr = r1 - r < 4 ? r1 - r : 4;
-            for (int64_t t = 0; t < nr; t++) {
-                int64_t row = r + t;
-                if (fmt == 4) deq_row_q4(qs + row * nb * bq, d + row * nb, m + row * nb, nb, buf + t * k);
-                else deq_row_q8((const int8_t *)qs + row * nb * bq, d + row * nb, nb, buf + t * k);
-            }
+            for (int64_t t = 0; t < nr; t++) deq_row(fmt, qs, d, m, r + t, k, buf + t * k);
             if (nr == 4) {
                 int64_t i = i0;
                 float tmp0[4], tmp1[4];
@@ -214,12 +227,10 @@ void llmlab_ggml_matmul(int fmt, const uint8_t *qs, const float *d, const float 
 #define MR 8
 static void panel(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
                   int64_t r, float *row, float *pan) {
-    int64_t nb = k / QK, bq = fmt == 4 ? 16 : 32;
     for (int64_t t = 0; t < NR; t++) {
         int64_t rr = r + t;
         if (rr < rows) {
-            if (fmt == 4) deq_row_q4(qs + rr * nb * bq, d + rr * nb, m + rr * nb, nb, row);
-            else deq_row_q8((const int8_t *)qs + rr * nb * bq, d + rr * nb, nb, row);
+            deq_row(fmt, qs, d, m, rr, k, row);
             for (int64_t j = 0; j < k; j++) pan[j * NR + t] = row[j];
         } else {
             for (int64_t j = 0; j < k; j++) pan[j * NR + t] = 0.f;
