@@ -92,7 +92,7 @@ static inline float hsum(__m256 v) {
 #endif
 
 /* 4 dequantized weight rows (w, stride k) against 2 input rows: out[i*ldy + r]. */
-static void dot_4x2(const float *w, int64_t k, const float *x0, const float *x1, float *y0, float *y1, int two) {
+static void dot_4x2_256(const float *w, int64_t k, const float *x0, const float *x1, float *y0, float *y1, int two) {
 #ifdef LLMLAB_AVX2
     __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
     __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
@@ -131,7 +131,7 @@ static void dot_4x2(const float *w, int64_t k, const float *x0, const float *x1,
 #endif
 }
 
-static float dot1(const float *w, const float *x, int64_t k) {
+static float dot1_256(const float *w, const float *x, int64_t k) {
 #ifdef LLMLAB_AVX2
     __m256 a = _mm256_setzero_ps(), b = a;
     for (int64_t j = 0; j < k; j += 16) {
@@ -146,6 +146,126 @@ static float dot1(const float *w, const float *x, int64_t k) {
 #endif
 }
 
+
+/* ---- AVX-512 decode path -----------------------------------------------------------------------
+ * One summation order for every output (weight row r, input row i), however it is reached: two
+ * 16-lane accumulators, A over weights 32c..32c+15 and B over 32c+16..32c+31 of every 32-chunk c
+ * in order, then reduce(A + B). A single input row (batch-1 decode) dequantizes each 32-chunk in
+ * registers and multiplies it at once (`fused_rows`: no trip through memory); more input rows
+ * dequantize 4 weight rows into L1 once and read them from there (`dot_4x2_512`, `dot1_512`). The
+ * dequantized weights are the same exact values either way, so the bits are the same. */
+#if defined(__AVX512F__) && defined(LLMLAB_AVX2)
+#define LLMLAB_512 1
+#define AI static inline __attribute__((always_inline))
+
+AI void deq32(const int fmt, const uint8_t *qs, const float *d, const float *m, int64_t row, int64_t k,
+              int64_t b, __m512 *lo, __m512 *hi) {
+    if (fmt == 4) {
+        int64_t g = row * (k / QK) + b;
+        __m128i v = _mm_loadu_si128((const __m128i *)(qs + g * 16));
+        __m512 vd = _mm512_set1_ps(d[g]), vm = _mm512_set1_ps(m[g]);
+        __m512 ql = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, _mm_set1_epi8(0x0F))));
+        __m512 qh = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(0x0F))));
+        *lo = _mm512_fmadd_ps(ql, vd, vm);
+        *hi = _mm512_fmadd_ps(qh, vd, vm);
+        return;
+    }
+    const int8_t *q = (const int8_t *)qs + row * k + b * QK;
+    __m512 ql = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
+    __m512 qh = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16))));
+    if (fmt == 6) {
+        int64_t g = row * (k / 16) + 2 * b;
+        *lo = _mm512_mul_ps(ql, _mm512_set1_ps(d[g]));
+        *hi = _mm512_mul_ps(qh, _mm512_set1_ps(d[g + 1]));
+        return;
+    }
+    int64_t g = row * (k / QK) + b;
+    __m512 vd = _mm512_set1_ps(d[g]);
+    if (fmt == 5) {
+        __m512 vm = _mm512_set1_ps(m[g]);
+        *lo = _mm512_fmadd_ps(ql, vd, vm);
+        *hi = _mm512_fmadd_ps(qh, vd, vm);
+    } else {
+        *lo = _mm512_mul_ps(ql, vd);
+        *hi = _mm512_mul_ps(qh, vd);
+    }
+}
+
+/* NRC (1..4) weight rows from r against one input row x -> y[0..NRC). */
+AI void fused_rows_t(const int fmt, const int NRC, const uint8_t *qs, const float *d, const float *m, int64_t r,
+                     int64_t k, const float *x, float *y) {
+    __m512 a[4], b2[4];
+    for (int t = 0; t < NRC; t++) a[t] = b2[t] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < k / QK; c++) {
+        __m512 xl = _mm512_loadu_ps(x + c * QK), xh = _mm512_loadu_ps(x + c * QK + 16);
+        for (int t = 0; t < NRC; t++) {
+            __m512 wl, wh;
+            deq32(fmt, qs, d, m, r + t, k, c, &wl, &wh);
+            a[t] = _mm512_fmadd_ps(xl, wl, a[t]);
+            b2[t] = _mm512_fmadd_ps(xh, wh, b2[t]);
+        }
+    }
+    for (int t = 0; t < NRC; t++) y[t] = _mm512_reduce_add_ps(_mm512_add_ps(a[t], b2[t]));
+}
+
+#define FUSED_FMT(F) do { switch (nr) { \
+    case 4: fused_rows_t(F, 4, qs, d, m, r, k, x, y); break; case 3: fused_rows_t(F, 3, qs, d, m, r, k, x, y); break; \
+    case 2: fused_rows_t(F, 2, qs, d, m, r, k, x, y); break; default: fused_rows_t(F, 1, qs, d, m, r, k, x, y); } } while (0)
+
+static void fused_rows(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t r, int nr, int64_t k,
+                       const float *x, float *y) {
+    switch (fmt) {
+    case 4: FUSED_FMT(4); break;
+    case 5: FUSED_FMT(5); break;
+    case 6: FUSED_FMT(6); break;
+    default: FUSED_FMT(8);
+    }
+}
+
+static void dot_4x2_512(const float *w, int64_t k, const float *x0, const float *x1, float *y0, float *y1, int two) {
+    __m512 a[2][4][2];
+    for (int i = 0; i < 2; i++)
+        for (int t = 0; t < 4; t++) a[i][t][0] = a[i][t][1] = _mm512_setzero_ps();
+    if (two) {
+        for (int64_t j = 0; j < k; j += QK) {
+            __m512 u0 = _mm512_loadu_ps(x0 + j), u1 = _mm512_loadu_ps(x0 + j + 16);
+            __m512 v0 = _mm512_loadu_ps(x1 + j), v1 = _mm512_loadu_ps(x1 + j + 16);
+            for (int t = 0; t < 4; t++) {
+                __m512 w0 = _mm512_loadu_ps(w + t * k + j), w1 = _mm512_loadu_ps(w + t * k + j + 16);
+                a[0][t][0] = _mm512_fmadd_ps(u0, w0, a[0][t][0]);
+                a[0][t][1] = _mm512_fmadd_ps(u1, w1, a[0][t][1]);
+                a[1][t][0] = _mm512_fmadd_ps(v0, w0, a[1][t][0]);
+                a[1][t][1] = _mm512_fmadd_ps(v1, w1, a[1][t][1]);
+            }
+        }
+        for (int t = 0; t < 4; t++) y1[t] = _mm512_reduce_add_ps(_mm512_add_ps(a[1][t][0], a[1][t][1]));
+    } else {
+        for (int64_t j = 0; j < k; j += QK) {
+            __m512 u0 = _mm512_loadu_ps(x0 + j), u1 = _mm512_loadu_ps(x0 + j + 16);
+            for (int t = 0; t < 4; t++) {
+                a[0][t][0] = _mm512_fmadd_ps(u0, _mm512_loadu_ps(w + t * k + j), a[0][t][0]);
+                a[0][t][1] = _mm512_fmadd_ps(u1, _mm512_loadu_ps(w + t * k + j + 16), a[0][t][1]);
+            }
+        }
+    }
+    for (int t = 0; t < 4; t++) y0[t] = _mm512_reduce_add_ps(_mm512_add_ps(a[0][t][0], a[0][t][1]));
+}
+
+static float dot1_512(const float *w, const float *x, int64_t k) {
+    __m512 a = _mm512_setzero_ps(), b = a;
+    for (int64_t j = 0; j < k; j += QK) {
+        a = _mm512_fmadd_ps(_mm512_loadu_ps(x + j), _mm512_loadu_ps(w + j), a);
+        b = _mm512_fmadd_ps(_mm512_loadu_ps(x + j + 16), _mm512_loadu_ps(w + j + 16), b);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+}
+#define dot_4x2 dot_4x2_512
+#define dot1 dot1_512
+#else
+#define dot_4x2 dot_4x2_256
+#define dot1 dot1_256
+#endif
+
 /* buf: scratch of 4*k floats. The one kernel for both formats: dequantize 4 rows into L1, then
  * every input row of a chunk of MB reads them (weights decoded once per chunk, not once per
  * input row; a chunk's inputs stay in L2). A row's result never depends on mx, the chunking or
@@ -157,6 +277,17 @@ static void matmul(int fmt, const uint8_t *qs, const float *d, const float *m, i
         int64_t i1 = mx - i0 < MB ? mx : i0 + MB;
         for (int64_t r = r0; r < r1; r += 4) {
             int64_t nr = r1 - r < 4 ? r1 - r : 4;
+#ifdef LLMLAB_512
+            /* one input row of nibbles: dequantize in registers (same bits as below). int8 formats
+             * stay on the path through L1: fused, their 4 interleaved row streams ran 1.2-5x
+             * slower from DRAM here (docs/LOG.md) */
+            if (i1 - i0 == 1 && fmt == 4) {
+                float tmp[4];
+                fused_rows(fmt, qs, d, m, r, (int)nr, k, x + i0 * k, tmp);
+                memcpy(y + i0 * rows + r, tmp, sizeof(float) * nr);
+                continue;
+            }
+#endif
             for (int64_t t = 0; t < nr; t++) deq_row(fmt, qs, d, m, r + t, k, buf + t * k);
             if (nr == 4) {
                 int64_t i = i0;
