@@ -274,3 +274,59 @@ def serve_memory(model, path, port: int = 8793) -> dict:
     limit = gguf_mb + kv / 2 ** 20 + 150
     return {"rss_mb": rss["VmRSS"], "peak_rss_mb": rss["VmHWM"], "gguf_mb": gguf_mb, "kv_pool_mb": kv / 2 ** 20,
             "limit_mb": limit, "baseline_python_torch_mb": base_mb, "rss_over_limit": rss["VmRSS"] / limit}
+
+
+def decode_steps_s(model, batch: int, n_steps: int, seed: int = 1) -> float:
+    """Median seconds of one decode step: batch 1 on `ContiguousDecoder` (64-token context),
+    else `batch` sequences (contexts 16..160) on `PagedRunner.decode`."""
+    from llmlab.infer.paged import BlockTable, PagedKVCache
+    from llmlab.infer.runner import ContiguousDecoder, PagedRunner
+    g = torch.Generator().manual_seed(seed)
+    ts = []
+    if batch == 1:
+        dec = ContiguousDecoder(model, 64 + n_steps + 8)
+        logits = dec.forward(torch.randint(100, 40000, (64,), generator=g).tolist())
+        for i in range(n_steps + 2):
+            t0 = time.perf_counter()
+            logits = dec.forward([int(logits.argmax())])
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts[2:])
+    cache = PagedKVCache.for_model(model, batch * 20)
+    runner = PagedRunner(model, cache)
+    tables = []
+    for n in torch.randint(16, 160, (batch,), generator=g).tolist():
+        t = BlockTable()
+        cache.reserve(t, n + n_steps + 8)
+        runner.prefill(t, torch.randint(100, 40000, (n,), generator=g).tolist())
+        tables.append(t)
+    for i in range(n_steps + 2):
+        t0 = time.perf_counter()
+        runner.decode(tables, [1] * batch)
+        ts.append(time.perf_counter() - t0)
+    for t in tables:
+        cache.free(t)
+    return statistics.median(ts[2:])
+
+
+def limits(model, path, threads: int, quick: bool) -> tuple[dict, dict]:
+    """The roofline columns, all measured in this call: -> (fields for `ours`, ratios).
+    decode_roofline = batch-1 steady decode tok/s / (read bandwidth / bytes per token);
+    batch32_gemm_eff = matmul FLOPs of a 32-row decode step / (step time x fp32 GEMM ceiling)."""
+    n = 8 if quick else 24
+    with torch.inference_mode():
+        roof = roofline(threads)
+        step1 = decode_steps_s(model, 1, n)
+        step32 = decode_steps_s(model, 32, max(4, n // 3))
+        roof2 = roofline(threads)  # again after: the machine's load moves; the best of both is the limit
+    for key in ("bandwidth_gb_s", "gemm_gflop_s"):
+        roof[key] = max(roof[key], roof2[key])
+    bpt = bytes_per_token(model, path, 64 + n)
+    limit_tok_s = roof["bandwidth_gb_s"] * 1e9 / (bpt["total_mb"] * 1e6)
+    flops = matmul_flops(model, 32)
+    ours = {"decode_steady_tok_s": 1 / step1, "bandwidth_gb_s": roof["bandwidth_gb_s"],
+            "bytes_per_token_mb": bpt["total_mb"], "bandwidth_limit_tok_s": limit_tok_s,
+            "gemm_ceiling_gflop_s": roof["gemm_gflop_s"], "batch32_step_ms": step32 * 1e3,
+            "batch32_matmul_gflop": flops / 1e9}
+    ratios = {"decode_roofline": (1 / step1) / limit_tok_s,
+              "batch32_gemm_eff": flops / (step32 * roof["gemm_gflop_s"] * 1e9)}
+    return ours, ratios
