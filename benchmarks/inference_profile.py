@@ -6,7 +6,7 @@
   format's own size, what llama.cpp reads; the LM head's tied embedding once), norms, and the
   KV cache at the context measured. The bandwidth limit is bandwidth / bytes per token.
 - `breakdown(...)`: wraps the inference forward's pieces with timers (matmuls by shape, norms,
-  rotary + q/k/v split, residual/SiLU, attention SDPA, attention gathers, KV writes) and runs
+  rotary + q/k/v split, residual/SiLU, attention (C kernel or SDPA), attention gathers, KV writes) and runs
   batch-1 decode (`ContiguousDecoder`, what `generate_ids` uses) and a 32-row paged decode step
   (`PagedRunner.decode`, what the engine uses); "python + dispatch" is the step's time not inside
   any timed piece. Sampling is timed apart on the step's logits. Timers cost ~1 us per call
@@ -128,6 +128,7 @@ def _instrument(model, cache) -> _Timers:
     T.wrap(fz.FusedModel, "attn_out_mlp", "residual adds + SiLU*up")
     T.wrap(fz.FusedModel, "embed_rows", "embedding + rope tables")
     T.wrap(F, "scaled_dot_product_attention", "attention (SDPA)")
+    T.wrap(rn.c_attention, "decode_attention", "attention (C decode kernel)")
     T.wrap(torch.Tensor, "index_select", "attention gathers (paged K/V, rows)")
     T.wrap(torch.Tensor, "index_copy_", "attention gathers (paged K/V, rows)")
     if cache is not None:
