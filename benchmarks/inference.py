@@ -189,6 +189,8 @@ def main() -> None:
         prof.print_breakdown(bd)
         ours_r["profile"] = bd
         ours_r["serve_memory"] = prof.serve_memory(ours, path)
+        ours_r["int8_activations"] = prof.int8_accuracy(ours, tok)
+        print("int8 activations vs exact:", json.dumps(ours_r["int8_activations"]))
     if importlib.util.find_spec("llama_cpp") is not None:  # optional reference column
         from llama_cpp import Llama
         llm = Llama(model_path=str(path), n_threads=threads, verbose=False)

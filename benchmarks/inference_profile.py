@@ -331,3 +331,50 @@ def limits(model, path, threads: int, quick: bool) -> tuple[dict, dict]:
     ratios = {"decode_roofline": (1 / step1) / limit_tok_s,
               "batch32_gemm_eff": flops / (step32 * roof["gemm_gflop_s"] * 1e9)}
     return ours, ratios
+
+
+_TEXT = ("The old lighthouse keeper climbed the stairs every evening at dusk. He had done so for forty "
+         "years, through storms that shook the glass and calm nights when the sea lay flat as a mirror. "
+         "The town below had changed: the fishing boats were fewer, the harbour quieter, and the children "
+         "who once waved at him from the pier had grown up and moved to the cities. Still he lit the lamp, "
+         "wound the clockwork, and wrote a line in the logbook before he slept.")
+
+
+def int8_accuracy(model, tok, n_decode: int = 24) -> dict:
+    """The int8-activation option (LLMLAB_INT8_ACTIVATIONS) against the exact path, alternating in
+    one run: teacher-forced per-token NLL over a fixed paragraph (one-token decode steps, where the
+    option applies), the largest logit difference, greedy agreement over n_decode tokens, and steady
+    batch-1 decode time."""
+    import os
+
+    from llmlab.infer.runner import ContiguousDecoder
+    ids = tok.encode(_TEXT)
+    out = {}
+    for flag in ("0", "1", "0", "1"):
+        os.environ["LLMLAB_INT8_ACTIVATIONS"] = flag
+        try:
+            with torch.inference_mode():
+                dec = ContiguousDecoder(model, len(ids) + n_decode + 2)
+                logits, nll, steps = dec.forward(ids[:1]), [], []
+                for t in ids[1:]:
+                    nll.append(float(torch.log_softmax(logits, -1)[t].neg()))
+                    t0 = time.perf_counter()
+                    logits = dec.forward([t])
+                    steps.append(time.perf_counter() - t0)
+                all_logits, greedy = [logits], []
+                for _ in range(n_decode):
+                    greedy.append(int(logits.argmax()))
+                    logits = dec.forward([greedy[-1]])
+                    all_logits.append(logits)
+        finally:
+            os.environ.pop("LLMLAB_INT8_ACTIVATIONS", None)
+        r = out.setdefault(flag, {"ppl": [], "step_ms": [], "greedy": greedy, "logits": all_logits})
+        r["ppl"].append(float(torch.tensor(nll).mean().exp()))
+        r["step_ms"].append(statistics.median(steps) * 1e3)
+    ex, i8 = out["0"], out["1"]
+    agree = next((i for i, (a, b) in enumerate(zip(ex["greedy"], i8["greedy"])) if a != b), len(ex["greedy"]))
+    return {"ppl_exact": ex["ppl"][0], "ppl_int8": i8["ppl"][0], "tokens": len(ids),
+            "max_logit_diff_first_step": float((ex["logits"][0] - i8["logits"][0]).abs().max()),
+            "greedy_tokens_identical": agree, "greedy_of": n_decode,
+            "step_ms_exact": statistics.median(ex["step_ms"]), "step_ms_int8": statistics.median(i8["step_ms"]),
+            "int8_speedup": statistics.median(ex["step_ms"]) / statistics.median(i8["step_ms"])}

@@ -139,3 +139,25 @@ def test_kquant_export_loads_and_runs_on_the_blocks(smollm2_tokenizer, tmp_path)
         fz._FUSED[back] = fz.FusedModel(back, fz.FusedModel.signature(back), blocks=False)
         plain = ContiguousDecoder(back, 16).forward(ids)
         assert (with_blocks - plain).abs().max() < 1e-4 * plain.abs().max()
+
+
+def test_int8_activation_option(monkeypatch):
+    """LLMLAB_INT8_ACTIVATIONS: Q4/Q8 blocks against int8-quantized inputs (VNNI). Close to float64
+    within the 8-bit rounding of x, rows independent of the row count; other formats stay exact."""
+    rows, k = 45, 512
+    x = torch.randn(20, k, generator=torch.Generator().manual_seed(3))
+    vnni = "avx512_vnni" in kernel._cpu_flags().split() and kernel.isa() == "native"
+    for qtype in ALL:
+        q = QuantWeight.from_gguf(qtype, torch.from_numpy(_raw(qtype, rows, k, seed=4).reshape(-1).copy()), (rows, k))
+        ref = x.double() @ q.dequantize().double().T
+        exact = matmul(x, q)
+        monkeypatch.setenv("LLMLAB_INT8_ACTIVATIONS", "1")
+        y = matmul(x, q)
+        monkeypatch.delenv("LLMLAB_INT8_ACTIVATIONS")
+        if q.fmt in (4, 8) and vnni:
+            err = float((y.double() - ref).abs().max() / ref.abs().max())
+            assert 1e-5 < err < 2e-2, (qtype, err)  # really int8 (not the exact path), and close
+            for n in (1, 3, 8):
+                assert torch.equal(matmul(x[:n], q, int8=True), y[:n]), (qtype, n)
+        else:
+            assert torch.equal(y, exact), qtype

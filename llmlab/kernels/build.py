@@ -107,5 +107,7 @@ def open_lib(arch: str | None = None):
     lib.llmlab_ggml_matmul.restype = None
     lib.llmlab_ggml_gemm.argtypes = [ctypes.c_int, p, p, p, i64, i64, p, i64, p, ctypes.c_int]
     lib.llmlab_ggml_gemm.restype = ctypes.c_int
+    lib.llmlab_ggml_matmul_i8.argtypes = [ctypes.c_int, p, p, p, i64, i64, p, i64, p, ctypes.c_int]
+    lib.llmlab_ggml_matmul_i8.restype = ctypes.c_int
     lib.llmlab_ggml_simd.restype = ctypes.c_int
     return lib

@@ -21,6 +21,8 @@ dequantize-into-L1 kernel for every format.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from llmlab.kernels import build as kernel
@@ -148,7 +150,15 @@ def has_gemm() -> bool:
     return lib is not None and lib.llmlab_ggml_simd() >= 3
 
 
-def matmul(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None, gemm: bool = False) -> torch.Tensor:
+def int8_activations() -> bool:
+    """LLMLAB_INT8_ACTIVATIONS=1: decode products quantize activations to int8 per 32-block and
+    multiply Q4/Q8 blocks with integer dot products (AVX-512 VNNI; llama.cpp's scheme). Faster,
+    not exact (accuracy: docs/infer.md); formats without it, or no VNNI, stay exact."""
+    return os.environ.get("LLMLAB_INT8_ACTIVATIONS", "") not in ("", "0")
+
+
+def matmul(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None, gemm: bool = False,
+           int8: bool | None = None) -> torch.Tensor:
     """x (M, k) fp32 on CPU -> x @ W.T (+ bias), (M, rows). Each output row is computed the same
     way whatever M is and however many threads run (batch invariant). Threads: torch's count
     (its OpenMP pool), for calls of at least PARALLEL_MACS multiply-adds. gemm: the register-tiled
@@ -163,6 +173,10 @@ def matmul(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None, ge
     M = x.shape[0]
     y = torch.empty(M, w.rows)
     nt = torch.get_num_threads() if M * w.rows * w.k >= PARALLEL_MACS else 1
+    if not gemm and (int8_activations() if int8 is None else int8) and w.fmt in (4, 8):
+        if lib.llmlab_ggml_matmul_i8(w.fmt, w.qs.data_ptr(), w.d.data_ptr(), 0 if w.m is None else w.m.data_ptr(),
+                                     w.rows, w.k, x.data_ptr(), M, y.data_ptr(), nt):
+            return y if bias is None else y.add_(bias)
     run = lib.llmlab_ggml_gemm if gemm else lib.llmlab_ggml_matmul
     if run(w.fmt, w.qs.data_ptr(), w.d.data_ptr(), 0 if w.m is None else w.m.data_ptr(),
            w.rows, w.k, x.data_ptr(), M, y.data_ptr(), nt) == 0 and gemm:

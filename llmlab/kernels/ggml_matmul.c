@@ -15,6 +15,7 @@
  * Layout: W rows (out features) x nb blocks; X (m, k) row-major; Y (m, rows) row-major.
  * Rows [r0, r1) are computed, so callers may split rows across threads.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -428,3 +429,83 @@ int llmlab_ggml_simd(void) {
     return 0;
 #endif
 }
+
+/* ---- int8 activations (an option beside the exact path; AVX-512 VNNI) ------------------------
+ * As llama.cpp multiplies Q4/Q8 blocks: each 32-block of an input row is quantized to int8 with
+ * its own scale dx = max|x| / 127 (round to nearest), then a block's dot product is integer,
+ * u8 x s8 -> s32 by `vpdpbusd`:  sum_j (d q_j + m)(dx xq_j) = d dx sum_j q_j xq_j + m dx sum_j xq_j.
+ * Q8_0's signed weights use |q| and sign(q) moved onto xq. Not bit-equal to the exact path (x is
+ * rounded to 8 bits): accuracy measured in docs/infer.md. Formats 4 and 8 only; returns 0 where
+ * VNNI or the format is missing. A row's result does not depend on mx or the threads. */
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(LLMLAB_AVX2)
+static void quant_x(const float *x, int64_t k, int8_t *xq, float *dx, float *sx) {
+    for (int64_t b = 0; b < k / QK; b++) {
+        float amax = 0.f;
+        for (int j = 0; j < QK; j++) amax = fabsf(x[b * QK + j]) > amax ? fabsf(x[b * QK + j]) : amax;
+        float db = amax / 127.f, id = amax > 0.f ? 127.f / amax : 0.f;
+        int s = 0;
+        for (int j = 0; j < QK; j++) {
+            int v = (int)nearbyintf(x[b * QK + j] * id);
+            xq[b * QK + j] = (int8_t)v;
+            s += v;
+        }
+        dx[b] = db;
+        sx[b] = db * (float)s;
+    }
+}
+
+static float row_dot_i8(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t row, int64_t k,
+                        const int8_t *xq, const float *dx, const float *sx) {
+    int64_t nb = k / QK;
+    __m256 acc = _mm256_setzero_ps();
+    float macc = 0.f;
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t g = row * nb + b;
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QK)), p;
+        if (fmt == 4) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(qs + g * 16));
+            __m128i lo = _mm_and_si128(v, _mm_set1_epi8(0x0F)), hi = _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(0x0F));
+            p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set_m128i(hi, lo), xv);
+            macc += m[g] * sx[b];
+        } else {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(qs + g * QK));
+            p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(q), _mm256_sign_epi8(xv, q));
+        }
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d[g] * dx[b]), acc);
+    }
+    return hsum(acc) + macc;
+}
+
+int llmlab_ggml_matmul_i8(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
+                          const float *x, int64_t mx, float *y, int nt) {
+    if (fmt != 4 && fmt != 8) return 0;
+    int64_t nb = k / QK;
+    int8_t *xq = (int8_t *)malloc((size_t)(mx * k));
+    float *dx = (float *)malloc(sizeof(float) * (size_t)(2 * mx * nb));
+    if (!xq || !dx) { free(xq); free(dx); return 0; }
+    float *sx = dx + mx * nb;
+    for (int64_t i = 0; i < mx; i++) quant_x(x + i * k, k, xq + i * k, dx + i * nb, sx + i * nb);
+    int64_t groups = (rows + 3) / 4;
+    nt = clamp_threads(nt, groups);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int64_t g0, g1;
+        my_share(groups, &g0, &g1);
+        for (int64_t gr = g0; gr < g1; gr++) {  /* 4 weight rows stay in L1 across the inputs */
+            int64_t r = gr * 4, r1 = r + 4 < rows ? r + 4 : rows;
+            for (int64_t i = 0; i < mx; i++)
+                for (int64_t t = r; t < r1; t++)
+                    y[i * rows + t] = row_dot_i8(fmt, qs, d, m, t, k, xq + i * k, dx + i * nb, sx + i * nb);
+        }
+    }
+    free(xq);
+    free(dx);
+    return 1;
+}
+#else
+int llmlab_ggml_matmul_i8(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
+                          const float *x, int64_t mx, float *y, int nt) {
+    (void)fmt; (void)qs; (void)d; (void)m; (void)rows; (void)k; (void)x; (void)mx; (void)y; (void)nt;
+    return 0;
+}
+#endif
