@@ -15,11 +15,11 @@ speed is added as a reference column (it is not a dependency). The machine's loa
 (os.getloadavg, 1 min) before and after is printed and put in the JSON (`load_avg`): on a shared
 CPU the figures mean little without it. Last stdout line: JSON.
 
-Roofline columns (`inference_profile.limits`, measured in the same run): `decode_roofline` (batch-1
+Roofline columns (`_inference_profile.limits`, measured in the same run): `decode_roofline` (batch-1
 steady decode tok/s / the bandwidth limit, read bandwidth / bytes per token) and
 `batch32_gemm_eff` (matmul FLOPs of a 32-row decode step / (step time x fp32 GEMM ceiling)).
 `--profile` adds the per-step time breakdown of batch-1 and 32-row decode and `llmlab serve`'s
-resident memory against GGUF size + KV pool + 150 MB (`inference_profile.py`).
+resident memory against GGUF size + KV pool + 150 MB (`_inference_profile.py`).
 """
 from __future__ import annotations
 
@@ -180,7 +180,7 @@ def main() -> None:
     peer_r = {"decode_tok_s": med["dec_p"], "prefill_tok_s": med["pre_p"], "decode_tok_s_1thread": med["dec_p1"]}
     if args.server_start:
         ours_r["server_start_to_first_answer_s"] = server_start_to_first_answer()
-    import inference_profile as prof  # benchmarks/ is on sys.path when this script runs
+    import _inference_profile as prof  # benchmarks/ is on sys.path when this script runs (the "_": not itself a benchmark)
     roof_ours, roof_ratio = prof.limits(ours, path, threads, args.quick)
     ours_r.update(roof_ours)
     if args.profile:
