@@ -14,6 +14,12 @@ Both sides alternate within each repeat; medians. If llama-cpp-python is install
 speed is added as a reference column (it is not a dependency). The machine's load average
 (os.getloadavg, 1 min) before and after is printed and put in the JSON (`load_avg`): on a shared
 CPU the figures mean little without it. Last stdout line: JSON.
+
+Roofline columns (`_inference_profile.limits`, measured in the same run): `decode_roofline` (batch-1
+steady decode tok/s / the bandwidth limit, read bandwidth / bytes per token) and
+`batch32_gemm_eff` (matmul FLOPs of a 32-row decode step / (step time x fp32 GEMM ceiling)).
+`--profile` adds the per-step time breakdown of batch-1 and 32-row decode and `llmlab serve`'s
+resident memory against GGUF size + KV pool + 150 MB (`_inference_profile.py`).
 """
 from __future__ import annotations
 
@@ -71,6 +77,8 @@ def main() -> None:
     ap.add_argument("--no-features", action="store_true",
                     help="skip the engine-feature columns (spec_speedup, prefix_cache_ttft: inference_features.py; "
                          "--quick skips them too: `inference_features.py --quick` is their smoke run)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print where a decode step's time goes (batch 1 and 32 rows) and serve's memory")
     args = ap.parse_args()
     repeats, new_tokens, conc_tokens = (1, 24, 12) if args.quick else (3, 64, 32)
     repeats = args.repeats or repeats
@@ -175,6 +183,17 @@ def main() -> None:
     peer_r = {"decode_tok_s": med["dec_p"], "prefill_tok_s": med["pre_p"], "decode_tok_s_1thread": med["dec_p1"]}
     if args.server_start:
         ours_r["server_start_to_first_answer_s"] = server_start_to_first_answer()
+    import _inference_profile as prof  # benchmarks/ is on sys.path when this script runs (the "_": not itself a benchmark)
+    roof_ours, roof_ratio = prof.limits(ours, path, threads, args.quick)
+    ours_r.update(roof_ours)
+    if args.profile:
+        with torch.inference_mode():
+            bd = prof.breakdown(ours, n_steps=8 if args.quick else 16)
+        prof.print_breakdown(bd)
+        ours_r["profile"] = bd
+        ours_r["serve_memory"] = prof.serve_memory(ours, path)
+        ours_r["int8_activations"] = prof.int8_accuracy(ours, tok)
+        print("int8 activations vs exact:", json.dumps(ours_r["int8_activations"]))
     if importlib.util.find_spec("llama_cpp") is not None:  # optional reference column
         from llama_cpp import Llama
         llm = Llama(model_path=str(path), n_threads=threads, verbose=False)
@@ -188,6 +207,8 @@ def main() -> None:
             features = {**feat.speculative(ours, tok, 128, 4), **feat.prefix_cache(ours, tok, 32)}
         ours_r.update({k: v for k, v in features.items() if k not in ("spec_speedup", "prefix_cache_ttft")})
     for k, v in {**ours_r, **{f"peer_{k}": v for k, v in peer_r.items()}}.items():
+        if isinstance(v, dict):
+            continue  # the profile: printed above, kept in the JSON
         print(f"{k:28s} {v:10.3f}")
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print(f"threads={threads} repeats={repeats} decode_tokens={new_tokens} concurrent=32x{conc_tokens} "
@@ -195,7 +216,7 @@ def main() -> None:
     print(json.dumps({"benchmark": "inference", "load_avg": load, "ours": ours_r, "peer": peer_r,
                       "ratio": {"decode_tok_s": med["dec_o"] / med["dec_p"],
                                 "prefill_tok_s": med["pre_o"] / med["pre_p"],
-                                "concurrent_vs_sequential": med["conc"] / med["seq"],
+                                "concurrent_vs_sequential": med["conc"] / med["seq"], **roof_ratio,
                                 **{k: features[k] for k in ("spec_speedup", "prefix_cache_ttft") if k in features}}}))
 
 

@@ -75,11 +75,17 @@ class Packed:
 class QLinear:
     """A weight that also exists as GGUF blocks (`llmlab.kernels.ggml`): multiplied by the block
     kernel, which uses the very same fp32 weight values but reads ~5x fewer bytes. gemm: its
-    register-tiled path for many rows (prefill), else the one for few rows (decode)."""
-    __slots__ = ("w", "q", "gemm")
+    register-tiled path for many rows (prefill), else the one for few rows (decode).
+    No fp32 copy is kept (fused q/k/v and gate/up would be ~280 MB for SmolLM2): `w` builds one
+    from the model's parameters when something asks (the oneDNN packing, tests)."""
+    __slots__ = ("parts", "q", "gemm")
 
-    def __init__(self, w: torch.Tensor, q, gemm: bool = False):
-        self.w, self.q, self.gemm = w, q, gemm
+    def __init__(self, parts: tuple, q, gemm: bool = False):
+        self.parts, self.q, self.gemm = parts, q, gemm
+
+    @property
+    def w(self) -> torch.Tensor:
+        return torch.cat(self.parts) if len(self.parts) > 1 else self.parts[0]
 
 
 def _fp32(w):
@@ -118,14 +124,13 @@ class FusedModel:
         use_blocks = blocks and bool(getattr(model, "quantized", None)) and ggml.available()
 
         def weight(*params):
-            w = torch.cat([p.detach() for p in params]) if len(params) > 1 else params[0].detach()
             if use_blocks:
                 qs = [ggml.blocks_for(model, names[id(p)]) for p in params]
                 if all(q is not None for q in qs) and (q := ggml.QuantWeight.cat(qs)) is not None:
                     self.has_blocks = True
-                    return QLinear(w, q)
+                    return QLinear(tuple(p.detach() for p in params), q)
             self.n_plain += 1
-            return w
+            return torch.cat([p.detach() for p in params]) if len(params) > 1 else params[0].detach()
         cfg = model.config
         self.cfg = cfg
         self.H, self.Hkv, self.D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -162,7 +167,7 @@ class FusedModel:
         if not hasattr(self, "_prefill"):
             self._prefill = self
             if self.has_blocks and ggml.has_gemm():
-                pv = self._remap(lambda v: QLinear(v.w, v.q, gemm=True) if type(v) is QLinear else v)
+                pv = self._remap(lambda v: QLinear(v.parts, v.q, gemm=True) if type(v) is QLinear else v)
                 pv._prefill = pv
                 self._prefill = pv
         return self._prefill

@@ -30,6 +30,13 @@ from llmlab.device import num_threads
 from llmlab.infer.fused import _norm, _on_cpu, fused, invariant_rows
 from llmlab.infer.paged import BlockTable, PagedKVCache
 from llmlab.infer.threads import ThreadTuner, run_layers
+from llmlab.kernels import attention as c_attention
+
+
+def _c_attention(w) -> bool:
+    """Decode attention in C (llmlab/kernels/attention.c: keys read in place, no gathers): CPU
+    fp32 caches where the library builds; torch's SDPA otherwise."""
+    return _on_cpu(w.embed) and w.embed.dtype == torch.float32 and c_attention.load() is not None
 
 
 class PagedRunner:
@@ -179,6 +186,14 @@ class PagedRunner:
         by_len: dict[int, list[int]] = {}
         for i, n in enumerate(lens):
             by_len.setdefault(-(-(n + 1) // bucket) * bucket, []).append(i)
+        Hkv, D = self.Hkv, self.D
+        if _c_attention(w):  # every sequence's key slots, concatenated; no groups, no padding
+            flat, offs = [], [0]
+            for t, n in zip(tables, lens):
+                flat += [b * bs + j for b in t.blocks[:-(-(n + 1) // bs)] for j in range(bs)][:n + 1]
+                offs.append(len(flat))
+            flat_t, offs_t = torch.tensor(flat, dtype=torch.int64), torch.tensor(offs, dtype=torch.int64)
+            by_len = {}
         null = self.cache.null_slot
         groups = []
         for Lp, rows in by_len.items():
@@ -190,7 +205,6 @@ class PagedRunner:
                 keep.append([0.0] * n + [float("-inf")] * (Lp - n))
             mask = torch.tensor(keep, device=dev, dtype=w.embed.dtype)[:, None, None, :]
             groups.append((torch.tensor(rows, device=dev), torch.tensor(idx, device=dev).flatten(), mask))
-        Hkv, D = self.Hkv, self.D
 
         st = {}
 
@@ -204,6 +218,9 @@ class PagedRunner:
             q, k, v = w.qkv(L, _norm(x, L.n1), st["rope"])
             self.cache.write(li, slots_t, k[:B], v[:B])
             kf, vf = self.cache.k[li].view(-1, Hkv, D), self.cache.v[li].view(-1, Hkv, D)
+            if not groups:
+                y[:B] = c_attention.decode_attention(q[:B], kf, vf, Hkv, Hkv * D, D, flat_t, offs_t)
+                return w.attn_out_mlp(L, x, y.view(M, -1))
             with self._attn_threads():
                 for rows, idx, mask in groups:  # index_select: ~3.5x faster than kf[idx] here
                     G, Lp = mask.shape[0], mask.shape[-1]
@@ -246,7 +263,9 @@ class ContiguousDecoder:
         w, start, T = (self.w.prefill_view() if len(tokens) > 1 else self.w), self.n, len(tokens)
         dev, cpu = self.k.device, self.cpu
         x, rope = w.embed_rows(torch.tensor(tokens, device=dev), torch.arange(start, start + T, device=dev))
-        mask = None
+        mask, c_attn = None, T == 1 and _c_attention(self.w)
+        if c_attn:
+            slots, offs = torch.arange(start + 1, dtype=torch.int64), torch.tensor([0, start + 1], dtype=torch.int64)
         if start > 0 and T > 1:
             mask = torch.arange(start + T, device=dev)[None] <= torch.arange(start, start + T, device=dev)[:, None]
         st = [x]
@@ -256,6 +275,11 @@ class ContiguousDecoder:
             q, k, v = w.qkv(L, _norm(x, L.n1), rope)
             self.k[li, :, start:start + T] = k.transpose(0, 1)
             self.v[li, :, start:start + T] = v.transpose(0, 1)
+            if c_attn:  # (Hkv, max_len, D) per layer: slot s of head g at s * D + g * max_len * D
+                y = c_attention.decode_attention(q, self.k[li], self.v[li], w.Hkv, w.D, self.k.shape[2] * w.D,
+                                                 slots, offs)
+                st[0] = w.attn_out_mlp(L, x, y.reshape(1, -1))
+                return
             with num_threads(1) if cpu else contextlib.nullcontext():
                 y = F.scaled_dot_product_attention(q.transpose(0, 1)[None], self.k[li, :, :start + T][None],
                                                    self.v[li, :, :start + T][None], attn_mask=mask,

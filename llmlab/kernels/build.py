@@ -9,7 +9,9 @@ one core streams here). The kernel decodes blocks into L1 and multiplies there, 
 The library is compiled with the system C compiler (`cc`, -O3 -march=native -fopenmp) into
 `$LLMLAB_CACHE` (default `~/.cache/llmlab`) under a name that hashes the source and the CPU's
 flags. No compiler, or a failed build: `load()` returns None and callers use the fp32 weights
-(one warning).
+(one warning). LLMLAB_KERNEL_ISA picks the instruction set: `native` (default: every feature this
+CPU has, AVX-512 included), `avx2` (AVX2+FMA only) or `portable` (plain C, no SIMD intrinsics):
+the tests build and check every one this CPU can run.
 """
 from __future__ import annotations
 
@@ -44,20 +46,32 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def build(src: Path = SRC) -> Path:
-    """Compile C file `src` into a cached shared library (also used by llmlab/embed/kernel.py)."""
+ISAS = {"native": ["-march=native"], "avx2": ["-mavx2", "-mfma", "-mf16c"], "portable": []}
+
+
+def isa() -> str:
+    name = os.environ.get("LLMLAB_KERNEL_ISA", "native") or "native"
+    if name not in ISAS:
+        raise RuntimeError(f"LLMLAB_KERNEL_ISA={name!r}: expected one of {', '.join(ISAS)}")
+    return name
+
+
+def build(src: Path = SRC, arch: str | None = None) -> Path:
+    """Compile C file `src` into a cached shared library (also used by llmlab/embed/kernel.py);
+    arch: a key of ISAS (default: `isa()`)."""
+    arch = arch or isa()
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise RuntimeError("no C compiler (cc/gcc) on PATH")
     code = src.read_bytes()
     key = hashlib.sha256(code + _cpu_flags().encode() + platform.machine().encode()).hexdigest()[:16]
-    out = cache_dir() / f"{src.stem}-{key}.so"
+    out = cache_dir() / f"{src.stem}-{key}{'' if arch == 'native' else '-' + arch}.so"
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp_so = Path(tmp) / out.name
-        cmd = [cc, "-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-o", str(tmp_so), str(src)]
+        cmd = [cc, "-O3", *ISAS[arch], "-fPIC", "-shared", "-fopenmp", "-o", str(tmp_so), str(src)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:  # no OpenMP support: one thread
             cmd.remove("-fopenmp")
@@ -77,15 +91,23 @@ def load():
             _LIB.append(None)
             return None
         try:
-            lib = ctypes.CDLL(str(build()))
-            p, i64 = ctypes.c_void_p, ctypes.c_int64
-            lib.llmlab_ggml_matmul.argtypes = [ctypes.c_int, p, p, p, i64, i64, p, i64, p, ctypes.c_int]
-            lib.llmlab_ggml_matmul.restype = None
-            lib.llmlab_ggml_gemm.argtypes = [ctypes.c_int, p, p, p, i64, i64, p, i64, p, ctypes.c_int]
-            lib.llmlab_ggml_gemm.restype = ctypes.c_int
-            lib.llmlab_ggml_simd.restype = ctypes.c_int
+            lib = open_lib()
         except (RuntimeError, OSError) as e:
             get_logger().warning(f"quantized-weight kernel unavailable, using fp32 weights: {e}")
             lib = None
         _LIB.append(lib)
     return _LIB[0]
+
+
+def open_lib(arch: str | None = None):
+    """The kernel library built for instruction set `arch` (see ISAS), loaded with its signatures."""
+    lib = ctypes.CDLL(str(build(SRC, arch)))
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.llmlab_ggml_matmul.argtypes = [ctypes.c_int, p, p, p, i64, i64, p, i64, p, ctypes.c_int]
+    lib.llmlab_ggml_matmul.restype = None
+    lib.llmlab_ggml_gemm.argtypes = [ctypes.c_int, p, p, p, i64, i64, p, i64, p, ctypes.c_int]
+    lib.llmlab_ggml_gemm.restype = ctypes.c_int
+    lib.llmlab_ggml_matmul_i8.argtypes = [ctypes.c_int, p, p, p, i64, i64, p, i64, p, ctypes.c_int]
+    lib.llmlab_ggml_matmul_i8.restype = ctypes.c_int
+    lib.llmlab_ggml_simd.restype = ctypes.c_int
+    return lib

@@ -1,4 +1,4 @@
-"""GGUF block-quantized weights (Q4_0, Q4_1, Q8_0) kept as blocks, and their matmul.
+"""GGUF block-quantized weights (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) kept as blocks, and their matmul.
 
 A GGUF loaded by `llmlab.model.gguf_io` becomes fp32 parameters (training, export and every
 reference check use those), and its quantized matrices are also kept here, repacked for the C
@@ -10,37 +10,92 @@ Formats (ggml's `ggml-quants.c`), 32 weights per block:
   Q4_0: fp16 d, 16 B nibbles     w = d * (q - 8)   stored as q4 with m = -8d (exact)
   Q4_1: fp16 d, fp16 m, 16 B     w = d * q + m
   Q8_0: fp16 d, 32 int8          w = d * q
+K-quants (ggml's `block_q4_K` ...), 256-weight super-blocks of sub-blocks with integer scales;
+repacked per sub-block into the forms above, with d = d_super * scale and m = -dmin * min
+(both exact in fp32, the products gguf.quants.dequantize forms):
+  Q4_K: 8 x 32, 6-bit scale and min    -> fmt 4 (nibbles, d, m)
+  Q5_K: 8 x 32, 5-bit q                -> fmt 5 (int8 q, d, m per 32)
+  Q6_K: 16 x 16, int8 scale, q - 32    -> fmt 6 (int8 q, d per 16)
+The repacked forms read more bytes than the file's (Q4_K 0.75 vs 0.5625 B/weight) but reuse one
+dequantize-into-L1 kernel for every format.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
 from llmlab.kernels import build as kernel
 
 QK = 32
-_RAW = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
+QK_K = 256
+_RAW = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
+_BLOCK = {"Q4_K": QK_K, "Q5_K": QK_K, "Q6_K": QK_K}  # weights per stored block (else QK)
 FORMATS = tuple(_RAW)
 
 
+def _group(fmt: int) -> int:
+    return 16 if fmt == 6 else QK
+
+
+def _f16(b: torch.Tensor, lo: int) -> torch.Tensor:
+    return b[..., lo:lo + 2].contiguous().view(torch.float16)[..., 0].float()
+
+
+def _k_scales(sc12: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K/Q5_K's 12 packed bytes -> 8 six-bit scales and 8 six-bit mins (ggml's get_scale_min_k4)."""
+    s = sc12.reshape(*sc12.shape[:-1], 3, 4)
+    d, m, md = s[..., 0, :], s[..., 1, :], s[..., 2, :]
+    sc = torch.cat([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], dim=-1)
+    mn = torch.cat([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], dim=-1)
+    return sc, mn
+
+
+def _kquant(qtype: str, b: torch.Tensor, rows: int):
+    """b (rows, n super-blocks, bytes) -> (fmt, qs, d, m) in the repacked forms."""
+    n = b.shape[1]
+    if qtype == "Q6_K":
+        ql, qh = b[..., :128].reshape(rows, n, 2, 1, 64), b[..., 128:192].reshape(rows, n, 2, 1, 32)
+        ql = (ql >> torch.tensor([0, 4], dtype=torch.uint8).view(2, 1)) & 0x0F  # (rows, n, 2, 2, 64)
+        qh = (qh >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(4, 1)) & 0x03  # (rows, n, 2, 4, 32)
+        q = (ql.reshape(rows, n, 8, 32) | (qh.reshape(rows, n, 8, 32) << 4)).view(torch.int8) - 32
+        d = _f16(b, 208)[..., None] * b[..., 192:208].contiguous().view(torch.int8).float()
+        return 6, q.reshape(rows, -1), d.reshape(rows, -1), None
+    sc, mn = _k_scales(b[..., 4:16])
+    d = (_f16(b, 0)[..., None] * sc.float()).reshape(rows, -1)
+    m = (-(_f16(b, 2)[..., None] * mn.float())).reshape(rows, -1)
+    qs = b[..., 16:144] if qtype == "Q4_K" else b[..., 48:176]
+    qs = qs.reshape(rows, n, 4, 1, 32) >> torch.tensor([0, 4], dtype=torch.uint8).view(2, 1)
+    q = (qs & 0x0F).reshape(rows, n, 8, 32)  # sub-block j of a super-block: weights 32j..32j+31
+    if qtype == "Q4_K":  # our nibble order: byte i holds weights i and i + 16 of a sub-block
+        return 4, (q[..., :16] | (q[..., 16:] << 4)).reshape(rows, -1), d, m
+    hi = (b[..., 16:48].reshape(rows, n, 1, 32) >> torch.arange(8, dtype=torch.uint8).view(8, 1)) & 1
+    return 5, (q | (hi << 4)).view(torch.int8).reshape(rows, -1), d, m
+
+
 class QuantWeight:
-    """A (rows, k) weight in block form: fmt 4 (qs: rows x nb x 16 nibble bytes, d, m) or 8
-    (qs: rows x nb x 32 int8 bytes, d; m None). d, m: fp32 (rows, nb)."""
+    """A (rows, k) weight in block form: fmt 4 (qs: rows x nb x 16 nibble bytes, d, m), 8
+    (qs: rows x nb x 32 int8, d; m None), 5 (int8 per 32, d, m) or 6 (int8 per 16, d; m None).
+    d, m: fp32 (rows, groups); qs: uint8/int8 (rows, bytes)."""
 
     __slots__ = ("fmt", "qs", "d", "m", "rows", "k")
 
     def __init__(self, fmt: int, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None):
         self.fmt, self.qs, self.d, self.m = fmt, qs.contiguous(), d.contiguous(), None if m is None else m.contiguous()
         self.rows, nb = d.shape
-        self.k = nb * QK
+        self.k = nb * _group(fmt)
 
     @classmethod
     def from_gguf(cls, qtype: str, raw: torch.Tensor, shape: tuple[int, int]) -> "QuantWeight":
         """raw: the tensor's bytes (uint8) as stored in the file; shape: (rows, k) torch order."""
         rows, k = shape
-        if qtype not in _RAW or k % QK:
+        block = _BLOCK.get(qtype, QK)
+        if qtype not in _RAW or k % block:
             raise ValueError(f"cannot keep {qtype} {shape} as blocks")
-        b = raw.view(rows, k // QK, _RAW[qtype])
-        f16 = lambda lo: b[..., lo:lo + 2].contiguous().view(torch.float16)[..., 0].float()  # noqa: E731
+        b = raw.view(rows, k // block, _RAW[qtype])
+        if block == QK_K:
+            return cls(*_kquant(qtype, b, rows))
+        f16 = lambda lo: _f16(b, lo)  # noqa: E731
         if qtype == "Q8_0":
             return cls(8, b[..., 2:], f16(0), None)
         if qtype == "Q4_1":
@@ -61,10 +116,12 @@ class QuantWeight:
 
     def dequantize(self) -> torch.Tensor:
         """fp32 (rows, k): the weights exactly as the kernel uses them."""
-        if self.fmt == 8:
-            w = self.d[..., None] * self.qs.view(torch.int8).float()
+        if self.fmt != 4:
+            q = self.qs.view(torch.int8).reshape(self.rows, -1, _group(self.fmt)).float()
+            w = self.d[..., None] * q if self.m is None else torch.addcmul(self.m[..., None], self.d[..., None], q)
         else:
-            q = torch.cat([self.qs & 0x0F, self.qs >> 4], dim=-1).float()
+            qs = self.qs.reshape(self.rows, -1, 16)
+            q = torch.cat([qs & 0x0F, qs >> 4], dim=-1).float()
             w = torch.addcmul(self.m[..., None], self.d[..., None], q)
         return w.reshape(self.rows, self.k)
 
@@ -93,7 +150,15 @@ def has_gemm() -> bool:
     return lib is not None and lib.llmlab_ggml_simd() >= 3
 
 
-def matmul(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None, gemm: bool = False) -> torch.Tensor:
+def int8_activations() -> bool:
+    """LLMLAB_INT8_ACTIVATIONS=1: decode products quantize activations to int8 per 32-block and
+    multiply Q4/Q8 blocks with integer dot products (AVX-512 VNNI; llama.cpp's scheme). Faster,
+    not exact (accuracy: docs/infer.md); formats without it, or no VNNI, stay exact."""
+    return os.environ.get("LLMLAB_INT8_ACTIVATIONS", "") not in ("", "0")
+
+
+def matmul(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None, gemm: bool = False,
+           int8: bool | None = None) -> torch.Tensor:
     """x (M, k) fp32 on CPU -> x @ W.T (+ bias), (M, rows). Each output row is computed the same
     way whatever M is and however many threads run (batch invariant). Threads: torch's count
     (its OpenMP pool), for calls of at least PARALLEL_MACS multiply-adds. gemm: the register-tiled
@@ -108,6 +173,10 @@ def matmul(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None, ge
     M = x.shape[0]
     y = torch.empty(M, w.rows)
     nt = torch.get_num_threads() if M * w.rows * w.k >= PARALLEL_MACS else 1
+    if not gemm and (int8_activations() if int8 is None else int8) and w.fmt in (4, 8):
+        if lib.llmlab_ggml_matmul_i8(w.fmt, w.qs.data_ptr(), w.d.data_ptr(), 0 if w.m is None else w.m.data_ptr(),
+                                     w.rows, w.k, x.data_ptr(), M, y.data_ptr(), nt):
+            return y if bias is None else y.add_(bias)
     run = lib.llmlab_ggml_gemm if gemm else lib.llmlab_ggml_matmul
     if run(w.fmt, w.qs.data_ptr(), w.d.data_ptr(), 0 if w.m is None else w.m.data_ptr(),
            w.rows, w.k, x.data_ptr(), M, y.data_ptr(), nt) == 0 and gemm:

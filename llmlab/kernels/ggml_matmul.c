@@ -4,6 +4,10 @@
  *   "q4": per 32-weight block, 16 bytes qs (byte j: weight j low nibble, weight j+16 high
  *         nibble), fp32 scale d[b] and offset m[b]:  w = d*q + m   (Q4_1; Q4_0 has m = -8d)
  *   "q8": per block, 32 int8 qs and fp32 d[b]:        w = d*q       (Q8_0)
+ *   fmt 5: per 32 weights, int8 q (0..31), fp32 d, m: w = d*q + m   (Q5_K; Q4_K uses "q4")
+ *   fmt 6: per 16 weights, int8 q (-32..31), fp32 d:   w = d*q       (Q6_K)
+ * (a K-quant's d here is its fp16 super-scale times the sub-block's integer scale, m = -dmin*min:
+ * both exact in fp32, as in gguf.quants.dequantize.)
  * d*q is exact in fp32 (an fp16 scale times a <= 8-bit integer), so fma(d, q, m) rounds once,
  * like the loader's (d*q) + m: every weight used here equals the model's fp32 weight bit for bit;
  * only the order of the dot product's sum differs from a BLAS gemv.
@@ -11,6 +15,7 @@
  * Layout: W rows (out features) x nb blocks; X (m, k) row-major; Y (m, rows) row-major.
  * Rows [r0, r1) are computed, so callers may split rows across threads.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,20 +53,34 @@ static void deq_row_q4(const uint8_t *qs, const float *d, const float *m, int64_
     }
 }
 
-static void deq_row_q8(const int8_t *qs, const float *d, int64_t nb, float *out) {
-    for (int64_t b = 0; b < nb; b++) {
-        const int8_t *q = qs + b * QK;
+/* int8 weights in groups of g (32: Q8_0 and Q5_K's repacking; 16: Q6_K's): w = d*q, or fma(d, q, m)
+ * with an offset (Q5_K). d*q is exact in fp32 for every format kept (<= 24 significant bits). */
+static void deq_row_i8(const int8_t *qs, const float *d, const float *m, int64_t ng, int g, float *out) {
+    for (int64_t b = 0; b < ng; b++) {
+        const int8_t *q = qs + b * g;
         float db = d[b];
 #ifdef LLMLAB_AVX2
         __m256 vd = _mm256_set1_ps(db);
-        for (int j = 0; j < QK; j += 8) {
-            __m128i v = _mm_loadl_epi64((const __m128i *)(q + j));
-            _mm256_storeu_ps(out + b * QK + j, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), vd));
+        for (int j = 0; j < g; j += 8) {
+            __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + j))));
+            _mm256_storeu_ps(out + b * g + j, m ? _mm256_fmadd_ps(v, vd, _mm256_set1_ps(m[b])) : _mm256_mul_ps(v, vd));
         }
 #else
-        for (int j = 0; j < QK; j++) out[b * QK + j] = db * (float)q[j];
+        if (m) for (int j = 0; j < g; j++) out[b * g + j] = __builtin_fmaf(db, (float)q[j], m[b]);
+        else for (int j = 0; j < g; j++) out[b * g + j] = db * (float)q[j];
 #endif
     }
+}
+
+/* Group size of a format: 16 for fmt 6 (Q6_K), else 32. Bytes of qs per group: 16 for fmt 4. */
+static inline int group_of(int fmt) { return fmt == 6 ? 16 : QK; }
+
+/* Dequantize row `row` of a weight with k columns into out[k] (any format). */
+static void deq_row(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t row, int64_t k, float *out) {
+    int g = group_of(fmt);
+    int64_t ng = k / g;
+    if (fmt == 4) deq_row_q4(qs + row * ng * 16, d + row * ng, m + row * ng, ng, out);
+    else deq_row_i8((const int8_t *)qs + row * k, d + row * ng, m ? m + row * ng : NULL, ng, g, out);
 }
 
 #ifdef LLMLAB_AVX2
@@ -74,7 +93,7 @@ static inline float hsum(__m256 v) {
 #endif
 
 /* 4 dequantized weight rows (w, stride k) against 2 input rows: out[i*ldy + r]. */
-static void dot_4x2(const float *w, int64_t k, const float *x0, const float *x1, float *y0, float *y1, int two) {
+static void dot_4x2_256(const float *w, int64_t k, const float *x0, const float *x1, float *y0, float *y1, int two) {
 #ifdef LLMLAB_AVX2
     __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
     __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
@@ -113,7 +132,7 @@ static void dot_4x2(const float *w, int64_t k, const float *x0, const float *x1,
 #endif
 }
 
-static float dot1(const float *w, const float *x, int64_t k) {
+static float dot1_256(const float *w, const float *x, int64_t k) {
 #ifdef LLMLAB_AVX2
     __m256 a = _mm256_setzero_ps(), b = a;
     for (int64_t j = 0; j < k; j += 16) {
@@ -128,6 +147,126 @@ static float dot1(const float *w, const float *x, int64_t k) {
 #endif
 }
 
+
+/* ---- AVX-512 decode path -----------------------------------------------------------------------
+ * One summation order for every output (weight row r, input row i), however it is reached: two
+ * 16-lane accumulators, A over weights 32c..32c+15 and B over 32c+16..32c+31 of every 32-chunk c
+ * in order, then reduce(A + B). A single input row (batch-1 decode) dequantizes each 32-chunk in
+ * registers and multiplies it at once (`fused_rows`: no trip through memory); more input rows
+ * dequantize 4 weight rows into L1 once and read them from there (`dot_4x2_512`, `dot1_512`). The
+ * dequantized weights are the same exact values either way, so the bits are the same. */
+#if defined(__AVX512F__) && defined(LLMLAB_AVX2)
+#define LLMLAB_512 1
+#define AI static inline __attribute__((always_inline))
+
+AI void deq32(const int fmt, const uint8_t *qs, const float *d, const float *m, int64_t row, int64_t k,
+              int64_t b, __m512 *lo, __m512 *hi) {
+    if (fmt == 4) {
+        int64_t g = row * (k / QK) + b;
+        __m128i v = _mm_loadu_si128((const __m128i *)(qs + g * 16));
+        __m512 vd = _mm512_set1_ps(d[g]), vm = _mm512_set1_ps(m[g]);
+        __m512 ql = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, _mm_set1_epi8(0x0F))));
+        __m512 qh = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(0x0F))));
+        *lo = _mm512_fmadd_ps(ql, vd, vm);
+        *hi = _mm512_fmadd_ps(qh, vd, vm);
+        return;
+    }
+    const int8_t *q = (const int8_t *)qs + row * k + b * QK;
+    __m512 ql = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
+    __m512 qh = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16))));
+    if (fmt == 6) {
+        int64_t g = row * (k / 16) + 2 * b;
+        *lo = _mm512_mul_ps(ql, _mm512_set1_ps(d[g]));
+        *hi = _mm512_mul_ps(qh, _mm512_set1_ps(d[g + 1]));
+        return;
+    }
+    int64_t g = row * (k / QK) + b;
+    __m512 vd = _mm512_set1_ps(d[g]);
+    if (fmt == 5) {
+        __m512 vm = _mm512_set1_ps(m[g]);
+        *lo = _mm512_fmadd_ps(ql, vd, vm);
+        *hi = _mm512_fmadd_ps(qh, vd, vm);
+    } else {
+        *lo = _mm512_mul_ps(ql, vd);
+        *hi = _mm512_mul_ps(qh, vd);
+    }
+}
+
+/* NRC (1..4) weight rows from r against one input row x -> y[0..NRC). */
+AI void fused_rows_t(const int fmt, const int NRC, const uint8_t *qs, const float *d, const float *m, int64_t r,
+                     int64_t k, const float *x, float *y) {
+    __m512 a[4], b2[4];
+    for (int t = 0; t < NRC; t++) a[t] = b2[t] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < k / QK; c++) {
+        __m512 xl = _mm512_loadu_ps(x + c * QK), xh = _mm512_loadu_ps(x + c * QK + 16);
+        for (int t = 0; t < NRC; t++) {
+            __m512 wl, wh;
+            deq32(fmt, qs, d, m, r + t, k, c, &wl, &wh);
+            a[t] = _mm512_fmadd_ps(xl, wl, a[t]);
+            b2[t] = _mm512_fmadd_ps(xh, wh, b2[t]);
+        }
+    }
+    for (int t = 0; t < NRC; t++) y[t] = _mm512_reduce_add_ps(_mm512_add_ps(a[t], b2[t]));
+}
+
+#define FUSED_FMT(F) do { switch (nr) { \
+    case 4: fused_rows_t(F, 4, qs, d, m, r, k, x, y); break; case 3: fused_rows_t(F, 3, qs, d, m, r, k, x, y); break; \
+    case 2: fused_rows_t(F, 2, qs, d, m, r, k, x, y); break; default: fused_rows_t(F, 1, qs, d, m, r, k, x, y); } } while (0)
+
+static void fused_rows(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t r, int nr, int64_t k,
+                       const float *x, float *y) {
+    switch (fmt) {
+    case 4: FUSED_FMT(4); break;
+    case 5: FUSED_FMT(5); break;
+    case 6: FUSED_FMT(6); break;
+    default: FUSED_FMT(8);
+    }
+}
+
+static void dot_4x2_512(const float *w, int64_t k, const float *x0, const float *x1, float *y0, float *y1, int two) {
+    __m512 a[2][4][2];
+    for (int i = 0; i < 2; i++)
+        for (int t = 0; t < 4; t++) a[i][t][0] = a[i][t][1] = _mm512_setzero_ps();
+    if (two) {
+        for (int64_t j = 0; j < k; j += QK) {
+            __m512 u0 = _mm512_loadu_ps(x0 + j), u1 = _mm512_loadu_ps(x0 + j + 16);
+            __m512 v0 = _mm512_loadu_ps(x1 + j), v1 = _mm512_loadu_ps(x1 + j + 16);
+            for (int t = 0; t < 4; t++) {
+                __m512 w0 = _mm512_loadu_ps(w + t * k + j), w1 = _mm512_loadu_ps(w + t * k + j + 16);
+                a[0][t][0] = _mm512_fmadd_ps(u0, w0, a[0][t][0]);
+                a[0][t][1] = _mm512_fmadd_ps(u1, w1, a[0][t][1]);
+                a[1][t][0] = _mm512_fmadd_ps(v0, w0, a[1][t][0]);
+                a[1][t][1] = _mm512_fmadd_ps(v1, w1, a[1][t][1]);
+            }
+        }
+        for (int t = 0; t < 4; t++) y1[t] = _mm512_reduce_add_ps(_mm512_add_ps(a[1][t][0], a[1][t][1]));
+    } else {
+        for (int64_t j = 0; j < k; j += QK) {
+            __m512 u0 = _mm512_loadu_ps(x0 + j), u1 = _mm512_loadu_ps(x0 + j + 16);
+            for (int t = 0; t < 4; t++) {
+                a[0][t][0] = _mm512_fmadd_ps(u0, _mm512_loadu_ps(w + t * k + j), a[0][t][0]);
+                a[0][t][1] = _mm512_fmadd_ps(u1, _mm512_loadu_ps(w + t * k + j + 16), a[0][t][1]);
+            }
+        }
+    }
+    for (int t = 0; t < 4; t++) y0[t] = _mm512_reduce_add_ps(_mm512_add_ps(a[0][t][0], a[0][t][1]));
+}
+
+static float dot1_512(const float *w, const float *x, int64_t k) {
+    __m512 a = _mm512_setzero_ps(), b = a;
+    for (int64_t j = 0; j < k; j += QK) {
+        a = _mm512_fmadd_ps(_mm512_loadu_ps(x + j), _mm512_loadu_ps(w + j), a);
+        b = _mm512_fmadd_ps(_mm512_loadu_ps(x + j + 16), _mm512_loadu_ps(w + j + 16), b);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+}
+#define dot_4x2 dot_4x2_512
+#define dot1 dot1_512
+#else
+#define dot_4x2 dot_4x2_256
+#define dot1 dot1_256
+#endif
+
 /* buf: scratch of 4*k floats. The one kernel for both formats: dequantize 4 rows into L1, then
  * every input row of a chunk of MB reads them (weights decoded once per chunk, not once per
  * input row; a chunk's inputs stay in L2). A row's result never depends on mx, the chunking or
@@ -135,16 +274,22 @@ static float dot1(const float *w, const float *x, int64_t k) {
 #define MB 64
 static void matmul(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
                    const float *x, int64_t mx, float *y, int64_t r0, int64_t r1, float *buf) {
-    int64_t nb = k / QK, bq = fmt == 4 ? 16 : 32;
     for (int64_t i0 = 0; i0 < mx; i0 += MB) {
         int64_t i1 = mx - i0 < MB ? mx : i0 + MB;
         for (int64_t r = r0; r < r1; r += 4) {
             int64_t nr = r1 - r < 4 ? r1 - r : 4;
-            for (int64_t t = 0; t < nr; t++) {
-                int64_t row = r + t;
-                if (fmt == 4) deq_row_q4(qs + row * nb * bq, d + row * nb, m + row * nb, nb, buf + t * k);
-                else deq_row_q8((const int8_t *)qs + row * nb * bq, d + row * nb, nb, buf + t * k);
+#ifdef LLMLAB_512
+            /* one input row of nibbles: dequantize in registers (same bits as below). int8 formats
+             * stay on the path through L1: fused, their 4 interleaved row streams ran 1.2-5x
+             * slower from DRAM here (docs/LOG.md) */
+            if (i1 - i0 == 1 && fmt == 4) {
+                float tmp[4];
+                fused_rows(fmt, qs, d, m, r, (int)nr, k, x + i0 * k, tmp);
+                memcpy(y + i0 * rows + r, tmp, sizeof(float) * nr);
+                continue;
             }
+#endif
+            for (int64_t t = 0; t < nr; t++) deq_row(fmt, qs, d, m, r + t, k, buf + t * k);
             if (nr == 4) {
                 int64_t i = i0;
                 float tmp0[4], tmp1[4];
@@ -214,12 +359,10 @@ void llmlab_ggml_matmul(int fmt, const uint8_t *qs, const float *d, const float 
 #define MR 8
 static void panel(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
                   int64_t r, float *row, float *pan) {
-    int64_t nb = k / QK, bq = fmt == 4 ? 16 : 32;
     for (int64_t t = 0; t < NR; t++) {
         int64_t rr = r + t;
         if (rr < rows) {
-            if (fmt == 4) deq_row_q4(qs + rr * nb * bq, d + rr * nb, m + rr * nb, nb, row);
-            else deq_row_q8((const int8_t *)qs + rr * nb * bq, d + rr * nb, nb, row);
+            deq_row(fmt, qs, d, m, rr, k, row);
             for (int64_t j = 0; j < k; j++) pan[j * NR + t] = row[j];
         } else {
             for (int64_t j = 0; j < k; j++) pan[j * NR + t] = 0.f;
@@ -286,3 +429,83 @@ int llmlab_ggml_simd(void) {
     return 0;
 #endif
 }
+
+/* ---- int8 activations (an option beside the exact path; AVX-512 VNNI) ------------------------
+ * As llama.cpp multiplies Q4/Q8 blocks: each 32-block of an input row is quantized to int8 with
+ * its own scale dx = max|x| / 127 (round to nearest), then a block's dot product is integer,
+ * u8 x s8 -> s32 by `vpdpbusd`:  sum_j (d q_j + m)(dx xq_j) = d dx sum_j q_j xq_j + m dx sum_j xq_j.
+ * Q8_0's signed weights use |q| and sign(q) moved onto xq. Not bit-equal to the exact path (x is
+ * rounded to 8 bits): accuracy measured in docs/infer.md. Formats 4 and 8 only; returns 0 where
+ * VNNI or the format is missing. A row's result does not depend on mx or the threads. */
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(LLMLAB_AVX2)
+static void quant_x(const float *x, int64_t k, int8_t *xq, float *dx, float *sx) {
+    for (int64_t b = 0; b < k / QK; b++) {
+        float amax = 0.f;
+        for (int j = 0; j < QK; j++) amax = fabsf(x[b * QK + j]) > amax ? fabsf(x[b * QK + j]) : amax;
+        float db = amax / 127.f, id = amax > 0.f ? 127.f / amax : 0.f;
+        int s = 0;
+        for (int j = 0; j < QK; j++) {
+            int v = (int)nearbyintf(x[b * QK + j] * id);
+            xq[b * QK + j] = (int8_t)v;
+            s += v;
+        }
+        dx[b] = db;
+        sx[b] = db * (float)s;
+    }
+}
+
+static float row_dot_i8(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t row, int64_t k,
+                        const int8_t *xq, const float *dx, const float *sx) {
+    int64_t nb = k / QK;
+    __m256 acc = _mm256_setzero_ps();
+    float macc = 0.f;
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t g = row * nb + b;
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QK)), p;
+        if (fmt == 4) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(qs + g * 16));
+            __m128i lo = _mm_and_si128(v, _mm_set1_epi8(0x0F)), hi = _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(0x0F));
+            p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set_m128i(hi, lo), xv);
+            macc += m[g] * sx[b];
+        } else {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(qs + g * QK));
+            p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(q), _mm256_sign_epi8(xv, q));
+        }
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d[g] * dx[b]), acc);
+    }
+    return hsum(acc) + macc;
+}
+
+int llmlab_ggml_matmul_i8(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
+                          const float *x, int64_t mx, float *y, int nt) {
+    if (fmt != 4 && fmt != 8) return 0;
+    int64_t nb = k / QK;
+    int8_t *xq = (int8_t *)malloc((size_t)(mx * k));
+    float *dx = (float *)malloc(sizeof(float) * (size_t)(2 * mx * nb));
+    if (!xq || !dx) { free(xq); free(dx); return 0; }
+    float *sx = dx + mx * nb;
+    for (int64_t i = 0; i < mx; i++) quant_x(x + i * k, k, xq + i * k, dx + i * nb, sx + i * nb);
+    int64_t groups = (rows + 3) / 4;
+    nt = clamp_threads(nt, groups);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int64_t g0, g1;
+        my_share(groups, &g0, &g1);
+        for (int64_t gr = g0; gr < g1; gr++) {  /* 4 weight rows stay in L1 across the inputs */
+            int64_t r = gr * 4, r1 = r + 4 < rows ? r + 4 : rows;
+            for (int64_t i = 0; i < mx; i++)
+                for (int64_t t = r; t < r1; t++)
+                    y[i * rows + t] = row_dot_i8(fmt, qs, d, m, t, k, xq + i * k, dx + i * nb, sx + i * nb);
+        }
+    }
+    free(xq);
+    free(dx);
+    return 1;
+}
+#else
+int llmlab_ggml_matmul_i8(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
+                          const float *x, int64_t mx, float *y, int nt) {
+    (void)fmt; (void)qs; (void)d; (void)m; (void)rows; (void)k; (void)x; (void)mx; (void)y; (void)nt;
+    return 0;
+}
+#endif

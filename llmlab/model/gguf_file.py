@@ -3,7 +3,7 @@
 `gguf.GGUFReader` builds a numpy view per array element, which takes ~6 s for a 49k-token
 vocabulary; this reader parses the same layout (GGUF v2/v3, little-endian) in well under a
 second. Quantization types and dequantization come from the `gguf` package; Q4_0, Q4_1 and
-Q8_0 (the common ones) are dequantized by `llmlab.kernels.ggml` (vectorised torch), everything
+Q8_0 and the K-quants Q4_K/Q5_K/Q6_K are dequantized by `llmlab.kernels.ggml` (vectorised torch), everything
 else with gguf.quants.
 Tested against gguf.GGUFReader field by field.
 """
@@ -129,7 +129,7 @@ class GGUFFile:
 
     def blocks(self, info: TensorInfo):
         """The tensor as a `llmlab.kernels.ggml.QuantWeight` (rows = all but the last dim), or
-        None if its type is not one kept as blocks (Q4_0, Q4_1, Q8_0)."""
+        None if its type is not one kept as blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K)."""
         import gguf
 
         from llmlab.kernels.ggml import FORMATS, QuantWeight

@@ -4,7 +4,7 @@ Quantized tensors (Q4_0/Q4_1/Q8_0/K-quants...) are dequantized to fp32 with the 
 llama.cpp's converter permutes the rows of Q and K for its interleaved RoPE; we undo that so
 the weights are in HF's "rotate half" layout (the inverse of `permute` in convert_hf_to_gguf.py).
 
-Matrices stored as Q4_0/Q4_1/Q8_0 are also kept as blocks (`model.quantized`, see
+Matrices stored as Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K are also kept as blocks (`model.quantized`, see
 `llmlab.kernels.ggml`): inference multiplies with those, reading ~5x fewer bytes per token.
 """
 from __future__ import annotations

@@ -5,11 +5,11 @@ equal to `gguf.quants.quantize` bit for bit, tested):
   Q8_0  d = absmax / 127,            q = roundf(w / d)                  (round half away from 0)
   Q4_0  d = (signed max) / -8,       q = min(15, trunc(w / d + 8.5))    w' = d (q - 8)
   Q4_1  d = (max - min) / 15, m=min, q = min(15, trunc((w - m) / d + 0.5))
-K-quant Q6_K (256-weight super-blocks, int8 sub-block scales): `kquants.py`. A matrix whose rows
-are not a multiple of 256 is written as Q8_0 instead (llama.cpp falls back likewise). Q4_K is not
-done (gguf-py has no encoder to check one against either).
+K-quants Q6_K, Q4_K, Q5_K (256-weight super-blocks with sub-block scales): `kquants.py`, decoded
+by `gguf.quants.dequantize` in the tests. A matrix whose rows are not a multiple of 256 is
+written as Q8_0 instead (llama.cpp falls back likewise).
 Norm weights and 1-D tensors stay F32; with a 4-bit type the token embedding and LM head are
-written Q8_0 (llama.cpp likewise keeps them at higher precision). Q and K rows are permuted to llama.cpp's interleaved-RoPE
+written Q8_0, with Q4_K/Q5_K as Q6_K (llama.cpp likewise keeps them at higher precision). Q and K rows are permuted to llama.cpp's interleaved-RoPE
 layout (the inverse of the loader's `_unpermute`).
 
 Metadata: the llama.* hyper-parameters our loader and llama.cpp read, and the tokenizer
@@ -28,7 +28,8 @@ import torch
 from llmlab.errors import UserError
 
 QK = 32
-FORMATS = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q6_K")
+FORMATS = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
+_KQUANTS = ("Q4_K", "Q5_K", "Q6_K")
 
 
 def _roundf(x: torch.Tensor) -> torch.Tensor:
@@ -133,8 +134,9 @@ def _tensor_type(fmt: str, gname: str, w: torch.Tensor) -> str:
     if w.dim() != 2:
         return "F32"
     if gname in ("token_embd.weight", "output.weight") and fmt not in ("F32", "F16", "Q8_0", "Q6_K"):
-        return "Q8_0"  # the embedding / LM head at 4 bits costs far more quality than it saves
-    if fmt == "Q6_K" and w.shape[1] % 256:
+        # the embedding / LM head at 4-5 bits costs far more quality than it saves
+        fmt = "Q6_K" if fmt in _KQUANTS else "Q8_0"
+    if fmt in _KQUANTS and w.shape[1] % 256:
         return "Q8_0"
     return fmt
 
@@ -188,9 +190,10 @@ def write_gguf(model, tok, path: str | Path, fmt: str = "Q8_0", name: str = "llm
                 wr.add_tensor(gname, w.numpy())
             elif t == "F16":
                 wr.add_tensor(gname, w.to(torch.float16).numpy())
-            elif t == "Q6_K":
-                from llmlab.quant.kquants import encode_q6_k
-                wr.add_tensor(gname, encode_q6_k(w).numpy(), raw_dtype=gguf.GGMLQuantizationType.Q6_K)
+            elif t in _KQUANTS:
+                from llmlab.quant import kquants
+                enc = {"Q4_K": kquants.encode_q4_k, "Q5_K": kquants.encode_q5_k, "Q6_K": kquants.encode_q6_k}[t]
+                wr.add_tensor(gname, enc(w).numpy(), raw_dtype=getattr(gguf.GGMLQuantizationType, t))
             else:
                 wr.add_tensor(gname, encode_blocks(w, t).numpy(), raw_dtype=getattr(gguf.GGMLQuantizationType, t))
         wr.write_header_to_file()

@@ -1,4 +1,5 @@
-"""K-quant encoder Q6_K (ggml's `quantize_row_q6_K_ref`, vectorized in torch).
+"""K-quant encoders Q6_K, Q4_K and Q5_K (ggml's `quantize_row_q6_K_ref`, `_q4_K_ref`, `_q5_K_ref`,
+vectorized in torch). Q4_K/Q5_K: see `_encode_k` and `_qkx2` at the end; Q6_K below.
 
 A super-block of 256 weights is 16 sub-blocks of 16. Each sub-block gets a scale from
 `make_qx_quants` (nmax = 32, weights x^2): start from scale = max/-32, try 18 nudged scales
@@ -66,3 +67,97 @@ def encode_q6_k(w: torch.Tensor) -> torch.Tensor:
     qh = ((L[:, :, 0] >> 4) | ((L[:, :, 1] >> 4) << 2) | ((L[:, :, 2] >> 4) << 4) | ((L[:, :, 3] >> 4) << 6))
     out = torch.cat([ql, qh.reshape(nb, 64), sc.view(torch.uint8), d16.view(torch.uint8).reshape(nb, 2)], dim=1)
     return out.reshape(rows, -1)
+
+
+def _qkx2(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, rdelta: float, nstep: int):
+    """ggml's make_qkx2_quants (use_mad = false) for every row of x (n, 32), weights w:
+    an asymmetric grid  x ~ scale * l - mn,  l in 0..nmax,  chosen among nstep + 1 nudged
+    scales by the weighted squared error, each refit by weighted least squares
+    -> (scale (n,), mn (n,) >= 0, l (n, 32))."""
+    lo = x.amin(1).clamp(max=0)
+    hi = x.amax(1)
+    span = hi - lo
+    flat = span == 0
+    span = torch.where(flat, torch.ones_like(span), span)
+    sum_w, sum_x = w.sum(1), (w * x).sum(1)
+
+    def levels(iscale):
+        return _nearest(iscale[:, None] * (x - lo[:, None])).clamp(0, nmax)
+
+    def error(scale, mn, lv):
+        return (w * (scale[:, None] * lv + mn[:, None] - x) ** 2).sum(1)
+
+    iscale = nmax / span
+    scale, mn = 1 / iscale, lo.clone()
+    best_l = levels(iscale)
+    best = error(scale, mn, best_l)
+    for step in range(nstep + 1):
+        lv = levels((rmin + rdelta * step + nmax) / span)
+        sl, sl2, sxl = (w * lv).sum(1), (w * lv * lv).sum(1), (w * lv * x).sum(1)
+        D = sum_w * sl2 - sl * sl
+        ok = D > 0
+        Ds = torch.where(ok, D, torch.ones_like(D))
+        this_scale, this_min = (sum_w * sxl - sum_x * sl) / Ds, (sl2 * sum_x - sl * sxl) / Ds
+        pos = this_min > 0  # the grid must reach 0 from above: refit the scale alone
+        this_scale = torch.where(pos, sxl / torch.where(sl2 > 0, sl2, torch.ones_like(sl2)), this_scale)
+        this_min = torch.where(pos, torch.zeros_like(this_min), this_min)
+        cur = error(this_scale, this_min, lv)
+        better = ok & (cur < best)
+        best_l = torch.where(better[:, None], lv, best_l)
+        best, scale, mn = torch.where(better, cur, best), torch.where(better, this_scale, scale), torch.where(better, this_min, mn)
+    scale = torch.where(flat, torch.zeros_like(scale), scale)
+    mn = torch.where(flat, lo, mn)
+    return scale, -mn, torch.where(flat[:, None], torch.zeros_like(best_l), best_l)
+
+
+def _encode_k(w: torch.Tensor, nmax: int, rmin: float, nstep: int):
+    """Shared part of Q4_K and Q5_K (ggml's quantize_row_q4_K_ref / q5_K_ref): per super-block of
+    256, 8 sub-blocks of 32 with a 6-bit scale and a 6-bit min against fp16 d and dmin:
+    w' = d * sc_j * q - dmin * m_j,  q in 0..nmax. -> (head: d, dmin, 12 scale bytes (nb, 16),
+    q (nb, 8, 32) uint8)."""
+    x = w.detach().float().reshape(-1, 32)
+    nb = x.shape[0] // 8
+    av = (x * x).mean(1, keepdim=True).sqrt()
+    scales, mins, _ = _qkx2(x, av + x.abs(), nmax, rmin, 0.1, nstep)
+    scales, mins = scales.view(nb, 8), mins.view(nb, 8)
+    ms, mm = scales.amax(1), mins.amax(1)
+    inv_s = torch.where(ms > 0, 63 / torch.where(ms > 0, ms, torch.ones_like(ms)), torch.zeros_like(ms))
+    inv_m = torch.where(mm > 0, 63 / torch.where(mm > 0, mm, torch.ones_like(mm)), torch.zeros_like(mm))
+    ls = _nearest(inv_s[:, None] * scales).clamp(max=63).to(torch.uint8)
+    lm = _nearest(inv_m[:, None] * mins).clamp(max=63).to(torch.uint8)
+    packed = torch.cat([ls[:, :4] | ((ls[:, 4:] >> 4) << 6), lm[:, :4] | ((lm[:, 4:] >> 4) << 6),
+                        (ls[:, 4:] & 0x0F) | ((lm[:, 4:] & 0x0F) << 4)], dim=1)
+    d16, dmin16 = (ms / 63).half(), (mm / 63).half()
+    dj = d16.float()[:, None] * ls.float()  # (nb, 8): the scales the decoder will use
+    dm = dmin16.float()[:, None] * lm.float()
+    safe = torch.where(dj == 0, torch.ones_like(dj), dj)
+    q = _nearest((x.view(nb, 8, 32) + dm[..., None]) / safe[..., None]).clamp(0, nmax)
+    q = torch.where((dj == 0)[..., None], torch.zeros_like(q), q).to(torch.uint8)
+    head = torch.cat([d16.view(torch.uint8).reshape(nb, 2), dmin16.view(torch.uint8).reshape(nb, 2), packed], 1)
+    return head, q
+
+
+def _nibbles(q: torch.Tensor) -> torch.Tensor:
+    """(nb, 8, 32) levels 0..15 -> 128 bytes: per 64 weights, byte j = weight j | weight j+32 << 4."""
+    q = q.reshape(-1, 4, 2, 32)
+    return (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(-1, 128)
+
+
+def encode_q4_k(w: torch.Tensor) -> torch.Tensor:
+    """w (rows, k), k % 256 == 0 -> uint8 (rows, k / 256 * 144): Q4_K (make_qkx2_quants with
+    nmax 15, rmin -1, 20 steps, as llama.cpp's reference quantizer)."""
+    rows, k = w.shape
+    head, q = _encode_k(w, 15, -1.0, 20)
+    return torch.cat([head, _nibbles(q)], 1).reshape(rows, -1)
+
+
+def encode_q5_k(w: torch.Tensor) -> torch.Tensor:
+    """w (rows, k), k % 256 == 0 -> uint8 (rows, k / 256 * 176): Q5_K (nmax 31, rmin -0.5,
+    15 steps); the 5th bit of sub-block j's weight i is bit j of qh[i]."""
+    rows, k = w.shape
+    head, q = _encode_k(w, 31, -0.5, 15)
+    bits = (q >> 4) << torch.arange(8, dtype=torch.uint8).view(1, 8, 1)  # (nb, 8, 32)
+    qh = bits[:, 0]
+    for j in range(1, 8):
+        qh = qh | bits[:, j]
+    return torch.cat([head, qh, _nibbles(q & 0x0F)], 1).reshape(rows, -1)

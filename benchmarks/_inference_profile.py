@@ -1,0 +1,380 @@
+"""Where a decode step's time goes, and how far it is from the machine's limits (`inference.py --profile`).
+
+- `roofline()`: this machine's read bandwidth (GB/s: a 256 MB fp32 `sum`, best of several) and fp32
+  GEMM ceiling (GFLOP/s: torch.mm 1024^3), each at 1 thread and at torch's count, best kept.
+- `bytes_per_token(model)`: the bytes a batch-1 token must read: every matrix's GGUF blocks (the
+  format's own size, what llama.cpp reads; the LM head's tied embedding once), norms, and the
+  KV cache at the context measured. The bandwidth limit is bandwidth / bytes per token.
+- `breakdown(...)`: wraps the inference forward's pieces with timers (matmuls by shape, norms,
+  rotary + q/k/v split, residual/SiLU, attention (C kernel or SDPA), attention gathers, KV writes) and runs
+  batch-1 decode (`ContiguousDecoder`, what `generate_ids` uses) and a 32-row paged decode step
+  (`PagedRunner.decode`, what the engine uses); "python + dispatch" is the step's time not inside
+  any timed piece. Sampling is timed apart on the step's logits. Timers cost ~1 us per call
+  (~300 calls a step): included in the pieces they wrap.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+
+
+def _best(fn, n=5) -> float:
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return min(ts)
+
+
+def roofline(threads: int) -> dict:
+    from llmlab.device import num_threads
+    a = torch.ones(64 * 1024 * 1024)  # 256 MB: far beyond the caches
+    x, y = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    out = {}
+    for n in sorted({1, threads}):
+        with num_threads(n):
+            a.sum()
+            out[f"bandwidth_gb_s_{n}t"] = a.numel() * 4 / _best(a.sum) / 1e9
+            torch.mm(x, y)
+            out[f"gemm_gflop_s_{n}t"] = 2 * 1024 ** 3 / _best(lambda: torch.mm(x, y)) / 1e9
+    out["bandwidth_gb_s"] = max(v for k, v in out.items() if k.startswith("bandwidth"))
+    out["gemm_gflop_s"] = max(v for k, v in out.items() if k.startswith("gemm"))
+    return out
+
+
+def bytes_per_token(model, path, context: int) -> dict:
+    """GGUF bytes of every matrix a token multiplies by (tied head counted once) + 1-D weights +
+    the K and V it attends over at `context` positions (fp32 cache)."""
+    from llmlab.model.gguf_file import GGUFFile
+    f = GGUFFile(path)
+    weights = sum(t.nbytes for t in f.tensors)  # every tensor is read once per token (embedding: one row,
+    emb = next(t for t in f.tensors if t.name == "token_embd.weight")  # but tied: it is the LM head)
+    if "output.weight" in {t.name for t in f.tensors}:
+        weights -= emb.nbytes  # untied: the embedding is only looked up
+    cfg = model.config
+    kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4 * context
+    ours = sum(q.nbytes for q, _ in getattr(model, "quantized", {}).values())
+    return {"weights_mb": weights / 1e6, "kv_mb": kv / 1e6, "total_mb": (weights + kv) / 1e6,
+            "kernel_repacked_weights_mb": ours / 1e6}
+
+
+def matmul_flops(model, rows: int) -> float:
+    """2 * rows * every matmul weight's size (q/k/v, o, gate/up, down, LM head)."""
+    cfg = model.config
+    d, f, H, Hkv, D, L = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads,
+                          cfg.num_key_value_heads, cfg.head_dim, cfg.num_hidden_layers)
+    per_layer = d * (H + 2 * Hkv) * D + H * D * d + 3 * d * f
+    return 2.0 * rows * (L * per_layer + d * cfg.vocab_size)
+
+
+class _Timers:
+    """Inclusive timers with children subtracted: self[label] is time inside a wrapped call and
+    not inside another wrapped call it made."""
+
+    def __init__(self):
+        self.self_s, self.calls, self.stack, self.undo = defaultdict(float), defaultdict(int), [], []
+
+    def wrap(self, owner, attr, label):
+        orig = getattr(owner, attr)
+
+        def timed(*a, **kw):
+            name = label(*a, **kw) if callable(label) else label
+            self.stack.append(0.0)
+            t0 = time.perf_counter()
+            try:
+                return orig(*a, **kw)
+            finally:
+                dt = time.perf_counter() - t0
+                child = self.stack.pop()
+                self.self_s[name] += dt - child
+                self.calls[name] += 1
+                if self.stack:
+                    self.stack[-1] += dt
+        setattr(owner, attr, timed)
+        self.undo.append((owner, attr, orig))
+
+    def restore(self):
+        for owner, attr, orig in reversed(self.undo):
+            setattr(owner, attr, orig)
+
+
+def _lin_label(model):
+    cfg = model.config
+    d, f, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    names = {((cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim, d): "qkv",
+             (d, cfg.num_attention_heads * cfg.head_dim): "o", (2 * f, d): "gate_up", (d, f): "down",
+             (V, d): "lm_head"}
+
+    def label(x, w, b):
+        from llmlab.infer.fused import QLinear, _fp32
+        shape = tuple((w.q.rows, w.q.k) if type(w) is QLinear else _fp32(getattr(w, "w", w)).shape)
+        return f"matmul {names.get(shape, '?')} {shape[1]}->{shape[0]}"
+    return label
+
+
+def _instrument(model, cache) -> _Timers:
+    import torch.nn.functional as F
+
+    from llmlab.infer import fused as fz, runner as rn
+    T = _Timers()
+    T.wrap(fz, "_lin", _lin_label(model))
+    T.wrap(fz, "_norm", "norms (RMSNorm)")
+    T.wrap(rn, "_norm", "norms (RMSNorm)")
+    T.wrap(fz.FusedModel, "qkv", "rotary + q/k/v split")
+    T.wrap(fz.FusedModel, "attn_out_mlp", "residual adds + SiLU*up")
+    T.wrap(fz.FusedModel, "embed_rows", "embedding + rope tables")
+    T.wrap(F, "scaled_dot_product_attention", "attention (SDPA)")
+    T.wrap(rn.c_attention, "decode_attention", "attention (C decode kernel)")
+    T.wrap(torch.Tensor, "index_select", "attention gathers (paged K/V, rows)")
+    T.wrap(torch.Tensor, "index_copy_", "attention gathers (paged K/V, rows)")
+    if cache is not None:
+        T.wrap(type(cache), "write", "KV cache writes")
+    return T
+
+
+def _run_profiled(model, cache, step, n_steps: int) -> tuple[dict, float]:
+    """Per-step seconds by piece (medians would hide nothing here: sums / n_steps) and the step time."""
+    T = _instrument(model, cache)
+    try:
+        T.wrap(type(step.__self__), step.__name__, "python + dispatch (not in a timed piece)")
+        run = getattr(step.__self__, step.__name__)
+        total = 0.0
+        for i in range(n_steps):
+            t0 = time.perf_counter()
+            run(*step.args(i))
+            total += time.perf_counter() - t0
+    finally:
+        T.restore()
+    return {k: v / n_steps for k, v in T.self_s.items()}, total / n_steps
+
+
+class _Step:
+    """A bound method to call with args(i) for step i (for _run_profiled)."""
+
+    def __init__(self, obj, name, args):
+        self.__self__, self.__name__, self.args = obj, name, args
+
+
+def breakdown(model, n_steps: int = 16, batch: int = 32, seed: int = 0) -> dict:
+    """{'batch1': {...}, 'batch32': {...}}: seconds per step by piece, step time, sampling time."""
+    from llmlab.infer.paged import BlockTable, PagedKVCache
+    from llmlab.infer.runner import ContiguousDecoder, PagedRunner
+    from llmlab.infer.sampling import SamplingParams, choose
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    # batch 1: a 64-token prompt, then one-token steps (untimed warm-up steps first)
+    dec = ContiguousDecoder(model, 64 + 2 * n_steps + 8)
+    logits = dec.forward(torch.randint(100, 40000, (64,), generator=g).tolist())
+    for _ in range(4):
+        logits = dec.forward([int(logits.argmax())])
+    toks = torch.randint(100, 40000, (n_steps,), generator=g).tolist()
+    pieces, step_s = _run_profiled(model, None, _Step(dec, "forward", lambda i: ([toks[i]],)), n_steps)
+    out["batch1"] = _summary(pieces, step_s, logits[None], choose, SamplingParams)
+    # 32 sequences with mixed contexts (16..160 tokens), one paged decode step each
+    cache = PagedKVCache.for_model(model, batch * 20)
+    runner = PagedRunner(model, cache)
+    tables = []
+    for n in torch.randint(16, 160, (batch,), generator=g).tolist():
+        t = BlockTable()
+        cache.reserve(t, n + n_steps + 8)
+        runner.prefill(t, torch.randint(100, 40000, (n,), generator=g).tolist())
+        tables.append(t)
+    ids = [1] * batch
+    for _ in range(2):
+        logits = runner.decode(tables, ids)
+    pieces, step_s = _run_profiled(model, cache, _Step(runner, "decode", lambda i: (tables, ids)), n_steps)
+    out[f"batch{batch}"] = _summary(pieces, step_s, logits, choose, SamplingParams)
+    for t in tables:
+        cache.free(t)
+    return out
+
+
+def _summary(pieces: dict, step_s: float, logits, choose, SamplingParams) -> dict:
+    greedy, sampled = SamplingParams(), SamplingParams(temperature=0.8, top_p=0.95, top_k=50)
+    gen = torch.Generator().manual_seed(0)
+    samp = {"sampling greedy (argmax)": _med(lambda: [choose(r, greedy) for r in logits]),
+            "sampling T=0.8 top-k/p": _med(lambda: [choose(r, sampled, gen) for r in logits])}
+    return {"step_ms": step_s * 1e3, "pieces_ms": {k: v * 1e3 for k, v in sorted(pieces.items(), key=lambda kv: -kv[1])},
+            "sampling_ms": {k: v * 1e3 for k, v in samp.items()}}
+
+
+def _med(fn, n=7) -> float:
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def print_breakdown(bd: dict) -> None:
+    for kind, r in bd.items():
+        print(f"--- {kind}: {r['step_ms']:.2f} ms per step")
+        for k, v in r["pieces_ms"].items():
+            print(f"  {k:44s} {v:8.3f} ms  {100 * v / r['step_ms']:5.1f}%")
+        for k, v in r["sampling_ms"].items():
+            print(f"  {k:44s} {v:8.3f} ms  (apart from the step)")
+
+
+def _rss_mb(pid: int) -> dict:
+    out = {}
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            out[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return out
+
+
+def serve_memory(model, path, port: int = 8793) -> dict:
+    """Resident memory of `llmlab serve model=smollm2` after answering two chat requests, against
+    the budget GGUF size + KV pool (its allocated size, the engine's default) + 150 MB. The pool is
+    zero-filled lazily, so only its touched pages count in RSS; `baseline_python_torch_mb` is a
+    bare `python -c 'import torch'` for scale."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from llmlab.infer.engine import EngineConfig
+    ec, cfg = EngineConfig(), model.config
+    blocks = ec.num_blocks or ec.max_num_seqs * 512 // ec.block_size
+    kv = (blocks + 1) * ec.block_size * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 4
+    cli = Path(sys.executable).parent / "llmlab"
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.Popen([str(cli), "serve", "model=smollm2", f"port={port}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.perf_counter()
+    try:
+        body = json.dumps({"model": "smollm2", "messages": [{"role": "user", "content": "Capital of France?"}],
+                           "max_tokens": 16, "temperature": 0}).encode()
+        answered = 0
+        while answered < 2:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=300) as r:
+                    json.loads(r.read())
+                answered += 1
+            except OSError:
+                if proc.poll() is not None or time.perf_counter() - t0 > 400:
+                    raise RuntimeError("server did not answer") from None
+                time.sleep(0.2)
+        rss = _rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    base = subprocess.run([sys.executable, "-c", "import torch, os; print(open(f'/proc/{os.getpid()}/status').read())"],
+                          capture_output=True, text=True).stdout
+    base_mb = next(int(ln.split()[1]) / 1024 for ln in base.splitlines() if ln.startswith("VmRSS:"))
+    gguf_mb = Path(path).stat().st_size / 1e6 * 1e6 / 2 ** 20
+    limit = gguf_mb + kv / 2 ** 20 + 150
+    return {"rss_mb": rss["VmRSS"], "peak_rss_mb": rss["VmHWM"], "gguf_mb": gguf_mb, "kv_pool_mb": kv / 2 ** 20,
+            "limit_mb": limit, "baseline_python_torch_mb": base_mb, "rss_over_limit": rss["VmRSS"] / limit}
+
+
+def decode_steps_s(model, batch: int, n_steps: int, seed: int = 1) -> float:
+    """Median seconds of one decode step: batch 1 on `ContiguousDecoder` (64-token context),
+    else `batch` sequences (contexts 16..160) on `PagedRunner.decode`."""
+    from llmlab.infer.paged import BlockTable, PagedKVCache
+    from llmlab.infer.runner import ContiguousDecoder, PagedRunner
+    g = torch.Generator().manual_seed(seed)
+    ts = []
+    if batch == 1:
+        dec = ContiguousDecoder(model, 64 + n_steps + 8)
+        logits = dec.forward(torch.randint(100, 40000, (64,), generator=g).tolist())
+        for i in range(n_steps + 2):
+            t0 = time.perf_counter()
+            logits = dec.forward([int(logits.argmax())])
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts[2:])
+    cache = PagedKVCache.for_model(model, batch * 20)
+    runner = PagedRunner(model, cache)
+    tables = []
+    for n in torch.randint(16, 160, (batch,), generator=g).tolist():
+        t = BlockTable()
+        cache.reserve(t, n + n_steps + 8)
+        runner.prefill(t, torch.randint(100, 40000, (n,), generator=g).tolist())
+        tables.append(t)
+    for i in range(n_steps + 2):
+        t0 = time.perf_counter()
+        runner.decode(tables, [1] * batch)
+        ts.append(time.perf_counter() - t0)
+    for t in tables:
+        cache.free(t)
+    return statistics.median(ts[2:])
+
+
+def limits(model, path, threads: int, quick: bool) -> tuple[dict, dict]:
+    """The roofline columns, all measured in this call: -> (fields for `ours`, ratios).
+    decode_roofline = batch-1 steady decode tok/s / (read bandwidth / bytes per token);
+    batch32_gemm_eff = matmul FLOPs of a 32-row decode step / (step time x fp32 GEMM ceiling)."""
+    n = 8 if quick else 24
+    with torch.inference_mode():
+        roof = roofline(threads)
+        step1 = decode_steps_s(model, 1, n)
+        step32 = decode_steps_s(model, 32, max(4, n // 3))
+        roof2 = roofline(threads)  # again after: the machine's load moves; the best of both is the limit
+    for key in ("bandwidth_gb_s", "gemm_gflop_s"):
+        roof[key] = max(roof[key], roof2[key])
+    bpt = bytes_per_token(model, path, 64 + n)
+    limit_tok_s = roof["bandwidth_gb_s"] * 1e9 / (bpt["total_mb"] * 1e6)
+    flops = matmul_flops(model, 32)
+    ours = {"decode_steady_tok_s": 1 / step1, "bandwidth_gb_s": roof["bandwidth_gb_s"],
+            "bytes_per_token_mb": bpt["total_mb"], "bandwidth_limit_tok_s": limit_tok_s,
+            "gemm_ceiling_gflop_s": roof["gemm_gflop_s"], "batch32_step_ms": step32 * 1e3,
+            "batch32_matmul_gflop": flops / 1e9}
+    ratios = {"decode_roofline": (1 / step1) / limit_tok_s,
+              "batch32_gemm_eff": flops / (step32 * roof["gemm_gflop_s"] * 1e9)}
+    return ours, ratios
+
+
+_TEXT = ("The old lighthouse keeper climbed the stairs every evening at dusk. He had done so for forty "
+         "years, through storms that shook the glass and calm nights when the sea lay flat as a mirror. "
+         "The town below had changed: the fishing boats were fewer, the harbour quieter, and the children "
+         "who once waved at him from the pier had grown up and moved to the cities. Still he lit the lamp, "
+         "wound the clockwork, and wrote a line in the logbook before he slept.")
+
+
+def int8_accuracy(model, tok, n_decode: int = 24) -> dict:
+    """The int8-activation option (LLMLAB_INT8_ACTIVATIONS) against the exact path, alternating in
+    one run: teacher-forced per-token NLL over a fixed paragraph (one-token decode steps, where the
+    option applies), the largest logit difference, greedy agreement over n_decode tokens, and steady
+    batch-1 decode time."""
+    import os
+
+    from llmlab.infer.runner import ContiguousDecoder
+    ids = tok.encode(_TEXT)
+    out = {}
+    for flag in ("0", "1", "0", "1"):
+        os.environ["LLMLAB_INT8_ACTIVATIONS"] = flag
+        try:
+            with torch.inference_mode():
+                dec = ContiguousDecoder(model, len(ids) + n_decode + 2)
+                logits, nll, steps = dec.forward(ids[:1]), [], []
+                for t in ids[1:]:
+                    nll.append(float(torch.log_softmax(logits, -1)[t].neg()))
+                    t0 = time.perf_counter()
+                    logits = dec.forward([t])
+                    steps.append(time.perf_counter() - t0)
+                all_logits, greedy = [logits], []
+                for _ in range(n_decode):
+                    greedy.append(int(logits.argmax()))
+                    logits = dec.forward([greedy[-1]])
+                    all_logits.append(logits)
+        finally:
+            os.environ.pop("LLMLAB_INT8_ACTIVATIONS", None)
+        r = out.setdefault(flag, {"ppl": [], "step_ms": [], "greedy": greedy, "logits": all_logits})
+        r["ppl"].append(float(torch.tensor(nll).mean().exp()))
+        r["step_ms"].append(statistics.median(steps) * 1e3)
+    ex, i8 = out["0"], out["1"]
+    agree = next((i for i, (a, b) in enumerate(zip(ex["greedy"], i8["greedy"])) if a != b), len(ex["greedy"]))
+    return {"ppl_exact": ex["ppl"][0], "ppl_int8": i8["ppl"][0], "tokens": len(ids),
+            "max_logit_diff_first_step": float((ex["logits"][0] - i8["logits"][0]).abs().max()),
+            "greedy_tokens_identical": agree, "greedy_of": n_decode,
+            "step_ms_exact": statistics.median(ex["step_ms"]), "step_ms_int8": statistics.median(i8["step_ms"]),
+            "int8_speedup": statistics.median(ex["step_ms"]) / statistics.median(i8["step_ms"])}

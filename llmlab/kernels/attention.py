@@ -1,0 +1,58 @@
+"""Decode attention in C (`attention.c`): one new query per sequence, keys and values read in
+place from the KV cache by slot, no gathers, no padding. Used by `llmlab.infer.runner` for
+decode steps (paged and contiguous caches) where the library builds; torch's SDPA otherwise.
+
+softmax(q K^T / sqrt(D)) V per (sequence, head) (Vaswani et al. 2017), grouped-query heads as
+torch's `enable_gqa`; tested against F.scaled_dot_product_attention.
+"""
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+
+from llmlab.kernels import build
+from llmlab.log import get_logger
+
+SRC = Path(__file__).with_name("attention.c")
+_LIB: list = []
+
+
+def load():
+    """The compiled library, or None (no compiler, LLMLAB_NO_KERNELS=1): callers use SDPA."""
+    if not _LIB:
+        lib = None
+        if build.load() is not None:  # same switches as the block kernel (LLMLAB_NO_KERNELS, ISA)
+            try:
+                lib = ctypes.CDLL(str(build.build(SRC)))
+                p, i64 = ctypes.c_void_p, ctypes.c_int64
+                lib.llmlab_decode_attention.argtypes = [p, p, p, i64, i64, p, p, i64, i64, i64, i64,
+                                                        ctypes.c_float, p, ctypes.c_int]
+                lib.llmlab_decode_attention.restype = None
+            except (RuntimeError, OSError) as e:
+                get_logger().warning(f"C decode attention unavailable, using SDPA: {e}")
+                lib = None
+        _LIB.append(lib)
+    return _LIB[0]
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, Hkv: int, s_pos: int, s_head: int,
+                     slots: torch.Tensor, offs: torch.Tensor, threads: int = 1) -> torch.Tensor:
+    """q (B, H, D) fp32; k, v: a layer's cache (fp32, contiguous), K/V head g of slot s at element
+    s * s_pos + g * s_head;
+    slots (int64): every sequence's key slots in order, concatenated; offs (B + 1,) int64 offsets
+    into slots -> (B, H, D)."""
+    lib = load()
+    if lib is None:
+        raise RuntimeError("the C decode attention is not available")
+    q = q.contiguous()
+    B, H, D = q.shape
+    if q.dtype != torch.float32 or k.dtype != torch.float32 or not (k.is_contiguous() and v.is_contiguous()):
+        raise ValueError("decode_attention needs fp32 q and contiguous fp32 caches")
+    if slots.dtype != torch.int64 or offs.dtype != torch.int64 or offs.numel() != B + 1 or H % Hkv:
+        raise ValueError("decode_attention: bad slots/offsets or head counts")
+    out = torch.empty_like(q)
+    lib.llmlab_decode_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), s_pos, s_head, slots.data_ptr(),
+                                offs.data_ptr(), B, H, Hkv, D, D ** -0.5, out.data_ptr(), threads)
+    return out

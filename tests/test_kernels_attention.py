@@ -1,0 +1,46 @@
+"""C decode attention (llmlab/kernels/attention.c) against torch's SDPA, on a paged and a
+contiguous cache layout, with grouped-query heads."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmlab.kernels import attention
+
+pytestmark = pytest.mark.skipif(attention.load() is None, reason="no C compiler: the kernel is not built")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_paged_decode_attention_matches_sdpa(threads):
+    g = torch.Generator().manual_seed(0)
+    H, Hkv, D, n_slots = 6, 2, 64, 300
+    kc, vc = torch.randn(n_slots, Hkv, D, generator=g), torch.randn(n_slots, Hkv, D, generator=g)
+    lens = [1, 17, 130]
+    perm = torch.randperm(n_slots, generator=g)
+    seqs = [perm[sum(lens[:i]):sum(lens[:i + 1])] for i in range(3)]  # scattered slots, as blocks are
+    q = torch.randn(3, H, D, generator=g) * 2
+    offs = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+    out = attention.decode_attention(q, kc, vc, Hkv, Hkv * D, D, torch.cat(seqs), offs, threads)
+    for b, sl in enumerate(seqs):
+        ref = F.scaled_dot_product_attention(q[b][None, :, None], kc[sl].transpose(0, 1)[None],
+                                             vc[sl].transpose(0, 1)[None], enable_gqa=True)[0, :, 0]
+        assert (out[b] - ref).abs().max() < 2e-6 * max(1.0, float(ref.abs().max())), b
+    # a sequence's result does not depend on the others in the batch
+    alone = attention.decode_attention(q[2:], kc, vc, Hkv, Hkv * D, D, seqs[2], torch.tensor([0, lens[2]]))
+    assert torch.equal(alone[0], out[2])
+
+
+def test_contiguous_layout_and_bad_input():
+    g = torch.Generator().manual_seed(1)
+    Hkv, T, D = 3, 40, 32
+    k, v = torch.randn(Hkv, T, D, generator=g), torch.randn(Hkv, T, D, generator=g)
+    q = torch.randn(1, 9, D, generator=g)
+    n = 25  # attend over the first 25 positions of the cache
+    out = attention.decode_attention(q, k, v, Hkv, D, T * D, torch.arange(n), torch.tensor([0, n]))
+    ref = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k[None, :, :n], v[None, :, :n], enable_gqa=True)
+    assert (out - ref[0].transpose(0, 1)).abs().max() < 2e-6
+    with pytest.raises(ValueError):
+        attention.decode_attention(q.double(), k, v, Hkv, D, T * D, torch.arange(n), torch.tensor([0, n]))
+    with pytest.raises(ValueError):
+        attention.decode_attention(q, k, v, Hkv, D, T * D, torch.arange(n), torch.tensor([0, n, n]))
