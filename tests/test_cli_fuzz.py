@@ -173,7 +173,8 @@ JSONL_VERBS = {
     "dpo": ["dpo", "data={f}", "model={m}", "max_steps=1"],
     "reward": ["reward", "data={f}", "model={m}"],
     "sft": ["sft", "datasets=[{f}]", "model={m}", "max_steps=1", "max_length=128"],
-    "sft_replay": ["sft", "replay_data={f}", "replay_ratio=0.5", "model={m}", "max_steps=1", "max_length=128"],
+    "sft_replay": ["sft", "datasets=[{d}/ok.jsonl]", "replay_data={f}", "replay_ratio=0.5", "model={m}", "max_steps=1",
+                   "max_length=128"],
     "peft": ["peft", "lora", "datasets=[{f}]", "model={m}", "max_steps=1", "max_length=128"],
     "eval_task": ["eval", "tasks=[{f}]", "model={m}", "limit=2"],
     "rag_corpus": ["rag", "index", "paths=[{f}]", "index={d}/ix"],
@@ -188,6 +189,8 @@ JSONL_VERBS = {
 def test_non_utf8_jsonl_is_a_one_line_error(case, tmp_path, capsys, tiny_dir, monkeypatch):
     _log_here(monkeypatch)
     (tmp_path / "train.jsonl").write_bytes(NON_UTF8)
+    (tmp_path / "ok.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                                                {"role": "assistant", "content": "hello"}]}) + "\n")
     argv = [a.format(f=tmp_path / "train.jsonl", d=tmp_path, m=tiny_dir) for a in JSONL_VERBS[case]]
     rc = main(argv)
     err = _error_lines(capsys.readouterr().err)
