@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import re
 import typing
 
 import pytest
@@ -52,10 +54,27 @@ def _check(argv: list[str], capsys) -> int:
     err = capsys.readouterr().err
     assert rc in (0, 2), (argv, rc, err)
     if rc == 2:
-        lines = err.strip().splitlines()
+        lines = _error_lines(err)
         assert len(lines) == 1 and lines[0].startswith("llmlab: error: "), (argv, err)
         assert "Traceback" not in err
     return rc
+
+
+def _error_lines(err: str) -> list[str]:
+    """stderr without log lines ("12:00:01 INFO loaded ...") and progress bars ("reading:  40%|...")."""
+    return [ln for ln in err.strip().replace("\r", "\n").splitlines()
+            if ln.strip() and not re.match(r"\d\d:\d\d:\d\d (DEBUG|INFO|WARNING) |[\w ]+: +\d+%\|", ln)]
+
+
+def _log_here(monkeypatch) -> None:
+    """llmlab's console log on the current (captured) stderr: a verb's own
+    handler keeps the stream it was made with, which an earlier test's capture has closed."""
+    import sys
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("llmlab")
+    monkeypatch.setattr(logger, "handlers", [h])
+    monkeypatch.setattr(logger, "propagate", False)
 
 
 @pytest.fixture
@@ -138,11 +157,42 @@ def tiny_dir(tmp_path_factory):
 
 
 @settings(max_examples=max(EXAMPLES // 20, 3), **SETTINGS)
-@given(lines=st.lists(st.text(max_size=40) | st.sampled_from(["{", "[]", '{"prompt": 1}', "null", '{"x": "y"}',
-                                                              '{"prompt": "a", "chosen": 3}']), min_size=1, max_size=4))
+@given(lines=st.lists(st.text(max_size=40).map(str.encode) | st.binary(max_size=40)
+                      | st.sampled_from([b"{", b"[]", b'{"prompt": 1}', b"null", b'{"x": "y"}', b'{"prompt": "a", "chosen": 3}',
+                                         b'{"prompt": "caf\xe9"}', b"\xef\xbb\xbf{}"]), min_size=1, max_size=4))
 def test_malformed_jsonl_is_a_one_line_error(tmp_path_factory, capsys, tiny_dir, lines):
-    # UTF-8 text only: non-UTF-8 bytes still give a traceback in align/preference_data.read_jsonl
-    # (left for the shared JSONL reader of issue 26)
     d = tmp_path_factory.mktemp("jsonl")
-    (d / "data.jsonl").write_text("\n".join(lines + ["{not json"]), encoding="utf-8")  # always malformed somewhere
+    (d / "data.jsonl").write_bytes(b"\n".join(lines + [b"{not json"]))  # always malformed somewhere
     assert _check(["dpo", f"data={d / 'data.jsonl'}", f"model={tiny_dir}", "max_steps=1"], capsys) == 2
+
+
+# every verb that reads JSONL, given a file whose second line is not UTF-8 (Latin-1 "café", a stray 0xff)
+NON_UTF8 = (b'{"prompt": "hi", "chosen": "a", "rejected": "b", "completion": "c", "text": "t", "query": "q", '
+            b'"answer": "x"}\n{"prompt": "caf\xe9", "chosen": "\xff"}\n')
+JSONL_VERBS = {
+    "dpo": ["dpo", "data={f}", "model={m}", "max_steps=1"],
+    "reward": ["reward", "data={f}", "model={m}"],
+    "sft": ["sft", "datasets=[{f}]", "model={m}", "max_steps=1", "max_length=128"],
+    "sft_replay": ["sft", "datasets=[{d}/ok.jsonl]", "replay_data={f}", "replay_ratio=0.5", "model={m}", "max_steps=1",
+                   "max_length=128"],
+    "peft": ["peft", "lora", "datasets=[{f}]", "model={m}", "max_steps=1", "max_length=128"],
+    "eval_task": ["eval", "tasks=[{f}]", "model={m}", "limit=2"],
+    "rag_corpus": ["rag", "index", "paths=[{f}]", "index={d}/ix"],
+    "data_tokenize": ["data", "tokenize", "data_dir={d}", "tokenizer={m}", "out_dir={d}/shards"],
+    "tokenizer_train": ["tokenizer", "train", "files=[{f}]", "vocab_size=300", "output_dir={d}/tok"],
+    "tokenizer_encode": ["tokenizer", "encode", "input_file={f}", "tokenizer={m}"],
+    "embed_train": ["embed", "train", "files=[{f}]", "output_dir={d}/emb"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(JSONL_VERBS))
+def test_non_utf8_jsonl_is_a_one_line_error(case, tmp_path, capsys, tiny_dir, monkeypatch):
+    _log_here(monkeypatch)
+    (tmp_path / "train.jsonl").write_bytes(NON_UTF8)
+    (tmp_path / "ok.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                                                {"role": "assistant", "content": "hello"}]}) + "\n")
+    argv = [a.format(f=tmp_path / "train.jsonl", d=tmp_path, m=tiny_dir) for a in JSONL_VERBS[case]]
+    rc = main(argv)
+    err = _error_lines(capsys.readouterr().err)
+    assert rc == 2 and len(err) == 1 and err[0].startswith("llmlab: error: "), (argv, rc, err)
+    assert "utf-8" in err[0].lower() and "Traceback" not in err[0], err  # it says what is wrong with the file

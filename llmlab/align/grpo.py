@@ -11,7 +11,6 @@ The KL term is against a frozen reference, not the old policy (digest-000 error 
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Literal
@@ -21,11 +20,10 @@ import torch
 from llmlab.align.advantages import grpo_outcome_advantages, grpo_process_advantages
 from llmlab.align.logprobs import token_logprobs
 from llmlab.align.masked import masked_mean
-from llmlab.align.nan_guard import NanGuard
+from llmlab.align.onpolicy import OnPolicyTrainer, completion_texts
 from llmlab.align.policy_losses import k3_kl, ppo_clip_per_token
 from llmlab.align.rollout import sample
 from llmlab.errors import UserError
-from llmlab.log import get_logger
 
 
 @dataclass
@@ -68,38 +66,16 @@ def split_steps(ids: list[int], step_end_ids: set[int]) -> list[tuple[int, int]]
     return spans
 
 
-class GRPOTrainer:
+class GRPOTrainer(OnPolicyTrainer):
+    name = "GRPO"
+
     def __init__(self, policy, ref, tokenizer, prompts: list[dict], reward_fn: RewardFn, cfg: GRPOConfig,
                  step_reward_fn: StepRewardFn | None = None, step_end_ids: set[int] | None = None, metrics=None):
-        if policy.config.vocab_size != ref.config.vocab_size:
-            raise UserError(f"policy and reference vocabularies differ ({policy.config.vocab_size} vs "
-                            f"{ref.config.vocab_size}): they must share one tokenizer")
         if cfg.supervision == "process" and step_reward_fn is None:
             raise UserError("supervision=process needs a step reward function")
-        if not prompts:
-            raise UserError("GRPO: no prompts")
-        self.policy, self.ref, self.tok, self.cfg = policy, ref.eval(), tokenizer, cfg
-        for p in self.ref.parameters():
-            p.requires_grad_(False)
-        self.prompts, self.reward_fn, self.step_reward_fn = prompts, reward_fn, step_reward_fn
+        super().__init__(policy, ref, tokenizer, prompts, cfg, policy, metrics)
+        self.reward_fn, self.step_reward_fn = reward_fn, step_reward_fn
         self.step_end_ids = step_end_ids or set()
-        self.opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                     weight_decay=0.0, foreach=True)
-        self.guard = NanGuard(policy, self.opt, cfg.max_grad_norm)
-        self.rng = random.Random(cfg.seed)
-        self.gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(cfg.seed)
-        self.order: list[int] = []
-        self.metrics, self.log, self.step_count = metrics, get_logger(), 0
-        self.pad_id = tokenizer.pad_id if getattr(tokenizer, "pad_id", None) is not None else 0
-
-    def _next_rows(self) -> list[dict]:
-        rows = []
-        for _ in range(self.cfg.prompts_per_step):
-            if not self.order:
-                self.order = list(range(len(self.prompts)))
-                self.rng.shuffle(self.order)
-            rows.append(self.prompts[self.order.pop()])
-        return rows
 
     def _advantages(self, rows, completions, T) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (advantages (N, T), rewards (N,), valid (N,) bool)."""
@@ -131,10 +107,8 @@ class GRPOTrainer:
     def step(self) -> dict:
         cfg, G = self.cfg, self.cfg.num_generations
         t0 = time.perf_counter()
-        rows = self._next_rows()
-        prompt_ids = [self.tok.encode(r["prompt"]) for r in rows for _ in range(G)]
-        ro = sample(self.policy, prompt_ids, cfg.max_completion_length, self.tok.eos_id, self.pad_id,
-                    cfg.temperature, cfg.top_p, self.gen)
+        rows = self._next_rows(cfg.prompts_per_step)
+        ro = self._rollout([self.tok.encode(r["prompt"]) for r in rows for _ in range(G)])
         t1 = time.perf_counter()
         completions = ro.completions()
         eos = self.tok.eos_id
@@ -172,9 +146,6 @@ class GRPOTrainer:
             self.metrics.write(**rec)
         return rec
 
-    def train(self) -> list[dict]:
-        return [self.step() for _ in range(self.cfg.max_steps)]
-
 
 @torch.no_grad()
 def mean_reward(model, tokenizer, prompts: list[dict], reward_fn: RewardFn, samples_per_prompt: int = 8,
@@ -184,8 +155,5 @@ def mean_reward(model, tokenizer, prompts: list[dict], reward_fn: RewardFn, samp
     pad = tokenizer.pad_id if getattr(tokenizer, "pad_id", None) is not None else 0
     ids = [tokenizer.encode(r["prompt"]) for r in prompts for _ in range(samples_per_prompt)]
     ro = sample(model, ids, max_new_tokens, tokenizer.eos_id, pad, temperature, 1.0, gen)
-    eos = tokenizer.eos_id
-    total = 0.0
-    for i, c in enumerate(ro.completions()):
-        total += reward_fn(prompts[i // samples_per_prompt], tokenizer.decode([t for t in c if t != eos]))
-    return total / len(ids)
+    texts = completion_texts(tokenizer, ro)
+    return sum(reward_fn(prompts[i // samples_per_prompt], t) for i, t in enumerate(texts)) / len(ids)

@@ -16,7 +16,6 @@ The reference KL lives in the reward; the old-policy trust region is the clip (d
 """
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -27,11 +26,9 @@ from torch import nn
 from llmlab.align.advantages import gae, kl_penalized_rewards
 from llmlab.align.logprobs import pad_right, token_logprobs
 from llmlab.align.masked import masked_mean, masked_whiten
-from llmlab.align.nan_guard import NanGuard
+from llmlab.align.onpolicy import OnPolicyTrainer, completion_texts
 from llmlab.align.policy_losses import entropy_from_logits, ppo_clip_loss, value_loss
-from llmlab.align.rollout import sample
 from llmlab.errors import UserError
-from llmlab.log import get_logger
 
 
 @dataclass
@@ -68,42 +65,21 @@ class PPOConfig:
 ScoreFn = Callable[[list[dict], list[str]], torch.Tensor]
 
 
-class PPOTrainer:
+class PPOTrainer(OnPolicyTrainer):
+    name = "PPO"
+
     def __init__(self, policy, ref, critic, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PPOConfig,
                  ptx_texts: list[str] | None = None, metrics=None):
-        if policy.config.vocab_size != ref.config.vocab_size:
-            raise UserError(f"policy and reference vocabularies differ ({policy.config.vocab_size} vs "
-                            f"{ref.config.vocab_size}): they must share one tokenizer")
         if cfg.ptx_coef > 0 and not ptx_texts:
             raise UserError("ptx_coef > 0 needs pretraining texts (ptx_data)")
-        if not prompts:
-            raise UserError("PPO: no prompts")
-        self.policy, self.ref, self.critic, self.tok, self.cfg = policy, ref.eval(), critic, tokenizer, cfg
-        for p in self.ref.parameters():
-            p.requires_grad_(False)
-        self.prompts, self.score_fn, self.ptx_texts, self.metrics = prompts, score_fn, ptx_texts or [], metrics
         self.both = nn.ModuleDict({"policy": policy, "critic": critic})
-        self.opt = torch.optim.AdamW([p for p in self.both.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                     weight_decay=0.0, foreach=True)
-        self.guard = NanGuard(self.both, self.opt, cfg.max_grad_norm)
-        self.rng = random.Random(cfg.seed)
-        self.gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(cfg.seed)
-        self.pad = tokenizer.pad_id if getattr(tokenizer, "pad_id", None) is not None else 0
-        self.log, self.step_count, self.order = get_logger(), 0, []
-
-    def _rows(self) -> list[dict]:
-        out = []
-        for _ in range(self.cfg.rollout_batch_size):
-            if not self.order:
-                self.order = list(range(len(self.prompts)))
-                self.rng.shuffle(self.order)
-            out.append(self.prompts[self.order.pop()])
-        return out
+        super().__init__(policy, ref, tokenizer, prompts, cfg, self.both, metrics)
+        self.critic, self.score_fn, self.ptx_texts = critic, score_fn, ptx_texts or []
 
     def _ptx_loss(self) -> torch.Tensor:
         texts = self.rng.sample(self.ptx_texts, min(self.cfg.mini_batch_size, len(self.ptx_texts)))
         ctx = self.policy.config.max_position_embeddings
-        ids, mask = pad_right([self.tok.encode(t)[:ctx] or [self.pad] for t in texts], self.pad)
+        ids, mask = pad_right([self.tok.encode(t)[:ctx] or [self.pad_id] for t in texts], self.pad_id)
         dev = next(self.policy.parameters()).device
         ids, mask = ids.to(dev), mask.to(dev)
         labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], 1)
@@ -128,12 +104,10 @@ class PPOTrainer:
     def step(self) -> dict:
         cfg = self.cfg
         t0 = time.perf_counter()
-        rows = self._rows()
-        ro = sample(self.policy, [self.tok.encode(r["prompt"]) for r in rows], cfg.max_completion_length,
-                    self.tok.eos_id, self.pad, cfg.temperature, cfg.top_p, self.gen)
+        rows = self._next_rows(cfg.rollout_batch_size)
+        ro = self._rollout([self.tok.encode(r["prompt"]) for r in rows])
         t1 = time.perf_counter()
-        eos = self.tok.eos_id
-        texts = [self.tok.decode([t for t in c if t != eos]) for c in ro.completions()]
+        texts = completion_texts(self.tok, ro)
         scores = torch.as_tensor(self.score_fn(rows, texts), dtype=torch.float32).detach().reshape(-1)
         valid = torch.isfinite(scores)
         if not valid.all():
@@ -182,9 +156,6 @@ class PPOTrainer:
         if self.metrics is not None:
             self.metrics.write(**rec)
         return rec
-
-    def train(self) -> list[dict]:
-        return [self.step() for _ in range(self.cfg.max_steps)]
 
 
 def verifiable_score_fn(reward_fn) -> ScoreFn:

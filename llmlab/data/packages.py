@@ -11,6 +11,7 @@ import functools
 import gzip
 import importlib.util
 import json
+import zlib
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -58,20 +59,36 @@ def iter_jsonl(path: str | Path, required: Sequence[str] = (), validate: Callabl
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    try:
+        with opener(path, "rb") as f:  # bytes, decoded per line: a non-UTF-8 line is reported with its number
+            yield from _records(path, f, required, validate, on_error, skipped)
+    except (OSError, EOFError, zlib.error) as e:  # unreadable, or a truncated / corrupt .gz
+        raise UserError(f"{path}: cannot read ({e})") from None
+
+
+def _records(path: Path, f, required, validate, on_error: str, skipped: list[int] | None) -> Iterator[dict]:
+    for n, raw in enumerate(f, 1):
+        try:
+            line = _decode(raw, n)
             if not line.strip():
                 continue
-            try:
-                rec = _record(line, required, validate)
-            except ValueError as e:
-                if on_error == "skip":
-                    if skipped is not None:
-                        skipped.append(n)
-                    continue
-                hint = " (pass on_error=skip to drop bad lines)" if validate is not None else ""
-                raise UserError(f"{path}:{n}: {e}{hint}") from None
-            yield rec
+            rec = _record(line, required, validate)
+        except ValueError as e:
+            if on_error == "skip":
+                if skipped is not None:
+                    skipped.append(n)
+                continue
+            hint = " (pass on_error=skip to drop bad lines)" if validate is not None else ""
+            raise UserError(f"{path}:{n}: {e}{hint}") from None
+        yield rec
+
+
+def _decode(raw: bytes, n: int) -> str:
+    try:
+        return raw.decode("utf-8-sig" if n == 1 else "utf-8")  # a BOM (Windows editors) on line 1 is fine
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                         "save the file as UTF-8") from None
 
 
 def _record(line: str, required: Sequence[str], validate: Callable[[dict], None] | None) -> dict:

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from llmlab.data.archaic import archaic_score
 from llmlab.data.dedup_exact import ExactDeduper
@@ -93,6 +94,52 @@ class _JsonlWriter:
         os.replace(self.tmp, self.path)
 
 
+def _drop_checks(cfg: DataBuildConfig, exact: ExactDeduper, near: NearDeduper) -> list[tuple[str, Callable]]:
+    """The filtering steps after language id, in pipeline order: (step, (text, lang) -> the reason
+    to drop the document, or None to keep it)."""
+    checks: list[tuple[str, Callable]] = [("quality", lambda text, lang: quality_reason(text, lang, cfg.quality))]
+    if cfg.max_archaic < 1:  # English only; other documents pass (and are counted as kept)
+        checks.append(("archaic", lambda text, lang: "archaic_words"
+                       if lang == "en" and archaic_score(text) > cfg.max_archaic else None))
+    if cfg.exact_dedup:
+        checks.append(("exact_dedup", lambda text, lang: "exact_duplicate" if exact.is_duplicate(text) else None))
+    if cfg.near_dedup:
+        checks.append(("near_dedup", lambda text, lang: "near_duplicate" if near.is_duplicate(text) else None))
+    return checks
+
+
+def _one_document(raw: str, cfg: DataBuildConfig, checks, report: Report, counts: Counter,
+                  pii_counts: Counter) -> tuple[str, str] | None:
+    """One document through every step (each timed in CPU seconds and recorded in the report)
+    -> (text, language), or None when a step drops it."""
+    t = time.process_time()
+    text = normalize_text(raw)
+    report.record("normalize", raw, bool(text), "empty", text, time.process_time() - t)
+    if not text:
+        counts["drop_normalize"] += 1
+        return None
+    t = time.process_time()
+    lang = detect_language(text)
+    reason, seconds = (None if lang in cfg.languages else f"lang_{lang}"), time.process_time() - t
+    for name, check in [("langid", None), *checks]:
+        if check is not None:
+            t = time.process_time()
+            reason = check(text, lang)
+            seconds = time.process_time() - t
+        report.record(name, text, reason is None, reason, seconds=seconds)
+        if reason is not None:
+            counts[f"drop_{name}"] += 1
+            return None
+    if cfg.pii:
+        t = time.process_time()
+        before = sum(pii_counts.values())
+        scrubbed = scrub_pii(text, pii_counts)
+        report.record("pii", text, True, out_text=scrubbed, seconds=time.process_time() - t)
+        counts["pii_scrubbed_docs"] += int(sum(pii_counts.values()) > before)
+        text = scrubbed
+    return text, lang
+
+
 def build(cfg: DataBuildConfig) -> dict:
     """Run the pipeline; returns the report dict (also written to out_dir)."""
     out = Path(cfg.out_dir)
@@ -102,71 +149,25 @@ def build(cfg: DataBuildConfig) -> dict:
         raise UserError(f"out_dir '{out}': cannot create ({e})") from None
     max_docs = min(cfg.max_docs or QUICK_MAX_DOCS, QUICK_MAX_DOCS) if cfg.quick else (cfg.max_docs or None)
     report = Report()
-    exact = ExactDeduper()
-    near = NearDeduper(cfg.minhash)
     pii_counts: Counter = Counter()
     writers = {"train": _JsonlWriter(out / "train.jsonl"), "val": _JsonlWriter(out / "val.jsonl")}
     docs = mix_documents(SOURCES, cfg.weights, seed=cfg.seed, max_docs=max_docs)
     if cfg.progress:
         from tqdm import tqdm
         docs = tqdm(docs, total=max_docs, desc="data build", unit="doc", mininterval=0.5)
-    for name, on in (("normalize", True), ("langid", True), ("quality", True), ("archaic", cfg.max_archaic < 1),
-                     ("exact_dedup", cfg.exact_dedup), ("near_dedup", cfg.near_dedup), ("pii", cfg.pii)):
-        if on:  # report rows in pipeline order, whichever document reaches a step first
-            report.step(name)
+    near = NearDeduper(cfg.minhash)
+    checks = _drop_checks(cfg, ExactDeduper(), near)
+    for name in ["normalize", "langid", *(n for n, _ in checks)] + (["pii"] if cfg.pii else []):
+        report.step(name)  # report rows in pipeline order, whichever document reaches a step first
     t_start, cpu_start = time.perf_counter(), time.process_time()
     try:
         for src, raw in docs:
             counts = report.per_source[src]
             counts["drawn"] += 1
-            t = time.process_time()
-            text = normalize_text(raw)
-            report.record("normalize", raw, bool(text), "empty", text, time.process_time() - t)
-            if not text:
-                counts["drop_normalize"] += 1
+            kept = _one_document(raw, cfg, checks, report, counts, pii_counts)
+            if kept is None:
                 continue
-            t = time.process_time()
-            lang = detect_language(text)
-            ok = lang in cfg.languages
-            report.record("langid", text, ok, f"lang_{lang}", seconds=time.process_time() - t)
-            if not ok:
-                counts["drop_langid"] += 1
-                continue
-            t = time.process_time()
-            reason = quality_reason(text, lang, cfg.quality)
-            report.record("quality", text, reason is None, reason, seconds=time.process_time() - t)
-            if reason is not None:
-                counts["drop_quality"] += 1
-                continue
-            if cfg.max_archaic < 1:  # English only; other documents pass (and are counted as kept)
-                t = time.process_time()
-                ok = lang != "en" or archaic_score(text) <= cfg.max_archaic
-                report.record("archaic", text, ok, "archaic_words", seconds=time.process_time() - t)
-                if not ok:
-                    counts["drop_archaic"] += 1
-                    continue
-            if cfg.exact_dedup:
-                t = time.process_time()
-                dup = exact.is_duplicate(text)
-                report.record("exact_dedup", text, not dup, "exact_duplicate", seconds=time.process_time() - t)
-                if dup:
-                    counts["drop_exact_dedup"] += 1
-                    continue
-            if cfg.near_dedup:
-                t = time.process_time()
-                dup = near.is_duplicate(text)
-                report.record("near_dedup", text, not dup, "near_duplicate", seconds=time.process_time() - t)
-                if dup:
-                    counts["drop_near_dedup"] += 1
-                    continue
-            if cfg.pii:
-                t = time.process_time()
-                before = sum(pii_counts.values())
-                scrubbed = scrub_pii(text, pii_counts)
-                changed = sum(pii_counts.values()) > before
-                report.record("pii", text, True, out_text=scrubbed, seconds=time.process_time() - t)
-                text = scrubbed
-                counts["pii_scrubbed_docs"] += int(changed)
+            text, lang = kept
             split = "val" if is_val(text, cfg.val_fraction, cfg.seed) else "train"
             writers[split].write({"text": text, "source": src, "lang": lang})
             counts[split] += 1

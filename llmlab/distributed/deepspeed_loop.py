@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from llmlab.errors import UserError
 from llmlab.train.trainer import TrainResult
@@ -47,10 +46,9 @@ def _import_deepspeed():
 
 
 def train(cfg, model, train_loader, val_loader=None, *, extra_files=None, model_flops_per_token=None) -> TrainResult:
-    from llmlab.distributed.loop import _write_model
+    from llmlab.distributed.loop import _write_model, lm_loss, log_due, set_lr
     from llmlab.train.optim import build_optimizer
     from llmlab.train.reporting import Reporter
-    from llmlab.train.schedule import lr_factor
     ds_cfg = load_config(cfg.deepspeed, cfg)
     model_config = model.config.to_dict()
     deepspeed = _import_deepspeed()
@@ -67,15 +65,12 @@ def train(cfg, model, train_loader, val_loader=None, *, extra_files=None, model_
     tokens = cfg.per_device_train_batch_size * cfg.max_length * cfg.gradient_accumulation_steps * world
     try:
         while step < cfg.max_steps:
-            lr = cfg.learning_rate * lr_factor(step, cfg.lr_scheduler_type, cfg.max_steps, cfg.warmup_steps,
-                                               cfg.min_lr_ratio, cfg.decay_ratio)
-            for g in opt.param_groups:
-                g["lr"] = lr
+            lr = set_lr(opt, cfg, step)
             total = torch.zeros(())
             for _ in range(cfg.gradient_accumulation_steps):
                 x, y = next(it)
                 logits = engine(x.to(engine.device))
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.to(engine.device).flatten(), ignore_index=-100)
+                loss = lm_loss(logits, y.to(engine.device))
                 engine.backward(loss)  # DeepSpeed scales by 1/accumulation itself
                 engine.step()  # a no-op except at the accumulation boundary
                 total += loss.detach().cpu() / cfg.gradient_accumulation_steps
@@ -83,7 +78,7 @@ def train(cfg, model, train_loader, val_loader=None, *, extra_files=None, model_
                 torch.distributed.all_reduce(total)
                 total /= world
             step, last = step + 1, float(total)
-            if reporter is not None and (step % max(1, cfg.logging_steps) == 0 or step == cfg.max_steps):
+            if reporter is not None and log_due(cfg, step):
                 reporter.log("train", step, loss=last, lr=lr, tokens=step * tokens, elapsed_s=time.perf_counter() - t0)
         engine.save_checkpoint(str(out), tag=f"checkpoint-{step}")
         full = engine._zero3_consolidated_16bit_state_dict() if engine.zero_optimization_stage() == 3 \

@@ -32,6 +32,24 @@ from llmlab.train.trainer import TrainResult
 log = get_logger("llmlab.distributed")
 
 
+def set_lr(opt, cfg, step: int) -> float:
+    """Set the scheduled learning rate of optimizer step `step` on every param group -> it."""
+    lr = cfg.learning_rate * lr_factor(step, cfg.lr_scheduler_type, cfg.max_steps, cfg.warmup_steps,
+                                       cfg.min_lr_ratio, cfg.decay_ratio)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    return lr
+
+
+def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy in fp32; label -100 is ignored."""
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
+
+
+def log_due(cfg, step: int) -> bool:
+    return step % max(1, cfg.logging_steps) == 0 or step == cfg.max_steps
+
+
 def _wrap(model, cfg, info):
     """(forward module, optimizer) for the strategy."""
     s = cfg.strategy
@@ -124,10 +142,7 @@ def train(cfg, model, train_loader, val_loader=None, *, extra_files: dict[str, s
     last_loss, val_loss = float("nan"), None
     try:
         while step < cfg.max_steps:
-            lr = cfg.learning_rate * lr_factor(step, cfg.lr_scheduler_type, cfg.max_steps, cfg.warmup_steps,
-                                               cfg.min_lr_ratio, cfg.decay_ratio)
-            for g in opt.param_groups:
-                g["lr"] = lr
+            lr = set_lr(opt, cfg, step)
             loss_sum = torch.zeros((), device=device)
             for micro in range(cfg.gradient_accumulation_steps):
                 try:
@@ -138,7 +153,7 @@ def train(cfg, model, train_loader, val_loader=None, *, extra_files: dict[str, s
                 x, y = x.to(device), y.to(device)
                 with _grad_sync(fwd, cfg, micro == cfg.gradient_accumulation_steps - 1):
                     logits = fwd(x)
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
+                    loss = lm_loss(logits, y)
                     (loss / cfg.gradient_accumulation_steps).backward()
                 loss_sum += loss.detach() / cfg.gradient_accumulation_steps
             step_loss = float(D.all_reduce_mean(loss_sum, info))
@@ -148,7 +163,7 @@ def train(cfg, model, train_loader, val_loader=None, *, extra_files: dict[str, s
             opt.step()
             opt.zero_grad()
             step, tokens_seen, last_loss = step + 1, tokens_seen + global_tokens, step_loss
-            if reporter is not None and (step % max(1, cfg.logging_steps) == 0 or step == cfg.max_steps):
+            if reporter is not None and log_due(cfg, step):
                 dt = time.perf_counter() - t_log
                 reporter.log("train", step, loss=step_loss, lr=lr, grad_norm=grad_norm, tokens=tokens_seen,
                              tokens_per_s=global_tokens / dt if dt > 0 else 0.0, elapsed_s=time.perf_counter() - t0)

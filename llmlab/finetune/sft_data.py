@@ -15,7 +15,6 @@
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from llmlab.data.packages import iter_jsonl
 from llmlab.errors import UserError
 from llmlab.finetune.packing import pack
 from llmlab.tokenizer.chat import END_OF_TURN, end_of_turn  # noqa: F401  (re-exported: sft.py, sft_eval.py)
@@ -104,18 +104,13 @@ def replay_tokens(spec: str, tok, vocab_size: int) -> np.ndarray:
     if p.is_dir():
         arr = np.concatenate([np.asarray(s.tokens, dtype=np.int64) for s in open_shards(p)])
     elif p.is_file():
-        texts = []
-        with open(p, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                if p.suffix == ".jsonl":
-                    try:
-                        texts.append(str(json.loads(line)["text"]))
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        raise UserError(f"{p}:{lineno}: expected a JSON object with a 'text' field") from None
-                else:
-                    texts.append(line.rstrip("\n"))
+        if p.suffix == ".jsonl":
+            texts = [str(r["text"]) for r in iter_jsonl(p, required=("text",))]
+        else:
+            try:
+                texts = [line for line in p.read_text(encoding="utf-8").split("\n") if line.strip()]
+            except UnicodeDecodeError as e:
+                raise UserError(f"replay_data {p}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
         eos = [tok.eos_id] if tok.eos_id is not None else []
         arr = np.array([t for text in texts for t in tok.encode(text) + eos], dtype=np.int64)
     else:

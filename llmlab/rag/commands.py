@@ -77,6 +77,9 @@ def _documents(cfg: RagIndexConfig):
 def run_index(cfg: RagIndexConfig) -> int:
     from llmlab.rag.index import RagIndex
     docs, skipped = _documents(cfg)
+    if not docs and skipped:  # e.g. one non-UTF-8 file: say so once, and never prune an index on it
+        raise UserError(f"nothing to index: every file was skipped ({skipped[0][0]}: {skipped[0][1]}"
+                        + (f"; and {len(skipped) - 1} more" if len(skipped) > 1 else "") + ")")
     for path, why in skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
     idx = RagIndex(cfg.index, create=True, chunking=cfg.chunking, chunk_size=cfg.chunk_size, chunk_overlap=cfg.chunk_overlap)

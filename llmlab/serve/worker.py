@@ -22,9 +22,10 @@ _LIBC = None
 
 
 def trim_heap() -> None:
-    """Give freed heap pages back to the OS (glibc `malloc_trim`). Freed memory otherwise stays in
-    the per-thread malloc arenas and a server's RSS creeps up under a varying load (+7.7 % in a
-    20-minute soak without it, docs/serve.md). Called when the engine goes idle; a no-op off glibc."""
+    """Give freed heap pages back to the OS (glibc `malloc_trim`): freed memory otherwise stays in
+    the per-thread malloc arenas (it lowered a soak's idle RSS by 60 MB; the creep under load was
+    oneDNN's per-shape caches, see `llmlab.infer.runner.bucket_rows` and docs/serve.md). Called
+    when the engine goes idle; a no-op off glibc."""
     global _LIBC
     try:
         if _LIBC is None:

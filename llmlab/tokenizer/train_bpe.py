@@ -108,6 +108,18 @@ def learn_merges(counts: dict[str, int] | Counter, num_merges: int, min_frequenc
     wcount: list[int] = []
     pc: dict[int, int] = {}
     where: dict[int, set[int]] = {}
+    touched: set[int] = set()  # pairs whose count rose during the current merge
+
+    def add(q: int, wi: int, c: int) -> None:
+        """Pair q occurs (once more) in word wi, which appears c times: count it and index the word."""
+        pc[q] = pc.get(q, 0) + c
+        touched.add(q)
+        s = where.get(q)
+        if s is None:
+            where[q] = {wi}
+        else:
+            s.add(wi)
+
     for tok, c in counts.items():
         b = tok.encode("utf-8", "surrogateescape") if isinstance(tok, str) else bytes(tok)
         if len(b) < 2:
@@ -119,13 +131,7 @@ def learn_merges(counts: dict[str, int] | Counter, num_merges: int, min_frequenc
         words.append(arr.tobytes())
         wcount.append(c)
         for x, y in zip(b, b[1:]):
-            p = x << _SHIFT | y
-            pc[p] = pc.get(p, 0) + c
-            s = where.get(p)
-            if s is None:
-                where[p] = {wi}
-            else:
-                s.add(wi)
+            add(x << _SHIFT | y, wi, c)
     mask = (1 << _SHIFT) - 1
     heap = [(-c, tb[p >> _SHIFT], tb[p & mask], p) for p, c in pc.items()]
     heapq.heapify(heap)
@@ -155,7 +161,7 @@ def learn_merges(counts: dict[str, int] | Counter, num_merges: int, min_frequenc
         merges.append((ba, bb))
         pat = a.to_bytes(2, "little") + b.to_bytes(2, "little")
         tt = t.to_bytes(2, "little")
-        touched: set[int] = set()
+        touched.clear()
         for wi in where.pop(p, ()):
             w = words[wi]
             j = w.find(pat)
@@ -171,28 +177,12 @@ def learn_merges(counts: dict[str, int] | Counter, num_merges: int, min_frequenc
                 if j > 0:
                     # left neighbour: the token this merge just made, when occurrences touch
                     x = t if (j == last and out) else frm(w[j - 2:j], "little")
-                    q = x << _SHIFT | a
-                    pc[q] -= c
-                    q = x << _SHIFT | t
-                    pc[q] = pc.get(q, 0) + c
-                    touched.add(q)
-                    s = where.get(q)
-                    if s is None:
-                        where[q] = {wi}
-                    else:
-                        s.add(wi)
+                    pc[x << _SHIFT | a] -= c  # (x, a) becomes (x, t)
+                    add(x << _SHIFT | t, wi, c)
                 if j + 4 < n:
                     y = frm(w[j + 4:j + 6], "little")
-                    q = b << _SHIFT | y
-                    pc[q] -= c
-                    q = t << _SHIFT | y
-                    pc[q] = pc.get(q, 0) + c
-                    touched.add(q)
-                    s = where.get(q)
-                    if s is None:
-                        where[q] = {wi}
-                    else:
-                        s.add(wi)
+                    pc[b << _SHIFT | y] -= c  # (b, y) becomes (t, y)
+                    add(t << _SHIFT | y, wi, c)
                 out.append(w[last:j])
                 out.append(tt)
                 last = j + 4
