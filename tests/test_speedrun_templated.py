@@ -83,3 +83,12 @@ def test_build_drops_definitions_found_in_excluded_text():
     kept = [r["messages"][1]["content"] for r in T.build(400, seed=2, exclude_text=excluded)
             if r["kind"] == "definition"]
     assert defs[0] not in kept and defs[1] not in kept and set(kept) == set(defs) - {defs[0], defs[1]}
+
+
+def test_chat_stop_ids_are_the_turn_markers():
+    from types import SimpleNamespace
+
+    from llmlab.speedrun.judge import chat_stop_ids
+    tok = SimpleNamespace(special={"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2})
+    assert chat_stop_ids(tok) == (1, 2)
+    assert chat_stop_ids(SimpleNamespace(special={"<|endoftext|>": 0})) == ()

@@ -46,6 +46,12 @@ DECODING_GRID = [{"temperature": 0.8, "top_p": 0.95}, {"temperature": 0.6, "top_
 MIN_DISTINCT_2 = 0.6  # on the validation prompts: a margin above the issue's floor of 0.5
 
 
+def chat_stop_ids(tok) -> tuple[int, ...]:
+    """Ids of the chat-turn markers: a base model that met conversations in pretraining (midtraining)
+    may open a turn; a text continuation ends there, as it does at the end-of-text token."""
+    return tuple(i for s, i in getattr(tok, "special", {}).items() if s in ("<|im_start|>", "<|im_end|>"))
+
+
 def sample_continuations(model, tok, prompts=FLUENCY_PROMPTS, max_new_tokens: int = SAMPLE_TOKENS,
                          decoding: dict | None = None) -> list[dict]:
     from llmlab.infer.generate import stream_text
@@ -53,8 +59,10 @@ def sample_continuations(model, tok, prompts=FLUENCY_PROMPTS, max_new_tokens: in
 
     model.eval()
     out = []
+    stops = chat_stop_ids(tok)
     for i, prompt in enumerate(prompts):  # seed i: the same draws for every run and model
-        params = SamplingParams(max_new_tokens=max_new_tokens, seed=i, **(decoding or DECODING_GRID[0]))
+        params = SamplingParams(max_new_tokens=max_new_tokens, seed=i, stop_token_ids=stops,
+                                **(decoding or DECODING_GRID[0]))
         out.append({"prompt": prompt, "completion": "".join(stream_text(model, tok, tok.encode(prompt), params))})
     return out
 

@@ -285,10 +285,13 @@ def _samples(model, tok, cfg: SpeedrunConfig) -> list[dict]:
     from llmlab.infer.generate import stream_text
     from llmlab.infer.sampling import SamplingParams
 
+    from llmlab.speedrun.judge import chat_stop_ids
+
     model.eval()
     out = []
     for i, prompt in enumerate(SAMPLE_PROMPTS):
-        params = SamplingParams(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_p=0.95, seed=cfg.seed + i)
+        params = SamplingParams(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_p=0.95, seed=cfg.seed + i,
+                                stop_token_ids=chat_stop_ids(tok))
         text = "".join(stream_text(model, tok, tok.encode(prompt), params))
         out.append({"prompt": prompt, "completion": text})
     return out
