@@ -28,6 +28,12 @@ def test_quick_speedrun_writes_report(tmp_path, capsys):
     assert j["own_split"]["contamination"]["contaminated_frac"] == 0 and j["own_split"]["docs"] > 0
     assert math.isfinite(j["own_split"]["pretrained"])
     assert "Held-out judgement" in report
+    # midtraining: templated conversations in the pretraining shards, none of them a held-out question
+    assert summary["stages"]["shards"]["midtrain_docs"] > 0 and (out / "data" / "midtrain.jsonl").is_file()
+    assert j["instruction"]["leaked"] == [] and j["instruction"]["train_conversations"] > 0
+    # decoding chosen on validation prompts, the fixed setting reported beside it
+    assert j["fluency"]["decoding"] in [r["decoding"] for r in j["fluency"]["selection"]]
+    assert math.isfinite(j["fluency"]["fixed_judge_ppl"])
     assert summary["data_report"]["config"]["max_archaic"] == 0.01
     model_dir = out / "train" / "model"
     assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer.json").is_file()

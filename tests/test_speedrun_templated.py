@@ -59,3 +59,36 @@ def test_scores_by_hand():
     assert score_item({"kind": "greeting"}, "The answer is 4.") == 0.0
     assert score_item({"kind": "definition", "subject": "Paris"}, "Paris is the capital of France.") == 1.0
     assert score_item({"kind": "definition", "subject": "Paris"}, "London is a city.") == 0.0
+
+
+def test_midtraining_mix_documents_and_leak_check():
+    recs = T.build(400, seed=1, mix=T.MIDTRAIN_MIX)
+    share = sum(r["kind"] == "arithmetic" for r in recs) / len(recs)
+    assert share == pytest.approx(0.7, abs=0.02)  # arith_en 0.6 + arith_zh 0.1
+    # rendered documents keep every conversation, in order, `per_doc` to a document
+    render = lambda msgs: "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in msgs)  # noqa: E731
+    docs = T.render_documents(recs, render, per_doc=16)
+    assert len(docs) == 25 and "".join(docs) == "".join(render(r["messages"]) for r in recs)
+    items = T.heldout_items()
+    assert T.leaked_prompts(items, recs) == []
+    planted = recs + [{"messages": [{"role": "user", "content": items[0]["prompt"]},
+                                    {"role": "assistant", "content": "x"}]}]
+    assert T.leaked_prompts(items, planted) == [items[0]["prompt"]]
+
+
+def test_build_drops_definitions_found_in_excluded_text():
+    recs = T.build(400, seed=2)
+    defs = [r["messages"][1]["content"] for r in recs if r["kind"] == "definition"]
+    excluded = "Some validation text. " + defs[0] + " More text. " + defs[1].rstrip(".")
+    kept = [r["messages"][1]["content"] for r in T.build(400, seed=2, exclude_text=excluded)
+            if r["kind"] == "definition"]
+    assert defs[0] not in kept and defs[1] not in kept and set(kept) == set(defs) - {defs[0], defs[1]}
+
+
+def test_chat_stop_ids_are_the_turn_markers():
+    from types import SimpleNamespace
+
+    from llmlab.speedrun.judge import chat_stop_ids
+    tok = SimpleNamespace(special={"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2})
+    assert chat_stop_ids(tok) == (1, 2)
+    assert chat_stop_ids(SimpleNamespace(special={"<|endoftext|>": 0})) == ()

@@ -37,14 +37,32 @@ def distinct_n(texts: list[str], n: int = 2) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def sample_continuations(model, tok, prompts=FLUENCY_PROMPTS, max_new_tokens: int = SAMPLE_TOKENS) -> list[dict]:
+# Decoding settings tried on VALIDATION prompts (3-word openings of held-out documents, never the
+# FLUENCY_PROMPTS); the first is the fixed setting of earlier runs, reported beside the chosen one.
+DECODING_GRID = [{"temperature": 0.8, "top_p": 0.95}, {"temperature": 0.6, "top_p": 0.95},
+                 {"temperature": 0.6, "top_p": 0.95, "repetition_penalty": 1.2},
+                 {"temperature": 0.4, "top_p": 0.95, "repetition_penalty": 1.2},
+                 {"temperature": 0.3, "top_p": 0.95, "repetition_penalty": 1.3}]
+MIN_DISTINCT_2 = 0.6  # on the validation prompts: a margin above the issue's floor of 0.5
+
+
+def chat_stop_ids(tok) -> tuple[int, ...]:
+    """Ids of the chat-turn markers: a base model that met conversations in pretraining (midtraining)
+    may open a turn; a text continuation ends there, as it does at the end-of-text token."""
+    return tuple(i for s, i in getattr(tok, "special", {}).items() if s in ("<|im_start|>", "<|im_end|>"))
+
+
+def sample_continuations(model, tok, prompts=FLUENCY_PROMPTS, max_new_tokens: int = SAMPLE_TOKENS,
+                         decoding: dict | None = None) -> list[dict]:
     from llmlab.infer.generate import stream_text
     from llmlab.infer.sampling import SamplingParams
 
     model.eval()
     out = []
+    stops = chat_stop_ids(tok)
     for i, prompt in enumerate(prompts):  # seed i: the same draws for every run and model
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.8, top_p=0.95, seed=i)
+        params = SamplingParams(max_new_tokens=max_new_tokens, seed=i, stop_token_ids=stops,
+                                **(decoding or DECODING_GRID[0]))
         out.append({"prompt": prompt, "completion": "".join(stream_text(model, tok, tok.encode(prompt), params))})
     return out
 
@@ -56,19 +74,37 @@ def judge_perplexity(ctx, pairs: list[tuple[str, str]]) -> float:
     return math.exp(-sum(r.logprob for r in res) / tokens) if tokens else float("nan")
 
 
+def _english_docs(val_texts: list[str]) -> list[str]:
+    return [t for t in val_texts if len(t.split(" ")) >= 20 and not re.search(r"[\u4e00-\u9fff]", t)]
+
+
 def human_reference(val_texts: list[str], tok, n: int = 20, max_tokens: int = SAMPLE_TOKENS) -> list[tuple[str, str]]:
     """(3-word prompt, next `max_tokens` of our tokenizer) from the first n English validation docs."""
     out = []
-    for t in val_texts:
-        ws = t.split(" ")
-        if len(ws) < 20 or re.search(r"[\u4e00-\u9fff]", t):
-            continue
-        prompt = " ".join(ws[:3])
-        rest = tok.decode(tok.encode(t[len(prompt):])[:max_tokens])
-        out.append((prompt, rest))
-        if len(out) == n:
-            break
+    for t in _english_docs(val_texts)[:n]:
+        prompt = " ".join(t.split(" ")[:3])
+        out.append((prompt, tok.decode(tok.encode(t[len(prompt):])[:max_tokens])))
     return out
+
+
+def validation_prompts(val_texts: list[str], n: int = 20) -> list[str]:
+    """3-word openings of the n English validation docs after the human reference's (disjoint from it)."""
+    return [" ".join(t.split(" ")[:3]) for t in _english_docs(val_texts)[n:2 * n]]
+
+
+def choose_decoding(model, tok, prompts: list[str], judge_ctx, max_new_tokens: int = SAMPLE_TOKENS,
+                    grid: list[dict] = DECODING_GRID) -> tuple[dict, list[dict]]:
+    """The grid setting with the lowest judge perplexity on `prompts` among those whose distinct-2
+    is >= MIN_DISTINCT_2 (the first setting if none is): model selection on validation prompts.
+    -> (chosen setting, one row per setting)."""
+    rows = []
+    for d in grid:
+        samples = sample_continuations(model, tok, prompts, max_new_tokens, d)
+        rows.append({"decoding": d, "judge_ppl": judge_perplexity(judge_ctx, [(x["prompt"], x["completion"])
+                                                                              for x in samples]),
+                     "distinct_2": distinct_n([x["completion"] for x in samples])})
+    ok = [r for r in rows if r["distinct_2"] >= MIN_DISTINCT_2 and math.isfinite(r["judge_ppl"])]
+    return (min(ok, key=lambda r: r["judge_ppl"])["decoding"] if ok else grid[0]), rows
 
 
 def load_judge():
@@ -81,15 +117,21 @@ def load_judge():
 
 
 def fluency(model, tok, val_texts: list[str], judge_ctx, quick: bool = False) -> dict:
-    """quick: 5 prompts, 16 tokens (tests)."""
+    """The judge on the FLUENCY_PROMPTS samples at the decoding chosen on validation prompts
+    (`choose_decoding`) and at the fixed first setting. quick: 5 prompts, 16 tokens, 2 settings (tests)."""
     n, k = (5, 16) if quick else (len(FLUENCY_PROMPTS), SAMPLE_TOKENS)
-    samples = sample_continuations(model, tok, FLUENCY_PROMPTS[:n], k)
     ref = human_reference(val_texts, tok, n, k)
-    return {"judge": JUDGE, "samples": samples,
-            "judge_ppl": judge_perplexity(judge_ctx, [(s["prompt"], s["completion"]) for s in samples]),
-            "distinct_2": distinct_n([s["completion"] for s in samples]),
-            "human_judge_ppl": judge_perplexity(judge_ctx, ref), "human_distinct_2": distinct_n([r for _, r in ref]),
-            "human_n": len(ref)}
+    chosen, selection = choose_decoding(model, tok, validation_prompts(val_texts, n), judge_ctx, k,
+                                        DECODING_GRID[:2] if quick else DECODING_GRID)
+    out = {"judge": JUDGE, "decoding": chosen, "selection": selection,
+           "human_judge_ppl": judge_perplexity(judge_ctx, ref), "human_distinct_2": distinct_n([r for _, r in ref]),
+           "human_n": len(ref)}
+    for key, d in (("", chosen), ("fixed_", DECODING_GRID[0])):
+        samples = sample_continuations(model, tok, FLUENCY_PROMPTS[:n], k, d)
+        out.update({f"{key}samples": samples,
+                    f"{key}judge_ppl": judge_perplexity(judge_ctx, [(s["prompt"], s["completion"]) for s in samples]),
+                    f"{key}distinct_2": distinct_n([s["completion"] for s in samples])})
+    return out
 
 
 # ---- instruction following --------------------------------------------------------------------
@@ -138,13 +180,16 @@ def chat_reply(model, tok, prompt: str, max_new_tokens: int = 48) -> str:
                                                                 temperature=0.0))).strip()
 
 
-def instruction_following(model, tok, quick: bool = False) -> dict:
-    """Scores per kind on the held-out questions, plus every (question, reply, score)."""
-    from llmlab.finetune.instruct.templated import heldout_items
+def instruction_following(model, tok, quick: bool = False, train_records: list[dict] | None = None) -> dict:
+    """Scores per kind on the held-out questions, plus every (question, reply, score); with
+    `train_records` (every conversation trained on), the held-out questions found verbatim among
+    their user turns (`leaked`, should be empty)."""
+    from llmlab.finetune.instruct.templated import heldout_items, leaked_prompts
 
     model.eval()
     rows = []
     items = heldout_items(seed=0, **({"n_arith": 5, "n_define": 2, "n_idiom": 2} if quick else {}))
+    leaked = leaked_prompts(items, train_records) if train_records is not None else None
     for it in items:  # fixed items: comparable across runs and seeds
         reply = chat_reply(model, tok, it["prompt"])
         rows.append({**it, "reply": reply, "score": score_item(it, reply)})
@@ -153,18 +198,23 @@ def instruction_following(model, tok, quick: bool = False) -> dict:
         kinds.setdefault(r["kind"], []).append(r["score"])
     baseline = [char_f1(r["prompt"], r["reference"]) for r in rows if r["kind"] == "idiom"]
     return {"scores": {k: sum(v) / len(v) for k, v in kinds.items()}, "n": {k: len(v) for k, v in kinds.items()},
-            "idiom_copy_question_f1": sum(baseline) / len(baseline) if baseline else None, "items": rows}
+            "idiom_copy_question_f1": sum(baseline) / len(baseline) if baseline else None, "items": rows,
+            "leaked": leaked, "train_conversations": len(train_records) if train_records is not None else None}
 
 
 # ---- bits per byte on the run's own held-out split ----------------------------------------------
 
-def own_split_bpb(models: dict, val_texts: list[str], train_jsonl: str | Path, max_docs: int = 200) -> dict:
+def own_split_bpb(models: dict, val_texts: list[str], train_jsonl: str | Path, max_docs: int = 200,
+                  extra_texts: list[str] = ()) -> dict:
     """Bits per byte of each model (name -> (model, tok)) on up to `max_docs` validation documents
-    that share no 13-gram with the training text; the contamination check is re-run on them."""
+    that share no 13-gram with the training text (`train_jsonl` plus `extra_texts`, e.g. the
+    instruction data); the contamination check is re-run on them."""
     from llmlab.eval.contamination import NgramIndex, contamination
     from llmlab.eval.harness import EvalContext
 
     index = NgramIndex.from_file(train_jsonl, n=13)
+    for t in extra_texts:
+        index.add_text(t)
     clean = [t for t in val_texts if index.overlap(t)[0] == 0]
     step = max(1, len(clean) // max_docs)
     docs = clean[::step][:max_docs]

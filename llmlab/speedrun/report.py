@@ -60,7 +60,10 @@ def write_report(out: Path, summary: dict) -> Path:
              f"| tokenizer | {s['tokenizer']['seconds']:.1f} | byte-level BPE, vocab "
              f"{summary['model']['vocab_size']} |",
              f"| shards | {s['shards']['seconds']:.1f} | {s['shards']['train_tokens']:,} train / "
-             f"{s['shards']['val_tokens']:,} val tokens, {s['shards']['bytes_per_token']:.2f} bytes/token |",
+             f"{s['shards']['val_tokens']:,} val tokens, {s['shards']['bytes_per_token']:.2f} bytes/token"
+             + (f"; the train tokens include {s['shards']['midtrain_tokens']:,} of templated conversations "
+                f"(midtraining, {s['shards']['midtrain_docs']:,} documents)" if s['shards'].get('midtrain_docs') else "")
+             + " |",
              f"| pretrain | {pt['seconds']:.1f} | {pt['steps']} steps, {pt['tokens']:,} tokens, "
              f"{pt['params'] / 1e6:.2f}M params, {pt['tokens'] / max(pt['seconds'], 1e-9):,.0f} tokens/s |",
              f"| samples | {s['samples']['seconds']:.1f} | {len(summary['samples'])} sampled completions |",
@@ -98,13 +101,21 @@ def write_report(out: Path, summary: dict) -> Path:
 def judgement_lines(j: dict) -> list[str]:
     """The held-out judgement section (llmlab.speedrun.judge)."""
     f, ins, own = j["fluency"], j["instruction"], j["own_split"]
+    fmt = lambda d: ", ".join(f"{k} {v}" for k, v in d.items())  # noqa: E731
     lines = ["", "## Held-out judgement", "",
              f"Fluency: SmolLM2-135M-Instruct's perplexity on the pretrained model's continuations of "
-             f"{len(f['samples'])} fixed English prompts (temperature 0.8, top-p 0.95, fixed seeds; 64 tokens "
-             "unless quick); distinct-2 = distinct word "
-             "bigrams / all bigrams (low = repetitive).", "",
+             f"{len(f['samples'])} fixed English prompts (fixed seeds; 64 tokens unless quick); distinct-2 = "
+             "distinct word bigrams / all bigrams (low = repetitive). The decoding is chosen on validation prompts "
+             "(openings of held-out documents, not these prompts): the lowest judge perplexity with distinct-2 >= "
+             "0.6 there.", "",
+             "| decoding (validation prompts) | judge perplexity | distinct-2 |", "|---|---:|---:|",
+             *[f"| {fmt(r['decoding'])}{' (chosen)' if r['decoding'] == f['decoding'] else ''} | "
+               f"{r['judge_ppl']:.1f} | {r['distinct_2']:.3f} |" for r in f.get("selection", [])], "",
              "| text | judge perplexity | distinct-2 |", "|---|---:|---:|",
-             f"| our samples | {f['judge_ppl']:.1f} | {f['distinct_2']:.3f} |",
+             f"| our samples, chosen decoding ({fmt(f.get('decoding', {}))}) | {f['judge_ppl']:.1f} | "
+             f"{f['distinct_2']:.3f} |",
+             *([f"| our samples, fixed decoding (temperature 0.8, top-p 0.95) | {f['fixed_judge_ppl']:.1f} | "
+                f"{f['fixed_distinct_2']:.3f} |"] if "fixed_judge_ppl" in f else []),
              f"| held-out human text ({f['human_n']} validation docs, same length) | {f['human_judge_ppl']:.1f} | "
              f"{f['human_distinct_2']:.3f} |", "",
              "Instruction following (the chat model, greedy), on questions whose wording (arithmetic, greeting) or "
@@ -117,6 +128,9 @@ def judgement_lines(j: dict) -> list[str]:
                        if ins.get("idiom_copy_question_f1") is not None else "")}
     for k, v in ins["scores"].items():
         lines.append(f"| {k} | {ins['n'][k]} | {v:.3f} | {how.get(k, '')} |")
+    if ins.get("leaked") is not None:
+        lines += ["", f"Held-out questions found verbatim among the {ins['train_conversations']:,} training "
+                      f"conversations (midtraining + SFT): {len(ins['leaked'])}."]
     lines += ["", "<details><summary>every held-out question and reply</summary>", ""]
     for it in ins["items"]:
         lines.append(f"- [{it['kind']}, {it['score']:.2f}] {it['prompt']} -> {it['reply']}".replace("\n", " "))

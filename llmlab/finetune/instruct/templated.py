@@ -152,16 +152,40 @@ def idioms(n: int, rng: random.Random) -> list[dict]:
 MIX = {"arith_en": 0.35, "arith_zh": 0.1, "definition": 0.25, "greeting": 0.08, "idiom": 0.22}
 
 
-def build(n: int = 6000, seed: int = 0) -> list[dict]:
-    """`n` training examples in the MIX proportions, shuffled (seeded)."""
+# Midtraining (nanochat's name: conversations inside the pretraining stream) leans on arithmetic:
+# its facts are what a small model cannot pick up from prose, the other kinds mostly teach the format.
+MIDTRAIN_MIX = {"arith_en": 0.6, "arith_zh": 0.1, "definition": 0.1, "greeting": 0.1, "idiom": 0.1}
+
+
+def build(n: int = 6000, seed: int = 0, mix: dict | None = None, exclude_text: str = "") -> list[dict]:
+    """`n` training examples in the `mix` proportions (default MIX), shuffled (seeded). Definitions
+    whose answer occurs in `exclude_text` (e.g. the validation documents) are dropped, so a model's
+    bits/byte on that text stays held out."""
     if n < 1:
         raise UserError(f"templated instruction data: n must be >= 1, got {n}")
+    mix = mix or MIX
     rng = random.Random(f"templated-{seed}")
-    k = {name: max(1, round(n * share)) for name, share in MIX.items()}
-    recs = (arithmetic(k["arith_en"], rng, "en") + arithmetic(k["arith_zh"], rng, "zh")
-            + definitions(k["definition"], rng) + greetings(k["greeting"], rng) + idioms(k["idiom"], rng))
+    k = {name: max(1, round(n * mix.get(name, 0.0))) for name in MIX}
+    recs = arithmetic(k["arith_en"], rng, "en") + arithmetic(k["arith_zh"], rng, "zh")
+    recs += [r for r in definitions(k["definition"], rng)
+             if not (exclude_text and r["messages"][1]["content"].rstrip(".") in exclude_text)]
+    recs += greetings(k["greeting"], rng) + idioms(k["idiom"], rng)
     rng.shuffle(recs)
     return recs
+
+
+def render_documents(records: list[dict], render, per_doc: int = 16) -> list[str]:
+    """Conversations as pretraining text: `render(messages)` (the chat template) of `per_doc`
+    records joined into one document, so a training window holds several whole exchanges."""
+    if per_doc < 1:
+        raise UserError(f"per_doc must be >= 1, got {per_doc}")
+    return ["".join(render(r["messages"]) for r in records[i:i + per_doc]) for i in range(0, len(records), per_doc)]
+
+
+def leaked_prompts(items: list[dict], records: list[dict]) -> list[str]:
+    """Held-out questions that occur verbatim as a user turn of the training records (should be none)."""
+    asked = {m["content"].strip() for r in records for m in r["messages"] if m["role"] == "user"}
+    return [it["prompt"] for it in items if it["prompt"].strip() in asked]
 
 
 def heldout_items(seed: int = 0, n_arith: int = 50, n_define: int = 10, n_idiom: int = 10) -> list[dict]:
