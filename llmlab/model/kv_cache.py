@@ -21,6 +21,9 @@ class KVCache:
     @classmethod
     def for_model(cls, model, batch: int, max_len: int | None = None) -> "KVCache":
         cfg = model.config
+        if cfg.kv_lora_rank is not None and cls is KVCache:  # MLA caches latents (llmlab/model/mla.py)
+            from llmlab.model.mla import MLACache
+            return MLACache.for_model(model, batch, max_len)
         p = next(model.parameters())
         return cls(cfg.num_hidden_layers, batch, cfg.num_key_value_heads,
                    max_len or cfg.max_position_embeddings, cfg.head_dim, p.dtype, p.device)

@@ -224,6 +224,12 @@ def num_params(cfg: ModelConfig, non_embedding: bool = False) -> int:
         return n if cfg.norm == "rmsnorm" else 2 * n
     attn = d * q + 2 * d * kv + q * d + (q + 2 * kv if cfg.attention_bias else 0)
     attn += (d if cfg.attention_out_bias else 0) + (2 * norm(cfg.head_dim) if cfg.qk_norm else 0)
+    if cfg.kv_lora_rank is not None:  # MLA (llmlab/model/mla.py)
+        H, r, rq, qk = cfg.num_attention_heads, cfg.kv_lora_rank, cfg.q_lora_rank, cfg.qk_nope_head_dim + cfg.head_dim
+        b = cfg.attention_bias
+        attn = (d * rq + (rq if b else 0) + rq + rq * H * qk) if rq else d * H * qk
+        attn += d * (r + cfg.head_dim) + ((r + cfg.head_dim) if b else 0) + r + r * H * (cfg.qk_nope_head_dim + cfg.v_head_dim)
+        attn += H * cfg.v_head_dim * d + (d if cfg.attention_out_bias else 0)
     if cfg.num_local_experts:
         fe = cfg.moe_intermediate_size or f
         mlp = cfg.num_local_experts * (3 * d * fe + d) + 3 * d * fe * cfg.n_shared_experts
