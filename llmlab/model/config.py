@@ -51,6 +51,8 @@ class ModelConfig:
     relative_attention_max_distance: int = 128
     # attention
     sliding_window: Optional[int] = None  # Mistral: query i sees keys i-W+1..i
+    global_tokens: Optional[int] = None  # LM-Infinite Lambda-mask: the first N keys stay visible (with sliding_window)
+    s2_group_size: Optional[int] = None  # LongLoRA S2-Attn while training: groups of G, half the heads shifted G/2
     sparse_stride: Optional[int] = None  # Sparse Transformer: the last `stride` keys + every stride-th
     attn_logit_softcapping: Optional[float] = None  # Gemma 2: s <- c * tanh(s / c)
     final_logit_softcapping: Optional[float] = None
@@ -137,6 +139,10 @@ class ModelConfig:
                                 f"({self.num_local_experts})")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise UserError(f"sliding_window must be >= 1, got {self.sliding_window}")
+        if self.global_tokens is not None and (self.global_tokens < 1 or self.sliding_window is None):
+            raise UserError("global_tokens (LM-Infinite) needs global_tokens >= 1 and a sliding_window")
+        if self.s2_group_size is not None and (self.s2_group_size < 2 or self.s2_group_size % 2):
+            raise UserError(f"s2_group_size must be an even number >= 2, got {self.s2_group_size}")
         if self.sparse_stride is not None and self.sparse_stride < 1:
             raise UserError(f"sparse_stride must be >= 1, got {self.sparse_stride}")
         if self.deepnorm and self.norm_placement != "post":

@@ -173,9 +173,12 @@ class Transformer(nn.Module):
         bias_kind = cfg.position if cfg.position in ("alibi", "t5") else None
         if attention_mask is not None and attention_mask.dim() == 4:  # a ready mask (packed rows)
             return self._padding_mask(attention_mask, past, T)
-        if bias_kind is None and cfg.sliding_window is None and cfg.sparse_stride is None and prefix is None:
+        s2 = cfg.s2_group_size if self.training else None  # LongLoRA: S2-Attn in training, full attention after
+        if (bias_kind is None and cfg.sliding_window is None and cfg.sparse_stride is None and prefix is None
+                and not s2):
             return None if attention_mask is None else self._padding_mask(attention_mask, past, T)
-        mask = keep_mask(cfg, T, past, attention_mask, x.device, force=bias_kind is not None, prefix=prefix)
+        mask = keep_mask(cfg, T, past, attention_mask, x.device, force=bias_kind is not None, prefix=prefix,
+                         s2_group=s2)
         if bias_kind is None:
             return mask
         k_pos = key_positions(attention_mask, past + T, x.device)
