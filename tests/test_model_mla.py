@@ -87,3 +87,12 @@ def test_mla_refuses_gqa_and_trains():
     ids = torch.randint(0, 97, (2, 8))
     m.loss(ids, ids).backward()
     assert all(p.grad is not None for p in m.parameters())
+
+
+def test_mla_round_trips_as_hf_dir(tmp_path):
+    from llmlab.model.hf import load_hf_dir, save_hf_dir
+    m = _ours(q_lora_rank=12)
+    save_hf_dir(m, tmp_path)
+    ids = torch.randint(0, 97, (1, 7))
+    with torch.no_grad():
+        assert (load_hf_dir(tmp_path)(ids) - m(ids)).abs().max() < 1e-6

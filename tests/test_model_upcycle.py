@@ -83,3 +83,12 @@ def test_random_routed_experts_extract_domain():
         a = rre(ids)
         b = rre(ids)
     assert torch.equal(a, b)
+
+
+def test_upcycled_model_round_trips_as_hf_dir(tmp_path):
+    from llmlab.model.hf import load_hf_dir, save_hf_dir
+    moe = upcycle(_dense(), 4, 2)
+    save_hf_dir(moe, tmp_path)
+    ids = torch.randint(0, 61, (1, 7))
+    with torch.no_grad():
+        assert (load_hf_dir(tmp_path)(ids) - moe(ids)).abs().max() < 1e-6

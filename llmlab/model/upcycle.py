@@ -9,7 +9,8 @@ what the dense one did, and training continues from there. A consequence worth k
 identical experts and weights summing to 1, the LM loss gives the router no gradient at step 0
 (d out / d w_i is the same for every i); the router first moves through the load-balancing loss
 (router_aux_loss_coef) and as the experts drift apart on the different tokens they see.
-The result is an ordinary llmlab MoE Transformer (num_local_experts set), saved and loaded as Mixtral.
+The result is an ordinary llmlab MoE Transformer (num_local_experts set): save_hf_dir / load_hf_dir
+round-trip it like any other (tested).
 """
 from __future__ import annotations
 
