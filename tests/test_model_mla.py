@@ -7,7 +7,8 @@ import torch
 
 from llmlab.model.config import ModelConfig
 from llmlab.model.kv_cache import KVCache
-from llmlab.model.mla import MLACache, cache_numbers_per_token
+from llmlab.model.kv_cache import MLACache
+from llmlab.model.mla import cache_numbers_per_token
 from llmlab.model.transformer import Transformer, num_params
 
 MLA = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.model.kv_cache import KVCache
 from llmlab.model.linear import linear
 from llmlab.model.norm import RMSNorm
 from llmlab.model.rope import apply_rope
@@ -33,25 +32,6 @@ def cache_numbers_per_token(cfg) -> int:
     if cfg.kv_lora_rank:
         return cfg.kv_lora_rank + cfg.qk_rope_head_dim
     return 2 * cfg.num_key_value_heads * cfg.head_dim
-
-
-class MLACache(KVCache):
-    """The latent cache: `k` holds c_KV (B, 1, L, kv_lora_rank), `v` holds k_R (B, 1, L, qk_rope_head_dim)."""
-
-    def __init__(self, num_layers: int, batch: int, max_len: int, kv_lora_rank: int, rope_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        self.k = [torch.zeros(batch, 1, max_len, kv_lora_rank, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.zeros(batch, 1, max_len, rope_dim, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.max_len, self.length = max_len, 0
-
-    @classmethod
-    def for_model(cls, model, batch: int, max_len: int | None = None) -> "MLACache":
-        cfg, p = model.config, next(model.parameters())
-        return cls(cfg.num_hidden_layers, batch, max_len or cfg.max_position_embeddings, cfg.kv_lora_rank,
-                   cfg.qk_rope_head_dim, p.dtype, p.device)
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
 
 class MLAttention(nn.Module):
