@@ -97,3 +97,16 @@ def test_mla_round_trips_as_hf_dir(tmp_path):
     ids = torch.randint(0, 97, (1, 7))
     with torch.no_grad():
         assert (load_hf_dir(tmp_path)(ids) - m(ids)).abs().max() < 1e-6
+
+
+def test_mla_greedy_generation_uses_the_latent_cache():
+    from llmlab.infer.generate import generate_ids
+    from llmlab.infer.sampling import SamplingParams
+    m = _ours()
+    prompt = [3, 14, 15, 9, 2]
+    got = list(generate_ids(m, prompt, SamplingParams(temperature=0.0, max_new_tokens=6)))
+    ids = list(prompt)
+    with torch.no_grad():  # no cache: the full forward every step
+        for _ in range(6):
+            ids.append(int(m(torch.tensor([ids]))[0, -1].argmax()))
+    assert got == ids[len(prompt):]
