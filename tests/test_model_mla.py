@@ -84,6 +84,10 @@ def test_mla_refuses_gqa_and_trains():
     from llmlab.errors import UserError
     with pytest.raises(UserError):
         ModelConfig(**MLA, num_key_value_heads=2)
+    with pytest.raises(UserError, match="qk_norm"):
+        ModelConfig(**MLA, qk_norm=True)
+    biased = _ours(attention_bias=True, q_lora_rank=12)
+    assert biased.num_params() == num_params(biased.config)
     m = _ours().train()
     ids = torch.randint(0, 97, (2, 8))
     m.loss(ids, ids).backward()

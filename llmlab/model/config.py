@@ -158,6 +158,11 @@ class ModelConfig:
             if self.position != "rope" or self.num_key_value_heads != self.num_attention_heads:
                 raise UserError("MLA (kv_lora_rank) needs position=rope and no num_key_value_heads (it "
                                 "shares one latent across heads instead)")
+            unused = [k for k, on in (("qk_norm", self.qk_norm), ("attn_logit_softcapping", self.needs_scores),
+                                      ("attn_implementation=flash", self.attn_implementation == "flash"),
+                                      ("partial_rotary_factor", self.partial_rotary_factor != 1.0)) if on]
+            if unused:
+                raise UserError(f"MLA (kv_lora_rank) does not implement {', '.join(unused)}")
 
     @property
     def is_gated(self) -> bool:
