@@ -10,6 +10,8 @@ import pytest
     (["prune", "method=random"], "unknown pruning method"),
     (["prune", "sparsity=1.5"], "sparsity must be"),
     (["prune", "sweep=0.1,0.5"], "needs plot="),
+    (["prune", "method=lowrank"], "needs rank="),
+    (["prune", "method=owl", "sparsity=0.05", "owl_lambda=0.1"], "owl_lambda"),
     (["distill", "alpha=2"], "alpha"),
 ])
 def test_bad_input(args, msg):

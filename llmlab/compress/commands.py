@@ -7,14 +7,19 @@ from dataclasses import dataclass, field
 from llmlab.verb import Verb
 from llmlab.errors import UserError
 
-PRUNE_METHODS = ("magnitude", "wanda", "2:4", "heads", "channels", "layers")
+PRUNE_METHODS = ("magnitude", "wanda", "2:4", "owl", "heads", "channels", "layers", "lowrank")
 
 
 @dataclass
 class PruneConfig:
     model: str = field(default="smollm2", metadata={"help": "packaged name, .gguf file or HF-style dir"})
-    method: str = field(default="wanda", metadata={"help": "magnitude wanda 2:4 heads channels layers"})
-    sparsity: float = field(default=0.5, metadata={"help": "fraction removed (layers: fraction of blocks)"})
+    method: str = field(default="wanda", metadata={"help": "magnitude wanda 2:4 owl heads channels layers lowrank"})
+    sparsity: float = field(default=0.5, metadata={"help": "fraction removed (layers: fraction of blocks; "
+                                                           "owl: the mean over blocks)"})
+    owl_threshold: float = field(default=5.0, metadata={"help": "owl: a score is an outlier above M x the block mean"})
+    owl_lambda: float = field(default=0.08, metadata={"help": "owl: per-block sparsities span sparsity +- lambda"})
+    rank: int = field(default=0, metadata={"help": "lowrank: keep this many singular values per Linear"})
+    energy: float = field(default=0.0, metadata={"help": "lowrank (rank=0): keep this share of sum s_i^2"})
     sweep: list[float] = field(default_factory=list, metadata={"help": "sparsities to evaluate (magnitude and "
                                                                          "wanda, plus 2:4); writes plot="})
     plot: str = field(default="", metadata={"help": "PNG for the sweep"})
@@ -31,15 +36,28 @@ def _windows(tok, cfg_n: int, heldout: bool, seed: int):
     return calibrate.token_windows(tok, calibrate.wiki_split(heldout), cfg_n, 256, seed=seed)
 
 
-def _prune_once(model, method: str, sparsity: float, calib):
+def _prune_once(model, method: str, sparsity: float, calib, cfg: "PruneConfig | None" = None):
     from llmlab.compress import prune
     from llmlab.quant import calibrate
-    if method in ("magnitude", "wanda", "2:4"):
+    cfg = cfg or PruneConfig()
+    if method == "lowrank":
+        from llmlab.compress.lowrank import factorize_model
+        rep = factorize_model(model, cfg.rank or None, None if cfg.rank else cfg.energy)
+        done = [r for r in rep.values() if r["rank"]]
+        print(f"lowrank: {len(done)} of {len(rep)} Linears factorised, ranks {min((r['rank'] for r in done), default=0)}"
+              f"..{max((r['rank'] for r in done), default=0)}, mean relative error "
+              f"{sum(r['rel_error'] for r in rep.values()) / len(rep):.3f}")
+        return None
+    if method in ("magnitude", "wanda", "2:4", "owl"):
         norms = None
-        if method in ("wanda", "2:4"):
+        if method in ("wanda", "2:4", "owl"):
             lins = list(calibrate.quantizable_linears(model))
             st = calibrate.collect(model, calib, lins, {"hessian"})
             norms = {n: st[n].H.diagonal().float().mul(st[n].n / 2).sqrt() for n in lins}  # ||X_j||_2
+        if method == "owl":
+            masks, per_block = prune.prune_owl(model, sparsity, norms, cfg.owl_threshold, cfg.owl_lambda)
+            print("owl block sparsities: " + " ".join(f"{s:.3f}" for s in per_block))
+            return masks
         return prune.prune_unstructured(model, sparsity, "wanda" if norms is not None else "magnitude",
                                         "2:4" if method == "2:4" else "unstructured", norms)
     if method == "heads":
@@ -86,6 +104,13 @@ def run_prune(cfg: PruneConfig) -> int:
         raise UserError("sparsity must be in [0, 1)")
     if cfg.sweep and not cfg.plot:
         raise UserError("sweep= needs plot=FILE.png")
+    if cfg.method == "lowrank" and (cfg.rank < 0 or (cfg.rank == 0 and not 0 < cfg.energy <= 1)):
+        raise UserError("method=lowrank needs rank=N (>= 1) or energy=F in (0, 1]")
+    if cfg.method == "lowrank" and cfg.output_dir:
+        raise UserError("method=lowrank gives factor pairs no HF architecture loads: drop output_dir")
+    if cfg.method == "owl":
+        from llmlab.compress.prune import owl_sparsities
+        owl_sparsities([0.0, 1.0], cfg.sparsity, cfg.owl_lambda)  # checks the range before loading
     torch.manual_seed(cfg.seed)
     base, tok = load_model_and_tokenizer(cfg.model, device="cpu", dtype="float32")
     base.__dict__.pop("quantized", None)
@@ -113,9 +138,10 @@ def run_prune(cfg: PruneConfig) -> int:
         return 0
     model = base
     with torch.no_grad():
-        masks = _prune_once(model, cfg.method, cfg.sparsity, calib)
+        masks = _prune_once(model, cfg.method, cfg.sparsity, calib, cfg)
         ppl = calibrate.perplexity(model, ev).perplexity
-    print(f"{cfg.method} {cfg.sparsity}: ppl {ppl:.3f}; params {model.num_params() / 1e6:.1f}M; "
+    setting = (f"rank={cfg.rank}" if cfg.rank else f"energy={cfg.energy}") if cfg.method == "lowrank" else cfg.sparsity
+    print(f"{cfg.method} {setting}: ppl {ppl:.3f}; params {model.num_params() / 1e6:.1f}M; "
           f"zeros in block weights {prune.sparsity_of(model):.1%}")
     if cfg.recovery_steps:
         _recover(model, masks, calib, cfg.recovery_steps, cfg.learning_rate)
@@ -277,7 +303,7 @@ def run_distill(cfg: DistillConfig) -> int:
 
 
 VERBS = {
-    "prune": Verb(PruneConfig, run_prune, "pruning: magnitude, Wanda, 2:4, heads/channels/layers (+ recovery)",
+    "prune": Verb(PruneConfig, run_prune, "pruning: magnitude, Wanda, OWL, 2:4, heads/channels/layers, SVD low-rank (+ recovery)",
                   "llmlab prune model=smollm2 method=wanda sparsity=0.5 recovery_steps=20"),
     "distill": Verb(DistillConfig, run_distill, "logit knowledge distillation from a teacher into a small student",
                     "llmlab distill teacher=smollm2 max_steps=200 alpha=0.5 temperature=2 teacher_topk=64 seeds=0,1,2"),

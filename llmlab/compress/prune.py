@@ -4,6 +4,9 @@ Unstructured, per output row, keeping the largest scores (Frantar & Alistarh 202
   magnitude   score = |W_ij|                                  (Han et al. 2015)
   wanda       score = |W_ij| * ||X_j||_2  over calibration tokens (Sun et al. 2023, arXiv:2306.11695):
               no weight update, the activation norm says which inputs matter
+  owl         Wanda scores, but a sparsity per block from its outlier ratio (Yin et al. 2023, OWL,
+              arXiv:2310.05175): D_l = share of the block's scores above M x their mean; blocks
+              with more outliers keep more weights (`owl_sparsities`), mean sparsity unchanged
 Semi-structured 2:4: in every group of 4 consecutive inputs keep the 2 best scores (NVIDIA sparse
 tensor cores; Mishra et al. 2021), 50% sparsity.
 Structured (the model gets smaller, no sparse kernel needed):
@@ -66,6 +69,51 @@ def prune_unstructured(model, sparsity: float = 0.5, method: str = "magnitude", 
         m.weight.mul_(mask)
         masks[name] = mask
     return masks
+
+
+def outlier_ratio(score_list: list[torch.Tensor], m: float) -> float:
+    """OWL's layer-wise outlier distribution D_l: share of all the block's scores > m * their mean."""
+    flat = torch.cat([sc.reshape(-1).float() for sc in score_list])
+    return float((flat > m * flat.mean()).float().mean())
+
+
+def owl_sparsities(ratios: list[float], sparsity: float, lam: float) -> list[float]:
+    """Per-block sparsity S_l = 1 - K_l with the kept share K_l rescaled from D_l to
+    [1 - S - lam, 1 - S + lam] (min-max over the blocks) and shifted so its mean is exactly 1 - S:
+    K_l = 2 lam (D_l - min D) / (max D - min D);  K_l <- K_l - mean(K) + (1 - S)   (OWL's code)."""
+    if not 0 <= lam or sparsity + lam >= 1 or sparsity - lam < 0:
+        raise UserError(f"OWL needs 0 <= owl_lambda <= sparsity and sparsity + owl_lambda < 1 "
+                        f"(got sparsity {sparsity}, owl_lambda {lam})")
+    d = torch.tensor(ratios, dtype=torch.float64)
+    spread = d.max() - d.min()
+    keep = (d - d.min()) / spread * 2 * lam if spread > 0 else torch.zeros_like(d)
+    keep = keep - keep.mean() + (1 - sparsity)
+    return (1 - keep).tolist()
+
+
+@torch.no_grad()
+def prune_owl(model, sparsity: float, act_norms: dict[str, torch.Tensor], m: float = 5.0,
+              lam: float = 0.08) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """Wanda within each row, at the block's OWL sparsity; -> (keep-masks, per-block sparsities)."""
+    import re
+
+    from llmlab.quant.calibrate import quantizable_linears
+    blocks: dict[int, dict[str, nn.Module]] = {}
+    for name, mod in quantizable_linears(model).items():
+        hit = re.search(r"layers\.(\d+)\.", name)
+        if hit is None:
+            raise UserError(f"OWL groups Linears by block; '{name}' is in none")
+        blocks.setdefault(int(hit.group(1)), {})[name] = mod
+    order = sorted(blocks)
+    sc = {n: scores(mod.weight, "wanda", act_norms[n]) for i in order for n, mod in blocks[i].items()}
+    ratios = [outlier_ratio([sc[n] for n in blocks[i]], m) for i in order]
+    per_block = owl_sparsities(ratios, sparsity, lam)
+    masks = {}
+    for i, s_l in zip(order, per_block):
+        for n, mod in blocks[i].items():
+            masks[n] = unstructured_mask(sc[n], s_l)
+            mod.weight.mul_(masks[n])
+    return masks, per_block
 
 
 def sparsity_of(model) -> float:

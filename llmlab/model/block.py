@@ -29,7 +29,11 @@ class Block(nn.Module):
         self.placement, self.parallel = cfg.norm_placement, cfg.parallel_block
         self.alpha = (2 * cfg.num_hidden_layers) ** 0.25 if cfg.deepnorm else 1.0
         self.input_layernorm = norm()
-        self.self_attn = Attention(cfg, layer_idx)
+        if cfg.kv_lora_rank is not None:
+            from llmlab.model.mla import MLAttention
+            self.self_attn = MLAttention(cfg, layer_idx)
+        else:
+            self.self_attn = Attention(cfg, layer_idx)
         if not self.parallel:
             self.post_attention_layernorm = norm()
         if self.placement == "sandwich":

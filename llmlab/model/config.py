@@ -51,11 +51,19 @@ class ModelConfig:
     relative_attention_max_distance: int = 128
     # attention
     sliding_window: Optional[int] = None  # Mistral: query i sees keys i-W+1..i
+    global_tokens: Optional[int] = None  # LM-Infinite Lambda-mask: the first N keys stay visible (with sliding_window)
+    s2_group_size: Optional[int] = None  # LongLoRA S2-Attn while training: groups of G, half the heads shifted G/2
     sparse_stride: Optional[int] = None  # Sparse Transformer: the last `stride` keys + every stride-th
     attn_logit_softcapping: Optional[float] = None  # Gemma 2: s <- c * tanh(s / c)
     final_logit_softcapping: Optional[float] = None
     attn_implementation: Literal["sdpa", "eager", "flash"] = "sdpa"  # flash = llmlab.model.flash
     prefix_lm: bool = False  # prefix (non-causal) decoder, GLM / U-PaLM: bidirectional over the prefix
+    # multi-head latent attention (DeepSeek-V2; llmlab/model/mla.py): on when kv_lora_rank is set
+    kv_lora_rank: Optional[int] = None  # width of the cached latent c_KV
+    q_lora_rank: Optional[int] = None  # None: a full-rank q_proj
+    qk_rope_head_dim: int = 64  # the decoupled RoPE part of each query / the shared RoPE key
+    qk_nope_head_dim: int = 128
+    v_head_dim: int = 128
     # block layout
     parallel_block: bool = False  # GPT-J / PaLM / Phi: x + attn(ln(x)) + mlp(ln(x))
     attention_bias: bool = False
@@ -84,6 +92,11 @@ class ModelConfig:
         UserError = ModelConfigError
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
+        if self.kv_lora_rank is not None:  # HF DeepseekV3: head_dim is the RoPE width
+            if self.head_dim is not None and self.head_dim != self.qk_rope_head_dim:
+                raise UserError(f"with kv_lora_rank (MLA) head_dim is qk_rope_head_dim ({self.qk_rope_head_dim}), "
+                                f"got {self.head_dim}")
+            self.head_dim = self.qk_rope_head_dim
         if self.head_dim is None:
             if self.hidden_size % self.num_attention_heads:
                 raise UserError(f"hidden_size {self.hidden_size} is not divisible by "
@@ -126,6 +139,10 @@ class ModelConfig:
                                 f"({self.num_local_experts})")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise UserError(f"sliding_window must be >= 1, got {self.sliding_window}")
+        if self.global_tokens is not None and (self.global_tokens < 1 or self.sliding_window is None):
+            raise UserError("global_tokens (LM-Infinite) needs global_tokens >= 1 and a sliding_window")
+        if self.s2_group_size is not None and (self.s2_group_size < 2 or self.s2_group_size % 2):
+            raise UserError(f"s2_group_size must be an even number >= 2, got {self.s2_group_size}")
         if self.sparse_stride is not None and self.sparse_stride < 1:
             raise UserError(f"sparse_stride must be >= 1, got {self.sparse_stride}")
         if self.deepnorm and self.norm_placement != "post":
@@ -135,6 +152,17 @@ class ModelConfig:
             raise UserError("parallel_block needs norm_placement=pre (one shared input norm)")
         if self.capacity_factor < 0:
             raise UserError(f"capacity_factor must be >= 0, got {self.capacity_factor}")
+        if self.kv_lora_rank is not None:
+            if min(self.kv_lora_rank, self.q_lora_rank or 1, self.qk_nope_head_dim, self.v_head_dim) < 1:
+                raise UserError("MLA needs kv_lora_rank, q_lora_rank, qk_nope_head_dim and v_head_dim >= 1")
+            if self.position != "rope" or self.num_key_value_heads != self.num_attention_heads:
+                raise UserError("MLA (kv_lora_rank) needs position=rope and no num_key_value_heads (it "
+                                "shares one latent across heads instead)")
+            unused = [k for k, on in (("qk_norm", self.qk_norm), ("attn_logit_softcapping", self.needs_scores),
+                                      ("attn_implementation=flash", self.attn_implementation == "flash"),
+                                      ("partial_rotary_factor", self.partial_rotary_factor != 1.0)) if on]
+            if unused:
+                raise UserError(f"MLA (kv_lora_rank) does not implement {', '.join(unused)}")
 
     @property
     def is_gated(self) -> bool:
@@ -175,6 +203,7 @@ class ModelConfig:
             "scale_embeddings": self.scale_embeddings,
             "num_local_experts": self.num_local_experts > 0,
             "prefix_lm": self.prefix_lm,
+            "kv_lora_rank": self.kv_lora_rank is not None,
         }
         return [k for k, on in checks.items() if on]
 

@@ -173,9 +173,12 @@ class Transformer(nn.Module):
         bias_kind = cfg.position if cfg.position in ("alibi", "t5") else None
         if attention_mask is not None and attention_mask.dim() == 4:  # a ready mask (packed rows)
             return self._padding_mask(attention_mask, past, T)
-        if bias_kind is None and cfg.sliding_window is None and cfg.sparse_stride is None and prefix is None:
+        s2 = cfg.s2_group_size if self.training else None  # LongLoRA: S2-Attn in training, full attention after
+        if (bias_kind is None and cfg.sliding_window is None and cfg.sparse_stride is None and prefix is None
+                and not s2):
             return None if attention_mask is None else self._padding_mask(attention_mask, past, T)
-        mask = keep_mask(cfg, T, past, attention_mask, x.device, force=bias_kind is not None, prefix=prefix)
+        mask = keep_mask(cfg, T, past, attention_mask, x.device, force=bias_kind is not None, prefix=prefix,
+                         s2_group=s2)
         if bias_kind is None:
             return mask
         k_pos = key_positions(attention_mask, past + T, x.device)
@@ -224,6 +227,12 @@ def num_params(cfg: ModelConfig, non_embedding: bool = False) -> int:
         return n if cfg.norm == "rmsnorm" else 2 * n
     attn = d * q + 2 * d * kv + q * d + (q + 2 * kv if cfg.attention_bias else 0)
     attn += (d if cfg.attention_out_bias else 0) + (2 * norm(cfg.head_dim) if cfg.qk_norm else 0)
+    if cfg.kv_lora_rank is not None:  # MLA (llmlab/model/mla.py)
+        H, r, rq, qk = cfg.num_attention_heads, cfg.kv_lora_rank, cfg.q_lora_rank, cfg.qk_nope_head_dim + cfg.head_dim
+        b = cfg.attention_bias
+        attn = (d * rq + (rq if b else 0) + rq + rq * H * qk) if rq else d * H * qk
+        attn += d * (r + cfg.head_dim) + ((r + cfg.head_dim) if b else 0) + r + r * H * (cfg.qk_nope_head_dim + cfg.v_head_dim)
+        attn += H * cfg.v_head_dim * d + (d if cfg.attention_out_bias else 0)
     if cfg.num_local_experts:
         fe = cfg.moe_intermediate_size or f
         mlp = cfg.num_local_experts * (3 * d * fe + d) + 3 * d * fe * cfg.n_shared_experts
