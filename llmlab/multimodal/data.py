@@ -54,18 +54,28 @@ def _check_split(split: str) -> None:
 
 
 # ---- scikit-learn digits -----------------------------------------------------------------------
-def digits(split: str = "train", test_fraction: float = 0.3, seed: int = 0) -> ImageSet:
-    """sklearn's 8x8 digits, a fixed seeded partition into train/test (stratified by class)."""
-    _check_split(split)
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split keeping each class's share: per class, a shuffled round(n * f) go to test."""
+    rng = np.random.default_rng(seed)
+    test = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        test.extend(rng.permutation(idx)[: int(round(len(idx) * test_fraction))])
+    is_test = np.zeros(len(labels), dtype=bool)
+    is_test[test] = True
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
-    d = load_digits()
-    idx = np.arange(len(d.target))
-    tr, te = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=d.target)
-    sel = np.sort(tr if split == "train" else te)
-    x = torch.tensor(d.images[sel] / 16.0, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(d.target[sel], dtype=torch.long)
+
+def digits(split: str = "train", test_fraction: float = 0.3, seed: int = 0) -> ImageSet:
+    """scikit-learn's 8x8 digits (its data/digits.csv.gz, read directly), split 70/30 by a fixed
+    seeded stratified partition."""
+    _check_split(split)
+    raw = np.loadtxt(package_dir("sklearn") / "datasets" / "data" / "digits.csv.gz", delimiter=",", dtype=np.float32)
+    images, target = raw[:, :64].reshape(-1, 8, 8), raw[:, 64].astype(np.int64)
+    tr, te = _stratified_split(target, test_fraction, seed)
+    sel = tr if split == "train" else te
+    x = torch.tensor(images[sel] / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(target[sel], dtype=torch.long)
     return ImageSet(x, y, DIGIT_NAMES, [f"a handwritten digit {DIGIT_NAMES[i]}" for i in y.tolist()], "digits")
 
 

@@ -20,14 +20,19 @@ IMAGE_MARK = "<image>"
 SYSTEM = "Answer in one word."
 
 
-def lm_hidden_from_embeds(lm, x: torch.Tensor) -> torch.Tensor:
-    """The LM's final-norm hidden states for input embeddings x (B, T, d), causal, positions 0..T-1
-    (right padding only, so padded tails never reach real tokens). RoPE LLaMA-family models only."""
+def check_rope_lm(lm) -> None:
+    """The vision-language paths run the LM layer by layer: RoPE pre-norm LLaMA-family models only."""
     cfg = lm.config
     if cfg.position != "rope" or cfg.scale_embeddings or cfg.embedding_layernorm or cfg.norm_placement == "post" \
             or cfg.sliding_window is not None or cfg.sparse_stride is not None:
-        raise UserError(f"the LLaVA path runs RoPE pre-norm LMs (LLaMA/SmolLM2); this one has position="
-                        f"{cfg.position}, norm_placement={cfg.norm_placement}")
+        raise UserError(f"vision-language models here run RoPE pre-norm LMs (LLaMA/SmolLM2); this one has "
+                        f"position={cfg.position}, norm_placement={cfg.norm_placement}")
+
+
+def lm_hidden_from_embeds(lm, x: torch.Tensor) -> torch.Tensor:
+    """The LM's final-norm hidden states for input embeddings x (B, T, d), causal, positions 0..T-1
+    (right padding only, so padded tails never reach real tokens)."""
+    check_rope_lm(lm)
     rope = lm.rope(torch.arange(x.shape[1], device=x.device), x.dtype)
     for layer in lm.model.layers:
         x = layer(x, rope, None, None)
@@ -44,6 +49,7 @@ class Projector(nn.Sequential):
 class Llava(nn.Module):
     def __init__(self, vision, lm, tokenizer):
         super().__init__()
+        check_rope_lm(lm)
         self.vision, self.lm, self.tok = vision, lm, tokenizer
         self.projector = Projector(vision.config.embed_dim, lm.config.hidden_size)
         for p in self.vision.parameters():

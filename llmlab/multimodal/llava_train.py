@@ -37,7 +37,7 @@ class LlavaConfig:
 
 def build(cfg: LlavaConfig):
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
-    from llmlab.multimodal.commands import load_contrastive
+    from llmlab.multimodal.runs import load_contrastive
     from llmlab.multimodal.llava import Llava
     if not (Path(cfg.vision_run) / "config.json").is_file():
         raise UserError(f"vision_run '{cfg.vision_run}' is not a `llmlab mm train` run; make one with "
