@@ -62,6 +62,37 @@ def run_llava(cfg) -> int:
     return 0
 
 
+@dataclass
+class ChatConfig:
+    run_dir: str = field(default="runs/mm_llava", metadata={"help": "a `llmlab mm llava` output_dir"})
+    image: str = field(default="", metadata={"help": "image file (png/jpg/...) or a data:image/...;base64 URL"})
+    question: str = field(default="", metadata={"help": "ask once and exit; empty: read questions from stdin"})
+    max_new_tokens: int = field(default=8, metadata={"help": "answer length limit"})
+
+
+def run_chat(cfg: ChatConfig) -> int:
+    from llmlab.multimodal.image_io import load_image
+    from llmlab.multimodal.llava_train import load_llava
+    if not cfg.image:
+        raise UserError("config key 'image': give a picture, e.g. image=cat.png")
+    model, size = load_llava(cfg.run_dir)
+    img = load_image(cfg.image, size, model.vision.config.in_chans).unsqueeze(0)
+    questions = [cfg.question] if cfg.question else None
+    while True:
+        if questions is None:
+            try:
+                q = input("you> ").strip()
+            except EOFError:
+                return 0
+            if not q:
+                continue
+        else:
+            if not questions:
+                return 0
+            q = questions.pop()
+        print(f"assistant> {model.answer(img, [q], cfg.max_new_tokens)[0]}", flush=True)
+
+
 def _llava_config():
     from llmlab.multimodal.llava_train import LlavaConfig
     return LlavaConfig
@@ -74,6 +105,8 @@ VERBS = {
     "mm llava": Verb(_llava_config(), run_llava,
                      "LLaVA-style VQA: CLIP ViT -> MLP projector -> SmolLM2 (stage 1 captions, stage 2 VQA + LoRA)",
                      "llmlab mm llava configs/mm_llava.yaml stage2_steps=400 seed=1"),
+    "mm chat": Verb(ChatConfig, run_chat, "ask a trained LLaVA-style model about a picture (terminal)",
+                    "llmlab mm chat run_dir=runs/mm_llava image=shape.png question='what color is the shape?'"),
     "mm eval": Verb(EvalConfig, run_eval, "zero-shot accuracy (prompt ensemble) and recall@1/5 on a test split",
                     "llmlab mm eval run_dir=runs/mm_clip"),
 }

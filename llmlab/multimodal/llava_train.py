@@ -115,3 +115,31 @@ def run(cfg: LlavaConfig) -> dict:
         write_json(d / "metrics.json", metrics)
     print(json.dumps(metrics))
     return metrics
+
+
+def load_llava(run_dir: str):
+    """A saved `llmlab mm llava` run -> (model ready to answer, image size); strict loading."""
+    from llmlab.checkpoint import load_strict, load_tensors, read_json
+    from llmlab.config import from_dict
+    from llmlab.finetune.lora import LoraConfig, apply_lora
+    meta = read_json(Path(run_dir) / "config.json")
+    if meta.pop("kind", None) != "llava":
+        raise UserError(f"{run_dir}: not a `llmlab mm llava` run (config.json has no kind=llava)")
+    cfg = from_dict(LlavaConfig, meta)
+    model, size = build(cfg)
+    proj = load_tensors(Path(run_dir) / "projector.safetensors")
+    for k, v in proj.items():  # one clear line when the vision/LM widths differ from the saved ones
+        mine = model.projector.state_dict().get(k)
+        if mine is not None and mine.shape != v.shape:
+            raise UserError(f"{run_dir}: projector {k} is {tuple(v.shape)} but vision width "
+                            f"{model.vision.config.embed_dim} -> LM width {model.lm.config.hidden_size} needs "
+                            f"{tuple(mine.shape)}: vision_run or lm differ from the ones it was trained with")
+    load_strict(model.projector, proj, str(run_dir))
+    if cfg.lora_r:
+        apply_lora(model.lm, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r))
+        lora = load_tensors(Path(run_dir) / "lora.safetensors")
+        missing = set(lora) - set(model.lm.state_dict())
+        if missing:
+            raise UserError(f"{run_dir}: LoRA weights {sorted(missing)[:3]} do not fit the LM '{cfg.lm}'")
+        model.lm.load_state_dict(lora, strict=False)
+    return model.eval(), size
