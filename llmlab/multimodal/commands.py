@@ -75,6 +75,7 @@ def run_chat(cfg: ChatConfig) -> int:
     from llmlab.multimodal.llava_train import load_llava
     if not cfg.image:
         raise UserError("config key 'image': give a picture, e.g. image=cat.png")
+    load_image(cfg.image, 8)  # a bad image fails in a second, before the LM loads
     model, size = load_llava(cfg.run_dir)
     img = load_image(cfg.image, size, model.vision.config.in_chans).unsqueeze(0)
     questions = [cfg.question] if cfg.question else None
