@@ -1,0 +1,131 @@
+"""CLIP and SigLIP dual encoders: a ViT image tower and a causal byte-level text Transformer, each
+projected (no bias) into a shared embedding space and L2-normalised (Radford et al. 2021; Zhai et al.
+2023). Text is pooled at the end-of-text token (the highest id: argmax pooling, as CLIP). The loss
+and its temperature/bias live in losses.py; `forward` returns what open_clip's CLIP returns,
+(image_features, text_features, logit_scale.exp()[, logit_bias]), so the two train in one loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llmlab.errors import UserError
+from llmlab.multimodal.losses import (CLIP_INIT_LOGIT_SCALE, CLIP_MAX_LOGIT_SCALE, SIGLIP_INIT_BIAS,
+                                      SIGLIP_INIT_LOGIT_SCALE, clip_loss, siglip_loss)
+from llmlab.multimodal.text import VOCAB_SIZE, encode_texts
+from llmlab.multimodal.vit import Block, ViTConfig, VisionTransformer, _init
+
+
+@dataclass
+class TextConfig:
+    context_length: int = 48
+    width: int = 64
+    depth: int = 2
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class ClipConfig:
+    vision: ViTConfig = field(default_factory=ViTConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = 64
+    loss: str = "clip"  # clip (softmax InfoNCE) | siglip (pairwise sigmoid)
+
+    def validate(self) -> "ClipConfig":
+        self.vision.validate()
+        if self.loss not in ("clip", "siglip"):
+            raise UserError(f"loss must be clip or siglip, got '{self.loss}'")
+        if self.text.width % self.text.num_heads:
+            raise UserError(f"text width {self.text.width} is not divisible by num_heads {self.text.num_heads}")
+        return self
+
+
+class TextTransformer(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.config = cfg
+        self.token_embedding = nn.Embedding(VOCAB_SIZE, cfg.width)
+        self.positional_embedding = nn.Parameter(torch.randn(cfg.context_length, cfg.width) * 0.01)
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.ln_final = nn.LayerNorm(cfg.width, eps=1e-6)
+        self.apply(_init)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+
+    def forward(self, ids: torch.Tensor, pooled: bool = True) -> torch.Tensor:
+        """(B, T) ids -> (B, width) end-of-text features, or (B, T, width) with pooled=False."""
+        x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]
+        for blk in self.blocks:
+            x = blk(x, causal=True)
+        x = self.ln_final(x)
+        return x[torch.arange(len(ids)), ids.argmax(-1)] if pooled else x
+
+
+class CLIP(nn.Module):
+    def __init__(self, cfg: ClipConfig):
+        super().__init__()
+        self.config = cfg = cfg.validate()
+        self.visual = VisionTransformer(cfg.vision)
+        self.text = TextTransformer(cfg.text)
+        self.visual_projection = nn.Linear(cfg.vision.embed_dim, cfg.embed_dim, bias=False)
+        self.text_projection = nn.Linear(cfg.text.width, cfg.embed_dim, bias=False)
+        nn.init.normal_(self.visual_projection.weight, std=cfg.vision.embed_dim ** -0.5)
+        nn.init.normal_(self.text_projection.weight, std=cfg.text.width ** -0.5)
+        siglip = cfg.loss == "siglip"
+        self.logit_scale = nn.Parameter(torch.tensor(SIGLIP_INIT_LOGIT_SCALE if siglip else CLIP_INIT_LOGIT_SCALE))
+        self.logit_bias = nn.Parameter(torch.tensor(SIGLIP_INIT_BIAS)) if siglip else None
+        clip_init(self)
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        f = self.visual_projection(self.visual.pool(self.visual.forward_features(images)))
+        return F.normalize(f, dim=-1) if normalize else f
+
+    def encode_text(self, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        f = self.text_projection(self.text(ids))
+        return F.normalize(f, dim=-1) if normalize else f
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return encode_texts(texts, self.config.text.context_length)
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor):
+        # CLIP clamps the temperature so the logits never exceed 100 (training stability)
+        scale = self.logit_scale.clamp(max=CLIP_MAX_LOGIT_SCALE).exp()
+        out = (self.encode_image(images), self.encode_text(ids), scale)
+        return out + (self.logit_bias,) if self.logit_bias is not None else out
+
+    def loss(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return contrastive_loss(self(images, ids))
+
+
+def clip_init(model: CLIP) -> None:
+    """CLIP's initialisation (Radford et al. 2021, as in open_clip): class token and positions
+    ~ N(0, width^-1/2); text blocks attn ~ N(0, w^-1/2), output projections ~ N(0, w^-1/2 (2L)^-1/2),
+    MLP input ~ N(0, (2w)^-1/2); vision attention input Xavier-uniform, other vision linears
+    PyTorch's default. timm's N(0, 0.02) suits wide ViTs; at width 64 it leaves the blocks near
+    the identity and training starts several times slower (docs/LOG.md)."""
+    vis, txt = model.visual, model.text
+    w = vis.config.embed_dim
+    with torch.no_grad():
+        vis.cls_token.normal_(0, w ** -0.5)
+        if isinstance(vis.pos_embed, nn.Parameter):
+            vis.pos_embed.normal_(0, w ** -0.5)
+    for blk in vis.blocks:
+        nn.init.xavier_uniform_(blk.attn.qkv.weight)
+        nn.init.zeros_(blk.attn.qkv.bias)
+        for lin in (blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2):
+            lin.reset_parameters()
+    tw, layers = txt.config.width, txt.config.depth
+    proj_std, attn_std, fc_std = tw ** -0.5 * (2 * layers) ** -0.5, tw ** -0.5, (2 * tw) ** -0.5
+    for blk in txt.blocks:
+        nn.init.normal_(blk.attn.qkv.weight, std=attn_std)
+        nn.init.normal_(blk.attn.proj.weight, std=proj_std)
+        nn.init.normal_(blk.mlp.fc1.weight, std=fc_std)
+        nn.init.normal_(blk.mlp.fc2.weight, std=proj_std)
+
+
+def contrastive_loss(out: tuple) -> torch.Tensor:
+    """The loss for a (image, text, scale[, bias]) tuple from our CLIP or open_clip's."""
+    return siglip_loss(*out) if len(out) == 4 else clip_loss(*out)

@@ -1,0 +1,113 @@
+"""CLI verbs: `llmlab mm train` (CLIP / SigLIP contrastive training, or the LLaVA-style VQA model)
+and `llmlab mm eval` (zero-shot accuracy, retrieval recall@1/5, VQA accuracy on a test split)."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from llmlab.errors import UserError
+from llmlab.verb import Verb
+from llmlab.multimodal.runs import load_contrastive, save_contrastive
+from llmlab.multimodal.train import ContrastiveConfig
+
+
+def run_train(cfg: ContrastiveConfig) -> int:
+    from llmlab.device import setup_threads
+    from llmlab.multimodal.train import ContrastiveTrainer, build_model, evaluate_contrastive, load_split
+    setup_threads()
+    if cfg.model == "llava":
+        raise UserError("model=llava trains with `llmlab mm llava` (its own config); here: clip or siglip")
+    train, test = load_split(cfg, "train"), load_split(cfg, "test")
+    model = build_model(cfg)
+    trainer = ContrastiveTrainer(model, model.tokenize, train, cfg)
+    t0, every = time.perf_counter(), max(1, cfg.max_steps // 10)
+    while trainer.step < cfg.max_steps:
+        n, secs = trainer.run(min(every, cfg.max_steps - trainer.step))
+        print(f"step {trainer.step}/{cfg.max_steps} loss {sum(trainer.losses[-every:]) / len(trainer.losses[-every:]):.4f} "
+              f"{n / secs:.0f} img/s", file=sys.stderr, flush=True)
+    metrics = {"model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed, "steps": cfg.max_steps,
+               "train_seconds": round(time.perf_counter() - t0, 1), "final_loss": round(trainer.losses[-1], 4),
+               **{k: round(v, 4) for k, v in evaluate_contrastive(model, model.tokenize, test).items()}}
+    save_contrastive(model, cfg, metrics, cfg.output_dir)
+    print(json.dumps(metrics))
+    return 0
+
+
+@dataclass
+class EvalConfig:
+    run_dir: str = field(default="runs/mm_clip", metadata={"help": "a `llmlab mm train` output_dir"})
+    dataset: str = field(default="", metadata={"help": "test split to score on (default: the run's dataset)"})
+
+
+def run_eval(cfg: EvalConfig) -> int:
+    from llmlab.multimodal.train import evaluate_contrastive, load_split
+    model, tcfg = load_contrastive(cfg.run_dir)
+    if cfg.dataset:
+        tcfg.dataset = cfg.dataset
+    with torch.no_grad():
+        metrics = evaluate_contrastive(model, model.tokenize, load_split(tcfg, "test"))
+    print(json.dumps({"run_dir": cfg.run_dir, "dataset": tcfg.dataset, **{k: round(v, 4) for k, v in metrics.items()}}))
+    return 0
+
+
+def run_llava(cfg) -> int:
+    from llmlab.device import setup_threads
+    from llmlab.multimodal.llava_train import run
+    setup_threads()
+    run(cfg)
+    return 0
+
+
+@dataclass
+class ChatConfig:
+    run_dir: str = field(default="runs/mm_llava", metadata={"help": "a `llmlab mm llava` output_dir"})
+    image: str = field(default="", metadata={"help": "image file (png/jpg/...) or a data:image/...;base64 URL"})
+    question: str = field(default="", metadata={"help": "ask once and exit; empty: read questions from stdin"})
+    max_new_tokens: int = field(default=8, metadata={"help": "answer length limit"})
+
+
+def run_chat(cfg: ChatConfig) -> int:
+    from llmlab.multimodal.image_io import load_image
+    from llmlab.multimodal.llava_train import load_llava
+    if not cfg.image:
+        raise UserError("config key 'image': give a picture, e.g. image=cat.png")
+    load_image(cfg.image, 8)  # a bad image fails in a second, before the LM loads
+    model, size = load_llava(cfg.run_dir)
+    img = load_image(cfg.image, size, model.vision.config.in_chans).unsqueeze(0)
+    questions = [cfg.question] if cfg.question else None
+    while True:
+        if questions is None:
+            try:
+                q = input("you> ").strip()
+            except EOFError:
+                return 0
+            if not q:
+                continue
+        else:
+            if not questions:
+                return 0
+            q = questions.pop()
+        print(f"assistant> {model.answer(img, [q], cfg.max_new_tokens)[0]}", flush=True)
+
+
+def _llava_config():
+    from llmlab.multimodal.llava_train import LlavaConfig
+    return LlavaConfig
+
+
+VERBS = {
+    "mm train": Verb(ContrastiveConfig, run_train,
+                     "train CLIP (InfoNCE) or SigLIP (sigmoid) image-text encoders on packaged images",
+                     "llmlab mm train configs/mm_clip_digits.yaml model=siglip seed=1 output_dir=runs/mm_siglip"),
+    "mm llava": Verb(_llava_config(), run_llava,
+                     "LLaVA-style VQA: CLIP ViT -> MLP projector -> SmolLM2 (stage 1 captions, stage 2 VQA + LoRA)",
+                     "llmlab mm llava configs/mm_llava.yaml stage2_steps=400 seed=1"),
+    "mm chat": Verb(ChatConfig, run_chat, "ask a trained LLaVA-style model about a picture (terminal)",
+                    "llmlab mm chat run_dir=runs/mm_llava image=shape.png question='what color is the shape?'"),
+    "mm eval": Verb(EvalConfig, run_eval, "zero-shot accuracy (prompt ensemble) and recall@1/5 on a test split",
+                    "llmlab mm eval run_dir=runs/mm_clip"),
+}

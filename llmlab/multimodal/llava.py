@@ -1,0 +1,122 @@
+"""LLaVA-style vision-language model (Liu et al. 2023, "Visual Instruction Tuning"; LLaVA-1.5's
+two-layer MLP projector): a frozen vision encoder's patch features -> MLP projector -> vectors in
+the LM's embedding space, spliced into the chat where the user's message says `<image>`.
+
+Training has two stages: (1) feature alignment, only the projector learns, on captions ("describe
+the image" -> "a red triangle"); (2) visual instruction tuning on question/answer turns, the
+projector plus (optionally) LoRA adapters on the LM's attention. The loss is next-token cross-entropy
+on the assistant's answer tokens only; the LM is any llmlab Transformer (SmolLM2-135M-Instruct
+from its GGUF by default), run here from input embeddings instead of token ids.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llmlab.errors import UserError
+
+IMAGE_MARK = "<image>"
+SYSTEM = "Answer in one word."
+
+
+def check_rope_lm(lm) -> None:
+    """The vision-language paths run the LM layer by layer: RoPE pre-norm LLaMA-family models only."""
+    cfg = lm.config
+    if cfg.position != "rope" or cfg.scale_embeddings or cfg.embedding_layernorm or cfg.norm_placement == "post" \
+            or cfg.sliding_window is not None or cfg.sparse_stride is not None:
+        raise UserError(f"vision-language models here run RoPE pre-norm LMs (LLaMA/SmolLM2); this one has "
+                        f"position={cfg.position}, norm_placement={cfg.norm_placement}")
+
+
+def lm_hidden_from_embeds(lm, x: torch.Tensor) -> torch.Tensor:
+    """The LM's final-norm hidden states for input embeddings x (B, T, d), causal, positions 0..T-1
+    (right padding only, so padded tails never reach real tokens)."""
+    check_rope_lm(lm)
+    rope = lm.rope(torch.arange(x.shape[1], device=x.device), x.dtype)
+    for layer in lm.model.layers:
+        x = layer(x, rope, None, None)
+    return lm.model.norm(x)
+
+
+class Projector(nn.Sequential):
+    """LLaVA-1.5: Linear -> GELU -> Linear from vision width to LM width."""
+
+    def __init__(self, vision_dim: int, lm_dim: int):
+        super().__init__(nn.Linear(vision_dim, lm_dim), nn.GELU(), nn.Linear(lm_dim, lm_dim))
+
+
+class Llava(nn.Module):
+    def __init__(self, vision, lm, tokenizer):
+        super().__init__()
+        check_rope_lm(lm)
+        self.vision, self.lm, self.tok = vision, lm, tokenizer
+        self.projector = Projector(vision.config.embed_dim, lm.config.hidden_size)
+        for p in self.vision.parameters():
+            p.requires_grad_(False)
+        before, after = self.tok.apply_chat_template(
+            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"{IMAGE_MARK}\nQ"}]).split(IMAGE_MARK)
+        self._before = self.tok.encode(before)
+        self._after_tail = after.split("Q", 1)[1]  # "<|im_end|>\n<|im_start|>assistant\n"
+        self.end_id = self.tok.encode("<|im_end|>")
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N patches, LM width)."""
+        with torch.no_grad():
+            feats = self.vision.forward_features(images)[:, 1:]
+        return self.projector(feats)
+
+    def _prompt_ids(self, question: str) -> list[int]:
+        return self.tok.encode(f"\n{question}{self._after_tail}")
+
+    def _batch(self, images, questions, answers=None):
+        """Input embeddings (B, T, d), labels (B, T) (-100 outside answers) and prompt lengths."""
+        img = self.image_tokens(images)
+        emb = self.lm.model.embed_tokens
+        rows, labels, plen = [], [], []
+        pre = emb(torch.tensor(self._before))
+        for i, q in enumerate(questions):
+            ids = self._prompt_ids(q)
+            ans = (self.tok.encode(answers[i]) + self.end_id) if answers is not None else []
+            x = torch.cat([pre, img[i], emb(torch.tensor(ids + ans, dtype=torch.long))])
+            lab = torch.full((len(x),), -100, dtype=torch.long)
+            if ans:  # position t predicts token t+1: the answer's tokens are predicted from one before
+                lab[len(x) - len(ans) - 1:len(x) - 1] = torch.tensor(ans)
+            rows.append(x)
+            labels.append(lab)
+            plen.append(len(x) - len(ans))
+        T = max(len(r) for r in rows)
+        x = torch.stack([F.pad(r, (0, 0, 0, T - len(r))) for r in rows])
+        y = torch.stack([F.pad(lab, (0, T - len(lab)), value=-100) for lab in labels])
+        return x, y, plen
+
+    def loss(self, images, questions, answers) -> torch.Tensor:
+        x, y, _ = self._batch(images, questions, answers)
+        h = lm_hidden_from_embeds(self.lm, x)
+        keep = y != -100  # the LM head (49k x 576) only where a label is
+        return F.cross_entropy(self.lm.lm_head(h[keep]).float(), y[keep])
+
+    @torch.no_grad()
+    def answer(self, images, questions, max_new_tokens: int = 4) -> list[str]:
+        """Greedy answers (open-ended: any token may come out), stopping at <|im_end|>."""
+        x, _, plen = self._batch(images, questions)
+        out = [[] for _ in questions]
+        done = [False] * len(questions)
+        emb = self.lm.model.embed_tokens
+        for _ in range(max_new_tokens):
+            h = lm_hidden_from_embeds(self.lm, x)
+            nxt = self.lm.lm_head(h[torch.arange(len(plen)), torch.tensor(plen) - 1]).argmax(-1)
+            for i, t in enumerate(nxt.tolist()):
+                if not done[i]:
+                    if t in self.end_id:
+                        done[i] = True
+                    else:
+                        out[i].append(t)
+            if all(done):
+                break
+            # write each row's new token at its own next position (rows differ in prompt length)
+            x = F.pad(x, (0, 0, 0, 1))
+            for i, t in enumerate(nxt.tolist()):
+                x[i, plen[i]] = emb.weight[t]
+                plen[i] += 1
+        return [self.tok.decode(o).strip() for o in out]

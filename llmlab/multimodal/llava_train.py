@@ -1,0 +1,145 @@
+"""`llmlab mm llava`: the two-stage LLaVA recipe on easy-vqa with a CLIP-pretrained ViT and SmolLM2.
+
+Stage 1 trains the projector alone on captions; stage 2 trains the projector and LoRA adapters
+(lora_r > 0) on the easy-vqa training questions. Evaluation: open-ended greedy answers on a fixed
+seeded sample of the easy-vqa *test* questions (test images never seen in training), exact match.
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from llmlab.errors import UserError
+
+CAPTION_PROMPT = "describe the image."
+
+
+@dataclass
+class LlavaConfig:
+    lm: str = field(default="smollm2", metadata={"help": "the language model: smollm2, a .gguf or an HF dir"})
+    vision_run: str = field(default="runs/mm_clip_easyvqa",
+                            metadata={"help": "a `llmlab mm train dataset=easy_vqa` run: its ViT is the frozen encoder"})
+    output_dir: str = field(default="runs/mm_llava", metadata={"help": "projector + LoRA weights and metrics"})
+    stage1_steps: int = field(default=60, metadata={"help": "projector-only steps on captions"})
+    stage2_steps: int = field(default=200, metadata={"help": "projector (+LoRA) steps on VQA turns"})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "examples per step"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate (projector and LoRA)"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank on q_proj/v_proj in stage 2 (0: projector only)"})
+    eval_limit: int = field(default=300, metadata={"help": "easy-vqa test questions scored (fixed seeded sample)"})
+    seed: int = field(default=0, metadata={"help": "projector init, batches, eval sample"})
+
+
+def build(cfg: LlavaConfig):
+    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
+    from llmlab.multimodal.runs import load_contrastive
+    from llmlab.multimodal.llava import Llava
+    if not (Path(cfg.vision_run) / "config.json").is_file():
+        raise UserError(f"vision_run '{cfg.vision_run}' is not a `llmlab mm train` run; make one with "
+                        "`llmlab mm train configs/mm_clip_easyvqa.yaml`")
+    clip, vcfg = load_contrastive(cfg.vision_run)
+    if vcfg.dataset != "easy_vqa":
+        raise UserError(f"vision_run was trained on {vcfg.dataset}; the LLaVA recipe needs an easy_vqa encoder")
+    lm, tok = load_model_and_tokenizer(cfg.lm, device="cpu", dtype="float32")
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(cfg.seed)
+    return Llava(clip.visual, lm, tok), vcfg.vision.image_size
+
+
+def _vqa_examples(ds) -> list[tuple[int, str, str]]:
+    return [(i, q, a) for i, qa in enumerate(ds.qa) for q, a in qa]
+
+
+def _steps(model, params, examples, images, steps, cfg, rng, stage: str) -> list[float]:
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    losses, t0 = [], time.perf_counter()
+    for step in range(steps):
+        batch = [examples[rng.randrange(len(examples))] for _ in range(cfg.per_device_train_batch_size)]
+        idx = torch.tensor([b[0] for b in batch])
+        loss = model.loss(images[idx], [b[1] for b in batch], [b[2] for b in batch])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % max(1, steps // 10) == 0 or step + 1 == steps:
+            print(f"{stage} step {step + 1}/{steps} loss {sum(losses[-10:]) / len(losses[-10:]):.4f} "
+                  f"{(step + 1) / (time.perf_counter() - t0):.2f} steps/s", file=sys.stderr, flush=True)
+    return losses
+
+
+def evaluate_vqa(model, test, limit: int, seed: int, batch: int = 16) -> dict:
+    ex = _vqa_examples(test)
+    random.Random(seed).shuffle(ex)
+    ex = ex[:limit] if limit else ex
+    right = 0
+    model.eval()
+    for i in range(0, len(ex), batch):
+        chunk = ex[i:i + batch]
+        got = model.answer(test.images[torch.tensor([c[0] for c in chunk])], [c[1] for c in chunk])
+        right += sum(g.lower() == c[2] for g, c in zip(got, chunk))
+    return {"vqa_acc": right / len(ex), "n": len(ex)}
+
+
+def run(cfg: LlavaConfig) -> dict:
+    from llmlab.checkpoint import atomic_dir, save_tensors, write_json
+    from llmlab.finetune.lora import LoraConfig, apply_lora, lora_state_dict
+    from llmlab.multimodal import data as mmdata
+    model, size = build(cfg)
+    train, test = mmdata.easy_vqa("train", size=size), mmdata.easy_vqa("test", size=size)
+    rng = random.Random(cfg.seed)
+    t0 = time.perf_counter()
+    captions = [(i, CAPTION_PROMPT, c) for i, c in enumerate(train.captions)]
+    s1 = _steps(model, list(model.projector.parameters()), captions, train.images, cfg.stage1_steps, cfg, rng, "stage1")
+    params = list(model.projector.parameters())
+    if cfg.lora_r:
+        apply_lora(model.lm, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r))
+        params += [p for p in model.lm.parameters() if p.requires_grad]
+    s2 = _steps(model, params, _vqa_examples(train), train.images, cfg.stage2_steps, cfg, rng, "stage2")
+    train_s = time.perf_counter() - t0
+    metrics = {"seed": cfg.seed, "stage1_steps": cfg.stage1_steps, "stage2_steps": cfg.stage2_steps,
+               "lora_r": cfg.lora_r, "train_seconds": round(train_s, 1),
+               "stage1_final_loss": round(sum(s1[-10:]) / max(1, len(s1[-10:])), 4) if s1 else None,
+               "stage2_final_loss": round(sum(s2[-10:]) / max(1, len(s2[-10:])), 4) if s2 else None,
+               **evaluate_vqa(model, test, cfg.eval_limit, cfg.seed)}
+    with atomic_dir(cfg.output_dir) as d:
+        save_tensors(d / "projector.safetensors", model.projector.state_dict())
+        if cfg.lora_r:
+            save_tensors(d / "lora.safetensors", lora_state_dict(model.lm))
+        write_json(d / "config.json", {"kind": "llava", **asdict(cfg)})
+        write_json(d / "metrics.json", metrics)
+    print(json.dumps(metrics))
+    return metrics
+
+
+def load_llava(run_dir: str):
+    """A saved `llmlab mm llava` run -> (model ready to answer, image size); strict loading."""
+    from llmlab.checkpoint import load_strict, load_tensors, read_json
+    from llmlab.config import from_dict
+    from llmlab.finetune.lora import LoraConfig, apply_lora
+    meta = read_json(Path(run_dir) / "config.json")
+    if meta.pop("kind", None) != "llava":
+        raise UserError(f"{run_dir}: not a `llmlab mm llava` run (config.json has no kind=llava)")
+    cfg = from_dict(LlavaConfig, meta)
+    model, size = build(cfg)
+    proj = load_tensors(Path(run_dir) / "projector.safetensors")
+    for k, v in proj.items():  # one clear line when the vision/LM widths differ from the saved ones
+        mine = model.projector.state_dict().get(k)
+        if mine is not None and mine.shape != v.shape:
+            raise UserError(f"{run_dir}: projector {k} is {tuple(v.shape)} but vision width "
+                            f"{model.vision.config.embed_dim} -> LM width {model.lm.config.hidden_size} needs "
+                            f"{tuple(mine.shape)}: vision_run or lm differ from the ones it was trained with")
+    load_strict(model.projector, proj, str(run_dir))
+    if cfg.lora_r:
+        apply_lora(model.lm, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r))
+        lora = load_tensors(Path(run_dir) / "lora.safetensors")
+        missing = set(lora) - set(model.lm.state_dict())
+        if missing:
+            raise UserError(f"{run_dir}: LoRA weights {sorted(missing)[:3]} do not fit the LM '{cfg.lm}'")
+        model.lm.load_state_dict(lora, strict=False)
+    return model.eval(), size

@@ -1,0 +1,127 @@
+"""Contrastive training (CLIP / SigLIP) on packaged images, and its evaluation.
+
+One loop serves our CLIP and open_clip's (benchmarks/multimodal.py): any model whose forward
+(images, ids) returns (image_features, text_features, scale[, bias]). Captions for digits are
+drawn from training templates only; zero-shot evaluation uses other, held-out templates on the
+test split.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from llmlab.errors import UserError
+from llmlab.multimodal import data as mmdata
+from llmlab.multimodal.clip import CLIP, ClipConfig, TextConfig, contrastive_loss
+from llmlab.multimodal.evaluate import (DIGIT_EVAL_TEMPLATES, DIGIT_TRAIN_TEMPLATES, SHAPE_EVAL_TEMPLATES,
+                                        retrieval, zero_shot_accuracy)
+from llmlab.multimodal.vit import ViTConfig
+
+NATIVE = {"digits": (1, 8), "mnist": (1, 28), "easy_vqa": (3, 32), "scenes": (3, 32)}
+
+
+@dataclass
+class ContrastiveConfig:
+    model: str = field(default="clip", metadata={"help": "clip (softmax InfoNCE) or siglip (pairwise sigmoid)"})
+    dataset: str = field(default="digits", metadata={"help": "digits | mnist | easy_vqa | scenes"})
+    output_dir: str = field(default="runs/mm_clip", metadata={"help": "where the model and metrics go"})
+    max_steps: int = field(default=300, metadata={"help": "optimizer steps"})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "image-text pairs per step"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (cosine decay)"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on norms/biases/temperature)"})
+    warmup_steps: int = field(default=20, metadata={"help": "linear warmup steps"})
+    train_limit: int = field(default=0, metadata={"help": "use only the first N training images (0: all)"})
+    seed: int = field(default=0, metadata={"help": "weights, batches and captions"})
+    vision: ViTConfig = field(default_factory=lambda: ViTConfig(image_size=8, patch_size=2, in_chans=1, pool="mean"))
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = field(default=64, metadata={"help": "shared embedding size"})
+
+
+def check_vision_fits(cfg: ViTConfig, dataset: str) -> None:
+    chans, size = NATIVE[dataset]
+    if cfg.in_chans != chans:
+        raise UserError(f"vision.in_chans={cfg.in_chans} but {dataset} images have {chans} channel(s)")
+    if cfg.image_size != size:
+        raise UserError(f"vision.image_size={cfg.image_size} but {dataset} images are {size}x{size}")
+
+
+def load_split(cfg: ContrastiveConfig, split: str) -> mmdata.ImageSet:
+    if cfg.dataset not in NATIVE:
+        raise UserError(f"unknown dataset '{cfg.dataset}': choose one of {', '.join(NATIVE)}")
+    check_vision_fits(cfg.vision, cfg.dataset)
+    kw = {"n": 4000 if split == "train" else 1000, "seed": 0} if cfg.dataset == "scenes" else {}
+    ds = mmdata.load(cfg.dataset, split, **kw)
+    return ds.subset(cfg.train_limit) if split == "train" and cfg.train_limit else ds
+
+
+def caption_sampler(ds: mmdata.ImageSet, rng: random.Random) -> Callable[[list[int]], list[str]]:
+    """Digits: a random training template per sample; others: the image's own caption."""
+    if ds.name in ("digits", "mnist"):
+        return lambda idx: [rng.choice(DIGIT_TRAIN_TEMPLATES).format(ds.class_names[ds.labels[i]]) for i in idx]
+    return lambda idx: [ds.captions[i] for i in idx]
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+class ContrastiveTrainer:
+    """Steps any (images, ids) -> (img, txt, scale[, bias]) model; `run(n)` does n more steps and
+    returns (images seen, seconds) so a benchmark can alternate two trainers."""
+
+    def __init__(self, model, tokenize: Callable, ds: mmdata.ImageSet, cfg: ContrastiveConfig):
+        self.model, self.tokenize, self.ds, self.cfg = model, tokenize, ds, cfg
+        self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.98))
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.captions = caption_sampler(ds, random.Random(cfg.seed))
+        self.step, self.losses = 0, []
+
+    def run(self, n: int) -> tuple[int, float]:
+        cfg, seen = self.cfg, 0
+        self.model.train()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            idx = torch.randint(len(self.ds), (cfg.per_device_train_batch_size,), generator=self.gen)
+            # no repeated image in a batch: a duplicate pair would be a false negative
+            idx = torch.unique(idx)
+            for g in self.opt.param_groups:
+                g["lr"] = lr_at(self.step, cfg.learning_rate, cfg.warmup_steps, cfg.max_steps)
+            loss = contrastive_loss(self.model(self.ds.images[idx], self.tokenize(self.captions(idx.tolist()))))
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.losses.append(loss.item())
+            self.step += 1
+            seen += len(idx)
+        return seen, time.perf_counter() - t0
+
+
+def build_model(cfg: ContrastiveConfig) -> CLIP:
+    if cfg.model not in ("clip", "siglip"):
+        raise UserError(f"model must be clip or siglip for contrastive training, got '{cfg.model}'")
+    torch.manual_seed(cfg.seed)
+    return CLIP(ClipConfig(vision=cfg.vision, text=cfg.text, embed_dim=cfg.embed_dim, loss=cfg.model))
+
+
+def evaluate_contrastive(model, tokenize: Callable, test: mmdata.ImageSet) -> dict:
+    model.eval()
+    templates = DIGIT_EVAL_TEMPLATES if test.name in ("digits", "mnist") else SHAPE_EVAL_TEMPLATES
+    out = {}
+    if test.name in ("digits", "mnist", "easy_vqa"):
+        out["zero_shot_acc"] = zero_shot_accuracy(model, tokenize, test.images, test.labels, test.class_names,
+                                                  templates)
+    out.update(retrieval(model, tokenize, test.images[:1000], test.captions[:1000]))
+    return out

@@ -1,0 +1,123 @@
+"""CLIP/SigLIP losses against open_clip on the same features; the chunked SigLIP ring on 2 gloo
+processes against one process (loss and gradients); temperature clamp; zero-shot and recall by hand."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmlab.distributed.launch import spawn
+from llmlab.multimodal.clip import CLIP, ClipConfig, TextConfig
+from llmlab.multimodal.evaluate import recall_at_k, zero_shot_accuracy
+from llmlab.multimodal.losses import clip_loss, siglip_loss, siglip_loss_ring
+from llmlab.multimodal.vit import ViTConfig
+
+
+@pytest.fixture(scope="module")
+def open_clip():
+    from llmlab.multimodal.reference import open_clip_losses
+    try:
+        return open_clip_losses()
+    except ImportError as e:
+        pytest.skip(f"open_clip not installed ({e}): pip install --no-deps open-clip-torch timm")
+
+
+def _features(n=12, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    img = F.normalize(torch.randn(n, d, generator=g), dim=-1)
+    txt = F.normalize(img + 0.7 * torch.randn(n, d, generator=g), dim=-1)
+    return img, txt
+
+
+def test_clip_loss_equals_open_clip(open_clip):
+    img, txt = _features()
+    scale = torch.tensor(math.log(1 / 0.07)).exp()
+    ours, ref = clip_loss(img, txt, scale), open_clip.ClipLoss()(img, txt, scale)
+    assert abs(ours.item() - ref.item()) <= 1e-6
+    # and by hand: mean over both directions of -log softmax on the diagonal
+    logits = scale * img @ txt.t()
+    hand = -(logits.log_softmax(1).diagonal().mean() + logits.log_softmax(0).diagonal().mean()) / 2
+    assert abs(ours.item() - hand.item()) <= 1e-6
+
+
+def test_siglip_loss_equals_open_clip(open_clip):
+    img, txt = _features()
+    scale, bias = torch.tensor(10.0), torch.tensor(-10.0)
+    ours = siglip_loss(img, txt, scale, bias)
+    ref = open_clip.SigLipLoss()(img, txt, scale, bias)
+    assert abs(ours.item() - ref.item()) <= 1e-5, (ours, ref)
+
+
+def _ring_worker(img, txt, scale, bias):
+    import torch.distributed as dist
+    rank, world = dist.get_rank(), dist.get_world_size()
+    n = len(img) // world
+    i = img[rank * n:(rank + 1) * n].clone().requires_grad_()
+    t = txt[rank * n:(rank + 1) * n].clone().requires_grad_()
+    s, b = scale.clone().requires_grad_(), bias.clone().requires_grad_()
+    loss = siglip_loss_ring(i, t, s, b)
+    loss.backward()
+    return loss.item(), i.grad, t.grad, s.grad.item(), b.grad.item()
+
+
+@pytest.mark.slow  # ~25 s under load: two spawned processes each import torch
+def test_siglip_ring_on_two_processes_equals_one():
+    img, txt = _features(n=8, d=16, seed=1)
+    scale, bias = torch.tensor(7.0), torch.tensor(-3.0)
+    ranks = spawn(_ring_worker, 2, img, txt, scale, bias)
+    i, t, s, b = img.clone().requires_grad_(), txt.clone().requires_grad_(), scale.clone().requires_grad_(), \
+        bias.clone().requires_grad_()
+    full = siglip_loss(i, t, s, b)
+    full.backward()
+    assert abs(sum(r[0] for r in ranks) - full.item()) <= 1e-5
+    assert torch.allclose(torch.cat([r[1] for r in ranks]), i.grad, atol=1e-6)
+    assert torch.allclose(torch.cat([r[2] for r in ranks]), t.grad, atol=1e-6)
+    assert abs(sum(r[3] for r in ranks) - s.grad.item()) <= 1e-5
+    assert abs(sum(r[4] for r in ranks) - b.grad.item()) <= 1e-5
+
+
+def _tiny(loss="clip"):
+    torch.manual_seed(0)
+    return CLIP(ClipConfig(vision=ViTConfig(image_size=8, patch_size=4, in_chans=1, embed_dim=16, depth=1, num_heads=2),
+                           text=TextConfig(context_length=16, width=16, depth=1, num_heads=2), embed_dim=8, loss=loss))
+
+
+def test_init_and_temperature_clamp():
+    clip, sig = _tiny("clip"), _tiny("siglip")
+    assert abs(clip.logit_scale.item() - math.log(1 / 0.07)) < 1e-6 and clip.logit_bias is None
+    assert abs(sig.logit_scale.item() - math.log(10)) < 1e-6 and sig.logit_bias.item() == -10.0
+    with torch.no_grad():
+        clip.logit_scale.fill_(10.0)  # exp(10) would be 22026: CLIP clamps the scale at 100
+    out = clip(torch.rand(2, 1, 8, 8), clip.tokenize(["a", "b"]))
+    assert abs(out[2].item() - 100.0) < 1e-3 and len(out) == 3
+    assert len(sig(torch.rand(2, 1, 8, 8), sig.tokenize(["a", "b"]))) == 4
+
+
+def test_recall_at_k_by_hand():
+    sim = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.5, 0.0], [0.1, 0.2, 0.3]])
+    r = recall_at_k(sim, ks=(1, 2))
+    # image 1's true text (0.5) is beaten by text 0 (0.8): rank 1
+    assert r["i2t_r@1"] == pytest.approx(2 / 3) and r["i2t_r@2"] == 1.0
+    # text 0 -> images: 0.9 best, ok; text 1 -> 0.5 best; text 2 -> 0.3 best
+    assert r["t2i_r@1"] == 1.0
+    # same-caption groups: image 1 retrieving text 0 counts when both carry the same caption
+    assert recall_at_k(sim, ks=(1,), groups=torch.tensor([0, 0, 1]))["i2t_r@1"] == 1.0
+
+
+def test_zero_shot_prompt_ensemble_by_hand():
+    class Fake:  # images are one-hot class vectors; prompts embed the class name's index
+        def encode_image(self, x, normalize=True):
+            return F.normalize(x, dim=-1)
+
+        def encode_text(self, ids, normalize=True):
+            return F.normalize(ids, dim=-1)
+
+    names = ["a", "b"]
+
+    def tokenize(texts):  # "x {name}" / "y {name}": both templates point at the class, one noisily
+        return torch.tensor([[1.0, 0.2] if t.endswith("a") else [0.2, 1.0] for t in texts])
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1]])
+    labels = torch.tensor([0, 1, 1])
+    assert zero_shot_accuracy(Fake(), tokenize, images, labels, names, ["x {}", "y {}"]) == pytest.approx(2 / 3)

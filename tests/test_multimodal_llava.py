@@ -1,0 +1,85 @@
+"""LLaVA-style model: the LM run from embeddings equals its token forward; the image tokens sit
+where `<image>` was; labels cover the answer only; greedy answers equal step-by-step argmax;
+training lowers the loss. A tiny LM with SmolLM2's tokenizer (vocabulary and chat template)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmlab.model.config import ModelConfig
+from llmlab.model.transformer import Transformer
+from llmlab.multimodal.llava import Llava, lm_hidden_from_embeds
+from llmlab.multimodal.vit import ViTConfig, VisionTransformer
+
+
+@pytest.fixture(scope="module")
+def llava(smollm2_tokenizer):
+    torch.manual_seed(0)
+    lm = Transformer(ModelConfig(vocab_size=smollm2_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)).eval()
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    vit = VisionTransformer(ViTConfig(image_size=8, patch_size=4, in_chans=3, embed_dim=16, depth=1, num_heads=2))
+    return Llava(vit, lm, smollm2_tokenizer)
+
+
+def test_embeds_forward_equals_token_forward(llava):
+    ids = torch.tensor([[5, 17, 300, 4000, 9]])
+    with torch.no_grad():
+        ref = llava.lm(ids)
+        got = llava.lm.lm_head(lm_hidden_from_embeds(llava.lm, llava.lm.model.embed_tokens(ids)))
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_layout_and_labels(llava):
+    tok = llava.tok
+    images = torch.rand(2, 3, 8, 8)
+    x, y, plen = llava._batch(images, ["what color is the shape?", "is there a circle?"], ["red", "no"])
+    n_img = 4  # (8 / 4)^2 patches
+    emb = llava.lm.model.embed_tokens.weight
+    before = llava._before
+    # rows start with the chat prefix, then the projected image tokens
+    assert torch.allclose(x[0, :len(before)], emb[before])
+    assert torch.allclose(x[0, len(before):len(before) + n_img], llava.image_tokens(images)[0])
+    # the answer tokens (and <|im_end|>) are the only labels
+    want = tok.encode("red") + tok.encode("<|im_end|>")
+    assert y[0][y[0] != -100].tolist() == want
+    assert plen[0] + len(want) == int((y[0] != -100).nonzero().max()) + 2
+    rendered = tok.apply_chat_template([{"role": "system", "content": "Answer in one word."},
+                                        {"role": "user", "content": "<image>\nis there a circle?"}])
+    text_ids = tok.encode(rendered.split("<image>")[1])
+    after = x[1, len(before) + n_img:plen[1]]
+    assert torch.allclose(after, emb[text_ids])
+
+
+def test_greedy_answer_matches_stepwise_argmax(llava):
+    images = torch.rand(1, 3, 8, 8)
+    got = llava.answer(images, ["what shape is present?"], max_new_tokens=3)
+    x, _, plen = llava._batch(images, ["what shape is present?"])
+    ids = []
+    with torch.no_grad():
+        for _ in range(3):
+            t = llava.lm.lm_head(lm_hidden_from_embeds(llava.lm, x))[0, -1].argmax().item()
+            if t in llava.end_id:
+                break
+            ids.append(t)
+            x = torch.cat([x, llava.lm.model.embed_tokens.weight[t].view(1, 1, -1)], dim=1)
+    assert got == [llava.tok.decode(ids).strip()]
+
+
+def test_projector_learns(llava):
+    torch.manual_seed(1)
+    images = torch.rand(4, 3, 8, 8)
+    qs, ans = ["what color?"] * 4, ["red", "blue", "red", "blue"]
+    opt = torch.optim.Adam(llava.projector.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(5):  # the gradient reaches the projector through the frozen LM, and only it
+        loss = llava.loss(images, qs, ans)
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in llava.projector.parameters())
+        opt.step()
+    assert losses[-1] < losses[0] - 1e-3, losses
+    assert all(p.grad is None for p in llava.vision.parameters())
+    assert all(p.grad is None for p in llava.lm.parameters())

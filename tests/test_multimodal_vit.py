@@ -1,0 +1,63 @@
+"""ViT against timm's VisionTransformer on the same random weights; positions; bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmlab.errors import UserError
+from llmlab.multimodal.vit import ViTConfig, VisionTransformer, sincos_2d
+
+
+@pytest.fixture(scope="module")
+def timm_vit():
+    from llmlab.multimodal.reference import import_references
+    try:
+        import_references()
+    except ImportError as e:
+        pytest.skip(f"timm/open_clip not installed ({e}): pip install --no-deps timm open-clip-torch")
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+    return TimmViT
+
+
+@pytest.mark.parametrize("pos,pool", [("learned", "cls"), ("sincos", "mean")])
+def test_logits_equal_timm(timm_vit, pos, pool):
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=4,
+                    num_classes=7, pos=pos, pool=pool)
+    ours = VisionTransformer(cfg).eval()
+    ref = timm_vit(img_size=16, patch_size=4, in_chans=3, num_classes=7, embed_dim=32, depth=2, num_heads=4,
+                   global_pool="token" if pool == "cls" else "avg", fc_norm=False).eval()
+    with torch.no_grad():  # random weights everywhere, biases and norms included
+        for p in ref.parameters():
+            p.normal_(0, 0.3)
+    state = ref.state_dict()
+    if pos == "sincos":  # our fixed table is a buffer; timm carries it as its pos_embed parameter
+        state.pop("pos_embed")
+        with torch.no_grad():
+            ref.pos_embed.copy_(ours.pos_embed)
+    ours.load_state_dict(state, strict=True)
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        a, b = ours(x), ref(x)
+        fa, fb = ours.forward_features(x), ref.forward_features(x)
+    assert (fa - fb).abs().max().item() <= 1e-4
+    assert (a - b).abs().max().item() <= 1e-4, (a - b).abs().max()
+
+
+def test_sincos_table_by_hand():
+    t = sincos_2d(2, 8)[0]  # dim 8: 2 frequencies per axis (1, 1/100)
+    assert t.shape == (5, 8) and t[0].abs().sum() == 0
+    # patch (row 1, col 0) is index 1 + 2 = 3: x = 0, y = 1
+    y = torch.tensor([1.0 * 1, 1.0 / 100])
+    expect = torch.cat([torch.zeros(2).sin(), torch.zeros(2).cos(), y.sin(), y.cos()])
+    assert torch.allclose(t[3], expect, atol=1e-6)
+
+
+def test_bad_shapes_and_configs():
+    m = VisionTransformer(ViTConfig(image_size=8, patch_size=4, in_chans=1, embed_dim=16, depth=1, num_heads=2))
+    with pytest.raises(UserError, match="do not fit"):
+        m(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(UserError, match="multiple of patch_size"):
+        ViTConfig(image_size=10, patch_size=4).validate()
+    with pytest.raises(UserError, match="divisible by num_heads"):
+        ViTConfig(embed_dim=30, num_heads=4).validate()
