@@ -8,7 +8,8 @@ import time
 
 
 @contextlib.contextmanager
-def live_server(model, tok, name: str = "m", max_pending: int = 64, max_tokens_default: int = 32, **engine_kw):
+def live_server(model, tok, name: str = "m", max_pending: int = 64, max_tokens_default: int = 32, retrieval=None,
+                **engine_kw):
     """Yields (base_url, worker); the server stops (gracefully) when the block exits."""
     import uvicorn
 
@@ -18,7 +19,7 @@ def live_server(model, tok, name: str = "m", max_pending: int = 64, max_tokens_d
 
     engine = Engine(model, tok, **engine_kw)
     worker = EngineWorker(engine, max_pending).start()
-    app = create_app(worker, tok, name, max_tokens_default=max_tokens_default, drain_timeout=10)
+    app = create_app(worker, tok, name, max_tokens_default=max_tokens_default, drain_timeout=10, retrieval=retrieval)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
