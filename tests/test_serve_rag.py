@@ -135,3 +135,43 @@ def test_bad_rag_requests_are_openai_400s(server, model, smollm2_tokenizer, tmp_
         err = json.loads(body)["error"]
         assert code == 400 and err["code"] == "rag_not_enabled" and err["type"] == "invalid_request_error"
         assert _post(base3, {"model": "m", "messages": msg, "rag": False, "max_tokens": 2})[0] == 200
+
+
+def test_web_chat_toggle_shows_sources_under_the_answer(server, tmp_path):
+    from selenium.webdriver.common.by import By  # noqa: F401  (_browser skips without selenium)
+
+    from test_serve_browser import _browser
+    drv = _browser(tmp_path)
+    try:
+        drv.get(server[0] + "/")
+        import time
+        t0 = time.monotonic()
+        while not drv.find_element(By.ID, "ragbox").is_displayed():
+            assert time.monotonic() - t0 < 20, "the page shows no 'use documents' toggle"
+            time.sleep(0.05)
+        assert "4 documents" in drv.find_element(By.ID, "raginfo").text
+        assert not drv.find_element(By.ID, "rag").is_selected()  # the server's rag_default is off
+
+        def turn(text):
+            n = len(drv.find_elements(By.CSS_SELECTOR, ".msg[data-done]"))
+            drv.find_element(By.ID, "input").send_keys(text)
+            drv.find_element(By.ID, "send").click()
+            t0 = time.monotonic()
+            while len(drv.find_elements(By.CSS_SELECTOR, ".msg[data-done]")) <= n:
+                assert time.monotonic() - t0 < 30
+                time.sleep(0.02)
+
+        for el, v in [("temperature", "0"), ("max_tokens", "4")]:
+            drv.find_element(By.ID, el).clear()
+            drv.find_element(By.ID, el).send_keys(v)
+        turn("hello")
+        assert not drv.find_elements(By.CSS_SELECTOR, ".sources")
+        drv.find_element(By.ID, "rag").click()
+        turn(Q)
+        items = drv.find_elements(By.CSS_SELECTOR, ".sources li")
+        assert len(items) == 2 and "geo/germany.md" in items[0].text and "Berlin" in items[0].text
+        assert items[0].get_attribute("value") == "1"
+        prev = drv.find_element(By.CSS_SELECTOR, ".sources").find_element(By.XPATH, "preceding-sibling::div[1]")
+        assert "assistant" in prev.get_attribute("class")  # listed under the answer
+    finally:
+        drv.quit()
