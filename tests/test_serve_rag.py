@@ -175,3 +175,13 @@ def test_web_chat_toggle_shows_sources_under_the_answer(server, tmp_path):
         assert "assistant" in prev.get_attribute("class")  # listed under the answer
     finally:
         drv.quit()
+
+
+def test_cli_bad_rag_settings_exit_2_with_one_line(tmp_path):
+    import subprocess
+    import sys
+    for args, want in ((["rag_index=" + str(tmp_path / "nope")], "no index at"),
+                       (["rag_default=true"], "rag_default=true needs rag_index")):
+        p = subprocess.run([sys.executable, "-m", "llmlab.cli", "serve", "model=" + str(tmp_path / "no_model"), *args],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and want in p.stderr and "Traceback" not in p.stderr, p.stderr
