@@ -169,7 +169,8 @@ def test_web_chat_toggle_shows_sources_under_the_answer(server, tmp_path):
         drv.find_element(By.ID, "rag").click()
         turn(Q)
         items = drv.find_elements(By.CSS_SELECTOR, ".sources li")
-        assert len(items) == 2 and "geo/germany.md" in items[0].text and "Berlin" in items[0].text
+        assert len(items) == 2 and items[0].text.startswith("[1] Germany")
+        assert "geo/germany.md" in items[0].text and "Berlin" in items[0].text
         assert items[0].get_attribute("value") == "1"
         prev = drv.find_element(By.CSS_SELECTOR, ".sources").find_element(By.XPATH, "preceding-sibling::div[1]")
         assert "assistant" in prev.get_attribute("class")  # listed under the answer
