@@ -94,6 +94,19 @@ class TrainConfig(TrainingBase):
         default="", metadata={"help": "fsdp: compute dtype of gathered params ('' = as stored, fp32)"})
     fsdp_cpu_offload: bool = field(default=False, metadata={"help": "fsdp: shards and Adam step on the CPU"})
     deepspeed: str = field(default="", metadata={"help": "a DeepSpeed JSON config (configs/ds_zero*.json)"})
+    # optimizers and training tricks (llmlab.train.optimizers / tricks; docs/train.md)
+    optim: Literal["adamw", "adam", "adamax", "adafactor"] = field(
+        default="adamw", metadata={"help": "adamw (torch, fused) | adam (L2 decay) | adamax | adafactor (factored)"})
+    init: Literal["default", "xavier_uniform", "xavier_normal", "t5", "small"] = field(
+        default="default", metadata={"help": "weight init before step 0 (default = GPT-2 style N(0, 0.02))"})
+    embedding_grad_shrink: float = field(default=1.0, metadata={"help": "GLM-130B: scale embedding grads (0.1); 1 = off"})
+    selective_recompute: bool = field(default=False, metadata={"help": "recompute attention only in backward"})
+    batch_size_rampup_start: int = field(
+        default=0, metadata={"help": "micro-batches per step at step 0, ramped to gradient_accumulation_steps; 0 = off"})
+    batch_size_rampup_steps: int = field(default=0, metadata={"help": "steps of the linear batch-size ramp"})
+    early_stopping_patience: int = field(
+        default=0, metadata={"help": "stop after N evals without val-loss gain, keep the best weights; 0 = off"})
+    early_stopping_threshold: float = field(default=0.0, metadata={"help": "least val-loss drop that counts as a gain"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -109,3 +122,10 @@ class TrainConfig(TrainingBase):
             raise UserError("bf16 and fp16 are exclusive: pick one")
         if not 0.0 <= self.decay_ratio <= 1.0:
             raise UserError(f"decay_ratio must be in [0, 1], got {self.decay_ratio}")
+        if not 0.0 < self.embedding_grad_shrink <= 1.0:
+            raise UserError(f"embedding_grad_shrink must be in (0, 1], got {self.embedding_grad_shrink}")
+        for name in ("batch_size_rampup_start", "batch_size_rampup_steps", "early_stopping_patience"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.early_stopping_patience and not self.eval_steps:
+            raise UserError("early_stopping_patience needs eval_steps > 0 (it counts evaluations)")
