@@ -35,7 +35,8 @@ class RefineConfig:
     reference_docs: int = field(default=2000, metadata={"help": "reference documents used (10% held out)"})
     languages: list[str] = field(default_factory=lambda: ["en"], metadata={"help": "languages the model filters judge"})
     sentence_dedup: bool = field(default=True, metadata={"help": "drop self-repeating and already-seen sentences"})
-    classifier_threshold: float = field(default=0.5, metadata={"help": "keep if P(reference-like) >= this; 0 = off"})
+    classifier_threshold: float = field(default=0.0, metadata={
+        "help": "keep if P(reference-like) >= this (0.5 is usual); 0 = off: on our corpus it rejects all poetry"})
     perplexity_quantile: float = field(default=0.95, metadata={
         "help": "keep if perplexity <= this quantile of held-out reference perplexities; 0 = off"})
     ngram: int = field(default=3, metadata={"help": "order of the reference n-gram LM"})
