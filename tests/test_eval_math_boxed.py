@@ -87,3 +87,12 @@ def test_evaluate_scores_boxed_answers():
     replies = [f"work... $\\boxed{{{items[0]['answer']}}}$", "I think it is \\boxed{123456}", "no box"]
     res = MathBoxed().evaluate(_Ctx(replies), items)
     assert res["exact_match"] == pytest.approx(1 / 3) and res["boxed_rate"] == pytest.approx(2 / 3)
+
+
+def test_emergence_plot_writes_both_panels(tmp_path):
+    from llmlab.eval.emergence import main, plot
+    pts = [{"model": f"m{i}", "params": 10 ** (5 + i), "task": "arithmetic", "n": 10, "exact_match": e,
+            "answer_logprob_per_token": lp} for i, (e, lp) in enumerate([(0.0, -6.0), (0.0, -3.0), (0.4, -1.0)])]
+    plot(pts, tmp_path / "e.png")
+    assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
+    assert main([str(tmp_path / "x.png")]) == 2  # no models: usage
