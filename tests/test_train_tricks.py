@@ -112,7 +112,7 @@ def test_train_with_tricks_ramps_and_stops_early_keeping_the_best(tmp_path):
     tl = TokenArrayLoader(TOKENS[:3000], 32, 2)
     vl = TokenArrayLoader(TOKENS[3000:], 32, 2, loop=False)
     # threshold 100: no evaluation after the first counts as a gain -> stop at eval 3 (step 3), keep step 1
-    res = train(_cfg(tmp_path, optim="adafactor", init="small", embedding_grad_shrink=0.1, selective_recompute=True,
+    res = train(_cfg(tmp_path, optim="adafactor", weight_init="small", embedding_grad_shrink=0.1, selective_recompute=True,
                      gradient_accumulation_steps=4, batch_size_rampup_start=1, batch_size_rampup_steps=3,
                      eval_steps=1, save_steps=1, save_total_limit=0, early_stopping_patience=2,
                      early_stopping_threshold=100.0), m, tl, vl)

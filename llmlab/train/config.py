@@ -97,7 +97,7 @@ class TrainConfig(TrainingBase):
     # optimizers and training tricks (llmlab.train.optimizers / tricks; docs/train.md)
     optim: Literal["adamw", "adam", "adamax", "adafactor"] = field(
         default="adamw", metadata={"help": "adamw (torch, fused) | adam (L2 decay) | adamax | adafactor (factored)"})
-    init: Literal["default", "xavier_uniform", "xavier_normal", "t5", "small"] = field(
+    weight_init: Literal["default", "xavier_uniform", "xavier_normal", "t5", "small"] = field(
         default="default", metadata={"help": "weight init before step 0 (default = GPT-2 style N(0, 0.02))"})
     embedding_grad_shrink: float = field(default=1.0, metadata={"help": "GLM-130B: scale embedding grads (0.1); 1 = off"})
     selective_recompute: bool = field(default=False, metadata={"help": "recompute attention only in backward"})

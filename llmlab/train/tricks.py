@@ -155,8 +155,8 @@ def saved_activation_bytes(fn) -> int:
 def apply(model: nn.Module, cfg) -> None:
     """The model-side tricks a TrainConfig asks for: init scheme (seeded), embedding-grad shrink,
     selective recomputation (attention sub-layers)."""
-    if cfg.init != "default":
-        init_weights(model, cfg.init, seed=cfg.seed)
+    if cfg.weight_init != "default":
+        init_weights(model, cfg.weight_init, seed=cfg.seed)
     if cfg.embedding_grad_shrink < 1.0:
         shrink_embedding_grad(model, cfg.embedding_grad_shrink)
     if cfg.selective_recompute:
