@@ -87,7 +87,10 @@ def refine(cfg: RefineConfig) -> dict:
         extra["perplexity"] = {"ngram": cfg.ngram, "cut": round(cut, 2), "held_out_median": round(float(np.median(held)), 2)}
     dedup = SentenceDeduper()
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"out_dir '{out}': cannot create ({e.strerror or e})") from None
     kept_lines = []
     for rec in recs:
         text, source = rec["text"], rec.get("source", "?")

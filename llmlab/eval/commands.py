@@ -102,8 +102,11 @@ def run_decontaminate(cfg: DecontaminateConfig) -> int:
             sets[task.name] = list(task.texts(task.items(cfg.limit or None, cfg.seed)))
     src = Path(cfg.data)
     out = Path(cfg.output) if cfg.output else src.with_name(src.stem + ".decontaminated" + src.suffix)
-    counts = decontaminate_file(src, out, sets, cfg.ngram, cfg.min_words)
-    Path(str(out) + ".report.json").write_text(json.dumps(counts, indent=1))
+    try:
+        counts = decontaminate_file(src, out, sets, cfg.ngram, cfg.min_words)
+        Path(str(out) + ".report.json").write_text(json.dumps(counts, indent=1))
+    except OSError as e:
+        raise UserError(f"decontaminate: cannot write {out} ({e.strerror or e})") from None
     for t, c in counts["per_task"].items():
         print(f"{t:<16} items {c['items']:>5}  found in training data {c['items_found']:>4}  "
               f"documents removed {c['docs_removed']}")
