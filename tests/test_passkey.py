@@ -100,7 +100,7 @@ def test_passkey_mix_loader_replaces_rows_and_resumes():
     from llmlab.train.loader import TokenArrayLoader
 
     task = PasskeyTask(CharTok())
-    text = torch.arange(20_000) % 50  # tokens < 50: never a passkey character
+    text = torch.randint(0, 50, (20_000,), generator=torch.Generator().manual_seed(0))  # < 50: no passkey char
     loader = PasskeyMixLoader(TokenArrayLoader(text, 300, 4), task, 300, 0.5, seed=1)
     it = iter(loader)
     x, y = next(it)
@@ -113,7 +113,12 @@ def test_passkey_mix_loader_replaces_rows_and_resumes():
     again.load_state_dict(state)
     assert torch.equal(next(iter(again))[0], x2)
     with pytest.raises(UserError):
-        PasskeyMixLoader(TokenArrayLoader(text, 300, 4), task, 300, 1.5)
+        PasskeyMixLoader(TokenArrayLoader(text, 300, 4), task, 300, 0.8, copy_fraction=0.5)
+    mixed = PasskeyMixLoader(TokenArrayLoader(text, 300, 4), task, 300, 0.25, copy_fraction=0.5)
+    x, y = next(iter(mixed))
+    w = torch.cat([x, y[:, -1:]], 1)  # rows 1-2 repeat their first half (150 tokens of 301)
+    assert torch.equal(w[1:3, 150:300], w[1:3, :150]) and torch.equal(w[1:3, 300], w[1:3, 0])
+    assert not torch.equal(w[3, 150:300], w[3, :150])  # the text row is left alone
 
 
 def test_dynamic_ntk_original_length_matches_hf_reading():

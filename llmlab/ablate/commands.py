@@ -23,7 +23,7 @@ def run_ablate(cfg: AblateConfig) -> int:
     from llmlab.device import setup_threads
 
     setup_threads()
-    summary = run(cfg)
+    run(cfg)
     print(f"\nablation table: {cfg.output_dir}/table.md, plot {cfg.output_dir}/ablation.png "
           f"(rerun the same command to continue a partial grid)")
     print(open(f"{cfg.output_dir}/table.md").read())
