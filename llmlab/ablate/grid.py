@@ -9,7 +9,8 @@ embedding weights + LM head, MoE counting the active experts only). Variants wit
 The metric is the same for every row: bits per byte of the whole held-out split (trainer.evaluate).
 
 Resumable: each finished (row, seed) appends one line to results.jsonl; a rerun skips lines whose
-settings signature matches, and an interrupted run resumes from its last checkpoint.
+settings signature matches, and an interrupted run resumes from its last checkpoint. Workers may
+share one output_dir (e.g. `seeds=0,1` and `seeds=2` on two cores): each checks the file before a run.
 """
 from __future__ import annotations
 
@@ -122,6 +123,10 @@ def read_results(path: Path) -> list[dict]:
     return out
 
 
+def _done(cfg: AblateConfig, path: Path) -> set:
+    return {(r["key"], r["seed"]) for r in read_results(path) if r["signature"] == cfg.signature()}
+
+
 def summarize(cfg: AblateConfig, rows, results: list[dict], missing: dict[str, str]) -> list[dict]:
     """One line per row: mean/std bpb over the seeds done (shared keys share runs), or why it is missing."""
     by_key: dict[str, list[dict]] = {}
@@ -167,8 +172,7 @@ def run(cfg: AblateConfig) -> list[dict]:
     corpus = prepare_corpus(cfg.corpus_dir, cfg.max_docs, cfg.vocab_size, progress=cfg.progress and not cfg.quick)
     tok = load_tokenizer(corpus["tokenizer"])
     results_path = out / "results.jsonl"
-    done = {(r["key"], r["seed"]) for r in read_results(results_path) if r["signature"] == cfg.signature()}
-    todo, seen = [], set(done)
+    todo, seen = [], _done(cfg, results_path)
     for seed in cfg.seeds:  # seed-major: a partial grid has every row at seed 0 first
         for row in rows:
             if row.name not in why and (row.key, seed) not in seen:
@@ -179,6 +183,10 @@ def run(cfg: AblateConfig) -> list[dict]:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(todo), desc="ablate", dynamic_ncols=True)
     for row, seed in todo:
+        if (row.key, seed) in _done(cfg, results_path):  # another worker (e.g. `seeds=2` beside us) did it
+            if bar is not None:
+                bar.update(1)
+            continue
         run_dir = out / "runs" / f"{row.key}-seed{seed}"
         if bar is not None:
             bar.set_postfix_str(f"{row.group}: {row.name} seed {seed}")

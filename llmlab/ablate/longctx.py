@@ -33,22 +33,22 @@ class LongCtxConfig:
     corpus_dir: str = field(default="runs/ablate/corpus", metadata={"help": "speedrun corpus cache (shared with ablate)"})
     max_docs: int = 10_000
     vocab_size: int = 2048
-    context: int = field(default=256, metadata={"help": "T: the training context"})
-    hidden_size: int = 128
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    max_steps: int = field(default=1500, metadata={"help": "pretraining steps at T"})
+    context: int = field(default=128, metadata={"help": "T: the training context"})
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    max_steps: int = field(default=2000, metadata={"help": "pretraining steps at T"})
     batch_size: int = 8
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
     passkey_fraction: float = field(default=0.5, metadata={"help": "share of each batch that is passkey rows"})
     copy_fraction: float = field(default=0.25, metadata={"help": "share of repeated-text rows (induction signal)"})
     factor: float = field(default=4.0, metadata={"help": "scale s of every method (fine-tune at s*T)"})
-    ft_steps: int = field(default=100, metadata={"help": "fine-tune steps at s*T (0 = no fine-tuned rows)"})
+    ft_steps: int = field(default=60, metadata={"help": "fine-tune steps at s*T (0 = no fine-tuned rows)"})
     ft_learning_rate: float = 5e-4
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     multiples: list[int] = field(default_factory=lambda: [1, 2, 4, 8], metadata={"help": "eval lengths / T"})
     depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    per_cell: int = field(default=10, metadata={"help": "passkeys per (length, depth) cell"})
+    per_cell: int = field(default=5, metadata={"help": "passkeys per (length, depth) cell"})
     ppl_windows: int = field(default=8, metadata={"help": "held-out windows of max(multiples)*T for loss by position"})
     quick: bool = field(default=False, metadata={"help": "tiny model, few steps (smoke test, minutes)"})
     seed: int = 0
