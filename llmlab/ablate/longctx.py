@@ -197,15 +197,8 @@ def run(cfg: LongCtxConfig) -> list[dict]:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill: the run is redone
-            continue
-    return rows
+    from llmlab.ablate.grid import read_results  # one reader of a results file cut by a kill
+    return read_results(path)
 
 
 def perplexity(loss: float) -> float:
