@@ -141,7 +141,7 @@ def test_objective_row_metrics_by_hand(objective, arch, layout):
     from llmlab.ablate.objrows import build, causal_bpb, infill_loss
     cfg = AblateConfig(quick=True)
     row = Row("r", "objective", train={"objective": objective, **({"architecture": arch} if arch else {})})
-    st, fpt = build(cfg, row, 64, 1, 0)
+    st, fpt = build(cfg, row, model_config(cfg, row, 64, 1), 64, 1, 0)
     assert st.layout == layout and fpt > 0
     assert all(i >= 64 for i in st.ids.values()) and "<extra_id_0>" in st.ids
     val = _windows(64, cfg.context)

@@ -91,9 +91,9 @@ def train_one(cfg: AblateConfig, row, seed: int, corpus: dict, tok, run_dir: Pat
     from llmlab.ablate import objrows
     from llmlab.ablate.rows import Row
     ref = model_config(cfg, Row("reference", ""), tok.vocab_size, tok.eos_id)
-    if objrows.is_objective_row(row):
-        return objrows.train_one(cfg, row, seed, corpus, tok, run_dir, flops_per_token(ref, cfg.context))
     mcfg = model_config(cfg, row, tok.vocab_size, tok.eos_id)
+    if objrows.is_objective_row(row):
+        return objrows.train_one(cfg, row, seed, corpus, tok, run_dir, mcfg, flops_per_token(ref, cfg.context))
     steps = steps_for(cfg, mcfg, ref)
     torch.manual_seed(seed)
     model = Transformer(mcfg)

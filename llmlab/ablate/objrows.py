@@ -34,11 +34,9 @@ def is_objective_row(row) -> bool:
     return "objective" in row.train or "architecture" in row.train
 
 
-def build(cfg, row, vocab: int, eos, seed: int):
-    """-> (Setup, model FLOPs per token) for a row of these groups."""
-    from llmlab.ablate.grid import model_config
+def build(cfg, row, mcfg, vocab: int, eos, seed: int):
+    """-> (Setup, model FLOPs per token) for a row of these groups; mcfg: its decoder's ModelConfig."""
     from llmlab.train.objectives.setup import make
-    mcfg = model_config(cfg, row, vocab, eos)
     st = make(row.train.get("objective", "causal_lm"), mcfg, vocab, row.train.get("architecture", ""), eos, seed,
               reserve_tokens=tuple(reserve_tokens()))
     if st.layout == "seq2seq":
@@ -86,14 +84,14 @@ def infill_loss(model, ids: dict, layout: str, windows) -> tuple[float, float]:
     return float(total[0] / total[1]), float(total[2] / total[3])
 
 
-def train_one(cfg, row, seed: int, corpus: dict, tok, run_dir, ref_fpt: float) -> dict:
+def train_one(cfg, row, seed: int, corpus: dict, tok, run_dir, mcfg, ref_fpt: float) -> dict:
     """Train one (row, seed) of the objective/architecture groups at the reference's FLOPs -> results line."""
     import torch
 
     from llmlab.data.loader import TokenWindowLoader
     from llmlab.train.config import TrainConfig
     from llmlab.train.trainer import train
-    st, fpt = build(cfg, row, tok.vocab_size, tok.eos_id, seed)
+    st, fpt = build(cfg, row, mcfg, tok.vocab_size, tok.eos_id, seed)
     steps = max(1, round(cfg.max_steps * ref_fpt / fpt))
     torch.manual_seed(seed)
     tl = st.loader(TokenWindowLoader(corpus["train"], cfg.context, cfg.batch_size, seed=seed), seed)
