@@ -172,3 +172,4 @@ def test_quick_objective_and_architecture_rows(tmp_path):
     table = (tmp_path / "ab" / "table.md").read_text()
     assert "| architecture | encoder-decoder | n/a (no causal score) |" in table
     assert "| architecture | decoder-only |" not in table  # not selected
+    assert (tmp_path / "ab" / "infill.png").stat().st_size > 1000

@@ -221,4 +221,7 @@ def run(cfg: AblateConfig) -> list[dict]:
     if any("bpb_mean" in s for s in summary):
         from llmlab.ablate.plots import ablation_plot
         ablation_plot([s for s in summary if "bpb_mean" in s], out / "ablation.png")
+    if any("infill_mean" in s for s in summary):
+        from llmlab.ablate.plots import infill_plot
+        infill_plot(summary, out / "infill.png")
     return summary
