@@ -6,7 +6,9 @@ steps of `batch_size` x `context` tokens; every other row gets the number of ste
 same FLOPs at its own cost per token (`flops_per_token`: 6N + 12 L H Q T, Kaplan / PaLM, N = non-
 embedding weights + LM head, MoE counting the active experts only). Variants with fewer weights
 (GQA, MQA) therefore see more tokens; MoE rows get the dense row's steps (equal active params).
-The metric is the same for every row: bits per byte of the whole held-out split (trainer.evaluate).
+The metric is the same for every row: bits per byte of the whole held-out split (trainer.evaluate);
+the objective and architecture rows (llmlab/ablate/objrows.py) add a span-infilling loss and report
+"n/a" bits per byte for the encoder-decoder, which has no causal score.
 
 Resumable: each finished (row, seed) appends one line to results.jsonl; a rerun skips lines whose
 settings signature matches, and an interrupted run resumes from its last checkpoint. Workers may
