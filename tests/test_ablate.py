@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from llmlab.ablate.grid import AblateConfig, model_config, steps_for, summarize
 from llmlab.ablate.rows import ROWS, Row, missing, register, select
@@ -14,18 +15,18 @@ from llmlab.model.transformer import flops_per_token
 from llmlab.train.config import TrainConfig
 
 
-def test_registry_rows_build_and_objective_rows_wait():
+def test_registry_rows_build_and_objective_rows_run():
     cfg = AblateConfig()
     for row in ROWS.values():
-        if missing(row, TrainConfig):
-            continue
+        assert missing(row, TrainConfig) == "", row.name  # the objectives and llmlab.model.encdec exist
         mc = model_config(cfg, row, 2048, 0)
         for k, v in row.model.items():
             assert getattr(mc, k) == v
-    assert missing(ROWS["prefix LM"], TrainConfig) == "needs objectives"
-    assert missing(ROWS["encoder-decoder"], TrainConfig) == "needs objectives"
+    assert missing(Row("x", "g", needs=("llmlab.nope",), missing_label="needs nope"), TrainConfig) == "needs nope"
+    assert missing(Row("x", "g", train={"nope": 1}), TrainConfig) == "unknown nope"
     refs = [r for r in ROWS.values() if not r.model and not r.train]
-    assert len(refs) == 8 and {r.key for r in refs} == {"reference"}  # one shared run per seed
+    assert len(refs) == 6 and {r.key for r in refs} == {"reference"}  # one shared run per seed
+    assert ROWS["causal LM"].key == ROWS["decoder-only"].key != "reference"  # shared objective vocabulary
     groups = {r.group for r in ROWS.values()}
     assert {"norm placement", "norm", "mlp", "position", "attention", "ffn", "objective", "architecture"} <= groups
     with pytest.raises(UserError, match="unknown ablation rows"):
@@ -72,15 +73,15 @@ def _cli(*args, cwd):
 def test_quick_grid_runs_resumes_and_rejects_bad_rows(tmp_path):
     import os
     os.environ["OMP_NUM_THREADS"] = "1"
-    args = ["ablate", "quick=true", "groups=mlp,objective", f"output_dir={tmp_path}/ab",
+    args = ["ablate", "quick=true", "groups=mlp", f"output_dir={tmp_path}/ab",
             f"corpus_dir={tmp_path}/corpus", "progress=false"]
     r = _cli(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [json.loads(x) for x in (tmp_path / "ab" / "results.jsonl").read_text().splitlines()]
-    assert sorted(x["row"] for x in lines) == ["GeGLU", "GeLU", "ReLU", "SwiGLU"]  # causal LM = SwiGLU's run
+    assert sorted(x["row"] for x in lines) == ["GeGLU", "GeLU", "ReLU", "SwiGLU"]  # the reference's run
     assert all(x["val_bpb"] > 0 for x in lines)
     table = (tmp_path / "ab" / "table.md").read_text()
-    assert "needs objectives" in table and "| objective | causal LM |" in table
+    assert "| mlp | GeLU |" in table and "| — |" in table  # no span-infill score outside the objective rows
     assert (tmp_path / "ab" / "ablation.png").stat().st_size > 1000
     again = _cli(*args, cwd=tmp_path)  # resumable: nothing left to train
     assert again.returncode == 0
@@ -89,3 +90,86 @@ def test_quick_grid_runs_resumes_and_rejects_bad_rows(tmp_path):
     assert bad.returncode == 2 and "unknown ablation rows" in bad.stderr and "Traceback" not in bad.stderr
     bad = _cli("longctx", "methods=rope2", f"output_dir={tmp_path}/lc", cwd=tmp_path)
     assert bad.returncode == 2 and "unknown" in bad.stderr and "Traceback" not in bad.stderr
+
+
+class _Windows(list):
+    """A one-pass (x, y) window loader, as the grid's val loader."""
+
+
+def _windows(vocab, T, n_batches=2, B=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = _Windows()
+    for _ in range(n_batches):
+        w = torch.randint(0, vocab, (B, T + 1), generator=g)
+        out.append((w[:, :-1], w[:, 1:]))
+    return out
+
+
+def _by_hand(model, ids, layout, windows, start=0):
+    """Span-infilling CE per target token (all; span tokens only), one unpadded example at a time."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from llmlab.ablate.objrows import INFILL_SEED
+    from llmlab.train.objectives import build_objective
+    obj, total, n, total_s, n_s = build_objective("span_corruption"), 0.0, 0, 0.0, 0
+    sentinels = {ids[t] for t in obj.special_tokens}
+    for b, (x, y) in enumerate(windows):
+        rng = np.random.default_rng([INFILL_SEED, b])
+        for w in torch.cat([x, y[:, -1:]], 1):
+            ex = obj.example(w.tolist(), rng, ids, None)
+            tgt = torch.tensor(ex.targets)
+            if layout == "seq2seq":
+                logits = model(input_ids=torch.tensor([ex.inputs]), decoder_input_ids=torch.tensor([[start] + ex.targets[:-1]]))[0]
+            else:
+                seq, k = torch.tensor([ex.inputs + ex.targets]), len(ex.inputs)
+                kw = {"prefix_lengths": k} if layout == "prefix" else {}
+                logits = model(seq[:, :-1], **kw)[0, k - 1:]
+            ce = F.cross_entropy(logits.float(), tgt, reduction="none").detach()
+            span = torch.tensor([t not in sentinels for t in ex.targets])
+            total, n, total_s, n_s = total + float(ce.sum()), n + len(tgt), total_s + float(ce[span].sum()), n_s + int(span.sum())
+    return total / n, total_s / n_s
+
+
+@pytest.mark.parametrize("objective,arch,layout", [("causal_lm", "", "causal"), ("ul2", "", "prefix"),
+                                                    ("span_corruption", "encoder_decoder", "seq2seq")])
+def test_objective_row_metrics_by_hand(objective, arch, layout):
+    import math
+
+    import torch.nn.functional as F
+
+    from llmlab.ablate.objrows import build, causal_bpb, infill_loss
+    cfg = AblateConfig(quick=True)
+    row = Row("r", "objective", train={"objective": objective, **({"architecture": arch} if arch else {})})
+    st, fpt = build(cfg, row, model_config(cfg, row, 64, 1), 64, 1, 0)
+    assert st.layout == layout and fpt > 0
+    assert all(i >= 64 for i in st.ids.values()) and "<extra_id_0>" in st.ids
+    val = _windows(64, cfg.context)
+    got = infill_loss(st.model, st.ids, st.layout, val)
+    start = getattr(st.model.config, "decoder_start_token_id", 0)
+    assert got == pytest.approx(_by_hand(st.model, st.ids, layout, val, start), rel=1e-5)
+    assert got[1] != pytest.approx(got[0], rel=1e-4)  # the sentinel targets are left out of the second
+    assert all(0.5 * math.log(st.model.config.vocab_size) < v < 2 * math.log(st.model.config.vocab_size) for v in got)
+    if layout != "seq2seq":  # plain causal scoring (no prefix): the mean next-token CE over every window
+        ce = [F.cross_entropy(st.model(x).detach().flatten(0, 1), y.flatten(), reduction="sum") for x, y in val]
+        want = float(sum(ce)) / sum(y.numel() for _, y in val) / math.log(2) / 2.5
+        assert causal_bpb(st.model, val, 2.5) == pytest.approx(want, rel=1e-5)
+
+
+def test_quick_objective_and_architecture_rows(tmp_path):
+    import os
+    os.environ["OMP_NUM_THREADS"] = "1"
+    r = _cli("ablate", "quick=true", "rows=causal LM,prefix LM,UL2,encoder-decoder", f"output_dir={tmp_path}/ab",
+             f"corpus_dir={tmp_path}/corpus", "progress=false", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = {x["row"]: x for x in map(json.loads, (tmp_path / "ab" / "results.jsonl").read_text().splitlines())}
+    assert set(lines) == {"causal LM", "prefix LM", "UL2", "encoder-decoder"}
+    assert [lines[n]["layout"] for n in ("causal LM", "prefix LM", "UL2", "encoder-decoder")] == \
+        ["causal", "prefix", "prefix", "seq2seq"]
+    assert lines["encoder-decoder"]["val_bpb"] is None  # no causal score for an encoder-decoder
+    assert all(lines[n]["val_bpb"] > 0 for n in ("causal LM", "prefix LM", "UL2"))
+    assert all(0 < x["infill_loss"] < 20 and 0 < x["infill_span_loss"] < 20 and x["steps"] >= 1 for x in lines.values())
+    table = (tmp_path / "ab" / "table.md").read_text()
+    assert "| architecture | encoder-decoder | n/a (no causal score) |" in table
+    assert "| architecture | decoder-only |" not in table  # not selected
+    assert (tmp_path / "ab" / "infill.png").stat().st_size > 1000

@@ -24,7 +24,7 @@ def run_ablate(cfg: AblateConfig) -> int:
 
     setup_threads()
     run(cfg)
-    print(f"\nablation table: {cfg.output_dir}/table.md, plot {cfg.output_dir}/ablation.png "
+    print(f"\nablation table: {cfg.output_dir}/table.md, plots {cfg.output_dir}/ablation.png, infill.png "
           f"(rerun the same command to continue a partial grid)")
     print(open(f"{cfg.output_dir}/table.md").read())
     return 0
@@ -32,8 +32,8 @@ def run_ablate(cfg: AblateConfig) -> int:
 
 VERBS = {
     "ablate": Verb(AblateConfig, run_ablate,
-                   "train a grid of small models (norms, MLPs, positions, attention, MoE) at equal FLOPs, "
-                   "3 seeds; bits-per-byte table + plot",
+                   "train a grid of small models (norms, MLPs, positions, attention, MoE, objectives, encoder-decoder) "
+                   "at equal FLOPs, 3 seeds; held-out bits-per-byte (+ span infilling) table + plot",
                    "llmlab ablate quick=true   (or: llmlab ablate groups=mlp,position seeds=0,1,2)"),
     "longctx": Verb(LongCtxConfig, run_longctx,
                     "train at context T, then passkey retrieval + loss by position at 1-8x T for RoPE scalings",

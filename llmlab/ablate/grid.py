@@ -6,7 +6,9 @@ steps of `batch_size` x `context` tokens; every other row gets the number of ste
 same FLOPs at its own cost per token (`flops_per_token`: 6N + 12 L H Q T, Kaplan / PaLM, N = non-
 embedding weights + LM head, MoE counting the active experts only). Variants with fewer weights
 (GQA, MQA) therefore see more tokens; MoE rows get the dense row's steps (equal active params).
-The metric is the same for every row: bits per byte of the whole held-out split (trainer.evaluate).
+The metric is the same for every row: bits per byte of the whole held-out split (trainer.evaluate);
+the objective and architecture rows (llmlab/ablate/objrows.py) add a span-infilling loss and report
+"n/a" bits per byte for the encoder-decoder, which has no causal score.
 
 Resumable: each finished (row, seed) appends one line to results.jsonl; a rerun skips lines whose
 settings signature matches, and an interrupted run resumes from its last checkpoint. Workers may
@@ -88,9 +90,12 @@ def train_one(cfg: AblateConfig, row, seed: int, corpus: dict, tok, run_dir: Pat
     from llmlab.train.config import TrainConfig
     from llmlab.train.trainer import train
 
+    from llmlab.ablate import objrows
     from llmlab.ablate.rows import Row
-    mcfg = model_config(cfg, row, tok.vocab_size, tok.eos_id)
     ref = model_config(cfg, Row("reference", ""), tok.vocab_size, tok.eos_id)
+    mcfg = model_config(cfg, row, tok.vocab_size, tok.eos_id)
+    if objrows.is_objective_row(row):
+        return objrows.train_one(cfg, row, seed, corpus, tok, run_dir, mcfg, flops_per_token(ref, cfg.context))
     steps = steps_for(cfg, mcfg, ref)
     torch.manual_seed(seed)
     model = Transformer(mcfg)
@@ -136,11 +141,14 @@ def summarize(cfg: AblateConfig, rows, results: list[dict], missing: dict[str, s
     out = []
     for row in rows:
         done = by_key.get(row.key, [])
-        vals = [r["val_bpb"] for r in done if r["val_bpb"] is not None]
-        line = {"row": row.name, "group": row.group, "seeds": len(vals), "status": missing.get(row.name, "")}
-        if vals:
-            line.update(bpb_mean=statistics.fmean(vals), bpb_std=statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                        steps=done[0]["steps"], params=done[0]["params"],
+        line = {"row": row.name, "group": row.group, "seeds": len(done), "status": missing.get(row.name, "")}
+        for name, metric in (("bpb", "val_bpb"), ("infill", "infill_loss"), ("span", "infill_span_loss")):
+            vals = [r[metric] for r in done if r.get(metric) is not None]
+            if vals:
+                line.update({f"{name}_mean": statistics.fmean(vals),
+                             f"{name}_std": statistics.stdev(vals) if len(vals) > 1 else 0.0})
+        if done:
+            line.update(steps=done[0]["steps"], params=done[0]["params"],
                         seconds=statistics.fmean(r["seconds"] for r in done))
         elif not line["status"]:
             line["status"] = "not run yet"
@@ -149,13 +157,19 @@ def summarize(cfg: AblateConfig, rows, results: list[dict], missing: dict[str, s
 
 
 def table(summary: list[dict]) -> str:
-    lines = ["| group | row | held-out bpb (mean ± std) | seeds | steps | params | s/run |", "|---|---|---|---|---|---|---|"]
+    """Markdown table; span-infill = held-out span-corruption loss per target token (nats), all targets /
+    the dropped span tokens only (sentinels excluded); objective and architecture rows only."""
+    lines = ["| group | row | held-out bpb (mean ± std) | span-infill loss, all targets | span-infill loss, span tokens "
+             "| seeds | steps | params | s/run |", "|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
-        if "bpb_mean" in s:
-            lines.append(f"| {s['group']} | {s['row']} | {s['bpb_mean']:.4f} ± {s['bpb_std']:.4f} | {s['seeds']} | "
+        if s["seeds"]:
+            bpb = f"{s['bpb_mean']:.4f} ± {s['bpb_std']:.4f}" if "bpb_mean" in s else "n/a (no causal score)"
+            infill = " | ".join(f"{s[k + '_mean']:.4f} ± {s[k + '_std']:.4f}" if k + "_mean" in s else "—"
+                                for k in ("infill", "span"))
+            lines.append(f"| {s['group']} | {s['row']} | {bpb} | {infill} | {s['seeds']} | "
                          f"{s['steps']} | {s['params'] / 1e6:.2f}M | {s['seconds']:.0f} |")
         else:
-            lines.append(f"| {s['group']} | {s['row']} | {s['status']} | 0 | | | |")
+            lines.append(f"| {s['group']} | {s['row']} | {s['status']} | | | 0 | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -194,7 +208,10 @@ def run(cfg: AblateConfig) -> list[dict]:
         with open(results_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints only serve resume
-        log.info(f"{row.group}: {row.name} seed {seed}: bpb {rec['val_bpb']:.4f} ({rec['steps']} steps, "
+        bpb = "n/a" if rec["val_bpb"] is None else f"{rec['val_bpb']:.4f}"
+        infill = (f", span-infill {rec['infill_loss']:.4f} (span tokens {rec['infill_span_loss']:.4f})"
+                  if "infill_loss" in rec else "")
+        log.info(f"{row.group}: {row.name} seed {seed}: bpb {bpb}{infill} ({rec['steps']} steps, "
                  f"{rec['seconds']:.0f} s)")
         if bar is not None:
             bar.update(1)
@@ -206,4 +223,7 @@ def run(cfg: AblateConfig) -> list[dict]:
     if any("bpb_mean" in s for s in summary):
         from llmlab.ablate.plots import ablation_plot
         ablation_plot([s for s in summary if "bpb_mean" in s], out / "ablation.png")
+    if any("infill_mean" in s for s in summary):
+        from llmlab.ablate.plots import infill_plot
+        infill_plot(summary, out / "infill.png")
     return summary

@@ -92,3 +92,22 @@ def ablation_plot(summary: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def infill_plot(summary: list[dict], path: Path) -> None:
+    """Held-out span-infilling loss (nats per target token), mean +- std over seeds: all targets and
+    span tokens only, one bar per objective/architecture row."""
+    plt = _plt()
+    rows = [s for s in summary if "infill_mean" in s]
+    fig, axes = plt.subplots(1, 2, figsize=(2 + 0.9 * len(rows) * 2, 3.8), squeeze=False)
+    for ax, (key, title) in zip(axes[0], (("infill", "all targets (sentinels included)"),
+                                          ("span", "span tokens only"))):
+        xs = range(len(rows))
+        ax.bar(xs, [s[f"{key}_mean"] for s in rows], yerr=[s[f"{key}_std"] for s in rows], capsize=3,
+               color=["tab:orange" if s["group"] == "architecture" else "tab:blue" for s in rows])
+        ax.set_xticks(list(xs), [s["row"] for s in rows], rotation=40, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=9)
+    axes[0][0].set_ylabel("held-out span-infill loss, nats/token")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

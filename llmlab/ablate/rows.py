@@ -3,9 +3,9 @@
 Each group's first row is the reference (the LLaMA defaults of ModelConfig: pre-norm RMSNorm,
 SwiGLU, RoPE, multi-head attention, dense MLP, causal LM); every other row changes one thing.
 `model` holds ModelConfig keys, `train` keys of the training config; `needs` names modules that must
-be importable for the row to run. Rows whose keys or modules do not exist yet (the objectives and
-encoder-decoder work of issue 18 items 1-2) are listed as "needs objectives" and skipped, and run
-unchanged once those land: `register(Row(...))` adds or replaces a row by name.
+be importable for the row to run (else the row is listed with its missing_label and skipped).
+The objective and architecture rows (train keys `objective`, `architecture`) are trained and scored by
+llmlab/ablate/objrows.py; `register(Row(...))` adds or replaces a row by name.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class Row:
 
 
 OBJECTIVES = ("llmlab.train.objectives",)
-ENCDEC = ("llmlab.model.encoder_decoder",)
+ENCDEC = ("llmlab.model.encdec",)
 ROWS: dict[str, Row] = {}
 
 
@@ -61,12 +61,19 @@ for _row in [
     Row("dense", "ffn"),
     Row("MoE 4x top-1", "ffn", {"num_local_experts": 4, "num_experts_per_tok": 1, "router_aux_loss_coef": 0.01},
         note="each expert as wide as the dense MLP: equal active params, 4x total"),
-    Row("causal LM", "objective"),
-    Row("prefix LM", "objective", train={"objective": "prefix_lm"}, needs=OBJECTIVES, missing_label="needs objectives"),
-    Row("UL2", "objective", train={"objective": "ul2"}, needs=OBJECTIVES, missing_label="needs objectives"),
-    Row("decoder-only", "architecture"),
-    Row("encoder-decoder", "architecture", {"architecture": "encoder_decoder"}, train={"objective": "span_corruption"},
-        needs=ENCDEC + OBJECTIVES, missing_label="needs objectives"),
+    Row("causal LM", "objective", train={"objective": "causal_lm"}, needs=OBJECTIVES, missing_label="needs objectives",
+        note="a decoder with the shared objective vocabulary (sentinels, UL2 modes): its own run"),
+    Row("prefix LM", "objective", train={"objective": "prefix_lm"}, needs=OBJECTIVES, missing_label="needs objectives",
+        note="prefix decoder (bidirectional over a random prefix)"),
+    Row("UL2", "objective", train={"objective": "ul2"}, needs=OBJECTIVES, missing_label="needs objectives",
+        note="prefix decoder, mixture of R/S/X denoisers with mode tokens"),
+    Row("decoder-only", "architecture", train={"objective": "causal_lm"}, needs=OBJECTIVES,
+        missing_label="needs objectives", note="= the causal LM row's run"),
+    Row("prefix decoder + span corruption", "architecture", train={"objective": "span_corruption"}, needs=OBJECTIVES,
+        missing_label="needs objectives", note="decoder-only with the encoder-decoder's objective"),
+    Row("encoder-decoder", "architecture", train={"objective": "span_corruption", "architecture": "encoder_decoder"},
+        needs=ENCDEC + OBJECTIVES, missing_label="needs objectives",
+        note="T5-style, as many layers in each stack as the decoder; a token passes one stack: ~equal FLOPs/token"),
 ]:
     register(_row)
 
