@@ -1,0 +1,45 @@
+"""A tiny LLaVA-style run dir (what `llmlab mm llava` writes): a random 8x8 ViT "CLIP" run, a tiny
+random LM with SmolLM2's tokenizer, a random projector. Fast chat / server tests with images."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from tiny_serve_model import save_tiny_dir
+
+
+def save_tiny_llava(root: Path) -> Path:
+    from llmlab.checkpoint import save_tensors
+    from llmlab.multimodal.llava import Projector
+    from llmlab.multimodal.llava_train import LlavaConfig
+    from llmlab.multimodal.runs import save_contrastive
+    from llmlab.multimodal.train import ContrastiveConfig, build_model
+    from llmlab.multimodal.vit import ViTConfig
+    root = Path(root)
+    vcfg = ContrastiveConfig(dataset="easy_vqa", vision=ViTConfig(image_size=8, patch_size=4, in_chans=3,
+                                                                  embed_dim=16, depth=1, num_heads=2))
+    save_contrastive(build_model(vcfg), vcfg, {}, str(root / "clip"))
+    lm = save_tiny_dir(root / "lm", ctx=128)
+    run = root / "llava"
+    run.mkdir()
+    torch.manual_seed(1)
+    save_tensors(run / "projector.safetensors", Projector(16, 64).state_dict())
+    cfg = LlavaConfig(lm=str(lm), vision_run=str(root / "clip"), output_dir=str(run), lora_r=0)
+    (run / "config.json").write_text(json.dumps({"kind": "llava", **asdict(cfg)}))
+    return run
+
+
+def png(color=(255, 0, 0), size=(12, 12)) -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
