@@ -45,3 +45,52 @@ def test_terminal_chat_answers_about_the_image(run, vm, tmp_path):
     lm = run.parent / "lm"
     r = _cli(f"model={lm}", f"image={tmp_path / 'red.png'}", "prompt=hi")
     assert r.returncode == 2 and "text-only" in r.stderr and str(lm) in r.stderr
+
+
+openai = pytest.importorskip("openai")
+
+
+def _client(base):
+    return openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def _ask(url, text=QUESTION):
+    return [{"role": "user", "content": [{"type": "text", "text": text},
+                                         {"type": "image_url", "image_url": {"url": url}}]}]
+
+
+def test_server_answers_image_url_parts_and_refuses_bad_ones(run, vm):
+    from llmlab.serve.live import live_server
+    red, blue = png(), png((0, 0, 255), (30, 20))
+    with live_server(vm.lm, vm.tokenizer, name="llava", vision=vm, num_blocks=32, max_num_seqs=2) as (base, _):
+        c = _client(base)
+        for img in (red, blue):
+            r = c.chat.completions.create(model="llava", messages=_ask(data_url(img)), max_tokens=4)
+            assert r.choices[0].message.content == vm.answer(vm.image(img), QUESTION, 4)
+            assert r.usage.prompt_tokens == vm.prompt_tokens(QUESTION)
+        chunks = list(c.chat.completions.create(model="llava", messages=_ask(data_url(red)), max_tokens=4,
+                                                stream=True))
+        assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == \
+            vm.answer(vm.image(red), QUESTION, 4)
+        text = c.chat.completions.create(model="llava", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        assert text.choices[0].message.role == "assistant"  # text turns still run on the engine
+        bad = {"not a readable image": data_url(b"hello, not a png"),
+               "does not decode": "data:image/png;base64,@@@not-base64",
+               "must look like": "data:text/plain;base64,aGVsbG8=",
+               "remote URLs": "https://example.com/cat.png",
+               "pixels": data_url(png(size=(5000, 5000)))}
+        for why, url in bad.items():
+            with pytest.raises(openai.BadRequestError) as e:
+                c.chat.completions.create(model="llava", messages=_ask(url), max_tokens=2)
+            err = e.value.body
+            assert e.value.status_code == 400 and err["param"] == "messages", err
+            assert why in err["message"], (why, err)
+
+
+def test_text_only_model_refuses_images_naming_itself(vm):
+    from llmlab.serve.live import live_server
+    with live_server(vm.lm, vm.tokenizer, name="tiny-text", num_blocks=32, max_num_seqs=2) as (base, _):
+        with pytest.raises(openai.BadRequestError) as e:
+            _client(base).chat.completions.create(model="tiny-text", messages=_ask(data_url(png())), max_tokens=2)
+    assert e.value.status_code == 400 and "'tiny-text'" in e.value.body["message"]
+    assert e.value.body["code"] == "image_not_supported" and "text-only" in e.value.body["message"]

@@ -20,3 +20,8 @@ class LlavaChat:
     def answer(self, image: torch.Tensor, question: str, max_new_tokens: int) -> str:
         """Greedy answer (LLaVA's chat prompt: system + <image> + question)."""
         return self.model.answer(image.unsqueeze(0), [question], max_new_tokens)[0]
+
+    def prompt_tokens(self, question: str) -> int:
+        """Positions the prompt takes: chat prefix + one per image patch + the question's turn."""
+        n_patches = (self.size // self.model.vision.config.patch_size) ** 2
+        return len(self.model._before) + n_patches + len(self.model._prompt_ids(question))

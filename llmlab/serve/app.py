@@ -30,8 +30,9 @@ from llmlab.infer.engine import Output
 from llmlab.log import get_logger
 from llmlab.serve.protocol import (APIError, ChatCompletionRequest, CompletionRequest, chat_logprobs, check_model,
                                    cmpl_logprobs, prompts_to_ids, resolve_max_tokens, sampling_params,
-                                   validation_error)
+                                   validation_error, image_urls)
 from llmlab.serve.tools import OutputFormat
+from llmlab.serve.vision_chat import vision_chat
 from llmlab.serve.worker import EngineWorker, Overloaded, ShuttingDown
 
 STATIC = Path(__file__).parent / "static"
@@ -44,6 +45,7 @@ class ServerState:
     tokenizer: object
     model_name: str
     max_tokens_default: int = 256
+    vision: object = None  # a vision-language model (llmlab.infer.vision): image_url parts go to it
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -58,7 +60,7 @@ class Admitted:
 
 
 def create_app(worker: EngineWorker, tokenizer, model_name: str, max_tokens_default: int = 256,
-               drain_timeout: float = 30.0) -> FastAPI:
+               drain_timeout: float = 30.0, vision=None) -> FastAPI:
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
@@ -67,7 +69,7 @@ def create_app(worker: EngineWorker, tokenizer, model_name: str, max_tokens_defa
         # uvicorn stopped accepting and waited for open responses: stop the engine
         await asyncio.to_thread(worker.shutdown, drain_timeout)
 
-    st = ServerState(worker, tokenizer, model_name, max_tokens_default)
+    st = ServerState(worker, tokenizer, model_name, max_tokens_default, vision)
     app = FastAPI(title="llmlab", version="1", docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="OpenAI-compatible API over llmlab's continuous-batching engine")
     _error_handlers(app)
@@ -325,6 +327,8 @@ def _chat_prompt(st: ServerState, body: ChatCompletionRequest, fmt: OutputFormat
 
 async def _chat(st: ServerState, body: ChatCompletionRequest, request: Request):
     check_model(body.model, st.model_name)
+    if urls := image_urls(body.messages):  # llmlab/serve/vision_chat.py
+        return await vision_chat(st, body, urls)
     fmt = OutputFormat(body, st.tokenizer)  # response_format / tools (llmlab/serve/tools.py)
     ids = _chat_prompt(st, body, fmt)
     key = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
