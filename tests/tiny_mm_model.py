@@ -10,7 +10,26 @@ from pathlib import Path
 
 import torch
 
-from tiny_serve_model import save_tiny_dir
+
+
+def _save_lm(path: Path) -> Path:
+    """A tiny random LM with untied embeddings (tied, a random model echoes its last prompt token, a
+    newline, so every answer would strip to ''), SmolLM2's tokenizer and chat template."""
+    from llmlab.model.config import ModelConfig
+    from llmlab.model.hf import save_hf_dir
+    from llmlab.model.load import packaged_path
+    from llmlab.model.transformer import Transformer
+    from llmlab.tokenizer.bpe import load_tokenizer
+    tok = load_tokenizer(packaged_path("smollm2"))
+    torch.manual_seed(0)
+    save_hf_dir(Transformer(ModelConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                        tie_word_embeddings=False)).eval(), path)
+    tok.save(path / "_tok")  # (saving writes a whole dir)
+    for f in (path / "_tok").iterdir():
+        f.rename(path / f.name)
+    (path / "_tok").rmdir()
+    return path
 
 
 def save_tiny_llava(root: Path) -> Path:
@@ -24,11 +43,14 @@ def save_tiny_llava(root: Path) -> Path:
     vcfg = ContrastiveConfig(dataset="easy_vqa", vision=ViTConfig(image_size=8, patch_size=4, in_chans=3,
                                                                   embed_dim=16, depth=1, num_heads=2))
     save_contrastive(build_model(vcfg), vcfg, {}, str(root / "clip"))
-    lm = save_tiny_dir(root / "lm", ctx=128)
+    lm = _save_lm(root / "lm")
     run = root / "llava"
     run.mkdir()
     torch.manual_seed(1)
-    save_tensors(run / "projector.safetensors", Projector(16, 64).state_dict())
+    proj = Projector(16, 64)
+    with torch.no_grad():  # loud image tokens: different pictures get different answers
+        proj[2].weight.mul_(30)
+    save_tensors(run / "projector.safetensors", proj.state_dict())
     cfg = LlavaConfig(lm=str(lm), vision_run=str(root / "clip"), output_dir=str(run), lora_r=0)
     (run / "config.json").write_text(json.dumps({"kind": "llava", **asdict(cfg)}))
     return run
