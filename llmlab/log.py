@@ -8,10 +8,27 @@ import time
 from pathlib import Path
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted, not the stream current when the
+    logger was made: a caller that redirects or captures stderr (pytest, a notebook, contextlib)
+    and later closes it would otherwise leave every llmlab logger writing to a closed file."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ / setStream assign it; the property wins
+        pass
+
+
 def get_logger(name: str = "llmlab") -> logging.Logger:
     logger = logging.getLogger(name)
     if not logger.handlers:
-        h = logging.StreamHandler(sys.stderr)
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         logger.addHandler(h)
         logger.setLevel(logging.INFO)

@@ -31,6 +31,7 @@ class CalcConfig:
     tokens: float = field(default=0.0, metadata={"help": "training tokens D (0: 20 x params)"})
     compute: float = field(default=0.0, metadata={"help": "FLOP budget for the Chinchilla plan (0: 6ND)"})
     context: int = field(default=0, metadata={"help": "decode context length (0: seq_len)"})
+    lora_r: int = field(default=8, metadata={"help": "fine-tuning rows: LoRA rank on q_proj and v_proj"})
 
 
 def _model_config(cfg: CalcConfig):
@@ -79,6 +80,7 @@ def report(cfg: CalcConfig) -> list[tuple[str, str]]:
                 continue
             a = activations.layer_activation_bytes(s, b, h, m.num_attention_heads, cfg.tp, sp, rc) * lpr
             rows.append((f"activations/rank recompute={rc}{' +SP' if sp else ''}", gib(a)))
+    rows += _finetune_rows(cfg, m, n, gib)
     rows += [("comm/step DDP, ZeRO-1/2", gib(comm.step_volume(n, cfg.world_size, 0, 2))),
              ("comm/step ZeRO-3", gib(comm.step_volume(n, cfg.world_size, 3, 2))),
              ("pipeline bubble (p-1)/(m+p-1)", f"{pipeline.bubble_fraction(cfg.pp, cfg.micro_batches):.3f}")]
@@ -87,6 +89,23 @@ def report(cfg: CalcConfig) -> list[tuple[str, str]]:
     a_exp, b_exp = chinchilla.exponents()
     rows.append((f"Chinchilla C={c:.2e}", f"N_opt {p['params']:.3e}, D_opt {p['tokens']:.3e} "
                  f"({p['tokens_per_param']:.1f} tok/param), loss {p['loss']:.3f}; N~C^{a_exp:.3f}, D~C^{b_exp:.3f}"))
+    return rows
+
+
+def _finetune_rows(cfg: CalcConfig, m, n: int, gib) -> list[tuple[str, str]]:
+    """digest-004 sec. 1: fine-tuning memory (weights + grads + optimizer, no activations)."""
+    from llmlab.calc.memory import finetune_memory
+    kv = m.num_key_value_heads * (m.hidden_size // m.num_attention_heads)
+    n_lora = m.num_hidden_layers * cfg.lora_r * ((m.hidden_size + m.hidden_size) + (m.hidden_size + kv))
+    rows = []
+    for label, kw in (("full fp32 Adam", dict(precision="fp32")), ("full 16-bit Adam", dict(precision="bf16")),
+                      ("full mixed Adam", dict(precision="mixed")),
+                      ("full mixed, optimizer offloaded", dict(precision="mixed", offload="optimizer")),
+                      ("full mixed, all offloaded", dict(precision="mixed", offload="all")),
+                      (f"LoRA r={cfg.lora_r} q,v fp32 ({n_lora:,} trainable)",
+                       dict(precision="fp32", method="lora", trainable=n_lora))):
+        r = finetune_memory(n, **kw)
+        rows.append((f"fine-tune {label}", f"device {gib(r['device'])}, host {gib(r['host'])}"))
     return rows
 
 

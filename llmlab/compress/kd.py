@@ -18,20 +18,28 @@ import torch.nn.functional as F
 from llmlab.errors import UserError
 
 
+def _softened_kl(s_logp: torch.Tensor, t_logits: torch.Tensor, temperature: float,
+                 mask: torch.Tensor | None) -> torch.Tensor:
+    """T^2 * mean over masked positions of sum_i p_i (log p_i - s_logp_i), p = softmax(t_logits / T)."""
+    t = F.log_softmax(t_logits.float() / temperature, dim=-1)
+    kl = (t.exp() * (t - s_logp)).sum(-1)
+    return temperature ** 2 * (kl[mask] if mask is not None else kl).mean()
+
+
+def _check_temperature(temperature: float) -> None:
+    if temperature <= 0:
+        raise UserError(f"temperature must be > 0, got {temperature}")
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0,
             mask: torch.Tensor | None = None) -> torch.Tensor:
     """T^2 * KL(softmax(t/T) || softmax(s/T)), mean over the positions where mask is true."""
-    if temperature <= 0:
-        raise UserError(f"temperature must be > 0, got {temperature}")
+    _check_temperature(temperature)
     if student_logits.shape[-1] != teacher_logits.shape[-1]:
         raise UserError(f"student and teacher vocabularies differ ({student_logits.shape[-1]} vs "
                         f"{teacher_logits.shape[-1]}): logit KD needs one tokenizer")
     s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    kl = (t.exp() * (t - s)).sum(-1)
-    if mask is not None:
-        kl = kl[mask]
-    return temperature ** 2 * kl.mean()
+    return _softened_kl(s, teacher_logits, temperature, mask)
 
 
 def topk_kd_loss(student_logits: torch.Tensor, top_values: torch.Tensor, top_ids: torch.Tensor,
@@ -41,14 +49,9 @@ def topk_kd_loss(student_logits: torch.Tensor, top_values: torch.Tensor, top_ids
     T^2 * sum_{i in top-k} p_i (log p_i - log q_T,i). With k = the vocabulary it is `kd_loss`; with
     k << V it drops the teacher's tail mass (small for a confident teacher) and lets the teacher's
     forward be run once and stored (k values + ids per position) instead of once per student step."""
-    if temperature <= 0:
-        raise UserError(f"temperature must be > 0, got {temperature}")
+    _check_temperature(temperature)
     s = F.log_softmax(student_logits.float() / temperature, dim=-1).gather(-1, top_ids)
-    t = F.log_softmax(top_values.float() / temperature, dim=-1)
-    kl = (t.exp() * (t - s)).sum(-1)
-    if mask is not None:
-        kl = kl[mask]
-    return temperature ** 2 * kl.mean()
+    return _softened_kl(s, top_values, temperature, mask)
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,

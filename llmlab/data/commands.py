@@ -36,3 +36,13 @@ VERBS = {
                        "build a cleaned, deduplicated, PII-scrubbed train/val corpus from the packaged data",
                        "llmlab data build out_dir=runs/data max_docs=20000 weights.poetry_en=2"),
 }
+
+
+def _refine_verb():
+    from llmlab.data.refine import RefineConfig, run_refine
+    return Verb(RefineConfig, run_refine,
+                "sentence-level dedup + quality classifier + perplexity filter on a built corpus (with a report)",
+                "llmlab data refine data=runs/data/train.jsonl out_dir=runs/data_refined")
+
+
+VERBS["data refine"] = _refine_verb()

@@ -73,5 +73,49 @@ def run_eval(cfg: EvalConfig) -> int:
     return 0
 
 
+@dataclass
+class DecontaminateConfig:
+    data: str = field(default="runs/data/train.jsonl", metadata={"help": "training file: JSONL with 'text', or .txt"})
+    output: str = field(default="", metadata={"help": "filtered file (default: <data stem>.decontaminated<ext>)"})
+    tasks: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "eval tasks or .jsonl files; all = every packaged one"})
+    seed: int = field(default=1234, metadata={"help": "the eval seed whose items are protected (llmlab eval's default)"})
+    limit: int = field(default=0, metadata={"help": "items per task (0: each task's default count)"})
+    ngram: int = field(default=13, metadata={"help": "n-gram length (GPT-3: 13); shorter items match whole"})
+    min_words: int = field(default=4, metadata={"help": "items with fewer words are not checked (counted)"})
+
+
+def run_decontaminate(cfg: DecontaminateConfig) -> int:
+    import json
+    from pathlib import Path
+
+    from llmlab.eval.contamination import decontaminate_file, packaged_eval_sets
+    from llmlab.eval.tasks import get_task
+
+    if cfg.ngram < 1 or cfg.min_words < 1 or cfg.limit < 0:
+        raise UserError("ngram and min_words must be >= 1, limit >= 0")
+    if cfg.tasks == ["all"]:
+        sets = packaged_eval_sets(cfg.seed, cfg.limit)
+    else:
+        sets = {}
+        for name in cfg.tasks:
+            task = get_task(name)
+            sets[task.name] = list(task.texts(task.items(cfg.limit or None, cfg.seed)))
+    src = Path(cfg.data)
+    out = Path(cfg.output) if cfg.output else src.with_name(src.stem + ".decontaminated" + src.suffix)
+    try:
+        counts = decontaminate_file(src, out, sets, cfg.ngram, cfg.min_words)
+        Path(str(out) + ".report.json").write_text(json.dumps(counts, indent=1))
+    except OSError as e:
+        raise UserError(f"decontaminate: cannot write {out} ({e.strerror or e})") from None
+    for t, c in counts["per_task"].items():
+        print(f"{t:<16} items {c['items']:>5}  found in training data {c['items_found']:>4}  "
+              f"documents removed {c['docs_removed']}")
+    print(f"kept {counts['kept']} of {counts['documents']} documents -> {out} (report {out}.report.json)")
+    return 0
+
+
 VERBS = {"eval": Verb(EvalConfig, run_eval, "evaluate a model on packaged tasks; writes a JSON + markdown report card",
-                      "llmlab eval model=smollm2 tasks=mmlu_0shot,arithmetic limit=20")}
+                      "llmlab eval model=smollm2 tasks=mmlu_0shot,arithmetic limit=20"),
+         "decontaminate": Verb(DecontaminateConfig, run_decontaminate,
+                               "remove training documents that contain an eval item (n-gram overlap)",
+                               "llmlab decontaminate data=runs/data/train.jsonl")}

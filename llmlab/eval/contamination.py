@@ -77,3 +77,127 @@ def contamination(index: NgramIndex, texts: Sequence[str]) -> dict:
         total += n
     return {"ngram": index.n, "items": len(texts), "contaminated_items": hit_items,
             "contaminated_frac": hit_items / max(len(texts), 1), "ngram_overlap": hit / max(total, 1)}
+
+
+# --- decontamination: remove training documents that contain an evaluation item ---------------
+
+class EvalIndex:
+    """The n-grams of evaluation items, to test training documents against.
+
+    An item of >= n words contributes its n-grams; a shorter one (>= min_words) contributes its
+    whole word sequence, matched as a contiguous run of a document's words, so that short items
+    ("What is 12 plus 34?") are caught too. Items under min_words cannot be told from chance
+    overlap and are counted in `too_short`.
+    """
+
+    def __init__(self, n: int = 13, min_words: int = 4):
+        self.n, self.min_words = n, min_words
+        self.by_len: dict[int, dict[int, list[int]]] = {}  # gram length -> hash -> item ids
+        self.items: list[str] = []
+        self.too_short = 0
+
+    def add(self, text: str, item_id: int | None = None) -> None:
+        ws = words(text)
+        i = len(self.items) if item_id is None else item_id
+        self.items.append(text)
+        if len(ws) < self.min_words:
+            self.too_short += 1
+            return
+        k = min(self.n, len(ws))
+        table = self.by_len.setdefault(k, {})
+        for g in _grams(ws, k):
+            ids = table.setdefault(_h(g), [])
+            if not ids or ids[-1] != i:
+                ids.append(i)
+
+    def hits(self, text: str) -> set[int]:
+        """Ids of the items that `text` contains an n-gram (or the whole short item) of."""
+        ws, found = words(text), set()
+        for k, table in self.by_len.items():
+            for g in _grams(ws, k):
+                found.update(table.get(_h(g), ()))
+        return found
+
+
+def packaged_eval_sets(seed: int = 1234, limit: int = 0) -> dict[str, list[str]]:
+    """Task name -> the texts of its items, for every registered eval task, as `llmlab eval`
+    draws them with this seed (limit 0: each task's default item count; fixed pools such as
+    MMLU and HumanEval: raise limit to cover them whole)."""
+    from llmlab.eval.tasks import get_task, task_names
+    out = {}
+    for name in task_names():
+        task = get_task(name)
+        out[name] = list(task.texts(task.items(limit or None, seed)))
+    return out
+
+
+def decontaminate(docs: Iterable[str], eval_sets: dict[str, list[str]], n: int = 13,
+                  min_words: int = 4):
+    """Yield (doc, hit) for each training doc: hit is None when clean, else {task: [item ids]}.
+    The caller keeps the clean ones (GPT-3 App. C removes whole documents that overlap)."""
+    index, owner = EvalIndex(n, min_words), []
+    for task, texts in eval_sets.items():
+        for j, t in enumerate(texts):
+            owner.append((task, j))
+            index.add(t)
+    for doc in docs:
+        ids = index.hits(doc)
+        if not ids:
+            yield doc, None
+            continue
+        hit: dict[str, list[int]] = {}
+        for i in sorted(ids):
+            task, j = owner[i]
+            hit.setdefault(task, []).append(j)
+        yield doc, hit
+
+
+def decontaminate_file(data: str | Path, output: str | Path, eval_sets: dict[str, list[str]], n: int = 13,
+                       min_words: int = 4) -> dict:
+    """Filter a JSONL ({"text": ...} a line) or plain-text (a document a line) training file;
+    writes `output` atomically and returns the counts (per task: items found, documents removed)."""
+    import os
+    src, dst = Path(data), Path(output)
+    if not src.is_file():
+        raise UserError(f"decontaminate: data file not found: {src}")
+    jsonl = src.name.endswith(".jsonl")
+
+    def lines():
+        with open(src, encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if jsonl:
+                    try:
+                        rec = json.loads(line)
+                        yield line, str(rec["text"])
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        raise UserError(f"{src}:{lineno}: expected a JSON object with a 'text' field") from None
+                else:
+                    yield line, line.rstrip("\n")
+
+    raw = {}
+    counts = {"documents": 0, "removed": 0, "kept": 0, "ngram": n,
+              "per_task": {t: {"items": len(v), "items_found": 0, "docs_removed": 0} for t, v in eval_sets.items()}}
+    found: dict[str, set[int]] = {t: set() for t in eval_sets}
+    tmp = dst.with_name(dst.name + ".tmp")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "w", encoding="utf-8") as out:
+        def docs():
+            for line, text in lines():
+                raw["line"] = line
+                yield text
+        for _, hit in decontaminate(docs(), eval_sets, n, min_words):
+            counts["documents"] += 1
+            if hit is None:
+                out.write(raw["line"] if raw["line"].endswith("\n") else raw["line"] + "\n")
+                counts["kept"] += 1
+                continue
+            counts["removed"] += 1
+            for task, ids in hit.items():
+                found[task].update(ids)
+                counts["per_task"][task]["docs_removed"] += 1
+    os.replace(tmp, dst)
+    for t, ids in found.items():
+        counts["per_task"][t]["items_found"] = len(ids)
+    return counts

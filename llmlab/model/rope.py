@@ -28,8 +28,9 @@ def rope_inv_freq(cfg, seq_len: int | None = None) -> tuple[torch.Tensor, float]
     if kind == "ntk":
         base = base * s ** (r / (r - 2))
     if kind == "dynamic":
-        n = max(seq_len or 0, cfg.max_position_embeddings)
-        base = base * (s * n / cfg.max_position_embeddings - (s - 1)) ** (r / (r - 2))
+        L = dynamic_original_length(cfg)
+        n = max(seq_len or 0, L)
+        base = base * (s * n / L - (s - 1)) ** (r / (r - 2))
     inv = 1.0 / base ** exps
     if kind == "linear":
         return inv / s, 1.0
@@ -45,6 +46,12 @@ def rope_inv_freq(cfg, seq_len: int | None = None) -> tuple[torch.Tensor, float]
         medium = (wavelen >= L / hi) & (wavelen <= L / lo)
         return torch.where(medium, blended, scaled), 1.0
     return inv, 1.0
+
+
+def dynamic_original_length(cfg) -> int:
+    """Dynamic NTK's trained context L: rope_scaling's original_max_position_embeddings when given
+    (so a model can be fine-tuned past L), else max_position_embeddings (HF's reading)."""
+    return (cfg.rope_scaling or {}).get("original_max_position_embeddings") or cfg.max_position_embeddings
 
 
 def _yarn(cfg, rs: dict, inv: torch.Tensor, base: float, r: int, s: float) -> tuple[torch.Tensor, float]:
@@ -93,7 +100,7 @@ class RotaryEmbedding(nn.Module):
         cos_t, sin_t = self.cos, self.sin
         if self.dynamic:  # dynamic NTK: past the trained context, re-derive theta for this length
             n = int(positions.max()) + 1
-            if n > self.cfg.max_position_embeddings:
+            if n > dynamic_original_length(self.cfg):
                 cos_t, sin_t = (t.to(self.cos.device) for t in self._table(n, n))
         cos, sin = cos_t[positions], sin_t[positions]
         if positions.dim() == 2:

@@ -15,7 +15,7 @@ class PromptEvalConfig:
     model: str = "smollm2"
     task: str = field(default="arithmetic", metadata={"help": "arithmetic | wiki_cloze | game24 | json"})
     methods: list[str] = field(default_factory=lambda: ["kshot"], metadata={
-        "help": "arithmetic: kshot,cot_zero,cot_few,self_consistency,least_to_most; "
+        "help": "arithmetic: kshot,cot_zero,cot_few,auto_cot,self_consistency,least_to_most; "
                 "game24: direct,best_of_5,got_3,tot_bfs,tot_bfs_vote,tot_dfs"})
     n: int = 30
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])

@@ -55,6 +55,9 @@ def run_arithmetic(llm, method: str, n: int, seed: int, k: int = 0, selection: s
     items, pool = arithmetic_items(n, seed)
     sel = DemoSelector(pool, encoder=encoder)
     correct, tok0 = 0, llm.tokens
+    if method == "auto_cot":  # demos built once from the pool's questions; their cost counts too
+        from llmlab.prompt.auto_cot import auto_cot_demos
+        auto_demos = auto_cot_demos(llm, [d["question"] for d in pool], k=max(k, 2), encoder=encoder, seed=seed)
     for it in items:
         q = it["question"]
         if method == "kshot":
@@ -64,6 +67,8 @@ def run_arithmetic(llm, method: str, n: int, seed: int, k: int = 0, selection: s
             pred = extract_answer(llm.complete(cot_prompt(q), 96, stop=("\nQuestion:",)))
         elif method == "cot_few":
             pred = extract_answer(llm.complete(cot_prompt(q, ARITH_COT_DEMOS), 96, stop=("\nQuestion:",)))
+        elif method == "auto_cot":
+            pred = extract_answer(llm.complete(cot_prompt(q, auto_demos), 96, stop=("\nQuestion:",)))
         elif method == "self_consistency":
             pred, _ = self_consistency(llm, cot_prompt(q, ARITH_COT_DEMOS), n=5, seed=seed)
         elif method == "least_to_most":

@@ -19,6 +19,15 @@ def context_block(hits, max_chars: int = 600) -> str:
     return "\n".join(f"[{i}] ({h.title or h.source}) {h.text[:max_chars]}" for i, h in enumerate(hits, 1))
 
 
+def language_note(idx, query: str) -> str:
+    """A note for the prompt when the question's language is not the index's (answer in the question's)."""
+    from llmlab.data.langid import detect_language
+    q, d = detect_language(query), idx.language()
+    if q != d and "other" not in (q, d):
+        return f"the question is in '{q}' but the index is mostly '{d}'; answer in the question's language"
+    return ""
+
+
 def messages(question: str, hits, note: str = "") -> list[dict]:
     system = ("Answer the question using only the numbered sources. Cite the sources you use as [1], [2]. "
               "If the sources do not contain the answer, say you do not know.")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from llmlab.verb import Verb
 from llmlab.errors import UserError
+from llmlab.serve.retrieval import RAG_BACKENDS
 
 
 @dataclass
@@ -101,11 +102,8 @@ def run_index(cfg: RagIndexConfig) -> int:
 
 
 def _language_note(idx, query: str) -> str:
-    from llmlab.data.langid import detect_language
-    q, d = detect_language(query), idx.language()
-    if q != d and "other" not in (q, d):
-        return f"the question is in '{q}' but the index is mostly '{d}'; answer in the question's language"
-    return ""
+    from llmlab.rag.answer import language_note
+    return language_note(idx, query)
 
 
 def run_query(cfg: RagQueryConfig) -> int:
@@ -204,3 +202,12 @@ VERBS = {
     "rag delete": Verb(RagDeleteConfig, run_delete, "remove sources from an index",
                        "llmlab rag delete index=wiki_idx sources=docs/a.md"),
 }
+
+
+def _serve_backend(path: str):
+    from llmlab.rag.serving import open_backend
+    return open_backend(path)
+
+
+# `llmlab serve rag_index=PATH` retrieves through this (llmlab.serve cannot import a later stage)
+RAG_BACKENDS["index"] = _serve_backend

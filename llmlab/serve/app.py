@@ -31,6 +31,7 @@ from llmlab.log import get_logger
 from llmlab.serve.protocol import (APIError, ChatCompletionRequest, CompletionRequest, chat_logprobs, check_model,
                                    cmpl_logprobs, prompts_to_ids, resolve_max_tokens, sampling_params,
                                    validation_error, image_urls)
+from llmlab.serve.retrieval import no_index_error
 from llmlab.serve.tools import OutputFormat
 from llmlab.serve.vision_chat import vision_chat
 from llmlab.serve.worker import EngineWorker, Overloaded, ShuttingDown
@@ -45,6 +46,7 @@ class ServerState:
     tokenizer: object
     model_name: str
     max_tokens_default: int = 256
+    retrieval: object = None  # llmlab.serve.retrieval.Retrieval when started with rag_index=PATH
     vision: object = None  # a vision-language model (llmlab.infer.vision): image_url parts go to it
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -60,16 +62,18 @@ class Admitted:
 
 
 def create_app(worker: EngineWorker, tokenizer, model_name: str, max_tokens_default: int = 256,
-               drain_timeout: float = 30.0, vision=None) -> FastAPI:
+               drain_timeout: float = 30.0, retrieval=None, vision=None) -> FastAPI:
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(app):
         yield
+        if retrieval is not None:
+            retrieval.close()
         # uvicorn stopped accepting and waited for open responses: stop the engine
         await asyncio.to_thread(worker.shutdown, drain_timeout)
 
-    st = ServerState(worker, tokenizer, model_name, max_tokens_default, vision)
+    st = ServerState(worker, tokenizer, model_name, max_tokens_default, retrieval, vision)
     app = FastAPI(title="llmlab", version="1", docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="OpenAI-compatible API over llmlab's continuous-batching engine")
     _error_handlers(app)
@@ -78,7 +82,10 @@ def create_app(worker: EngineWorker, tokenizer, model_name: str, max_tokens_defa
 
     @app.get("/health")
     async def health():
-        return _health(st)
+        h = _health(st)
+        if st.retrieval is not None and isinstance(h, dict):
+            h["rag"] = await st.retrieval.info()  # the web chat shows its "use documents" toggle
+        return h
 
     @app.get("/v1/models")
     async def models():
@@ -317,8 +324,18 @@ async def _completions(st: ServerState, body: CompletionRequest, request: Reques
 
 
 # ------------------------------------------------------------------ /v1/chat/completions
-def _chat_prompt(st: ServerState, body: ChatCompletionRequest, fmt: OutputFormat) -> list[int]:
-    conv = fmt.conversation(body.messages)
+async def _rag(st: ServerState, body: ChatCompletionRequest, conv: list[dict]):
+    """-> Augmented (llmlab/serve/retrieval.py) when the request retrieves, else None."""
+    if st.retrieval is None:
+        if body.rag:
+            raise no_index_error()
+        return None
+    opts = st.retrieval.options(body.rag)
+    return None if opts is None else await st.retrieval.augment(conv, *opts)
+
+
+def _chat_prompt(st: ServerState, body: ChatCompletionRequest, fmt: OutputFormat, conv=None) -> list[int]:
+    conv = conv if conv is not None else fmt.conversation(body.messages)
     try:
         return st.tokenizer.encode(st.tokenizer.apply_chat_template(conv, add_generation_prompt=True))
     except UserError as e:  # the model's chat template refused the conversation
@@ -330,7 +347,9 @@ async def _chat(st: ServerState, body: ChatCompletionRequest, request: Request):
     if urls := image_urls(body.messages):  # llmlab/serve/vision_chat.py
         return await vision_chat(st, body, urls)
     fmt = OutputFormat(body, st.tokenizer)  # response_format / tools (llmlab/serve/tools.py)
-    ids = _chat_prompt(st, body, fmt)
+    conv = fmt.conversation(body.messages)
+    rag = await _rag(st, body, conv)  # retrieval-augmented (opt-in; llmlab/serve/retrieval.py)
+    ids = _chat_prompt(st, body, fmt, rag.conv if rag else conv)
     key = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     mt = resolve_max_tokens(requested, key, len(ids), st.ctx, st.max_tokens_default, 1)
@@ -340,7 +359,7 @@ async def _chat(st: ServerState, body: ChatCompletionRequest, request: Request):
     adm = _admit(st, [(ids, params, None)])
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "model": st.model_name}
     if body.stream:
-        return ReleasingStream(_chat_sse(st, request, adm, head, params, len(ids), include_usage, fmt),
+        return ReleasingStream(_chat_sse(st, request, adm, head, params, len(ids), include_usage, fmt, rag),
                                lambda: _release(st, adm))
     acc: dict[int, list[Output]] = {i: [] for i in range(params.n)}
     try:
@@ -352,6 +371,8 @@ async def _chat(st: ServerState, body: ChatCompletionRequest, request: Request):
     for i, outs in acc.items():
         ntok += sum(o.token_id is not None for o in outs)
         message, finish = fmt.message("".join(o.text for o in outs), outs[-1].finish_reason if outs else None)
+        if rag is not None:
+            message["sources"] = st.retrieval.sources(message.get("content"), rag)
         choices.append({"index": i, "message": message,
                         "logprobs": ({"content": chat_logprobs(outs, st.tokenizer)}
                                      if params.logprobs is not None else None),
@@ -361,11 +382,12 @@ async def _chat(st: ServerState, body: ChatCompletionRequest, request: Request):
 
 
 async def _chat_sse(st: ServerState, request: Request, adm: Admitted, head: dict, params, n_prompt: int,
-                    include_usage: bool, fmt: OutputFormat):
+                    include_usage: bool, fmt: OutputFormat, rag=None):
     started, ntok = set(), 0
     held: dict[int, str] = {}  # an answer that starts a tool call is held back until it is complete
     spoke: set[int] = set()  # choices that already streamed content (then it is no call)
     chunk = {**head, "object": "chat.completion.chunk"}
+    answers: dict[int, str] = {}  # with rag: each choice's text, for its sources' `cited` flags
     try:
         async for _, o in events(st, request, adm):
             delta = {}
@@ -387,6 +409,10 @@ async def _chat_sse(st: ServerState, request: Request, adm: Admitted, head: dict
             if text or "role" in delta:
                 delta["content"] = text
             ntok += o.token_id is not None
+            if rag is not None:
+                answers[o.index] = answers.get(o.index, "") + o.text
+                if finish:
+                    delta["sources"] = st.retrieval.sources(answers[o.index], rag)
             choice = {"index": o.index, "delta": delta, "logprobs": None, "finish_reason": finish}
             if params.logprobs is not None and o.token_id is not None:
                 choice["logprobs"] = {"content": chat_logprobs([o], st.tokenizer)}

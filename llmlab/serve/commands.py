@@ -25,6 +25,10 @@ class ServeConfig:
                                                                  "requests (new ones get 503) before exiting"})
     device: str = "auto"
     dtype: str = "auto"
+    rag_index: str = field(default="", metadata={"help": "a `llmlab rag index` folder: chat requests with "
+                                                         "\"rag\": true answer from it with [n] sources"})
+    rag_k: int = field(default=3, metadata={"help": "chunks retrieved per request (a request may set rag.k)"})
+    rag_default: bool = field(default=False, metadata={"help": "retrieve for requests that do not say \"rag\""})
 
     def __post_init__(self):
         for key in ("max_pending", "max_tokens_default"):
@@ -34,6 +38,10 @@ class ServeConfig:
             raise ValueError(f"drain_timeout must be in [0, 3600] s, got {self.drain_timeout}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if not 1 <= self.rag_k <= 20:
+            raise ValueError(f"rag_k must be in [1, 20], got {self.rag_k}")
+        if self.rag_default and not self.rag_index:
+            raise ValueError("rag_default=true needs rag_index=PATH")
 
 
 def build(cfg: ServeConfig):
@@ -43,10 +51,19 @@ def build(cfg: ServeConfig):
     from llmlab.serve.worker import EngineWorker
     from llmlab.infer.vision import load_vision_model
 
+    retrieval = None
+    if cfg.rag_index:  # open the index first: a bad path fails before the model loads
+        from llmlab.log import get_logger
+        from llmlab.serve.retrieval import Retrieval
+        retrieval = Retrieval(cfg.rag_index, cfg.rag_k, cfg.rag_default)
+        info = retrieval.info_sync()
+        get_logger().info(f"RAG index {info['index']}: {info['sources']} sources, {info['chunks']} chunks"
+                          + (" (empty: requests with rag get a 400 until documents are added)" if not info["chunks"] else ""))
     vm = load_vision_model(cfg.model)  # a `llmlab mm llava` run: images to it, text turns to its LM
     model, tok = (vm.lm, vm.tokenizer) if vm is not None else load_model_and_tokenizer(cfg.model, cfg.device, cfg.dtype)
     worker = EngineWorker(cfg.engine.build(model, tok), cfg.max_pending).start()
-    app = create_app(worker, tok, cfg.served_model_name or cfg.model, cfg.max_tokens_default, cfg.drain_timeout, vm)
+    app = create_app(worker, tok, cfg.served_model_name or cfg.model, cfg.max_tokens_default, cfg.drain_timeout,
+                     retrieval, vm)
     return app, worker
 
 

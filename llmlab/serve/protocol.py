@@ -148,6 +148,13 @@ class _Sampling(_Strict):
     user: StrictStr | None = None
 
 
+class RagOptions(BaseModel):
+    """llmlab extension: answer from the server's RAG index (`llmlab serve rag_index=PATH`)."""
+    model_config = ConfigDict(strict=True, extra="forbid")
+    k: StrictInt | None = Field(None, ge=1, le=20, description="chunks to retrieve (default: the server's rag_k)")
+    mode: Literal["hybrid", "dense", "bm25", "fts"] | None = None
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: StrictInt | None = Field(None, ge=1, le=INT32_MAX)
@@ -158,6 +165,8 @@ class ChatCompletionRequest(_Sampling):
     tools: list[Tool] | None = Field(None, max_length=128)
     tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
     parallel_tool_calls: StrictBool | None = None  # accepted; at most one call is generated per turn
+    rag: Union[StrictBool, RagOptions, None] = Field(None, description="llmlab extension: retrieve from the "
+                                                     "server's RAG index; sources come back on the message")
 
 
 class CompletionRequest(_Sampling):

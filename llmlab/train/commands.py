@@ -166,6 +166,8 @@ def run_train(cfg: TrainCommandConfig) -> int:
         if not cfg.bytes_per_token:
             cfg.bytes_per_token = bpt
         if cfg.init_from:
+            if cfg.weight_init != "default":
+                raise UserError(f"weight_init={cfg.weight_init} would overwrite the init_from weights: drop one")
             from llmlab.model.load import load_model
             model, _ = load_model(cfg.init_from)
             if model.config.vocab_size < vocab:

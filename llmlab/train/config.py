@@ -108,6 +108,20 @@ class TrainConfig(TrainingBase):
     fim_rate: float = field(default=0.5, metadata={"help": "fim: fraction of windows rearranged"})
     fim_spm_rate: float = field(default=0.5, metadata={"help": "fim: fraction of those in SPM order (else PSM)"})
 
+    # optimizers and training tricks (llmlab.train.optimizers / tricks; docs/train.md)
+    optim: Literal["adamw", "adam", "adamax", "adafactor"] = field(
+        default="adamw", metadata={"help": "adamw (torch, fused) | adam (L2 decay) | adamax | adafactor (factored)"})
+    weight_init: Literal["default", "xavier_uniform", "xavier_normal", "t5", "small"] = field(
+        default="default", metadata={"help": "weight init before step 0 (default = GPT-2 style N(0, 0.02))"})
+    embedding_grad_shrink: float = field(default=1.0, metadata={"help": "GLM-130B: scale embedding grads (0.1); 1 = off"})
+    selective_recompute: bool = field(default=False, metadata={"help": "recompute attention only in backward"})
+    batch_size_rampup_start: int = field(
+        default=0, metadata={"help": "micro-batches per step at step 0, ramped to gradient_accumulation_steps; 0 = off"})
+    batch_size_rampup_steps: int = field(default=0, metadata={"help": "steps of the linear batch-size ramp"})
+    early_stopping_patience: int = field(
+        default=0, metadata={"help": "stop after N evals without val-loss gain, keep the best weights; 0 = off"})
+    early_stopping_threshold: float = field(default=0.0, metadata={"help": "least val-loss drop that counts as a gain"})
+
     def __post_init__(self):
         super().__post_init__()
         if self.learning_rate is None:
@@ -125,3 +139,11 @@ class TrainConfig(TrainingBase):
         if self.objective != "causal_lm" or self.architecture:
             from llmlab.train.objectives.setup import check_config
             check_config(self)
+
+        if not 0.0 < self.embedding_grad_shrink <= 1.0:
+            raise UserError(f"embedding_grad_shrink must be in (0, 1], got {self.embedding_grad_shrink}")
+        for name in ("batch_size_rampup_start", "batch_size_rampup_steps", "early_stopping_patience"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.early_stopping_patience and not self.eval_steps:
+            raise UserError("early_stopping_patience needs eval_steps > 0 (it counts evaluations)")

@@ -31,6 +31,7 @@ from llmlab.model.hf import save_hf_dir
 from llmlab.model.transformer import flops_per_token
 from llmlab.train import train_state as ckpt
 from llmlab.train import distributed as D
+from llmlab.train import tricks
 from llmlab.train.config import TrainConfig
 from llmlab.train.loss import linear_cross_entropy
 from llmlab.train.memory import available_bytes, estimate_memory, is_oom, oom_error
@@ -119,11 +120,14 @@ class _Run:
         self.raw = raw = model.to(device)
         raw.train()
         raw.gradient_checkpointing = cfg.gradient_checkpointing
+        tricks.apply(raw, cfg)  # init scheme, GLM embedding-grad shrink, selective recomputation
         need, have = estimate_memory(raw, cfg), available_bytes(device)
         if have is not None and need > have:
             raise oom_error(cfg)
         self.opt = build_optimizer(raw, cfg.learning_rate, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2),
-                                   cfg.adam_epsilon, cfg.decay_norms_and_embeddings)
+                                   cfg.adam_epsilon, cfg.decay_norms_and_embeddings, cfg.optim)
+        self.stopper = tricks.EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_threshold)
+        self.best_state = None
         self.scaler = torch.amp.GradScaler("cuda") if cfg.fp16 else None
         self.amp_dtype = torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else None
         self.guard = SpikeGuard(cfg.spike_threshold, cfg.spike_window, cfg.spike_min_steps)
@@ -171,6 +175,8 @@ class _Run:
         ts, rng = ckpt.load_checkpoint(path, self.raw, self.opt)
         self.step, self.lr_mult, self.tokens_seen = int(ts["step"]), float(ts["lr_mult"]), int(ts["tokens"])
         self.guard.load_state_dict(ts["spike_guard"])
+        if "early_stopping" in ts:
+            self.stopper.load_state_dict(ts["early_stopping"])
         if self.scaler is not None and ts.get("scaler"):
             self.scaler.load_state_dict(ts["scaler"])
         if data_too:
@@ -204,7 +210,7 @@ class _Run:
         if info.is_main:
             per_rank = [json.loads(g) for g in gathered]
             state = {"step": at_step, "lr_mult": self.lr_mult, "tokens": self.tokens_seen,
-                     "spike_guard": self.guard.state_dict(),
+                     "spike_guard": self.guard.state_dict(), "early_stopping": self.stopper.state_dict(),
                      "loader_states": [p["loader"] for p in per_rank], "rng": [p["rng"] for p in per_rank],
                      "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                      "world_size": info.world_size, "config": asdict(self.cfg)}
@@ -228,18 +234,20 @@ class _Run:
         """Forward/backward over gradient_accumulation_steps micro-batches -> the step's mean loss (all ranks)."""
         cfg, raw, info = self.cfg, self.raw, self.info
         loss_sum = torch.zeros((), device=self.device)
-        for micro in range(cfg.gradient_accumulation_steps):
+        ga = self.accum = tricks.rampup_accumulation(self.step, cfg.gradient_accumulation_steps,
+                                                     cfg.batch_size_rampup_start, cfg.batch_size_rampup_steps)
+        for micro in range(ga):
             x, y = self.batches.next()
             if x.shape[-1] > raw.config.max_position_embeddings:
                 raise UserError(f"batch of length {x.shape[-1]} exceeds the model's max_position_embeddings "
                                 f"({raw.config.max_position_embeddings}); lower max_length")
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            last = micro == cfg.gradient_accumulation_steps - 1
+            last = micro == ga - 1
             sync = self.ddp.no_sync() if info.enabled and not last else contextlib.nullcontext()
             try:
                 with sync:
                     with self.autocast():
-                        loss = self.loss_fn(x, y) / cfg.gradient_accumulation_steps
+                        loss = self.loss_fn(x, y) / ga
                     (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             except RuntimeError as e:
                 if is_oom(e):
@@ -291,7 +299,20 @@ class _Run:
         if self.cfg.spike_guard != "off":
             self.guard.update(step_loss)
         self.step += 1
-        self.tokens_seen += self.global_tokens
+        self.tokens_seen += self.step_tokens()
+
+    def step_tokens(self) -> int:
+        return self.global_tokens * self.accum // self.cfg.gradient_accumulation_steps
+
+    def early_stop(self, val_loss: float) -> bool:
+        """Early stopping: keep a copy of the best weights; True when patience ran out."""
+        stop = self.stopper.update(self.step, val_loss)
+        if self.stopper.best_step == self.step:
+            self.best_state = {k: v.detach().clone() for k, v in self.raw.state_dict().items()}
+        if stop and self.info.is_main:
+            log.info(f"early stopping at step {self.step}: no val-loss gain for {self.stopper.patience} "
+                     f"evaluations; keeping step {self.stopper.best_step} (val_loss {self.stopper.best:.4f})")
+        return stop
 
     def log_train(self, lr: float, grad_norm: float, window: dict) -> None:
         """Every logging_steps: mean loss, tokens/s and MFU over the window since the last log."""
@@ -346,7 +367,7 @@ def train(cfg: TrainConfig, model, train_loader, val_loader=None, *, extra_files
                 continue
             run.apply(step_loss)
             step, last_loss = run.step, step_loss
-            window.update(loss=window["loss"] + step_loss, n=window["n"] + 1, tokens=window["tokens"] + run.global_tokens)
+            window.update(loss=window["loss"] + step_loss, n=window["n"] + 1, tokens=window["tokens"] + run.step_tokens())
             if step % max(1, cfg.logging_steps) == 0 or step == cfg.max_steps:
                 run.log_train(lr, grad_norm, window)
             if run.bar is not None:
@@ -355,11 +376,18 @@ def train(cfg: TrainConfig, model, train_loader, val_loader=None, *, extra_files
             if val_loader is not None and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == cfg.max_steps):
                 last_eval = run.evaluate()
                 evals.append({"step": step, **last_eval})
-            if (cfg.save_steps and step % cfg.save_steps == 0) or step == cfg.max_steps:
+                stop = cfg.early_stopping_patience > 0 and run.early_stop(last_eval["val_loss"])
+            else:
+                stop = False
+            if (cfg.save_steps and step % cfg.save_steps == 0) or step == cfg.max_steps or stop:
                 run.save(step)
             window["t"] += time.perf_counter() - t_aside
             if cfg.debug_kill_at_step and step == cfg.debug_kill_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume test: no cleanup at all
+            if stop:
+                break
+        if run.best_state is not None:  # load_best_model_at_end: the saved model is the best evaluation's
+            run.raw.load_state_dict(run.best_state)
         if run.info.is_main:
             save_hf_dir(run.raw, run.out / "model", extra_files=extra_files)
         D.barrier(run.info)

@@ -10,11 +10,12 @@ def _registry() -> dict:
     from llmlab.eval.tasks.humaneval import HumanEval
     from llmlab.eval.tasks.idiom import ChineseIdiom
     from llmlab.eval.tasks.ifeval import IFEvalLite
+    from llmlab.eval.tasks.math_boxed import MathBoxed
     from llmlab.eval.tasks.mmlu import MMLU
     from llmlab.eval.tasks.perplexity import HeldOutPerplexity
 
     tasks = [HeldOutPerplexity("en"), HeldOutPerplexity("zh"), HumanEval(), MMLU(0), MMLU(3),
-             Arithmetic(), WikiCloze(), IFEvalLite(), ChineseIdiom()]
+             Arithmetic(), WikiCloze(), IFEvalLite(), ChineseIdiom(), MathBoxed()]
     return {t.name: t for t in tasks}
 
 

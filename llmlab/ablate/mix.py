@@ -1,0 +1,60 @@
+"""A training loader that mixes passkey examples (llmlab/eval/passkey.py) into corpus windows.
+
+The papers test passkey retrieval on models whose pretraining already makes retrieval of a copied
+number in-distribution at the trained length; a model this small never sees that format in the
+speedrun corpus, so a fixed share of every batch is replaced by passkey rows of the window length
+(random key, random depth), with the plain next-token loss on every token. Each batch's passkey
+rows come from a generator seeded by (seed, batch index), so resume stays exact.
+
+Passkey retrieval is copying through an induction head (Olsson et al. 2022), and a passkey row
+holds only ~10 copied tokens among hundreds of predictable filler ones: at our budget no head
+formed (0 % at 1x T after 420 steps, docs/LOG.md). `copy_fraction` adds rows whose first half of a
+corpus window is repeated, the classic dense induction signal, so the mechanism forms in budget.
+"""
+from __future__ import annotations
+
+import random
+
+import torch
+
+from llmlab.errors import UserError
+from llmlab.eval.passkey import PasskeyTask
+
+
+class PasskeyMixLoader:
+    def __init__(self, text_loader, task: PasskeyTask, seq_len: int, passkey_fraction: float, seed: int = 0,
+                 copy_fraction: float = 0.0):
+        if not (0.0 <= passkey_fraction and 0.0 <= copy_fraction and passkey_fraction + copy_fraction <= 1.0):
+            raise UserError(f"passkey_fraction {passkey_fraction} + copy_fraction {copy_fraction} must be in [0, 1]")
+        if seq_len + 1 < task.min_length():
+            raise UserError(f"window {seq_len} is shorter than a passkey example ({task.min_length()} tokens)")
+        self.text, self.task, self.seq_len, self.seed = text_loader, task, seq_len, seed
+        self.fraction, self.copy, self.batches = passkey_fraction, copy_fraction, 0
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+    def __iter__(self):
+        for x, y in self.text:
+            n = int(round(self.fraction * x.shape[0]))
+            c = min(int(round(self.copy * x.shape[0])), x.shape[0] - n)
+            if n or c:
+                x, y = x.clone(), y.clone()
+            if n:
+                rng = random.Random(f"{self.seed}-{self.batches}")
+                rows = torch.tensor([e.ids for e in self.task.batch(n, self.seq_len + 1, rng)])
+                x[:n], y[:n] = rows[:, :-1], rows[:, 1:]
+            if c:  # w[:h] w[:h] ...: every token of the repeat is predictable by copying
+                w = torch.cat([x[n:n + c], y[n:n + c, -1:]], 1)
+                h = (self.seq_len + 1) // 2
+                rep = w[:, :h].repeat(1, (self.seq_len + 1) // h + 1)[:, : self.seq_len + 1]
+                x[n:n + c], y[n:n + c] = rep[:, :-1], rep[:, 1:]
+            self.batches += 1
+            yield x, y
+
+    def state_dict(self) -> dict:
+        return {"text": self.text.state_dict(), "batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.text.load_state_dict(state["text"])
+        self.batches = int(state["batches"])

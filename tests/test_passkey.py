@@ -1,0 +1,156 @@
+"""Passkey generator and scoring (llmlab/eval/passkey.py), the passkey training mix, the long-context
+helpers, and dynamic NTK's original length (llmlab/model/rope.py)."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from llmlab.errors import UserError
+from llmlab.eval.passkey import FILLER, INTRO, NEEDLE, QUESTION, PasskeyTask, accuracy_grid, retrieved
+
+
+class CharTok:
+    """One token per character: lets the tests read positions straight off the text."""
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(map(chr, ids))
+
+
+def test_example_layout_exact_length_and_depth():
+    tok, task = CharTok(), PasskeyTask(CharTok())
+    for length, depth in [(400, 0.0), (400, 0.5), (531, 1.0), (1000, 0.3)]:
+        e = task.make(length, depth, random.Random(7))
+        text = tok.decode(e.ids)
+        assert len(e.ids) == length and len(e.key) == 5 and e.key.isdigit()
+        needle = NEEDLE.format(key=e.key)
+        n_fill = length - len(INTRO) - len(needle) - len(QUESTION) - len(" " + e.key)
+        before = round(depth * n_fill)
+        assert text.startswith(INTRO)
+        assert text[len(INTRO) + before:].startswith(needle) and e.needle_at == len(INTRO) + before
+        assert text.endswith(QUESTION + " " + e.key) and tok.decode(e.ids[e.answer_start:]) == " " + e.key
+        filler = text[len(INTRO):len(INTRO) + before] + text[len(INTRO) + before + len(needle):-len(QUESTION + " " + e.key)]
+        assert filler == ((" " + FILLER) * 50)[:n_fill]  # the filler runs on across the needle
+
+
+def test_keys_are_seeded_and_bad_input_is_one_line():
+    task = PasskeyTask(CharTok())
+    a = [task.make(300, 0.5, random.Random(1)).key for _ in range(3)]
+    assert a == [task.make(300, 0.5, random.Random(1)).key for _ in range(3)]
+    keys = {e.key for e in task.batch(50, 300, random.Random(2))}
+    assert len(keys) > 40
+    with pytest.raises(UserError, match="too short"):
+        task.make(task.min_length() - 1, 0.5, random.Random(0))
+    task.make(task.min_length(), 0.5, random.Random(0))
+    with pytest.raises(UserError, match="depth"):
+        task.make(300, 1.5, random.Random(0))
+
+
+class Oracle(torch.nn.Module):
+    """Predicts the true next token of the sequences it was given, except `wrong` positions (from the end)."""
+
+    def __init__(self, seqs, vocab=256, wrong=()):
+        super().__init__()
+        self.seqs, self.vocab, self.wrong = seqs, vocab, wrong
+
+    def forward(self, x):
+        out = torch.zeros(*x.shape, self.vocab)
+        for b in range(x.shape[0]):
+            full = next(s for s in self.seqs if s[:x.shape[1]] == x[b].tolist())
+            nxt = list(full[1:x.shape[1] + 1])
+            for w in self.wrong:
+                nxt[-w] = (nxt[-w] + 1) % self.vocab
+            out[b, torch.arange(x.shape[1]), torch.tensor(nxt)] = 1.0
+        return out
+
+
+def test_scoring_counts_only_exact_keys():
+    task = PasskeyTask(CharTok())
+    ex = task.batch(6, 320, random.Random(3))
+    seqs = [e.ids for e in ex]
+    assert retrieved(Oracle(seqs), ex, batch_size=4) == [True] * 6
+    assert retrieved(Oracle(seqs, wrong=(1,)), ex) == [False] * 6  # last digit wrong
+    assert retrieved(Oracle(seqs, wrong=(6,)), ex) == [False] * 6  # the space before the key wrong
+    assert retrieved(Oracle(seqs, wrong=(7,)), ex) == [True] * 6  # a question token: not scored
+
+
+def test_accuracy_grid_shape_and_values():
+    task = PasskeyTask(CharTok())
+    lengths, depths = [300, 400], [0.0, 0.5, 1.0]
+
+    class Blind(torch.nn.Module):  # always predicts "0": retrieves nothing
+        def forward(self, x):
+            return torch.nn.functional.one_hot(torch.full(x.shape, ord("0")), 256).float()
+    grid = accuracy_grid(Blind(), task, lengths, depths, per_cell=3)
+    assert grid == [[0.0] * 3] * 2
+    rng_ex = []
+    for length in lengths:  # the grid's own examples, rebuilt, through an oracle: all retrieved
+        for j, d in enumerate(depths):
+            r = random.Random(f"0-{length}-{j}")
+            rng_ex += [task.make(length, d, r).ids for _ in range(3)]
+    assert accuracy_grid(Oracle(rng_ex), task, lengths, depths, per_cell=3) == [[1.0] * 3] * 2
+
+
+def test_passkey_mix_loader_replaces_rows_and_resumes():
+    from llmlab.ablate.mix import PasskeyMixLoader
+    from llmlab.train.loader import TokenArrayLoader
+
+    task = PasskeyTask(CharTok())
+    text = torch.randint(0, 50, (20_000,), generator=torch.Generator().manual_seed(0))  # < 50: no passkey char
+    loader = PasskeyMixLoader(TokenArrayLoader(text, 300, 4), task, 300, 0.5, seed=1)
+    it = iter(loader)
+    x, y = next(it)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    assert (x[:2] >= 50).any(1).all() and (x[2:] < 50).all()  # 2 of 4 rows are passkeys
+    assert CharTok().decode(y[0].tolist()).endswith(QUESTION[1:] + " " + CharTok().decode(y[0, -5:].tolist()))
+    state = loader.state_dict()
+    x2, _ = next(it)
+    again = PasskeyMixLoader(TokenArrayLoader(text, 300, 4), task, 300, 0.5, seed=1)
+    again.load_state_dict(state)
+    assert torch.equal(next(iter(again))[0], x2)
+    with pytest.raises(UserError):
+        PasskeyMixLoader(TokenArrayLoader(text, 300, 4), task, 300, 0.8, copy_fraction=0.5)
+    mixed = PasskeyMixLoader(TokenArrayLoader(text, 300, 4), task, 300, 0.25, copy_fraction=0.5)
+    x, y = next(iter(mixed))
+    w = torch.cat([x, y[:, -1:]], 1)  # rows 1-2 repeat their first half (150 tokens of 301)
+    assert torch.equal(w[1:3, 150:300], w[1:3, :150]) and torch.equal(w[1:3, 300], w[1:3, 0])
+    assert not torch.equal(w[3, 150:300], w[3, :150])  # the text row is left alone
+
+
+def test_dynamic_ntk_original_length_matches_hf_reading():
+    """rope_scaling.original_max_position_embeddings = L with a longer table gives the frequencies that
+    max_position_embeddings = L (HF's reading) gives, at every sequence length."""
+    from llmlab.model.config import ModelConfig
+    from llmlab.model.rope import rope_inv_freq
+    hf = ModelConfig(vocab_size=10, hidden_size=64, num_attention_heads=2, max_position_embeddings=32,
+                     rope_scaling={"rope_type": "dynamic", "factor": 4.0})
+    ours = ModelConfig(vocab_size=10, hidden_size=64, num_attention_heads=2, max_position_embeddings=256,
+                       rope_scaling={"rope_type": "dynamic", "factor": 4.0, "original_max_position_embeddings": 32})
+    for n in (16, 32, 64, 200):
+        assert torch.allclose(rope_inv_freq(hf, n)[0], rope_inv_freq(ours, n)[0])
+    r = 32  # hand check at n = 64: theta' = theta * (4 * 64 / 32 - 3) ** (r / (r - 2))
+    theta = 10000 * 5 ** (r / (r - 2))
+    assert torch.allclose(rope_inv_freq(ours, 64)[0], 1 / theta ** (torch.arange(0, r, 2).double() / r))
+
+
+def test_rescale_keeps_weights_and_loss_by_position():
+    from llmlab.ablate.longctx import loss_by_position, rescale
+    from llmlab.model.config import ModelConfig
+    from llmlab.model.transformer import Transformer
+    torch.manual_seed(0)
+    base = Transformer(ModelConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                   max_position_embeddings=16)).eval()
+    x = torch.randint(0, 40, (2, 17))
+    same = rescale(base, "none", 4.0, 16, 64)
+    with torch.no_grad():
+        assert torch.allclose(same(x[:, :16]), base(x[:, :16]), atol=1e-6)
+        ref = torch.nn.functional.cross_entropy(base(x[:, :-1]).transpose(1, 2), x[:, 1:], reduction="none").mean(0)
+    assert torch.allclose(loss_by_position(base, x), ref, atol=1e-6)
+    pi = rescale(base, "linear", 4.0, 16, 64)
+    assert pi(torch.randint(0, 40, (1, 64))).shape == (1, 64, 40)  # 4x the trained context is accepted
+    yarn = rescale(base, "yarn", 4.0, 16, 64)
+    assert yarn.config.rope_scaling["original_max_position_embeddings"] == 16
