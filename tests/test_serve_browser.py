@@ -127,3 +127,48 @@ def test_web_chat_drops_a_failed_turn_from_the_history(smollm2_tokenizer, tmp_pa
             assert hist[1]["content"]
         finally:
             drv.quit()
+
+
+def test_web_chat_sends_an_uploaded_image(tmp_path):
+    """The Image button attaches a picture; it goes out as an OpenAI image_url data-URL part and the
+    answer equals the vision-language model's own; a follow-up question is about the same picture."""
+    from selenium.webdriver.common.by import By
+
+    import llmlab.multimodal.commands  # noqa: F401  (registers kind=llava)
+    from llmlab.infer.vision import load_vision_model
+    from tiny_mm_model import png, save_tiny_llava
+
+    vm = load_vision_model(str(save_tiny_llava(tmp_path / "mm")))
+    (tmp_path / "blue.png").write_bytes(png((0, 0, 255)))
+    with live_server(vm.lm, vm.tokenizer, name="llava", vision=vm, num_blocks=32, max_num_seqs=2) as (base, _):
+        drv = _browser(tmp_path)
+        try:
+            drv.get(base + "/")
+            t0 = time.monotonic()
+            while "llava" not in drv.find_element(By.ID, "model").text:
+                assert time.monotonic() - t0 < 20
+                time.sleep(0.05)
+            drv.find_element(By.ID, "max_tokens").clear()
+            drv.find_element(By.ID, "max_tokens").send_keys("4")
+            drv.execute_script("document.getElementById('image').hidden = false")
+            drv.find_element(By.ID, "image").send_keys(str(tmp_path / "blue.png"))
+            t0 = time.monotonic()
+            while not drv.find_element(By.ID, "preview").is_displayed():
+                assert time.monotonic() - t0 < 10, "the picture was not attached"
+                time.sleep(0.02)
+            want = {q: vm.answer(vm.image(png((0, 0, 255))), q, 4) for q in ("what shape is it?", "what color?")}
+            for i, q in enumerate(want):
+                drv.find_element(By.ID, "input").send_keys(q)
+                drv.find_element(By.ID, "send").click()
+                t0 = time.monotonic()
+                while len(drv.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-done]")) <= i:
+                    assert time.monotonic() - t0 < 30
+                    time.sleep(0.02)
+                msg = drv.find_elements(By.CSS_SELECTOR, ".msg.assistant")[-1]
+                assert "error" not in msg.get_attribute("class"), msg.text
+                assert msg.text == want[q].strip()
+            hist = drv.execute_script("return window.chatHistory()")
+            assert hist[0]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
+            assert hist[2]["content"] == "what color?" and drv.find_elements(By.CSS_SELECTOR, ".msg.user img")
+        finally:
+            drv.quit()

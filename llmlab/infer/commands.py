@@ -41,6 +41,8 @@ class ChatConfig:
     model: str = field(default="smollm2", metadata={"help": "packaged name, .gguf file or HF-style dir"})
     system: str = field(default="", metadata={"help": "system message (empty: the template's default)"})
     prompt: str = field(default="", metadata={"help": "if set: answer this one message and exit (no REPL)"})
+    image: str = field(default="", metadata={"help": "a picture to ask about (file or data:image/...;base64 URL); "
+                                                     "model= must then be a vision-language dir (`llmlab mm llava`)"})
     sampling: SamplingParams = _sampling(max_new_tokens=256)
     device: str = "auto"
     dtype: str = "auto"
@@ -164,12 +166,32 @@ def _reply(engine, tok, history: list, params) -> str | None:
     return "".join(reply)
 
 
+def _image_chat(vm, cfg: ChatConfig) -> int:
+    """Questions about one picture, answered greedily by the vision-language model (each on its own:
+    LLaVA-style models here are trained on single question/answer turns)."""
+    img = vm.image(cfg.image, "image")
+    if cfg.prompt:
+        print(f"you> {cfg.prompt}\nassistant> {vm.answer(img, cfg.prompt, cfg.sampling.max_new_tokens)}", flush=True)
+        return 0
+    print(f"ask about {cfg.image}; /exit or Ctrl-D quits")
+    while (q := _read_turn([], "")) is not None:
+        print(f"assistant> {vm.answer(img, q, cfg.sampling.max_new_tokens)}", flush=True)
+    return 0
+
+
 def run_chat(cfg: ChatConfig) -> int:
     from llmlab.infer.engine import Engine
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
+    from llmlab.infer.vision import load_vision_model, vision_kind
 
     params = _params(cfg)
-    model, tok = load_model_and_tokenizer(cfg.model, cfg.device, cfg.dtype)
+    if cfg.image and not vision_kind(cfg.model):
+        raise UserError(f"model '{cfg.model}' is text-only: image= needs a vision-language model dir "
+                        "(a `llmlab mm llava` output_dir)")
+    vm = load_vision_model(cfg.model)
+    if vm is not None and cfg.image:
+        return _image_chat(vm, cfg)
+    model, tok = (vm.lm, vm.tokenizer) if vm is not None else load_model_and_tokenizer(cfg.model, cfg.device, cfg.dtype)
     # one user: no batch to be invariant to, so no row padding (row_pad=1 is the fastest at batch 1)
     engine = Engine(model, tok, max_num_seqs=1, num_blocks=-(-model.config.max_position_embeddings // 16) + 1,
                     row_pad=1)
@@ -201,5 +223,6 @@ VERBS = {
     "generate": Verb(GenerateConfig, run_generate, "complete a prompt (greedy, sampled or beam search), streaming to stdout",
                      'llmlab generate model=smollm2 prompt="The capital of France is" max_new_tokens=20'),
     "chat": Verb(ChatConfig, run_chat, "chat with a model in the terminal using its chat template",
-                 "llmlab chat model=smollm2 temperature=0.7 top_p=0.9"),
+                 "llmlab chat model=smollm2 temperature=0.7 top_p=0.9   "
+                 "(a picture: llmlab chat model=runs/mm_llava image=shape.png)"),
 }

@@ -11,6 +11,7 @@ import torch
 
 from llmlab.errors import UserError
 from llmlab.verb import Verb
+from llmlab.infer.vision import VISION_MODELS
 from llmlab.multimodal.runs import load_contrastive, save_contrastive
 from llmlab.multimodal.train import ContrastiveConfig
 
@@ -98,6 +99,14 @@ def _llava_config():
     from llmlab.multimodal.llava_train import LlavaConfig
     return LlavaConfig
 
+
+def _llava_chat(run_dir: str):
+    from llmlab.multimodal.chat import LlavaChat
+    return LlavaChat(run_dir)
+
+
+# `llmlab chat` and `llmlab serve` load `llmlab mm llava` runs through this (infer/serve come earlier)
+VISION_MODELS.update(llava=_llava_chat)
 
 VERBS = {
     "mm train": Verb(ContrastiveConfig, run_train,

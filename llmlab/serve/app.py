@@ -30,9 +30,10 @@ from llmlab.infer.engine import Output
 from llmlab.log import get_logger
 from llmlab.serve.protocol import (APIError, ChatCompletionRequest, CompletionRequest, chat_logprobs, check_model,
                                    cmpl_logprobs, prompts_to_ids, resolve_max_tokens, sampling_params,
-                                   validation_error)
+                                   validation_error, image_urls)
 from llmlab.serve.retrieval import no_index_error
 from llmlab.serve.tools import OutputFormat
+from llmlab.serve.vision_chat import vision_chat
 from llmlab.serve.worker import EngineWorker, Overloaded, ShuttingDown
 
 STATIC = Path(__file__).parent / "static"
@@ -46,6 +47,7 @@ class ServerState:
     model_name: str
     max_tokens_default: int = 256
     retrieval: object = None  # llmlab.serve.retrieval.Retrieval when started with rag_index=PATH
+    vision: object = None  # a vision-language model (llmlab.infer.vision): image_url parts go to it
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -60,7 +62,7 @@ class Admitted:
 
 
 def create_app(worker: EngineWorker, tokenizer, model_name: str, max_tokens_default: int = 256,
-               drain_timeout: float = 30.0, retrieval=None) -> FastAPI:
+               drain_timeout: float = 30.0, retrieval=None, vision=None) -> FastAPI:
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
@@ -71,7 +73,7 @@ def create_app(worker: EngineWorker, tokenizer, model_name: str, max_tokens_defa
         # uvicorn stopped accepting and waited for open responses: stop the engine
         await asyncio.to_thread(worker.shutdown, drain_timeout)
 
-    st = ServerState(worker, tokenizer, model_name, max_tokens_default, retrieval)
+    st = ServerState(worker, tokenizer, model_name, max_tokens_default, retrieval, vision)
     app = FastAPI(title="llmlab", version="1", docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="OpenAI-compatible API over llmlab's continuous-batching engine")
     _error_handlers(app)
@@ -342,6 +344,8 @@ def _chat_prompt(st: ServerState, body: ChatCompletionRequest, fmt: OutputFormat
 
 async def _chat(st: ServerState, body: ChatCompletionRequest, request: Request):
     check_model(body.model, st.model_name)
+    if urls := image_urls(body.messages):  # llmlab/serve/vision_chat.py
+        return await vision_chat(st, body, urls)
     fmt = OutputFormat(body, st.tokenizer)  # response_format / tools (llmlab/serve/tools.py)
     conv = fmt.conversation(body.messages)
     rag = await _rag(st, body, conv)  # retrieval-augmented (opt-in; llmlab/serve/retrieval.py)

@@ -49,6 +49,7 @@ def build(cfg: ServeConfig):
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     from llmlab.serve.app import create_app
     from llmlab.serve.worker import EngineWorker
+    from llmlab.infer.vision import load_vision_model
 
     retrieval = None
     if cfg.rag_index:  # open the index first: a bad path fails before the model loads
@@ -58,10 +59,11 @@ def build(cfg: ServeConfig):
         info = retrieval.info_sync()
         get_logger().info(f"RAG index {info['index']}: {info['sources']} sources, {info['chunks']} chunks"
                           + (" (empty: requests with rag get a 400 until documents are added)" if not info["chunks"] else ""))
-    model, tok = load_model_and_tokenizer(cfg.model, cfg.device, cfg.dtype)
+    vm = load_vision_model(cfg.model)  # a `llmlab mm llava` run: images to it, text turns to its LM
+    model, tok = (vm.lm, vm.tokenizer) if vm is not None else load_model_and_tokenizer(cfg.model, cfg.device, cfg.dtype)
     worker = EngineWorker(cfg.engine.build(model, tok), cfg.max_pending).start()
     app = create_app(worker, tok, cfg.served_model_name or cfg.model, cfg.max_tokens_default, cfg.drain_timeout,
-                     retrieval)
+                     retrieval, vm)
     return app, worker
 
 

@@ -9,8 +9,9 @@ import time
 
 @contextlib.contextmanager
 def live_server(model, tok, name: str = "m", max_pending: int = 64, max_tokens_default: int = 32, retrieval=None,
-                **engine_kw):
-    """Yields (base_url, worker); the server stops (gracefully) when the block exits."""
+                vision=None, **engine_kw):
+    """Yields (base_url, worker); the server stops (gracefully) when the block exits. vision: a
+    vision-language model (llmlab.infer.vision) that answers image_url parts."""
     import uvicorn
 
     from llmlab.infer.engine import Engine
@@ -19,7 +20,8 @@ def live_server(model, tok, name: str = "m", max_pending: int = 64, max_tokens_d
 
     engine = Engine(model, tok, **engine_kw)
     worker = EngineWorker(engine, max_pending).start()
-    app = create_app(worker, tok, name, max_tokens_default=max_tokens_default, drain_timeout=10, retrieval=retrieval)
+    app = create_app(worker, tok, name, max_tokens_default=max_tokens_default, drain_timeout=10, retrieval=retrieval,
+                     vision=vision)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -56,6 +56,16 @@ class TextPart(_Strict):
     text: StrictStr
 
 
+class ImageURL(_Strict):
+    url: StrictStr  # a base64 data URL (data:image/png;base64,...): this server fetches nothing
+    detail: StrictStr | None = None  # accepted, ignored (the encoder has one input size)
+
+
+class ImagePart(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
 class FunctionCall(_Strict):
     name: StrictStr
     arguments: StrictStr  # JSON text, as OpenAI sends it
@@ -69,7 +79,7 @@ class ToolCall(_Strict):
 
 class ChatMessage(_Strict):
     role: Role
-    content: Union[StrictStr, list[TextPart], None] = None
+    content: Union[StrictStr, list[Union[TextPart, ImagePart]], None] = None
     name: StrictStr | None = None
     tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
     tool_call_id: StrictStr | None = None  # a tool turn: which call it answers
@@ -193,8 +203,14 @@ def check_model(model: str, served: str) -> None:
 
 def message_text(m: ChatMessage) -> str:
     if isinstance(m.content, list):  # [{"type": "text", "text": ...}, ...]
-        return "".join(p.text for p in m.content)
+        return "".join(p.text for p in m.content if p.type == "text")
     return m.content or ""
+
+
+def image_urls(messages: list[ChatMessage]) -> list[tuple[str, str]]:
+    """(where, url) of every image_url content part, e.g. ('messages[0].content[1]', 'data:...')."""
+    return [(f"messages[{i}].content[{j}]", p.image_url.url) for i, m in enumerate(messages)
+            if isinstance(m.content, list) for j, p in enumerate(m.content) if p.type == "image_url"]
 
 
 def sampling_params(req: _Sampling, max_tokens: int, chat: bool) -> SamplingParams:
