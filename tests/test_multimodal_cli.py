@@ -62,7 +62,11 @@ def test_cli_mismatched_dims_one_line_exit_2(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     r = _cli("train", "vision.image_size=10", cwd=tmp_path)
     assert r.returncode == 2 and "vision.image_size=10 but digits images are 8x8" in r.stderr
-    r = _cli("chat", f"run_dir={tmp_path}", "image=x.png", cwd=tmp_path)
+    r = _cli("chat", f"run_dir={tmp_path}", "image=x.png", cwd=tmp_path)  # the image is checked first
+    assert r.returncode == 2 and "x.png" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    from PIL import Image
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "x.png")
+    r = _cli("chat", f"run_dir={tmp_path}", "image=x.png", cwd=tmp_path)  # a readable image, no model there
     assert r.returncode == 2 and "config.json" in r.stderr
 
 
