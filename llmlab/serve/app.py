@@ -21,19 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from starlette.exceptions import HTTPException
 
 from llmlab.errors import UserError
 from llmlab.infer.engine import Output
-from llmlab.log import get_logger
 from llmlab.serve.protocol import (APIError, ChatCompletionRequest, CompletionRequest, chat_logprobs, check_model,
                                    cmpl_logprobs, prompts_to_ids, resolve_max_tokens, sampling_params,
-                                   validation_error, image_urls)
+                                   image_urls)
 from llmlab.serve.retrieval import no_index_error
 from llmlab.serve.tools import OutputFormat
 from llmlab.serve.vision_chat import vision_chat
+from llmlab.serve.http import JSONBodies, error_handlers, precise_openapi
 from llmlab.serve.worker import EngineWorker, Overloaded, ShuttingDown
 
 STATIC = Path(__file__).parent / "static"
@@ -76,9 +74,9 @@ def create_app(worker: EngineWorker, tokenizer, model_name: str, max_tokens_defa
     st = ServerState(worker, tokenizer, model_name, max_tokens_default, retrieval, vision)
     app = FastAPI(title="llmlab", version="1", docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="OpenAI-compatible API over llmlab's continuous-batching engine")
-    _error_handlers(app)
+    error_handlers(app)
     app.add_middleware(JSONBodies)
-    _precise_openapi(app, model_name)
+    precise_openapi(app, model_name)
 
     @app.get("/health")
     async def health():
@@ -105,72 +103,6 @@ def create_app(worker: EngineWorker, tokenizer, model_name: str, max_tokens_defa
         return await _chat(st, body, request)
 
     return app
-
-
-def _precise_openapi(app: FastAPI, model_name: str) -> None:
-    """The schema names the one model this server serves and the error body of every failure."""
-    def openapi():
-        if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            comps = schema.setdefault("components", {}).setdefault("schemas", {})
-            for name in ("ChatCompletionRequest", "CompletionRequest"):
-                if name in comps:
-                    comps[name]["properties"]["model"]["enum"] = [model_name]
-            comps["Error"] = {"type": "object", "required": ["error"], "properties": {"error": {
-                "type": "object", "required": ["message", "type", "param", "code"], "properties": {
-                    "message": {"type": "string"}, "type": {"type": "string"},
-                    "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
-            err = {"description": "OpenAI-format error", "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/Error"}}}}
-            for path in schema.get("paths", {}).values():
-                for op in path.values():
-                    resp = op.setdefault("responses", {})
-                    resp.pop("422", None)  # validation errors are 400s here, as OpenAI's
-                    for code in (("400", "404", "429", "503") if "requestBody" in op else ()):
-                        resp[code] = err
-            app.openapi_schema = schema
-        return app.openapi_schema
-    app.openapi = openapi
-
-
-class JSONBodies:
-    """Read every POST body under /v1 as JSON whatever its Content-Type: `curl -d` sends
-    application/x-www-form-urlencoded, some clients send none (OpenAI's API accepts both)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v1/"):
-            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
-        await self.app(scope, receive, send)
-
-
-def _error_handlers(app: FastAPI) -> None:
-    """Every error leaves as OpenAI error JSON: ours, validation, HTTP (404/405), and unexpected ones."""
-    @app.exception_handler(APIError)
-    async def _api_error(request, e: APIError):
-        return JSONResponse(e.body(), status_code=e.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, e: RequestValidationError):
-        err = validation_error(list(e.errors()))
-        return JSONResponse(err.body(), status_code=err.status)
-
-    @app.exception_handler(HTTPException)
-    async def _http(request, e: HTTPException):
-        msg = {404: f"no route {request.method} {request.url.path}",
-               405: f"method {request.method} not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
-        return JSONResponse(APIError(e.status_code, msg, None, "not_found" if e.status_code == 404 else None).body(),
-                            status_code=e.status_code, headers=getattr(e, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request, e: Exception):
-        get_logger().exception(f"unexpected error on {request.method} {request.url.path}")
-        return JSONResponse(APIError(500, f"internal error: {type(e).__name__}: {e}", None, None,
-                                     "server_error").body(), status_code=500)
 
 
 def _health(st: ServerState):
