@@ -35,18 +35,10 @@ def arithmetic_items(n: int, seed: int) -> tuple[list[dict], list[dict]]:
 
 def cloze_items(n: int, seed: int) -> tuple[list[dict], list[dict]]:
     from llmlab.eval.data import wiki_extracts
-    from llmlab.eval.tasks.cloze import make_item
+    from llmlab.eval.tasks.cloze import seeded_items
     ex = [e["extract"] for e in wiki_extracts()]
-    rng = random.Random(seed)
-    order = list(range(len(ex)))
-    rng.shuffle(order)
-    out = []
-    for i in order:
-        it = make_item(ex[i], rng)
-        if it:
-            out.append({"question": f"Passage: {it['passage']}\nSentence: {it['question']}", "answer": it["answer"]})
-            if len(out) == n + 32:
-                break
+    out = [{"question": f"Passage: {it['passage']}\nSentence: {it['question']}", "answer": it["answer"]}
+           for it, _ in seeded_items(ex, n + 32, seed)]
     return out[:n], out[n:]  # the pool: other articles' items
 
 

@@ -15,18 +15,8 @@ import random
 
 def cloze_queries(extracts: list[str], n: int, seed: int = 0) -> list[tuple[str, int]]:
     """(query, index of its article) for up to n random articles; the blank is removed."""
-    from llmlab.eval.tasks.cloze import make_item
-    rng = random.Random(seed)
-    order = list(range(len(extracts)))
-    rng.shuffle(order)
-    out = []
-    for i in order:
-        it = make_item(extracts[i], rng)
-        if it is not None:
-            out.append((" ".join(it["question"].replace("_____", " ").split()), i))
-            if len(out) == n:
-                break
-    return out
+    from llmlab.eval.tasks.cloze import seeded_items
+    return [(" ".join(it["question"].replace("_____", " ").split()), i) for it, i in seeded_items(extracts, n, seed)]
 
 
 def rank_of(ranked: list[int], gold: int) -> int | None:
@@ -72,16 +62,8 @@ def evaluate_index(index, extracts: list[str], sources: list[str], n: int, seed:
     model, cloze EM/F1 closed-book vs with the top `k_qa` retrieved chunks in the prompt."""
     from llmlab.eval.squad import exact_match, token_f1
     from llmlab.eval.tasks.cloze import make_item
-    rng = random.Random(seed)
-    order = list(range(len(extracts)))
-    rng.shuffle(order)
-    items = []
-    for i in order:
-        it = make_item(extracts[i], rng)
-        if it is not None:
-            items.append((it, i))
-            if len(items) == n:
-                break
+    from llmlab.eval.tasks.cloze import seeded_items
+    items = seeded_items(extracts, n, seed)
     pos = {s: j for j, s in enumerate(sources)}
     out: dict = {"n": len(items)}
     for mode in modes:

@@ -39,6 +39,22 @@ def make_item(extract: str, rng: random.Random) -> dict | None:
             "chance": 1.0 / len(cands)}
 
 
+def seeded_items(texts: list[str], n: int, seed: int) -> list[tuple[dict, int]]:
+    """Up to n items, each with the index of its text, from the texts in a seeded random order (one
+    rng shuffles the order, then places the blanks): the prompt and RAG evaluations draw alike."""
+    rng = random.Random(seed)
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    out = []
+    for i in order:
+        it = make_item(texts[i], rng)
+        if it is not None:
+            out.append((it, i))
+            if len(out) == n:
+                break
+    return out
+
+
 def _block(it: dict) -> str:
     return f"Passage: {it['passage']}\nSentence: {it['question']}\nThe blank is:"
 
