@@ -159,10 +159,25 @@ class _Step:
         self.__self__, self.__name__, self.args = obj, name, args
 
 
+def _paged_batch(model, batch: int, n_steps: int, g):
+    """`batch` sequences with random contexts of 16..160 tokens prefilled into one paged cache,
+    each with room for n_steps more tokens: (cache, runner, block tables)."""
+    from llmlab.infer.paged import BlockTable, PagedKVCache
+    from llmlab.infer.runner import PagedRunner
+    cache = PagedKVCache.for_model(model, batch * 20)
+    runner = PagedRunner(model, cache)
+    tables = []
+    for n in torch.randint(16, 160, (batch,), generator=g).tolist():
+        t = BlockTable()
+        cache.reserve(t, n + n_steps + 8)
+        runner.prefill(t, torch.randint(100, 40000, (n,), generator=g).tolist())
+        tables.append(t)
+    return cache, runner, tables
+
+
 def breakdown(model, n_steps: int = 16, batch: int = 32, seed: int = 0) -> dict:
     """{'batch1': {...}, 'batch32': {...}}: seconds per step by piece, step time, sampling time."""
-    from llmlab.infer.paged import BlockTable, PagedKVCache
-    from llmlab.infer.runner import ContiguousDecoder, PagedRunner
+    from llmlab.infer.runner import ContiguousDecoder
     from llmlab.infer.sampling import SamplingParams, choose
     g = torch.Generator().manual_seed(seed)
     out = {}
@@ -175,14 +190,7 @@ def breakdown(model, n_steps: int = 16, batch: int = 32, seed: int = 0) -> dict:
     pieces, step_s = _run_profiled(model, None, _Step(dec, "forward", lambda i: ([toks[i]],)), n_steps)
     out["batch1"] = _summary(pieces, step_s, logits[None], choose, SamplingParams)
     # 32 sequences with mixed contexts (16..160 tokens), one paged decode step each
-    cache = PagedKVCache.for_model(model, batch * 20)
-    runner = PagedRunner(model, cache)
-    tables = []
-    for n in torch.randint(16, 160, (batch,), generator=g).tolist():
-        t = BlockTable()
-        cache.reserve(t, n + n_steps + 8)
-        runner.prefill(t, torch.randint(100, 40000, (n,), generator=g).tolist())
-        tables.append(t)
+    cache, runner, tables = _paged_batch(model, batch, n_steps, g)
     ids = [1] * batch
     for _ in range(2):
         logits = runner.decode(tables, ids)
@@ -280,8 +288,7 @@ def serve_memory(model, path, port: int = 8793) -> dict:
 def decode_steps_s(model, batch: int, n_steps: int, seed: int = 1) -> float:
     """Median seconds of one decode step: batch 1 on `ContiguousDecoder` (64-token context),
     else `batch` sequences (contexts 16..160) on `PagedRunner.decode`."""
-    from llmlab.infer.paged import BlockTable, PagedKVCache
-    from llmlab.infer.runner import ContiguousDecoder, PagedRunner
+    from llmlab.infer.runner import ContiguousDecoder
     g = torch.Generator().manual_seed(seed)
     ts = []
     if batch == 1:
@@ -292,14 +299,7 @@ def decode_steps_s(model, batch: int, n_steps: int, seed: int = 1) -> float:
             logits = dec.forward([int(logits.argmax())])
             ts.append(time.perf_counter() - t0)
         return statistics.median(ts[2:])
-    cache = PagedKVCache.for_model(model, batch * 20)
-    runner = PagedRunner(model, cache)
-    tables = []
-    for n in torch.randint(16, 160, (batch,), generator=g).tolist():
-        t = BlockTable()
-        cache.reserve(t, n + n_steps + 8)
-        runner.prefill(t, torch.randint(100, 40000, (n,), generator=g).tolist())
-        tables.append(t)
+    cache, runner, tables = _paged_batch(model, batch, n_steps, g)
     for i in range(n_steps + 2):
         t0 = time.perf_counter()
         runner.decode(tables, [1] * batch)

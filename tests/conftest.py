@@ -53,3 +53,15 @@ def tiny_config():
     from llmlab.model.config import ModelConfig
     return ModelConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A random 2-layer GQA LLaMA (vocabulary 97) for the engine, paged-cache and prefix-cache tests;
+    a test module may define its own `tiny`."""
+    from llmlab.model.config import ModelConfig
+    from llmlab.model.transformer import Transformer
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.3)
+    return Transformer(cfg).eval()

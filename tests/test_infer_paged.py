@@ -10,14 +10,6 @@ from llmlab.model.config import ModelConfig
 from llmlab.model.transformer import Transformer
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.3)
-    return Transformer(cfg).eval()
-
-
 def test_allocator_refcounts_and_exhaustion():
     a = BlockAllocator(3)
     b = [a.allocate() for _ in range(3)]

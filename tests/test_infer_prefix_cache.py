@@ -2,22 +2,11 @@
 eviction of unreferenced cached blocks before any live request is preempted."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from llmlab.infer.engine import Engine
 from llmlab.infer.paged import BlockAllocator
 from llmlab.infer.sampling import SamplingParams
-from llmlab.model.config import ModelConfig
-from llmlab.model.transformer import Transformer
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.3)
-    return Transformer(cfg).eval()
 
 
 def _shared_prefix_prompts(n, prefix_len=70, seed=0):

@@ -37,6 +37,18 @@ def _browser(tmp_path):
     return webdriver.Chrome(service=Service(driver), options=opts)
 
 
+def send_and_wait(drv, text: str, timeout: float = 30) -> None:
+    """Type `text` into the web chat, send it, and wait until one more message is marked done."""
+    from selenium.webdriver.common.by import By
+    n = len(drv.find_elements(By.CSS_SELECTOR, ".msg[data-done]"))
+    drv.find_element(By.ID, "input").send_keys(text)
+    drv.find_element(By.ID, "send").click()
+    t0 = time.monotonic()
+    while len(drv.find_elements(By.CSS_SELECTOR, ".msg[data-done]")) <= n:
+        assert time.monotonic() - t0 < timeout
+        time.sleep(0.02)
+
+
 def test_web_chat_streams_a_reply_and_stops(smollm2, smollm2_tokenizer, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -111,13 +123,7 @@ def test_web_chat_drops_a_failed_turn_from_the_history(smollm2_tokenizer, tmp_pa
             def turn(text, max_tokens):
                 drv.find_element(By.ID, "max_tokens").clear()
                 drv.find_element(By.ID, "max_tokens").send_keys(max_tokens)
-                n = len(drv.find_elements(By.CSS_SELECTOR, ".msg[data-done]"))
-                drv.find_element(By.ID, "input").send_keys(text)
-                drv.find_element(By.ID, "send").click()
-                t0 = time.monotonic()
-                while len(drv.find_elements(By.CSS_SELECTOR, ".msg[data-done]")) <= n:
-                    assert time.monotonic() - t0 < 30
-                    time.sleep(0.02)
+                send_and_wait(drv, text)
                 return drv.execute_script("return window.chatHistory()")
 
             assert turn("first", "100000") == []  # the 400 turn is dropped

@@ -140,7 +140,7 @@ def test_bad_rag_requests_are_openai_400s(server, model, smollm2_tokenizer, tmp_
 def test_web_chat_toggle_shows_sources_under_the_answer(server, tmp_path):
     from selenium.webdriver.common.by import By  # noqa: F401  (_browser skips without selenium)
 
-    from test_serve_browser import _browser
+    from test_serve_browser import _browser, send_and_wait
     drv = _browser(tmp_path)
     try:
         drv.get(server[0] + "/")
@@ -152,22 +152,13 @@ def test_web_chat_toggle_shows_sources_under_the_answer(server, tmp_path):
         assert "4 documents" in drv.find_element(By.ID, "raginfo").text
         assert not drv.find_element(By.ID, "rag").is_selected()  # the server's rag_default is off
 
-        def turn(text):
-            n = len(drv.find_elements(By.CSS_SELECTOR, ".msg[data-done]"))
-            drv.find_element(By.ID, "input").send_keys(text)
-            drv.find_element(By.ID, "send").click()
-            t0 = time.monotonic()
-            while len(drv.find_elements(By.CSS_SELECTOR, ".msg[data-done]")) <= n:
-                assert time.monotonic() - t0 < 30
-                time.sleep(0.02)
-
         for el, v in [("temperature", "0"), ("max_tokens", "4")]:
             drv.find_element(By.ID, el).clear()
             drv.find_element(By.ID, el).send_keys(v)
-        turn("hello")
+        send_and_wait(drv, "hello")
         assert not drv.find_elements(By.CSS_SELECTOR, ".sources")
         drv.find_element(By.ID, "rag").click()
-        turn(Q)
+        send_and_wait(drv, Q)
         items = drv.find_elements(By.CSS_SELECTOR, ".sources li")
         assert len(items) == 2 and items[0].text.startswith("[1] Germany")
         assert "geo/germany.md" in items[0].text and "Berlin" in items[0].text
