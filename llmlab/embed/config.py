@@ -53,5 +53,7 @@ class EmbedConfig:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.model != "glove" and not self.hs and self.negative <= 0:
             raise ValueError("set hs=1 or negative > 0 (there is no output layer otherwise)")
+        if self.negative > 64:
+            raise ValueError(f"negative must be <= 64 (the papers use 5-20), got {self.negative}")
         if self.model == "fasttext" and self.max_n and (self.min_n < 1 or self.max_n < self.min_n or self.bucket < 1):
             raise ValueError("fastText needs 1 <= min_n <= max_n and bucket >= 1 (or max_n=0)")

@@ -19,6 +19,7 @@
 
 #define EXP_TABLE_SIZE 1000
 #define MAX_EXP 6.0f
+#define MAX_NEGATIVE 64          /* more is refused in Python */
 
 typedef struct {
     float *syn0;                 /* input rows: words (and fastText buckets after them) x dim */
@@ -65,6 +66,18 @@ static inline void axpy(float a, const float *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+/* work += g * row; row += g * h, in one pass over row (read before written, so the same
+ * result as the two axpys in sequence; one pass instead of two over a row that is usually
+ * out of cache) */
+static inline void update_pair(float g, float *row, const float *h, float *work, int64_t n) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) {
+        float r = row[i];
+        work[i] += g * r;
+        row[i] = r + g * h[i];
+    }
+}
+
 static inline int32_t draw_negative(const W2VArgs *a, uint64_t *rng) {
     uint64_t r = rng_next(rng);
     int32_t col = (int32_t)(((r >> 32) * (uint64_t)a->vocab_size) >> 32);
@@ -85,15 +98,23 @@ static void predict(const W2VArgs *a, const float *h, int32_t target, float alph
             if (f <= -MAX_EXP || f >= MAX_EXP) continue;  /* as word2vec.c: saturated, no update */
             f = exp_table[(int)((f + MAX_EXP) * (EXP_TABLE_SIZE / MAX_EXP / 2))];
             float g = (1.0f - code[d] - f) * alpha;
-            axpy(g, row, work, D);
-            axpy(g, h, row, D);
+            update_pair(g, row, h, work, D);
         }
     }
-    for (int32_t d = 0; d <= a->negative && a->negative > 0; d++) {
-        int32_t t = target;
+    if (a->negative <= 0) return;
+    /* draw the negatives first (the same random stream, in the same order) and prefetch their
+     * rows: the output rows of random words are the loop's cache misses */
+    int32_t targets[MAX_NEGATIVE + 1];
+    int32_t nt = a->negative < MAX_NEGATIVE ? a->negative : MAX_NEGATIVE;
+    targets[0] = target;
+    for (int32_t d = 1; d <= nt; d++) {
+        targets[d] = draw_negative(a, rng);
+        __builtin_prefetch(a->syn1neg + (int64_t)targets[d] * D);
+    }
+    for (int32_t d = 0; d <= nt; d++) {
+        int32_t t = targets[d];
         float label = 1.0f;
         if (d > 0) {
-            t = draw_negative(a, rng);
             if (t == target) continue;
             label = 0.0f;
         }
@@ -103,8 +124,7 @@ static void predict(const W2VArgs *a, const float *h, int32_t target, float alph
         else if (f <= -MAX_EXP) s = 0.0f;
         else s = exp_table[(int)((f + MAX_EXP) * (EXP_TABLE_SIZE / MAX_EXP / 2))];
         float g = (label - s) * alpha;
-        axpy(g, row, work, D);
-        axpy(g, h, row, D);
+        update_pair(g, row, h, work, D);
     }
 }
 

@@ -54,6 +54,8 @@ def _ptr(a):
 def train(vocab: vocab_mod.Vocab, corpus: vocab_mod.Corpus, s: TrainSettings, progress: bool = True) -> WordVectors:
     if s.hs == 0 and s.negative <= 0:
         raise ValueError("one of hs=1 or negative>0 is needed")
+    if s.negative > 64:  # the C kernel's fixed buffer of drawn negatives
+        raise ValueError(f"negative must be <= 64, got {s.negative}")
     v, d = len(vocab), s.vector_size
     lib = kernel.load()
     sub_start = sub_idx = None
