@@ -3,10 +3,17 @@ from __future__ import annotations
 
 from llmlab.ablate.grid import AblateConfig
 from llmlab.ablate.longctx import LongCtxConfig
-from llmlab.verb import Verb
+from llmlab.verb import Verb, verb
+
+VERBS: dict[str, Verb] = {}
 
 
+@verb(VERBS, "longctx", LongCtxConfig)
 def run_longctx(cfg: LongCtxConfig) -> int:
+    """train at context T, then passkey retrieval + loss by position at 1-8x T for RoPE scalings
+
+    Example: llmlab longctx   (or: llmlab longctx quick=true output_dir=runs/longctx-quick)
+    """
     from llmlab.ablate.longctx import run
     from llmlab.device import setup_threads
 
@@ -18,7 +25,13 @@ def run_longctx(cfg: LongCtxConfig) -> int:
     return 0
 
 
+@verb(VERBS, "ablate", AblateConfig)
 def run_ablate(cfg: AblateConfig) -> int:
+    """train a grid of small models (norms, MLPs, positions, attention, MoE, objectives, encoder-decoder) at equal
+    FLOPs, 3 seeds; held-out bits-per-byte (+ span infilling) table + plot
+
+    Example: llmlab ablate quick=true   (or: llmlab ablate groups=mlp,position seeds=0,1,2)
+    """
     from llmlab.ablate.grid import run
     from llmlab.device import setup_threads
 
@@ -28,14 +41,3 @@ def run_ablate(cfg: AblateConfig) -> int:
           f"(rerun the same command to continue a partial grid)")
     print(open(f"{cfg.output_dir}/table.md").read())
     return 0
-
-
-VERBS = {
-    "ablate": Verb(AblateConfig, run_ablate,
-                   "train a grid of small models (norms, MLPs, positions, attention, MoE, objectives, encoder-decoder) "
-                   "at equal FLOPs, 3 seeds; held-out bits-per-byte (+ span infilling) table + plot",
-                   "llmlab ablate quick=true   (or: llmlab ablate groups=mlp,position seeds=0,1,2)"),
-    "longctx": Verb(LongCtxConfig, run_longctx,
-                    "train at context T, then passkey retrieval + loss by position at 1-8x T for RoPE scalings",
-                    "llmlab longctx   (or: llmlab longctx quick=true output_dir=runs/longctx-quick)"),
-}

@@ -14,8 +14,10 @@ from llmlab.align.grpo import GRPOConfig
 from llmlab.align.ppo import PPOConfig
 from llmlab.align.preference_trainer import PreferenceConfig
 from llmlab.align.reward_model import RewardConfig
-from llmlab.verb import Verb
+from llmlab.verb import Verb, verb
 from llmlab.errors import UserError
+
+VERBS: dict[str, Verb] = {}
 
 
 @dataclass
@@ -148,7 +150,12 @@ def _prompt_rows(n: int, seed: int, tok, chat: bool) -> list[dict]:
     return rows
 
 
+@verb(VERBS, "reward", RewardRun)
 def run_reward(cfg: RewardRun) -> int:
+    """train a reward model (Bradley-Terry or Plackett-Luce) and report held-out pairwise accuracy
+
+    Example: llmlab reward configs/align_reward.yaml
+    """
     from llmlab.align.reward_model import RewardModel, pairwise_accuracy, train_reward_model
     from llmlab.checkpoint import save_tensors
 
@@ -181,7 +188,12 @@ def load_reward_model(path: str, tokenizer: str = ""):
     return rm.eval(), tok
 
 
+@verb(VERBS, "dpo", DPORun)
 def run_dpo(cfg: DPORun) -> int:
+    """offline preference training: DPO, IPO, KTO or ORPO (loss_type=...)
+
+    Example: llmlab dpo configs/align_dpo.yaml loss_type=ipo
+    """
     from llmlab.align.preference_data import BUILTIN
     from llmlab.align.preference_trainer import PreferenceTrainer, logprob_preference_accuracy
 
@@ -211,7 +223,12 @@ def _reward_fn(name: str):
     return REWARDS[name]
 
 
+@verb(VERBS, "grpo", GRPORun)
 def run_grpo(cfg: GRPORun) -> int:
+    """GRPO with verifiable arithmetic rewards and a k3 KL to the reference
+
+    Example: llmlab grpo configs/align_grpo.yaml
+    """
     from llmlab.align.grpo import GRPOTrainer, mean_reward
     from llmlab.align.rewards import exact_match_reward
 
@@ -243,7 +260,12 @@ def run_grpo(cfg: GRPORun) -> int:
     return 0
 
 
+@verb(VERBS, "ppo", PPORun)
 def run_ppo(cfg: PPORun) -> int:
+    """PPO-RLHF: policy, critic, frozen reference, reward model or verifiable reward
+
+    Example: llmlab ppo configs/align_ppo.yaml
+    """
     from llmlab.align.grpo import mean_reward
     from llmlab.align.ppo import PPOTrainer, reward_model_score_fn, verifiable_score_fn
     from llmlab.align.reward_model import RewardModel, RewardScorer
@@ -278,7 +300,12 @@ def run_ppo(cfg: PPORun) -> int:
     return 0
 
 
+@verb(VERBS, "cai", CAIRun)
 def run_cai(cfg: CAIRun) -> int:
+    """Constitutional AI: critique -> revision SFT data and AI preference labels
+
+    Example: llmlab cai configs/align_cai.yaml
+    """
     from pathlib import Path
 
     from llmlab.align.cai import DEFAULT_PROMPTS, LocalLLM, ai_preferences, critique_revise
@@ -336,9 +363,15 @@ def _merge_section(hp: dict, sec: str, given: dict) -> dict:
     return apply_overrides(hp, [f"{sec}.{k}={v}" for k, v in given.items() if k not in typed])
 
 
+@verb(VERBS, "align results", AlignResultsRun)
 def run_align_results(cfg: AlignResultsRun) -> int:
-    """Sections missing from the config come from configs/align_results.yaml (in a source checkout);
-    for model=speedrun the `speedrun` section's overrides apply last."""
+    """the published alignment results: every method x seed from the SFT model, held-out eval
+
+    Example: llmlab align results configs/align_results.yaml model=smollm2 seeds=[0]
+
+    Sections missing from the config come from configs/align_results.yaml (in a source checkout);
+    for model=speedrun the `speedrun` section's overrides apply last.
+    """
     from llmlab.align.recipe import RECIPE, SECTIONS, load_hp, results, results_table, write_results
     from llmlab.config import load_yaml
     from llmlab.device import setup_threads
@@ -357,20 +390,3 @@ def run_align_results(cfg: AlignResultsRun) -> int:
     print(results_table(res))
     print(f"wrote {write_results(res, cfg.output_dir)}")
     return 0
-
-
-VERBS = {
-    "align results": Verb(AlignResultsRun, run_align_results,
-                          "the published alignment results: every method x seed from the SFT model, held-out eval",
-                          "llmlab align results configs/align_results.yaml model=smollm2 seeds=[0]"),
-    "reward": Verb(RewardRun, run_reward, "train a reward model (Bradley-Terry or Plackett-Luce) and report "
-                   "held-out pairwise accuracy", "llmlab reward configs/align_reward.yaml"),
-    "dpo": Verb(DPORun, run_dpo, "offline preference training: DPO, IPO, KTO or ORPO (loss_type=...)",
-                "llmlab dpo configs/align_dpo.yaml loss_type=ipo"),
-    "grpo": Verb(GRPORun, run_grpo, "GRPO with verifiable arithmetic rewards and a k3 KL to the reference",
-                 "llmlab grpo configs/align_grpo.yaml"),
-    "ppo": Verb(PPORun, run_ppo, "PPO-RLHF: policy, critic, frozen reference, reward model or verifiable reward",
-                "llmlab ppo configs/align_ppo.yaml"),
-    "cai": Verb(CAIRun, run_cai, "Constitutional AI: critique -> revision SFT data and AI preference labels",
-                "llmlab cai configs/align_cai.yaml"),
-}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmlab.verb import Verb
+from llmlab.verb import Verb, verb
 from llmlab.errors import UserError
+
+VERBS: dict[str, Verb] = {}
 
 PRUNE_METHODS = ("magnitude", "wanda", "2:4", "owl", "heads", "channels", "layers", "lowrank")
 
@@ -89,7 +91,12 @@ def _recover(model, masks, calib, steps: int, lr: float) -> None:
     model.eval()
 
 
+@verb(VERBS, "prune", PruneConfig)
 def run_prune(cfg: PruneConfig) -> int:
+    """pruning: magnitude, Wanda, OWL, 2:4, heads/channels/layers, SVD low-rank (+ recovery)
+
+    Example: llmlab prune model=smollm2 method=wanda sparsity=0.5 recovery_steps=20
+    """
     import copy
 
     import torch
@@ -251,7 +258,12 @@ def _train_student(student, data, teacher_fn, cfg: DistillConfig, alpha: float, 
             print(f"step {step}: loss {float(loss):.4f}", flush=True)
 
 
+@verb(VERBS, "distill", DistillConfig)
 def run_distill(cfg: DistillConfig) -> int:
+    """logit knowledge distillation from a teacher into a small student
+
+    Example: llmlab distill teacher=smollm2 max_steps=200 alpha=0.5 temperature=2 teacher_topk=64 seeds=0,1,2
+    """
     import json
     import statistics
 
@@ -300,11 +312,3 @@ def run_distill(cfg: DistillConfig) -> int:
         from llmlab.model.hf import save_hf_dir
         save_hf_dir(student, cfg.output_dir)
     return 0
-
-
-VERBS = {
-    "prune": Verb(PruneConfig, run_prune, "pruning: magnitude, Wanda, OWL, 2:4, heads/channels/layers, SVD low-rank (+ recovery)",
-                  "llmlab prune model=smollm2 method=wanda sparsity=0.5 recovery_steps=20"),
-    "distill": Verb(DistillConfig, run_distill, "logit knowledge distillation from a teacher into a small student",
-                    "llmlab distill teacher=smollm2 max_steps=200 alpha=0.5 temperature=2 teacher_topk=64 seeds=0,1,2"),
-}

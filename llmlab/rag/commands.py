@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from llmlab.verb import Verb
-from llmlab.errors import UserError
+from llmlab.verb import Verb, verb
+from llmlab.errors import UserError, require
 from llmlab.serve.retrieval import RAG_BACKENDS
+
+VERBS: dict[str, Verb] = {}
 
 
 @dataclass
@@ -69,13 +71,17 @@ def _documents(cfg: RagIndexConfig):
                 break
             docs.append(Document(f"{cfg.source}:{i}", text, text.split(".")[0][:80]))
         return docs, []
-    if not cfg.paths:
-        raise UserError("nothing to index: pass paths=DIR_OR_FILES or source=wiki_en")
+    require(cfg.paths, "nothing to index: pass paths=DIR_OR_FILES or source=wiki_en")
     res = load_paths(cfg.paths)
     return res.documents, res.skipped
 
 
+@verb(VERBS, "rag index", RagIndexConfig)
 def run_index(cfg: RagIndexConfig) -> int:
+    """index documents (SQLite + FTS5 + FAISS; incremental by content hash)
+
+    Example: llmlab rag index index=wiki_idx source=wiki_en limit=2000
+    """
     from llmlab.rag.index import RagIndex
     docs, skipped = _documents(cfg)
     if not docs and skipped:  # e.g. one non-UTF-8 file: say so once, and never prune an index on it
@@ -106,10 +112,14 @@ def _language_note(idx, query: str) -> str:
     return language_note(idx, query)
 
 
+@verb(VERBS, "rag query", RagQueryConfig)
 def run_query(cfg: RagQueryConfig) -> int:
+    """retrieve chunks: hybrid (RRF of MiniLM + BM25), dense, bm25 or fts
+
+    Example: llmlab rag query index=wiki_idx query="Who painted the Mona Lisa?"
+    """
     from llmlab.rag.index import RagIndex
-    if not cfg.query:
-        raise UserError('query is empty: pass query="..."')
+    require(cfg.query, 'query is empty: pass query="..."')
     idx = RagIndex(cfg.index)
     try:
         note = _language_note(idx, cfg.query)
@@ -125,14 +135,18 @@ def run_query(cfg: RagQueryConfig) -> int:
     return 0
 
 
+@verb(VERBS, "rag ask", RagAskConfig)
 def run_ask(cfg: RagAskConfig) -> int:
+    """answer a question from the index with [n] citations
+
+    Example: llmlab rag ask index=wiki_idx query="When was the Eiffel Tower built?" rerank=10
+    """
     from llmlab.infer.generate import stream_text
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     from llmlab.infer.sampling import SamplingParams
     from llmlab.rag.answer import add_citations, messages, rerank
     from llmlab.rag.index import RagIndex
-    if not cfg.query:
-        raise UserError('query is empty: pass query="..."')
+    require(cfg.query, 'query is empty: pass query="..."')
     idx = RagIndex(cfg.index)
     try:
         note = _language_note(idx, cfg.query)
@@ -156,7 +170,12 @@ def run_ask(cfg: RagAskConfig) -> int:
     return 0
 
 
+@verb(VERBS, "rag delete", RagDeleteConfig)
 def run_delete(cfg: RagDeleteConfig) -> int:
+    """remove sources from an index
+
+    Example: llmlab rag delete index=wiki_idx sources=docs/a.md
+    """
     from llmlab.rag.index import RagIndex
     idx = RagIndex(cfg.index)
     try:
@@ -166,7 +185,12 @@ def run_delete(cfg: RagDeleteConfig) -> int:
     return 0
 
 
+@verb(VERBS, "rag eval", RagEvalConfig)
 def run_eval(cfg: RagEvalConfig) -> int:
+    """held-out retrieval recall@k/nDCG@10 and cloze F1, closed-book vs retrieval
+
+    Example: llmlab rag eval docs=2000 n=200 n_qa=50
+    """
     import json
 
     from llmlab.eval.data import wiki_extracts
@@ -188,20 +212,6 @@ def run_eval(cfg: RagEvalConfig) -> int:
     finally:
         idx.close()
     return 0
-
-
-VERBS = {
-    "rag eval": Verb(RagEvalConfig, run_eval, "held-out retrieval recall@k/nDCG@10 and cloze F1, closed-book vs retrieval",
-                     "llmlab rag eval docs=2000 n=200 n_qa=50"),
-    "rag index": Verb(RagIndexConfig, run_index, "index documents (SQLite + FTS5 + FAISS; incremental by content hash)",
-                      "llmlab rag index index=wiki_idx source=wiki_en limit=2000"),
-    "rag query": Verb(RagQueryConfig, run_query, "retrieve chunks: hybrid (RRF of MiniLM + BM25), dense, bm25 or fts",
-                      'llmlab rag query index=wiki_idx query="Who painted the Mona Lisa?"'),
-    "rag ask": Verb(RagAskConfig, run_ask, "answer a question from the index with [n] citations",
-                    'llmlab rag ask index=wiki_idx query="When was the Eiffel Tower built?" rerank=10'),
-    "rag delete": Verb(RagDeleteConfig, run_delete, "remove sources from an index",
-                       "llmlab rag delete index=wiki_idx sources=docs/a.md"),
-}
 
 
 def _serve_backend(path: str):

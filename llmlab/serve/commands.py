@@ -5,9 +5,11 @@ import signal
 import threading
 from dataclasses import dataclass, field
 
-from llmlab.verb import Verb
+from llmlab.verb import Verb, verb
 from llmlab.errors import UserError
 from llmlab.infer.engine import EngineConfig
+
+VERBS: dict[str, Verb] = {}
 
 
 @dataclass
@@ -109,7 +111,12 @@ def _draining_server(uvicorn, config, worker, drain_timeout: float, log):
     return DrainingServer(config)
 
 
+@verb(VERBS, "serve", ServeConfig)
 def run_serve(cfg: ServeConfig) -> int:
+    """OpenAI-compatible server (/v1/chat/completions, /v1/completions) + web chat
+
+    Example: llmlab serve configs/serve_smollm2.yaml port=8000
+    """
     import uvicorn
 
     from llmlab.log import get_logger
@@ -129,9 +136,3 @@ def run_serve(cfg: ServeConfig) -> int:
         raise UserError(f"cannot listen on {cfg.host}:{cfg.port} (in use?)")
     log.info("server stopped")
     return 0
-
-
-VERBS = {
-    "serve": Verb(ServeConfig, run_serve, "OpenAI-compatible server (/v1/chat/completions, /v1/completions) + web chat",
-                  "llmlab serve configs/serve_smollm2.yaml port=8000"),
-}

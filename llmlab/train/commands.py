@@ -10,10 +10,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmlab.verb import Verb
+from llmlab.verb import Verb, verb
 from llmlab.config import is_explicit
-from llmlab.errors import UserError
+from llmlab.errors import UserError, require
 from llmlab.train.config import TrainConfig
+
+VERBS: dict[str, Verb] = {}
 
 
 @dataclass
@@ -34,7 +36,6 @@ class TrainCommandConfig(TrainConfig):
 
 # training loops of later stages, by strategy name (llmlab.distributed.commands fills it: no backward import)
 TRAIN_LOOPS: dict = {}
-
 
 
 def tokenizer_files(path: str) -> dict[str, str]:
@@ -77,8 +78,7 @@ def _bytes_per_token(val_dir: Path, val_tokens: int) -> float:
 def _loaders(cfg: TrainCommandConfig, rank: int, world: int):
     """(train_loader, val_loader, vocab_size, eos_id, bytes_per_token)."""
     p = Path(cfg.data)
-    if not cfg.data:
-        raise UserError("data is required: a token-shard dir (llmlab data tokenize) or a .txt file")
+    require(cfg.data, "data is required: a token-shard dir (llmlab data tokenize) or a .txt file")
     if not p.exists():
         raise UserError(f"data not found: {p}")
     B, T = cfg.per_device_train_batch_size, cfg.max_length
@@ -148,7 +148,12 @@ def _apply_preset(cfg: TrainCommandConfig, vocab: int, world: int):
     return s
 
 
+@verb(VERBS, "train", TrainCommandConfig)
 def run_train(cfg: TrainCommandConfig) -> int:
+    """pretrain a Transformer (AdamW, schedules, DDP via torchrun, exact resume, spike guard)
+
+    Example: llmlab train data=runs/data/tokens preset=cpu output_dir=runs/pretrain
+    """
     import torch
 
     from llmlab.device import resolve_device, setup_threads
@@ -203,10 +208,3 @@ def run_train(cfg: TrainCommandConfig) -> int:
     finally:
         D.cleanup(info)
     return 0
-
-
-VERBS = {
-    "train": Verb(TrainCommandConfig, run_train,
-                  "pretrain a Transformer (AdamW, schedules, DDP via torchrun, exact resume, spike guard)",
-                  "llmlab train data=runs/data/tokens preset=cpu output_dir=runs/pretrain"),
-}
