@@ -47,16 +47,27 @@ class _Base(torch.optim.Optimizer):
         return loss
 
 
-class Adam(_Base):
-    decoupled = False
+class _AdamFamily(_Base):
+    """The hyperparameters Adam, AdamW and Adamax share (lr, betas, eps, weight_decay), checked once."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params, lr, betas, eps, weight_decay):
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"invalid {type(self).__name__} hyperparameters lr={lr} betas={betas} eps={eps}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
+    @staticmethod
+    def hyper(group) -> tuple:
+        return group["lr"], group["betas"], group["eps"], group["weight_decay"]
+
+
+class Adam(_AdamFamily):
+    decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
     def _update(self, group, p, state):
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        lr, (b1, b2), eps, wd = self.hyper(group)
         g = p.grad
         if not state:
             state["step"] = torch.tensor(0.0)
@@ -84,14 +95,12 @@ class AdamW(Adam):
         super().__init__(params, lr, betas, eps, weight_decay)
 
 
-class Adamax(_Base):
+class Adamax(_AdamFamily):
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"invalid Adamax hyperparameters lr={lr} betas={betas} eps={eps}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(params, lr, betas, eps, weight_decay)
 
     def _update(self, group, p, state):
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        lr, (b1, b2), eps, wd = self.hyper(group)
         g = p.grad if not wd else p.grad + wd * p
         if not state:
             state["step"] = torch.tensor(0.0)
