@@ -89,8 +89,8 @@ def run_index(cfg: RagIndexConfig) -> int:
                         + (f"; and {len(skipped) - 1} more" if len(skipped) > 1 else "") + ")")
     for path, why in skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
-    idx = RagIndex(cfg.index, create=True, chunking=cfg.chunking, chunk_size=cfg.chunk_size, chunk_overlap=cfg.chunk_overlap)
-    try:
+    with RagIndex(cfg.index, create=True, chunking=cfg.chunking, chunk_size=cfg.chunk_size,
+                  chunk_overlap=cfg.chunk_overlap) as idx:
         with _progress(len(docs), "indexing") as bar:
             stats = idx.add(docs, progress=bar.update)
         if cfg.prune and cfg.paths:
@@ -102,8 +102,6 @@ def run_index(cfg: RagIndexConfig) -> int:
         idx.store.vector_index(idx.store.get_meta("dim"))  # save the FAISS file now, not at first query
         print(f"{cfg.index}: {stats} skipped={len(skipped)}; {idx.store.count('sources')} sources, "
               f"{idx.store.count('chunks')} chunks")
-    finally:
-        idx.close()
     return 0
 
 
@@ -120,8 +118,7 @@ def run_query(cfg: RagQueryConfig) -> int:
     """
     from llmlab.rag.index import RagIndex
     require(cfg.query, 'query is empty: pass query="..."')
-    idx = RagIndex(cfg.index)
-    try:
+    with RagIndex(cfg.index) as idx:
         note = _language_note(idx, cfg.query)
         if note:
             print(f"note: {note}", file=sys.stderr)
@@ -130,8 +127,6 @@ def run_query(cfg: RagQueryConfig) -> int:
             print(f"no chunk matches (mode={cfg.mode})")
         for i, h in enumerate(hits, 1):
             print(f"[{i}] {h.score:.4f} {h.source} ({h.title}) chars {h.start}-{h.end}\n    {h.text[:200]!r}")
-    finally:
-        idx.close()
     return 0
 
 
@@ -147,8 +142,7 @@ def run_ask(cfg: RagAskConfig) -> int:
     from llmlab.rag.answer import add_citations, messages, rerank
     from llmlab.rag.index import RagIndex
     require(cfg.query, 'query is empty: pass query="..."')
-    idx = RagIndex(cfg.index)
-    try:
+    with RagIndex(cfg.index) as idx:
         note = _language_note(idx, cfg.query)
         hits = idx.search(cfg.query, max(cfg.k, cfg.rerank), cfg.mode)
         model, tok = load_model_and_tokenizer(cfg.model)
@@ -165,8 +159,6 @@ def run_ask(cfg: RagAskConfig) -> int:
         for i, h in enumerate(hits, 1):
             mark = "*" if i in cited.cited else " "
             print(f"{mark}[{i}] {h.source} ({h.title}) chars {h.start}-{h.end}: {h.text[:120]!r}")
-    finally:
-        idx.close()
     return 0
 
 
@@ -177,11 +169,8 @@ def run_delete(cfg: RagDeleteConfig) -> int:
     Example: llmlab rag delete index=wiki_idx sources=docs/a.md
     """
     from llmlab.rag.index import RagIndex
-    idx = RagIndex(cfg.index)
-    try:
+    with RagIndex(cfg.index) as idx:
         print(f"deleted {idx.delete(cfg.sources)} of {len(cfg.sources)} sources")
-    finally:
-        idx.close()
     return 0
 
 
@@ -199,8 +188,7 @@ def run_eval(cfg: RagEvalConfig) -> int:
     from llmlab.rag.loaders import Document
     ex = wiki_extracts()[:cfg.docs]
     sources = [f"wiki:{e['title']}" for e in ex]
-    idx = RagIndex(cfg.index, create=True)
-    try:
+    with RagIndex(cfg.index, create=True) as idx:
         with _progress(len(ex), "indexing") as bar:
             idx.add([Document(s, e["extract"], e["title"]) for s, e in zip(sources, ex)], progress=bar.update)
         model = tok = None
@@ -209,8 +197,6 @@ def run_eval(cfg: RagEvalConfig) -> int:
             model, tok = load_model_and_tokenizer(cfg.model)
         res = evaluate_index(idx, [e["extract"] for e in ex], sources, cfg.n, cfg.seed, model=model, tok=tok, n_qa=cfg.n_qa)
         print(json.dumps(res))
-    finally:
-        idx.close()
     return 0
 
 

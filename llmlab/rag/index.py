@@ -167,5 +167,11 @@ class RagIndex:
         rows = self.store.chunk_rows([i for i, _ in ranked])
         return [Hit(i, s, *rows[i]) for i, s in ranked if i in rows]
 
+    def __enter__(self) -> "RagIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         self.store.close()

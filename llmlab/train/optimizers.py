@@ -59,6 +59,16 @@ class _AdamFamily(_Base):
     def hyper(group) -> tuple:
         return group["lr"], group["betas"], group["eps"], group["weight_decay"]
 
+    @staticmethod
+    def next_step(state: dict, p: torch.Tensor, *moments: str) -> float:
+        """Count this step (t, from 1); the named moment buffers start at zero."""
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            for name in moments:
+                state[name] = torch.zeros_like(p)
+        state["step"] += 1
+        return float(state["step"])
+
 
 class Adam(_AdamFamily):
     decoupled = False
@@ -69,12 +79,7 @@ class Adam(_AdamFamily):
     def _update(self, group, p, state):
         lr, (b1, b2), eps, wd = self.hyper(group)
         g = p.grad
-        if not state:
-            state["step"] = torch.tensor(0.0)
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
-        state["step"] += 1
-        t = float(state["step"])
+        t = self.next_step(state, p, "exp_avg", "exp_avg_sq")
         if wd:
             if self.decoupled:
                 p.mul_(1 - lr * wd)
@@ -102,12 +107,7 @@ class Adamax(_AdamFamily):
     def _update(self, group, p, state):
         lr, (b1, b2), eps, wd = self.hyper(group)
         g = p.grad if not wd else p.grad + wd * p
-        if not state:
-            state["step"] = torch.tensor(0.0)
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_inf"] = torch.zeros_like(p)
-        state["step"] += 1
-        t = float(state["step"])
+        t = self.next_step(state, p, "exp_avg", "exp_inf")
         m, u = state["exp_avg"], state["exp_inf"]
         m.mul_(b1).add_(g, alpha=1 - b1)
         torch.maximum(u * b2, g.abs() + eps, out=u)

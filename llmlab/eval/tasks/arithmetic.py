@@ -11,6 +11,7 @@ import random
 from collections import Counter
 
 from llmlab.eval.answers import last_integer_text
+from llmlab.eval.tasks.base import Task
 
 _NAMES = ["Ana", "Ben", "Chen", "Dana", "Eli", "Fatima", "Goro", "Hana", "Ivan", "Jia"]
 _OBJECTS = ["apples", "books", "coins", "pencils", "stickers", "marbles", "cookies", "cards"]
@@ -47,12 +48,7 @@ def last_int(text: str) -> str:
     return last_integer_text(text) or ""
 
 
-class Arithmetic:
-    kind = "generate"
-    name = "arithmetic"
-    version = "1"
-    default_limit = 50
-
+class Arithmetic(Task, kind="generate", name="arithmetic", default_limit=50):
     def items(self, limit: int | None, seed: int) -> list[dict]:
         shot_rng = random.Random(seed + 7919)
         shots = [make_problem(shot_rng) for _ in range(3)]
