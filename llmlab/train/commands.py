@@ -69,8 +69,8 @@ def _bytes_per_token(val_dir: Path, val_tokens: int) -> float:
             return meta["num_bytes"] / meta["num_tokens"]
     for cand in (val_dir.parent.parent / "val.jsonl", val_dir.parent / "val.jsonl"):
         if cand.is_file() and val_tokens:
-            n = sum(len(json.loads(line).get("text", "").encode("utf-8"))
-                    for line in cand.open(encoding="utf-8") if line.strip())
+            from llmlab.data.packages import iter_jsonl
+            n = sum(len(rec.get("text", "").encode("utf-8")) for rec in iter_jsonl(cand))
             return n / val_tokens
     return 0.0
 

@@ -1,0 +1,40 @@
+"""The layout rule of docs/GUIDE (short files): no module over 400 lines and no function over 100
+lines, unless a comment at its top says why ("# over 400 lines: ..." / "# over 100 lines: ...")."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import llmlab
+
+PACKAGE = Path(llmlab.__file__).parent
+
+
+def long_places(root: Path, module_max: int = 400, function_max: int = 100) -> list[str]:
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        src = path.read_text(encoding="utf-8")
+        lines = src.splitlines()
+        if len(lines) > module_max and not any(f"over {module_max} lines" in line for line in lines[:30]):
+            out.append(f"{path.relative_to(root)}: {len(lines)} lines")
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                head = lines[node.lineno - 1:node.body[0].lineno + 1]
+                if length > function_max and not any(f"over {function_max} lines" in line for line in head):
+                    out.append(f"{path.relative_to(root)}:{node.lineno} {node.name}: {length} lines")
+    return out
+
+
+def test_no_long_module_or_function_without_a_reason():
+    assert long_places(PACKAGE) == []
+
+
+def test_the_check_finds_a_long_function(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(101))
+    (tmp_path / "m.py").write_text(f"def f():\n{body}\n")
+    assert long_places(tmp_path) == ["m.py:1 f: 102 lines"]
+    (tmp_path / "m.py").write_text(f"def f():\n    # over 100 lines: a table\n{body}\n")
+    assert long_places(tmp_path) == []
+    (tmp_path / "m.py").write_text("\n" * 401)
+    assert long_places(tmp_path) == ["m.py: 401 lines"]
