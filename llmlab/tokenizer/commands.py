@@ -27,7 +27,7 @@ def open_tokenizer(ref: str):
     from llmlab.tokenizer.bpe import load_tokenizer
 
     if ref.lower() == "smollm2":
-        from llmlab.model.load import packaged_path
+        from llmlab.data.packages import packaged_path
         return load_tokenizer(packaged_path("smollm2"))
     if not Path(ref).exists():
         raise UserError(f"tokenizer not found: '{ref}' (a tokenizer dir, tokenizer.json, .gguf or 'smollm2')")
