@@ -18,6 +18,8 @@ import torch
 from llmlab.errors import UserError
 from llmlab.multimodal import data as mmdata
 from llmlab.multimodal.clip import CLIP, ClipConfig, TextConfig, contrastive_loss
+from llmlab.multimodal.losses import caption_targets
+from llmlab.multimodal.momentum import distilled_clip_loss, ema_update, momentum_copy
 from llmlab.multimodal.evaluate import (DIGIT_EVAL_TEMPLATES, DIGIT_TRAIN_TEMPLATES, SHAPE_EVAL_TEMPLATES,
                                         retrieval, zero_shot_accuracy)
 from llmlab.multimodal.vit import ViTConfig
@@ -37,6 +39,12 @@ class ContrastiveConfig:
     warmup_steps: int = field(default=20, metadata={"help": "linear warmup steps"})
     train_limit: int = field(default=0, metadata={"help": "use only the first N training images (0: all)"})
     seed: int = field(default=0, metadata={"help": "weights, batches and captions"})
+    positives: str = field(default="pair", metadata={
+        "help": "pair: only image i's own caption is its positive (CLIP); caption: every pair with an identical "
+                "caption is a positive too; label: every pair of the same class (digits)"})
+    momentum_alpha: float = field(default=0.0, metadata={
+        "help": "ALBEF/BLIP momentum distillation: weight of the EMA model's soft targets (0: off; CLIP only)"})
+    momentum: float = field(default=0.995, metadata={"help": "EMA decay of the momentum model"})
     vision: ViTConfig = field(default_factory=lambda: ViTConfig(image_size=8, patch_size=2, in_chans=1, pool="mean"))
     text: TextConfig = field(default_factory=TextConfig)
     embed_dim: int = field(default=64, metadata={"help": "shared embedding size"})
@@ -88,6 +96,12 @@ class ContrastiveTrainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.captions = caption_sampler(ds, random.Random(cfg.seed))
         self.step, self.losses = 0, []
+        self.ema = momentum_copy(model) if cfg.momentum_alpha > 0 else None
+
+    def targets(self, idx: torch.Tensor, caps: list[str]) -> torch.Tensor | None:
+        if self.cfg.positives == "pair":
+            return None
+        return caption_targets(caps if self.cfg.positives == "caption" else [str(v) for v in self.ds.labels[idx].tolist()])
 
     def run(self, n: int) -> tuple[int, float]:
         cfg, seen = self.cfg, 0
@@ -99,10 +113,19 @@ class ContrastiveTrainer:
             idx = torch.unique(idx)
             for g in self.opt.param_groups:
                 g["lr"] = lr_at(self.step, cfg.learning_rate, cfg.warmup_steps, cfg.max_steps)
-            loss = contrastive_loss(self.model(self.ds.images[idx], self.tokenize(self.captions(idx.tolist()))))
+            caps = self.captions(idx.tolist())
+            images, ids, targets = self.ds.images[idx], self.tokenize(caps), self.targets(idx, caps)
+            if self.ema is None:
+                loss = contrastive_loss(self.model(images, ids), targets)
+            else:
+                with torch.no_grad():
+                    out_m = self.ema(images, ids)
+                loss = distilled_clip_loss(self.model(images, ids), out_m, cfg.momentum_alpha, targets)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
+            if self.ema is not None:
+                ema_update(self.model, self.ema, cfg.momentum)
             self.losses.append(loss.item())
             self.step += 1
             seen += len(idx)
@@ -110,6 +133,12 @@ class ContrastiveTrainer:
 
 
 def build_model(cfg: ContrastiveConfig) -> CLIP:
+    if cfg.positives not in ("pair", "caption", "label"):
+        raise UserError(f"positives must be pair, caption or label, got '{cfg.positives}'")
+    if cfg.momentum_alpha and (cfg.model != "clip" or not 0 < cfg.momentum_alpha < 1):
+        raise UserError(f"momentum_alpha={cfg.momentum_alpha}: momentum distillation needs model=clip and 0 < alpha < 1")
+    if cfg.positives == "label" and cfg.dataset not in ("digits", "mnist"):
+        raise UserError(f"positives=label needs one class per caption (digits, mnist), not {cfg.dataset}")
     if cfg.model not in ("clip", "siglip"):
         raise UserError(f"model must be clip or siglip for contrastive training, got '{cfg.model}'")
     torch.manual_seed(cfg.seed)
