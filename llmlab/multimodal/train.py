@@ -38,6 +38,8 @@ class ContrastiveConfig:
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on norms/biases/temperature)"})
     warmup_steps: int = field(default=20, metadata={"help": "linear warmup steps"})
     train_limit: int = field(default=0, metadata={"help": "use only the first N training images (0: all)"})
+    validation: int = field(default=0, metadata={
+        "help": "hold out the last N training images and score on them instead of the test split (choose settings here)"})
     seed: int = field(default=0, metadata={"help": "weights, batches and captions"})
     positives: str = field(default="pair", metadata={
         "help": "pair: only image i's own caption is its positive (CLIP); caption: every pair with an identical "
@@ -63,7 +65,13 @@ def load_split(cfg: ContrastiveConfig, split: str) -> mmdata.ImageSet:
         raise UserError(f"unknown dataset '{cfg.dataset}': choose one of {', '.join(NATIVE)}")
     check_vision_fits(cfg.vision, cfg.dataset)
     kw = {"n": 4000 if split == "train" else 1000, "seed": 0} if cfg.dataset == "scenes" else {}
-    ds = mmdata.load(cfg.dataset, split, **kw)
+    ds = mmdata.load(cfg.dataset, "train" if cfg.validation else split, **kw)
+    if cfg.validation:
+        if not 0 < cfg.validation < len(ds):
+            raise UserError(f"validation={cfg.validation} must be below the {len(ds)} training images")
+        cut = len(ds) - cfg.validation
+        ds = ds.subset(cut) if split == "train" else mmdata.ImageSet(
+            ds.images[cut:], ds.labels[cut:], ds.class_names, ds.captions[cut:], ds.name, ds.qa[cut:])
     return ds.subset(cfg.train_limit) if split == "train" and cfg.train_limit else ds
 
 
