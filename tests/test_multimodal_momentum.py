@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -108,3 +109,21 @@ def test_capfilt_keeps_matches_and_drops_planted_noise():
     assert all(truth[i] == t for i, t, _src in out["pairs"] if i != 0)
     q = filter_quality(out["web_kept"], bad)
     assert q["clean_kept"] == 1.0 and q["bad_removed"] == (5 / 6 if bad[0] else 1.0)
+
+
+def test_validation_split_and_extended_templates_never_touch_eval_data():
+    import random
+
+    from llmlab.errors import UserError
+    from llmlab.multimodal import data as mmdata
+    from llmlab.multimodal.evaluate import DIGIT_EVAL_TEMPLATES
+    from llmlab.multimodal.train import ContrastiveConfig, caption_sampler, load_split
+    cfg = ContrastiveConfig(validation=100)
+    train, val, full = load_split(cfg, "train"), load_split(cfg, "test"), mmdata.digits("train")
+    assert len(train) + len(val) == len(full) and torch.equal(val.images, full.images[-100:])
+    assert torch.equal(train.images, full.images[:-100])
+    caps = caption_sampler(train, random.Random(0), "extended")(list(range(len(train))))
+    heldout = {t.format(n) for t in DIGIT_EVAL_TEMPLATES for n in mmdata.DIGIT_NAMES}
+    assert not heldout & set(caps) and len(set(caps)) > 100  # > 10 digits x 4 base templates
+    with pytest.raises(UserError, match="validation"):
+        load_split(ContrastiveConfig(validation=len(full)), "train")

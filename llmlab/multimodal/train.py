@@ -20,7 +20,8 @@ from llmlab.multimodal import data as mmdata
 from llmlab.multimodal.clip import CLIP, ClipConfig, TextConfig, contrastive_loss
 from llmlab.multimodal.losses import caption_targets
 from llmlab.multimodal.momentum import distilled_clip_loss, ema_update, momentum_copy
-from llmlab.multimodal.evaluate import (DIGIT_EVAL_TEMPLATES, DIGIT_TRAIN_TEMPLATES, SHAPE_EVAL_TEMPLATES,
+from llmlab.multimodal.evaluate import (DIGIT_EVAL_TEMPLATES, DIGIT_EXTRA_TEMPLATES, DIGIT_TRAIN_TEMPLATES,
+                                        SHAPE_EVAL_TEMPLATES,
                                         retrieval, zero_shot_accuracy)
 from llmlab.multimodal.vit import ViTConfig
 
@@ -44,6 +45,8 @@ class ContrastiveConfig:
     positives: str = field(default="pair", metadata={
         "help": "pair: only image i's own caption is its positive (CLIP); caption: every pair with an identical "
                 "caption is a positive too; label: every pair of the same class (digits)"})
+    templates: str = field(default="base", metadata={
+        "help": "digits/mnist training captions: base (4 templates) or extended (12; the 4 eval templates stay held out)"})
     momentum_alpha: float = field(default=0.0, metadata={
         "help": "ALBEF/BLIP momentum distillation: weight of the EMA model's soft targets (0: off; CLIP only)"})
     momentum: float = field(default=0.995, metadata={"help": "EMA decay of the momentum model"})
@@ -75,10 +78,11 @@ def load_split(cfg: ContrastiveConfig, split: str) -> mmdata.ImageSet:
     return ds.subset(cfg.train_limit) if split == "train" and cfg.train_limit else ds
 
 
-def caption_sampler(ds: mmdata.ImageSet, rng: random.Random) -> Callable[[list[int]], list[str]]:
+def caption_sampler(ds: mmdata.ImageSet, rng: random.Random, templates: str = "base") -> Callable[[list[int]], list[str]]:
     """Digits: a random training template per sample; others: the image's own caption."""
     if ds.name in ("digits", "mnist"):
-        return lambda idx: [rng.choice(DIGIT_TRAIN_TEMPLATES).format(ds.class_names[ds.labels[i]]) for i in idx]
+        pool = DIGIT_TRAIN_TEMPLATES + (DIGIT_EXTRA_TEMPLATES if templates == "extended" else [])
+        return lambda idx: [rng.choice(pool).format(ds.class_names[ds.labels[i]]) for i in idx]
     return lambda idx: [ds.captions[i] for i in idx]
 
 
@@ -102,7 +106,7 @@ class ContrastiveTrainer:
         self.model, self.tokenize, self.ds, self.cfg = model, tokenize, ds, cfg
         self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.98))
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.captions = caption_sampler(ds, random.Random(cfg.seed))
+        self.captions = caption_sampler(ds, random.Random(cfg.seed), getattr(cfg, "templates", "base"))
         self.step, self.losses = 0, []
         self.ema = momentum_copy(model) if cfg.momentum_alpha > 0 else None
 
@@ -145,6 +149,8 @@ def build_model(cfg: ContrastiveConfig) -> CLIP:
         raise UserError(f"positives must be pair, caption or label, got '{cfg.positives}'")
     if cfg.momentum_alpha and (cfg.model != "clip" or not 0 < cfg.momentum_alpha < 1):
         raise UserError(f"momentum_alpha={cfg.momentum_alpha}: momentum distillation needs model=clip and 0 < alpha < 1")
+    if cfg.templates not in ("base", "extended"):
+        raise UserError(f"templates must be base or extended, got '{cfg.templates}'")
     if cfg.positives == "label" and cfg.dataset not in ("digits", "mnist"):
         raise UserError(f"positives=label needs one class per caption (digits, mnist), not {cfg.dataset}")
     if cfg.model not in ("clip", "siglip"):
