@@ -61,8 +61,9 @@ class Llava(nn.Module):
         self.end_id = self.tok.encode("<|im_end|>")
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, N patches, LM width)."""
-        with torch.no_grad():
+        """(B, C, H, W) -> (B, N patches, LM width). The encoder gets gradients only once
+        `llmlab mm llava train_vision=true` unfreezes it (stage 2)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.vision.parameters())):
             feats = self.vision.forward_features(images)[:, 1:]
         return self.projector(feats)
 
