@@ -137,6 +137,7 @@ def test_teacher_cache_is_reused_only_for_the_same_windows(tmp_path):
     cached_teacher(path, "k", w, compute)
     out = cached_teacher(path, "k", w, compute)
     assert len(calls) == 1 and torch.equal(out["top_v"], torch.ones(2, 3))
+    assert torch.equal(cached_teacher(path, "k", w[:1], compute)["top_v"], torch.ones(1, 3))  # a prefix
     cached_teacher(path, "k", w + 1, compute)
     cached_teacher(path, "other", w + 1, compute)
     assert len(calls) == 3 and [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]

@@ -123,16 +123,20 @@ def teacher_pass(teacher, data: torch.Tensor, batch_size: int, k: int, layers: l
 
 def cached_teacher(path: str, key: str, data: torch.Tensor, compute) -> dict[str, torch.Tensor]:
     """compute() once; with a path, stored as safetensors (atomic write) with the windows and a key
-    naming everything that shaped it, and reused only when both match."""
+    naming everything that shaped it, and reused only when both match (the stored windows may
+    extend `data`: `token_windows` cuts fewer windows as a prefix of more, so a cache for 200
+    windows serves a run on 100)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
     if path and os.path.exists(path):
         with safe_open(path, "pt") as f:
             if (f.metadata() or {}).get("key") == key:
                 out = {n: f.get_tensor(n) for n in f.keys()}
-                if torch.equal(out.pop("windows"), data):
-                    print(f"teacher targets from {path}")
-                    return out
+                stored, n = out.pop("windows"), len(data)
+                if len(stored) >= n and torch.equal(stored[:n], data):  # the same windows, or a prefix
+                    print(f"teacher targets from {path}" + (f" (first {n} of {len(stored)} windows)"
+                                                            if len(stored) > n else ""))
+                    return {k: v[:n] for k, v in out.items()}
         print(f"{path} was made for other windows or settings: recomputing")
     out = compute()
     if path:
@@ -231,7 +235,7 @@ def run_distill(cfg: DistillConfig) -> int:
         from llmlab.compress.data_free import synthesize
 
         def make():
-            syn = synthesize(teacher, n_train, cfg.seq_len, seed=cfg.seed, exclude=tuple(getattr(tok, "special", {}).values()))
+            syn = synthesize(teacher, n_train, cfg.seq_len, seed=cfg.seed, batch_size=16, exclude=tuple(getattr(tok, "special", {}).values()))
             return {"synthetic": syn, **teacher_pass(teacher, syn, cfg.batch_size, cfg.teacher_topk, layers, att_layer,
                                                           temps)}
         targets = cached_teacher(cfg.teacher_cache, key, real, make)
