@@ -132,12 +132,13 @@ def test_teacher_cache_is_reused_only_for_the_same_windows(tmp_path):
 
     def compute():
         calls.append(1)
-        return {"top_v": torch.ones(2, 3)}
-    w = torch.arange(8).view(2, 4)
-    cached_teacher(path, "k", w, compute)
-    out = cached_teacher(path, "k", w, compute)
-    assert len(calls) == 1 and torch.equal(out["top_v"], torch.ones(2, 3))
-    assert torch.equal(cached_teacher(path, "k", w[:1], compute)["top_v"], torch.ones(1, 3))  # a prefix
-    cached_teacher(path, "k", w + 1, compute)
-    cached_teacher(path, "other", w + 1, compute)
-    assert len(calls) == 3 and [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]
+        return {"top_v": torch.ones(2, 3), "hid": torch.zeros(2, 5)}
+    w, need = torch.arange(8).view(2, 4), {"top_v", "hid"}
+    cached_teacher(path, "k", need, w, compute)
+    out = cached_teacher(path, "k", {"top_v"}, w, compute)  # a subset of what the file holds
+    assert len(calls) == 1 and list(out) == ["top_v"] and torch.equal(out["top_v"], torch.ones(2, 3))
+    assert torch.equal(cached_teacher(path, "k", need, w[:1], compute)["top_v"], torch.ones(1, 3))  # a prefix
+    cached_teacher(path, "k", {"top_v", "att"}, w, compute)  # the file lacks "att"
+    cached_teacher(path, "k", need, w + 1, compute)
+    cached_teacher(path, "other", need, w + 1, compute)
+    assert len(calls) == 4 and [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]

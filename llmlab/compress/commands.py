@@ -185,5 +185,5 @@ VERBS = {
     "prune": Verb(PruneConfig, run_prune, "pruning: magnitude, Wanda, OWL, 2:4, heads/channels/layers, SVD low-rank (+ recovery)",
                   "llmlab prune model=smollm2 method=wanda sparsity=0.5 recovery_steps=20"),
     "distill": Verb(DistillConfig, run_distill, "knowledge distillation (logit, feature, data-free) from a teacher into a small student",
-                    "llmlab distill teacher=smollm2 max_steps=200 alpha=0.5 temperature=2 teacher_topk=64 seeds=0,1,2"),
+                    "llmlab distill sweep_alpha=0.1,0.3 sweep_temperature=1,2 seeds=0,1,2 teacher_cache=runs/kd/top64.safetensors"),
 }

@@ -31,7 +31,8 @@ def synthesize(teacher, n: int, length: int, seed: int = 0, batch_size: int = 8,
     pool = allowed.nonzero().squeeze(1)
     first = pool[torch.randint(len(pool), (n,), generator=g)]
     params = SamplingParams(max_new_tokens=length - 1, temperature=temperature)  # no stop ids: full length
+    from tqdm.auto import tqdm
     rows = []
-    for chunk in first.split(batch_size):
+    for chunk in tqdm(first.split(batch_size), desc="teacher samples"):
         rows.append(generate_batch(teacher, [[int(t)] for t in chunk], params, generator=g).ids)
     return torch.cat(rows)

@@ -121,22 +121,22 @@ def teacher_pass(teacher, data: torch.Tensor, batch_size: int, k: int, layers: l
     return {n: torch.cat(p) for n, p in parts.items()}
 
 
-def cached_teacher(path: str, key: str, data: torch.Tensor, compute) -> dict[str, torch.Tensor]:
+def cached_teacher(path: str, key: str, need: set[str], data: torch.Tensor, compute) -> dict[str, torch.Tensor]:
     """compute() once; with a path, stored as safetensors (atomic write) with the windows and a key
-    naming everything that shaped it, and reused only when both match (the stored windows may
-    extend `data`: `token_windows` cuts fewer windows as a prefix of more, so a cache for 200
-    windows serves a run on 100)."""
+    naming the teacher and settings, and reused when the key matches, the file holds every tensor
+    in `need` (a file with more, e.g. feature targets, serves a logit-only run) and its windows
+    equal `data` or extend it (`token_windows` cuts fewer windows as a prefix of more, so a cache
+    for 200 windows serves a run on 100)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
     if path and os.path.exists(path):
         with safe_open(path, "pt") as f:
-            if (f.metadata() or {}).get("key") == key:
-                out = {n: f.get_tensor(n) for n in f.keys()}
-                stored, n = out.pop("windows"), len(data)
-                if len(stored) >= n and torch.equal(stored[:n], data):  # the same windows, or a prefix
+            if (f.metadata() or {}).get("key") == key and need <= set(f.keys()):
+                stored, n = f.get_tensor("windows"), len(data)
+                if len(stored) >= n and torch.equal(stored[:n], data):
                     print(f"teacher targets from {path}" + (f" (first {n} of {len(stored)} windows)"
                                                             if len(stored) > n else ""))
-                    return {k: v[:n] for k, v in out.items()}
+                    return {k: f.get_tensor(k)[:n] for k in need}
         print(f"{path} was made for other windows or settings: recomputing")
     out = compute()
     if path:
@@ -230,18 +230,21 @@ def run_distill(cfg: DistillConfig) -> int:
     layers = layer_map(cfg.student_layers, teacher.config.num_hidden_layers) if cfg.hidden_weight else []
     att_layer = teacher.config.num_hidden_layers - 1 if cfg.attention_weight else None
     temps = tuple(sorted(set(cfg.sweep_temperature) | {1.0, 2.0, cfg.temperature})) if cfg.topk_tail else ()
-    key = json.dumps([cfg.teacher, cfg.teacher_topk, layers, att_layer, cfg.data_free and cfg.seed, temps])
+    key = json.dumps([cfg.teacher, cfg.teacher_topk, cfg.data_free and cfg.seed])
+    need = ({"top_v", "top_i"} | {f"lse{t:g}" for t in temps} | {f"hid{j}" for j in layers}
+            | ({"att"} if att_layer is not None else set()) | ({"synthetic"} if cfg.data_free else set()))
     if cfg.data_free:
         from llmlab.compress.data_free import synthesize
 
         def make():
-            syn = synthesize(teacher, n_train, cfg.seq_len, seed=cfg.seed, batch_size=16, exclude=tuple(getattr(tok, "special", {}).values()))
+            special = tuple(getattr(tok, "special", {}).values())
+            syn = synthesize(teacher, n_train, cfg.seq_len, seed=cfg.seed, batch_size=16, exclude=special)
             return {"synthetic": syn, **teacher_pass(teacher, syn, cfg.batch_size, cfg.teacher_topk, layers, att_layer,
                                                           temps)}
-        targets = cached_teacher(cfg.teacher_cache, key, real, make)
+        targets = cached_teacher(cfg.teacher_cache, key, need, real, make)
         kd_data = targets["synthetic"]
     elif cfg.teacher_topk:
-        targets = cached_teacher(cfg.teacher_cache, key, real, lambda: teacher_pass(
+        targets = cached_teacher(cfg.teacher_cache, key, need, real, lambda: teacher_pass(
             teacher, real, cfg.batch_size, cfg.teacher_topk, layers, att_layer, temps))
     else:
         targets = None
