@@ -248,6 +248,9 @@ def run_distill(cfg: DistillConfig) -> int:
             teacher, real, cfg.batch_size, cfg.teacher_topk, layers, att_layer, temps))
     else:
         targets = None
+    if targets is not None:  # the cache holds all the teacher gives: free its weights (memory)
+        from types import SimpleNamespace
+        teacher = SimpleNamespace(config=teacher.config)
     ev = calibrate.token_windows(tok, calibrate.wiki_split(True), cfg.eval_windows, 256)
     windows = {"val": val, "heldout": ev}
     alpha, temperature, done = cfg.alpha, cfg.temperature, {}
