@@ -108,7 +108,7 @@ def test_feature_kd_step_lowers_the_feature_loss():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
 
 
