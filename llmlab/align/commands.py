@@ -315,6 +315,10 @@ class AlignResultsRun:
     ipo: dict = field(default_factory=dict)
     kto: dict = field(default_factory=dict)
     orpo: dict = field(default_factory=dict)
+    raft: dict = field(default_factory=dict, metadata={"help": "RAFT (llmlab.align.raft.RAFTConfig fields + rows, reward)"})
+    rrhf: dict = field(default_factory=dict, metadata={"help": "RRHF (PreferenceConfig fields + data: rankings|pairs)"})
+    pro: dict = field(default_factory=dict, metadata={"help": "PRO (PreferenceConfig fields + data: rankings|pairs)"})
+    coh: dict = field(default_factory=dict, metadata={"help": "Chain of Hindsight (PreferenceConfig fields)"})
     speedrun: dict = field(default_factory=dict, metadata={"help": "overrides applied for model=speedrun"})
 
     def __post_init__(self):
@@ -339,7 +343,7 @@ def _merge_section(hp: dict, sec: str, given: dict) -> dict:
 def run_align_results(cfg: AlignResultsRun) -> int:
     """Sections missing from the config come from configs/align_results.yaml (in a source checkout);
     for model=speedrun the `speedrun` section's overrides apply last."""
-    from llmlab.align.recipe import RECIPE, SECTIONS, load_hp, results, results_table, write_results
+    from llmlab.align.recipe import OPTIONAL_SECTIONS, RECIPE, SECTIONS, load_hp, results, results_table, write_results
     from llmlab.config import load_yaml
     from llmlab.device import setup_threads
 
@@ -349,6 +353,11 @@ def run_align_results(cfg: AlignResultsRun) -> int:
         if not getattr(cfg, sec) and sec not in hp:
             raise UserError(f"section '{sec}' missing: llmlab align results configs/align_results.yaml")
         hp = _merge_section(hp, sec, getattr(cfg, sec))
+    for sec in OPTIONAL_SECTIONS:
+        if sec in cfg.only and not getattr(cfg, sec) and sec not in hp:
+            raise UserError(f"section '{sec}' missing: llmlab align results configs/align_results.yaml")
+        if getattr(cfg, sec) or sec in hp:
+            hp = _merge_section(hp, sec, getattr(cfg, sec))
     if cfg.model == "speedrun":
         over = cfg.speedrun or ((load_yaml(RECIPE).get("speedrun") or {}) if RECIPE.is_file() else {})
         for sec, kv in over.items():
@@ -359,7 +368,14 @@ def run_align_results(cfg: AlignResultsRun) -> int:
     return 0
 
 
+def _elo():
+    from llmlab.align.elo import EloRun, run_elo
+    return Verb(EloRun, run_elo, "Elo and Bradley-Terry ratings from pairwise judgements (JSONL, Chatbot Arena columns)",
+                "llmlab align elo judgements=battles.jsonl")
+
+
 VERBS = {
+    "align elo": _elo(),
     "align results": Verb(AlignResultsRun, run_align_results,
                           "the published alignment results: every method x seed from the SFT model, held-out eval",
                           "llmlab align results configs/align_results.yaml model=smollm2 seeds=[0]"),
