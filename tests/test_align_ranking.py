@@ -15,6 +15,7 @@ from llmlab.align.rm_losses import plackett_luce_loss
 from llmlab.align.toy import CharTokenizer
 from llmlab.errors import UserError
 from llmlab.model import ModelConfig, Transformer
+from test_align_cli import last_json, tiny_dir  # noqa: F401  (the tiny HF-style model dir fixture)
 
 TOK = CharTokenizer()
 P = torch.tensor([[-1.0, -0.5, -2.0]])
@@ -121,3 +122,15 @@ def test_coh_learns_to_condition():
                                                            per_device_train_batch_size=8)).train()
     good, bad = conditioned_accuracy(pol, tok, held, GOOD), conditioned_accuracy(pol, tok, held, "A bad answer:")
     assert good > max(before, 0.75) and bad < good - 0.2
+
+
+@pytest.mark.slow  # three CLI runs, each loading a model: ~13 s on one loaded core
+def test_cli_dpo_verb_trains_rrhf_pro_coh(request, tmp_path, capsys):
+    from llmlab.cli import main
+    m = f"model={request.getfixturevalue('tiny_dir')}"
+    for loss, data in (("rrhf", "arithmetic_ranked"), ("pro", "arithmetic_ranked"), ("coh", "arithmetic")):
+        assert main(["dpo", m, f"loss_type={loss}", f"data={data}", "num_rows=4", "eval_rows=4",
+                     f"output_dir={tmp_path / loss}"]) == 0
+        out = last_json(capsys)
+        assert out["verb"] == loss and out["steps"] == (1 if loss != "coh" else 2)
+        assert 0 <= out["heldout_logprob_accuracy_after"] <= 1

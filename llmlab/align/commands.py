@@ -10,9 +10,11 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from llmlab.align.cai import CAIConfig
+from llmlab.align.elo import EloRun, run_elo
 from llmlab.align.grpo import GRPOConfig
 from llmlab.align.ppo import PPOConfig
 from llmlab.align.preference_trainer import PreferenceConfig
+from llmlab.align.redteam import RedTeamRun, run_redteam
 from llmlab.align.reward_model import RewardConfig
 from llmlab.verb import Verb
 from llmlab.errors import UserError
@@ -37,7 +39,7 @@ class RewardRun(Common, RewardConfig):
 @dataclass
 class DPORun(Common, PreferenceConfig):
     ref_model: str = field(default="", metadata={"help": "frozen reference (default: a copy of the policy)"})
-    data: str = field(default="arithmetic", metadata={"help": "arithmetic, idiom, humaneval or a .jsonl"})
+    data: str = field(default="arithmetic", metadata={"help": "arithmetic, arithmetic_ranked (rrhf/pro), idiom, humaneval or a .jsonl"})
 
 
 @dataclass
@@ -183,19 +185,21 @@ def load_reward_model(path: str, tokenizer: str = ""):
 
 def run_dpo(cfg: DPORun) -> int:
     from llmlab.align.preference_data import BUILTIN
-    from llmlab.align.preference_trainer import PreferenceTrainer, logprob_preference_accuracy
+    from llmlab.align.preference_trainer import NO_REFERENCE, PreferenceTrainer
+    from llmlab.align.ranking_trainer import RANKING, RankingTrainer, heldout_accuracy
 
     if cfg.data not in BUILTIN and not cfg.data.endswith(".jsonl"):
         raise UserError(f"config key 'data': {cfg.data!r} is neither a .jsonl file nor one of {', '.join(BUILTIN)}")
     metrics = _setup(cfg.output_dir)
     policy, tok = _load(cfg.model, cfg.tokenizer)
-    ref = _ref(policy, tok, cfg.ref_model, cfg.tokenizer) if cfg.loss_type != "orpo" else None
+    ref = _ref(policy, tok, cfg.ref_model, cfg.tokenizer) if cfg.loss_type not in NO_REFERENCE else None
     train, held = _split_rows(cfg.data, cfg.num_rows, cfg.eval_rows, cfg.seed)
     base = copy.deepcopy(policy).eval()
-    before = logprob_preference_accuracy(policy, tok, held, cfg.max_length, cfg.chat)
-    logs = PreferenceTrainer(policy, ref, tok, train, cfg, metrics).train()
-    after = logprob_preference_accuracy(policy, tok, held, cfg.max_length, cfg.chat)
-    implicit = logprob_preference_accuracy(policy, tok, held, cfg.max_length, cfg.chat, ref=base)
+    before = heldout_accuracy(policy, tok, held, cfg)
+    trainer = RankingTrainer if cfg.loss_type in RANKING else PreferenceTrainer
+    logs = trainer(policy, ref, tok, train, cfg, metrics).train()
+    after = heldout_accuracy(policy, tok, held, cfg)
+    implicit = heldout_accuracy(policy, tok, held, cfg, ref=base) if cfg.loss_type != "coh" else None
     path = _save(policy, cfg.output_dir, "model", {"source": cfg.model, "tokenizer": cfg.tokenizer or cfg.model,
                                                    "config": asdict(cfg)})
     print(json.dumps({"verb": cfg.loss_type, "heldout_logprob_accuracy_before": before,
@@ -368,20 +372,17 @@ def run_align_results(cfg: AlignResultsRun) -> int:
     return 0
 
 
-def _elo():
-    from llmlab.align.elo import EloRun, run_elo
-    return Verb(EloRun, run_elo, "Elo and Bradley-Terry ratings from pairwise judgements (JSONL, Chatbot Arena columns)",
-                "llmlab align elo judgements=battles.jsonl")
-
-
 VERBS = {
-    "align elo": _elo(),
+    "align elo": Verb(EloRun, run_elo, "Elo and Bradley-Terry ratings from pairwise judgements (Chatbot Arena JSONL)",
+                      "llmlab align elo judgements=battles.jsonl"),
+    "align redteam": Verb(RedTeamRun, run_redteam, "red-team loop: attacks -> harm classifier -> safety SFT -> "
+                          "held-out refusal rate and over-refusal, before/after", "llmlab align redteam model=smollm2"),
     "align results": Verb(AlignResultsRun, run_align_results,
                           "the published alignment results: every method x seed from the SFT model, held-out eval",
                           "llmlab align results configs/align_results.yaml model=smollm2 seeds=[0]"),
     "reward": Verb(RewardRun, run_reward, "train a reward model (Bradley-Terry or Plackett-Luce) and report "
                    "held-out pairwise accuracy", "llmlab reward configs/align_reward.yaml"),
-    "dpo": Verb(DPORun, run_dpo, "offline preference training: DPO, IPO, KTO or ORPO (loss_type=...)",
+    "dpo": Verb(DPORun, run_dpo, "offline preference training: DPO, IPO, KTO, ORPO, RRHF, PRO or CoH (loss_type=...)",
                 "llmlab dpo configs/align_dpo.yaml loss_type=ipo"),
     "grpo": Verb(GRPORun, run_grpo, "GRPO with verifiable arithmetic rewards and a k3 KL to the reference",
                  "llmlab grpo configs/align_grpo.yaml"),

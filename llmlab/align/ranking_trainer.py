@@ -141,3 +141,19 @@ def conditioned_accuracy(model, tok, rows: list[dict], prefix: str = GOOD, max_l
         score = lp / n
         correct += int((score[:len(b)] > score[len(b):]).sum())
     return correct / len(rows)
+
+
+def best_worst_pairs(rows: list[dict]) -> list[dict]:
+    """Rankings -> (best, worst) pairs for held-out preference accuracy; pairs pass through."""
+    return [r if "chosen" in r else {"prompt": r["prompt"], "chosen": r["completions"][0],
+                                     "rejected": r["completions"][-1]} for r in rows]
+
+
+def heldout_accuracy(model, tok, rows: list[dict], cfg, ref=None) -> float:
+    """`llmlab dpo`'s held-out preference accuracy for every loss_type: CoH is asked with its
+    positive feedback phrase; the implicit-reward variant (ref) is for the reference-based losses."""
+    from llmlab.align.preference_trainer import logprob_preference_accuracy
+    rows = best_worst_pairs(rows)
+    if cfg.loss_type == "coh":
+        return conditioned_accuracy(model, tok, rows, GOOD, cfg.max_length, cfg.chat)
+    return logprob_preference_accuracy(model, tok, rows, cfg.max_length, cfg.chat, ref=ref)
