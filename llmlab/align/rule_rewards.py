@@ -60,8 +60,8 @@ def _no_repetition(row: dict, text: str) -> float:
 def _answer_given(row: dict, text: str) -> float:
     if "answer" not in row:
         return 0.0
-    from llmlab.align.rewards import last_int_match_reward
-    return 1.0 - last_int_match_reward(row, text)
+    from llmlab.eval.answers import last_integer_matches
+    return 1.0 - float(last_integer_matches(text, row["answer"]))
 
 
 def _concise(row: dict, text: str) -> float:
