@@ -79,6 +79,7 @@ class RAFTTrainer:
                                      foreach=True)
         self.gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(cfg.seed)
         self.rng = random.Random(cfg.seed)
+        self.chunk = max(1, 128 // cfg.num_generations)  # prompts per sampling batch
 
     @torch.no_grad()
     def collect(self, rows: list[dict]) -> tuple[list[tuple[list[int], list[int]]], dict]:
@@ -86,9 +87,11 @@ class RAFTTrainer:
         cfg, tok, k = self.cfg, self.tok, self.cfg.num_generations
         self.policy.eval()
         prompts = [tok.encode(r["prompt"]) for r in rows]
-        ro = sample(self.policy, [p for p in prompts for _ in range(k)], cfg.max_completion_length, tok.eos_id,
-                    self.pad, cfg.temperature, 1.0, self.gen)
-        comps = ro.completions()
+        comps = []
+        for s in range(0, len(prompts), self.chunk):  # bounded memory: chunk prompts x k rows at a time
+            ro = sample(self.policy, [p for p in prompts[s:s + self.chunk] for _ in range(k)], cfg.max_completion_length,
+                        tok.eos_id, self.pad, cfg.temperature, 1.0, self.gen)
+            comps += ro.completions()
         rewards = [float(self.reward_fn(rows[i // k], tok.decode([t for t in c if t != tok.eos_id]).strip()))
                    for i, c in enumerate(comps)]
         kept, best_r = [], []
