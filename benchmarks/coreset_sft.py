@@ -50,10 +50,13 @@ def main():
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--n_eval", type=int, default=100)
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--radius-only", action="store_true", help="only the covering radius on MiniLM embeddings")
     a = ap.parse_args()
     torch.set_num_threads(1)
     recs = flan_mixture(2000, 0)
     train, held = split_heldout(recs, 0.1, salt="flan")
+    if a.radius_only:
+        return radius_only(train, a.k, [int(x) for x in a.seeds.split(",")])
     held = random.Random(0).sample(held, min(a.n_eval, len(held)))
     base, tok = load_model_and_tokenizer("smollm2", device="cpu", dtype="fp32")
     base = base.float().eval()
@@ -78,6 +81,22 @@ def main():
     rd = statistics.mean(r["nll"] for r in res["runs"] if r["method"] == "random")
     print(json.dumps({"benchmark": "coreset_sft", "ours": {"kcenter_nll": kc}, "peer": {"random_nll": rd},
                       "ratio": {"nll": rd / kc}, "detail": res}))
+
+
+def radius_only(train, k: int, seeds: list[int]) -> None:
+    """Covering radius (max distance of a pool record to its nearest chosen one) and task mix."""
+    from llmlab.finetune.instruct.coreset import covering_radius, instruction_texts, k_center_greedy
+    from llmlab.rag.embed import SentenceEncoder
+    x = SentenceEncoder().encode(instruction_texts(train))
+    out = {}
+    for s in seeds:
+        kc = k_center_greedy(x, k, seed=s)
+        rd = random.Random(s).sample(range(len(train)), k)
+        for name, idx in (("kcenter", kc), ("random", rd)):
+            tasks = {t: sum(train[i]["task"] == t for i in idx) for t in ("arithmetic", "idiom", "wiki")}
+            out[f"{name}@{s}"] = {"radius": covering_radius(x, idx), "tasks": tasks}
+            print(f"seed {s} {name}: covering radius {out[f'{name}@{s}']['radius']:.3f}, tasks {tasks}", flush=True)
+    print(json.dumps({"benchmark": "coreset_radius", "k": k, "pool": len(train), "runs": out}))
 
 
 if __name__ == "__main__":

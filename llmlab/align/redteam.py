@@ -125,6 +125,7 @@ class RedTeamRun:
     n_train_layers: int = field(default=4, metadata={"help": "fine-tune only the top blocks over a frozen trunk (0: all)"})
     max_new_tokens: int = field(default=32, metadata={"help": "reply length"})
     held_goals: int = field(default=6, metadata={"help": "goals held out for the after-test"})
+    train_attacks: int = field(default=0, metadata={"help": "training attacks to try, a seeded sample (0: every goal x template)"})
     learning_rate: float = field(default=1e-4, metadata={"help": "safety SFT learning rate"})
     num_train_epochs: int = field(default=2, metadata={"help": "safety SFT epochs"})
     seed: int = field(default=0, metadata={"help": "goal split and order seed"})
@@ -162,7 +163,8 @@ def run_redteam(cfg: RedTeamRun) -> int:
         from llmlab.align.cai import LocalLLM
         llm = LocalLLM(model, tok, 48, 0.7, cfg.seed)
         attackers = [LLMAttacker(llm, a) for a in attackers]
-    train_attacks, held_attacks = (a.attacks() for a in attackers)
+    train_attacks = attackers[0].attacks(cfg.train_attacks or None)
+    held_attacks = attackers[1].attacks()
 
     def render(text: str) -> list[int]:
         return tok.encode(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True))
