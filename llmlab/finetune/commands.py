@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,9 @@ class SelfInstructConfig:
     max_rounds: int = field(default=10, metadata={"help": "generation rounds at most (budget)"})
     per_round: int = field(default=8, metadata={"help": "new-instruction requests per round"})
     rouge_threshold: float = field(default=0.7, metadata={"help": "reject if ROUGE-L >= this vs any pool entry"})
+    method: str = field(default="self_instruct", metadata={"help": "self_instruct, or evol (Evol-Instruct: "
+                                                                      "max_rounds rounds of evolving the seed tasks)"})
+    evolver: str = field(default="llm", metadata={"help": "method=evol: llm (the model rewrites) or rules"})
     seed: int = 0
 
 
@@ -47,6 +51,14 @@ def run_self_instruct(cfg: SelfInstructConfig) -> int:
 
     if cfg.num_instructions < 1 or cfg.max_rounds < 1 or cfg.per_round < 1:
         raise UserError("num_instructions, max_rounds and per_round must be >= 1")
+    if cfg.method == "evol":
+        from llmlab.finetune.instruct.evol import from_model as evol_instruct
+        recs, stats = evol_instruct(cfg.model, cfg.max_rounds, cfg.seed, cfg.evolver)
+        write_jsonl(cfg.output, recs)
+        print(json.dumps({"records": len(recs), "output": cfg.output, "rounds": stats}))
+        return 0
+    if cfg.method != "self_instruct":
+        raise UserError(f"config key 'method': {cfg.method!r} is not self_instruct or evol")
     recs, stats = self_instruct(cfg.model, cfg.num_instructions, cfg.seed, cfg.max_rounds, cfg.per_round,
                                 cfg.rouge_threshold)
     write_jsonl(cfg.output, recs)
