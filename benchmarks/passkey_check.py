@@ -14,7 +14,6 @@ import json
 import random
 import time
 
-import torch
 
 
 def main() -> None:
