@@ -51,4 +51,5 @@ def _deepspeed_loop(*args, **kw):
 
 
 # `llmlab train strategy=... | deepspeed=...` dispatches here (llmlab.train cannot import a later stage)
-TRAIN_LOOPS.update(zero1=_zero_fsdp_loop, zero2=_zero_fsdp_loop, fsdp=_zero_fsdp_loop, deepspeed=_deepspeed_loop)
+TRAIN_LOOPS.update(zero1=_zero_fsdp_loop, zero2=_zero_fsdp_loop, fsdp=_zero_fsdp_loop, cp=_zero_fsdp_loop,
+                   ep=_zero_fsdp_loop, deepspeed=_deepspeed_loop)

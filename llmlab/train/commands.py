@@ -167,7 +167,9 @@ def run_train(cfg: TrainCommandConfig) -> int:
     info = D.setup(resolve_device(cfg.device))
     try:
         _preset_shape(cfg)
-        train_loader, val_loader, vocab, eos, bpt = _loaders(cfg, info.rank, info.world_size)
+        # context parallel: the ranks split every sequence of one shared batch, so they read one stream
+        data_rank, data_world = (0, 1) if cfg.strategy == "cp" else (info.rank, info.world_size)
+        train_loader, val_loader, vocab, eos, bpt = _loaders(cfg, data_rank, data_world)
         if not cfg.bytes_per_token:
             cfg.bytes_per_token = bpt
         if cfg.init_from:
@@ -178,7 +180,7 @@ def run_train(cfg: TrainCommandConfig) -> int:
             if model.config.vocab_size < vocab:
                 raise UserError(f"init_from {cfg.init_from}: vocab_size {model.config.vocab_size} < the data's {vocab}")
         else:
-            sizing = _apply_preset(cfg, vocab, info.world_size)
+            sizing = _apply_preset(cfg, vocab, data_world)
             sizing.model.eos_token_id = eos
             torch.manual_seed(cfg.seed)  # identical initial weights on every rank
             model = Transformer(sizing.model)
