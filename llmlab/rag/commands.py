@@ -28,6 +28,7 @@ class RagQueryConfig:
     query: str = field(default="", metadata={"help": "the question (required)"})
     k: int = 5
     mode: str = field(default="hybrid", metadata={"help": "hybrid | dense | bm25 | fts"})
+    bm25_weight: float = field(default=1.0, metadata={"help": "hybrid: weight of the BM25 list in RRF (dense = 1)"})
 
 
 @dataclass
@@ -49,7 +50,7 @@ class RagEvalConfig:
     index: str = field(default="rag_eval_idx", metadata={"help": "index folder; built from the extracts if missing"})
     docs: int = field(default=2000, metadata={"help": "Wikipedia extracts to index (the first N by title)"})
     n: int = field(default=200, metadata={"help": "cloze queries for recall@k / nDCG@10"})
-    n_qa: int = field(default=50, metadata={"help": "cloze items answered by the LLM (0 = retrieval only)"})
+    n_qa: int = field(default=50, metadata={"help": "items answered by the LLM, closed-book and with retrieval (0 = none)"})
     model: str = "smollm2"
     seed: int = 0
 
@@ -115,7 +116,7 @@ def run_query(cfg: RagQueryConfig) -> int:
         note = _language_note(idx, cfg.query)
         if note:
             print(f"note: {note}", file=sys.stderr)
-        hits = idx.search(cfg.query, cfg.k, cfg.mode)
+        hits = idx.search(cfg.query, cfg.k, cfg.mode, bm25_weight=cfg.bm25_weight)
         if not hits:
             print(f"no chunk matches (mode={cfg.mode})")
         for i, h in enumerate(hits, 1):
@@ -136,7 +137,7 @@ def run_ask(cfg: RagAskConfig) -> int:
     idx = RagIndex(cfg.index)
     try:
         note = _language_note(idx, cfg.query)
-        hits = idx.search(cfg.query, max(cfg.k, cfg.rerank), cfg.mode)
+        hits = idx.search(cfg.query, max(cfg.k, cfg.rerank), cfg.mode, bm25_weight=cfg.bm25_weight)
         model, tok = load_model_and_tokenizer(cfg.model)
         if cfg.rerank:
             hits = rerank(model, tok, cfg.query, hits, cfg.k)
@@ -183,7 +184,8 @@ def run_eval(cfg: RagEvalConfig) -> int:
         if cfg.n_qa:
             from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
             model, tok = load_model_and_tokenizer(cfg.model)
-        res = evaluate_index(idx, [e["extract"] for e in ex], sources, cfg.n, cfg.seed, model=model, tok=tok, n_qa=cfg.n_qa)
+        res = evaluate_index(idx, [e["extract"] for e in ex], sources, cfg.n, cfg.seed, model=model, tok=tok,
+                             n_qa=cfg.n_qa, titles=[e["title"] for e in ex])
         print(json.dumps(res))
     finally:
         idx.close()
@@ -191,7 +193,7 @@ def run_eval(cfg: RagEvalConfig) -> int:
 
 
 VERBS = {
-    "rag eval": Verb(RagEvalConfig, run_eval, "held-out retrieval recall@k/nDCG@10 and cloze F1, closed-book vs retrieval",
+    "rag eval": Verb(RagEvalConfig, run_eval, "held-out retrieval recall@k/nDCG@10 and answer F1, closed-book vs retrieval",
                      "llmlab rag eval docs=2000 n=200 n_qa=50"),
     "rag index": Verb(RagIndexConfig, run_index, "index documents (SQLite + FTS5 + FAISS; incremental by content hash)",
                       "llmlab rag index index=wiki_idx source=wiki_en limit=2000"),
