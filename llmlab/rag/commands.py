@@ -53,6 +53,7 @@ class RagEvalConfig:
     n_qa: int = field(default=50, metadata={"help": "items answered by the LLM, closed-book and with retrieval (0 = none)"})
     model: str = "smollm2"
     seed: int = 0
+    flare_theta: float = field(default=0.5, metadata={"help": "also answer with FLARE at this confidence threshold; 0 = off"})
 
 
 def _progress(total: int | None, desc: str):
@@ -185,7 +186,7 @@ def run_eval(cfg: RagEvalConfig) -> int:
             from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
             model, tok = load_model_and_tokenizer(cfg.model)
         res = evaluate_index(idx, [e["extract"] for e in ex], sources, cfg.n, cfg.seed, model=model, tok=tok,
-                             n_qa=cfg.n_qa, titles=[e["title"] for e in ex])
+                             n_qa=cfg.n_qa, titles=[e["title"] for e in ex], flare_theta=cfg.flare_theta)
         print(json.dumps(res))
     finally:
         idx.close()

@@ -61,7 +61,8 @@ def greedy_line(model, tok, prompt: str, max_new_tokens: int = 16) -> str:
 
 
 def evaluate_index(index, extracts: list[str], sources: list[str], n: int, seed: int, modes=("hybrid", "dense", "bm25"),
-                   model=None, tok=None, n_qa: int = 0, k_qa: int = 3, titles: list[str] | None = None) -> dict:
+                   model=None, tok=None, n_qa: int = 0, k_qa: int = 3, titles: list[str] | None = None,
+                   flare_theta: float = 0.0) -> dict:
     """Retrieval recall@1/5 and nDCG@10 per mode (a hit = a chunk of the query's article) and, with a
     model, answer EM/F1 closed-book vs with the top `k_qa` retrieved chunks (answer_qa)."""
     from llmlab.eval.tasks.cloze import seeded_items
@@ -82,22 +83,36 @@ def evaluate_index(index, extracts: list[str], sources: list[str], n: int, seed:
         out[mode] = {"recall_at_1": recall_at_k(runs, golds, 1), "recall_at_5": recall_at_k(runs, golds, 5),
                      "ndcg_at_10": ndcg_at_k(runs, golds, 10)}
     if model is not None and n_qa:
-        out["qa"] = answer_qa(index, items[:n_qa], titles or sources, model, tok, k_qa)
+        out["qa"] = answer_qa(index, items[:n_qa], titles or sources, model, tok, k_qa, flare_theta)
     return out
 
 
-def answer_qa(index, items: list[tuple[dict, int]], titles: list[str], model, tok, k: int = 3) -> dict:
+def answer_qa(index, items: list[tuple[dict, int]], titles: list[str], model, tok, k: int = 3,
+              flare_theta: float = 0.0) -> dict:
     """EM / token F1 (SQuAD) of greedy completions (completion_item), closed-book vs with the top k
-    hybrid chunks of `index` (retrieved with the question itself) as "Passage: ..." before it."""
+    hybrid chunks of `index` (retrieved with the question itself) as "Passage: ..." before it, and,
+    with flare_theta > 0, FLARE (llmlab.rag.flare: retrieve only when a look-ahead token is unsure)."""
     from llmlab.eval.squad import exact_match, token_f1
-    sums = {c: {"exact_match": 0.0, "f1": 0.0, "f1_to_punct": 0.0} for c in ("closed_book", "retrieval")}
+    from llmlab.rag.flare import flare_generate
+    conds = ("closed_book", "retrieval") + (("flare",) if flare_theta > 0 else ())
+    sums = {c: {"exact_match": 0.0, "f1": 0.0, "f1_to_punct": 0.0} for c in conds}
+    retrievals = 0
     for it, i in items:
         question, answer = completion_item(it, titles[i])
         ctx = "\n".join(h.text for h in index.search(question, k, "hybrid"))
-        for cond, prompt in (("closed_book", question), ("retrieval", f"Passage: {ctx}\n\n{question}")):
-            by_len, to_punct = answer_span(greedy_line(model, tok, prompt, 12), answer)
+        outs = {"closed_book": greedy_line(model, tok, question, 12),
+                "retrieval": greedy_line(model, tok, f"Passage: {ctx}\n\n{question}", 12)}
+        if flare_theta > 0:
+            res = flare_generate(model, tok, question, lambda q, n: [h.text for h in index.search(q, n, "hybrid")],
+                                 theta=flare_theta, k=k, max_sentences=1, sentence_tokens=12)
+            outs["flare"], retrievals = res.text, retrievals + res.retrievals
+        for cond, text in outs.items():
+            by_len, to_punct = answer_span(text, answer)
             sums[cond]["exact_match"] += exact_match(by_len, answer)
             sums[cond]["f1"] += token_f1(by_len, answer)
             sums[cond]["f1_to_punct"] += token_f1(to_punct, answer)
     n = max(len(items), 1)
-    return {c: {**{m: v / n for m, v in d.items()}, "n": len(items)} for c, d in sums.items()}
+    out = {c: {**{m: v / n for m, v in d.items()}, "n": len(items)} for c, d in sums.items()}
+    if flare_theta > 0:
+        out["flare"].update(theta=flare_theta, retrieval_rate=retrievals / n)
+    return out
