@@ -1,6 +1,6 @@
 """Dense retrieval before and after fine-tuning MiniLM on our own pairs (llmlab.rag.finetune).
 
-  python benchmarks/rag_finetune.py [--docs 400] [--queries 100] [--pairs 2000] [--steps 30] [--seeds 0,1,2]
+  python benchmarks/rag_finetune.py [--docs 300] [--queries 100] [--pairs 2000] [--steps 15] [--seeds 0,1,2]
 
 Evaluation: the first --docs extracts (by title) are the corpus, --queries held-out cloze queries
 drawn from them (seed 1234, as benchmarks/rag.py); documents and queries embedded at most 128 tokens.
@@ -40,10 +40,10 @@ def dense_metrics(enc, docs, queries, golds) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--docs", type=int, default=400)
+    ap.add_argument("--docs", type=int, default=300)
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--pairs", type=int, default=2000)
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--seeds", default="0,1,2")
