@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 
 
 def cloze_queries(extracts: list[str], n: int, seed: int = 0) -> list[tuple[str, int]]:
@@ -97,7 +98,7 @@ def answer_qa(index, items: list[tuple[dict, int]], titles: list[str], model, to
     conds = ("closed_book", "retrieval") + (("flare",) if flare_theta > 0 else ())
     sums = {c: {"exact_match": 0.0, "f1": 0.0, "f1_to_punct": 0.0} for c in conds}
     retrievals = 0
-    for it, i in items:
+    for j, (it, i) in enumerate(items):
         question, answer = completion_item(it, titles[i])
         ctx = "\n".join(h.text for h in index.search(question, k, "hybrid"))
         outs = {"closed_book": greedy_line(model, tok, question, 12),
@@ -111,6 +112,8 @@ def answer_qa(index, items: list[tuple[dict, int]], titles: list[str], model, to
             sums[cond]["exact_match"] += exact_match(by_len, answer)
             sums[cond]["f1"] += token_f1(by_len, answer)
             sums[cond]["f1_to_punct"] += token_f1(to_punct, answer)
+        print(f"qa {j + 1}/{len(items)}: " + " ".join(f"{c} F1 {d['f1'] / (j + 1):.3f}" for c, d in sums.items())
+              + (f" retrievals {retrievals}" if flare_theta > 0 else ""), file=sys.stderr, flush=True)
     n = max(len(items), 1)
     out = {c: {**{m: v / n for m, v in d.items()}, "n": len(items)} for c, d in sums.items()}
     if flare_theta > 0:
