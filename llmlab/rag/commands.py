@@ -30,6 +30,7 @@ class RagQueryConfig:
     query: str = field(default="", metadata={"help": "the question (required)"})
     k: int = 5
     mode: str = field(default="hybrid", metadata={"help": "hybrid | dense | bm25 | fts"})
+    bm25_weight: float = field(default=1.0, metadata={"help": "hybrid: weight of the BM25 list in RRF (dense = 1)"})
 
 
 @dataclass
@@ -51,9 +52,10 @@ class RagEvalConfig:
     index: str = field(default="rag_eval_idx", metadata={"help": "index folder; built from the extracts if missing"})
     docs: int = field(default=2000, metadata={"help": "Wikipedia extracts to index (the first N by title)"})
     n: int = field(default=200, metadata={"help": "cloze queries for recall@k / nDCG@10"})
-    n_qa: int = field(default=50, metadata={"help": "cloze items answered by the LLM (0 = retrieval only)"})
+    n_qa: int = field(default=50, metadata={"help": "items answered by the LLM, closed-book and with retrieval (0 = none)"})
     model: str = "smollm2"
     seed: int = 0
+    flare_theta: float = field(default=0.5, metadata={"help": "also answer with FLARE at this confidence threshold; 0 = off"})
 
 
 def _progress(total: int | None, desc: str):
@@ -122,7 +124,7 @@ def run_query(cfg: RagQueryConfig) -> int:
         note = _language_note(idx, cfg.query)
         if note:
             print(f"note: {note}", file=sys.stderr)
-        hits = idx.search(cfg.query, cfg.k, cfg.mode)
+        hits = idx.search(cfg.query, cfg.k, cfg.mode, bm25_weight=cfg.bm25_weight)
         if not hits:
             print(f"no chunk matches (mode={cfg.mode})")
         for i, h in enumerate(hits, 1):
@@ -144,7 +146,7 @@ def run_ask(cfg: RagAskConfig) -> int:
     require(cfg.query, 'query is empty: pass query="..."')
     with RagIndex(cfg.index) as idx:
         note = _language_note(idx, cfg.query)
-        hits = idx.search(cfg.query, max(cfg.k, cfg.rerank), cfg.mode)
+        hits = idx.search(cfg.query, max(cfg.k, cfg.rerank), cfg.mode, bm25_weight=cfg.bm25_weight)
         model, tok = load_model_and_tokenizer(cfg.model)
         if cfg.rerank:
             hits = rerank(model, tok, cfg.query, hits, cfg.k)
@@ -176,7 +178,7 @@ def run_delete(cfg: RagDeleteConfig) -> int:
 
 @verb(VERBS, "rag eval", RagEvalConfig)
 def run_eval(cfg: RagEvalConfig) -> int:
-    """held-out retrieval recall@k/nDCG@10 and cloze F1, closed-book vs retrieval
+    """held-out retrieval recall@k/nDCG@10 and answer F1: closed-book, with retrieval, FLARE
 
     Example: llmlab rag eval docs=2000 n=200 n_qa=50
     """
@@ -195,7 +197,8 @@ def run_eval(cfg: RagEvalConfig) -> int:
         if cfg.n_qa:
             from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
             model, tok = load_model_and_tokenizer(cfg.model)
-        res = evaluate_index(idx, [e["extract"] for e in ex], sources, cfg.n, cfg.seed, model=model, tok=tok, n_qa=cfg.n_qa)
+        res = evaluate_index(idx, [e["extract"] for e in ex], sources, cfg.n, cfg.seed, model=model, tok=tok,
+                             n_qa=cfg.n_qa, titles=[e["title"] for e in ex], flare_theta=cfg.flare_theta)
         print(json.dumps(res))
     return 0
 
