@@ -11,6 +11,10 @@
   first ones by title, never tuned on), same engine settings as `llmlab chat` (one user, no row
   padding), speculation forced on for the measurement (no fallback); outputs must be identical.
   Also: mean accepted draft tokens per verification, and what the automatic fallback chooses.
+- flash_decoding: the C decode attention for one sequence with SmolLM2's heads (9 query, 3 K/V,
+  D 64) over long contexts, keys split into 512-key chunks merged by log-sum-exp (Flash-Decoding)
+  vs one work item per K/V head, at 2 threads (3 heads on 2 threads leave one idle half the
+  time); 1-thread times show the split's own cost. Min of alternating repeats.
 Both sides alternate within each repeat; medians. Run alone (`python benchmarks/inference_features.py
 --quick`, last line JSON) or as part of benchmarks/inference.py.
 """
@@ -117,11 +121,34 @@ def speculative(model, tok, new_tokens: int = 96, n_prompts: int = 3, repeats: i
             "fallback_keeps_speculation": auto.spec_summary()["speculating"], "spec_speedup": spec / plain}
 
 
+def flash_decoding(contexts=(2048, 8192), repeats: int = 15) -> dict:
+    from llmlab.kernels import attention
+    if attention.load() is None:
+        return {}
+    g = torch.Generator().manual_seed(0)
+    H, Hkv, D, out = 9, 3, 64, {}
+    for n in contexts:
+        k, v = torch.randn(Hkv, n, D, generator=g), torch.randn(Hkv, n, D, generator=g)
+        q, slots, offs = torch.randn(1, H, D, generator=g), torch.arange(n), torch.tensor([0, n])
+        best = {}
+        for _ in range(repeats):
+            for threads in (1, 2):
+                for split in (0, attention.SPLIT):
+                    t0 = time.perf_counter()
+                    attention.decode_attention(q, k, v, Hkv, D, n * D, slots, offs, threads, split)
+                    key = (threads, split)
+                    best[key] = min(best.get(key, 1e9), time.perf_counter() - t0)
+        out[f"flash_decoding_ms_{n}"] = {f"{t}t_{'split' if s else 'whole'}": round(v * 1e3, 3)
+                                         for (t, s), v in best.items()}
+        out[f"flash_decoding_speedup_2t_{n}"] = best[(2, 0)] / best[(2, attention.SPLIT)]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smoke run: 8 requests x 500 shared tokens, one copy "
                     "prompt x 48 tokens (about a minute on a free core)")
-    ap.add_argument("--only", choices=["spec", "prefix"], help="run one of the two measurements")
+    ap.add_argument("--only", choices=["spec", "prefix", "flash"], help="run one of the measurements")
     args = ap.parse_args()
     from llmlab.device import setup_threads
     from llmlab.model.gguf_io import load_gguf
@@ -131,14 +158,17 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     threads = setup_threads()
     path = packaged_path("smollm2")
-    model, tok = load_gguf(path), load_tokenizer(path)
+    model, tok = (load_gguf(path), load_tokenizer(path)) if args.only != "flash" else (None, None)
     with torch.inference_mode():
-        spec = speculative(model, tok, *((48, 1) if args.quick else (128, 4))) if args.only != "prefix" else {}
-        pc = prefix_cache(model, tok, *((8, 500) if args.quick else (32, 1000))) if args.only != "spec" else {}
+        spec = speculative(model, tok, *((48, 1) if args.quick else (128, 4))) if args.only in (None, "spec") else {}
+        pc = prefix_cache(model, tok, *((8, 500) if args.quick else (32, 1000))) if args.only in (None, "prefix") else {}
+        fd = flash_decoding(repeats=5 if args.quick else 15) if args.only in (None, "flash") else {}
     ours = {**{k: v for k, v in spec.items() if k != "spec_speedup"},
-            **{k: v for k, v in pc.items() if k != "prefix_cache_ttft"}}
+            **{k: v for k, v in pc.items() if k != "prefix_cache_ttft"},
+            **{k: v for k, v in fd.items() if "speedup" not in k}}
     ratio = {k: d[k] for d, k in ((spec, "spec_speedup"), (pc, "prefix_cache_ttft")) if k in d}
-    for k, v in {**spec, **pc}.items():
+    ratio.update({k: v for k, v in fd.items() if "speedup" in k})
+    for k, v in {**spec, **pc, **fd}.items():
         print(f"{k:32s} {v}")
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print(f"threads={threads} quick={args.quick} load_avg(before, after)={load}")
