@@ -15,6 +15,10 @@
   D 64) over long contexts, keys split into 512-key chunks merged by log-sum-exp (Flash-Decoding)
   vs one work item per K/V head, at 2 threads (3 heads on 2 threads leave one idle half the
   time); 1-thread times show the split's own cost. Min of alternating repeats.
+- batching: continuous vs dynamic batching (`EngineConfig.batching`), SmolLM2, requests with
+  4-48 new tokens (seeded draw, EOS ignored) arriving in waves, one wave every 4 engine steps:
+  mean steps from arrival to the last token (latency in steps: exact under any load), total
+  steps, and wall seconds; `continuous_vs_dynamic_latency` = dynamic's mean / continuous's.
 Both sides alternate within each repeat; medians. Run alone (`python benchmarks/inference_features.py
 --quick`, last line JSON) or as part of benchmarks/inference.py.
 """
@@ -144,11 +148,35 @@ def flash_decoding(contexts=(2048, 8192), repeats: int = 15) -> dict:
     return out
 
 
+def batching_modes(model, tok, n_requests: int = 16, wave: int = 4) -> dict:
+    from llmlab.infer.engine import Engine
+    from llmlab.infer.sampling import SamplingParams
+    rng = __import__("random").Random(0)
+    reqs = [(tok.encode(f"Request {i}: tell me about the number {rng.randint(1, 999)}."),
+             SamplingParams(max_new_tokens=rng.randint(4, 48), ignore_eos=True)) for i in range(n_requests)]
+    out = {}
+    for mode in ("continuous", "dynamic"):
+        eng, arrived, done, step = Engine(model, tok, num_blocks=512, max_num_seqs=wave * 2, batching=mode), {}, {}, 0
+        t0 = time.perf_counter()
+        while len(done) < n_requests:
+            if step % 4 == 0:
+                for prompt, sp in reqs[len(arrived):len(arrived) + wave]:
+                    arrived[eng.add_request(prompt, sp)] = step
+            for o in eng.step():
+                if o.finish_reason:
+                    done[o.request_id] = step
+            step += 1
+        out[mode] = {"mean_latency_steps": statistics.mean(done[r] - arrived[r] + 1 for r in done),
+                     "steps": step, "wall_s": round(time.perf_counter() - t0, 2)}
+    out["continuous_vs_dynamic_latency"] = out["dynamic"]["mean_latency_steps"] / out["continuous"]["mean_latency_steps"]
+    return {f"batching_{k}" if k in ("continuous", "dynamic") else k: v for k, v in out.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smoke run: 8 requests x 500 shared tokens, one copy "
                     "prompt x 48 tokens (about a minute on a free core)")
-    ap.add_argument("--only", choices=["spec", "prefix", "flash"], help="run one of the measurements")
+    ap.add_argument("--only", choices=["spec", "prefix", "flash", "batching"], help="run one of the measurements")
     args = ap.parse_args()
     from llmlab.device import setup_threads
     from llmlab.model.gguf_io import load_gguf
@@ -163,11 +191,12 @@ def main() -> None:
         spec = speculative(model, tok, *((48, 1) if args.quick else (128, 4))) if args.only in (None, "spec") else {}
         pc = prefix_cache(model, tok, *((8, 500) if args.quick else (32, 1000))) if args.only in (None, "prefix") else {}
         fd = flash_decoding(repeats=5 if args.quick else 15) if args.only in (None, "flash") else {}
+        fd.update(batching_modes(model, tok, 8 if args.quick else 16) if args.only in (None, "batching") else {})
     ours = {**{k: v for k, v in spec.items() if k != "spec_speedup"},
             **{k: v for k, v in pc.items() if k != "prefix_cache_ttft"},
-            **{k: v for k, v in fd.items() if "speedup" not in k}}
+            **{k: v for k, v in fd.items() if "speedup" not in k and k != "continuous_vs_dynamic_latency"}}
     ratio = {k: d[k] for d, k in ((spec, "spec_speedup"), (pc, "prefix_cache_ttft")) if k in d}
-    ratio.update({k: v for k, v in fd.items() if "speedup" in k})
+    ratio.update({k: v for k, v in fd.items() if "speedup" in k or k == "continuous_vs_dynamic_latency"})
     for k, v in {**spec, **pc, **fd}.items():
         print(f"{k:32s} {v}")
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
