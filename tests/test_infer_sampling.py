@@ -6,7 +6,7 @@ import torch
 
 from llmlab.infer.detok import TextStream, Utf8Stream
 from llmlab.infer.sampling import (SamplingParams, apply_penalties, banned_ngram_tokens, choose, filter_logits,
-                                   top_logprobs, top_p_keep)
+                                   draw, top_logprobs, top_p_keep)
 
 transformers = pytest.importorskip("transformers")
 
@@ -149,3 +149,24 @@ def test_stop_strings_hold_back_and_cut():
     assert t.push(b"xE") == ("x", False)
     assert t.push(b"Nope") == ("ENope", False)  # not a stop after all: released
     assert t.finish() == ""
+
+
+@pytest.mark.parametrize("nonzero", [5, 900])
+def test_draw_follows_the_distribution(nonzero):
+    """`draw` (multinomial over the drawable tokens only, or over all of them) against the
+    probabilities: chi-square goodness of fit, and the same seed gives the same tokens."""
+    stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(nonzero)
+    probs = torch.zeros(1000)
+    support = torch.randperm(1000, generator=g)[:nonzero]
+    probs[support] = torch.rand(nonzero, generator=g) + 0.2
+    probs /= probs.sum()
+    n = 4000
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.bincount(torch.tensor([draw(probs, gen) for _ in range(n)]), minlength=1000)
+    assert counts[probs == 0].sum() == 0
+    if nonzero == 5:
+        expected = probs[support].double() / probs[support].double().sum() * n
+        assert stats.chisquare(counts[support].double().numpy(), expected.numpy()).pvalue > 1e-3
+    assert [draw(probs, torch.Generator().manual_seed(7)) for _ in range(3)] == \
+        [draw(probs, torch.Generator().manual_seed(7)) for _ in range(3)]

@@ -199,8 +199,19 @@ def choose(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator |
     # shift by the max before dividing: a tiny temperature then gives -inf/0, never inf - inf = NaN
     logits = filter_logits((logits - logits.max()) / p.temperature, p.top_k, p.top_p, p.min_p)
     probs = logits.softmax(-1)
-    if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0:
+    if not math.isfinite(total := float(probs.sum())) or not total > 0:  # a NaN anywhere makes the sum NaN
         raise SamplingError("logits", "the next-token distribution is not finite (NaN/inf logits)")
+    return draw(probs, generator)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> int:
+    """One token from probs (V,), as torch.multinomial. After truncation (top-k/p, min-p) only a few
+    tokens can be drawn: multinomial over those alone gives the same distribution in ~0.08 ms
+    instead of ~1 ms over the whole vocabulary (it draws differently from the same seed, so a
+    seed's tokens changed once, when this went in)."""
+    idx = probs.nonzero().squeeze(-1)
+    if 4 * idx.numel() < probs.numel():
+        return int(idx[torch.multinomial(probs[idx], 1, generator=generator)])
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
