@@ -72,3 +72,17 @@ def test_flash_decoding_split_matches_sdpa_and_is_invariant(split):
     assert torch.equal(two, out)
     alone = attention.decode_attention(q[4:5], kc, vc, Hkv, Hkv * D, D, seqs[4], torch.tensor([0, lens[4]]), 2, split)
     assert torch.equal(alone[0], out[4])
+
+
+def test_paged_and_contiguous_layouts_give_the_same_bits():
+    """The paged layout runs one work item per sequence over all its K/V heads, the contiguous one
+    an item per (sequence, head): every head is computed in the same order, so the bits agree."""
+    g = torch.Generator().manual_seed(3)
+    Hkv, T, D, H = 3, 50, 64, 9
+    kc, vc = torch.randn(T, Hkv, D, generator=g), torch.randn(T, Hkv, D, generator=g)  # paged: (slot, head, D)
+    q = torch.randn(1, H, D, generator=g)
+    n = 37
+    paged = attention.decode_attention(q, kc, vc, Hkv, Hkv * D, D, torch.arange(n), torch.tensor([0, n]))
+    kt, vt = kc.transpose(0, 1).contiguous(), vc.transpose(0, 1).contiguous()  # contiguous: (head, T, D)
+    contiguous = attention.decode_attention(q, kt, vt, Hkv, D, T * D, torch.arange(n), torch.tensor([0, n]))
+    assert torch.equal(paged, contiguous)

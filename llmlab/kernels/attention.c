@@ -50,17 +50,22 @@ static inline float exp_neg(float x) {
     return y * s.f;
 }
 
-/* One (sequence, K/V head), all n keys: its G query heads read each key and value once. */
+/* One sequence, K/V heads [g0, g1), all n keys: the G query heads of each K/V head read its key
+ * and value once. Each head's scores, softmax and sum over keys run in one fixed order whatever
+ * [g0, g1) is, so its bits do not depend on how heads are grouped into work items. */
 static void whole(const float *qv, const float *k, const float *v, int64_t s_pos, int64_t s_head,
-                  const int64_t *sl, int64_t n, int64_t g, int64_t G, int64_t D, float scale, float *o) {
-    for (int64_t d = 0; d < G * D; d++) o[d] = 0.f;
-    float *p = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n * G : 1));
+                  const int64_t *sl, int64_t n, int64_t g0, int64_t g1, int64_t G, int64_t D, float scale,
+                  float *o) {
+    int64_t nh = (g1 - g0) * G;  /* query heads here; qv, o point at head g0 * G */
+    for (int64_t d = 0; d < nh * D; d++) o[d] = 0.f;
+    float *p = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n * nh : 1));
     if (!p || n <= 0) { free(p); return; }
-    for (int64_t i = 0; i < n; i++) {
-        const float *kk = k + sl[i] * s_pos + g * s_head;
-        for (int64_t h = 0; h < G; h++) p[h * n + i] = scale * dot(qv + h * D, kk, D);
-    }
-    for (int64_t h = 0; h < G; h++) {
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t g = g0; g < g1; g++) {
+            const float *kk = k + sl[i] * s_pos + g * s_head;
+            for (int64_t h = (g - g0) * G; h < (g - g0 + 1) * G; h++) p[h * n + i] = scale * dot(qv + h * D, kk, D);
+        }
+    for (int64_t h = 0; h < nh; h++) {
         float *ph = p + h * n, mx = -INFINITY, sum = 0.f;
         for (int64_t i = 0; i < n; i++) mx = ph[i] > mx ? ph[i] : mx;
         for (int64_t i = 0; i < n; i++) ph[i] = exp_neg(ph[i] - mx);
@@ -68,14 +73,15 @@ static void whole(const float *qv, const float *k, const float *v, int64_t s_pos
         float inv = 1.f / sum;
         for (int64_t i = 0; i < n; i++) ph[i] *= inv;
     }
-    for (int64_t i = 0; i < n; i++) {
-        const float *vv = v + sl[i] * s_pos + g * s_head;
-        for (int64_t h = 0; h < G; h++) {
-            float w = p[h * n + i];
-            float *oh = o + h * D;
-            for (int64_t d = 0; d < D; d++) oh[d] += w * vv[d];
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t g = g0; g < g1; g++) {
+            const float *vv = v + sl[i] * s_pos + g * s_head;
+            for (int64_t h = (g - g0) * G; h < (g - g0 + 1) * G; h++) {
+                float w = p[h * n + i];
+                float *oh = o + h * D;
+                for (int64_t d = 0; d < D; d++) oh[d] += w * vv[d];
+            }
         }
-    }
     free(p);
 }
 
@@ -133,6 +139,9 @@ void llmlab_decode_attention(const float *q, const float *k, const float *v, int
                              const int64_t *slots, const int64_t *offs, int64_t B, int64_t H, int64_t Hkv,
                              int64_t D, float scale, float *out, int nt, int64_t split) {
     int64_t G = H / Hkv, n_chunks = 0;
+    /* paged cache (a slot's K/V heads side by side): one work item per sequence reads each slot's
+     * Hkv * D values contiguously instead of Hkv items each reading every slot's D-value slice */
+    int interleaved = Hkv > 1 && s_head * Hkv <= s_pos;
     if (nt < 1) nt = 1;
     int64_t *first = (int64_t *)malloc(sizeof(int64_t) * (size_t)(B + 1));  /* sequence b's first chunk */
     if (!first) return;
@@ -152,10 +161,11 @@ void llmlab_decode_attention(const float *q, const float *k, const float *v, int
 #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < B * Hkv + n_chunks * Hkv; it++) {
             if (it < B * Hkv) {  /* a whole (sequence, head) unless it is split */
-                int64_t b = it / Hkv, g = it % Hkv;
-                if (first[b + 1] > first[b]) continue;
-                whole(q + (b * H + g * G) * D, k, v, s_pos, s_head, slots + offs[b], offs[b + 1] - offs[b], g, G, D,
-                      scale, out + (b * H + g * G) * D);
+                int64_t b = it / Hkv, g = it % Hkv, g1 = g + 1;
+                if (first[b + 1] > first[b] || (interleaved && g > 0)) continue;
+                if (interleaved) g1 = Hkv;  /* one item reads each slot's K/V heads as one run */
+                whole(q + (b * H + g * G) * D, k, v, s_pos, s_head, slots + offs[b], offs[b + 1] - offs[b], g, g1, G,
+                      D, scale, out + (b * H + g * G) * D);
             } else {  /* one chunk of a split sequence */
                 int64_t c = (it - B * Hkv) / Hkv, g = (it - B * Hkv) % Hkv, b = owner[c];
                 int64_t i0 = (c - first[b]) * split, n = offs[b + 1] - offs[b] - i0;
