@@ -28,7 +28,7 @@ def load():
                 lib = ctypes.CDLL(str(build.build(SRC)))
                 p, i64 = ctypes.c_void_p, ctypes.c_int64
                 lib.llmlab_decode_attention.argtypes = [p, p, p, i64, i64, p, p, i64, i64, i64, i64,
-                                                        ctypes.c_float, p, ctypes.c_int]
+                                                        ctypes.c_float, p, ctypes.c_int, i64]
                 lib.llmlab_decode_attention.restype = None
             except (RuntimeError, OSError) as e:
                 get_logger().warning(f"C decode attention unavailable, using SDPA: {e}")
@@ -37,12 +37,18 @@ def load():
     return _LIB[0]
 
 
+SPLIT = 512  # keys per Flash-Decoding chunk: longer sequences are split across threads
+
+
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, Hkv: int, s_pos: int, s_head: int,
-                     slots: torch.Tensor, offs: torch.Tensor, threads: int = 1) -> torch.Tensor:
+                     slots: torch.Tensor, offs: torch.Tensor, threads: int = 1, split: int = SPLIT) -> torch.Tensor:
     """q (B, H, D) fp32; k, v: a layer's cache (fp32, contiguous), K/V head g of slot s at element
     s * s_pos + g * s_head;
     slots (int64): every sequence's key slots in order, concatenated; offs (B + 1,) int64 offsets
-    into slots -> (B, H, D)."""
+    into slots -> (B, H, D).
+    split (Flash-Decoding, Dao et al. 2023): a sequence with more keys is computed as chunks of
+    `split` keys, each its own work item for the threads, merged by log-sum-exp (0 = never). Its
+    bits depend only on its own length, not on the batch or the thread count."""
     lib = load()
     if lib is None:
         raise RuntimeError("the C decode attention is not available")
@@ -54,5 +60,5 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, Hkv: int
         raise ValueError("decode_attention: bad slots/offsets or head counts")
     out = torch.empty_like(q)
     lib.llmlab_decode_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), s_pos, s_head, slots.data_ptr(),
-                                offs.data_ptr(), B, H, Hkv, D, D ** -0.5, out.data_ptr(), threads)
+                                offs.data_ptr(), B, H, Hkv, D, D ** -0.5, out.data_ptr(), threads, split)
     return out

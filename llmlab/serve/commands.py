@@ -63,6 +63,14 @@ def build(cfg: ServeConfig):
                           + (" (empty: requests with rag get a 400 until documents are added)" if not info["chunks"] else ""))
     vm = load_vision_model(cfg.model)  # a `llmlab mm llava` run: images to it, text turns to its LM
     model, tok = (vm.lm, vm.tokenizer) if vm is not None else load_model_and_tokenizer(cfg.model, cfg.device, cfg.dtype)
+    if vm is None:  # the engine multiplies GGUF blocks: their fp32 copies need not stay resident
+        from llmlab.kernels.ggml import release_dense
+        from llmlab.log import get_logger
+        from llmlab.serve.worker import trim_heap
+        freed = release_dense(model)
+        if freed:
+            trim_heap()
+            get_logger().info(f"serving from the GGUF blocks: {freed / 2 ** 20:.0f} MB of fp32 weights released")
     worker = EngineWorker(cfg.engine.build(model, tok), cfg.max_pending).start()
     app = create_app(worker, tok, cfg.served_model_name or cfg.model, cfg.max_tokens_default, cfg.drain_timeout,
                      retrieval, vm)
