@@ -13,28 +13,25 @@ from pathlib import Path
 import torch
 
 from llmlab.kernels import build
-from llmlab.log import get_logger
 
 SRC = Path(__file__).with_name("attention.c")
 _LIB: list = []
 
 
+def _open_library():
+    if build.load() is None:  # same switches as the block kernel (LLMLAB_NO_KERNELS, ISA)
+        return None
+    lib = ctypes.CDLL(str(build.build(SRC)))
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.llmlab_decode_attention.argtypes = [p, p, p, i64, i64, p, p, i64, i64, i64, i64,
+                                            ctypes.c_float, p, ctypes.c_int, i64]
+    lib.llmlab_decode_attention.restype = None
+    return lib
+
+
 def load():
     """The compiled library, or None (no compiler, LLMLAB_NO_KERNELS=1): callers use SDPA."""
-    if not _LIB:
-        lib = None
-        if build.load() is not None:  # same switches as the block kernel (LLMLAB_NO_KERNELS, ISA)
-            try:
-                lib = ctypes.CDLL(str(build.build(SRC)))
-                p, i64 = ctypes.c_void_p, ctypes.c_int64
-                lib.llmlab_decode_attention.argtypes = [p, p, p, i64, i64, p, p, i64, i64, i64, i64,
-                                                        ctypes.c_float, p, ctypes.c_int, i64]
-                lib.llmlab_decode_attention.restype = None
-            except (RuntimeError, OSError) as e:
-                get_logger().warning(f"C decode attention unavailable, using SDPA: {e}")
-                lib = None
-        _LIB.append(lib)
-    return _LIB[0]
+    return build.load_cached(_LIB, _open_library, "C decode attention unavailable, using SDPA")
 
 
 SPLIT = 512  # keys per Flash-Decoding chunk: longer sequences are split across threads
