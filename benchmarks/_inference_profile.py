@@ -236,7 +236,7 @@ def _rss_mb(pid: int) -> dict:
     return out
 
 
-def serve_memory(model, path, port: int = 8793) -> dict:
+def serve_memory(model, path, port: int = 0) -> dict:
     """Resident memory of `llmlab serve model=smollm2` after answering two chat requests, against
     the budget GGUF size + KV pool (its allocated size, the engine's default) + 150 MB. The pool is
     zero-filled lazily, so only its touched pages count in RSS; `baseline_python_torch_mb` is a
@@ -252,6 +252,11 @@ def serve_memory(model, path, port: int = 8793) -> dict:
     ec, cfg = EngineConfig(), model.config
     blocks = ec.num_blocks or ec.max_num_seqs * 512 // ec.block_size
     kv = (blocks + 1) * ec.block_size * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 4
+    if not port:  # a free one: a fixed port made the run fail whenever another server held it
+        import socket
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
     cli = Path(sys.executable).parent / "llmlab"
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.Popen([str(cli), "serve", "model=smollm2", f"port={port}"], env=env,

@@ -3,7 +3,11 @@
 Per mode (DDP, ZeRO-2, FSDP2 = ZeRO-3, Megatron TP, pipeline GPipe/1F1B): tokens/s, peak bytes
 allocated per rank during a step (torch.profiler CPU allocation events + the states live before
 it), model-state bytes per rank at the optimizer step beside `llmlab.calc.memory`'s prediction,
-and the measured pipeline bubble (1 - busy/wall of each stage) beside (p-1)/(m+p-1). The "peer"
+and the measured pipeline bubble (1 - busy/wall of each stage, busy clocked inside the same step,
+median over the timed steps) beside (p-1)/(m+p-1). The pipeline runs a model whose two stages cost
+about the same (a small vocabulary, --pp-vocab: the formula assumes equal stages; with the
+4096-token LM head on the last stage it was ~3x the first, which idles the first stage beyond the
+schedule's bubble). The "peer"
 column is one process running the same global batch. Last line: JSON with ratio keys
   zero3_mem          DDP peak / FSDP2 peak per rank (goal >= 1.67)
   calc_mem_accuracy  min over DDP/ZeRO-1/ZeRO-2/FSDP2 of min(pred/measured, measured/pred), model states
@@ -14,25 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
 
 
-def _tp_pp(model_kw: dict, global_bs: int, seq: int, steps: int, micro: int) -> dict:
-    import torch.distributed as dist
-
+def _tp(model_kw: dict, x, y, global_bs: int, seq: int, steps: int) -> dict:
     from llmlab.distributed.measure import live_bytes, peak_bytes
-    from llmlab.distributed.pipeline import pipeline_step, split_stages, stage_busy_seconds
-    from llmlab.distributed.step_probe import global_batch
     from llmlab.distributed.tensor_parallel import TensorParallelLM
     from llmlab.model import ModelConfig, Transformer
-    rank, world = dist.get_rank(), dist.get_world_size()
-    out = {}
     torch.manual_seed(0)
     tp = TensorParallelLM(Transformer(ModelConfig(**model_kw)))
     opt = torch.optim.AdamW(tp.parameters(), lr=1e-3)
-    x, y = global_batch(model_kw["vocab_size"], global_bs, seq, 0)
 
     def tp_step():
         tp(x, y).backward()
@@ -44,27 +42,43 @@ def _tp_pp(model_kw: dict, global_bs: int, seq: int, steps: int, micro: int) -> 
     t = time.perf_counter()
     for _ in range(steps):
         tp_step()
-    out["tp"] = {"tokens_per_s": steps * global_bs * seq / (time.perf_counter() - t), "peak_bytes": before + peak}
+    return {"tokens_per_s": steps * global_bs * seq / (time.perf_counter() - t), "peak_bytes": before + peak}
+
+
+def _tp_pp(model_kw: dict, global_bs: int, seq: int, steps: int, micro: int, pp_vocab: int,
+           tp_too: bool = True) -> dict:
+    """TP (unless tp_too is off), then GPipe and 1F1B with each step's in-run stage busy time."""
+    import torch.distributed as dist
+
+    from llmlab.distributed.pipeline import pipeline_step, split_stages
+    from llmlab.distributed.step_probe import global_batch
+    from llmlab.model import ModelConfig, Transformer
+    rank, world = dist.get_rank(), dist.get_world_size()
+    x, y = global_batch(model_kw["vocab_size"], global_bs, seq, 0)
+    out = {"tp": _tp(model_kw, x, y, global_bs, seq, steps)} if tp_too else {}
+    px, py = x % pp_vocab, y % pp_vocab
     for sched in ("gpipe", "1f1b"):
         torch.manual_seed(0)
-        stage = split_stages(Transformer(ModelConfig(**{**model_kw, "tie_word_embeddings": False})), rank, world)
-        pipeline_step(stage, rank, world, x, y, micro, sched)  # warm-up
-        walls = []
-        for _ in range(steps):
-            walls.append(pipeline_step(stage, rank, world, x, y, micro, sched)[1])
-        mb = global_bs // micro
-        busy = micro * stage_busy_seconds(stage, x[:mb], y[:mb], model_kw["hidden_size"])
-        out[sched] = {"busy": busy, "wall": min(walls), "tokens_per_s": steps * global_bs * seq / sum(walls)}
+        pp_kw = {**model_kw, "vocab_size": pp_vocab, "tie_word_embeddings": False}
+        stage = split_stages(Transformer(ModelConfig(**pp_kw)), rank, world)
+        pipeline_step(stage, rank, world, px, py, micro, sched)  # warm-up
+        walls, busy = [], []
+        for _ in range(2 * steps):
+            walls.append(pipeline_step(stage, rank, world, px, py, micro, sched)[1])
+            busy.append(stage.busy_seconds)
+        out[sched] = {"busy": busy, "wall": walls, "tokens_per_s": len(walls) * global_bs * seq / sum(walls)}
     return out
 
 
-def _all(strategies, model_kw, global_bs, seq, steps, micro):
+def _all(strategies, model_kw, global_bs, seq, steps, micro, pp_vocab=256):
     from llmlab.distributed.step_probe import run_strategies
+    if not strategies:  # --only pp
+        return _tp_pp(model_kw, global_bs, seq, steps, micro, pp_vocab, tp_too=False)
     res = {r["strategy"]: r for r in run_strategies(strategies, model_kw, global_bs, seq, steps + 2)}
     for r in res.values():
         r.pop("weights")
     if len(strategies) > 1:
-        res.update(_tp_pp(model_kw, global_bs, seq, steps, micro))
+        res.update(_tp_pp(model_kw, global_bs, seq, steps, micro, pp_vocab))
     return res
 
 
@@ -78,17 +92,35 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--batch", type=int, default=4, help="global batch (sequences)")
     ap.add_argument("--micro-batches", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=0, help="timed steps (default 8, 3 with --quick)")
+    ap.add_argument("--pp-vocab", type=int, default=256, help="the pipeline model's vocabulary (balanced stages)")
+    ap.add_argument("--steps", type=int, default=0, help="timed steps (default 8, 3 with --quick; pipeline: twice)")
+    ap.add_argument("--only", choices=["all", "pp"], default="all", help="pp: the pipeline bubble alone (short)")
     args = ap.parse_args()
     from llmlab.calc.pipeline import bubble_fraction, measured_bubble
     from llmlab.distributed.launch import spawn
     steps = args.steps or (3 if args.quick else 8)
     kw = dict(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
               num_attention_heads=args.heads, max_position_embeddings=args.seq)
-    one = spawn(_all, 1, ["ddp"], kw, args.batch, args.seq, steps, args.micro_batches)[0]["ddp"]
-    modes = ["ddp", "zero1", "zero2", "fsdp"]
-    two = spawn(_all, 2, modes, kw, args.batch, args.seq, steps, args.micro_batches)
+    modes = ["ddp", "zero1", "zero2", "fsdp"] if args.only == "all" else []
+    two = spawn(_all, 2, modes, kw, args.batch, args.seq, steps, args.micro_batches, args.pp_vocab)
     ours = {}
+    pred = bubble_fraction(2, args.micro_batches)
+    acc_b = []
+    for s in ("gpipe", "1f1b"):
+        per_step = sorted(measured_bubble([two[k][s]["busy"][i] for k in (0, 1)], max(two[k][s]["wall"][i] for k in (0, 1)))
+                          for i in range(len(two[0][s]["wall"])))
+        meas = statistics.median(per_step)
+        ours[s] = {"tokens_per_s": round(two[0][s]["tokens_per_s"]), "bubble": round(meas, 4), "bubble_pred": pred,
+                   "bubble_min": round(per_step[0], 4), "bubble_max": round(per_step[-1], 4),
+                   "stage_busy_ratio": round(statistics.median(two[1][s]["busy"]) / statistics.median(two[0][s]["busy"]), 3)}
+        acc_b.append(min(pred / meas, meas / pred) if meas > 0 else 0.0)
+    if not modes:
+        for k, v in ours.items():
+            print(f"{k:6s} " + "  ".join(f"{a}={b}" for a, b in v.items()))
+        print(json.dumps({"benchmark": "distributed_pp", "ours": ours, "peer": {"bubble": pred},
+                          "ratio": {"bubble_accuracy": min(acc_b)}}))
+        return
+    one = spawn(_all, 1, ["ddp"], kw, args.batch, args.seq, steps, args.micro_batches)[0]["ddp"]
     for m in modes:
         r0, r1 = two[0][m], two[1][m]
         ours[m] = {"tokens_per_s": round(r0["tokens_per_s"]), "peak_mib_per_rank": max(r0["peak_bytes"], r1["peak_bytes"]) / 2**20,
@@ -96,12 +128,6 @@ def main() -> None:
                    "comm_mib": r0["comm_bytes"] / 2**20, "comm_pred_mib": r0["comm_pred"] / 2**20}
     ours["tp"] = {"tokens_per_s": round(two[0]["tp"]["tokens_per_s"]),
                   "peak_mib_per_rank": max(two[k]["tp"]["peak_bytes"] for k in (0, 1)) / 2**20}
-    pred = bubble_fraction(2, args.micro_batches)
-    acc_b = []
-    for s in ("gpipe", "1f1b"):
-        meas = measured_bubble([two[k][s]["busy"] for k in (0, 1)], max(two[k][s]["wall"] for k in (0, 1)))
-        ours[s] = {"tokens_per_s": round(two[0][s]["tokens_per_s"]), "bubble": round(meas, 4), "bubble_pred": pred}
-        acc_b.append(min(pred / meas, meas / pred) if meas > 0 else 0.0)
     acc_m = min(min(ours[m]["state_pred_mib"] / ours[m]["state_mib"], ours[m]["state_mib"] / ours[m]["state_pred_mib"])
                 for m in modes)
     for k, v in ours.items():

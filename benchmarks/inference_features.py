@@ -11,6 +11,14 @@
   first ones by title, never tuned on), same engine settings as `llmlab chat` (one user, no row
   padding), speculation forced on for the measurement (no fallback); outputs must be identical.
   Also: mean accepted draft tokens per verification, and what the automatic fallback chooses.
+- flash_decoding: the C decode attention for one sequence with SmolLM2's heads (9 query, 3 K/V,
+  D 64) over long contexts, keys split into 512-key chunks merged by log-sum-exp (Flash-Decoding)
+  vs one work item per K/V head, at 2 threads (3 heads on 2 threads leave one idle half the
+  time); 1-thread times show the split's own cost. Min of alternating repeats.
+- batching: continuous vs dynamic batching (`EngineConfig.batching`), SmolLM2, requests with
+  4-48 new tokens (seeded draw, EOS ignored) arriving in waves, one wave every 4 engine steps:
+  mean steps from arrival to the last token (latency in steps: exact under any load), total
+  steps, and wall seconds; `continuous_vs_dynamic_latency` = dynamic's mean / continuous's.
 Both sides alternate within each repeat; medians. Run alone (`python benchmarks/inference_features.py
 --quick`, last line JSON) or as part of benchmarks/inference.py.
 """
@@ -117,11 +125,58 @@ def speculative(model, tok, new_tokens: int = 96, n_prompts: int = 3, repeats: i
             "fallback_keeps_speculation": auto.spec_summary()["speculating"], "spec_speedup": spec / plain}
 
 
+def flash_decoding(contexts=(2048, 8192), repeats: int = 15) -> dict:
+    from llmlab.kernels import attention
+    if attention.load() is None:
+        return {}
+    g = torch.Generator().manual_seed(0)
+    H, Hkv, D, out = 9, 3, 64, {}
+    for n in contexts:
+        k, v = torch.randn(Hkv, n, D, generator=g), torch.randn(Hkv, n, D, generator=g)
+        q, slots, offs = torch.randn(1, H, D, generator=g), torch.arange(n), torch.tensor([0, n])
+        best = {}
+        for _ in range(repeats):
+            for threads in (1, 2):
+                for split in (0, attention.SPLIT):
+                    t0 = time.perf_counter()
+                    attention.decode_attention(q, k, v, Hkv, D, n * D, slots, offs, threads, split)
+                    key = (threads, split)
+                    best[key] = min(best.get(key, 1e9), time.perf_counter() - t0)
+        out[f"flash_decoding_ms_{n}"] = {f"{t}t_{'split' if s else 'whole'}": round(v * 1e3, 3)
+                                         for (t, s), v in best.items()}
+        out[f"flash_decoding_speedup_2t_{n}"] = best[(2, 0)] / best[(2, attention.SPLIT)]
+    return out
+
+
+def batching_modes(model, tok, n_requests: int = 16, wave: int = 4) -> dict:
+    from llmlab.infer.engine import Engine
+    from llmlab.infer.sampling import SamplingParams
+    rng = __import__("random").Random(0)
+    reqs = [(tok.encode(f"Request {i}: tell me about the number {rng.randint(1, 999)}."),
+             SamplingParams(max_new_tokens=rng.randint(4, 48), ignore_eos=True)) for i in range(n_requests)]
+    out = {}
+    for mode in ("continuous", "dynamic"):
+        eng, arrived, done, step = Engine(model, tok, num_blocks=512, max_num_seqs=wave * 2, batching=mode), {}, {}, 0
+        t0 = time.perf_counter()
+        while len(done) < n_requests:
+            if step % 4 == 0:
+                for prompt, sp in reqs[len(arrived):len(arrived) + wave]:
+                    arrived[eng.add_request(prompt, sp)] = step
+            for o in eng.step():
+                if o.finish_reason:
+                    done[o.request_id] = step
+            step += 1
+        out[mode] = {"mean_latency_steps": statistics.mean(done[r] - arrived[r] + 1 for r in done),
+                     "steps": step, "wall_s": round(time.perf_counter() - t0, 2)}
+    out["continuous_vs_dynamic_latency"] = out["dynamic"]["mean_latency_steps"] / out["continuous"]["mean_latency_steps"]
+    return {f"batching_{k}" if k in ("continuous", "dynamic") else k: v for k, v in out.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smoke run: 8 requests x 500 shared tokens, one copy "
                     "prompt x 48 tokens (about a minute on a free core)")
-    ap.add_argument("--only", choices=["spec", "prefix"], help="run one of the two measurements")
+    ap.add_argument("--only", choices=["spec", "prefix", "flash", "batching"], help="run one of the measurements")
     args = ap.parse_args()
     from llmlab.device import setup_threads
     from llmlab.model.gguf_io import load_gguf
@@ -131,14 +186,18 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     threads = setup_threads()
     path = packaged_path("smollm2")
-    model, tok = load_gguf(path), load_tokenizer(path)
+    model, tok = (load_gguf(path), load_tokenizer(path)) if args.only != "flash" else (None, None)
     with torch.inference_mode():
-        spec = speculative(model, tok, *((48, 1) if args.quick else (128, 4))) if args.only != "prefix" else {}
-        pc = prefix_cache(model, tok, *((8, 500) if args.quick else (32, 1000))) if args.only != "spec" else {}
+        spec = speculative(model, tok, *((48, 1) if args.quick else (128, 4))) if args.only in (None, "spec") else {}
+        pc = prefix_cache(model, tok, *((8, 500) if args.quick else (32, 1000))) if args.only in (None, "prefix") else {}
+        fd = flash_decoding(repeats=5 if args.quick else 15) if args.only in (None, "flash") else {}
+        fd.update(batching_modes(model, tok, 8 if args.quick else 16) if args.only in (None, "batching") else {})
     ours = {**{k: v for k, v in spec.items() if k != "spec_speedup"},
-            **{k: v for k, v in pc.items() if k != "prefix_cache_ttft"}}
+            **{k: v for k, v in pc.items() if k != "prefix_cache_ttft"},
+            **{k: v for k, v in fd.items() if "speedup" not in k and k != "continuous_vs_dynamic_latency"}}
     ratio = {k: d[k] for d, k in ((spec, "spec_speedup"), (pc, "prefix_cache_ttft")) if k in d}
-    for k, v in {**spec, **pc}.items():
+    ratio.update({k: v for k, v in fd.items() if "speedup" in k or k == "continuous_vs_dynamic_latency"})
+    for k, v in {**spec, **pc, **fd}.items():
         print(f"{k:32s} {v}")
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print(f"threads={threads} quick={args.quick} load_avg(before, after)={load}")

@@ -34,6 +34,8 @@ def rows(group: int) -> list[tuple[str, str, dict]]:
         ("rtn4", f"int4 RTN g{group} (W4)", "rtn", dict(bits=4, group=group, sym=False)),
         ("gptq4", f"int4 GPTQ g{group} act-order", "gptq", dict(bits=4, group=group, sym=False)),
         ("awq4", f"int4 AWQ g{group}", "awq", dict(bits=4, group=group, sym=False)),
+        ("awq4m", f"int4 AWQ g{group}, MLP-output objective", "awq",
+         dict(bits=4, group=group, sym=False, awq_objective="module")),
         ("nf4", "NF4 (block 64, double quant)", "nf4", {}),
         ("w8a8", "W8A8 per-token (no smoothing)", "w8a8", {}),
         ("sq", "W8A8 SmoothQuant a=0.5", "smoothquant", dict(alpha=0.5)),
@@ -123,7 +125,7 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=64, help="int4 group size (SmolLM2's rows of 576 are not "
                     "a multiple of 128)")
     ap.add_argument("--out", default="")
-    ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,nf4,w8a8,sq,int8); "
+    ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,awq4m,nf4,w8a8,sq,int8); "
                     "default all (--quick: rtn4,gptq4,awq4,sq)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--gguf", action="store_true", help="instead: the GGUF export table (size, ppl, decode tok/s)")
@@ -165,7 +167,7 @@ def main() -> None:
     for label, ppl in peer.items():
         print(f"| {label} | {ppl if isinstance(ppl, str) else f'{ppl:.3f} | {ppl - fp:+.3f} ({100 * (ppl - fp) / fp:+.1f}%)'} | | |")
     ratio = {}
-    for key, name in (("gptq4", "gptq_vs_rtn"), ("awq4", "awq_vs_rtn")):
+    for key, name in (("gptq4", "gptq_vs_rtn"), ("awq4", "awq_vs_rtn"), ("awq4m", "awq_module_vs_rtn")):
         if key in ours and "rtn4" in ours:
             ratio[name] = (ours["rtn4"] - fp) / max(ours[key] - fp, 1e-9)
     if "sq" in ours:

@@ -70,6 +70,19 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     save_file({k: v.cpu() for k, v in out.items()}, str(path), metadata=metadata or {"format": "pt"})
 
 
+def write_model_dir(path: str | Path, config: dict, state: dict[str, torch.Tensor], generation: dict,
+                    extra_files: dict[str, str] | None = None) -> Path:
+    """Atomically write an HF-style model dir: config.json, model.safetensors, generation_config.json
+    (its None values left out) and extra_files (name -> text: tokenizer files...)."""
+    with atomic_dir(path) as tmp:
+        write_json(tmp / "config.json", config)
+        save_tensors(tmp / "model.safetensors", state)
+        write_json(tmp / "generation_config.json", {k: v for k, v in generation.items() if v is not None})
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+    return Path(path)
+
+
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():

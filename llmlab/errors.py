@@ -6,3 +6,9 @@ class UserError(Exception):
 
     The message must name the offending key, file or value; it is shown without a traceback.
     """
+
+
+def require(value, message: str) -> None:
+    """A required config value: raise UserError(message) when it is empty ('', [], 0 or None)."""
+    if not value:
+        raise UserError(message)

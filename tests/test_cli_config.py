@@ -64,9 +64,32 @@ def test_every_verb_has_help_and_example(capsys):
     assert {"generate", "chat"} <= set(verbs)
     for name, verb in verbs.items():
         assert verb.example.startswith("llmlab "), name
+        assert verb.summary and "\n" not in verb.summary and "Example" not in verb.summary, name
         assert main(name.split() + ["--help"]) == 0
         out = capsys.readouterr().out
         assert f"usage: llmlab {name}" in out and "example:" in out
+
+
+def test_verb_help_comes_from_the_docstring():
+    from llmlab.verb import verb
+
+    table = {}
+
+    @verb(table, "demo run", Cfg)
+    def run_demo(cfg):
+        """do a thing in a long summary
+        that goes on
+
+        Example: llmlab demo run a=1
+          (or: llmlab demo run b=2)
+
+        Details for readers of the code, not shown.
+        """
+
+    v = table["demo run"]
+    assert (v.config, v.run) == (Cfg, run_demo)
+    assert v.summary == "do a thing in a long summary that goes on"
+    assert v.example == "llmlab demo run a=1\n  (or: llmlab demo run b=2)"
 
 
 def test_cli_errors_are_one_line_exit_2():

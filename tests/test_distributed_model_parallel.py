@@ -78,8 +78,10 @@ def _worker():
         stage = split_stages(_model(tie_word_embeddings=False), rank, world)
         loss, wall = pipeline_step(stage, rank, world, x, y, micro_batches=4, schedule=sched)
         grads = {n: p.grad.clone() for n, p in stage.named_parameters() if p.grad is not None}
+        in_run = stage.busy_seconds  # clocked inside the step (forwards + backwards of this stage)
         busy = 4 * stage_busy_seconds(stage, x[:1], y[:1], CFG["hidden_size"])
-        out[sched] = {"loss": None if loss is None else float(loss), "busy": busy, "wall": wall, "grads": grads}
+        out[sched] = {"loss": None if loss is None else float(loss), "busy": busy, "wall": wall, "grads": grads,
+                      "in_run": in_run}
     return out
 
 
@@ -126,3 +128,6 @@ def test_model_parallel_modes_match_one_process():
         assert torch.allclose(g1, grads["lm_head.weight"].grad, atol=1e-6)
         bubble = measured_bubble([r[k][sched]["busy"] for k in (0, 1)], max(r[k][sched]["wall"] for k in (0, 1)))
         assert 0 < bubble < 1 and bubble_fraction(2, 4) == 0.2
+        for k in (0, 1):  # the in-run clock: some compute, and less than the step it ran in
+            assert 0 < r[k][sched]["in_run"] < r[k][sched]["wall"], (sched, k, r[k][sched])
+            assert 0 < measured_bubble([r[k][sched]["in_run"]], r[k][sched]["wall"]) < 1

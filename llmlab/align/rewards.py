@@ -70,7 +70,13 @@ def flexible_arithmetic_reward(row: dict, completion: str, format_weight: float 
     return last_int_match_reward(row, completion) + format_weight * strict_exact_match_reward(row, completion)
 
 
-REWARDS = {"exact_match": exact_match_reward, "format": format_reward, "arithmetic": arithmetic_reward,
+def rules_reward(row: dict, completion: str) -> float:
+    """Rule-based reward (llmlab.align.rule_rewards): 1 - the weighted share of rules the reply breaks."""
+    from llmlab.align.rule_rewards import rule_reward
+    return rule_reward(row, completion)
+
+
+REWARDS = {"rules": rules_reward, "exact_match": exact_match_reward, "format": format_reward, "arithmetic": arithmetic_reward,
            "strict_exact_match": strict_exact_match_reward, "strict_arithmetic": strict_arithmetic_reward,
            "last_int_match": last_int_match_reward, "flexible_arithmetic": flexible_arithmetic_reward}
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmlab.verb import Verb
+from llmlab.verb import Verb, verb
 from llmlab.errors import UserError
+
+VERBS: dict[str, Verb] = {}
 
 
 @dataclass
@@ -109,7 +111,12 @@ def _finetune_rows(cfg: CalcConfig, m, n: int, gib) -> list[tuple[str, str]]:
     return rows
 
 
+@verb(VERBS, "calc", CalcConfig)
 def run_calc(cfg: CalcConfig) -> int:
+    """FLOPs, memory per rank (DDP/ZeRO), activations, comm, bubble, Chinchilla
+
+    Example: llmlab calc depth=4 seq_len=256 micro_batch=8 world_size=2 tp=2 pp=2
+    """
     rows = report(cfg)
     w = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -157,7 +164,12 @@ def plot_fit(points: list[dict], fit: dict, path) -> None:
     fig.savefig(path, dpi=90)
 
 
+@verb(VERBS, "calc fit", FitConfig)
 def run_fit(cfg: FitConfig) -> int:
+    """scaling-law study: tiny runs of >= 5 sizes x >= 3 budgets, fit L(N, D)
+
+    Example: llmlab calc fit data=corpus.txt output_dir=runs/calc_fit
+    """
     import json
     from pathlib import Path
 
@@ -191,11 +203,3 @@ def run_fit(cfg: FitConfig) -> int:
     plot_fit(points, fit, out / "scaling.png")
     print(f"wrote {out / 'fit.json'} and {out / 'scaling.png'}")
     return 0
-
-
-VERBS = {
-    "calc fit": Verb(FitConfig, run_fit, "scaling-law study: tiny runs of >= 5 sizes x >= 3 budgets, fit L(N, D)",
-                     "llmlab calc fit data=corpus.txt output_dir=runs/calc_fit"),
-    "calc": Verb(CalcConfig, run_calc, "FLOPs, memory per rank (DDP/ZeRO), activations, comm, bubble, Chinchilla",
-                 "llmlab calc depth=4 seq_len=256 micro_batch=8 world_size=2 tp=2 pp=2"),
-}

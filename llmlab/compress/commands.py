@@ -1,11 +1,14 @@
 """CLI verbs `llmlab prune` (prune, optionally recover, or sweep sparsities into a PNG) and
-`llmlab distill` (train a student from a teacher's logits, or without KD for comparison)."""
+`llmlab distill` (train a student from a teacher, or without KD for comparison; llmlab/compress/distill.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmlab.verb import Verb
+from llmlab.verb import Verb, verb
 from llmlab.errors import UserError
+from llmlab.compress.distill import DistillConfig, run_distill
+
+VERBS: dict[str, Verb] = {}
 
 PRUNE_METHODS = ("magnitude", "wanda", "2:4", "owl", "heads", "channels", "layers", "lowrank")
 
@@ -89,7 +92,12 @@ def _recover(model, masks, calib, steps: int, lr: float) -> None:
     model.eval()
 
 
+@verb(VERBS, "prune", PruneConfig)
 def run_prune(cfg: PruneConfig) -> int:
+    """pruning: magnitude, Wanda, OWL, 2:4, heads/channels/layers, SVD low-rank (+ recovery)
+
+    Example: llmlab prune model=smollm2 method=wanda sparsity=0.5 recovery_steps=20
+    """
     import copy
 
     import torch
@@ -180,131 +188,4 @@ def _plot(curves: dict, nm: float, fp: float, path: str, name: str) -> None:
     plt.close(fig)
 
 
-@dataclass
-class DistillConfig:
-    teacher: str = field(default="smollm2", metadata={"help": "teacher model (its tokenizer is the student's)"})
-    student_layers: int = 4
-    student_hidden: int = 128
-    student_heads: int = 4
-    max_steps: int = 200
-    batch_size: int = 4
-    seq_len: int = 128
-    learning_rate: float = 1e-3
-    temperature: float = 2.0
-    alpha: float = field(default=0.5, metadata={"help": "KD weight; 0 = plain cross-entropy (the no-KD baseline)"})
-    teacher_topk: int = field(default=0, metadata={"help": "> 0: run the teacher once over the training windows "
-                                                           "and keep its top-k logits (top-k KD); 0: full logits, "
-                                                           "teacher run every step"})
-    seeds: list[int] = field(default_factory=list, metadata={"help": "compare KD with the no-KD student (alpha=0) "
-                                                                   "at equal steps, one pair per seed"})
-    eval_windows: int = 8
-    seed: int = 0
-    output_dir: str = ""
-
-
-def _student(cfg: DistillConfig, vocab: int, eos: int | None, seed: int):
-    import torch
-
-    from llmlab.model.config import ModelConfig
-    from llmlab.model.transformer import Transformer
-    torch.manual_seed(seed)
-    return Transformer(ModelConfig(vocab_size=vocab, hidden_size=cfg.student_hidden,
-                                   num_hidden_layers=cfg.student_layers, num_attention_heads=cfg.student_heads,
-                                   max_position_embeddings=max(256, cfg.seq_len), eos_token_id=eos))
-
-
-def _teacher_topk(teacher, data, batch_size: int, k: int):
-    """The teacher's top-k logits for every training window, computed once: (values, ids)."""
-    import torch
-
-    from tqdm.auto import tqdm
-    vals, ids = [], []
-    with torch.no_grad():
-        for b in tqdm(data.split(batch_size), desc="teacher top-k", total=-(-len(data) // batch_size)):
-            v, i = teacher(b)[:, :-1].float().topk(k, dim=-1)
-            vals.append(v.half())
-            ids.append(i)
-    return torch.cat(vals), torch.cat(ids)
-
-
-def _train_student(student, data, teacher_fn, cfg: DistillConfig, alpha: float, seed: int) -> None:
-    """Cosine-decayed AdamW over the windows, in a seeded order; teacher_fn(idx) -> teacher logits
-    of those windows (full tensor or (values, ids) top-k), not called when alpha = 0."""
-    import math
-
-    import torch
-
-    from llmlab.compress.kd import distill_loss
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
-    student.train()
-    for step, idx in enumerate(order.split(cfg.batch_size)):
-        for g in opt.param_groups:
-            g["lr"] = cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * step / cfg.max_steps))
-        b = data[idx]
-        t_logits = teacher_fn(idx) if alpha > 0 else None
-        loss = distill_loss(student(b)[:, :-1], t_logits, b[:, 1:], cfg.temperature, alpha)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 50 == 0:
-            print(f"step {step}: loss {float(loss):.4f}", flush=True)
-
-
-def run_distill(cfg: DistillConfig) -> int:
-    import json
-    import statistics
-
-    import torch
-
-    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
-    from llmlab.quant import calibrate
-
-    if not 0 <= cfg.alpha <= 1 or cfg.temperature <= 0 or cfg.max_steps < 1 or cfg.teacher_topk < 0:
-        raise UserError("need 0 <= alpha <= 1, temperature > 0, max_steps >= 1, teacher_topk >= 0")
-    if cfg.seeds and cfg.alpha == 0:
-        raise UserError("seeds=... compares KD (alpha > 0) with alpha = 0: give alpha > 0")
-    teacher, tok = load_model_and_tokenizer(cfg.teacher, device="cpu", dtype="float32")
-    teacher.eval()
-    # the same training windows for every seed and arm (seeds change init and order only)
-    data = calibrate.token_windows(tok, calibrate.wiki_split(False), cfg.max_steps * cfg.batch_size, cfg.seq_len,
-                                   seed=cfg.seed + 100)
-    ev = calibrate.token_windows(tok, calibrate.wiki_split(True), cfg.eval_windows, 256)
-    if cfg.teacher_topk and cfg.alpha > 0:
-        top_v, top_i = _teacher_topk(teacher, data, cfg.batch_size, cfg.teacher_topk)
-        teacher_fn = lambda idx: (top_v[idx], top_i[idx])  # noqa: E731
-    else:
-        def teacher_fn(idx):
-            with torch.no_grad():
-                return teacher(data[idx])[:, :-1]
-    runs = [(s, a) for s in (cfg.seeds or [cfg.seed]) for a in ((cfg.alpha, 0.0) if cfg.seeds else (cfg.alpha,))]
-    results = []
-    for seed, alpha in runs:
-        student = _student(cfg, teacher.config.vocab_size, tok.eos_id, seed)
-        _train_student(student, data, teacher_fn, cfg, alpha, seed)
-        student.eval()
-        with torch.no_grad():
-            meter = calibrate.perplexity(student, ev, tok=tok)
-        results.append({"seed": seed, "alpha": alpha, "ppl": meter.perplexity, "bits_per_byte": meter.bits_per_byte})
-        print(f"student ({student.num_params() / 1e6:.1f}M params, alpha={alpha}, T={cfg.temperature}, "
-              f"seed {seed}): held-out ppl {meter.perplexity:.3f}, bits/byte {meter.bits_per_byte:.4f}", flush=True)
-    if cfg.seeds:
-        kd = [r["bits_per_byte"] for r in results if r["alpha"] > 0]
-        base = [r["bits_per_byte"] for r in results if r["alpha"] == 0]
-        wins = sum(k < b for k, b in zip(kd, base))
-        sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
-        print(f"KD {statistics.mean(kd):.4f} ± {sd(kd):.4f} vs no-KD {statistics.mean(base):.4f} ± {sd(base):.4f} "
-              f"bits/byte; KD better in {wins} of {len(kd)} seeds")
-        print(json.dumps({"distill": results, "kd_wins": wins, "seeds": len(kd)}))
-    if cfg.output_dir:
-        from llmlab.model.hf import save_hf_dir
-        save_hf_dir(student, cfg.output_dir)
-    return 0
-
-
-VERBS = {
-    "prune": Verb(PruneConfig, run_prune, "pruning: magnitude, Wanda, OWL, 2:4, heads/channels/layers, SVD low-rank (+ recovery)",
-                  "llmlab prune model=smollm2 method=wanda sparsity=0.5 recovery_steps=20"),
-    "distill": Verb(DistillConfig, run_distill, "logit knowledge distillation from a teacher into a small student",
-                    "llmlab distill teacher=smollm2 max_steps=200 alpha=0.5 temperature=2 teacher_topk=64 seeds=0,1,2"),
-}
+verb(VERBS, "distill", DistillConfig)(run_distill)

@@ -43,28 +43,47 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 def topk_kd_loss(student_logits: torch.Tensor, top_values: torch.Tensor, top_ids: torch.Tensor,
-                 temperature: float = 2.0, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """KD against a cached top-k of the teacher's logits (values (..., k), vocabulary ids (..., k)):
-    p = softmax(top_values / T) renormalised over those k tokens, q_T the student's full softmax,
-    T^2 * sum_{i in top-k} p_i (log p_i - log q_T,i). With k = the vocabulary it is `kd_loss`; with
-    k << V it drops the teacher's tail mass (small for a confident teacher) and lets the teacher's
-    forward be run once and stored (k values + ids per position) instead of once per student step."""
+                 temperature: float = 2.0, mask: torch.Tensor | None = None,
+                 teacher_lse: torch.Tensor | None = None) -> torch.Tensor:
+    """KD against a cached top-k of the teacher's logits (values (..., k), vocabulary ids (..., k)),
+    so the teacher's forward runs once and is stored (k values + ids per position).
+
+    Without `teacher_lse`: p = softmax(top_values / T) renormalised over those k tokens,
+    T^2 * sum_{i in top-k} p_i (log p_i - log q_T,i) with q_T the student's full softmax. This
+    truncation is biased (Anshumann et al. 2025, arXiv:2503.16870): the target puts zero mass
+    outside the top-k, so the student is pushed to starve every other token, and at T = 2 the top
+    64 of SmolLM2 hold only a third of the softened mass.
+    With `teacher_lse` = logsumexp(z_t / T) over the whole vocabulary (...,): the exact KL between
+    the teacher and the student over k + 1 outcomes, the top-k tokens and one "tail" bucket with the
+    remaining mass (1 - sum p_i for the teacher, 1 - sum q_i for the student); with k = V it is
+    `kd_loss`."""
     _check_temperature(temperature)
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1).gather(-1, top_ids)
-    return _softened_kl(s, top_values, temperature, mask)
+    s_all = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    s = s_all.gather(-1, top_ids)
+    if teacher_lse is None:
+        return _softened_kl(s, top_values, temperature, mask)
+    t = top_values.float() / temperature - teacher_lse.float().unsqueeze(-1)
+    kl = (t.exp() * (t - s)).sum(-1)
+    # tail masses, as logs: log(1 - sum exp(.)) computed stably, clamped away from log 0
+    t_tail = torch.log1p(-t.logsumexp(-1).exp().clamp(max=1 - 1e-6))
+    s_tail = torch.log1p(-s.logsumexp(-1).exp().clamp(max=1 - 1e-6))
+    kl = kl + t_tail.exp() * (t_tail - s_tail)
+    return temperature ** 2 * (kl[mask] if mask is not None else kl).mean()
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                  temperature: float = 2.0, alpha: float = 0.5, ignore_index: int = -100) -> torch.Tensor:
     """alpha * KD + (1 - alpha) * CE; logits already aligned with labels (B, T, V) / (B, T).
-    `teacher_logits` is the full (B, T, V) tensor, or a (values, ids) pair of its top-k."""
+    `teacher_logits` is the full (B, T, V) tensor, a (values, ids) pair of its top-k, or a
+    (values, ids, lse) triple with the teacher's full log-normaliser at this T (tail-aware top-k)."""
     mask = labels != ignore_index
     ce = F.cross_entropy(student_logits.float().reshape(-1, student_logits.shape[-1]), labels.reshape(-1),
                          ignore_index=ignore_index)
     if alpha == 0:
         return ce
     if isinstance(teacher_logits, tuple):
-        kd = topk_kd_loss(student_logits, *teacher_logits, temperature, mask)
+        v, i, *lse = teacher_logits
+        kd = topk_kd_loss(student_logits, v, i, temperature, mask, *lse)
     else:
         kd = kd_loss(student_logits, teacher_logits, temperature, mask)
     return alpha * kd + (1 - alpha) * ce

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmlab.verb import Verb
+from llmlab.verb import Verb, verb
 from llmlab.data.pipeline import DataBuildConfig
 from llmlab.data.packages import iter_jsonl
+
+VERBS: dict[str, Verb] = {}
 
 
 def _has_text(rec: dict) -> None:
@@ -19,7 +21,12 @@ def iter_jsonl_texts(path: str | Path):
     return (rec["text"] for rec in iter_jsonl(path, validate=_has_text))
 
 
+@verb(VERBS, "data build", DataBuildConfig)
 def run_build(cfg: DataBuildConfig) -> int:
+    """build a cleaned, deduplicated, PII-scrubbed train/val corpus from the packaged data
+
+    Example: llmlab data build out_dir=runs/data max_docs=20000 weights.poetry_en=2
+    """
     from llmlab.data.pipeline import build
     from llmlab.device import setup_threads
 
@@ -29,13 +36,6 @@ def run_build(cfg: DataBuildConfig) -> int:
     print(f"wrote {split['train']} train and {split['val']} val documents to {cfg.out_dir} "
           f"(report: {Path(cfg.out_dir) / 'report.md'})")
     return 0
-
-
-VERBS = {
-    "data build": Verb(DataBuildConfig, run_build,
-                       "build a cleaned, deduplicated, PII-scrubbed train/val corpus from the packaged data",
-                       "llmlab data build out_dir=runs/data max_docs=20000 weights.poetry_en=2"),
-}
 
 
 def _refine_verb():

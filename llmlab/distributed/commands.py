@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmlab.verb import Verb
-from llmlab.errors import UserError
+from llmlab.verb import Verb, verb
+from llmlab.errors import UserError, require
 from llmlab.train.commands import TRAIN_LOOPS
+
+VERBS: dict[str, Verb] = {}
 
 
 @dataclass
@@ -19,12 +21,16 @@ class ConsolidateConfig:
     tokenizer: str = field(default="", metadata={"help": "tokenizer dir whose files are copied into the model dir"})
 
 
+@verb(VERBS, "consolidate", ConsolidateConfig)
 def run_consolidate(cfg: ConsolidateConfig) -> int:
+    """sharded (DCP) training checkpoint -> HF model dir
+
+    Example: llmlab consolidate checkpoint=runs/fsdp/checkpoint-100 output_dir=runs/fsdp/model
+    """
     from pathlib import Path
 
     from llmlab.distributed.sharded_checkpoint import consolidate
-    if not cfg.checkpoint or not cfg.output_dir:
-        raise UserError("checkpoint=... and output_dir=... are required")
+    require(cfg.checkpoint and cfg.output_dir, "checkpoint=... and output_dir=... are required")
     if not Path(cfg.checkpoint).is_dir():
         raise UserError(f"checkpoint dir not found: {cfg.checkpoint}")
     from llmlab.train.commands import tokenizer_files
@@ -45,9 +51,5 @@ def _deepspeed_loop(*args, **kw):
 
 
 # `llmlab train strategy=... | deepspeed=...` dispatches here (llmlab.train cannot import a later stage)
-TRAIN_LOOPS.update(zero1=_zero_fsdp_loop, zero2=_zero_fsdp_loop, fsdp=_zero_fsdp_loop, deepspeed=_deepspeed_loop)
-
-VERBS = {
-    "consolidate": Verb(ConsolidateConfig, run_consolidate, "sharded (DCP) training checkpoint -> HF model dir",
-                        "llmlab consolidate checkpoint=runs/fsdp/checkpoint-100 output_dir=runs/fsdp/model"),
-}
+TRAIN_LOOPS.update(zero1=_zero_fsdp_loop, zero2=_zero_fsdp_loop, fsdp=_zero_fsdp_loop, cp=_zero_fsdp_loop,
+                   ep=_zero_fsdp_loop, deepspeed=_deepspeed_loop)

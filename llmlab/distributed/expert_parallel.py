@@ -148,3 +148,70 @@ def sync_gradients(model: nn.Module, group=None) -> None:
         else:
             dist.all_reduce(p.grad, group=group)
             p.grad /= world
+
+
+def _expert_names(model: nn.Module) -> set[str]:
+    ep = {id(p) for m in model.modules() if isinstance(m, ExpertParallelMoE) for p in m.experts.parameters()}
+    return {n for n, p in model.named_parameters() if id(p) in ep}
+
+
+def clip_grad_norm_(model: nn.Module, max_norm: float, group=None) -> float:
+    """Global gradient norm after `sync_gradients` (replicated gradients once, every rank's expert
+    slice), and clipping to max_norm (0: measure only); the same factor on every rank."""
+    local = _expert_names(model)
+    sq = {True: torch.zeros((), dtype=torch.float64), False: torch.zeros((), dtype=torch.float64)}
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            sq[n in local] += p.grad.double().pow(2).sum().cpu()
+    dist.all_reduce(sq[True], group=group)
+    norm = float((sq[True] + sq[False]).sqrt())
+    if max_norm > 0 and norm > max_norm:
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(max_norm / (norm + 1e-6))
+    return norm
+
+
+def state_dicts(model: nn.Module, opt, group=None) -> tuple[dict, dict]:
+    """Model and optimizer state for a DCP checkpoint: replicated weights under their names, this
+    rank's expert slices and Adam states under per-rank keys (they differ by rank)."""
+    rank, local = dist.get_rank(group), _expert_names(model)
+    msd = {(f"{k}@rank{rank}" if k in local else k): v for k, v in model.state_dict().items()}
+    return msd, {f"rank{rank}": {str(k): v for k, v in opt.state_dict()["state"].items()}}
+
+
+def load_state_dicts(model: nn.Module, opt, msd: dict, osd: dict, group=None) -> None:
+    """Inverse of `state_dicts` after DCP filled them (same world size)."""
+    rank = dist.get_rank(group)
+    model.load_state_dict({k.split("@rank")[0]: v for k, v in msd.items()})
+    own = {int(k): v for k, v in osd[f"rank{rank}"].items()}
+    opt.load_state_dict({"state": own, "param_groups": opt.state_dict()["param_groups"]})
+
+
+def full_state_dict(model: nn.Module, group=None) -> dict:
+    """The one-process state dict: every expert weight gathered from the ranks (rank order = expert
+    order). A collective."""
+    local, world = _expert_names(model), dist.get_world_size(group)
+    out = {}
+    for k, v in model.state_dict().items():
+        if k in local:
+            parts = [torch.empty_like(v) for _ in range(world)]
+            dist.all_gather(parts, v.contiguous(), group=group)
+            v = torch.cat(parts, 0)
+        out[k] = v
+    return out
+
+
+def global_balance_f(model: nn.Module, group=None):
+    """Patch the model's Switch load-balancing loss to use the expert shares f_i of all ranks'
+    tokens (all-reduced, no gradient) with this rank's mean router probabilities P_i: averaged over
+    the ranks as data parallel does, its value and gradient are those of the one-process loss
+    E sum_i f_i P_i over the global batch (equal tokens per rank). Returns the model."""
+    world = dist.get_world_size(group)
+
+    def reduce_f(f: torch.Tensor) -> torch.Tensor:
+        f = f.detach().clone()
+        dist.all_reduce(f, group=group)
+        return f / world
+    model.balance_f_reduce = reduce_f
+    return model

@@ -18,9 +18,10 @@ def _free_port() -> int:
 def _worker(rank, world, port, fn, args, queue):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
-    import torch
     import torch.distributed as dist
-    torch.set_num_threads(1)
+
+    from llmlab.device import setup_threads
+    setup_threads(1)
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world)
         # by value: a tensor sent as-is goes through a shared-memory fd that dies with this process

@@ -1,4 +1,5 @@
-"""The data-parallel training loop for strategy=zero1 | zero2 | fsdp (and ddp, as the control).
+"""The distributed training loop for strategy=zero1 | zero2 | fsdp (and ddp, as the control), cp
+(context parallel: ring attention over sequence chunks) and ep (expert parallel MoE + data parallel).
 
 Same recipe as llmlab.train.trainer (AdamW with its weight-decay split, the lr schedule as a pure
 function of the step, global-norm clipping, gradient accumulation, rank-0 logging); what changes
@@ -53,6 +54,18 @@ def log_due(cfg, step: int) -> bool:
 def _wrap(model, cfg, info):
     """(forward module, optimizer) for the strategy."""
     s = cfg.strategy
+    if s in ("cp", "ep"):
+        if not info.enabled:
+            raise UserError(f"strategy={s} splits over ranks: launch with torchrun --nproc_per_node N, N >= 2")
+        if s == "cp":
+            from llmlab.distributed import context_parallel as cp
+            cp.check(model.config, info.world_size, cfg.max_length)
+            cp.enable(model)
+        else:
+            from llmlab.distributed import expert_parallel as ep
+            ep.global_balance_f(ep.expert_parallel(model))
+        return model, build_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2),
+                                      cfg.adam_epsilon, cfg.decay_norms_and_embeddings)
     if s == "fsdp":
         from llmlab.distributed.fsdp import shard_model
         if info.world_size > 1 or dist.is_initialized():
@@ -83,7 +96,31 @@ def _grad_sync(fwd, cfg, last: bool):
     return contextlib.nullcontext()
 
 
+def _forward_loss(fwd, raw, x, y, cfg, info) -> torch.Tensor:
+    """This rank's loss: the mean CE (+ MoE router losses), or under cp its chunk's share of it."""
+    if cfg.strategy == "cp":
+        from llmlab.distributed import context_parallel as cp
+        x, y, pos = cp.shard(x, y, info.rank, info.world_size)
+        return cp.chunk_loss(fwd(x, position_ids=pos), y)
+    loss = lm_loss(fwd(x), y)
+    aux = raw.aux_loss() if hasattr(raw, "aux_loss") else None
+    return loss if aux is None else loss + aux
+
+
+def _sync(raw, cfg) -> None:
+    """cp / ep: their own gradient reduction (the others reduce in DDP, FSDP or ZeRO)."""
+    if cfg.strategy == "cp":
+        from llmlab.distributed.context_parallel import sync_gradients
+        sync_gradients(raw)
+    elif cfg.strategy == "ep":
+        from llmlab.distributed.expert_parallel import sync_gradients
+        sync_gradients(raw)
+
+
 def _clip(fwd, opt, cfg) -> float:
+    if cfg.strategy == "ep":  # expert slices differ by rank: their squares summed over ranks
+        from llmlab.distributed.expert_parallel import clip_grad_norm_
+        return clip_grad_norm_(fwd, cfg.max_grad_norm)
     if hasattr(opt, "reduce_gradients"):  # ZeRO-1/2
         opt.reduce_gradients()
         return opt.clip_grad_norm_(cfg.max_grad_norm)
@@ -98,6 +135,9 @@ def _clip(fwd, opt, cfg) -> float:
 def _state_dicts(fwd, raw, opt, cfg):
     """(model, optimizer) state dicts in DCP form: DTensor shards under FSDP, own slices under ZeRO."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
+    if cfg.strategy == "ep":
+        from llmlab.distributed.expert_parallel import state_dicts
+        return state_dicts(raw, opt)
     if hasattr(opt, "reduce_gradients"):
         # each rank saves its own slice's Adam states under its own key (DCP keys must be strings)
         return raw.state_dict(), {f"rank{dist.get_rank()}": {str(k): v for k, v in opt.opt.state_dict()["state"].items()}}
@@ -105,7 +145,10 @@ def _state_dicts(fwd, raw, opt, cfg):
 
 
 def _full_state(raw, cfg, info) -> dict:
-    """Full (unsharded) weights; a collective under FSDP."""
+    """Full (unsharded) weights; a collective under FSDP and ep."""
+    if cfg.strategy == "ep":
+        from llmlab.distributed.expert_parallel import full_state_dict
+        return full_state_dict(raw)
     if cfg.strategy == "fsdp" and info.enabled:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         return get_model_state_dict(raw, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -136,7 +179,8 @@ def train(cfg, model, train_loader, val_loader=None, *, extra_files: dict[str, s
             step, tokens_seen = _resume(path, fwd, raw, opt, cfg, info, train_loader)
 
     reporter = Reporter(out, cfg.report_to, step) if info.is_main else None
-    global_tokens = cfg.per_device_train_batch_size * cfg.max_length * cfg.gradient_accumulation_steps * info.world_size
+    data_ranks = 1 if cfg.strategy == "cp" else info.world_size  # cp: the ranks share each batch
+    global_tokens = cfg.per_device_train_batch_size * cfg.max_length * cfg.gradient_accumulation_steps * data_ranks
     it = iter(train_loader)
     t0 = t_log = time.perf_counter()
     last_loss, val_loss = float("nan"), None
@@ -152,11 +196,11 @@ def train(cfg, model, train_loader, val_loader=None, *, extra_files: dict[str, s
                     x, y = next(it)
                 x, y = x.to(device), y.to(device)
                 with _grad_sync(fwd, cfg, micro == cfg.gradient_accumulation_steps - 1):
-                    logits = fwd(x)
-                    loss = lm_loss(logits, y)
+                    loss = _forward_loss(fwd, raw, x, y, cfg, info)
                     (loss / cfg.gradient_accumulation_steps).backward()
                 loss_sum += loss.detach() / cfg.gradient_accumulation_steps
-            step_loss = float(D.all_reduce_mean(loss_sum, info))
+            _sync(raw, cfg)
+            step_loss = float(D.all_reduce_mean(loss_sum, info)) * (info.world_size if cfg.strategy == "cp" else 1)
             if not math.isfinite(step_loss):
                 raise UserError(f"loss is {step_loss} at step {step}: lower learning_rate")
             grad_norm = _clip(fwd, opt, cfg)
@@ -201,7 +245,12 @@ def _evaluate(fwd, val_loader, cfg, info, device) -> float:
     for i, (x, y) in enumerate(val_loader):
         if cfg.eval_batches and i >= cfg.eval_batches:
             break
-        logits = fwd(x.to(device))
+        x, y = x.to(device), y.to(device)
+        pos = None
+        if cfg.strategy == "cp":  # every rank its chunk of the same windows; the sums add up
+            from llmlab.distributed.context_parallel import shard
+            x, y, pos = shard(x, y, info.rank, info.world_size)
+        logits = fwd(x, position_ids=pos)
         n = (y != -100).sum()
         total += torch.tensor([float(F.cross_entropy(logits.float().flatten(0, 1), y.flatten().to(device),
                                                      ignore_index=-100)) * float(n), float(n)], dtype=torch.float64)
@@ -231,13 +280,16 @@ def _resume(path, fwd, raw, opt, cfg, info, loader) -> tuple[int, int]:
     if state["strategy"] != cfg.strategy:
         raise UserError(f"{path} was written with strategy={state['strategy']}, not {cfg.strategy}")
     same_world = state["world_size"] == info.world_size
-    if cfg.strategy in ("zero1", "zero2") and not same_world:
+    if cfg.strategy in ("zero1", "zero2", "ep") and not same_world:
         raise UserError(f"{path}: saved by {state['world_size']} ranks, now {info.world_size}; ZeRO-1/2 optimizer "
-                        f"slices are per rank: resume with {state['world_size']} processes (or use strategy=fsdp, "
+                        f"slices (ep: expert slices) are per rank: resume with {state['world_size']} processes (or use strategy=fsdp, "
                         "whose DTensor checkpoints reshard)")
     msd, osd = _state_dicts(fwd, raw, opt, cfg)
     sc.load(path, msd, osd)
-    if hasattr(opt, "reduce_gradients"):
+    if cfg.strategy == "ep":
+        from llmlab.distributed.expert_parallel import load_state_dicts
+        load_state_dicts(raw, opt, msd, osd)
+    elif hasattr(opt, "reduce_gradients"):
         raw.load_state_dict(msd)
         own = {int(k): v for k, v in osd[f"rank{dist.get_rank()}"].items()}
         opt.opt.load_state_dict({"state": own, "param_groups": opt.opt.state_dict()["param_groups"]})

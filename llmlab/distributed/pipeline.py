@@ -10,8 +10,11 @@ the pipe is full, holding at most p micro-batches of activations instead of m. B
         time ->   F1 F2 F3 F4 .. .. .. B4 B3 B2 B1          stage 0 (GPipe, m = 4, p = 2)
                   .. F1 F2 F3 F4 B4 B3 B2 B1 ..             stage 1
 
-`stage_busy_seconds` times one micro-batch's forward + backward of a stage on its own, so the
-measured bubble of a schedule is 1 - m x busy / wall (llmlab.calc.pipeline.measured_bubble).
+Measured bubble of a schedule = 1 - busy / wall (llmlab.calc.pipeline.measured_bubble), with the
+stage's busy time clocked inside the very step it idles in (`Stage.busy_seconds`: its forwards,
+and its backwards from the gradient reaching its output to the gradient leaving its input), so a
+machine whose speed drifts between runs moves busy and wall together. `stage_busy_seconds` (one
+micro-batch timed on its own, times m) is the older, out-of-run estimate.
 """
 from __future__ import annotations
 
@@ -22,6 +25,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.errors import UserError
+
+
+class _BackwardMark(torch.autograd.Function):
+    """Identity; its backward notes the time on the stage's clock: `start` at the stage's output
+    (the gradient arrives), `stop` at its input (the gradient leaves)."""
+
+    @staticmethod
+    def forward(ctx, x, clock, end):
+        ctx.clock, ctx.end = clock, end
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.end == "start":
+            ctx.clock["t"] = time.perf_counter()
+        else:
+            ctx.clock["busy"] += time.perf_counter() - ctx.clock["t"]
+        return g, None, None
 
 
 class Stage(nn.Module):
@@ -35,13 +56,25 @@ class Stage(nn.Module):
         self.norm = model.model.norm if last else None
         self.head = model.lm_head if last else None
         self.rope = model.rope
+        self.clock = {"busy": 0.0, "t": 0.0}  # seconds computing since the last reset (forward + backward)
+
+    @property
+    def busy_seconds(self) -> float:
+        return self.clock["busy"]
 
     def forward(self, x):
+        t = time.perf_counter()
         h = self.embed(x) if self.embed is not None else x
+        if torch.is_grad_enabled() and h.requires_grad:
+            h = _BackwardMark.apply(h, self.clock, "stop")
         rope = self.rope(torch.arange(h.shape[1], device=h.device), h.dtype) if self.rope is not None else None
         for layer in self.layers:
             h = layer(h, rope)
-        return self.head(self.norm(h)) if self.head is not None else h
+        out = self.head(self.norm(h)) if self.head is not None else h
+        if torch.is_grad_enabled() and out.requires_grad:
+            out = _BackwardMark.apply(out, self.clock, "start")
+        self.clock["busy"] += time.perf_counter() - t
+        return out
 
 
 def split_stages(model, rank: int, stages: int) -> Stage:
@@ -79,7 +112,8 @@ def stage_busy_seconds(stage: Stage, x_micro: torch.Tensor, y_micro: torch.Tenso
 
 
 def pipeline_step(stage_module: Stage, rank: int, stages: int, x, y, micro_batches: int, schedule: str = "gpipe"):
-    """One training step's forward+backward through the pipeline; returns (loss or None, seconds)."""
+    """One training step's forward+backward through the pipeline; returns (loss or None, seconds).
+    Afterwards `stage_module.busy_seconds` is the stage's compute time within this step."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
     if x.shape[0] % micro_batches:
         raise UserError(f"pipeline: batch {x.shape[0]} is not divisible into {micro_batches} micro-batches")
@@ -89,6 +123,7 @@ def pipeline_step(stage_module: Stage, rank: int, stages: int, x, y, micro_batch
         raise UserError(f"pipeline schedule must be gpipe or 1f1b, got {schedule!r}")
     sched = kind(stage, micro_batches, loss_fn=lm_loss)
     losses: list = []
+    stage_module.clock.update(busy=0.0, t=0.0)
     t = time.perf_counter()
     if rank == 0:
         sched.step(x)

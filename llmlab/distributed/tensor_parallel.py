@@ -28,32 +28,18 @@ from torch import nn
 from llmlab.errors import UserError
 
 
-class _CopyToTP(torch.autograd.Function):  # f
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return x
-
-    @staticmethod
-    def backward(ctx, g):
-        g = g.clone()
-        dist.all_reduce(g, group=ctx.group)
-        return g, None
+def _identity(x: torch.Tensor, group) -> torch.Tensor:
+    return x
 
 
-class _ReduceFromTP(torch.autograd.Function):  # g
-    @staticmethod
-    def forward(ctx, x, group):
-        x = x.clone()
-        dist.all_reduce(x, group=group)
-        return x
-
-    @staticmethod
-    def backward(ctx, g):
-        return g, None
+def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
+    x = x.clone()
+    dist.all_reduce(x, group=group)
+    return x
 
 
 def _gather_seq(x: torch.Tensor, group) -> torch.Tensor:
+    """All-gather along dim 1 (the sequence)."""
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, x.contiguous(), group=group)
     return torch.cat(parts, dim=1)
@@ -68,34 +54,30 @@ def _scatter_seq(x: torch.Tensor, group) -> torch.Tensor:
     return out
 
 
-class _GatherSeq(torch.autograd.Function):  # SP's f: all-gather forward, reduce-scatter backward
+class _Collective(torch.autograd.Function):
+    """One collective forward and its adjoint backward: f, g and their sequence-parallel forms."""
+
     @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _gather_seq(x, group)
+    def forward(ctx, x, group, fwd, bwd):
+        ctx.group, ctx.bwd = group, bwd
+        return fwd(x, group)
 
     @staticmethod
     def backward(ctx, g):
-        return _scatter_seq(g, ctx.group), None
+        return ctx.bwd(g, ctx.group), None, None, None
 
 
-class _ScatterSeq(torch.autograd.Function):  # SP's g: reduce-scatter forward, all-gather backward
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _scatter_seq(x, group)
-
-    @staticmethod
-    def backward(ctx, g):
-        return _gather_seq(g, ctx.group), None
+# (forward, backward) of f and g (see the module docstring), plain and sequence-parallel
+_F, _G = (_identity, _all_reduce), (_all_reduce, _identity)
+_SP_F, _SP_G = (_gather_seq, _scatter_seq), (_scatter_seq, _gather_seq)
 
 
 def enter(x, group, sp: bool):
-    return _GatherSeq.apply(x, group) if sp else _CopyToTP.apply(x, group)
+    return _Collective.apply(x, group, *(_SP_F if sp else _F))
 
 
 def leave(x, group, sp: bool):
-    return _ScatterSeq.apply(x, group) if sp else _ReduceFromTP.apply(x, group)
+    return _Collective.apply(x, group, *(_SP_G if sp else _G))
 
 
 def _split(w: torch.Tensor, dim: int, rank: int, t: int) -> nn.Parameter:
@@ -204,7 +186,7 @@ class TensorParallelLM(nn.Module):
             sharded = {id(p) for n, p in model.named_parameters() if ".inner." in n or p is emb.weight}
             for p in model.parameters():
                 if id(p) not in sharded:
-                    p.register_hook(lambda g: _ReduceFromTP.apply(g, group))
+                    p.register_hook(lambda g: _all_reduce(g, group))
 
     def forward(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.sp and ids.shape[1] % self.t:

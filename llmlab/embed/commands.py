@@ -4,12 +4,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from llmlab.verb import Verb
+from llmlab.verb import Verb, verb
 from llmlab.embed.config import EmbedConfig
-from llmlab.errors import UserError
+from llmlab.errors import require
+
+VERBS: dict[str, Verb] = {}
 
 
+@verb(VERBS, "embed train", EmbedConfig)
 def run_train(cfg: EmbedConfig) -> int:
+    """train word2vec / fastText / GloVe vectors on packaged text or files
+
+    Example: llmlab embed train configs/embed_w2v.yaml sg=1 epochs=5 output_dir=runs/w2v
+    """
     from llmlab.embed.recipe import run
 
     print(json.dumps({k: v for k, v in run(cfg).items() if k != "config"}, ensure_ascii=False))
@@ -24,7 +31,12 @@ class EvalConfig:
     plot: str = field(default="", metadata={"help": "write a PCA plot of semantic clusters to this PNG"})
 
 
+@verb(VERBS, "embed eval", EvalConfig)
 def run_eval(cfg: EvalConfig) -> int:
+    """analogies (3CosAdd/3CosMul), WordSim-353 and SimLex-999 Spearman
+
+    Example: llmlab embed eval vectors=runs/w2v sections=true plot=runs/w2v/pca.png
+    """
     from llmlab.embed.evaluate import evaluate_all
     from llmlab.embed.plot import pca_plot
     from llmlab.embed.recipe import load_vectors, summary
@@ -48,11 +60,15 @@ class NearestConfig:
     topn: int = field(default=10, metadata={"help": "neighbours per word"})
 
 
+@verb(VERBS, "embed nearest", NearestConfig)
 def run_nearest(cfg: NearestConfig) -> int:
+    """nearest neighbours of words by cosine similarity
+
+    Example: llmlab embed nearest vectors=runs/w2v words=king,paris topn=5
+    """
     from llmlab.embed.recipe import load_vectors
 
-    if not cfg.words:
-        raise UserError("config key 'words': give at least one word, e.g. words=king,paris")
+    require(cfg.words, "config key 'words': give at least one word, e.g. words=king,paris")
     kv = load_vectors(cfg.vectors)
     for w in cfg.words:
         kv.vector(w)  # UserError naming the unknown word before any output
@@ -70,11 +86,15 @@ class AnalogyConfig:
     topn: int = field(default=5, metadata={"help": "answers to print"})
 
 
+@verb(VERBS, "embed analogy", AnalogyConfig)
 def run_analogy(cfg: AnalogyConfig) -> int:
+    """b - a + c: words closest to the sum of the positives minus the negatives
+
+    Example: llmlab embed analogy vectors=runs/w2v positive=king,woman negative=man
+    """
     from llmlab.embed.recipe import load_vectors
 
-    if not cfg.positive:
-        raise UserError("config key 'positive': give the words to add, e.g. positive=king,woman negative=man")
+    require(cfg.positive, "config key 'positive': give the words to add, e.g. positive=king,woman negative=man")
     kv = load_vectors(cfg.vectors)
     for w in cfg.positive + cfg.negative:
         kv.vector(w)
@@ -82,15 +102,3 @@ def run_analogy(cfg: AnalogyConfig) -> int:
     print(json.dumps({"positive": cfg.positive, "negative": cfg.negative,
                       "answers": [[n, round(s, 4)] for n, s in res]}, ensure_ascii=False))
     return 0
-
-
-VERBS = {
-    "embed train": Verb(EmbedConfig, run_train, "train word2vec / fastText / GloVe vectors on packaged text or files",
-                        "llmlab embed train configs/embed_w2v.yaml sg=1 epochs=5 output_dir=runs/w2v"),
-    "embed eval": Verb(EvalConfig, run_eval, "analogies (3CosAdd/3CosMul), WordSim-353 and SimLex-999 Spearman",
-                       "llmlab embed eval vectors=runs/w2v sections=true plot=runs/w2v/pca.png"),
-    "embed nearest": Verb(NearestConfig, run_nearest, "nearest neighbours of words by cosine similarity",
-                          "llmlab embed nearest vectors=runs/w2v words=king,paris topn=5"),
-    "embed analogy": Verb(AnalogyConfig, run_analogy, "b - a + c: words closest to the sum of the positives minus the negatives",
-                          "llmlab embed analogy vectors=runs/w2v positive=king,woman negative=man"),
-}

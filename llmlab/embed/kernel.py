@@ -6,10 +6,8 @@ algorithm in Python, about 1000x slower; one warning).
 from __future__ import annotations
 
 import ctypes
-import os
 from pathlib import Path
 
-from llmlab.log import get_logger
 
 SRC = Path(__file__).with_name("train_kernel.c")
 _LIB: list = []
@@ -29,27 +27,25 @@ class W2VArgs(ctypes.Structure):
                 ("total_words", _i64), ("words_before", _i64), ("seed", _u64), ("trained", _i64)]
 
 
+def _open():
+    from llmlab.kernels.build import build
+
+    lib = ctypes.CDLL(str(build(SRC)))
+    lib.llmlab_w2v_epoch.argtypes = [ctypes.POINTER(W2VArgs)]
+    lib.llmlab_w2v_epoch.restype = ctypes.c_int
+    lib.llmlab_ft_hash.argtypes = [ctypes.c_char_p, _i64]
+    lib.llmlab_ft_hash.restype = ctypes.c_uint32
+    lib.llmlab_ft_ngrams.argtypes = [ctypes.c_char_p, _i64, _i32, _i32, ctypes.c_uint32, _p, _i64]
+    lib.llmlab_ft_ngrams.restype = _i64
+    lib.llmlab_glove_epoch.argtypes = [_p, _p, _p, _p, _p, _p, _p, _p, _p, _i64, _i64, _f32, _i32]
+    lib.llmlab_glove_epoch.restype = ctypes.c_double
+    lib.llmlab_uniform_init.argtypes = [_p, _i64, _u64, _f32, _i32]
+    lib.llmlab_uniform_init.restype = None
+    return lib
+
+
 def load():
     """The compiled library (ctypes.CDLL), or None (warned once)."""
-    if not _LIB:
-        lib = None
-        if os.environ.get("LLMLAB_NO_KERNELS", "") in ("", "0"):
-            from llmlab.kernels.build import build
+    from llmlab.kernels.build import load_cached
 
-            try:
-                lib = ctypes.CDLL(str(build(SRC)))
-                lib.llmlab_w2v_epoch.argtypes = [ctypes.POINTER(W2VArgs)]
-                lib.llmlab_w2v_epoch.restype = ctypes.c_int
-                lib.llmlab_ft_hash.argtypes = [ctypes.c_char_p, _i64]
-                lib.llmlab_ft_hash.restype = ctypes.c_uint32
-                lib.llmlab_ft_ngrams.argtypes = [ctypes.c_char_p, _i64, _i32, _i32, ctypes.c_uint32, _p, _i64]
-                lib.llmlab_ft_ngrams.restype = _i64
-                lib.llmlab_glove_epoch.argtypes = [_p, _p, _p, _p, _p, _p, _p, _p, _p, _i64, _i64, _f32, _i32]
-                lib.llmlab_glove_epoch.restype = ctypes.c_double
-                lib.llmlab_uniform_init.argtypes = [_p, _i64, _u64, _f32, _i32]
-                lib.llmlab_uniform_init.restype = None
-            except (RuntimeError, OSError) as e:
-                get_logger().warning(f"embedding kernel unavailable, training in Python (slow): {e}")
-                lib = None
-        _LIB.append(lib)
-    return _LIB[0]
+    return load_cached(_LIB, _open, "embedding kernel unavailable, training in Python (slow)")

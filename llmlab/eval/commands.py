@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmlab.verb import Verb
-from llmlab.errors import UserError
+from llmlab.verb import Verb, verb
+from llmlab.errors import UserError, require
+
+VERBS: dict[str, Verb] = {}
 
 
 @dataclass
@@ -24,7 +26,12 @@ class EvalConfig:
     dtype: str = "auto"
 
 
+@verb(VERBS, "eval", EvalConfig)
 def run_eval(cfg: EvalConfig) -> int:
+    """evaluate a model on packaged tasks; writes a JSON + markdown report card
+
+    Example: llmlab eval model=smollm2 tasks=mmlu_0shot,arithmetic limit=20
+    """
     import torch
 
     from llmlab.device import setup_threads
@@ -41,8 +48,7 @@ def run_eval(cfg: EvalConfig) -> int:
     if cfg.limit < 0 or cfg.batch_size < 1 or cfg.max_length < 0:
         raise UserError(f"limit ({cfg.limit}), batch_size ({cfg.batch_size}) and max_length ({cfg.max_length}) "
                         f"must be >= 0, >= 1, >= 0")
-    if not cfg.tasks:
-        raise UserError("tasks is empty: pass tasks=name[,name...] (see `llmlab eval tasks=list`)")
+    require(cfg.tasks, "tasks is empty: pass tasks=name[,name...] (see `llmlab eval tasks=list`)")
     tasks, limits = [], []
     for spec in cfg.tasks:  # "name" or "name:limit"
         name, _, n = spec.rpartition(":")
@@ -84,7 +90,12 @@ class DecontaminateConfig:
     min_words: int = field(default=4, metadata={"help": "items with fewer words are not checked (counted)"})
 
 
+@verb(VERBS, "decontaminate", DecontaminateConfig)
 def run_decontaminate(cfg: DecontaminateConfig) -> int:
+    """remove training documents that contain an eval item (n-gram overlap)
+
+    Example: llmlab decontaminate data=runs/data/train.jsonl
+    """
     import json
     from pathlib import Path
 
@@ -112,10 +123,3 @@ def run_decontaminate(cfg: DecontaminateConfig) -> int:
               f"documents removed {c['docs_removed']}")
     print(f"kept {counts['kept']} of {counts['documents']} documents -> {out} (report {out}.report.json)")
     return 0
-
-
-VERBS = {"eval": Verb(EvalConfig, run_eval, "evaluate a model on packaged tasks; writes a JSON + markdown report card",
-                      "llmlab eval model=smollm2 tasks=mmlu_0shot,arithmetic limit=20"),
-         "decontaminate": Verb(DecontaminateConfig, run_decontaminate,
-                               "remove training documents that contain an eval item (n-gram overlap)",
-                               "llmlab decontaminate data=runs/data/train.jsonl")}

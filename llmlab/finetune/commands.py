@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmlab.verb import Verb
-from llmlab.errors import UserError
+from llmlab.verb import Verb, verb
+from llmlab.errors import UserError, require
 from llmlab.finetune.sft_config import SftConfig
+
+VERBS: dict[str, Verb] = {}
 
 
 @dataclass
@@ -31,15 +34,31 @@ class SelfInstructConfig:
     max_rounds: int = field(default=10, metadata={"help": "generation rounds at most (budget)"})
     per_round: int = field(default=8, metadata={"help": "new-instruction requests per round"})
     rouge_threshold: float = field(default=0.7, metadata={"help": "reject if ROUGE-L >= this vs any pool entry"})
+    method: str = field(default="self_instruct", metadata={"help": "self_instruct, or evol (Evol-Instruct: "
+                                                                      "max_rounds rounds of evolving the seed tasks)"})
+    evolver: str = field(default="llm", metadata={"help": "method=evol: llm (the model rewrites) or rules"})
     seed: int = 0
 
 
+@verb(VERBS, "sft self_instruct", SelfInstructConfig)
 def run_self_instruct(cfg: SelfInstructConfig) -> int:
+    """Self-Instruct: a model writes new instructions + answers from seed tasks
+
+    Example: llmlab sft self_instruct model=smollm2 num_instructions=20 output=data/sft/si.jsonl
+    """
     from llmlab.finetune.instruct.self_instruct import from_model as self_instruct
     from llmlab.finetune.jsonl import write_jsonl
 
     if cfg.num_instructions < 1 or cfg.max_rounds < 1 or cfg.per_round < 1:
         raise UserError("num_instructions, max_rounds and per_round must be >= 1")
+    if cfg.method == "evol":
+        from llmlab.finetune.instruct.evol import from_model as evol_instruct
+        recs, stats = evol_instruct(cfg.model, cfg.max_rounds, cfg.seed, cfg.evolver)
+        write_jsonl(cfg.output, recs)
+        print(json.dumps({"records": len(recs), "output": cfg.output, "rounds": stats}))
+        return 0
+    if cfg.method != "self_instruct":
+        raise UserError(f"config key 'method': {cfg.method!r} is not self_instruct or evol")
     recs, stats = self_instruct(cfg.model, cfg.num_instructions, cfg.seed, cfg.max_rounds, cfg.per_round,
                                 cfg.rouge_threshold)
     write_jsonl(cfg.output, recs)
@@ -63,8 +82,14 @@ class PeftParamsConfig:
                                metadata={"help": "methods to attach, each with its default options"})
 
 
+@verb(VERBS, "peft params", PeftParamsConfig)
 def run_peft_params(cfg: PeftParamsConfig) -> int:
-    """Attach each method to a fresh copy of the model; print trainable parameters and adapter size."""
+    """what each PEFT method trains and stores on a model (default options)
+
+    Example: llmlab peft params model=smollm2 methods=lora,prefix
+
+    Attach each method to a fresh copy of the model; print trainable parameters and adapter size.
+    """
     import copy
     import tempfile
     from pathlib import Path as P
@@ -92,7 +117,12 @@ def run_peft_params(cfg: PeftParamsConfig) -> int:
     return 0
 
 
+@verb(VERBS, "sft data", SftDataConfig)
 def run_sft_data(cfg: SftDataConfig) -> int:
+    """build instruction JSONL (TRL columns) with held-out splits
+
+    Example: llmlab sft data output_dir=data/sft num_examples=200 datasets=arith_en,idiom_zh
+    """
     from llmlab.finetune.instruct.builders import build_all
 
     if cfg.num_examples < 1:
@@ -103,15 +133,19 @@ def run_sft_data(cfg: SftDataConfig) -> int:
     return 0
 
 
+@verb(VERBS, "merge", MergeConfig)
 def run_merge(cfg: MergeConfig) -> int:
+    """fold a LoRA adapter into its base model and save an HF dir
+
+    Example: llmlab merge model=smollm2 adapter=runs/lora output_dir=runs/merged
+    """
     from llmlab.device import setup_threads
     from llmlab.finetune.lora import merge_and_unload
     from llmlab.finetune.peft_format import load_lora
     from llmlab.model.hf import save_hf_dir
     from llmlab.model.load import load_model
 
-    if not cfg.adapter or not cfg.output_dir:
-        raise UserError("pass adapter=<dir> and output_dir=<dir>")
+    require(cfg.adapter and cfg.output_dir, "pass adapter=<dir> and output_dir=<dir>")
     if not Path(cfg.adapter).is_dir():
         raise UserError(f"adapter directory not found: {cfg.adapter}")
     setup_threads()
@@ -137,7 +171,12 @@ def _tokenizer_files(model_path) -> dict[str, str]:
         return {f.name: f.read_text(encoding="utf-8") for f in out.iterdir()}
 
 
+@verb(VERBS, "sft", SftConfig)
 def run_sft_verb(cfg) -> int:
+    """supervised fine-tuning on chat data (full, or method=<peft method>)
+
+    Example: llmlab sft configs/sft_smollm2.yaml max_steps=100 output_dir=runs/sft
+    """
     from llmlab.finetune.sft import run_sft
 
     print(run_sft(cfg))
@@ -196,18 +235,4 @@ def _peft_verbs() -> dict:
             for m in METHODS}
 
 
-VERBS = {
-    "sft": Verb(SftConfig, run_sft_verb, "supervised fine-tuning on chat data (full, or method=<peft method>)",
-                "llmlab sft configs/sft_smollm2.yaml max_steps=100 output_dir=runs/sft"),
-    **_peft_verbs(),
-    "peft params": Verb(PeftParamsConfig, run_peft_params,
-                        "what each PEFT method trains and stores on a model (default options)",
-                        "llmlab peft params model=smollm2 methods=lora,prefix"),
-    "sft self_instruct": Verb(SelfInstructConfig, run_self_instruct,
-                              "Self-Instruct: a model writes new instructions + answers from seed tasks",
-                              "llmlab sft self_instruct model=smollm2 num_instructions=20 output=data/sft/si.jsonl"),
-    "sft data": Verb(SftDataConfig, run_sft_data, "build instruction JSONL (TRL columns) with held-out splits",
-                     "llmlab sft data output_dir=data/sft num_examples=200 datasets=arith_en,idiom_zh"),
-    "merge": Verb(MergeConfig, run_merge, "fold a LoRA adapter into its base model and save an HF dir",
-                  "llmlab merge model=smollm2 adapter=runs/lora output_dir=runs/merged"),
-}
+VERBS.update(_peft_verbs())

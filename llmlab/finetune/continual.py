@@ -170,7 +170,9 @@ def forgetting_run(base: dict, ewc_lambda: float, replay_share: float, eval_spli
 
 
 def main() -> None:
-    torch.set_num_threads(1)
+    from llmlab.device import setup_threads
+
+    setup_threads(1)
     grid = [0.0, 10.0, 100.0, 1000.0]  # lambda chosen on task A's dev split, seed 0
     base0 = task_a_model(0)
     dev = {lam: forgetting_run(base0, lam, 0.0, "dev") for lam in grid}

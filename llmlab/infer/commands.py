@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from llmlab.verb import Verb
-from llmlab.errors import UserError
+from llmlab.verb import Verb, verb
+from llmlab.errors import UserError, require
 from llmlab.infer.sampling import SamplingParams
+
+VERBS: dict[str, Verb] = {}
 
 
 def _sampling(**defaults):
@@ -74,12 +76,16 @@ def _beam(cfg, model, tok, ids) -> int:
     return 0
 
 
+@verb(VERBS, "generate", GenerateConfig)
 def run_generate(cfg: GenerateConfig) -> int:
+    """complete a prompt (greedy, sampled or beam search), streaming to stdout
+
+    Example: llmlab generate model=smollm2 prompt="The capital of France is" max_new_tokens=20
+    """
     from llmlab.infer.generate import stream_text
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
 
-    if not cfg.prompt:
-        raise UserError("prompt is empty: pass prompt=\"...\"")
+    require(cfg.prompt, "prompt is empty: pass prompt=\"...\"")
     if cfg.num_beams < 1:
         raise UserError(f"num_beams must be >= 1, got {cfg.num_beams}")
     if cfg.speculative and cfg.num_beams > 1:
@@ -179,7 +185,13 @@ def _image_chat(vm, cfg: ChatConfig) -> int:
     return 0
 
 
+@verb(VERBS, "chat", ChatConfig)
 def run_chat(cfg: ChatConfig) -> int:
+    """chat with a model in the terminal using its chat template
+
+    Example: llmlab chat model=smollm2 temperature=0.7 top_p=0.9
+      (a picture: llmlab chat model=runs/mm_llava image=shape.png)
+    """
     from llmlab.infer.engine import Engine
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     from llmlab.infer.vision import load_vision_model, vision_kind
@@ -217,12 +229,3 @@ def run_chat(cfg: ChatConfig) -> int:
         history.append({"role": "assistant", "content": reply})
         if not interactive:
             return 0
-
-
-VERBS = {
-    "generate": Verb(GenerateConfig, run_generate, "complete a prompt (greedy, sampled or beam search), streaming to stdout",
-                     'llmlab generate model=smollm2 prompt="The capital of France is" max_new_tokens=20'),
-    "chat": Verb(ChatConfig, run_chat, "chat with a model in the terminal using its chat template",
-                 "llmlab chat model=smollm2 temperature=0.7 top_p=0.9   "
-                 "(a picture: llmlab chat model=runs/mm_llava image=shape.png)"),
-}

@@ -243,29 +243,18 @@ class ConstrainedLogits:
         return out
 
 
-@torch.inference_mode()
 def generate_constrained(model, tokenizer, prompt_ids: list[int], constraint: Constraint, max_new_tokens: int = 256,
                          temperature: float = 0.0, seed: int = 0) -> str:
-    """A small batch-1 decode loop applying the processor (the engine takes the same processor per
-    request: `Engine.add_request(..., logits_processor=ConstrainedLogits(...))`)."""
-    from llmlab.infer.runner import ContiguousDecoder
+    """Batch-1 constrained decoding through the one loop (`llmlab.infer.generate.generate_ids`) with
+    the processor as its logits hook; the engine takes the same processor per request
+    (`Engine.add_request(..., logits_processor=ConstrainedLogits(...))`)."""
+    from llmlab.infer.generate import generate_ids
+    from llmlab.infer.sampling import SamplingParams
     ctx = model.config.max_position_embeddings
     if len(prompt_ids) + max_new_tokens > ctx:
         raise UserError(f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceed the context ({ctx})")
     proc = ConstrainedLogits(constraint, max_new_tokens)
-    dec = ContiguousDecoder(model, len(prompt_ids) + max_new_tokens)
-    gen = torch.Generator().manual_seed(seed)
-    logits = dec.forward(prompt_ids)
-    out: list[int] = []
-    for step in range(max_new_tokens):
-        masked = proc(out, logits.float())
-        if temperature > 0:
-            nxt = int(torch.multinomial(torch.softmax(masked / temperature, -1), 1, generator=gen))
-        else:
-            nxt = int(masked.argmax())
-        if nxt == constraint.eos:
-            break
-        out.append(nxt)
-        logits = dec.forward([nxt])
-    return proc.text_of(out)
+    params = SamplingParams(max_new_tokens, temperature, seed=seed)
+    stop = {constraint.eos} if constraint.eos is not None else set()
+    return proc.text_of(list(generate_ids(model, prompt_ids, params, stop, logits_processor=proc)))
 

@@ -10,11 +10,11 @@ Every `step()` is one scheduling round at a token boundary:
    the newest running sequence is preempted: swapped to host memory (`preempt="swap"`, bit-exact
    on resume) or freed and later recomputed (`preempt="recompute"`).
 Prefix caching: full blocks are named by a hash chain over their tokens (llmlab/infer/paged.py);
-a new prompt reuses every leading block already cached, blocks are reference counted, and cached
-blocks nobody uses are evicted LRU before any live request is preempted. A request whose long
-prefix another request is prefilling right now waits for it instead of computing it twice.
-A request with n > 1 prefills once and forks n copy-on-write sequences. A request's logits
-processor (constrained decoding) runs on its own rows; if it raises, that request alone fails.
+a prompt reuses every leading block already cached; blocks are reference counted; unused cached
+blocks are evicted LRU before any live request is preempted; a request whose long prefix another
+is prefilling right now waits for it. n > 1 prefills once and forks n copy-on-write sequences.
+A logits processor (constrained decoding) runs on its request's rows; if it raises, that request
+alone fails. `batching="dynamic"`: a batch forms, runs to its end, then the next is admitted.
 """
 from __future__ import annotations
 
@@ -53,10 +53,13 @@ class EngineConfig:
     num_speculative_tokens: int = field(default=4, metadata={"help": "tokens drafted per step"})
     speculative_fallback: bool = field(default=True, metadata={"help": "measure; decode plainly while "
                                                                        "speculation is slower"})
+    batching: str = field(default="continuous", metadata={"help": "continuous (join at any token) or dynamic "
+                                                                  "(a batch forms, runs to its end, then the next)"})
 
     def __post_init__(self):
-        if self.preempt not in ("swap", "recompute"):
-            raise ValueError(f"preempt: expected 'swap' or 'recompute', got '{self.preempt}'")
+        for key, ok in (("preempt", ("swap", "recompute")), ("batching", ("continuous", "dynamic"))):
+            if getattr(self, key) not in ok:
+                raise ValueError(f"{key}: expected '{ok[0]}' or '{ok[1]}', got '{getattr(self, key)}'")
         for key in ("max_num_seqs", "block_size", "prefill_chunk", "max_prefill_tokens", "row_pad",
                     "num_speculative_tokens"):
             if getattr(self, key) <= 0:
@@ -105,13 +108,12 @@ class Engine:
         self.swapped: list[Sequence] = []
         self.eos = tokenizer.eos_id if tokenizer is not None else None
         self._ids = itertools.count()
-        self.stats = {"preempted": 0, "prefix_hit_tokens": 0, "steps": 0, "spec_steps": 0, "spec_drafted": 0,
-                      "spec_accepted": 0, "spec_emitted": 0}
+        self.stats = dict.fromkeys(("preempted", "prefix_hit_tokens", "steps", "spec_steps", "spec_drafted",
+                                    "spec_accepted", "spec_emitted"), 0)
 
     def spec_summary(self) -> dict:
         return summary(self.stats, self.fallback)
 
-    # ------------------------------------------------------------------ requests
     def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
                     prompt_logprobs: int | None = None, logits_processor=None) -> str:
         """logits_processor (or params.extra["logits_processor"]): processor(generated ids, logits)
@@ -166,7 +168,6 @@ class Engine:
     def num_free_blocks(self) -> int:
         return self.cache.alloc.num_free
 
-    # ------------------------------------------------------------------ scheduling
     def step(self) -> list[Output]:
         """One scheduling round: swap-in, prefill (chunked), one decode token for all running."""
         out: list[Output] = []
@@ -195,8 +196,9 @@ class Engine:
         batch = []  # (sequence, first position, chunk length, target length)
         for s in queue:
             if s.status == WAITING:
-                if len(self.running) >= self.max_num_seqs or self.swapped:
-                    break
+                if len(self.running) >= self.max_num_seqs or self.swapped or (
+                        self.config.batching == "dynamic" and any(q.status == RUNNING for q in self.running)):
+                    break  # dynamic batching: once a batch decodes, later requests wait for its end
                 if self._prefix_in_flight(s):
                     continue  # admitted once the shared prefix is cached: computed once, not twice
                 self._admit(s)
@@ -337,7 +339,6 @@ class Engine:
             s.status, s.recompute = WAITING, True
             self.waiting.insert(0, s)
 
-    # ------------------------------------------------------------------ one token
     def _emit(self, s: Sequence, logits: torch.Tensor, out: list[Output], tid: int | None = None) -> Output | None:
         """Choose s's next token from its row (or take `tid`); update text/stop state; an Output."""
         p, req = s.request.params, s.request
@@ -387,7 +388,6 @@ class Engine:
                 self._finish(s)
         out.append(Output(req.id, 0, finish_reason="error", error=message))
 
-    # ------------------------------------------------------------------ convenience
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[list[int]]]:
         """Run prompts concurrently to completion -> per prompt, per sample, the generated ids."""
         plist = params if isinstance(params, list) else [params] * len(prompts)

@@ -85,6 +85,8 @@ class QLinear:
 
     @property
     def w(self) -> torch.Tensor:
+        if any(p.is_meta for p in self.parts):  # `ggml.release_dense`: the blocks' exact decode
+            return self.q.dequantize()
         return torch.cat(self.parts) if len(self.parts) > 1 else self.parts[0]
 
 
@@ -130,7 +132,9 @@ class FusedModel:
                     self.has_blocks = True
                     return QLinear(tuple(p.detach() for p in params), q)
             self.n_plain += 1
-            return torch.cat([p.detach() for p in params]) if len(params) > 1 else params[0].detach()
+            # a released weight (`ggml.release_dense`) is its blocks' decode (mixed formats, no kernel)
+            dense = [ggml.blocks_for(model, names[id(p)]).dequantize() if p.is_meta else p.detach() for p in params]
+            return torch.cat(dense) if len(dense) > 1 else dense[0]
         cfg = model.config
         self.cfg = cfg
         self.H, self.Hkv, self.D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim

@@ -6,6 +6,8 @@ the per-step callback):
 - `generate_ids` / `stream_text`: one sequence, streamed token by token (the `generate` and `chat`
   verbs, the batch-1 benchmark). A plain `Transformer` runs the lean contiguous-cache forward
   (`llmlab.infer.runner.ContiguousDecoder`); wrappers (PEFT prefixes, soft prompts) their own.
+- `generate_with_forward`: the same loop over a caller's forward (a vision-language model fed image
+  embeddings: `llmlab.multimodal.llava`).
 - `generate_batch`: many prompts at once, left-padded with an attention mask, over any model with
   the `Transformer` calling convention (LoRA, reward trunks, ...). It returns everything the
   training-time callers need: ids, the completion mask for RL (1 up to and including the stop
@@ -205,6 +207,26 @@ def generate_batch(model, prompts: list[list[int]], params: SamplingParams, *, s
     stopped = [any(int(t) in stops for t in row[m.bool()][-1:]) for row, m in zip(out, mask)]
     return Batch(fwd.ids, fwd.prompt_mask, out, mask, lp,
                  stopped, frozenset(stops))
+
+
+@torch.no_grad()
+def generate_with_forward(forward: Callable[[list[int] | None], torch.Tensor], prompts: list[list[int]],
+                          params: SamplingParams, stop_ids: Sequence[int] = (), pad_id: int = 0,
+                          generator: torch.Generator | None = None) -> list[list[int]]:
+    """The one loop over a caller's forward, for models fed more than token ids (a vision-language
+    model's image embeddings): forward(None) -> logits (B, V) after each row's prompt, forward(fed)
+    -> logits after the B fed tokens. prompts: each row's token ids, for penalties ([] if none).
+    Returns each row's generated ids, without its stop token; at most params.max_new_tokens."""
+    stops = set(stop_ids) | set(params.stop_token_ids)
+    outs: list[list[int]] = [[] for _ in prompts]
+    if params.max_new_tokens <= 0:
+        return outs
+    for nxt, alive, _ in _decode_steps(forward, prompts, params, params.max_new_tokens, stops, pad_id, generator,
+                                       None, None, None, False):
+        for out, t, a in zip(outs, nxt, alive):
+            if a and t not in stops:
+                out.append(t)
+    return outs
 
 
 @torch.inference_mode()

@@ -234,7 +234,8 @@ class PagedRunner:
             self.cache.write(li, slots_t, k[:B], v[:B])
             kf, vf = self.cache.k[li].view(-1, Hkv, D), self.cache.v[li].view(-1, Hkv, D)
             if not groups:
-                y[:B] = c_attention.decode_attention(q[:B], kf, vf, Hkv, Hkv * D, D, flat_t, offs_t)
+                y[:B] = c_attention.decode_attention(q[:B], kf, vf, Hkv, Hkv * D, D, flat_t, offs_t,
+                                                     torch.get_num_threads())  # bits alike at any count
                 return w.attn_out_mlp(L, x, y.view(M, -1))
             with self._attn_threads():
                 for rows, idx, mask in groups:  # index_select: ~3.5x faster than kf[idx] here
@@ -292,7 +293,7 @@ class ContiguousDecoder:
             self.v[li, :, start:start + T] = v.transpose(0, 1)
             if c_attn:  # (Hkv, max_len, D) per layer: slot s of head g at s * D + g * max_len * D
                 y = c_attention.decode_attention(q, self.k[li], self.v[li], w.Hkv, w.D, self.k.shape[2] * w.D,
-                                                 slots, offs)
+                                                 slots, offs, torch.get_num_threads())  # long: Flash-Decoding
                 st[0] = w.attn_out_mlp(L, x, y.reshape(1, -1))
                 return
             with num_threads(1) if cpu else contextlib.nullcontext():

@@ -50,41 +50,136 @@ static inline float exp_neg(float x) {
     return y * s.f;
 }
 
-/* One (sequence, K/V head) per work item: its G query heads read each key and value once. */
-void llmlab_decode_attention(const float *q, const float *k, const float *v, int64_t s_pos, int64_t s_head,
-                             const int64_t *slots, const int64_t *offs, int64_t B, int64_t H, int64_t Hkv,
-                             int64_t D, float scale, float *out, int nt) {
-    int64_t G = H / Hkv;
-    if (nt < 1) nt = 1;
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-    for (int64_t bg = 0; bg < B * Hkv; bg++) {
-        int64_t b = bg / Hkv, g = bg % Hkv, n = offs[b + 1] - offs[b];
-        const int64_t *sl = slots + offs[b];
-        const float *qv = q + (b * H + g * G) * D;  /* the group's G query heads, consecutive */
-        float *o = out + (b * H + g * G) * D;
-        for (int64_t d = 0; d < G * D; d++) o[d] = 0.f;
-        float *p = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n * G : 1));
-        if (!p || n <= 0) { free(p); continue; }
-        for (int64_t i = 0; i < n; i++) {
+/* One sequence, K/V heads [g0, g1), all n keys: the G query heads of each K/V head read its key
+ * and value once. Each head's scores, softmax and sum over keys run in one fixed order whatever
+ * [g0, g1) is, so its bits do not depend on how heads are grouped into work items. */
+static void whole(const float *qv, const float *k, const float *v, int64_t s_pos, int64_t s_head,
+                  const int64_t *sl, int64_t n, int64_t g0, int64_t g1, int64_t G, int64_t D, float scale,
+                  float *o) {
+    int64_t nh = (g1 - g0) * G;  /* query heads here; qv, o point at head g0 * G */
+    for (int64_t d = 0; d < nh * D; d++) o[d] = 0.f;
+    float *p = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n * nh : 1));
+    if (!p || n <= 0) { free(p); return; }
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t g = g0; g < g1; g++) {
             const float *kk = k + sl[i] * s_pos + g * s_head;
-            for (int64_t h = 0; h < G; h++) p[h * n + i] = scale * dot(qv + h * D, kk, D);
+            for (int64_t h = (g - g0) * G; h < (g - g0 + 1) * G; h++) p[h * n + i] = scale * dot(qv + h * D, kk, D);
         }
-        for (int64_t h = 0; h < G; h++) {
-            float *ph = p + h * n, mx = -INFINITY, sum = 0.f;
-            for (int64_t i = 0; i < n; i++) mx = ph[i] > mx ? ph[i] : mx;
-            for (int64_t i = 0; i < n; i++) ph[i] = exp_neg(ph[i] - mx);
-            for (int64_t i = 0; i < n; i++) sum += ph[i];
-            float inv = 1.f / sum;
-            for (int64_t i = 0; i < n; i++) ph[i] *= inv;
-        }
-        for (int64_t i = 0; i < n; i++) {
+    for (int64_t h = 0; h < nh; h++) {
+        float *ph = p + h * n, mx = -INFINITY, sum = 0.f;
+        for (int64_t i = 0; i < n; i++) mx = ph[i] > mx ? ph[i] : mx;
+        for (int64_t i = 0; i < n; i++) ph[i] = exp_neg(ph[i] - mx);
+        for (int64_t i = 0; i < n; i++) sum += ph[i];
+        float inv = 1.f / sum;
+        for (int64_t i = 0; i < n; i++) ph[i] *= inv;
+    }
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t g = g0; g < g1; g++) {
             const float *vv = v + sl[i] * s_pos + g * s_head;
-            for (int64_t h = 0; h < G; h++) {
+            for (int64_t h = (g - g0) * G; h < (g - g0 + 1) * G; h++) {
                 float w = p[h * n + i];
                 float *oh = o + h * D;
                 for (int64_t d = 0; d < D; d++) oh[d] += w * vv[d];
             }
         }
-        free(p);
+    free(p);
+}
+
+/* Flash-Decoding's partial (Dao et al. 2023): keys [0, n) of one chunk -> per head h, at
+ * part + h * (D + 2): m = max score, l = sum e^(s - m), then o = sum e^(s - m) v (unnormalized). */
+static void partial(const float *qv, const float *k, const float *v, int64_t s_pos, int64_t s_head,
+                    const int64_t *sl, int64_t n, int64_t g, int64_t G, int64_t D, float scale, float *part) {
+    float *p = (float *)malloc(sizeof(float) * (size_t)(n * G));
+    if (!p) return;
+    for (int64_t i = 0; i < n; i++) {  /* as `whole`: each key read once for the G heads */
+        const float *kk = k + sl[i] * s_pos + g * s_head;
+        for (int64_t h = 0; h < G; h++) p[h * n + i] = scale * dot(qv + h * D, kk, D);
     }
+    for (int64_t h = 0; h < G; h++) {
+        float *ph = p + h * n, mx = -INFINITY, sum = 0.f, *o = part + h * (D + 2) + 2;
+        for (int64_t i = 0; i < n; i++) mx = ph[i] > mx ? ph[i] : mx;
+        for (int64_t i = 0; i < n; i++) ph[i] = exp_neg(ph[i] - mx);
+        for (int64_t i = 0; i < n; i++) sum += ph[i];
+        part[h * (D + 2)] = mx, part[h * (D + 2) + 1] = sum;
+        for (int64_t d = 0; d < D; d++) o[d] = 0.f;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const float *vv = v + sl[i] * s_pos + g * s_head;
+        for (int64_t h = 0; h < G; h++) {
+            float w = p[h * n + i], *o = part + h * (D + 2) + 2;
+            for (int64_t d = 0; d < D; d++) o[d] += w * vv[d];
+        }
+    }
+    free(p);
+}
+
+/* Combine c chunk partials of one (sequence, K/V head) in chunk order, by log-sum-exp:
+ * M = max m_j, out = sum_j e^(m_j - M) o_j / sum_j e^(m_j - M) l_j. */
+static void combine(const float *part, int64_t c, int64_t stride, int64_t G, int64_t D, float *o) {
+    for (int64_t h = 0; h < G; h++) {
+        float M = -INFINITY, L = 0.f, *oh = o + h * D;
+        for (int64_t j = 0; j < c; j++) M = part[j * stride + h * (D + 2)] > M ? part[j * stride + h * (D + 2)] : M;
+        for (int64_t d = 0; d < D; d++) oh[d] = 0.f;
+        for (int64_t j = 0; j < c; j++) {
+            const float *ph = part + j * stride + h * (D + 2);
+            float w = exp_neg(ph[0] - M);
+            L += w * ph[1];
+            for (int64_t d = 0; d < D; d++) oh[d] += w * ph[2 + d];
+        }
+        float inv = 1.f / L;
+        for (int64_t d = 0; d < D; d++) oh[d] *= inv;
+    }
+}
+
+/* split > 0: a sequence with more than `split` keys is cut into chunks of `split` keys, each a work
+ * item of its own (Flash-Decoding: threads share one long sequence instead of idling), then
+ * combined. The cut depends only on the sequence's length, so its result is still the same for
+ * any batch and thread count; sequences up to `split` keys run `whole` exactly as before. */
+void llmlab_decode_attention(const float *q, const float *k, const float *v, int64_t s_pos, int64_t s_head,
+                             const int64_t *slots, const int64_t *offs, int64_t B, int64_t H, int64_t Hkv,
+                             int64_t D, float scale, float *out, int nt, int64_t split) {
+    int64_t G = H / Hkv, n_chunks = 0;
+    /* paged cache (a slot's K/V heads side by side): one work item per sequence reads each slot's
+     * Hkv * D values contiguously instead of Hkv items each reading every slot's D-value slice */
+    int interleaved = Hkv > 1 && s_head * Hkv <= s_pos;
+    if (nt < 1) nt = 1;
+    int64_t *first = (int64_t *)malloc(sizeof(int64_t) * (size_t)(B + 1));  /* sequence b's first chunk */
+    if (!first) return;
+    for (int64_t b = 0; b < B; b++) {
+        int64_t n = offs[b + 1] - offs[b];
+        first[b] = n_chunks;
+        if (split > 0 && n > split) n_chunks += (n + split - 1) / split;
+    }
+    first[B] = n_chunks;
+    int64_t *owner = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n_chunks + 1));
+    float *part = (float *)malloc(sizeof(float) * (size_t)(n_chunks * Hkv * G * (D + 2) + 1));
+    if (!owner || !part) { free(first); free(owner); free(part); return; }
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t c = first[b]; c < first[b + 1]; c++) owner[c] = b;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < B * Hkv + n_chunks * Hkv; it++) {
+            if (it < B * Hkv) {  /* a whole (sequence, head) unless it is split */
+                int64_t b = it / Hkv, g = it % Hkv, g1 = g + 1;
+                if (first[b + 1] > first[b] || (interleaved && g > 0)) continue;
+                if (interleaved) g1 = Hkv;  /* one item reads each slot's K/V heads as one run */
+                whole(q + (b * H + g * G) * D, k, v, s_pos, s_head, slots + offs[b], offs[b + 1] - offs[b], g, g1, G,
+                      D, scale, out + (b * H + g * G) * D);
+            } else {  /* one chunk of a split sequence */
+                int64_t c = (it - B * Hkv) / Hkv, g = (it - B * Hkv) % Hkv, b = owner[c];
+                int64_t i0 = (c - first[b]) * split, n = offs[b + 1] - offs[b] - i0;
+                partial(q + (b * H + g * G) * D, k, v, s_pos, s_head, slots + offs[b] + i0, n < split ? n : split,
+                        g, G, D, scale, part + (c * Hkv + g) * G * (D + 2));
+            }
+        }
+#pragma omp for schedule(static)
+        for (int64_t bg = 0; bg < B * Hkv; bg++) {
+            int64_t b = bg / Hkv, g = bg % Hkv, c = first[b + 1] - first[b];
+            if (c == 0) continue;
+            /* chunk j of (b, g) sits at (first[b] + j) * Hkv + g: Hkv * G * (D + 2) floats apart */
+            combine(part + (first[b] * Hkv + g) * G * (D + 2), c, Hkv * G * (D + 2), G, D, out + (b * H + g * G) * D);
+        }
+    }
+    free(first), free(owner), free(part);
 }

@@ -13,36 +13,39 @@ from pathlib import Path
 import torch
 
 from llmlab.kernels import build
-from llmlab.log import get_logger
 
 SRC = Path(__file__).with_name("attention.c")
 _LIB: list = []
 
 
+def _open_library():
+    if build.load() is None:  # same switches as the block kernel (LLMLAB_NO_KERNELS, ISA)
+        return None
+    lib = ctypes.CDLL(str(build.build(SRC)))
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.llmlab_decode_attention.argtypes = [p, p, p, i64, i64, p, p, i64, i64, i64, i64,
+                                            ctypes.c_float, p, ctypes.c_int, i64]
+    lib.llmlab_decode_attention.restype = None
+    return lib
+
+
 def load():
     """The compiled library, or None (no compiler, LLMLAB_NO_KERNELS=1): callers use SDPA."""
-    if not _LIB:
-        lib = None
-        if build.load() is not None:  # same switches as the block kernel (LLMLAB_NO_KERNELS, ISA)
-            try:
-                lib = ctypes.CDLL(str(build.build(SRC)))
-                p, i64 = ctypes.c_void_p, ctypes.c_int64
-                lib.llmlab_decode_attention.argtypes = [p, p, p, i64, i64, p, p, i64, i64, i64, i64,
-                                                        ctypes.c_float, p, ctypes.c_int]
-                lib.llmlab_decode_attention.restype = None
-            except (RuntimeError, OSError) as e:
-                get_logger().warning(f"C decode attention unavailable, using SDPA: {e}")
-                lib = None
-        _LIB.append(lib)
-    return _LIB[0]
+    return build.load_cached(_LIB, _open_library, "C decode attention unavailable, using SDPA")
+
+
+SPLIT = 512  # keys per Flash-Decoding chunk: longer sequences are split across threads
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, Hkv: int, s_pos: int, s_head: int,
-                     slots: torch.Tensor, offs: torch.Tensor, threads: int = 1) -> torch.Tensor:
+                     slots: torch.Tensor, offs: torch.Tensor, threads: int = 1, split: int = SPLIT) -> torch.Tensor:
     """q (B, H, D) fp32; k, v: a layer's cache (fp32, contiguous), K/V head g of slot s at element
     s * s_pos + g * s_head;
     slots (int64): every sequence's key slots in order, concatenated; offs (B + 1,) int64 offsets
-    into slots -> (B, H, D)."""
+    into slots -> (B, H, D).
+    split (Flash-Decoding, Dao et al. 2023): a sequence with more keys is computed as chunks of
+    `split` keys, each its own work item for the threads, merged by log-sum-exp (0 = never). Its
+    bits depend only on its own length, not on the batch or the thread count."""
     lib = load()
     if lib is None:
         raise RuntimeError("the C decode attention is not available")
@@ -54,5 +57,5 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, Hkv: int
         raise ValueError("decode_attention: bad slots/offsets or head counts")
     out = torch.empty_like(q)
     lib.llmlab_decode_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), s_pos, s_head, slots.data_ptr(),
-                                offs.data_ptr(), B, H, Hkv, D, D ** -0.5, out.data_ptr(), threads)
+                                offs.data_ptr(), B, H, Hkv, D, D ** -0.5, out.data_ptr(), threads, split)
     return out

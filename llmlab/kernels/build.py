@@ -82,21 +82,24 @@ def build(src: Path = SRC, arch: str | None = None) -> Path:
     return out
 
 
+def load_cached(cache: list, open_library, unavailable: str):
+    """`open_library()` once per process, kept in `cache` (a module's one-item list): the library, or
+    None where it cannot be built (one warning "`unavailable`: why"). LLMLAB_NO_KERNELS=1 gives None."""
+    if not cache:
+        lib = None
+        if os.environ.get("LLMLAB_NO_KERNELS", "") in ("", "0"):
+            try:
+                lib = open_library()
+            except (RuntimeError, OSError) as e:
+                get_logger().warning(f"{unavailable}: {e}")
+        cache.append(lib)
+    return cache[0]
+
+
 def load():
     """The compiled library (ctypes.CDLL), or None where it cannot be built (warned once).
     LLMLAB_NO_KERNELS=1 disables it."""
-    if not _LIB:
-        lib = None
-        if os.environ.get("LLMLAB_NO_KERNELS", "") not in ("", "0"):
-            _LIB.append(None)
-            return None
-        try:
-            lib = open_lib()
-        except (RuntimeError, OSError) as e:
-            get_logger().warning(f"quantized-weight kernel unavailable, using fp32 weights: {e}")
-            lib = None
-        _LIB.append(lib)
-    return _LIB[0]
+    return load_cached(_LIB, open_lib, "quantized-weight kernel unavailable, using fp32 weights")
 
 
 def open_lib(arch: str | None = None):

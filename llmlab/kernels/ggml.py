@@ -212,6 +212,65 @@ def blocks_for(model, name: str) -> QuantWeight | None:
         return None
     q, stamp = entry
     p = model.get_parameter(name)
+    if p.is_meta and name in getattr(model, "dense_released", {}):
+        return q  # `release_dense` dropped the fp32 copy: the blocks are the weight
     if p.device.type != "cpu" or p.dtype != torch.float32 or _stamp(p) != stamp or not q.check(p):
         return None
     return q
+
+
+def release_dense(model) -> int:
+    """Drop the fp32 copy of every matrix that has blocks and is used only as a matmul weight
+    (serving reads the blocks; the fp32 values are the blocks' exact decode): each such parameter
+    becomes a shape-only `meta` tensor. -> bytes freed. Kept: tied parameters and the first one
+    (the embedding: its rows are looked up, and code takes the model's device/dtype from it).
+
+    Anything that needs the fp32 weights again gets them back bit for bit (`restore_dense`): a
+    forward through a released module or `state_dict()` restores them all first (training,
+    `Transformer.forward` for model variants, saving). Returns 0 without the kernel (then the
+    engine multiplies the fp32 weights)."""
+    if not available() or not getattr(model, "quantized", None):
+        return 0
+    count: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        count[id(p)] = count.get(id(p), 0) + 1
+    first = id(next(model.parameters()))
+    released = getattr(model, "dense_released", {})
+    freed = 0
+    for name in list(model.quantized):
+        p = model.get_parameter(name)
+        if count.get(id(p)) != 1 or id(p) == first or name in released or blocks_for(model, name) is None:
+            continue
+        mod_name, attr = name.rsplit(".", 1)
+        mod = model.get_submodule(mod_name)
+        mod._parameters[attr] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"),
+                                                   requires_grad=p.requires_grad)
+        released[name] = mod.register_forward_pre_hook(lambda *_: restore_dense(model) and None)
+        freed += p.numel() * p.element_size()
+    if released and not hasattr(model, "_dense_sd_hook"):
+        model._dense_sd_hook = model.register_state_dict_pre_hook(lambda *_: restore_dense(model) and None)
+    model.dense_released = released
+    return freed
+
+
+def restore_dense(model) -> int:
+    """Put back the fp32 parameters `release_dense` dropped, decoded from the blocks (the very
+    values they had). -> bytes restored."""
+    released = getattr(model, "dense_released", None)
+    if not released:
+        return 0
+    restored = 0
+    with torch.inference_mode(False), torch.no_grad():  # ordinary tensors: training may follow
+        for name, hook in released.items():
+            hook.remove()
+            mod_name, attr = name.rsplit(".", 1)
+            mod, q = model.get_submodule(mod_name), model.quantized[name][0]
+            meta = mod._parameters[attr]
+            w = torch.nn.Parameter(q.dequantize().reshape(meta.shape).to(meta.dtype), requires_grad=meta.requires_grad)
+            mod._parameters[attr] = w
+            model.quantized[name] = (q, _stamp(w))
+            restored += w.numel() * w.element_size()
+    model.dense_released = {}
+    from llmlab.log import get_logger
+    get_logger().info(f"restored {restored / 2 ** 20:.0f} MB of fp32 weights from their blocks")
+    return restored

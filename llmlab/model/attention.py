@@ -54,6 +54,9 @@ class Attention(nn.Module):
         # the plain SDPA path unless a variant needs the scores (soft-capping) or asks for flash
         self.impl = "eager" if cfg.needs_scores else cfg.attn_implementation
         self.softcap, self.scale = cfg.attn_logit_softcapping, 1.0 / math.sqrt(self.head_dim)
+        # context parallel (llmlab.distributed.context_parallel sets it): f(q, k, v) -> causal attention
+        # of this rank's sequence chunk over the whole sequence, K/V of the other chunks on other ranks
+        self.context_parallel = None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 cache=None, mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
@@ -78,7 +81,9 @@ class Attention(nn.Module):
         if cache is not None:
             past = cache.length
             k, v = cache.update(self.layer_idx, k, v)
-        if self.impl != "sdpa":
+        if self.context_parallel is not None and cache is None:
+            y = self.context_parallel(q, k, v)
+        elif self.impl != "sdpa":
             y = self._explicit(q, k, v, mask, causal=not last_only and Tq > 1)
         else:
             y = self._sdpa(q, k, v, mask, Tq, T, past, last_only)

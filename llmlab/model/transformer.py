@@ -16,6 +16,7 @@ from torch import nn
 
 from llmlab.model.block import Block
 from llmlab.model.config import ModelConfig
+from llmlab.model.linear import linear
 from llmlab.model.masks import key_positions, keep_mask
 from llmlab.model.norm import make_norm
 from llmlab.model.rope import RotaryEmbedding
@@ -100,15 +101,16 @@ class Transformer(nn.Module):
         logits = [blk.mlp.router_logits for blk in self.model.layers if blk.mlp.router_logits is not None]
         loss = logits[0].new_zeros((), dtype=torch.float32)
         if cfg.router_aux_loss_coef:
-            loss = loss + cfg.router_aux_loss_coef * load_balancing_loss(logits, cfg.num_local_experts,
-                                                                         cfg.num_experts_per_tok)
+            loss = loss + cfg.router_aux_loss_coef * load_balancing_loss(
+                logits, cfg.num_local_experts, cfg.num_experts_per_tok, getattr(self, "balance_f_reduce", None))
         if cfg.router_z_loss_coef:
             loss = loss + cfg.router_z_loss_coef * z_loss(logits)
         return loss
 
     def forward(self, input_ids: torch.Tensor, cache=None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, last_only: bool = False,
-                return_hidden: bool = False, prefix_lengths: torch.Tensor | None = None) -> torch.Tensor:
+                return_hidden: bool = False, prefix_lengths: torch.Tensor | None = None,
+                position_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (B, T) -> logits (B, T, V) (or (B, 1, V) with last_only).
 
         cache: a KVCache; the new tokens are appended after cache.length positions.
@@ -116,6 +118,7 @@ class Transformer(nn.Module):
         prefix_lengths: (B,) or int, prefix decoder: positions < prefix_lengths[b] attend to each
         other both ways (training). A prefix_lm model prefilling a cache treats the whole prompt as
         the prefix (generation); otherwise attention is causal.
+        position_embeds: (B|1, T, d) added to the token embeddings (GLM's 2-D positions, llmlab.model.glm).
         """
         B, T = input_ids.shape
         cfg = self.config
@@ -128,6 +131,8 @@ class Transformer(nn.Module):
             else:
                 position_ids = torch.arange(past, past + T, device=input_ids.device)
         x = self.model.embed_tokens(input_ids)
+        if position_embeds is not None:
+            x = x + position_embeds.to(x.dtype)
         rope = None
         if cfg.position == "rope":
             rope = self.rope(position_ids, x.dtype)
@@ -160,7 +165,7 @@ class Transformer(nn.Module):
             x = self.model.norm(x)
         if return_hidden:
             return x
-        logits = self.lm_head(x)
+        logits = linear(self.lm_head, x)  # training, fp32 CPU: oneDNN (llmlab.model.linear); else the module
         if cfg.final_logit_softcapping is not None:
             c = cfg.final_logit_softcapping
             logits = c * torch.tanh(logits / c)
@@ -192,8 +197,11 @@ class Transformer(nn.Module):
 
     @staticmethod
     def _padding_mask(attention_mask: torch.Tensor, past: int, T: int) -> torch.Tensor:
-        """(B, S) keep-mask -> (B, 1, T, S) boolean causal mask that also hides padding keys
-        (an instance may swap this builder: llmlab/finetune/packing.py)."""
+        """(B, S) keep-mask -> (B, 1, T, S) boolean causal mask that also hides padding keys; a
+        ready (B|1, 1, T, S) boolean mask is used as it is (parallel context windows, GLM's blank
+        infilling: llmlab.model.pcw, .glm). An instance may swap this builder: llmlab/finetune/packing.py."""
+        if attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
+            return attention_mask
         from types import SimpleNamespace
         plain = SimpleNamespace(sliding_window=None, sparse_stride=None)
         return keep_mask(plain, T, past, attention_mask, attention_mask.device)

@@ -126,6 +126,7 @@ def clip_init(model: CLIP) -> None:
         nn.init.normal_(blk.mlp.fc2.weight, std=proj_std)
 
 
-def contrastive_loss(out: tuple) -> torch.Tensor:
-    """The loss for a (image, text, scale[, bias]) tuple from our CLIP or open_clip's."""
-    return siglip_loss(*out) if len(out) == 4 else clip_loss(*out)
+def contrastive_loss(out: tuple, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss for a (image, text, scale[, bias]) tuple from our CLIP or open_clip's; `targets`
+    (N, N) as in `clip_loss` (None: pair i is the only positive of image i)."""
+    return siglip_loss(*out, targets=targets) if len(out) == 4 else clip_loss(*out, targets=targets)

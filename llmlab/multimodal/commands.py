@@ -9,14 +9,21 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llmlab.errors import UserError
-from llmlab.verb import Verb
+from llmlab.errors import UserError, require
+from llmlab.verb import Verb, verb
 from llmlab.infer.vision import VISION_MODELS
 from llmlab.multimodal.runs import load_contrastive, save_contrastive
 from llmlab.multimodal.train import ContrastiveConfig
 
+VERBS: dict[str, Verb] = {}
 
+
+@verb(VERBS, "mm train", ContrastiveConfig)
 def run_train(cfg: ContrastiveConfig) -> int:
+    """train CLIP (InfoNCE) or SigLIP (sigmoid) image-text encoders on packaged images
+
+    Example: llmlab mm train configs/mm_clip_digits.yaml model=siglip seed=1 output_dir=runs/mm_siglip
+    """
     from llmlab.device import setup_threads
     from llmlab.multimodal.train import ContrastiveTrainer, build_model, evaluate_contrastive, load_split
     setup_threads()
@@ -44,7 +51,12 @@ class EvalConfig:
     dataset: str = field(default="", metadata={"help": "test split to score on (default: the run's dataset)"})
 
 
+@verb(VERBS, "mm eval", EvalConfig)
 def run_eval(cfg: EvalConfig) -> int:
+    """zero-shot accuracy (prompt ensemble) and recall@1/5 on a test split
+
+    Example: llmlab mm eval run_dir=runs/mm_clip
+    """
     from llmlab.multimodal.train import evaluate_contrastive, load_split
     model, tcfg = load_contrastive(cfg.run_dir)
     if cfg.dataset:
@@ -55,7 +67,17 @@ def run_eval(cfg: EvalConfig) -> int:
     return 0
 
 
+def _llava_config():
+    from llmlab.multimodal.llava_train import LlavaConfig
+    return LlavaConfig
+
+
+@verb(VERBS, "mm llava", _llava_config())
 def run_llava(cfg) -> int:
+    """LLaVA-style VQA: CLIP ViT -> MLP projector -> SmolLM2 (stage 1 captions, stage 2 VQA + LoRA)
+
+    Example: llmlab mm llava configs/mm_llava.yaml stage2_steps=400 seed=1
+    """
     from llmlab.device import setup_threads
     from llmlab.multimodal.llava_train import run
     setup_threads()
@@ -71,11 +93,15 @@ class ChatConfig:
     max_new_tokens: int = field(default=8, metadata={"help": "answer length limit"})
 
 
+@verb(VERBS, "mm chat", ChatConfig)
 def run_chat(cfg: ChatConfig) -> int:
+    """ask a trained LLaVA-style model about a picture (terminal)
+
+    Example: llmlab mm chat run_dir=runs/mm_llava image=shape.png question='what color is the shape?'
+    """
     from llmlab.multimodal.image_io import load_image
     from llmlab.multimodal.llava_train import load_llava
-    if not cfg.image:
-        raise UserError("config key 'image': give a picture, e.g. image=cat.png")
+    require(cfg.image, "config key 'image': give a picture, e.g. image=cat.png")
     load_image(cfg.image, 8)  # a bad image fails in a second, before the LM loads
     model, size = load_llava(cfg.run_dir)
     img = load_image(cfg.image, size, model.vision.config.in_chans).unsqueeze(0)
@@ -95,11 +121,6 @@ def run_chat(cfg: ChatConfig) -> int:
         print(f"assistant> {model.answer(img, [q], cfg.max_new_tokens)[0]}", flush=True)
 
 
-def _llava_config():
-    from llmlab.multimodal.llava_train import LlavaConfig
-    return LlavaConfig
-
-
 def _llava_chat(run_dir: str):
     from llmlab.multimodal.chat import LlavaChat
     return LlavaChat(run_dir)
@@ -107,16 +128,3 @@ def _llava_chat(run_dir: str):
 
 # `llmlab chat` and `llmlab serve` load `llmlab mm llava` runs through this (infer/serve come earlier)
 VISION_MODELS.update(llava=_llava_chat)
-
-VERBS = {
-    "mm train": Verb(ContrastiveConfig, run_train,
-                     "train CLIP (InfoNCE) or SigLIP (sigmoid) image-text encoders on packaged images",
-                     "llmlab mm train configs/mm_clip_digits.yaml model=siglip seed=1 output_dir=runs/mm_siglip"),
-    "mm llava": Verb(_llava_config(), run_llava,
-                     "LLaVA-style VQA: CLIP ViT -> MLP projector -> SmolLM2 (stage 1 captions, stage 2 VQA + LoRA)",
-                     "llmlab mm llava configs/mm_llava.yaml stage2_steps=400 seed=1"),
-    "mm chat": Verb(ChatConfig, run_chat, "ask a trained LLaVA-style model about a picture (terminal)",
-                    "llmlab mm chat run_dir=runs/mm_llava image=shape.png question='what color is the shape?'"),
-    "mm eval": Verb(EvalConfig, run_eval, "zero-shot accuracy (prompt ensemble) and recall@1/5 on a test split",
-                    "llmlab mm eval run_dir=runs/mm_clip"),
-}

@@ -14,6 +14,10 @@ import torch.nn.functional as F
 
 DIGIT_TRAIN_TEMPLATES = ["a handwritten digit {}", "a photo of the number {}", "the digit {}",
                          "a small image of a {}"]
+# `templates=extended`: more training phrasings (still none of the held-out ones below), so the text
+# tower learns that the class word, not the template, carries the meaning
+DIGIT_EXTRA_TEMPLATES = ["a scan of the digit {}", "this is a {}", "a picture of a {}", "a drawing of the numeral {}",
+                         "an image showing {}", "a {} written by hand", "{}", "a blurry {}"]
 # held-out prompts: none of these templates is seen in training
 DIGIT_EVAL_TEMPLATES = ["a handwritten {}", "the number {}", "a photo of a {}", "digit {}"]
 SHAPE_TRAIN_TEMPLATES = ["a {}", "a picture of a {}"]  # easy-vqa: captions are "a <colour> <shape>"

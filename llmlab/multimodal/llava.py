@@ -61,8 +61,9 @@ class Llava(nn.Module):
         self.end_id = self.tok.encode("<|im_end|>")
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, N patches, LM width)."""
-        with torch.no_grad():
+        """(B, C, H, W) -> (B, N patches, LM width). The encoder gets gradients only once
+        `llmlab mm llava train_vision=true` unfreezes it (stage 2)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.vision.parameters())):
             feats = self.vision.forward_features(images)[:, 1:]
         return self.projector(feats)
 
@@ -99,24 +100,22 @@ class Llava(nn.Module):
     @torch.no_grad()
     def answer(self, images, questions, max_new_tokens: int = 4) -> list[str]:
         """Greedy answers (open-ended: any token may come out), stopping at <|im_end|>."""
+        from llmlab.infer.generate import generate_with_forward
+        from llmlab.infer.sampling import SamplingParams
+
         x, _, plen = self._batch(images, questions)
-        out = [[] for _ in questions]
-        done = [False] * len(questions)
         emb = self.lm.model.embed_tokens
-        for _ in range(max_new_tokens):
+
+        def forward(fed: list[int] | None) -> torch.Tensor:  # no KV cache: the whole sequence each step
+            nonlocal x
+            if fed is not None:  # each row's new token at its own next position (prompt lengths differ)
+                x = F.pad(x, (0, 0, 0, 1))
+                for i, t in enumerate(fed):
+                    x[i, plen[i]] = emb.weight[t]
+                    plen[i] += 1
             h = lm_hidden_from_embeds(self.lm, x)
-            nxt = self.lm.lm_head(h[torch.arange(len(plen)), torch.tensor(plen) - 1]).argmax(-1)
-            for i, t in enumerate(nxt.tolist()):
-                if not done[i]:
-                    if t in self.end_id:
-                        done[i] = True
-                    else:
-                        out[i].append(t)
-            if all(done):
-                break
-            # write each row's new token at its own next position (rows differ in prompt length)
-            x = F.pad(x, (0, 0, 0, 1))
-            for i, t in enumerate(nxt.tolist()):
-                x[i, plen[i]] = emb.weight[t]
-                plen[i] += 1
+            return self.lm.lm_head(h[torch.arange(len(plen)), torch.tensor(plen) - 1])
+
+        out = generate_with_forward(forward, [[] for _ in questions], SamplingParams(max_new_tokens, 0.0),
+                                    stop_ids=self.end_id)
         return [self.tok.decode(o).strip() for o in out]

@@ -31,6 +31,11 @@ class LlavaConfig:
     per_device_train_batch_size: int = field(default=8, metadata={"help": "examples per step"})
     learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate (projector and LoRA)"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank on q_proj/v_proj in stage 2 (0: projector only)"})
+    train_vision: bool = field(default=False, metadata={
+        "help": "stage 2 also fine-tunes the vision encoder (saved to vision.safetensors in the run)"})
+    vision_learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the encoder"})
+    validation: int = field(default=0, metadata={
+        "help": "hold out the last N training images: never trained on, scored as vqa_val_acc (choose settings here)"})
     eval_limit: int = field(default=300, metadata={"help": "easy-vqa test questions scored (fixed seeded sample)"})
     seed: int = field(default=0, metadata={"help": "projector init, batches, eval sample"})
 
@@ -57,6 +62,7 @@ def _vqa_examples(ds) -> list[tuple[int, str, str]]:
 
 
 def _steps(model, params, examples, images, steps, cfg, rng, stage: str) -> list[float]:
+    """`params`: tensors, or AdamW param groups (dicts) with their own learning rates."""
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     losses, t0 = [], time.perf_counter()
     for step in range(steps):
@@ -92,6 +98,14 @@ def run(cfg: LlavaConfig) -> dict:
     from llmlab.multimodal import data as mmdata
     model, size = build(cfg)
     train, test = mmdata.easy_vqa("train", size=size), mmdata.easy_vqa("test", size=size)
+    val = None
+    if cfg.validation:
+        if not 0 < cfg.validation < len(train):
+            raise UserError(f"validation={cfg.validation} must be below the {len(train)} training images")
+        cut = len(train) - cfg.validation
+        val = mmdata.ImageSet(train.images[cut:], train.labels[cut:], train.class_names, train.captions[cut:],
+                              train.name, train.qa[cut:])
+        train = train.subset(cut)
     rng = random.Random(cfg.seed)
     t0 = time.perf_counter()
     captions = [(i, CAPTION_PROMPT, c) for i, c in enumerate(train.captions)]
@@ -100,17 +114,30 @@ def run(cfg: LlavaConfig) -> dict:
     if cfg.lora_r:
         apply_lora(model.lm, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r))
         params += [p for p in model.lm.parameters() if p.requires_grad]
-    s2 = _steps(model, params, _vqa_examples(train), train.images, cfg.stage2_steps, cfg, rng, "stage2")
+    groups = [{"params": params}]
+    if cfg.train_vision:
+        for p in model.vision.parameters():
+            p.requires_grad_(True)
+        groups.append({"params": list(model.vision.parameters()), "lr": cfg.vision_learning_rate})
+    s2 = _steps(model, groups, _vqa_examples(train), train.images, cfg.stage2_steps, cfg, rng, "stage2")
+    model.vision.requires_grad_(False)
     train_s = time.perf_counter() - t0
     metrics = {"seed": cfg.seed, "stage1_steps": cfg.stage1_steps, "stage2_steps": cfg.stage2_steps,
                "lora_r": cfg.lora_r, "train_seconds": round(train_s, 1),
                "stage1_final_loss": round(sum(s1[-10:]) / max(1, len(s1[-10:])), 4) if s1 else None,
                "stage2_final_loss": round(sum(s2[-10:]) / max(1, len(s2[-10:])), 4) if s2 else None,
-               **evaluate_vqa(model, test, cfg.eval_limit, cfg.seed)}
+               "train_vision": cfg.train_vision, "validation": cfg.validation}
+    if val is not None:
+        v = evaluate_vqa(model, val, cfg.eval_limit, cfg.seed)
+        metrics.update(vqa_val_acc=v["vqa_acc"], val_n=v["n"])
+        print(json.dumps(metrics), file=sys.stderr, flush=True)
+    metrics.update(evaluate_vqa(model, test, cfg.eval_limit, cfg.seed))
     with atomic_dir(cfg.output_dir) as d:
         save_tensors(d / "projector.safetensors", model.projector.state_dict())
         if cfg.lora_r:
             save_tensors(d / "lora.safetensors", lora_state_dict(model.lm))
+        if cfg.train_vision:
+            save_tensors(d / "vision.safetensors", model.vision.state_dict())
         write_json(d / "config.json", {"kind": "llava", **asdict(cfg)})
         write_json(d / "metrics.json", metrics)
     print(json.dumps(metrics))
@@ -135,6 +162,8 @@ def load_llava(run_dir: str):
                             f"{model.vision.config.embed_dim} -> LM width {model.lm.config.hidden_size} needs "
                             f"{tuple(mine.shape)}: vision_run or lm differ from the ones it was trained with")
     load_strict(model.projector, proj, str(run_dir))
+    if cfg.train_vision:
+        load_strict(model.vision, load_tensors(Path(run_dir) / "vision.safetensors"), str(run_dir))
     if cfg.lora_r:
         apply_lora(model.lm, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r))
         lora = load_tensors(Path(run_dir) / "lora.safetensors")

@@ -26,27 +26,46 @@ CLIP_MAX_LOGIT_SCALE = math.log(100.0)
 SIGLIP_INIT_LOGIT_SCALE, SIGLIP_INIT_BIAS = math.log(10.0), -10.0
 
 
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+              targets: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE; features already normalised, `logit_scale` already exponentiated
-    (open_clip's ClipLoss convention)."""
+    (open_clip's ClipLoss convention). `targets` (N, N), rows summing to 1, replaces the one-hot
+    diagonal: `caption_targets` (identical captions are positives, not false negatives) or
+    momentum-distilled soft targets (ALBEF/BLIP, multimodal/momentum.py)."""
     logits = logit_scale * image_features @ text_features.t()
-    labels = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    if targets is None:
+        targets = torch.arange(len(logits), device=logits.device)
+        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets.t())) / 2
 
 
-def _sigmoid_terms(img, txt, scale, bias, positives: bool) -> torch.Tensor:
+def caption_targets(captions: list[str]) -> torch.Tensor:
+    """(N, N) targets spreading each row's mass evenly over the pairs with the same caption. With
+    few distinct captions (easy-vqa has 24 "a <colour> <shape>") a batch of 64 holds many
+    identical ones, and the one-hot InfoNCE would push an image away from its own caption."""
+    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    g = torch.tensor([ids[c] for c in captions])
+    same = (g.unsqueeze(0) == g.unsqueeze(1)).float()
+    return same / same.sum(1, keepdim=True)
+
+
+def _sigmoid_terms(img, txt, scale, bias, positives: bool | torch.Tensor) -> torch.Tensor:
     logits = scale * img @ txt.t() + bias
     z = -torch.ones_like(logits)
-    if positives:
+    if isinstance(positives, torch.Tensor):
+        z += 2 * positives.to(logits.dtype)
+    elif positives:
         z += 2 * torch.eye(len(img), len(txt), device=logits.device, dtype=logits.dtype)
     return -F.logsigmoid(z * logits).sum()
 
 
 def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                logit_bias: torch.Tensor) -> torch.Tensor:
+                logit_bias: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
     """Pairwise sigmoid loss, summed over all pairs and divided by the batch size (as the paper
-    and open_clip's SigLipLoss); `logit_scale` already exponentiated."""
-    return _sigmoid_terms(image_features, text_features, logit_scale, logit_bias, True) / len(image_features)
+    and open_clip's SigLipLoss); `logit_scale` already exponentiated. `targets` > 0 marks extra
+    positive pairs (identical captions), else the diagonal."""
+    pos = True if targets is None else targets > 0
+    return _sigmoid_terms(image_features, text_features, logit_scale, logit_bias, pos) / len(image_features)
 
 
 class NeighbourExchange(torch.autograd.Function):

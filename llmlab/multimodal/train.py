@@ -18,7 +18,10 @@ import torch
 from llmlab.errors import UserError
 from llmlab.multimodal import data as mmdata
 from llmlab.multimodal.clip import CLIP, ClipConfig, TextConfig, contrastive_loss
-from llmlab.multimodal.evaluate import (DIGIT_EVAL_TEMPLATES, DIGIT_TRAIN_TEMPLATES, SHAPE_EVAL_TEMPLATES,
+from llmlab.multimodal.losses import caption_targets
+from llmlab.multimodal.momentum import distilled_clip_loss, ema_update, momentum_copy
+from llmlab.multimodal.evaluate import (DIGIT_EVAL_TEMPLATES, DIGIT_EXTRA_TEMPLATES, DIGIT_TRAIN_TEMPLATES,
+                                        SHAPE_EVAL_TEMPLATES,
                                         retrieval, zero_shot_accuracy)
 from llmlab.multimodal.vit import ViTConfig
 
@@ -36,7 +39,17 @@ class ContrastiveConfig:
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on norms/biases/temperature)"})
     warmup_steps: int = field(default=20, metadata={"help": "linear warmup steps"})
     train_limit: int = field(default=0, metadata={"help": "use only the first N training images (0: all)"})
+    validation: int = field(default=0, metadata={
+        "help": "hold out the last N training images and score on them instead of the test split (choose settings here)"})
     seed: int = field(default=0, metadata={"help": "weights, batches and captions"})
+    positives: str = field(default="pair", metadata={
+        "help": "pair: only image i's own caption is its positive (CLIP); caption: every pair with an identical "
+                "caption is a positive too; label: every pair of the same class (digits)"})
+    templates: str = field(default="base", metadata={
+        "help": "digits/mnist training captions: base (4 templates) or extended (12; the 4 eval templates stay held out)"})
+    momentum_alpha: float = field(default=0.0, metadata={
+        "help": "ALBEF/BLIP momentum distillation: weight of the EMA model's soft targets (0: off; CLIP only)"})
+    momentum: float = field(default=0.995, metadata={"help": "EMA decay of the momentum model"})
     vision: ViTConfig = field(default_factory=lambda: ViTConfig(image_size=8, patch_size=2, in_chans=1, pool="mean"))
     text: TextConfig = field(default_factory=TextConfig)
     embed_dim: int = field(default=64, metadata={"help": "shared embedding size"})
@@ -55,14 +68,21 @@ def load_split(cfg: ContrastiveConfig, split: str) -> mmdata.ImageSet:
         raise UserError(f"unknown dataset '{cfg.dataset}': choose one of {', '.join(NATIVE)}")
     check_vision_fits(cfg.vision, cfg.dataset)
     kw = {"n": 4000 if split == "train" else 1000, "seed": 0} if cfg.dataset == "scenes" else {}
-    ds = mmdata.load(cfg.dataset, split, **kw)
+    ds = mmdata.load(cfg.dataset, "train" if cfg.validation else split, **kw)
+    if cfg.validation:
+        if not 0 < cfg.validation < len(ds):
+            raise UserError(f"validation={cfg.validation} must be below the {len(ds)} training images")
+        cut = len(ds) - cfg.validation
+        ds = ds.subset(cut) if split == "train" else mmdata.ImageSet(
+            ds.images[cut:], ds.labels[cut:], ds.class_names, ds.captions[cut:], ds.name, ds.qa[cut:])
     return ds.subset(cfg.train_limit) if split == "train" and cfg.train_limit else ds
 
 
-def caption_sampler(ds: mmdata.ImageSet, rng: random.Random) -> Callable[[list[int]], list[str]]:
+def caption_sampler(ds: mmdata.ImageSet, rng: random.Random, templates: str = "base") -> Callable[[list[int]], list[str]]:
     """Digits: a random training template per sample; others: the image's own caption."""
     if ds.name in ("digits", "mnist"):
-        return lambda idx: [rng.choice(DIGIT_TRAIN_TEMPLATES).format(ds.class_names[ds.labels[i]]) for i in idx]
+        pool = DIGIT_TRAIN_TEMPLATES + (DIGIT_EXTRA_TEMPLATES if templates == "extended" else [])
+        return lambda idx: [rng.choice(pool).format(ds.class_names[ds.labels[i]]) for i in idx]
     return lambda idx: [ds.captions[i] for i in idx]
 
 
@@ -86,8 +106,14 @@ class ContrastiveTrainer:
         self.model, self.tokenize, self.ds, self.cfg = model, tokenize, ds, cfg
         self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.98))
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.captions = caption_sampler(ds, random.Random(cfg.seed))
+        self.captions = caption_sampler(ds, random.Random(cfg.seed), getattr(cfg, "templates", "base"))
         self.step, self.losses = 0, []
+        self.ema = momentum_copy(model) if cfg.momentum_alpha > 0 else None
+
+    def targets(self, idx: torch.Tensor, caps: list[str]) -> torch.Tensor | None:
+        if self.cfg.positives == "pair":
+            return None
+        return caption_targets(caps if self.cfg.positives == "caption" else [str(v) for v in self.ds.labels[idx].tolist()])
 
     def run(self, n: int) -> tuple[int, float]:
         cfg, seen = self.cfg, 0
@@ -99,10 +125,19 @@ class ContrastiveTrainer:
             idx = torch.unique(idx)
             for g in self.opt.param_groups:
                 g["lr"] = lr_at(self.step, cfg.learning_rate, cfg.warmup_steps, cfg.max_steps)
-            loss = contrastive_loss(self.model(self.ds.images[idx], self.tokenize(self.captions(idx.tolist()))))
+            caps = self.captions(idx.tolist())
+            images, ids, targets = self.ds.images[idx], self.tokenize(caps), self.targets(idx, caps)
+            if self.ema is None:
+                loss = contrastive_loss(self.model(images, ids), targets)
+            else:
+                with torch.no_grad():
+                    out_m = self.ema(images, ids)
+                loss = distilled_clip_loss(self.model(images, ids), out_m, cfg.momentum_alpha, targets)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
+            if self.ema is not None:
+                ema_update(self.model, self.ema, cfg.momentum)
             self.losses.append(loss.item())
             self.step += 1
             seen += len(idx)
@@ -110,6 +145,14 @@ class ContrastiveTrainer:
 
 
 def build_model(cfg: ContrastiveConfig) -> CLIP:
+    if cfg.positives not in ("pair", "caption", "label"):
+        raise UserError(f"positives must be pair, caption or label, got '{cfg.positives}'")
+    if cfg.momentum_alpha and (cfg.model != "clip" or not 0 < cfg.momentum_alpha < 1):
+        raise UserError(f"momentum_alpha={cfg.momentum_alpha}: momentum distillation needs model=clip and 0 < alpha < 1")
+    if cfg.templates not in ("base", "extended"):
+        raise UserError(f"templates must be base or extended, got '{cfg.templates}'")
+    if cfg.positives == "label" and cfg.dataset not in ("digits", "mnist"):
+        raise UserError(f"positives=label needs one class per caption (digits, mnist), not {cfg.dataset}")
     if cfg.model not in ("clip", "siglip"):
         raise UserError(f"model must be clip or siglip for contrastive training, got '{cfg.model}'")
     torch.manual_seed(cfg.seed)

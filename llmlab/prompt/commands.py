@@ -6,8 +6,10 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from llmlab.verb import Verb
-from llmlab.errors import UserError
+from llmlab.verb import Verb, verb
+from llmlab.errors import UserError, require
+
+VERBS: dict[str, Verb] = {}
 
 
 @dataclass
@@ -36,7 +38,12 @@ class PromptJsonConfig:
     seed: int = 0
 
 
+@verb(VERBS, "prompt eval", PromptEvalConfig)
 def run_eval(cfg: PromptEvalConfig) -> int:
+    """accuracy and tokens per prompting method on held-out items
+
+    Example: llmlab prompt eval task=arithmetic methods=kshot,cot_zero n=30 k=0,4 seeds=0,1,2
+    """
     from llmlab.prompt import evaluate as ev
     from llmlab.prompt.llm import LocalLLM
     if cfg.task not in ("arithmetic", "wiki_cloze", "game24", "json"):
@@ -75,13 +82,17 @@ def run_eval(cfg: PromptEvalConfig) -> int:
     return 0
 
 
+@verb(VERBS, "prompt json", PromptJsonConfig)
 def run_json(cfg: PromptJsonConfig) -> int:
+    """generate JSON that always fits a schema (or a regex)
+
+    Example: llmlab prompt json prompt="Describe Paris" schema='{"type":"object","properties":{"city":{"type":"string"}}}'
+    """
     from pathlib import Path
 
     from llmlab.infer.constrained import Constraint, generate_constrained, schema_to_regex
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
-    if not cfg.prompt:
-        raise UserError('prompt is empty: pass prompt="..."')
+    require(cfg.prompt, 'prompt is empty: pass prompt="..."')
     pattern = cfg.regex
     if not pattern and cfg.schema:
         text = Path(cfg.schema).read_text() if cfg.schema.endswith(".json") and Path(cfg.schema).is_file() else cfg.schema
@@ -94,11 +105,3 @@ def run_json(cfg: PromptJsonConfig) -> int:
     ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": cfg.prompt}], add_generation_prompt=True))
     sys.stdout.write(generate_constrained(model, tok, ids, c, cfg.max_new_tokens, cfg.temperature, cfg.seed) + "\n")
     return 0
-
-
-VERBS = {
-    "prompt eval": Verb(PromptEvalConfig, run_eval, "accuracy and tokens per prompting method on held-out items",
-                        "llmlab prompt eval task=arithmetic methods=kshot,cot_zero n=30 k=0,4 seeds=0,1,2"),
-    "prompt json": Verb(PromptJsonConfig, run_json, "generate JSON that always fits a schema (or a regex)",
-                        'llmlab prompt json prompt="Describe Paris" schema=\'{"type":"object","properties":{"city":{"type":"string"}}}\''),
-}

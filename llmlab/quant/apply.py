@@ -42,8 +42,18 @@ def weight_bits(method: str, bits: int, group: int | str, sym: bool, k: int) -> 
     return bits + (16 + (0 if sym else bits)) / g
 
 
+def _mlp_output(model, names: list[str]):
+    """For a gated MLP's [gate_proj, up_proj]: their outputs -> the MLP's output through the
+    full-precision down projection (what AutoAWQ inspects for this group); None otherwise."""
+    if [n.rpartition(".")[2] for n in names] != ["gate_proj", "up_proj"]:
+        return None
+    mlp = model.get_submodule(names[0].rpartition(".")[0])
+    w_down = mlp.down_proj.weight.float()
+    return lambda ys: (mlp.act(ys[0]) * ys[1]) @ w_down.t()
+
+
 def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method: str, bits: int, group: int,
-                 sym: bool, act_order: bool) -> list[float]:
+                 sym: bool, act_order: bool, awq_objective: str = "linear") -> list[float]:
     """Quantize the named Linears' weights in place; -> AWQ's chosen alphas."""
     grp = "channel" if group <= 0 else group
     alphas = []
@@ -52,7 +62,8 @@ def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method
         sub = {n: stats[n] for n in names}
         for g in input_groups(sub):
             st = sub[g[0]]
-            new, a = awq_group([lins[n].weight.float() for n in g], g, st.sample, st.mean_abs, bits, group, sym)
+            new, a = awq_group([lins[n].weight.float() for n in g], g, st.sample, st.mean_abs, bits, group, sym,
+                               out_fn=_mlp_output(model, g) if awq_objective == "module" else None)
             alphas.append(a)
             for n, w in zip(g, new):
                 lins[n].weight.copy_(w)
@@ -73,12 +84,17 @@ def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method
 @torch.no_grad()
 def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: bool = False,
                    calib: torch.Tensor | None = None, alpha: float = 0.5, threshold: float = 6.0,
-                   act_order: bool = True, stats: dict | None = None, sequential: bool = True) -> dict:
+                   act_order: bool = True, stats: dict | None = None, sequential: bool = True,
+                   awq_objective: str = "linear") -> dict:
     """-> {'stored_bytes', 'quantized_params', 'layers', ...}. GPTQ and AWQ calibrate block by
     block on `calib` (each block sees the already-quantized blocks' outputs) unless `sequential`
-    is off or `stats` (gathered once on the full-precision model by `calibrate.collect`) is given."""
+    is off or `stats` (gathered once on the full-precision model by `calibrate.collect`) is given.
+    awq_objective: "linear" scores AWQ's scales on the outputs of the Linears sharing an input;
+    "module" scores the gate/up group on the MLP's output instead (AutoAWQ's module2inspect)."""
     if method not in METHODS:
         raise UserError(f"unknown method '{method}' (one of: {', '.join(METHODS)})")
+    if awq_objective not in ("linear", "module"):
+        raise UserError(f"awq_objective must be linear or module, got '{awq_objective}'")
     if method in ("rtn", "gptq", "awq"):
         check_bits(bits)
     lins = calibrate.quantizable_linears(model)
@@ -95,7 +111,8 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
     if method in ("gptq", "awq") and stats is None and sequential and hasattr(model, "model"):
         alphas: list[float] = []
         calibrate.layerwise(model, calib, want, lambda names, st: alphas.extend(
-            _weight_only(model, lins, [n for n in names if n in lins], st, method, bits, group, sym, act_order)))
+            _weight_only(model, lins, [n for n in names if n in lins], st, method, bits, group, sym, act_order,
+                         awq_objective)))
     else:
         if needs_calib:
             stats = calibrate.collect(model, calib, list(lins), want)
@@ -111,7 +128,7 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
             for n, m in lins.items():
                 _set_module(model, n, W8A8Linear(m) if method == "w8a8" else Int8Linear(m, threshold))
         else:
-            alphas = _weight_only(model, lins, list(lins), stats, method, bits, group, sym, act_order)
+            alphas = _weight_only(model, lins, list(lins), stats, method, bits, group, sym, act_order, awq_objective)
     if method == "awq" and alphas:
         info["alpha_mean"] = sum(alphas) / len(alphas)
     qparams = sum(m.weight.numel() for m in lins.values())

@@ -29,8 +29,21 @@ def rtn_fq(w: torch.Tensor, bits: int, group: int, sym: bool) -> torch.Tensor:
 
 @torch.no_grad()
 def search_scale(ws: list[torch.Tensor], x: torch.Tensor, mean_abs: torch.Tensor, bits: int, group: int,
-                 sym: bool, grid: int = 20) -> tuple[torch.Tensor, float]:
-    """-> (s (k,), alpha) minimizing sum over ws of ||x W^T - x (Q(W s)/s)^T||^2."""
+                 sym: bool, grid: int = 20, out_fn=None) -> tuple[torch.Tensor, float]:
+    """-> (s (k,), alpha) minimizing sum over ws of ||x W^T - x (Q(W s)/s)^T||^2, or, with
+    out_fn (the list of the group's outputs -> the module output they feed, e.g. the MLP's
+    down(act(gate) * up)), the error of that module output (AutoAWQ's `module2inspect`)."""
+    if out_fn is not None:
+        y = out_fn([x @ w.t() for w in ws])
+        best, best_s, best_a = float("inf"), torch.ones_like(mean_abs), 0.0
+        for r in range(grid):
+            a = r / grid
+            s = mean_abs.clamp_min(1e-4).pow(a)
+            s = s / (s.max() * s.min()).sqrt()
+            err = float(((out_fn([x @ (rtn_fq(w * s, bits, group, sym) / s).t() for w in ws]) - y) ** 2).mean())
+            if err < best:
+                best, best_s, best_a = err, s, a
+        return best_s, best_a
     ys = [x @ w.t() for w in ws]
     best, best_s, best_a = float("inf"), torch.ones_like(mean_abs), 0.0
     for r in range(grid):
@@ -70,9 +83,9 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, bits: int, group: int, sym: bo
 
 
 def awq_group(ws: list[torch.Tensor], names: list[str], x: torch.Tensor, mean_abs: torch.Tensor, bits: int,
-              group: int, sym: bool, clip: bool = True) -> tuple[list[torch.Tensor], float]:
+              group: int, sym: bool, clip: bool = True, out_fn=None) -> tuple[list[torch.Tensor], float]:
     """The effective AWQ weights of Linears sharing one input, and the alpha chosen."""
-    s, a = search_scale(ws, x, mean_abs, bits, group, sym)
+    s, a = search_scale(ws, x, mean_abs, bits, group, sym, out_fn=out_fn)
     out = []
     for w, n in zip(ws, names):
         ws_ = w * s

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmlab.verb import Verb
-from llmlab.errors import UserError
+from llmlab.verb import Verb, verb
+from llmlab.errors import UserError, require
+
+VERBS: dict[str, Verb] = {}
 
 
 @dataclass
@@ -36,7 +38,12 @@ def _calibration(cfg: QuantizeConfig, tok):
     return calibrate.text_windows(tok, cfg.calibration, cfg.num_calibration_samples, cfg.calibration_length)
 
 
+@verb(VERBS, "quantize", QuantizeConfig)
 def run_quantize(cfg: QuantizeConfig) -> int:
+    """post-training quantization: GGUF export, RTN/NF4/GPTQ/AWQ
+
+    Example: llmlab quantize model=smollm2 format=gguf type=Q4_0 output=runs/smollm2.Q4_0.gguf
+    """
     from pathlib import Path
 
     import torch
@@ -44,8 +51,7 @@ def run_quantize(cfg: QuantizeConfig) -> int:
     from llmlab.quant import calibrate
     from llmlab.quant.gguf_export import FORMATS
 
-    if not cfg.output:
-        raise UserError("output= is required (a .gguf file for format=gguf, a directory for format=hf)")
+    require(cfg.output, "output= is required (a .gguf file for format=gguf, a directory for format=hf)")
     if cfg.format not in ("gguf", "hf"):
         raise UserError(f"unknown format '{cfg.format}' (gguf or hf)")
     if cfg.format == "gguf" and cfg.type not in FORMATS:
@@ -86,9 +92,3 @@ def run_quantize(cfg: QuantizeConfig) -> int:
     if ev is not None:
         print(f"held-out perplexity after: {calibrate.perplexity(model, ev).perplexity:.4f}")
     return 0
-
-
-VERBS = {
-    "quantize": Verb(QuantizeConfig, run_quantize, "post-training quantization: GGUF export, RTN/NF4/GPTQ/AWQ",
-                     "llmlab quantize model=smollm2 format=gguf type=Q4_0 output=runs/smollm2.Q4_0.gguf"),
-}

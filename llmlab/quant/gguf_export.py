@@ -141,6 +141,16 @@ def _tensor_type(fmt: str, gname: str, w: torch.Tensor) -> str:
     return fmt
 
 
+# llama.* metadata: GGUFWriter.add_<key>(the ModelConfig field), in the order written
+_LLAMA_METADATA = {
+    "context_length": "max_position_embeddings", "embedding_length": "hidden_size",
+    "block_count": "num_hidden_layers", "feed_forward_length": "intermediate_size",
+    "head_count": "num_attention_heads", "head_count_kv": "num_key_value_heads",
+    "key_length": "head_dim", "value_length": "head_dim", "rope_dimension_count": "head_dim",
+    "rope_freq_base": "rope_theta", "layer_norm_rms_eps": "rms_norm_eps", "vocab_size": "vocab_size",
+}
+
+
 def write_gguf(model, tok, path: str | Path, fmt: str = "Q8_0", name: str = "llmlab") -> dict:
     """Write `model` (+ tokenizer) to `path` atomically; -> {'bytes', 'types': {type: count}}."""
     import gguf
@@ -159,18 +169,8 @@ def write_gguf(model, tok, path: str | Path, fmt: str = "Q8_0", name: str = "llm
     try:
         wr = gguf.GGUFWriter(tmp, "llama")
         wr.add_name(name)
-        wr.add_context_length(cfg.max_position_embeddings)
-        wr.add_embedding_length(cfg.hidden_size)
-        wr.add_block_count(cfg.num_hidden_layers)
-        wr.add_feed_forward_length(cfg.intermediate_size)
-        wr.add_head_count(cfg.num_attention_heads)
-        wr.add_head_count_kv(cfg.num_key_value_heads)
-        wr.add_key_length(cfg.head_dim)
-        wr.add_value_length(cfg.head_dim)
-        wr.add_rope_dimension_count(cfg.head_dim)
-        wr.add_rope_freq_base(cfg.rope_theta)
-        wr.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-        wr.add_vocab_size(cfg.vocab_size)
+        for key, field in _LLAMA_METADATA.items():
+            getattr(wr, f"add_{key}")(getattr(cfg, field))
         _add_tokenizer(wr, tok)
         state = model.state_dict()
         for key, w in state.items():

@@ -80,11 +80,15 @@ class BM25:
         return [(int(i), float(s[i])) for i in idx if s[i] > 0]
 
 
-def reciprocal_rank_fusion(rankings: list[list[int]], k: int = 60) -> list[tuple[int, float]]:
-    """RRF (Cormack et al. 2009): score(d) = sum over rankings of 1 / (k + rank(d)), ranks from 1."""
+def reciprocal_rank_fusion(rankings: list[list[int]], k: int = 60,
+                           weights: list[float] | None = None) -> list[tuple[int, float]]:
+    """RRF (Cormack et al. 2009): score(d) = sum over rankings r of w_r / (k + rank_r(d)), ranks from 1;
+    w_r = 1 unless `weights` are given (weighted RRF, as in Elasticsearch/Vespa hybrid search)."""
+    weights = [1.0] * len(rankings) if weights is None else weights
+    if len(weights) != len(rankings):
+        raise ValueError(f"{len(weights)} weights for {len(rankings)} rankings")
     score: dict[int, float] = {}
-    for ranking in rankings:
+    for w, ranking in zip(weights, rankings):
         for r, d in enumerate(ranking, 1):
-            score[d] = score.get(d, 0.0) + 1.0 / (k + r)
+            score[d] = score.get(d, 0.0) + w / (k + r)
     return sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))
-

@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from llmlab.verb import Verb
-from llmlab.errors import UserError
+from llmlab.verb import Verb, verb
+from llmlab.errors import UserError, require
 from llmlab.serve.retrieval import RAG_BACKENDS
+
+VERBS: dict[str, Verb] = {}
 
 
 @dataclass
@@ -28,6 +30,7 @@ class RagQueryConfig:
     query: str = field(default="", metadata={"help": "the question (required)"})
     k: int = 5
     mode: str = field(default="hybrid", metadata={"help": "hybrid | dense | bm25 | fts"})
+    bm25_weight: float = field(default=1.0, metadata={"help": "hybrid: weight of the BM25 list in RRF (dense = 1)"})
 
 
 @dataclass
@@ -49,9 +52,10 @@ class RagEvalConfig:
     index: str = field(default="rag_eval_idx", metadata={"help": "index folder; built from the extracts if missing"})
     docs: int = field(default=2000, metadata={"help": "Wikipedia extracts to index (the first N by title)"})
     n: int = field(default=200, metadata={"help": "cloze queries for recall@k / nDCG@10"})
-    n_qa: int = field(default=50, metadata={"help": "cloze items answered by the LLM (0 = retrieval only)"})
+    n_qa: int = field(default=50, metadata={"help": "items answered by the LLM, closed-book and with retrieval (0 = none)"})
     model: str = "smollm2"
     seed: int = 0
+    flare_theta: float = field(default=0.5, metadata={"help": "also answer with FLARE at this confidence threshold; 0 = off"})
 
 
 def _progress(total: int | None, desc: str):
@@ -69,13 +73,17 @@ def _documents(cfg: RagIndexConfig):
                 break
             docs.append(Document(f"{cfg.source}:{i}", text, text.split(".")[0][:80]))
         return docs, []
-    if not cfg.paths:
-        raise UserError("nothing to index: pass paths=DIR_OR_FILES or source=wiki_en")
+    require(cfg.paths, "nothing to index: pass paths=DIR_OR_FILES or source=wiki_en")
     res = load_paths(cfg.paths)
     return res.documents, res.skipped
 
 
+@verb(VERBS, "rag index", RagIndexConfig)
 def run_index(cfg: RagIndexConfig) -> int:
+    """index documents (SQLite + FTS5 + FAISS; incremental by content hash)
+
+    Example: llmlab rag index index=wiki_idx source=wiki_en limit=2000
+    """
     from llmlab.rag.index import RagIndex
     docs, skipped = _documents(cfg)
     if not docs and skipped:  # e.g. one non-UTF-8 file: say so once, and never prune an index on it
@@ -83,8 +91,8 @@ def run_index(cfg: RagIndexConfig) -> int:
                         + (f"; and {len(skipped) - 1} more" if len(skipped) > 1 else "") + ")")
     for path, why in skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
-    idx = RagIndex(cfg.index, create=True, chunking=cfg.chunking, chunk_size=cfg.chunk_size, chunk_overlap=cfg.chunk_overlap)
-    try:
+    with RagIndex(cfg.index, create=True, chunking=cfg.chunking, chunk_size=cfg.chunk_size,
+                  chunk_overlap=cfg.chunk_overlap) as idx:
         with _progress(len(docs), "indexing") as bar:
             stats = idx.add(docs, progress=bar.update)
         if cfg.prune and cfg.paths:
@@ -96,8 +104,6 @@ def run_index(cfg: RagIndexConfig) -> int:
         idx.store.vector_index(idx.store.get_meta("dim"))  # save the FAISS file now, not at first query
         print(f"{cfg.index}: {stats} skipped={len(skipped)}; {idx.store.count('sources')} sources, "
               f"{idx.store.count('chunks')} chunks")
-    finally:
-        idx.close()
     return 0
 
 
@@ -106,37 +112,41 @@ def _language_note(idx, query: str) -> str:
     return language_note(idx, query)
 
 
+@verb(VERBS, "rag query", RagQueryConfig)
 def run_query(cfg: RagQueryConfig) -> int:
+    """retrieve chunks: hybrid (RRF of MiniLM + BM25), dense, bm25 or fts
+
+    Example: llmlab rag query index=wiki_idx query="Who painted the Mona Lisa?"
+    """
     from llmlab.rag.index import RagIndex
-    if not cfg.query:
-        raise UserError('query is empty: pass query="..."')
-    idx = RagIndex(cfg.index)
-    try:
+    require(cfg.query, 'query is empty: pass query="..."')
+    with RagIndex(cfg.index) as idx:
         note = _language_note(idx, cfg.query)
         if note:
             print(f"note: {note}", file=sys.stderr)
-        hits = idx.search(cfg.query, cfg.k, cfg.mode)
+        hits = idx.search(cfg.query, cfg.k, cfg.mode, bm25_weight=cfg.bm25_weight)
         if not hits:
             print(f"no chunk matches (mode={cfg.mode})")
         for i, h in enumerate(hits, 1):
             print(f"[{i}] {h.score:.4f} {h.source} ({h.title}) chars {h.start}-{h.end}\n    {h.text[:200]!r}")
-    finally:
-        idx.close()
     return 0
 
 
+@verb(VERBS, "rag ask", RagAskConfig)
 def run_ask(cfg: RagAskConfig) -> int:
+    """answer a question from the index with [n] citations
+
+    Example: llmlab rag ask index=wiki_idx query="When was the Eiffel Tower built?" rerank=10
+    """
     from llmlab.infer.generate import stream_text
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     from llmlab.infer.sampling import SamplingParams
     from llmlab.rag.answer import add_citations, messages, rerank
     from llmlab.rag.index import RagIndex
-    if not cfg.query:
-        raise UserError('query is empty: pass query="..."')
-    idx = RagIndex(cfg.index)
-    try:
+    require(cfg.query, 'query is empty: pass query="..."')
+    with RagIndex(cfg.index) as idx:
         note = _language_note(idx, cfg.query)
-        hits = idx.search(cfg.query, max(cfg.k, cfg.rerank), cfg.mode)
+        hits = idx.search(cfg.query, max(cfg.k, cfg.rerank), cfg.mode, bm25_weight=cfg.bm25_weight)
         model, tok = load_model_and_tokenizer(cfg.model)
         if cfg.rerank:
             hits = rerank(model, tok, cfg.query, hits, cfg.k)
@@ -151,22 +161,27 @@ def run_ask(cfg: RagAskConfig) -> int:
         for i, h in enumerate(hits, 1):
             mark = "*" if i in cited.cited else " "
             print(f"{mark}[{i}] {h.source} ({h.title}) chars {h.start}-{h.end}: {h.text[:120]!r}")
-    finally:
-        idx.close()
     return 0
 
 
+@verb(VERBS, "rag delete", RagDeleteConfig)
 def run_delete(cfg: RagDeleteConfig) -> int:
+    """remove sources from an index
+
+    Example: llmlab rag delete index=wiki_idx sources=docs/a.md
+    """
     from llmlab.rag.index import RagIndex
-    idx = RagIndex(cfg.index)
-    try:
+    with RagIndex(cfg.index) as idx:
         print(f"deleted {idx.delete(cfg.sources)} of {len(cfg.sources)} sources")
-    finally:
-        idx.close()
     return 0
 
 
+@verb(VERBS, "rag eval", RagEvalConfig)
 def run_eval(cfg: RagEvalConfig) -> int:
+    """held-out retrieval recall@k/nDCG@10 and answer F1: closed-book, with retrieval, FLARE
+
+    Example: llmlab rag eval docs=2000 n=200 n_qa=50
+    """
     import json
 
     from llmlab.eval.data import wiki_extracts
@@ -175,33 +190,17 @@ def run_eval(cfg: RagEvalConfig) -> int:
     from llmlab.rag.loaders import Document
     ex = wiki_extracts()[:cfg.docs]
     sources = [f"wiki:{e['title']}" for e in ex]
-    idx = RagIndex(cfg.index, create=True)
-    try:
+    with RagIndex(cfg.index, create=True) as idx:
         with _progress(len(ex), "indexing") as bar:
             idx.add([Document(s, e["extract"], e["title"]) for s, e in zip(sources, ex)], progress=bar.update)
         model = tok = None
         if cfg.n_qa:
             from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
             model, tok = load_model_and_tokenizer(cfg.model)
-        res = evaluate_index(idx, [e["extract"] for e in ex], sources, cfg.n, cfg.seed, model=model, tok=tok, n_qa=cfg.n_qa)
+        res = evaluate_index(idx, [e["extract"] for e in ex], sources, cfg.n, cfg.seed, model=model, tok=tok,
+                             n_qa=cfg.n_qa, titles=[e["title"] for e in ex], flare_theta=cfg.flare_theta)
         print(json.dumps(res))
-    finally:
-        idx.close()
     return 0
-
-
-VERBS = {
-    "rag eval": Verb(RagEvalConfig, run_eval, "held-out retrieval recall@k/nDCG@10 and cloze F1, closed-book vs retrieval",
-                     "llmlab rag eval docs=2000 n=200 n_qa=50"),
-    "rag index": Verb(RagIndexConfig, run_index, "index documents (SQLite + FTS5 + FAISS; incremental by content hash)",
-                      "llmlab rag index index=wiki_idx source=wiki_en limit=2000"),
-    "rag query": Verb(RagQueryConfig, run_query, "retrieve chunks: hybrid (RRF of MiniLM + BM25), dense, bm25 or fts",
-                      'llmlab rag query index=wiki_idx query="Who painted the Mona Lisa?"'),
-    "rag ask": Verb(RagAskConfig, run_ask, "answer a question from the index with [n] citations",
-                    'llmlab rag ask index=wiki_idx query="When was the Eiffel Tower built?" rerank=10'),
-    "rag delete": Verb(RagDeleteConfig, run_delete, "remove sources from an index",
-                       "llmlab rag delete index=wiki_idx sources=docs/a.md"),
-}
 
 
 def _serve_backend(path: str):

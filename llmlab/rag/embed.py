@@ -91,25 +91,31 @@ class SentenceEncoder:
         self.batch_size = batch_size
         self.dim = self.model.config.hidden_size
 
+    def embed(self, texts: list[str], max_length: int | None = None) -> torch.Tensor:
+        """(n, dim) unit vectors of one padded batch, differentiable (fine-tuning: llmlab.rag.finetune)."""
+        return self._embed_ids([self.tokenizer.encode(t, max_length or self.max_length) for t in texts])
+
+    def _embed_ids(self, ids: list[list[int]]) -> torch.Tensor:
+        T = max(len(x) for x in ids)
+        batch = torch.full((len(ids), T), self.tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(ids), T, dtype=torch.long)
+        for j, x in enumerate(ids):
+            batch[j, :len(x)] = torch.tensor(x)
+            mask[j, :len(x)] = 1
+        h = self.model(batch, mask)
+        m = mask[..., None].float()
+        return F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)  # mean over real tokens
+
     @torch.inference_mode()
     def encode(self, texts: list[str], progress=None) -> torch.Tensor:
         if not texts:
             return torch.zeros(0, self.dim)
         ids = [self.tokenizer.encode(t, self.max_length) for t in texts]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch: less padding
-        out = torch.empty(len(ids), self.dim)
+        out = torch.empty(len(texts), self.dim)
         for s in range(0, len(order), self.batch_size):
             rows = order[s:s + self.batch_size]
-            T = max(len(ids[i]) for i in rows)
-            batch = torch.full((len(rows), T), self.tokenizer.pad_id, dtype=torch.long)
-            mask = torch.zeros(len(rows), T, dtype=torch.long)
-            for j, i in enumerate(rows):
-                batch[j, :len(ids[i])] = torch.tensor(ids[i])
-                mask[j, :len(ids[i])] = 1
-            h = self.model(batch, mask)
-            m = mask[..., None].float()
-            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)  # mean over real tokens
-            out[rows] = F.normalize(pooled, dim=-1)
+            out[rows] = self._embed_ids([ids[i] for i in rows])
             if progress is not None:
                 progress(len(rows))
         return out

@@ -10,7 +10,8 @@ with a span blanked out; the article is the single relevant document. Metrics (b
 from __future__ import annotations
 
 import math
-import random
+import re
+import sys
 
 
 def cloze_queries(extracts: list[str], n: int, seed: int = 0) -> list[tuple[str, int]]:
@@ -38,14 +39,18 @@ def ndcg_at_k(runs: list[list[int]], golds: list[int], k: int = 10) -> float:
     return total / max(len(golds), 1)
 
 
-def _cloze_prompt(question: str, passages: str | None, shots: list[dict]) -> str:
-    """The eval stage's cloze format (two worked examples from other articles, then the item);
-    closed-book drops the passages, also from the examples."""
-    def block(passage, sentence):
-        return (f"Passage: {passage}\n" if passage is not None else "") + f"Sentence: {sentence}\nThe blank is:"
-    head = "".join(block(sh["passage"] if passages is not None else None, sh["question"]) + f" {sh['answer']}\n\n"
-                   for sh in shots)
-    return head + block(passages, question)
+def completion_item(item: dict, title: str) -> tuple[str, str]:
+    """(question, answer) from a cloze item: the article's title and the blanked sentence up to the
+    blank ("Berlin: With 3.7 million inhabitants, ... of any city in the" -> "European Union").
+    The model continues the text; closed-book it must know the fact, with retrieval it can read it."""
+    return f"{title}: {item['question'].split('_____')[0].rstrip()}", item["answer"]
+
+
+def answer_span(continuation: str, answer: str) -> tuple[str, str]:
+    """Two readings of a greedy continuation, applied alike to both conditions: its first as many
+    words as the gold answer has (LAMBADA-style scoring), and the text up to the first , . ; ( or
+    newline (no knowledge of the gold)."""
+    return " ".join(continuation.split()[:len(answer.split())]), re.split(r"[,.;(\n]", continuation, 1)[0]
 
 
 def greedy_line(model, tok, prompt: str, max_new_tokens: int = 16) -> str:
@@ -57,11 +62,10 @@ def greedy_line(model, tok, prompt: str, max_new_tokens: int = 16) -> str:
 
 
 def evaluate_index(index, extracts: list[str], sources: list[str], n: int, seed: int, modes=("hybrid", "dense", "bm25"),
-                   model=None, tok=None, n_qa: int = 0, k_qa: int = 3) -> dict:
+                   model=None, tok=None, n_qa: int = 0, k_qa: int = 3, titles: list[str] | None = None,
+                   flare_theta: float = 0.0) -> dict:
     """Retrieval recall@1/5 and nDCG@10 per mode (a hit = a chunk of the query's article) and, with a
-    model, cloze EM/F1 closed-book vs with the top `k_qa` retrieved chunks in the prompt."""
-    from llmlab.eval.squad import exact_match, token_f1
-    from llmlab.eval.tasks.cloze import make_item
+    model, answer EM/F1 closed-book vs with the top `k_qa` retrieved chunks (answer_qa)."""
     from llmlab.eval.tasks.cloze import seeded_items
     items = seeded_items(extracts, n, seed)
     pos = {s: j for j, s in enumerate(sources)}
@@ -80,19 +84,38 @@ def evaluate_index(index, extracts: list[str], sources: list[str], n: int, seed:
         out[mode] = {"recall_at_1": recall_at_k(runs, golds, 1), "recall_at_5": recall_at_k(runs, golds, 5),
                      "ndcg_at_10": ndcg_at_k(runs, golds, 10)}
     if model is not None and n_qa:
-        shot_rng, used = random.Random(seed + 1), {i for _, i in items}
-        shots = [it for it in (make_item(extracts[j], shot_rng) for j in range(len(extracts)) if j not in used)
-                 if it is not None][:2]
-        scores = {"closed_book": [0.0, 0.0], "retrieval": [0.0, 0.0]}
-        for it, _ in items[:n_qa]:
-            q = " ".join(it["question"].replace("_____", " ").split())
-            hits = index.search(q, k_qa, "hybrid")
-            ctx = " ".join(h.text[:500] for h in hits)
-            for name, prompt in (("closed_book", _cloze_prompt(it["question"], None, shots)),
-                                 ("retrieval", _cloze_prompt(it["question"], ctx, shots))):
-                pred = greedy_line(model, tok, prompt).strip()
-                scores[name][0] += exact_match(pred, it["answer"])
-                scores[name][1] += token_f1(pred, it["answer"])
-        m = min(n_qa, len(items))
-        out["qa"] = {k: {"exact_match": v[0] / m, "f1": v[1] / m, "n": m} for k, v in scores.items()}
+        out["qa"] = answer_qa(index, items[:n_qa], titles or sources, model, tok, k_qa, flare_theta)
+    return out
+
+
+def answer_qa(index, items: list[tuple[dict, int]], titles: list[str], model, tok, k: int = 3,
+              flare_theta: float = 0.0) -> dict:
+    """EM / token F1 (SQuAD) of greedy completions (completion_item), closed-book vs with the top k
+    hybrid chunks of `index` (retrieved with the question itself) as "Passage: ..." before it, and,
+    with flare_theta > 0, FLARE (llmlab.rag.flare: retrieve only when a look-ahead token is unsure)."""
+    from llmlab.eval.squad import exact_match, token_f1
+    from llmlab.rag.flare import flare_generate
+    conds = ("closed_book", "retrieval") + (("flare",) if flare_theta > 0 else ())
+    sums = {c: {"exact_match": 0.0, "f1": 0.0, "f1_to_punct": 0.0} for c in conds}
+    retrievals = 0
+    for j, (it, i) in enumerate(items):
+        question, answer = completion_item(it, titles[i])
+        ctx = "\n".join(h.text for h in index.search(question, k, "hybrid"))
+        outs = {"closed_book": greedy_line(model, tok, question, 12),
+                "retrieval": greedy_line(model, tok, f"Passage: {ctx}\n\n{question}", 12)}
+        if flare_theta > 0:
+            res = flare_generate(model, tok, question, lambda q, n: [h.text for h in index.search(q, n, "hybrid")],
+                                 theta=flare_theta, k=k, max_sentences=1, sentence_tokens=12)
+            outs["flare"], retrievals = res.text, retrievals + res.retrievals
+        for cond, text in outs.items():
+            by_len, to_punct = answer_span(text, answer)
+            sums[cond]["exact_match"] += exact_match(by_len, answer)
+            sums[cond]["f1"] += token_f1(by_len, answer)
+            sums[cond]["f1_to_punct"] += token_f1(to_punct, answer)
+        print(f"qa {j + 1}/{len(items)}: " + " ".join(f"{c} F1 {d['f1'] / (j + 1):.3f}" for c, d in sums.items())
+              + (f" retrievals {retrievals}" if flare_theta > 0 else ""), file=sys.stderr, flush=True)
+    n = max(len(items), 1)
+    out = {c: {**{m: v / n for m, v in d.items()}, "n": len(items)} for c, d in sums.items()}
+    if flare_theta > 0:
+        out["flare"].update(theta=flare_theta, retrieval_rate=retrievals / n)
     return out

@@ -147,7 +147,10 @@ class RagIndex:
         ids, bm = self._bm25_index()
         return [(int(ids[i]), s) for i, s in bm.top_k(tokenize(query), k)]
 
-    def search(self, query: str, k: int = 5, mode: str = "hybrid", candidates: int = 50) -> list[Hit]:
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", candidates: int = 50,
+               bm25_weight: float = 1.0) -> list[Hit]:
+        """Top k chunks; hybrid = RRF of the dense and BM25 top `candidates`, BM25's list weighted
+        `bm25_weight` (the dense list 1)."""
         if mode not in MODES:
             raise UserError(f"mode: unknown retrieval mode '{mode}'; known: {', '.join(MODES)}")
         if not query.strip():
@@ -163,9 +166,16 @@ class RagIndex:
         else:
             n = max(candidates, k)
             ranked = reciprocal_rank_fusion([[i for i, _ in self.dense_ids(query, n)],
-                                             [i for i, _ in self.bm25_ids(query, n)]])[:k]
+                                             [i for i, _ in self.bm25_ids(query, n)]],
+                                            weights=[1.0, bm25_weight])[:k]
         rows = self.store.chunk_rows([i for i, _ in ranked])
         return [Hit(i, s, *rows[i]) for i, s in ranked if i in rows]
+
+    def __enter__(self) -> "RagIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         self.store.close()

@@ -5,9 +5,11 @@ import signal
 import threading
 from dataclasses import dataclass, field
 
-from llmlab.verb import Verb
+from llmlab.verb import Verb, verb
 from llmlab.errors import UserError
 from llmlab.infer.engine import EngineConfig
+
+VERBS: dict[str, Verb] = {}
 
 
 @dataclass
@@ -61,6 +63,14 @@ def build(cfg: ServeConfig):
                           + (" (empty: requests with rag get a 400 until documents are added)" if not info["chunks"] else ""))
     vm = load_vision_model(cfg.model)  # a `llmlab mm llava` run: images to it, text turns to its LM
     model, tok = (vm.lm, vm.tokenizer) if vm is not None else load_model_and_tokenizer(cfg.model, cfg.device, cfg.dtype)
+    if vm is None:  # the engine multiplies GGUF blocks: their fp32 copies need not stay resident
+        from llmlab.kernels.ggml import release_dense
+        from llmlab.log import get_logger
+        from llmlab.serve.worker import trim_heap
+        freed = release_dense(model)
+        if freed:
+            trim_heap()
+            get_logger().info(f"serving from the GGUF blocks: {freed / 2 ** 20:.0f} MB of fp32 weights released")
     worker = EngineWorker(cfg.engine.build(model, tok), cfg.max_pending).start()
     app = create_app(worker, tok, cfg.served_model_name or cfg.model, cfg.max_tokens_default, cfg.drain_timeout,
                      retrieval, vm)
@@ -109,7 +119,12 @@ def _draining_server(uvicorn, config, worker, drain_timeout: float, log):
     return DrainingServer(config)
 
 
+@verb(VERBS, "serve", ServeConfig)
 def run_serve(cfg: ServeConfig) -> int:
+    """OpenAI-compatible server (/v1/chat/completions, /v1/completions) + web chat
+
+    Example: llmlab serve configs/serve_smollm2.yaml port=8000
+    """
     import uvicorn
 
     from llmlab.log import get_logger
@@ -129,9 +144,3 @@ def run_serve(cfg: ServeConfig) -> int:
         raise UserError(f"cannot listen on {cfg.host}:{cfg.port} (in use?)")
     log.info("server stopped")
     return 0
-
-
-VERBS = {
-    "serve": Verb(ServeConfig, run_serve, "OpenAI-compatible server (/v1/chat/completions, /v1/completions) + web chat",
-                  "llmlab serve configs/serve_smollm2.yaml port=8000"),
-}

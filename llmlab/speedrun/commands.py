@@ -1,11 +1,18 @@
 """CLI verb: `llmlab speedrun`."""
 from __future__ import annotations
 
-from llmlab.verb import Verb
+from llmlab.verb import Verb, verb
 from llmlab.speedrun.pipeline import SpeedrunConfig
 
+VERBS: dict[str, Verb] = {}
 
+
+@verb(VERBS, "speedrun", SpeedrunConfig)
 def run_speedrun(cfg: SpeedrunConfig) -> int:
+    """real text -> tokenizer -> small pretrained model -> report, on a laptop CPU
+
+    Example: llmlab speedrun name=my-run   (or: llmlab speedrun quick=true)
+    """
     from llmlab.speedrun.pipeline import run
 
     summary = run(cfg)
@@ -15,10 +22,3 @@ def run_speedrun(cfg: SpeedrunConfig) -> int:
     print(f"\nspeedrun done: report {out}/report.md, validation bits-per-byte {bpb}")
     print(f"chat with it:  llmlab chat model={summary['model_dir']}")
     return 0
-
-
-VERBS = {
-    "speedrun": Verb(SpeedrunConfig, run_speedrun,
-                     "real text -> tokenizer -> small pretrained model -> report, on a laptop CPU",
-                     "llmlab speedrun name=my-run   (or: llmlab speedrun quick=true)"),
-}

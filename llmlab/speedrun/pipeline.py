@@ -51,9 +51,12 @@ class SpeedrunConfig:
     max_length: int = field(default=128, metadata={"help": "pretraining window (0 = the preset's)"})
     batch_size: int = field(default=16, metadata={"help": "windows per micro-batch (0 = the preset's)"})
     grad_accum: int = field(default=0, metadata={"help": "micro-batches per step (0 = the preset's)"})
-    sft_steps: int = field(default=300, metadata={"help": "SFT optimizer steps (8 rows of the model's window) on "
+    sft_steps: int = field(default=500, metadata={"help": "SFT optimizer steps (8 rows of the model's window) on "
                                                                "templated instruction data"})
-    sft_examples: int = field(default=8000, metadata={"help": "templated SFT examples built"})
+    sft_examples: int = field(default=12_000, metadata={"help": "templated SFT examples built"})
+    sft_mix: dict = field(default_factory=dict, metadata={
+        "help": "SFT data shares by kind (arith_en, arith_zh, definition, greeting, idiom); keys given replace "
+                "llmlab.finetune.instruct.templated.MIX, e.g. sft_mix.arith_en=0.6"})
     midtrain_share: float = field(default=0.1, metadata={
         "help": "share of the pretraining tokens that are templated conversations (midtraining; 0 = none)"})
     split_digits: bool = field(default=True, metadata={"help": "tokenizer: every digit its own token"})
@@ -96,6 +99,7 @@ def run(cfg: SpeedrunConfig) -> dict:
 
     setup_threads()
     _apply_preset_defaults(cfg)
+    _check(cfg)  # before any work: a typo must not cost a 15-minute run
     out = Path(cfg.runs_dir) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     stages: dict = {}
@@ -200,6 +204,22 @@ def _train_config(cfg: SpeedrunConfig, preset_name: str, tok, out: Path, bytes_p
     return sizing, model_cfg, tcfg
 
 
+def _check(cfg: SpeedrunConfig) -> None:
+    from llmlab.finetune.instruct import templated
+
+    unknown = set(cfg.sft_mix or {}) - set(templated.MIX)
+    if unknown:
+        raise UserError(f"sft_mix: unknown kind(s) {', '.join(sorted(unknown))} (use {', '.join(templated.MIX)})")
+    try:  # `sft_mix.arith_en=0.6` on the command line arrives as a string
+        cfg.sft_mix = {k: float(v) for k, v in (cfg.sft_mix or {}).items()}
+    except (TypeError, ValueError):
+        raise UserError(f"sft_mix: shares must be numbers, got {cfg.sft_mix}") from None
+    if any(v < 0 for v in cfg.sft_mix.values()):
+        raise UserError(f"sft_mix: shares must be >= 0, got {cfg.sft_mix}")
+    if not 0 <= cfg.midtrain_share < 1:
+        raise UserError(f"midtrain_share must be in [0, 1), got {cfg.midtrain_share}")
+
+
 def _apply_preset_defaults(cfg: SpeedrunConfig) -> None:
     """`preset=gpu`: GPU_DEFAULTS for the fields the user left at their defaults."""
     if cfg.preset == "gpu":
@@ -219,8 +239,6 @@ def _midtrain_docs(cfg: SpeedrunConfig, out: Path, tok, train_texts: list[str], 
 
     if cfg.midtrain_share <= 0:
         return [], []
-    if cfg.midtrain_share >= 1:
-        raise UserError(f"midtrain_share must be < 1, got {cfg.midtrain_share}")
     ctok = chat_tokenizer(tok)
     render = lambda msgs: ctok.apply_chat_template(msgs, add_generation_prompt=False)  # noqa: E731
     probe = templated.build(200, seed=cfg.seed + 1, mix=templated.MIDTRAIN_MIX)
@@ -249,7 +267,8 @@ def _sft(cfg: SpeedrunConfig, out: Path, stages: dict, val_texts: list[str]):
     from llmlab.finetune.instruct import templated
     from llmlab.finetune.sft import sft, speedrun_sft_config
 
-    recs = templated.build(100 if cfg.quick else cfg.sft_examples, seed=cfg.seed, exclude_text="\n".join(val_texts))
+    recs = templated.build(100 if cfg.quick else cfg.sft_examples, seed=cfg.seed, exclude_text="\n".join(val_texts),
+                           mix={**templated.MIX, **(cfg.sft_mix or {})})
     sft_file = templated.write_jsonl(recs, out / "sft_data" / "templated.jsonl")
     sft_kw = {} if cfg.quick else {"max_steps": cfg.sft_steps, "per_device_train_batch_size": 8}
     res = sft(speedrun_sft_config(out / "train" / "model", out / "sft", quick=cfg.quick, seed=cfg.seed,

@@ -128,6 +128,9 @@ def judgement_lines(j: dict) -> list[str]:
                        if ins.get("idiom_copy_question_f1") is not None else "")}
     for k, v in ins["scores"].items():
         lines.append(f"| {k} | {ins['n'][k]} | {v:.3f} | {how.get(k, '')} |")
+    if ins.get("validation"):
+        lines += ["", f"Arithmetic in the validation wordings (the ones SFT settings are chosen on; neither trained "
+                      f"on nor in the rows above): {ins['validation']['arithmetic']:.3f} of {ins['validation']['n']}."]
     if ins.get("leaked") is not None:
         lines += ["", f"Held-out questions found verbatim among the {ins['train_conversations']:,} training "
                       f"conversations (midtraining + SFT): {len(ins['leaked'])}."]

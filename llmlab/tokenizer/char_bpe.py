@@ -88,13 +88,17 @@ class CharBPE:
         return "".join(symbols).replace(self.eow, " ").rstrip(" ")
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"type": "char_bpe", "eow": self.eow, "merges": self.merges},
-                                         ensure_ascii=False), encoding="utf-8")
+        _write_json(path, "char_bpe", eow=self.eow, merges=self.merges)
 
     @classmethod
     def load(cls, path: str | Path) -> "CharBPE":
         data = _read_json(path, "char_bpe")
         return cls([tuple(m) for m in data["merges"]], data["eow"])
+
+
+def _write_json(path: str | Path, kind: str, **fields) -> None:
+    """A teaching tokenizer's file: {"type": kind, **fields} as UTF-8 JSON (read back by _read_json)."""
+    Path(path).write_text(json.dumps({"type": kind, **fields}, ensure_ascii=False), encoding="utf-8")
 
 
 def _read_json(path: str | Path, kind: str) -> dict:

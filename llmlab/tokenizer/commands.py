@@ -7,8 +7,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmlab.verb import Verb
-from llmlab.errors import UserError
+from llmlab.verb import Verb, verb
+from llmlab.errors import UserError, require
+
+VERBS: dict[str, Verb] = {}
 
 PATTERNS = ("gpt2", "gpt4", "gpt2_digits")
 DEFAULT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -25,7 +27,7 @@ def open_tokenizer(ref: str):
     from llmlab.tokenizer.bpe import load_tokenizer
 
     if ref.lower() == "smollm2":
-        from llmlab.model.load import packaged_path
+        from llmlab.data.packages import packaged_path
         return load_tokenizer(packaged_path("smollm2"))
     if not Path(ref).exists():
         raise UserError(f"tokenizer not found: '{ref}' (a tokenizer dir, tokenizer.json, .gguf or 'smollm2')")
@@ -48,7 +50,12 @@ class TrainConfig:
     progress: bool = field(default=True, metadata={"help": "progress bars on stderr"})
 
 
+@verb(VERBS, "tokenizer train", TrainConfig)
 def run_train(cfg: TrainConfig) -> int:
+    """train a byte-level BPE tokenizer (streams files, writes tokenizer.json)
+
+    Example: llmlab tokenizer train files=a.txt,b.txt vocab_size=32768 output_dir=runs/tok
+    """
     from llmlab.device import setup_threads
     from llmlab.tokenizer import corpus
     from llmlab.tokenizer.chat import CHATML
@@ -82,7 +89,12 @@ class EncodeConfig:
     allow_special: bool = field(default=True, metadata={"help": "special-token strings in the text become their ids"})
 
 
+@verb(VERBS, "tokenizer encode", EncodeConfig)
 def run_encode(cfg: EncodeConfig) -> int:
+    """text -> token ids (JSON)
+
+    Example: llmlab tokenizer encode tokenizer=smollm2 text='Hello world'
+    """
     tok = open_tokenizer(cfg.tokenizer)
     if cfg.input_file:
         p = Path(cfg.input_file)
@@ -105,7 +117,12 @@ class DecodeConfig:
     skip_special: bool = field(default=False, metadata={"help": "drop special tokens from the output"})
 
 
+@verb(VERBS, "tokenizer decode", DecodeConfig)
 def run_decode(cfg: DecodeConfig) -> int:
+    """token ids -> text
+
+    Example: llmlab tokenizer decode tokenizer=smollm2 ids=19556,905
+    """
     tok = open_tokenizer(cfg.tokenizer)
     try:
         print(tok.decode(cfg.ids, cfg.skip_special))
@@ -123,7 +140,12 @@ class EvalConfig:
     compare_smollm2: bool = field(default=True, metadata={"help": "include SmolLM2's tokenizer"})
 
 
+@verb(VERBS, "tokenizer eval", EvalConfig)
 def run_eval(cfg: EvalConfig) -> int:
+    """bytes/token and tokens/char on held-out en/zh vs HF and SmolLM2
+
+    Example: llmlab tokenizer eval vocab_size=8192 max_bytes=4000000
+    """
     from llmlab.device import setup_threads
     from llmlab.tokenizer import corpus
     from llmlab.tokenizer.evaluate import compression, hf_batch, train_hf_bpe
@@ -168,15 +190,19 @@ class DataTokenizeConfig:
     append_eos: bool = field(default=True, metadata={"help": "append the tokenizer's EOS id after every document"})
 
 
+@verb(VERBS, "data tokenize", DataTokenizeConfig)
 def run_tokenize(cfg: DataTokenizeConfig) -> int:
+    """tokenize train/val JSONL into memory-mapped token shards
+
+    Example: llmlab data tokenize data_dir=runs/data tokenizer=runs/tok
+    """
     from llmlab.data.shards import write_shards
     from llmlab.device import setup_threads
     from llmlab.data.commands import iter_jsonl_texts
     from llmlab.tokenizer.bpe import load_tokenizer
 
     setup_threads()
-    if not cfg.tokenizer:
-        raise UserError("tokenizer is required: pass tokenizer=<path to .gguf or tokenizer dir>")
+    require(cfg.tokenizer, "tokenizer is required: pass tokenizer=<path to .gguf or tokenizer dir>")
     if not Path(cfg.tokenizer).exists():
         raise UserError(f"tokenizer not found: {cfg.tokenizer}")
     tok = load_tokenizer(cfg.tokenizer)
@@ -187,18 +213,3 @@ def run_tokenize(cfg: DataTokenizeConfig) -> int:
         print(f"{split}: {index['num_docs']} documents, {index['num_tokens']} tokens ({index['dtype']}) "
               f"in {len(index['shards'])} shard(s) -> {out / split}")
     return 0
-
-
-VERBS = {
-    "data tokenize": Verb(DataTokenizeConfig, run_tokenize,
-                          "tokenize train/val JSONL into memory-mapped token shards",
-                          "llmlab data tokenize data_dir=runs/data tokenizer=runs/tok"),
-    "tokenizer train": Verb(TrainConfig, run_train, "train a byte-level BPE tokenizer (streams files, writes tokenizer.json)",
-                            "llmlab tokenizer train files=a.txt,b.txt vocab_size=32768 output_dir=runs/tok"),
-    "tokenizer encode": Verb(EncodeConfig, run_encode, "text -> token ids (JSON)",
-                             "llmlab tokenizer encode tokenizer=smollm2 text='Hello world'"),
-    "tokenizer decode": Verb(DecodeConfig, run_decode, "token ids -> text",
-                             "llmlab tokenizer decode tokenizer=smollm2 ids=19556,905"),
-    "tokenizer eval": Verb(EvalConfig, run_eval, "bytes/token and tokens/char on held-out en/zh vs HF and SmolLM2",
-                           "llmlab tokenizer eval vocab_size=8192 max_bytes=4000000"),
-}

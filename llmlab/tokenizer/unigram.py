@@ -16,13 +16,12 @@ text is split on whitespace and each word starts with "▁" (U+2581), so decodin
 """
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from pathlib import Path
 
 from llmlab.errors import UserError
-from llmlab.tokenizer.char_bpe import _read_json
+from llmlab.tokenizer.char_bpe import _read_json, _write_json
 
 SPACE = "\u2581"
 
@@ -144,9 +143,7 @@ class Unigram:
 
     # ---- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"type": "unigram", "unk_token": self.unk_token,
-                                          "pieces": [[p, s] for p, s in self.pieces.items()]},
-                                         ensure_ascii=False), encoding="utf-8")
+        _write_json(path, "unigram", unk_token=self.unk_token, pieces=[[p, s] for p, s in self.pieces.items()])
 
     @classmethod
     def load(cls, path: str | Path) -> "Unigram":

@@ -16,14 +16,13 @@ the small vocabularies this demo trains.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 import regex
 
 from llmlab.errors import UserError
-from llmlab.tokenizer.char_bpe import _read_json
+from llmlab.tokenizer.char_bpe import _read_json, _write_json
 
 PRE = regex.compile(r"\w+|[^\w\s]+")  # = HF tokenizers' `Whitespace` pre-tokenizer
 PREFIX = "##"
@@ -99,8 +98,7 @@ class WordPiece:
         return out
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"type": "wordpiece", "unk_token": self.unk_token, "vocab": self.vocab},
-                                         ensure_ascii=False), encoding="utf-8")
+        _write_json(path, "wordpiece", unk_token=self.unk_token, vocab=self.vocab)
 
     @classmethod
     def load(cls, path: str | Path) -> "WordPiece":

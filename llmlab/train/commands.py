@@ -10,10 +10,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmlab.verb import Verb
+from llmlab.verb import Verb, verb
 from llmlab.config import is_explicit
-from llmlab.errors import UserError
+from llmlab.errors import UserError, require
 from llmlab.train.config import TrainConfig
+
+VERBS: dict[str, Verb] = {}
 
 
 @dataclass
@@ -34,7 +36,6 @@ class TrainCommandConfig(TrainConfig):
 
 # training loops of later stages, by strategy name (llmlab.distributed.commands fills it: no backward import)
 TRAIN_LOOPS: dict = {}
-
 
 
 def tokenizer_files(path: str) -> dict[str, str]:
@@ -68,8 +69,8 @@ def _bytes_per_token(val_dir: Path, val_tokens: int) -> float:
             return meta["num_bytes"] / meta["num_tokens"]
     for cand in (val_dir.parent.parent / "val.jsonl", val_dir.parent / "val.jsonl"):
         if cand.is_file() and val_tokens:
-            n = sum(len(json.loads(line).get("text", "").encode("utf-8"))
-                    for line in cand.open(encoding="utf-8") if line.strip())
+            from llmlab.data.packages import iter_jsonl
+            n = sum(len(rec.get("text", "").encode("utf-8")) for rec in iter_jsonl(cand))
             return n / val_tokens
     return 0.0
 
@@ -77,8 +78,7 @@ def _bytes_per_token(val_dir: Path, val_tokens: int) -> float:
 def _loaders(cfg: TrainCommandConfig, rank: int, world: int):
     """(train_loader, val_loader, vocab_size, eos_id, bytes_per_token)."""
     p = Path(cfg.data)
-    if not cfg.data:
-        raise UserError("data is required: a token-shard dir (llmlab data tokenize) or a .txt file")
+    require(cfg.data, "data is required: a token-shard dir (llmlab data tokenize) or a .txt file")
     if not p.exists():
         raise UserError(f"data not found: {p}")
     B, T = cfg.per_device_train_batch_size, cfg.max_length
@@ -148,7 +148,12 @@ def _apply_preset(cfg: TrainCommandConfig, vocab: int, world: int):
     return s
 
 
+@verb(VERBS, "train", TrainCommandConfig)
 def run_train(cfg: TrainCommandConfig) -> int:
+    """pretrain a Transformer (AdamW, schedules, DDP via torchrun, exact resume, spike guard)
+
+    Example: llmlab train data=runs/data/tokens preset=cpu output_dir=runs/pretrain
+    """
     import torch
 
     from llmlab.device import resolve_device, setup_threads
@@ -162,7 +167,9 @@ def run_train(cfg: TrainCommandConfig) -> int:
     info = D.setup(resolve_device(cfg.device))
     try:
         _preset_shape(cfg)
-        train_loader, val_loader, vocab, eos, bpt = _loaders(cfg, info.rank, info.world_size)
+        # context parallel: the ranks split every sequence of one shared batch, so they read one stream
+        data_rank, data_world = (0, 1) if cfg.strategy == "cp" else (info.rank, info.world_size)
+        train_loader, val_loader, vocab, eos, bpt = _loaders(cfg, data_rank, data_world)
         if not cfg.bytes_per_token:
             cfg.bytes_per_token = bpt
         if cfg.init_from:
@@ -173,7 +180,7 @@ def run_train(cfg: TrainCommandConfig) -> int:
             if model.config.vocab_size < vocab:
                 raise UserError(f"init_from {cfg.init_from}: vocab_size {model.config.vocab_size} < the data's {vocab}")
         else:
-            sizing = _apply_preset(cfg, vocab, info.world_size)
+            sizing = _apply_preset(cfg, vocab, data_world)
             sizing.model.eos_token_id = eos
             torch.manual_seed(cfg.seed)  # identical initial weights on every rank
             model = Transformer(sizing.model)
@@ -203,10 +210,3 @@ def run_train(cfg: TrainCommandConfig) -> int:
     finally:
         D.cleanup(info)
     return 0
-
-
-VERBS = {
-    "train": Verb(TrainCommandConfig, run_train,
-                  "pretrain a Transformer (AdamW, schedules, DDP via torchrun, exact resume, spike guard)",
-                  "llmlab train data=runs/data/tokens preset=cpu output_dir=runs/pretrain"),
-}

@@ -88,8 +88,9 @@ class TrainConfig(TrainingBase):
     max_spikes: int = field(default=20, metadata={"help": "stop with an error after this many spikes in a row"})
     debug_kill_at_step: int = field(default=0, metadata={"help": "testing: SIGKILL itself after this step"})
     # distributed strategies beyond DDP (llmlab.distributed; docs/distributed.md)
-    strategy: Literal["ddp", "zero1", "zero2", "fsdp"] = field(
-        default="ddp", metadata={"help": "ddp (replicas) | zero1 (shard Adam) | zero2 (+grads) | fsdp (ZeRO-3)"})
+    strategy: Literal["ddp", "zero1", "zero2", "fsdp", "cp", "ep"] = field(
+        default="ddp", metadata={"help": "ddp (replicas) | zero1 (shard Adam) | zero2 (+grads) | fsdp (ZeRO-3) | "
+                                         "cp (context parallel: ring attention) | ep (expert parallel MoE)"})
     fsdp_param_dtype: Literal["", "bf16", "fp16", "fp32"] = field(
         default="", metadata={"help": "fsdp: compute dtype of gathered params ('' = as stored, fp32)"})
     fsdp_cpu_offload: bool = field(default=False, metadata={"help": "fsdp: shards and Adam step on the CPU"})

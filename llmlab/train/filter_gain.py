@@ -65,7 +65,9 @@ def run(seed: int, steps: int = 300) -> dict:
 
 
 def main() -> None:
-    torch.set_num_threads(1)
+    from llmlab.device import setup_threads
+
+    setup_threads(1)
     rows = [run(s) for s in (0, 1, 2)]
     print("| seed | documents raw -> kept | held-out loss, raw | held-out loss, filtered |")
     print("|---|---|---:|---:|")

@@ -47,23 +47,39 @@ class _Base(torch.optim.Optimizer):
         return loss
 
 
-class Adam(_Base):
-    decoupled = False
+class _AdamFamily(_Base):
+    """The hyperparameters Adam, AdamW and Adamax share (lr, betas, eps, weight_decay), checked once."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params, lr, betas, eps, weight_decay):
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"invalid {type(self).__name__} hyperparameters lr={lr} betas={betas} eps={eps}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
-    def _update(self, group, p, state):
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        g = p.grad
+    @staticmethod
+    def hyper(group) -> tuple:
+        return group["lr"], group["betas"], group["eps"], group["weight_decay"]
+
+    @staticmethod
+    def next_step(state: dict, p: torch.Tensor, *moments: str) -> float:
+        """Count this step (t, from 1); the named moment buffers start at zero."""
         if not state:
             state["step"] = torch.tensor(0.0)
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
+            for name in moments:
+                state[name] = torch.zeros_like(p)
         state["step"] += 1
-        t = float(state["step"])
+        return float(state["step"])
+
+
+class Adam(_AdamFamily):
+    decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+    def _update(self, group, p, state):
+        lr, (b1, b2), eps, wd = self.hyper(group)
+        g = p.grad
+        t = self.next_step(state, p, "exp_avg", "exp_avg_sq")
         if wd:
             if self.decoupled:
                 p.mul_(1 - lr * wd)
@@ -84,21 +100,14 @@ class AdamW(Adam):
         super().__init__(params, lr, betas, eps, weight_decay)
 
 
-class Adamax(_Base):
+class Adamax(_AdamFamily):
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"invalid Adamax hyperparameters lr={lr} betas={betas} eps={eps}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(params, lr, betas, eps, weight_decay)
 
     def _update(self, group, p, state):
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        lr, (b1, b2), eps, wd = self.hyper(group)
         g = p.grad if not wd else p.grad + wd * p
-        if not state:
-            state["step"] = torch.tensor(0.0)
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_inf"] = torch.zeros_like(p)
-        state["step"] += 1
-        t = float(state["step"])
+        t = self.next_step(state, p, "exp_avg", "exp_inf")
         m, u = state["exp_avg"], state["exp_inf"]
         m.mul_(b1).add_(g, alpha=1 - b1)
         torch.maximum(u * b2, g.abs() + eps, out=u)

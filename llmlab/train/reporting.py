@@ -10,16 +10,8 @@ METRICS = "metrics.jsonl"
 
 
 def read_metrics(output_dir: str | Path) -> list[dict]:
-    p = Path(output_dir) / METRICS
-    if not p.is_file():
-        return []
-    out = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill
-            continue
-    return out
+    from llmlab.data.packages import read_log
+    return read_log(Path(output_dir) / METRICS)
 
 
 def truncate_metrics(output_dir: str | Path, step: int) -> None:

@@ -11,32 +11,36 @@ import random
 from collections import Counter
 
 from llmlab.eval.answers import last_integer_text
+from llmlab.eval.tasks.base import Task
 
 _NAMES = ["Ana", "Ben", "Chen", "Dana", "Eli", "Fatima", "Goro", "Hana", "Ivan", "Jia"]
 _OBJECTS = ["apples", "books", "coins", "pencils", "stickers", "marbles", "cookies", "cards"]
 
 
+# operation -> (x, y, answer) from the two draws a, b: subtraction stays >= 0, division is exact
+_OPERATIONS = {
+    "plus": lambda a, b: (a, b, a + b),
+    "minus": lambda a, b: (max(a, b), min(a, b), max(a, b) - min(a, b)),
+    "times": lambda a, b: (a, b, a * b),
+    "divided by": lambda a, b: (a * b, b, a),
+}
+_WORD_PROBLEMS = {
+    "plus": "{name} has {x} {obj} and gets {y} more. How many {obj} does {name} have now?",
+    "minus": "{name} had {x} {obj} and gave {y} of them away. How many {obj} are left?",
+    "times": "There are {y} boxes with {x} {obj} in each box. How many {obj} are there in total?",
+    "divided by": "{name} shares {x} {obj} equally among {y} friends. How many {obj} does each friend get?",
+}
+
+
 def make_problem(rng: random.Random) -> tuple[str, int]:
+    """One of 8 kinds: the 4 operations asked plainly ("What is 12 plus 5?"), then as word problems."""
     kind = rng.randrange(8)
-    a, b = rng.randint(10, 99), rng.randint(2, 9 if kind in (2, 3, 6, 7) else 99)
+    op = list(_OPERATIONS)[kind % 4]
+    a, b = rng.randint(10, 99), rng.randint(2, 9 if op in ("times", "divided by") else 99)
     name, obj = rng.choice(_NAMES), rng.choice(_OBJECTS)
-    if kind == 0:
-        return f"What is {a} plus {b}?", a + b
-    if kind == 1:
-        a, b = max(a, b), min(a, b)
-        return f"What is {a} minus {b}?", a - b
-    if kind == 2:
-        return f"What is {a} times {b}?", a * b
-    if kind == 3:
-        return f"What is {a * b} divided by {b}?", a
-    if kind == 4:
-        return f"{name} has {a} {obj} and gets {b} more. How many {obj} does {name} have now?", a + b
-    if kind == 5:
-        a, b = max(a, b), min(a, b)
-        return f"{name} had {a} {obj} and gave {b} of them away. How many {obj} are left?", a - b
-    if kind == 6:
-        return f"There are {b} boxes with {a} {obj} in each box. How many {obj} are there in total?", a * b
-    return f"{name} shares {a * b} {obj} equally among {b} friends. How many {obj} does each friend get?", a
+    x, y, answer = _OPERATIONS[op](a, b)
+    template = f"What is {{x}} {op} {{y}}?" if kind < 4 else _WORD_PROBLEMS[op]
+    return template.format(x=x, y=y, name=name, obj=obj), answer
 
 
 def last_int(text: str) -> str:
@@ -44,12 +48,7 @@ def last_int(text: str) -> str:
     return last_integer_text(text) or ""
 
 
-class Arithmetic:
-    kind = "generate"
-    name = "arithmetic"
-    version = "1"
-    default_limit = 50
-
+class Arithmetic(Task, kind="generate", name="arithmetic", default_limit=50):
     def items(self, limit: int | None, seed: int) -> list[dict]:
         shot_rng = random.Random(seed + 7919)
         shots = [make_problem(shot_rng) for _ in range(3)]

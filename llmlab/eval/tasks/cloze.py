@@ -13,6 +13,7 @@ import re
 
 from llmlab.eval.data import wiki_extracts
 from llmlab.eval.squad import generated_em_f1
+from llmlab.eval.tasks.base import Task
 
 _NUMBER = re.compile(r"\b\d{3,4}\b")
 _NAME = re.compile(r"\b[A-Z][a-z]+(?: (?:of |de |the )?[A-Z][a-z]+)+\b")
@@ -59,12 +60,7 @@ def _block(it: dict) -> str:
     return f"Passage: {it['passage']}\nSentence: {it['question']}\nThe blank is:"
 
 
-class WikiCloze:
-    kind = "generate"
-    name = "wiki_cloze"
-    version = "1"
-    default_limit = 50
-
+class WikiCloze(Task, kind="generate", name="wiki_cloze", default_limit=50):
     def items(self, limit: int | None, seed: int) -> list[dict]:
         extracts = [e["extract"] for e in wiki_extracts()]
         rng = random.Random(seed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from llmlab.data.packages import iter_jsonl, package_file
 from llmlab.eval.passk import mean_pass_at_k
 from llmlab.eval.sandbox import run_program
+from llmlab.eval.tasks.base import Task
 
 STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert "]
 FIELDS = ("task_id", "prompt", "test", "entry_point")
@@ -35,12 +36,7 @@ def score_completions(problems: list[dict], completions: list[str], timeout_s: f
             "statuses": statuses}
 
 
-class HumanEval:
-    kind = "generate"
-    name = "humaneval"
-    version = "1"
-    default_limit = 20
-
+class HumanEval(Task, kind="generate", name="humaneval", default_limit=20):
     def items(self, limit: int | None, seed: int) -> list[dict]:
         probs = load_problems()
         n = min(limit or self.default_limit, len(probs))

@@ -11,6 +11,7 @@ import random
 
 from llmlab.eval.choice import ChoiceMeter
 from llmlab.data.packages import idiom_table
+from llmlab.eval.tasks.base import Task
 
 
 @functools.lru_cache(maxsize=1)
@@ -19,12 +20,7 @@ def load_idioms() -> list[dict]:
             if len(r["word"]) == 4 and 8 <= len(r.get("explanation", "")) <= 80]
 
 
-class ChineseIdiom:
-    kind = "multiple_choice"
-    name = "zh_idiom"
-    version = "1"
-    default_limit = 200
-
+class ChineseIdiom(Task, kind="multiple_choice", name="zh_idiom", default_limit=200):
     def items(self, limit: int | None, seed: int) -> list[dict]:
         idioms = load_idioms()
         rng = random.Random(seed)

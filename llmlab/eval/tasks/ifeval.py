@@ -13,6 +13,7 @@ import random
 import re
 
 from llmlab.eval.data import wiki_extracts
+from llmlab.eval.tasks.base import Task
 
 _END = "Is there anything else I can help with?"
 
@@ -72,12 +73,7 @@ def check(response: str, spec: dict) -> bool:
     raise ValueError(f"unknown instruction kind {k!r}")
 
 
-class IFEvalLite:
-    kind = "generate"
-    name = "ifeval_lite"
-    version = "1"
-    default_limit = 30
-
+class IFEvalLite(Task, kind="generate", name="ifeval_lite", default_limit=30):
     def items(self, limit: int | None, seed: int) -> list[dict]:
         rng = random.Random(seed)
         topics = [e["title"] for e in wiki_extracts()]

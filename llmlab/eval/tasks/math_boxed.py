@@ -19,6 +19,8 @@ import random
 import re
 from fractions import Fraction
 
+from llmlab.eval.tasks.base import Task
+
 _BOX = ("\\boxed", "\\fbox")
 
 
@@ -131,12 +133,7 @@ _SHOTS = [("Compute $\\frac{1}{2} + \\frac{1}{3}$. Express your answer as a comm
           ("Solve for $x$: $3x + 4 = 19$.", "$3x = 15$, so $x = \\boxed{5}$.")]
 
 
-class MathBoxed:
-    kind = "generate"
-    name = "math_boxed"
-    version = "1"
-    default_limit = 50
-
+class MathBoxed(Task, kind="generate", name="math_boxed", default_limit=50):
     def items(self, limit: int | None, seed: int) -> list[dict]:
         rng, seen, out = random.Random(seed), {q for q, _ in _SHOTS}, []
         head = "".join(f"Problem: {q}\nSolution: {a}\n\n" for q, a in _SHOTS)

@@ -200,7 +200,13 @@ BUILDERS = {
     "chitchat_zh": lambda n, s: chitchat("chinese", n, s),
     "arith_en": lambda n, s: arithmetic(n, s, "en"),
     "arith_zh": lambda n, s: arithmetic(n, s, "zh"),
+    "flan": lambda n, s: _flan(n, s),
 }
+
+
+def _flan(n: int, seed: int) -> list[dict]:
+    from llmlab.finetune.instruct.flan import flan_mixture  # FLAN/T0-style templated mixture
+    return flan_mixture(n, seed)
 
 
 def build_all(out_dir: str | Path, n: int = 500, seed: int = 0, heldout: float = 0.1,

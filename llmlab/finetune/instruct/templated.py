@@ -24,20 +24,36 @@ from llmlab.data.packages import idiom_table, package_file
 from llmlab.errors import UserError
 
 OPS_EN = {"+": ["plus", "+"], "-": ["minus", "-"], "*": ["times", "×"]}
-TRAIN_ARITH_EN = {
-    "+": ["What is {a} plus {b}?", "What is {a} + {b}?", "Calculate {a} + {b}.", "What is the sum of {a} and {b}?",
-          "Add {a} and {b}.", "{a} plus {b} equals what?", "Compute {a} plus {b}."],
-    "-": ["What is {a} minus {b}?", "What is {a} - {b}?", "Calculate {a} - {b}.", "Subtract {b} from {a}.",
-          "{a} minus {b} equals what?"],
-    "*": ["What is {a} times {b}?", "What is {a} × {b}?", "Multiply {a} by {b}.", "Calculate {a} × {b}."],
-}
+# Training wordings: every question frame around every way to name the operation (~90 per
+# operation), so the model learns to find the operands in a sentence it has not seen rather than
+# memorising a handful of sentences; plus imperative forms of each operation.
+ARITH_CORES_EN = {"+": ["{a} plus {b}", "{a} + {b}", "{a}+{b}", "the sum of {a} and {b}", "{a} added to {b}",
+                        "{a} and {b} added together"],
+                  "-": ["{a} minus {b}", "{a} - {b}", "{a}-{b}", "{a} take away {b}", "{b} subtracted from {a}",
+                        "the difference between {a} and {b}"],
+                  "*": ["{a} times {b}", "{a} × {b}", "{a} * {b}", "{a} multiplied by {b}",
+                        "the product of {a} and {b}"]}
+ARITH_FRAMES_EN = ["What is {x}?", "What's {x}?", "what is {x}", "Calculate {x}.", "Compute {x}.", "Find {x}.",
+                   "Solve {x}.", "Evaluate {x}.", "{x} = ?", "{x} equals what?", "Tell me {x}.", "What does {x} make?",
+                   "Do you know what {x} is?", "I need {x}.", "Quick question: what is {x}?", "Could you compute {x}?",
+                   "Answer this: {x}", "Give me {x}.", "What is the value of {x}?", "Q: {x}?"]
+ARITH_IMPERATIVE_EN = {"+": ["Add {a} and {b}.", "Add {b} to {a}.", "Sum {a} and {b}.", "Add up {a} and {b}."],
+                       "-": ["Subtract {b} from {a}.", "Take {b} away from {a}.", "Take {b} from {a}."],
+                       "*": ["Multiply {a} by {b}.", "Multiply {a} and {b}."]}
+TRAIN_ARITH_EN = {op: [f.replace("{x}", c) for c in cores for f in ARITH_FRAMES_EN] + ARITH_IMPERATIVE_EN[op]
+                  for op, cores in ARITH_CORES_EN.items()}
 TRAIN_ARITH_ZH = {"+": ["{a}加{b}等于多少？", "计算 {a} 加 {b}。", "{a}+{b}=？"],
                   "-": ["{a}减{b}等于多少？", "计算 {a} 减 {b}。"],
                   "*": ["{a}乘以{b}等于多少？", "计算 {a} 乘 {b}。"]}
-# Held out: no training example uses these wordings.
+# Held out: no training example uses these wordings (nor any frame containing "how much", "tell me
+# what" or "work out": tests/test_speedrun_templated.py). EVAL_* are the report's held-out set;
+# VALID_* are a second held-out set, for choosing settings (SFT mix, steps) without looking at EVAL.
 EVAL_ARITH_EN = {"+": ["How much is {a} plus {b}?", "Please tell me what {a} plus {b} is.",
                        "Can you work out {a} + {b}?"],
                  "-": ["How much is {a} minus {b}?", "Please tell me what {a} minus {b} is."]}
+VALID_ARITH_EN = {"+": ["Hey, what do you get if you add {a} and {b}?", "I would like to know {a} plus {b}.",
+                        "Figure out {a} + {b} for me."],
+                  "-": ["Hey, what do you get if you take {b} from {a}?", "I would like to know {a} minus {b}."]}
 
 TRAIN_DEFINE = ["What is {t}?", "Define {t}.", "What does {t} mean?", "Tell me about {t}.", "Who or what is {t}?"]
 EVAL_DEFINE = ["Explain {t} in one sentence.", "Give me a definition of {t}."]
@@ -149,7 +165,9 @@ def idioms(n: int, rng: random.Random) -> list[dict]:
             for w, e in rng.sample(rows, min(n, len(rows)))]
 
 
-MIX = {"arith_en": 0.35, "arith_zh": 0.1, "definition": 0.25, "greeting": 0.08, "idiom": 0.22}
+# Half English arithmetic: the facts need many repetitions in SFT, the other kinds mostly teach a
+# reply's shape (docs/LOG.md, issue 24, third session).
+MIX = {"arith_en": 0.5, "arith_zh": 0.1, "definition": 0.15, "greeting": 0.08, "idiom": 0.17}
 
 
 # Midtraining (nanochat's name: conversations inside the pretraining stream) leans on arithmetic:
@@ -188,19 +206,30 @@ def leaked_prompts(items: list[dict], records: list[dict]) -> list[str]:
     return [it["prompt"] for it in items if it["prompt"].strip() in asked]
 
 
+def arithmetic_questions(n: int, rng: random.Random, templates: dict) -> list[dict]:
+    """`n` distinct single-digit + / - questions in `templates` (op -> wordings)."""
+    items, seen = [], set()
+    while len(items) < n:
+        op = rng.choice("+-")
+        a, b = _operands(rng, op)
+        q = rng.choice(templates[op]).format(a=a, b=b)
+        if q not in seen:
+            seen.add(q)
+            items.append({"kind": "arithmetic", "prompt": q, "answer": _answer(a, b, op)})
+    return items
+
+
+def validation_items(seed: int = 0, n_arith: int = 50) -> list[dict]:
+    """Arithmetic in the VALID_ARITH_EN wordings (neither trained on nor in the report's held-out
+    set): what settings are chosen on."""
+    return arithmetic_questions(n_arith, random.Random(f"templated-valid-{seed}"), VALID_ARITH_EN)
+
+
 def heldout_items(seed: int = 0, n_arith: int = 50, n_define: int = 10, n_idiom: int = 10) -> list[dict]:
     """Evaluation questions in wordings (arithmetic, greeting) or on subjects (definition, idiom)
     that `build` never uses: {"kind", "prompt", "answer"/"subject"/"reference"}."""
     rng = random.Random(f"templated-eval-{seed}")
-    items = []
-    seen: set[str] = set()
-    while len(seen) < n_arith:  # distinct questions
-        op = rng.choice("+-")
-        a, b = _operands(rng, op)
-        q = rng.choice(EVAL_ARITH_EN[op]).format(a=a, b=b)
-        if q not in seen:
-            seen.add(q)
-            items.append({"kind": "arithmetic", "prompt": q, "answer": _answer(a, b, op)})
+    items = arithmetic_questions(n_arith, rng, EVAL_ARITH_EN)
     for q in EVAL_GREET_EN:
         items.append({"kind": "greeting", "prompt": q})
     held = [s for s in wiki_subjects() if _heldout(s[0]) and re.fullmatch(r"[A-Za-z ]{3,30}", s[0])]

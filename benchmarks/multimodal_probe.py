@@ -1,0 +1,76 @@
+"""What does a frozen easy-vqa vision encoder know? Linear probes of colour and shape.
+
+Trains a CLIP/SigLIP (`llmlab mm train` settings, as key=value overrides) on the first
+`--fit` easy-vqa *training* images, then fits logistic-regression probes for colour (8 classes)
+and shape (3) on frozen features of those images and scores them on the rest of the training
+split (a validation split: the test split is never touched). Features: the mean of the patch
+features, and all patch features concatenated (what the LLaVA projector sees). Also prints the
+zero-shot shape accuracy on the validation images. Last line: one JSON object.
+
+    python benchmarks/multimodal_probe.py max_steps=300                 # the old recipe
+    python benchmarks/multimodal_probe.py max_steps=1000 positives=caption
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def colour_shape(ds):
+    from llmlab.multimodal.data import EASY_VQA_COLORS, EASY_VQA_SHAPES, easy_vqa_caption
+    pairs = [easy_vqa_caption(q) for q in ds.qa]
+    col = torch.tensor([EASY_VQA_COLORS.index(c) if c else -1 for c, _ in pairs])
+    shp = torch.tensor([EASY_VQA_SHAPES.index(s) if s else -1 for _, s in pairs])
+    return col, shp
+
+
+def probe(xtr, ytr, xva, yva) -> float:
+    from sklearn.linear_model import LogisticRegression
+    a, b = ytr >= 0, yva >= 0
+    clf = LogisticRegression(max_iter=2000, C=1.0).fit(xtr[a].numpy(), ytr[a].numpy())
+    return float((clf.predict(xva[b].numpy()) == yva[b].numpy()).mean())
+
+
+@torch.no_grad()
+def features(vision, images):
+    f = torch.cat([vision.forward_features(images[i:i + 256])[:, 1:] for i in range(0, len(images), 256)])
+    return f.mean(1), f.flatten(1)
+
+
+def main() -> None:
+    from llmlab.config import load_config
+    from llmlab.multimodal import data as mmdata
+    from llmlab.multimodal.evaluate import SHAPE_EVAL_TEMPLATES, zero_shot_accuracy
+    from llmlab.multimodal.train import ContrastiveTrainer, build_model
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/mm_clip_easyvqa.yaml")
+    ap.add_argument("--fit", type=int, default=3500, help="training images used for CLIP and the probes; the rest validate")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    from llmlab.multimodal.train import ContrastiveConfig
+    cfg = load_config(ContrastiveConfig, [args.config, *args.overrides])
+    full = mmdata.easy_vqa("train", size=cfg.vision.image_size)
+    fit = full.subset(args.fit)
+    val = mmdata.ImageSet(full.images[args.fit:], full.labels[args.fit:], full.class_names, full.captions[args.fit:],
+                          full.name, full.qa[args.fit:])
+    model = build_model(cfg)
+    trainer, t0 = ContrastiveTrainer(model, model.tokenize, fit, cfg), time.perf_counter()
+    trainer.run(cfg.max_steps)
+    model.eval()
+    (mtr, ctr), (mva, cva) = features(model.visual, fit.images), features(model.visual, val.images)
+    (coltr, shtr), (colva, shva) = colour_shape(fit), colour_shape(val)
+    out = {"overrides": args.overrides, "train_s": round(time.perf_counter() - t0, 1),
+           "final_loss": round(sum(trainer.losses[-20:]) / 20, 4),
+           "val_zero_shot_shape": round(zero_shot_accuracy(model, model.tokenize, val.images, val.labels,
+                                                           val.class_names, SHAPE_EVAL_TEMPLATES), 4),
+           "probe_colour_mean": probe(mtr, coltr, mva, colva), "probe_shape_mean": probe(mtr, shtr, mva, shva),
+           "probe_colour_patches": probe(ctr, coltr, cva, colva), "probe_shape_patches": probe(ctr, shtr, cva, shva)}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
