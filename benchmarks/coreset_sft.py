@@ -51,10 +51,13 @@ def main():
     ap.add_argument("--n_eval", type=int, default=100)
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--radius-only", action="store_true", help="only the covering radius on MiniLM embeddings")
+    ap.add_argument("--quick", action="store_true", help="the covering radius only, k=16, one seed")
     a = ap.parse_args()
     torch.set_num_threads(1)
     recs = flan_mixture(2000, 0)
     train, held = split_heldout(recs, 0.1, salt="flan")
+    if a.quick:
+        a.radius_only, a.k, a.seeds = True, 16, "0"
     if a.radius_only:
         return radius_only(train, a.k, [int(x) for x in a.seeds.split(",")])
     held = random.Random(0).sample(held, min(a.n_eval, len(held)))
@@ -98,7 +101,11 @@ def radius_only(train, k: int, seeds: list[int]) -> None:
             tasks = {t: sum(train[i]["task"] == t for i in idx) for t in ("arithmetic", "idiom", "wiki")}
             out[f"{name}@{s}"] = {"radius": covering_radius(x, idx), "tasks": tasks}
             print(f"seed {s} {name}: covering radius {out[f'{name}@{s}']['radius']:.3f}, tasks {tasks}", flush=True)
-    print(json.dumps({"benchmark": "coreset_radius", "k": k, "pool": len(train), "runs": out}))
+    kc = statistics.mean(out[f"kcenter@{s}"]["radius"] for s in seeds)
+    rd = statistics.mean(out[f"random@{s}"]["radius"] for s in seeds)
+    # ratio: random's covering radius over k-center's (> 1: the coreset covers the pool more tightly)
+    print(json.dumps({"benchmark": "coreset_radius", "k": k, "pool": len(train), "runs": out,
+                      "ours": {"kcenter_radius": kc}, "peer": {"random_radius": rd}, "ratio": {"radius": rd / kc}}))
 
 
 if __name__ == "__main__":

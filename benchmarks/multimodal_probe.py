@@ -13,6 +13,7 @@ zero-shot shape accuracy on the validation images. Last line: one JSON object.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import json
 import time
 
@@ -46,10 +47,13 @@ def main() -> None:
     from llmlab.multimodal.evaluate import SHAPE_EVAL_TEMPLATES, zero_shot_accuracy
     from llmlab.multimodal.train import ContrastiveTrainer, build_model
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="configs/mm_clip_easyvqa.yaml")
+    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs/mm_clip_easyvqa.yaml"))
     ap.add_argument("--fit", type=int, default=3500, help="training images used for CLIP and the probes; the rest validate")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 500 images, 20 steps")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    if args.quick:
+        args.fit, args.overrides = 500, [*args.overrides, "max_steps=20"]
     torch.set_num_threads(1)
     from llmlab.multimodal.train import ContrastiveConfig
     cfg = load_config(ContrastiveConfig, [args.config, *args.overrides])
@@ -69,7 +73,12 @@ def main() -> None:
                                                            val.class_names, SHAPE_EVAL_TEMPLATES), 4),
            "probe_colour_mean": probe(mtr, coltr, mva, colva), "probe_shape_mean": probe(mtr, shtr, mva, shva),
            "probe_colour_patches": probe(ctr, coltr, cva, colva), "probe_shape_patches": probe(ctr, shtr, cva, shva)}
-    print(json.dumps(out))
+    # no peer: the probes are compared with chance (the share of the most frequent class on validation)
+    known = {k: v[v >= 0].tolist() for k, v in (("colour", colva), ("shape", shva))}
+    chance = {k: max(v.count(c) for c in set(v)) / len(v) for k, v in known.items()}
+    print(json.dumps({"benchmark": "multimodal_probe", "ours": out, "peer": {"chance": chance},
+                      "ratio": {"probe_colour_vs_chance": out["probe_colour_mean"] / chance["colour"],
+                                "probe_shape_vs_chance": out["probe_shape_mean"] / chance["shape"]}}))
 
 
 if __name__ == "__main__":

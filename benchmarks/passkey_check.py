@@ -20,7 +20,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--lengths", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--per-depth", type=int, default=4, help="keys per depth (depths 0, .25, .5, .75, 1)")
+    ap.add_argument("--quick", action="store_true", help="128 tokens, one key per depth")
     args = ap.parse_args()
+    if args.quick:
+        args.lengths, args.per_depth = [128], 1
     from llmlab.device import setup_threads
     from llmlab.eval.passkey import PasskeyTask, retrieved
     from llmlab.model.load import load_model

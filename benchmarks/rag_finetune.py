@@ -47,7 +47,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 100 docs, 30 queries, 200 pairs, 3 steps, one seed")
     args = ap.parse_args()
+    if args.quick:
+        args.docs, args.queries, args.pairs, args.steps, args.seeds = 100, 30, 200, 3, "0"
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     texts = [e["extract"] for e in wiki_extracts()]
     docs = texts[:args.docs]
