@@ -15,10 +15,11 @@ Last line: one JSON object. The test split is never used.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import json
 
 import torch
+
+from _mm_easyvqa import add_args, setup  # benchmarks/ is on sys.path when a script runs
 
 
 def train_clip(cfg, ds):
@@ -29,29 +30,18 @@ def train_clip(cfg, ds):
 
 
 def main() -> None:
-    from llmlab.config import load_config
     from llmlab.multimodal import data as mmdata
     from llmlab.multimodal.capfilt import capfilt, corrupt_captions, filter_quality
-    from llmlab.multimodal.train import ContrastiveConfig, evaluate_contrastive
+    from llmlab.multimodal.train import evaluate_contrastive
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs/mm_clip_easyvqa.yaml"))
-    ap.add_argument("--fit", type=int, default=3500)
+    add_args(ap)
     ap.add_argument("--noise", type=float, default=0.4)
     ap.add_argument("--top_k", type=int, default=1)
     ap.add_argument("--no_captioner", action="store_true",
                     help="filter the web captions only (here the captioner is the filter's own top-1, so the filter keeps "
                          "every synthetic caption: with one model for both, only filtering is informative)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 500 images, 20 steps")
-    ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    if args.quick:
-        args.fit, args.overrides = 500, [*args.overrides, "max_steps=20"]
-    torch.set_num_threads(1)
-    cfg = load_config(ContrastiveConfig, [args.config, *args.overrides])
-    full = mmdata.easy_vqa("train", size=cfg.vision.image_size)
-    fit = full.subset(args.fit)
-    val = mmdata.ImageSet(full.images[args.fit:], full.labels[args.fit:], full.class_names, full.captions[args.fit:],
-                          full.name, full.qa[args.fit:])
+    cfg, fit, val = setup(args)
     noisy_caps, bad = corrupt_captions(fit.captions, args.noise, cfg.seed)
     noisy = mmdata.ImageSet(fit.images, fit.labels, fit.class_names, noisy_caps, fit.name)
     teacher = train_clip(cfg, noisy)

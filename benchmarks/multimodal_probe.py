@@ -13,11 +13,12 @@ zero-shot shape accuracy on the validation images. Last line: one JSON object.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import json
 import time
 
 import torch
+
+from _mm_easyvqa import add_args, setup  # benchmarks/ is on sys.path when a script runs
 
 
 def colour_shape(ds):
@@ -42,25 +43,12 @@ def features(vision, images):
 
 
 def main() -> None:
-    from llmlab.config import load_config
-    from llmlab.multimodal import data as mmdata
     from llmlab.multimodal.evaluate import SHAPE_EVAL_TEMPLATES, zero_shot_accuracy
     from llmlab.multimodal.train import ContrastiveTrainer, build_model
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs/mm_clip_easyvqa.yaml"))
-    ap.add_argument("--fit", type=int, default=3500, help="training images used for CLIP and the probes; the rest validate")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 500 images, 20 steps")
-    ap.add_argument("overrides", nargs="*")
+    add_args(ap)
     args = ap.parse_args()
-    if args.quick:
-        args.fit, args.overrides = 500, [*args.overrides, "max_steps=20"]
-    torch.set_num_threads(1)
-    from llmlab.multimodal.train import ContrastiveConfig
-    cfg = load_config(ContrastiveConfig, [args.config, *args.overrides])
-    full = mmdata.easy_vqa("train", size=cfg.vision.image_size)
-    fit = full.subset(args.fit)
-    val = mmdata.ImageSet(full.images[args.fit:], full.labels[args.fit:], full.class_names, full.captions[args.fit:],
-                          full.name, full.qa[args.fit:])
+    cfg, fit, val = setup(args)
     model = build_model(cfg)
     trainer, t0 = ContrastiveTrainer(model, model.tokenize, fit, cfg), time.perf_counter()
     trainer.run(cfg.max_steps)

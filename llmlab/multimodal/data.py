@@ -47,6 +47,11 @@ class ImageSet:
         return ImageSet(self.images[:n], self.labels[:n], self.class_names, self.captions[:n], self.name,
                         self.qa[:n])
 
+    def split(self, n: int) -> tuple["ImageSet", "ImageSet"]:
+        """(the first n, the rest): a validation split held out of a training set."""
+        rest = ImageSet(self.images[n:], self.labels[n:], self.class_names, self.captions[n:], self.name, self.qa[n:])
+        return self.subset(n), rest
+
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
