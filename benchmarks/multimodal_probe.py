@@ -9,6 +9,7 @@ zero-shot shape accuracy on the validation images. Last line: one JSON object.
 
     python benchmarks/multimodal_probe.py max_steps=300                 # the old recipe
     python benchmarks/multimodal_probe.py max_steps=1000 positives=caption
+    python benchmarks/multimodal_probe.py --run_dir runs/ev_clip  # probe a saved `mm train validation=500` run
 """
 from __future__ import annotations
 
@@ -47,16 +48,28 @@ def main() -> None:
     from llmlab.multimodal.train import ContrastiveTrainer, build_model
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_args(ap)
+    ap.add_argument("--run_dir", help="probe this saved easy_vqa run (trained with validation=N, N = 4000 - --fit) "
+                                      "instead of training one")
     args = ap.parse_args()
     cfg, fit, val = setup(args)
-    model = build_model(cfg)
-    trainer, t0 = ContrastiveTrainer(model, model.tokenize, fit, cfg), time.perf_counter()
-    trainer.run(cfg.max_steps)
+    t0 = time.perf_counter()
+    if args.run_dir:
+        from llmlab.multimodal.runs import load_contrastive
+        model, cfg = load_contrastive(args.run_dir)
+        if cfg.dataset != "easy_vqa" or cfg.validation != len(val):
+            raise SystemExit(f"{args.run_dir}: needs an easy_vqa run with validation={len(val)} (the probe's "
+                             f"held-out images); it has dataset={cfg.dataset} validation={cfg.validation}")
+        losses = [float("nan")] * 20
+    else:
+        model = build_model(cfg)
+        trainer = ContrastiveTrainer(model, model.tokenize, fit, cfg)
+        trainer.run(cfg.max_steps)
+        losses = trainer.losses
     model.eval()
     (mtr, ctr), (mva, cva) = features(model.visual, fit.images), features(model.visual, val.images)
     (coltr, shtr), (colva, shva) = colour_shape(fit), colour_shape(val)
     out = {"overrides": args.overrides, "train_s": round(time.perf_counter() - t0, 1),
-           "final_loss": round(sum(trainer.losses[-20:]) / 20, 4),
+           "final_loss": round(sum(losses[-20:]) / 20, 4),
            "val_zero_shot_shape": round(zero_shot_accuracy(model, model.tokenize, val.images, val.labels,
                                                            val.class_names, SHAPE_EVAL_TEMPLATES), 4),
            "probe_colour_mean": probe(mtr, coltr, mva, colva), "probe_shape_mean": probe(mtr, shtr, mva, shva),

@@ -50,6 +50,10 @@ class ContrastiveConfig:
     momentum_alpha: float = field(default=0.0, metadata={
         "help": "ALBEF/BLIP momentum distillation: weight of the EMA model's soft targets (0: off; CLIP only)"})
     momentum: float = field(default=0.995, metadata={"help": "EMA decay of the momentum model"})
+    augment: str = field(default="none", metadata={
+        "help": "none, or dihedral: each training image gets a random one of the 8 flips/90-degree rotations "
+                "(label-preserving for easy-vqa's one coloured shape; refused elsewhere: a flipped 6 is a 9, "
+                "a flipped scene swaps left/right)"})
     vision: ViTConfig = field(default_factory=lambda: ViTConfig(image_size=8, patch_size=2, in_chans=1, pool="mean"))
     text: TextConfig = field(default_factory=TextConfig)
     embed_dim: int = field(default=64, metadata={"help": "shared embedding size"})
@@ -76,6 +80,15 @@ def load_split(cfg: ContrastiveConfig, split: str) -> mmdata.ImageSet:
         ds = ds.subset(cut) if split == "train" else mmdata.ImageSet(
             ds.images[cut:], ds.labels[cut:], ds.class_names, ds.captions[cut:], ds.name, ds.qa[cut:])
     return ds.subset(cfg.train_limit) if split == "train" and cfg.train_limit else ds
+
+
+def dihedral(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each (C, H, W) image under a random element of the square's symmetry group D4: transpose
+    with probability 1/2, then flip H and W independently (8 equally likely outcomes)."""
+    t, fh, fw = (torch.rand(3, len(images), generator=gen) < 0.5)
+    out = torch.where(t[:, None, None, None], images.transpose(-1, -2), images)
+    out = torch.where(fh[:, None, None, None], out.flip(-2), out)
+    return torch.where(fw[:, None, None, None], out.flip(-1), out)
 
 
 def caption_sampler(ds: mmdata.ImageSet, rng: random.Random, templates: str = "base") -> Callable[[list[int]], list[str]]:
@@ -127,6 +140,8 @@ class ContrastiveTrainer:
                 g["lr"] = lr_at(self.step, cfg.learning_rate, cfg.warmup_steps, cfg.max_steps)
             caps = self.captions(idx.tolist())
             images, ids, targets = self.ds.images[idx], self.tokenize(caps), self.targets(idx, caps)
+            if cfg.augment == "dihedral":
+                images = dihedral(images, self.gen)
             if self.ema is None:
                 loss = contrastive_loss(self.model(images, ids), targets)
             else:
@@ -153,6 +168,11 @@ def build_model(cfg: ContrastiveConfig) -> CLIP:
         raise UserError(f"templates must be base or extended, got '{cfg.templates}'")
     if cfg.positives == "label" and cfg.dataset not in ("digits", "mnist"):
         raise UserError(f"positives=label needs one class per caption (digits, mnist), not {cfg.dataset}")
+    if cfg.augment not in ("none", "dihedral"):
+        raise UserError(f"augment must be none or dihedral, got '{cfg.augment}'")
+    if cfg.augment == "dihedral" and cfg.dataset != "easy_vqa":
+        raise UserError(f"augment=dihedral changes {cfg.dataset} captions' meaning (a flipped 6 is a 9, a flipped "
+                        "scene swaps left and right): it is for easy_vqa only")
     if cfg.model not in ("clip", "siglip"):
         raise UserError(f"model must be clip or siglip for contrastive training, got '{cfg.model}'")
     torch.manual_seed(cfg.seed)
