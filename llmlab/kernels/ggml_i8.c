@@ -39,6 +39,10 @@
 
 #define QK 32
 #define NRC 4 /* weight rows per pass: the input group's loads are shared by 4 rows */
+/* One input row (batch-1 decode) streams the weights from DRAM once: 4 rows side by side stream
+ * well while their blocks span at most SPAN bytes (Q4 at k = 576: 4 x 288), else one row at a time
+ * streams faster (Q8_0's LM head 2.4 vs 3.4 ms, Q4_1 at k = 1536 0.042 vs 0.067 ms: docs/LOG.md). */
+#define SPAN 1536
 
 /* Round one input row to int8 blocks; xq is laid out for the weight format: fmt 4 keeps, per group
  * of 4 blocks, the 4 low halves (x_0..15 of each block) then the 4 high halves; fmt 8 is plain.
@@ -264,7 +268,9 @@ int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m,
                 const float *dxi = dx + i * ng * 4, *sxi = sx + i * ng * 4;
 #if I8_ISA == 3
                 float tmp[NRC];
-                rows_vnni(fmt, qs, d, m, r, nr, nb, xi, dxi, sxi, tmp);
+                int step = mx == 1 && NRC * nb * (fmt == 4 ? 16 : QK) > SPAN ? 1 : NRC;
+                for (int t = 0; t < nr; t += step)
+                    rows_vnni(fmt, qs, d, m, r + t, nr - t < step ? nr - t : step, nb, xi, dxi, sxi, tmp + t);
                 memcpy(y + i * rows + r, tmp, sizeof(float) * (size_t)nr);
 #else
                 for (int t = 0; t < nr; t++)
