@@ -142,6 +142,9 @@ def available() -> bool:
 
 
 PARALLEL_MACS = 2_000_000  # smaller calls run on one thread (waking a second costs more)
+# int8-activation calls stream the weights at the memory's speed (docs/infer.md), so a second core
+# pays from smaller calls on: a batch-1 step's q/k/v, gate/up and down split their rows
+PARALLEL_MACS_INT8 = 500_000
 
 
 def has_gemm() -> bool:
@@ -204,7 +207,7 @@ def matmul(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None, ge
     M = x.shape[0]
     nt = torch.get_num_threads() if M * w.rows * w.k >= PARALLEL_MACS else 1
     if not gemm and (int8_activations() if int8 is None else int8) and int8_isa() not in (None, "portable"):
-        y = matmul_i8(x, w, nt)
+        y = matmul_i8(x, w, torch.get_num_threads() if M * w.rows * w.k >= PARALLEL_MACS_INT8 else 1)
         if y is not None:
             return y if bias is None else y.add_(bias)
     y = torch.empty(M, w.rows)

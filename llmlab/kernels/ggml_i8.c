@@ -151,7 +151,7 @@ static void rows_vnni(int fmt, const uint8_t *qs, const float *d, const float *m
             __m128 vsx = _mm_loadu_ps(sx + 4 * g);
             for (int t = 0; t < nr; t++) {
                 int64_t blk = (row + t) * nb + 4 * g;
-                __m512i v = _mm512_maskz_loadu_epi8(mq, qs + blk * 16);
+                __m512i v = nbg == 4 ? _mm512_loadu_si512(qs + blk * 16) : _mm512_maskz_loadu_epi8(mq, qs + blk * 16);
                 __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v, lo4), xa);
                 p = _mm512_dpbusd_epi32(p, _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4), xb);
                 __m128 sc = _mm_mul_ps(_mm_maskz_loadu_ps(mb, d + blk), vdx);
@@ -164,7 +164,8 @@ static void rows_vnni(int fmt, const uint8_t *qs, const float *d, const float *m
             for (int t = 0; t < nr; t++) {
                 int64_t blk = (row + t) * nb + 4 * g;
                 const int8_t *q = (const int8_t *)qs + blk * QK;
-                __m512i qa = _mm512_maskz_loadu_epi8(ma, q), qc = _mm512_maskz_loadu_epi8(mc, q + 64);
+                __m512i qa = nbg == 4 ? _mm512_loadu_si512(q) : _mm512_maskz_loadu_epi8(ma, q);
+                __m512i qc = nbg == 4 ? _mm512_loadu_si512(q + 64) : _mm512_maskz_loadu_epi8(mc, q + 64);
                 __m512i sa = _mm512_mask_sub_epi8(xa, _mm512_movepi8_mask(qa), _mm512_setzero_si512(), xa);
                 __m512i scc = _mm512_mask_sub_epi8(xb, _mm512_movepi8_mask(qc), _mm512_setzero_si512(), xb);
                 __m512i pa = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(qa), sa);
@@ -172,6 +173,82 @@ static void rows_vnni(int fmt, const uint8_t *qs, const float *d, const float *m
                 __m512 sc = _mm512_castps128_ps512(_mm_mul_ps(_mm_maskz_loadu_ps(mb, d + blk), vdx));
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pa), _mm512_permutexvar_ps(e8a, sc), acc[t]);
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pc), _mm512_permutexvar_ps(e8b, sc), acc[t]);
+            }
+        }
+    }
+    for (int t = 0; t < nr; t++) y[t] = red16(acc[t]) + red4(macc[t]);
+}
+
+/* Many input rows (a batched decode step): NRC weight rows are unpacked once into `pk` (unsigned
+ * weight bytes, Q8_0's sign masks, the per-lane scales d and offsets m of every group) and every
+ * input row then runs from there: per group and row 2 dpbusd, 1 mul, 1-2 fma. The lane values and
+ * the order of the fmas are those of `rows_vnni` (d*dx per lane is the same product permuted), so
+ * the bits are too. */
+typedef struct { __m512i w[2]; __mmask64 neg[2]; __m512 d[2]; __m128 m; } packed_group;
+
+static void unpack_rows(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t row, int nr, int64_t nb,
+                        packed_group *pk) {
+    const __m512i e4 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i e8a = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i e8b = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+    int64_t ng = (nb + 3) / 4;
+    for (int t = 0; t < nr; t++)
+        for (int64_t g = 0; g < ng; g++) {
+            packed_group *o = pk + t * ng + g;
+            int nbg = nb - 4 * g < 4 ? (int)(nb - 4 * g) : 4;
+            __mmask8 mb = (__mmask8)((1u << nbg) - 1);
+            int64_t blk = (row + t) * nb + 4 * g;
+            __m512 d4 = _mm512_castps128_ps512(_mm_maskz_loadu_ps(mb, d + blk));
+            if (fmt == 4) {
+                __mmask64 mq = nbg == 4 ? ~(__mmask64)0 : (((__mmask64)1 << (16 * nbg)) - 1);
+                __m512i v = _mm512_maskz_loadu_epi8(mq, qs + blk * 16);
+                o->w[0] = _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
+                o->w[1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F));
+                o->d[0] = _mm512_permutexvar_ps(e4, d4);
+                o->m = _mm_maskz_loadu_ps(mb, m + blk);
+            } else {
+                __mmask64 ma = nbg >= 2 ? ~(__mmask64)0 : (((__mmask64)1 << 32) - 1);
+                __mmask64 mc = nbg == 4 ? ~(__mmask64)0 : nbg == 3 ? (((__mmask64)1 << 32) - 1) : 0;
+                const int8_t *q = (const int8_t *)qs + blk * QK;
+                __m512i qa = _mm512_maskz_loadu_epi8(ma, q), qc = _mm512_maskz_loadu_epi8(mc, q + 64);
+                o->w[0] = _mm512_abs_epi8(qa), o->w[1] = _mm512_abs_epi8(qc);
+                o->neg[0] = _mm512_movepi8_mask(qa), o->neg[1] = _mm512_movepi8_mask(qc);
+                o->d[0] = _mm512_permutexvar_ps(e8a, d4), o->d[1] = _mm512_permutexvar_ps(e8b, d4);
+            }
+        }
+}
+
+static void rows_packed(int fmt, const packed_group *pk, int nr, int64_t nb, const int8_t *xq, const float *dx,
+                        const float *sx, float *y) {
+    const __m512i e4 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i e8a = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i e8b = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+    __m512 acc[NRC];
+    __m128 macc[NRC];
+    for (int t = 0; t < NRC; t++) acc[t] = _mm512_setzero_ps(), macc[t] = _mm_setzero_ps();
+    int64_t ng = (nb + 3) / 4;
+    for (int64_t g = 0; g < ng; g++) {
+        __m512i xa = _mm512_loadu_si512(xq + g * 4 * QK), xb = _mm512_loadu_si512(xq + g * 4 * QK + 64);
+        __m512 dx4 = _mm512_castps128_ps512(_mm_loadu_ps(dx + 4 * g));
+        if (fmt == 4) {
+            __m512 dxe = _mm512_permutexvar_ps(e4, dx4);
+            __m128 vsx = _mm_loadu_ps(sx + 4 * g);
+            for (int t = 0; t < nr; t++) {
+                const packed_group *o = pk + t * ng + g;
+                __m512i p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), o->w[0], xa), o->w[1], xb);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(o->d[0], dxe), acc[t]);
+                macc[t] = _mm_fmadd_ps(o->m, vsx, macc[t]);
+            }
+        } else {
+            __m512 dxa = _mm512_permutexvar_ps(e8a, dx4), dxb = _mm512_permutexvar_ps(e8b, dx4);
+            for (int t = 0; t < nr; t++) {
+                const packed_group *o = pk + t * ng + g;
+                __m512i sa = _mm512_mask_sub_epi8(xa, o->neg[0], _mm512_setzero_si512(), xa);
+                __m512i sc = _mm512_mask_sub_epi8(xb, o->neg[1], _mm512_setzero_si512(), xb);
+                __m512i pa = _mm512_dpbusd_epi32(_mm512_setzero_si512(), o->w[0], sa);
+                __m512i pc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), o->w[1], sc);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pa), _mm512_mul_ps(o->d[0], dxa), acc[t]);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pc), _mm512_mul_ps(o->d[1], dxb), acc[t]);
             }
         }
     }
@@ -260,6 +337,9 @@ int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m,
     {
         int64_t g0, g1;
         share(groups, &g0, &g1);
+#if I8_ISA == 3
+        packed_group *pk = mx > 1 ? (packed_group *)aligned_alloc(64, sizeof(packed_group) * (size_t)(NRC * ng)) : NULL;
+#endif
         for (int64_t gr = g0; gr < g1; gr++) {
             int64_t r = gr * NRC;
             int nr = rows - r < NRC ? (int)(rows - r) : NRC;
@@ -268,6 +348,12 @@ int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m,
                 const float *dxi = dx + i * ng * 4, *sxi = sx + i * ng * 4;
 #if I8_ISA == 3
                 float tmp[NRC];
+                if (pk) {
+                    if (i == 0) unpack_rows(fmt, qs, d, m, r, nr, nb, pk);
+                    rows_packed(fmt, pk, nr, nb, xi, dxi, sxi, tmp);
+                    memcpy(y + i * rows + r, tmp, sizeof(float) * (size_t)nr);
+                    continue;
+                }
                 int step = mx == 1 && NRC * nb * (fmt == 4 ? 16 : QK) > SPAN ? 1 : NRC;
                 for (int t = 0; t < nr; t += step)
                     rows_vnni(fmt, qs, d, m, r + t, nr - t < step ? nr - t : step, nb, xi, dxi, sxi, tmp + t);
@@ -282,6 +368,9 @@ int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m,
 #endif
             }
         }
+#if I8_ISA == 3
+        free(pk);
+#endif
     }
     free(xq);
     free(dx);
