@@ -194,6 +194,15 @@ def main() -> None:
             bd = prof.breakdown(ours, n_steps=8 if args.quick else 16)
         prof.print_breakdown(bd)
         ours_r["profile"] = bd
+        os.environ["LLMLAB_INT8_ACTIVATIONS"] = "1"  # the same breakdown with the int8-activation option
+        try:
+            with torch.inference_mode():
+                bd8 = prof.breakdown(ours, n_steps=8 if args.quick else 16)
+        finally:
+            os.environ.pop("LLMLAB_INT8_ACTIVATIONS", None)
+        print("int8 activations:")
+        prof.print_breakdown(bd8)
+        ours_r["profile_int8"] = bd8
         ours_r["serve_memory"] = prof.serve_memory(ours, path)
         ours_r["int8_activations"] = prof.int8_accuracy(ours, tok)
         print("int8 activations vs exact:", json.dumps(ours_r["int8_activations"]))
