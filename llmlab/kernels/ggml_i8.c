@@ -331,8 +331,8 @@ int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m,
     float *sx = dx + mx * ng * 4;
     for (int64_t i = 0; i < mx; i++) llmlab_i8_quantize(fmt, x + i * k, k, xq + i * stride, dx + i * ng * 4, sx + i * ng * 4);
     int64_t groups = (rows + NRC - 1) / NRC;
-    if (nt < 1) nt = 1;
     if (nt > groups) nt = (int)groups;
+    if (nt < 1) nt = 1;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         int64_t g0, g1;
