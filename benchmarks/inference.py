@@ -17,8 +17,12 @@ CPU the figures mean little without it. Last stdout line: JSON.
 
 Roofline columns (`_inference_profile.limits`, measured in the same run): `decode_roofline` (batch-1
 steady decode tok/s / the bandwidth limit, read bandwidth / bytes per token) and
-`batch32_gemm_eff` (matmul FLOPs of a 32-row decode step / (step time x fp32 GEMM ceiling)).
-`--profile` adds the per-step time breakdown of batch-1 and 32-row decode and `llmlab serve`'s
+`batch32_gemm_eff` (matmul FLOPs of a 32-row decode step / (step time x fp32 GEMM ceiling)), and
+both again with int8 activations (`decode_roofline_int8`, `batch32_gemm_eff_int8`: the
+LLMLAB_INT8_ACTIVATIONS option, exact and int8 alternating in the same run). `--profile` adds
+the int8 option's accuracy (perplexity on held-out Wikipedia text, logit differences), the 32-row
+gate/up product by route (block kernel exact / int8, BLAS on dequantized weights;
+`_inference_int8.py`), and the per-step time breakdown of batch-1 and 32-row decode and `llmlab serve`'s
 resident memory against GGUF size + KV pool + 150 MB (`_inference_profile.py`).
 """
 from __future__ import annotations
@@ -191,9 +195,22 @@ def main() -> None:
             bd = prof.breakdown(ours, n_steps=8 if args.quick else 16)
         prof.print_breakdown(bd)
         ours_r["profile"] = bd
+        os.environ["LLMLAB_INT8_ACTIVATIONS"] = "1"  # the same breakdown with the int8-activation option
+        try:
+            with torch.inference_mode():
+                bd8 = prof.breakdown(ours, n_steps=8 if args.quick else 16)
+        finally:
+            os.environ.pop("LLMLAB_INT8_ACTIVATIONS", None)
+        print("int8 activations:")
+        prof.print_breakdown(bd8)
+        ours_r["profile_int8"] = bd8
         ours_r["serve_memory"] = prof.serve_memory(ours, path)
-        ours_r["int8_activations"] = prof.int8_accuracy(ours, tok)
+        import _inference_int8 as int8
+        ours_r["int8_activations"] = int8.int8_accuracy(ours, tok)
         print("int8 activations vs exact:", json.dumps(ours_r["int8_activations"]))
+        with torch.inference_mode():
+            ours_r["batch32_routes"] = int8.batch32_routes(ours)
+        print("32-row gate/up by route:", json.dumps(ours_r["batch32_routes"]))
     if importlib.util.find_spec("llama_cpp") is not None:  # optional reference column
         from llama_cpp import Llama
         llm = Llama(model_path=str(path), n_threads=threads, verbose=False)

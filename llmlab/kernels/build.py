@@ -27,7 +27,9 @@ from pathlib import Path
 from llmlab.log import get_logger
 
 SRC = Path(__file__).with_name("ggml_matmul.c")
+SRC_I8 = Path(__file__).with_name("ggml_i8.c")  # int8-activation products (an option; ggml_i8.c)
 _LIB: list = []  # [lib or None] once tried
+_LIB_I8: list = []
 
 
 def cache_dir() -> Path:
@@ -110,7 +112,24 @@ def open_lib(arch: str | None = None):
     lib.llmlab_ggml_matmul.restype = None
     lib.llmlab_ggml_gemm.argtypes = [ctypes.c_int, p, p, p, i64, i64, p, i64, p, ctypes.c_int]
     lib.llmlab_ggml_gemm.restype = ctypes.c_int
-    lib.llmlab_ggml_matmul_i8.argtypes = [ctypes.c_int, p, p, p, i64, i64, p, i64, p, ctypes.c_int]
-    lib.llmlab_ggml_matmul_i8.restype = ctypes.c_int
     lib.llmlab_ggml_simd.restype = ctypes.c_int
+    return lib
+
+
+def load_i8():
+    """The int8-activation library (`ggml_i8.c`), or None where it cannot be built (warned once)."""
+    return load_cached(_LIB_I8, open_i8, "int8-activation kernel unavailable, using the exact path")
+
+
+def open_i8(arch: str | None = None):
+    """`ggml_i8.c` built for instruction set `arch` (see ISAS), loaded with its signatures."""
+    lib = ctypes.CDLL(str(build(SRC_I8, arch)))
+    p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.llmlab_i8_matmul.argtypes = [c_int, p, p, p, i64, i64, p, i64, p, c_int]
+    lib.llmlab_i8_matmul.restype = c_int
+    lib.llmlab_i8_matmul_reference.argtypes = [c_int, p, p, p, i64, i64, p, i64, p]
+    lib.llmlab_i8_matmul_reference.restype = c_int
+    lib.llmlab_i8_quantize.argtypes = [c_int, p, i64, p, p, p]
+    lib.llmlab_i8_quantize.restype = None
+    lib.llmlab_i8_isa.restype = c_int
     return lib

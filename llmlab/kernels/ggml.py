@@ -142,6 +142,9 @@ def available() -> bool:
 
 
 PARALLEL_MACS = 2_000_000  # smaller calls run on one thread (waking a second costs more)
+# int8-activation calls stream the weights at the memory's speed (docs/infer.md), so a second core
+# pays from smaller calls on: a batch-1 step's q/k/v, gate/up and down split their rows
+PARALLEL_MACS_INT8 = 500_000
 
 
 def has_gemm() -> bool:
@@ -152,9 +155,38 @@ def has_gemm() -> bool:
 
 def int8_activations() -> bool:
     """LLMLAB_INT8_ACTIVATIONS=1: decode products quantize activations to int8 per 32-block and
-    multiply Q4/Q8 blocks with integer dot products (AVX-512 VNNI; llama.cpp's scheme). Faster,
-    not exact (accuracy: docs/infer.md); formats without it, or no VNNI, stay exact."""
+    multiply Q4/Q8 blocks with integer dot products (llama.cpp's scheme; `ggml_i8.c`). Faster,
+    not exact (accuracy: docs/infer.md); other formats, or a CPU without SIMD int8 dot products
+    (`int8_isa()` "portable"), stay on the exact path."""
     return os.environ.get("LLMLAB_INT8_ACTIVATIONS", "") not in ("", "0")
+
+
+_I8_ISA = {3: "avx512vnni", 2: "avx2", 0: "portable"}
+
+
+def int8_isa() -> str | None:
+    """The instruction set the int8-activation library was built for ("avx512vnni", "avx2",
+    "portable"), or None where it cannot be built. Every build gives the same bits."""
+    lib = kernel.load_i8()
+    return None if lib is None else _I8_ISA[lib.llmlab_i8_isa()]
+
+
+def _args(w: QuantWeight) -> tuple:
+    return (w.fmt, w.qs.data_ptr(), w.d.data_ptr(), 0 if w.m is None else w.m.data_ptr(), w.rows, w.k)
+
+
+def matmul_i8(x: torch.Tensor, w: QuantWeight, threads: int = 1, lib=None) -> torch.Tensor | None:
+    """x (M, k) fp32 -> x @ W.T with int8 activations (see `ggml_i8.c` for the exact order of
+    operations); None where the format has no int8 form (Q5_K, Q6_K) or the library is missing.
+    lib: a library from `build.open_i8(arch)` (tests compare builds); default the native one."""
+    lib = lib or kernel.load_i8()
+    if lib is None or w.fmt not in (4, 8):
+        return None
+    x = x.contiguous()
+    y = torch.empty(x.shape[0], w.rows)
+    if not lib.llmlab_i8_matmul(*_args(w), x.data_ptr(), x.shape[0], y.data_ptr(), threads):
+        return None
+    return y
 
 
 def matmul(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None, gemm: bool = False,
@@ -163,7 +195,9 @@ def matmul(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None, ge
     way whatever M is and however many threads run (batch invariant). Threads: torch's count
     (its OpenMP pool), for calls of at least PARALLEL_MACS multiply-adds. gemm: the register-tiled
     path for many rows (prefill; `has_gemm()`), itself batch invariant but not bit-equal to the
-    default path, so a caller uses one of them per kind of step."""
+    default path, so a caller uses one of them per kind of step. int8 (default: the
+    LLMLAB_INT8_ACTIVATIONS switch): int8 activations for Q4/Q8 blocks on a non-GEMM call, where
+    the CPU has SIMD int8 dot products."""
     lib = kernel.load()
     if lib is None:
         raise RuntimeError("the quantized-weight kernel is not available")
@@ -171,15 +205,14 @@ def matmul(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None, ge
     if x.dtype != torch.float32 or x.dim() != 2 or x.shape[-1] != w.k:
         raise ValueError(f"x must be fp32 (M, {w.k}); got {tuple(x.shape)} {x.dtype}")
     M = x.shape[0]
-    y = torch.empty(M, w.rows)
     nt = torch.get_num_threads() if M * w.rows * w.k >= PARALLEL_MACS else 1
-    if not gemm and (int8_activations() if int8 is None else int8) and w.fmt in (4, 8):
-        if lib.llmlab_ggml_matmul_i8(w.fmt, w.qs.data_ptr(), w.d.data_ptr(), 0 if w.m is None else w.m.data_ptr(),
-                                     w.rows, w.k, x.data_ptr(), M, y.data_ptr(), nt):
+    if not gemm and (int8_activations() if int8 is None else int8) and int8_isa() not in (None, "portable"):
+        y = matmul_i8(x, w, torch.get_num_threads() if M * w.rows * w.k >= PARALLEL_MACS_INT8 else 1)
+        if y is not None:
             return y if bias is None else y.add_(bias)
+    y = torch.empty(M, w.rows)
     run = lib.llmlab_ggml_gemm if gemm else lib.llmlab_ggml_matmul
-    if run(w.fmt, w.qs.data_ptr(), w.d.data_ptr(), 0 if w.m is None else w.m.data_ptr(),
-           w.rows, w.k, x.data_ptr(), M, y.data_ptr(), nt) == 0 and gemm:
+    if run(*_args(w), x.data_ptr(), M, y.data_ptr(), nt) == 0 and gemm:
         raise RuntimeError("the GEMM path is not compiled in (needs AVX-512; see has_gemm())")
     return y if bias is None else y.add_(bias)
 

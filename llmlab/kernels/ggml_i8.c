@@ -1,0 +1,397 @@
+/* y = x @ W.T with int8 activations against GGUF blocks (llama.cpp's scheme), beside the exact
+ * fp32 path of ggml_matmul.c. Weights in the repacked forms of llmlab/kernels/ggml.py:
+ *   fmt 4: per 32-block 16 bytes of nibbles (byte j: weight j low, weight j+16 high), fp32 d, m:
+ *          w = d*q + m (Q4_0, Q4_1, Q4_K);   fmt 8: 32 int8 per block, fp32 d: w = d*q (Q8_0).
+ *
+ * Each 32-block b of an input row is rounded once per matmul to int8:
+ *   dx_b = max|x| / 127,  xq_j = nearbyint(x_j * 127 / max|x|),  sx_b = dx_b * sum_j xq_j,
+ * and then   sum_j w_j x_j ~= d_b dx_b * sum_j q_j xq_j  +  m_b sx_b,
+ * the first sum exact in int32 (u8 x s8 -> s32 products: vpdpbusd with AVX-512 VNNI, maddubs +
+ * madd with AVX2; Q8_0's signed weights as |q| against sign(q)*xq).
+ *
+ * One floating-point order for every build (the portable C below spells it out lane by lane), so
+ * the AVX-512 VNNI, AVX2 and portable builds give the same bits, and a row's result does not
+ * depend on how many input rows or threads there are (batch invariance):
+ *   blocks are taken 4 at a time (group g; a last partial group is padded with zeros), the 128
+ *   weight x input products of a group fall into 16 int32 lanes (fmt 4: lane l holds weights
+ *   4(l%4)..+3 and 16+4(l%4)..+3 of block l/4; fmt 8: the group's two 64-byte halves, lane l of
+ *   half h holds bytes 4(l%8)..+3 of block 2h + l/8), and
+ *     acc[l] = fma((float)lane_sum, d_b * dx_b, acc[l])      (fmt 8: half 0, then half 1)
+ *     macc[b%4] = fma(m_b, sx_b, macc[b%4])                  (fmt 4 only)
+ *   y = tree16(acc) + tree4(macc), tree16(a) = tree8(a[i] + a[i+8]), ..., tree2(a) = a0 + a1.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#include <immintrin.h>
+#define I8_ISA 3
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define I8_ISA 2
+#else
+#define I8_ISA 0
+#endif
+
+#define QK 32
+#define NRC 4 /* weight rows per pass: the input group's loads are shared by 4 rows */
+/* One input row (batch-1 decode) streams the weights from DRAM once: 4 rows side by side stream
+ * well while their blocks span at most SPAN bytes (Q4 at k = 576: 4 x 288), else one row at a time
+ * streams faster (Q8_0's LM head 2.4 vs 3.4 ms, Q4_1 at k = 1536 0.042 vs 0.067 ms: docs/LOG.md). */
+#define SPAN 1536
+
+/* Round one input row to int8 blocks; xq is laid out for the weight format: fmt 4 keeps, per group
+ * of 4 blocks, the 4 low halves (x_0..15 of each block) then the 4 high halves; fmt 8 is plain.
+ * Padding (blocks nb..4*ng) is zero. */
+void llmlab_i8_quantize(int fmt, const float *x, int64_t k, int8_t *xq, float *dx, float *sx) {
+    int64_t nb = k / QK, ng = (nb + 3) / 4;
+    memset(xq, 0, (size_t)(ng * 4 * QK));
+    for (int64_t b = nb; b < ng * 4; b++) dx[b] = sx[b] = 0.f;
+    for (int64_t b = 0; b < nb; b++) {
+        const float *xb = x + b * QK;
+        float amax = 0.f;
+        for (int j = 0; j < QK; j++) amax = fabsf(xb[j]) > amax ? fabsf(xb[j]) : amax;
+        float id = amax > 0.f ? 127.f / amax : 0.f;
+        int s = 0;
+        int8_t *o = xq + (b / 4) * 4 * QK;
+        for (int j = 0; j < QK; j++) {
+            int v = (int)nearbyintf(xb[j] * id);
+            s += v;
+            int64_t at = fmt == 4 ? (j < 16 ? (b % 4) * 16 + j : 64 + (b % 4) * 16 + j - 16) : (b % 4) * QK + j;
+            o[at] = (int8_t)v;
+        }
+        dx[b] = amax / 127.f;
+        sx[b] = dx[b] * (float)s;
+    }
+}
+
+static inline float tree4(const float *a) { return (a[0] + a[2]) + (a[1] + a[3]); }
+static inline float tree16(const float *a) {
+    float b[8], c[4];
+    for (int i = 0; i < 8; i++) b[i] = a[i] + a[i + 8];
+    for (int i = 0; i < 4; i++) c[i] = b[i] + b[i + 4];
+    return tree4(c);
+}
+
+/* The reference order in plain C: one weight row against one quantized input row. */
+static float row_portable(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t row, int64_t nb,
+                          const int8_t *xq, const float *dx, const float *sx) {
+    float acc[16] = {0}, macc[4] = {0};
+    int64_t ng = (nb + 3) / 4;
+    for (int64_t g = 0; g < ng; g++) {
+        const int8_t *xg = xq + g * 4 * QK;
+        for (int h = 0; h < (fmt == 4 ? 1 : 2); h++)
+            for (int l = 0; l < 16; l++) {
+                int64_t b = fmt == 4 ? 4 * g + l / 4 : 4 * g + 2 * h + l / 8;
+                int32_t p = 0;
+                float sc = 0.f;
+                if (b < nb) {
+                    int64_t blk = row * nb + b;
+                    if (fmt == 4) {
+                        const uint8_t *q = qs + blk * 16;
+                        for (int t = 0; t < 4; t++) {
+                            int j = 4 * (l % 4) + t;
+                            p += (q[j] & 15) * xg[(l / 4) * 16 + j] + (q[j] >> 4) * xg[64 + (l / 4) * 16 + j];
+                        }
+                    } else {
+                        const int8_t *q = (const int8_t *)qs + blk * QK;
+                        for (int t = 0; t < 4; t++) {
+                            int j = 4 * (l % 8) + t;
+                            p += q[j] * xg[(b % 4) * QK + j];
+                        }
+                    }
+                    sc = d[blk] * dx[b];
+                }
+                acc[l] = fmaf((float)p, sc, acc[l]);
+            }
+        if (fmt == 4)
+            for (int t = 0; t < 4; t++) {
+                int64_t b = 4 * g + t;
+                macc[t] = b < nb ? fmaf(m[row * nb + b], sx[b], macc[t]) : fmaf(0.f, 0.f, macc[t]);
+            }
+    }
+    return tree16(acc) + tree4(macc);
+}
+
+#if I8_ISA == 3
+static inline float red16(__m512 a) {
+    __m256 b = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    __m128 c = _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1));
+    __m128 e = _mm_add_ps(c, _mm_movehl_ps(c, c));
+    return _mm_cvtss_f32(_mm_add_ss(e, _mm_shuffle_ps(e, e, 1)));
+}
+static inline float red4(__m128 c) {
+    __m128 e = _mm_add_ps(c, _mm_movehl_ps(c, c));
+    return _mm_cvtss_f32(_mm_add_ss(e, _mm_shuffle_ps(e, e, 1)));
+}
+
+/* nr (1..NRC) weight rows from `row` against one quantized input row -> y[0..nr). */
+static void rows_vnni(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t row, int nr, int64_t nb,
+                      const int8_t *xq, const float *dx, const float *sx, float *y) {
+    __m512 acc[NRC];
+    __m128 macc[NRC];
+    for (int t = 0; t < NRC; t++) acc[t] = _mm512_setzero_ps(), macc[t] = _mm_setzero_ps();
+    const __m512i e4 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i e8a = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i e8b = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+    const __m512i lo4 = _mm512_set1_epi8(0x0F);
+    int64_t ng = (nb + 3) / 4;
+    for (int64_t g = 0; g < ng; g++) {
+        int nbg = nb - 4 * g < 4 ? (int)(nb - 4 * g) : 4;
+        __mmask8 mb = (__mmask8)((1u << nbg) - 1);
+        const int8_t *xg = xq + g * 4 * QK;
+        __m512i xa = _mm512_loadu_si512(xg), xb = _mm512_loadu_si512(xg + 64);
+        __m128 vdx = _mm_loadu_ps(dx + 4 * g);
+        if (fmt == 4) {
+            __mmask64 mq = nbg == 4 ? ~(__mmask64)0 : (((__mmask64)1 << (16 * nbg)) - 1);
+            __m128 vsx = _mm_loadu_ps(sx + 4 * g);
+            for (int t = 0; t < nr; t++) {
+                int64_t blk = (row + t) * nb + 4 * g;
+                __m512i v = nbg == 4 ? _mm512_loadu_si512(qs + blk * 16) : _mm512_maskz_loadu_epi8(mq, qs + blk * 16);
+                __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v, lo4), xa);
+                p = _mm512_dpbusd_epi32(p, _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4), xb);
+                __m128 sc = _mm_mul_ps(_mm_maskz_loadu_ps(mb, d + blk), vdx);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(e4, _mm512_castps128_ps512(sc)), acc[t]);
+                macc[t] = _mm_fmadd_ps(_mm_maskz_loadu_ps(mb, m + blk), vsx, macc[t]);
+            }
+        } else {
+            __mmask64 ma = nbg >= 2 ? ~(__mmask64)0 : (((__mmask64)1 << 32) - 1);
+            __mmask64 mc = nbg == 4 ? ~(__mmask64)0 : nbg == 3 ? (((__mmask64)1 << 32) - 1) : 0;
+            for (int t = 0; t < nr; t++) {
+                int64_t blk = (row + t) * nb + 4 * g;
+                const int8_t *q = (const int8_t *)qs + blk * QK;
+                __m512i qa = nbg == 4 ? _mm512_loadu_si512(q) : _mm512_maskz_loadu_epi8(ma, q);
+                __m512i qc = nbg == 4 ? _mm512_loadu_si512(q + 64) : _mm512_maskz_loadu_epi8(mc, q + 64);
+                __m512i sa = _mm512_mask_sub_epi8(xa, _mm512_movepi8_mask(qa), _mm512_setzero_si512(), xa);
+                __m512i scc = _mm512_mask_sub_epi8(xb, _mm512_movepi8_mask(qc), _mm512_setzero_si512(), xb);
+                __m512i pa = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(qa), sa);
+                __m512i pc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(qc), scc);
+                __m512 sc = _mm512_castps128_ps512(_mm_mul_ps(_mm_maskz_loadu_ps(mb, d + blk), vdx));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pa), _mm512_permutexvar_ps(e8a, sc), acc[t]);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pc), _mm512_permutexvar_ps(e8b, sc), acc[t]);
+            }
+        }
+    }
+    for (int t = 0; t < nr; t++) y[t] = red16(acc[t]) + red4(macc[t]);
+}
+
+/* Many input rows (a batched decode step): NRC weight rows are unpacked once into `pk` (unsigned
+ * weight bytes, Q8_0's sign masks, the per-lane scales d and offsets m of every group) and every
+ * input row then runs from there: per group and row 2 dpbusd, 1 mul, 1-2 fma. The lane values and
+ * the order of the fmas are those of `rows_vnni` (d*dx per lane is the same product permuted), so
+ * the bits are too. */
+typedef struct { __m512i w[2]; __mmask64 neg[2]; __m512 d[2]; __m128 m; } packed_group;
+
+static void unpack_rows(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t row, int nr, int64_t nb,
+                        packed_group *pk) {
+    const __m512i e4 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i e8a = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i e8b = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+    int64_t ng = (nb + 3) / 4;
+    for (int t = 0; t < nr; t++)
+        for (int64_t g = 0; g < ng; g++) {
+            packed_group *o = pk + t * ng + g;
+            int nbg = nb - 4 * g < 4 ? (int)(nb - 4 * g) : 4;
+            __mmask8 mb = (__mmask8)((1u << nbg) - 1);
+            int64_t blk = (row + t) * nb + 4 * g;
+            __m512 d4 = _mm512_castps128_ps512(_mm_maskz_loadu_ps(mb, d + blk));
+            if (fmt == 4) {
+                __mmask64 mq = nbg == 4 ? ~(__mmask64)0 : (((__mmask64)1 << (16 * nbg)) - 1);
+                __m512i v = _mm512_maskz_loadu_epi8(mq, qs + blk * 16);
+                o->w[0] = _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
+                o->w[1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F));
+                o->d[0] = _mm512_permutexvar_ps(e4, d4);
+                o->m = _mm_maskz_loadu_ps(mb, m + blk);
+            } else {
+                __mmask64 ma = nbg >= 2 ? ~(__mmask64)0 : (((__mmask64)1 << 32) - 1);
+                __mmask64 mc = nbg == 4 ? ~(__mmask64)0 : nbg == 3 ? (((__mmask64)1 << 32) - 1) : 0;
+                const int8_t *q = (const int8_t *)qs + blk * QK;
+                __m512i qa = _mm512_maskz_loadu_epi8(ma, q), qc = _mm512_maskz_loadu_epi8(mc, q + 64);
+                o->w[0] = _mm512_abs_epi8(qa), o->w[1] = _mm512_abs_epi8(qc);
+                o->neg[0] = _mm512_movepi8_mask(qa), o->neg[1] = _mm512_movepi8_mask(qc);
+                o->d[0] = _mm512_permutexvar_ps(e8a, d4), o->d[1] = _mm512_permutexvar_ps(e8b, d4);
+            }
+        }
+}
+
+static void rows_packed(int fmt, const packed_group *pk, int nr, int64_t nb, const int8_t *xq, const float *dx,
+                        const float *sx, float *y) {
+    const __m512i e4 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i e8a = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i e8b = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+    __m512 acc[NRC];
+    __m128 macc[NRC];
+    for (int t = 0; t < NRC; t++) acc[t] = _mm512_setzero_ps(), macc[t] = _mm_setzero_ps();
+    int64_t ng = (nb + 3) / 4;
+    for (int64_t g = 0; g < ng; g++) {
+        __m512i xa = _mm512_loadu_si512(xq + g * 4 * QK), xb = _mm512_loadu_si512(xq + g * 4 * QK + 64);
+        __m512 dx4 = _mm512_castps128_ps512(_mm_loadu_ps(dx + 4 * g));
+        if (fmt == 4) {
+            __m512 dxe = _mm512_permutexvar_ps(e4, dx4);
+            __m128 vsx = _mm_loadu_ps(sx + 4 * g);
+            for (int t = 0; t < nr; t++) {
+                const packed_group *o = pk + t * ng + g;
+                __m512i p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), o->w[0], xa), o->w[1], xb);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(o->d[0], dxe), acc[t]);
+                macc[t] = _mm_fmadd_ps(o->m, vsx, macc[t]);
+            }
+        } else {
+            __m512 dxa = _mm512_permutexvar_ps(e8a, dx4), dxb = _mm512_permutexvar_ps(e8b, dx4);
+            for (int t = 0; t < nr; t++) {
+                const packed_group *o = pk + t * ng + g;
+                __m512i sa = _mm512_mask_sub_epi8(xa, o->neg[0], _mm512_setzero_si512(), xa);
+                __m512i sc = _mm512_mask_sub_epi8(xb, o->neg[1], _mm512_setzero_si512(), xb);
+                __m512i pa = _mm512_dpbusd_epi32(_mm512_setzero_si512(), o->w[0], sa);
+                __m512i pc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), o->w[1], sc);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pa), _mm512_mul_ps(o->d[0], dxa), acc[t]);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pc), _mm512_mul_ps(o->d[1], dxb), acc[t]);
+            }
+        }
+    }
+    for (int t = 0; t < nr; t++) y[t] = red16(acc[t]) + red4(macc[t]);
+}
+#endif
+
+#if I8_ISA == 2
+/* AVX2: the same 16 lanes as two 8-lane halves; maddubs (u8 x s8 -> s16 pairs, at most
+ * 2 * 128 * 127 = 32512: no saturation) then madd with ones (-> s32 sums of 4). */
+static inline __m256i dot4_256(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+static float row_avx2(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t row, int64_t nb,
+                      const int8_t *xq, const float *dx, const float *sx) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    float macc[4] = {0}, sc[4], acc[16];
+    int64_t ng = (nb + 3) / 4;
+    for (int64_t g = 0; g < ng; g++) {
+        int nbg = nb - 4 * g < 4 ? (int)(nb - 4 * g) : 4;
+        int64_t blk = row * nb + 4 * g;
+        const int8_t *xg = xq + g * 4 * QK;
+        for (int t = 0; t < 4; t++) sc[t] = t < nbg ? d[blk + t] * dx[4 * g + t] : 0.f;
+        if (fmt == 4) {
+            uint8_t buf[64] = {0};
+            memcpy(buf, qs + blk * 16, (size_t)(16 * nbg));
+            for (int h = 0; h < 2; h++) { /* h: blocks 2h, 2h+1 -> lanes 8h..8h+7 */
+                __m256i v = _mm256_loadu_si256((const __m256i *)(buf + 32 * h));
+                __m256i lo = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
+                __m256i p = _mm256_add_epi32(dot4_256(lo, _mm256_loadu_si256((const __m256i *)(xg + 32 * h))),
+                                             dot4_256(hi, _mm256_loadu_si256((const __m256i *)(xg + 64 + 32 * h))));
+                __m256 s = _mm256_setr_ps(sc[2 * h], sc[2 * h], sc[2 * h], sc[2 * h],
+                                          sc[2 * h + 1], sc[2 * h + 1], sc[2 * h + 1], sc[2 * h + 1]);
+                if (h == 0) a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, a0);
+                else a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, a1);
+            }
+            for (int t = 0; t < 4; t++)
+                macc[t] = t < nbg ? fmaf(m[blk + t], sx[4 * g + t], macc[t]) : fmaf(0.f, 0.f, macc[t]);
+        } else {
+            int8_t buf[128] = {0};
+            memcpy(buf, (const int8_t *)qs + blk * QK, (size_t)(QK * nbg));
+            for (int h = 0; h < 2; h++) /* half h (blocks 2h, 2h+1): lanes 0..7 block 2h, 8..15 block 2h+1 */
+                for (int u = 0; u < 2; u++) {
+                    __m256i q = _mm256_loadu_si256((const __m256i *)(buf + 64 * h + 32 * u));
+                    __m256i x = _mm256_loadu_si256((const __m256i *)(xg + 64 * h + 32 * u));
+                    __m256i p = dot4_256(_mm256_abs_epi8(q), _mm256_sign_epi8(x, q));
+                    __m256 s = _mm256_set1_ps(sc[2 * h + u]);
+                    if (u == 0) a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, a0);
+                    else a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, a1);
+                }
+        }
+    }
+    _mm256_storeu_ps(acc, a0);
+    _mm256_storeu_ps(acc + 8, a1);
+    return tree16(acc) + tree4(macc);
+}
+#endif
+
+/* This thread's share [lo, hi) of `units` work units (inside an OpenMP region, or all of it). */
+static void share(int64_t units, int64_t *lo, int64_t *hi) {
+    int t = 0, n = 1;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+    n = omp_get_num_threads();
+#endif
+    *lo = units * t / n;
+    *hi = units * (t + 1) / n;
+}
+
+/* Exported: fmt 4 or 8, k a multiple of 32; returns 0 for another format or no memory. nt threads
+ * split the weight rows in groups of NRC; each group's rows stay in L1 across the input rows. */
+int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
+                     const float *x, int64_t mx, float *y, int nt) {
+    if ((fmt != 4 && fmt != 8) || k % QK) return 0;
+    int64_t nb = k / QK, ng = (nb + 3) / 4, stride = ng * 4 * QK;
+    int8_t *xq = (int8_t *)malloc((size_t)(mx * stride));
+    float *dx = (float *)malloc(sizeof(float) * (size_t)(2 * mx * ng * 4));
+    if (!xq || !dx) { free(xq); free(dx); return 0; }
+    float *sx = dx + mx * ng * 4;
+    for (int64_t i = 0; i < mx; i++) llmlab_i8_quantize(fmt, x + i * k, k, xq + i * stride, dx + i * ng * 4, sx + i * ng * 4);
+    int64_t groups = (rows + NRC - 1) / NRC;
+    if (nt > groups) nt = (int)groups;
+    if (nt < 1) nt = 1;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int64_t g0, g1;
+        share(groups, &g0, &g1);
+#if I8_ISA == 3
+        packed_group *pk = mx > 1 ? (packed_group *)aligned_alloc(64, sizeof(packed_group) * (size_t)(NRC * ng)) : NULL;
+#endif
+        for (int64_t gr = g0; gr < g1; gr++) {
+            int64_t r = gr * NRC;
+            int nr = rows - r < NRC ? (int)(rows - r) : NRC;
+            for (int64_t i = 0; i < mx; i++) {
+                const int8_t *xi = xq + i * stride;
+                const float *dxi = dx + i * ng * 4, *sxi = sx + i * ng * 4;
+#if I8_ISA == 3
+                float tmp[NRC];
+                if (pk) {
+                    if (i == 0) unpack_rows(fmt, qs, d, m, r, nr, nb, pk);
+                    rows_packed(fmt, pk, nr, nb, xi, dxi, sxi, tmp);
+                    memcpy(y + i * rows + r, tmp, sizeof(float) * (size_t)nr);
+                    continue;
+                }
+                int step = mx == 1 && NRC * nb * (fmt == 4 ? 16 : QK) > SPAN ? 1 : NRC;
+                for (int t = 0; t < nr; t += step)
+                    rows_vnni(fmt, qs, d, m, r + t, nr - t < step ? nr - t : step, nb, xi, dxi, sxi, tmp + t);
+                memcpy(y + i * rows + r, tmp, sizeof(float) * (size_t)nr);
+#else
+                for (int t = 0; t < nr; t++)
+#if I8_ISA == 2
+                    y[i * rows + r + t] = row_avx2(fmt, qs, d, m, r + t, nb, xi, dxi, sxi);
+#else
+                    y[i * rows + r + t] = row_portable(fmt, qs, d, m, r + t, nb, xi, dxi, sxi);
+#endif
+#endif
+            }
+        }
+#if I8_ISA == 3
+        free(pk);
+#endif
+    }
+    free(xq);
+    free(dx);
+    return 1;
+}
+
+/* The same product through the portable reference order whatever the build (tests compare). */
+int llmlab_i8_matmul_reference(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
+                               const float *x, int64_t mx, float *y) {
+    if ((fmt != 4 && fmt != 8) || k % QK) return 0;
+    int64_t nb = k / QK, ng = (nb + 3) / 4, stride = ng * 4 * QK;
+    int8_t *xq = (int8_t *)malloc((size_t)stride);
+    float *dx = (float *)malloc(sizeof(float) * (size_t)(8 * ng));
+    if (!xq || !dx) { free(xq); free(dx); return 0; }
+    for (int64_t i = 0; i < mx; i++) {
+        llmlab_i8_quantize(fmt, x + i * k, k, xq, dx, dx + 4 * ng);
+        for (int64_t r = 0; r < rows; r++) y[i * rows + r] = row_portable(fmt, qs, d, m, r, nb, xq, dx, dx + 4 * ng);
+    }
+    free(xq);
+    free(dx);
+    return 1;
+}
+
+int llmlab_i8_isa(void) { return I8_ISA; }

@@ -1,0 +1,141 @@
+"""int8-activation products against GGUF blocks (llmlab/kernels/ggml_i8.c): the activation
+rounding against a torch reference, integer dot products exact, every build (AVX-512 VNNI, AVX2,
+portable C) bit-equal to the portable reference order, rows independent of the batch and threads,
+and the result equal to float64 math on the rounded activations."""
+from __future__ import annotations
+
+import ctypes
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from llmlab.kernels import build as kernel, ggml
+from llmlab.kernels.ggml import QuantWeight, matmul, matmul_i8
+
+pytestmark = pytest.mark.skipif(kernel.load_i8() is None or kernel.load() is None,
+                                reason="no C compiler: the kernels are not built")
+
+
+def _builds():
+    """Every build this CPU can run: (name, library)."""
+    out = []
+    for arch in ("native", "avx2", "portable"):
+        try:
+            out.append((arch, kernel.open_i8(arch)))
+        except (RuntimeError, OSError):
+            pass
+    return out
+
+
+def _weight(qtype: str, rows: int, k: int, seed: int = 0) -> QuantWeight:
+    w = np.random.default_rng(seed).standard_normal((rows, k)).astype(np.float32) * 0.05
+    raw = gguf.quants.quantize(w, getattr(gguf.GGMLQuantizationType, qtype))
+    return QuantWeight.from_gguf(qtype, torch.from_numpy(np.ascontiguousarray(raw)).reshape(-1), (rows, k))
+
+
+def _quantize_ref(x: torch.Tensor):
+    """torch reference of the activation rounding: per 32-block dx = amax / 127, xq = round-half-even(x * 127 / amax)."""
+    xb = x.reshape(-1, 32)
+    amax = xb.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros_like(amax))
+    xq = torch.round(xb * inv)  # torch.round rounds half to even, like nearbyintf
+    return xq.to(torch.int8), (amax / 127.0)[:, 0], (amax / 127.0)[:, 0] * xq.sum(-1)
+
+
+def test_activation_rounding_matches_the_torch_reference():
+    lib = kernel.load_i8()
+    k = 96
+    x = torch.randn(k, generator=torch.Generator().manual_seed(0)) * 3
+    x[:32] = 0.0  # an all-zero block: scale 0, values 0
+    xq = torch.empty(128, dtype=torch.int8)
+    dx, sx = torch.empty(4), torch.empty(4)
+    lib.llmlab_i8_quantize(8, x.data_ptr(), k, xq.data_ptr(), dx.data_ptr(), sx.data_ptr())
+    rq, rdx, rsx = _quantize_ref(x)
+    assert torch.equal(xq[:k], rq.reshape(-1)) and torch.equal(xq[k:], torch.zeros(32, dtype=torch.int8))
+    assert torch.equal(dx[:3], rdx) and dx[3] == 0
+    assert torch.allclose(sx[:3], rsx, rtol=1e-6, atol=0)
+    assert int(xq.abs().max()) == 127  # some element reaches the block maximum
+
+
+@pytest.mark.parametrize("fmt", [4, 8])
+@pytest.mark.parametrize("k", [32, 96, 160, 576])  # 1, 3, 5 and 18 blocks: partial groups of 4
+def test_integer_dot_products_are_exact(fmt, k):
+    """With unit scales and integer activations whose block maximum is 127 the rounding is the
+    identity and every output is an integer sum: it must equal the int64 reference exactly."""
+    g = torch.Generator().manual_seed(k + fmt)
+    rows, nb = 7, k // 32
+    x = torch.randint(-127, 128, (3, k), generator=g).float()
+    x.view(3, nb, 32)[:, :, 5] = 127.0  # each block's max |x| is 127: dx = 1, xq = x
+    if fmt == 8:
+        q = torch.randint(-128, 128, (rows, k), generator=g, dtype=torch.int32)
+        w = QuantWeight(8, q.to(torch.int8), torch.ones(rows, nb), None)
+        ref = x.long() @ q.long().T
+    else:
+        q = torch.randint(0, 16, (rows, nb, 32), generator=g, dtype=torch.int32)
+        packed = (q[..., :16] | (q[..., 16:] << 4)).to(torch.uint8).reshape(rows, -1)
+        m = torch.randint(-3, 4, (rows, nb), generator=g).float()
+        w = QuantWeight(4, packed, torch.ones(rows, nb), m)
+        xs = x.long().view(3, nb, 32).sum(-1)  # sx = dx * sum(xq) = sum(x)
+        ref = x.long() @ q.reshape(rows, k).long().T + xs @ m.long().T
+    for name, lib in _builds():
+        y = matmul_i8(x, w, lib=lib)
+        assert torch.equal(y.double(), ref.double()), name
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
+def test_every_build_gives_the_reference_bits_for_any_batch_and_threads(qtype):
+    rows, k = 37, 576  # rows not a multiple of 4; 18 blocks: a partial group
+    w = _weight(qtype, rows, k, seed=3)
+    x = torch.randn(9, k, generator=torch.Generator().manual_seed(4))
+    ref = torch.empty(9, rows)
+    lib0 = kernel.load_i8()
+    assert lib0.llmlab_i8_matmul_reference(w.fmt, w.qs.data_ptr(), w.d.data_ptr(),
+                                           0 if w.m is None else w.m.data_ptr(), rows, k, x.data_ptr(), 9, ref.data_ptr())
+    builds = _builds()
+    assert builds[0][0] == "native"
+    for name, lib in builds:
+        for threads in (1, 2):
+            y = matmul_i8(x, w, threads, lib=lib)
+            assert torch.equal(y, ref), (name, threads)
+            for n in (1, 2, 5):
+                assert torch.equal(matmul_i8(x[:n], w, threads, lib=lib), ref[:n]), (name, threads, n)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
+def test_result_is_float64_math_on_the_rounded_activations(qtype):
+    rows, k = 64, 576
+    w = _weight(qtype, rows, k, seed=5)
+    x = torch.randn(4, k, generator=torch.Generator().manual_seed(6))
+    xq, dx, _ = _quantize_ref(x)
+    x_rounded = (xq.double() * dx.double()[:, None]).reshape(4, k)
+    wd = w.dequantize().double()
+    y = matmul_i8(x, w)
+    on_rounded = x_rounded @ wd.T
+    assert (y.double() - on_rounded).abs().max() < 1e-5 * on_rounded.abs().max()  # only fp32 rounding
+    exact = x.double() @ wd.T
+    rel = (y.double() - exact).norm() / exact.norm()
+    assert 1e-5 < rel < 0.02  # the activation rounding shows (not the exact path), and stays small
+
+
+def test_matmul_switch_routes_decode_calls_only(monkeypatch):
+    w = _weight("Q4_1", 40, 256, seed=7)
+    x = torch.randn(3, 256, generator=torch.Generator().manual_seed(8))
+    exact = matmul(x, w, int8=False)
+    if ggml.int8_isa() in (None, "portable"):
+        assert torch.equal(matmul(x, w, int8=True), exact)  # no SIMD int8: the exact path
+        return
+    assert torch.equal(matmul(x, w, int8=True), matmul_i8(x, w))
+    assert not torch.equal(matmul(x, w, int8=True), exact)
+    monkeypatch.setenv("LLMLAB_INT8_ACTIVATIONS", "1")
+    assert torch.equal(matmul(x, w), matmul_i8(x, w))
+    if ggml.has_gemm():
+        assert torch.equal(matmul(x, w, gemm=True), matmul(x, w, gemm=True, int8=False))  # prefill stays exact
+    q6 = QuantWeight(6, torch.randint(-32, 32, (8, 256), dtype=torch.int8), torch.rand(8, 16), None)  # Q6_K's form
+    assert matmul_i8(x, q6) is None and torch.equal(matmul(x, q6), matmul(x, q6, int8=False))
+
+
+def test_signatures_are_declared():
+    lib = kernel.load_i8()
+    assert lib.llmlab_i8_matmul.restype is ctypes.c_int and lib.llmlab_i8_isa() in (0, 2, 3)
