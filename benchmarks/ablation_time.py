@@ -12,8 +12,8 @@ training step), both measured, and the full grid is
 an ESTIMATE: it assumes the per-step time is constant over the run (no thermal or load change) and
 the workers stay balanced. The peer column is the issue's goal (3 hours on 2 cores).
 
-    python benchmarks/ablation_time.py            # ~5-10 minutes on 2 idle cores
-    python benchmarks/ablation_time.py --quick    # also times `llmlab ablate quick=true`, shorter budgets
+    python benchmarks/ablation_time.py            # ~6 minutes on 2 cores
+    python benchmarks/ablation_time.py --quick    # also times `llmlab ablate quick=true`; budgets 2 and 8
 
 Last line: {"benchmark": "ablation_time", "ours": {...}, "peer": {"hours": 3}, "ratio": {"goal_over_estimate": ..}}
 """
@@ -37,9 +37,12 @@ def run_grid(config: str, out: str, steps: int, groups: list[list[str]], extra: 
     """The grid at max_steps=steps, seed 0, one process per group list; -> wall seconds."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     t = time.perf_counter()
+    # one output dir per worker: rows of different groups share runs (each group's reference), and two
+    # workers must not train one run in one dir; a shared run is then timed by both (counted once)
     procs = [subprocess.Popen([sys.executable, "-m", "llmlab.cli", "ablate", config, f"max_steps={steps}", "seeds=0",
-                               f"output_dir={out}", "groups=" + ",".join(g), "progress=false", *extra],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for g in groups]
+                               f"output_dir={out}/w{i}", "groups=" + ",".join(g), "progress=false", *extra],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for i, g in enumerate(groups)]
     for p in procs:
         _, err = p.communicate()
         if p.returncode:
@@ -50,14 +53,14 @@ def run_grid(config: str, out: str, steps: int, groups: list[list[str]], extra: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs" / "ablate.yaml"))
-    ap.add_argument("--short", type=int, default=4, help="reference steps of the first measured budget")
-    ap.add_argument("--long", type=int, default=16, help="reference steps of the second")
+    ap.add_argument("--short", type=int, default=5, help="reference steps of the first measured budget")
+    ap.add_argument("--long", type=int, default=30, help="reference steps of the second")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="", help="work dir (default: a temporary one)")
-    ap.add_argument("--quick", action="store_true", help="budgets 2 and 6, and time `llmlab ablate quick=true`")
+    ap.add_argument("--quick", action="store_true", help="budgets 2 and 8, and time `llmlab ablate quick=true`")
     args = ap.parse_args()
     if args.quick:
-        args.short, args.long = 2, 6
+        args.short, args.long = 2, 8
     from llmlab.ablate.rows import ROWS, missing
     from llmlab.train.config import TrainConfig
     cfg = yaml.safe_load(Path(args.config).read_text())
@@ -71,7 +74,8 @@ def main() -> None:
         ours["quick_seconds"] = round(_quick(out), 1)
     walls = {s: run_grid(args.config, out, s, split, extra) for s in (args.short, args.long)}
     from llmlab.ablate.grid import read_results
-    res = read_results(Path(out) / "results.jsonl")
+    res = [r for i in range(args.workers) for r in read_results(Path(out) / f"w{i}" / "results.jsonl")
+           if "wall_seconds" in r]
     ref_fpt = next(r["flops_per_token"] for r in res if r["key"] == "reference")
     keys = list(dict.fromkeys(r["key"] for r in res))
     total, rows = 0.0, {}
@@ -80,8 +84,8 @@ def main() -> None:
         if len(runs) < 2 or runs[0]["steps"] == runs[-1]["steps"]:
             continue
         lo, hi = runs[0], runs[-1]
-        b = (hi["seconds"] - lo["seconds"]) / (hi["steps"] - lo["steps"])
-        a = max(0.0, lo["seconds"] - b * lo["steps"])
+        b = (hi["wall_seconds"] - lo["wall_seconds"]) / (hi["steps"] - lo["steps"])
+        a = max(0.0, lo["wall_seconds"] - b * lo["steps"])
         steps_full = max(1, round(full_steps * ref_fpt / lo["flops_per_token"]))  # equal FLOPs (grid.steps_for)
         rows[lo["row"]] = {"a_s": round(a, 1), "step_s": round(b, 3), "steps_full": steps_full,
                            "run_s": round(a + b * steps_full)}

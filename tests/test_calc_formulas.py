@@ -196,3 +196,5 @@ def test_bubble_with_measured_stage_times_and_transfer():
     assert pipeline.bubble_fraction_measured([1.0, 1.0], 4, 0.1) > pipeline.bubble_fraction(2, 4)
     with pytest.raises(ValueError):
         pipeline.bubble_fraction_measured([1.0, 0.0], 4)
+    # 0.5 s of runtime overhead per micro-batch on both stages of 1 s each: wall (1.5 + 1.5) + 3 * 1.5 = 7.5
+    assert pipeline.bubble_fraction_measured([1.0, 1.0], 4, 0.0, 0.5) == pytest.approx(1 - 4 / 7.5)
