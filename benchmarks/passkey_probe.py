@@ -14,10 +14,15 @@ import random
 import torch
 
 
+class _Bytes:
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("model_dir")
-    ap.add_argument("tokenizer_dir")
+    ap.add_argument("model_dir", nargs="?", help="an HF-style model dir (with --quick and none: a random toy model)")
+    ap.add_argument("tokenizer_dir", nargs="?")
     ap.add_argument("--length", type=int, nargs="+", default=[256])
     ap.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     ap.add_argument("--per-cell", type=int, default=8)
@@ -27,8 +32,17 @@ def main() -> None:
     from llmlab.model.hf import load_hf_dir
     from llmlab.tokenizer.bpe import load_tokenizer
     torch.set_num_threads(1)
-    model = load_hf_dir(args.model_dir).eval()
-    task = PasskeyTask(load_tokenizer(args.tokenizer_dir), keys="held_out")
+    if args.model_dir and args.tokenizer_dir:
+        model, tok = load_hf_dir(args.model_dir).eval(), load_tokenizer(args.tokenizer_dir)
+    elif args.quick:  # smoke run: a random 1-layer model over bytes (retrieves ~nothing)
+        from llmlab.model import ModelConfig, Transformer
+        torch.manual_seed(0)
+        model = Transformer(ModelConfig(vocab_size=256, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        max_position_embeddings=max(args.length))).eval()
+        tok = _Bytes()
+    else:
+        ap.error("give model_dir and tokenizer_dir (or --quick for a smoke run)")
+    task = PasskeyTask(tok, keys="held_out")
     per = 2 if args.quick else args.per_cell
     out = {}
     for length in args.length:
