@@ -11,7 +11,11 @@ schedule's bubble). The "peer"
 column is one process running the same global batch. Last line: JSON with ratio keys
   zero3_mem          DDP peak / FSDP2 peak per rank (goal >= 1.67)
   calc_mem_accuracy  min over DDP/ZeRO-1/ZeRO-2/FSDP2 of min(pred/measured, measured/pred), model states
-  bubble_accuracy    min over GPipe/1F1B of min(pred/measured, measured/pred)
+  bubble_accuracy    min over GPipe/1F1B of min(pred/measured, measured/pred), pred from the stages'
+                     measured times per micro-batch, the p2p transfer time and the runtime's overhead per
+                     micro-batch measured on a one-stage pipeline (calc.pipeline.bubble_fraction_measured)
+  bubble_accuracy_no_overhead   the same without the overhead term
+  bubble_accuracy_textbook   the same against (p-1)/(m+p-1)
 CPU figures: gloo over loopback, one thread per process; the machine may be shared (see docs).
 """
 from __future__ import annotations
@@ -50,7 +54,7 @@ def _tp_pp(model_kw: dict, global_bs: int, seq: int, steps: int, micro: int, pp_
     """TP (unless tp_too is off), then GPipe and 1F1B with each step's in-run stage busy time."""
     import torch.distributed as dist
 
-    from llmlab.distributed.pipeline import pipeline_step, split_stages
+    from llmlab.distributed.pipeline import p2p_seconds, pipeline_step, schedule_overhead_seconds, split_stages
     from llmlab.distributed.step_probe import global_batch
     from llmlab.model import ModelConfig, Transformer
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -67,6 +71,12 @@ def _tp_pp(model_kw: dict, global_bs: int, seq: int, steps: int, micro: int, pp_
             walls.append(pipeline_step(stage, rank, world, px, py, micro, sched)[1])
             busy.append(stage.busy_seconds)
         out[sched] = {"busy": busy, "wall": walls, "tokens_per_s": len(walls) * global_bs * seq / sum(walls)}
+    out["p2p_s"] = p2p_seconds((global_bs // micro, seq, model_kw["hidden_size"]), rank)  # one activation transfer
+    solo = [dist.new_group([r]) for r in range(world)][rank]  # every rank creates every group, in order
+    for sched in ("gpipe", "1f1b"):  # the runtime's own cost per micro-batch: the whole model as one stage
+        torch.manual_seed(0)
+        whole = Transformer(ModelConfig(**{**model_kw, "vocab_size": pp_vocab, "tie_word_embeddings": False}))
+        out[sched]["overhead_s"] = schedule_overhead_seconds(whole, px, py, micro, sched, solo)
     return out
 
 
@@ -96,7 +106,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=0, help="timed steps (default 8, 3 with --quick; pipeline: twice)")
     ap.add_argument("--only", choices=["all", "pp"], default="all", help="pp: the pipeline bubble alone (short)")
     args = ap.parse_args()
-    from llmlab.calc.pipeline import bubble_fraction, measured_bubble
+    from llmlab.calc.pipeline import bubble_fraction, bubble_fraction_measured, measured_bubble
     from llmlab.distributed.launch import spawn
     steps = args.steps or (3 if args.quick else 8)
     kw = dict(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
@@ -105,20 +115,31 @@ def main() -> None:
     two = spawn(_all, 2, modes, kw, args.batch, args.seq, steps, args.micro_batches, args.pp_vocab)
     ours = {}
     pred = bubble_fraction(2, args.micro_batches)
-    acc_b = []
+    acc_b, acc_comm, acc_text = [], [], []
+    c = two[0]["p2p_s"]
     for s in ("gpipe", "1f1b"):
         per_step = sorted(measured_bubble([two[k][s]["busy"][i] for k in (0, 1)], max(two[k][s]["wall"][i] for k in (0, 1)))
                           for i in range(len(two[0][s]["wall"])))
         meas = statistics.median(per_step)
+        t_stage = [statistics.median(two[k][s]["busy"]) / args.micro_batches for k in (0, 1)]
+        pred_c = bubble_fraction_measured(t_stage, args.micro_batches, c)
+        o = statistics.mean(two[k][s]["overhead_s"] for k in (0, 1))  # measured on a one-stage pipeline
+        pred_o = bubble_fraction_measured(t_stage, args.micro_batches, c, overhead_seconds=o)
         ours[s] = {"tokens_per_s": round(two[0][s]["tokens_per_s"]), "bubble": round(meas, 4), "bubble_pred": pred,
+                   "bubble_pred_comm": round(pred_c, 4), "micro_ms": [round(1e3 * t, 2) for t in t_stage],
+                   "p2p_ms": round(1e3 * c, 3), "overhead_ms": round(1e3 * o, 2),
+                   "bubble_pred_overhead": round(pred_o, 4),
                    "bubble_min": round(per_step[0], 4), "bubble_max": round(per_step[-1], 4),
                    "stage_busy_ratio": round(statistics.median(two[1][s]["busy"]) / statistics.median(two[0][s]["busy"]), 3)}
-        acc_b.append(min(pred / meas, meas / pred) if meas > 0 else 0.0)
+        acc_b.append(min(pred_o / meas, meas / pred_o) if meas > 0 else 0.0)
+        acc_comm.append(min(pred_c / meas, meas / pred_c) if meas > 0 else 0.0)
+        acc_text.append(min(pred / meas, meas / pred) if meas > 0 else 0.0)
     if not modes:
         for k, v in ours.items():
             print(f"{k:6s} " + "  ".join(f"{a}={b}" for a, b in v.items()))
         print(json.dumps({"benchmark": "distributed_pp", "ours": ours, "peer": {"bubble": pred},
-                          "ratio": {"bubble_accuracy": min(acc_b)}}))
+                          "ratio": {"bubble_accuracy": min(acc_b), "bubble_accuracy_no_overhead": min(acc_comm),
+                                    "bubble_accuracy_textbook": min(acc_text)}}))
         return
     one = spawn(_all, 1, ["ddp"], kw, args.batch, args.seq, steps, args.micro_batches)[0]["ddp"]
     for m in modes:
@@ -137,7 +158,8 @@ def main() -> None:
     print(f"one process: {peer}")
     print(json.dumps({"benchmark": "distributed", "ours": ours, "peer": peer, "ratio": {
         "zero3_mem": ours["ddp"]["peak_mib_per_rank"] / ours["fsdp"]["peak_mib_per_rank"],
-        "calc_mem_accuracy": acc_m, "bubble_accuracy": min(acc_b)}}))
+        "calc_mem_accuracy": acc_m, "bubble_accuracy": min(acc_b), "bubble_accuracy_no_overhead": min(acc_comm),
+                                    "bubble_accuracy_textbook": min(acc_text)}}))
 
 
 if __name__ == "__main__":

@@ -184,3 +184,17 @@ def test_calc_fit_bad_input(tmp_path):
         run_fit(FitConfig(data=str(small)))
     with pytest.raises(UserError, match="at least 2"):
         run_fit(FitConfig(data=str(small), hidden_sizes=[16]))
+
+
+def test_bubble_with_measured_stage_times_and_transfer():
+    """Equal stages and no transfer time give the textbook (p-1)/(m+p-1); a hand-drawn GPipe timeline
+    with stages of 1 s and 2 s per micro-batch and 0.5 s transfers gives the critical path
+    1 + 2 + 0.5 + 0.5 + (m-1) * 2 = 10 s for m = 4, busy 4 and 8 s, bubble 1 - 6/10."""
+    for p, m in ((2, 4), (4, 8), (1, 3)):
+        assert pipeline.bubble_fraction_measured([0.3] * p, m) == pytest.approx(pipeline.bubble_fraction(p, m))
+    assert pipeline.bubble_fraction_measured([1.0, 2.0], 4, 0.5) == pytest.approx(0.4)
+    assert pipeline.bubble_fraction_measured([1.0, 1.0], 4, 0.1) > pipeline.bubble_fraction(2, 4)
+    with pytest.raises(ValueError):
+        pipeline.bubble_fraction_measured([1.0, 0.0], 4)
+    # 0.5 s of runtime overhead per micro-batch on both stages of 1 s each: wall (1.5 + 1.5) + 3 * 1.5 = 7.5
+    assert pipeline.bubble_fraction_measured([1.0, 1.0], 4, 0.0, 0.5) == pytest.approx(1 - 4 / 7.5)

@@ -82,6 +82,11 @@ def _worker():
         busy = 4 * stage_busy_seconds(stage, x[:1], y[:1], CFG["hidden_size"])
         out[sched] = {"loss": None if loss is None else float(loss), "busy": busy, "wall": wall, "grads": grads,
                       "in_run": in_run}
+    # the bubble prediction's measured inputs: one p2p transfer, the runtime's time per micro-batch
+    from llmlab.distributed.pipeline import p2p_seconds, schedule_overhead_seconds
+    out["p2p"] = p2p_seconds((1, 8, CFG["hidden_size"]), rank, repeats=3)
+    solo = [dist.new_group([r]) for r in range(world)][rank]
+    out["overhead"] = schedule_overhead_seconds(_model(tie_word_embeddings=False), x, y, 4, "1f1b", solo, steps=1)
     return out
 
 
@@ -131,3 +136,5 @@ def test_model_parallel_modes_match_one_process():
         for k in (0, 1):  # the in-run clock: some compute, and less than the step it ran in
             assert 0 < r[k][sched]["in_run"] < r[k][sched]["wall"], (sched, k, r[k][sched])
             assert 0 < measured_bubble([r[k][sched]["in_run"]], r[k][sched]["wall"]) < 1
+    for k in (0, 1):
+        assert 0 < r[k]["p2p"] < 1 and 0 < r[k]["overhead"] < r[k]["1f1b"]["wall"], (r[k]["p2p"], r[k]["overhead"])

@@ -154,3 +154,28 @@ def test_rescale_keeps_weights_and_loss_by_position():
     assert pi(torch.randint(0, 40, (1, 64))).shape == (1, 64, 40)  # 4x the trained context is accepted
     yarn = rescale(base, "yarn", 4.0, 16, 64)
     assert yarn.config.rope_scaling["original_max_position_embeddings"] == 16
+
+
+def test_held_out_keys_and_training_filler_never_meet_the_evaluation():
+    from llmlab.ablate.mix import PasskeyMixLoader
+    from llmlab.eval.passkey import TRAIN_FILLERS, held_out_key
+    from llmlab.train.loader import TokenArrayLoader
+    tok = CharTok()
+    ev, tr = PasskeyTask(tok, keys="held_out"), PasskeyTask(tok, keys="train")
+    ev_keys = {ev.make(300, 0.5, random.Random(i)).key for i in range(200)}
+    tr_keys = {tr.make(300, 0.5, random.Random(i)).key for i in range(600)}
+    assert ev_keys and tr_keys and not ev_keys & tr_keys
+    assert all(held_out_key(k) for k in ev_keys) and not any(held_out_key(k) for k in tr_keys)
+    assert 0.2 < sum(held_out_key(str(k)) for k in range(10000, 30000)) / 20000 < 0.3  # about 1 in 4
+    with pytest.raises(UserError, match="keys"):
+        PasskeyTask(tok, keys="some")
+    assert not any(s.strip() + "." in FILLER for f in TRAIN_FILLERS for s in f.split(".") if s.strip())
+    e = tr.make(300, 0.0, random.Random(0), filler=tok.encode(" abc"))
+    assert tok.decode(e.ids).startswith(INTRO + NEEDLE.format(key=e.key) + " abc abc")
+    text = torch.randint(0, 32, (20_000,), generator=torch.Generator().manual_seed(0))  # < 32: no printable char
+    for share in (0.0, 1.0):  # the rows' filler: training sentences only, or the replaced corpus window only
+        x, _ = next(iter(PasskeyMixLoader(TokenArrayLoader(text, 300, 8), tr, 300, 1.0, seed=2, text_filler=share)))
+        rows = [tok.decode(r.tolist()) for r in x]
+        assert not any(FILLER[:20] in r for r in rows)
+        assert all(any(f[:20] in r for f in TRAIN_FILLERS) for r in rows) == (share == 0.0)
+        assert all(any(ord(c) < 32 for c in r) for r in rows) == (share == 1.0)

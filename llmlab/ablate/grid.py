@@ -20,6 +20,7 @@ import hashlib
 import json
 import shutil
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -198,7 +199,9 @@ def run(cfg: AblateConfig) -> list[dict]:
         run_dir = out / "runs" / f"{row.key}-seed{seed}"
         if bar is not None:
             bar.set_postfix_str(f"{row.group}: {row.name} seed {seed}")
+        t0 = time.perf_counter()
         rec = train_one(cfg, row, seed, corpus, tok, run_dir)
+        rec["wall_seconds"] = round(time.perf_counter() - t0, 2)  # build + train + evaluate + save
         with open(results_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints only serve resume

@@ -42,6 +42,8 @@ class LongCtxConfig:
     learning_rate: float = 3e-3
     passkey_fraction: float = field(default=0.5, metadata={"help": "share of each batch that is passkey rows"})
     copy_fraction: float = field(default=0.25, metadata={"help": "share of repeated-text rows (induction signal)"})
+    text_filler: float = field(default=0.5, metadata={"help": "share of passkey rows hidden in corpus text "
+                                                                      "(the rest in training-only filler sentences)"})
     factor: float = field(default=4.0, metadata={"help": "scale s of every method (fine-tune at s*T)"})
     ft_steps: int = field(default=60, metadata={"help": "fine-tune steps at s*T (0 = no fine-tuned rows)"})
     ft_learning_rate: float = 5e-4
@@ -106,7 +108,7 @@ def _train(cfg: LongCtxConfig, model, seq_len: int, batch: int, steps: int, lr: 
 
     text = TokenWindowLoader(corpus["train"], seq_len, batch, seed=cfg.seed + seed_offset)
     loader = PasskeyMixLoader(text, task, seq_len, cfg.passkey_fraction, seed=cfg.seed + seed_offset,
-                              copy_fraction=cfg.copy_fraction)
+                              copy_fraction=cfg.copy_fraction, text_filler=cfg.text_filler)
     tcfg = TrainConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, max_length=seq_len,
                        learning_rate=lr, warmup_steps=max(1, steps // 20), seed=cfg.seed, device="cpu",
                        report_to=["jsonl"], save_total_limit=1, save_steps=max(50, steps // 5),
@@ -150,7 +152,8 @@ def run(cfg: LongCtxConfig) -> list[dict]:
     corpus = prepare_corpus(cfg.corpus_dir + ("-quick" if cfg.quick else ""), cfg.max_docs, cfg.vocab_size,
                             progress=not cfg.quick)
     tok = load_tokenizer(corpus["tokenizer"])
-    task = PasskeyTask(tok)
+    task = PasskeyTask(tok, keys="held_out")  # evaluation: keys and filler never trained on
+    train_task = PasskeyTask(tok, keys="train")  # training rows: the other keys, TRAIN_FILLERS / corpus filler
     T = cfg.context
     max_len = max(max(cfg.multiples) * T, int(cfg.factor * T))  # positions any model here must take
     val = torch.cat([torch.from_numpy(s.tokens.astype("int64")) for s in open_shards(corpus["val"])])
@@ -166,7 +169,7 @@ def run(cfg: LongCtxConfig) -> list[dict]:
         torch.manual_seed(cfg.seed)
         return Transformer(base_cfg)
     base = _load_or_train(cfg, out, "base", fresh, seq_len=T, batch=cfg.batch_size, steps=cfg.max_steps,
-                          lr=cfg.learning_rate, corpus=corpus, task=task, seed_offset=0)
+                          lr=cfg.learning_rate, corpus=corpus, task=train_task, seed_offset=0)
     results_path = out / "results.jsonl"
     done = {(r["method"], r["fine_tuned"]): r for r in _read_jsonl(results_path)}
     ft_len = int(cfg.factor * T)
@@ -179,7 +182,7 @@ def run(cfg: LongCtxConfig) -> list[dict]:
             if ft:
                 model = _load_or_train(cfg, out, f"ft-{method}", lambda: model.train(), seq_len=ft_len,
                                        batch=ft_batch, steps=cfg.ft_steps, lr=cfg.ft_learning_rate, corpus=corpus,
-                                       task=task, seed_offset=1)
+                                       task=train_task, seed_offset=1)
                 model = rescale(model, method, cfg.factor, T, max_len)
             res = {"method": method, "fine_tuned": ft, **evaluate(model, cfg, task, val_windows),
                    "config": {k: v for k, v in asdict(cfg).items() if k not in ("methods", "quick")}}

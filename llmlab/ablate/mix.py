@@ -10,6 +10,11 @@ Passkey retrieval is copying through an induction head (Olsson et al. 2022), and
 holds only ~10 copied tokens among hundreds of predictable filler ones: at our budget no head
 formed (0 % at 1x T after 420 steps, docs/LOG.md). `copy_fraction` adds rows whose first half of a
 corpus window is repeated, the classic dense induction signal, so the mechanism forms in budget.
+
+Held out from the evaluation: pass a task with keys="train" (the evaluation asks keys="held_out"
+ones), and the rows' filler is never the evaluation's FILLER: a share `text_filler` of the passkey
+rows hide the key in the very corpus window they replace (natural text), the rest in one of
+TRAIN_FILLERS (repetitive sentences, none of them in FILLER). Depths are uniform in [0, 1].
 """
 from __future__ import annotations
 
@@ -18,18 +23,20 @@ import random
 import torch
 
 from llmlab.errors import UserError
-from llmlab.eval.passkey import PasskeyTask
+from llmlab.eval.passkey import TRAIN_FILLERS, PasskeyTask
 
 
 class PasskeyMixLoader:
     def __init__(self, text_loader, task: PasskeyTask, seq_len: int, passkey_fraction: float, seed: int = 0,
-                 copy_fraction: float = 0.0):
+                 copy_fraction: float = 0.0, text_filler: float = 0.5):
         if not (0.0 <= passkey_fraction and 0.0 <= copy_fraction and passkey_fraction + copy_fraction <= 1.0):
             raise UserError(f"passkey_fraction {passkey_fraction} + copy_fraction {copy_fraction} must be in [0, 1]")
         if seq_len + 1 < task.min_length():
             raise UserError(f"window {seq_len} is shorter than a passkey example ({task.min_length()} tokens)")
         self.text, self.task, self.seq_len, self.seed = text_loader, task, seq_len, seed
         self.fraction, self.copy, self.batches = passkey_fraction, copy_fraction, 0
+        self.text_filler = text_filler
+        self.fillers = [task.tok.encode(" " + f) for f in TRAIN_FILLERS]
 
     def __len__(self) -> int:
         return len(self.text)
@@ -42,7 +49,8 @@ class PasskeyMixLoader:
                 x, y = x.clone(), y.clone()
             if n:
                 rng = random.Random(f"{self.seed}-{self.batches}")
-                rows = torch.tensor([e.ids for e in self.task.batch(n, self.seq_len + 1, rng)])
+                rows = torch.tensor([self.task.make(self.seq_len + 1, rng.random(), rng, self._filler(x[i], rng)).ids
+                                     for i in range(n)])
                 x[:n], y[:n] = rows[:, :-1], rows[:, 1:]
             if c:  # w[:h] w[:h] ...: every token of the repeat is predictable by copying
                 w = torch.cat([x[n:n + c], y[n:n + c, -1:]], 1)
@@ -51,6 +59,11 @@ class PasskeyMixLoader:
                 x[n:n + c], y[n:n + c] = rep[:, :-1], rep[:, 1:]
             self.batches += 1
             yield x, y
+
+    def _filler(self, window: torch.Tensor, rng: random.Random) -> list[int]:
+        if rng.random() < self.text_filler:
+            return window.tolist()
+        return self.fillers[rng.randrange(len(self.fillers))]
 
     def state_dict(self) -> dict:
         return {"text": self.text.state_dict(), "batches": self.batches}

@@ -111,6 +111,45 @@ def stage_busy_seconds(stage: Stage, x_micro: torch.Tensor, y_micro: torch.Tenso
     return best
 
 
+def p2p_seconds(shape: tuple[int, ...], rank: int, repeats: int = 20) -> float:
+    """Median seconds of one point-to-point transfer of a float32 tensor of `shape` between ranks 0
+    and 1 (half a ping-pong round trip), on the current process group; other ranks return 0."""
+    import torch.distributed as dist
+    buf = torch.randn(shape)
+    times = []
+    dist.barrier()
+    for _ in range(repeats + 2):
+        t = time.perf_counter()
+        if rank == 0:
+            dist.send(buf, 1)
+            dist.recv(buf, 1)
+        elif rank == 1:
+            dist.recv(buf, 0)
+            dist.send(buf, 0)
+        times.append((time.perf_counter() - t) / 2)
+    times = sorted(times[2:])  # the first two warm the connection
+    return times[len(times) // 2] if rank in (0, 1) else 0.0
+
+
+def schedule_overhead_seconds(model, x, y, micro_batches: int, schedule: str, group, steps: int = 4) -> float:
+    """Median seconds per micro-batch that the pipelining runtime spends outside stage compute (schedule
+    bookkeeping, the loss, autograd around the stage) with no communication: the whole `model` as a
+    one-stage pipeline on `group` (a one-rank process group), wall - busy per step, over m."""
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+    whole = Stage(model, 0, model.config.num_hidden_layers, True, True)
+    stage = PipelineStage(whole, 0, 1, torch.device("cpu"), group=group)
+    sched = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[schedule](stage, micro_batches, loss_fn=lm_loss)
+    gaps = []
+    for i in range(steps + 1):
+        whole.clock.update(busy=0.0, t=0.0)
+        t = time.perf_counter()
+        sched.step(x, target=y, losses=[])
+        if i:  # the first step warms up
+            gaps.append(time.perf_counter() - t - whole.busy_seconds)
+    gaps.sort()
+    return gaps[len(gaps) // 2] / micro_batches
+
+
 def pipeline_step(stage_module: Stage, rank: int, stages: int, x, y, micro_batches: int, schedule: str = "gpipe"):
     """One training step's forward+backward through the pipeline; returns (loss or None, seconds).
     Afterwards `stage_module.busy_seconds` is the stage's compute time within this step."""

@@ -16,6 +16,7 @@ answer would produce (each step's prefix is then the right one), in one forward 
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,20 @@ INTRO = "Find the pass key in the text and remember it."
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = " What is the pass key? The pass key is"
+# Training-only filler (llmlab/ablate/mix.py): no sentence of it is in FILLER, so an evaluation on FILLER
+# asks a model for retrieval inside text it never saw as a haystack.
+TRAIN_FILLERS = (
+    "A river runs past the old mill. The road turns left at the bridge. Birds rest on the wall.",
+    "The cat sat by the door. Rain fell all night on the roof. The bread was still warm.",
+    "Ships wait in the harbor. The market opens at dawn. A bell rings twice at noon.",
+    "The lamp is on the desk. The window is open. The clock is slow. The tea is cold.",
+)
+KEY_SPLITS = ("all", "held_out", "train")
+
+
+def held_out_key(key: str) -> bool:
+    """The evaluation's share of keys (1 in 4, by a fixed hash): a model trained on `train` keys never saw them."""
+    return zlib.crc32(key.encode()) % 4 == 0
 
 
 @dataclass
@@ -42,12 +57,15 @@ class PasskeyExample:
 class PasskeyTask:
     """Builds passkey examples for one tokenizer (anything with `encode(text) -> list[int]`)."""
 
-    def __init__(self, tokenizer, digits: int = 5):
+    def __init__(self, tokenizer, digits: int = 5, filler: str = FILLER, keys: str = "all"):
+        """keys: "all", "held_out" (only keys with `held_out_key`, for evaluation) or "train" (only the others)."""
         if digits < 1:
             raise UserError(f"passkey digits must be >= 1, got {digits}")
-        self.tok, self.digits = tokenizer, digits
+        if keys not in KEY_SPLITS:
+            raise UserError(f"passkey keys must be one of {', '.join(KEY_SPLITS)}, got {keys!r}")
+        self.tok, self.digits, self.keys = tokenizer, digits, keys
         self.intro = tokenizer.encode(INTRO)
-        self.filler = tokenizer.encode(" " + FILLER)
+        self.filler = tokenizer.encode(" " + filler)
         self.question = tokenizer.encode(QUESTION)
         sample = self._needle("9" * digits)
         self.overhead = len(self.intro) + len(sample[0]) + len(self.question) + len(sample[1])
@@ -58,18 +76,26 @@ class PasskeyTask:
     def min_length(self) -> int:
         return self.overhead + 1
 
-    def make(self, length: int, depth: float, rng: random.Random) -> PasskeyExample:
-        """One example of exactly `length` tokens with the needle at relative `depth` of the filler."""
+    def _key(self, rng: random.Random) -> str:
+        for _ in range(10_000):  # rejection keeps the draw uniform over the split
+            key = str(rng.randrange(10 ** (self.digits - 1), 10 ** self.digits))
+            if self.keys == "all" or held_out_key(key) == (self.keys == "held_out"):
+                return key
+        raise UserError(f"no {self.digits}-digit key falls in the {self.keys!r} split")
+
+    def make(self, length: int, depth: float, rng: random.Random, filler: list[int] | None = None) -> PasskeyExample:
+        """One example of exactly `length` tokens with the needle at relative `depth` of the filler
+        (the task's filler sentence repeated, or the given filler token ids)."""
         if not 0.0 <= depth <= 1.0:
             raise UserError(f"passkey depth must be in [0, 1], got {depth}")
-        key = str(rng.randrange(10 ** (self.digits - 1), 10 ** self.digits))
+        key = self._key(rng)
         needle, answer = self._needle(key)
         n_fill = length - len(self.intro) - len(needle) - len(self.question) - len(answer)
         if n_fill < 1:
             raise UserError(f"passkey length {length} is too short: the fixed text takes "
                             f"{length - n_fill} tokens (min {self.min_length()})")
-        reps = n_fill // len(self.filler) + 1
-        fill = (self.filler * reps)[:n_fill]
+        filler = list(filler) if filler else self.filler
+        fill = (filler * (n_fill // len(filler) + 1))[:n_fill]
         before = int(round(depth * n_fill))
         ids = self.intro + fill[:before] + needle + fill[before:] + self.question + answer
         assert len(ids) == length
