@@ -19,6 +19,7 @@ from llmlab.embed.vectors import WordVectors
 from llmlab.log import get_logger
 
 SLICE_TOKENS = 1_000_000
+W2V_INIT_WIDTH = 1.0  # experiment hook
 
 
 @dataclass
@@ -66,7 +67,7 @@ def train(vocab: vocab_mod.Vocab, corpus: vocab_mod.Corpus, s: TrainSettings, pr
         sub_start, sub_idx = subword_rows(vocab.words, s.min_n, s.max_n, s.bucket)
         rows = v + s.bucket
     # uniform(-0.5/d, 0.5/d) as word2vec.c; fastText (and gensim's FastText): uniform(-1/d, 1/d)
-    scale = (2.0 if s.fasttext else 1.0) / d
+    scale = (2.0 if s.fasttext else W2V_INIT_WIDTH) / d
     syn0 = np.empty((rows, d), dtype=np.float32)
     if lib is not None:
         lib.llmlab_uniform_init(syn0.ctypes.data, syn0.size, s.seed, scale, max(1, s.workers))
