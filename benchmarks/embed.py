@@ -128,7 +128,7 @@ def main() -> None:
             o, p = ([r[k] for r in runs[side][m]] for side in ("ours", "peer"))
             sd = (lambda x: statistics.stdev(x) if len(x) > 1 else 0.0)
             print(f"{m} {k}: ours {statistics.mean(o):.4f} +- {sd(o):.4f}, gensim {statistics.mean(p):.4f} +- "
-                  f"{sd(p):.4f}, per-seed ratio {' '.join(f'{a / b:.3f}' for a, b in zip(o, p))}", file=sys.stderr)
+                  f"{sd(p):.4f}, per-seed ratio {' '.join(f'{a / b:.3f}' if b else 'n/a' for a, b in zip(o, p))}", file=sys.stderr)
     med = {side: {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in d.items()}
            for side, d in runs.items()}
     ours = {f"{m}_{k}": round(v, 4) for m, d in med["ours"].items() for k, v in d.items()}
