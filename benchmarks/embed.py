@@ -10,7 +10,9 @@ window 5, negative 5 (HS: none), min_count 5, sample 1e-3, alpha 0.025, `--worke
 words_s: corpus tokens x epochs / training seconds (vocabulary building excluded for both: ours
 encodes the corpus while counting, gensim looks words up while training). total_s: vocabulary +
 training seconds. analogy: questions-words.txt 3CosAdd accuracy over the 30k most frequent
-words (gensim's evaluate_word_analogies on gensim's vectors); ws353 / simlex: Spearman.
+words (gensim's evaluate_word_analogies' method), both sides over the same vocabulary order
+(ours; analogy_gorder: gensim's), since equal-count words at rank 30k decide which questions
+count; ws353 / simlex: Spearman.
 Medians over seeds. Last line: one JSON object; ratios are ours / gensim (higher is better).
 """
 from __future__ import annotations
@@ -23,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llmlab.embed import corpus, evaluate, vocab as vocab_mod  # noqa: E402
@@ -33,13 +37,34 @@ MODELS = {"w2v": dict(sg=1, hs=0, negative=5), "cbow": dict(sg=0, hs=0, negative
           "sg_hs": dict(sg=1, hs=1, negative=0), "ft": dict(sg=1, hs=0, negative=5, fasttext=True)}
 
 
-def quality(kv: WordVectors) -> dict:
+def in_order(kv: WordVectors, words: list[str]) -> WordVectors:
+    """The same vectors with the vocabulary in the order `words` (the same word set)."""
+    if len(words) != len(kv.words) or set(words) != set(kv.words):
+        raise SystemExit("ours and gensim built different vocabularies: the comparison would be unfair")
+    return WordVectors(words, kv.vectors[[kv.index[w] for w in words]])
+
+
+def quality(kv: WordVectors, orders: dict) -> dict:
+    """Both sides are evaluated over the same vocabulary order: 'restricted to the 30k most
+    frequent words' depends on how words of equal count are ordered (ours: first occurrence
+    first; gensim: last first), and that alone moved gensim's accuracy by ~2 % (docs/embed.md).
+    analogy: in our order; analogy_gorder: in gensim's order (both sides, same vectors)."""
+    kv, kv_g = in_order(kv, orders["ours"]), in_order(kv, orders["gensim"])
     return {"analogy": evaluate.analogies(kv, restrict=30000)["accuracy"],
+            "analogy_gorder": evaluate.analogies(kv_g, restrict=30000)["accuracy"],
             "ws353": evaluate.word_pairs(kv, evaluate.gensim_test_file("wordsim353.tsv"))["spearman"],
             "simlex": evaluate.word_pairs(kv, evaluate.gensim_test_file("simlex999.txt"))["spearman"]}
 
 
-def run_ours(sents, model: str, args, seed: int) -> dict:
+def vocab_orders(sents) -> dict:
+    """Our vocabulary order and gensim's (descending count; ties: gensim puts the word seen
+    last first, np.lexsort((-first_seen, -count)) in KeyedVectors.sort_by_descending_frequency)."""
+    vocab, _ = vocab_mod.build(sents, min_count=5)
+    gorder = np.lexsort((-np.arange(len(vocab)), -vocab.counts))  # ours is first-seen order within ties
+    return {"ours": list(vocab.words), "gensim": [vocab.words[i] for i in gorder]}
+
+
+def run_ours(sents, model: str, args, seed: int, orders: dict) -> dict:
     t0 = time.perf_counter()
     vocab, enc = vocab_mod.build(sents, min_count=5)
     t1 = time.perf_counter()
@@ -47,10 +72,10 @@ def run_ours(sents, model: str, args, seed: int) -> dict:
                       workers=args.workers, seed=seed, **MODELS[model])
     kv = train(vocab, enc, s, progress=False)
     t2 = time.perf_counter()
-    return {"train_s": t2 - t1, "total_s": t2 - t0, **quality(kv)}
+    return {"train_s": t2 - t1, "total_s": t2 - t0, **quality(kv, orders)}
 
 
-def run_gensim(sents, model: str, args, seed: int) -> dict:
+def run_gensim(sents, model: str, args, seed: int, orders: dict) -> dict:
     from gensim.models import FastText, Word2Vec
 
     kw = dict(MODELS[model])
@@ -62,7 +87,9 @@ def run_gensim(sents, model: str, args, seed: int) -> dict:
     m.train(sents, total_examples=m.corpus_count, epochs=args.epochs)
     t2 = time.perf_counter()
     kv = WordVectors(list(m.wv.index_to_key), m.wv.vectors)  # vectors: fastText's word + n-gram mean
-    return {"train_s": t2 - t1, "total_s": t2 - t0, **quality(kv)}
+    if kv.words != orders["gensim"]:
+        raise SystemExit("gensim's vocabulary order is not the one vocab_orders() predicts")
+    return {"train_s": t2 - t1, "total_s": t2 - t0, **quality(kv, orders)}
 
 
 def main() -> None:
@@ -84,17 +111,24 @@ def main() -> None:
     n_tok = sum(map(len, sents))
     print(f"corpus: {n_tok:,} tokens, {len(sents):,} sentences; epochs {args.epochs}, workers {args.workers}, "
           f"seeds {args.seeds}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus", file=sys.stderr)
+    orders = vocab_orders(sents)
     runs: dict = {side: {m: [] for m in models} for side in ("ours", "peer")}
     for seed in range(1, args.seeds + 1):
         for m in models:
             order = [("ours", run_ours), ("peer", run_gensim)]
             for side, fn in (order if seed % 2 else order[::-1]):
-                r = fn(sents, m, args, seed)
+                r = fn(sents, m, args, seed, orders)
                 r["words_s"] = n_tok * args.epochs / r["train_s"]
                 runs[side][m].append(r)
                 print(f"seed {seed} {m:6s} {side}: {r['words_s']:>10,.0f} words/s  train {r['train_s']:6.1f}s  "
-                      f"total {r['total_s']:6.1f}s  analogy {r['analogy']:.4f}  ws353 {r['ws353']:.4f}  "
+                      f"total {r['total_s']:6.1f}s  analogy {r['analogy']:.4f} (gensim order {r['analogy_gorder']:.4f})  ws353 {r['ws353']:.4f}  "
                       f"simlex {r['simlex']:.4f}", file=sys.stderr)
+    for m in models:  # per-seed ratios and mean +- std: at accuracy ~0.1 one seed is noisy
+        for k in ("analogy", "analogy_gorder"):
+            o, p = ([r[k] for r in runs[side][m]] for side in ("ours", "peer"))
+            sd = (lambda x: statistics.stdev(x) if len(x) > 1 else 0.0)
+            print(f"{m} {k}: ours {statistics.mean(o):.4f} +- {sd(o):.4f}, gensim {statistics.mean(p):.4f} +- "
+                  f"{sd(p):.4f}, per-seed ratio {' '.join(f'{a / b:.3f}' if b else 'n/a' for a, b in zip(o, p))}", file=sys.stderr)
     med = {side: {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in d.items()}
            for side, d in runs.items()}
     ours = {f"{m}_{k}": round(v, 4) for m, d in med["ours"].items() for k, v in d.items()}
@@ -104,7 +138,7 @@ def main() -> None:
         o, p = med["ours"][m], med["peer"][m]
         ratio[f"{m}_words_s"] = round(o["words_s"] / p["words_s"], 3)
         ratio[f"{m}_total_s"] = round(p["total_s"] / o["total_s"], 3)
-        for k in ("analogy", "ws353", "simlex"):
+        for k in ("analogy", "analogy_gorder", "ws353", "simlex"):
             ratio[f"{m}_{k}"] = round(o[k] / p[k], 3) if p[k] > 0 else None
     print(json.dumps({"benchmark": "embed", "tokens": n_tok, "epochs": args.epochs, "seeds": args.seeds,
                       "workers": args.workers, "load_avg": round(os.getloadavg()[0], 1),

@@ -157,3 +157,17 @@ def test_reference_is_the_fallback(monkeypatch):
     vocab, corpus = _toy()
     kv = train(vocab, corpus, TrainSettings(vector_size=8, epochs=1, sg=1), progress=False)
     assert np.isfinite(kv.vectors).all() and reference.SplitMix64(1).next() != reference.SplitMix64(2).next()
+
+
+def test_initial_vectors_word2vec_c_range_and_gensim_4_twice_as_wide():
+    """Epochs 0 returns the initial input rows: uniform in [-0.5/d, 0.5/d) as word2vec.c.
+    gensim 4 (the benchmark's peer) draws from [-1/d, 1/d): a known difference (docs/embed.md)."""
+    from gensim.models.keyedvectors import prep_vectors
+
+    vocab, corpus = _toy()
+    d = 50
+    x = train(vocab, corpus, TrainSettings(vector_size=d, epochs=0, sg=1), progress=False).vectors
+    g = prep_vectors(x.shape, seed=1)
+    assert np.abs(x).max() <= 0.5 / d and np.abs(x).max() > 0.45 / d
+    np.testing.assert_allclose(x.std(), 0.5 / d / np.sqrt(3), rtol=0.05)  # uniform's std
+    np.testing.assert_allclose(g.std(), 2 * x.std(), rtol=0.05)

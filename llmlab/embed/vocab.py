@@ -1,6 +1,8 @@
 """Vocabulary: one pass over the sentences counts words and keeps the corpus as temporary ids;
-the vocabulary is then sorted by descending count (ties: first occurrence) and cut by
-`min_count` and `max_vocab_size`; the corpus becomes an int32 id array with sentence offsets.
+the vocabulary is then sorted by descending count (ties: first occurrence; gensim 4 puts the
+word seen last first, which matters when comparing evaluations restricted to the top-k words)
+and cut by `min_count` and `max_vocab_size`; the corpus becomes an int32 id array with sentence
+offsets.
 
 Subsampling (Mikolov et al. 2013) follows the reference word2vec.c, not the paper: with
 t = sample * (total words) and c = a word's count, keep it with probability

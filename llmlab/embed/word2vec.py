@@ -19,6 +19,11 @@ from llmlab.embed.vectors import WordVectors
 from llmlab.log import get_logger
 
 SLICE_TOKENS = 1_000_000
+# word2vec input rows start uniform in [-W/(2d), W/(2d)): W = 1 is word2vec.c's (rand - 0.5) / d;
+# gensim 4's prep_vectors draws (2u - 1) / d, i.e. W = 2 (gensim 3 seeded each word's row from
+# hash(word + seed) with word2vec.c's range). Kept at word2vec.c's: see docs/embed.md, "The
+# word2vec analogy gap", for the measurement.
+W2V_INIT_WIDTH = 1.0
 
 
 @dataclass
@@ -65,8 +70,8 @@ def train(vocab: vocab_mod.Vocab, corpus: vocab_mod.Corpus, s: TrainSettings, pr
 
         sub_start, sub_idx = subword_rows(vocab.words, s.min_n, s.max_n, s.bucket)
         rows = v + s.bucket
-    # uniform(-0.5/d, 0.5/d) as word2vec.c; fastText (and gensim's FastText): uniform(-1/d, 1/d)
-    scale = (2.0 if s.fasttext else 1.0) / d
+    # word2vec: uniform(-0.5/d, 0.5/d) as word2vec.c; fastText (and gensim's FastText): uniform(-1/d, 1/d)
+    scale = (2.0 if s.fasttext else W2V_INIT_WIDTH) / d
     syn0 = np.empty((rows, d), dtype=np.float32)
     if lib is not None:
         lib.llmlab_uniform_init(syn0.ctypes.data, syn0.size, s.seed, scale, max(1, s.workers))
