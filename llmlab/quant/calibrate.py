@@ -169,7 +169,9 @@ def layerwise(model, windows: torch.Tensor, want: set[str], quantize_layer, max_
               batch_size: int = 4) -> None:
     """Sequential calibration, as GPTQ's and AWQ's reference code do: the inputs of block i are
     the outputs of the already-quantized blocks before it. quantize_layer(names, stats) changes
-    block i's Linears in place; then block i is run again to give block i+1 its inputs.
+    block i's Linears in place (its third argument, (block, block inputs, the block's other
+    positional arguments), lets a method score a whole sub-module such as the attention);
+    then block i is run again to give block i+1 its inputs.
     Cost: about two forward passes over the calibration set."""
     layers = model.model.layers
     xs, rest = [], []
@@ -197,7 +199,7 @@ def layerwise(model, windows: torch.Tensor, want: set[str], quantize_layer, max_
                 g.step(layer, x, *rest)
         finally:
             stats = g.close()
-        quantize_layer(list(mods), stats)
+        quantize_layer(list(mods), stats, (layer, xs, rest))
         xs = [layer(x, *rest) for x in xs]
 
 
