@@ -95,7 +95,7 @@ def gguf_rows(a) -> None:
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     from llmlab.quant.gguf_export import write_gguf
     base, tok = load_model_and_tokenizer(a.model)
-    ev = calibrate.token_windows(tok, calibrate.wiki_split(True), a.eval_windows, a.length)
+    ev = calibrate.token_windows(tok, texts(a, True), a.eval_windows, a.length)
     out = {}
     with tempfile.TemporaryDirectory() as td:
         for fmt in ("F32", "F16", "Q8_0", "Q4_1", "Q4_0"):
@@ -116,6 +116,15 @@ def gguf_rows(a) -> None:
     print(json.dumps({"benchmark": "quant_gguf", "ours": out}))
 
 
+def texts(a, heldout: bool) -> list[str]:
+    """Held-out / calibration documents: the Wikipedia extracts split as the data pipeline splits
+    them, or with --data-dir the wiki_en documents of a `llmlab data build` output's val.jsonl /
+    train.jsonl (for a model pretrained on that output: text it never saw / text it trained on)."""
+    if a.data_dir:
+        return calibrate.split_texts(a.data_dir, "val" if heldout else "train")
+    return calibrate.wiki_split(heldout)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2")
@@ -129,6 +138,8 @@ def main() -> None:
     ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,awq4m,nf4,w8a8,sq,int8); "
                     "default all (--quick: rtn4,gptq4,awq4,sq)")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--data-dir", default="", help="held-out/calibration text from this `llmlab data build` output "
+                    "(val.jsonl / train.jsonl, wiki_en documents) instead of the default Wikipedia split")
     ap.add_argument("--gguf", action="store_true", help="instead: the GGUF export table (size, ppl, decode tok/s)")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -138,8 +149,8 @@ def main() -> None:
     base, tok = load_model_and_tokenizer(a.model)
     base.__dict__.pop("quantized", None)  # the packaged blocks: every row here runs fp32 matmuls
     n_ev, n_cal = (4, 4) if a.quick else (a.eval_windows, a.calib_windows)
-    ev = calibrate.token_windows(tok, calibrate.wiki_split(True), n_ev, a.length)
-    cal = calibrate.token_windows(tok, calibrate.wiki_split(False), n_cal, a.length, seed=1)
+    ev = calibrate.token_windows(tok, texts(a, True), n_ev, a.length)
+    cal = calibrate.token_windows(tok, texts(a, False), n_cal, a.length, seed=1)
     keys = set(a.rows.split(",")) if a.rows else QUICK if a.quick else {r[0] for r in rows(a.group)}
     t0 = time.perf_counter()
     fp = calibrate.perplexity(base, ev).perplexity
@@ -149,7 +160,7 @@ def main() -> None:
           f"{time.perf_counter() - t0:.0f}s)", flush=True)
     ours = {"fp32": fp}
     todo = [r for r in rows(a.group) if r[0] in keys]
-    table = [("fp32 (decoded packaged weights)", fp, 0.0, 4 * sum(p.numel() for p in base.parameters()), 0.0)]
+    table = [("fp32 (decoded packaged weights)" if a.model == "smollm2" else "fp32", fp, 0.0, 4 * sum(p.numel() for p in base.parameters()), 0.0)]
     for key, label, method, kw in todo:
         m = copy.deepcopy(base)
         t = time.perf_counter()
@@ -175,7 +186,7 @@ def main() -> None:
     if "sq" in ours:
         ratio["int8_ppl"] = fp / ours["sq"]
     res = {"benchmark": "quant_methods", "ours": ours, "peer": peer, "ratio": ratio,
-           "conditions": {"model": a.model, "eval_tokens": n_ev * a.length, "calib_tokens": n_cal * a.length, "group": a.group,
+           "conditions": {"model": a.model, "data_dir": a.data_dir, "eval_tokens": n_ev * a.length, "calib_tokens": n_cal * a.length, "group": a.group,
                           "threads": 1}}
     if a.out:
         with open(a.out, "w") as f:

@@ -235,3 +235,31 @@ def test_awq_attention_objective_picks_the_least_attention_error():
                 p.weight.copy_(w)
     assert a == errs.index(min(errs)) / 20 and min(errs) < errs[0]
     assert torch.equal(attn.q_proj.weight, ws[0])  # the loss restores the weights
+
+
+def test_awq_clip_search_equals_the_elementwise_reference():
+    """search_clip's d H d^T form chooses what AutoAWQ's elementwise form (rows x groups x gs
+    products, written out here) chooses, ragged last group included."""
+    from llmlab.quant.awq import search_clip
+    torch.manual_seed(0)
+    w, x = torch.randn(40, 80) * 0.05, _inputs(n=96, k=80)
+    w[:, 3] *= 8  # outliers worth clipping around
+    gs, n_groups = 32, 3  # 80 = 32 + 32 + 16
+    got = search_clip(w, x, 4, gs, False, n_rows=96)
+    ref = torch.empty_like(w)
+    for c in range(w.shape[0]):
+        for g in range(n_groups):
+            sl = slice(g * gs, min((g + 1) * gs, 80))
+            wg, xg = w[c:c + 1, sl], x[:, sl]
+            # float32 clip values as the code computes them: a clip of both ends puts the zero-point
+            # at 7.5, where the last bit of mx decides the rounding
+            y, amax = xg @ wg.t(), wg.abs().amax()
+            errs = []
+            for i in range(10):
+                mx = amax * (1 - i / 20)
+                q = rtn_fq(torch.maximum(torch.minimum(wg, mx), -mx), 4, wg.shape[1], False)
+                errs.append(float(((xg @ q.t() - y) ** 2).mean()))
+            mx = amax * (1 - errs.index(min(errs)) / 20)
+            ref[c, sl] = torch.maximum(torch.minimum(wg, mx), -mx)
+    assert torch.allclose(got, ref, atol=1e-7)
+    assert not torch.equal(got, w)  # some group was clipped

@@ -31,6 +31,21 @@ def wiki_split(heldout: bool) -> list[str]:
     return [t for t in wiki_en() if is_val(t, HELDOUT_FRACTION, HELDOUT_SEED) == heldout]
 
 
+def split_texts(data_dir: str, split: str, source: str = "wiki_en") -> list[str]:
+    """The documents of one `source` in a `llmlab data build` output's train.jsonl / val.jsonl:
+    for a model pretrained on that output, val.jsonl is exactly the text it never saw."""
+    import json
+    from pathlib import Path
+    p = Path(data_dir) / f"{split}.jsonl"
+    if not p.is_file():
+        raise UserError(f"{p} not found (expected a `llmlab data build` output directory)")
+    with p.open(encoding="utf-8") as f:
+        out = [d["text"] for d in map(json.loads, f) if d.get("source", source) == source]
+    if not out:
+        raise UserError(f"{p}: no documents from source '{source}'")
+    return out
+
+
 def token_windows(tok, texts: list[str], n: int, length: int, seed: int = 0) -> torch.Tensor:
     """n windows of `length` tokens cut from the texts (each text encoded once, an EOS between
     texts), documents taken in a seeded order; fewer than n available -> UserError."""
