@@ -69,10 +69,26 @@ def finetune_rtn(base, windows, a, lr: float):
     return m
 
 
+def byte_model(docs: list[str], steps: int, length: int):
+    """No --model: a tiny LLaMA over bytes (256 byte tokens + EOS), pretrained here in fp32 for
+    `steps` steps on `docs`, so the benchmark runs with nothing but the package data."""
+    from llmlab.model.config import ModelConfig
+    from llmlab.model.transformer import Transformer
+    from llmlab.tokenizer.bpe import ByteLevelBPE
+    tok = ByteLevelBPE([bytes([i]) for i in range(256)] + [None], [], {"<|endoftext|>": 256},
+                       eos_token="<|endoftext|>")
+    model = Transformer(ModelConfig(vocab_size=257, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+                                    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=length))
+    train(model, calibrate.token_windows(tok, docs, steps * 8, length, seed=3), steps, 8, 3e-3)
+    return model, tok
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", required=True, help="an HF-style model dir trained here (e.g. the speedrun's)")
-    ap.add_argument("--data-dir", required=True, help="its `llmlab data build` output (train.jsonl, val.jsonl)")
+    ap.add_argument("--model", default="", help="an HF-style model dir trained here (e.g. the speedrun's); "
+                    "none: a tiny byte-level model pretrained here first (a smoke test)")
+    ap.add_argument("--data-dir", default="", help="its `llmlab data build` output (train.jsonl, val.jsonl); "
+                    "none: the Wikipedia extracts split as the data pipeline splits them")
     ap.add_argument("--quick", action="store_true", help="a tiny slice: ~1 minute")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch", type=int, default=8)
@@ -88,12 +104,17 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
-    base, tok = load_model_and_tokenizer(a.model)
-    base.__dict__.pop("quantized", None)
     if a.quick:
         a.steps, a.eval_windows, a.calib_windows = 20, 8, 8
-    train_docs = calibrate.split_texts(a.data_dir, "train")
+    train_docs = calibrate.split_texts(a.data_dir, "train") if a.data_dir else calibrate.wiki_split(False)
+    heldout_docs = calibrate.split_texts(a.data_dir, "val") if a.data_dir else calibrate.wiki_split(True)
+    if a.model:
+        from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
+        base, tok = load_model_and_tokenizer(a.model)
+        base.__dict__.pop("quantized", None)
+    else:
+        base, tok = byte_model([t for t in train_docs if not is_val(t, 0.05, 1)], 150, a.length)
+        base.eval()
     val_docs = [t for t in train_docs if is_val(t, 0.05, 1)]
     fit_docs = [t for t in train_docs if not is_val(t, 0.05, 1)]
     windows = calibrate.token_windows(tok, fit_docs, a.steps * a.batch, a.length, seed=2)
@@ -109,7 +130,7 @@ def main() -> None:
         print(json.dumps({"benchmark": "quant_qat_lr_sweep", "ours": {str(k): v for k, v in res.items()},
                           "peer": {"fp32": fp}, "ratio": {"best_lr": best}}))
         return
-    ev = calibrate.token_windows(tok, calibrate.split_texts(a.data_dir, "val"), a.eval_windows, a.length)
+    ev = calibrate.token_windows(tok, heldout_docs, a.eval_windows, a.length)
     cal = calibrate.token_windows(tok, fit_docs, a.calib_windows, a.length, seed=1)
     fp = calibrate.perplexity(base, ev).perplexity
     print(f"fp32 ppl {fp:.4f} ({a.eval_windows} x {a.length} held-out tokens)", flush=True)
