@@ -63,9 +63,15 @@ def _attention_loss(names: list[str], ctx, n_seq: int = 8):
     attn = block.self_attn
     if not hasattr(block, "input_layernorm") or getattr(block, "placement", "pre") != "pre":
         return None
+    batches, n = [], 0
+    for b in xs:  # whole calibration batches (a mask in `rest` is shaped for one)
+        if n >= n_seq:
+            break
+        batches.append(b)
+        n += b.shape[0]
     with torch.no_grad():
-        x = block.input_layernorm(torch.cat(xs)[:n_seq])
-        ref = attn(x, *rest)
+        xn = [block.input_layernorm(b) for b in batches]
+        refs = [attn(x, *rest) for x in xn]
     projs = [attn.q_proj, attn.k_proj, attn.v_proj]
 
     @torch.no_grad()
@@ -74,7 +80,8 @@ def _attention_loss(names: list[str], ctx, n_seq: int = 8):
         try:
             for p, w in zip(projs, ws):
                 p.weight.data = w.to(saved[0].dtype)
-            return float(((attn(x, *rest) - ref) ** 2).mean())
+            return sum(float(((attn(x, *rest) - r) ** 2).sum()) for x, r in zip(xn, refs)) / sum(
+                r.numel() for r in refs)
         finally:
             for p, w in zip(projs, saved):
                 p.weight.data = w
