@@ -129,7 +129,7 @@ def test_layerwise_stats_equal_one_pass_when_nothing_changes(tiny_config):
     names = list(calibrate.quantizable_linears(model))
     once = calibrate.collect(model, calib, names, {"hessian"}, batch_size=2)
     seen = {}
-    calibrate.layerwise(model, calib, {"hessian"}, lambda ns, st: seen.update(st), batch_size=2)
+    calibrate.layerwise(model, calib, {"hessian"}, lambda ns, st, ctx: seen.update(st), batch_size=2)
     assert set(seen) == set(names)
     for n in names:
         assert torch.allclose(seen[n].H, once[n].H, atol=1e-6), n
@@ -156,3 +156,110 @@ def test_awq_module_objective():
     s1, a1 = search_scale(ws, x, mean_abs, 4, 32, False)
     s2, a2 = search_scale(ws, x, mean_abs, 4, 32, False, out_fn=lambda ys: torch.cat(ys, -1))
     assert a1 == a2 and torch.equal(s1, s2)
+
+
+def test_ragged_last_group_is_its_own_group():
+    """g128 on a 576-wide row (SmolLM2): 4 groups of 128 and one of 64, each quantized exactly as
+    if alone (zero padding changes neither absmax nor the zero-point range)."""
+    from llmlab.quant.ptq import fake_quant, qparams, rtn_fake
+    torch.manual_seed(0)
+    w = torch.randn(6, 576) + 0.3
+    for sym in (False, True):
+        q = rtn_fake(w, 4, 128, sym)
+        for c0, c1 in ((0, 128), (384, 512), (512, 576)):
+            g = w[:, c0:c1]
+            s, z = qparams(g, 4, sym)
+            assert torch.equal(q[:, c0:c1], fake_quant(g, s, z, 4, sym))
+        assert torch.equal(rtn_fake(w[:, :512], 4, 128, sym), rtn(w[:, :512], 4, 128, sym))
+
+
+def test_ragged_groups_in_gptq_and_quantize_model(tiny_config):
+    """GPTQ with a ragged last group still beats RTN's layer error and keeps each group on a
+    16-level grid; quantize_model accepts a non-dividing group only when asked to."""
+    torch.manual_seed(0)
+    x, w = _inputs(k=192), torch.randn(48, 192) * 0.05
+    h = gptq.hessian(x)
+    with pytest.raises(UserError, match="does not divide"):
+        gptq.gptq(w, h, group=128)
+    q = gptq.gptq(w, h, group=128, ragged=True)
+    from llmlab.quant.ptq import rtn_fake
+    assert gptq.layer_error(w, q, h) < 0.8 * gptq.layer_error(w, rtn_fake(w, 4, 128, False), h)
+    assert len(torch.unique(q[0, 128:])) <= 16 and len(torch.unique(q[0, :128])) <= 16
+    from llmlab.model.transformer import Transformer
+    model = Transformer(tiny_config).eval()  # rows of 32 (attention) and 86 (down_proj)
+    calib = torch.randint(0, 97, (4, 16))
+    for method in ("rtn", "gptq", "awq"):
+        with pytest.raises(UserError, match="does not divide"):
+            quantize_model(copy.deepcopy(model), method, group=24, calib=calib)
+        m = copy.deepcopy(model)
+        info = quantize_model(m, method, group=24, calib=calib, ragged_groups=True)
+        w_q = m.model.layers[0].self_attn.q_proj.weight  # 32 = 24 + 8
+        assert len(torch.unique(w_q[0, 24:])) <= 16, method
+        assert info["stored_bytes"] > 0
+
+
+def test_awq_attention_objective_picks_the_least_attention_error():
+    """The q/k/v group scored on the whole attention output (AutoAWQ's module2inspect=self_attn):
+    the loss is 0 at the full-precision weights, and the scale chosen is the grid point whose
+    attention-output error, recomputed here by hand, is least."""
+    from llmlab.model.config import ModelConfig
+    from llmlab.model.transformer import Transformer
+    from llmlab.quant.apply import _attention_loss
+    from llmlab.quant.awq import search_scale
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=32, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                num_key_value_heads=2, max_position_embeddings=16)).eval()
+    block = m.model.layers[0]
+    xs = [torch.randn(2, 16, 64) * torch.linspace(0.2, 4, 64)]
+    rope = m.rope(torch.arange(16), torch.float32)
+    names = [f"model.layers.0.self_attn.{p}_proj" for p in "qkv"]
+    assert _attention_loss(names[:2], (block, xs, (rope, None, None))) is None
+    assert _attention_loss(names, None) is None
+    loss = _attention_loss(names, (block, xs, (rope, None, None)))
+    attn = block.self_attn
+    ws = [attn.q_proj.weight.detach().clone(), attn.k_proj.weight.detach().clone(), attn.v_proj.weight.detach().clone()]
+    assert loss(ws) == 0.0
+    xn = block.input_layernorm(xs[0]).detach()
+    mean_abs = xn.reshape(-1, 64).abs().mean(0)
+    s, a = search_scale(ws, None, mean_abs, 4, 32, False, loss_fn=loss)
+    with torch.no_grad():
+        ref = attn(xn, rope)
+        errs = []
+        for r in range(20):
+            sc = mean_abs.pow(r / 20)
+            sc = sc / (sc.max() * sc.min()).sqrt()
+            for p, w in zip((attn.q_proj, attn.k_proj, attn.v_proj), ws):
+                p.weight.copy_(rtn_fq(w * sc, 4, 32, False) / sc)
+            errs.append(float(((attn(xn, rope) - ref) ** 2).mean()))
+            for p, w in zip((attn.q_proj, attn.k_proj, attn.v_proj), ws):
+                p.weight.copy_(w)
+    assert a == errs.index(min(errs)) / 20 and min(errs) < errs[0]
+    assert torch.equal(attn.q_proj.weight, ws[0])  # the loss restores the weights
+
+
+def test_awq_clip_search_equals_the_elementwise_reference():
+    """search_clip's d H d^T form chooses what AutoAWQ's elementwise form (rows x groups x gs
+    products, written out here) chooses, ragged last group included."""
+    from llmlab.quant.awq import search_clip
+    torch.manual_seed(0)
+    w, x = torch.randn(40, 80) * 0.05, _inputs(n=96, k=80)
+    w[:, 3] *= 8  # outliers worth clipping around
+    gs, n_groups = 32, 3  # 80 = 32 + 32 + 16
+    got = search_clip(w, x, 4, gs, False, n_rows=96)
+    ref = torch.empty_like(w)
+    for c in range(w.shape[0]):
+        for g in range(n_groups):
+            sl = slice(g * gs, min((g + 1) * gs, 80))
+            wg, xg = w[c:c + 1, sl], x[:, sl]
+            # float32 clip values as the code computes them: a clip of both ends puts the zero-point
+            # at 7.5, where the last bit of mx decides the rounding
+            y, amax = xg @ wg.t(), wg.abs().amax()
+            errs = []
+            for i in range(10):
+                mx = amax * (1 - i / 20)
+                q = rtn_fq(torch.maximum(torch.minimum(wg, mx), -mx), 4, wg.shape[1], False)
+                errs.append(float(((xg @ q.t() - y) ** 2).mean()))
+            mx = amax * (1 - errs.index(min(errs)) / 20)
+            ref[c, sl] = torch.maximum(torch.minimum(wg, mx), -mx)
+    assert torch.allclose(got, ref, atol=1e-7)
+    assert not torch.equal(got, w)  # some group was clipped

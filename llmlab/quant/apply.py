@@ -14,7 +14,7 @@ from torch import nn
 from llmlab.errors import UserError
 from llmlab.log import get_logger
 from llmlab.quant import calibrate
-from llmlab.quant.ptq import check_bits, rtn
+from llmlab.quant.ptq import check_bits, rtn, rtn_fake
 
 METHODS = ("rtn", "nf4", "gptq", "awq", "w8a8", "smoothquant", "llm_int8")
 
@@ -38,8 +38,8 @@ def weight_bits(method: str, bits: int, group: int | str, sym: bool, k: int) -> 
         return 4 + 8 / 64 + 32 / (64 * 256)  # double-quantized absmax (llmlab.quant.nf4)
     if method in ("w8a8", "smoothquant", "llm_int8"):
         bits, group, sym = 8, "channel", True
-    g = k if group in ("channel", -1, 0) else group
-    return bits + (16 + (0 if sym else bits)) / g
+    n_groups = 1 if group in ("channel", -1, 0) else -(-k // group)  # a ragged last group counts once
+    return bits + (16 + (0 if sym else bits)) * n_groups / k
 
 
 def _mlp_output(model, names: list[str]):
@@ -52,8 +52,44 @@ def _mlp_output(model, names: list[str]):
     return lambda ys: (mlp.act(ys[0]) * ys[1]) @ w_down.t()
 
 
+def _attention_loss(names: list[str], ctx, n_seq: int = 8):
+    """For an attention's [q_proj, k_proj, v_proj] inside block-by-block calibration: candidate
+    weights -> the mean squared error of the whole attention output (through the full-precision
+    o_proj) on up to n_seq calibration sequences (AutoAWQ's module2inspect=self_attn); None when
+    the group is something else or no block context is given."""
+    if ctx is None or [n.rpartition(".")[2] for n in names] != ["q_proj", "k_proj", "v_proj"]:
+        return None
+    block, xs, rest = ctx
+    attn = block.self_attn
+    if not hasattr(block, "input_layernorm") or getattr(block, "placement", "pre") != "pre":
+        return None
+    batches, n = [], 0
+    for b in xs:  # whole calibration batches (a mask in `rest` is shaped for one)
+        if n >= n_seq:
+            break
+        batches.append(b)
+        n += b.shape[0]
+    with torch.no_grad():
+        xn = [block.input_layernorm(b) for b in batches]
+        refs = [attn(x, *rest) for x in xn]
+    projs = [attn.q_proj, attn.k_proj, attn.v_proj]
+
+    @torch.no_grad()
+    def loss(ws: list[torch.Tensor]) -> float:
+        saved = [p.weight.data for p in projs]
+        try:
+            for p, w in zip(projs, ws):
+                p.weight.data = w.to(saved[0].dtype)
+            return sum(float(((attn(x, *rest) - r) ** 2).sum()) for x, r in zip(xn, refs)) / sum(
+                r.numel() for r in refs)
+        finally:
+            for p, w in zip(projs, saved):
+                p.weight.data = w
+    return loss
+
+
 def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method: str, bits: int, group: int,
-                 sym: bool, act_order: bool, awq_objective: str = "linear") -> list[float]:
+                 sym: bool, act_order: bool, awq_objective: str = "linear", ctx=None) -> list[float]:
     """Quantize the named Linears' weights in place; -> AWQ's chosen alphas."""
     grp = "channel" if group <= 0 else group
     alphas = []
@@ -62,8 +98,10 @@ def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method
         sub = {n: stats[n] for n in names}
         for g in input_groups(sub):
             st = sub[g[0]]
+            module = awq_objective == "module"
             new, a = awq_group([lins[n].weight.float() for n in g], g, st.sample, st.mean_abs, bits, group, sym,
-                               out_fn=_mlp_output(model, g) if awq_objective == "module" else None)
+                               out_fn=_mlp_output(model, g) if module else None,
+                               loss_fn=_attention_loss(g, ctx) if module else None)
             alphas.append(a)
             for n, w in zip(g, new):
                 lins[n].weight.copy_(w)
@@ -71,13 +109,14 @@ def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method
     for n in names:
         w = lins[n].weight
         if method == "rtn":
-            w.copy_(rtn(w, bits, grp, sym))
+            w.copy_(rtn(w, bits, grp, sym) if grp == "channel" or w.shape[1] % grp == 0
+                    else rtn_fake(w.float(), bits, grp, sym).to(w.dtype))
         elif method == "nf4":
             from llmlab.quant.nf4 import quantize_nf4
             w.copy_(quantize_nf4(w).dequantize(w.dtype))
         elif method == "gptq":
             from llmlab.quant.gptq import gptq
-            w.copy_(gptq(w, stats[n].H, bits, group, sym, act_order))
+            w.copy_(gptq(w, stats[n].H, bits, group, sym, act_order, ragged=True))
     return alphas
 
 
@@ -85,12 +124,15 @@ def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method
 def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: bool = False,
                    calib: torch.Tensor | None = None, alpha: float = 0.5, threshold: float = 6.0,
                    act_order: bool = True, stats: dict | None = None, sequential: bool = True,
-                   awq_objective: str = "linear") -> dict:
+                   awq_objective: str = "linear", ragged_groups: bool = False) -> dict:
     """-> {'stored_bytes', 'quantized_params', 'layers', ...}. GPTQ and AWQ calibrate block by
     block on `calib` (each block sees the already-quantized blocks' outputs) unless `sequential`
     is off or `stats` (gathered once on the full-precision model by `calibrate.collect`) is given.
     awq_objective: "linear" scores AWQ's scales on the outputs of the Linears sharing an input;
-    "module" scores the gate/up group on the MLP's output instead (AutoAWQ's module2inspect)."""
+    "module" scores the gate/up group on the MLP's output and the q/k/v group on the whole
+    attention's output instead (AutoAWQ's module2inspect).
+    ragged_groups: a group size that does not divide a row leaves a shorter last group (e.g.
+    SmolLM2's 576-wide rows at g128: 4 x 128 + 64) instead of being refused."""
     if method not in METHODS:
         raise UserError(f"unknown method '{method}' (one of: {', '.join(METHODS)})")
     if awq_objective not in ("linear", "module"):
@@ -101,7 +143,7 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
     grp = "channel" if group <= 0 else group
     if method in ("rtn", "gptq", "awq"):
         for n, m in lins.items():
-            if isinstance(grp, int) and m.in_features % grp:
+            if isinstance(grp, int) and m.in_features % grp and not ragged_groups:
                 raise UserError(f"group size {group} does not divide the row length {m.in_features} of {n}")
     info: dict = {"method": method, "layers": len(lins)}
     needs_calib = method in ("gptq", "awq", "smoothquant") and stats is None
@@ -110,9 +152,9 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
     want = {"gptq": {"hessian"}, "awq": {"sample"}}.get(method, set())
     if method in ("gptq", "awq") and stats is None and sequential and hasattr(model, "model"):
         alphas: list[float] = []
-        calibrate.layerwise(model, calib, want, lambda names, st: alphas.extend(
+        calibrate.layerwise(model, calib, want, lambda names, st, ctx: alphas.extend(
             _weight_only(model, lins, [n for n in names if n in lins], st, method, bits, group, sym, act_order,
-                         awq_objective)))
+                         awq_objective, ctx)))
     else:
         if needs_calib:
             stats = calibrate.collect(model, calib, list(lins), want)

@@ -31,6 +31,21 @@ def wiki_split(heldout: bool) -> list[str]:
     return [t for t in wiki_en() if is_val(t, HELDOUT_FRACTION, HELDOUT_SEED) == heldout]
 
 
+def split_texts(data_dir: str, split: str, source: str = "wiki_en") -> list[str]:
+    """The documents of one `source` in a `llmlab data build` output's train.jsonl / val.jsonl:
+    for a model pretrained on that output, val.jsonl is exactly the text it never saw."""
+    import json
+    from pathlib import Path
+    p = Path(data_dir) / f"{split}.jsonl"
+    if not p.is_file():
+        raise UserError(f"{p} not found (expected a `llmlab data build` output directory)")
+    with p.open(encoding="utf-8") as f:
+        out = [d["text"] for d in map(json.loads, f) if d.get("source", source) == source]
+    if not out:
+        raise UserError(f"{p}: no documents from source '{source}'")
+    return out
+
+
 def token_windows(tok, texts: list[str], n: int, length: int, seed: int = 0) -> torch.Tensor:
     """n windows of `length` tokens cut from the texts (each text encoded once, an EOS between
     texts), documents taken in a seeded order; fewer than n available -> UserError."""
@@ -169,7 +184,9 @@ def layerwise(model, windows: torch.Tensor, want: set[str], quantize_layer, max_
               batch_size: int = 4) -> None:
     """Sequential calibration, as GPTQ's and AWQ's reference code do: the inputs of block i are
     the outputs of the already-quantized blocks before it. quantize_layer(names, stats) changes
-    block i's Linears in place; then block i is run again to give block i+1 its inputs.
+    block i's Linears in place (its third argument, (block, block inputs, the block's other
+    positional arguments), lets a method score a whole sub-module such as the attention);
+    then block i is run again to give block i+1 its inputs.
     Cost: about two forward passes over the calibration set."""
     layers = model.model.layers
     xs, rest = [], []
@@ -197,7 +214,7 @@ def layerwise(model, windows: torch.Tensor, want: set[str], quantize_layer, max_
                 g.step(layer, x, *rest)
         finally:
             stats = g.close()
-        quantize_layer(list(mods), stats)
+        quantize_layer(list(mods), stats, (layer, xs, rest))
         xs = [layer(x, *rest) for x in xs]
 
 

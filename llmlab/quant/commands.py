@@ -21,6 +21,10 @@ class QuantizeConfig:
     group_size: int = field(default=64, metadata={"help": "format=hf: weights per scale (-1: per channel)"})
     sym: bool = field(default=False, metadata={"help": "format=hf: symmetric absmax grid instead of zero-point"})
     act_order: bool = field(default=True, metadata={"help": "GPTQ: columns by decreasing Hessian diagonal"})
+    awq_objective: str = field(default="linear", metadata={"help": "AWQ: score scales on each Linear's output "
+                                                                   "(linear) or on the attention / MLP output (module)"})
+    ragged_groups: bool = field(default=False, metadata={"help": "format=hf: a group_size that does not divide a "
+                                                                 "row leaves a shorter last group (576 = 4 x 128 + 64)"})
     calibration: str = field(default="wiki", metadata={"help": "'wiki' (Wikipedia extracts outside the held-out "
                                                                 "split) or a UTF-8 text file"})
     num_calibration_samples: int = field(default=32, metadata={"help": "calibration windows"})
@@ -80,7 +84,8 @@ def run_quantize(cfg: QuantizeConfig) -> int:
         return 0
     from llmlab.quant.apply import quantize_model
     calib = _calibration(cfg, tok) if cfg.method in ("gptq", "awq") else None
-    info = quantize_model(model, cfg.method, cfg.bits, cfg.group_size, cfg.sym, calib, act_order=cfg.act_order)
+    info = quantize_model(model, cfg.method, cfg.bits, cfg.group_size, cfg.sym, calib, act_order=cfg.act_order,
+                          awq_objective=cfg.awq_objective, ragged_groups=cfg.ragged_groups)
     from llmlab.model.hf import save_hf_dir
     import tempfile
     with tempfile.TemporaryDirectory() as td:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from llmlab.quant.ptq import check_bits, fake_quant, qparams
+from llmlab.quant.ptq import check_bits, fake_quant, pad_to_group, qparams
 
 
 def hessian(x: torch.Tensor) -> torch.Tensor:
@@ -38,14 +38,16 @@ def layer_error(w: torch.Tensor, q: torch.Tensor, h: torch.Tensor) -> float:
 
 
 def gptq(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group: int = 128, sym: bool = False,
-         act_order: bool = True, blocksize: int = 128, percdamp: float = 0.01) -> torch.Tensor:
+         act_order: bool = True, blocksize: int = 128, percdamp: float = 0.01,
+         ragged: bool = False) -> torch.Tensor:
     """w (rows, k), h (k, k) -> the dequantized GPTQ weight (fp32, rows x k). group <= 0: one
-    (scale, zero) per row."""
+    (scale, zero) per row. ragged: a group that does not divide k leaves a shorter last group
+    (otherwise that is an error)."""
     check_bits(bits)
     W = w.detach().double().clone()
     H = h.detach().double().clone()
     rows, k = W.shape
-    if group > 0 and k % group:
+    if group > 0 and k % group and not ragged:
         from llmlab.errors import UserError
         raise UserError(f"group size {group} does not divide the row length {k}")
     dead = torch.diag(H) == 0
@@ -53,9 +55,8 @@ def gptq(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group: int = 128, sym:
     W[:, dead] = 0.0
     static = None
     if group > 0 and act_order:  # static groups on the original columns
-        g = W.reshape(rows, k // group, group)
-        s, z = qparams(g.reshape(-1, group), bits, sym)
-        static = (s.view(rows, k // group), z.view(rows, k // group))
+        s, z = qparams(pad_to_group(W, group).reshape(-1, group), bits, sym)
+        static = (s.view(rows, -1), z.view(rows, -1))
     elif group <= 0:
         s, z = qparams(W, bits, sym)
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(k)

@@ -44,6 +44,25 @@ def granule_view(w: torch.Tensor, group: int | str) -> torch.Tensor:
     return w.reshape(-1, group)
 
 
+def pad_to_group(w: torch.Tensor, group: int) -> torch.Tensor:
+    """w (rows, k) with zero columns appended up to a multiple of `group`: a ragged last group
+    (e.g. 576 = 4 x 128 + 64). The zeros change neither the absmax nor the zero-point range
+    (qparams keeps 0 inside [min, max]), so the real weights get exactly their group's grid."""
+    pad = (-w.shape[1]) % group
+    return torch.nn.functional.pad(w, (0, pad)) if pad else w
+
+
+def rtn_fake(w: torch.Tensor, bits: int, group: int, sym: bool) -> torch.Tensor:
+    """The round-to-nearest fake-quantized 2-D weight (group <= 0: per row); a group that does
+    not divide the row leaves a shorter last group (callers that must refuse that check first)."""
+    if group <= 0:
+        s, z = qparams(w, bits, sym)
+        return fake_quant(w, s, z, bits, sym)
+    g = pad_to_group(w, group)
+    s, z = qparams(g.reshape(-1, group), bits, sym)
+    return fake_quant(g.reshape(-1, group), s, z, bits, sym).reshape(g.shape)[:, : w.shape[1]]
+
+
 def check_bits(bits: int) -> None:
     if bits not in BITS:
         raise UserError(f"unsupported bit width {bits} (supported: {', '.join(map(str, BITS))})")
