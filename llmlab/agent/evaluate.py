@@ -7,14 +7,16 @@ import json
 import sys
 import time
 
-from llmlab.agent.tasks import REACT_EXAMPLE, multistep_items
+from llmlab.agent.tasks import cot_demos, multistep_items, react_demos
 from llmlab.eval.tasks.arithmetic import last_int
 
 COT_SYSTEM = "Solve the problem step by step, then end with 'Final Answer: <number>'."
 
 
 def evaluate_multistep(llm, n: int, seed: int, conditions: list[str], max_steps: int = 5, max_new_tokens: int = 96,
-                       out_path: str | None = None) -> list[dict]:
+                       out_path: str | None = None, constrained: bool = True) -> list[dict]:
+    """Accuracy per condition; `constrained`: the ReAct turns are decoded under the step grammar
+    (react.step_pattern) with an integer final answer, so format slips cannot sink the agent."""
     from llmlab.agent.builtin import make_registry
     from llmlab.agent.react import ReActAgent
     items = multistep_items(n, seed)
@@ -25,25 +27,22 @@ def evaluate_multistep(llm, n: int, seed: int, conditions: list[str], max_steps:
         tok0, t0 = llm.tokens, time.perf_counter()
         for i, it in enumerate(items):
             if cond == "none":
-                text = llm.chat([{"role": "system", "content": COT_SYSTEM}, {"role": "user", "content": it["question"]}],
-                                max_new_tokens=max_new_tokens * 2)
-                pred, status = last_int(text.rsplit("Final Answer:", 1)[-1]), "answered"
+                text = llm.chat([{"role": "system", "content": COT_SYSTEM + "\n\n" + cot_demos()},
+                                 {"role": "user", "content": f"Question: {it['question']}"}], max_new_tokens=max_new_tokens)
+                pred, status, transcript = last_int(text.rsplit("Final Answer:", 1)[-1]), "answered", text
             else:
-                agent = ReActAgent(llm, make_registry([cond]), max_steps, 300.0, max_new_tokens)
-                extra = REACT_EXAMPLE.replace("calculator", cond) if cond == "python" else REACT_EXAMPLE
-                if cond == "python":
-                    extra = extra.replace('{"expression": "4 * 12"}', '{"code": "print(4 * 12)"}').replace(
-                        '{"expression": "15 + 48"}', '{"code": "print(15 + 48)"}')
-                res = agent.run(it["question"], extra_instructions=extra)
-                pred, status = last_int(res.answer or ""), res.status
+                agent = ReActAgent(llm, make_registry([cond]), max_steps, 300.0, max_new_tokens,
+                                   constrained=constrained, answer_pattern=r"-?[0-9]{1,12}")
+                res = agent.run(it["question"], extra_instructions=react_demos(cond))
+                pred, status, transcript = last_int(res.answer or ""), res.status, res.transcript
             ok = pred == str(it["answer"])
             correct += ok
             answered += status == "answered"
             if out:
                 out.write(json.dumps({"condition": cond, "i": i, "answer": it["answer"], "pred": pred, "ok": ok,
-                                      "status": status}) + "\n")
+                                      "status": status, "transcript": transcript}) + "\n")
             print(f"  {cond} {i + 1}/{n}: {'ok' if ok else 'wrong'} ({pred} vs {it['answer']})", file=sys.stderr)
-        rows.append({"condition": cond, "accuracy": correct / n, "answered": answered / n, "n": n,
+        rows.append({"condition": cond, "constrained": constrained and cond != "none", "accuracy": correct / n, "answered": answered / n, "n": n,
                      "tokens_per_item": (llm.tokens - tok0) / n, "seconds_per_item": (time.perf_counter() - t0) / n})
     if out:
         out.close()
