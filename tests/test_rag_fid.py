@@ -51,6 +51,14 @@ def test_order_invariant_unlike_concatenation():
         assert (concat(P) - concat(P[::-1])).abs().max() > 1e-3  # the plain prompt does depend on order
 
 
+def test_cached_generation_equals_full_forward_passes():
+    m, tok = _model(), ByteTok()
+    want = []
+    for _ in range(6):
+        want.append(int(fid_logits(m, tok, Q, P, want).argmax()))
+    assert fid_generate(m, tok, Q, P, max_new_tokens=6, stop=()) == tok.decode(want)
+
+
 def test_answer_reads_every_passage():
     m, tok = _model(), ByteTok()
     base = fid_logits(m, tok, Q, P)

@@ -35,8 +35,10 @@ class AgentEvalConfig:
     seed: int = 0
     tools: list[str] = field(default_factory=lambda: ["none", "calculator", "python"],
                              metadata={"help": "conditions to compare: none (chain of thought), calculator, python"})
-    max_steps: int = 5
+    max_steps: int = 4
     max_new_tokens: int = 96
+    constrained: bool = field(default=True, metadata={"help": "decode ReAct turns under the step grammar (tool calls "
+                                                              "always well-formed); false: free text"})
     out: str = field(default="", metadata={"help": "write per-item results (JSONL) here"})
 
 
@@ -90,6 +92,9 @@ def run_eval(cfg: AgentEvalConfig) -> int:
     if bad:
         raise UserError(f"tools: unknown condition(s) {bad}; known: none, calculator, python")
     llm = LocalLLM.load(cfg.model)
-    rows = evaluate_multistep(llm, cfg.n, cfg.seed, cfg.tools, cfg.max_steps, cfg.max_new_tokens, cfg.out or None)
+    if cfg.n < 1 or cfg.max_steps < 1:
+        raise UserError("n and max_steps must be >= 1")
+    rows = evaluate_multistep(llm, cfg.n, cfg.seed, cfg.tools, cfg.max_steps, cfg.max_new_tokens, cfg.out or None,
+                              cfg.constrained)
     print(json.dumps(rows))
     return 0

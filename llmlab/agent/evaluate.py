@@ -21,11 +21,10 @@ def evaluate_multistep(llm, n: int, seed: int, conditions: list[str], max_steps:
     from llmlab.agent.react import ReActAgent
     items = multistep_items(n, seed)
     out = open(out_path, "w", encoding="utf-8") if out_path else None
-    rows = []
-    for cond in conditions:
-        correct = answered = 0
-        tok0, t0 = llm.tokens, time.perf_counter()
-        for i, it in enumerate(items):
+    stats = {c: {"correct": 0, "answered": 0, "tokens": 0, "seconds": 0.0} for c in conditions}
+    for i, it in enumerate(items):  # item-major: an interrupted run still compares the conditions on the same items
+        for cond in conditions:
+            tok0, t0 = llm.tokens, time.perf_counter()
             if cond == "none":
                 text = llm.chat([{"role": "system", "content": COT_SYSTEM + "\n\n" + cot_demos()},
                                  {"role": "user", "content": f"Question: {it['question']}"}], max_new_tokens=max_new_tokens)
@@ -36,14 +35,20 @@ def evaluate_multistep(llm, n: int, seed: int, conditions: list[str], max_steps:
                 res = agent.run(it["question"], extra_instructions=react_demos(cond))
                 pred, status, transcript = last_int(res.answer or ""), res.status, res.transcript
             ok = pred == str(it["answer"])
-            correct += ok
-            answered += status == "answered"
+            st = stats[cond]
+            st["correct"] += ok
+            st["answered"] += status == "answered"
+            st["tokens"] += llm.tokens - tok0
+            st["seconds"] += time.perf_counter() - t0
             if out:
                 out.write(json.dumps({"condition": cond, "i": i, "answer": it["answer"], "pred": pred, "ok": ok,
                                       "status": status, "transcript": transcript}) + "\n")
-            print(f"  {cond} {i + 1}/{n}: {'ok' if ok else 'wrong'} ({pred} vs {it['answer']})", file=sys.stderr)
-        rows.append({"condition": cond, "constrained": constrained and cond != "none", "accuracy": correct / n, "answered": answered / n, "n": n,
-                     "tokens_per_item": (llm.tokens - tok0) / n, "seconds_per_item": (time.perf_counter() - t0) / n})
+                out.flush()
+            print(f"  {cond} {i + 1}/{n}: {'ok' if ok else 'wrong'} ({pred} vs {it['answer']}); "
+                  f"{st['correct']}/{i + 1} so far", file=sys.stderr, flush=True)
+    rows = [{"condition": c, "constrained": constrained and c != "none", "accuracy": st["correct"] / n,
+             "correct": st["correct"], "answered": st["answered"] / n, "n": n, "seed": seed,
+             "tokens_per_item": st["tokens"] / n, "seconds_per_item": st["seconds"] / n} for c, st in stats.items()]
     if out:
         out.close()
     return rows
