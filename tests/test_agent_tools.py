@@ -242,3 +242,18 @@ def test_constrained_steps_are_always_well_formed_even_from_a_random_model():
     # the same model unconstrained breaks the format (an error observation, no answer)
     loose = ReActAgent(LocalLLM(model, tok), reg, max_steps=1, max_new_tokens=60, temperature=1.0).run("4*12?")
     assert loose.status == "max_steps" and loose.tool_errors == 1
+
+
+def test_multistep_items_are_checkable_and_held_out():
+    from llmlab.agent.tasks import demos, multistep_items, react_demos
+    items = multistep_items(60, 0)
+    assert {it["kind"] for it in items} == {0, 1, 2}
+    for it in items:  # the answer is the expression's value and the worked steps end at it
+        assert calculate(it["expression"]) == it["answer"] and it["steps"].endswith(f"= {it['answer']}.")
+        assert all(str(n) in it["question"] for n in (int(x) for x in it["expression"].replace("(", " ").replace(
+            ")", " ").split() if x.isdigit()))
+    assert not {d["question"] for d in demos()} & {it["question"] for it in multistep_items(500, 1)}
+    assert multistep_items(5, 0) == items[:5] and multistep_items(5, 1) != items[:5]
+    text = react_demos("calculator")  # the demos' observations are what the tool really returns
+    for d in demos():
+        assert f"Observation: {calculate(d['expression'])}\n" in text
