@@ -24,6 +24,8 @@ class AgentRunConfig:
     max_steps: int = 6
     max_seconds: float = 120.0
     max_new_tokens: int = 128
+    constrained: bool = field(default=False, metadata={"help": "decode each step under the step grammar (tool calls "
+                                                               "always well-formed)"})
     trace: str = field(default="", metadata={"help": "append the JSONL trace to this file"})
     quiet: bool = field(default=False, metadata={"help": "no step-by-step trace on stderr"})
 
@@ -66,7 +68,8 @@ def run_agent(cfg: AgentRunConfig) -> int:
             answer, _ = debate(llm, cfg.question, tracer=tracer)
             print(answer)
             return 0
-        agent = ReActAgent(llm, tools, cfg.max_steps, cfg.max_seconds, cfg.max_new_tokens, tracer)
+        agent = ReActAgent(llm, tools, cfg.max_steps, cfg.max_seconds, cfg.max_new_tokens, tracer,
+                           constrained=cfg.constrained)
         if cfg.pattern == "plan":
             res = plan_and_execute(agent, cfg.question)
         else:  # one worked example in the prompt when the calculator is a tool (few-shot ReAct, as in the paper)
