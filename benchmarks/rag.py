@@ -10,7 +10,9 @@ One document = one extract (both encoders truncate at 256 tokens). Steps, altern
   recall   held-out cloze queries (a sentence of the article with a span removed); ours = hybrid
            (weighted RRF of our dense top 50 and our BM25 top 50, the BM25 weight chosen from
            DEV_WEIGHTS on a separate dev draw of cloze queries over other articles, never on the
-           test queries), the peer = the better of its two retrievers (ST+FAISS dense, bm25s)
+           test queries; the dense side is our base encoder or our encoder fine-tuned on pairs from
+           articles that hold no test or dev query (llmlab.rag.finetune), whichever fuses better
+           on dev), the peer = the better of its two retrievers (ST+FAISS dense, bm25s)
            picked on the test queries themselves (an oracle choice, in the peer's favour), both
            at k=5; nDCG@10 likewise
 Last line: {"benchmark": "rag", ..., "ratio": {embed_docs_s, bm25_queries_s, recall_at_5}} (ours / peer,
@@ -66,15 +68,30 @@ def dense_top(vecs, qvecs, k):
 DEV_WEIGHTS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
-def choose_bm25_weight(dense_runs, bm25_runs, golds) -> tuple[float, dict]:
-    """The BM25 weight of weighted RRF with the best dev recall@5 (then nDCG@10, then closest to 1)."""
+def choose_hybrid(dense_by_encoder: dict, bm25_runs, golds) -> tuple[str, float, dict]:
+    """The (encoder, BM25 weight) of weighted RRF with the best dev recall@5 (then nDCG@10, then the
+    base encoder, then the weight closest to 1)."""
     import math
     table = {}
-    for w in DEV_WEIGHTS:
-        fused = [[d for d, _ in reciprocal_rank_fusion([a, b], weights=[1.0, w])] for a, b in zip(dense_runs, bm25_runs)]
-        table[w] = (recall_at_k(fused, golds, 5), ndcg_at_k(fused, golds, 10))
-    best = max(DEV_WEIGHTS, key=lambda w: (*table[w], -abs(math.log(w))))
-    return best, {str(w): {"recall_at_5": r, "ndcg_at_10": n} for w, (r, n) in table.items()}
+    for enc, dense_runs in dense_by_encoder.items():
+        for w in DEV_WEIGHTS:
+            fused = [[d for d, _ in reciprocal_rank_fusion([a, b], weights=[1.0, w])]
+                     for a, b in zip(dense_runs, bm25_runs)]
+            table[enc, w] = (recall_at_k(fused, golds, 5), ndcg_at_k(fused, golds, 10))
+    best = max(table, key=lambda ew: (*table[ew], ew[0] == "base", -abs(math.log(ew[1]))))
+    return best[0], best[1], {f"{e}:{w}": {"recall_at_5": r, "ndcg_at_10": n} for (e, w), (r, n) in table.items()}
+
+
+def tuned_encoder(all_texts, exclude: set, steps: int, seed: int = 0):
+    """Our encoder fine-tuned (llmlab.rag.finetune, MNRL) on (cloze sentence, article) pairs from
+    articles outside `exclude` (the test and dev queries' articles): the corpus's own text, no labels."""
+    from llmlab.rag.finetune import finetune_encoder
+    pairs = [(q, all_texts[i]) for q, i in cloze_queries(all_texts, 3000, seed=seed) if i not in exclude][:2000]
+    enc = SentenceEncoder(batch_size=32)
+    finetune_encoder(enc, pairs, steps=steps, batch_size=16, lr=2e-5, seed=seed,
+                     progress=lambda s, v: print(f"  fine-tune step {s + 1}/{steps} loss {v:.3f}", file=sys.stderr,
+                                                 flush=True))
+    return enc
 
 
 def main() -> None:
@@ -83,6 +100,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=0)
     ap.add_argument("--queries", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--finetune-steps", type=int, default=15, help="0: the hybrid uses the base encoder only")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     import bm25s
@@ -90,7 +108,8 @@ def main() -> None:
 
     n_docs = args.docs or (1000 if args.quick else 10000)
     n_q = args.queries or (100 if args.quick else 500)
-    texts = [e["extract"] for e in wiki_extracts()][:n_docs]
+    all_texts = [e["extract"] for e in wiki_extracts()]
+    texts = all_texts[:n_docs]
     queries = cloze_queries(texts, n_q, seed=1234)
     qtexts, golds = [q for q, _ in queries], [g for _, g in queries]
     test_articles = set(golds)  # dev queries come from other articles, drawn with another seed
@@ -123,16 +142,25 @@ def main() -> None:
     qo = ours_enc.encode(qtexts).numpy()
     qp = peer_enc.encode(qtexts, batch_size=32, convert_to_numpy=True, normalize_embeddings=True)
     dense_ours, dense_peer = dense_top(vo, qo, 50), dense_top(vp, qp, 50)
-    dev_dense = dense_top(vo, ours_enc.encode([q for q, _ in dev]).numpy(), 50)
+    dev_dense = {"base": dense_top(vo, ours_enc.encode([q for q, _ in dev]).numpy(), 50)}
+    tuned_dense = None
+    if args.finetune_steps:
+        t = time.perf_counter()
+        tuned = tuned_encoder(all_texts, test_articles | {g for _, g in dev}, args.finetune_steps)
+        vt = tuned.encode(texts).numpy()
+        dev_dense["tuned"] = dense_top(vt, tuned.encode([q for q, _ in dev]).numpy(), 50)
+        tuned_dense = dense_top(vt, tuned.encode(qtexts).numpy(), 50)
+        print(f"  fine-tuned encoder: trained and embedded in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     dev_bm25 = [[d for d, _ in ours_bm.top_k(tokenize(q), 50)] for q, _ in dev]
-    w_bm25, dev_table = choose_bm25_weight(dev_dense, dev_bm25, [g for _, g in dev])
-    print(f"  dev ({len(dev)} queries): BM25 weight {w_bm25} chosen; {dev_table}", file=sys.stderr)
+    encoder, w_bm25, dev_table = choose_hybrid(dev_dense, dev_bm25, [g for _, g in dev])
+    print(f"  dev ({len(dev)} queries): encoder {encoder}, BM25 weight {w_bm25} chosen; {dev_table}", file=sys.stderr)
 
     def fuse(a_runs, b_runs, w):
         return [[d for d, _ in reciprocal_rank_fusion([a, b], weights=[1.0, w])] for a, b in zip(a_runs, b_runs)]
-    hybrid = fuse(dense_ours, bm_ours, w_bm25)
+    hybrid = fuse(tuned_dense if encoder == "tuned" else dense_ours, bm_ours, w_bm25)
     metrics = {}
-    for name, runs in (("hybrid", hybrid), ("hybrid_w1", fuse(dense_ours, bm_ours, 1.0)), ("dense", dense_ours),
+    extra = (("dense_tuned", tuned_dense),) if tuned_dense is not None else ()
+    for name, runs in (("hybrid", hybrid), ("hybrid_w1", fuse(dense_ours, bm_ours, 1.0)), ("dense", dense_ours), *extra,
                        ("bm25", bm_ours), ("peer_dense", dense_peer), ("peer_bm25s", bm_peer),
                        ("peer_hybrid", fuse(dense_peer, bm_peer, w_bm25))):
         metrics[name] = {"recall_at_1": recall_at_k(runs, golds, 1), "recall_at_5": recall_at_k(runs, golds, 5),
@@ -142,7 +170,8 @@ def main() -> None:
     ours = {"embed_docs_s": len(texts) / t_ours, "bm25_queries_s": len(qtoks) / statistics.median(r_ours),
             "bm25_build_s": t_build_ours, "recall_at_5": metrics["hybrid"]["recall_at_5"],
             "ndcg_at_10": metrics["hybrid"]["ndcg_at_10"], "min_cosine_vs_peer": cos, "bm25_weight": w_bm25,
-            "dev_weights": dev_table, "retrievers": {k: metrics[k] for k in ("hybrid", "hybrid_w1", "dense", "bm25")}}
+            "hybrid_encoder": encoder, "finetune_steps": args.finetune_steps, "dev_choices": dev_table,
+            "retrievers": {k: metrics[k] for k in ("hybrid", "hybrid_w1", "dense", "bm25") + tuple(n for n, _ in extra)}}
     peer = {"embed_docs_s": len(texts) / t_peer, "bm25_queries_s": len(qtoks) / statistics.median(r_peer),
             "bm25_build_s": t_build_peer, "recall_at_5": peer_best, "retrievers": {
                 k: metrics[k] for k in ("peer_dense", "peer_bm25s", "peer_hybrid")}}

@@ -190,3 +190,70 @@ def test_plan_and_execute_and_debate():
     final, history = debate(llm, "2 + 2?", rounds=1)
     assert final == "4" and len(history) == 2
     assert "Another agent answered:\nAnswer: 4" in llm.msgs[2][1]["content"]
+
+
+class _CharChatTok:
+    """One token per printable ASCII character and newline, EOS last; a plain-text chat template."""
+
+    def __init__(self):
+        self.pieces = ["\n"] + [chr(c) for c in range(32, 127)]
+        self.eos_id = len(self.pieces)
+        self.vocab_size = len(self.pieces) + 1
+
+    def decode_bytes(self, ids):
+        return b"".join(b"" if i == self.eos_id else self.pieces[i].encode() for i in ids)
+
+    def encode(self, text, allow_special=False):
+        return [self.pieces.index(ch) for ch in text if ch in self.pieces]
+
+    def apply_chat_template(self, messages, add_generation_prompt=True):
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+
+
+def test_constrained_steps_are_always_well_formed_even_from_a_random_model():
+    """Under the step grammar a random (untrained) model still writes only valid tool calls: no
+    format errors and no schema failures, and the calculator's pattern keeps words out."""
+    from llmlab.agent.react import step_pattern
+    from llmlab.model import ModelConfig, Transformer
+    from llmlab.prompt.llm import LocalLLM
+    import regex
+    reg = _calc_registry()
+    pat = step_pattern(reg, r"-?[0-9]{1,6}")
+    assert regex.fullmatch(pat, ' go\nAction: calculator\nAction Input: {"expression": "4 * 12"}')
+    assert not regex.fullmatch(pat, ' go\nAction: calculator\nAction Input: {"expression": "4 boxes"}')
+    assert not regex.fullmatch(pat, ' go\nAction: python\nAction Input: {"code": "1"}')
+    assert not regex.fullmatch(pat, " go\nFinal Answer: twelve")
+    tok = _CharChatTok()
+    torch = pytest.importorskip("torch")
+    for seed in range(2):
+        torch.manual_seed(seed)
+        model = Transformer(ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                        num_attention_heads=2, max_position_embeddings=4096)).eval()
+        agent = ReActAgent(LocalLLM(model, tok), reg, max_steps=2, max_new_tokens=400, constrained=True,
+                           answer_pattern=r"-?[0-9]{1,6}", temperature=1.0)
+        res = agent.run("What is 4 * 12?", seed=seed)
+        kinds = [e["type"] for e in res.events]
+        assert res.steps >= 1 and kinds.count("thought") == res.steps
+        for e in res.events:
+            if e["type"] == "error":  # only the calculator itself may fail (e.g. "1/0"), never the format/schema
+                assert "failed" in e["content"] and "invalid arguments" not in e["content"], e
+        if res.status == "answered":
+            assert regex.fullmatch(r"-?[0-9]{1,6}", res.answer)
+    # the same model unconstrained breaks the format (an error observation, no answer)
+    loose = ReActAgent(LocalLLM(model, tok), reg, max_steps=1, max_new_tokens=60, temperature=1.0).run("4*12?")
+    assert loose.status == "max_steps" and loose.tool_errors == 1
+
+
+def test_multistep_items_are_checkable_and_held_out():
+    from llmlab.agent.tasks import demos, multistep_items, react_demos
+    items = multistep_items(60, 0)
+    assert {it["kind"] for it in items} == {0, 1, 2}
+    for it in items:  # the answer is the expression's value and the worked steps end at it
+        assert calculate(it["expression"]) == it["answer"] and it["steps"].endswith(f"= {it['answer']}.")
+        assert all(str(n) in it["question"] for n in (int(x) for x in it["expression"].replace("(", " ").replace(
+            ")", " ").split() if x.isdigit()))
+    assert not {d["question"] for d in demos()} & {it["question"] for it in multistep_items(500, 1)}
+    assert multistep_items(5, 0) == items[:5] and multistep_items(5, 1) != items[:5]
+    text = react_demos("calculator")  # the demos' observations are what the tool really returns
+    for d in demos():
+        assert f"Observation: {calculate(d['expression'])}\n" in text

@@ -4,12 +4,17 @@ retrieve (a RAG index), wikipedia (the packaged English extracts, looked up by t
 from __future__ import annotations
 
 import functools
+from typing import Annotated
 
 from llmlab.agent.calculator import calculate
 from llmlab.agent.tools import ToolRegistry
 
 
-def calculator(expression: str) -> str:
+# what the calculator accepts, as a JSON-schema pattern: constrained tool calls can only write this
+EXPRESSION = r"(?:[0-9+*/%()., -]|sqrt|abs|round|min|max){1,80}"
+
+
+def calculator(expression: Annotated[str, {"pattern": EXPRESSION}]) -> str:
     """Evaluate an arithmetic expression exactly (+ - * / // % ** and sqrt, abs, round, min, max).
 
     Args:

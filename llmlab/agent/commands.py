@@ -24,6 +24,8 @@ class AgentRunConfig:
     max_steps: int = 6
     max_seconds: float = 120.0
     max_new_tokens: int = 128
+    constrained: bool = field(default=False, metadata={"help": "decode each step under the step grammar (tool calls "
+                                                               "always well-formed)"})
     trace: str = field(default="", metadata={"help": "append the JSONL trace to this file"})
     quiet: bool = field(default=False, metadata={"help": "no step-by-step trace on stderr"})
 
@@ -35,8 +37,10 @@ class AgentEvalConfig:
     seed: int = 0
     tools: list[str] = field(default_factory=lambda: ["none", "calculator", "python"],
                              metadata={"help": "conditions to compare: none (chain of thought), calculator, python"})
-    max_steps: int = 5
+    max_steps: int = 4
     max_new_tokens: int = 96
+    constrained: bool = field(default=True, metadata={"help": "decode ReAct turns under the step grammar (tool calls "
+                                                              "always well-formed); false: free text"})
     out: str = field(default="", metadata={"help": "write per-item results (JSONL) here"})
 
 
@@ -64,7 +68,8 @@ def run_agent(cfg: AgentRunConfig) -> int:
             answer, _ = debate(llm, cfg.question, tracer=tracer)
             print(answer)
             return 0
-        agent = ReActAgent(llm, tools, cfg.max_steps, cfg.max_seconds, cfg.max_new_tokens, tracer)
+        agent = ReActAgent(llm, tools, cfg.max_steps, cfg.max_seconds, cfg.max_new_tokens, tracer,
+                           constrained=cfg.constrained)
         if cfg.pattern == "plan":
             res = plan_and_execute(agent, cfg.question)
         else:  # one worked example in the prompt when the calculator is a tool (few-shot ReAct, as in the paper)
@@ -90,6 +95,9 @@ def run_eval(cfg: AgentEvalConfig) -> int:
     if bad:
         raise UserError(f"tools: unknown condition(s) {bad}; known: none, calculator, python")
     llm = LocalLLM.load(cfg.model)
-    rows = evaluate_multistep(llm, cfg.n, cfg.seed, cfg.tools, cfg.max_steps, cfg.max_new_tokens, cfg.out or None)
+    if cfg.n < 1 or cfg.max_steps < 1:
+        raise UserError("n and max_steps must be >= 1")
+    rows = evaluate_multistep(llm, cfg.n, cfg.seed, cfg.tools, cfg.max_steps, cfg.max_new_tokens, cfg.out or None,
+                              cfg.constrained)
     print(json.dumps(rows))
     return 0

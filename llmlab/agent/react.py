@@ -11,6 +11,16 @@ Generation stops at "Observation:"; the loop parses the action, validates its ar
 the tool's JSON schema, runs it and appends the observation. A malformed step or a failing call
 becomes an error observation and the loop goes on. Budgets: `max_steps` model calls and
 `max_seconds` wall time; the result's status says how the run ended (answered, max_steps, timeout).
+
+Constrained steps (`constrained=True`): each model turn is decoded under the engine's token mask
+(llmlab.infer.constrained) for the regular language of one well-formed step,
+
+    Thought: <one line>\nAction: <a tool name>\nAction Input: <JSON matching that tool's schema>
+  | Thought: <one line>\nFinal Answer: <answer_pattern>
+
+so a small model cannot break the format, name a tool that does not exist or send arguments that
+fail the schema (a string `pattern` in the schema, such as the calculator's, included) -- the
+"tool calls through constrained decoding" of OpenAI's structured outputs, inside the ReAct loop.
 """
 from __future__ import annotations
 
@@ -46,6 +56,15 @@ def system_prompt(tools: ToolRegistry, extra: str = "") -> str:
             "Thought: I know the answer\nFinal Answer: the answer" + (f"\n\n{extra}" if extra else ""))
 
 
+def step_pattern(tools: ToolRegistry, answer_pattern: str = r"[^\n]{1,200}", thought_chars: int = 150) -> str:
+    """The regex of one ReAct turn after the "Thought:" prefix (see the module docstring)."""
+    import regex
+    from llmlab.infer.constrained import schema_to_regex
+    acts = [f"Action: {regex.escape(name)}\nAction Input: {schema_to_regex(t.schema['parameters'])}"
+            for name, t in tools.tools.items()]
+    return rf" [^\n]{{1,{thought_chars}}}\n(?:" + "|".join(acts + [f"Final Answer: (?:{answer_pattern})"]) + ")"
+
+
 def _parse_input(raw: str):
     raw = raw.strip()
     m = re.match(r"\{.*\}", raw, re.S)  # the first JSON object; the model may keep talking after it
@@ -75,8 +94,10 @@ def parse_step(text: str) -> tuple[str, object]:
 
 class ReActAgent:
     def __init__(self, llm, tools: ToolRegistry, max_steps: int = 6, max_seconds: float = 120.0,
-                 max_new_tokens: int = 128, tracer: Tracer | None = None, memory=None, temperature: float = 0.0):
+                 max_new_tokens: int = 128, tracer: Tracer | None = None, memory=None, temperature: float = 0.0,
+                 constrained: bool = False, answer_pattern: str = r"[^\n]{1,200}"):
         self.llm, self.tools = llm, tools
+        self.pattern = step_pattern(tools, answer_pattern) if constrained else None
         self.max_steps, self.max_seconds, self.max_new_tokens = max_steps, max_seconds, max_new_tokens
         self.tracer = tracer or Tracer()
         self.memory, self.temperature = memory, temperature
@@ -93,8 +114,12 @@ class ReActAgent:
         for step in range(1, self.max_steps + 1):
             if time.perf_counter() - t0 > self.max_seconds:
                 return self._end(None, "timeout", step - 1, calls, errors, pad, question)
-            out = self.llm.chat(msgs, self.max_new_tokens, self.temperature, seed + step, stop=("Observation:",),
-                                prefix=pad)
+            if self.pattern is None:
+                out = self.llm.chat(msgs, self.max_new_tokens, self.temperature, seed + step, stop=("Observation:",),
+                                    prefix=pad)
+            else:
+                out = self.llm.chat(msgs, self.max_new_tokens, self.temperature, seed + step, prefix=pad,
+                                    constraint=self.pattern)
             kind, val = parse_step("Thought:" + out if not out.lstrip().startswith(("Action", "Final")) else out)
             self.tracer.log("thought", out.strip(), step=step)
             pad += out.rstrip() + "\n"

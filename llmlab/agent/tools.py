@@ -29,6 +29,9 @@ _JSON = {str: "string", int: "integer", float: "number", bool: "boolean", list: 
 
 def _schema_of(tp) -> dict:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:  # Annotated[str, {"pattern": ...}]: dict metadata adds schema keywords
+        extra = {k: v for m in tp.__metadata__ if isinstance(m, dict) for k, v in m.items()}
+        return {**_schema_of(tp.__origin__), **extra}
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return _schema_of(inner[0]) if len(inner) == 1 else {"anyOf": [_schema_of(a) for a in inner]}
@@ -68,7 +71,7 @@ class Tool:
 
     @classmethod
     def from_function(cls, fn: Callable, name: str | None = None) -> "Tool":
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
         summary, descs = _doc_args(fn.__doc__ or "")
         props, required = {}, []
         for p in inspect.signature(fn).parameters.values():
@@ -101,6 +104,8 @@ def _type_ok(value, schema: dict) -> bool:
     if t == "array":
         return isinstance(value, list) and all(_type_ok(v, schema.get("items", {})) for v in value)
     checks = {"string": str, "boolean": bool, "object": dict}
+    if t == "string" and "pattern" in schema:
+        return isinstance(value, str) and re.fullmatch(schema["pattern"], value) is not None
     return t is None or isinstance(value, checks[t])
 
 
@@ -118,6 +123,8 @@ def validate(args: Any, schema: dict) -> str | None:
     for k, v in args.items():
         if not _type_ok(v, props[k]):
             want = props[k].get("type") or props[k].get("enum") or "anyOf"
+            if "pattern" in props[k]:
+                want = f"a string matching {props[k]['pattern']}"
             return f"argument '{k}' must be {want}, got {json.dumps(v)[:40]}"
     return None
 
