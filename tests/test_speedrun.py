@@ -44,7 +44,23 @@ def test_quick_speedrun_writes_report(tmp_path, capsys):
 
 def test_bad_sft_mix_fails_before_any_work(tmp_path, capsys):
     for arg, msg in (("sft_mix.arith=1", "unknown kind(s) arith"), ("sft_mix.arith_en=x", "must be numbers"),
-                     ("midtrain_share=1.5", "midtrain_share must be in [0, 1)")):
+                     ("midtrain_share=1.5", "midtrain_share must be in [0, 1)"),
+                     ("facts_share=0.95", "facts_share must be in [0, 1)"), ("precision=fp8", "precision must be")):
         assert main(["speedrun", arg, f"runs_dir={tmp_path}"]) == 2
         assert msg in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing was built
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    from llmlab.speedrun.pipeline import SpeedrunConfig, use_bf16
+
+    monkeypatch.setenv("LLMLAB_NO_BF16", "1")  # a CPU without native bf16: fp32
+    assert not use_bf16(SpeedrunConfig(device="cpu"))
+    assert use_bf16(SpeedrunConfig(device="cpu", precision="bf16"))
+    monkeypatch.delenv("LLMLAB_NO_BF16")
+    import torch
+    native = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+                  or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    assert use_bf16(SpeedrunConfig(device="cpu")) == native
+    assert not use_bf16(SpeedrunConfig(device="cpu", precision="fp32"))
+    assert not use_bf16(SpeedrunConfig(device="cpu", quick=True))  # tests stay fp32
