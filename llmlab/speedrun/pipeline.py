@@ -137,13 +137,14 @@ def run(cfg: SpeedrunConfig) -> dict:
         tok_files = {p.name: p.read_text(encoding="utf-8") for p in (out / "tokenizer").iterdir()}
 
     with _timed(stages, "shards"):
-        mid_docs, mid_recs = _midtrain_docs(cfg, out, tok, train_texts, val_texts)
-        tr = write_shards(train_texts + mid_docs, tok, out / "shards" / "train")
+        mid_docs, fact_docs, mid_recs = _midtrain_docs(cfg, out, tok, train_texts, val_texts)
+        tr = write_shards(train_texts + mid_docs + fact_docs, tok, out / "shards" / "train")
         va = write_shards(val_texts, tok, out / "shards" / "val")
         bytes_per_token = va["num_bytes"] / max(1, va["num_tokens"])
         stages["shards"].update(train_tokens=tr["num_tokens"], val_tokens=va["num_tokens"],
                                 bytes_per_token=bytes_per_token, midtrain_docs=len(mid_docs),
-                                midtrain_tokens=sum(len(tok.encode(d)) for d in mid_docs))
+                                midtrain_tokens=sum(len(tok.encode(d)) for d in mid_docs),
+                                fact_docs=len(fact_docs), fact_tokens=sum(len(tok.encode(d)) for d in fact_docs))
 
     sizing, model_cfg, tcfg = _train_config(cfg, preset_name, tok, out, bytes_per_token)
     with _timed(stages, "pretrain"):
@@ -257,16 +258,20 @@ def _apply_preset_defaults(cfg: SpeedrunConfig) -> None:
                 setattr(cfg, k, v)
 
 
-def _midtrain_docs(cfg: SpeedrunConfig, out: Path, tok, train_texts: list[str], val_texts: list[str]) -> list[str]:
-    """Templated conversations in the chat template, `midtrain_share` of the pretraining tokens
+def _midtrain_docs(cfg: SpeedrunConfig, out: Path, tok, train_texts: list[str], val_texts: list[str]):
+    """-> (conversation documents, equation-line documents, the conversations' records).
+
+    Templated conversations in the chat template, `midtrain_share` of the pretraining tokens
     (nanochat's midtraining, here mixed into the one pretraining run): a 4M-parameter model learns
     the digit facts and the reply format from ~10% of 2M tokens, which 300 SFT steps alone did
-    not teach it (docs/LOG.md). Written to data/midtrain.jsonl (the contamination checks read it)."""
+    not teach it (docs/LOG.md). Equation lines (`templated.fact_documents`), `facts_share` of the
+    tokens: the facts at ~12 tokens each, where a conversation spends ~33 (documents of 64 lines).
+    Both are written to data/midtrain.jsonl (the contamination checks read it)."""
     from llmlab.finetune.instruct import templated
     from llmlab.finetune.sft import chat_tokenizer
 
     if cfg.midtrain_share <= 0 and cfg.facts_share <= 0:
-        return [], []
+        return [], [], []
     ctok = chat_tokenizer(tok)
     render = lambda msgs: ctok.apply_chat_template(msgs, add_generation_prompt=False)  # noqa: E731
     probe = templated.build(200, seed=cfg.seed + 1, mix=templated.MIDTRAIN_MIX)
@@ -279,14 +284,13 @@ def _midtrain_docs(cfg: SpeedrunConfig, out: Path, tok, train_texts: list[str], 
     docs = templated.render_documents(recs, render)
     per_line = sum(len(tok.encode(x)) + 1 for x in templated.fact_lines(200, random.Random(0))) / 200
     facts = templated.fact_documents(round(cfg.facts_share * total / per_line), seed=cfg.seed)
-    docs += facts
     with open(out / "data" / "midtrain.jsonl", "w", encoding="utf-8") as f:
-        for d in docs:
+        for d in docs + facts:
             f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
     get_logger().info(f"midtraining: {len(recs):,} conversations (~{n * per_rec:,.0f} tokens) and "
                       f"{len(facts):,} documents of equation lines (~{cfg.facts_share * total:,.0f} tokens); "
                       f"{out_bpt:.2f} bytes/token in the natural text")
-    return docs, recs
+    return docs, facts, recs
 
 
 def _bytes_per_token(tok, texts: list[str], sample: int = 200) -> float:
