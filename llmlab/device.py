@@ -70,6 +70,20 @@ def use_onednn() -> bool:
     return _ONEDNN[0]
 
 
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX): only then does bf16
+    autocast train faster than fp32 on CPU (1.31x for the speedrun's model here, docs/LOG.md issue
+    24); without it torch emulates bf16 and fp32 is the fast path. LLMLAB_NO_BF16=1 turns it off."""
+    if os.environ.get("LLMLAB_NO_BF16", "") not in ("", "0"):
+        return False
+    cpu = getattr(torch, "cpu", None)
+    probes = [getattr(cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return any(bool(p()) for p in probes if p is not None)
+    except RuntimeError:
+        return False
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 from llmlab.cli import main
 
@@ -30,6 +31,13 @@ def test_quick_speedrun_writes_report(tmp_path, capsys):
     assert "Held-out judgement" in report
     # midtraining: templated conversations in the pretraining shards, none of them a held-out question
     assert summary["stages"]["shards"]["midtrain_docs"] > 0 and (out / "data" / "midtrain.jsonl").is_file()
+    # equation lines: about facts_share (default 0.15) of the train tokens, listed for the contamination check
+    sh = summary["stages"]["shards"]
+    assert sh["fact_docs"] > 0 and 0.08 < sh["fact_tokens"] / sh["train_tokens"] < 0.25
+    mid = [json.loads(ln)["text"] for ln in (out / "data" / "midtrain.jsonl").read_text(encoding="utf-8").splitlines()]
+    eq = re.compile(r"\d+ ?(?:[+×-]|plus|minus|times|加|减|乘以) ?\d+ ?(?:=|equals|等于) ?\d+[.。]?")
+    assert sum(all(eq.fullmatch(x) for x in d.split("\n")) for d in mid) == sh["fact_docs"]
+    assert "equation lines" in report and "fp32 |" in report  # quick runs stay fp32
     assert j["instruction"]["leaked"] == [] and j["instruction"]["train_conversations"] > 0
     # decoding chosen on validation prompts, the fixed setting reported beside it
     assert j["fluency"]["decoding"] in [r["decoding"] for r in j["fluency"]["selection"]]
@@ -44,7 +52,23 @@ def test_quick_speedrun_writes_report(tmp_path, capsys):
 
 def test_bad_sft_mix_fails_before_any_work(tmp_path, capsys):
     for arg, msg in (("sft_mix.arith=1", "unknown kind(s) arith"), ("sft_mix.arith_en=x", "must be numbers"),
-                     ("midtrain_share=1.5", "midtrain_share must be in [0, 1)")):
+                     ("midtrain_share=1.5", "midtrain_share must be in [0, 1)"),
+                     ("facts_share=0.95", "facts_share must be in [0, 1)"), ("precision=fp8", "precision must be")):
         assert main(["speedrun", arg, f"runs_dir={tmp_path}"]) == 2
         assert msg in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing was built
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    from llmlab.speedrun.pipeline import SpeedrunConfig, use_bf16
+
+    monkeypatch.setenv("LLMLAB_NO_BF16", "1")  # a CPU without native bf16: fp32
+    assert not use_bf16(SpeedrunConfig(device="cpu"))
+    assert use_bf16(SpeedrunConfig(device="cpu", precision="bf16"))
+    monkeypatch.delenv("LLMLAB_NO_BF16")
+    import torch
+    native = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+                  or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    assert use_bf16(SpeedrunConfig(device="cpu")) == native
+    assert not use_bf16(SpeedrunConfig(device="cpu", precision="fp32"))
+    assert not use_bf16(SpeedrunConfig(device="cpu", quick=True))  # tests stay fp32

@@ -111,3 +111,30 @@ def test_chat_stop_ids_are_the_turn_markers():
     tok = SimpleNamespace(special={"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2})
     assert chat_stop_ids(tok) == (1, 2)
     assert chat_stop_ids(SimpleNamespace(special={"<|endoftext|>": 0})) == ()
+
+
+def test_fact_lines_are_right_cover_the_table_and_avoid_heldout_wordings():
+    import random
+    lines = T.fact_lines(6000, random.Random(0))
+    ops = {"+": lambda a, b: a + b, "plus": lambda a, b: a + b, "加": lambda a, b: a + b,
+           "-": lambda a, b: a - b, "minus": lambda a, b: a - b, "减": lambda a, b: a - b,
+           "×": lambda a, b: a * b, "times": lambda a, b: a * b, "乘以": lambda a, b: a * b}
+    seen = set()
+    for ln in lines:
+        m = (re.fullmatch(r"(\d+) ([+×-]|plus|minus|times) (\d+) (?:=|equals) (\d+)[.。]?", ln)
+             or re.fullmatch(r"(\d+)(加|减|乘以)(\d+)等于(\d+)。", ln))
+        assert m, ln
+        a, op, b, c = m.groups()
+        assert int(c) == ops[op](int(a), int(b)) >= 0, ln
+        seen.add((int(a), ops[op](7, 3), int(b)))  # (a, which operation, b)
+        low = ln.lower()
+        assert not any(p in low for p in ("how much", "tell me what", "work out", "would like", "figure out"))
+    # every single-digit + and - fact the held-out questions can ask is in 6,000 lines
+    for a in range(10):
+        for b in range(10):
+            assert (a, 10, b) in seen
+            if b <= a:
+                assert (a, 4, b) in seen
+    docs = T.fact_documents(130, seed=1, per_doc=64)
+    assert [len(d.split("\n")) for d in docs] == [64, 64, 2]
+    assert docs == T.fact_documents(130, seed=1, per_doc=64) != T.fact_documents(130, seed=2, per_doc=64)

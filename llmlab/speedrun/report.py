@@ -63,9 +63,12 @@ def write_report(out: Path, summary: dict) -> Path:
              f"{s['shards']['val_tokens']:,} val tokens, {s['shards']['bytes_per_token']:.2f} bytes/token"
              + (f"; the train tokens include {s['shards']['midtrain_tokens']:,} of templated conversations "
                 f"(midtraining, {s['shards']['midtrain_docs']:,} documents)" if s['shards'].get('midtrain_docs') else "")
+             + (f" and {s['shards']['fact_tokens']:,} of equation lines ({s['shards']['fact_docs']:,} documents)"
+                if s['shards'].get('fact_docs') else "")
              + " |",
              f"| pretrain | {pt['seconds']:.1f} | {pt['steps']} steps, {pt['tokens']:,} tokens, "
-             f"{pt['params'] / 1e6:.2f}M params, {pt['tokens'] / max(pt['seconds'], 1e-9):,.0f} tokens/s |",
+             f"{pt['params'] / 1e6:.2f}M params, {pt['tokens'] / max(pt['seconds'], 1e-9):,.0f} tokens/s, "
+             f"{'bf16 autocast' if summary.get('train', {}).get('bf16') else 'fp32'} |",
              f"| samples | {s['samples']['seconds']:.1f} | {len(summary['samples'])} sampled completions |",
              *([f"| sft | {s['sft']['seconds']:.1f} | {s['sft']['steps']} steps of full SFT on templated "
                 f"instruction data, train loss {s['sft']['train_loss']:.3f}"

@@ -192,6 +192,33 @@ def build(n: int = 6000, seed: int = 0, mix: dict | None = None, exclude_text: s
     return recs
 
 
+# Equation lines for pretraining (the facts as plain text, ~12 tokens each instead of a ~33-token
+# conversation): mostly the answer's own shape, so SFT's "7 + 5 = " meets a fact already seen.
+FACT_FORMS_EN = ["{a} {s} {b} = {c}.", "{a} {s} {b} = {c}.", "{a} {s} {b} = {c}.", "{a} {s} {b} = {c}",
+                 "{a} {w} {b} equals {c}."]
+FACT_FORMS_ZH = ["{a} {s} {b} = {c}。", "{a}{z}{b}等于{c}。"]
+OPS_ZH = {"+": "加", "-": "减", "*": "乘以"}
+
+
+def fact_lines(n: int, rng: random.Random, zh_share: float = 0.15) -> list[str]:
+    """`n` single-digit equations (Chinese ones: a first operand up to 20 for +, as in `arithmetic`),
+    in random order, so a line is predicted from the fact and not from its neighbours."""
+    out = []
+    for _ in range(n):
+        op = rng.choice("++-*")
+        zh = rng.random() < zh_share
+        a, b = _operands(rng, op, 20 if zh and op == "+" else 9)
+        form = rng.choice(FACT_FORMS_ZH if zh else FACT_FORMS_EN)
+        out.append(form.format(a=a, b=b, c=_answer(a, b, op), s=OPS_EN[op][1], w=OPS_EN[op][0], z=OPS_ZH[op]))
+    return out
+
+
+def fact_documents(n_lines: int, seed: int = 0, per_doc: int = 64) -> list[str]:
+    """Equation lines joined into documents of `per_doc` lines (pretraining text)."""
+    lines = fact_lines(n_lines, random.Random(f"facts-{seed}"))
+    return ["\n".join(lines[i:i + per_doc]) for i in range(0, len(lines), per_doc)]
+
+
 def render_documents(records: list[dict], render, per_doc: int = 16) -> list[str]:
     """Conversations as pretraining text: `render(messages)` (the chat template) of `per_doc`
     records joined into one document, so a training window holds several whole exchanges."""
