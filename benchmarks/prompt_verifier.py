@@ -52,14 +52,14 @@ def collect(model, tok, items, n, seed):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="N=4, 12 training and 8 test problems, one seed")
+    ap.add_argument("--quick", action="store_true", help="N=3, 10 training and 4 test problems, one seed (about a minute)")
     ap.add_argument("--n", type=int, default=6)
     ap.add_argument("--train", type=int, default=30)
     ap.add_argument("--test", type=int, default=20)
     ap.add_argument("--seeds", default="0,1,2")
     args = ap.parse_args()
     if args.quick:
-        args.n, args.train, args.test, args.seeds = 4, 12, 8, "0"
+        args.n, args.train, args.test, args.seeds = 3, 10, 4, "0"
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     model, tok = load_model_and_tokenizer("smollm2")
