@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_byte_model import ByteTok, tiny_byte_model
 
 from llmlab.errors import UserError
-from llmlab.model import ModelConfig, Transformer
 from llmlab.rag.fid import TASK, WINDOW, fid_generate, fid_logits
 
 
-class ByteTok:
-    eos_id = None
-
-    def encode(self, text, allow_special=False):
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids):
-        return bytes(ids).decode("utf-8", errors="replace")
-
-
 def _model():
-    torch.manual_seed(0)
-    return Transformer(ModelConfig(vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                   max_position_embeddings=256)).eval()
+    return tiny_byte_model(256)
 
 
 P = ["Paris is in France.", "The Nile is long.", "Rome has seven hills."]

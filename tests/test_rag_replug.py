@@ -5,26 +5,13 @@ import math
 
 import pytest
 import torch
+from tiny_byte_model import ByteTok, tiny_byte_model
 
-from llmlab.model import ModelConfig, Transformer
 from llmlab.rag.replug import TEMPLATE, replug_generate, replug_logprob, replug_weights
 
 
-class ByteTok:
-    eos_id = None
-    pad_id = 0
-
-    def encode(self, text, allow_special=False):
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids):
-        return bytes(ids).decode("utf-8", errors="replace")
-
-
 def _model():
-    torch.manual_seed(0)
-    return Transformer(ModelConfig(vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                   max_position_embeddings=128)).eval()
+    return tiny_byte_model(128)
 
 
 DOCS = ["Paris is in France.", "The Nile is long."]
