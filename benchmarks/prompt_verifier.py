@@ -82,7 +82,7 @@ def collect(model, tok, items, n, seed):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="N=3, 10 training and 4 test problems, one seed (about a minute)")
+    ap.add_argument("--quick", action="store_true", help="N=3, 8 training and 3 test problems, one seed (about a minute)")
     ap.add_argument("--n", type=int, default=6)
     ap.add_argument("--train", type=int, default=30)
     ap.add_argument("--test", type=int, default=20)
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--digits", type=int, default=1, choices=(1, 2))
     args = ap.parse_args()
     if args.quick:
-        args.n, args.train, args.test, args.seeds = 3, 10, 4, "0"
+        args.n, args.train, args.test, args.seeds = 3, 8, 3, "0"
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     model, tok = load_model_and_tokenizer("smollm2")
