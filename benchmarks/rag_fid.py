@@ -1,6 +1,6 @@
 """Fusion-in-decoder vs concatenation as the reader of retrieved passages (llmlab.rag.fid).
 
-  python benchmarks/rag_fid.py [--quick] [--docs 2000] [--n 40] [--k 3] [--model smollm2]
+  python benchmarks/rag_fid.py [--quick] [--docs 2000] [--n 40] [--k 3] [--seed 7] [--readers concat,fid] [--out items.jsonl]
 
 Items: held-out wiki cloze items (llmlab.eval.tasks.cloze, seed 7; the question is the article's
 title plus the sentence up to the blank, as `llmlab rag eval`). Passages: the top-k BM25 chunks
