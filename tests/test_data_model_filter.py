@@ -115,3 +115,22 @@ def test_refine_verb_drops_junk_and_reports(tmp_path):
     assert {"sentence_dedup", "quality_classifier", "perplexity"} <= set(steps)
     kept = (tmp_path / "out" / "train.jsonl").read_text().splitlines()
     assert len(kept) == res["kept"] and (tmp_path / "out" / "report.md").exists()
+
+
+def test_filter_gain_corpora_keep_the_test_pages_held_out():
+    """The filtering-gain experiment (docs/data.md): junk = a corpus page with its words shuffled;
+    test pages are in neither the corpus nor the filters' reference (the first 600 pages); the
+    filters drop most of the junk and keep a good share of the real pages."""
+    import itertools
+
+    from llmlab.data.sources import wiki_en
+    from llmlab.train.filter_gain import corpora
+    raw, kept, test = corpora(0, n_pages=40)
+    pages = list(itertools.islice(wiki_en(), 740))
+    assert len(raw) == 80 and len(test) == 100 and set(kept) <= set(raw)
+    twins = Counter(tuple(sorted(t.split())) for t in raw)
+    assert set(twins.values()) == {2}  # each clean page and its shuffled copy, nothing else
+    clean, junk = [t for t in raw if t in set(pages)], [t for t in raw if t not in set(pages)]
+    assert len(clean) == len(junk) == 40
+    assert not set(test) & (set(raw) | set(pages[:600]))
+    assert sum(t in kept for t in junk) <= 0.25 * 40 and sum(t in kept for t in clean) >= 0.3 * 40

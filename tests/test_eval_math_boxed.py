@@ -96,3 +96,38 @@ def test_emergence_plot_writes_both_panels(tmp_path):
     plot(pts, tmp_path / "e.png")
     assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
     assert main([str(tmp_path / "x.png")]) == 2  # no models: usage
+
+
+def test_emergence_measure_smooth_metric_by_hand(monkeypatch):
+    """`measure`'s log p per gold-answer token equals a plain forward pass summed by hand."""
+    import torch
+
+    import llmlab.infer.model_and_tokenizer as mt
+    from llmlab.eval.emergence import measure
+    from llmlab.eval.tasks import get_task
+    from llmlab.model import ModelConfig, Transformer
+
+    class ByteTok:  # bytes mod 96 (+ EOS 96)
+        bos_id, eos_id, chat_template = None, 96, None
+
+        def encode(self, text, allow_special=False):
+            return [b % 96 for b in text.encode("utf-8")]
+
+        def decode(self, ids):
+            return bytes(32 + i for i in ids if i < 96).decode("latin-1")
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                    max_position_embeddings=512)).eval()
+    monkeypatch.setattr(mt, "load_model_and_tokenizer", lambda name, device, dtype: (model, ByteTok()))
+    got = measure("tiny", "arithmetic", 4)
+    items, tok, total, n = get_task("arithmetic").items(4, 1234), ByteTok(), 0.0, 0
+    with torch.no_grad():
+        for it in items:
+            ctx, cont = tok.encode(it["prompt"]), tok.encode(" " + it["answer"])
+            logp = model(torch.tensor([ctx + cont])).log_softmax(-1)[0]
+            total += sum(logp[len(ctx) - 1 + j, t].item() for j, t in enumerate(cont))
+            n += len(cont)
+    assert got["n"] == 4 and got["params"] == sum(p.numel() for p in model.parameters())
+    assert got["answer_logprob_per_token"] == pytest.approx(total / n, abs=1e-4)
+    assert 0.0 <= got["exact_match"] <= 1.0

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llmlab.errors import UserError
-from llmlab.finetune.instruct.coreset import covering_radius, instruction_texts, k_center_greedy, select
+from llmlab.finetune.instruct.coreset import covering_radius, instruction_texts, k_center_greedy, select, task_quotas
 
 
 def test_greedy_by_hand():
@@ -45,3 +45,23 @@ def test_coreset_covers_better_than_random():
     assert instruction_texts([{"prompt": "p"}, {"instruction": "i"}]) == ["p", "i"]
     with pytest.raises(UserError):
         select(recs, 5, "nope")
+
+
+def test_per_task_quotas_and_kcenter_within_each_task():
+    # 7 / 2 / 1 records, k = 5: exact shares 3.5 / 1.0 / 0.5 -> 3 / 1 / 0, one left for the largest remainder
+    tasks = ["a"] * 7 + ["b"] * 2 + ["c"]
+    assert task_quotas(tasks, 5) == {"a": 4, "b": 1, "c": 0}
+    assert task_quotas(tasks, 10) == {"a": 7, "b": 2, "c": 1}
+    assert sum(task_quotas(["x", "y", "z"], 2).values()) == 2
+    x = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0], [20.0], [21.0], [100.0], [101.0], [500.0]])
+    recs = [{"task": t, "messages": [{"role": "user", "content": f"q{i}"}]} for i, t in enumerate(tasks)]
+    embed = lambda texts: x[[int(t[1:]) for t in texts]]  # noqa: E731
+    got = [int(r["messages"][0]["content"][1:]) for r in select(recs, 5, "kcenter_task", seed=3, embed=embed)]
+    a_only = k_center_greedy(x[:7], 4, seed=3)
+    b_only = k_center_greedy(x[7:9], 1, seed=3)
+    assert got == a_only + [7 + i for i in b_only]
+    # plain k-center spends centres on the far outliers of the small tasks instead
+    plain = [int(r["messages"][0]["content"][1:]) for r in select(recs, 5, "kcenter", seed=3, embed=embed)]
+    assert 9 in plain and 9 not in got
+    with pytest.raises(UserError, match="task"):
+        select([{"messages": []}] * 3, 2, "kcenter_task", embed=lambda t: torch.zeros(len(t), 1))

@@ -31,7 +31,8 @@ class PruneConfig:
     num_calibration_samples: int = 8
     eval_windows: int = field(default=8, metadata={"help": "held-out 256-token windows scored"})
     output_dir: str = field(default="", metadata={"help": "HF-style dir for the pruned model (optional)"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "calibration draw: the training-split windows are sampled with "
+                                                   "seed 1 + seed (the held-out windows never change)"})
 
 
 def _windows(tok, cfg_n: int, heldout: bool, seed: int):
@@ -123,7 +124,7 @@ def run_prune(cfg: PruneConfig) -> int:
     base, tok = load_model_and_tokenizer(cfg.model, device="cpu", dtype="float32")
     base.__dict__.pop("quantized", None)
     ev = _windows(tok, cfg.eval_windows, True, 0)
-    calib = _windows(tok, cfg.num_calibration_samples, False, 1)
+    calib = _windows(tok, cfg.num_calibration_samples, False, 1 + cfg.seed)
     with torch.no_grad():
         fp = calibrate.perplexity(base, ev).perplexity
     print(f"dense: held-out ppl {fp:.3f}")

@@ -48,16 +48,37 @@ def instruction_texts(records: list[dict]) -> list[str]:
     return out
 
 
+def task_quotas(tasks: list[str], k: int) -> dict[str, int]:
+    """k split over the tasks in proportion to their counts (largest remainder; ties by task name)."""
+    counts = {t: tasks.count(t) for t in sorted(set(tasks))}
+    exact = {t: k * c / len(tasks) for t, c in counts.items()}
+    quota = {t: int(e) for t, e in exact.items()}
+    for t in sorted(counts, key=lambda t: (quota[t] - exact[t], t))[:k - sum(quota.values())]:
+        quota[t] += 1
+    return quota
+
+
 def select(records: list[dict], k: int, method: str = "kcenter", seed: int = 0, embed=None) -> list[dict]:
     """k records by k-center greedy on embeddings, or a seeded random subset (method=random).
+    method=kcenter_task: per-task quotas in proportion to the pool (records' "task" field), k-center
+    greedy within each task (plain k-center pulls towards the most spread-out task; docs/finetune.md).
     `embed(texts) -> (n, d) tensor` is the caller's sentence encoder (e.g. llmlab.rag.embed's
     SentenceEncoder().encode; passed in because retrieval is a later stage than fine-tuning)."""
+    if not 1 <= k <= len(records):
+        raise UserError(f"coreset: k must be in [1, {len(records)}], got {k}")
     if method == "random":
-        if not 1 <= k <= len(records):
-            raise UserError(f"coreset: k must be in [1, {len(records)}], got {k}")
         return random.Random(seed).sample(records, k)
-    if method != "kcenter":
-        raise UserError(f"coreset method must be kcenter or random, got {method!r}")
+    if method not in ("kcenter", "kcenter_task"):
+        raise UserError(f"coreset method must be kcenter, kcenter_task or random, got {method!r}")
     if embed is None:
-        raise UserError("coreset: method=kcenter needs embed= (a sentence encoder, e.g. SentenceEncoder().encode)")
-    return [records[i] for i in k_center_greedy(embed(instruction_texts(records)), k, seed=seed)]
+        raise UserError(f"coreset: method={method} needs embed= (a sentence encoder, e.g. SentenceEncoder().encode)")
+    x = embed(instruction_texts(records))
+    if method == "kcenter":
+        return [records[i] for i in k_center_greedy(x, k, seed=seed)]
+    if any("task" not in r for r in records):
+        raise UserError("coreset: method=kcenter_task needs a 'task' field in every record")
+    tasks, out = [str(r["task"]) for r in records], []
+    for t, q in task_quotas(tasks, k).items():
+        idx = [i for i, u in enumerate(tasks) if u == t]
+        out += [records[idx[j]] for j in (k_center_greedy(x[idx], q, seed=seed) if q else [])]
+    return out
