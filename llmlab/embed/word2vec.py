@@ -103,8 +103,9 @@ def train(vocab: vocab_mod.Vocab, corpus: vocab_mod.Corpus, s: TrainSettings, pr
         codes, points, codelens = huffman.huffman_codes(vocab.counts)
     alias_prob, alias_idx = vocab_mod.alias_table(vocab_mod.noise_distribution(vocab.counts, s.ns_exponent))
     keep = vocab_mod.keep_table(vocab.counts, s.sample) if s.sample > 0 else None
-    fields = dict(syn0=syn0, syn1=syn1, syn1neg=syn1neg, dim=d, ids=corpus.ids, sent_starts=corpus.sent_starts, keep=keep,
-                  alias_prob=alias_prob, alias_idx=alias_idx, vocab_size=v, codes=codes, points=points,
+    fields = dict(syn0=syn0, syn1=syn1, syn1neg=syn1neg, dim=d, ids=corpus.ids,
+                  sent_starts=corpus.sent_starts, keep=keep, alias_prob=alias_prob, alias_idx=alias_idx,
+                  vocab_size=v, codes=codes, points=points,
                   codelens=codelens, max_code=0 if codes is None else codes.shape[1], sub_start=sub_start,
                   sub_idx=sub_idx, sg=int(s.sg), hs=int(s.hs), negative=int(s.negative), window=int(s.window),
                   cbow_mean=int(s.cbow_mean), nthreads=max(1, int(s.workers)), alpha=s.alpha,
