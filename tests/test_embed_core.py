@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from llmlab.embed import huffman, kernel, reference, subwords, vocab as V
+from llmlab.embed import word2vec
 from llmlab.embed.word2vec import TrainSettings, train
 
 gensim = pytest.importorskip("gensim")
@@ -116,11 +117,51 @@ CASES = [dict(sg=1, hs=0, negative=5), dict(sg=0, hs=0, negative=5), dict(sg=1, 
          dict(sg=0, hs=1, negative=3), dict(sg=1, negative=5, fasttext=True), dict(sg=0, negative=5, fasttext=True)]
 
 
+def test_jobs_and_their_learning_rates_are_gensims():
+    """Jobs of up to JOB_WORDS words and one learning rate per job from the words pushed before
+    it: the batches and alphas gensim's Word2Vec._job_producer puts on its queue."""
+    import queue
+
+    from gensim.models import Word2Vec
+
+    rng = np.random.default_rng(1)
+    sents = [[f"w{i}" for i in rng.integers(0, 50, int(n))] for n in rng.integers(1, 40, 300)]
+    m = Word2Vec(vector_size=4, min_count=1, batch_words=100, epochs=3, alpha=0.03, min_alpha=0.001)
+    m.build_vocab(sents)
+    total = sum(map(len, sents))
+    q = queue.Queue()
+    m._job_producer(iter(sents), q, cur_epoch=1, total_words=total)
+    jobs = [q.get() for _ in range(q.qsize())][:-m.workers]  # then one None per worker
+    starts = np.concatenate([[0], np.cumsum([len(x) for x in sents])])
+    ours = word2vec.job_starts(starts, 100)
+    assert np.diff(ours).tolist() == [len(batch) for batch, _ in jobs]
+    for j, (_, alpha) in enumerate(jobs):
+        got = reference.job_alpha(0.03, 0.001, 1 * total + int(starts[ours[j]]), 3 * total)
+        assert got == pytest.approx(alpha, rel=1e-6)
+    # a sentence longer than a job is a job alone
+    assert word2vec.job_starts(np.array([0, 5, 250, 260]), 100).tolist() == [0, 1, 2, 3]
+
+
+def test_one_thread_does_not_depend_on_how_jobs_are_grouped_into_kernel_calls(monkeypatch):
+    """Each job's random stream and learning rate come from its position in the corpus, so
+    cutting the epoch into more kernel calls changes nothing (one thread: bit-identical)."""
+    vocab, corpus = _toy()
+    monkeypatch.setattr(word2vec, "JOB_WORDS", 50)
+    s = TrainSettings(vector_size=16, window=3, epochs=2, sg=1, seed=5)
+    a = train(vocab, corpus, s, progress=False)
+    monkeypatch.setattr(word2vec, "SLICE_TOKENS", 120)
+    b = train(vocab, corpus, s, progress=False)
+    assert a.vectors.tobytes() == b.vectors.tobytes()
+    monkeypatch.setattr(word2vec, "JOB_WORDS", 10_000)
+    assert train(vocab, corpus, s, progress=False).vectors.tobytes() != a.vectors.tobytes()
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_kernel_matches_reference_loop(case, monkeypatch):
     if kernel.load() is None:
         pytest.skip("no C compiler")
     vocab, corpus = _toy()
+    monkeypatch.setattr(word2vec, "JOB_WORDS", 60)  # ~10 jobs: per-job learning rates and streams
     s = TrainSettings(vector_size=16, window=3, epochs=2, sample=1e-2, seed=3, bucket=50, min_n=2, max_n=3, **case)
     fast = train(vocab, corpus, s, progress=False)
     monkeypatch.setattr(kernel, "_LIB", [None])

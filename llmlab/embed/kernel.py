@@ -18,7 +18,7 @@ _p, _i64, _i32, _f32, _u64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ct
 class W2VArgs(ctypes.Structure):
     """Mirror of the C struct W2VArgs (same field order)."""
     _fields_ = [("syn0", _p), ("syn1", _p), ("syn1neg", _p), ("dim", _i64),
-                ("ids", _p), ("sent_starts", _p), ("nsent", _i64),
+                ("ids", _p), ("sent_starts", _p), ("job_starts", _p), ("njobs", _i64),
                 ("keep", _p), ("alias_prob", _p), ("alias_idx", _p), ("vocab_size", _i64),
                 ("codes", _p), ("points", _p), ("codelens", _p), ("max_code", _i64),
                 ("sub_start", _p), ("sub_idx", _p),

@@ -68,64 +68,74 @@ def _rows(a, w):
 
 
 def epoch(a: dict) -> int:
-    """One epoch, one thread, over a["sent_starts"] (the same fields as kernel.W2VArgs).
+    """The jobs a["job_starts"] of one epoch, one thread (the same fields as kernel.W2VArgs).
     Returns the number of words kept after subsampling."""
     table = exp_table()
-    syn0, dim, window = a["syn0"], a["dim"], a["window"]
-    rng = SplitMix64(a["seed"] ^ 0xD1B54A32D192ED03)
-    starts, ids, keep = a["sent_starts"], a["ids"], a["keep"]
-    alpha0, min_alpha = np.float32(a["alpha"]), np.float32(a["min_alpha"])
-    done = pending = trained = 0
-    alpha = alpha0
-    for s in range(len(starts) - 1):
-        sen = []
-        for p in range(starts[s], starts[s + 1]):
-            w = int(ids[p])
-            pending += 1
-            if keep is not None and int(keep[w]) < (rng.next() >> 32):
-                continue
-            sen.append(w)
-        if pending >= 10000 or s == 0:
-            done += pending
-            pending = 0
-            frac = np.float32((a["words_before"] + done) / a["total_words"])
-            alpha = max(np.float32(alpha0 - (alpha0 - min_alpha) * frac), min_alpha)
-        trained += len(sen)
-        n = len(sen)
-        for i in range(n):
-            b = rng.next() % window if window > 1 else 0
-            lo, hi = max(0, i - window + b), min(n, i + window - b + 1)
-            if a["sg"] and a["sub_idx"] is None:
-                for c in range(lo, hi):
-                    if c == i:
-                        continue
-                    work = np.zeros(dim, np.float32)
-                    _predict(a, syn0[sen[c]].copy(), sen[i], alpha, work, table, rng)
-                    syn0[sen[c]] += work
-            elif a["sg"]:  # fastText: one mean per centre word, its rows updated once
-                rows = _rows(a, sen[i])
-                h = syn0[rows].sum(0) * np.float32(1 / len(rows))
-                work = np.zeros(dim, np.float32)
-                for c in range(lo, hi):
-                    if c != i:
-                        _predict(a, h, sen[c], alpha, work, table, rng)
-                for r in rows:
-                    syn0[r] += work
-            else:
-                ctx = [r for c in range(lo, hi) if c != i for r in _rows(a, sen[c])]
-                if not ctx:
-                    continue
-                h = syn0[ctx].sum(0)
-                inv = np.float32(1.0 / len(ctx))
-                if a["cbow_mean"]:
-                    h = h * inv
-                work = np.zeros(dim, np.float32)
-                _predict(a, h, sen[i], alpha, work, table, rng)
-                if not a["cbow_mean"]:
-                    work *= inv
-                for r in ctx:
-                    syn0[r] += work
+    starts, jobs = a["sent_starts"], a["job_starts"]
+    alpha0, min_alpha = a["alpha"], a["min_alpha"]
+    trained = 0
+    for j in range(a["njobs"]):
+        s0, s1 = int(jobs[j]), int(jobs[j + 1])
+        rng = SplitMix64(a["seed"] ^ ((0xD1B54A32D192ED03 * (s0 + 1)) & M64))
+        alpha = job_alpha(alpha0, min_alpha, a["words_before"] + int(starts[s0]), a["total_words"])
+        for s in range(s0, s1):
+            trained += _train_sentence(a, s, rng, alpha, table)
     return trained
+
+
+def job_alpha(alpha, min_alpha, words_before: int, total_words: int) -> np.float32:
+    """A job's learning rate, fixed for the job: linear from alpha to min_alpha in the corpus
+    words before the job over all epochs' words (gensim's _get_next_alpha on pushed words)."""
+    alpha, min_alpha = np.float32(alpha), np.float32(min_alpha)
+    frac = np.float32(words_before / total_words)
+    return max(np.float32(alpha - (alpha - min_alpha) * frac), min_alpha)
+
+
+def _train_sentence(a, s, rng, alpha, table) -> int:
+    """Subsample sentence s and train on it; returns the words kept."""
+    syn0, dim, window = a["syn0"], a["dim"], a["window"]
+    starts, ids, keep = a["sent_starts"], a["ids"], a["keep"]
+    sen = []
+    for p in range(starts[s], starts[s + 1]):
+        w = int(ids[p])
+        if keep is not None and int(keep[w]) < (rng.next() >> 32):
+            continue
+        sen.append(w)
+    n = len(sen)
+    for i in range(n):
+        b = rng.next() % window if window > 1 else 0
+        lo, hi = max(0, i - window + b), min(n, i + window - b + 1)
+        if a["sg"] and a["sub_idx"] is None:
+            for c in range(lo, hi):
+                if c == i:
+                    continue
+                work = np.zeros(dim, np.float32)
+                _predict(a, syn0[sen[c]].copy(), sen[i], alpha, work, table, rng)
+                syn0[sen[c]] += work
+        elif a["sg"]:  # fastText: one mean per centre word, its rows updated once
+            rows = _rows(a, sen[i])
+            h = syn0[rows].sum(0) * np.float32(1 / len(rows))
+            work = np.zeros(dim, np.float32)
+            for c in range(lo, hi):
+                if c != i:
+                    _predict(a, h, sen[c], alpha, work, table, rng)
+            for r in rows:
+                syn0[r] += work
+        else:
+            ctx = [r for c in range(lo, hi) if c != i for r in _rows(a, sen[c])]
+            if not ctx:
+                continue
+            h = syn0[ctx].sum(0)
+            inv = np.float32(1.0 / len(ctx))
+            if a["cbow_mean"]:
+                h = h * inv
+            work = np.zeros(dim, np.float32)
+            _predict(a, h, sen[i], alpha, work, table, rng)
+            if not a["cbow_mean"]:
+                work *= inv
+            for r in ctx:
+                syn0[r] += work
+    return n
 
 
 def uniform_init(n: int, seed: int, scale: float) -> np.ndarray:

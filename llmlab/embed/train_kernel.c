@@ -2,11 +2,14 @@
  * llmlab/embed/kernel.py. One function per concept; the algorithms are those of Mikolov's
  * word2vec.c, Bojanowski et al.'s fastText and Pennington et al.'s glove.c, restated here.
  *
- * Threads (OpenMP) take blocks of 16 sentences as they free up and update the shared matrices
- * without locks ("Hogwild", Recht et al. 2011), as the reference implementations and gensim do.
- * With one thread a run is a pure function of the seed (bit-reproducible).
+ * Work is split as gensim splits it: jobs of consecutive sentences of up to 10,000 words (cut by
+ * the caller), each with its own learning rate (from the corpus position where it starts) and
+ * its own random stream (from the seed and its first sentence). Threads (OpenMP) take jobs as
+ * they free up and update the shared matrices without locks ("Hogwild", Recht et al. 2011), as
+ * the reference implementations and gensim do. So the thread count changes only which jobs run
+ * at the same time, and one thread is a pure function of the seed (bit-reproducible).
  *
- * Randomness: splitmix64 per thread, seeded by the caller (seed, epoch) and the thread number.
+ * Randomness: splitmix64 per job, seeded by the caller (seed, epoch) and the job's first sentence.
  * Negative sampling draws from an alias table (Walker 1977): O(1) per draw, exact distribution.
  */
 #include <stdint.h>
@@ -27,8 +30,9 @@ typedef struct {
     float *syn1neg;              /* negative sampling: output words V x dim, or NULL */
     int64_t dim;
     const int32_t *ids;          /* the corpus as word ids */
-    const int64_t *sent_starts;  /* nsent+1 offsets into ids */
-    int64_t nsent;
+    const int64_t *sent_starts;  /* offsets into ids: sentence s is ids[sent_starts[s]:sent_starts[s+1]] */
+    const int64_t *job_starts;   /* njobs+1 sentence indices: job j is sentences job_starts[j]..job_starts[j+1]-1 */
+    int64_t njobs;
     const uint32_t *keep;        /* subsampling keep probability * (2^32-1), or NULL */
     const uint32_t *alias_prob;  /* alias table: P(keep column) * 2^32 */
     const int32_t *alias_idx;
@@ -42,7 +46,7 @@ typedef struct {
     int32_t sg, hs, negative, window, cbow_mean, nthreads;
     float alpha, min_alpha;
     int64_t total_words;         /* epochs * corpus words: the learning-rate schedule's length */
-    int64_t words_before;        /* corpus words of the epochs already done */
+    int64_t words_before;        /* corpus words of the epochs already done (epoch * corpus words) */
     uint64_t seed;
     int64_t trained;             /* out: words kept after subsampling */
 } W2VArgs;
@@ -189,7 +193,7 @@ static void train_sentence(const W2VArgs *a, const int32_t *sen, int64_t n, floa
     }
 }
 
-/* One epoch over the corpus. Returns 0, or -1 if memory ran out. */
+/* The jobs job_starts[0..njobs] of one epoch. Returns 0, or -1 if memory ran out. */
 int llmlab_w2v_epoch(W2VArgs *a) {
     float exp_table[EXP_TABLE_SIZE];
     for (int i = 0; i < EXP_TABLE_SIZE; i++) {
@@ -197,19 +201,14 @@ int llmlab_w2v_epoch(W2VArgs *a) {
         exp_table[i] = e / (e + 1.0f);
     }
     int64_t max_len = 1;
-    for (int64_t s = 0; s < a->nsent; s++) {
+    for (int64_t s = a->job_starts[0]; s < a->job_starts[a->njobs]; s++) {
         int64_t len = a->sent_starts[s + 1] - a->sent_starts[s];
         if (len > max_len) max_len = len;
     }
-    int64_t done = 0, trained = 0;
+    int64_t trained = 0;
     int failed = 0, nthreads = a->nthreads > 0 ? a->nthreads : 1;
 #pragma omp parallel num_threads(nthreads) reduction(+:trained)
     {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        uint64_t rng = a->seed ^ (0xD1B54A32D192ED03ULL * (uint64_t)(tid + 1));
         float *h = malloc(a->dim * sizeof(float)), *work = malloc(a->dim * sizeof(float));
         int32_t *sen = malloc(max_len * sizeof(int32_t));
         int ok = h && work && sen;
@@ -217,32 +216,27 @@ int llmlab_w2v_epoch(W2VArgs *a) {
 #pragma omp atomic write
             failed = 1;
         }
-        int64_t pending = 0;
-        int first = 1;
-        float alpha = a->alpha;
-        /* blocks of sentences handed out dynamically (threads slowed by other load do less);
-         * one thread: the sentences in order, one random stream */
-#pragma omp for schedule(dynamic, 16)
-        for (int64_t s = 0; s < a->nsent; s++) {
+        /* one job at a time to whichever thread is free: two threads train jobs ~10,000 words
+         * apart, as gensim's workers do (not neighbouring sentences of the same document) */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t j = 0; j < a->njobs; j++) {
             if (!ok) continue;
-            int64_t n = 0;
-            for (int64_t p = a->sent_starts[s]; p < a->sent_starts[s + 1]; p++) {
-                int32_t w = a->ids[p];
-                pending++;
-                if (a->keep && a->keep[w] < (uint32_t)(rng_next(&rng) >> 32)) continue;
-                sen[n++] = w;
+            int64_t s0 = a->job_starts[j], s1 = a->job_starts[j + 1];
+            uint64_t rng = a->seed ^ (0xD1B54A32D192ED03ULL * (uint64_t)(s0 + 1));
+            /* linear decay, fixed per job from the corpus position where it starts (gensim) */
+            double progress = (double)(a->words_before + a->sent_starts[s0]) / (double)a->total_words;
+            float alpha = a->alpha - (a->alpha - a->min_alpha) * (float)progress;
+            if (alpha < a->min_alpha) alpha = a->min_alpha;
+            for (int64_t s = s0; s < s1; s++) {
+                int64_t n = 0;
+                for (int64_t p = a->sent_starts[s]; p < a->sent_starts[s + 1]; p++) {
+                    int32_t w = a->ids[p];
+                    if (a->keep && a->keep[w] < (uint32_t)(rng_next(&rng) >> 32)) continue;
+                    sen[n++] = w;
+                }
+                trained += n;
+                train_sentence(a, sen, n, alpha, h, work, exp_table, &rng);
             }
-            if (pending >= 10000 || first) {  /* linear decay on the words seen by all threads */
-                int64_t now;
-#pragma omp atomic capture
-                { done += pending; now = done; }
-                pending = 0;
-                first = 0;
-                alpha = a->alpha - (a->alpha - a->min_alpha) * (float)((double)(a->words_before + now) / (double)a->total_words);
-                if (alpha < a->min_alpha) alpha = a->min_alpha;
-            }
-            trained += n;
-            train_sentence(a, sen, n, alpha, h, work, exp_table, &rng);
         }
         free(h); free(work); free(sen);
     }

@@ -2,9 +2,11 @@
 negative sampling) and fastText (Bojanowski et al. 2017: the same objectives with each word's
 input being the mean of its own and its character n-grams' rows).
 
-Per epoch the corpus (int32 ids) is cut into ~1M-token slices; each slice is one call of the C
-kernel (threads inside), so the progress bar moves and the learning rate decays linearly from
-`alpha` to `min_alpha` over epochs * corpus words, as in word2vec.c and gensim.
+The corpus (int32 ids) is cut as gensim cuts it: jobs of consecutive sentences of up to
+JOB_WORDS words (gensim's batch_words), each trained at the learning rate of the corpus position
+where it starts (linear from `alpha` to `min_alpha` over epochs * corpus words) with its own random
+stream; threads take whole jobs. Each ~1M-token run of jobs is one call of the C kernel, so the
+progress bar moves.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from llmlab.embed.vectors import WordVectors
 from llmlab.log import get_logger
 
 SLICE_TOKENS = 1_000_000
+JOB_WORDS = 10_000  # gensim's batch_words (MAX_WORDS_IN_BATCH): a job is at most this many words
 # word2vec input rows start uniform in [-W/(2d), W/(2d)): W = 1 is word2vec.c's (rand - 0.5) / d;
 # gensim 4's prep_vectors draws (2u - 1) / d, i.e. W = 2 (gensim 3 seeded each word's row from
 # hash(word + seed) with word2vec.c's range). Kept at word2vec.c's: see docs/embed.md, "The
@@ -50,6 +53,22 @@ class TrainSettings:
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 0x9E3779B97F4A7C15 + (epoch + 1) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+
+
+def job_starts(sent_starts: np.ndarray, job_words: int | None = None) -> np.ndarray:
+    """Sentence indices where jobs start, plus the sentence count at the end: sentences are
+    added to a job while it stays within job_words words (a longer sentence is a job alone),
+    as gensim's _job_producer fills its jobs."""
+    job_words = JOB_WORDS if job_words is None else job_words
+    lengths = np.diff(sent_starts).tolist()
+    starts, size = [0], 0
+    for s, n in enumerate(lengths):
+        if size + n > job_words and size > 0:
+            starts.append(s)
+            size = 0
+        size += n
+    starts.append(len(lengths))
+    return np.asarray(starts, dtype=np.int64)
 
 
 def _ptr(a):
@@ -84,38 +103,37 @@ def train(vocab: vocab_mod.Vocab, corpus: vocab_mod.Corpus, s: TrainSettings, pr
         codes, points, codelens = huffman.huffman_codes(vocab.counts)
     alias_prob, alias_idx = vocab_mod.alias_table(vocab_mod.noise_distribution(vocab.counts, s.ns_exponent))
     keep = vocab_mod.keep_table(vocab.counts, s.sample) if s.sample > 0 else None
-    fields = dict(syn0=syn0, syn1=syn1, syn1neg=syn1neg, dim=d, ids=corpus.ids, keep=keep,
-                  alias_prob=alias_prob, alias_idx=alias_idx, vocab_size=v, codes=codes, points=points,
+    fields = dict(syn0=syn0, syn1=syn1, syn1neg=syn1neg, dim=d, ids=corpus.ids,
+                  sent_starts=corpus.sent_starts, keep=keep, alias_prob=alias_prob, alias_idx=alias_idx,
+                  vocab_size=v, codes=codes, points=points,
                   codelens=codelens, max_code=0 if codes is None else codes.shape[1], sub_start=sub_start,
                   sub_idx=sub_idx, sg=int(s.sg), hs=int(s.hs), negative=int(s.negative), window=int(s.window),
                   cbow_mean=int(s.cbow_mean), nthreads=max(1, int(s.workers)), alpha=s.alpha,
                   min_alpha=s.min_alpha)
     n_tok = len(corpus.ids)
     total = max(1, s.epochs * n_tok)
-    # slice boundaries (sentence indices) of ~SLICE_TOKENS tokens
-    cuts = np.unique(np.searchsorted(corpus.sent_starts, np.arange(0, n_tok, SLICE_TOKENS), side="right") - 1)
-    cuts = np.append(cuts[cuts < len(corpus.sent_starts) - 1], len(corpus.sent_starts) - 1)
+    jobs = job_starts(corpus.sent_starts)
+    # kernel calls of ~SLICE_TOKENS tokens, cut at job boundaries (indices into jobs)
+    cuts = np.unique(np.searchsorted(corpus.sent_starts[jobs], np.arange(0, n_tok, SLICE_TOKENS), side="right") - 1)
+    cuts = np.append(cuts[cuts < len(jobs) - 1], len(jobs) - 1)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, unit="w", unit_scale=True, desc="embed train", disable=not progress, leave=False)
     t0, trained = time.perf_counter(), 0
     for epoch in range(s.epochs):
         for k in range(len(cuts) - 1):
-            starts = corpus.sent_starts[cuts[k]:cuts[k + 1] + 1]
-            before = epoch * n_tok + int(starts[0])
-            seed = _epoch_seed(s.seed, epoch) ^ int(cuts[k])
+            part = jobs[cuts[k]:cuts[k + 1] + 1]
+            call = dict(job_starts=part, njobs=len(part) - 1, total_words=total, words_before=epoch * n_tok,
+                        seed=_epoch_seed(s.seed, epoch))
             if lib is not None:
                 args = kernel.W2VArgs(**{f: (_ptr(x) if isinstance(x, np.ndarray) or x is None else x)
-                                         for f, x in fields.items()},
-                                      sent_starts=starts.ctypes.data, nsent=len(starts) - 1,
-                                      total_words=total, words_before=before, seed=seed)
+                                         for f, x in dict(fields, **call).items()})
                 if lib.llmlab_w2v_epoch(ctypes.byref(args)) != 0:
                     raise MemoryError("embedding kernel: out of memory")
                 trained += args.trained
             else:
-                trained += reference.epoch(dict(fields, sent_starts=starts, total_words=total,
-                                                words_before=before, seed=seed))
-            bar.update(int(starts[-1] - starts[0]))
+                trained += reference.epoch(dict(fields, **call))
+            bar.update(int(corpus.sent_starts[part[-1]] - corpus.sent_starts[part[0]]))
     bar.close()
     secs = time.perf_counter() - t0
     get_logger().info(f"embed: {s.epochs} epochs over {n_tok:,} words in {secs:.1f}s "
