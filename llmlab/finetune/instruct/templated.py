@@ -132,10 +132,12 @@ def _operands(rng: random.Random, op: str, max_a: int = 9, edge_share: float = 0
     return a, b
 
 
-# Operation draws for training questions: + and - equally often (the canned questions and the
-# held-out and validation sets ask both), x less often; EDGE_SHARE of them an edge fact.
+# Operation draws for training questions and equation lines (addition twice as often: the canned
+# questions add), and EDGE_SHARE of the questions an edge fact (an operand 0 or 1, or a - a) on top
+# of those drawn by chance: chosen on the validation wordings (0.72 with edge facts vs 0.61 without;
+# + and - equally often scored 0.64 alone, 0.58 with edge facts: docs/LOG.md, issue 24, fifth session).
 ARITH_OPS = "++-*"
-EDGE_SHARE = 0.0
+EDGE_SHARE = 0.25
 
 
 def _arith_groups(op: str) -> list[list[str]]:
