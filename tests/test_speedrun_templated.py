@@ -171,3 +171,12 @@ def test_no_training_subject_names_a_heldout_one():
     assert T._names_a_heldout_subject("Renaissance music", held)
     assert T._names_a_heldout_subject("The Blue whale song", held)
     assert not T._names_a_heldout_subject("Blue", held) and not T._names_a_heldout_subject("Renaissances", held)
+
+
+def test_sft_arithmetic_has_edge_facts_beyond_chance():
+    recs = [r for r in T.build(3000, seed=4) if r["kind"] == "arithmetic" and r["messages"][1]["content"][-1] == "."]
+    pm = [tuple(map(int, re.fullmatch(r"(\d+) [+-] (\d+) = -?\d+\.", r["messages"][1]["content"]).groups()))
+          for r in recs if "×" not in r["messages"][1]["content"]]
+    edge = sum(a == b or bool({0, 1} & {a, b}) for a, b in pm) / len(pm)
+    # by chance alone about 0.42 (an operand 0 or 1, or a - a); EDGE_SHARE = 0.25 makes it about 0.59
+    assert T.EDGE_SHARE == 0.25 and edge > 0.5
