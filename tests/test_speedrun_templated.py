@@ -21,24 +21,50 @@ def test_eval_templates_are_not_training_templates():
     held |= set(T.EVAL_IDIOM)
     valid = {t for ts in T.VALID_ARITH_EN.values() for t in ts}
     assert not train & held and not train & valid and not valid & held
-    # no training wording shares the held-out sets' distinctive phrases either
+    # no training wording shares the held-out or the validation sets' distinctive phrases either,
+    # and the validation wordings share none of the held-out set's
     for t in (t for ts in T.TRAIN_ARITH_EN.values() for t in ts):
         low = t.lower()
-        assert not any(p in low for p in ("how much", "tell me what", "work out", "would like to know",
-                                          "what do you get", "figure out")), t
-    assert len(T.TRAIN_ARITH_EN["+"]) >= 50  # many wordings, so unseen ones generalise
+        assert not any(p in low for p in T.EVAL_PHRASES + T.VALID_PHRASES), t
+    for t in valid:
+        assert not any(p in t.lower() for p in T.EVAL_PHRASES), t
+    for t in (t for ts in T.EVAL_ARITH_EN.values() for t in ts):
+        assert not any(p in t.lower() for p in T.VALID_PHRASES), t
+        assert any(p in t.lower() for p in T.EVAL_PHRASES), t  # the phrase list covers every held-out wording
+    for t in valid:
+        assert any(p in t.lower() for p in T.VALID_PHRASES), t
+    assert len(T.TRAIN_ARITH_EN["+"]) >= 150 and len(T.TRAIN_ARITH_EN["-"]) >= 150  # unseen ones generalise
+    # operand-reversing training wordings ("subtract 4 from 7" -> 7 - 4) are there
+    assert sum("{b}" in t.split("{a}")[0] for t in T.TRAIN_ARITH_EN["-"]) >= 50
 
 
 def test_validation_questions_are_neither_trained_nor_evaluated():
     recs = T.build(3000, seed=5)
     users = set(_users(recs))
     held = {it["prompt"] for it in T.heldout_items()}
-    valid = T.validation_items(n_arith=40)
-    assert len({v["prompt"] for v in valid}) == 40
+    valid = T.validation_items()
+    assert len({v["prompt"] for v in valid}) == len(valid) == 200  # big enough to rank settings
+    assert len(valid) > len([it for it in T.heldout_items() if it["kind"] == "arithmetic"])
     for v in valid:
         assert v["prompt"] not in users and v["prompt"] not in held
         a, b = map(int, re.findall(r"\d+", v["prompt"]))
         assert v["answer"] in (a + b, a - b, b - a) and v["answer"] >= 0
+    # every validation wording is asked, reversed ones included
+    asked = {t for ts in T.VALID_ARITH_EN.values() for t in ts
+             if any(re.fullmatch(re.escape(t).replace(r"\{a\}", r"\d").replace(r"\{b\}", r"\d"), v["prompt"])
+                    for v in valid)}
+    assert asked == {t for ts in T.VALID_ARITH_EN.values() for t in ts}
+
+
+def test_edge_facts_are_drawn_as_asked():
+    import random
+    rng = random.Random(0)
+    pairs = [T._operands(rng, "-", 9, edge_share=1.0) for _ in range(600)]
+    assert all(a >= b and (a == b or {0, 1} & {a, b}) for a, b in pairs)
+    assert sum(a == b for a, b in pairs) > 100  # x - x among them
+    plain = [T._operands(rng, "+", 9) for _ in range(2000)]
+    share01 = sum(bool({0, 1} & set(p)) for p in plain) / len(plain)
+    assert share01 == pytest.approx(0.36, abs=0.04)  # 1 - 0.8 ** 2 by chance alone
 
 
 def test_build_answers_are_correct_and_heldout_questions_unseen():
@@ -138,3 +164,19 @@ def test_fact_lines_are_right_cover_the_table_and_avoid_heldout_wordings():
     docs = T.fact_documents(130, seed=1, per_doc=64)
     assert [len(d.split("\n")) for d in docs] == [64, 64, 2]
     assert docs == T.fact_documents(130, seed=1, per_doc=64) != T.fact_documents(130, seed=2, per_doc=64)
+
+
+def test_no_training_subject_names_a_heldout_one():
+    held = {"Renaissance", "Blue whale"}
+    assert T._names_a_heldout_subject("Renaissance music", held)
+    assert T._names_a_heldout_subject("The Blue whale song", held)
+    assert not T._names_a_heldout_subject("Blue", held) and not T._names_a_heldout_subject("Renaissances", held)
+
+
+def test_sft_arithmetic_has_edge_facts_beyond_chance():
+    recs = [r for r in T.build(3000, seed=4) if r["kind"] == "arithmetic" and r["messages"][1]["content"][-1] == "."]
+    pm = [tuple(map(int, re.fullmatch(r"(\d+) [+-] (\d+) = -?\d+\.", r["messages"][1]["content"]).groups()))
+          for r in recs if "×" not in r["messages"][1]["content"]]
+    edge = sum(a == b or bool({0, 1} & {a, b}) for a, b in pm) / len(pm)
+    # by chance alone about 0.42 (an operand 0 or 1, or a - a); EDGE_SHARE = 0.25 makes it about 0.59
+    assert T.EDGE_SHARE == 0.25 and edge > 0.5

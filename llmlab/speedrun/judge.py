@@ -203,7 +203,7 @@ def instruction_following(model, tok, quick: bool = False, train_records: list[d
         kinds.setdefault(r["kind"], []).append(r["score"])
     # the validation wordings the SFT settings were chosen on (not the report's held-out set): how far
     # the figure above is from the one that guided the choices
-    valid = validation_items(seed=0, n_arith=10 if quick else 50)
+    valid = validation_items(seed=0, n_arith=10 if quick else 200)
     valid_score = sum(score_item(it, chat_reply(model, tok, it["prompt"])) for it in valid) / len(valid)
     baseline = [char_f1(r["prompt"], r["reference"]) for r in rows if r["kind"] == "idiom"]
     return {"scores": {k: sum(v) / len(v) for k, v in kinds.items()}, "n": {k: len(v) for k, v in kinds.items()},

