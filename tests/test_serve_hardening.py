@@ -242,7 +242,9 @@ def test_mixed_bad_requests_leak_nothing(server, count):
 # ------------------------------------------------------------------ 6. SIGTERM drains with 503s
 @pytest.mark.slow  # a real process: ~10 s idle, ~30 s on a loaded machine
 def test_sigterm_drains_in_flight_answers_503_and_exits_0(tmp_path):
-    model_dir = save_tiny_dir(tmp_path / "tiny")
+    # 800 tokens take seconds on the tiny model: 80 could finish inside the 0.3 s below on an idle
+    # machine, and the server would then exit before the late request (seen in CI-like runs)
+    model_dir = save_tiny_dir(tmp_path / "tiny", ctx=1024)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -262,7 +264,7 @@ def test_sigterm_drains_in_flight_answers_503_and_exits_0(tmp_path):
                 time.sleep(0.1)
         res = []
         t = threading.Thread(target=lambda: res.append(_post(base + "/v1/completions", {
-            "model": "m", "prompt": "drain", "max_tokens": 80, "ignore_eos": True})))
+            "model": "m", "prompt": "drain", "max_tokens": 800, "ignore_eos": True})))
         t.start()
         while _health(base)["in_flight"] == 0:
             time.sleep(0.01)
@@ -271,7 +273,7 @@ def test_sigterm_drains_in_flight_answers_503_and_exits_0(tmp_path):
         st, body = _post(base + "/v1/completions", {"model": "m", "prompt": "late", "max_tokens": 2})
         assert st == 503 and body["error"]["type"] == "server_error"
         t.join(60)
-        assert res and res[0][0] == 200 and res[0][1]["usage"]["completion_tokens"] == 80
+        assert res and res[0][0] == 200 and res[0][1]["usage"]["completion_tokens"] == 800
         assert proc.wait(timeout=30) == 0
         out = proc.stdout.read()
         assert "draining 1 in-flight" in out and "server stopped" in out, out
