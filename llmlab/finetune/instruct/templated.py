@@ -55,8 +55,12 @@ ARITH_STORIES_EN = {"+": ["I have {a} books and buy {b} more. How many books do 
                           "I had {a} sweets and ate {b}. How many sweets are left?",
                           "Tom has {a} coins. He spends {b}. How many coins does he have left?"],
                     "*": ["There are {a} boxes with {b} pens in each. How many pens are there?"]}
-TRAIN_ARITH_EN = {op: [f.replace("{x}", c) for c in cores for f in ARITH_FRAMES_EN] + ARITH_IMPERATIVE_EN[op]
-                  + ARITH_STORIES_EN[op] for op, cores in ARITH_CORES_EN.items()}
+# The English wordings of each operation in groups (one per core, the imperatives, the word problems):
+# a draw picks a group first, so the few imperative and story forms are not drowned by the frame x core
+# ones. TRAIN_ARITH_EN is the same wordings flat (what the leak tests check).
+TRAIN_ARITH_GROUPS_EN = {op: [[f.replace("{x}", c) for f in ARITH_FRAMES_EN] for c in cores]
+                         + [ARITH_IMPERATIVE_EN[op], ARITH_STORIES_EN[op]] for op, cores in ARITH_CORES_EN.items()}
+TRAIN_ARITH_EN = {op: [q for g in groups for q in g] for op, groups in TRAIN_ARITH_GROUPS_EN.items()}
 TRAIN_ARITH_ZH = {"+": ["{a}加{b}等于多少？", "计算 {a} 加 {b}。", "{a}+{b}=？"],
                   "-": ["{a}减{b}等于多少？", "计算 {a} 减 {b}。"],
                   "*": ["{a}乘以{b}等于多少？", "计算 {a} 乘 {b}。"]}
@@ -140,24 +144,16 @@ ARITH_OPS = "++-*"
 EDGE_SHARE = 0.25
 
 
-def _arith_groups(op: str) -> list[list[str]]:
-    """The English wordings of `op` in groups (one per core, the imperatives, the word problems), so that a
-    draw picks a group first: the few imperative and story forms are not drowned by the frame x core ones."""
-    frames = [[f.replace("{x}", c) for f in ARITH_FRAMES_EN] for c in ARITH_CORES_EN[op]]
-    return frames + [ARITH_IMPERATIVE_EN[op], ARITH_STORIES_EN[op]]
-
-
 def arithmetic(n: int, rng: random.Random, lang: str = "en") -> list[dict]:
     """Single-digit +, -, x (and, in Chinese, a first operand up to 20), equation-first answers."""
     out = []
-    groups = {op: _arith_groups(op) for op in ARITH_CORES_EN}
     for _ in range(n):
         op = rng.choice(ARITH_OPS)
         a, b = _operands(rng, op, 20 if lang == "zh" and op == "+" else 9, EDGE_SHARE)
         c = _answer(a, b, op)
         sym = OPS_EN[op][1]
         if lang == "en":
-            q = rng.choice(rng.choice(groups[op])).format(a=a, b=b)
+            q = rng.choice(rng.choice(TRAIN_ARITH_GROUPS_EN[op])).format(a=a, b=b)
             reply = f"{a} {sym} {b} = {c}."
         else:
             q = rng.choice(TRAIN_ARITH_ZH[op]).format(a=a, b=b)
