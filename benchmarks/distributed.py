@@ -65,12 +65,15 @@ def _tp_pp(model_kw: dict, global_bs: int, seq: int, steps: int, micro: int, pp_
         torch.manual_seed(0)
         pp_kw = {**model_kw, "vocab_size": pp_vocab, "tie_word_embeddings": False}
         stage = split_stages(Transformer(ModelConfig(**pp_kw)), rank, world)
-        pipeline_step(stage, rank, world, px, py, micro, sched)  # warm-up
-        walls, busy = [], []
+        pipeline_step(stage, rank, world, px, py, micro, sched)  # warm-up (builds the schedule)
+        walls, busy, events = [], [], []
         for _ in range(2 * steps):
+            stage.clock["events"] = []
             walls.append(pipeline_step(stage, rank, world, px, py, micro, sched)[1])
             busy.append(stage.busy_seconds)
-        out[sched] = {"busy": busy, "wall": walls, "tokens_per_s": len(walls) * global_bs * seq / sum(walls)}
+            events.append({"step": stage.clock["step"], "ops": stage.clock["events"]})
+        out[sched] = {"busy": busy, "wall": walls, "tokens_per_s": len(walls) * global_bs * seq / sum(walls),
+                      "timeline": events}
     out["p2p_s"] = p2p_seconds((global_bs // micro, seq, model_kw["hidden_size"]), rank)  # one activation transfer
     solo = [dist.new_group([r]) for r in range(world)][rank]  # every rank creates every group, in order
     for sched in ("gpipe", "1f1b"):  # the runtime's own cost per micro-batch: the whole model as one stage
@@ -92,6 +95,17 @@ def _all(strategies, model_kw, global_bs, seq, steps, micro, pp_vocab=256):
     return res
 
 
+def _timeline(two: dict, sched: str) -> list[dict]:
+    """Per rank, the mean over timed steps of each part of a step (ms): F, B, head, gaps, tail
+    (llmlab.distributed.pipeline.timeline_summary)."""
+    from llmlab.distributed.pipeline import timeline_summary
+    out = []
+    for k in (0, 1):
+        rows = [timeline_summary(e["ops"], *e["step"]) for e in two[k][sched]["timeline"]]
+        out.append({key: round(1e3 * statistics.mean(r[key] for r in rows), 2) for key in rows[0] if key != "n"})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="3 timed steps (about a minute on 2 idle cores)")
@@ -104,6 +118,7 @@ def main() -> None:
     ap.add_argument("--micro-batches", type=int, default=4)
     ap.add_argument("--pp-vocab", type=int, default=256, help="the pipeline model's vocabulary (balanced stages)")
     ap.add_argument("--steps", type=int, default=0, help="timed steps (default 8, 3 with --quick; pipeline: twice)")
+    ap.add_argument("--timeline", default="", help="write each pipeline step's per-stage events (JSON) here")
     ap.add_argument("--only", choices=["all", "pp"], default="all", help="pp: the pipeline bubble alone (short)")
     args = ap.parse_args()
     from llmlab.calc.pipeline import bubble_fraction, bubble_fraction_measured, measured_bubble
@@ -112,7 +127,7 @@ def main() -> None:
     kw = dict(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
               num_attention_heads=args.heads, max_position_embeddings=args.seq)
     modes = ["ddp", "zero1", "zero2", "fsdp"] if args.only == "all" else []
-    two = spawn(_all, 2, modes, kw, args.batch, args.seq, steps, args.micro_batches, args.pp_vocab)
+    two = spawn(_all, 2, modes, kw, args.batch, args.seq, steps, args.micro_batches, args.pp_vocab, timeout=1200)
     ours = {}
     pred = bubble_fraction(2, args.micro_batches)
     acc_b, acc_comm, acc_text = [], [], []
@@ -131,9 +146,13 @@ def main() -> None:
                    "bubble_pred_overhead": round(pred_o, 4),
                    "bubble_min": round(per_step[0], 4), "bubble_max": round(per_step[-1], 4),
                    "stage_busy_ratio": round(statistics.median(two[1][s]["busy"]) / statistics.median(two[0][s]["busy"]), 3)}
+        ours[s]["timeline_ms"] = _timeline(two, s)
         acc_b.append(min(pred_o / meas, meas / pred_o) if meas > 0 else 0.0)
         acc_comm.append(min(pred_c / meas, meas / pred_c) if meas > 0 else 0.0)
         acc_text.append(min(pred / meas, meas / pred) if meas > 0 else 0.0)
+    if args.timeline:
+        with open(args.timeline, "w") as f:
+            json.dump({s: [two[k][s]["timeline"] for k in (0, 1)] for s in ("gpipe", "1f1b")}, f)
     if not modes:
         for k, v in ours.items():
             print(f"{k:6s} " + "  ".join(f"{a}={b}" for a, b in v.items()))

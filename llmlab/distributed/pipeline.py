@@ -38,10 +38,13 @@ class _BackwardMark(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        now = time.perf_counter()
         if ctx.end == "start":
-            ctx.clock["t"] = time.perf_counter()
+            ctx.clock["t"] = now
         else:
-            ctx.clock["busy"] += time.perf_counter() - ctx.clock["t"]
+            ctx.clock["busy"] += now - ctx.clock["t"]
+            if ctx.clock["events"] is not None:
+                ctx.clock["events"].append(("B", ctx.clock["t"], now))
         return g, None, None
 
 
@@ -56,7 +59,9 @@ class Stage(nn.Module):
         self.norm = model.model.norm if last else None
         self.head = model.lm_head if last else None
         self.rope = model.rope
-        self.clock = {"busy": 0.0, "t": 0.0}  # seconds computing since the last reset (forward + backward)
+        # seconds computing since the last reset (forward + backward); events: None, or a list that
+        # collects ("F" | "B", start, stop) perf_counter stamps (a per-stage timeline)
+        self.clock = {"busy": 0.0, "t": 0.0, "events": None}
 
     @property
     def busy_seconds(self) -> float:
@@ -73,7 +78,10 @@ class Stage(nn.Module):
         out = self.head(self.norm(h)) if self.head is not None else h
         if torch.is_grad_enabled() and out.requires_grad:
             out = _BackwardMark.apply(out, self.clock, "start")
-        self.clock["busy"] += time.perf_counter() - t
+        now = time.perf_counter()
+        self.clock["busy"] += now - t
+        if self.clock["events"] is not None:
+            self.clock["events"].append(("F", t, now))
         return out
 
 
@@ -152,15 +160,24 @@ def schedule_overhead_seconds(model, x, y, micro_batches: int, schedule: str, gr
 
 def pipeline_step(stage_module: Stage, rank: int, stages: int, x, y, micro_batches: int, schedule: str = "gpipe"):
     """One training step's forward+backward through the pipeline; returns (loss or None, seconds).
-    Afterwards `stage_module.busy_seconds` is the stage's compute time within this step."""
+    Afterwards `stage_module.busy_seconds` is the stage's compute time within this step.
+
+    The PipelineStage and its schedule are built on the first call and reused (as a training loop
+    does): building them runs the runtime's warm-up vote and metadata inference, which executes a
+    real forward of one micro-batch on every stage, one stage after the other, so a schedule rebuilt
+    every step adds about a serial forward per stage to each step's wall (docs/distributed.md)."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
     if x.shape[0] % micro_batches:
         raise UserError(f"pipeline: batch {x.shape[0]} is not divisible into {micro_batches} micro-batches")
-    stage = PipelineStage(stage_module, rank, stages, torch.device("cpu"))
     kind = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}.get(schedule)
     if kind is None:
         raise UserError(f"pipeline schedule must be gpipe or 1f1b, got {schedule!r}")
-    sched = kind(stage, micro_batches, loss_fn=lm_loss)
+    key = (rank, stages, micro_batches, schedule, tuple(x.shape))
+    cache = stage_module.__dict__.setdefault("_schedules", {})
+    if key not in cache:
+        stage = PipelineStage(stage_module, rank, stages, torch.device("cpu"))
+        cache[key] = kind(stage, micro_batches, loss_fn=lm_loss)
+    sched = cache[key]
     losses: list = []
     stage_module.clock.update(busy=0.0, t=0.0)
     t = time.perf_counter()
@@ -171,5 +188,19 @@ def pipeline_step(stage_module: Stage, rank: int, stages: int, x, y, micro_batch
     else:
         sched.step()
     seconds = time.perf_counter() - t
+    stage_module.clock["step"] = (t, t + seconds)
     loss = torch.stack(losses).mean() if losses else None
     return loss, seconds
+
+
+def timeline_summary(events: list[tuple[str, float, float]], start: float, stop: float) -> dict:
+    """One stage's step as seconds: forward and backward compute, idle before its first op (fill),
+    between ops (waiting on a neighbour, transfers, the runtime) and after its last op (drain,
+    the loss and the runtime's wrap-up), from `Stage` events stamped during [start, stop]."""
+    ev = sorted(e for e in events if start <= e[1] <= stop)
+    if not ev:
+        return {"wall": stop - start, "F": 0.0, "B": 0.0, "head": stop - start, "gaps": 0.0, "tail": 0.0}
+    gaps = sum(max(0.0, b[1] - a[2]) for a, b in zip(ev, ev[1:]))
+    return {"wall": stop - start, "F": sum(e[2] - e[1] for e in ev if e[0] == "F"),
+            "B": sum(e[2] - e[1] for e in ev if e[0] == "B"), "head": ev[0][1] - start, "gaps": gaps,
+            "tail": stop - ev[-1][2], "n": len(ev)}
