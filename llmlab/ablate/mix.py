@@ -15,6 +15,10 @@ Held out from the evaluation: pass a task with keys="train" (the evaluation asks
 ones), and the rows' filler is never the evaluation's FILLER: a share `text_filler` of the passkey
 rows hide the key in the very corpus window they replace (natural text), the rest in one of
 TRAIN_FILLERS (repetitive sentences, none of them in FILLER). Depths are uniform in [0, 1].
+
+`passkey_loss="answer"` keeps the loss of a passkey row on its answer tokens only (the others are
+-100), as in supervised fine-tuning on a retrieval task: the ~5 answer tokens are otherwise ~4 % of
+the row's loss, and the filler they compete with is learnt long before the lookup is.
 """
 from __future__ import annotations
 
@@ -28,11 +32,14 @@ from llmlab.eval.passkey import TRAIN_FILLERS, PasskeyTask
 
 class PasskeyMixLoader:
     def __init__(self, text_loader, task: PasskeyTask, seq_len: int, passkey_fraction: float, seed: int = 0,
-                 copy_fraction: float = 0.0, text_filler: float = 0.5):
+                 copy_fraction: float = 0.0, text_filler: float = 0.5, passkey_loss: str = "all"):
         if not (0.0 <= passkey_fraction and 0.0 <= copy_fraction and passkey_fraction + copy_fraction <= 1.0):
             raise UserError(f"passkey_fraction {passkey_fraction} + copy_fraction {copy_fraction} must be in [0, 1]")
         if seq_len + 1 < task.min_length():
             raise UserError(f"window {seq_len} is shorter than a passkey example ({task.min_length()} tokens)")
+        if passkey_loss not in ("all", "answer"):
+            raise UserError(f"passkey_loss must be all or answer, got {passkey_loss!r}")
+        self.answer_only = passkey_loss == "answer"
         self.text, self.task, self.seq_len, self.seed = text_loader, task, seq_len, seed
         self.fraction, self.copy, self.batches = passkey_fraction, copy_fraction, 0
         self.text_filler = text_filler
@@ -49,9 +56,12 @@ class PasskeyMixLoader:
                 x, y = x.clone(), y.clone()
             if n:
                 rng = random.Random(f"{self.seed}-{self.batches}")
-                rows = torch.tensor([self.task.make(self.seq_len + 1, rng.random(), rng, self._filler(x[i], rng)).ids
-                                     for i in range(n)])
+                ex = [self.task.make(self.seq_len + 1, rng.random(), rng, self._filler(x[i], rng)) for i in range(n)]
+                rows = torch.tensor([e.ids for e in ex])
                 x[:n], y[:n] = rows[:, :-1], rows[:, 1:]
+                if self.answer_only:  # y[:, t] is ids[t + 1]: the answer's targets are y[:, answer_start - 1:]
+                    for i, e in enumerate(ex):
+                        y[i, : e.answer_start - 1] = -100
             if c:  # w[:h] w[:h] ...: every token of the repeat is predictable by copying
                 w = torch.cat([x[n:n + c], y[n:n + c, -1:]], 1)
                 h = (self.seq_len + 1) // 2

@@ -197,10 +197,43 @@ def timeline_summary(events: list[tuple[str, float, float]], start: float, stop:
     """One stage's step as seconds: forward and backward compute, idle before its first op (fill),
     between ops (waiting on a neighbour, transfers, the runtime) and after its last op (drain,
     the loss and the runtime's wrap-up), from `Stage` events stamped during [start, stop]."""
-    ev = sorted(e for e in events if start <= e[1] <= stop)
+    ev = sorted((e for e in events if start <= e[1] <= stop), key=lambda e: e[1])
     if not ev:
         return {"wall": stop - start, "F": 0.0, "B": 0.0, "head": stop - start, "gaps": 0.0, "tail": 0.0}
     gaps = sum(max(0.0, b[1] - a[2]) for a, b in zip(ev, ev[1:]))
     return {"wall": stop - start, "F": sum(e[2] - e[1] for e in ev if e[0] == "F"),
             "B": sum(e[2] - e[1] for e in ev if e[0] == "B"), "head": ev[0][1] - start, "gaps": gaps,
             "tail": stop - ev[-1][2], "n": len(ev)}
+
+
+def timeline_inputs(timelines: list[list[dict]]) -> dict:
+    """The op-level inputs of `llmlab.calc.pipeline.simulate_schedule`, measured from the stages'
+    events (timelines[i]: stage i's steps, each {"step": (start, stop), "ops": [(kind, t0, t1)]}):
+    medians of each stage's forward and backward seconds per micro-batch, of its gap between two
+    ops whose input was already there (the runtime's own time: posting sends, the loss, bookkeeping)
+    and, over every op that waited for its neighbour, of the hand-off latency (the neighbour's op
+    end to this op's start: transfer + receive). The k-th F (B) of a stage in a step is micro-batch k."""
+    import statistics
+    p = len(timelines)
+    fwd, bwd, gaps, hand = [[] for _ in range(p)], [[] for _ in range(p)], [[] for _ in range(p)], []
+    for steps in zip(*timelines):
+        ops = []
+        for i, st in enumerate(steps):
+            ev = sorted(st["ops"], key=lambda e: e[1])
+            byk = {}
+            for kind in ("F", "B"):
+                mine = [e for e in ev if e[0] == kind]
+                (fwd if kind == "F" else bwd)[i].extend(e[2] - e[1] for e in mine)
+                byk.update({(kind, k): e for k, e in enumerate(mine)})
+            ops.append(byk)
+        for i in range(p):
+            ev = sorted(ops[i].items(), key=lambda kv: kv[1][1])
+            for (_, prev), ((kind, k), op) in zip(ev, ev[1:]):
+                src = ops[i - 1].get(("F", k)) if kind == "F" and i else ops[i + 1].get(("B", k)) if kind == "B" and i < p - 1 else None
+                if src is None or src[2] <= prev[2]:
+                    gaps[i].append(op[1] - prev[2])
+                else:
+                    hand.append(op[1] - src[2])
+    med = statistics.median
+    return {"forward_s": [med(x) for x in fwd], "backward_s": [med(x) for x in bwd],
+            "gap_s": [med(g) if g else 0.0 for g in gaps], "handoff_s": med(hand) if hand else 0.0}
