@@ -198,3 +198,37 @@ def test_bubble_with_measured_stage_times_and_transfer():
         pipeline.bubble_fraction_measured([1.0, 0.0], 4)
     # 0.5 s of runtime overhead per micro-batch on both stages of 1 s each: wall (1.5 + 1.5) + 3 * 1.5 = 7.5
     assert pipeline.bubble_fraction_measured([1.0, 1.0], 4, 0.0, 0.5) == pytest.approx(1 - 4 / 7.5)
+
+
+def test_schedule_replay_matches_textbook_and_a_hand_drawn_timeline():
+    """Equal stages (B = 2F) and no gaps: (p-1)/(m+p-1) for GPipe and 1F1B. Hand-drawn, p = 2, m = 2,
+    F = (1, 2), B = (2, 4), hand-off 0.5: stage 0 runs F0 0-1, F1 1-2; stage 1 F0 1.5-3.5, F1 3.5-5.5,
+    B0 5.5-9.5, B1 9.5-13.5 (GPipe); stage 0 B0 10-12, B1 14-16: a 16 s step, busy 6 and 12 s,
+    bubble 1 - 9/16. 1F1B reorders stage 1 (F0 B0 F1 B1) and ends at 16 s too. A 0.25 s gap on
+    stage 0 delays its F1 and its next step: 16.25 s."""
+    for p, m in ((2, 4), (3, 8), (4, 1)):
+        for s in ("gpipe", "1f1b"):
+            assert pipeline.simulate_schedule([1.0] * p, [2.0] * p, m, s)[1] == pytest.approx(pipeline.bubble_fraction(p, m))
+    for s in ("gpipe", "1f1b"):
+        step, bubble = pipeline.simulate_schedule([1.0, 2.0], [2.0, 4.0], 2, s, handoff_s=0.5)
+        assert (step, bubble) == pytest.approx((16.0, 1 - 9 / 16))
+    assert pipeline.simulate_schedule([1.0, 2.0], [2.0, 4.0], 2, "gpipe", [0.25, 0.0], 0.5)[0] == pytest.approx(16.25)
+    assert pipeline.schedule_order(2, 4, "1f1b")[0] == [("F", 0), ("F", 1), ("B", 0), ("F", 2), ("B", 1), ("F", 3),
+                                                        ("B", 2), ("B", 3)]
+    with pytest.raises(ValueError):
+        pipeline.simulate_schedule([1.0], [0.0], 2)
+    with pytest.raises(ValueError):
+        pipeline.schedule_order(2, 2, "zb")
+
+
+def test_timeline_inputs_recover_op_times_gaps_and_handoff():
+    """The hand-drawn GPipe step above with a 0.25 s gap on stage 1: stage 1 runs F0 1.5-3.5, F1
+    3.75-5.75, B0 6-10, B1 10.25-14.25; stage 0 F0 0-1, F1 1-2, B0 10.5-12.5, B1 14.75-16.75."""
+    from llmlab.distributed.pipeline import timeline_inputs
+    s0 = {"step": (0.0, 16.75), "ops": [("B", 14.75, 16.75), ("F", 0.0, 1.0), ("F", 1.0, 2.0), ("B", 10.5, 12.5)]}
+    s1 = {"step": (0.0, 14.25), "ops": [("F", 1.5, 3.5), ("F", 3.75, 5.75), ("B", 6.0, 10.0), ("B", 10.25, 14.25)]}
+    got = timeline_inputs([[s0, s0], [s1, s1]])
+    assert got["forward_s"] == pytest.approx([1.0, 2.0]) and got["backward_s"] == pytest.approx([2.0, 4.0])
+    assert got["gap_s"] == pytest.approx([0.0, 0.25]) and got["handoff_s"] == pytest.approx(0.5)
+    step, _ = pipeline.simulate_schedule(got["forward_s"], got["backward_s"], 2, "gpipe", got["gap_s"], got["handoff_s"])
+    assert step == pytest.approx(16.75)  # the replay reproduces the drawn step
