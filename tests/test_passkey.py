@@ -179,3 +179,24 @@ def test_held_out_keys_and_training_filler_never_meet_the_evaluation():
         assert not any(FILLER[:20] in r for r in rows)
         assert all(any(f[:20] in r for f in TRAIN_FILLERS) for r in rows) == (share == 0.0)
         assert all(any(ord(c) < 32 for c in r) for r in rows) == (share == 1.0)
+
+
+def test_answer_only_loss_keeps_the_passkey_answer_and_other_rows():
+    """passkey_loss=answer: a passkey row's targets are -100 except its answer (the key's tokens after
+    the question); copy and text rows keep every target; x is unchanged."""
+    from llmlab.ablate.mix import PasskeyMixLoader
+    from llmlab.train.loader import TokenArrayLoader
+    tok = CharTok()
+    task = PasskeyTask(tok, keys="train")
+    text = torch.randint(0, 50, (20_000,), generator=torch.Generator().manual_seed(0))
+    full = PasskeyMixLoader(TokenArrayLoader(text, 300, 4), task, 300, 0.5, seed=3, copy_fraction=0.25)
+    ans = PasskeyMixLoader(TokenArrayLoader(text, 300, 4), task, 300, 0.5, seed=3, copy_fraction=0.25,
+                           passkey_loss="answer")
+    (xf, yf), (xa, ya) = next(iter(full)), next(iter(ans))
+    assert torch.equal(xf, xa) and torch.equal(yf[2:], ya[2:])
+    for row in (0, 1):
+        kept = (ya[row] != -100).nonzero().flatten()
+        assert kept.tolist() == list(range(300 - 6, 300))  # " " and the 5 digits of the key, at the end
+        assert tok.decode(ya[row, kept].tolist()) == " " + tok.decode(xf[row].tolist()).split("The pass key is ")[1][:5]
+    with pytest.raises(UserError):
+        PasskeyMixLoader(TokenArrayLoader(text, 300, 4), task, 300, 0.5, passkey_loss="filler")
