@@ -10,6 +10,11 @@ Passkey retrieval is copying through an induction head (Olsson et al. 2022), and
 holds only ~10 copied tokens among hundreds of predictable filler ones: at our budget no head
 formed (0 % at 1x T after 420 steps, docs/LOG.md). `copy_fraction` adds rows whose first half of a
 corpus window is repeated, the classic dense induction signal, so the mechanism forms in budget.
+With `copy_period="half"` the repeat always starts T/2 back, and a model can predict it with a
+fixed-offset (positional) head instead of an induction head (content match): a model trained so
+copied a repeat at T/2 (loss 1.2 vs 5.4 nats) yet retrieved no key (docs/LOG.md, session 5).
+`copy_period="random"` repeats a prefix of random length h in [T/16, T/2] per row, so only a
+content match predicts every row.
 
 Held out from the evaluation: pass a task with keys="train" (the evaluation asks keys="held_out"
 ones), and the rows' filler is never the evaluation's FILLER: a share `text_filler` of the passkey
@@ -32,7 +37,8 @@ from llmlab.eval.passkey import TRAIN_FILLERS, PasskeyTask
 
 class PasskeyMixLoader:
     def __init__(self, text_loader, task: PasskeyTask, seq_len: int, passkey_fraction: float, seed: int = 0,
-                 copy_fraction: float = 0.0, text_filler: float = 0.5, passkey_loss: str = "all"):
+                 copy_fraction: float = 0.0, text_filler: float = 0.5, passkey_loss: str = "all",
+                 copy_period: str = "half"):
         if not (0.0 <= passkey_fraction and 0.0 <= copy_fraction and passkey_fraction + copy_fraction <= 1.0):
             raise UserError(f"passkey_fraction {passkey_fraction} + copy_fraction {copy_fraction} must be in [0, 1]")
         if seq_len + 1 < task.min_length():
@@ -40,6 +46,9 @@ class PasskeyMixLoader:
         if passkey_loss not in ("all", "answer"):
             raise UserError(f"passkey_loss must be all or answer, got {passkey_loss!r}")
         self.answer_only = passkey_loss == "answer"
+        if copy_period not in ("half", "random"):
+            raise UserError(f"copy_period must be half or random, got {copy_period!r}")
+        self.random_period = copy_period == "random"
         self.text, self.task, self.seq_len, self.seed = text_loader, task, seq_len, seed
         self.fraction, self.copy, self.batches = passkey_fraction, copy_fraction, 0
         self.text_filler = text_filler
@@ -64,9 +73,12 @@ class PasskeyMixLoader:
                         y[i, : e.answer_start - 1] = -100
             if c:  # w[:h] w[:h] ...: every token of the repeat is predictable by copying
                 w = torch.cat([x[n:n + c], y[n:n + c, -1:]], 1)
-                h = (self.seq_len + 1) // 2
-                rep = w[:, :h].repeat(1, (self.seq_len + 1) // h + 1)[:, : self.seq_len + 1]
-                x[n:n + c], y[n:n + c] = rep[:, :-1], rep[:, 1:]
+                rng = random.Random(f"{self.seed}-{self.batches}-copy")
+                for i in range(c):
+                    h = rng.randint(max(2, self.seq_len // 16), self.seq_len // 2) if self.random_period \
+                        else (self.seq_len + 1) // 2
+                    rep = w[i, :h].repeat((self.seq_len + 1) // h + 1)[: self.seq_len + 1]
+                    x[n + i], y[n + i] = rep[:-1], rep[1:]
             self.batches += 1
             yield x, y
 
