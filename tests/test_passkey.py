@@ -200,3 +200,23 @@ def test_answer_only_loss_keeps_the_passkey_answer_and_other_rows():
         assert tok.decode(ya[row, kept].tolist()) == " " + tok.decode(xf[row].tolist()).split("The pass key is ")[1][:5]
     with pytest.raises(UserError):
         PasskeyMixLoader(TokenArrayLoader(text, 300, 4), task, 300, 0.5, passkey_loss="filler")
+
+
+def test_random_copy_period_repeats_at_varied_periods():
+    """copy_period=random: each repeated row is periodic with its own period h in [T/16, T/2] (so no
+    fixed-offset head predicts them all); half: every row repeats at (T+1)//2."""
+    from llmlab.ablate.mix import PasskeyMixLoader
+    from llmlab.train.loader import TokenArrayLoader
+    text = torch.randint(0, 50, (40_000,), generator=torch.Generator().manual_seed(0))
+    task = PasskeyTask(CharTok(), keys="train")
+
+    def periods(kind):
+        x, y = next(iter(PasskeyMixLoader(TokenArrayLoader(text, 300, 8), task, 300, 0.25, seed=2,
+                                          copy_fraction=0.75, copy_period=kind)))
+        w = torch.cat([x, y[:, -1:]], 1)
+        return [next(h for h in range(1, 301) if torch.equal(w[i, h:], w[i, :-h])) for i in range(2, 8)]
+    rand = periods("random")
+    assert all(300 // 16 <= h <= 150 for h in rand) and len(set(rand)) >= 4
+    assert periods("half") == [150] * 6
+    with pytest.raises(UserError):
+        PasskeyMixLoader(TokenArrayLoader(text, 300, 4), task, 300, 0.5, copy_period="fixed")
