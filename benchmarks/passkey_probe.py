@@ -4,6 +4,12 @@
 
 Prints whole-key accuracy and per-answer-token accuracy on held-out keys with the evaluation's filler
 at each depth, then the standard JSON line (peer: a model that never retrieves, 0).
+
+    --copy-periods 64 40 25 --val-shards runs/ablate/corpus/shards/val
+
+also prints, per period h, the loss on 16 held-out windows of h tokens repeated to 129 tokens: on
+the first copy and on the repeats. An induction head (content match) lowers the repeats at every
+period; a fixed-offset head only at its own offset (docs/model.md, session 5).
 """
 from __future__ import annotations
 
@@ -19,6 +25,20 @@ class _Bytes:
         return list(text.encode())
 
 
+def _copy_losses(model, shards: str, periods: list[int], rows: int = 16, length: int = 129) -> dict:
+    from llmlab.data.shards import open_shards
+    val = torch.cat([torch.from_numpy(s.tokens.astype("int64")) for s in open_shards(shards)])
+    out = {}
+    for h in periods:
+        rep = val[: rows * h].view(rows, h).repeat(1, length // h + 1)[:, :length]
+        with torch.no_grad():
+            nll = torch.nn.functional.cross_entropy(model(rep[:, :-1]).float().transpose(1, 2), rep[:, 1:],
+                                                    reduction="none")
+        out[str(h)] = {"first": round(float(nll[:, : h - 1].mean()), 3), "repeats": round(float(nll[:, h:].mean()), 3)}
+        print(f"period {h}: loss on the first copy {out[str(h)]['first']:.2f}, on the repeats {out[str(h)]['repeats']:.2f}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("model_dir", nargs="?", help="an HF-style model dir (with --quick and none: a random toy model)")
@@ -27,6 +47,8 @@ def main() -> None:
     ap.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     ap.add_argument("--per-cell", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="2 keys per cell")
+    ap.add_argument("--copy-periods", type=int, nargs="*", default=[], help="repeat held-out windows at these periods")
+    ap.add_argument("--val-shards", default="runs/ablate/corpus/shards/val", help="held-out shards for --copy-periods")
     args = ap.parse_args()
     from llmlab.eval.passkey import PasskeyTask, retrieved
     from llmlab.model.hf import load_hf_dir
@@ -61,6 +83,8 @@ def main() -> None:
             print(f"length {length} depth {d:.2f}: {sum(hits)}/{per} keys")
         out[str(length)] = {"keys": keys / (per * len(args.depths)), "answer_tokens": tokens / n_tok}
         print(f"length {length}: keys {out[str(length)]['keys']:.3f} answer tokens {out[str(length)]['answer_tokens']:.3f}")
+    if args.copy_periods:
+        out["copy"] = _copy_losses(model, args.val_shards, args.copy_periods)
     first = out[str(args.length[0])]["keys"]
     print(json.dumps({"benchmark": "passkey_probe", "ours": out, "peer": {"keys": 0.0},
                       "ratio": {"keys_minus_blind": first}}))
