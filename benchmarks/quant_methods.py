@@ -33,10 +33,18 @@ def rows(group: int) -> list[tuple[str, str, dict]]:
     return [
         ("rtn8", "int8 RTN per-channel (W8)", "rtn", dict(bits=8, group=-1, sym=True)),
         ("rtn4", f"int4 RTN g{group} (W4)", "rtn", dict(bits=4, group=group, sym=False)),
-        ("gptq4", f"int4 GPTQ g{group} act-order", "gptq", dict(bits=4, group=group, sym=False)),
+        # GPTQ with the group ranges by clip search: fixed before measuring (docs/LOG.md, session 5)
+        ("gptq4", f"int4 GPTQ g{group} act-order, clip search", "gptq", dict(bits=4, group=group, sym=False, clip=True)),
+        ("gptq4plain", f"int4 GPTQ g{group} act-order (min/max groups)", "gptq", dict(bits=4, group=group, sym=False)),
         ("awq4", f"int4 AWQ g{group}", "awq", dict(bits=4, group=group, sym=False)),
         ("awq4m", f"int4 AWQ g{group}, attention/MLP-output objective", "awq",
          dict(bits=4, group=group, sym=False, awq_objective="module")),
+        # settings compared on validation windows (--score val), docs/quant.md "Session 5"
+        ("gptq4d", f"int4 GPTQ g{group} act-order, damp 0.1", "gptq", dict(bits=4, group=group, sym=False, percdamp=0.1)),
+        ("awqgptq4", f"int4 AWQ scales + GPTQ g{group} act-order, clip search", "awq_gptq",
+         dict(bits=4, group=group, sym=False, awq_objective="module", clip=True)),
+        ("awq4mr", f"int4 AWQ g{group}, module objective, 2048 rows", "awq",
+         dict(bits=4, group=group, sym=False, awq_objective="module", max_rows=2048)),
         ("nf4", "NF4 (block 64, double quant)", "nf4", {}),
         ("w8a8", "W8A8 per-token (no smoothing)", "w8a8", {}),
         ("sq", "W8A8 SmoothQuant a=0.5", "smoothquant", dict(alpha=0.5)),
@@ -135,11 +143,15 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=128, help="int4 group size (a group that does not divide "
                     "a row leaves a shorter last group: SmolLM2's 576 = 4 x 128 + 64)")
     ap.add_argument("--out", default="")
-    ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,awq4m,nf4,w8a8,sq,int8); "
+    ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,awq4m,gptq4d,"
+                    "awq4mr,awqgptq4,gptq4plain,nf4,w8a8,sq,int8); "
                     "default all (--quick: rtn4,gptq4,awq4,sq)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--data-dir", default="", help="held-out/calibration text from this `llmlab data build` output "
                     "(val.jsonl / train.jsonl, wiki_en documents) instead of the default Wikipedia split")
+    ap.add_argument("--score", choices=("eval", "val"), default="eval", help="val: score every row on validation "
+                    "windows (non-held-out documents disjoint from the calibration windows' documents) instead of "
+                    "the held-out evaluation windows: for choosing settings")
     ap.add_argument("--gguf", action="store_true", help="instead: the GGUF export table (size, ppl, decode tok/s)")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -153,14 +165,17 @@ def main() -> None:
     n_ev, n_cal = (2, 2) if a.quick else (a.eval_windows, a.calib_windows)
     if a.quick:
         a.length = min(a.length, 128)
-    ev = calibrate.token_windows(tok, texts(a, True), n_ev, a.length)
     cal = calibrate.token_windows(tok, texts(a, False), n_cal, a.length, seed=1)
+    if a.score == "val":
+        ev = calibrate.validation_windows(tok, texts(a, False), n_ev, a.length, n_cal, a.length, seed=1)
+    else:
+        ev = calibrate.token_windows(tok, texts(a, True), n_ev, a.length)
     keys = set(a.rows.split(",")) if a.rows else QUICK if a.quick else {r[0] for r in rows(a.group)}
     t0 = time.perf_counter()
     fp = calibrate.perplexity(base, ev).perplexity
     lins = list(calibrate.quantizable_linears(base))
     stats = calibrate.collect(base, cal, lins, set()) if "sq" in keys else None  # SmoothQuant's ranges
-    print(f"fp32 ppl {fp:.4f} ({n_ev} x {a.length} held-out tokens; calibration {n_cal} x {a.length}; "
+    print(f"fp32 ppl {fp:.4f} ({n_ev} x {a.length} {'VALIDATION' if a.score == 'val' else 'held-out'} tokens; calibration {n_cal} x {a.length}; "
           f"{time.perf_counter() - t0:.0f}s)", flush=True)
     ours = {"fp32": fp}
     todo = [r for r in rows(a.group) if r[0] in keys]
@@ -169,7 +184,7 @@ def main() -> None:
         m = copy.deepcopy(base)
         t = time.perf_counter()
         # GPTQ/AWQ calibrate block by block (sequentially) on `cal`; SmoothQuant uses the fp32 ranges
-        ragged = {"ragged_groups": True} if method in ("rtn", "gptq", "awq") else {}
+        ragged = {"ragged_groups": True} if method in ("rtn", "gptq", "awq", "awq_gptq") else {}
         info = quantize_model(m, method, calib=cal, stats=stats if method == "smoothquant" else None, **kw, **ragged)
         secs = time.perf_counter() - t
         ppl = calibrate.perplexity(m, ev).perplexity
@@ -187,10 +202,13 @@ def main() -> None:
     for key, name in (("gptq4", "gptq_vs_rtn"), ("awq4", "awq_vs_rtn"), ("awq4m", "awq_module_vs_rtn")):
         if key in ours and "rtn4" in ours:
             ratio[name] = (ours["rtn4"] - fp) / max(ours[key] - fp, 1e-9)
+    for key in ("gptq4plain", "gptq4d", "awq4mr", "awqgptq4"):
+        if key in ours and "rtn4" in ours:
+            ratio[f"{key}_vs_rtn"] = (ours["rtn4"] - fp) / max(ours[key] - fp, 1e-9)
     if "sq" in ours:
         ratio["int8_ppl"] = fp / ours["sq"]
     res = {"benchmark": "quant_methods", "ours": ours, "peer": peer, "ratio": ratio,
-           "conditions": {"model": a.model, "data_dir": a.data_dir, "eval_tokens": n_ev * a.length, "calib_tokens": n_cal * a.length, "group": a.group,
+           "conditions": {"scored_on": a.score, "model": a.model, "data_dir": a.data_dir, "eval_tokens": n_ev * a.length, "calib_tokens": n_cal * a.length, "group": a.group,
                           "threads": 1}}
     if a.out:
         with open(a.out, "w") as f:
