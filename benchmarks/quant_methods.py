@@ -28,9 +28,11 @@ from llmlab.quant.apply import quantize_model
 
 
 
-def rows(group: int) -> list[tuple[str, str, dict]]:
-    """(label, method, kwargs); the keys the ratios use are 'rtn4', 'gptq4', 'awq4', 'sq'."""
-    return [
+def rows(group: int, bits: int = 4) -> list[tuple[str, str, dict]]:
+    """(label, method, kwargs); the keys the ratios use are 'rtn4', 'gptq4', 'awq4', 'sq'. bits: the
+    width of the low-bit weight rows (their keys keep the 4: 'rtn4' at --bits 3 is int3 RTN)."""
+    low = [
+
         ("rtn8", "int8 RTN per-channel (W8)", "rtn", dict(bits=8, group=-1, sym=True)),
         ("rtn4", f"int4 RTN g{group} (W4)", "rtn", dict(bits=4, group=group, sym=False)),
         # GPTQ with the group ranges by clip search: fixed before measuring (docs/LOG.md, session 5)
@@ -45,6 +47,11 @@ def rows(group: int) -> list[tuple[str, str, dict]]:
          dict(bits=4, group=group, sym=False, awq_objective="module", clip=True)),
         ("awq4mr", f"int4 AWQ g{group}, module objective, 2048 rows", "awq",
          dict(bits=4, group=group, sym=False, awq_objective="module", max_rows=2048)),
+    ]
+    if bits != 4:
+        low = [(k, lab.replace("int4", f"int{bits}", 1), m, {**kw, "bits": bits} if kw.get("bits") == 4 else kw)
+               for k, lab, m, kw in low]
+    return low + [
         ("nf4", "NF4 (block 64, double quant)", "nf4", {}),
         ("w8a8", "W8A8 per-token (no smoothing)", "w8a8", {}),
         ("sq", "W8A8 SmoothQuant a=0.5", "smoothquant", dict(alpha=0.5)),
@@ -142,6 +149,8 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=256)
     ap.add_argument("--group", type=int, default=128, help="int4 group size (a group that does not divide "
                     "a row leaves a shorter last group: SmolLM2's 576 = 4 x 128 + 64)")
+    ap.add_argument("--bits", type=int, default=4, help="bit width of the low-bit RTN/GPTQ/AWQ rows (e.g. 3 where "
+                    "int4 costs a model nothing)")
     ap.add_argument("--out", default="")
     ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,awq4m,gptq4d,"
                     "awq4mr,awqgptq4,gptq4plain,nf4,w8a8,sq,int8); "
@@ -170,7 +179,7 @@ def main() -> None:
         ev = calibrate.validation_windows(tok, texts(a, False), n_ev, a.length, n_cal, a.length, seed=1)
     else:
         ev = calibrate.token_windows(tok, texts(a, True), n_ev, a.length)
-    keys = set(a.rows.split(",")) if a.rows else QUICK if a.quick else {r[0] for r in rows(a.group)}
+    keys = set(a.rows.split(",")) if a.rows else QUICK if a.quick else {r[0] for r in rows(a.group, a.bits)}
     t0 = time.perf_counter()
     fp = calibrate.perplexity(base, ev).perplexity
     lins = list(calibrate.quantizable_linears(base))
@@ -178,7 +187,7 @@ def main() -> None:
     print(f"fp32 ppl {fp:.4f} ({n_ev} x {a.length} {'VALIDATION' if a.score == 'val' else 'held-out'} tokens; calibration {n_cal} x {a.length}; "
           f"{time.perf_counter() - t0:.0f}s)", flush=True)
     ours = {"fp32": fp}
-    todo = [r for r in rows(a.group) if r[0] in keys]
+    todo = [r for r in rows(a.group, a.bits) if r[0] in keys]
     table = [("fp32 (decoded packaged weights)" if a.model == "smollm2" else "fp32", fp, 0.0, 4 * sum(p.numel() for p in base.parameters()), 0.0)]
     for key, label, method, kw in todo:
         m = copy.deepcopy(base)
@@ -208,7 +217,7 @@ def main() -> None:
     if "sq" in ours:
         ratio["int8_ppl"] = fp / ours["sq"]
     res = {"benchmark": "quant_methods", "ours": ours, "peer": peer, "ratio": ratio,
-           "conditions": {"scored_on": a.score, "model": a.model, "data_dir": a.data_dir, "eval_tokens": n_ev * a.length, "calib_tokens": n_cal * a.length, "group": a.group,
+           "conditions": {"scored_on": a.score, "model": a.model, "data_dir": a.data_dir, "eval_tokens": n_ev * a.length, "calib_tokens": n_cal * a.length, "group": a.group, "bits": a.bits,
                           "threads": 1}}
     if a.out:
         with open(a.out, "w") as f:

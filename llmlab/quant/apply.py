@@ -168,6 +168,8 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
         check_bits(bits)
     if percdamp <= 0:
         raise UserError(f"percdamp must be > 0, got {percdamp}")
+    if clip and not act_order and group > 0 and method in ("gptq", "awq_gptq"):
+        raise UserError("GPTQ's clip search needs act_order=true (static groups) or per-channel groups")
     lins = calibrate.quantizable_linears(model)
     grp = "channel" if group <= 0 else group
     if method in ("rtn",) + WEIGHT_CALIBRATED:
