@@ -49,7 +49,7 @@ def rows(group: int, bits: int = 4) -> list[tuple[str, str, dict]]:
          dict(bits=4, group=group, sym=False, awq_objective="module", max_rows=2048)),
     ]
     if bits != 4:
-        low = [(k, lab.replace("int4", f"int{bits}", 1), m, {**kw, "bits": bits} if kw.get("bits") == 4 else kw)
+        low = [(k, lab.replace("int4", f"int{bits}", 1).replace("(W4)", f"(W{bits})"), m, {**kw, "bits": bits} if kw.get("bits") == 4 else kw)
                for k, lab, m, kw in low]
     return low + [
         ("nf4", "NF4 (block 64, double quant)", "nf4", {}),
@@ -208,12 +208,12 @@ def main() -> None:
     for label, ppl in peer.items():
         print(f"| {label} | {ppl if isinstance(ppl, str) else f'{ppl:.3f} | {ppl - fp:+.3f} ({100 * (ppl - fp) / fp:+.1f}%)'} | | |")
     ratio = {}
-    for key, name in (("gptq4", "gptq_vs_rtn"), ("awq4", "awq_vs_rtn"), ("awq4m", "awq_module_vs_rtn")):
+    names = {"gptq4": "gptq_vs_rtn", "awq4": "awq_vs_rtn", "awq4m": "awq_module_vs_rtn"}
+    for key in ("gptq4", "awq4", "awq4m", "gptq4plain", "gptq4d", "awq4mr", "awqgptq4"):
         if key in ours and "rtn4" in ours:
-            ratio[name] = (ours["rtn4"] - fp) / max(ours[key] - fp, 1e-9)
-    for key in ("gptq4plain", "gptq4d", "awq4mr", "awqgptq4"):
-        if key in ours and "rtn4" in ours:
-            ratio[f"{key}_vs_rtn"] = (ours["rtn4"] - fp) / max(ours[key] - fp, 1e-9)
+            # a row at or below fp32 has no increase to divide by: null, not a huge number
+            d = ours[key] - fp
+            ratio[names.get(key, f"{key}_vs_rtn")] = (ours["rtn4"] - fp) / d if d > 0 else None
     if "sq" in ours:
         ratio["int8_ppl"] = fp / ours["sq"]
     res = {"benchmark": "quant_methods", "ours": ours, "peer": peer, "ratio": ratio,
