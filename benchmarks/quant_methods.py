@@ -28,15 +28,30 @@ from llmlab.quant.apply import quantize_model
 
 
 
-def rows(group: int) -> list[tuple[str, str, dict]]:
-    """(label, method, kwargs); the keys the ratios use are 'rtn4', 'gptq4', 'awq4', 'sq'."""
-    return [
+def rows(group: int, bits: int = 4) -> list[tuple[str, str, dict]]:
+    """(label, method, kwargs); the keys the ratios use are 'rtn4', 'gptq4', 'awq4', 'sq'. bits: the
+    width of the low-bit weight rows (their keys keep the 4: 'rtn4' at --bits 3 is int3 RTN)."""
+    low = [
+
         ("rtn8", "int8 RTN per-channel (W8)", "rtn", dict(bits=8, group=-1, sym=True)),
         ("rtn4", f"int4 RTN g{group} (W4)", "rtn", dict(bits=4, group=group, sym=False)),
-        ("gptq4", f"int4 GPTQ g{group} act-order", "gptq", dict(bits=4, group=group, sym=False)),
+        # GPTQ with the group ranges by clip search: fixed before measuring (docs/LOG.md, session 5)
+        ("gptq4", f"int4 GPTQ g{group} act-order, clip search", "gptq", dict(bits=4, group=group, sym=False, clip=True)),
+        ("gptq4plain", f"int4 GPTQ g{group} act-order (min/max groups)", "gptq", dict(bits=4, group=group, sym=False)),
         ("awq4", f"int4 AWQ g{group}", "awq", dict(bits=4, group=group, sym=False)),
         ("awq4m", f"int4 AWQ g{group}, attention/MLP-output objective", "awq",
          dict(bits=4, group=group, sym=False, awq_objective="module")),
+        # settings compared on validation windows (--score val), docs/quant.md "Session 5"
+        ("gptq4d", f"int4 GPTQ g{group} act-order, damp 0.1", "gptq", dict(bits=4, group=group, sym=False, percdamp=0.1)),
+        ("awqgptq4", f"int4 AWQ scales + GPTQ g{group} act-order, clip search", "awq_gptq",
+         dict(bits=4, group=group, sym=False, awq_objective="module", clip=True)),
+        ("awq4mr", f"int4 AWQ g{group}, module objective, 2048 rows", "awq",
+         dict(bits=4, group=group, sym=False, awq_objective="module", max_rows=2048)),
+    ]
+    if bits != 4:
+        low = [(k, lab.replace("int4", f"int{bits}", 1).replace("(W4)", f"(W{bits})"), m, {**kw, "bits": bits} if kw.get("bits") == 4 else kw)
+               for k, lab, m, kw in low]
+    return low + [
         ("nf4", "NF4 (block 64, double quant)", "nf4", {}),
         ("w8a8", "W8A8 per-token (no smoothing)", "w8a8", {}),
         ("sq", "W8A8 SmoothQuant a=0.5", "smoothquant", dict(alpha=0.5)),
@@ -134,12 +149,18 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=256)
     ap.add_argument("--group", type=int, default=128, help="int4 group size (a group that does not divide "
                     "a row leaves a shorter last group: SmolLM2's 576 = 4 x 128 + 64)")
+    ap.add_argument("--bits", type=int, default=4, help="bit width of the low-bit RTN/GPTQ/AWQ rows (e.g. 3 where "
+                    "int4 costs a model nothing)")
     ap.add_argument("--out", default="")
-    ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,awq4m,nf4,w8a8,sq,int8); "
+    ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,awq4m,gptq4d,"
+                    "awq4mr,awqgptq4,gptq4plain,nf4,w8a8,sq,int8); "
                     "default all (--quick: rtn4,gptq4,awq4,sq)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--data-dir", default="", help="held-out/calibration text from this `llmlab data build` output "
                     "(val.jsonl / train.jsonl, wiki_en documents) instead of the default Wikipedia split")
+    ap.add_argument("--score", choices=("eval", "val"), default="eval", help="val: score every row on validation "
+                    "windows (non-held-out documents disjoint from the calibration windows' documents) instead of "
+                    "the held-out evaluation windows: for choosing settings")
     ap.add_argument("--gguf", action="store_true", help="instead: the GGUF export table (size, ppl, decode tok/s)")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -153,23 +174,26 @@ def main() -> None:
     n_ev, n_cal = (2, 2) if a.quick else (a.eval_windows, a.calib_windows)
     if a.quick:
         a.length = min(a.length, 128)
-    ev = calibrate.token_windows(tok, texts(a, True), n_ev, a.length)
     cal = calibrate.token_windows(tok, texts(a, False), n_cal, a.length, seed=1)
-    keys = set(a.rows.split(",")) if a.rows else QUICK if a.quick else {r[0] for r in rows(a.group)}
+    if a.score == "val":
+        ev = calibrate.validation_windows(tok, texts(a, False), n_ev, a.length, n_cal, a.length, seed=1)
+    else:
+        ev = calibrate.token_windows(tok, texts(a, True), n_ev, a.length)
+    keys = set(a.rows.split(",")) if a.rows else QUICK if a.quick else {r[0] for r in rows(a.group, a.bits)}
     t0 = time.perf_counter()
     fp = calibrate.perplexity(base, ev).perplexity
     lins = list(calibrate.quantizable_linears(base))
     stats = calibrate.collect(base, cal, lins, set()) if "sq" in keys else None  # SmoothQuant's ranges
-    print(f"fp32 ppl {fp:.4f} ({n_ev} x {a.length} held-out tokens; calibration {n_cal} x {a.length}; "
+    print(f"fp32 ppl {fp:.4f} ({n_ev} x {a.length} {'VALIDATION' if a.score == 'val' else 'held-out'} tokens; calibration {n_cal} x {a.length}; "
           f"{time.perf_counter() - t0:.0f}s)", flush=True)
     ours = {"fp32": fp}
-    todo = [r for r in rows(a.group) if r[0] in keys]
+    todo = [r for r in rows(a.group, a.bits) if r[0] in keys]
     table = [("fp32 (decoded packaged weights)" if a.model == "smollm2" else "fp32", fp, 0.0, 4 * sum(p.numel() for p in base.parameters()), 0.0)]
     for key, label, method, kw in todo:
         m = copy.deepcopy(base)
         t = time.perf_counter()
         # GPTQ/AWQ calibrate block by block (sequentially) on `cal`; SmoothQuant uses the fp32 ranges
-        ragged = {"ragged_groups": True} if method in ("rtn", "gptq", "awq") else {}
+        ragged = {"ragged_groups": True} if method in ("rtn", "gptq", "awq", "awq_gptq") else {}
         info = quantize_model(m, method, calib=cal, stats=stats if method == "smoothquant" else None, **kw, **ragged)
         secs = time.perf_counter() - t
         ppl = calibrate.perplexity(m, ev).perplexity
@@ -184,13 +208,16 @@ def main() -> None:
     for label, ppl in peer.items():
         print(f"| {label} | {ppl if isinstance(ppl, str) else f'{ppl:.3f} | {ppl - fp:+.3f} ({100 * (ppl - fp) / fp:+.1f}%)'} | | |")
     ratio = {}
-    for key, name in (("gptq4", "gptq_vs_rtn"), ("awq4", "awq_vs_rtn"), ("awq4m", "awq_module_vs_rtn")):
+    names = {"gptq4": "gptq_vs_rtn", "awq4": "awq_vs_rtn", "awq4m": "awq_module_vs_rtn"}
+    for key in ("gptq4", "awq4", "awq4m", "gptq4plain", "gptq4d", "awq4mr", "awqgptq4"):
         if key in ours and "rtn4" in ours:
-            ratio[name] = (ours["rtn4"] - fp) / max(ours[key] - fp, 1e-9)
+            # a row at or below fp32 has no increase to divide by: null, not a huge number
+            d = ours[key] - fp
+            ratio[names.get(key, f"{key}_vs_rtn")] = (ours["rtn4"] - fp) / d if d > 0 else None
     if "sq" in ours:
         ratio["int8_ppl"] = fp / ours["sq"]
     res = {"benchmark": "quant_methods", "ours": ours, "peer": peer, "ratio": ratio,
-           "conditions": {"model": a.model, "data_dir": a.data_dir, "eval_tokens": n_ev * a.length, "calib_tokens": n_cal * a.length, "group": a.group,
+           "conditions": {"scored_on": a.score, "model": a.model, "data_dir": a.data_dir, "eval_tokens": n_ev * a.length, "calib_tokens": n_cal * a.length, "group": a.group, "bits": a.bits,
                           "threads": 1}}
     if a.out:
         with open(a.out, "w") as f:

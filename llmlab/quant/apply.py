@@ -16,7 +16,8 @@ from llmlab.log import get_logger
 from llmlab.quant import calibrate
 from llmlab.quant.ptq import check_bits, rtn, rtn_fake
 
-METHODS = ("rtn", "nf4", "gptq", "awq", "w8a8", "smoothquant", "llm_int8")
+METHODS = ("rtn", "nf4", "gptq", "awq", "awq_gptq", "w8a8", "smoothquant", "llm_int8")
+WEIGHT_CALIBRATED = ("gptq", "awq", "awq_gptq")
 
 
 def _set_module(model: nn.Module, name: str, mod: nn.Module) -> None:
@@ -88,23 +89,44 @@ def _attention_loss(names: list[str], ctx, n_seq: int = 8):
     return loss
 
 
+def _awq_scale(model, g: list[str], lins: dict, st, bits: int, group: int, sym: bool, module: bool, ctx):
+    from llmlab.quant.awq import search_scale
+    return search_scale([lins[n].weight.float() for n in g], st.sample, st.mean_abs, bits, group, sym,
+                        out_fn=_mlp_output(model, g) if module else None,
+                        loss_fn=_attention_loss(g, ctx) if module else None)
+
+
 def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method: str, bits: int, group: int,
-                 sym: bool, act_order: bool, awq_objective: str = "linear", ctx=None) -> list[float]:
+                 sym: bool, act_order: bool, awq_objective: str = "linear", ctx=None, percdamp: float = 0.01,
+                 clip: bool = False) -> list[float]:
     """Quantize the named Linears' weights in place; -> AWQ's chosen alphas."""
     grp = "channel" if group <= 0 else group
     alphas = []
+    module = awq_objective == "module"
     if method == "awq":
         from llmlab.quant.awq import awq_group
         sub = {n: stats[n] for n in names}
         for g in input_groups(sub):
             st = sub[g[0]]
-            module = awq_objective == "module"
             new, a = awq_group([lins[n].weight.float() for n in g], g, st.sample, st.mean_abs, bits, group, sym,
                                out_fn=_mlp_output(model, g) if module else None,
                                loss_fn=_attention_loss(g, ctx) if module else None)
             alphas.append(a)
             for n, w in zip(g, new):
                 lins[n].weight.copy_(w)
+        return alphas
+    if method == "awq_gptq":  # AWQ's scales, then GPTQ on W diag(s) with inputs x / s: H' = H / (s s^T)
+        from llmlab.quant.gptq import gptq, scaled_hessian
+        sub = {n: stats[n] for n in names}
+        for g in input_groups(sub):
+            st = sub[g[0]]
+            s, a = _awq_scale(model, g, lins, st, bits, group, sym, module, ctx)
+            alphas.append(a)
+            h = scaled_hessian(st.H, s)
+            for n in g:
+                w = lins[n].weight
+                w.copy_(gptq(w.float() * s, h, bits, group, sym, act_order, percdamp=percdamp, ragged=True,
+                             clip=clip) / s)
         return alphas
     for n in names:
         w = lins[n].weight
@@ -116,7 +138,7 @@ def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method
             w.copy_(quantize_nf4(w).dequantize(w.dtype))
         elif method == "gptq":
             from llmlab.quant.gptq import gptq
-            w.copy_(gptq(w, stats[n].H, bits, group, sym, act_order, ragged=True))
+            w.copy_(gptq(w, stats[n].H, bits, group, sym, act_order, percdamp=percdamp, ragged=True, clip=clip))
     return alphas
 
 
@@ -124,7 +146,8 @@ def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method
 def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: bool = False,
                    calib: torch.Tensor | None = None, alpha: float = 0.5, threshold: float = 6.0,
                    act_order: bool = True, stats: dict | None = None, sequential: bool = True,
-                   awq_objective: str = "linear", ragged_groups: bool = False) -> dict:
+                   awq_objective: str = "linear", ragged_groups: bool = False, percdamp: float = 0.01,
+                   clip: bool = False, max_rows: int = 512) -> dict:
     """-> {'stored_bytes', 'quantized_params', 'layers', ...}. GPTQ and AWQ calibrate block by
     block on `calib` (each block sees the already-quantized blocks' outputs) unless `sequential`
     is off or `stats` (gathered once on the full-precision model by `calibrate.collect`) is given.
@@ -132,29 +155,37 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
     "module" scores the gate/up group on the MLP's output and the q/k/v group on the whole
     attention's output instead (AutoAWQ's module2inspect).
     ragged_groups: a group size that does not divide a row leaves a shorter last group (e.g.
-    SmolLM2's 576-wide rows at g128: 4 x 128 + 64) instead of being refused."""
+    SmolLM2's 576-wide rows at g128: 4 x 128 + 64) instead of being refused.
+    awq_gptq: AWQ's scale search, then GPTQ on the scaled weights (the AWQ + GPTQ combination).
+    percdamp: GPTQ's dampening, a fraction of mean(diag H) added to H's diagonal.
+    clip: GPTQ's group ranges chosen by output-error search (`gptq.clip_qparams`; needs act_order).
+    max_rows: calibration input rows (spread over all windows) AWQ's scale and clip searches use."""
     if method not in METHODS:
         raise UserError(f"unknown method '{method}' (one of: {', '.join(METHODS)})")
     if awq_objective not in ("linear", "module"):
         raise UserError(f"awq_objective must be linear or module, got '{awq_objective}'")
-    if method in ("rtn", "gptq", "awq"):
+    if method in ("rtn",) + WEIGHT_CALIBRATED:
         check_bits(bits)
+    if percdamp <= 0:
+        raise UserError(f"percdamp must be > 0, got {percdamp}")
+    if clip and not act_order and group > 0 and method in ("gptq", "awq_gptq"):
+        raise UserError("GPTQ's clip search needs act_order=true (static groups) or per-channel groups")
     lins = calibrate.quantizable_linears(model)
     grp = "channel" if group <= 0 else group
-    if method in ("rtn", "gptq", "awq"):
+    if method in ("rtn",) + WEIGHT_CALIBRATED:
         for n, m in lins.items():
             if isinstance(grp, int) and m.in_features % grp and not ragged_groups:
                 raise UserError(f"group size {group} does not divide the row length {m.in_features} of {n}")
     info: dict = {"method": method, "layers": len(lins)}
-    needs_calib = method in ("gptq", "awq", "smoothquant") and stats is None
+    needs_calib = method in WEIGHT_CALIBRATED + ("smoothquant",) and stats is None
     if needs_calib and (calib is None or calib.numel() == 0):
         raise UserError(f"method '{method}' needs calibration data")
-    want = {"gptq": {"hessian"}, "awq": {"sample"}}.get(method, set())
-    if method in ("gptq", "awq") and stats is None and sequential and hasattr(model, "model"):
+    want = {"gptq": {"hessian"}, "awq": {"sample"}, "awq_gptq": {"hessian", "sample"}}.get(method, set())
+    if method in WEIGHT_CALIBRATED and stats is None and sequential and hasattr(model, "model"):
         alphas: list[float] = []
         calibrate.layerwise(model, calib, want, lambda names, st, ctx: alphas.extend(
             _weight_only(model, lins, [n for n in names if n in lins], st, method, bits, group, sym, act_order,
-                         awq_objective, ctx)))
+                         awq_objective, ctx, percdamp, clip)), max_rows=max_rows)
     else:
         if needs_calib:
             stats = calibrate.collect(model, calib, list(lins), want)
@@ -170,8 +201,9 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
             for n, m in lins.items():
                 _set_module(model, n, W8A8Linear(m) if method == "w8a8" else Int8Linear(m, threshold))
         else:
-            alphas = _weight_only(model, lins, list(lins), stats, method, bits, group, sym, act_order, awq_objective)
-    if method == "awq" and alphas:
+            alphas = _weight_only(model, lins, list(lins), stats, method, bits, group, sym, act_order, awq_objective,
+                                  percdamp=percdamp, clip=clip)
+    if method in ("awq", "awq_gptq") and alphas:
         info["alpha_mean"] = sum(alphas) / len(alphas)
     qparams = sum(m.weight.numel() for m in lins.values())
     qbytes = sum(m.weight.numel() * weight_bits(method, bits, grp, sym, m.in_features) / 8 for m in lins.values())

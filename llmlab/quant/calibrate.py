@@ -46,13 +46,15 @@ def split_texts(data_dir: str, split: str, source: str = "wiki_en") -> list[str]
     return out
 
 
-def token_windows(tok, texts: list[str], n: int, length: int, seed: int = 0) -> torch.Tensor:
+def token_windows(tok, texts: list[str], n: int, length: int, seed: int | None = 0) -> torch.Tensor:
     """n windows of `length` tokens cut from the texts (each text encoded once, an EOS between
-    texts), documents taken in a seeded order; fewer than n available -> UserError."""
+    texts), documents taken in a seeded order (seed None: in the given order); fewer than n
+    available -> UserError."""
     if n < 1 or length < 2:
         raise UserError("need at least one window of at least 2 tokens")
     order = list(range(len(texts)))
-    random.Random(seed).shuffle(order)
+    if seed is not None:
+        random.Random(seed).shuffle(order)
     eos = tok.eos_id
     ids: list[int] = []
     for i in order:
@@ -62,6 +64,23 @@ def token_windows(tok, texts: list[str], n: int, length: int, seed: int = 0) -> 
     if len(ids) < n * length:
         raise UserError(f"calibration/eval text too short: {len(ids)} tokens, need {n} x {length}")
     return torch.tensor(ids[: n * length]).view(n, length)
+
+
+def validation_windows(tok, texts: list[str], n: int, length: int, calib_n: int, calib_length: int,
+                       seed: int = 1) -> torch.Tensor:
+    """Windows for choosing a method's settings: from the same documents as the calibration
+    windows `token_windows(tok, texts, calib_n, calib_length, seed)` but taken from the far end
+    of that seeded document order, so they never share a document with the calibration windows
+    (checked) nor, the texts being the non-held-out split, with the held-out evaluation text."""
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    used, got = 0, 0
+    for used, i in enumerate(order, 1):  # the documents the calibration windows consume
+        got += len(tok.encode(texts[i])) + (tok.eos_id is not None)
+        if got >= calib_n * calib_length:
+            break
+    tail = [texts[i] for i in reversed(order[used:])]
+    return token_windows(tok, tail, n, length, seed=None)
 
 
 def text_windows(tok, path: str, n: int, length: int) -> torch.Tensor:
@@ -98,8 +117,8 @@ def quantizable_linears(model, skip: tuple[str, ...] = ("lm_head",)) -> dict[str
 
 
 class Stats:
-    def __init__(self, k: int, want: set[str], max_rows: int):
-        self.n, self.want, self.max_rows = 0, want, max_rows
+    def __init__(self, k: int, want: set[str], max_rows: int, stride: int | None = None):
+        self.n, self.want, self.max_rows, self.stride = 0, want, max_rows, stride
         self.hessian = torch.zeros(k, k, dtype=torch.float64) if "hessian" in want else None
         self.absmax = torch.zeros(k)
         self.sum_abs = torch.zeros(k, dtype=torch.float64)
@@ -114,7 +133,7 @@ class Stats:
         self.sum_abs += x.abs().sum(0).double()
         self.n += x.shape[0]
         if "sample" in self.want and sum(r.shape[0] for r in self.rows) < self.max_rows:
-            self.rows.append(x[:: max(1, x.shape[0] // 64)].clone())
+            self.rows.append(x[:: self.stride or max(1, x.shape[0] // 64)].clone())
 
     @property
     def H(self) -> torch.Tensor:
@@ -132,8 +151,8 @@ class Stats:
 class _Gather:
     """Forward pre-hooks on named Linears filling one Stats per distinct input tensor."""
 
-    def __init__(self, mods: dict[str, nn.Linear], want: set[str], max_rows: int):
-        self.stats = {n: Stats(m.in_features, want, max_rows) for n, m in mods.items()}
+    def __init__(self, mods: dict[str, nn.Linear], want: set[str], max_rows: int, stride: int | None = None):
+        self.stats = {n: Stats(m.in_features, want, max_rows, stride) for n, m in mods.items()}
         self.seen: dict[int, tuple] = {}
         self.hooks = [m.register_forward_pre_hook(self._hook(n)) for n, m in mods.items()]
 
@@ -187,7 +206,8 @@ def layerwise(model, windows: torch.Tensor, want: set[str], quantize_layer, max_
     block i's Linears in place (its third argument, (block, block inputs, the block's other
     positional arguments), lets a method score a whole sub-module such as the attention);
     then block i is run again to give block i+1 its inputs.
-    Cost: about two forward passes over the calibration set."""
+    Cost: about two forward passes over the calibration set. The `max_rows` sample rows (AWQ's)
+    are every (tokens // max_rows)-th row, so they are spread over all the windows."""
     layers = model.model.layers
     xs, rest = [], []
 
@@ -208,7 +228,7 @@ def layerwise(model, windows: torch.Tensor, want: set[str], quantize_layer, max_
         h.remove()
     for i, layer in enumerate(layers):
         mods = {f"model.layers.{i}.{n}": m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
-        g = _Gather(mods, want, max_rows)
+        g = _Gather(mods, want, max_rows, stride=max(1, windows.numel() // max_rows))
         try:
             for x in xs:
                 g.step(layer, x, *rest)

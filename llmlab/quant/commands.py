@@ -16,11 +16,14 @@ class QuantizeConfig:
     format: str = field(default="gguf", metadata={"help": "gguf (block formats) or hf (method applied, fp32 "
                                                            "weights holding the dequantized values)"})
     type: str = field(default="Q8_0", metadata={"help": "GGUF tensor type: F32 F16 Q8_0 Q4_0 Q4_1 Q6_K"})
-    method: str = field(default="rtn", metadata={"help": "format=hf: rtn nf4 gptq awq"})
+    method: str = field(default="rtn", metadata={"help": "format=hf: rtn nf4 gptq awq awq_gptq (AWQ's scales, then GPTQ)"})
     bits: int = field(default=4, metadata={"help": "format=hf: weight bits (2, 3, 4, 8)"})
     group_size: int = field(default=64, metadata={"help": "format=hf: weights per scale (-1: per channel)"})
     sym: bool = field(default=False, metadata={"help": "format=hf: symmetric absmax grid instead of zero-point"})
     act_order: bool = field(default=True, metadata={"help": "GPTQ: columns by decreasing Hessian diagonal"})
+    percdamp: float = field(default=0.01, metadata={"help": "GPTQ: dampening, a fraction of mean(diag H)"})
+    clip: bool = field(default=False, metadata={"help": "GPTQ: each group's range by output-error clip search "
+                                                        "(needs act_order)"})
     awq_objective: str = field(default="linear", metadata={"help": "AWQ: score scales on each Linear's output "
                                                                    "(linear) or on the attention / MLP output (module)"})
     ragged_groups: bool = field(default=False, metadata={"help": "format=hf: a group_size that does not divide a "
@@ -60,8 +63,8 @@ def run_quantize(cfg: QuantizeConfig) -> int:
         raise UserError(f"unknown format '{cfg.format}' (gguf or hf)")
     if cfg.format == "gguf" and cfg.type not in FORMATS:
         raise UserError(f"unknown GGUF type '{cfg.type}' (one of: {', '.join(FORMATS)})")
-    if cfg.format == "hf" and cfg.method not in ("rtn", "nf4", "gptq", "awq"):
-        raise UserError(f"method '{cfg.method}' cannot be saved as weights (rtn, nf4, gptq, awq); the activation "
+    if cfg.format == "hf" and cfg.method not in ("rtn", "nf4", "gptq", "awq", "awq_gptq"):
+        raise UserError(f"method '{cfg.method}' cannot be saved as weights (rtn, nf4, gptq, awq, awq_gptq); the activation "
                         "methods are measured by benchmarks/quant_methods.py")
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     torch.set_grad_enabled(False)
@@ -83,9 +86,10 @@ def run_quantize(cfg: QuantizeConfig) -> int:
             print(f"held-out perplexity after: {calibrate.perplexity(back, ev).perplexity:.4f}")
         return 0
     from llmlab.quant.apply import quantize_model
-    calib = _calibration(cfg, tok) if cfg.method in ("gptq", "awq") else None
+    calib = _calibration(cfg, tok) if cfg.method in ("gptq", "awq", "awq_gptq") else None
     info = quantize_model(model, cfg.method, cfg.bits, cfg.group_size, cfg.sym, calib, act_order=cfg.act_order,
-                          awq_objective=cfg.awq_objective, ragged_groups=cfg.ragged_groups)
+                          awq_objective=cfg.awq_objective, ragged_groups=cfg.ragged_groups,
+                          percdamp=cfg.percdamp, clip=cfg.clip)
     from llmlab.model.hf import save_hf_dir
     import tempfile
     with tempfile.TemporaryDirectory() as td:

@@ -30,6 +30,12 @@ def hessian(x: torch.Tensor) -> torch.Tensor:
     return 2.0 / x.shape[0] * x.t() @ x
 
 
+def scaled_hessian(h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The Hessian of inputs x / s given H of x: H_ij / (s_i s_j) (AWQ's scaling before GPTQ)."""
+    sd = s.double()
+    return h.double() / (sd[:, None] * sd[None, :])
+
+
 def layer_error(w: torch.Tensor, q: torch.Tensor, h: torch.Tensor) -> float:
     """tr((W - Q) H (W - Q)^T): the summed squared output error over the calibration inputs
     (up to the constant 2/n of H)."""
@@ -37,12 +43,35 @@ def layer_error(w: torch.Tensor, q: torch.Tensor, h: torch.Tensor) -> float:
     return float(torch.einsum("ij,jk,ik->", d, h.double(), d))
 
 
+def clip_qparams(w: torch.Tensor, h: torch.Tensor, bits: int, sym: bool, steps: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """w (rows, g), h (g, g) -> per-row (scale, zero) of the range [r*min, r*max] (r = 1 - i/(2 steps),
+    i < steps) minimizing d h d^T, d = Q(w) - w: the clip ratio with the least output error."""
+    lo0 = w.amin(dim=1, keepdim=True).clamp_max(0)
+    hi0 = w.amax(dim=1, keepdim=True).clamp_min(0)
+    best_err = torch.full_like(lo0, float("inf"))
+    best_s, best_z = torch.empty_like(lo0), torch.empty_like(lo0)
+    tiny = torch.finfo(torch.float32).tiny
+    for i in range(steps):
+        r = 1 - i / (2 * steps)
+        if sym:
+            s = (torch.maximum(-lo0, hi0) * r).clamp_min(tiny) / (2 ** (bits - 1) - 1)
+            z = torch.zeros_like(s)
+        else:
+            s = ((hi0 - lo0) * r / (2 ** bits - 1)).clamp_min(tiny)
+            z = torch.round(-lo0 * r / s)
+        d = fake_quant(w, s, z, bits, sym) - w
+        err = ((d @ h) * d).sum(1, keepdim=True)
+        better = err < best_err
+        best_err[better], best_s[better], best_z[better] = err[better], s[better], z[better]
+    return best_s, best_z
+
+
 def gptq(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group: int = 128, sym: bool = False,
          act_order: bool = True, blocksize: int = 128, percdamp: float = 0.01,
-         ragged: bool = False) -> torch.Tensor:
+         ragged: bool = False, clip: bool = False) -> torch.Tensor:
     """w (rows, k), h (k, k) -> the dequantized GPTQ weight (fp32, rows x k). group <= 0: one
     (scale, zero) per row. ragged: a group that does not divide k leaves a shorter last group
-    (otherwise that is an error)."""
+    (otherwise that is an error). clip: the group ranges by output-error search (see above)."""
     check_bits(bits)
     W = w.detach().double().clone()
     H = h.detach().double().clone()
@@ -53,12 +82,18 @@ def gptq(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group: int = 128, sym:
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
+    if clip and group > 0 and not act_order:
+        from llmlab.errors import UserError
+        raise UserError("GPTQ's clip search needs act_order (static groups) or per-row parameters")
     static = None
-    if group > 0 and act_order:  # static groups on the original columns
+    if group > 0 and act_order and clip:  # static groups, each range chosen on its block of H
+        parts = [clip_qparams(W[:, c:c + group], H[c:c + group, c:c + group], bits, sym) for c in range(0, k, group)]
+        static = (torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1))
+    elif group > 0 and act_order:  # static groups on the original columns
         s, z = qparams(pad_to_group(W, group).reshape(-1, group), bits, sym)
         static = (s.view(rows, -1), z.view(rows, -1))
     elif group <= 0:
-        s, z = qparams(W, bits, sym)
+        s, z = clip_qparams(W, H, bits, sym) if clip else qparams(W, bits, sym)
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(k)
     W, H = W[:, perm], H[perm][:, perm]
     H += percdamp * torch.mean(torch.diag(H)) * torch.eye(k, dtype=H.dtype)
