@@ -15,7 +15,7 @@ class QuantizeConfig:
     output: str = field(default="", metadata={"help": "the .gguf file (format=gguf) or model dir (format=hf)"})
     format: str = field(default="gguf", metadata={"help": "gguf (block formats) or hf (method applied, fp32 "
                                                            "weights holding the dequantized values)"})
-    type: str = field(default="Q8_0", metadata={"help": "GGUF tensor type: F32 F16 Q8_0 Q4_0 Q4_1 Q6_K"})
+    type: str = field(default="Q8_0", metadata={"help": "GGUF tensor type: F32 F16 Q8_0 Q4_0 Q4_1 Q4_K Q5_K Q6_K"})
     method: str = field(default="rtn", metadata={"help": "format=hf: rtn nf4 gptq awq awq_gptq (AWQ's scales, then GPTQ)"})
     bits: int = field(default=4, metadata={"help": "format=hf: weight bits (2, 3, 4, 8)"})
     group_size: int = field(default=64, metadata={"help": "format=hf: weights per scale (-1: per channel)"})
