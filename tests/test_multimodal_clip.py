@@ -123,6 +123,26 @@ def test_zero_shot_prompt_ensemble_by_hand():
     assert zero_shot_accuracy(Fake(), tokenize, images, labels, names, ["x {}", "y {}"]) == pytest.approx(2 / 3)
 
 
+
+def test_prompt_ensemble_chosen_on_validation_by_hand():
+    from llmlab.multimodal.evaluate import choose_templates
+
+    class Fake:
+        def encode_image(self, x, normalize=True):
+            return F.normalize(x, dim=-1)
+
+        def encode_text(self, ids, normalize=True):
+            return F.normalize(ids, dim=-1)
+
+    def tokenize(texts):  # "good {}" points at its class; "bad {}" points at the other one
+        return torch.tensor([[1.0, 0.0] if t.endswith("a") == t.startswith("good") else [0.0, 1.0] for t in texts])
+    images, labels = torch.tensor([[1.0, 0.1], [0.1, 1.0], [-5.0, -5.0]]), torch.tensor([0, 1, -1])
+    chosen, acc = choose_templates(Fake(), tokenize, images, labels, ["a", "b"], ["bad {}", "bad2 {}", "good {}"])
+    assert chosen == ["good {}"] and acc == 1.0  # the full ensemble is outvoted by the two bad prompts
+    chosen, acc = choose_templates(Fake(), tokenize, images, labels, ["a", "b"], ["bad {}", "good {}", "good2 {}"])
+    assert chosen == ["bad {}", "good {}", "good2 {}"] and acc == 1.0  # ties at 1.0: the larger ensemble wins
+    assert zero_shot_accuracy(Fake(), tokenize, images, labels, ["a", "b"], ["bad {}"]) == 0.0
+
 def _open_clip_to_ours(sd: dict, depth: int) -> dict:
     """open_clip CLIP state dict -> ours (benchmarks/multimodal.py compares the two models)."""
     out = {"visual.cls_token": sd["visual.class_embedding"].view(1, 1, -1),
