@@ -2,6 +2,7 @@
 
     python benchmarks/multimodal.py            # 600 steps x 64 pairs, seeds 0,1,2
     python benchmarks/multimodal.py --quick    # 120 steps x 32 pairs, seed 0 (about a minute on a free core)
+    python benchmarks/multimodal.py --same_init  # ours starts from open_clip's initial weights
 
 Data: scikit-learn digits (8x8, repeated to 3 channels because open_clip's patch embedding takes RGB),
 its seeded 70/30 split; captions from training templates ("a handwritten digit three", ...).
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llmlab.multimodal.clip import TextConfig  # noqa: E402
 from llmlab.multimodal.evaluate import DIGIT_EVAL_TEMPLATES, zero_shot_accuracy  # noqa: E402
-from llmlab.multimodal.reference import import_references  # noqa: E402
+from llmlab.multimodal.reference import import_references, open_clip_to_ours  # noqa: E402
 from llmlab.multimodal.text import VOCAB_SIZE  # noqa: E402
 from llmlab.multimodal.train import ContrastiveConfig, ContrastiveTrainer, build_model, load_split  # noqa: E402
 from llmlab.multimodal.vit import ViTConfig  # noqa: E402
@@ -51,7 +52,7 @@ def peer_model(open_clip, seed: int):
     return open_clip.CLIP(embed_dim=EMBED, vision_cfg=vision, text_cfg=text)
 
 
-def run_seed(open_clip, seed: int, steps: int, batch: int, chunk: int) -> tuple[dict, dict]:
+def run_seed(open_clip, seed: int, steps: int, batch: int, chunk: int, same_init: bool = False) -> tuple[dict, dict]:
     cfg = ContrastiveConfig(model="clip", dataset="digits", max_steps=steps, per_device_train_batch_size=batch,
                             seed=seed, vision=ViTConfig(image_size=8, patch_size=2, in_chans=1, embed_dim=WIDTH,
                                                         depth=LAYERS, num_heads=HEADS, pool="mean", pre_norm=True),
@@ -61,6 +62,8 @@ def run_seed(open_clip, seed: int, steps: int, batch: int, chunk: int) -> tuple[
     cfg.vision.in_chans = 3
     ours = build_model(cfg)
     peer = peer_model(open_clip, seed)
+    if same_init:  # isolate the implementations: both start from open_clip's initial weights
+        ours.load_state_dict(open_clip_to_ours(peer.state_dict(), LAYERS), strict=True)
     tokenize = ours.tokenize  # the same byte ids for both (pad 0, end-of-text 256 = argmax)
     trainers = {"ours": ContrastiveTrainer(ours, tokenize, train, cfg),
                 "peer": ContrastiveTrainer(peer, tokenize, train, cfg)}
@@ -89,6 +92,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--steps", type=int, default=0)
     ap.add_argument("--seeds", default="")
+    ap.add_argument("--same_init", action="store_true",
+                    help="ours starts from open_clip's initial weights (each library's own init otherwise)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     steps = args.steps or (120 if args.quick else 600)
@@ -97,7 +102,7 @@ def main() -> None:
     _timm, open_clip = import_references()
     rows = {"ours": [], "peer": []}
     for seed in seeds:
-        o, p = run_seed(open_clip, seed, steps, batch, chunk=20)
+        o, p = run_seed(open_clip, seed, steps, batch, chunk=20, same_init=args.same_init)
         rows["ours"].append(o)
         rows["peer"].append(p)
         print(f"seed {seed}: ours {o}  open_clip {p}", file=sys.stderr, flush=True)
@@ -108,6 +113,7 @@ def main() -> None:
     for k in med["ours"]:
         print(f"{k:<16}{med['ours'][k]:>12.4f}{med['peer'][k]:>12.4f}")
     print(json.dumps({"benchmark": "multimodal", "steps": steps, "batch": batch, "seeds": seeds,
+                      "same_init": args.same_init,
                       "ours": {k: round(v, 4) for k, v in med["ours"].items()},
                       "peer": {k: round(v, 4) for k, v in med["peer"].items()},
                       "ratio_per_seed": {k: [round(v, 4) for v in vs] for k, vs in per_seed.items()},

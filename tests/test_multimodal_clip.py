@@ -143,36 +143,10 @@ def test_prompt_ensemble_chosen_on_validation_by_hand():
     assert chosen == ["bad {}", "good {}", "good2 {}"] and acc == 1.0  # ties at 1.0: the larger ensemble wins
     assert zero_shot_accuracy(Fake(), tokenize, images, labels, ["a", "b"], ["bad {}"]) == 0.0
 
-def _open_clip_to_ours(sd: dict, depth: int) -> dict:
-    """open_clip CLIP state dict -> ours (benchmarks/multimodal.py compares the two models)."""
-    out = {"visual.cls_token": sd["visual.class_embedding"].view(1, 1, -1),
-           "visual.pos_embed": sd["visual.positional_embedding"].unsqueeze(0),
-           "visual.patch_embed.proj.weight": sd["visual.conv1.weight"],
-           "visual_projection.weight": sd["visual.proj"].t(), "text_projection.weight": sd["text_projection"].t(),
-           "text.token_embedding.weight": sd["token_embedding.weight"],
-           "text.positional_embedding": sd["positional_embedding"], "logit_scale": sd["logit_scale"]}
-    names = {"ln_1": "norm1", "ln_2": "norm2", "attn.in_proj_": "attn.qkv.", "attn.out_proj": "attn.proj",
-             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
-    for ours, theirs in (("visual.", "visual."), ("text.", "")):
-        for a, b in (("norm_pre", "ln_pre"), ("norm", "ln_post"), ("ln_final", "ln_final")):
-            for p in ("weight", "bias"):
-                if f"{theirs}{b}.{p}" in sd and (ours == "visual." or b == "ln_final"):
-                    out[f"{ours}{a}.{p}"] = sd[f"{theirs}{b}.{p}"]
-        for i in range(depth):
-            for k, v in sd.items():
-                pre = f"{theirs}transformer.resblocks.{i}."
-                if k.startswith(pre) and (ours == "visual." or not k.startswith("visual.")):
-                    rest = k[len(pre):]
-                    for a, b in names.items():
-                        rest = rest.replace(a, b)
-                    out[f"{ours}blocks.{i}.{rest}"] = v
-    return out
-
-
 def test_towers_equal_open_clip_on_the_same_weights():
     """The benchmark's like-for-like claim: with `pre_norm=True` our image and text towers compute
     open_clip's CLIP exactly (random weights everywhere, norms and biases included)."""
-    from llmlab.multimodal.reference import import_references
+    from llmlab.multimodal.reference import import_references, open_clip_to_ours
     try:
         _timm, oc = import_references()
     except ImportError as e:
@@ -187,7 +161,7 @@ def test_towers_equal_open_clip_on_the_same_weights():
     ours = CLIP(ClipConfig(vision=ViTConfig(image_size=8, patch_size=2, in_chans=3, embed_dim=32, depth=2,
                                             num_heads=4, pool="mean", pre_norm=True),
                            text=TextConfig(context_length=12, width=32, depth=2, num_heads=4), embed_dim=16)).eval()
-    ours.load_state_dict(_open_clip_to_ours(peer.state_dict(), 2), strict=True)
+    ours.load_state_dict(open_clip_to_ours(peer.state_dict(), 2), strict=True)
     images, ids = torch.randn(3, 3, 8, 8), ours.tokenize(["a 3", "the digit seven", "x"])
     with torch.no_grad():
         for a, b in ((ours.encode_image(images, False), peer.encode_image(images)),
