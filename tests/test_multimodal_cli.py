@@ -82,3 +82,14 @@ def test_cli_train_then_eval(tmp_path):
     again = json.loads(r.stdout.strip().splitlines()[-1])
     assert again["zero_shot_acc"] == trained["zero_shot_acc"]  # the saved model reloads exactly
     assert set(again) >= {"i2t_r@1", "i2t_r@5", "t2i_r@1", "t2i_r@5"}
+    r = _cli("eval", f"run_dir={out}", "choose_prompts=true", cwd=tmp_path)  # no validation images to choose on
+    assert r.returncode == 2 and "validation=N" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    val = tmp_path / "val"
+    r = _cli("train", "max_steps=3", "validation=100", "per_device_train_batch_size=16", f"output_dir={val}",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _cli("eval", f"run_dir={val}", "choose_prompts=true", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert 1 <= len(got["chosen_templates"]) <= 4 and 0 <= got["test_zero_shot_acc_chosen"] <= 1
+    assert 0 <= got["test_zero_shot_acc_all"] <= 1

@@ -121,3 +121,52 @@ def test_zero_shot_prompt_ensemble_by_hand():
     images = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1]])
     labels = torch.tensor([0, 1, 1])
     assert zero_shot_accuracy(Fake(), tokenize, images, labels, names, ["x {}", "y {}"]) == pytest.approx(2 / 3)
+
+
+
+def test_prompt_ensemble_chosen_on_validation_by_hand():
+    from llmlab.multimodal.evaluate import choose_templates
+
+    class Fake:
+        def encode_image(self, x, normalize=True):
+            return F.normalize(x, dim=-1)
+
+        def encode_text(self, ids, normalize=True):
+            return F.normalize(ids, dim=-1)
+
+    def tokenize(texts):  # "good {}" points at its class; "bad {}" points at the other one
+        return torch.tensor([[1.0, 0.0] if t.endswith("a") == t.startswith("good") else [0.0, 1.0] for t in texts])
+    images, labels = torch.tensor([[1.0, 0.1], [0.1, 1.0], [-5.0, -5.0]]), torch.tensor([0, 1, -1])
+    chosen, acc = choose_templates(Fake(), tokenize, images, labels, ["a", "b"], ["bad {}", "bad2 {}", "good {}"])
+    assert chosen == ["good {}"] and acc == 1.0  # the full ensemble is outvoted by the two bad prompts
+    chosen, acc = choose_templates(Fake(), tokenize, images, labels, ["a", "b"], ["bad {}", "good {}", "good2 {}"])
+    assert chosen == ["bad {}", "good {}", "good2 {}"] and acc == 1.0  # ties at 1.0: the larger ensemble wins
+    assert zero_shot_accuracy(Fake(), tokenize, images, labels, ["a", "b"], ["bad {}"]) == 0.0
+
+def test_towers_equal_open_clip_on_the_same_weights():
+    """The benchmark's like-for-like claim: with `pre_norm=True` our image and text towers compute
+    open_clip's CLIP exactly (random weights everywhere, norms and biases included)."""
+    from llmlab.multimodal.reference import import_references, open_clip_to_ours
+    try:
+        _timm, oc = import_references()
+    except ImportError as e:
+        pytest.skip(f"open_clip not installed ({e})")
+    torch.manual_seed(0)
+    peer = oc.CLIP(embed_dim=16, vision_cfg=dict(image_size=8, patch_size=2, width=32, layers=2, head_width=8,
+                                                 mlp_ratio=4.0, pool_type="avg"),
+                   text_cfg=dict(context_length=12, vocab_size=257, width=32, heads=4, layers=2)).eval()
+    with torch.no_grad():
+        for p in peer.parameters():
+            p.normal_(0, 0.3)
+    ours = CLIP(ClipConfig(vision=ViTConfig(image_size=8, patch_size=2, in_chans=3, embed_dim=32, depth=2,
+                                            num_heads=4, pool="mean", pre_norm=True),
+                           text=TextConfig(context_length=12, width=32, depth=2, num_heads=4), embed_dim=16)).eval()
+    ours.load_state_dict(open_clip_to_ours(peer.state_dict(), 2), strict=True)
+    images, ids = torch.randn(3, 3, 8, 8), ours.tokenize(["a 3", "the digit seven", "x"])
+    with torch.no_grad():
+        for a, b in ((ours.encode_image(images, False), peer.encode_image(images)),
+                     (ours.encode_text(ids, False), peer.encode_text(ids))):
+            assert (a - b).abs().max().item() <= 1e-4 * b.abs().max().item(), (a - b).abs().max()
+    no_ln_pre = CLIP(ClipConfig(vision=ViTConfig(image_size=8, patch_size=2, in_chans=3, embed_dim=32, depth=2,
+                                                 num_heads=4, pool="mean"), embed_dim=16))
+    assert "visual.norm_pre.weight" not in no_ln_pre.state_dict()  # the default stays timm's plain ViT

@@ -97,3 +97,19 @@ def test_unfrozen_vision_gets_gradients_and_frozen_does_not(llava):
     with torch.no_grad():
         tokens = llava.image_tokens(images)
     assert not tokens.requires_grad
+
+
+def test_vqa_accuracy_per_answer_type_by_hand():
+    from llmlab.multimodal.data import ImageSet
+    from llmlab.multimodal.llava_train import answer_type, evaluate_vqa
+
+    class Stub(torch.nn.Module):  # right on colours, wrong on shapes, "yes" to every yes/no question
+        def answer(self, images, questions):
+            return [{"c": "Red", "s": "circle", "y": "yes"}[q[0]] for q in questions]
+
+    qa = [[("c?", "red"), ("s?", "triangle"), ("y?", "yes")], [("c?", "red"), ("y?", "no"), ("y?", "yes")]]
+    ds = ImageSet(torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long), ["x"], ["", ""], "easy_vqa", qa)
+    out = evaluate_vqa(Stub(), ds, limit=0, seed=0, batch=4)
+    assert [answer_type(a) for a in ("teal", "rectangle", "no")] == ["color", "shape", "yes_no"]
+    assert out == pytest.approx({"vqa_acc": 4 / 6, "n": 6, "acc_color": 1.0, "n_color": 2, "acc_shape": 0.0,
+                                 "n_shape": 1, "acc_yes_no": 0.6667, "n_yes_no": 3}, abs=1e-4)

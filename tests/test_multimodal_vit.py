@@ -19,14 +19,15 @@ def timm_vit():
     return TimmViT
 
 
-@pytest.mark.parametrize("pos,pool", [("learned", "cls"), ("sincos", "mean")])
-def test_logits_equal_timm(timm_vit, pos, pool):
+@pytest.mark.parametrize("pos,pool,pre_norm", [("learned", "cls", False), ("sincos", "mean", False),
+                                               ("learned", "mean", True)])
+def test_logits_equal_timm(timm_vit, pos, pool, pre_norm):
     torch.manual_seed(0)
     cfg = ViTConfig(image_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=4,
-                    num_classes=7, pos=pos, pool=pool)
+                    num_classes=7, pos=pos, pool=pool, pre_norm=pre_norm)
     ours = VisionTransformer(cfg).eval()
     ref = timm_vit(img_size=16, patch_size=4, in_chans=3, num_classes=7, embed_dim=32, depth=2, num_heads=4,
-                   global_pool="token" if pool == "cls" else "avg", fc_norm=False).eval()
+                   global_pool="token" if pool == "cls" else "avg", fc_norm=False, pre_norm=pre_norm).eval()
     with torch.no_grad():  # random weights everywhere, biases and norms included
         for p in ref.parameters():
             p.normal_(0, 0.3)

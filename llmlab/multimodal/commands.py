@@ -49,6 +49,9 @@ def run_train(cfg: ContrastiveConfig) -> int:
 class EvalConfig:
     run_dir: str = field(default="runs/mm_clip", metadata={"help": "a `llmlab mm train` output_dir"})
     dataset: str = field(default="", metadata={"help": "test split to score on (default: the run's dataset)"})
+    choose_prompts: bool = field(default=False, metadata={
+        "help": "choose the zero-shot prompt ensemble (a subset of the held-out templates) on the run's validation "
+                "images (a run trained with validation=N), then score the test split with it"})
 
 
 @verb(VERBS, "mm eval", EvalConfig)
@@ -61,10 +64,33 @@ def run_eval(cfg: EvalConfig) -> int:
     model, tcfg = load_contrastive(cfg.run_dir)
     if cfg.dataset:
         tcfg.dataset = cfg.dataset
+    if cfg.choose_prompts:
+        print(json.dumps({"run_dir": cfg.run_dir, "dataset": tcfg.dataset, **_chosen_prompts(model, tcfg)}))
+        return 0
     with torch.no_grad():
         metrics = evaluate_contrastive(model, model.tokenize, load_split(tcfg, "test"))
     print(json.dumps({"run_dir": cfg.run_dir, "dataset": tcfg.dataset, **{k: round(v, 4) for k, v in metrics.items()}}))
     return 0
+
+
+def _chosen_prompts(model, tcfg) -> dict:
+    """Prompt ensemble chosen on the validation images the run never trained on; test scored once."""
+    from dataclasses import replace
+    from llmlab.multimodal.evaluate import DIGIT_EVAL_TEMPLATES, SHAPE_EVAL_TEMPLATES, choose_templates, \
+        zero_shot_accuracy
+    from llmlab.multimodal.train import load_split
+    require(tcfg.validation > 0, "choose_prompts=true needs a run trained with validation=N (this one used "
+            "the whole training split, so no held-out images are left to choose on)")
+    require(tcfg.dataset in ("digits", "mnist", "easy_vqa"), f"zero-shot classes need digits, mnist or easy_vqa, "
+            f"not {tcfg.dataset}")
+    templates = DIGIT_EVAL_TEMPLATES if tcfg.dataset in ("digits", "mnist") else SHAPE_EVAL_TEMPLATES
+    val, test = load_split(tcfg, "test"), load_split(replace(tcfg, validation=0), "test")
+    chosen, val_acc = choose_templates(model, model.tokenize, val.images, val.labels, val.class_names, templates)
+
+    def score(t: list[str]) -> float:
+        return round(zero_shot_accuracy(model, model.tokenize, test.images, test.labels, test.class_names, t), 4)
+    return {"chosen_templates": chosen, "val_zero_shot_acc_chosen": round(val_acc, 4),
+            "test_zero_shot_acc_chosen": score(chosen), "test_zero_shot_acc_all": score(templates)}
 
 
 def _llava_config():

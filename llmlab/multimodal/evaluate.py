@@ -49,6 +49,26 @@ def zero_shot_accuracy(model, tokenize: Callable, images: torch.Tensor, labels: 
     return (pred == labels[keep]).float().mean().item()
 
 
+@torch.no_grad()
+def choose_templates(model, tokenize: Callable, images: torch.Tensor, labels: torch.Tensor,
+                     class_names: list[str], templates: list[str]) -> tuple[list[str], float]:
+    """The prompt ensemble chosen on held-out *validation* images (CLIP s3.1.4 tuned its ensembles
+    on dev sets): every non-empty subset of `templates` is scored, the most accurate wins (ties: the
+    larger ensemble, then the earlier subset). Returns (templates, validation accuracy)."""
+    from itertools import combinations
+    keep = labels >= 0
+    img, y = encode_images(model, images[keep]), labels[keep]
+    per = torch.stack([class_embeddings(model, tokenize, class_names, [t]) for t in templates])  # (T, C, D)
+    best, best_acc = list(templates), -1.0
+    for k in range(len(templates), 0, -1):
+        for subset in combinations(range(len(templates)), k):
+            cls = F.normalize(per[list(subset)].mean(0), dim=-1)
+            acc = ((img @ cls.t()).argmax(-1) == y).float().mean().item()
+            if acc > best_acc:
+                best, best_acc = [templates[i] for i in subset], acc
+    return best, best_acc
+
+
 def recall_at_k(sim: torch.Tensor, ks=(1, 5), groups: torch.Tensor | None = None) -> dict[str, float]:
     """sim (N images, N texts), pair i is (image i, text i). Image->text and text->image recall@k:
     the fraction whose true partner ranks among the top k (ties count against us). `groups`

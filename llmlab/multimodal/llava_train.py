@@ -79,17 +79,31 @@ def _steps(model, params, examples, images, steps, cfg, rng, stage: str) -> list
     return losses
 
 
+def answer_type(answer: str) -> str:
+    """easy-vqa's three kinds of question, told by the expected answer: colour, shape or yes/no."""
+    from llmlab.multimodal.data import EASY_VQA_COLORS, EASY_VQA_SHAPES
+    return "color" if answer in EASY_VQA_COLORS else "shape" if answer in EASY_VQA_SHAPES else "yes_no"
+
+
 def evaluate_vqa(model, test, limit: int, seed: int, batch: int = 16) -> dict:
+    """Exact-match accuracy on a fixed seeded sample, overall and per answer type (`acc_color`,
+    `acc_shape`, `acc_yes_no`, with their counts) so a run shows which kind of question fails."""
     ex = _vqa_examples(test)
     random.Random(seed).shuffle(ex)
     ex = ex[:limit] if limit else ex
-    right = 0
+    right, seen = {}, {}
     model.eval()
     for i in range(0, len(ex), batch):
         chunk = ex[i:i + batch]
         got = model.answer(test.images[torch.tensor([c[0] for c in chunk])], [c[1] for c in chunk])
-        right += sum(g.lower() == c[2] for g, c in zip(got, chunk))
-    return {"vqa_acc": right / len(ex), "n": len(ex)}
+        for g, c in zip(got, chunk):
+            kind = answer_type(c[2])
+            seen[kind] = seen.get(kind, 0) + 1
+            right[kind] = right.get(kind, 0) + (g.lower() == c[2])
+    out = {"vqa_acc": sum(right.values()) / len(ex), "n": len(ex)}
+    for kind in sorted(seen):
+        out.update({f"acc_{kind}": round(right[kind] / seen[kind], 4), f"n_{kind}": seen[kind]})
+    return out
 
 
 def run(cfg: LlavaConfig) -> dict:
@@ -129,7 +143,8 @@ def run(cfg: LlavaConfig) -> dict:
                "train_vision": cfg.train_vision, "validation": cfg.validation}
     if val is not None:
         v = evaluate_vqa(model, val, cfg.eval_limit, cfg.seed)
-        metrics.update(vqa_val_acc=v["vqa_acc"], val_n=v["n"])
+        metrics.update(vqa_val_acc=v["vqa_acc"], val_n=v["n"],
+                       **{f"val_{k}": x for k, x in v.items() if k.startswith(("acc_", "n_"))})
         print(json.dumps(metrics), file=sys.stderr, flush=True)
     metrics.update(evaluate_vqa(model, test, cfg.eval_limit, cfg.seed))
     with atomic_dir(cfg.output_dir) as d:

@@ -86,3 +86,30 @@ def open_clip_losses():
     mod = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(mod)
     return mod
+
+
+def open_clip_to_ours(sd: dict, depth: int) -> dict:
+    """An open_clip `CLIP` state dict -> our CLIP's (built with `vision.pre_norm=True`): the parity
+    test and `benchmarks/multimodal.py --same_init` (both sides start from the same weights)."""
+    out = {"visual.cls_token": sd["visual.class_embedding"].view(1, 1, -1),
+           "visual.pos_embed": sd["visual.positional_embedding"].unsqueeze(0),
+           "visual.patch_embed.proj.weight": sd["visual.conv1.weight"],
+           "visual_projection.weight": sd["visual.proj"].t(), "text_projection.weight": sd["text_projection"].t(),
+           "text.token_embedding.weight": sd["token_embedding.weight"],
+           "text.positional_embedding": sd["positional_embedding"], "logit_scale": sd["logit_scale"]}
+    names = {"ln_1": "norm1", "ln_2": "norm2", "attn.in_proj_": "attn.qkv.", "attn.out_proj": "attn.proj",
+             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    for ours, theirs in (("visual.", "visual."), ("text.", "")):
+        for a, b in (("norm_pre", "ln_pre"), ("norm", "ln_post"), ("ln_final", "ln_final")):
+            for p in ("weight", "bias"):
+                if f"{theirs}{b}.{p}" in sd and (ours == "visual." or b == "ln_final"):
+                    out[f"{ours}{a}.{p}"] = sd[f"{theirs}{b}.{p}"]
+        for i in range(depth):
+            for k, v in sd.items():
+                pre = f"{theirs}transformer.resblocks.{i}."
+                if k.startswith(pre) and (ours == "visual." or not k.startswith("visual.")):
+                    rest = k[len(pre):]
+                    for a, b in names.items():
+                        rest = rest.replace(a, b)
+                    out[f"{ours}blocks.{i}.{rest}"] = v
+    return out

@@ -31,6 +31,9 @@ class ViTConfig:
     num_classes: int = 0  # 0: no head (features only)
     pos: str = "learned"  # learned | sincos
     pool: str = "cls"  # cls | mean
+    # CLIP's ViT (timm `pre_norm=True`, open_clip's `ln_pre`): a LayerNorm before the blocks and no
+    # bias in the patch embedding
+    pre_norm: bool = False
 
     def validate(self) -> "ViTConfig":
         if self.image_size % self.patch_size:
@@ -108,7 +111,7 @@ class Block(nn.Module):
 class PatchEmbed(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, stride=cfg.patch_size)
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, stride=cfg.patch_size, bias=not cfg.pre_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D), patches in row-major order
@@ -126,6 +129,7 @@ class VisionTransformer(nn.Module):
             self.pos_embed = nn.Parameter(torch.randn(1, n, D) * 0.02)
         else:
             self.register_buffer("pos_embed", sincos_2d(cfg.grid, D), persistent=False)
+        self.norm_pre = nn.LayerNorm(D, eps=1e-6) if cfg.pre_norm else nn.Identity()
         self.blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(D, eps=1e-6)
         self.head = nn.Linear(D, cfg.num_classes) if cfg.num_classes else nn.Identity()
@@ -142,7 +146,7 @@ class VisionTransformer(nn.Module):
         """(B, C, H, W) -> (B, 1 + N, D): the final-LN outputs of [CLS] and every patch."""
         self.check_images(x)
         x = self.patch_embed(x)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = self.norm_pre(torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
