@@ -6,15 +6,19 @@ One document = one extract (both encoders truncate at 256 tokens). Steps, altern
   embed    the documents in blocks of 256, ours (llmlab.model.encoder) and sentence-transformers
            alternating block by block; docs/s = documents / summed block times
   bm25     index the same token lists (llmlab.rag.bm25.tokenize) with ours and bm25s; time the
-           queries one at a time (top 5), alternating rounds; queries/s = queries / median round time
-  recall   held-out cloze queries (a sentence of the article with a span removed); ours = hybrid
-           (weighted RRF of our dense top 50 and our BM25 top 50, the BM25 weight chosen from
-           DEV_WEIGHTS on a separate dev draw of cloze queries over other articles, never on the
-           test queries; the dense side is our base encoder or our encoder fine-tuned on pairs from
-           articles that hold no test or dev query (llmlab.rag.finetune), whichever fuses better
-           on dev), the peer = the better of its two retrievers (ST+FAISS dense, bm25s)
-           picked on the test queries themselves (an oracle choice, in the peer's favour), both
-           at k=5; nDCG@10 likewise
+           queries one at a time (top 50), alternating rounds; queries/s = queries / median round time
+           (bm25s with n_threads=0, its default: in the calling thread, as ours)
+  recall   held-out cloze queries (a sentence of the article with a span removed); ours = hybrid of our
+           dense top 50 and our BM25 top 50, fused by weighted RRF (ranks) or by the convex combination
+           of min-max scores (llmlab.rag.bm25.convex_fusion), with the fusion, the BM25 weight (from
+           DEV_WEIGHTS) and the dense side (our base encoder, or our encoder fine-tuned on pairs from
+           articles that hold no test or dev query, llmlab.rag.finetune) chosen on a separate dev
+           draw (4x the test queries, other articles, another seed), never on the test queries.
+           Peer = the better of its two retrievers (ST+FAISS dense, bm25s) picked on the test queries
+           themselves (an oracle choice, in the peer's favour): ratio `recall_at_5`. Like for like,
+           the peer's own hybrid with its fusion and weight chosen by the same rule on the same dev
+           queries: ratio `recall_at_5_hybrid_vs_hybrid`. Both at k=5, same documents; nDCG@10 likewise.
+  --dump   writes every query's scored top 50 per retriever (test and dev) to read the misses.
 Last line: {"benchmark": "rag", ..., "ratio": {embed_docs_s, bm25_queries_s, recall_at_5}} (ours / peer,
 higher is better). Figures from a shared CPU are labelled so in docs/rag.md.
 """
