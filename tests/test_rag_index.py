@@ -107,6 +107,21 @@ def test_incremental_add_update_delete(tmp_path):
     assert sorted(again.sources()) == sorted(f"doc{i}" for i in range(10) if i != 3)
 
 
+def test_hybrid_fusion_options(tmp_path):
+    from llmlab.rag.bm25 import convex_fusion, reciprocal_rank_fusion
+    idx = RagIndex(tmp_path / "ix", create=True, chunk_size=200, encoder=_FakeEncoder())
+    idx.add(_docs(12))
+    dense, sparse = idx.dense_ids("topic4 river3", 50), idx.bm25_ids("topic4 river3", 50)
+    convex = idx.search("topic4 river3", 6, fusion="convex", bm25_weight=1.5)
+    assert [(h.chunk_id, h.score) for h in convex] == convex_fusion([dense, sparse], weights=[1.0, 1.5])[:6]
+    rrf = idx.search("topic4 river3", 6, bm25_weight=1.5)
+    assert [h.chunk_id for h in rrf] == [d for d, _ in reciprocal_rank_fusion(
+        [[i for i, _ in dense], [i for i, _ in sparse]], weights=[1.0, 1.5])[:6]]
+    with pytest.raises(UserError, match="fusion"):
+        idx.search("topic4", 3, fusion="borda")
+    idx.close()
+
+
 _WRITER = """
 import sys
 from llmlab.rag.index import RagIndex

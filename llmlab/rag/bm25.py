@@ -92,3 +92,24 @@ def reciprocal_rank_fusion(rankings: list[list[int]], k: int = 60,
         for r, d in enumerate(ranking, 1):
             score[d] = score.get(d, 0.0) + w / (k + r)
     return sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def convex_fusion(scored: list[list[tuple[int, float]]],
+                  weights: list[float] | None = None) -> list[tuple[int, float]]:
+    """Convex combination of min-max normalised scores (CombSUM; Bruch et al. 2023, "An Analysis of
+    Fusion Functions for Hybrid Retrieval"): score(d) = sum_r w_r * (s_r(d) - min_r) / (max_r - min_r)
+    over each retriever's returned list; a document a retriever did not return gets that list's
+    minimum (0 after normalising). Unlike RRF it keeps a retriever's margin: a document one retriever
+    ranks first by a wide gap is not outvoted by documents both rank moderately."""
+    weights = [1.0] * len(scored) if weights is None else weights
+    if len(weights) != len(scored):
+        raise ValueError(f"{len(weights)} weights for {len(scored)} score lists")
+    score: dict[int, float] = {}
+    for w, run in zip(weights, scored):
+        if not run:
+            continue
+        vals = [s for _, s in run]
+        lo, span = min(vals), max(vals) - min(vals)
+        for d, s in run:
+            score[d] = score.get(d, 0.0) + w * ((s - lo) / span if span > 0 else 1.0)
+    return sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))

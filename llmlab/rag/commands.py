@@ -30,7 +30,8 @@ class RagQueryConfig:
     query: str = field(default="", metadata={"help": "the question (required)"})
     k: int = 5
     mode: str = field(default="hybrid", metadata={"help": "hybrid | dense | bm25 | fts"})
-    bm25_weight: float = field(default=1.0, metadata={"help": "hybrid: weight of the BM25 list in RRF (dense = 1)"})
+    bm25_weight: float = field(default=1.0, metadata={"help": "hybrid: weight of the BM25 list (dense = 1)"})
+    fusion: str = field(default="rrf", metadata={"help": "hybrid: rrf (ranks) | convex (min-max scores, keeps margins)"})
 
 
 @dataclass
@@ -124,7 +125,7 @@ def run_query(cfg: RagQueryConfig) -> int:
         note = _language_note(idx, cfg.query)
         if note:
             print(f"note: {note}", file=sys.stderr)
-        hits = idx.search(cfg.query, cfg.k, cfg.mode, bm25_weight=cfg.bm25_weight)
+        hits = idx.search(cfg.query, cfg.k, cfg.mode, bm25_weight=cfg.bm25_weight, fusion=cfg.fusion)
         if not hits:
             print(f"no chunk matches (mode={cfg.mode})")
         for i, h in enumerate(hits, 1):
@@ -146,7 +147,7 @@ def run_ask(cfg: RagAskConfig) -> int:
     require(cfg.query, 'query is empty: pass query="..."')
     with RagIndex(cfg.index) as idx:
         note = _language_note(idx, cfg.query)
-        hits = idx.search(cfg.query, max(cfg.k, cfg.rerank), cfg.mode, bm25_weight=cfg.bm25_weight)
+        hits = idx.search(cfg.query, max(cfg.k, cfg.rerank), cfg.mode, bm25_weight=cfg.bm25_weight, fusion=cfg.fusion)
         model, tok = load_model_and_tokenizer(cfg.model)
         if cfg.rerank:
             hits = rerank(model, tok, cfg.query, hits, cfg.k)

@@ -12,13 +12,14 @@ import numpy as np
 
 from llmlab.data.langid import detect_language
 from llmlab.errors import UserError
-from llmlab.rag.bm25 import BM25, reciprocal_rank_fusion, tokenize
+from llmlab.rag.bm25 import BM25, convex_fusion, reciprocal_rank_fusion, tokenize
 from llmlab.rag.chunking import STRATEGIES, chunk
 from llmlab.rag.loaders import Document
 from llmlab.rag.store import Store
 
 ENCODER = "all-MiniLM-L6-v2"
 MODES = ("hybrid", "dense", "bm25", "fts")
+FUSIONS = ("rrf", "convex")
 
 
 @dataclass
@@ -148,11 +149,13 @@ class RagIndex:
         return [(int(ids[i]), s) for i, s in bm.top_k(tokenize(query), k)]
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid", candidates: int = 50,
-               bm25_weight: float = 1.0) -> list[Hit]:
-        """Top k chunks; hybrid = RRF of the dense and BM25 top `candidates`, BM25's list weighted
-        `bm25_weight` (the dense list 1)."""
+               bm25_weight: float = 1.0, fusion: str = "rrf") -> list[Hit]:
+        """Top k chunks; hybrid = `fusion` of the dense and BM25 top `candidates`, BM25's list weighted
+        `bm25_weight` (the dense list 1): "rrf" on ranks, or "convex" on min-max scores (keeps margins)."""
         if mode not in MODES:
             raise UserError(f"mode: unknown retrieval mode '{mode}'; known: {', '.join(MODES)}")
+        if fusion not in FUSIONS:
+            raise UserError(f"fusion: unknown '{fusion}'; known: {', '.join(FUSIONS)}")
         if not query.strip():
             raise UserError("query is empty")
         if self.store.count("chunks") == 0:
@@ -165,9 +168,12 @@ class RagIndex:
             ranked = self.store.fts(tokenize(query), k)
         else:
             n = max(candidates, k)
-            ranked = reciprocal_rank_fusion([[i for i, _ in self.dense_ids(query, n)],
-                                             [i for i, _ in self.bm25_ids(query, n)]],
-                                            weights=[1.0, bm25_weight])[:k]
+            dense, sparse = self.dense_ids(query, n), self.bm25_ids(query, n)
+            if fusion == "convex":
+                ranked = convex_fusion([dense, sparse], weights=[1.0, bm25_weight])[:k]
+            else:
+                ranked = reciprocal_rank_fusion([[i for i, _ in dense], [i for i, _ in sparse]],
+                                                weights=[1.0, bm25_weight])[:k]
         rows = self.store.chunk_rows([i for i, _ in ranked])
         return [Hit(i, s, *rows[i]) for i, s in ranked if i in rows]
 
