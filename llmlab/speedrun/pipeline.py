@@ -63,7 +63,7 @@ class SpeedrunConfig:
     grad_accum: int = field(default=0, metadata={"help": "micro-batches per step (0 = the preset's)"})
     # 1,600 steps on 24,000 examples (~1.5 passes, as 800 on 12,000 were): chosen on the validation
     # arithmetic over SFT seeds 0-2 on one base (800: 0.73 / 0.44 / 0.51, 1,200: 0.72 / 0.65 / 0.56,
-    # 1,600: 0.71 / 0.87 / S2); ~150 s more on 2 cores (docs/LOG.md, sixth issue-24 section)
+    # 1,600: 0.71 / 0.87 / 0.81); ~150 s more on 2 cores (docs/LOG.md, sixth issue-24 section)
     sft_steps: int = field(default=1600, metadata={"help": "SFT optimizer steps (8 rows of the model's window) on "
                                                                 "templated instruction data"})
     sft_examples: int = field(default=24_000, metadata={"help": "templated SFT examples built"})

@@ -150,6 +150,8 @@ def _operands(rng: random.Random, op: str, max_a: int = 9, edge_share: float = 0
 # questions add), and EDGE_SHARE of the questions an edge fact (an operand 0 or 1, or a - a) on top
 # of those drawn by chance: chosen on the validation wordings (0.72 with edge facts vs 0.61 without;
 # + and - equally often scored 0.64 alone, 0.58 with edge facts: docs/LOG.md, issue 24, fifth session).
+# HARD_SHARE (carry sums, differences of 1 or 2) is off: 0.25 scored 0.61 / 0.52 on two SFT seeds
+# against 0.73 / 0.44 without, its facts no better (docs/LOG.md, sixth issue-24 session).
 ARITH_OPS = "++-*"
 EDGE_SHARE = 0.25
 HARD_SHARE = 0.0
