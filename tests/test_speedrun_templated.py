@@ -67,6 +67,39 @@ def test_edge_facts_are_drawn_as_asked():
     assert share01 == pytest.approx(0.36, abs=0.04)  # 1 - 0.8 ** 2 by chance alone
 
 
+def test_hard_facts_are_drawn_as_asked_and_leave_other_draws_alone():
+    import random
+    rng = random.Random(1)
+    plus = [T._operands(rng, "+", 9, hard_share=1.0) for _ in range(3000)]
+    assert all(a + b >= 10 and a <= 9 and b <= 9 for a, b in plus)
+    assert len(set(plus)) == 45  # every carry sum, both orders
+    minus = [T._operands(rng, "-", 9, hard_share=1.0) for _ in range(1000)]
+    assert all(a - b in (1, 2) and b >= 0 for a, b in minus) and len(set(minus)) == 16
+    times = [T._operands(rng, "*", 9, hard_share=1.0) for _ in range(2000)]
+    assert sum(a * b == 0 for a, b in times) / len(times) == pytest.approx(0.19, abs=0.03)  # untouched: by chance
+    # edge facts come first: 30 % hard, 40 % by chance (34 of 100 pairs differ by 1 or 2), 30 % edge
+    # (a 0 or 1 beside x: differences 1 or 2 for 2 resp. 3 of the 10 x; a - a: never)
+    mixed = [T._operands(rng, "-", 9, edge_share=0.3, hard_share=0.3) for _ in range(4000)]
+    assert sum(a - b in (1, 2) for a, b in mixed) / len(mixed) == pytest.approx(0.3 + 0.4 * 0.34 + 0.3 * 0.5 / 3, abs=0.03)
+    # hard_share 0 draws exactly what the draw did before it existed (same random stream)
+
+    def before(rng, op, edge_share):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        if edge_share and rng.random() < edge_share:
+            kind = rng.choice("01=" if op == "-" else "01")
+            if kind == "=":
+                b = a = rng.randint(0, 9)
+            elif rng.random() < 0.5:
+                b = int(kind)
+            else:
+                a = int(kind)
+        return (b, a) if op == "-" and b > a else (a, b)
+    r1, r2 = random.Random(5), random.Random(5)
+    for i in range(500):
+        op, e = "+-*"[i % 3], (0.0, 0.25)[i % 2]
+        assert T._operands(r1, op, 9, e, 0.0) == before(r2, op, e)
+
+
 def test_build_answers_are_correct_and_heldout_questions_unseen():
     recs = T.build(1500, seed=3)
     assert len(recs) == 1500 and {r["kind"] for r in recs} == {"arithmetic", "definition", "greeting", "idiom"}
