@@ -47,6 +47,13 @@ def rows(group: int, bits: int = 4) -> list[tuple[str, str, dict]]:
          dict(bits=4, group=group, sym=False, awq_objective="module", clip=True)),
         ("awq4mr", f"int4 AWQ g{group}, module objective, 2048 rows", "awq",
          dict(bits=4, group=group, sym=False, awq_objective="module", max_rows=2048)),
+        # AWQ settings compared on validation windows in session 7 (docs/LOG.md "seventh session")
+        ("awq4m_noclip", f"int4 AWQ g{group}, module objective, no clip search", "awq",
+         dict(bits=4, group=group, sym=False, awq_objective="module", clip=False)),
+        ("awq4m_a40", f"int4 AWQ g{group}, module objective, alpha grid 40", "awq",
+         dict(bits=4, group=group, sym=False, awq_objective="module", awq_grid=40)),
+        ("awq4m_cf", f"int4 AWQ g{group}, module objective, clip ratios 1..0.525 step 0.025", "awq",
+         dict(bits=4, group=group, sym=False, awq_objective="module", awq_clip_steps=20)),
     ]
     if bits != 4:
         low = [(k, lab.replace("int4", f"int{bits}", 1).replace("(W4)", f"(W{bits})"), m, {**kw, "bits": bits} if kw.get("bits") == 4 else kw)
@@ -153,7 +160,7 @@ def main() -> None:
                     "int4 costs a model nothing)")
     ap.add_argument("--out", default="")
     ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,awq4m,gptq4d,"
-                    "awq4mr,awqgptq4,gptq4plain,nf4,w8a8,sq,int8); "
+                    "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,nf4,w8a8,sq,int8); "
                     "default all (--quick: rtn4,gptq4,awq4,sq)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--data-dir", default="", help="held-out/calibration text from this `llmlab data build` output "
@@ -209,8 +216,8 @@ def main() -> None:
         print(f"| {label} | {ppl if isinstance(ppl, str) else f'{ppl:.3f} | {ppl - fp:+.3f} ({100 * (ppl - fp) / fp:+.1f}%)'} | | |")
     ratio = {}
     names = {"gptq4": "gptq_vs_rtn", "awq4": "awq_vs_rtn", "awq4m": "awq_module_vs_rtn"}
-    for key in ("gptq4", "awq4", "awq4m", "gptq4plain", "gptq4d", "awq4mr", "awqgptq4"):
-        if key in ours and "rtn4" in ours:
+    for key, _, method, _ in rows(a.group, a.bits):
+        if key in ours and "rtn4" in ours and method in ("gptq", "awq", "awq_gptq"):
             # a row at or below fp32 has no increase to divide by: null, not a huge number
             d = ours[key] - fp
             ratio[names.get(key, f"{key}_vs_rtn")] = (ours["rtn4"] - fp) / d if d > 0 else None

@@ -89,17 +89,20 @@ def _attention_loss(names: list[str], ctx, n_seq: int = 8):
     return loss
 
 
-def _awq_scale(model, g: list[str], lins: dict, st, bits: int, group: int, sym: bool, module: bool, ctx):
+def _awq_scale(model, g: list[str], lins: dict, st, bits: int, group: int, sym: bool, module: bool, ctx,
+               grid: int = 20):
     from llmlab.quant.awq import search_scale
-    return search_scale([lins[n].weight.float() for n in g], st.sample, st.mean_abs, bits, group, sym,
+    return search_scale([lins[n].weight.float() for n in g], st.sample, st.mean_abs, bits, group, sym, grid=grid,
                         out_fn=_mlp_output(model, g) if module else None,
                         loss_fn=_attention_loss(g, ctx) if module else None)
 
 
 def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method: str, bits: int, group: int,
                  sym: bool, act_order: bool, awq_objective: str = "linear", ctx=None, percdamp: float = 0.01,
-                 clip: bool = False) -> list[float]:
-    """Quantize the named Linears' weights in place; -> AWQ's chosen alphas."""
+                 clip: bool = False, awq: dict | None = None) -> list[float]:
+    """Quantize the named Linears' weights in place; -> AWQ's chosen alphas. awq: AWQ's search
+    settings (grid, clip_steps, clip_shrink)."""
+    awq = awq or {}
     grp = "channel" if group <= 0 else group
     alphas = []
     module = awq_objective == "module"
@@ -109,7 +112,7 @@ def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method
         for g in input_groups(sub):
             st = sub[g[0]]
             new, a = awq_group([lins[n].weight.float() for n in g], g, st.sample, st.mean_abs, bits, group, sym,
-                               out_fn=_mlp_output(model, g) if module else None,
+                               clip=clip, **awq, out_fn=_mlp_output(model, g) if module else None,
                                loss_fn=_attention_loss(g, ctx) if module else None)
             alphas.append(a)
             for n, w in zip(g, new):
@@ -120,7 +123,7 @@ def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method
         sub = {n: stats[n] for n in names}
         for g in input_groups(sub):
             st = sub[g[0]]
-            s, a = _awq_scale(model, g, lins, st, bits, group, sym, module, ctx)
+            s, a = _awq_scale(model, g, lins, st, bits, group, sym, module, ctx, awq.get("grid", 20))
             alphas.append(a)
             h = scaled_hessian(st.H, s)
             for n in g:
@@ -147,7 +150,8 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
                    calib: torch.Tensor | None = None, alpha: float = 0.5, threshold: float = 6.0,
                    act_order: bool = True, stats: dict | None = None, sequential: bool = True,
                    awq_objective: str = "linear", ragged_groups: bool = False, percdamp: float = 0.01,
-                   clip: bool = False, max_rows: int = 512) -> dict:
+                   clip: bool | None = None, max_rows: int = 512, awq_grid: int = 20, awq_clip_steps: int = 10,
+                   awq_clip_shrink: float = 0.5) -> dict:
     """-> {'stored_bytes', 'quantized_params', 'layers', ...}. GPTQ and AWQ calibrate block by
     block on `calib` (each block sees the already-quantized blocks' outputs) unless `sequential`
     is off or `stats` (gathered once on the full-precision model by `calibrate.collect`) is given.
@@ -168,6 +172,12 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
         check_bits(bits)
     if percdamp <= 0:
         raise UserError(f"percdamp must be > 0, got {percdamp}")
+    if awq_grid < 1 or awq_clip_steps < 1 or not 0 < awq_clip_shrink < 1:
+        raise UserError(f"AWQ needs awq_grid >= 1, awq_clip_steps >= 1 and 0 < awq_clip_shrink < 1, got "
+                        f"{awq_grid}, {awq_clip_steps}, {awq_clip_shrink}")
+    if clip is None:
+        clip = method == "awq"
+    awq = dict(grid=awq_grid, clip_steps=awq_clip_steps, clip_shrink=awq_clip_shrink)
     if clip and not act_order and group > 0 and method in ("gptq", "awq_gptq"):
         raise UserError("GPTQ's clip search needs act_order=true (static groups) or per-channel groups")
     lins = calibrate.quantizable_linears(model)
@@ -185,7 +195,7 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
         alphas: list[float] = []
         calibrate.layerwise(model, calib, want, lambda names, st, ctx: alphas.extend(
             _weight_only(model, lins, [n for n in names if n in lins], st, method, bits, group, sym, act_order,
-                         awq_objective, ctx, percdamp, clip)), max_rows=max_rows)
+                         awq_objective, ctx, percdamp, clip, awq)), max_rows=max_rows)
     else:
         if needs_calib:
             stats = calibrate.collect(model, calib, list(lins), want)
@@ -202,7 +212,7 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
                 _set_module(model, n, W8A8Linear(m) if method == "w8a8" else Int8Linear(m, threshold))
         else:
             alphas = _weight_only(model, lins, list(lins), stats, method, bits, group, sym, act_order, awq_objective,
-                                  percdamp=percdamp, clip=clip)
+                                  percdamp=percdamp, clip=clip, awq=awq)
     if method in ("awq", "awq_gptq") and alphas:
         info["alpha_mean"] = sum(alphas) / len(alphas)
     qparams = sum(m.weight.numel() for m in lins.values())

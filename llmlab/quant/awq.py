@@ -6,9 +6,11 @@ precision by scaling input channel j of the weight up by s_j and the activation 
 which shrinks the relative rounding error of salient channels. s = mean_t|x_tj|^alpha with
 alpha in {0, 1/20, ..., 19/20} searched per group of Linears that share an input (q/k/v;
 gate/up; o; down), minimizing the output MSE on calibration rows, s normalised by
-sqrt(max s * min s). Then each output row's weight range is clipped: per group of weights, the
-clip ratio in {1, 0.95, ..., 0.55} with the least output error is kept (skipped for q/k, whose
-outputs meet in attention scores, as the reference code does). Finally round to nearest.
+sqrt(max s * min s). Then each output row's weight range is clipped (the paper's and llm-awq's
+`auto_clip`, on by default): per group of weights, the clip ratio in {1, 0.95, ..., 0.55}
+(max_shrink 0.5 on a grid of 20, llm-awq's defaults) with the least output error on calibration
+rows is kept (skipped for q/k, whose outputs meet in attention scores, as the reference code
+does). Finally round to nearest.
 
 The division by s is folded into the previous operator when one can take it (a norm's weight,
 the up projection for down); here the effective weight Q(W diag(s)) diag(1/s) is what the
@@ -64,8 +66,9 @@ def search_scale(ws: list[torch.Tensor], x: torch.Tensor, mean_abs: torch.Tensor
 
 @torch.no_grad()
 def search_clip(w: torch.Tensor, x: torch.Tensor, bits: int, group: int, sym: bool, steps: int = 10,
-                n_rows: int = 512, chunk: int = 256) -> torch.Tensor:
-    """Per weight group, the clip of |w| (a fraction of its absmax) with the least error on that
+                n_rows: int = 512, chunk: int = 256, max_shrink: float = 0.5) -> torch.Tensor:
+    """Per weight group, the clip of |w| (a fraction 1 - i max_shrink / steps, i < steps, of its
+    absmax; ratio 1 is a candidate, so no group's error exceeds its unclipped one) with the least error on that
     group's share of the output (on up to n_rows of x: AutoAWQ's n_sample_token 512); returns
     the clipped weight. The group's output error over the rows, mean_t (x_t,g . (q_g - w_g))^2,
     is computed as d H_g d^T with H_g = mean_t x_t,g^T x_t,g (gs x gs): the same number as
@@ -84,7 +87,7 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, bits: int, group: int, sym: bo
         best_err = torch.full(org_max.shape, float("inf"))
         best_max = org_max.clone()
         for i in range(steps):
-            mx = org_max * (1 - i / (2 * steps))
+            mx = org_max * (1 - i * max_shrink / steps)
             cw = torch.maximum(torch.minimum(wc, mx), -mx)
             d = (rtn_fq(cw.reshape(-1, gs), bits, gs, sym).view_as(cw) - wc).transpose(0, 1)  # (ng, c, gs)
             err = ((d @ h) * d).sum(-1).t().unsqueeze(-1)  # (c, ng, 1)
@@ -95,13 +98,16 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, bits: int, group: int, sym: bo
 
 
 def awq_group(ws: list[torch.Tensor], names: list[str], x: torch.Tensor, mean_abs: torch.Tensor, bits: int,
-              group: int, sym: bool, clip: bool = True, out_fn=None, loss_fn=None) -> tuple[list[torch.Tensor], float]:
-    """The effective AWQ weights of Linears sharing one input, and the alpha chosen."""
-    s, a = search_scale(ws, x, mean_abs, bits, group, sym, out_fn=out_fn, loss_fn=loss_fn)
+              group: int, sym: bool, clip: bool = True, out_fn=None, loss_fn=None, grid: int = 20,
+              clip_steps: int = 10, clip_shrink: float = 0.5) -> tuple[list[torch.Tensor], float]:
+    """The effective AWQ weights of Linears sharing one input, and the alpha chosen. grid: alpha
+    points; clip: the weight-clipping search after the scales (clip_steps ratios down to
+    1 - clip_shrink (exclusive), llm-awq's 10 and 0.5)."""
+    s, a = search_scale(ws, x, mean_abs, bits, group, sym, grid=grid, out_fn=out_fn, loss_fn=loss_fn)
     out = []
     for w, n in zip(ws, names):
         ws_ = w * s
         if clip and not n.endswith(("q_proj", "k_proj")):
-            ws_ = search_clip(ws_, x / s, bits, group, sym)
+            ws_ = search_clip(ws_, x / s, bits, group, sym, steps=clip_steps, max_shrink=clip_shrink)
         out.append(rtn_fq(ws_, bits, group, sym) / s)
     return out, a
