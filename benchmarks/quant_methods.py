@@ -138,6 +138,36 @@ def gguf_rows(a) -> None:
     print(json.dumps({"benchmark": "quant_gguf", "ours": out}))
 
 
+def weights_file(a, key: str):
+    """Where --save-dir / --load-dir keep a weight-only row's quantized projections."""
+    from pathlib import Path
+    return Path(a.load_dir or a.save_dir or ".") / f"{a.model.replace('/', '_')}.{key}.g{a.group}.b{a.bits}.c{a.calib_windows}x{a.length}.safetensors"
+
+
+def save_row(m, path, lins: list[str], info: dict) -> None:
+    """The quantized projections (the rest of the model is the fp32 base) and the row's info, so
+    a row chosen on validation windows is scored on the evaluation windows without quantizing
+    it again (quantization never sees either set of windows)."""
+    from safetensors.torch import save_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mods = dict(m.named_modules())
+    save_file({n: mods[n].weight.detach().contiguous() for n in lins}, str(path),
+              metadata={"info": json.dumps(info)})
+
+
+def load_row(m, path, lins: list[str]) -> dict:
+    from safetensors import safe_open
+    mods = dict(m.named_modules())
+    with safe_open(str(path), "pt") as f:
+        if set(f.keys()) != set(lins):
+            raise SystemExit(f"{path}: its tensors are not this model's projections")
+        for n in lins:
+            mods[n].weight.data.copy_(f.get_tensor(n))
+        info = json.loads(f.metadata()["info"])
+    print(f"loaded the quantized projections from {path}", flush=True)
+    return info
+
+
 def texts(a, heldout: bool) -> list[str]:
     """Held-out / calibration documents: the Wikipedia extracts split as the data pipeline splits
     them, or with --data-dir the wiki_en documents of a `llmlab data build` output's val.jsonl /
@@ -168,6 +198,9 @@ def main() -> None:
     ap.add_argument("--score", choices=("eval", "val"), default="eval", help="val: score every row on validation "
                     "windows (non-held-out documents disjoint from the calibration windows' documents) instead of "
                     "the held-out evaluation windows: for choosing settings")
+    ap.add_argument("--save-dir", default="", help="save each weight-only row's quantized projections here")
+    ap.add_argument("--load-dir", default="", help="rows saved here by --save-dir (same model, group, bits, "
+                    "calibration) are loaded instead of quantized again")
     ap.add_argument("--gguf", action="store_true", help="instead: the GGUF export table (size, ppl, decode tok/s)")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -194,14 +227,21 @@ def main() -> None:
     print(f"fp32 ppl {fp:.4f} ({n_ev} x {a.length} {'VALIDATION' if a.score == 'val' else 'held-out'} tokens; calibration {n_cal} x {a.length}; "
           f"{time.perf_counter() - t0:.0f}s)", flush=True)
     ours = {"fp32": fp}
-    todo = [r for r in rows(a.group, a.bits) if r[0] in keys]
+    order = a.rows.split(",") if a.rows else [r[0] for r in rows(a.group, a.bits)]  # --rows' order
+    todo = sorted((r for r in rows(a.group, a.bits) if r[0] in keys), key=lambda r: order.index(r[0]))
     table = [("fp32 (decoded packaged weights)" if a.model == "smollm2" else "fp32", fp, 0.0, 4 * sum(p.numel() for p in base.parameters()), 0.0)]
     for key, label, method, kw in todo:
         m = copy.deepcopy(base)
         t = time.perf_counter()
         # GPTQ/AWQ calibrate block by block (sequentially) on `cal`; SmoothQuant uses the fp32 ranges
         ragged = {"ragged_groups": True} if method in ("rtn", "gptq", "awq", "awq_gptq") else {}
-        info = quantize_model(m, method, calib=cal, stats=stats if method == "smoothquant" else None, **kw, **ragged)
+        saved = weights_file(a, key)
+        if a.load_dir and saved.exists():
+            info = load_row(m, saved, lins)
+        else:
+            info = quantize_model(m, method, calib=cal, stats=stats if method == "smoothquant" else None, **kw, **ragged)
+            if a.save_dir and method in ("rtn", "nf4", "gptq", "awq", "awq_gptq"):
+                save_row(m, saved, lins, info)
         secs = time.perf_counter() - t
         ppl = calibrate.perplexity(m, ev).perplexity
         ours[key] = ppl

@@ -8,21 +8,14 @@ from llmlab.errors import UserError
 from llmlab.quant import calibrate, gptq
 from llmlab.quant.apply import quantize_model
 from llmlab.quant.ptq import fake_quant, qparams, rtn
-
-
-def _inputs(n=1024, k=256, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, k // 4, generator=g) @ torch.randn(k // 4, k, generator=g) / 4
-    x += 0.3 * torch.randn(n, k, generator=g)
-    x[:, :4] *= 12
-    return x
+from tiny_quant import outlier_inputs, tiny_quant_case
 
 
 def test_clip_qparams_picks_the_least_weighted_error_by_hand():
     g = torch.Generator().manual_seed(3)
     w = torch.randn(40, 64, generator=g, dtype=torch.float64) * 0.05
     w[:, 7] *= 6  # a heavy-tailed weight: clipping pays off on most rows
-    h = gptq.hessian(_inputs(512, 64, seed=1))
+    h = gptq.hessian(outlier_inputs(512, 64, seed=1))
     for sym in (False, True):
         s, z = gptq.clip_qparams(w, h, 4, sym)
         got = fake_quant(w, s, z, 4, sym)
@@ -48,7 +41,7 @@ def test_clip_qparams_picks_the_least_weighted_error_by_hand():
 
 @pytest.mark.parametrize("group", [128, -1])
 def test_gptq_with_clip_stays_below_rtn_and_on_the_grid(group):
-    x, w = _inputs(), torch.randn(96, 256, generator=torch.Generator().manual_seed(1)) * 0.05
+    x, w = outlier_inputs(1024), torch.randn(96, 256, generator=torch.Generator().manual_seed(1)) * 0.05
     h = gptq.hessian(x)
     q = gptq.gptq(w, h, group=group, clip=True)
     r = rtn(w, 4, group if group > 0 else "channel", sym=False)
@@ -60,7 +53,7 @@ def test_gptq_with_clip_stays_below_rtn_and_on_the_grid(group):
 
 def test_more_dampening_moves_gptq_towards_rtn():
     """percdamp -> infinity makes H^-1 diagonal, so no error is spread and GPTQ is RTN with its grid."""
-    x, w = _inputs(), torch.randn(32, 256, generator=torch.Generator().manual_seed(2)) * 0.05
+    x, w = outlier_inputs(1024), torch.randn(32, 256, generator=torch.Generator().manual_seed(2)) * 0.05
     h = gptq.hessian(x)
     e = [gptq.layer_error(w, gptq.gptq(w, h, group=128, percdamp=d), h) for d in (0.01, 0.1, 1e6)]
     assert e[0] < e[2] and e[1] < e[2]
@@ -68,18 +61,13 @@ def test_more_dampening_moves_gptq_towards_rtn():
 
 
 def test_scaled_hessian_is_the_hessian_of_scaled_inputs():
-    x = _inputs(256, 64).double()
+    x = outlier_inputs(256, 64).double()
     s = torch.rand(64, dtype=torch.float64) + 0.5
     assert torch.allclose(gptq.scaled_hessian(gptq.hessian(x), s), gptq.hessian(x / s), rtol=1e-9, atol=1e-9)
 
 
 def test_awq_gptq_and_new_options_end_to_end(tiny_config):
-    from llmlab.model.transformer import Transformer
-    torch.manual_seed(0)
-    model = Transformer(tiny_config).eval()
-    calib = torch.randint(0, tiny_config.vocab_size, (4, 32))
-    ids = torch.randint(0, tiny_config.vocab_size, (2, 16))
-    ref = model(ids).detach()
+    model, calib, ids, ref = tiny_quant_case(tiny_config)
     for kw in (dict(method="awq_gptq", clip=True), dict(method="awq_gptq", awq_objective="module"),
                dict(method="gptq", clip=True, percdamp=0.1), dict(method="awq", max_rows=64)):
         m = copy.deepcopy(model)

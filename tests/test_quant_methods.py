@@ -12,22 +12,14 @@ from llmlab.quant.awq import awq_group, rtn_fq
 from llmlab.quant.llm_int8 import Int8Linear
 from llmlab.quant.ptq import rtn
 from llmlab.quant.smoothquant import W8A8Linear, smooth_scales
-
-
-def _inputs(n=2048, k=256, seed=0):
-    """Correlated activations with a few large channels, like a transformer's."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, k // 4, generator=g) @ torch.randn(k // 4, k, generator=g) / 4
-    x += 0.3 * torch.randn(n, k, generator=g)
-    x[:, :4] *= 12
-    return x
+from tiny_quant import outlier_inputs, tiny_quant_case
 
 
 @pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("group", [128, 32, -1])
 def test_gptq_lowers_layer_error_below_rtn(act_order, group):
     torch.manual_seed(0)
-    x, w = _inputs(), torch.randn(96, 256) * 0.05
+    x, w = outlier_inputs(), torch.randn(96, 256) * 0.05
     h = gptq.hessian(x)
     q = gptq.gptq(w, h, bits=4, group=group, sym=False, act_order=act_order)
     r = rtn(w, 4, group if group > 0 else "channel", sym=False)
@@ -46,7 +38,7 @@ def test_gptq_bad_group():
 
 
 def test_awq_beats_rtn_on_output_error():
-    x = _inputs(seed=1)
+    x = outlier_inputs(seed=1)
     ws = [torch.randn(64, 256) * 0.05, torch.randn(64, 256) * 0.05]
     new, alpha = awq_group(ws, ["gate_proj", "up_proj"], x[:512], x.abs().mean(0), 4, 128, False)
     for w, q in zip(ws, new):
@@ -57,7 +49,7 @@ def test_awq_beats_rtn_on_output_error():
 
 
 def test_smoothquant_beats_plain_w8a8_with_outliers():
-    x = _inputs(seed=2)
+    x = outlier_inputs(seed=2)
     x[:, 7] *= 20  # an outlier channel, as in LLM activations
     lin = nn.Linear(256, 64)
     ref = lin(x)
@@ -89,12 +81,7 @@ def test_llm_int8_keeps_outlier_columns_in_float():
 
 
 def test_quantize_model_end_to_end(tiny_config):
-    from llmlab.model.transformer import Transformer
-    torch.manual_seed(0)
-    model = Transformer(tiny_config).eval()
-    calib = torch.randint(0, tiny_config.vocab_size, (4, 32))
-    ids = torch.randint(0, tiny_config.vocab_size, (2, 16))
-    ref = model(ids).detach()
+    model, calib, ids, ref = tiny_quant_case(tiny_config)
     for method in ("rtn", "nf4", "gptq", "awq", "w8a8", "smoothquant", "llm_int8"):
         m = copy.deepcopy(model)
         info = quantize_model(m, method, bits=4, group=32, calib=calib)
@@ -177,7 +164,7 @@ def test_ragged_groups_in_gptq_and_quantize_model(tiny_config):
     """GPTQ with a ragged last group still beats RTN's layer error and keeps each group on a
     16-level grid; quantize_model accepts a non-dividing group only when asked to."""
     torch.manual_seed(0)
-    x, w = _inputs(k=192), torch.randn(48, 192) * 0.05
+    x, w = outlier_inputs(k=192), torch.randn(48, 192) * 0.05
     h = gptq.hessian(x)
     with pytest.raises(UserError, match="does not divide"):
         gptq.gptq(w, h, group=128)
@@ -242,7 +229,7 @@ def test_awq_clip_search_equals_the_elementwise_reference():
     products, written out here) chooses, ragged last group included."""
     from llmlab.quant.awq import search_clip
     torch.manual_seed(0)
-    w, x = torch.randn(40, 80) * 0.05, _inputs(n=96, k=80)
+    w, x = torch.randn(40, 80) * 0.05, outlier_inputs(n=96, k=80)
     w[:, 3] *= 8  # outliers worth clipping around
     gs, n_groups = 32, 3  # 80 = 32 + 32 + 16
     got = search_clip(w, x, 4, gs, False, n_rows=96)
@@ -263,3 +250,42 @@ def test_awq_clip_search_equals_the_elementwise_reference():
             ref[c, sl] = torch.maximum(torch.minimum(wg, mx), -mx)
     assert torch.allclose(got, ref, atol=1e-7)
     assert not torch.equal(got, w)  # some group was clipped
+
+
+def test_awq_clip_search_lowers_the_output_error_on_calibration_data():
+    """AWQ's clip search (on by default, as the paper and llm-awq) against AWQ without it, on the
+    calibration rows it searched: no group's share of the output error grows (ratio 1 is a
+    candidate), the layer's output error falls, the scale search is unchanged, and q/k are never
+    clipped."""
+    x = outlier_inputs(n=512, seed=4)
+    g = torch.Generator().manual_seed(5)
+    ws = [torch.randn(64, 256, generator=g) * 0.05 for _ in range(2)]
+    for w in ws:
+        w[:, 9] *= 8  # heavy-tailed rows, where a clip pays off
+    mean_abs = x.abs().mean(0)
+    on, a_on = awq_group(ws, ["gate_proj", "up_proj"], x, mean_abs, 4, 128, False)
+    off, a_off = awq_group(ws, ["gate_proj", "up_proj"], x, mean_abs, 4, 128, False, clip=False)
+    assert a_on == a_off
+    for w, q1, q0 in zip(ws, on, off):
+        assert float(((x @ (w - q1).t()) ** 2).mean()) < 0.95 * float(((x @ (w - q0).t()) ** 2).mean())
+        for c in (slice(0, 128), slice(128, 256)):  # each group's own output error, row by row
+            e1 = ((x[:, c] @ (w - q1)[:, c].t()) ** 2).mean(0)
+            e0 = ((x[:, c] @ (w - q0)[:, c].t()) ** 2).mean(0)
+            assert bool((e1 <= e0 * (1 + 1e-4) + 1e-12).all())
+    qk, _ = awq_group(ws, ["q_proj", "k_proj"], x, mean_abs, 4, 128, False)
+    assert all(torch.equal(a, b) for a, b in zip(qk, off))
+    from llmlab.quant.awq import search_clip
+    assert torch.equal(search_clip(ws[0], x, 4, 128, False, steps=1), ws[0])  # one ratio: 1, no clip
+
+
+def test_awq_clip_is_the_default_and_its_knobs_are_checked(tiny_config):
+    model, calib, ids, _ = tiny_quant_case(tiny_config)
+    out = {}
+    for clip in (None, True, False):
+        m = copy.deepcopy(model)
+        quantize_model(m, "awq", group=32, calib=calib, clip=clip)
+        out[clip] = m(ids).detach()
+    assert torch.equal(out[None], out[True]) and not torch.equal(out[True], out[False])
+    for bad in (dict(awq_grid=0), dict(awq_clip_steps=0), dict(awq_clip_shrink=1.0)):
+        with pytest.raises(UserError, match="awq_"):
+            quantize_model(copy.deepcopy(model), "awq", group=32, calib=calib, **bad)
