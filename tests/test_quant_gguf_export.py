@@ -1,6 +1,7 @@
 """GGUF export: encoders equal gguf-py bit for bit; files round-trip through gguf's reader and ours."""
 import subprocess
 import sys
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -182,3 +183,63 @@ def test_smollm2_q4_1_reexport_is_lossless(smollm2, smollm2_tokenizer, smollm2_p
     back, _ = load_model(str(path))
     a, b = smollm2.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_cli_bad_input_on_a_model_dir(tiny, tmp_path):
+    """Issue 20's bad-input cases on a real (tiny) model directory: one line, exit code 2, no
+    traceback, no output written."""
+    import tempfile
+
+    from llmlab.model.hf import save_hf_dir
+    model, tok = tiny
+    with tempfile.TemporaryDirectory() as td:
+        tok.save(td)
+        files = {n: (Path(td) / n).read_text(encoding="utf-8") for n in ("tokenizer.json", "tokenizer_config.json")}
+    d, out = tmp_path / "model", tmp_path / "out"
+    save_hf_dir(model, str(d), extra_files=files)
+    (tmp_path / "short.txt").write_text("too little text", encoding="utf-8")
+    cases = [(("format=xyz",), "unknown format"),
+             (("format=hf", "bits=5"), "unsupported bit width"),
+             (("format=hf", "group_size=48"), "does not divide"),  # rows of 64 and 128
+             (("format=hf", "method=gptq", f"calibration={tmp_path}/missing.txt"), "calibration file not found"),
+             (("format=hf", "method=awq", f"calibration={tmp_path}/short.txt"), "too short"),
+             (("format=hf", "method=awq", "awq_grid=0"), "awq_grid")]
+    for args, msg in cases:
+        r = _cli(f"model={d}", f"output={out}", *args)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()[-1]) < 300 and not out.exists(), args
+
+
+def test_no_quantizable_weights_is_one_line():
+    from torch import nn
+
+    from llmlab.quant.apply import quantize_model
+    with pytest.raises(UserError, match="no Linear weights"):
+        quantize_model(nn.Sequential(nn.LayerNorm(8)), "rtn")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["Q4_K", "Q6_K"])
+def test_k_quant_file_round_trip_through_gguf_reader(tiny, tmp_path, fmt):
+    """A K-quant file read by gguf-py's reader: the tensor types it declares, and each K-quant
+    tensor decoded by gguf-py equals the weight our loader builds from the same file."""
+    from llmlab.model.config import ModelConfig
+    from llmlab.model.load import load_model
+    from llmlab.model.transformer import Transformer
+    _, tok = tiny
+    torch.manual_seed(2)
+    model = Transformer(ModelConfig(vocab_size=512, hidden_size=256, num_hidden_layers=1, num_attention_heads=4,
+                                    num_key_value_heads=2, intermediate_size=512, max_position_embeddings=64)).eval()
+    path = tmp_path / f"m.{fmt}.gguf"
+    write_gguf(model, tok, path, fmt)
+    r = gguf.GGUFReader(path)
+    types = {t.name: t.tensor_type.name for t in r.tensors}
+    assert types["blk.0.ffn_down.weight"] == fmt and types["blk.0.attn_norm.weight"] == "F32"
+    assert types["token_embd.weight"] == "Q6_K"
+    back, _ = load_model(str(path))
+    t = next(t for t in r.tensors if t.name == "blk.0.ffn_down.weight")
+    w = back.model.layers[0].mlp.down_proj.weight
+    got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(w.shape)
+    assert torch.equal(w, torch.from_numpy(got.copy()))
+    assert float((w - model.model.layers[0].mlp.down_proj.weight).abs().max()) < 0.2 * float(w.abs().max())

@@ -22,8 +22,12 @@ class QuantizeConfig:
     sym: bool = field(default=False, metadata={"help": "format=hf: symmetric absmax grid instead of zero-point"})
     act_order: bool = field(default=True, metadata={"help": "GPTQ: columns by decreasing Hessian diagonal"})
     percdamp: float = field(default=0.01, metadata={"help": "GPTQ: dampening, a fraction of mean(diag H)"})
-    clip: bool = field(default=False, metadata={"help": "GPTQ: each group's range by output-error clip search "
-                                                        "(needs act_order)"})
+    clip: bool | None = field(default=None, metadata={"help": "group ranges by output-error clip search; default: on "
+                                                               "for AWQ (as the paper), off for GPTQ (needs act_order)"})
+    awq_grid: int = field(default=20, metadata={"help": "AWQ: alpha grid points (alpha = i / awq_grid)"})
+    awq_clip_steps: int = field(default=10, metadata={"help": "AWQ: clip ratios 1 - i * awq_clip_shrink / steps, "
+                                                              "i < steps (llm-awq: 10)"})
+    awq_clip_shrink: float = field(default=0.5, metadata={"help": "AWQ: the largest clip shrink (llm-awq: 0.5)"})
     awq_objective: str = field(default="linear", metadata={"help": "AWQ: score scales on each Linear's output "
                                                                    "(linear) or on the attention / MLP output (module)"})
     ragged_groups: bool = field(default=False, metadata={"help": "format=hf: a group_size that does not divide a "
@@ -89,7 +93,8 @@ def run_quantize(cfg: QuantizeConfig) -> int:
     calib = _calibration(cfg, tok) if cfg.method in ("gptq", "awq", "awq_gptq") else None
     info = quantize_model(model, cfg.method, cfg.bits, cfg.group_size, cfg.sym, calib, act_order=cfg.act_order,
                           awq_objective=cfg.awq_objective, ragged_groups=cfg.ragged_groups,
-                          percdamp=cfg.percdamp, clip=cfg.clip)
+                          percdamp=cfg.percdamp, clip=cfg.clip, awq_grid=cfg.awq_grid,
+                          awq_clip_steps=cfg.awq_clip_steps, awq_clip_shrink=cfg.awq_clip_shrink)
     from llmlab.model.hf import save_hf_dir
     import tempfile
     with tempfile.TemporaryDirectory() as td:
