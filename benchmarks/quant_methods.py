@@ -231,7 +231,8 @@ def main() -> None:
     todo = sorted((r for r in rows(a.group, a.bits) if r[0] in keys), key=lambda r: order.index(r[0]))
     table = [("fp32 (decoded packaged weights)" if a.model == "smollm2" else "fp32", fp, 0.0, 4 * sum(p.numel() for p in base.parameters()), 0.0)]
     for key, label, method, kw in todo:
-        m = copy.deepcopy(base)
+        # one row and no peers: quantize the base model itself (one model in memory instead of two)
+        m = base if len(todo) == 1 and a.no_peers else copy.deepcopy(base)
         t = time.perf_counter()
         # GPTQ/AWQ calibrate block by block (sequentially) on `cal`; SmoothQuant uses the fp32 ranges
         ragged = {"ragged_groups": True} if method in ("rtn", "gptq", "awq", "awq_gptq") else {}
