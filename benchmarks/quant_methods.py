@@ -9,7 +9,7 @@ stays fp32) and scores the same held-out windows (`llmlab.quant.calibrate`: Wiki
 the data pipeline's validation split); GPTQ, AWQ and SmoothQuant calibrate on windows from the
 other documents. References where they run on CPU: optimum-quanto int8/int4 weight-only, torchao
 int8 weight-only. Prints a markdown table, then as its last line one JSON object with the ratios
-gptq_vs_rtn = (RTN int4 ppl - fp32 ppl) / (GPTQ's - fp32), awq_vs_rtn likewise (int4 at
+gptq_vs_rtn = (RTN int4 ppl - fp32 ppl) / (GPTQ's - fp32), awq_vs_rtn likewise (row awq4m; int4 at
 --group, default 128 as the goal says: SmolLM2's 576-wide rows then end in a ragged group of 64,
 576 = 4 x 128 + 64; 1536-wide rows divide), and
 int8_ppl = fp32 ppl / W8A8 SmoothQuant ppl (all higher is better).
@@ -66,7 +66,7 @@ def rows(group: int, bits: int = 4) -> list[tuple[str, str, dict]]:
     ]
 
 
-QUICK = {"rtn4", "gptq4", "awq4", "sq"}
+QUICK = {"rtn4", "gptq4", "awq4m", "sq"}
 
 
 def peers(base, ev, quick: bool) -> dict:
@@ -191,7 +191,7 @@ def main() -> None:
     ap.add_argument("--out", default="")
     ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,awq4m,gptq4d,"
                     "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,nf4,w8a8,sq,int8); "
-                    "default all (--quick: rtn4,gptq4,awq4,sq)")
+                    "default all (--quick: rtn4,gptq4,awq4m,sq)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--data-dir", default="", help="held-out/calibration text from this `llmlab data build` output "
                     "(val.jsonl / train.jsonl, wiki_en documents) instead of the default Wikipedia split")
@@ -256,7 +256,9 @@ def main() -> None:
     for label, ppl in peer.items():
         print(f"| {label} | {ppl if isinstance(ppl, str) else f'{ppl:.3f} | {ppl - fp:+.3f} ({100 * (ppl - fp) / fp:+.1f}%)'} | | |")
     ratio = {}
-    names = {"gptq4": "gptq_vs_rtn", "awq4": "awq_vs_rtn", "awq4m": "awq_module_vs_rtn"}
+    # awq_vs_rtn: AWQ with the attention/MLP-output objective, alpha grid 20, clip search (session 7:
+    # the only candidate finished by the validation cutoff, docs/LOG.md); awq4 is the per-Linear row
+    names = {"gptq4": "gptq_vs_rtn", "awq4m": "awq_vs_rtn"}
     for key, _, method, _ in rows(a.group, a.bits):
         if key in ours and "rtn4" in ours and method in ("gptq", "awq", "awq_gptq"):
             # a row at or below fp32 has no increase to divide by: null, not a huge number
