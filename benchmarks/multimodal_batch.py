@@ -88,7 +88,11 @@ def main() -> None:
                 with out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), file=sys.stderr, flush=True)
-    rows = [r for r in rows if r["dataset"] == cfg.dataset and r["pairs"] == max(1, args.examples // r["batch"]) * r["batch"]]
+    keep: dict[tuple, dict] = {}  # the first row of each cell and seed (parallel invocations may repeat one)
+    for r in rows:
+        if r["dataset"] == cfg.dataset and r["pairs"] == max(1, args.examples // r["batch"]) * r["batch"]:
+            keep.setdefault((r["model"], r["batch"], r["seed"]), r)
+    rows = list(keep.values())
     metric = "zero_shot_acc" if rows and "zero_shot_acc" in rows[0] else "i2t_r@1"
     print(json.dumps({"benchmark": "multimodal_batch", "dataset": cfg.dataset, "examples": args.examples,
                       "metric": metric, "median": summarize(rows, metric),
