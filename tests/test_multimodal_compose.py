@@ -56,7 +56,8 @@ def test_metrics_reward_only_what_the_model_gets_right():
     truth = ["a red circle left of a blue square", "a green triangle above a white circle",
              "a yellow square below a purple triangle"]
     perfect = _score(truth, truth)
-    assert perfect == {"caption_acc": 1.0, "objects_acc": 1.0, "relation_acc": 1.0, "binding_acc": 1.0}
+    assert perfect == {"caption_acc": 1.0, "objects_acc": 1.0, "relation_acc": 1.0, "binding_acc": 1.0,
+                       "held_out_object_recall": 1.0, "trained_object_recall": 1.0}
     swapped_order = _score(truth, ["a blue square right of a red circle", *truth[1:]])  # same scene, other wording
     assert swapped_order == perfect
     colours = _score(truth, [colour_swapped(c) for c in truth])  # binds the colours to the wrong shapes
@@ -68,3 +69,13 @@ def test_metrics_reward_only_what_the_model_gets_right():
     wrong_rel = _score(truth, rels)
     assert wrong_rel["caption_acc"] == 0 and wrong_rel["objects_acc"] == 1 and wrong_rel["relation_acc"] == 0
     assert wrong_rel["binding_acc"] == 0  # true and swapped captions tie at 0: a tie counts against the model
+
+
+def test_object_recall_splits_held_out_from_seen_objects():
+    truth = ["a red circle left of a blue square", "a yellow square above a green circle"]  # one held-out each
+    # the model names the seen object but turns each held-out pair into a seen one
+    seen_only = ["a red square left of a blue square", "a yellow triangle above a green circle"]
+    m = _score(truth, seen_only)
+    assert m["held_out_object_recall"] == 0 and m["trained_object_recall"] == 1 and m["caption_acc"] == 0
+    m = _score(truth, [truth[0], seen_only[1]])
+    assert m["held_out_object_recall"] == 0.5 and m["trained_object_recall"] == 1 and m["caption_acc"] == 0.5

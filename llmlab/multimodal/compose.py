@@ -16,6 +16,9 @@ attribute binding and relations, at toy scale):
 * `binding_acc`: the true caption beats the one with the two colours swapped (a red circle left
   of a blue square vs a blue circle left of a red square; only scenes whose objects differ in both
   colour and shape; chance 0.5).
+* `held_out_object_recall` / `trained_object_recall`: of the true objects that are a held-out pair
+  (resp. a pair seen in training), the fraction named in the retrieved caption: in one test image, is the new
+  combination missed more often than the familiar object beside it?
 
 The test split holds every scene with a held-out pair (`data.HELD_OUT_COMBOS`, never in
 training); the same metrics on fresh draws of seen pairs are the in-distribution control.
@@ -26,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from llmlab.multimodal.data import SCENE_COLORS, SCENE_SHAPES
+from llmlab.multimodal.data import HELD_OUT_COMBOS, SCENE_COLORS, SCENE_SHAPES
 
 RELATIONS = ["left of", "right of", "above", "below"]
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
@@ -72,8 +75,12 @@ def scene_caption_metrics(model, tokenize: Callable, images: torch.Tensor, capti
     index = {c: i for i, c in enumerate(space)}
     cap_ok = obj_ok = rel_ok = 0
     bind_ok, bind_n = 0, 0
+    named = {True: [0, 0], False: [0, 0]}  # held out? -> [named, total]
     for n, (b, cap) in enumerate(zip(best, captions)):
         key = canonical(cap)
+        for obj in (key[0], key[2]):
+            named[obj in HELD_OUT_COMBOS][0] += obj in objects[b]
+            named[obj in HELD_OUT_COMBOS][1] += 1
         cap_ok += keys[b] == key
         obj_ok += objects[b] == frozenset((key[0], key[2]))
         same_objs = [i for i, o in enumerate(objects) if o == frozenset((key[0], key[2]))]
@@ -86,4 +93,7 @@ def scene_caption_metrics(model, tokenize: Callable, images: torch.Tensor, capti
            "relation_acc": rel_ok / len(captions)}
     if bind_n:
         out["binding_acc"] = bind_ok / bind_n
+    for held, name in ((True, "held_out_object_recall"), (False, "trained_object_recall")):
+        if named[held][1]:
+            out[name] = named[held][0] / named[held][1]
     return out

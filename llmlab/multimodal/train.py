@@ -191,5 +191,5 @@ def evaluate_contrastive(model, tokenize: Callable, test: mmdata.ImageSet) -> di
         from llmlab.multimodal.compose import scene_caption_metrics
         seen = mmdata.scenes("train", n=1000, seed=1)
         out.update(scene_caption_metrics(model, tokenize, test.images, test.captions))
-        out.update({f"seen_{k}": v for k, v in scene_caption_metrics(model, tokenize, seen.images, seen.captions).items()})
+        out.update({f"control_{k}": v for k, v in scene_caption_metrics(model, tokenize, seen.images, seen.captions).items()})
     return out
