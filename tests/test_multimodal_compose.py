@@ -79,3 +79,21 @@ def test_object_recall_splits_held_out_from_seen_objects():
     assert m["held_out_object_recall"] == 0 and m["trained_object_recall"] == 1 and m["caption_acc"] == 0
     m = _score(truth, [truth[0], seen_only[1]])
     assert m["held_out_object_recall"] == 0.5 and m["trained_object_recall"] == 1 and m["caption_acc"] == 0.5
+
+
+def test_scene_runs_report_held_out_and_control_metrics():
+    """`llmlab mm train dataset=scenes` scores the held-out test scenes and, as the control, fresh
+    scenes of trained pairs (no held-out object there, so no held-out recall)."""
+    from llmlab.multimodal.clip import TextConfig
+    from llmlab.multimodal.train import ContrastiveConfig, build_model, evaluate_contrastive
+    from llmlab.multimodal.vit import ViTConfig
+    torch.set_num_threads(1)
+    cfg = ContrastiveConfig(dataset="scenes", vision=ViTConfig(image_size=32, patch_size=8, in_chans=3, embed_dim=16,
+                                                               depth=1, num_heads=2, pool="mean"),
+                            text=TextConfig(context_length=48, width=16, depth=1, num_heads=2), embed_dim=16)
+    model = build_model(cfg)
+    test = mmdata.scenes("test", n=40, seed=0)
+    m = evaluate_contrastive(model, model.tokenize, test)
+    for k in ("caption_acc", "objects_acc", "relation_acc", "binding_acc", "trained_object_recall"):
+        assert 0 <= m[k] <= 1 and 0 <= m[f"control_{k}"] <= 1
+    assert 0 <= m["held_out_object_recall"] <= 1 and "control_held_out_object_recall" not in m
