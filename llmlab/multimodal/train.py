@@ -187,4 +187,9 @@ def evaluate_contrastive(model, tokenize: Callable, test: mmdata.ImageSet) -> di
         out["zero_shot_acc"] = zero_shot_accuracy(model, tokenize, test.images, test.labels, test.class_names,
                                                   templates)
     out.update(retrieval(model, tokenize, test.images[:1000], test.captions[:1000]))
+    if test.name == "scenes":  # captioning by retrieval; fresh draws of seen colour-shape pairs as the control
+        from llmlab.multimodal.compose import scene_caption_metrics
+        seen = mmdata.scenes("train", n=1000, seed=1)
+        out.update(scene_caption_metrics(model, tokenize, test.images, test.captions))
+        out.update({f"control_{k}": v for k, v in scene_caption_metrics(model, tokenize, seen.images, seen.captions).items()})
     return out
