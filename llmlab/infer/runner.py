@@ -21,6 +21,7 @@ Measured figures behind these choices: docs/LOG.md.
 from __future__ import annotations
 
 import contextlib
+import time
 import weakref
 
 import torch
@@ -31,12 +32,33 @@ from llmlab.infer.fused import _norm, _on_cpu, fused, invariant_rows
 from llmlab.infer.paged import BlockTable, PagedKVCache
 from llmlab.infer.threads import ThreadTuner, run_layers
 from llmlab.kernels import attention as c_attention
+from llmlab.kernels import layer as c_layer
 
 
 def _c_attention(w) -> bool:
     """Decode attention in C (llmlab/kernels/attention.c: keys read in place, no gathers): CPU
     fp32 caches where the library builds; torch's SDPA otherwise."""
     return _on_cpu(w.embed) and w.embed.dtype == torch.float32 and c_attention.load() is not None
+
+
+def _c_layers(w):
+    """The C decoder layers (llmlab/kernels/layer.c: every layer of a decode step in one call) for
+    these weights, or None: not a LLaMA-style model with blocks everywhere, no compiler, or
+    LLMLAB_C_LAYERS=0."""
+    return c_layer.Layers.of(w) if c_layer.enabled() and _c_attention(w) else None
+
+
+def _timed_whole(tuner, kind, n_layers: int, run):
+    """run(threads) once at the tuner's count for a one-call forward; the time is recorded per layer
+    (comparable with `run_layers`' figures for the same kind)."""
+    if tuner is None:
+        return run(torch.get_num_threads())
+    n = tuner.whole_step(kind)
+    t0 = time.perf_counter()
+    with num_threads(n):
+        out = run(n)
+    tuner.record(kind, n, (time.perf_counter() - t0) / n_layers)
+    return out
 
 
 def bucket_rows(n: int) -> int:
@@ -209,6 +231,9 @@ class PagedRunner:
                 offs.append(len(flat))
             flat_t, offs_t = torch.tensor(flat, dtype=torch.int64), torch.tensor(offs, dtype=torch.int64)
             by_len = {}
+            cl = _c_layers(w) if M == B else None
+            if cl is not None:  # every layer in one C call
+                return self._decode_c(cl, tables, ids_t, pos_t, slots_t, flat_t, offs_t)
         null = self.cache.null_slot
         groups = []
         for Lp, rows in by_len.items():
@@ -254,6 +279,21 @@ class PagedRunner:
         return logits
 
 
+    def _decode_c(self, cl, tables, ids_t, pos_t, slots_t, flat_t, offs_t) -> torch.Tensor:
+        """`decode` through the C decoder layers (`_c_layers`)."""
+        w, B = self.w, len(tables)
+        kv_ptrs = tuple(torch.tensor([t.data_ptr() for t in c], dtype=torch.int64) for c in (self.cache.k, self.cache.v))
+        kind = ("decode", B.bit_length(), "c")
+        x, rope = w.embed_rows(ids_t, pos_t)
+        x = _timed_whole(self.tuner if self.fixed_threads is None else None, kind, len(w.layers), lambda n: cl.run(
+            x, rope, *kv_ptrs, self.Hkv * self.D, self.D, slots_t, flat_t, offs_t, self.fixed_threads or n))
+        with num_threads(self.fixed_threads or self.tuner.best(kind)):
+            logits = w.logits(x)[:B]
+        for t in tables:
+            t.num_tokens += 1
+        return logits
+
+
 class ContiguousDecoder:
     """One sequence over a contiguous KV cache (Hkv, max_len, D) per layer: the batch-1 path of
     `generate_ids`. No gathers, no padding rows; one-token steps are matrix-vector products
@@ -268,6 +308,7 @@ class ContiguousDecoder:
         self.k = torch.empty(len(w.layers), w.Hkv, max_len, w.D, dtype=p.dtype, device=p.device)
         self.v = torch.empty_like(self.k)
         self.n = 0
+        self._kv_ptrs = None
         self.cpu = _on_cpu(p)
         if model not in self._tuners:
             self._tuners[model] = ThreadTuner(torch.get_num_threads())
@@ -282,6 +323,18 @@ class ContiguousDecoder:
         mask, c_attn = None, T == 1 and _c_attention(self.w)
         if c_attn:
             slots, offs = torch.arange(start + 1, dtype=torch.int64), torch.tensor([0, start + 1], dtype=torch.int64)
+            cl = _c_layers(w)
+            if cl is not None:  # every layer in one C call
+                if self._kv_ptrs is None:
+                    step = self.k.stride(0) * self.k.element_size()
+                    self._kv_ptrs = tuple(torch.arange(len(w.layers), dtype=torch.int64) * step + t.data_ptr()
+                                          for t in (self.k, self.v))
+                tuner = self.tuner if cpu else None
+                x = _timed_whole(tuner, ("decode", 1, "c"), len(w.layers), lambda n: cl.run(
+                    x, rope, *self._kv_ptrs, w.D, self.k.shape[2] * w.D, torch.tensor([start]), slots, offs, n))
+                self.n += 1
+                with num_threads(self.tuner.best(("decode", 1, "c"))) if cpu else contextlib.nullcontext():
+                    return w.logits(x)[0]
         if start > 0 and T > 1:
             mask = torch.arange(start + T, device=dev)[None] <= torch.arange(start, start + T, device=dev)[:, None]
         st = [x]
