@@ -18,6 +18,16 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+/* prof (optional, the benchmark's breakdown): seconds added per piece, in this order */
+enum { P_NORM, P_QKV, P_ROPE_KV, P_ATTN, P_O, P_ADD_SILU, P_UP, P_DOWN, NP };
+#define TICK(i) if (prof) { double t_ = now(); prof[i] += t_ - t0; t0 = t_; }
 
 typedef void (*mm_fn)(int, const uint8_t *, const float *, const float *, int64_t, int64_t, const float *,
                       int64_t, float *, int);
@@ -74,12 +84,13 @@ static void rope(const float *x, const float *cos, const float *sin, int64_t D, 
  * s * s_pos + g * s_head; wslots (M): the slot each row's k, v go to; slots/offs: every row's
  * key slots (llmlab_decode_attention's). cos, sin (M, D) or 0 (no RoPE). fns: block matmul, int8
  * matmul or 0, attention. Products of at least macs (int8: macs8) multiply-adds get nt threads.
- * Returns 0 on success, 1 if out of memory (x is then unchanged only if it failed first). */
+ * prof: 0, or NP doubles that get each piece's seconds added. Returns 0, or 1 if out of memory
+ * (then x is unchanged). */
 int llmlab_decode_layers(int64_t nl, const int64_t *lay, const int64_t *kp, const int64_t *vp, float *x,
                          int64_t M, int64_t dm, int64_t H, int64_t Hkv, int64_t D, int64_t ffn,
                          const float *cos, const float *sin, float eps, int64_t s_pos, int64_t s_head,
                          const int64_t *wslots, const int64_t *slots, const int64_t *offs, const int64_t *fns,
-                         int nt, int64_t macs, int64_t macs8, int64_t split) {
+                         int nt, int64_t macs, int64_t macs8, int64_t split, double *prof) {
     int64_t nqkv = (H + 2 * Hkv) * D, hd = H * D;
     size_t need = (size_t)(M * (dm + nqkv + 2 * hd + 2 * ffn + ffn + dm));
     float *buf = (float *)malloc(sizeof(float) * need);
@@ -87,11 +98,14 @@ int llmlab_decode_layers(int64_t nl, const int64_t *lay, const int64_t *kp, cons
     float *h = buf, *qkv = h + M * dm, *q = qkv + M * nqkv, *att = q + M * hd, *gu = att + M * hd,
           *act = gu + M * 2 * ffn, *o = act + M * ffn;
     float scale = (float)pow((double)D, -0.5);
+    double t0 = prof ? now() : 0.0;
     for (int64_t li = 0; li < nl; li++) {
         const int64_t *L = lay + li * NF;
         float *K = PTR(float *, kp[li]), *V = PTR(float *, vp[li]);
         for (int64_t i = 0; i < M; i++) rmsnorm(x + i * dm, PTR(const float *, L[F_N1]), dm, eps, h + i * dm);
+        TICK(P_NORM)
         product(L + F_QKV, L[F_BIAS], h, M, qkv, fns, nt, macs, macs8);
+        TICK(P_QKV)
         for (int64_t i = 0; i < M; i++) {
             const float *r = qkv + i * nqkv, *c = cos ? cos + i * D : 0, *s = sin ? sin + i * D : 0;
             for (int64_t hh = 0; hh < H; hh++) {
@@ -105,18 +119,27 @@ int llmlab_decode_layers(int64_t nl, const int64_t *lay, const int64_t *kp, cons
                 memcpy(vv, r + (H + Hkv + g) * D, sizeof(float) * D);
             }
         }
+        TICK(P_ROPE_KV)
         PTR(attn_fn, fns[2])(q, K, V, s_pos, s_head, slots, offs, M, H, Hkv, D, scale, att, nt, split);
+        TICK(P_ATTN)
         product(L + F_O, L[F_BIAS + 1], att, M, o, fns, nt, macs, macs8);
+        TICK(P_O)
         for (int64_t j = 0; j < M * dm; j++) x[j] += o[j];
+        TICK(P_ADD_SILU)
         for (int64_t i = 0; i < M; i++) rmsnorm(x + i * dm, PTR(const float *, L[F_N2]), dm, eps, h + i * dm);
+        TICK(P_NORM)
         product(L + F_UP, L[F_BIAS + 2], h, M, gu, fns, nt, macs, macs8);
+        TICK(P_UP)
         for (int64_t i = 0; i < M; i++) {
             const float *g = gu + i * 2 * ffn, *u = g + ffn;
             float *a = act + i * ffn;
             for (int64_t j = 0; j < ffn; j++) a[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
         }
+        TICK(P_ADD_SILU)
         product(L + F_DOWN, L[F_BIAS + 3], act, M, o, fns, nt, macs, macs8);
+        TICK(P_DOWN)
         for (int64_t j = 0; j < M * dm; j++) x[j] += o[j];
+        TICK(P_ADD_SILU)
     }
     free(buf);
     return 0;

@@ -22,13 +22,16 @@ from llmlab.kernels import build, ggml
 SRC = Path(__file__).with_name("layer.c")
 _LIB: list = []
 NF = 30  # int64 fields per layer (layer.c)
+# the pieces `Layers.profile` times, in layer.c's order (its enum P_*)
+PIECES = ("norms (RMSNorm)", "matmul qkv", "rotary + KV cache writes", "attention (C decode kernel)", "matmul o",
+          "residual adds + SiLU*up", "matmul gate_up", "matmul down")
 
 
 def _open_library(arch: str | None = None):
     lib = ctypes.CDLL(str(build.build(SRC, arch)))
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.llmlab_decode_layers.argtypes = [i64, p, p, p, p, i64, i64, i64, i64, i64, i64, p, p, ctypes.c_float,
-                                         i64, i64, p, p, p, p, ctypes.c_int, i64, i64, i64]
+                                         i64, i64, p, p, p, p, ctypes.c_int, i64, i64, i64, p]
     lib.llmlab_decode_layers.restype = ctypes.c_int
     return lib
 
@@ -49,8 +52,11 @@ def _addr(fn) -> int:
 
 
 class Layers:
-    """A FusedModel's layers as the int64 table `layer.c` reads; `of(w)` builds it once, or None
-    where the model is not LLaMA-style with blocks everywhere (then callers run Python)."""
+    """A FusedModel's (`llmlab.infer.fused`) layers as the int64 table `layer.c` reads; `of(w)` builds it once, or None
+    where the model is not LLaMA-style with blocks everywhere (then callers run Python).
+    profile: None, or a float64 tensor (len(PIECES),) that every run adds its pieces' seconds to
+    (benchmarks/_inference_profile.py)."""
+    profile: torch.Tensor | None = None
 
     def __init__(self, w, table: torch.Tensor, eps: float):
         self.w, self.table, self.eps = w, table, eps
@@ -66,13 +72,13 @@ class Layers:
 
     @classmethod
     def _build(cls, w):
-        from llmlab.infer.fused import QLinear
         if load() is None or w.rope is None or w.pos_embed is not None or w.embed.dtype != torch.float32:
             return None
         rows, eps = [], set()
         for L in w.layers:
             mats = (L.qkv_w, L.o_w, L.up_w, L.down_w)
-            if not L.swiglu or any(type(m) is not QLinear for m in mats) or L.n1[0] != 0 or L.n2[0] != 0:
+            blocks = all(isinstance(getattr(m, "q", None), ggml.QuantWeight) for m in mats)  # QLinear
+            if not (L.swiglu and blocks and L.n1[0] == 0 and L.n2[0] == 0):  # SwiGLU, RMSNorm, blocks
                 return None
             row = []
             for m in mats:
@@ -104,7 +110,8 @@ class Layers:
                                       x.data_ptr(), M, x.shape[1], w.H, w.Hkv, w.D, self.ffn, cos.data_ptr(),
                                       sin.data_ptr(), self.eps, s_pos, s_head, wslots.data_ptr(), slots.data_ptr(),
                                       offs.data_ptr(), fns.data_ptr(), threads, ggml.PARALLEL_MACS,
-                                      ggml.PARALLEL_MACS_INT8, c_attention.SPLIT)
+                                      ggml.PARALLEL_MACS_INT8, c_attention.SPLIT,
+                                      None if self.profile is None else self.profile.data_ptr())
         if rc:
             raise MemoryError("decode layers: out of memory")
         return x
