@@ -136,3 +136,22 @@ def test_fallbacks(monkeypatch):
     _decode(mixed, [1, 2, 3], [4, 5], True, monkeypatch, expect_c=False)  # and it still decodes, in Python
     monkeypatch.setenv("LLMLAB_C_LAYERS", "0")
     assert not c_layer.enabled()
+
+
+def test_c_layers_bits_do_not_depend_on_threads(monkeypatch):
+    model = _model()
+    monkeypatch.setenv("LLMLAB_C_LAYERS", "1")
+    monkeypatch.setattr(ggml, "PARALLEL_MACS", 1)  # every product and the attention split across threads
+    seen, run = [], c_layer.Layers.run
+    monkeypatch.setattr(c_layer.Layers, "run", lambda self, *a: seen.append(a[-1]) or run(self, *a))
+    outs = []
+    for n in (1, 2):
+        c = PagedKVCache.for_model(model, 64)
+        r = PagedRunner(model, c, threads=n)
+        tables = [BlockTable() for _ in range(3)]
+        for t, p in zip(tables, ([1, 2, 3], [4] * 20, list(range(40)))):
+            c.reserve(t, len(p) + 2)
+            r.prefill(t, p)
+        outs.append(torch.stack([r.decode(tables, [5, 6, 7]), r.decode(tables, [8, 9, 10])]))
+    assert seen == [1, 1, 2, 2]  # the thread count the C call got
+    assert torch.equal(outs[0], outs[1])

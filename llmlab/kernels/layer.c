@@ -99,6 +99,9 @@ int llmlab_decode_layers(int64_t nl, const int64_t *lay, const int64_t *kp, cons
           *act = gu + M * 2 * ffn, *o = act + M * ffn;
     float scale = (float)pow((double)D, -0.5);
     double t0 = prof ? now() : 0.0;
+    /* attention's multiply-adds (q.k and p.v over every row's keys): a small one (batch 1, a short
+     * context) runs on one thread, as the products do; its bits do not depend on the count */
+    int attn_nt = 2 * (offs[M] - offs[0]) * H * D >= macs ? nt : 1;
     for (int64_t li = 0; li < nl; li++) {
         const int64_t *L = lay + li * NF;
         float *K = PTR(float *, kp[li]), *V = PTR(float *, vp[li]);
@@ -120,7 +123,7 @@ int llmlab_decode_layers(int64_t nl, const int64_t *lay, const int64_t *kp, cons
             }
         }
         TICK(P_ROPE_KV)
-        PTR(attn_fn, fns[2])(q, K, V, s_pos, s_head, slots, offs, M, H, Hkv, D, scale, att, nt, split);
+        PTR(attn_fn, fns[2])(q, K, V, s_pos, s_head, slots, offs, M, H, Hkv, D, scale, att, attn_nt, split);
         TICK(P_ATTN)
         product(L + F_O, L[F_BIAS + 1], att, M, o, fns, nt, macs, macs8);
         TICK(P_O)
