@@ -10,7 +10,9 @@
   batch-1 decode (`ContiguousDecoder`, what `generate_ids` uses) and a 32-row paged decode step
   (`PagedRunner.decode`, what the engine uses); "python + dispatch" is the step's time not inside
   any timed piece. Sampling is timed apart on the step's logits. Timers cost ~1 us per call
-  (~300 calls a step): included in the pieces they wrap.
+  (~300 calls a step): included in the pieces they wrap. Where the C decoder layers run
+  (`llmlab/kernels/layer.c`), their pieces come from the C code's own timers ("... [C]"); the
+  breakdown is then taken again on the Python layers (LLMLAB_C_LAYERS=0) in the same run.
 """
 from __future__ import annotations
 

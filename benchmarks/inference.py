@@ -19,11 +19,13 @@ Roofline columns (`_inference_profile.limits`, measured in the same run): `decod
 steady decode tok/s / the bandwidth limit, read bandwidth / bytes per token) and
 `batch32_gemm_eff` (matmul FLOPs of a 32-row decode step / (step time x fp32 GEMM ceiling)), and
 both again with int8 activations (`decode_roofline_int8`, `batch32_gemm_eff_int8`: the
-LLMLAB_INT8_ACTIVATIONS option, exact and int8 alternating in the same run). `--profile` adds
+LLMLAB_INT8_ACTIVATIONS option) and on the Python layers (`*_pylayers`, LLMLAB_C_LAYERS=0: the
+path before the C decoder layers), all alternating in the same run. `--profile` adds
 the int8 option's accuracy (perplexity on held-out Wikipedia text, logit differences), the 32-row
 gate/up product by route (block kernel exact / int8, BLAS on dequantized weights;
 `_inference_int8.py`), and the per-step time breakdown of batch-1 and 32-row decode and `llmlab serve`'s
-resident memory against GGUF size + KV pool + 150 MB (`_inference_profile.py`).
+resident memory against GGUF size + KV pool + 150 MB (`_inference_profile.py`). `--roofline-only`
+runs only the roofline columns (and with --profile the breakdowns, exact and int8).
 """
 from __future__ import annotations
 
