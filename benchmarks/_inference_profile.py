@@ -385,3 +385,40 @@ def limits(model, path, threads: int, quick: bool) -> tuple[dict, dict]:
         ratios.update({f"decode_roofline{tag}": (1 / step1) / limit_tok_s,
                        f"batch32_gemm_eff{tag}": flops / (step32 * roof["gemm_gflop_s"] * 1e9)})
     return ours, ratios
+
+
+def c_layers_ab(model, rounds: int = 8, n_steps: int = 8) -> dict:
+    """Batch-1 decode step, C decoder layers vs the Python layers (LLMLAB_C_LAYERS=0), exact and
+    int8, alternating within each round (the order flips every round), one thread: per variant
+    the median over rounds of each round's median step, wall-clock and process CPU time (CPU time
+    leaves out the waits for a core that a loaded machine adds to the wall-clock)."""
+    import os
+
+    from llmlab.device import num_threads
+    from llmlab.infer.runner import ContiguousDecoder
+    g = torch.Generator().manual_seed(3)
+    variants = [("1", "0"), ("0", "0"), ("1", "1"), ("0", "1")]  # (C layers, int8)
+    res = {v: ([], []) for v in variants}
+    with torch.inference_mode(), num_threads(1):
+        for r in range(rounds):
+            for v in (variants if r % 2 == 0 else variants[::-1]):
+                os.environ["LLMLAB_C_LAYERS"], os.environ["LLMLAB_INT8_ACTIVATIONS"] = v
+                try:
+                    dec = ContiguousDecoder(model, 64 + n_steps + 8)
+                    logits = dec.forward(torch.randint(100, 40000, (64,), generator=g).tolist())
+                    wall, cpu = [], []
+                    for i in range(n_steps + 2):
+                        t0, c0 = time.perf_counter(), time.process_time()
+                        logits = dec.forward([int(logits.argmax())])
+                        wall.append(time.perf_counter() - t0), cpu.append(time.process_time() - c0)
+                    res[v][0].append(statistics.median(wall[2:])), res[v][1].append(statistics.median(cpu[2:]))
+                finally:
+                    os.environ.pop("LLMLAB_C_LAYERS", None), os.environ.pop("LLMLAB_INT8_ACTIVATIONS", None)
+    out = {}
+    for (c, i8), (wall, cpu) in res.items():
+        tag = f"{'c' if c == '1' else 'python'}_layers_{'int8' if i8 == '1' else 'exact'}"
+        out[f"{tag}_ms"], out[f"{tag}_cpu_ms"] = statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3
+    for kind in ("exact", "int8"):
+        out[f"speedup_{kind}"] = out[f"python_layers_{kind}_ms"] / out[f"c_layers_{kind}_ms"]
+        out[f"speedup_{kind}_cpu"] = out[f"python_layers_{kind}_cpu_ms"] / out[f"c_layers_{kind}_cpu_ms"]
+    return out

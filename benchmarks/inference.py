@@ -88,6 +88,9 @@ def main() -> None:
     ap.add_argument("--roofline-only", action="store_true",
                     help="only the roofline columns (and with --profile the step breakdowns): no peer, no "
                          "engine columns, no serve/int8-accuracy extras (a few minutes under load)")
+    ap.add_argument("--c-layers-ab", action="store_true",
+                    help="with --roofline-only: only batch-1 steps, C decoder layers vs Python layers, exact "
+                         "and int8, alternating, 1 thread (wall and CPU time)")
     args = ap.parse_args()
     repeats, new_tokens, conc_tokens = (1, 24, 12) if args.quick else (3, 64, 32)
     repeats = args.repeats or repeats
@@ -248,6 +251,11 @@ def roofline_only(ours, path, threads: int, args, load_before: float) -> None:
     """`--roofline-only`: the roofline columns and, with --profile, the breakdowns (default path,
     then the Python layers) with and without int8 activations; last line the JSON."""
     import _inference_profile as prof
+    if args.c_layers_ab:
+        ab = prof.c_layers_ab(ours)
+        print(json.dumps({"benchmark": "inference_c_layers", "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                          "ours": ab, "peer": {}, "ratio": {k: v for k, v in ab.items() if k.startswith("speedup")}}))
+        return
     roof_ours, roof_ratio = prof.limits(ours, path, threads, args.quick)
     if args.profile:
         for flag, key in (("0", "profile"), ("1", "profile_int8")):

@@ -155,3 +155,19 @@ def test_c_layers_bits_do_not_depend_on_threads(monkeypatch):
         outs.append(torch.stack([r.decode(tables, [5, 6, 7]), r.decode(tables, [8, 9, 10])]))
     assert seen == [1, 1, 2, 2]  # the thread count the C call got
     assert torch.equal(outs[0], outs[1])
+
+
+def test_speculative_verification_through_c_equals_plain_decoding(monkeypatch):
+    """Verification rows (k drafted tokens, each attending up to its own position) run through the
+    C layers too, so greedy speculative output is plain decoding's, token for token."""
+    model = _model()
+    monkeypatch.setenv("LLMLAB_C_LAYERS", "1")
+    prompts = [[5, 6, 7, 8, 9, 10, 5, 6, 7, 8, 9, 10, 5, 6, 7], [3, 4] * 12]
+    params = SamplingParams(max_new_tokens=16, ignore_eos=True)
+    plain = Engine(model, None, num_blocks=64, max_num_seqs=1, row_pad=1).generate(prompts, params)
+    calls, run = [], c_layer.Layers.run
+    monkeypatch.setattr(c_layer.Layers, "run", lambda self, *a: calls.append(a[0].shape[0]) or run(self, *a))
+    eng = Engine(model, None, num_blocks=64, max_num_seqs=1, row_pad=1, speculative="ngram",
+                 speculative_fallback=False)
+    assert eng.generate(prompts, params) == plain
+    assert max(calls) > 1  # a verification forward (several rows of one sequence) ran in C

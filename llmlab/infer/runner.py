@@ -167,7 +167,27 @@ class PagedRunner:
             heads += range(o, o + T) if all_logits else [o + T - 1]
             sizes.append(T if all_logits else 1)
 
-        st = {}
+        cl = _c_layers(w) if decode_weights and M == n else None
+        if cl is not None:  # speculative verification in C: row j of a sequence attends to its
+            flat, offs = [], [0]  # slots up to its own position (causal), like a decode step
+            for o, T, start, table, _ in segs:
+                every = [b * bs + j for b in table.blocks[:-(-(start + T) // bs)] for j in range(bs)]
+                for j in range(T):
+                    flat += every[:start + j + 1]
+                    offs.append(len(flat))
+            logits = self._run_c(cl, ids_t, pos_t, slots_t, torch.tensor(flat), torch.tensor(offs), heads)
+        else:
+            logits = self._prefill_python(w, M, n, ids_t, pos_t, slots_t, segs, heads, decode_weights)
+        for table, toks, _ in items:
+            table.num_tokens += len(toks)
+        outs, o = [], 0
+        for (_, _, all_logits), s in zip(items, sizes):
+            outs.append(logits[o:o + s] if all_logits else logits[o])
+            o += s
+        return outs
+
+    def _prefill_python(self, w, M, n, ids_t, pos_t, slots_t, segs, heads, decode_weights) -> torch.Tensor:
+        dev, st = self.device, {}
 
         def embed():
             x, st["rope"] = w.embed_rows(ids_t, pos_t)
@@ -198,14 +218,7 @@ class PagedRunner:
                                   device=dev)]
             return w.logits(hsel)[:R]
 
-        logits = self._forward(("decode" if decode_weights else "prefill", M.bit_length()), embed, layer, head)
-        for table, toks, _ in items:
-            table.num_tokens += len(toks)
-        outs, o = [], 0
-        for (_, _, all_logits), s in zip(items, sizes):
-            outs.append(logits[o:o + s] if all_logits else logits[o])
-            o += s
-        return outs
+        return self._forward(("decode" if decode_weights else "prefill", M.bit_length()), embed, layer, head)
 
     # -------------------------------------------------------------------------------- decode
     @torch.inference_mode()
@@ -281,17 +294,22 @@ class PagedRunner:
 
     def _decode_c(self, cl, tables, ids_t, pos_t, slots_t, flat_t, offs_t) -> torch.Tensor:
         """`decode` through the C decoder layers (`_c_layers`)."""
-        w, B = self.w, len(tables)
+        logits = self._run_c(cl, ids_t, pos_t, slots_t, flat_t, offs_t, None)
+        for t in tables:
+            t.num_tokens += 1
+        return logits
+
+    def _run_c(self, cl, ids_t, pos_t, slots_t, flat_t, offs_t, heads) -> torch.Tensor:
+        """Rows through the C decoder layers -> logits of rows `heads` (None: all). A row's bits do
+        not depend on the other rows (decode step or speculative verification alike)."""
+        w, M = self.w, ids_t.shape[0]
         kv_ptrs = tuple(torch.tensor([t.data_ptr() for t in c], dtype=torch.int64) for c in (self.cache.k, self.cache.v))
-        kind = ("decode", B.bit_length(), "c")
+        kind = ("decode", M.bit_length(), "c")
         x, rope = w.embed_rows(ids_t, pos_t)
         x = _timed_whole(self.tuner if self.fixed_threads is None else None, kind, len(w.layers), lambda n: cl.run(
             x, rope, *kv_ptrs, self.Hkv * self.D, self.D, slots_t, flat_t, offs_t, self.fixed_threads or n))
         with num_threads(self.fixed_threads or self.tuner.best(kind)):
-            logits = w.logits(x)[:B]
-        for t in tables:
-            t.num_tokens += 1
-        return logits
+            return w.logits(x if heads is None else x[torch.tensor(heads)])
 
 
 class ContiguousDecoder:
