@@ -143,7 +143,7 @@ def test_c_layers_bits_do_not_depend_on_threads(monkeypatch):
     monkeypatch.setenv("LLMLAB_C_LAYERS", "1")
     monkeypatch.setattr(ggml, "PARALLEL_MACS", 1)  # every product and the attention split across threads
     seen, run = [], c_layer.Layers.run
-    monkeypatch.setattr(c_layer.Layers, "run", lambda self, *a: seen.append(a[-1]) or run(self, *a))
+    monkeypatch.setattr(c_layer.Layers, "run", lambda self, *a: seen.append(a[-2]) or run(self, *a))
     outs = []
     for n in (1, 2):
         c = PagedKVCache.for_model(model, 64)
@@ -171,3 +171,23 @@ def test_speculative_verification_through_c_equals_plain_decoding(monkeypatch):
                  speculative_fallback=False)
     assert eng.generate(prompts, params) == plain
     assert max(calls) > 1  # a verification forward (several rows of one sequence) ran in C
+
+
+def test_c_layers_thread_counts_are_tuned_per_layer(monkeypatch):
+    """The thread tuner measures the C call layer by layer (its own timers), as in Python."""
+    from llmlab.infer.threads import ThreadTuner
+    model = _model()
+    monkeypatch.setenv("LLMLAB_C_LAYERS", "1")
+    seen, run = [], c_layer.Layers.run
+    monkeypatch.setattr(c_layer.Layers, "run", lambda self, *a: seen.append(list(a[-2])) or run(self, *a))
+    tuner = ContiguousDecoder._tuners[model] = ThreadTuner(2, explore_every=2)
+    dec = ContiguousDecoder(model, 64)
+    ref = ContiguousDecoder(model, 64)
+    dec.forward([1, 2, 3])
+    ref.forward([1, 2, 3])
+    for t in range(4, 10):
+        assert torch.equal(dec.forward([t]), ref.forward([t]))
+    assert seen[0] == [2, 1]  # the first forward tries each count on one layer
+    assert all(len(set(s)) == 2 for s in seen[1::2])  # every 2nd forward, one layer at the other count
+    kind = ("decode", 1, "c")
+    assert (kind, 1) in tuner.cost and (kind, 2) in tuner.cost and all(v > 0 for v in tuner.cost.values())

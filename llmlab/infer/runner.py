@@ -21,7 +21,6 @@ Measured figures behind these choices: docs/LOG.md.
 from __future__ import annotations
 
 import contextlib
-import time
 import weakref
 
 import torch
@@ -49,15 +48,24 @@ def _c_layers(w):
 
 
 def _timed_whole(tuner, kind, n_layers: int, run):
-    """run(threads) once at the tuner's count for a one-call forward; the time is recorded per layer
-    (comparable with `run_layers`' figures for the same kind)."""
+    """run(threads) once for a one-call forward (the C decoder layers), threads one count per
+    layer as `run_layers` picks them (the tuner's best, one layer at the other count every
+    `explore_every` forwards; the first forward tries each count on one layer), with each layer's
+    seconds recorded from the C call's own timers."""
     if tuner is None:
-        return run(torch.get_num_threads())
-    n = tuner.whole_step(kind)
-    t0 = time.perf_counter()
-    with num_threads(n):
-        out = run(n)
-    tuner.record(kind, n, (time.perf_counter() - t0) / n_layers)
+        return run(torch.get_num_threads(), None)
+    explore = tuner.start(kind, n_layers)
+    unknown = [n for n in tuner.cands if (kind, n) not in tuner.cost]
+    if unknown:  # first forward: layer i tries unknown[i], the rest the largest count
+        picks = unknown[::-1] + [tuner.cands[-1]] * n_layers
+    else:
+        picks = [tuner.pick(kind, i, explore) for i in range(n_layers)]
+    picks = picks[:n_layers]
+    secs = torch.zeros(n_layers, dtype=torch.float64)
+    with num_threads(max(picks)):
+        out = run(picks, secs)
+    for n, s in zip(picks, secs.tolist()):
+        tuner.record(kind, n, s)
     return out
 
 
@@ -306,8 +314,8 @@ class PagedRunner:
         kv_ptrs = tuple(torch.tensor([t.data_ptr() for t in c], dtype=torch.int64) for c in (self.cache.k, self.cache.v))
         kind = ("decode", M.bit_length(), "c")
         x, rope = w.embed_rows(ids_t, pos_t)
-        x = _timed_whole(self.tuner if self.fixed_threads is None else None, kind, len(w.layers), lambda n: cl.run(
-            x, rope, *kv_ptrs, self.Hkv * self.D, self.D, slots_t, flat_t, offs_t, self.fixed_threads or n))
+        x = _timed_whole(self.tuner if self.fixed_threads is None else None, kind, len(w.layers), lambda n, secs: cl.run(
+            x, rope, *kv_ptrs, self.Hkv * self.D, self.D, slots_t, flat_t, offs_t, self.fixed_threads or n, secs))
         with num_threads(self.fixed_threads or self.tuner.best(kind)):
             return w.logits(x if heads is None else x[torch.tensor(heads)])
 
@@ -348,8 +356,8 @@ class ContiguousDecoder:
                     self._kv_ptrs = tuple(torch.arange(len(w.layers), dtype=torch.int64) * step + t.data_ptr()
                                           for t in (self.k, self.v))
                 tuner = self.tuner if cpu else None
-                x = _timed_whole(tuner, ("decode", 1, "c"), len(w.layers), lambda n: cl.run(
-                    x, rope, *self._kv_ptrs, w.D, self.k.shape[2] * w.D, torch.tensor([start]), slots, offs, n))
+                x = _timed_whole(tuner, ("decode", 1, "c"), len(w.layers), lambda n, secs: cl.run(
+                    x, rope, *self._kv_ptrs, w.D, self.k.shape[2] * w.D, torch.tensor([start]), slots, offs, n, secs))
                 self.n += 1
                 with num_threads(self.tuner.best(("decode", 1, "c"))) if cpu else contextlib.nullcontext():
                     return w.logits(x)[0]

@@ -52,18 +52,6 @@ class ThreadTuner:
             return next(n for n in self.cands if n != best)
         return best
 
-    def whole_step(self, kind) -> int:
-        """Thread count for a forward run as one call (the C decoder layers): an unmeasured count
-        first, else the best, the other one every `explore_every` calls."""
-        unknown = [n for n in self.cands if (kind, n) not in self.cost]
-        if unknown:
-            return unknown[-1]
-        c = self.calls[kind] = self.calls.get(kind, 0) + 1
-        best = self.best(kind)
-        if len(self.cands) > 1 and c % self.explore_every == 0:
-            return next(n for n in self.cands if n != best)
-        return best
-
     def record(self, kind, n: int, seconds: float) -> None:
         key = (kind, n)
         self.cost[key] = seconds if key not in self.cost else 0.7 * self.cost[key] + 0.3 * seconds

@@ -83,14 +83,16 @@ static void rope(const float *x, const float *cos, const float *sin, int64_t D, 
 /* nl layers over x (M, dm) in place. kp, vp: each layer's K and V cache; K/V head g of slot s at
  * s * s_pos + g * s_head; wslots (M): the slot each row's k, v go to; slots/offs: every row's
  * key slots (llmlab_decode_attention's). cos, sin (M, D) or 0 (no RoPE). fns: block matmul, int8
- * matmul or 0, attention. Products of at least macs (int8: macs8) multiply-adds get nt threads.
- * prof: 0, or NP doubles that get each piece's seconds added. Returns 0, or 1 if out of memory
+ * matmul or 0, attention. lnt[li]: layer li's thread count; its products of at least macs (int8:
+ * macs8) multiply-adds get that many threads. prof: 0, or NP doubles that get each piece's
+ * seconds added; lsec: 0, or one double per layer that gets its seconds (the thread tuner's). Returns 0, or 1 if out of memory
  * (then x is unchanged). */
 int llmlab_decode_layers(int64_t nl, const int64_t *lay, const int64_t *kp, const int64_t *vp, float *x,
                          int64_t M, int64_t dm, int64_t H, int64_t Hkv, int64_t D, int64_t ffn,
                          const float *cos, const float *sin, float eps, int64_t s_pos, int64_t s_head,
                          const int64_t *wslots, const int64_t *slots, const int64_t *offs, const int64_t *fns,
-                         int nt, int64_t macs, int64_t macs8, int64_t split, double *prof) {
+                         const int32_t *lnt, int64_t macs, int64_t macs8, int64_t split, double *prof,
+                         double *lsec) {
     int64_t nqkv = (H + 2 * Hkv) * D, hd = H * D;
     size_t need = (size_t)(M * (dm + nqkv + 2 * hd + 2 * ffn + ffn + dm));
     float *buf = (float *)malloc(sizeof(float) * need);
@@ -101,9 +103,11 @@ int llmlab_decode_layers(int64_t nl, const int64_t *lay, const int64_t *kp, cons
     double t0 = prof ? now() : 0.0;
     /* attention's multiply-adds (q.k and p.v over every row's keys): a small one (batch 1, a short
      * context) runs on one thread, as the products do; its bits do not depend on the count */
-    int attn_nt = 2 * (offs[M] - offs[0]) * H * D >= macs ? nt : 1;
+    int small_attn = 2 * (offs[M] - offs[0]) * H * D < macs;
     for (int64_t li = 0; li < nl; li++) {
         const int64_t *L = lay + li * NF;
+        int nt = lnt[li], attn_nt = small_attn ? 1 : nt;  /* per layer: the thread tuner's choice */
+        double l0 = lsec ? now() : 0.0;
         float *K = PTR(float *, kp[li]), *V = PTR(float *, vp[li]);
         for (int64_t i = 0; i < M; i++) rmsnorm(x + i * dm, PTR(const float *, L[F_N1]), dm, eps, h + i * dm);
         TICK(P_NORM)
@@ -143,6 +147,7 @@ int llmlab_decode_layers(int64_t nl, const int64_t *lay, const int64_t *kp, cons
         TICK(P_DOWN)
         for (int64_t j = 0; j < M * dm; j++) x[j] += o[j];
         TICK(P_ADD_SILU)
+        if (lsec) lsec[li] = now() - l0;
     }
     free(buf);
     return 0;

@@ -31,7 +31,7 @@ def _open_library(arch: str | None = None):
     lib = ctypes.CDLL(str(build.build(SRC, arch)))
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.llmlab_decode_layers.argtypes = [i64, p, p, p, p, i64, i64, i64, i64, i64, i64, p, p, ctypes.c_float,
-                                         i64, i64, p, p, p, p, ctypes.c_int, i64, i64, i64, p]
+                                         i64, i64, p, p, p, p, p, i64, i64, i64, p, p]
     lib.llmlab_decode_layers.restype = ctypes.c_int
     return lib
 
@@ -94,10 +94,12 @@ class Layers:
         return cls(w, torch.tensor(rows, dtype=torch.int64), eps.pop())
 
     def run(self, x: torch.Tensor, rope, k_ptrs: torch.Tensor, v_ptrs: torch.Tensor, s_pos: int, s_head: int,
-            wslots: torch.Tensor, slots: torch.Tensor, offs: torch.Tensor, threads: int) -> torch.Tensor:
+            wslots: torch.Tensor, slots: torch.Tensor, offs: torch.Tensor, threads,
+            layer_seconds: torch.Tensor | None = None) -> torch.Tensor:
         """x (M, d) fp32 -> x after every layer (in place); rope: (cos, sin) as from embed_rows;
         k_ptrs/v_ptrs (layers,) int64: each layer's cache; wslots (M,): where each row's k, v go;
-        slots/offs: every row's key slots, as `attention.decode_attention` takes them."""
+        slots/offs: every row's key slots, as `attention.decode_attention` takes them; threads: a
+        count, or one per layer; layer_seconds: None, or float64 (layers,) that gets each layer's time."""
         w, lib = self.w, load()
         x = x.contiguous()
         M = x.shape[0]
@@ -106,12 +108,15 @@ class Layers:
         fns = torch.tensor([_addr(build.load().llmlab_ggml_matmul),
                             _addr(build.load_i8().llmlab_i8_matmul) if int8 else 0,
                             _addr(c_attention.load().llmlab_decode_attention)], dtype=torch.int64)
+        nl = len(w.layers)
+        lnt = torch.tensor(threads if isinstance(threads, (list, tuple)) else [threads] * nl, dtype=torch.int32)
         rc = lib.llmlab_decode_layers(len(w.layers), self.table.data_ptr(), k_ptrs.data_ptr(), v_ptrs.data_ptr(),
                                       x.data_ptr(), M, x.shape[1], w.H, w.Hkv, w.D, self.ffn, cos.data_ptr(),
                                       sin.data_ptr(), self.eps, s_pos, s_head, wslots.data_ptr(), slots.data_ptr(),
-                                      offs.data_ptr(), fns.data_ptr(), threads, ggml.PARALLEL_MACS,
+                                      offs.data_ptr(), fns.data_ptr(), lnt.data_ptr(), ggml.PARALLEL_MACS,
                                       ggml.PARALLEL_MACS_INT8, c_attention.SPLIT,
-                                      None if self.profile is None else self.profile.data_ptr())
+                                      None if self.profile is None else self.profile.data_ptr(),
+                                      None if layer_seconds is None else layer_seconds.data_ptr())
         if rc:
             raise MemoryError("decode layers: out of memory")
         return x
