@@ -47,7 +47,7 @@ def _c_layers(w):
     return c_layer.Layers.of(w) if c_layer.enabled() and _c_attention(w) else None
 
 
-def _timed_whole(tuner, kind, n_layers: int, run):
+def _c_tuned(tuner, kind, n_layers: int, run):
     """run(threads) once for a one-call forward (the C decoder layers), threads one count per
     layer as `run_layers` picks them (the tuner's best, one layer at the other count every
     `explore_every` forwards; the first forward tries each count on one layer), with each layer's
@@ -299,7 +299,6 @@ class PagedRunner:
             t.num_tokens += 1
         return logits
 
-
     def _decode_c(self, cl, tables, ids_t, pos_t, slots_t, flat_t, offs_t) -> torch.Tensor:
         """`decode` through the C decoder layers (`_c_layers`)."""
         logits = self._run_c(cl, ids_t, pos_t, slots_t, flat_t, offs_t, None)
@@ -314,7 +313,7 @@ class PagedRunner:
         kv_ptrs = tuple(torch.tensor([t.data_ptr() for t in c], dtype=torch.int64) for c in (self.cache.k, self.cache.v))
         kind = ("decode", M.bit_length(), "c")
         x, rope = w.embed_rows(ids_t, pos_t)
-        x = _timed_whole(self.tuner if self.fixed_threads is None else None, kind, len(w.layers), lambda n, secs: cl.run(
+        x = _c_tuned(self.tuner if self.fixed_threads is None else None, kind, len(w.layers), lambda n, secs: cl.run(
             x, rope, *kv_ptrs, self.Hkv * self.D, self.D, slots_t, flat_t, offs_t, self.fixed_threads or n, secs))
         with num_threads(self.fixed_threads or self.tuner.best(kind)):
             return w.logits(x if heads is None else x[torch.tensor(heads)])
@@ -356,7 +355,7 @@ class ContiguousDecoder:
                     self._kv_ptrs = tuple(torch.arange(len(w.layers), dtype=torch.int64) * step + t.data_ptr()
                                           for t in (self.k, self.v))
                 tuner = self.tuner if cpu else None
-                x = _timed_whole(tuner, ("decode", 1, "c"), len(w.layers), lambda n, secs: cl.run(
+                x = _c_tuned(tuner, ("decode", 1, "c"), len(w.layers), lambda n, secs: cl.run(
                     x, rope, *self._kv_ptrs, w.D, self.k.shape[2] * w.D, torch.tensor([start]), slots, offs, n, secs))
                 self.n += 1
                 with num_threads(self.tuner.best(("decode", 1, "c"))) if cpu else contextlib.nullcontext():
