@@ -10,7 +10,9 @@
   batch-1 decode (`ContiguousDecoder`, what `generate_ids` uses) and a 32-row paged decode step
   (`PagedRunner.decode`, what the engine uses); "python + dispatch" is the step's time not inside
   any timed piece. Sampling is timed apart on the step's logits. Timers cost ~1 us per call
-  (~300 calls a step): included in the pieces they wrap.
+  (~300 calls a step): included in the pieces they wrap. Where the C decoder layers run
+  (`llmlab/kernels/layer.c`), their pieces come from the C code's own timers ("... [C]"); the
+  breakdown is then taken again on the Python layers (LLMLAB_C_LAYERS=0) in the same run.
 """
 from __future__ import annotations
 
@@ -133,12 +135,28 @@ def _instrument(model, cache) -> _Timers:
     T.wrap(torch.Tensor, "index_copy_", "attention gathers (paged K/V, rows)")
     if cache is not None:
         T.wrap(type(cache), "write", "KV cache writes")
+    T.wrap(rn.c_layer.Layers, "run", C_CALL)
     return T
+
+
+C_CALL = "C layers: call, scratch, pointers"  # Layers.run's time outside the pieces layer.c times
+
+
+def _add_c_pieces(T: _Timers, prof: torch.Tensor) -> None:
+    """The C decoder layers' own piece times (layer.c's `prof`) into the table: each piece named
+    "<piece> [C]", taken out of Layers.run's self time."""
+    from llmlab.kernels import layer as c_layer
+    for name, s in zip(c_layer.PIECES, prof.tolist()):
+        if s > 0:
+            T.self_s[f"{name} [C]"] += s
+            T.self_s[C_CALL] -= s
 
 
 def _run_profiled(model, cache, step, n_steps: int) -> tuple[dict, float]:
     """Per-step seconds by piece (medians would hide nothing here: sums / n_steps) and the step time."""
+    from llmlab.kernels import layer as c_layer
     T = _instrument(model, cache)
+    c_layer.Layers.profile = prof = torch.zeros(len(c_layer.PIECES), dtype=torch.float64)
     try:
         T.wrap(type(step.__self__), step.__name__, "python + dispatch (not in a timed piece)")
         run = getattr(step.__self__, step.__name__)
@@ -149,6 +167,8 @@ def _run_profiled(model, cache, step, n_steps: int) -> tuple[dict, float]:
             total += time.perf_counter() - t0
     finally:
         T.restore()
+        c_layer.Layers.profile = None
+    _add_c_pieces(T, prof)
     return {k: v / n_steps for k, v in T.self_s.items()}, total / n_steps
 
 
@@ -176,7 +196,20 @@ def _paged_batch(model, batch: int, n_steps: int, g):
 
 
 def breakdown(model, n_steps: int = 16, batch: int = 32, seed: int = 0) -> dict:
-    """{'batch1': {...}, 'batch32': {...}}: seconds per step by piece, step time, sampling time."""
+    """{'batch1': {...}, 'batch32': {...}}: seconds per step by piece, step time, sampling time,
+    on the default path (the C decoder layers where they apply), then the same on the Python
+    layers (LLMLAB_C_LAYERS=0: 'batch1 python layers', ...) in the same run."""
+    import os
+    out = _breakdown(model, n_steps, batch, seed)
+    os.environ["LLMLAB_C_LAYERS"] = "0"
+    try:
+        out.update({f"{k} python layers": v for k, v in _breakdown(model, n_steps, batch, seed).items()})
+    finally:
+        os.environ.pop("LLMLAB_C_LAYERS", None)
+    return out
+
+
+def _breakdown(model, n_steps: int, batch: int, seed: int) -> dict:
     from llmlab.infer.runner import ContiguousDecoder
     from llmlab.infer.sampling import SamplingParams, choose
     g = torch.Generator().manual_seed(seed)
@@ -318,19 +351,24 @@ def limits(model, path, threads: int, quick: bool) -> tuple[dict, dict]:
     """The roofline columns, all measured in this call: -> (fields for `ours`, ratios).
     decode_roofline = batch-1 steady decode tok/s / (read bandwidth / bytes per token);
     batch32_gemm_eff = matmul FLOPs of a 32-row decode step / (step time x fp32 GEMM ceiling).
-    The same two with the int8-activation option (`*_int8`), exact and int8 steps alternating."""
+    The same two with the int8-activation option (`*_int8`) and on the Python layers
+    (`*_pylayers`, LLMLAB_C_LAYERS=0: the path before the C decoder layers), all alternating."""
     import os
     n = 8 if quick else 24
-    steps = {"0": ([], []), "1": ([], [])}
+    # (int8 activations, C decoder layers) -> tag; the Python layers ("_pylayers") are the path
+    # before the C layers, timed in the same run
+    variants = {("0", "1"): "", ("1", "1"): "_int8", ("0", "0"): "_pylayers"}
+    steps = {v: ([], []) for v in variants}
     with torch.inference_mode():
         roof = roofline(threads)
-        for flag in ("0", "1", "0", "1"):
-            os.environ["LLMLAB_INT8_ACTIVATIONS"] = flag
+        for v in [*variants, *variants]:
+            os.environ["LLMLAB_INT8_ACTIVATIONS"], os.environ["LLMLAB_C_LAYERS"] = v
             try:
-                steps[flag][0].append(decode_steps_s(model, 1, n))
-                steps[flag][1].append(decode_steps_s(model, 32, max(4, n // 3)))
+                steps[v][0].append(decode_steps_s(model, 1, n))
+                steps[v][1].append(decode_steps_s(model, 32, max(4, n // 3)))
             finally:
                 os.environ.pop("LLMLAB_INT8_ACTIVATIONS", None)
+                os.environ.pop("LLMLAB_C_LAYERS", None)
         roof2 = roofline(threads)  # again after: the machine's load moves; the best of both is the limit
     for key in ("bandwidth_gb_s", "gemm_gflop_s"):
         roof[key] = max(roof[key], roof2[key])
@@ -341,9 +379,46 @@ def limits(model, path, threads: int, quick: bool) -> tuple[dict, dict]:
             "bandwidth_limit_tok_s": limit_tok_s, "gemm_ceiling_gflop_s": roof["gemm_gflop_s"],
             "batch32_matmul_gflop": flops / 1e9}
     ratios = {}
-    for flag, tag in (("0", ""), ("1", "_int8")):
-        step1, step32 = min(steps[flag][0]), min(steps[flag][1])  # best of the two alternations
+    for v, tag in variants.items():
+        step1, step32 = min(steps[v][0]), min(steps[v][1])  # best of the two alternations
         ours.update({f"decode_steady_tok_s{tag}": 1 / step1, f"batch32_step_ms{tag}": step32 * 1e3})
         ratios.update({f"decode_roofline{tag}": (1 / step1) / limit_tok_s,
                        f"batch32_gemm_eff{tag}": flops / (step32 * roof["gemm_gflop_s"] * 1e9)})
     return ours, ratios
+
+
+def c_layers_ab(model, rounds: int = 8, n_steps: int = 8) -> dict:
+    """Batch-1 decode step, C decoder layers vs the Python layers (LLMLAB_C_LAYERS=0), exact and
+    int8, alternating within each round (the order flips every round), one thread: per variant
+    the median over rounds of each round's median step, wall-clock and process CPU time (CPU time
+    leaves out the waits for a core that a loaded machine adds to the wall-clock)."""
+    import os
+
+    from llmlab.device import num_threads
+    from llmlab.infer.runner import ContiguousDecoder
+    g = torch.Generator().manual_seed(3)
+    variants = [("1", "0"), ("0", "0"), ("1", "1"), ("0", "1")]  # (C layers, int8)
+    res = {v: ([], []) for v in variants}
+    with torch.inference_mode(), num_threads(1):
+        for r in range(rounds):
+            for v in (variants if r % 2 == 0 else variants[::-1]):
+                os.environ["LLMLAB_C_LAYERS"], os.environ["LLMLAB_INT8_ACTIVATIONS"] = v
+                try:
+                    dec = ContiguousDecoder(model, 64 + n_steps + 8)
+                    logits = dec.forward(torch.randint(100, 40000, (64,), generator=g).tolist())
+                    wall, cpu = [], []
+                    for i in range(n_steps + 2):
+                        t0, c0 = time.perf_counter(), time.process_time()
+                        logits = dec.forward([int(logits.argmax())])
+                        wall.append(time.perf_counter() - t0), cpu.append(time.process_time() - c0)
+                    res[v][0].append(statistics.median(wall[2:])), res[v][1].append(statistics.median(cpu[2:]))
+                finally:
+                    os.environ.pop("LLMLAB_C_LAYERS", None), os.environ.pop("LLMLAB_INT8_ACTIVATIONS", None)
+    out = {}
+    for (c, i8), (wall, cpu) in res.items():
+        tag = f"{'c' if c == '1' else 'python'}_layers_{'int8' if i8 == '1' else 'exact'}"
+        out[f"{tag}_ms"], out[f"{tag}_cpu_ms"] = statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3
+    for kind in ("exact", "int8"):
+        out[f"speedup_{kind}"] = out[f"python_layers_{kind}_ms"] / out[f"c_layers_{kind}_ms"]
+        out[f"speedup_{kind}_cpu"] = out[f"python_layers_{kind}_cpu_ms"] / out[f"c_layers_{kind}_cpu_ms"]
+    return out

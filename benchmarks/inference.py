@@ -19,11 +19,13 @@ Roofline columns (`_inference_profile.limits`, measured in the same run): `decod
 steady decode tok/s / the bandwidth limit, read bandwidth / bytes per token) and
 `batch32_gemm_eff` (matmul FLOPs of a 32-row decode step / (step time x fp32 GEMM ceiling)), and
 both again with int8 activations (`decode_roofline_int8`, `batch32_gemm_eff_int8`: the
-LLMLAB_INT8_ACTIVATIONS option, exact and int8 alternating in the same run). `--profile` adds
+LLMLAB_INT8_ACTIVATIONS option) and on the Python layers (`*_pylayers`, LLMLAB_C_LAYERS=0: the
+path before the C decoder layers), all alternating in the same run. `--profile` adds
 the int8 option's accuracy (perplexity on held-out Wikipedia text, logit differences), the 32-row
 gate/up product by route (block kernel exact / int8, BLAS on dequantized weights;
 `_inference_int8.py`), and the per-step time breakdown of batch-1 and 32-row decode and `llmlab serve`'s
-resident memory against GGUF size + KV pool + 150 MB (`_inference_profile.py`).
+resident memory against GGUF size + KV pool + 150 MB (`_inference_profile.py`). `--roofline-only`
+runs only the roofline columns (and with --profile the breakdowns, exact and int8).
 """
 from __future__ import annotations
 
@@ -83,6 +85,12 @@ def main() -> None:
                          "--quick skips them too: `inference_features.py --quick` is their smoke run)")
     ap.add_argument("--profile", action="store_true",
                     help="also print where a decode step's time goes (batch 1 and 32 rows) and serve's memory")
+    ap.add_argument("--roofline-only", action="store_true",
+                    help="only the roofline columns (and with --profile the step breakdowns): no peer, no "
+                         "engine columns, no serve/int8-accuracy extras (a few minutes under load)")
+    ap.add_argument("--c-layers-ab", action="store_true",
+                    help="with --roofline-only: only batch-1 steps, C decoder layers vs Python layers, exact "
+                         "and int8, alternating, 1 thread (wall and CPU time)")
     args = ap.parse_args()
     repeats, new_tokens, conc_tokens = (1, 24, 12) if args.quick else (3, 64, 32)
     repeats = args.repeats or repeats
@@ -104,6 +112,8 @@ def main() -> None:
     threads = setup_threads()
     path = packaged_path("smollm2")
     ours, tok = load_gguf(path), load_tokenizer(path)
+    if args.roofline_only:
+        return roofline_only(ours, path, threads, args, load_before)
     # the peer gets the very same fp32 weights (skips transformers' 20 s GGUF dequantization)
     peer = LlamaForCausalLM(LlamaConfig(**config_to_hf(ours.config))).eval()
     peer.load_state_dict(ours.state_dict(), strict=False)
@@ -235,6 +245,35 @@ def main() -> None:
                                 "prefill_tok_s": med["pre_o"] / med["pre_p"],
                                 "concurrent_vs_sequential": med["conc"] / med["seq"], **roof_ratio,
                                 **{k: features[k] for k in ("spec_speedup", "prefix_cache_ttft") if k in features}}}))
+
+
+def roofline_only(ours, path, threads: int, args, load_before: float) -> None:
+    """`--roofline-only`: the roofline columns and, with --profile, the breakdowns (default path,
+    then the Python layers) with and without int8 activations; last line the JSON."""
+    import _inference_profile as prof
+    if args.c_layers_ab:
+        ab = prof.c_layers_ab(ours)
+        print(json.dumps({"benchmark": "inference_c_layers", "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                          "ours": ab, "peer": {}, "ratio": {k: v for k, v in ab.items() if k.startswith("speedup")}}))
+        return
+    roof_ours, roof_ratio = prof.limits(ours, path, threads, args.quick)
+    if args.profile:
+        for flag, key in (("0", "profile"), ("1", "profile_int8")):
+            os.environ["LLMLAB_INT8_ACTIVATIONS"] = flag
+            try:
+                with torch.inference_mode():
+                    roof_ours[key] = prof.breakdown(ours, n_steps=8 if args.quick else 16)
+            finally:
+                os.environ.pop("LLMLAB_INT8_ACTIVATIONS", None)
+            print("int8 activations:" if flag == "1" else "exact:")
+            prof.print_breakdown(roof_ours[key])
+    for k, v in roof_ours.items():
+        if not isinstance(v, dict):
+            print(f"{k:28s} {v:10.3f}")
+    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    print(f"threads={threads} load_avg(before, after)={load}")
+    print(json.dumps({"benchmark": "inference_roofline", "load_avg": load, "ours": roof_ours, "peer": {},
+                      "ratio": roof_ratio}))
 
 
 if __name__ == "__main__":

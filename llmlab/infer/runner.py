@@ -31,12 +31,42 @@ from llmlab.infer.fused import _norm, _on_cpu, fused, invariant_rows
 from llmlab.infer.paged import BlockTable, PagedKVCache
 from llmlab.infer.threads import ThreadTuner, run_layers
 from llmlab.kernels import attention as c_attention
+from llmlab.kernels import layer as c_layer
 
 
 def _c_attention(w) -> bool:
     """Decode attention in C (llmlab/kernels/attention.c: keys read in place, no gathers): CPU
     fp32 caches where the library builds; torch's SDPA otherwise."""
     return _on_cpu(w.embed) and w.embed.dtype == torch.float32 and c_attention.load() is not None
+
+
+def _c_layers(w):
+    """The C decoder layers (llmlab/kernels/layer.c: every layer of a decode step in one call) for
+    these weights, or None: not a LLaMA-style model with blocks everywhere, no compiler, or
+    LLMLAB_C_LAYERS=0."""
+    return c_layer.Layers.of(w) if c_layer.enabled() and _c_attention(w) else None
+
+
+def _c_tuned(tuner, kind, n_layers: int, run):
+    """run(threads) once for a one-call forward (the C decoder layers), threads one count per
+    layer as `run_layers` picks them (the tuner's best, one layer at the other count every
+    `explore_every` forwards; the first forward tries each count on one layer), with each layer's
+    seconds recorded from the C call's own timers."""
+    if tuner is None:
+        return run(torch.get_num_threads(), None)
+    explore = tuner.start(kind, n_layers)
+    unknown = [n for n in tuner.cands if (kind, n) not in tuner.cost]
+    if unknown:  # first forward: layer i tries unknown[i], the rest the largest count
+        picks = unknown[::-1] + [tuner.cands[-1]] * n_layers
+    else:
+        picks = [tuner.pick(kind, i, explore) for i in range(n_layers)]
+    picks = picks[:n_layers]
+    secs = torch.zeros(n_layers, dtype=torch.float64)
+    with num_threads(max(picks)):
+        out = run(picks, secs)
+    for n, s in zip(picks, secs.tolist()):
+        tuner.record(kind, n, s)
+    return out
 
 
 def bucket_rows(n: int) -> int:
@@ -145,7 +175,27 @@ class PagedRunner:
             heads += range(o, o + T) if all_logits else [o + T - 1]
             sizes.append(T if all_logits else 1)
 
-        st = {}
+        cl = _c_layers(w) if decode_weights and M == n else None
+        if cl is not None:  # speculative verification in C: row j of a sequence attends to its
+            flat, offs = [], [0]  # slots up to its own position (causal), like a decode step
+            for o, T, start, table, _ in segs:
+                every = [b * bs + j for b in table.blocks[:-(-(start + T) // bs)] for j in range(bs)]
+                for j in range(T):
+                    flat += every[:start + j + 1]
+                    offs.append(len(flat))
+            logits = self._run_c(cl, ids_t, pos_t, slots_t, torch.tensor(flat), torch.tensor(offs), heads)
+        else:
+            logits = self._prefill_python(w, M, n, ids_t, pos_t, slots_t, segs, heads, decode_weights)
+        for table, toks, _ in items:
+            table.num_tokens += len(toks)
+        outs, o = [], 0
+        for (_, _, all_logits), s in zip(items, sizes):
+            outs.append(logits[o:o + s] if all_logits else logits[o])
+            o += s
+        return outs
+
+    def _prefill_python(self, w, M, n, ids_t, pos_t, slots_t, segs, heads, decode_weights) -> torch.Tensor:
+        dev, st = self.device, {}
 
         def embed():
             x, st["rope"] = w.embed_rows(ids_t, pos_t)
@@ -176,14 +226,7 @@ class PagedRunner:
                                   device=dev)]
             return w.logits(hsel)[:R]
 
-        logits = self._forward(("decode" if decode_weights else "prefill", M.bit_length()), embed, layer, head)
-        for table, toks, _ in items:
-            table.num_tokens += len(toks)
-        outs, o = [], 0
-        for (_, _, all_logits), s in zip(items, sizes):
-            outs.append(logits[o:o + s] if all_logits else logits[o])
-            o += s
-        return outs
+        return self._forward(("decode" if decode_weights else "prefill", M.bit_length()), embed, layer, head)
 
     # -------------------------------------------------------------------------------- decode
     @torch.inference_mode()
@@ -209,6 +252,9 @@ class PagedRunner:
                 offs.append(len(flat))
             flat_t, offs_t = torch.tensor(flat, dtype=torch.int64), torch.tensor(offs, dtype=torch.int64)
             by_len = {}
+            cl = _c_layers(w) if M == B else None
+            if cl is not None:  # every layer in one C call
+                return self._decode_c(cl, tables, ids_t, pos_t, slots_t, flat_t, offs_t)
         null = self.cache.null_slot
         groups = []
         for Lp, rows in by_len.items():
@@ -253,6 +299,25 @@ class PagedRunner:
             t.num_tokens += 1
         return logits
 
+    def _decode_c(self, cl, tables, ids_t, pos_t, slots_t, flat_t, offs_t) -> torch.Tensor:
+        """`decode` through the C decoder layers (`_c_layers`)."""
+        logits = self._run_c(cl, ids_t, pos_t, slots_t, flat_t, offs_t, None)
+        for t in tables:
+            t.num_tokens += 1
+        return logits
+
+    def _run_c(self, cl, ids_t, pos_t, slots_t, flat_t, offs_t, heads) -> torch.Tensor:
+        """Rows through the C decoder layers -> logits of rows `heads` (None: all). A row's bits do
+        not depend on the other rows (decode step or speculative verification alike)."""
+        w, M = self.w, ids_t.shape[0]
+        kv_ptrs = tuple(torch.tensor([t.data_ptr() for t in c], dtype=torch.int64) for c in (self.cache.k, self.cache.v))
+        kind = ("decode", M.bit_length(), "c")
+        x, rope = w.embed_rows(ids_t, pos_t)
+        x = _c_tuned(self.tuner if self.fixed_threads is None else None, kind, len(w.layers), lambda n, secs: cl.run(
+            x, rope, *kv_ptrs, self.Hkv * self.D, self.D, slots_t, flat_t, offs_t, self.fixed_threads or n, secs))
+        with num_threads(self.fixed_threads or self.tuner.best(kind)):
+            return w.logits(x if heads is None else x[torch.tensor(heads)])
+
 
 class ContiguousDecoder:
     """One sequence over a contiguous KV cache (Hkv, max_len, D) per layer: the batch-1 path of
@@ -268,6 +333,7 @@ class ContiguousDecoder:
         self.k = torch.empty(len(w.layers), w.Hkv, max_len, w.D, dtype=p.dtype, device=p.device)
         self.v = torch.empty_like(self.k)
         self.n = 0
+        self._kv_ptrs = None
         self.cpu = _on_cpu(p)
         if model not in self._tuners:
             self._tuners[model] = ThreadTuner(torch.get_num_threads())
@@ -282,6 +348,18 @@ class ContiguousDecoder:
         mask, c_attn = None, T == 1 and _c_attention(self.w)
         if c_attn:
             slots, offs = torch.arange(start + 1, dtype=torch.int64), torch.tensor([0, start + 1], dtype=torch.int64)
+            cl = _c_layers(w)
+            if cl is not None:  # every layer in one C call
+                if self._kv_ptrs is None:
+                    step = self.k.stride(0) * self.k.element_size()
+                    self._kv_ptrs = tuple(torch.arange(len(w.layers), dtype=torch.int64) * step + t.data_ptr()
+                                          for t in (self.k, self.v))
+                tuner = self.tuner if cpu else None
+                x = _c_tuned(tuner, ("decode", 1, "c"), len(w.layers), lambda n, secs: cl.run(
+                    x, rope, *self._kv_ptrs, w.D, self.k.shape[2] * w.D, torch.tensor([start]), slots, offs, n, secs))
+                self.n += 1
+                with num_threads(self.tuner.best(("decode", 1, "c"))) if cpu else contextlib.nullcontext():
+                    return w.logits(x)[0]
         if start > 0 and T > 1:
             mask = torch.arange(start + T, device=dev)[None] <= torch.arange(start, start + T, device=dev)[:, None]
         st = [x]

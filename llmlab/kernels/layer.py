@@ -1,0 +1,122 @@
+"""Every decoder layer of a decode step in one C call (`layer.c`): RMSNorm, RoPE, the KV-cache
+write, SwiGLU and the residual adds in C; the products and the attention through the block
+kernel's and the C attention's own functions (same bits as when Python calls them).
+
+Why: a layer in Python is ~25 tensor ops plus 4 ctypes calls; at batch 1 their dispatch is about
+a third of a token's time (docs/infer.md, "Breakdown"). Used by `llmlab.infer.runner` for decode
+steps of LLaMA-style models whose every matrix has GGUF blocks; the Python path otherwise, or
+with LLMLAB_C_LAYERS=0. Not bit-equal to the Python path (torch's norm and SiLU sum and round
+differently): tests/test_kernels_layer.py bounds the difference, for every ISA build.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import torch
+
+from llmlab.kernels import attention as c_attention
+from llmlab.kernels import build, ggml
+
+SRC = Path(__file__).with_name("layer.c")
+_LIB: list = []
+NF = 30  # int64 fields per layer (layer.c)
+# the pieces `Layers.profile` times, in layer.c's order (its enum P_*)
+PIECES = ("norms (RMSNorm)", "matmul qkv", "rotary + KV cache writes", "attention (C decode kernel)", "matmul o",
+          "residual adds + SiLU*up", "matmul gate_up", "matmul down")
+
+
+def _open_library(arch: str | None = None):
+    lib = ctypes.CDLL(str(build.build(SRC, arch)))
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.llmlab_decode_layers.argtypes = [i64, p, p, p, p, i64, i64, i64, i64, i64, i64, p, p, ctypes.c_float,
+                                         i64, i64, p, p, p, p, p, i64, i64, i64, p, p]
+    lib.llmlab_decode_layers.restype = ctypes.c_int
+    return lib
+
+
+def load():
+    """The compiled library, or None (no compiler, LLMLAB_NO_KERNELS=1)."""
+    if build.load() is None or c_attention.load() is None:
+        return None
+    return build.load_cached(_LIB, _open_library, "C decoder layers unavailable, using the Python path")
+
+
+def enabled() -> bool:
+    return os.environ.get("LLMLAB_C_LAYERS", "1") not in ("", "0")
+
+
+def _addr(fn) -> int:
+    return ctypes.cast(fn, ctypes.c_void_p).value
+
+
+class Layers:
+    """A FusedModel's (`llmlab.infer.fused`) layers as the int64 table `layer.c` reads; `of(w)` builds it once, or None
+    where the model is not LLaMA-style with blocks everywhere (then callers run Python).
+    profile: None, or a float64 tensor (len(PIECES),) that every run adds its pieces' seconds to
+    (benchmarks/_inference_profile.py)."""
+    profile: torch.Tensor | None = None
+
+    def __init__(self, w, table: torch.Tensor, eps: float):
+        self.w, self.table, self.eps = w, table, eps
+        L0 = w.layers[0]
+        self.ffn = L0.down_w.q.k
+
+    @classmethod
+    def of(cls, w) -> "Layers | None":
+        if "_c_layers" in w.__dict__:
+            return w.__dict__["_c_layers"]
+        w._c_layers = out = cls._build(w)
+        return out
+
+    @classmethod
+    def _build(cls, w):
+        if load() is None or w.rope is None or w.pos_embed is not None or w.embed.dtype != torch.float32:
+            return None
+        rows, eps = [], set()
+        for L in w.layers:
+            mats = (L.qkv_w, L.o_w, L.up_w, L.down_w)
+            blocks = all(isinstance(getattr(m, "q", None), ggml.QuantWeight) for m in mats)  # QLinear
+            if not (L.swiglu and blocks and L.n1[0] == 0 and L.n2[0] == 0):  # SwiGLU, RMSNorm, blocks
+                return None
+            row = []
+            for m in mats:
+                q = m.q
+                row += [q.fmt, q.qs.data_ptr(), q.d.data_ptr(), 0 if q.m is None else q.m.data_ptr(), q.rows, q.k]
+            row += [0 if b is None else b.contiguous().data_ptr() for b in (L.qkv_b, L.o_b, L.up_b, L.down_b)]
+            row += [L.n1[1].contiguous().data_ptr(), L.n2[1].contiguous().data_ptr()]
+            eps |= {L.n1[2], L.n2[2]}
+            rows.append(row)
+        if len(eps) != 1 or any(b is not None and not b.is_contiguous() for L in w.layers
+                                for b in (L.qkv_b, L.o_b, L.up_b, L.down_b, L.n1[1], L.n2[1])):
+            return None
+        return cls(w, torch.tensor(rows, dtype=torch.int64), eps.pop())
+
+    def run(self, x: torch.Tensor, rope, k_ptrs: torch.Tensor, v_ptrs: torch.Tensor, s_pos: int, s_head: int,
+            wslots: torch.Tensor, slots: torch.Tensor, offs: torch.Tensor, threads,
+            layer_seconds: torch.Tensor | None = None) -> torch.Tensor:
+        """x (M, d) fp32 -> x after every layer (in place); rope: (cos, sin) as from embed_rows;
+        k_ptrs/v_ptrs (layers,) int64: each layer's cache; wslots (M,): where each row's k, v go;
+        slots/offs: every row's key slots, as `attention.decode_attention` takes them; threads: a
+        count, or one per layer; layer_seconds: None, or float64 (layers,) that gets each layer's time."""
+        w, lib = self.w, load()
+        x = x.contiguous()
+        M = x.shape[0]
+        cos, sin = (t.reshape(M, -1).contiguous() for t in rope)
+        int8 = ggml.int8_activations() and ggml.int8_isa() not in (None, "portable")
+        fns = torch.tensor([_addr(build.load().llmlab_ggml_matmul),
+                            _addr(build.load_i8().llmlab_i8_matmul) if int8 else 0,
+                            _addr(c_attention.load().llmlab_decode_attention)], dtype=torch.int64)
+        nl = len(w.layers)
+        lnt = torch.tensor(threads if isinstance(threads, (list, tuple)) else [threads] * nl, dtype=torch.int32)
+        rc = lib.llmlab_decode_layers(len(w.layers), self.table.data_ptr(), k_ptrs.data_ptr(), v_ptrs.data_ptr(),
+                                      x.data_ptr(), M, x.shape[1], w.H, w.Hkv, w.D, self.ffn, cos.data_ptr(),
+                                      sin.data_ptr(), self.eps, s_pos, s_head, wslots.data_ptr(), slots.data_ptr(),
+                                      offs.data_ptr(), fns.data_ptr(), lnt.data_ptr(), ggml.PARALLEL_MACS,
+                                      ggml.PARALLEL_MACS_INT8, c_attention.SPLIT,
+                                      None if self.profile is None else self.profile.data_ptr(),
+                                      None if layer_seconds is None else layer_seconds.data_ptr())
+        if rc:
+            raise MemoryError("decode layers: out of memory")
+        return x

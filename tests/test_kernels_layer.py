@@ -1,0 +1,193 @@
+"""The C decoder layers (llmlab/kernels/layer.c): a decode step's every layer in one call, against
+the Python path (torch ops + the same block kernel) on a small block-quantized LLaMA, for every
+instruction-set build this CPU runs; batch invariance; the switch and the fallbacks."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmlab.infer.engine import Engine
+from llmlab.infer.fused import fused
+from llmlab.infer.paged import BlockTable, PagedKVCache
+from llmlab.infer.runner import ContiguousDecoder, PagedRunner
+from llmlab.infer.sampling import SamplingParams
+from llmlab.kernels import build as kernel
+from llmlab.kernels import ggml
+from llmlab.kernels import layer as c_layer
+from llmlab.model.config import ModelConfig
+from llmlab.model.transformer import Transformer
+from llmlab.quant.gguf_export import encode_blocks
+
+pytestmark = pytest.mark.skipif(c_layer.load() is None, reason="no C compiler: the kernels are not built")
+
+
+def _model(bias=False, fmt_of=lambda n: "Q4_0" if "mlp" in n else ("Q4_1" if "o_proj" in n else "Q8_0"), layers=2):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=128, hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=96, max_position_embeddings=256,
+                      initializer_range=0.3, tie_word_embeddings=True, attention_bias=bias, mlp_bias=bias)
+    model = Transformer(cfg).eval()
+    blocks = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                q = ggml.QuantWeight.from_gguf(fmt_of(name), encode_blocks(p, fmt_of(name)), tuple(p.shape))
+                p.copy_(q.dequantize())
+                blocks[name] = q
+            elif "norm" in name:  # not all ones: a norm weight that is dropped shows
+                p.uniform_(0.5, 1.5)
+            else:  # biases
+                p.normal_(0, 0.3)
+    ggml.attach(model, blocks)
+    return model
+
+
+def _decode(model, ids, steps, on: bool, monkeypatch, expect_c: bool | None = None):
+    monkeypatch.setenv("LLMLAB_C_LAYERS", "1" if on else "0")
+    calls = []
+    run = c_layer.Layers.run
+    monkeypatch.setattr(c_layer.Layers, "run", lambda self, *a: calls.append(1) or run(self, *a))
+    dec = ContiguousDecoder(model, 64)
+    out = [dec.forward(ids)] + [dec.forward([t]) for t in steps]
+    expect_c = on if expect_c is None else expect_c
+    assert len(calls) == (len(steps) if expect_c else 0)  # the path under test really ran
+    return torch.stack(out)
+
+
+def _isas():
+    out = ["native", "portable"]
+    flags = kernel._cpu_flags().split()
+    if "avx2" in flags and "fma" in flags:
+        out.insert(1, "avx2")
+    return out
+
+
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("bias", [False, True])
+def test_c_layers_match_the_python_path(isa, bias, monkeypatch):
+    monkeypatch.setattr(kernel, "_LIB", [kernel.open_lib(isa)])  # products of this build on both paths
+    monkeypatch.setattr(c_layer, "_LIB", [c_layer._open_library(isa)])
+    model = _model(bias)
+    ids, steps = [1, 5, 9, 77, 3, 8, 9] * 5, [4, 100, 7, 2, 99, 0, 127, 64]  # past the 32-key mark too
+    ref = _decode(model, ids, steps, False, monkeypatch)
+    got = _decode(model, ids, steps, True, monkeypatch)
+    assert torch.equal(got[0], ref[0])  # the prompt's forward is the Python one
+    err = (got - ref).abs().max().item()
+    assert err <= 2e-5 * ref.abs().max().item(), err  # norms/SiLU round differently; ~1e-6 relative measured
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+
+
+def test_c_layers_with_int8_activations(monkeypatch):
+    if ggml.int8_isa() in (None, "portable"):
+        pytest.skip("no SIMD int8 dot products here")
+    monkeypatch.setenv("LLMLAB_INT8_ACTIVATIONS", "1")
+    model = _model()
+    ids, steps = [3, 1, 4, 1, 5, 9, 2, 6], [5, 3, 5, 8, 9, 7]
+    ref = _decode(model, ids, steps, False, monkeypatch)
+    got = _decode(model, ids, steps, True, monkeypatch)
+    monkeypatch.setenv("LLMLAB_INT8_ACTIVATIONS", "0")
+    exact = _decode(model, ids, steps, False, monkeypatch)
+    # int8 rounds activations: a tiny norm difference may flip one rounding, so the bound is the
+    # int8 option's own error (exact vs int8), not 1e-6
+    assert (got - ref).abs().max() <= 0.5 * (exact - ref).abs().max() + 1e-5
+    assert not torch.equal(exact, ref)  # the int8 option was really on
+
+
+def test_paged_decode_through_c_is_batch_invariant_and_matches_contiguous(monkeypatch):
+    model = _model()
+    monkeypatch.setenv("LLMLAB_C_LAYERS", "1")
+    c = PagedKVCache.for_model(model, 64)
+    r = PagedRunner(model, c, threads=1)
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 128, (n,), generator=g).tolist() for n in (3, 17, 40)]
+    tables = [BlockTable() for _ in prompts]
+    for t, p in zip(tables, prompts):
+        c.reserve(t, len(p) + 1)
+        r.prefill(t, p)
+    calls = []
+    run = c_layer.Layers.run
+    monkeypatch.setattr(c_layer.Layers, "run", lambda self, *a: calls.append(1) or run(self, *a))
+    together = r.decode(tables, [5, 6, 7])
+    assert calls
+    for i, p in enumerate(prompts):
+        u = BlockTable()
+        c.reserve(u, len(p) + 1)
+        r.prefill(u, p)
+        assert torch.equal(r.decode([u], [5 + i])[0], together[i])
+        c.free(u)
+        dec = ContiguousDecoder(model, 64)
+        dec.forward(p)
+        assert torch.allclose(dec.forward([5 + i]), together[i], atol=1e-5)
+    greedy = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    outs = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("LLMLAB_C_LAYERS", flag)
+        outs[flag] = Engine(model, None, num_blocks=64, max_num_seqs=4).generate(prompts, greedy)
+    assert outs["0"] == outs["1"]
+
+
+def test_fallbacks(monkeypatch):
+    model = _model()
+    assert c_layer.Layers.of(fused(model)) is not None
+    mixed = _model(fmt_of=lambda n: "Q8_0")
+    with torch.no_grad():
+        mixed.model.layers[1].mlp.down_proj.weight.add_(1.0)  # changed since loading: no blocks for it
+    assert c_layer.Layers.of(fused(mixed)) is None  # a matrix without blocks: the Python path
+    _decode(mixed, [1, 2, 3], [4, 5], True, monkeypatch, expect_c=False)  # and it still decodes, in Python
+    monkeypatch.setenv("LLMLAB_C_LAYERS", "0")
+    assert not c_layer.enabled()
+
+
+def test_c_layers_bits_do_not_depend_on_threads(monkeypatch):
+    model = _model()
+    monkeypatch.setenv("LLMLAB_C_LAYERS", "1")
+    monkeypatch.setattr(ggml, "PARALLEL_MACS", 1)  # every product and the attention split across threads
+    seen, run = [], c_layer.Layers.run
+    monkeypatch.setattr(c_layer.Layers, "run", lambda self, *a: seen.append(a[-2]) or run(self, *a))
+    outs = []
+    for n in (1, 2):
+        c = PagedKVCache.for_model(model, 64)
+        r = PagedRunner(model, c, threads=n)
+        tables = [BlockTable() for _ in range(3)]
+        for t, p in zip(tables, ([1, 2, 3], [4] * 20, list(range(40)))):
+            c.reserve(t, len(p) + 2)
+            r.prefill(t, p)
+        outs.append(torch.stack([r.decode(tables, [5, 6, 7]), r.decode(tables, [8, 9, 10])]))
+    assert seen == [1, 1, 2, 2]  # the thread count the C call got
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_speculative_verification_through_c_equals_plain_decoding(monkeypatch):
+    """Verification rows (k drafted tokens, each attending up to its own position) run through the
+    C layers too, so greedy speculative output is plain decoding's, token for token."""
+    model = _model()
+    monkeypatch.setenv("LLMLAB_C_LAYERS", "1")
+    prompts = [[5, 6, 7, 8, 9, 10, 5, 6, 7, 8, 9, 10, 5, 6, 7], [3, 4] * 12]
+    params = SamplingParams(max_new_tokens=16, ignore_eos=True)
+    plain = Engine(model, None, num_blocks=64, max_num_seqs=1, row_pad=1).generate(prompts, params)
+    calls, run = [], c_layer.Layers.run
+    monkeypatch.setattr(c_layer.Layers, "run", lambda self, *a: calls.append(a[0].shape[0]) or run(self, *a))
+    eng = Engine(model, None, num_blocks=64, max_num_seqs=1, row_pad=1, speculative="ngram",
+                 speculative_fallback=False)
+    assert eng.generate(prompts, params) == plain
+    assert max(calls) > 1  # a verification forward (several rows of one sequence) ran in C
+
+
+def test_c_layers_thread_counts_are_tuned_per_layer(monkeypatch):
+    """The thread tuner measures the C call layer by layer (its own timers), as in Python."""
+    from llmlab.infer.threads import ThreadTuner
+    model = _model()
+    monkeypatch.setenv("LLMLAB_C_LAYERS", "1")
+    seen, run = [], c_layer.Layers.run
+    monkeypatch.setattr(c_layer.Layers, "run", lambda self, *a: seen.append(list(a[-2])) or run(self, *a))
+    tuner = ContiguousDecoder._tuners[model] = ThreadTuner(2, explore_every=2)
+    dec = ContiguousDecoder(model, 64)
+    ref = ContiguousDecoder(model, 64)
+    dec.forward([1, 2, 3])
+    ref.forward([1, 2, 3])
+    for t in range(4, 10):
+        assert torch.equal(dec.forward([t]), ref.forward([t]))
+    assert seen[0] == [2, 1]  # the first forward tries each count on one layer
+    assert all(len(set(s)) == 2 for s in seen[1::2])  # every 2nd forward, one layer at the other count
+    kind = ("decode", 1, "c")
+    assert (kind, 1) in tuner.cost and (kind, 2) in tuner.cost and all(v > 0 for v in tuner.cost.values())
