@@ -257,3 +257,32 @@ def test_multistep_items_are_checkable_and_held_out():
     text = react_demos("calculator")  # the demos' observations are what the tool really returns
     for d in demos():
         assert f"Observation: {calculate(d['expression'])}\n" in text
+
+
+def test_numeric_final_answer_keeps_the_decimal_point():
+    """Regression: the integer-only answer grammar turned a meant 64.5 into "645". The grammar now
+    admits decimals, the grader reads the whole number, and the loop scores it (wrong, not 645)."""
+    import regex
+    from llmlab.agent.evaluate import ANSWER_PATTERN, evaluate_multistep, final_number
+    from llmlab.agent.react import step_pattern
+    pat = step_pattern(_calc_registry(), ANSWER_PATTERN)
+    for ok in (" done\nFinal Answer: 64.5", " done\nFinal Answer: -12", " done\nFinal Answer: 77.0"):
+        assert regex.fullmatch(pat, ok), ok
+    for bad in (" done\nFinal Answer: 64.", " done\nFinal Answer: 6 4", " done\nFinal Answer: sixty"):
+        assert not regex.fullmatch(pat, bad), bad
+    assert [final_number(t) for t in ("64.5", "= 77.0", "1,200 coins", "x -3 then 4.50", "none")] == \
+        ["64.5", "77", "1200", "4.5", ""]
+
+    class GrammarScripted:  # replays answers; like the engine, it can only emit text the step grammar allows
+        def __init__(self, answers):
+            self.answers, self.tokens = list(answers), 0
+
+        def chat(self, messages, max_new_tokens=0, temperature=0.0, seed=0, stop=(), prefix="", constraint=None):
+            out = f" I know it.\nFinal Answer: {self.answers.pop(0)}"
+            assert constraint is not None and regex.fullmatch(constraint, out), out
+            return out
+
+    from llmlab.agent.tasks import multistep_items
+    items = multistep_items(2, 0)
+    rows = evaluate_multistep(GrammarScripted(["64.5", f"{items[1]['answer']}.0"]), 2, 0, ["calculator"])
+    assert rows[0]["correct"] == 1 and rows[0]["answered"] == 1.0  # 64.5 is wrong, N.0 equals N

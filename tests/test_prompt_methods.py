@@ -40,6 +40,21 @@ def test_selection_methods():
     assert sel.order("apple pie", idx, "reversed") == idx[::-1]
 
 
+def test_random_selection_is_drawn_per_item():
+    """Each query gets its own random draw (a seed alone gave every item of a run the same k), the
+    same (query, seed) always the same one; `random` order likewise shuffles per query."""
+    pool = [{"question": f"q{i}", "answer": str(i)} for i in range(64)]
+    sel = DemoSelector(pool)
+    queries = [f"item {j}" for j in range(20)]
+    draws = [tuple(sel.select(q, 4, "random", seed=0)) for q in queries]
+    assert len(set(draws)) >= 18  # 20 draws of 4 from 64: a repeat has probability < 1e-3
+    assert draws == [tuple(sel.select(q, 4, "random", seed=0)) for q in queries]  # reproducible
+    assert sum(d != tuple(sel.select(q, 4, "random", seed=1)) for d, q in zip(draws, queries)) >= 18
+    assert all(len(set(d)) == 4 for d in draws)  # without replacement
+    orders = {tuple(sel.order(q, list(range(8)), "random", seed=0)) for q in queries}
+    assert len(orders) >= 18 and all(sorted(o) == list(range(8)) for o in orders)
+
+
 def test_build_prompt_and_extraction():
     p = build_prompt(POOL[:2], "new q", instruction="Answer.")
     assert p == "Answer.\n\nQuestion: apple apple pie\nAnswer: 1\n\nQuestion: banana split\nAnswer: 2\n\nQuestion: new q\nAnswer:"

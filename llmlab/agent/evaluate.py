@@ -1,22 +1,36 @@
 """Agent success on multi-step arithmetic: chain of thought without tools vs ReAct with the
 calculator or the sandboxed Python tool, same items, greedy decoding. Correct = the answer's last
-integer equals the computed one (llmlab.eval.tasks.arithmetic.last_int)."""
+number equals the computed one (`final_number`: "64.0" counts as 64, "64.5" is 64.5, never 645)."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
+from decimal import Decimal
 
 from llmlab.agent.tasks import cot_demos, multistep_items, react_demos
-from llmlab.eval.tasks.arithmetic import last_int
 
 COT_SYSTEM = "Solve the problem step by step, then end with 'Final Answer: <number>'."
+# the final answer under the step grammar: an integer or a decimal. Integers only forced a model that
+# meant 64.5 (a wrong expression's value) to write "645": the mask drops the point, not the digit after it
+ANSWER_PATTERN = r"-?[0-9]{1,12}(?:\.[0-9]{1,6})?"
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def final_number(text: str) -> str:
+    """The reply's last number, canonical: "64.0" -> "64", "64.50" -> "64.5", "1,200" -> "1200"; "" if none."""
+    nums = _NUMBER.findall(text.replace(",", ""))
+    if not nums:
+        return ""
+    value = Decimal(nums[-1])
+    return str(int(value)) if value == value.to_integral_value() else format(value.normalize(), "f")
 
 
 def evaluate_multistep(llm, n: int, seed: int, conditions: list[str], max_steps: int = 5, max_new_tokens: int = 96,
                        out_path: str | None = None, constrained: bool = True) -> list[dict]:
     """Accuracy per condition; `constrained`: the ReAct turns are decoded under the step grammar
-    (react.step_pattern) with an integer final answer, so format slips cannot sink the agent."""
+    (react.step_pattern) with a numeric final answer (ANSWER_PATTERN), so format slips cannot sink the agent."""
     from llmlab.agent.builtin import make_registry
     from llmlab.agent.react import ReActAgent
     items = multistep_items(n, seed)
@@ -28,12 +42,12 @@ def evaluate_multistep(llm, n: int, seed: int, conditions: list[str], max_steps:
             if cond == "none":
                 text = llm.chat([{"role": "system", "content": COT_SYSTEM + "\n\n" + cot_demos()},
                                  {"role": "user", "content": f"Question: {it['question']}"}], max_new_tokens=max_new_tokens)
-                pred, status, transcript = last_int(text.rsplit("Final Answer:", 1)[-1]), "answered", text
+                pred, status, transcript = final_number(text.rsplit("Final Answer:", 1)[-1]), "answered", text
             else:
                 agent = ReActAgent(llm, make_registry([cond]), max_steps, 300.0, max_new_tokens,
-                                   constrained=constrained, answer_pattern=r"-?[0-9]{1,12}")
+                                   constrained=constrained, answer_pattern=ANSWER_PATTERN)
                 res = agent.run(it["question"], extra_instructions=react_demos(cond))
-                pred, status, transcript = last_int(res.answer or ""), res.status, res.transcript
+                pred, status, transcript = final_number(res.answer or ""), res.status, res.transcript
             ok = pred == str(it["answer"])
             st = stats[cond]
             st["correct"] += ok

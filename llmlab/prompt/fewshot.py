@@ -1,7 +1,8 @@
 """k-shot prompts (Brown et al. 2020): k solved demonstrations, then the query.
 
 Selection of the k demonstrations from a pool:
-  random   uniform without replacement (seeded)
+  random   uniform without replacement, drawn per query: the generator is seeded with (seed, query),
+           so each item gets its own draw, and the same item and seed always the same one
   nearest  the k most similar by MiniLM cosine (Liu et al. 2022, KATE)
   bm25     the k with the highest BM25 score for the query's words
   mmr      maximal marginal relevance (Carbonell & Goldstein 1998): greedily pick
@@ -46,8 +47,8 @@ class DemoSelector:
         k = min(k, len(self.pool))
         if k <= 0:
             return []
-        if method == "random":
-            return random.Random(seed).sample(range(len(self.pool)), k)
+        if method == "random":  # per item: a seed alone would give every item of a run the same k demonstrations
+            return random.Random(f"{seed}:select:{query}").sample(range(len(self.pool)), k)
         if method == "bm25":
             from llmlab.rag.bm25 import BM25, tokenize
             if self._bm25 is None:
@@ -72,7 +73,7 @@ class DemoSelector:
             return idx[::-1]
         if how == "random":
             idx = list(idx)
-            random.Random(seed + 1).shuffle(idx)
+            random.Random(f"{seed}:order:{query}").shuffle(idx)  # str seeds hash by SHA-512: stable across runs
             return idx
         if how == "nearest_last":
             sim = self.similarities(query)
