@@ -213,3 +213,22 @@ def test_sft_arithmetic_has_edge_facts_beyond_chance():
     edge = sum(a == b or bool({0, 1} & {a, b}) for a, b in pm) / len(pm)
     # by chance alone about 0.42 (an operand 0 or 1, or a - a); EDGE_SHARE = 0.25 makes it about 0.59
     assert T.EDGE_SHARE == 0.25 and edge > 0.5
+
+
+def test_build_hard_share_weights_the_carry_sums_and_defaults_to_the_old_draw():
+    from llmlab.errors import UserError
+    mix = {"arith_en": 1.0, "arith_zh": 0.0, "definition": 0.0, "greeting": 0.0, "idiom": 0.0}
+
+    def carry_share(recs):
+        sums = [tuple(map(int, re.match(r"(\d+) \+ (\d+) =", r["messages"][1]["content"]).groups()))
+                for r in recs if r["kind"] == "arithmetic" and " + " in r["messages"][1]["content"]]
+        return sum(a + b >= 10 for a, b in sums) / len(sums)
+    plain = T.build(3000, seed=3, mix=mix)
+    assert T.build(3000, seed=3, mix=mix, hard_share=T.HARD_SHARE) == plain  # the default is the module's
+    hard = T.build(3000, seed=3, mix=mix, hard_share=0.5)
+    # edge facts first (0.25: a carry only for 1 + 9 / 9 + 1, ~1 in 20), then 0.5 carries, then 0.25 by
+    # chance (45 of 100 sums carry)
+    assert carry_share(plain) == pytest.approx(0.25 * 0.05 + 0.75 * 0.45, abs=0.04)
+    assert carry_share(hard) == pytest.approx(0.25 * 0.05 + 0.5 + 0.25 * 0.45, abs=0.04)
+    with pytest.raises(UserError, match="hard_share"):
+        T.build(10, hard_share=0.8)  # with EDGE_SHARE 0.25 the draw has only 0.75 left

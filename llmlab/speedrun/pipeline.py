@@ -67,6 +67,10 @@ class SpeedrunConfig:
     sft_steps: int = field(default=1600, metadata={"help": "SFT optimizer steps (8 rows of the model's window) on "
                                                                 "templated instruction data"})
     sft_examples: int = field(default=24_000, metadata={"help": "templated SFT examples built"})
+    # Off: 0.25 at 1,600 and 2,000 steps gave better facts but no reliable gain (docs/LOG.md, seventh
+    # issue-24 section). SFT data only: midtraining keeps templated.HARD_SHARE.
+    sft_hard_share: float = field(default=0.0, metadata={
+        "help": "share of the SFT + and - questions drawn from carry sums and differences of 1 or 2"})
     sft_mix: dict = field(default_factory=dict, metadata={
         "help": "SFT data shares by kind (arith_en, arith_zh, definition, greeting, idiom); keys given replace "
                 "llmlab.finetune.instruct.templated.MIX, e.g. sft_mix.arith_en=0.6"})
@@ -250,6 +254,8 @@ def _check(cfg: SpeedrunConfig) -> None:
     if not 0 <= cfg.facts_share < 1 or cfg.midtrain_share + cfg.facts_share >= 1:
         raise UserError(f"facts_share must be in [0, 1) and leave natural text beside midtrain_share, "
                         f"got {cfg.facts_share} + {cfg.midtrain_share}")
+    if not 0 <= cfg.sft_hard_share <= 1 - templated.EDGE_SHARE:
+        raise UserError(f"sft_hard_share must be in [0, {1 - templated.EDGE_SHARE:g}], got {cfg.sft_hard_share}")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"precision must be auto, fp32 or bf16, got '{cfg.precision}'")
 
@@ -310,7 +316,7 @@ def _sft(cfg: SpeedrunConfig, out: Path, stages: dict, val_texts: list[str]):
     from llmlab.finetune.sft import sft, speedrun_sft_config
 
     recs = templated.build(100 if cfg.quick else cfg.sft_examples, seed=cfg.seed, exclude_text="\n".join(val_texts),
-                           mix={**templated.MIX, **(cfg.sft_mix or {})})
+                           mix={**templated.MIX, **(cfg.sft_mix or {})}, hard_share=cfg.sft_hard_share)
     sft_file = templated.write_jsonl(recs, out / "sft_data" / "templated.jsonl")
     sft_kw = {} if cfg.quick else {"max_steps": cfg.sft_steps, "per_device_train_batch_size": 8}
     sft_kw["bf16"] = use_bf16(cfg)

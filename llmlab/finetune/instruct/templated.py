@@ -157,12 +157,14 @@ EDGE_SHARE = 0.25
 HARD_SHARE = 0.0
 
 
-def arithmetic(n: int, rng: random.Random, lang: str = "en") -> list[dict]:
-    """Single-digit +, -, x (and, in Chinese, a first operand up to 20), equation-first answers."""
+def arithmetic(n: int, rng: random.Random, lang: str = "en", hard_share: float | None = None) -> list[dict]:
+    """Single-digit +, -, x (and, in Chinese, a first operand up to 20), equation-first answers;
+    `hard_share` (default HARD_SHARE) of the + and - questions carry sums or differences of 1 or 2."""
+    hard = HARD_SHARE if hard_share is None else hard_share
     out = []
     for _ in range(n):
         op = rng.choice(ARITH_OPS)
-        a, b = _operands(rng, op, 20 if lang == "zh" and op == "+" else 9, EDGE_SHARE, HARD_SHARE)
+        a, b = _operands(rng, op, 20 if lang == "zh" and op == "+" else 9, EDGE_SHARE, hard)
         c = _answer(a, b, op)
         sym = OPS_EN[op][1]
         if lang == "en":
@@ -244,16 +246,19 @@ MIX = {"arith_en": 0.5, "arith_zh": 0.1, "definition": 0.15, "greeting": 0.08, "
 MIDTRAIN_MIX = {"arith_en": 0.6, "arith_zh": 0.1, "definition": 0.1, "greeting": 0.1, "idiom": 0.1}
 
 
-def build(n: int = 6000, seed: int = 0, mix: dict | None = None, exclude_text: str = "") -> list[dict]:
+def build(n: int = 6000, seed: int = 0, mix: dict | None = None, exclude_text: str = "",
+          hard_share: float | None = None) -> list[dict]:
     """`n` training examples in the `mix` proportions (default MIX), shuffled (seeded). Definitions
     whose answer occurs in `exclude_text` (e.g. the validation documents) are dropped, so a model's
-    bits/byte on that text stays held out."""
+    bits/byte on that text stays held out. `hard_share`: see `arithmetic` (default HARD_SHARE)."""
     if n < 1:
         raise UserError(f"templated instruction data: n must be >= 1, got {n}")
+    if hard_share is not None and not 0 <= hard_share <= 1 - EDGE_SHARE:
+        raise UserError(f"hard_share must be in [0, {1 - EDGE_SHARE:g}] (1 - EDGE_SHARE), got {hard_share}")
     mix = mix or MIX
     rng = random.Random(f"templated-{seed}")
     k = {name: max(1, round(n * mix.get(name, 0.0))) for name in MIX}
-    recs = arithmetic(k["arith_en"], rng, "en") + arithmetic(k["arith_zh"], rng, "zh")
+    recs = arithmetic(k["arith_en"], rng, "en", hard_share) + arithmetic(k["arith_zh"], rng, "zh", hard_share)
     recs += [r for r in definitions(k["definition"], rng)
              if not (exclude_text and r["messages"][1]["content"].rstrip(".") in exclude_text)]
     recs += greetings(k["greeting"], rng) + idioms(k["idiom"], rng)
