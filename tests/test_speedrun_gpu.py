@@ -23,3 +23,17 @@ def test_gpu_preset_runs_a_few_steps_on_cpu(tmp_path):
     # bf16 autocast on CUDA or on a CPU with native bf16 (precision=auto); torch.compile only on CUDA
     from llmlab.device import cpu_bf16_native
     assert summary["train"]["bf16"] is cpu_bf16_native() and summary["train"]["torch_compile"] is False
+
+
+def test_gpu_preset_keeps_a_value_the_user_typed_even_if_it_equals_the_cpu_default():
+    from llmlab.config import load_config
+    from llmlab.speedrun.pipeline import GPU_DEFAULTS, SpeedrunConfig, _apply_preset_defaults
+
+    cpu_default = SpeedrunConfig().sft_steps
+    assert GPU_DEFAULTS["sft_steps"] != cpu_default
+    typed = load_config(SpeedrunConfig, ["preset=gpu", f"sft_steps={cpu_default}"])
+    _apply_preset_defaults(typed)
+    assert typed.sft_steps == cpu_default  # typed: kept
+    left = load_config(SpeedrunConfig, ["preset=gpu"])
+    _apply_preset_defaults(left)
+    assert left.sft_steps == GPU_DEFAULTS["sft_steps"]  # left alone: the preset's value

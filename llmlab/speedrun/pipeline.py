@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from llmlab.config import is_explicit
 from llmlab.errors import UserError
 from llmlab.log import get_logger
 
@@ -261,11 +262,12 @@ def _check(cfg: SpeedrunConfig) -> None:
 
 
 def _apply_preset_defaults(cfg: SpeedrunConfig) -> None:
-    """`preset=gpu`: GPU_DEFAULTS for the fields the user left at their defaults."""
+    """`preset=gpu`: GPU_DEFAULTS for the fields the user left at their defaults (a value typed in
+    the YAML or as key=value wins even when it equals the CPU default)."""
     if cfg.preset == "gpu":
         defaults = SpeedrunConfig()
         for k, v in GPU_DEFAULTS.items():
-            if getattr(cfg, k) == getattr(defaults, k):
+            if not is_explicit(cfg, k) and getattr(cfg, k) == getattr(defaults, k):
                 setattr(cfg, k, v)
 
 
