@@ -9,7 +9,8 @@ config's *test* split: zero-shot accuracy with the held-out prompt ensemble (dig
 shapes) and recall@1. Nothing is chosen on these figures.
 
 Rows are appended to `--out` (JSONL) as they finish; rerunning skips rows already there, so an
-interrupted study resumes. Last line: one JSON object with the per-cell medians.
+interrupted study resumes. Last line: one JSON object with the per-cell medians and `ratio`
+siglip_vs_clip@B (SigLIP median / CLIP median at batch B; the claim says >= 1 at small B).
 
     python benchmarks/multimodal_batch.py --batches 16,32,64,128 --seeds 0,1,2 --examples 32000
     python benchmarks/multimodal_batch.py --quick          # 2 batch sizes, 1 seed, 640 pairs
@@ -94,9 +95,14 @@ def main() -> None:
             keep.setdefault((r["model"], r["batch"], r["seed"]), r)
     rows = list(keep.values())
     metric = "zero_shot_acc" if rows and "zero_shot_acc" in rows[0] else "i2t_r@1"
+    median = summarize(rows, metric)
+    # the claim under test (Zhai et al. 2023): SigLIP >= CLIP at small batch, i.e. this ratio >= 1 there
+    ratio = {f"siglip_vs_clip@{b}": round(median[f"siglip@{b}"] / median[f"clip@{b}"], 4)
+             for b in sorted({r["batch"] for r in rows})
+             if median.get(f"clip@{b}") and f"siglip@{b}" in median}
     print(json.dumps({"benchmark": "multimodal_batch", "dataset": cfg.dataset, "examples": args.examples,
-                      "metric": metric, "median": summarize(rows, metric),
-                      "median_i2t_r@1": summarize(rows, "i2t_r@1")}))
+                      "metric": metric, "median": median, "median_i2t_r@1": summarize(rows, "i2t_r@1"),
+                      "ratio": ratio}))
 
 
 if __name__ == "__main__":
