@@ -97,6 +97,7 @@ class PagedRunner:
         per kind of step, see ThreadTuner)."""
         self.model, self.cache, self.cfg = model, cache, model.config
         self.row_pad, self.attn_bucket = row_pad, attn_bucket
+        self._kv_ptrs = None  # the C layers' per-layer cache addresses (the pools never move): made once
         self.device = next(model.parameters()).device
         self.H, self.Hkv, self.D = self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim
         base = fused(model)
@@ -310,7 +311,10 @@ class PagedRunner:
         """Rows through the C decoder layers -> logits of rows `heads` (None: all). A row's bits do
         not depend on the other rows (decode step or speculative verification alike)."""
         w, M = self.w, ids_t.shape[0]
-        kv_ptrs = tuple(torch.tensor([t.data_ptr() for t in c], dtype=torch.int64) for c in (self.cache.k, self.cache.v))
+        if self._kv_ptrs is None:
+            self._kv_ptrs = tuple(torch.tensor([t.data_ptr() for t in c], dtype=torch.int64)
+                                  for c in (self.cache.k, self.cache.v))
+        kv_ptrs = self._kv_ptrs
         kind = ("decode", M.bit_length(), "c")
         x, rope = w.embed_rows(ids_t, pos_t)
         x = _c_tuned(self.tuner if self.fixed_threads is None else None, kind, len(w.layers), lambda n, secs: cl.run(
