@@ -18,6 +18,13 @@ time, by design of what it leaves out).
 
     python benchmarks/ablation_time.py            # ~6 minutes on 2 cores
     python benchmarks/ablation_time.py --quick    # times `llmlab ablate quick=true`, and the estimator on it
+    python benchmarks/ablation_time.py --clock cpu --workers 1 --cores 2   # on a shared machine
+
+--clock cpu fits each run's own CPU seconds (time.process_time of its worker) instead of its wall time: on a
+machine other people load, the wall time of a one-thread worker counts their share of the core too, its CPU
+time does not (it still pays for caches and memory bandwidth they share, so it errs high). A one-thread run's
+CPU time is its wall time on a core of its own, so the estimate for --cores workers on --cores free cores is
+the summed CPU time / cores.
 
 Last line: {"benchmark": "ablation_time", "ours": {...}, "peer": {"hours": 3}, "ratio": {"goal_over_estimate": ..}}
 """
@@ -59,7 +66,10 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "configs" / "ablate.yaml"))
     ap.add_argument("--short", type=int, default=5, help="reference steps of the first measured budget")
     ap.add_argument("--long", type=int, default=30, help="reference steps of the second")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="processes to measure with")
+    ap.add_argument("--cores", type=int, default=0, help="cores the estimate is for (default: --workers)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="fit each run's wall seconds, or its worker's CPU seconds (a shared machine)")
     ap.add_argument("--out", default="", help="work dir (default: a temporary one)")
     ap.add_argument("--quick", action="store_true", help="budgets 2 and 8, and time `llmlab ablate quick=true`")
     args = ap.parse_args()
@@ -81,8 +91,9 @@ def main() -> None:
     split = [groups[i::args.workers] for i in range(args.workers)]
     walls = {s: run_grid(args.config, out, s, split, extra) for s in (args.short, args.long)}
     from llmlab.ablate.grid import read_results
+    clock = f"{args.clock}_seconds"
     res = [r for i in range(args.workers) for r in read_results(Path(out) / f"w{i}" / "results.jsonl")
-           if "wall_seconds" in r]
+           if clock in r]
     ref_fpt = next(r["flops_per_token"] for r in res if r["key"] == "reference")
     keys = list(dict.fromkeys(r["key"] for r in res))
     total, rows = 0.0, {}
@@ -91,21 +102,24 @@ def main() -> None:
         if len(runs) < 2 or runs[0]["steps"] == runs[-1]["steps"]:
             continue
         lo, hi = runs[0], runs[-1]
-        b = max(0.0, (hi["wall_seconds"] - lo["wall_seconds"]) / (hi["steps"] - lo["steps"]))  # noise can invert it
-        a = max(0.0, lo["wall_seconds"] - b * lo["steps"])
+        b = max(0.0, (hi[clock] - lo[clock]) / (hi["steps"] - lo["steps"]))  # noise can invert it
+        a = max(0.0, lo[clock] - b * lo["steps"])
         steps_full = max(1, round(full_steps * ref_fpt / lo["flops_per_token"]))  # equal FLOPs (grid.steps_for)
         rows[lo["row"]] = {"a_s": round(a, 1), "step_s": round(b, 3), "steps_full": steps_full,
                            "run_s": round(a + b * steps_full)}
         total += seeds * (a + b * steps_full)
-    hours = total / args.workers / 3600
+    cores = args.cores or args.workers
+    hours = total / cores / 3600
     for name, r in rows.items():
         print(f"{name:34s} fixed {r['a_s']:6.1f} s  step {r['step_s']:.3f} s  x {r['steps_full']} steps = {r['run_s']} s/run")
-    ours.update(estimated_hours=round(hours, 2), rows=len(rows), seeds=seeds, workers=args.workers,
+    ours.update(estimated_hours=round(hours, 2), rows=len(rows), seeds=seeds, workers=args.workers, cores=cores,
+                clock=args.clock,
                 measured_wall_s={str(k): round(v) for k, v in walls.items()}, per_row=rows)
-    print(f"full grid ({len(rows)} runs x {seeds} seeds, {full_steps} reference steps) on {args.workers} workers: "
+    print(f"full grid ({len(rows)} runs x {seeds} seeds, {full_steps} reference steps) on {cores} cores "
+          f"({args.clock} clock): "
           f"~{hours:.2f} h (estimate)")
     if args.quick:  # the estimate of the toy grid beside its measured run
-        est, meas = total / args.workers, ours["quick_seconds"]
+        est, meas = total / cores, ours["quick_seconds"]
         print(f"toy grid: estimated {est:.1f} s, measured {meas:.1f} s (incl. building its corpus)")
         print(json.dumps({"benchmark": "ablation_time_quick", "ours": ours, "peer": {"quick_seconds": meas},
                           "ratio": {"estimator_accuracy": min(est / meas, meas / est) if est and meas else 0.0}}))
