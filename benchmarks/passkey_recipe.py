@@ -41,7 +41,8 @@ def probe(model, examples) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="writes OUT/base/model, OUT/base/recipe.json, OUT/base/probe.jsonl")
+    ap.add_argument("--out", default="runs/passkey_recipe",
+                    help="writes OUT/base/model, OUT/base/recipe.json, OUT/base/probe.jsonl")
     ap.add_argument("--corpus-dir", default="runs/ablate/corpus")
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--hidden", type=int, default=64)
@@ -53,7 +54,6 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--passkey-fraction", type=float, default=0.5)
     ap.add_argument("--copy-fraction", type=float, default=0.25)
-    ap.add_argument("--key-format", default="plain", choices=("plain", "spaced"))
     ap.add_argument("--every", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a tiny corpus and 20 steps (smoke run)")
@@ -72,11 +72,11 @@ def main() -> None:
     corpus = prepare_corpus(a.corpus_dir, 300 if a.quick else 10_000, 2048, progress=False)
     tok = load_tokenizer(corpus["tokenizer"])
     T = a.context
-    train_task = PasskeyTask(tok, keys="train", key_format=a.key_format)
+    train_task = PasskeyTask(tok, keys="train")
     loader = PasskeyMixLoader(TokenWindowLoader(corpus["train"], T, a.batch, seed=a.seed), train_task, T,
                               a.passkey_fraction, seed=a.seed, copy_fraction=a.copy_fraction,
                               passkey_loss="answer", copy_period="random")
-    task = PasskeyTask(tok, keys="held_out", key_format=a.key_format)
+    task = PasskeyTask(tok, keys="held_out")
     examples = [task.make(T, d, random.Random(f"recipe-probe-{j}-{i}"))
                 for j, d in enumerate([0.0, 0.25, 0.5, 0.75, 1.0]) for i in range(8)]
     torch.manual_seed(a.seed)

@@ -220,16 +220,3 @@ def test_random_copy_period_repeats_at_varied_periods():
     assert periods("half") == [150] * 6
     with pytest.raises(UserError):
         PasskeyMixLoader(TokenArrayLoader(text, 300, 4), task, 300, 0.5, copy_period="fixed")
-
-
-def test_spaced_keys_one_token_a_digit_same_split():
-    tok = CharTok()
-    plain, spaced = PasskeyTask(tok, keys="held_out"), PasskeyTask(tok, keys="held_out", key_format="spaced")
-    a, b = plain.make(400, 0.3, random.Random(5)), spaced.make(400, 0.3, random.Random(5))
-    assert a.key == b.key  # the same draw of the same split: only the writing differs
-    written = " ".join(b.key)
-    assert tok.decode(b.ids[b.answer_start:]) == " " + written and len(b.ids) == 400
-    assert NEEDLE.format(key=written) in tok.decode(b.ids)
-    assert spaced.min_length() == plain.min_length() + 3 * (len(b.key) - 1)  # 4 spaces in 3 places
-    with pytest.raises(UserError, match="key_format"):
-        PasskeyTask(tok, key_format="hex")

@@ -46,8 +46,6 @@ class LongCtxConfig:
                                                                       "(the rest in training-only filler sentences)"})
     copy_period: str = field(default="half", metadata={"help": "half | random: where repeated rows repeat"})
     passkey_loss: str = field(default="all", metadata={"help": "all | answer: loss on a passkey row's answer only"})
-    key_format: str = field(default="plain", metadata={"help": "plain 71432 | spaced 7 1 4 3 2 (one token a digit), "
-                                                               "in training rows and evaluation alike"})
     factor: float = field(default=4.0, metadata={"help": "scale s of every method (fine-tune at s*T)"})
     ft_steps: int = field(default=60, metadata={"help": "fine-tune steps at s*T (0 = no fine-tuned rows)"})
     ft_learning_rate: float = 5e-4
@@ -67,8 +65,6 @@ class LongCtxConfig:
             raise UserError(f"factor must be >= 1, got {self.factor}")
         if self.context < 16 or not self.multiples or min(self.multiples) < 1:
             raise UserError("context must be >= 16 and multiples >= 1")
-        if self.key_format not in ("plain", "spaced"):
-            raise UserError(f"key_format must be plain or spaced, got {self.key_format!r}")
         if self.quick:
             self.max_docs, self.context, self.hidden_size, self.num_hidden_layers = 300, 128, 64, 2
             self.max_steps, self.ft_steps, self.per_cell, self.ppl_windows = 30, 5, 2, 2
@@ -159,9 +155,8 @@ def run(cfg: LongCtxConfig) -> list[dict]:
     corpus = prepare_corpus(cfg.corpus_dir + ("-quick" if cfg.quick else ""), cfg.max_docs, cfg.vocab_size,
                             progress=not cfg.quick)
     tok = load_tokenizer(corpus["tokenizer"])
-    task = PasskeyTask(tok, keys="held_out", key_format=cfg.key_format)  # evaluation: unseen keys and filler
-    # training rows: the other keys, in TRAIN_FILLERS or corpus filler
-    train_task = PasskeyTask(tok, keys="train", key_format=cfg.key_format)
+    task = PasskeyTask(tok, keys="held_out")  # evaluation: keys and filler never trained on
+    train_task = PasskeyTask(tok, keys="train")  # training rows: the other keys, TRAIN_FILLERS / corpus filler
     T = cfg.context
     max_len = max(max(cfg.multiples) * T, int(cfg.factor * T))  # positions any model here must take
     val = torch.cat([torch.from_numpy(s.tokens.astype("int64")) for s in open_shards(corpus["val"])])

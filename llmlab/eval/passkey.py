@@ -38,11 +38,6 @@ TRAIN_FILLERS = (
     "The lamp is on the desk. The window is open. The clock is slow. The tea is cold.",
 )
 KEY_SPLITS = ("all", "held_out", "train")
-# How a key is written: "plain" 71432 (a BPE tokenizer cuts it into chunks such as " 7", "14", "32", so copying it
-# needs a learnt copy map for ~1,000 chunk tokens), or "spaced" 7 1 4 3 2 (one token per digit with a
-# GPT-2-style tokenizer: copying needs the map for 10 tokens only, as in the digit-level keys of synthetic
-# associative-recall tasks). The key's value and its held-out split are the same either way.
-KEY_FORMATS = ("plain", "spaced")
 
 
 def held_out_key(key: str) -> bool:
@@ -62,28 +57,20 @@ class PasskeyExample:
 class PasskeyTask:
     """Builds passkey examples for one tokenizer (anything with `encode(text) -> list[int]`)."""
 
-    def __init__(self, tokenizer, digits: int = 5, filler: str = FILLER, keys: str = "all", key_format: str = "plain"):
-        """keys: "all", "held_out" (only keys with `held_out_key`, for evaluation) or "train" (only the others);
-        key_format: "plain" or "spaced" (KEY_FORMATS)."""
+    def __init__(self, tokenizer, digits: int = 5, filler: str = FILLER, keys: str = "all"):
+        """keys: "all", "held_out" (only keys with `held_out_key`, for evaluation) or "train" (only the others)."""
         if digits < 1:
             raise UserError(f"passkey digits must be >= 1, got {digits}")
         if keys not in KEY_SPLITS:
             raise UserError(f"passkey keys must be one of {', '.join(KEY_SPLITS)}, got {keys!r}")
-        if key_format not in KEY_FORMATS:
-            raise UserError(f"passkey key_format must be one of {', '.join(KEY_FORMATS)}, got {key_format!r}")
-        self.tok, self.digits, self.keys, self.key_format = tokenizer, digits, keys, key_format
+        self.tok, self.digits, self.keys = tokenizer, digits, keys
         self.intro = tokenizer.encode(INTRO)
         self.filler = tokenizer.encode(" " + filler)
         self.question = tokenizer.encode(QUESTION)
         sample = self._needle("9" * digits)
         self.overhead = len(self.intro) + len(sample[0]) + len(self.question) + len(sample[1])
 
-    def written(self, key: str) -> str:
-        """The key as it appears in the text ("71432" or "7 1 4 3 2")."""
-        return " ".join(key) if self.key_format == "spaced" else key
-
     def _needle(self, key: str) -> tuple[list[int], list[int]]:
-        key = self.written(key)
         return self.tok.encode(NEEDLE.format(key=key)), self.tok.encode(" " + key)
 
     def min_length(self) -> int:
