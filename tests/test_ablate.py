@@ -80,6 +80,8 @@ def test_quick_grid_runs_resumes_and_rejects_bad_rows(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "ab" / "results.jsonl").read_text().splitlines()]
     assert sorted(x["row"] for x in lines) == ["GeGLU", "GeLU", "ReLU", "SwiGLU"]  # the reference's run
     assert all(x["val_bpb"] > 0 for x in lines)
+    # one thread: the run's CPU time is positive and at most its wall time (small slack for clock reads)
+    assert all(0 < x["cpu_seconds"] <= x["wall_seconds"] + 0.5 for x in lines)
     table = (tmp_path / "ab" / "table.md").read_text()
     assert "| mlp | GeLU |" in table and "| — |" in table  # no span-infill score outside the objective rows
     assert (tmp_path / "ab" / "ablation.png").stat().st_size > 1000
