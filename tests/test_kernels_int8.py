@@ -84,9 +84,9 @@ def test_integer_dot_products_are_exact(fmt, k):
         assert torch.equal(y.double(), ref.double()), name
 
 
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
-def test_every_build_gives_the_reference_bits_for_any_batch_and_threads(qtype):
-    rows, k = 37, 576  # rows not a multiple of 4; 18 blocks: a partial group
+@pytest.mark.parametrize("qtype,k", [("Q4_0", 576), ("Q4_1", 576), ("Q8_0", 576), ("Q4_1", 160), ("Q8_0", 96)])
+def test_every_build_gives_the_reference_bits_for_any_batch_and_threads(qtype, k):
+    rows = 37  # rows not a multiple of 4; 18 (5, 3) blocks: a partial group; 9 input rows: tiles of 4, 4, 1
     w = _weight(qtype, rows, k, seed=3)
     x = torch.randn(9, k, generator=torch.Generator().manual_seed(4))
     ref = torch.empty(9, rows)

@@ -179,80 +179,101 @@ static void rows_vnni(int fmt, const uint8_t *qs, const float *d, const float *m
     for (int t = 0; t < nr; t++) y[t] = red16(acc[t]) + red4(macc[t]);
 }
 
-/* Many input rows (a batched decode step): NRC weight rows are unpacked once into `pk` (unsigned
- * weight bytes, Q8_0's sign masks, the per-lane scales d and offsets m of every group) and every
- * input row then runs from there: per group and row 2 dpbusd, 1 mul, 1-2 fma. The lane values and
- * the order of the fmas are those of `rows_vnni` (d*dx per lane is the same product permuted), so
- * the bits are too. */
-typedef struct { __m512i w[2]; __mmask64 neg[2]; __m512 d[2]; __m128 m; } packed_group;
-
-static void unpack_rows(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t row, int nr, int64_t nb,
-                        packed_group *pk) {
+/* Several input rows (speculative verification, a batched decode step): a register tile of NR
+ * weight rows x MI input rows. Each group's weight bytes are loaded and unpacked once per tile and
+ * used against MI input rows straight from registers; the inputs come from L1. Per (weight row,
+ * input row) the lanes and the order of the fmas are those of `rows_vnni` (d*dx per lane is the
+ * same product, permuted), so the bits are too. Fmt 4's offsets of MI <= 4 input rows share one
+ * 16-lane fma: lanes 4i..4i+3 hold input row i's four m*sx lanes. */
+#define MI 4
+#define AI_I8 static inline __attribute__((always_inline))
+AI_I8 void tile_t(const int fmt, const int NR, const int NX, const uint8_t *qs, const float *d, const float *m,
+                  int64_t row, int64_t nb, const int8_t *xq, int64_t stride, const float *dx, const float *sx,
+                  float *y, int64_t ldy) {
     const __m512i e4 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     const __m512i e8a = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512i e8b = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+    const __m512i lo4 = _mm512_set1_epi8(0x0F);
+    __m512 acc[4][MI], macc[4];
+    for (int t = 0; t < NR; t++) {
+        macc[t] = _mm512_setzero_ps();
+        for (int i = 0; i < NX; i++) acc[t][i] = _mm512_setzero_ps();
+    }
     int64_t ng = (nb + 3) / 4;
-    for (int t = 0; t < nr; t++)
-        for (int64_t g = 0; g < ng; g++) {
-            packed_group *o = pk + t * ng + g;
-            int nbg = nb - 4 * g < 4 ? (int)(nb - 4 * g) : 4;
-            __mmask8 mb = (__mmask8)((1u << nbg) - 1);
+    for (int64_t g = 0; g < ng; g++) {
+        int nbg = nb - 4 * g < 4 ? (int)(nb - 4 * g) : 4;
+        __mmask8 mb = (__mmask8)((1u << nbg) - 1);
+        __m512 dxa[MI], dxb[MI];
+        __m512 vsx = _mm512_setzero_ps();
+        for (int i = 0; i < NX; i++) {
+            __m512 dx4 = _mm512_castps128_ps512(_mm_loadu_ps(dx + i * ng * 4 + 4 * g));
+            dxa[i] = _mm512_permutexvar_ps(fmt == 4 ? e4 : e8a, dx4);
+            if (fmt != 4) dxb[i] = _mm512_permutexvar_ps(e8b, dx4);
+            else vsx = _mm512_insertf32x4(vsx, _mm_loadu_ps(sx + i * ng * 4 + 4 * g), i);
+        }
+        for (int t = 0; t < NR; t++) {
             int64_t blk = (row + t) * nb + 4 * g;
             __m512 d4 = _mm512_castps128_ps512(_mm_maskz_loadu_ps(mb, d + blk));
             if (fmt == 4) {
                 __mmask64 mq = nbg == 4 ? ~(__mmask64)0 : (((__mmask64)1 << (16 * nbg)) - 1);
-                __m512i v = _mm512_maskz_loadu_epi8(mq, qs + blk * 16);
-                o->w[0] = _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
-                o->w[1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F));
-                o->d[0] = _mm512_permutexvar_ps(e4, d4);
-                o->m = _mm_maskz_loadu_ps(mb, m + blk);
+                __m512i v = nbg == 4 ? _mm512_loadu_si512(qs + blk * 16) : _mm512_maskz_loadu_epi8(mq, qs + blk * 16);
+                __m512i wl = _mm512_and_si512(v, lo4), wh = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+                __m512 de = _mm512_permutexvar_ps(e4, d4);
+                for (int i = 0; i < NX; i++) {
+                    const int8_t *xg = xq + i * stride + g * 4 * QK;
+                    __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, _mm512_loadu_si512(xg));
+                    p = _mm512_dpbusd_epi32(p, wh, _mm512_loadu_si512(xg + 64));
+                    acc[t][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(de, dxa[i]), acc[t][i]);
+                }
+                __m512 m4 = _mm512_broadcast_f32x4(_mm_maskz_loadu_ps(mb, m + blk));
+                macc[t] = _mm512_fmadd_ps(m4, vsx, macc[t]);
             } else {
                 __mmask64 ma = nbg >= 2 ? ~(__mmask64)0 : (((__mmask64)1 << 32) - 1);
                 __mmask64 mc = nbg == 4 ? ~(__mmask64)0 : nbg == 3 ? (((__mmask64)1 << 32) - 1) : 0;
                 const int8_t *q = (const int8_t *)qs + blk * QK;
-                __m512i qa = _mm512_maskz_loadu_epi8(ma, q), qc = _mm512_maskz_loadu_epi8(mc, q + 64);
-                o->w[0] = _mm512_abs_epi8(qa), o->w[1] = _mm512_abs_epi8(qc);
-                o->neg[0] = _mm512_movepi8_mask(qa), o->neg[1] = _mm512_movepi8_mask(qc);
-                o->d[0] = _mm512_permutexvar_ps(e8a, d4), o->d[1] = _mm512_permutexvar_ps(e8b, d4);
-            }
-        }
-}
-
-static void rows_packed(int fmt, const packed_group *pk, int nr, int64_t nb, const int8_t *xq, const float *dx,
-                        const float *sx, float *y) {
-    const __m512i e4 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    const __m512i e8a = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i e8b = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
-    __m512 acc[NRC];
-    __m128 macc[NRC];
-    for (int t = 0; t < NRC; t++) acc[t] = _mm512_setzero_ps(), macc[t] = _mm_setzero_ps();
-    int64_t ng = (nb + 3) / 4;
-    for (int64_t g = 0; g < ng; g++) {
-        __m512i xa = _mm512_loadu_si512(xq + g * 4 * QK), xb = _mm512_loadu_si512(xq + g * 4 * QK + 64);
-        __m512 dx4 = _mm512_castps128_ps512(_mm_loadu_ps(dx + 4 * g));
-        if (fmt == 4) {
-            __m512 dxe = _mm512_permutexvar_ps(e4, dx4);
-            __m128 vsx = _mm_loadu_ps(sx + 4 * g);
-            for (int t = 0; t < nr; t++) {
-                const packed_group *o = pk + t * ng + g;
-                __m512i p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), o->w[0], xa), o->w[1], xb);
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(o->d[0], dxe), acc[t]);
-                macc[t] = _mm_fmadd_ps(o->m, vsx, macc[t]);
-            }
-        } else {
-            __m512 dxa = _mm512_permutexvar_ps(e8a, dx4), dxb = _mm512_permutexvar_ps(e8b, dx4);
-            for (int t = 0; t < nr; t++) {
-                const packed_group *o = pk + t * ng + g;
-                __m512i sa = _mm512_mask_sub_epi8(xa, o->neg[0], _mm512_setzero_si512(), xa);
-                __m512i sc = _mm512_mask_sub_epi8(xb, o->neg[1], _mm512_setzero_si512(), xb);
-                __m512i pa = _mm512_dpbusd_epi32(_mm512_setzero_si512(), o->w[0], sa);
-                __m512i pc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), o->w[1], sc);
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pa), _mm512_mul_ps(o->d[0], dxa), acc[t]);
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pc), _mm512_mul_ps(o->d[1], dxb), acc[t]);
+                __m512i qa = nbg == 4 ? _mm512_loadu_si512(q) : _mm512_maskz_loadu_epi8(ma, q);
+                __m512i qc = nbg == 4 ? _mm512_loadu_si512(q + 64) : _mm512_maskz_loadu_epi8(mc, q + 64);
+                __mmask64 na = _mm512_movepi8_mask(qa), nc = _mm512_movepi8_mask(qc);
+                qa = _mm512_abs_epi8(qa), qc = _mm512_abs_epi8(qc);
+                __m512 da = _mm512_permutexvar_ps(e8a, d4), db = _mm512_permutexvar_ps(e8b, d4);
+                for (int i = 0; i < NX; i++) {
+                    const int8_t *xg = xq + i * stride + g * 4 * QK;
+                    __m512i xa = _mm512_loadu_si512(xg), xb = _mm512_loadu_si512(xg + 64);
+                    __m512i pa = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qa, _mm512_mask_sub_epi8(xa, na, _mm512_setzero_si512(), xa));
+                    __m512i pc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qc, _mm512_mask_sub_epi8(xb, nc, _mm512_setzero_si512(), xb));
+                    acc[t][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pa), _mm512_mul_ps(da, dxa[i]), acc[t][i]);
+                    acc[t][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pc), _mm512_mul_ps(db, dxb[i]), acc[t][i]);
+                }
             }
         }
     }
-    for (int t = 0; t < nr; t++) y[t] = red16(acc[t]) + red4(macc[t]);
+    for (int t = 0; t < NR; t++) {
+        float ml[16];
+        _mm512_storeu_ps(ml, macc[t]);
+        for (int i = 0; i < NX; i++)
+            y[i * ldy + t] = red16(acc[t][i]) + (fmt == 4 ? red4(_mm_loadu_ps(ml + 4 * i)) : 0.f);
+    }
+}
+
+#define TILE_NX(F, NR) do { switch (nx) { \
+    case 4: tile_t(F, NR, 4, qs, d, m, row, nb, xq, stride, dx, sx, y, ldy); break; \
+    case 3: tile_t(F, NR, 3, qs, d, m, row, nb, xq, stride, dx, sx, y, ldy); break; \
+    case 2: tile_t(F, NR, 2, qs, d, m, row, nb, xq, stride, dx, sx, y, ldy); break; \
+    default: tile_t(F, NR, 1, qs, d, m, row, nb, xq, stride, dx, sx, y, ldy); } } while (0)
+
+/* nr (1..NRC) weight rows from `row` against nx (1..MI) input rows (xq, dx, sx at i * stride,
+ * i * ng * 4) -> y[i * ldy + t]. */
+static void tile(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t row, int nr, int64_t nb,
+                 const int8_t *xq, int64_t stride, const float *dx, const float *sx, int nx, float *y, int64_t ldy) {
+    if (nr < NRC) {
+        for (int t = 0; t < nr; t++, row++, y++) {
+            if (fmt == 4) TILE_NX(4, 1);
+            else TILE_NX(8, 1);
+        }
+        return;
+    }
+    if (fmt == 4) TILE_NX(4, NRC);
+    else TILE_NX(8, NRC);
 }
 #endif
 
@@ -337,24 +358,23 @@ int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m,
     {
         int64_t g0, g1;
         share(groups, &g0, &g1);
-#if I8_ISA == 3
-        packed_group *pk = mx > 1 ? (packed_group *)aligned_alloc(64, sizeof(packed_group) * (size_t)(NRC * ng)) : NULL;
-#endif
         for (int64_t gr = g0; gr < g1; gr++) {
             int64_t r = gr * NRC;
             int nr = rows - r < NRC ? (int)(rows - r) : NRC;
+#if I8_ISA == 3
+            if (mx > 1) {
+                for (int64_t i = 0; i < mx; i += MI)
+                    tile(fmt, qs, d, m, r, nr, nb, xq + i * stride, stride, dx + i * ng * 4, sx + i * ng * 4,
+                         mx - i < MI ? (int)(mx - i) : MI, y + i * rows + r, rows);
+                continue;
+            }
+#endif
             for (int64_t i = 0; i < mx; i++) {
                 const int8_t *xi = xq + i * stride;
                 const float *dxi = dx + i * ng * 4, *sxi = sx + i * ng * 4;
 #if I8_ISA == 3
                 float tmp[NRC];
-                if (pk) {
-                    if (i == 0) unpack_rows(fmt, qs, d, m, r, nr, nb, pk);
-                    rows_packed(fmt, pk, nr, nb, xi, dxi, sxi, tmp);
-                    memcpy(y + i * rows + r, tmp, sizeof(float) * (size_t)nr);
-                    continue;
-                }
-                int step = mx == 1 && NRC * nb * (fmt == 4 ? 16 : QK) > SPAN ? 1 : NRC;
+                int step = NRC * nb * (fmt == 4 ? 16 : QK) > SPAN ? 1 : NRC;
                 for (int t = 0; t < nr; t += step)
                     rows_vnni(fmt, qs, d, m, r + t, nr - t < step ? nr - t : step, nb, xi, dxi, sxi, tmp + t);
                 memcpy(y + i * rows + r, tmp, sizeof(float) * (size_t)nr);
@@ -368,9 +388,6 @@ int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m,
 #endif
             }
         }
-#if I8_ISA == 3
-        free(pk);
-#endif
     }
     free(xq);
     free(dx);
