@@ -319,7 +319,8 @@ def test_layerwise_fp_inputs_see_the_full_precision_model(tiny_config):
     for n in names:
         assert torch.allclose(fp[n].H, once[n].H, atol=1e-6), n
     later = [n for n in names if not n.startswith("model.layers.0.")]
-    assert later and all(not torch.allclose(q[n].H, once[n].H, atol=1e-3) for n in later)
+    rel = {n: float((q[n].H - once[n].H).abs().max() / once[n].H.abs().max()) for n in later}
+    assert later and min(rel.values()) > 1e-2, rel
     first = [n for n in names if n.startswith("model.layers.0.self_attn")]
     assert all(torch.allclose(q[n].H, once[n].H, atol=1e-6) for n in first)  # block 0's input is the embedding
     # wired through quantize_model: GPTQ's block-0 weights are the same either way, block 1's are not
