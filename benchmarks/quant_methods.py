@@ -54,6 +54,9 @@ def rows(group: int, bits: int = 4) -> list[tuple[str, str, dict]]:
          dict(bits=4, group=group, sym=False, awq_objective="module", awq_grid=40)),
         ("awq4m_cf", f"int4 AWQ g{group}, module objective, clip ratios 1..0.525 step 0.025", "awq",
          dict(bits=4, group=group, sym=False, awq_objective="module", awq_clip_steps=20)),
+        # session 8: block i+1 calibrated on the full-precision blocks' outputs, as llm-awq / AutoAWQ
+        ("awq4m_fp", f"int4 AWQ g{group}, module objective, full-precision block inputs", "awq",
+         dict(bits=4, group=group, sym=False, awq_objective="module", block_inputs="fp")),
     ]
     if bits != 4:
         low = [(k, lab.replace("int4", f"int{bits}", 1).replace("(W4)", f"(W{bits})"), m, {**kw, "bits": bits} if kw.get("bits") == 4 else kw)
@@ -190,7 +193,7 @@ def main() -> None:
                     "int4 costs a model nothing)")
     ap.add_argument("--out", default="")
     ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,awq4m,gptq4d,"
-                    "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,nf4,w8a8,sq,int8); "
+                    "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,awq4m_fp,nf4,w8a8,sq,int8); "
                     "default all (--quick: rtn4,gptq4,awq4m,sq)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--data-dir", default="", help="held-out/calibration text from this `llmlab data build` output "

@@ -209,6 +209,10 @@ def test_cli_bad_input_on_a_model_dir(tiny, tmp_path):
         r = _cli(f"model={d}", f"output={out}", *args)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()[-1]) < 300 and not out.exists(), args
+    # `llmlab prune` on the same dir: windows longer than the model's context (128) are refused
+    r = subprocess.run([sys.executable, "-m", "llmlab.cli", "prune", f"model={d}", "window_length=256"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "window_length must be in [2, 128]" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_no_quantizable_weights_is_one_line():

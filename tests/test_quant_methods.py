@@ -289,3 +289,46 @@ def test_awq_clip_is_the_default_and_its_knobs_are_checked(tiny_config):
     for bad in (dict(awq_grid=0), dict(awq_clip_steps=0), dict(awq_clip_shrink=1.0)):
         with pytest.raises(UserError, match="awq_"):
             quantize_model(copy.deepcopy(model), "awq", group=32, calib=calib, **bad)
+
+
+def test_layerwise_fp_inputs_see_the_full_precision_model(tiny_config):
+    """block_inputs="fp" (llm-awq / AutoAWQ): while every block is quantized, each block's statistics
+    are still those of the full-precision model; the default ("quantized") feeds later blocks the
+    quantized blocks' outputs, so from block 1 on they differ."""
+    from llmlab.model.transformer import Transformer
+    torch.manual_seed(0)
+    model = Transformer(tiny_config).eval()
+    calib = torch.randint(0, 97, (4, 16))
+    names = list(calibrate.quantizable_linears(model))
+    once = calibrate.collect(model, calib, names, {"hessian"}, batch_size=2)
+
+    def run(fp_inputs: bool) -> dict:
+        m, seen = copy.deepcopy(model), {}
+
+        def quantize_layer(ns, st, ctx):
+            seen.update(st)
+            with torch.no_grad():
+                for n in ns:  # a coarse 2-bit RTN, so a quantized block's output clearly moves
+                    w = m.get_submodule(n).weight
+                    w.copy_(rtn(w, 2, "channel", True))
+        calibrate.layerwise(m, calib, {"hessian"}, quantize_layer, batch_size=2, fp_inputs=fp_inputs)
+        return seen
+
+    fp, q = run(True), run(False)
+    assert set(fp) == set(q) == set(names)
+    for n in names:
+        assert torch.allclose(fp[n].H, once[n].H, atol=1e-6), n
+    later = [n for n in names if not n.startswith("model.layers.0.")]
+    rel = {n: float((q[n].H - once[n].H).abs().max() / once[n].H.abs().max()) for n in later}
+    assert later and min(rel.values()) > 1e-2, rel
+    first = [n for n in names if n.startswith("model.layers.0.self_attn")]
+    assert all(torch.allclose(q[n].H, once[n].H, atol=1e-6) for n in first)  # block 0's input is the embedding
+    # wired through quantize_model: GPTQ's block-0 weights are the same either way, block 1's are not
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    quantize_model(a, "gptq", bits=3, group=-1, calib=calib, block_inputs="fp")
+    quantize_model(b, "gptq", bits=3, group=-1, calib=calib)
+    wa, wb = a.model.layers, b.model.layers
+    assert torch.equal(wa[0].mlp.down_proj.weight, wb[0].mlp.down_proj.weight)
+    assert not torch.equal(wa[1].mlp.down_proj.weight, wb[1].mlp.down_proj.weight)
+    with pytest.raises(UserError, match="block_inputs"):
+        quantize_model(copy.deepcopy(model), "awq", calib=calib, block_inputs="float")

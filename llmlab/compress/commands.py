@@ -29,15 +29,17 @@ class PruneConfig:
     recovery_steps: int = field(default=0, metadata={"help": "fine-tuning steps after pruning (masked)"})
     learning_rate: float = 5e-5
     num_calibration_samples: int = 8
-    eval_windows: int = field(default=8, metadata={"help": "held-out 256-token windows scored"})
+    eval_windows: int = field(default=8, metadata={"help": "held-out windows scored"})
+    window_length: int = field(default=256, metadata={"help": "tokens per held-out / calibration window (at most the "
+                                                             "model's context: the speedrun model's is 128)"})
     output_dir: str = field(default="", metadata={"help": "HF-style dir for the pruned model (optional)"})
     seed: int = field(default=0, metadata={"help": "calibration draw: the training-split windows are sampled with "
                                                    "seed 1 + seed (the held-out windows never change)"})
 
 
-def _windows(tok, cfg_n: int, heldout: bool, seed: int):
+def _windows(tok, cfg_n: int, heldout: bool, seed: int, length: int = 256):
     from llmlab.quant import calibrate
-    return calibrate.token_windows(tok, calibrate.wiki_split(heldout), cfg_n, 256, seed=seed)
+    return calibrate.token_windows(tok, calibrate.wiki_split(heldout), cfg_n, length, seed=seed)
 
 
 def _prune_once(model, method: str, sparsity: float, calib, cfg: "PruneConfig | None" = None):
@@ -123,8 +125,11 @@ def run_prune(cfg: PruneConfig) -> int:
     torch.manual_seed(cfg.seed)
     base, tok = load_model_and_tokenizer(cfg.model, device="cpu", dtype="float32")
     base.__dict__.pop("quantized", None)
-    ev = _windows(tok, cfg.eval_windows, True, 0)
-    calib = _windows(tok, cfg.num_calibration_samples, False, 1 + cfg.seed)
+    ctx = getattr(base.config, "max_position_embeddings", cfg.window_length)
+    if not 2 <= cfg.window_length <= ctx:
+        raise UserError(f"window_length must be in [2, {ctx}] (the model's context), got {cfg.window_length}")
+    ev = _windows(tok, cfg.eval_windows, True, 0, cfg.window_length)
+    calib = _windows(tok, cfg.num_calibration_samples, False, 1 + cfg.seed, cfg.window_length)
     with torch.no_grad():
         fp = calibrate.perplexity(base, ev).perplexity
     print(f"dense: held-out ppl {fp:.3f}")

@@ -151,7 +151,7 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
                    act_order: bool = True, stats: dict | None = None, sequential: bool = True,
                    awq_objective: str = "linear", ragged_groups: bool = False, percdamp: float = 0.01,
                    clip: bool | None = None, max_rows: int = 512, awq_grid: int = 20, awq_clip_steps: int = 10,
-                   awq_clip_shrink: float = 0.5) -> dict:
+                   awq_clip_shrink: float = 0.5, block_inputs: str = "quantized") -> dict:
     """-> {'stored_bytes', 'quantized_params', 'layers', ...}. GPTQ and AWQ calibrate block by
     block on `calib` (each block sees the already-quantized blocks' outputs) unless `sequential`
     is off or `stats` (gathered once on the full-precision model by `calibrate.collect`) is given.
@@ -163,13 +163,18 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
     awq_gptq: AWQ's scale search, then GPTQ on the scaled weights (the AWQ + GPTQ combination).
     percdamp: GPTQ's dampening, a fraction of mean(diag H) added to H's diagonal.
     clip: GPTQ's group ranges chosen by output-error search (`gptq.clip_qparams`; needs act_order).
-    max_rows: calibration input rows (spread over all windows) AWQ's scale and clip searches use."""
+    max_rows: calibration input rows (spread over all windows) AWQ's scale and clip searches use.
+    block_inputs: in block-by-block calibration, block i+1 sees the outputs of the "quantized" blocks
+    before it (GPTQ's reference code; the default) or of the full-precision ones, "fp" (what llm-awq
+    and AutoAWQ do for AWQ)."""
     if method not in METHODS:
         raise UserError(f"unknown method '{method}' (one of: {', '.join(METHODS)})")
     if awq_objective not in ("linear", "module"):
         raise UserError(f"awq_objective must be linear or module, got '{awq_objective}'")
     if method in ("rtn",) + WEIGHT_CALIBRATED:
         check_bits(bits)
+    if block_inputs not in ("quantized", "fp"):
+        raise UserError(f"block_inputs must be quantized or fp, got '{block_inputs}'")
     if percdamp <= 0:
         raise UserError(f"percdamp must be > 0, got {percdamp}")
     if awq_grid < 1 or awq_clip_steps < 1 or not 0 < awq_clip_shrink < 1:
@@ -195,7 +200,8 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
         alphas: list[float] = []
         calibrate.layerwise(model, calib, want, lambda names, st, ctx: alphas.extend(
             _weight_only(model, lins, [n for n in names if n in lins], st, method, bits, group, sym, act_order,
-                         awq_objective, ctx, percdamp, clip, awq)), max_rows=max_rows)
+                         awq_objective, ctx, percdamp, clip, awq)), max_rows=max_rows,
+                            fp_inputs=block_inputs == "fp")
     else:
         if needs_calib:
             stats = calibrate.collect(model, calib, list(lins), want)

@@ -200,14 +200,16 @@ class _Stop(Exception):
 
 @torch.no_grad()
 def layerwise(model, windows: torch.Tensor, want: set[str], quantize_layer, max_rows: int = 512,
-              batch_size: int = 4) -> None:
-    """Sequential calibration, as GPTQ's and AWQ's reference code do: the inputs of block i are
-    the outputs of the already-quantized blocks before it. quantize_layer(names, stats) changes
-    block i's Linears in place (its third argument, (block, block inputs, the block's other
-    positional arguments), lets a method score a whole sub-module such as the attention);
-    then block i is run again to give block i+1 its inputs.
-    Cost: about two forward passes over the calibration set. The `max_rows` sample rows (AWQ's)
-    are every (tokens // max_rows)-th row, so they are spread over all the windows."""
+              batch_size: int = 4, fp_inputs: bool = False) -> None:
+    """Block-by-block calibration. quantize_layer(names, stats) changes block i's Linears in place
+    (its third argument, (block, block inputs, the block's other positional arguments), lets a
+    method score a whole sub-module such as the attention). The inputs of block i+1 are:
+    - fp_inputs=False (GPTQ's reference code): the outputs of the already-quantized blocks, so
+      block i is run again after quantize_layer; about two forward passes over the calibration set;
+    - fp_inputs=True (llm-awq's `run_awq` and AutoAWQ's `_get_input_feat`): the outputs of the
+      full-precision blocks, i.e. every block's statistics are the full-precision model's; one pass.
+    The `max_rows` sample rows (AWQ's) are every (tokens // max_rows)-th row, so they are spread
+    over all the windows."""
     layers = model.model.layers
     xs, rest = [], []
 
@@ -230,12 +232,11 @@ def layerwise(model, windows: torch.Tensor, want: set[str], quantize_layer, max_
         mods = {f"model.layers.{i}.{n}": m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
         g = _Gather(mods, want, max_rows, stride=max(1, windows.numel() // max_rows))
         try:
-            for x in xs:
-                g.step(layer, x, *rest)
+            outs = [g.step(layer, x, *rest) for x in xs]  # block i at full precision
         finally:
             stats = g.close()
         quantize_layer(list(mods), stats, (layer, xs, rest))
-        xs = [layer(x, *rest) for x in xs]
+        xs = outs if fp_inputs else [layer(x, *rest) for x in xs]
 
 
 def bits_per_weight(nbytes: int, numel: int) -> float:

@@ -30,6 +30,9 @@ class QuantizeConfig:
     awq_clip_shrink: float = field(default=0.5, metadata={"help": "AWQ: the largest clip shrink (llm-awq: 0.5)"})
     awq_objective: str = field(default="linear", metadata={"help": "AWQ: score scales on each Linear's output "
                                                                    "(linear) or on the attention / MLP output (module)"})
+    block_inputs: str = field(default="quantized", metadata={"help": "GPTQ/AWQ: block i+1 is calibrated on the "
+                                                                      "outputs of the quantized blocks (quantized) or "
+                                                                      "of the full-precision ones (fp, as llm-awq)"})
     ragged_groups: bool = field(default=False, metadata={"help": "format=hf: a group_size that does not divide a "
                                                                  "row leaves a shorter last group (576 = 4 x 128 + 64)"})
     calibration: str = field(default="wiki", metadata={"help": "'wiki' (Wikipedia extracts outside the held-out "
@@ -94,7 +97,8 @@ def run_quantize(cfg: QuantizeConfig) -> int:
     info = quantize_model(model, cfg.method, cfg.bits, cfg.group_size, cfg.sym, calib, act_order=cfg.act_order,
                           awq_objective=cfg.awq_objective, ragged_groups=cfg.ragged_groups,
                           percdamp=cfg.percdamp, clip=cfg.clip, awq_grid=cfg.awq_grid,
-                          awq_clip_steps=cfg.awq_clip_steps, awq_clip_shrink=cfg.awq_clip_shrink)
+                          awq_clip_steps=cfg.awq_clip_steps, awq_clip_shrink=cfg.awq_clip_shrink,
+                          block_inputs=cfg.block_inputs)
     from llmlab.model.hf import save_hf_dir
     import tempfile
     with tempfile.TemporaryDirectory() as td:
