@@ -113,3 +113,20 @@ def test_vqa_accuracy_per_answer_type_by_hand():
     assert [answer_type(a) for a in ("teal", "rectangle", "no")] == ["color", "shape", "yes_no"]
     assert out == pytest.approx({"vqa_acc": 4 / 6, "n": 6, "acc_color": 1.0, "n_color": 2, "acc_shape": 0.0,
                                  "n_shape": 1, "acc_yes_no": 0.6667, "n_yes_no": 3}, abs=1e-4)
+
+
+def test_vision_feature_layer_picks_the_patch_tokens(llava):
+    """feature_layer=0 feeds the projector the patch embeddings (before any block), -1 the final-LN output."""
+    images = torch.rand(2, 3, 8, 8)
+    emb = llava.vision.norm_pre(torch.cat([llava.vision.cls_token.expand(2, -1, -1), llava.vision.patch_embed(images)], 1)
+                                + llava.vision.pos_embed)
+    with torch.no_grad():
+        final = llava.image_tokens(images)
+        llava.feature_layer = 0
+        try:
+            first = llava.image_tokens(images)
+        finally:
+            llava.feature_layer = -1
+        assert torch.allclose(first, llava.projector(emb[:, 1:]), atol=1e-6)
+        assert torch.allclose(final, llava.projector(llava.vision.norm(llava.vision.blocks[0](emb))[:, 1:]), atol=1e-6)
+        assert not torch.allclose(first, final, atol=1e-3)
