@@ -130,3 +130,15 @@ def test_vision_feature_layer_picks_the_patch_tokens(llava):
         assert torch.allclose(first, llava.projector(emb[:, 1:]), atol=1e-6)
         assert torch.allclose(final, llava.projector(llava.vision.norm(llava.vision.blocks[0](emb))[:, 1:]), atol=1e-6)
         assert not torch.allclose(first, final, atol=1e-3)
+
+
+def test_bad_vision_feature_layer_is_one_clear_line(tmp_path):
+    from llmlab.errors import UserError
+    from llmlab.multimodal.llava_train import LlavaConfig, build
+    from llmlab.multimodal.runs import save_contrastive
+    from llmlab.multimodal.train import ContrastiveConfig, build_model
+    cfg = ContrastiveConfig(dataset="easy_vqa", vision=ViTConfig(image_size=8, patch_size=4, embed_dim=16, depth=2,
+                                                                 num_heads=2))
+    save_contrastive(build_model(cfg), cfg, {}, str(tmp_path / "enc"))
+    with pytest.raises(UserError, match="outside -3..2 for the 2-block encoder"):
+        build(LlavaConfig(vision_run=str(tmp_path / "enc"), vision_feature_layer=-4))

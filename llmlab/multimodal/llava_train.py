@@ -53,14 +53,14 @@ def build(cfg: LlavaConfig):
     clip, vcfg = load_contrastive(cfg.vision_run)
     if vcfg.dataset != "easy_vqa":
         raise UserError(f"vision_run was trained on {vcfg.dataset}; the LLaVA recipe needs an easy_vqa encoder")
-    lm, tok = load_model_and_tokenizer(cfg.lm, device="cpu", dtype="float32")
-    for p in lm.parameters():
-        p.requires_grad_(False)
-    torch.manual_seed(cfg.seed)
     depth = vcfg.vision.depth
     if not -depth - 1 <= cfg.vision_feature_layer <= depth:
         raise UserError(f"vision_feature_layer={cfg.vision_feature_layer} is outside -{depth + 1}..{depth} for "
                         f"the {depth}-block encoder of {cfg.vision_run}")
+    lm, tok = load_model_and_tokenizer(cfg.lm, device="cpu", dtype="float32")
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(cfg.seed)
     return Llava(clip.visual, lm, tok, cfg.vision_feature_layer), vcfg.vision.image_size
 
 
