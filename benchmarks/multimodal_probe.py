@@ -5,11 +5,14 @@ Trains a CLIP/SigLIP (`llmlab mm train` settings, as key=value overrides) on the
 and shape (3) on frozen features of those images and scores them on the rest of the training
 split (a validation split: the test split is never touched). Features: the mean of the patch
 features, and all patch features concatenated (what the LLaVA projector sees). Also prints the
-zero-shot shape accuracy on the validation images. Last line: one JSON object.
+zero-shot shape accuracy on the validation images. Also the penultimate block's patch features
+(`forward_features(x, -2)`, what LLaVA-1.5 feeds its projector) and, with `--llava_run`, the encoder
+as a `llmlab mm llava train_vision=true` run left it. Last line: one JSON object.
 
     python benchmarks/multimodal_probe.py max_steps=300                 # the old recipe
     python benchmarks/multimodal_probe.py max_steps=1000 positives=caption
     python benchmarks/multimodal_probe.py --run_dir runs/ev_clip  # probe a saved `mm train validation=500` run
+    python benchmarks/multimodal_probe.py --run_dir runs/ev_clip --llava_run runs/mm_llava  # after LLaVA stage 2
 """
 from __future__ import annotations
 
@@ -38,8 +41,8 @@ def probe(xtr, ytr, xva, yva) -> float:
 
 
 @torch.no_grad()
-def features(vision, images):
-    f = torch.cat([vision.forward_features(images[i:i + 256])[:, 1:] for i in range(0, len(images), 256)])
+def features(vision, images, layer: int = -1):
+    f = torch.cat([vision.forward_features(images[i:i + 256], layer)[:, 1:] for i in range(0, len(images), 256)])
     return f.mean(1), f.flatten(1)
 
 
@@ -50,6 +53,8 @@ def main() -> None:
     add_args(ap)
     ap.add_argument("--run_dir", help="probe this saved easy_vqa run (trained with validation=N, N = 4000 - --fit) "
                                       "instead of training one")
+    ap.add_argument("--llava_run", help="with --run_dir: probe the encoder weights of this `mm llava "
+                                        "train_vision=true` run (its vision.safetensors) instead")
     args = ap.parse_args()
     cfg, fit, val = setup(args)
     t0 = time.perf_counter()
@@ -60,6 +65,9 @@ def main() -> None:
             raise SystemExit(f"{args.run_dir}: needs an easy_vqa run with validation={len(val)} (the probe's "
                              f"held-out images); it has dataset={cfg.dataset} validation={cfg.validation}")
         losses = [float("nan")] * 20
+        if args.llava_run:
+            from llmlab.checkpoint import load_strict, load_tensors
+            load_strict(model.visual, load_tensors(f"{args.llava_run}/vision.safetensors"), args.llava_run)
     else:
         model = build_model(cfg)
         trainer = ContrastiveTrainer(model, model.tokenize, fit, cfg)
@@ -68,12 +76,15 @@ def main() -> None:
     model.eval()
     (mtr, ctr), (mva, cva) = features(model.visual, fit.images), features(model.visual, val.images)
     (coltr, shtr), (colva, shva) = colour_shape(fit), colour_shape(val)
+    (_, ptr), (_, pva) = features(model.visual, fit.images, -2), features(model.visual, val.images, -2)
     out = {"overrides": args.overrides, "train_s": round(time.perf_counter() - t0, 1),
            "final_loss": round(sum(losses[-20:]) / 20, 4),
            "val_zero_shot_shape": round(zero_shot_accuracy(model, model.tokenize, val.images, val.labels,
                                                            val.class_names, SHAPE_EVAL_TEMPLATES), 4),
            "probe_colour_mean": probe(mtr, coltr, mva, colva), "probe_shape_mean": probe(mtr, shtr, mva, shva),
-           "probe_colour_patches": probe(ctr, coltr, cva, colva), "probe_shape_patches": probe(ctr, shtr, cva, shva)}
+           "probe_colour_patches": probe(ctr, coltr, cva, colva), "probe_shape_patches": probe(ctr, shtr, cva, shva),
+           "probe_colour_patches_penultimate": probe(ptr, coltr, pva, colva),
+           "probe_shape_patches_penultimate": probe(ptr, shtr, pva, shva)}
     # no peer: the probes are compared with chance (the share of the most frequent class on validation)
     known = {k: v[v >= 0].tolist() for k, v in (("colour", colva), ("shape", shva))}
     chance = {k: max(v.count(c) for c in set(v)) / len(v) for k, v in known.items()}

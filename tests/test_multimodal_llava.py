@@ -113,3 +113,32 @@ def test_vqa_accuracy_per_answer_type_by_hand():
     assert [answer_type(a) for a in ("teal", "rectangle", "no")] == ["color", "shape", "yes_no"]
     assert out == pytest.approx({"vqa_acc": 4 / 6, "n": 6, "acc_color": 1.0, "n_color": 2, "acc_shape": 0.0,
                                  "n_shape": 1, "acc_yes_no": 0.6667, "n_yes_no": 3}, abs=1e-4)
+
+
+def test_vision_feature_layer_picks_the_patch_tokens(llava):
+    """feature_layer=0 feeds the projector the patch embeddings (before any block), -1 the final-LN output."""
+    images = torch.rand(2, 3, 8, 8)
+    emb = llava.vision.norm_pre(torch.cat([llava.vision.cls_token.expand(2, -1, -1), llava.vision.patch_embed(images)], 1)
+                                + llava.vision.pos_embed)
+    with torch.no_grad():
+        final = llava.image_tokens(images)
+        llava.feature_layer = 0
+        try:
+            first = llava.image_tokens(images)
+        finally:
+            llava.feature_layer = -1
+        assert torch.allclose(first, llava.projector(emb[:, 1:]), atol=1e-6)
+        assert torch.allclose(final, llava.projector(llava.vision.norm(llava.vision.blocks[0](emb))[:, 1:]), atol=1e-6)
+        assert not torch.allclose(first, final, atol=1e-3)
+
+
+def test_bad_vision_feature_layer_is_one_clear_line(tmp_path):
+    from llmlab.errors import UserError
+    from llmlab.multimodal.llava_train import LlavaConfig, build
+    from llmlab.multimodal.runs import save_contrastive
+    from llmlab.multimodal.train import ContrastiveConfig, build_model
+    cfg = ContrastiveConfig(dataset="easy_vqa", vision=ViTConfig(image_size=8, patch_size=4, embed_dim=16, depth=2,
+                                                                 num_heads=2))
+    save_contrastive(build_model(cfg), cfg, {}, str(tmp_path / "enc"))
+    with pytest.raises(UserError, match="outside -3..2 for the 2-block encoder"):
+        build(LlavaConfig(vision_run=str(tmp_path / "enc"), vision_feature_layer=-4))

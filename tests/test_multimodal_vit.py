@@ -62,3 +62,32 @@ def test_bad_shapes_and_configs():
         ViTConfig(image_size=10, patch_size=4).validate()
     with pytest.raises(UserError, match="divisible by num_heads"):
         ViTConfig(embed_dim=30, num_heads=4).validate()
+
+
+def test_feature_layers_equal_timm_intermediates(timm_vit):
+    """`forward_features(x, layer)` counts like HF's hidden_states: -2 is the penultimate block's output
+    (LLaVA-1.5's vision_feature_layer), checked against timm's intermediates of the same weights."""
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=3, num_heads=4, pool="mean")
+    ours = VisionTransformer(cfg).eval()
+    ref = timm_vit(img_size=16, patch_size=4, in_chans=3, num_classes=0, embed_dim=32, depth=3, num_heads=4,
+                   global_pool="avg", fc_norm=False).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.3)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        inter = ref.forward_intermediates(x, indices=[0, 1, 2], norm=False, output_fmt="NLC", intermediates_only=True,
+                                          return_prefix_tokens=True)
+        for layer, block in ((1, 0), (-2, 1), (2, 1), (3, 2)):
+            got = ours.forward_features(x, layer)
+            patches, cls = inter[block]
+            want = torch.cat([cls, patches], 1)
+            if layer == 3:  # the last layer carries the final LN, as forward_features always did
+                want = ref.norm(want)
+            assert (got - want).abs().max().item() <= 1e-4, layer
+        assert torch.equal(ours.forward_features(x, -1), ours.forward_features(x))
+        assert torch.equal(ours.forward_features(x, -4), ours.forward_features(x, 0))
+    with pytest.raises(UserError, match="outside -4..3"):
+        ours.forward_features(x, 4)

@@ -47,10 +47,11 @@ class Projector(nn.Sequential):
 
 
 class Llava(nn.Module):
-    def __init__(self, vision, lm, tokenizer):
+    def __init__(self, vision, lm, tokenizer, feature_layer: int = -1):
         super().__init__()
         check_rope_lm(lm)
         self.vision, self.lm, self.tok = vision, lm, tokenizer
+        self.feature_layer = feature_layer  # -1: the encoder's final-LN patches; -2: LLaVA-1.5's penultimate layer
         self.projector = Projector(vision.config.embed_dim, lm.config.hidden_size)
         for p in self.vision.parameters():
             p.requires_grad_(False)
@@ -64,7 +65,7 @@ class Llava(nn.Module):
         """(B, C, H, W) -> (B, N patches, LM width). The encoder gets gradients only once
         `llmlab mm llava train_vision=true` unfreezes it (stage 2)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.vision.parameters())):
-            feats = self.vision.forward_features(images)[:, 1:]
+            feats = self.vision.forward_features(images, self.feature_layer)[:, 1:]
         return self.projector(feats)
 
     def _prompt_ids(self, question: str) -> list[int]:

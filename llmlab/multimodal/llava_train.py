@@ -33,6 +33,9 @@ class LlavaConfig:
     lora_r: int = field(default=8, metadata={"help": "LoRA rank on q_proj/v_proj in stage 2 (0: projector only)"})
     train_vision: bool = field(default=False, metadata={
         "help": "stage 2 also fine-tunes the vision encoder (saved to vision.safetensors in the run)"})
+    vision_feature_layer: int = field(default=-1, metadata={
+        "help": "encoder layer whose patch tokens feed the projector: -1 the final (normed) output, -2 the "
+                "penultimate block's (LLaVA-1.5), 0 the patch embeddings"})
     vision_learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the encoder"})
     validation: int = field(default=0, metadata={
         "help": "hold out the last N training images: never trained on, scored as vqa_val_acc (choose settings here)"})
@@ -50,11 +53,15 @@ def build(cfg: LlavaConfig):
     clip, vcfg = load_contrastive(cfg.vision_run)
     if vcfg.dataset != "easy_vqa":
         raise UserError(f"vision_run was trained on {vcfg.dataset}; the LLaVA recipe needs an easy_vqa encoder")
+    depth = vcfg.vision.depth
+    if not -depth - 1 <= cfg.vision_feature_layer <= depth:
+        raise UserError(f"vision_feature_layer={cfg.vision_feature_layer} is outside -{depth + 1}..{depth} for "
+                        f"the {depth}-block encoder of {cfg.vision_run}")
     lm, tok = load_model_and_tokenizer(cfg.lm, device="cpu", dtype="float32")
     for p in lm.parameters():
         p.requires_grad_(False)
     torch.manual_seed(cfg.seed)
-    return Llava(clip.visual, lm, tok), vcfg.vision.image_size
+    return Llava(clip.visual, lm, tok, cfg.vision_feature_layer), vcfg.vision.image_size
 
 
 def _vqa_examples(ds) -> list[tuple[int, str, str]]:

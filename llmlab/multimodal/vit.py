@@ -142,14 +142,21 @@ class VisionTransformer(nn.Module):
             raise UserError(f"images of shape {tuple(x.shape)} do not fit this vision encoder: it takes "
                             f"(B, {cfg.in_chans}, {cfg.image_size}, {cfg.image_size})")
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, 1 + N, D): the final-LN outputs of [CLS] and every patch."""
+    def forward_features(self, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        """(B, C, H, W) -> (B, 1 + N, D): the final-LN outputs of [CLS] and every patch (layer -1 or
+        depth), or the hidden states at `layer` as HF's `hidden_states[layer]` counts them, without
+        the final LN (0: the embeddings; -2: the penultimate block's output, LLaVA-1.5's
+        `vision_feature_layer`)."""
         self.check_images(x)
+        depth = len(self.blocks)
+        if not -depth - 1 <= layer <= depth:
+            raise UserError(f"vision feature layer {layer} is outside -{depth + 1}..{depth} for a {depth}-block encoder")
+        stop = depth if layer == -1 else layer % (depth + 1)
         x = self.patch_embed(x)
         x = self.norm_pre(torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed)
-        for blk in self.blocks:
+        for blk in self.blocks[:stop]:
             x = blk(x)
-        return self.norm(x)
+        return self.norm(x) if layer == -1 or stop == depth else x
 
     def pool(self, feats: torch.Tensor) -> torch.Tensor:
         return feats[:, 0] if self.config.pool == "cls" else feats[:, 1:].mean(1)
