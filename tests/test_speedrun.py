@@ -74,3 +74,25 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
     assert use_bf16(SpeedrunConfig(device="cpu")) == native
     assert not use_bf16(SpeedrunConfig(device="cpu", precision="fp32"))
     assert not use_bf16(SpeedrunConfig(device="cpu", quick=True))  # tests stay fp32
+
+
+def test_sft_stage_passes_the_tail_average(tmp_path, monkeypatch):
+    """`sft_average_last` reaches the SFT config the speedrun trains with (captured before training)."""
+    import pytest
+
+    import llmlab.finetune.sft as S
+    from llmlab.speedrun.pipeline import SpeedrunConfig, _sft
+
+    (tmp_path / "train" / "model").mkdir(parents=True)
+    (tmp_path / "train" / "model" / "config.json").write_text('{"max_position_embeddings": 128}')
+    seen = []
+
+    def capture(cfg, **kw):
+        seen.append(cfg)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(S, "sft", capture)
+    for value in (0.0, 0.25):
+        with pytest.raises(RuntimeError, match="captured"):
+            _sft(SpeedrunConfig(quick=True, sft_average_last=value), tmp_path, {"sft": {}}, [])
+    assert [c.average_last for c in seen] == [0.0, 0.25]
