@@ -72,6 +72,8 @@ class SpeedrunConfig:
     # issue-24 section). SFT data only: midtraining keeps templated.HARD_SHARE.
     sft_hard_share: float = field(default=0.0, metadata={
         "help": "share of the SFT + and - questions drawn from carry sums and differences of 1 or 2"})
+    # Off: averaging the last half of the SFT steps scored below the final weights at all six SFT
+    # seeds (median 0.73 vs 0.77; docs/LOG.md, eighth issue-24 section).
     sft_average_last: float = field(default=0.0, metadata={
         "help": "fraction of the final SFT steps whose weights are averaged into the chat model (0 = off)"})
     sft_mix: dict = field(default_factory=dict, metadata={
