@@ -302,3 +302,52 @@ def test_sft_smollm2_lora_packed(tmp_path):
     ids = torch.tensor([tok.encode("What is 3 + 4?")])
     with torch.no_grad():
         torch.testing.assert_close(load_peft(base, res.output).eval()(ids), res.model.eval()(ids), atol=1e-4, rtol=1e-4)
+
+
+def _trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_tail_average_is_the_mean_of_the_last_iterates(tiny_dir, tmp_path, method):
+    """average_last=0.5 of 6 steps: the model is the mean of the weights after steps 4, 5, 6 of the
+    same run without averaging (read from its per-step checkpoints), and the training is unchanged."""
+    from llmlab.checkpoint import load_tensors
+    kw = dict(method=method, max_steps=6, save_steps=1, save_total_limit=0, learning_rate=0.05)
+    plain = sft(_cfg(tiny_dir, tmp_path / "a", **kw), progress=False)
+    avg = sft(_cfg(tiny_dir, tmp_path / "b", average_last=0.5, **kw), progress=False)
+    ck = {s: load_tensors(tmp_path / "a" / "out" / f"checkpoint-{s}" / "trainable.safetensors") for s in (3, 4, 5, 6)}
+    # the online weights move inside the window (the cosine's last step has lr 0), so the mean is not
+    # the final iterate
+    assert any(not torch.equal(ck[4][k], ck[6][k]) for k in ck[6])
+    for s in (3, 4, 5):  # averaging never feeds back into training
+        got = load_tensors(tmp_path / "b" / "out" / f"checkpoint-{s}" / "trainable.safetensors")
+        assert all(torch.equal(got[k], ck[s][k]) for k in ck[s])
+    final = _trainable(plain.model)
+    assert all(torch.equal(final[k], ck[6][k]) for k in final)
+    mean = {k: (ck[4][k] + ck[5][k] + ck[6][k]) / 3 for k in ck[6]}
+    got = _trainable(avg.model)
+    assert got.keys() == mean.keys()
+    for k in mean:
+        torch.testing.assert_close(got[k], mean[k], atol=1e-6, rtol=1e-5, msg=k)
+    if method == "full":  # the exported model is the averaged one
+        from llmlab.model.hf import load_hf_dir
+        saved = dict(load_hf_dir(tmp_path / "b" / "out" / "model").named_parameters())
+        assert saved.keys() == got.keys()
+        assert all(torch.equal(saved[k], got[k]) for k in got)
+
+
+def test_tail_average_resume_is_exact(tiny_dir, tmp_path):
+    """Stopped inside the averaging window (after step 5 of 6, average over steps 4-6) and resumed:
+    the same averaged weights as never stopped."""
+    kw = dict(max_steps=6, save_steps=1, average_last=0.5, learning_rate=0.05)
+    full = sft(_cfg(tiny_dir, tmp_path / "a", **kw), progress=False)
+    sft(_cfg(tiny_dir, tmp_path / "b", **kw), stop_at_step=5, progress=False)
+    resumed = sft(_cfg(tiny_dir, tmp_path / "b", resume_from_checkpoint="auto", **kw), progress=False)
+    a, b = _trainable(full.model), _trainable(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_tail_average_bad_value(tiny_dir, tmp_path):
+    with pytest.raises(UserError, match="average_last"):
+        _cfg(tiny_dir, tmp_path, average_last=1.5)

@@ -54,7 +54,8 @@ def test_bad_sft_mix_fails_before_any_work(tmp_path, capsys):
     for arg, msg in (("sft_mix.arith=1", "unknown kind(s) arith"), ("sft_mix.arith_en=x", "must be numbers"),
                      ("midtrain_share=1.5", "midtrain_share must be in [0, 1)"),
                      ("facts_share=0.95", "facts_share must be in [0, 1)"), ("precision=fp8", "precision must be"),
-                     ("sft_hard_share=0.9", "sft_hard_share must be in [0, 0.75]")):
+                     ("sft_hard_share=0.9", "sft_hard_share must be in [0, 0.75]"),
+                     ("sft_average_last=-0.1", "sft_average_last must be in [0, 1]")):
         assert main(["speedrun", arg, f"runs_dir={tmp_path}"]) == 2
         assert msg in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing was built
@@ -73,3 +74,25 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
     assert use_bf16(SpeedrunConfig(device="cpu")) == native
     assert not use_bf16(SpeedrunConfig(device="cpu", precision="fp32"))
     assert not use_bf16(SpeedrunConfig(device="cpu", quick=True))  # tests stay fp32
+
+
+def test_sft_stage_passes_the_tail_average(tmp_path, monkeypatch):
+    """`sft_average_last` reaches the SFT config the speedrun trains with (captured before training)."""
+    import pytest
+
+    import llmlab.finetune.sft as S
+    from llmlab.speedrun.pipeline import SpeedrunConfig, _sft
+
+    (tmp_path / "train" / "model").mkdir(parents=True)
+    (tmp_path / "train" / "model" / "config.json").write_text('{"max_position_embeddings": 128}')
+    seen = []
+
+    def capture(cfg, **kw):
+        seen.append(cfg)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(S, "sft", capture)
+    for value in (0.0, 0.25):
+        with pytest.raises(RuntimeError, match="captured"):
+            _sft(SpeedrunConfig(quick=True, sft_average_last=value), tmp_path, {"sft": {}}, [])
+    assert [c.average_last for c in seen] == [0.0, 0.25]

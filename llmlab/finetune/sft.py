@@ -141,6 +141,7 @@ def sft(cfg: SftConfig, *, stop_at_step: int | None = None, progress: bool = Tru
     from llmlab.finetune.prefix import PrefixModel
     from llmlab.finetune.prompt import SoftPromptModel
     from llmlab.finetune.targets import count_trainable
+    from llmlab.train.averaging import TailAverage, average_start
     from llmlab.train.optim import build_optimizer
     from llmlab.train.reporting import Reporter
     from llmlab.train.schedule import lr_factor
@@ -167,6 +168,7 @@ def sft(cfg: SftConfig, *, stop_at_step: int | None = None, progress: bool = Tru
     prefix_n = n_virtual if isinstance(model, PrefixModel) else 0
     out = Path(cfg.output_dir)
     step = 0
+    avg = TailAverage(model, average_start(max_steps, cfg.average_last)) if cfg.average_last > 0 else None
     resume = S.find_resume(out, cfg.resume_from_checkpoint, log)
     if resume is not None:
         ts = S.load_state(resume, model, opt)
@@ -174,6 +176,8 @@ def sft(cfg: SftConfig, *, stop_at_step: int | None = None, progress: bool = Tru
             raise UserError(f"checkpoint {resume} was written by method={ts.get('method')}, not {cfg.method}")
         step = int(ts["step"])
         loader.load_state_dict(ts["loader"])
+        if avg is not None and ts.get("average_n"):
+            avg.load(S.load_tensors(Path(resume) / "average.safetensors"), int(ts["average_n"]))
         log.info(f"resumed from {resume} at step {step}")
     reporter = Reporter(out, cfg.report_to, step)
     amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.bf16 else contextlib.nullcontext
@@ -183,7 +187,8 @@ def sft(cfg: SftConfig, *, stop_at_step: int | None = None, progress: bool = Tru
     def save(at: int) -> None:
         S.save_and_prune(out, at, cfg.save_total_limit, model, opt,
                          {"step": at, "loader": loader.state_dict(), "method": cfg.method,
-                          "config": dataclasses.asdict(cfg)})
+                          "config": dataclasses.asdict(cfg), "average_n": avg.n if avg else 0},
+                         avg.mean if avg and avg.n else None)
 
     bar = tqdm(total=max_steps, initial=step, desc=f"sft {cfg.method}", disable=cfg.disable_tqdm or not progress)
     times, last_loss, eval_loss, t0 = [], float("nan"), None, time.perf_counter()
@@ -208,6 +213,10 @@ def sft(cfg: SftConfig, *, stop_at_step: int | None = None, progress: bool = Tru
             opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1
+            if avg is not None:
+                avg.update(step)
+                if step == max_steps:  # the last step's eval, checkpoint and export see the average
+                    avg.copy_to_model()
             times.append(time.perf_counter() - t)
             last_loss = loss_sum
             bar.update(1)

@@ -46,6 +46,8 @@ class SftConfig(TrainingBase):
     warmup_ratio: float = field(default=0.03, metadata={"help": "warmup as a fraction of the steps"})
     eval_max_examples: int = field(default=64, metadata={"help": "held-out examples for the loss (0 = no eval)"})
     save_strategy: Literal["steps", "no"] = field(default="steps", metadata={"help": "no = no checkpoints at all"})
+    average_last: float = field(default=0.0, metadata={
+        "help": "fraction of the final steps whose weights are averaged into the model (tail/SWA average; 0 = off)"})
     # the shared knobs whose SFT defaults differ from pretraining's
     output_dir: str = field(default="runs/sft", metadata={"help": "checkpoints, metrics.jsonl, model/ or adapter/"})
     learning_rate: Optional[float] = field(default=None, metadata={
@@ -74,6 +76,8 @@ class SftConfig(TrainingBase):
             raise UserError(f"eval_max_examples must be >= 0, got {self.eval_max_examples}")
         if not 0.0 <= self.warmup_ratio <= 1.0:
             raise UserError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        if not 0.0 <= self.average_last <= 1.0:
+            raise UserError(f"average_last must be in [0, 1], got {self.average_last}")
         if not 0.0 <= self.replay_ratio < 1.0:
             raise UserError(f"replay_ratio must be in [0, 1), got {self.replay_ratio}")
         if self.replay_ratio > 0 and not self.replay_data:

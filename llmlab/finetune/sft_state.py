@@ -6,6 +6,7 @@ Layout of `<output_dir>/checkpoint-<step>/`:
   optimizer.safetensors   AdamW moments (`optimizer_to_flat`)
   rng.safetensors         torch generator state; Python/NumPy states go in trainer_state.json
   trainer_state.json      step, data position, config, optimizer param groups
+  average.safetensors     the running tail average of the weights (only with average_last > 0)
   manifest.json           size + sha256 of every file, written last (`write_manifest`/`verify`)
 
 Written into a temporary directory and renamed into place (`atomic_dir`): a kill leaves the old
@@ -26,10 +27,13 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_state(path: str | Path, model, optimizer, trainer_state: dict) -> Path:
+def save_state(path: str | Path, model, optimizer, trainer_state: dict,
+               average: dict[str, torch.Tensor] | None = None) -> Path:
     path = Path(path)
     with atomic_dir(path) as tmp:
         save_tensors(tmp / "trainable.safetensors", trainable_state(model))
+        if average is not None:
+            save_tensors(tmp / "average.safetensors", average)
         opt_tensors, groups = ckpt.optimizer_to_flat(optimizer)
         save_tensors(tmp / "optimizer.safetensors", opt_tensors)
         rng_tensors, rng_js = ckpt.rng_state()
@@ -71,7 +75,8 @@ def find_resume(output_dir: str | Path, resume: str | None, log) -> Path | None:
     return Path(resume)
 
 
-def save_and_prune(output_dir: str | Path, step: int, keep: int, model, optimizer, trainer_state: dict) -> Path:
-    path = save_state(Path(output_dir) / f"checkpoint-{step}", model, optimizer, trainer_state)
+def save_and_prune(output_dir: str | Path, step: int, keep: int, model, optimizer, trainer_state: dict,
+                   average: dict[str, torch.Tensor] | None = None) -> Path:
+    path = save_state(Path(output_dir) / f"checkpoint-{step}", model, optimizer, trainer_state, average)
     ckpt.prune(output_dir, keep)
     return path

@@ -72,6 +72,10 @@ class SpeedrunConfig:
     # issue-24 section). SFT data only: midtraining keeps templated.HARD_SHARE.
     sft_hard_share: float = field(default=0.0, metadata={
         "help": "share of the SFT + and - questions drawn from carry sums and differences of 1 or 2"})
+    # Off: averaging the last half of the SFT steps scored below the final weights at all six SFT
+    # seeds (median 0.73 vs 0.77; docs/LOG.md, eighth issue-24 section).
+    sft_average_last: float = field(default=0.0, metadata={
+        "help": "fraction of the final SFT steps whose weights are averaged into the chat model (0 = off)"})
     sft_mix: dict = field(default_factory=dict, metadata={
         "help": "SFT data shares by kind (arith_en, arith_zh, definition, greeting, idiom); keys given replace "
                 "llmlab.finetune.instruct.templated.MIX, e.g. sft_mix.arith_en=0.6"})
@@ -257,6 +261,8 @@ def _check(cfg: SpeedrunConfig) -> None:
                         f"got {cfg.facts_share} + {cfg.midtrain_share}")
     if not 0 <= cfg.sft_hard_share <= 1 - templated.EDGE_SHARE:
         raise UserError(f"sft_hard_share must be in [0, {1 - templated.EDGE_SHARE:g}], got {cfg.sft_hard_share}")
+    if not 0 <= cfg.sft_average_last <= 1:
+        raise UserError(f"sft_average_last must be in [0, 1], got {cfg.sft_average_last}")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"precision must be auto, fp32 or bf16, got '{cfg.precision}'")
 
@@ -322,6 +328,7 @@ def _sft(cfg: SpeedrunConfig, out: Path, stages: dict, val_texts: list[str]):
     sft_file = templated.write_jsonl(recs, out / "sft_data" / "templated.jsonl")
     sft_kw = {} if cfg.quick else {"max_steps": cfg.sft_steps, "per_device_train_batch_size": 8}
     sft_kw["bf16"] = use_bf16(cfg)
+    sft_kw["average_last"] = cfg.sft_average_last
     res = sft(speedrun_sft_config(out / "train" / "model", out / "sft", quick=cfg.quick, seed=cfg.seed,
                                   device=cfg.device, datasets=[str(sft_file)], **sft_kw), progress=not cfg.quick)
     stages["sft"].update(steps=res.step, train_loss=res.train_loss, heldout_loss=res.eval_loss,
