@@ -131,6 +131,37 @@ def export(model, core, tok, cfg: SftConfig) -> Path:
     return path
 
 
+def _check_fits(cfg: SftConfig, model, core) -> int:
+    """The number of virtual tokens (prefix / prompt tuning); a clear error if rows cannot fit the model."""
+    from llmlab.finetune.prefix import PrefixModel
+    from llmlab.finetune.prompt import SoftPromptModel
+    n_virtual = model.cfg.num_virtual_tokens if isinstance(model, (PrefixModel, SoftPromptModel)) else 0
+    if cfg.max_length + n_virtual > core.config.max_position_embeddings:
+        raise UserError(f"max_length={cfg.max_length} (+{n_virtual} virtual tokens) exceeds the model's context "
+                        f"window ({core.config.max_position_embeddings})")
+    if cfg.packing and isinstance(model, SoftPromptModel):
+        raise UserError(f"packing=true does not work with method={cfg.method}: the soft prompt sits in front of a "
+                        "row, so only its first example would see it; use packing=false")
+    return n_virtual
+
+
+def _resume(cfg: SftConfig, out: Path, model, opt, loader, avg) -> int:
+    """Load the newest (or the named) checkpoint into model, optimizer, loader and the tail average;
+    the step to go on from (0 when there is none)."""
+    from llmlab.finetune import sft_state as S
+    resume = S.find_resume(out, cfg.resume_from_checkpoint, log)
+    if resume is None:
+        return 0
+    ts = S.load_state(resume, model, opt)
+    if ts.get("method") != cfg.method:
+        raise UserError(f"checkpoint {resume} was written by method={ts.get('method')}, not {cfg.method}")
+    loader.load_state_dict(ts["loader"])
+    if avg is not None and ts.get("average_n"):
+        avg.load(S.load_tensors(Path(resume) / "average.safetensors"), int(ts["average_n"]))
+    log.info(f"resumed from {resume} at step {ts['step']}")
+    return int(ts["step"])
+
+
 def sft(cfg: SftConfig, *, stop_at_step: int | None = None, progress: bool = True) -> SftResult:
     """Train per `cfg`; see the module docstring. stop_at_step: stop there (after its checkpoint)
     as if killed, for resume tests."""
@@ -139,7 +170,6 @@ def sft(cfg: SftConfig, *, stop_at_step: int | None = None, progress: bool = Tru
     from llmlab.device import resolve_device
     from llmlab.finetune import sft_state as S
     from llmlab.finetune.prefix import PrefixModel
-    from llmlab.finetune.prompt import SoftPromptModel
     from llmlab.finetune.targets import count_trainable
     from llmlab.train.averaging import TailAverage, average_start
     from llmlab.train.optim import build_optimizer
@@ -149,13 +179,7 @@ def sft(cfg: SftConfig, *, stop_at_step: int | None = None, progress: bool = Tru
     device = resolve_device(cfg.device)
     model, tok, _ = build_model(cfg)
     core = unwrap(model)
-    n_virtual = model.cfg.num_virtual_tokens if isinstance(model, (PrefixModel, SoftPromptModel)) else 0
-    if cfg.max_length + n_virtual > core.config.max_position_embeddings:
-        raise UserError(f"max_length={cfg.max_length} (+{n_virtual} virtual tokens) exceeds the model's context "
-                        f"window ({core.config.max_position_embeddings})")
-    if cfg.packing and isinstance(model, SoftPromptModel):
-        raise UserError(f"packing=true does not work with method={cfg.method}: the soft prompt sits in front of a "
-                        "row, so only its first example would see it; use packing=false")
+    n_virtual = _check_fits(cfg, model, core)
     allow_block_masks(core)
     core.gradient_checkpointing = cfg.gradient_checkpointing
     loader, eval_rows, stats = build_data(cfg, tok, core.config.vocab_size, progress)
@@ -167,18 +191,8 @@ def sft(cfg: SftConfig, *, stop_at_step: int | None = None, progress: bool = Tru
     warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * max_steps)
     prefix_n = n_virtual if isinstance(model, PrefixModel) else 0
     out = Path(cfg.output_dir)
-    step = 0
     avg = TailAverage(model, average_start(max_steps, cfg.average_last)) if cfg.average_last > 0 else None
-    resume = S.find_resume(out, cfg.resume_from_checkpoint, log)
-    if resume is not None:
-        ts = S.load_state(resume, model, opt)
-        if ts.get("method") != cfg.method:
-            raise UserError(f"checkpoint {resume} was written by method={ts.get('method')}, not {cfg.method}")
-        step = int(ts["step"])
-        loader.load_state_dict(ts["loader"])
-        if avg is not None and ts.get("average_n"):
-            avg.load(S.load_tensors(Path(resume) / "average.safetensors"), int(ts["average_n"]))
-        log.info(f"resumed from {resume} at step {step}")
+    step = _resume(cfg, out, model, opt, loader, avg)
     reporter = Reporter(out, cfg.report_to, step)
     amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.bf16 else contextlib.nullcontext
     params = [p for p in model.parameters() if p.requires_grad]
