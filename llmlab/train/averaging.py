@@ -47,9 +47,6 @@ class TailAverage:
         for name, p in self.params.items():
             p.copy_(self.mean[name].to(p.dtype))
 
-    def state(self) -> tuple[dict[str, torch.Tensor], int]:
-        return self.mean, self.n
-
     def load(self, tensors: dict[str, torch.Tensor], n: int) -> None:
         if set(tensors) != set(self.mean):
             raise ValueError("tail average: checkpoint tensors do not match the model's trainable parameters")
