@@ -142,3 +142,34 @@ def test_bad_vision_feature_layer_is_one_clear_line(tmp_path):
     save_contrastive(build_model(cfg), cfg, {}, str(tmp_path / "enc"))
     with pytest.raises(UserError, match="outside -3..2 for the 2-block encoder"):
         build(LlavaConfig(vision_run=str(tmp_path / "enc"), vision_feature_layer=-4))
+
+
+def _fake_easy_vqa(split: str, size: int = 32, limit: int = 0):
+    """A few random easy-vqa-like images with questions (no PNGs read): test differs from train."""
+    from llmlab.multimodal.data import ImageSet
+    g = torch.Generator().manual_seed(0 if split == "train" else 1)
+    n = 24 if split == "train" else 10
+    qa = [[("what color is the shape?", "red"), ("is there a circle?", "yes")] for _ in range(n)]
+    return ImageSet(torch.rand(n, 3, size, size, generator=g), torch.zeros(n, dtype=torch.long),
+                    ["circle", "rectangle", "triangle"], ["a red circle"] * n, "easy_vqa", qa)
+
+
+def test_test_split_scored_only_on_request_and_reloaded_run_scores_it_alike(tmp_path, monkeypatch):
+    """With validation=N the run reads only validation; `score_test=true` or `mm eval` on the saved
+    run reads test, and both give the same figures (the same questions, the same weights)."""
+    from tests.tiny_mm_model import save_tiny_llava
+    from llmlab.multimodal import data as mmdata
+    from llmlab.multimodal.commands import EvalConfig, run_eval
+    from llmlab.multimodal.llava_train import LlavaConfig, evaluate_run, run
+    monkeypatch.setattr(mmdata, "easy_vqa", _fake_easy_vqa)
+    root = save_tiny_llava(tmp_path)
+    kw = dict(lm=str(root.parent / "lm"), vision_run=str(root.parent / "clip"), stage1_steps=1, stage2_steps=2,
+              per_device_train_batch_size=2, lora_r=2, validation=8, eval_limit=6)
+    chose = run(LlavaConfig(output_dir=str(tmp_path / "val_only"), **kw))
+    assert "vqa_val_acc" in chose and chose["val_n"] == 6 and "vqa_acc" not in chose
+    both = run(LlavaConfig(output_dir=str(tmp_path / "both"), score_test=True, **kw))
+    assert both["vqa_val_acc"] == chose["vqa_val_acc"] and both["n"] == 6
+    again = evaluate_run(str(tmp_path / "both"))
+    assert again == {k: both[k] for k in again}
+    assert evaluate_run(str(tmp_path / "val_only")) == again  # seeded: the same weights either way
+    assert run_eval(EvalConfig(run_dir=str(tmp_path / "both"))) == 0

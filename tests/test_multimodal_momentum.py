@@ -127,3 +127,29 @@ def test_validation_split_and_extended_templates_never_touch_eval_data():
     assert not heldout & set(caps) and len(set(caps)) > 100  # > 10 digits x 4 base templates
     with pytest.raises(UserError, match="validation"):
         load_split(ContrastiveConfig(validation=len(full)), "train")
+
+
+def test_generic_prompts_are_unseen_in_training_and_digits_only():
+    """`prompts=generic`: the held-out prompts plus generic ones, none a training caption (base or
+    extended); the class embeddings average all 16; refused for easy-vqa (one clear error)."""
+    from llmlab.errors import UserError
+    from llmlab.multimodal import data as mmdata
+    from llmlab.multimodal.evaluate import (DIGIT_EVAL_TEMPLATES, DIGIT_EXTRA_TEMPLATES, DIGIT_GENERIC_TEMPLATES,
+                                            DIGIT_TRAIN_TEMPLATES, class_embeddings, zero_shot_accuracy)
+    from llmlab.multimodal.train import ContrastiveConfig, build_model, evaluate_contrastive
+    gen = set(DIGIT_GENERIC_TEMPLATES)
+    assert len(gen) == 16 and set(DIGIT_EVAL_TEMPLATES) <= gen
+    assert not gen & set(DIGIT_TRAIN_TEMPLATES + DIGIT_EXTRA_TEMPLATES)
+    model = build_model(ContrastiveConfig()).eval()
+    test = mmdata.digits("test").subset(40)
+    got = evaluate_contrastive(model, model.tokenize, test, "generic")["zero_shot_acc"]
+    assert got == zero_shot_accuracy(model, model.tokenize, test.images, test.labels, test.class_names,
+                                     DIGIT_GENERIC_TEMPLATES)
+    assert evaluate_contrastive(model, model.tokenize, test)["zero_shot_acc"] == zero_shot_accuracy(
+        model, model.tokenize, test.images, test.labels, test.class_names, DIGIT_EVAL_TEMPLATES)
+    one = class_embeddings(model, model.tokenize, ["three"], DIGIT_GENERIC_TEMPLATES)
+    each = torch.stack([class_embeddings(model, model.tokenize, ["three"], [t])[0] for t in DIGIT_GENERIC_TEMPLATES])
+    assert torch.allclose(one[0], torch.nn.functional.normalize(each.mean(0), dim=-1), atol=1e-6)
+    with pytest.raises(UserError, match="generic for digits"):
+        evaluate_contrastive(model, model.tokenize, test.__class__(test.images, test.labels, test.class_names,
+                                                                   test.captions, "easy_vqa"), "generic")

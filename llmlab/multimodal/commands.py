@@ -47,11 +47,15 @@ def run_train(cfg: ContrastiveConfig) -> int:
 
 @dataclass
 class EvalConfig:
-    run_dir: str = field(default="runs/mm_clip", metadata={"help": "a `llmlab mm train` output_dir"})
+    run_dir: str = field(default="runs/mm_clip", metadata={
+        "help": "a `llmlab mm train` output_dir, or a `llmlab mm llava` one (scored on the easy-vqa test questions)"})
     dataset: str = field(default="", metadata={"help": "test split to score on (default: the run's dataset)"})
     choose_prompts: bool = field(default=False, metadata={
         "help": "choose the zero-shot prompt ensemble (a subset of the held-out templates) on the run's validation "
                 "images (a run trained with validation=N), then score the test split with it"})
+    prompts: str = field(default="heldout", metadata={
+        "help": "digits/mnist zero-shot prompts: heldout (4 templates unseen in training) or generic (those plus "
+                "12 generic CLIP-style ones, also unseen); a run trained with validation=N is scored on its validation images"})
 
 
 @verb(VERBS, "mm eval", EvalConfig)
@@ -60,7 +64,14 @@ def run_eval(cfg: EvalConfig) -> int:
 
     Example: llmlab mm eval run_dir=runs/mm_clip
     """
+    from pathlib import Path
+    from llmlab.checkpoint import read_json
     from llmlab.multimodal.train import evaluate_contrastive, load_split
+    meta = Path(cfg.run_dir) / "config.json"
+    if meta.is_file() and read_json(meta).get("kind") == "llava":
+        from llmlab.multimodal.llava_train import evaluate_run
+        print(json.dumps({"run_dir": cfg.run_dir, "split": "test", **evaluate_run(cfg.run_dir)}))
+        return 0
     model, tcfg = load_contrastive(cfg.run_dir)
     if cfg.dataset:
         tcfg.dataset = cfg.dataset
@@ -68,8 +79,8 @@ def run_eval(cfg: EvalConfig) -> int:
         print(json.dumps({"run_dir": cfg.run_dir, "dataset": tcfg.dataset, **_chosen_prompts(model, tcfg)}))
         return 0
     with torch.no_grad():
-        metrics = evaluate_contrastive(model, model.tokenize, load_split(tcfg, "test"))
-    print(json.dumps({"run_dir": cfg.run_dir, "dataset": tcfg.dataset, **{k: round(v, 4) for k, v in metrics.items()}}))
+        metrics = evaluate_contrastive(model, model.tokenize, load_split(tcfg, "test"), cfg.prompts)
+    print(json.dumps({"run_dir": cfg.run_dir, "dataset": tcfg.dataset, "prompts": cfg.prompts, **{k: round(v, 4) for k, v in metrics.items()}}))
     return 0
 
 

@@ -20,6 +20,13 @@ DIGIT_EXTRA_TEMPLATES = ["a scan of the digit {}", "this is a {}", "a picture of
                          "an image showing {}", "a {} written by hand", "{}", "a blurry {}"]
 # held-out prompts: none of these templates is seen in training
 DIGIT_EVAL_TEMPLATES = ["a handwritten {}", "the number {}", "a photo of a {}", "digit {}"]
+# `mm eval prompts=generic`: the held-out prompts plus 12 generic ones in the style of CLIP's ImageNet
+# ensemble (s3.1.4), written in session 9 before any figure with them and without looking at test;
+# none is a training caption template (base or extended), so the whole ensemble is unseen in training
+DIGIT_GENERIC_TEMPLATES = DIGIT_EVAL_TEMPLATES + [
+    "a photo of the {}.", "a bad photo of a {}.", "a drawing of a {}.", "a sketch of a {}.",
+    "a low resolution photo of the {}.", "a close-up photo of a {}.", "a black and white photo of the {}.",
+    "a pixelated photo of the {}.", "a scan of a handwritten {}.", "a number {}", "the numeral {}", "a written {}"]
 SHAPE_TRAIN_TEMPLATES = ["a {}", "a picture of a {}"]  # easy-vqa: captions are "a <colour> <shape>"
 SHAPE_EVAL_TEMPLATES = ["a {}", "a photo of a {}", "a {} shape"]
 

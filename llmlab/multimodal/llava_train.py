@@ -2,7 +2,10 @@
 
 Stage 1 trains the projector alone on captions; stage 2 trains the projector and LoRA adapters
 (lora_r > 0) on the easy-vqa training questions. Evaluation: open-ended greedy answers on a fixed
-seeded sample of the easy-vqa *test* questions (test images never seen in training), exact match.
+seeded sample of questions, exact match: with `validation=N` on the last N training images only
+(choose settings there; the test split is then read only with `score_test=true` or afterwards by
+`llmlab mm eval run_dir=<run>`), without it on the easy-vqa *test* questions (test images never
+seen in training).
 """
 from __future__ import annotations
 
@@ -39,7 +42,10 @@ class LlavaConfig:
     vision_learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the encoder"})
     validation: int = field(default=0, metadata={
         "help": "hold out the last N training images: never trained on, scored as vqa_val_acc (choose settings here)"})
-    eval_limit: int = field(default=300, metadata={"help": "easy-vqa test questions scored (fixed seeded sample)"})
+    score_test: bool = field(default=False, metadata={
+        "help": "with validation=N also score the test split in this run (off: choosing on validation cannot "
+                "peek; score the chosen run later with `llmlab mm eval run_dir=<run>`)"})
+    eval_limit: int = field(default=300, metadata={"help": "easy-vqa questions scored (fixed seeded sample)"})
     seed: int = field(default=0, metadata={"help": "projector init, batches, eval sample"})
 
 
@@ -118,8 +124,7 @@ def run(cfg: LlavaConfig) -> dict:
     from llmlab.finetune.lora import LoraConfig, apply_lora, lora_state_dict
     from llmlab.multimodal import data as mmdata
     model, size = build(cfg)
-    train, test = mmdata.easy_vqa("train", size=size), mmdata.easy_vqa("test", size=size)
-    val = None
+    train, val = mmdata.easy_vqa("train", size=size), None
     if cfg.validation:
         if not 0 < cfg.validation < len(train):
             raise UserError(f"validation={cfg.validation} must be below the {len(train)} training images")
@@ -153,7 +158,8 @@ def run(cfg: LlavaConfig) -> dict:
         metrics.update(vqa_val_acc=v["vqa_acc"], val_n=v["n"],
                        **{f"val_{k}": x for k, x in v.items() if k.startswith(("acc_", "n_"))})
         print(json.dumps(metrics), file=sys.stderr, flush=True)
-    metrics.update(evaluate_vqa(model, test, cfg.eval_limit, cfg.seed))
+    if val is None or cfg.score_test:
+        metrics.update(evaluate_vqa(model, mmdata.easy_vqa("test", size=size), cfg.eval_limit, cfg.seed))
     with atomic_dir(cfg.output_dir) as d:
         save_tensors(d / "projector.safetensors", model.projector.state_dict())
         if cfg.lora_r:
@@ -168,6 +174,21 @@ def run(cfg: LlavaConfig) -> dict:
 
 def load_llava(run_dir: str):
     """A saved `llmlab mm llava` run -> (model ready to answer, image size); strict loading."""
+    model, size, _cfg = _load(run_dir)
+    return model, size
+
+
+def evaluate_run(run_dir: str) -> dict:
+    """A saved run scored on the easy-vqa test split (its own eval_limit and seed, so the same
+    questions as `score_test=true` in the training run): the one read of test for a setting chosen
+    on validation."""
+    from llmlab.multimodal import data as mmdata
+    model, size, cfg = _load(run_dir)
+    with torch.no_grad():
+        return evaluate_vqa(model, mmdata.easy_vqa("test", size=size), cfg.eval_limit, cfg.seed)
+
+
+def _load(run_dir: str):
     from llmlab.checkpoint import load_strict, load_tensors, read_json
     from llmlab.config import from_dict
     from llmlab.finetune.lora import LoraConfig, apply_lora
@@ -193,4 +214,4 @@ def load_llava(run_dir: str):
         if missing:
             raise UserError(f"{run_dir}: LoRA weights {sorted(missing)[:3]} do not fit the LM '{cfg.lm}'")
         model.lm.load_state_dict(lora, strict=False)
-    return model.eval(), size
+    return model.eval(), size, cfg

@@ -20,8 +20,8 @@ from llmlab.multimodal import data as mmdata
 from llmlab.multimodal.clip import CLIP, ClipConfig, TextConfig, contrastive_loss
 from llmlab.multimodal.losses import caption_targets
 from llmlab.multimodal.momentum import distilled_clip_loss, ema_update, momentum_copy
-from llmlab.multimodal.evaluate import (DIGIT_EVAL_TEMPLATES, DIGIT_EXTRA_TEMPLATES, DIGIT_TRAIN_TEMPLATES,
-                                        SHAPE_EVAL_TEMPLATES,
+from llmlab.multimodal.evaluate import (DIGIT_EVAL_TEMPLATES, DIGIT_EXTRA_TEMPLATES, DIGIT_GENERIC_TEMPLATES,
+                                        DIGIT_TRAIN_TEMPLATES, SHAPE_EVAL_TEMPLATES,
                                         retrieval, zero_shot_accuracy)
 from llmlab.multimodal.vit import ViTConfig
 
@@ -179,9 +179,15 @@ def build_model(cfg: ContrastiveConfig) -> CLIP:
     return CLIP(ClipConfig(vision=cfg.vision, text=cfg.text, embed_dim=cfg.embed_dim, loss=cfg.model))
 
 
-def evaluate_contrastive(model, tokenize: Callable, test: mmdata.ImageSet) -> dict:
+def evaluate_contrastive(model, tokenize: Callable, test: mmdata.ImageSet, prompts: str = "heldout") -> dict:
+    """`prompts`: heldout (the 4 held-out digit templates) or generic (those plus 12 generic ones,
+    digits/mnist only); both sets are unseen in training."""
     model.eval()
-    templates = DIGIT_EVAL_TEMPLATES if test.name in ("digits", "mnist") else SHAPE_EVAL_TEMPLATES
+    digits = test.name in ("digits", "mnist")
+    if prompts not in ("heldout", "generic") or (prompts == "generic" and not digits):
+        raise UserError(f"prompts must be heldout, or generic for digits/mnist; got '{prompts}' for {test.name}")
+    templates = (DIGIT_GENERIC_TEMPLATES if prompts == "generic" else DIGIT_EVAL_TEMPLATES) if digits \
+        else SHAPE_EVAL_TEMPLATES
     out = {}
     if test.name in ("digits", "mnist", "easy_vqa"):
         out["zero_shot_acc"] = zero_shot_accuracy(model, tokenize, test.images, test.labels, test.class_names,
