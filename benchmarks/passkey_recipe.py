@@ -8,8 +8,13 @@ filler, answer-only loss; repeated-text rows with random periods; corpus rows), 
 a plain AdamW loop (linear warmup, constant rate, clip 1) without the trainer's checkpoints and logs:
 on a shared 2-core machine a step costs what the model costs. Every --every steps it probes retrieval
 on 40 held-out keys (8 per depth 0, .25, .5, .75, 1) in the evaluation's filler, from seeds no other
-probe or evaluation uses, and saves the model to OUT/base/model (HF layout) with recipe.json beside it.
-The probe only reports: nothing is chosen on it inside a run.
+probe or evaluation uses (the VALIDATION keys; `llmlab longctx` draws its test keys from other seeds),
+and saves the model to OUT/base/model (HF layout) with recipe.json beside it.
+
+--decay-from S: the rate stays constant to step S, then falls linearly to --min-lr x rate at the last
+step (warmup-stable-decay). --keep-every K: also keeps OUT/base/ckpt/step_N every K steps, and at the end
+`--select best` copies the kept checkpoint with the most validation keys (ties: the later step) to
+OUT/base/model and writes OUT/base/selected.json; `--select last` (the default) leaves the last model.
 
 Last line: {"benchmark": "passkey_recipe", "ours": {"keys": .., "answer_tokens": ..}, "peer": {"keys": 0.0}, ...}
 (peer: a model that never retrieves).
@@ -39,6 +44,31 @@ def probe(model, examples) -> tuple[float, float]:
     return sum(hits) / len(hits), right / total
 
 
+def lr_at(step: int, a) -> float:
+    """Linear warmup, then constant, then (from --decay-from) linear decay to --min-lr x the rate."""
+    lr = a.lr * min(1.0, (step + 1) / a.warmup)
+    if a.decay_from and step >= a.decay_from:
+        frac = (step - a.decay_from) / max(1, a.steps - a.decay_from)
+        lr *= 1.0 - (1.0 - a.min_lr) * min(1.0, frac)
+    return lr
+
+
+def select_best(base: Path, lines: list[dict]) -> dict:
+    """Copy the kept checkpoint with the most validation keys (ties: later step) to base/model."""
+    import shutil
+    kept = [ln for ln in lines if (base / "ckpt" / f"step_{ln['step']}").is_dir()]
+    if not kept:
+        return {}
+    best = max(kept, key=lambda ln: (ln["keys"], ln["step"]))
+    tmp = base / "model.selecting"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(base / "ckpt" / f"step_{best['step']}", tmp)
+    shutil.rmtree(base / "model", ignore_errors=True)
+    tmp.rename(base / "model")
+    (base / "selected.json").write_text(json.dumps({"rule": "most validation keys, ties the later step", **best}))
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/passkey_recipe",
@@ -52,6 +82,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--decay-from", type=int, default=0, help="step where linear decay starts (0: constant rate)")
+    ap.add_argument("--min-lr", type=float, default=0.1, help="the rate at the last step, as a share of --lr")
+    ap.add_argument("--keep-every", type=int, default=0, help="keep OUT/base/ckpt/step_N every K steps (0: none)")
+    ap.add_argument("--select", choices=("last", "best"), default="last",
+                    help="best: OUT/base/model becomes the kept checkpoint with the most validation keys")
     ap.add_argument("--passkey-fraction", type=float, default=0.5)
     ap.add_argument("--copy-fraction", type=float, default=0.25)
     ap.add_argument("--every", type=int, default=250)
@@ -87,11 +122,11 @@ def main() -> None:
     base = Path(a.out) / "base"
     base.mkdir(parents=True, exist_ok=True)
     (base / "recipe.json").write_text(json.dumps(vars(a), indent=1))
-    t0, step, keys, tokens = time.perf_counter(), 0, 0.0, 0.0
+    t0, step, keys, tokens, lines = time.perf_counter(), 0, 0.0, 0.0, []
     while step < a.steps:
         for x, y in loader:
             for g in opt.param_groups:
-                g["lr"] = a.lr * min(1.0, (step + 1) / a.warmup)
+                g["lr"] = lr_at(step, a)
             logits = model(x)
             loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
             opt.zero_grad(set_to_none=True)
@@ -102,13 +137,20 @@ def main() -> None:
             if step % a.every == 0 or step == a.steps:
                 keys, tokens = probe(model, examples)
                 save_hf_dir(model, base / "model")
+                if a.keep_every and step % a.keep_every == 0:
+                    save_hf_dir(model, base / "ckpt" / f"step_{step}")
                 line = {"step": step, "loss": round(loss.item(), 4), "keys": keys, "answer_tokens": round(tokens, 4),
+                        "lr": round(lr_at(step - 1, a), 6),
                         "seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(time.process_time(), 1)}
+                lines.append(line)
                 with open(base / "probe.jsonl", "a") as f:
                     f.write(json.dumps(line) + "\n")
                 print(json.dumps(line), flush=True)
             if step >= a.steps:
                 break
+    if a.select == "best" and (best := select_best(base, lines)):
+        keys, tokens, step = best["keys"], best["answer_tokens"], best["step"]
+        print(json.dumps({"selected": best}), flush=True)
     print(json.dumps({"benchmark": "passkey_recipe", "ours": {"keys": keys, "answer_tokens": tokens, "steps": step},
                       "peer": {"keys": 0.0}, "ratio": {"keys_minus_blind": keys}}))
 

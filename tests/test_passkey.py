@@ -156,6 +156,31 @@ def test_rescale_keeps_weights_and_loss_by_position():
     assert yarn.config.rope_scaling["original_max_position_embeddings"] == 16
 
 
+def test_longctx_yarn_options_reach_the_rope_tables():
+    """yarn_attention_factor / yarn_beta_*: the defaults leave the config as before; 1.0 drops the
+    temperature; beta_slow 12 at T = 128 (head 32) ends the ramp at index 1: index 0 keeps its
+    frequency (HF's ramp starts at index >= 0, so index 0 is never interpolated), 1-15 are PI's."""
+    from llmlab.ablate.longctx import LongCtxConfig, rescale, yarn_options
+    from llmlab.model.config import ModelConfig
+    from llmlab.model.rope import rope_inv_freq
+    from llmlab.model.transformer import Transformer
+    assert yarn_options(LongCtxConfig()) == {}
+    cold = LongCtxConfig(yarn_attention_factor=1.0)
+    assert yarn_options(cold) == {"attention_factor": 1.0}
+    base = Transformer(ModelConfig(vocab_size=40, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                   max_position_embeddings=128)).eval()
+    default = rope_inv_freq(rescale(base, "yarn", 4.0, 128, 512, yarn_options(LongCtxConfig())).config)
+    no_temp = rope_inv_freq(rescale(base, "yarn", 4.0, 128, 512, yarn_options(cold)).config)
+    assert torch.equal(default[0], no_temp[0]) and no_temp[1] == 1.0 and default[1] > 1.1
+    narrow = yarn_options(LongCtxConfig(yarn_beta_slow=12.0))
+    assert narrow == {"beta_fast": 32.0, "beta_slow": 12.0}
+    pi = rope_inv_freq(rescale(base, "linear", 4.0, 128, 512).config)
+    short = rope_inv_freq(rescale(base, "yarn", 4.0, 128, 512, narrow).config)
+    assert torch.allclose(short[0][1:], pi[0][1:]) and short[0][0] == 1.0 and short[1] == default[1]
+    assert not torch.allclose(default[0][1:], pi[0][1:])
+    assert rescale(base, "linear", 4.0, 128, 512, narrow).config.rope_scaling.get("beta_fast") is None  # yarn only
+
+
 def test_held_out_keys_and_training_filler_never_meet_the_evaluation():
     from llmlab.ablate.mix import PasskeyMixLoader
     from llmlab.eval.passkey import TRAIN_FILLERS, held_out_key
@@ -220,3 +245,35 @@ def test_random_copy_period_repeats_at_varied_periods():
     assert periods("half") == [150] * 6
     with pytest.raises(UserError):
         PasskeyMixLoader(TokenArrayLoader(text, 300, 4), task, 300, 0.5, copy_period="fixed")
+
+
+def _recipe():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "passkey_recipe.py"
+    spec = importlib.util.spec_from_file_location("passkey_recipe", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_passkey_recipe_schedule_and_best_checkpoint(tmp_path):
+    """--decay-from: constant to S, then linear to min_lr x rate at step `steps`; --select best copies
+    the kept checkpoint with the most validation keys (ties: the later step) to base/model."""
+    import json
+    from types import SimpleNamespace
+    rec = _recipe()
+    a = SimpleNamespace(lr=1.0, warmup=10, decay_from=100, min_lr=0.1, steps=200)
+    assert rec.lr_at(0, a) == pytest.approx(0.1) and rec.lr_at(9, a) == 1.0 and rec.lr_at(100, a) == 1.0
+    assert rec.lr_at(150, a) == pytest.approx(0.55) and rec.lr_at(199, a) == pytest.approx(0.109) and rec.lr_at(200, a) == pytest.approx(0.1)
+    assert rec.lr_at(150, SimpleNamespace(**{**vars(a), "decay_from": 0})) == 1.0  # 0: constant
+    base = tmp_path / "base"
+    for step in (1, 2, 3):
+        (base / "ckpt" / f"step_{step}").mkdir(parents=True)
+        (base / "ckpt" / f"step_{step}" / "w").write_text(str(step))
+    (base / "model").mkdir()
+    lines = [{"step": 1, "keys": 0.5}, {"step": 2, "keys": 0.9}, {"step": 3, "keys": 0.9}, {"step": 4, "keys": 1.0}]
+    best = rec.select_best(base, lines)  # step 4 has no kept checkpoint; 2 and 3 tie: the later
+    assert best["step"] == 3 and (base / "model" / "w").read_text() == "3"
+    assert json.loads((base / "selected.json").read_text())["step"] == 3
+    assert rec.select_best(tmp_path / "none", lines) == {}

@@ -49,6 +49,14 @@ class LongCtxConfig:
     factor: float = field(default=4.0, metadata={"help": "scale s of every method (fine-tune at s*T)"})
     ft_steps: int = field(default=60, metadata={"help": "fine-tune steps at s*T (0 = no fine-tuned rows)"})
     ft_learning_rate: float = 5e-4
+    yarn_attention_factor: float = field(default=0.0, metadata={"help": "YaRN's temperature on cos/sin "
+                                                                         "(0: the paper's 0.1 ln s + 1; 1: none)"})
+    yarn_beta_fast: float = field(default=32.0, metadata={"help": "YaRN ramp: rotations over T above which "
+                                                                   "a frequency is kept"})
+    yarn_beta_slow: float = field(default=1.0, metadata={"help": "YaRN ramp: rotations over T below which "
+                                                                  "a frequency is interpolated"})
+    key_seed: int = field(default=1000, metadata={"help": "evaluation keys' seed offset (1000: the test keys "
+                                                           "of every table; another value for validation)"})
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     multiples: list[int] = field(default_factory=lambda: [1, 2, 4, 8], metadata={"help": "eval lengths / T"})
     depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
@@ -71,22 +79,25 @@ class LongCtxConfig:
             self.depths, self.multiples = [0.0, 1.0], [1, 2]
 
 
-def scaled_config(base, method: str, factor: float, context: int, max_len: int):
-    """The base ModelConfig with `method`'s rope_scaling, accepting positions up to max_len."""
+def scaled_config(base, method: str, factor: float, context: int, max_len: int, yarn: dict | None = None):
+    """The base ModelConfig with `method`'s rope_scaling, accepting positions up to max_len
+    (yarn: extra rope_scaling keys for method "yarn": attention_factor, beta_fast, beta_slow)."""
     from llmlab.model.config import ModelConfig
     d = base.to_dict()
     d["max_position_embeddings"] = max_len
     rs = None
     if method != "none":
         rs = {"rope_type": method, "factor": factor, "original_max_position_embeddings": context}
+        if method == "yarn" and yarn:
+            rs.update(yarn)
     d["rope_scaling"] = rs
     return ModelConfig(**d)
 
 
-def rescale(model, method: str, factor: float, context: int, max_len: int):
+def rescale(model, method: str, factor: float, context: int, max_len: int, yarn: dict | None = None):
     """The same weights under another RoPE scaling (only non-persistent tables change)."""
     from llmlab.model.transformer import Transformer
-    m = Transformer(scaled_config(model.config, method, factor, context, max_len))
+    m = Transformer(scaled_config(model.config, method, factor, context, max_len, yarn))
     state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight" or not m.config.tie_word_embeddings}
     m.load_state_dict(state, strict=False)
     m.max_length = max(m.max_length, max_len)  # dynamic's own bound is max_pos * factor; ours is max_len
@@ -130,10 +141,20 @@ def _load_or_train(cfg, out: Path, name: str, build, **kw):
     return model.eval()
 
 
+def yarn_options(cfg: LongCtxConfig) -> dict:
+    """rope_scaling keys that differ from YaRN's defaults (none at the defaults: the same config as before)."""
+    opts = {}
+    if cfg.yarn_attention_factor:
+        opts["attention_factor"] = cfg.yarn_attention_factor
+    if (cfg.yarn_beta_fast, cfg.yarn_beta_slow) != (32.0, 1.0):
+        opts.update(beta_fast=cfg.yarn_beta_fast, beta_slow=cfg.yarn_beta_slow)
+    return opts
+
+
 def evaluate(model, cfg: LongCtxConfig, task, val_windows: torch.Tensor) -> dict:
     from llmlab.eval.passkey import accuracy_grid
     lengths = [m * cfg.context for m in cfg.multiples]
-    grid = accuracy_grid(model, task, lengths, cfg.depths, cfg.per_cell, seed=cfg.seed + 1000, batch_size=4)
+    grid = accuracy_grid(model, task, lengths, cfg.depths, cfg.per_cell, seed=cfg.seed + cfg.key_seed, batch_size=4)
     pos = loss_by_position(model, val_windows)
     T = cfg.context
     spans = {f"{a}-{b}T": float(pos[a * T:b * T].mean()) for a, b in zip([0] + cfg.multiples[:-1], cfg.multiples)
@@ -181,12 +202,12 @@ def run(cfg: LongCtxConfig) -> list[dict]:
         for ft in ([False, True] if cfg.ft_steps else [False]):
             if (method, ft) in done:
                 continue
-            model = rescale(base, method, cfg.factor, T, max_len)
+            model = rescale(base, method, cfg.factor, T, max_len, yarn_options(cfg))
             if ft:
                 model = _load_or_train(cfg, out, f"ft-{method}", lambda: model.train(), seq_len=ft_len,
                                        batch=ft_batch, steps=cfg.ft_steps, lr=cfg.ft_learning_rate, corpus=corpus,
                                        task=train_task, seed_offset=1)
-                model = rescale(model, method, cfg.factor, T, max_len)
+                model = rescale(model, method, cfg.factor, T, max_len, yarn_options(cfg))
             res = {"method": method, "fine_tuned": ft, **evaluate(model, cfg, task, val_windows),
                    "config": {k: v for k, v in asdict(cfg).items() if k not in ("methods", "quick")}}
             with open(results_path, "a") as f:
