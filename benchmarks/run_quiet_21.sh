@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Issue 21's goal ratios in one run, for a QUIET machine (the ratios divide by limits measured in
+# the same run, so they are only meaningful without other load). Prints the JSON lines of:
+#   inference.py --roofline-only: bandwidth and GEMM ceiling (the roofline), decode_roofline exact /
+#     int8 (/ Python layers), batch32_gemm_eff exact / int8, at 2 threads (the limits take the best
+#     of 1 and 2 threads);
+#   inference_features.py --only spec: spec_speedup (prompt lookup vs plain, greedy), int8 and
+#     exact at 1 thread (as sessions 7-8 measured it), int8 at 2 threads;
+#   inference_features.py --only prefix: prefix_cache_ttft (32 requests sharing a 1,000-token
+#     system prompt), at 2 threads.
+# Usage, from the repo root:  bash benchmarks/run_quiet_21.sh [--quick]   (full: about 8 minutes on
+# 2 free cores of the session-9 AVX2 EPYC; --quick: a dry run of a few minutes, any load).
+# Set PY to the interpreter (default: .venv/bin/python). Output also kept in runs/quiet_21/.
+set -u
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+QUICK=${1:-}
+OUT=runs/quiet_21
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+run() {  # name threads int8(0/1) command...
+    local name=$1 nt=$2 i8=$3; shift 3
+    local t0=$(date +%s)
+    OMP_NUM_THREADS=$nt LLMLAB_INT8_ACTIVATIONS=$i8 "$PY" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "# $name: threads=$nt int8_activations=$i8 rc=$rc $(( $(date +%s) - t0 )) s: $*"
+    grep '^{"benchmark"' "$OUT/$name.log" | sed "s/^{/{\"run\": \"$name\", \"threads\": $nt, \"int8\": $i8, /"
+}
+echo "# $(date -u +%FT%TZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+run roofline 2 0 benchmarks/inference.py --roofline-only $QUICK  # measures exact and int8 itself
+run spec_int8_1thread 1 1 benchmarks/inference_features.py --only spec $QUICK
+run spec_exact_1thread 1 0 benchmarks/inference_features.py --only spec $QUICK
+run spec_int8_2threads 2 1 benchmarks/inference_features.py --only spec $QUICK
+run prefix 2 0 benchmarks/inference_features.py --only prefix $QUICK
+echo "# done $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)"
