@@ -11,9 +11,11 @@
 # Usage, from the repo root:  bash benchmarks/run_quiet_21.sh [--quick]   (full: about 8 minutes on
 # 2 free cores of the session-9 AVX2 EPYC; --quick: a dry run of a few minutes, any load).
 # Set PY to the interpreter (default: .venv/bin/python). Output also kept in runs/quiet_21/.
+# Each run's JSON line gets "run", "threads" and "int8" (LLMLAB_INT8_ACTIVATIONS) in front.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+T2=${T2:-2}  # the "2 threads" of the runs below (T2=1 for a dry run on a loaded machine)
 QUICK=${1:-}
 OUT=runs/quiet_21
 mkdir -p "$OUT"
@@ -27,9 +29,9 @@ run() {  # name threads int8(0/1) command...
     grep '^{"benchmark"' "$OUT/$name.log" | sed "s/^{/{\"run\": \"$name\", \"threads\": $nt, \"int8\": $i8, /"
 }
 echo "# $(date -u +%FT%TZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
-run roofline 2 0 benchmarks/inference.py --roofline-only $QUICK  # measures exact and int8 itself
+run roofline $T2 0 benchmarks/inference.py --roofline-only $QUICK  # measures exact and int8 itself
 run spec_int8_1thread 1 1 benchmarks/inference_features.py --only spec $QUICK
 run spec_exact_1thread 1 0 benchmarks/inference_features.py --only spec $QUICK
-run spec_int8_2threads 2 1 benchmarks/inference_features.py --only spec $QUICK
-run prefix 2 0 benchmarks/inference_features.py --only prefix $QUICK
+run spec_int8_2threads $T2 1 benchmarks/inference_features.py --only spec $QUICK
+run prefix $T2 0 benchmarks/inference_features.py --only prefix $QUICK
 echo "# done $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)"
