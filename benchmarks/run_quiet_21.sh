@@ -4,8 +4,9 @@
 #   inference.py --roofline-only: bandwidth and GEMM ceiling (the roofline), decode_roofline exact /
 #     int8 (/ Python layers), batch32_gemm_eff exact / int8, at 2 threads (the limits take the best
 #     of 1 and 2 threads);
-#   inference_features.py --only spec: spec_speedup (prompt lookup vs plain, greedy), int8 and
-#     exact at 1 thread (as sessions 7-8 measured it), int8 at 2 threads;
+#   inference_features.py --only spec: spec_speedup (prompt lookup vs plain, greedy): int8 at 1
+#     thread in full (the headline, as sessions 7-8 measured it), exact at 1 thread and int8 at
+#     2 threads as --quick rows;
 #   inference_features.py --only prefix: prefix_cache_ttft (32 requests sharing a 1,000-token
 #     system prompt), at 2 threads.
 # Usage, from the repo root:  bash benchmarks/run_quiet_21.sh [--quick]   (full: about 8 minutes on
@@ -29,9 +30,13 @@ run() {  # name threads int8(0/1) command...
     grep '^{"benchmark"' "$OUT/$name.log" | sed "s/^{/{\"run\": \"$name\", \"threads\": $nt, \"int8\": $i8, /"
 }
 echo "# $(date -u +%FT%TZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
-run roofline $T2 0 benchmarks/inference.py --roofline-only $QUICK  # measures exact and int8 itself
-run spec_int8_1thread 1 1 benchmarks/inference_features.py --only spec $QUICK
-run spec_exact_1thread 1 0 benchmarks/inference_features.py --only spec $QUICK
-run spec_int8_2threads $T2 1 benchmarks/inference_features.py --only spec $QUICK
-run prefix $T2 0 benchmarks/inference_features.py --only prefix $QUICK
+# the full run: the roofline as session 8's goal runs (--quick: 8 batch-1 and 4 32-row steps per
+# variant, alternating), the headline spec_speedup in full (4 prompts x 128 tokens), the other two
+# speculation rows and nothing else at --quick (1 prompt x 48 tokens), prefix caching in full
+FULL=""; [ "$QUICK" = --quick ] && FULL=--quick
+run roofline $T2 0 benchmarks/inference.py --roofline-only --quick  # measures exact and int8 itself
+run spec_int8_1thread 1 1 benchmarks/inference_features.py --only spec $FULL
+run spec_exact_1thread 1 0 benchmarks/inference_features.py --only spec --quick
+run spec_int8_2threads $T2 1 benchmarks/inference_features.py --only spec --quick
+run prefix $T2 0 benchmarks/inference_features.py --only prefix $FULL
 echo "# done $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)"
