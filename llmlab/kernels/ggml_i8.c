@@ -310,7 +310,7 @@ AI_I8 void tile_t(const int fmt, const int NR, const int NX, const uint8_t *qs, 
     __m128 macc[4][MI];
     for (int t = 0; t < NR; t++)
         for (int i = 0; i < NX; i++) acc[t][i][0] = acc[t][i][1] = _mm256_setzero_ps(), macc[t][i] = _mm_setzero_ps();
-    const __m256i lo4 = _mm256_set1_epi8(0x0F);
+    const __m256i lo4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     const int bpb = fmt == 4 ? 16 : QK; /* weight bytes per block */
     int64_t ng = (nb + 3) / 4;
     for (int64_t g = 0; g < ng; g++) {
@@ -344,10 +344,14 @@ AI_I8 void tile_t(const int fmt, const int NR, const int NX, const uint8_t *qs, 
                 __m256i l1 = _mm256_and_si256(v[1], lo4), h1 = _mm256_and_si256(_mm256_srli_epi16(v[1], 4), lo4);
                 for (int i = 0; i < NX; i++) {
                     const int8_t *xg = xq + i * stride + g * 4 * QK;
-                    __m256i p0 = _mm256_add_epi32(dot4_256(l0, _mm256_loadu_si256((const __m256i *)xg)),
-                                                  dot4_256(h0, _mm256_loadu_si256((const __m256i *)(xg + 64))));
-                    __m256i p1 = _mm256_add_epi32(dot4_256(l1, _mm256_loadu_si256((const __m256i *)(xg + 32))),
-                                                  dot4_256(h1, _mm256_loadu_si256((const __m256i *)(xg + 96))));
+                    /* nibbles: a maddubs pair sums to at most 2 * 15 * 127 = 3810, so the low and
+                     * high halves add in int16 before one madd (the same exact int32 sums) */
+                    __m256i p0 = _mm256_madd_epi16(_mm256_add_epi16(
+                        _mm256_maddubs_epi16(l0, _mm256_loadu_si256((const __m256i *)xg)),
+                        _mm256_maddubs_epi16(h0, _mm256_loadu_si256((const __m256i *)(xg + 64)))), ones);
+                    __m256i p1 = _mm256_madd_epi16(_mm256_add_epi16(
+                        _mm256_maddubs_epi16(l1, _mm256_loadu_si256((const __m256i *)(xg + 32))),
+                        _mm256_maddubs_epi16(h1, _mm256_loadu_si256((const __m256i *)(xg + 96)))), ones);
                     __m128 sc = _mm_mul_ps(d4, dx4[i]);
                     acc[t][i][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), lanes(sc, 0, 1), acc[t][i][0]);
                     acc[t][i][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), lanes(sc, 2, 3), acc[t][i][1]);
