@@ -4,6 +4,7 @@
  * process waited for a core); best of 7 passes, each over `copies` weights (30 = one per layer,
  * 68 MB: the weights come from DRAM, as in decode). Random blocks; the speed does not depend on them.
  *   cc -O3 -march=native -fopenmp -o /tmp/mv benchmarks/matvec_shapes.c -lm && /tmp/mv MX NT
+ * (MX 0: one core's plain read loop over 256 MB instead, the reference for the GB/s)
  * -DEXACT: the exact fp32 path (ggml_matmul.c) instead of int8 activations (ggml_i8.c). */
 #ifdef EXACT
 #include "../llmlab/kernels/ggml_matmul.c"
@@ -21,8 +22,29 @@ static double cpu_seconds(void) {
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
+/* One core's plain read speed (the products' reference): sum 256 MB of floats, 8 accumulators. */
+static void read_loop(void) {
+    size_t n = (size_t)64 << 20;
+    float *a = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) a[i] = (float)(i & 7);
+    double best = 1e9;
+    float keep = 0.f;
+    for (int r = 0; r < 5; r++) {
+        float s[8] = {0};
+        double t = cpu_seconds();
+        for (size_t i = 0; i < n; i += 8)
+            for (int j = 0; j < 8; j++) s[j] += a[i + j];
+        double e = cpu_seconds() - t;
+        best = e < best ? e : best;
+        keep += s[0] + s[7];
+    }
+    printf("read loop  %zu MB  %5.1f GB/s  (%g)\n", n * 4 >> 20, n * 4 / best / 1e9, (double)keep);
+    free(a);
+}
+
 int main(int argc, char **argv) {
     int mx = argc > 1 ? atoi(argv[1]) : 1, nt = argc > 2 ? atoi(argv[2]) : 1;
+    if (mx == 0) { read_loop(); return 0; }
     struct { int fmt; int64_t rows, k; int copies; const char *name; } S[] = {
         {4, 960, 576, 30, "q/k/v"}, {4, 576, 576, 30, "o"}, {4, 3072, 576, 30, "gate/up"},
         {4, 576, 1536, 30, "down"}, {8, 49152, 576, 1, "LM head"}};

@@ -36,7 +36,7 @@ def test_16_concurrent_greedy_requests_equal_each_alone_smollm2(smollm2, smollm2
 @pytest.mark.parametrize("path", ["fp32", "blocks_without_gemm"])
 def test_concurrent_equal_alone_on_the_other_matmul_paths(smollm2, smollm2_tokenizer, monkeypatch, path):
     """What other machines run: no block kernel (fp32 weights: packed oneDNN or padded MKL), or
-    blocks without the AVX-512 GEMM path (prefill then on packed oneDNN)."""
+    blocks without the GEMM path (AVX2, portable: prefill then on the decode path, no fp32 copy)."""
     from llmlab.infer import fused as runner
     from llmlab.kernels import ggml
     if path == "blocks_without_gemm":

@@ -30,11 +30,15 @@ def test_top_p_matches_hf(p):
 
 
 def _sort_scatter_top_p(logits, p):
-    """The textbook nucleus filter (full sort, cumsum, scatter back): the rule before `top_p_keep`."""
-    sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
-    probs = sorted_logits.softmax(-1)
-    drop = probs.cumsum(-1) - probs >= p
+    """The textbook nucleus filter (full sort, mass before each token, scatter back): the rule before
+    `top_p_keep`. The probabilities are the sampler's own (softmax over the row as given, then
+    sorted): a softmax over the sorted row sums in another order, and its float32 rounding (~1e-6
+    over thousands of tail tokens) moves the boundary token at p = 0.999 (found on AVX2)."""
+    probs, idx = torch.sort(logits.softmax(-1), descending=True, dim=-1)
+    before = torch.cat([torch.zeros_like(probs[..., :1]), probs.cumsum(-1)[..., :-1]], -1)
+    drop = before >= p
     drop[..., 0] = False
+    sorted_logits = logits.gather(-1, idx)
     return torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits.masked_fill(drop, float("-inf")))
 
 

@@ -142,15 +142,56 @@ def test_beam_search_with_speculation_is_not_supported():
         run_generate(GenerateConfig(prompt="hi", num_beams=2, speculative="ngram"))
 
 
-def test_fallback_keeps_the_faster_mode():
-    fb = Fallback(window=2, hold=5)
-    modes = []
-    for _ in range(4):
+def _drive(fb, steps, spec_cost, plain_cost, seed=0):
+    """Run the fallback against fake timings: cost(rng) -> (tokens, seconds). -> modes used."""
+    import random
+    rng, modes = random.Random(seed), []
+    for _ in range(steps):
         spec = fb.use_spec()
         modes.append(spec)
-        fb.record(spec, 10, 1.0 if spec else 0.5)  # plain emits twice as many tokens per second
-    assert modes == [True, True, False, False]
-    assert [fb.use_spec() for _ in range(1)] == [False] and fb.rate[False] == 20.0
+        fb.record(spec, *(spec_cost if spec else plain_cost)(rng))
+    return modes
+
+
+def test_fallback_never_keeps_a_slightly_slower_speculation():
+    """A fake verifier 9 % slower than plain steps, with +-20 % noise per step (a loaded machine):
+    every probe decides for plain, so speculation only runs inside probes."""
+    fb = Fallback()
+    modes = _drive(fb, 3000, lambda r: (2.6, r.uniform(0.8, 1.2)), lambda r: (1.0, 0.35 * r.uniform(0.8, 1.2)))
+    assert fb.decided is False and fb.rate[True] < fb.rate[False]
+    assert sum(modes) < 0.05 * len(modes)  # the holds (128, 256, ... steps) run plain
+    assert fb.hold > fb.hold0  # the choice was confirmed: the hold grew
+
+
+def test_fallback_keeps_a_clearly_faster_speculation_and_probes_little():
+    fb = Fallback()
+    modes = _drive(fb, 600, lambda r: (3.0, r.uniform(0.9, 1.1)), lambda r: (1.0, 0.5 * r.uniform(0.9, 1.1)))
+    assert fb.decided is True and fb.rate[True] > 1.4 * fb.rate[False]
+    assert modes[:4] == [True, False, True, False]  # probes alternate the modes step by step
+    assert len(modes) - sum(modes) < 0.1 * len(modes)  # a clear difference ends a probe at min_probe
+
+
+def test_fallback_undecided_runs_plain():
+    """Equal speeds: the probe runs to max_probe and keeps plain (speculation must show it is faster)."""
+    fb = Fallback(min_probe=4, max_probe=12)
+    _drive(fb, 24, lambda r: (2.0, r.uniform(0.5, 1.5)), lambda r: (1.0, 0.5 * r.uniform(0.5, 1.5)))
+    assert fb.decided is False and fb.hold_left > 0 and not fb.use_spec()
+
+
+def test_engine_falls_back_from_a_slow_verifier(tiny, monkeypatch):
+    """Through the engine: a verifier made slow (a sleep) is measured and dropped; greedy output
+    stays plain decoding's."""
+    import time
+
+    from llmlab.infer import engine as engine_mod
+    real = engine_mod.verify_step
+    monkeypatch.setattr(engine_mod, "verify_step", lambda *a: time.sleep(0.03) or real(*a))
+    prompts, p = _copy_prompts(1), SamplingParams(max_new_tokens=60, ignore_eos=True)
+    ref = Engine(tiny, None, num_blocks=128).generate(prompts, p)
+    eng = Engine(tiny, None, num_blocks=128, speculative="ngram")
+    eng.fallback.min_probe = 4
+    assert eng.generate(prompts, p) == ref
+    assert eng.fallback.decided is False and not eng.fallback.use_spec()
 
 
 def test_serve_config_takes_speculative_and_refuses_a_missing_draft(tiny):

@@ -137,4 +137,5 @@ def test_engine_prefills_with_the_gemm_path_and_decodes_with_blocks(smollm2):
     r = PagedRunner(smollm2, PagedKVCache.for_model(smollm2, 8))
     assert r.packed and r.padded_rows(3) == 3 and r.padded_rows(3, prefill=True) == 3
     assert type(r.w.layers[0].up_w) is QLinear and not r.w.layers[0].up_w.gemm
-    assert r.w_prefill.layers[0].up_w.gemm == ggml.has_gemm()
+    # prefill: the blocks' GEMM path where the build has one, else the decode path; never an fp32 copy
+    assert type(r.w_prefill.layers[0].up_w) is QLinear and r.w_prefill.layers[0].up_w.gemm == ggml.has_gemm()

@@ -248,6 +248,8 @@ class FusedModel:
         return x.add_(_lin(u, L.down_w, L.down_b))
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
+        if type(self.head_w) is QLinear and ggml.int8_head():  # LLMLAB_INT8_HEAD: only the head in int8
+            return qmatmul(_norm(h, self.norm), self.head_w.q, self.head_b, self.head_w.gemm, int8=True)
         return _lin(_norm(h, self.norm), self.head_w, self.head_b)
 
 

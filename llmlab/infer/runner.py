@@ -90,11 +90,12 @@ class PagedRunner:
         """row_pad <= 1: the plain weights (or GGUF blocks), no row padding (one user, nothing to
         be invariant to: a 1-row matmul is a gemv, the fastest at batch 1). Otherwise every kind
         of step (prefill, decode) uses one matmul whose rows do not depend on the row count:
-        decode the GGUF blocks where the model has them (`QLinear`: fewest bytes per token),
-        prefill the oneDNN-packed weights (`Packed`, padded to `min_rows`; compute-bound, where
-        oneDNN is fastest); where packing is unavailable or not invariant, the blocks, else MKL
-        on `invariant_rows` rows. threads: intra-op threads for the matmuls (default: measured
-        per kind of step, see ThreadTuner)."""
+        where the model has GGUF blocks, decode on them (`QLinear`: fewest bytes per token) and
+        prefill on their GEMM path (AVX-512; elsewhere on the decode path, as fast as oneDNN on AVX2:
+        never an fp32 copy of a matrix that has blocks, so serving stays within the memory goal);
+        without blocks, the oneDNN-packed weights (`Packed`, padded to `min_rows`), where packing
+        is unavailable or not invariant MKL on `invariant_rows` rows. threads: intra-op threads
+        for the matmuls (default: measured per kind of step, see ThreadTuner)."""
         self.model, self.cache, self.cfg = model, cache, model.config
         self.row_pad, self.attn_bucket = row_pad, attn_bucket
         self._kv_ptrs = None  # the C layers' per-layer cache addresses (the pools never move): made once
@@ -103,14 +104,14 @@ class PagedRunner:
         base = fused(model)
         blocks = base.has_blocks and base.n_plain == 0  # the block kernel: rows alike for every M
         gemm = blocks and base.prefill_view() is not base
-        pk = base.packed() if row_pad > 1 and not gemm else None
+        pk = base.packed() if row_pad > 1 and not blocks else None  # blocks: no fp32 copies (memory)
         same, mkl = (lambda n: n), invariant_rows
         packed = (pk, lambda n: max(bucket_rows(n), pk.min_rows)) if pk is not None else None
         if row_pad <= 1 and not gemm:  # one user: plain weights or blocks, no padding
             decode = prefill = (base, same)
-        elif blocks:  # decode on the blocks; prompts on their GEMM path, else packed, else blocks
+        elif blocks:  # decode on the blocks; prompts on their GEMM path, else the decode path
             decode = (base, same)
-            prefill = (base.prefill_view(), same) if gemm else packed or decode
+            prefill = (base.prefill_view(), same) if gemm else decode
         else:
             decode = prefill = packed or (base, mkl)
         (self.w, self._pad), (self.w_prefill, self._pad_prefill) = decode, prefill

@@ -18,9 +18,9 @@ lookup) is q = one-hot(x): accept with probability p(x), resample from p with x 
 decoding has one-hot p: the emitted tokens are the target's argmaxes, i.e. plain greedy decoding.
 
 Fallback: speculation costs a wider forward per step, and small targets with small drafts are often
-slower (Python per-step overhead dominates). `Fallback` alternates probe windows of speculative and
-plain steps, measures emitted tokens per second of each, and keeps the faster, re-probing
-periodically.
+slower (Python per-step overhead dominates). `Fallback` alternates speculative and plain steps while
+it probes, until their emitted tokens per second differ clearly (or a probe limit: then plain), keeps
+the faster, and re-probes after a hold that grows while the choice stays the same.
 """
 from __future__ import annotations
 
@@ -135,37 +135,68 @@ class DraftModel:
 
 
 class Fallback:
-    """Keep speculation on only while it is measured faster: probe `window` steps of each mode,
-    compare emitted tokens per second, keep the faster for `hold` steps, then probe again."""
+    """Keep speculation on only while it is measured faster.
 
-    def __init__(self, enabled: bool = True, window: int = 8, hold: int = 256):
-        self.enabled, self.window, self.hold = enabled, window, hold
-        self.step, self.rate = 0, {True: None, False: None}
-        self._acc = {True: [0, 0.0], False: [0, 0.0]}
-        self.choice = True
+    Probing: speculative and plain steps alternate one by one (both see the same load), at least
+    `min_probe` of each; it goes on, up to `max_probe` of each, while the two are within their noise
+    (per-step emitted tokens/s: the means differ by less than `z` standard errors). Then the faster
+    mode by emitted tokens / seconds (`rate`) is kept for `hold` steps, plain if still undecided at
+    `max_probe` (speculation has to show it is faster); a decision the next probe confirms doubles
+    the hold (up to `max_hold`), a change resets it. Session 8's fixed 8-step windows kept a slower
+    speculation at 2 threads under load (docs/LOG.md)."""
+
+    def __init__(self, enabled: bool = True, min_probe: int = 8, max_probe: int = 64, hold: int = 128,
+                 max_hold: int = 2048, z: float = 2.0):
+        self.enabled, self.min_probe, self.max_probe, self.z = enabled, min_probe, max_probe, z
+        self.hold0, self.max_hold = hold, max_hold
+        self.rate: dict = {True: None, False: None}
+        self.choice, self.decided = True, None  # decided: the last probe's choice (None: none yet)
+        self.hold, self.hold_left = hold, 0  # hold_left 0: probing
+        self._reset()
+
+    def _reset(self) -> None:
+        self._n = 0
+        self._acc = {True: [0, 0.0], False: [0, 0.0]}  # tokens, seconds
+        self._steps: dict = {True: [], False: []}  # per-step tokens/s
 
     def use_spec(self) -> bool:
         if not self.enabled:
             return True
-        cycle = self.step % (2 * self.window + self.hold)
-        return cycle < self.window if cycle < 2 * self.window else self.choice
+        return self.choice if self.hold_left > 0 else self._n % 2 == 0
 
     def record(self, spec: bool, tokens: int, seconds: float) -> None:
         if not self.enabled:
             return
-        cycle = self.step % (2 * self.window + self.hold)
-        self.step += 1
-        if cycle < 2 * self.window:
-            acc = self._acc[spec]
-            acc[0] += tokens
-            acc[1] += seconds
-            if cycle == 2 * self.window - 1:
-                for m in (True, False):
-                    n, t = self._acc[m]
-                    self.rate[m] = n / t if t > 0 else None
-                    self._acc[m] = [0, 0.0]
-                if self.rate[True] is not None and self.rate[False] is not None:
-                    self.choice = self.rate[True] >= self.rate[False]
+        if self.hold_left > 0:
+            self.hold_left -= 1
+            if self.hold_left == 0:
+                self._reset()
+            return
+        self._n += 1
+        acc = self._acc[spec]
+        acc[0] += tokens
+        acc[1] += seconds
+        self._steps[spec].append(tokens / max(seconds, 1e-9))
+        n = min(len(self._steps[True]), len(self._steps[False]))
+        if n >= self.min_probe and (self._clear() or n >= self.max_probe):
+            self._decide()
+
+    def _clear(self) -> bool:
+        """Do the per-step rates of the two modes differ by more than z standard errors?"""
+        mean, var = {}, {}
+        for m, xs in self._steps.items():
+            mean[m] = sum(xs) / len(xs)
+            var[m] = sum((x - mean[m]) ** 2 for x in xs) / max(len(xs) - 1, 1) / len(xs)
+        return abs(mean[True] - mean[False]) > self.z * (var[True] + var[False]) ** 0.5
+
+    def _decide(self) -> None:
+        for m, (n, t) in self._acc.items():
+            self.rate[m] = n / t if t > 0 else None
+        faster = self.rate[True] is not None and self.rate[False] is not None and self.rate[True] > self.rate[False]
+        choice = faster and self._clear()
+        self.hold = min(2 * self.hold, self.max_hold) if choice == self.decided else self.hold0
+        self.choice = self.decided = choice
+        self.hold_left = self.hold
 
 
 # ---------------------------------------------------------------- the engine's speculative step

@@ -148,7 +148,8 @@ PARALLEL_MACS_INT8 = 500_000
 
 
 def has_gemm() -> bool:
-    """Is the many-rows GEMM path compiled in (AVX-512)?"""
+    """Is the many-rows GEMM path compiled in (AVX-512 builds)? On AVX2 a 6 x 16 tile of it ran
+    slower than the few-rows path at 512 rows (docs/LOG.md, session 9), so it has none."""
     lib = kernel.load()
     return lib is not None and lib.llmlab_ggml_simd() >= 3
 
@@ -161,6 +162,13 @@ def int8_activations() -> bool:
     return os.environ.get("LLMLAB_INT8_ACTIVATIONS", "") not in ("", "0")
 
 
+def int8_head() -> bool:
+    """LLMLAB_INT8_HEAD=1: int8 activations for the LM head only (the layers stay exact): the head
+    is ~30 % of an exact batch-1 step on AVX2 (4.8 vs 3.2 ms int8; accuracy: docs/infer.md). Implied
+    by LLMLAB_INT8_ACTIVATIONS=1."""
+    return int8_activations() or os.environ.get("LLMLAB_INT8_HEAD", "") not in ("", "0")
+
+
 _I8_ISA = {3: "avx512vnni", 2: "avx2", 0: "portable"}
 
 
@@ -169,6 +177,13 @@ def int8_isa() -> str | None:
     "portable"), or None where it cannot be built. Every build gives the same bits."""
     lib = kernel.load_i8()
     return None if lib is None else _I8_ISA[lib.llmlab_i8_isa()]
+
+
+def int8_simd() -> bool:
+    """Does `LLMLAB_INT8_ACTIVATIONS=1` take effect here: the int8 library builds with SIMD integer
+    dot products (AVX-512 VNNI or AVX2's maddubs/madd; not the portable build, which would be slower
+    than the exact path)? The one test of it for the products, the C layers and the tests."""
+    return int8_isa() not in (None, "portable")
 
 
 def _args(w: QuantWeight) -> tuple:
@@ -206,7 +221,7 @@ def matmul(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None, ge
         raise ValueError(f"x must be fp32 (M, {w.k}); got {tuple(x.shape)} {x.dtype}")
     M = x.shape[0]
     nt = torch.get_num_threads() if M * w.rows * w.k >= PARALLEL_MACS else 1
-    if not gemm and (int8_activations() if int8 is None else int8) and int8_isa() not in (None, "portable"):
+    if not gemm and (int8_activations() if int8 is None else int8) and int8_simd():
         y = matmul_i8(x, w, torch.get_num_threads() if M * w.rows * w.k >= PARALLEL_MACS_INT8 else 1)
         if y is not None:
             return y if bias is None else y.add_(bias)

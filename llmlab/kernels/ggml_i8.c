@@ -279,53 +279,123 @@ static void tile(int fmt, const uint8_t *qs, const float *d, const float *m, int
 
 #if I8_ISA == 2
 /* AVX2: the same 16 lanes as two 8-lane halves; maddubs (u8 x s8 -> s16 pairs, at most
- * 2 * 128 * 127 = 32512: no saturation) then madd with ones (-> s32 sums of 4). */
-static inline __m256i dot4_256(__m256i u, __m256i s) {
+ * 2 * 128 * 127 = 32512: no saturation) then madd with ones (-> s32 sums of 4). A register tile of
+ * NR weight rows x NX input rows: each group's weight bytes are loaded (and fmt 4's nibbles
+ * unpacked) once per tile and used against NX input rows; one input row (batch-1) runs NR = 4 rows
+ * side by side (sharing the input's loads) or one at a time past SPAN, like the VNNI build. Per
+ * (weight row, input row) the lanes and the order of the fmas are `row_portable`'s: the scale
+ * d*dx is the same product per lane, the offsets m*sx fma per block lane, and the final sums are
+ * tree16/tree4 with the same pairings, so the bits are the same as every other build's. The last
+ * partial group of a row is read with masked loads (zeros past its blocks, as the portable order pads). */
+#define AI_I8 static inline __attribute__((always_inline))
+#define MI 2
+AI_I8 __m256i dot4_256(__m256i u, __m256i s) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
-static float row_avx2(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t row, int64_t nb,
-                      const int8_t *xq, const float *dx, const float *sx) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-    float macc[4] = {0}, sc[4], acc[16];
+AI_I8 float red8x2(__m256 a0, __m256 a1, __m128 macc) {
+    __m256 b = _mm256_add_ps(a0, a1);                                            /* a[i] + a[i+8] */
+    __m128 c = _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1)); /* b[i] + b[i+4] */
+    __m128 e = _mm_add_ps(c, _mm_movehl_ps(c, c));                                 /* c0+c2, c1+c3 */
+    __m128 f = _mm_add_ps(macc, _mm_movehl_ps(macc, macc));
+    return _mm_cvtss_f32(_mm_add_ss(e, _mm_shuffle_ps(e, e, 1))) + _mm_cvtss_f32(_mm_add_ss(f, _mm_shuffle_ps(f, f, 1)));
+}
+AI_I8 __m256 lanes(__m128 v, int a, int b) { /* (v[a] x 4, v[b] x 4) */
+    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(v), _mm256_setr_epi32(a, a, a, a, b, b, b, b));
+}
+
+AI_I8 void tile_t(const int fmt, const int NR, const int NX, const uint8_t *qs, const float *d, const float *m,
+                  int64_t row, int64_t nb, const int8_t *xq, int64_t stride, const float *dx, const float *sx,
+                  float *y, int64_t ldy) {
+    __m256 acc[4][MI][2];
+    __m128 macc[4][MI];
+    for (int t = 0; t < NR; t++)
+        for (int i = 0; i < NX; i++) acc[t][i][0] = acc[t][i][1] = _mm256_setzero_ps(), macc[t][i] = _mm_setzero_ps();
+    const __m256i lo4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const int bpb = fmt == 4 ? 16 : QK; /* weight bytes per block */
     int64_t ng = (nb + 3) / 4;
     for (int64_t g = 0; g < ng; g++) {
         int nbg = nb - 4 * g < 4 ? (int)(nb - 4 * g) : 4;
-        int64_t blk = row * nb + 4 * g;
-        const int8_t *xg = xq + g * 4 * QK;
-        for (int t = 0; t < 4; t++) sc[t] = t < nbg ? d[blk + t] * dx[4 * g + t] : 0.f;
-        if (fmt == 4) {
-            uint8_t buf[64] = {0};
-            memcpy(buf, qs + blk * 16, (size_t)(16 * nbg));
-            for (int h = 0; h < 2; h++) { /* h: blocks 2h, 2h+1 -> lanes 8h..8h+7 */
-                __m256i v = _mm256_loadu_si256((const __m256i *)(buf + 32 * h));
-                __m256i lo = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
-                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
-                __m256i p = _mm256_add_epi32(dot4_256(lo, _mm256_loadu_si256((const __m256i *)(xg + 32 * h))),
-                                             dot4_256(hi, _mm256_loadu_si256((const __m256i *)(xg + 64 + 32 * h))));
-                __m256 s = _mm256_setr_ps(sc[2 * h], sc[2 * h], sc[2 * h], sc[2 * h],
-                                          sc[2 * h + 1], sc[2 * h + 1], sc[2 * h + 1], sc[2 * h + 1]);
-                if (h == 0) a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, a0);
-                else a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, a1);
-            }
-            for (int t = 0; t < 4; t++)
-                macc[t] = t < nbg ? fmaf(m[blk + t], sx[4 * g + t], macc[t]) : fmaf(0.f, 0.f, macc[t]);
-        } else {
-            int8_t buf[128] = {0};
-            memcpy(buf, (const int8_t *)qs + blk * QK, (size_t)(QK * nbg));
-            for (int h = 0; h < 2; h++) /* half h (blocks 2h, 2h+1): lanes 0..7 block 2h, 8..15 block 2h+1 */
-                for (int u = 0; u < 2; u++) {
-                    __m256i q = _mm256_loadu_si256((const __m256i *)(buf + 64 * h + 32 * u));
-                    __m256i x = _mm256_loadu_si256((const __m256i *)(xg + 64 * h + 32 * u));
-                    __m256i p = dot4_256(_mm256_abs_epi8(q), _mm256_sign_epi8(x, q));
-                    __m256 s = _mm256_set1_ps(sc[2 * h + u]);
-                    if (u == 0) a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, a0);
-                    else a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, a1);
+        __m128 dx4[MI], sx4[MI];
+        for (int i = 0; i < NX; i++) {
+            dx4[i] = _mm_loadu_ps(dx + i * ng * 4 + 4 * g);
+            sx4[i] = _mm_loadu_ps(sx + i * ng * 4 + 4 * g);
+        }
+        for (int t = 0; t < NR; t++) {
+            int64_t blk = (row + t) * nb + 4 * g;
+            const uint8_t *w = qs + blk * bpb;
+            __m128 d4, m4 = _mm_setzero_ps();
+            __m256i v[4];
+            if (nbg == 4) {
+                d4 = _mm_loadu_ps(d + blk);
+                if (fmt == 4) m4 = _mm_loadu_ps(m + blk);
+                for (int u = 0; u < (fmt == 4 ? 2 : 4); u++) v[u] = _mm256_loadu_si256((const __m256i *)(w + 32 * u));
+            } else { /* the row's last, partial group: masked loads, zeros past its blocks */
+                __m128i mb = _mm_cmpgt_epi32(_mm_set1_epi32(nbg), _mm_setr_epi32(0, 1, 2, 3));
+                d4 = _mm_maskload_ps(d + blk, mb);
+                if (fmt == 4) m4 = _mm_maskload_ps(m + blk, mb);
+                int words = bpb * nbg / 4; /* valid 4-byte words */
+                for (int u = 0; u < (fmt == 4 ? 2 : 4); u++) {
+                    __m256i mw = _mm256_cmpgt_epi32(_mm256_set1_epi32(words - 8 * u), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                    v[u] = _mm256_maskload_epi32((const int *)(w + 32 * u), mw);
                 }
+            }
+            if (fmt == 4) {
+                __m256i l0 = _mm256_and_si256(v[0], lo4), h0 = _mm256_and_si256(_mm256_srli_epi16(v[0], 4), lo4);
+                __m256i l1 = _mm256_and_si256(v[1], lo4), h1 = _mm256_and_si256(_mm256_srli_epi16(v[1], 4), lo4);
+                for (int i = 0; i < NX; i++) {
+                    const int8_t *xg = xq + i * stride + g * 4 * QK;
+                    /* nibbles: a maddubs pair sums to at most 2 * 15 * 127 = 3810, so the low and
+                     * high halves add in int16 before one madd (the same exact int32 sums) */
+                    __m256i p0 = _mm256_madd_epi16(_mm256_add_epi16(
+                        _mm256_maddubs_epi16(l0, _mm256_loadu_si256((const __m256i *)xg)),
+                        _mm256_maddubs_epi16(h0, _mm256_loadu_si256((const __m256i *)(xg + 64)))), ones);
+                    __m256i p1 = _mm256_madd_epi16(_mm256_add_epi16(
+                        _mm256_maddubs_epi16(l1, _mm256_loadu_si256((const __m256i *)(xg + 32))),
+                        _mm256_maddubs_epi16(h1, _mm256_loadu_si256((const __m256i *)(xg + 96)))), ones);
+                    __m128 sc = _mm_mul_ps(d4, dx4[i]);
+                    acc[t][i][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), lanes(sc, 0, 1), acc[t][i][0]);
+                    acc[t][i][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), lanes(sc, 2, 3), acc[t][i][1]);
+                    macc[t][i] = _mm_fmadd_ps(m4, sx4[i], macc[t][i]);
+                }
+            } else {
+                __m256i *q = v, aq[4];
+                for (int u = 0; u < 4; u++) aq[u] = _mm256_abs_epi8(q[u]);
+                for (int i = 0; i < NX; i++) {
+                    const int8_t *xg = xq + i * stride + g * 4 * QK;
+                    __m128 sc = _mm_mul_ps(d4, dx4[i]);
+                    for (int u = 0; u < 4; u++) { /* block u -> lanes 0..7 (u even) or 8..15 (u odd) */
+                        __m256i p = dot4_256(aq[u], _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(xg + 32 * u)), q[u]));
+                        acc[t][i][u & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), lanes(sc, u, u), acc[t][i][u & 1]);
+                    }
+                }
+            }
         }
     }
-    _mm256_storeu_ps(acc, a0);
-    _mm256_storeu_ps(acc + 8, a1);
-    return tree16(acc) + tree4(macc);
+    for (int t = 0; t < NR; t++)
+        for (int i = 0; i < NX; i++) y[i * ldy + t] = red8x2(acc[t][i][0], acc[t][i][1], macc[t][i]);
+}
+
+/* nr (1..NRC) weight rows from `row` against nx (1..MI) input rows (xq, dx, sx at i * stride,
+ * i * ng * 4) -> y[i * ldy + t]: pairs of weight rows against pairs of input rows; one input row:
+ * 4 weight rows side by side while their blocks span at most SPAN bytes, else one at a time. */
+static void tile(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t row, int nr, int64_t nb,
+                 const int8_t *xq, int64_t stride, const float *dx, const float *sx, int nx, float *y, int64_t ldy) {
+    if (nx == 1 && nr == NRC && NRC * nb * (fmt == 4 ? 16 : QK) <= SPAN) {
+        if (fmt == 4) tile_t(4, 4, 1, qs, d, m, row, nb, xq, stride, dx, sx, y, ldy);
+        else tile_t(8, 4, 1, qs, d, m, row, nb, xq, stride, dx, sx, y, ldy);
+        return;
+    }
+    int t = 0;
+    for (; nx == 2 && t + 1 < nr; t += 2) {
+        if (fmt == 4) tile_t(4, 2, 2, qs, d, m, row + t, nb, xq, stride, dx, sx, y + t, ldy);
+        else tile_t(8, 2, 2, qs, d, m, row + t, nb, xq, stride, dx, sx, y + t, ldy);
+    }
+    for (; t < nr; t++) {
+        if (fmt == 4 && nx == 2) tile_t(4, 1, 2, qs, d, m, row + t, nb, xq, stride, dx, sx, y + t, ldy);
+        else if (nx == 2) tile_t(8, 1, 2, qs, d, m, row + t, nb, xq, stride, dx, sx, y + t, ldy);
+        else if (fmt == 4) tile_t(4, 1, 1, qs, d, m, row + t, nb, xq, stride, dx, sx, y + t, ldy);
+        else tile_t(8, 1, 1, qs, d, m, row + t, nb, xq, stride, dx, sx, y + t, ldy);
+    }
 }
 #endif
 
@@ -361,8 +431,8 @@ int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m,
         for (int64_t gr = g0; gr < g1; gr++) {
             int64_t r = gr * NRC;
             int nr = rows - r < NRC ? (int)(rows - r) : NRC;
-#if I8_ISA == 3
-            if (mx > 1) {
+#if I8_ISA >= 2 /* VNNI: the tile for several input rows (rows_vnni below for one); AVX2: the tile always */
+            if (mx > 1 || I8_ISA == 2) {
                 for (int64_t i = 0; i < mx; i += MI)
                     tile(fmt, qs, d, m, r, nr, nb, xq + i * stride, stride, dx + i * ng * 4, sx + i * ng * 4,
                          mx - i < MI ? (int)(mx - i) : MI, y + i * rows + r, rows);
@@ -380,11 +450,7 @@ int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m,
                 memcpy(y + i * rows + r, tmp, sizeof(float) * (size_t)nr);
 #else
                 for (int t = 0; t < nr; t++)
-#if I8_ISA == 2
-                    y[i * rows + r + t] = row_avx2(fmt, qs, d, m, r + t, nb, xi, dxi, sxi);
-#else
                     y[i * rows + r + t] = row_portable(fmt, qs, d, m, r + t, nb, xi, dxi, sxi);
-#endif
 #endif
             }
         }

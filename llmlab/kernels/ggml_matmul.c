@@ -148,6 +148,39 @@ static float dot1_256(const float *w, const float *x, int64_t k) {
 }
 
 
+/* ---- AVX2 batch-1 nibble path: 4 weight rows against one input row, dequantized in registers
+ * (no trip through L1). Per output the order of `dot_4x2_256` (one 8-lane accumulator over k in
+ * steps of 8, then hsum) and the weights of `deq_row_q4` (fma(q, d, m)): the same bits. */
+#if defined(LLMLAB_AVX2) && !defined(__AVX512F__)
+#define LLMLAB_FUSED_256 1
+static void fused4_q4_256(const uint8_t *qs, const float *d, const float *m, int64_t r, int64_t k,
+                          const float *x, float *y) {
+    int64_t nb = k / QK;
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    const __m128i lo4 = _mm_set1_epi8(0x0F);
+    for (int64_t b = 0; b < nb; b++) {
+        const float *xb = x + b * QK;
+        __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
+        __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
+        for (int t = 0; t < 4; t++) {
+            int64_t g = (r + t) * nb + b;
+            __m128i v = _mm_loadu_si128((const __m128i *)(qs + g * 16));
+            __m128i lo = _mm_and_si128(v, lo4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), lo4);
+            __m256 vd = _mm256_set1_ps(d[g]), vm = _mm256_set1_ps(m[g]);
+            __m256 w0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), vd, vm);
+            __m256 w1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), vd, vm);
+            __m256 w2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), vd, vm);
+            __m256 w3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), vd, vm);
+            a[t] = _mm256_fmadd_ps(x0, w0, a[t]);
+            a[t] = _mm256_fmadd_ps(x1, w1, a[t]);
+            a[t] = _mm256_fmadd_ps(x2, w2, a[t]);
+            a[t] = _mm256_fmadd_ps(x3, w3, a[t]);
+        }
+    }
+    for (int t = 0; t < 4; t++) y[t] = hsum(a[t]);
+}
+#endif
+
 /* ---- AVX-512 decode path -----------------------------------------------------------------------
  * One summation order for every output (weight row r, input row i), however it is reached: two
  * 16-lane accumulators, A over weights 32c..32c+15 and B over 32c+16..32c+31 of every 32-chunk c
@@ -286,6 +319,14 @@ static void matmul(int fmt, const uint8_t *qs, const float *d, const float *m, i
                 float tmp[4];
                 fused_rows(fmt, qs, d, m, r, (int)nr, k, x + i0 * k, tmp);
                 memcpy(y + i0 * rows + r, tmp, sizeof(float) * nr);
+                continue;
+            }
+#endif
+#ifdef LLMLAB_FUSED_256
+            if (i1 - i0 == 1 && fmt == 4 && nr == 4) {
+                float tmp[4];
+                fused4_q4_256(qs, d, m, r, k, x + i0 * k, tmp);
+                memcpy(y + i0 * rows + r, tmp, sizeof tmp);
                 continue;
             }
 #endif

@@ -104,7 +104,7 @@ class Layers:
         x = x.contiguous()
         M = x.shape[0]
         cos, sin = (t.reshape(M, -1).contiguous() for t in rope)
-        int8 = ggml.int8_activations() and ggml.int8_isa() not in (None, "portable")
+        int8 = ggml.int8_activations() and ggml.int8_simd()
         fns = torch.tensor([_addr(build.load().llmlab_ggml_matmul),
                             _addr(build.load_i8().llmlab_i8_matmul) if int8 else 0,
                             _addr(c_attention.load().llmlab_decode_attention)], dtype=torch.int64)
