@@ -56,6 +56,8 @@ class DistillConfig:
     sweep_temperature: list[float] = field(default_factory=list, metadata={"help": "temperatures to try likewise"})
     seeds: list[int] = field(default_factory=list, metadata={"help": "compare KD with the no-KD student (alpha=0, "
                                                                    "real text) at equal steps, one pair per seed"})
+    kd_only: bool = field(default=False, metadata={"help": "with seeds: train only the KD arm (the no-KD students "
+                                                           "of the same windows and seeds come from another run)"})
     val_windows: int = field(default=16, metadata={"help": "validation windows (256 tokens) for the sweep"})
     eval_windows: int = 8
     seed: int = 0
@@ -288,13 +290,17 @@ def run_distill(cfg: DistillConfig) -> int:
         print(f"chosen on the validation split: alpha={alpha}, T={temperature} (no KD: "
               f"{rows[-1]['val_bits_per_byte']:.4f} bits/byte)")
         print(json.dumps({"sweep": [{k: v for k, v in r.items() if not k.startswith("heldout")} for r in rows]}))
-    arms = [(alpha, True), (0.0, False)] if cfg.seeds else [(alpha, alpha > 0 or cfg.seq_kd)]
+    arms = [(alpha, alpha > 0 or cfg.seq_kd)]  # (alpha, the KD arm?)
+    if cfg.seeds:
+        arms = [(alpha, True)] + ([] if cfg.kd_only else [(0.0, False)])
     results, student = [], None
     for seed, (a, kd) in [(s, arm) for s in (cfg.seeds or [cfg.seed]) for arm in arms]:
         student, row = done.get((seed, a, temperature if a else None, kd)) or _run(
             cfg, teacher, tok, kd_data if kd else real, targets, a, temperature, seed, windows, kd)
         results.append(row)
-    if cfg.seeds:
+    if cfg.seeds and cfg.kd_only:
+        print(json.dumps({"distill": results}))
+    elif cfg.seeds:
         kd = [r["heldout_bits_per_byte"] for r in results if r["arm"] == "kd"]
         base = [r["heldout_bits_per_byte"] for r in results if r["arm"] == "no-kd"]
         wins = sum(k < b for k, b in zip(kd, base))
