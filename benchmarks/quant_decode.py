@@ -7,11 +7,13 @@ fp32 matmuls. Here the int rows go to the block kernel as well (`llmlab.quant.bl
 zero-point group is 4 Q4_1-form blocks with the same d and m, int8 per-channel rows Q8_0-form
 blocks; exact up to the fp32 rounding of d·q + m, which the printed `max_change_steps` bounds):
   fp32     SmolLM2's packaged weights decoded to fp32 (the quant table's baseline)
+  gguf     the packaged file as loaded: the same values kept as its Q4_1 / Q8_0 blocks, the tied
+           embedding / LM head included (Q8_0): what `llmlab` serves by default
   rtn8     int8 RTN per-channel, symmetric       -> kernel blocks
   rtn4     int4 RTN g128, zero-point             -> kernel blocks
   gptq4    int4 GPTQ g128 (clip search), loaded from --load-dir (a `quant_methods.py --save-dir`
            file) where one is there, else not run (GPTQ takes minutes)
-The tied embedding / LM head stays fp32 in every row (as in the quant table). Each model's
+The tied embedding / LM head stays fp32 in the other rows (as in the quant table). Each model's
 held-out perplexity is printed beside its speed (a check that the kernel form is the row). Timing:
 one process, greedy decode of --new tokens from one prompt, the models alternating round by round,
 the median per model, in wall time and per CPU-second of the process (under load the second is the one
@@ -49,7 +51,8 @@ def decode_once(model, ids: list[int], n_new: int) -> tuple[float, float, list[i
 def build_rows(a, base) -> dict:
     """name -> (model, info)."""
     from pathlib import Path
-    models = {"fp32": (base, {})}
+    from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
+    models = {"fp32": (base, {}), "gguf": (load_model_and_tokenizer("smollm2")[0], {})}
     for key, kw in (("rtn8", dict(bits=8, group=-1, sym=True)), ("rtn4", dict(bits=4, group=a.group, sym=False))):
         m = copy.deepcopy(base)
         quantize_model(m, "rtn", ragged_groups=True, **kw)
@@ -88,7 +91,7 @@ def main() -> None:
     info, ppl = {}, {}
     for name, (m, kw) in models.items():
         before = calibrate.perplexity(m, ev).perplexity
-        info[name] = attach_blocks(m, kw["group"]) if kw else {"blocks": 0}
+        info[name] = attach_blocks(m, kw["group"]) if kw else {"blocks": len(getattr(m, "quantized", {}))}
         ppl[name] = (before, calibrate.perplexity(m, ev).perplexity)
         print(f"{name}: ppl {before:.4f} -> {ppl[name][1]:.4f} in kernel form; {info[name]}", flush=True)
     ids = tok.encode(PROMPT)
