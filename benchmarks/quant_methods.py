@@ -57,6 +57,9 @@ def rows(group: int, bits: int = 4) -> list[tuple[str, str, dict]]:
         # session 8: block i+1 calibrated on the full-precision blocks' outputs, as llm-awq / AutoAWQ
         ("awq4m_fp", f"int4 AWQ g{group}, module objective, full-precision block inputs", "awq",
          dict(bits=4, group=group, sym=False, awq_objective="module", block_inputs="fp")),
+        # session 9: AutoAWQ's default duo scaling, s = mean|x|^a / mean|w|^(1-a)
+        ("awq4m_duo", f"int4 AWQ g{group}, module objective, duo scaling", "awq",
+         dict(bits=4, group=group, sym=False, awq_objective="module", awq_duo=True)),
     ]
     if bits != 4:
         low = [(k, lab.replace("int4", f"int{bits}", 1).replace("(W4)", f"(W{bits})"), m, {**kw, "bits": bits} if kw.get("bits") == 4 else kw)
@@ -193,7 +196,7 @@ def main() -> None:
                     "int4 costs a model nothing)")
     ap.add_argument("--out", default="")
     ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,awq4m,gptq4d,"
-                    "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,awq4m_fp,nf4,w8a8,sq,int8); "
+                    "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,awq4m_fp,awq4m_duo,nf4,w8a8,sq,int8); "
                     "default all (--quick: rtn4,gptq4,awq4m,sq)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--data-dir", default="", help="held-out/calibration text from this `llmlab data build` output "

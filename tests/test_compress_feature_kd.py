@@ -126,6 +126,41 @@ def test_data_free_synthesis_is_the_teachers_own_decoding():
     assert torch.equal(a, b) and not torch.equal(a, synthesize(m, 3, 6, seed=5))
 
 
+def test_sequence_level_kd_windows_keep_the_real_prefix_and_the_teachers_continuation():
+    import pytest
+
+    from llmlab.compress.data_free import continue_windows
+    from llmlab.errors import UserError
+    m = tiny()
+    real = torch.randint(2, 61, (5, 9), generator=torch.Generator().manual_seed(0))
+    out = continue_windows(m, real[:, :4], 9, torch.Generator().manual_seed(0), batch_size=2, temperature=0.0)
+    assert out.shape == (5, 9) and torch.equal(out[:, :4], real[:, :4])
+    ids = real[:, :4]  # greedy reference without a KV cache
+    with torch.no_grad():
+        for _ in range(5):
+            ids = torch.cat([ids, m(ids)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, ids)
+    sample = lambda seed: continue_windows(m, real[:, :4], 9, torch.Generator().manual_seed(seed))  # noqa: E731
+    assert torch.equal(sample(3), sample(3)) and not torch.equal(sample(3), sample(4))
+    with pytest.raises(UserError):
+        continue_windows(m, real, 9, torch.Generator())  # no room left to generate
+
+
+def test_seq_kd_settings_are_checked():
+    import pytest
+
+    from llmlab.compress.distill import DistillConfig, _check
+    from llmlab.errors import UserError
+    _check(DistillConfig(seq_kd=True, alpha=0.0, seeds=[0, 1], teacher_topk=0))  # CE on teacher text only: fine
+    with pytest.raises(UserError, match="alpha > 0"):
+        _check(DistillConfig(alpha=0.0, seeds=[0, 1]))  # without seq_kd the two arms would be the same
+    for bad in (dict(seq_kd_prompt=128), dict(seq_kd_prompt=0), dict(data_free=True), dict(seq_kd_temperature=-1)):
+        with pytest.raises(UserError, match="seq_kd needs"):
+            _check(DistillConfig(seq_kd=True, **bad))
+    with pytest.raises(UserError, match="teacher_topk"):
+        _check(DistillConfig(seq_kd=True, alpha=0.3, teacher_topk=0))
+
+
 def test_teacher_cache_is_reused_only_for_the_same_windows(tmp_path):
     from llmlab.compress.distill import cached_teacher
     path, calls = str(tmp_path / "t.safetensors"), []

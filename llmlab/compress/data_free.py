@@ -20,8 +20,6 @@ from llmlab.errors import UserError
 def synthesize(teacher, n: int, length: int, seed: int = 0, batch_size: int = 8, temperature: float = 1.0,
                exclude: tuple[int, ...] = ()) -> torch.Tensor:
     """(n, length) token windows sampled from the teacher, each from a uniform random first token."""
-    from llmlab.infer.generate import generate_batch
-    from llmlab.infer.sampling import SamplingParams
     if n < 1 or length < 2:
         raise UserError("data-free KD needs at least one window of at least 2 tokens")
     vocab = teacher.config.vocab_size
@@ -30,9 +28,24 @@ def synthesize(teacher, n: int, length: int, seed: int = 0, batch_size: int = 8,
     g = torch.Generator().manual_seed(seed)
     pool = allowed.nonzero().squeeze(1)
     first = pool[torch.randint(len(pool), (n,), generator=g)]
-    params = SamplingParams(max_new_tokens=length - 1, temperature=temperature)  # no stop ids: full length
+    return continue_windows(teacher, first[:, None], length, g, batch_size, temperature)
+
+
+@torch.no_grad()
+def continue_windows(teacher, prompts: torch.Tensor, length: int, generator: torch.Generator, batch_size: int = 8,
+                     temperature: float = 1.0) -> torch.Tensor:
+    """prompts (n, P) -> (n, length): each prompt followed by length - P tokens sampled from the
+    teacher (temperature 0: greedy), batch_size prompts decoded together, no stop tokens. Data-free KD
+    (one random first token) and sequence-level KD (Kim & Rush 2016, arXiv:1606.07947: a real
+    prefix, the teacher's continuation) both make their training windows here."""
     from tqdm.auto import tqdm
+
+    from llmlab.infer.generate import generate_batch
+    from llmlab.infer.sampling import SamplingParams
+    if prompts.dim() != 2 or not 1 <= prompts.shape[1] < length:
+        raise UserError(f"need prompts (n, P) with 1 <= P < {length}, got shape {tuple(prompts.shape)}")
+    params = SamplingParams(max_new_tokens=length - prompts.shape[1], temperature=temperature)  # full length
     rows = []
-    for chunk in tqdm(first.split(batch_size), desc="teacher samples"):
-        rows.append(generate_batch(teacher, [[int(t)] for t in chunk], params, generator=g).ids)
+    for chunk in tqdm(prompts.split(batch_size), desc="teacher samples"):
+        rows.append(generate_batch(teacher, chunk.tolist(), params, generator=generator).ids)
     return torch.cat(rows)

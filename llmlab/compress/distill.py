@@ -1,5 +1,5 @@
-"""`llmlab distill`: train a small student from a teacher (logit KD, feature KD, data-free KD) and
-compare it with the same student trained without KD at equal steps.
+"""`llmlab distill`: train a small student from a teacher (logit KD, feature KD, data-free KD, sequence-level
+KD) and compare it with the same student trained without KD at equal steps.
 
 Text: the training split of the Wikipedia extracts (llmlab.quant.calibrate). A validation split is
 held apart inside it (documents with `is_val(text, 0.05, seed=1)`), used only to choose alpha and T
@@ -47,10 +47,17 @@ class DistillConfig:
     hidden_weight: float = field(default=0.0, metadata={"help": "feature KD: weight of the hidden-state loss"})
     attention_weight: float = field(default=0.0, metadata={"help": "feature KD: weight of the attention-map loss"})
     data_free: bool = field(default=False, metadata={"help": "train the KD student on teacher samples, no real text"})
+    seq_kd: bool = field(default=False, metadata={"help": "sequence-level KD: the KD student trains on the teacher's "
+                                                          "continuations of the real windows' first seq_kd_prompt "
+                                                          "tokens (with alpha=0: cross-entropy on them only)"})
+    seq_kd_prompt: int = field(default=32, metadata={"help": "real tokens kept at the start of each seq-KD window"})
+    seq_kd_temperature: float = field(default=1.0, metadata={"help": "the teacher's sampling temperature (0: greedy)"})
     sweep_alpha: list[float] = field(default_factory=list, metadata={"help": "alphas to try on the validation split"})
     sweep_temperature: list[float] = field(default_factory=list, metadata={"help": "temperatures to try likewise"})
     seeds: list[int] = field(default_factory=list, metadata={"help": "compare KD with the no-KD student (alpha=0, "
                                                                    "real text) at equal steps, one pair per seed"})
+    kd_only: bool = field(default=False, metadata={"help": "with seeds: train only the KD arm (the no-KD students "
+                                                           "of the same windows and seeds come from another run)"})
     val_windows: int = field(default=16, metadata={"help": "validation windows (256 tokens) for the sweep"})
     eval_windows: int = 8
     seed: int = 0
@@ -61,8 +68,12 @@ def _check(cfg: DistillConfig) -> None:
     alphas, temps = cfg.sweep_alpha or [cfg.alpha], cfg.sweep_temperature or [cfg.temperature]
     if not all(0 <= a <= 1 for a in alphas) or min(temps) <= 0 or cfg.max_steps < 1 or cfg.teacher_topk < 0:
         raise UserError("need 0 <= alpha <= 1, temperature > 0, max_steps >= 1, teacher_topk >= 0")
-    if cfg.seeds and max(alphas) == 0:
+    if cfg.seeds and max(alphas) == 0 and not cfg.seq_kd:
         raise UserError("seeds=... compares KD (alpha > 0) with alpha = 0: give alpha > 0")
+    if cfg.seq_kd and (cfg.data_free or not 1 <= cfg.seq_kd_prompt < cfg.seq_len or cfg.seq_kd_temperature < 0):
+        raise UserError("seq_kd needs 1 <= seq_kd_prompt < seq_len, seq_kd_temperature >= 0 and no data_free")
+    if cfg.seq_kd and max(alphas) > 0 and not cfg.teacher_topk:
+        raise UserError("seq_kd with alpha > 0 uses the cached teacher: give teacher_topk > 0")
     if min(cfg.hidden_weight, cfg.attention_weight) < 0 or cfg.train_windows < 0:
         raise UserError("hidden_weight, attention_weight and train_windows must be >= 0")
     if (cfg.hidden_weight or cfg.attention_weight or cfg.data_free) and not cfg.teacher_topk:
@@ -193,28 +204,54 @@ def train_student(student, data, targets, cfg: DistillConfig, alpha: float, temp
             print(f"step {step}: loss {loss.item():.4f}", flush=True)
 
 
-def _run(cfg, teacher, tok, data, targets, alpha, temperature, seed, windows: dict, use_features: bool):
+def _run(cfg, teacher, tok, data, targets, alpha, temperature, seed, windows: dict, kd: bool):
+    """Train and score one student; kd: the KD arm (the KD windows, feature losses), else the no-KD baseline."""
     from llmlab.compress.feature_kd import FeatureKD
     from llmlab.quant import calibrate
     student = student_model(cfg, teacher.config.vocab_size, tok.eos_id, seed)
     feats = None
-    if use_features and alpha > 0 and (cfg.hidden_weight or cfg.attention_weight):
+    if kd and alpha > 0 and (cfg.hidden_weight or cfg.attention_weight):
         feats = FeatureKD(cfg.student_layers, teacher.config.num_hidden_layers, cfg.student_hidden,
                           teacher.config.hidden_size)
     train_student(student, data, targets, cfg, alpha, temperature, seed, teacher, feats)
     student.eval()
-    row = {"seed": seed, "alpha": alpha, "temperature": temperature}
+    row = {"seed": seed, "alpha": alpha, "temperature": temperature, "arm": "kd" if kd else "no-kd"}
     for name, ev in windows.items():
         m = calibrate.perplexity(student, ev, tok=tok)
         row[f"{name}_bits_per_byte"], row[f"{name}_ppl"] = m.bits_per_byte, m.perplexity
     print(f"student ({student.num_params() / 1e6:.1f}M, alpha={alpha}, T={temperature}, seed {seed}"
-          f"{', data-free' if cfg.data_free and alpha > 0 else ''}{', features' if feats else ''}): "
+          f"{', data-free' if cfg.data_free and alpha > 0 else ''}{', seq-KD' if cfg.seq_kd and kd else ''}"
+          f"{', features' if feats else ''}): "
           + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.endswith("bits_per_byte")), flush=True)
     return student, row
 
 
+def _teacher_targets(cfg, teacher, tok, real, layers, att_layer, temps):
+    """-> (the cached teacher targets or None, the KD arm's training windows)."""
+    key = json.dumps([cfg.teacher, cfg.teacher_topk, cfg.data_free and cfg.seed]
+                     + ([cfg.seq_kd_prompt, cfg.seq_kd_temperature, cfg.seed] if cfg.seq_kd else []))
+    need = ({"top_v", "top_i"} | {f"lse{t:g}" for t in temps} | {f"hid{j}" for j in layers}
+            | ({"att"} if att_layer is not None else set())) if cfg.teacher_topk else set()
+    if not (cfg.data_free or cfg.seq_kd):
+        return (cached_teacher(cfg.teacher_cache, key, need, real, lambda: teacher_pass(
+            teacher, real, cfg.batch_size, cfg.teacher_topk, layers, att_layer, temps)) if need else None), real
+    from llmlab.compress.data_free import continue_windows, synthesize
+
+    def make():
+        if cfg.data_free:
+            special = tuple(getattr(tok, "special", {}).values())
+            syn = synthesize(teacher, len(real), cfg.seq_len, seed=cfg.seed, batch_size=16, exclude=special)
+        else:  # sequence-level KD: a real prefix, the teacher's continuation
+            syn = continue_windows(teacher, real[:, :cfg.seq_kd_prompt], cfg.seq_len, torch.Generator().manual_seed(
+                cfg.seed), batch_size=16, temperature=cfg.seq_kd_temperature)
+        return {"synthetic": syn, **(teacher_pass(teacher, syn, cfg.batch_size, cfg.teacher_topk, layers, att_layer,
+                                                  temps) if need else {})}
+    targets = cached_teacher(cfg.teacher_cache, key, need | {"synthetic"}, real, make)
+    return (targets if need else None), targets["synthetic"]
+
+
 def run_distill(cfg: DistillConfig) -> int:
-    """knowledge distillation (logit, feature, data-free) from a teacher into a small student
+    """knowledge distillation (logit, feature, data-free, sequence-level) from a teacher into a small student
 
     Example: llmlab distill sweep_alpha=0.1,0.3 sweep_temperature=1,2 seeds=0,1,2 teacher_cache=runs/kd/top64.safetensors
     """
@@ -230,29 +267,11 @@ def run_distill(cfg: DistillConfig) -> int:
     # the same windows for every seed and arm (seeds change init and order only)
     real = calibrate.token_windows(tok, train_docs, n_train, cfg.seq_len, seed=cfg.seed + 100)
     val = calibrate.token_windows(tok, val_docs, cfg.val_windows, 256)
-    kd_data = real
     layers = layer_map(cfg.student_layers, teacher.config.num_hidden_layers) if cfg.hidden_weight else []
     att_layer = teacher.config.num_hidden_layers - 1 if cfg.attention_weight else None
     temps = tuple(sorted(set(cfg.sweep_temperature) | {1.0, 2.0, cfg.temperature})) if cfg.topk_tail else ()
-    key = json.dumps([cfg.teacher, cfg.teacher_topk, cfg.data_free and cfg.seed])
-    need = ({"top_v", "top_i"} | {f"lse{t:g}" for t in temps} | {f"hid{j}" for j in layers}
-            | ({"att"} if att_layer is not None else set()) | ({"synthetic"} if cfg.data_free else set()))
-    if cfg.data_free:
-        from llmlab.compress.data_free import synthesize
-
-        def make():
-            special = tuple(getattr(tok, "special", {}).values())
-            syn = synthesize(teacher, n_train, cfg.seq_len, seed=cfg.seed, batch_size=16, exclude=special)
-            return {"synthetic": syn, **teacher_pass(teacher, syn, cfg.batch_size, cfg.teacher_topk, layers, att_layer,
-                                                          temps)}
-        targets = cached_teacher(cfg.teacher_cache, key, need, real, make)
-        kd_data = targets["synthetic"]
-    elif cfg.teacher_topk:
-        targets = cached_teacher(cfg.teacher_cache, key, need, real, lambda: teacher_pass(
-            teacher, real, cfg.batch_size, cfg.teacher_topk, layers, att_layer, temps))
-    else:
-        targets = None
-    if targets is not None:  # the cache holds all the teacher gives: free its weights (memory)
+    targets, kd_data = _teacher_targets(cfg, teacher, tok, real, layers, att_layer, temps)
+    if targets is not None or max(cfg.sweep_alpha or [cfg.alpha]) == 0:  # the teacher is no longer needed: free it
         from types import SimpleNamespace
         teacher = SimpleNamespace(config=teacher.config)
     ev = calibrate.token_windows(tok, calibrate.wiki_split(True), cfg.eval_windows, 256)
@@ -262,24 +281,28 @@ def run_distill(cfg: DistillConfig) -> int:
         # every point is scored on both splits, the choice reads only the validation split; the
         # chosen point's and the baseline's runs are the first seed's pair below (not trained twice)
         grid = [(a, t) for a in (cfg.sweep_alpha or [cfg.alpha]) for t in (cfg.sweep_temperature or [cfg.temperature])]
-        for a, t in grid + [(0.0, 1.0)]:
-            done[(cfg.seed, a, t if a else None)] = _run(cfg, teacher, tok, kd_data if a > 0 else real, targets,
-                                                          a, t, cfg.seed, windows, True)
+        for a, t, kd in [(a, t, True) for a, t in grid] + [(0.0, 1.0, False)]:
+            done[(cfg.seed, a, t if a else None, kd)] = _run(cfg, teacher, tok, kd_data if kd else real, targets,
+                                                              a, t, cfg.seed, windows, kd)
         rows = [r for _, r in done.values()]
-        best = min((r for r in rows if r["alpha"] > 0), key=lambda r: r["val_bits_per_byte"])
+        best = min((r for r in rows if r["arm"] == "kd"), key=lambda r: r["val_bits_per_byte"])
         alpha, temperature = best["alpha"], best["temperature"]
         print(f"chosen on the validation split: alpha={alpha}, T={temperature} (no KD: "
               f"{rows[-1]['val_bits_per_byte']:.4f} bits/byte)")
         print(json.dumps({"sweep": [{k: v for k, v in r.items() if not k.startswith("heldout")} for r in rows]}))
-    runs = [(s, a) for s in (cfg.seeds or [cfg.seed]) for a in ((alpha, 0.0) if cfg.seeds else (alpha,))]
-    results, student = [], None
-    for seed, a in runs:
-        student, row = done.get((seed, a, temperature if a else None)) or _run(
-            cfg, teacher, tok, kd_data if a > 0 else real, targets, a, temperature, seed, windows, True)
-        results.append(row)
+    arms = [(alpha, alpha > 0 or cfg.seq_kd)]  # (alpha, the KD arm?)
     if cfg.seeds:
-        kd = [r["heldout_bits_per_byte"] for r in results if r["alpha"] > 0]
-        base = [r["heldout_bits_per_byte"] for r in results if r["alpha"] == 0]
+        arms = [(alpha, True)] + ([] if cfg.kd_only else [(0.0, False)])
+    results, student = [], None
+    for seed, (a, kd) in [(s, arm) for s in (cfg.seeds or [cfg.seed]) for arm in arms]:
+        student, row = done.get((seed, a, temperature if a else None, kd)) or _run(
+            cfg, teacher, tok, kd_data if kd else real, targets, a, temperature, seed, windows, kd)
+        results.append(row)
+    if cfg.seeds and cfg.kd_only:
+        print(json.dumps({"distill": results}))
+    elif cfg.seeds:
+        kd = [r["heldout_bits_per_byte"] for r in results if r["arm"] == "kd"]
+        base = [r["heldout_bits_per_byte"] for r in results if r["arm"] == "no-kd"]
         wins = sum(k < b for k, b in zip(kd, base))
         sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
         print(f"KD {statistics.mean(kd):.4f} ± {sd(kd):.4f} vs no-KD {statistics.mean(base):.4f} ± {sd(base):.4f} "

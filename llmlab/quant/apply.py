@@ -90,9 +90,9 @@ def _attention_loss(names: list[str], ctx, n_seq: int = 8):
 
 
 def _awq_scale(model, g: list[str], lins: dict, st, bits: int, group: int, sym: bool, module: bool, ctx,
-               grid: int = 20):
+               grid: int = 20, duo: bool = False):
     from llmlab.quant.awq import search_scale
-    return search_scale([lins[n].weight.float() for n in g], st.sample, st.mean_abs, bits, group, sym, grid=grid,
+    return search_scale([lins[n].weight.float() for n in g], st.sample, st.mean_abs, bits, group, sym, grid=grid, duo=duo,
                         out_fn=_mlp_output(model, g) if module else None,
                         loss_fn=_attention_loss(g, ctx) if module else None)
 
@@ -101,7 +101,7 @@ def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method
                  sym: bool, act_order: bool, awq_objective: str = "linear", ctx=None, percdamp: float = 0.01,
                  clip: bool = False, awq: dict | None = None) -> list[float]:
     """Quantize the named Linears' weights in place; -> AWQ's chosen alphas. awq: AWQ's search
-    settings (grid, clip_steps, clip_shrink)."""
+    settings (grid, clip_steps, clip_shrink, duo)."""
     awq = awq or {}
     grp = "channel" if group <= 0 else group
     alphas = []
@@ -123,7 +123,8 @@ def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method
         sub = {n: stats[n] for n in names}
         for g in input_groups(sub):
             st = sub[g[0]]
-            s, a = _awq_scale(model, g, lins, st, bits, group, sym, module, ctx, awq.get("grid", 20))
+            s, a = _awq_scale(model, g, lins, st, bits, group, sym, module, ctx, awq.get("grid", 20),
+                              awq.get("duo", False))
             alphas.append(a)
             h = scaled_hessian(st.H, s)
             for n in g:
@@ -151,7 +152,7 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
                    act_order: bool = True, stats: dict | None = None, sequential: bool = True,
                    awq_objective: str = "linear", ragged_groups: bool = False, percdamp: float = 0.01,
                    clip: bool | None = None, max_rows: int = 512, awq_grid: int = 20, awq_clip_steps: int = 10,
-                   awq_clip_shrink: float = 0.5, block_inputs: str = "quantized") -> dict:
+                   awq_clip_shrink: float = 0.5, awq_duo: bool = False, block_inputs: str = "quantized") -> dict:
     """-> {'stored_bytes', 'quantized_params', 'layers', ...}. GPTQ and AWQ calibrate block by
     block on `calib` (each block sees the already-quantized blocks' outputs) unless `sequential`
     is off or `stats` (gathered once on the full-precision model by `calibrate.collect`) is given.
@@ -164,6 +165,7 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
     percdamp: GPTQ's dampening, a fraction of mean(diag H) added to H's diagonal.
     clip: GPTQ's group ranges chosen by output-error search (`gptq.clip_qparams`; needs act_order).
     max_rows: calibration input rows (spread over all windows) AWQ's scale and clip searches use.
+    awq_duo: AutoAWQ's duo scaling (`awq.candidate_scale`).
     block_inputs: in block-by-block calibration, block i+1 sees the outputs of the "quantized" blocks
     before it (GPTQ's reference code; the default) or of the full-precision ones, "fp" (what llm-awq
     and AutoAWQ do for AWQ)."""
@@ -182,7 +184,7 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
                         f"{awq_grid}, {awq_clip_steps}, {awq_clip_shrink}")
     if clip is None:
         clip = method == "awq"
-    awq = dict(grid=awq_grid, clip_steps=awq_clip_steps, clip_shrink=awq_clip_shrink)
+    awq = dict(grid=awq_grid, clip_steps=awq_clip_steps, clip_shrink=awq_clip_shrink, duo=awq_duo)
     if clip and not act_order and group > 0 and method in ("gptq", "awq_gptq"):
         raise UserError("GPTQ's clip search needs act_order=true (static groups) or per-channel groups")
     lins = calibrate.quantizable_linears(model)

@@ -6,8 +6,9 @@ precision by scaling input channel j of the weight up by s_j and the activation 
 which shrinks the relative rounding error of salient channels. s = mean_t|x_tj|^alpha with
 alpha in {0, 1/20, ..., 19/20} searched per group of Linears that share an input (q/k/v;
 gate/up; o; down), minimizing the output MSE on calibration rows, s normalised by
-sqrt(max s * min s). Then each output row's weight range is clipped (the paper's and llm-awq's
-`auto_clip`, on by default): per group of weights, the clip ratio in {1, 0.95, ..., 0.55}
+sqrt(max s * min s) (AutoAWQ's default "duo scaling" divides by the weights' per-channel mean
+magnitude too, s = mean|x|^alpha / mean|w^|^(1-alpha): option `duo`). Then each output row's
+weight range is clipped (the paper's and llm-awq's `auto_clip`, on by default): per group of weights, the clip ratio in {1, 0.95, ..., 0.55}
 (max_shrink 0.5 on a grid of 20, llm-awq's defaults) with the least output error on calibration
 rows is kept (skipped for q/k, whose outputs meet in attention scores, as the reference code
 does). Finally round to nearest.
@@ -23,42 +24,50 @@ import torch
 from llmlab.quant.ptq import pad_to_group, rtn_fake as rtn_fq
 
 
+def weight_mean(ws: list[torch.Tensor], group: int) -> torch.Tensor:
+    """AutoAWQ's w_mean: the Linears' rows stacked, |w| divided by its group's max |w| (+1e-6), the
+    mean over rows per input channel (a ragged last group padded with zeros, as GPTQModel does)."""
+    w = torch.cat(ws).abs()
+    k = w.shape[1]
+    gs = group if group > 0 else k
+    g = pad_to_group(w, gs).reshape(-1, gs)
+    return (g / (g.amax(dim=1, keepdim=True) + 1e-6)).reshape(w.shape[0], -1)[:, :k].mean(0)
+
+
+def candidate_scale(mean_abs: torch.Tensor, a: float, w_mean: torch.Tensor | None = None) -> torch.Tensor:
+    """s for alpha a: mean|x|^a, or with w_mean AutoAWQ's duo scaling mean|x|^a / (w_mean^(1-a) + 1e-4)
+    (its default, `duo_scaling=True`); normalised by sqrt(max s * min s)."""
+    if w_mean is None:
+        s = mean_abs.clamp_min(1e-4).pow(a)
+    else:
+        s = (mean_abs.pow(a) / (w_mean.pow(1 - a) + 1e-4)).clamp_min(1e-4)
+    return s / (s.max() * s.min()).sqrt()
+
+
 @torch.no_grad()
 def search_scale(ws: list[torch.Tensor], x: torch.Tensor, mean_abs: torch.Tensor, bits: int, group: int,
-                 sym: bool, grid: int = 20, out_fn=None, loss_fn=None) -> tuple[torch.Tensor, float]:
+                 sym: bool, grid: int = 20, out_fn=None, loss_fn=None, duo: bool = False) -> tuple[torch.Tensor, float]:
     """-> (s (k,), alpha) minimizing sum over ws of ||x W^T - x (Q(W s)/s)^T||^2, or, with
     out_fn (the list of the group's outputs -> the module output they feed, e.g. the MLP's
     down(act(gate) * up)), the error of that module output (AutoAWQ's `module2inspect`), or,
     with loss_fn (the group's candidate weights -> an error, e.g. of the whole attention's
-    output over calibration sequences), that error."""
-    if loss_fn is not None:
-        best, best_s, best_a = float("inf"), torch.ones_like(mean_abs), 0.0
-        for r in range(grid):
-            a = r / grid
-            s = mean_abs.clamp_min(1e-4).pow(a)
-            s = s / (s.max() * s.min()).sqrt()
-            err = loss_fn([rtn_fq(w * s, bits, group, sym) / s for w in ws])
-            if err < best:
-                best, best_s, best_a = err, s, a
-        return best_s, best_a
-    if out_fn is not None:
+    output over calibration sequences), that error. duo: AutoAWQ's duo scaling (`candidate_scale`)."""
+    if loss_fn is None and out_fn is not None:
         y = out_fn([x @ w.t() for w in ws])
-        best, best_s, best_a = float("inf"), torch.ones_like(mean_abs), 0.0
-        for r in range(grid):
-            a = r / grid
-            s = mean_abs.clamp_min(1e-4).pow(a)
-            s = s / (s.max() * s.min()).sqrt()
-            err = float(((out_fn([x @ (rtn_fq(w * s, bits, group, sym) / s).t() for w in ws]) - y) ** 2).mean())
-            if err < best:
-                best, best_s, best_a = err, s, a
-        return best_s, best_a
-    ys = [x @ w.t() for w in ws]
+
+        def loss_fn(cand):
+            return float(((out_fn([x @ c.t() for c in cand]) - y) ** 2).mean())
+    elif loss_fn is None:
+        ys = [x @ w.t() for w in ws]
+
+        def loss_fn(cand):
+            return sum(float(((x @ c.t() - y) ** 2).mean()) for c, y in zip(cand, ys))
+    w_mean = weight_mean(ws, group) if duo else None
     best, best_s, best_a = float("inf"), torch.ones_like(mean_abs), 0.0
     for r in range(grid):
         a = r / grid
-        s = mean_abs.clamp_min(1e-4).pow(a)
-        s = s / (s.max() * s.min()).sqrt()
-        err = sum(float(((x @ (rtn_fq(w * s, bits, group, sym) / s).t() - y) ** 2).mean()) for w, y in zip(ws, ys))
+        s = candidate_scale(mean_abs, a, w_mean)
+        err = loss_fn([rtn_fq(w * s, bits, group, sym) / s for w in ws])
         if err < best:
             best, best_s, best_a = err, s, a
     return best_s, best_a
@@ -99,11 +108,11 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, bits: int, group: int, sym: bo
 
 def awq_group(ws: list[torch.Tensor], names: list[str], x: torch.Tensor, mean_abs: torch.Tensor, bits: int,
               group: int, sym: bool, clip: bool = True, out_fn=None, loss_fn=None, grid: int = 20,
-              clip_steps: int = 10, clip_shrink: float = 0.5) -> tuple[list[torch.Tensor], float]:
+              clip_steps: int = 10, clip_shrink: float = 0.5, duo: bool = False) -> tuple[list[torch.Tensor], float]:
     """The effective AWQ weights of Linears sharing one input, and the alpha chosen. grid: alpha
     points; clip: the weight-clipping search after the scales (clip_steps ratios down to
-    1 - clip_shrink (exclusive), llm-awq's 10 and 0.5)."""
-    s, a = search_scale(ws, x, mean_abs, bits, group, sym, grid=grid, out_fn=out_fn, loss_fn=loss_fn)
+    1 - clip_shrink (exclusive), llm-awq's 10 and 0.5); duo: AutoAWQ's duo scaling."""
+    s, a = search_scale(ws, x, mean_abs, bits, group, sym, grid=grid, out_fn=out_fn, loss_fn=loss_fn, duo=duo)
     out = []
     for w, n in zip(ws, names):
         ws_ = w * s
