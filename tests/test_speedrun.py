@@ -55,7 +55,8 @@ def test_bad_sft_mix_fails_before_any_work(tmp_path, capsys):
                      ("midtrain_share=1.5", "midtrain_share must be in [0, 1)"),
                      ("facts_share=0.95", "facts_share must be in [0, 1)"), ("precision=fp8", "precision must be"),
                      ("sft_hard_share=0.9", "sft_hard_share must be in [0, 0.75]"),
-                     ("sft_average_last=-0.1", "sft_average_last must be in [0, 1]")):
+                     ("sft_average_last=-0.1", "sft_average_last must be in [0, 1]"),
+                     ("sft_stories=most", "sft_stories must be one of base, more")):
         assert main(["speedrun", arg, f"runs_dir={tmp_path}"]) == 2
         assert msg in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing was built

@@ -15,7 +15,8 @@ def _users(recs):
 
 
 def test_eval_templates_are_not_training_templates():
-    train = {t for ts in T.TRAIN_ARITH_EN.values() for t in ts} | set(T.TRAIN_DEFINE) | set(T.TRAIN_GREET_EN)
+    more = {t for ts in T.MORE_STORIES_EN.values() for t in ts}  # `stories="more"` (SFT only)
+    train = {t for ts in T.TRAIN_ARITH_EN.values() for t in ts} | more | set(T.TRAIN_DEFINE) | set(T.TRAIN_GREET_EN)
     train |= set(T.TRAIN_IDIOM)
     held = {t for ts in T.EVAL_ARITH_EN.values() for t in ts} | set(T.EVAL_DEFINE) | set(T.EVAL_GREET_EN)
     held |= set(T.EVAL_IDIOM)
@@ -23,7 +24,7 @@ def test_eval_templates_are_not_training_templates():
     assert not train & held and not train & valid and not valid & held
     # no training wording shares the held-out or the validation sets' distinctive phrases either,
     # and the validation wordings share none of the held-out set's
-    for t in (t for ts in T.TRAIN_ARITH_EN.values() for t in ts):
+    for t in [t for ts in T.TRAIN_ARITH_EN.values() for t in ts] + sorted(more):
         low = t.lower()
         assert not any(p in low for p in T.EVAL_PHRASES + T.VALID_PHRASES), t
     for t in valid:
@@ -232,3 +233,30 @@ def test_build_hard_share_weights_the_carry_sums_and_defaults_to_the_old_draw():
     assert carry_share(hard) == pytest.approx(0.25 * 0.05 + 0.5 + 0.25 * 0.45, abs=0.04)
     with pytest.raises(UserError, match="hard_share"):
         T.build(10, hard_share=0.8)  # with EDGE_SHARE 0.25 the draw has only 0.75 left
+
+
+def test_build_more_stories_varies_the_word_problems_only():
+    from collections import Counter
+
+    from llmlab.errors import UserError
+    assert T.build(2000, seed=1, stories="base") == T.build(2000, seed=1)  # the default is the old draw
+    base, more = T.build(12000, seed=1), T.build(12000, seed=1, stories="more")
+    assert Counter(r["kind"] for r in base) == Counter(r["kind"] for r in more)
+    patterns = {op: [(t, re.compile(re.escape(t).replace(r"\{a\}", r"\d+").replace(r"\{b\}", r"\d+")))
+                     for t in T.ARITH_STORIES_EN[op] + T.MORE_STORIES_EN[op]] for op in "+-*"}
+
+    def stories(recs):  # wording -> count over the English word problems
+        out = Counter()
+        for u in _users([r for r in recs if r["kind"] == "arithmetic"]):
+            out.update(t for ps in patterns.values() for t, rx in ps if rx.fullmatch(u))
+        return out
+    sb, sm = stories(base), stories(more)
+    assert set(sb) == {t for ts in T.ARITH_STORIES_EN.values() for t in ts}
+    assert set(sm) == {t for ps in patterns.values() for t, _ in ps}  # every new wording is drawn
+    assert sum(sm.values()) == pytest.approx(sum(sb.values()), rel=0.15)  # the group is drawn as often
+    for r in more:  # the answers stay right: the reply's equation matches the question's numbers
+        if r["kind"] == "arithmetic" and r["messages"][1]["content"].endswith("."):
+            a, sym, b, c = re.fullmatch(r"(\d+) (\S) (\d+) = (-?\d+)\.", r["messages"][1]["content"]).groups()
+            assert int(c) == r["answer"] == {"+": int(a) + int(b), "-": int(a) - int(b), "×": int(a) * int(b)}[sym]
+    with pytest.raises(UserError, match="stories"):
+        T.build(10, stories="most")

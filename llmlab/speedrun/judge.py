@@ -212,6 +212,46 @@ def instruction_following(model, tok, quick: bool = False, train_records: list[d
             "leaked": leaked, "train_conversations": len(train_records) if train_records is not None else None}
 
 
+_EQUATION = re.compile(r"(-?\d+)\s*([+×*-])\s*(-?\d+)\s*=\s*(-?\d+)")
+
+
+def arithmetic_wording(prompt: str, templates: dict) -> tuple[str, str, int, int] | None:
+    """(op, wording, a, b) of a question asked in one of `templates` (op -> wordings), else None."""
+    for op, wordings in templates.items():
+        for t in wordings:
+            rx = re.escape(t).replace(r"\{a\}", r"(?P<a>\d+)").replace(r"\{b\}", r"(?P<b>\d+)")
+            m = re.fullmatch(rx, prompt)
+            if m:
+                return op, t, int(m["a"]), int(m["b"])
+    return None
+
+
+def arithmetic_breakdown(items: list[dict], replies: list[str], templates: dict) -> dict:
+    """Where arithmetic replies go wrong. score: the last integer is the answer (`score_item`);
+    reading: the reply's first equation "x op y = c" has the question's operation and operands in an
+    order that gives the asked result (either order for +, a - b for -), over all questions; facts:
+    c is right for the x op y written, over the replies that write an equation; by_wording: the score
+    per wording (`templates`, op -> wordings, e.g. templated.VALID_ARITH_EN)."""
+    sym = {"+": "+", "-": "-", "×": "*", "*": "*"}
+    score = read = fact = written = 0
+    by: dict[str, list[float]] = {}
+    for it, reply in zip(items, replies, strict=True):
+        op, wording, a, b = arithmetic_wording(it["prompt"], templates)
+        s = score_item(it, reply)
+        score += s
+        by.setdefault(wording, []).append(s)
+        m = _EQUATION.search(reply)
+        if not m:
+            continue
+        x, o, y, c = int(m[1]), sym[m[2]], int(m[3]), int(m[4])
+        written += 1
+        fact += c == (x + y if o == "+" else x - y if o == "-" else x * y)
+        read += o == op and ((x, y) == (a, b) or (op == "+" and (x, y) == (b, a)))
+    n = len(items)
+    return {"score": score / n, "reading": read / n, "facts": fact / written if written else 0.0,
+            "equations": written, "n": n, "by_wording": {w: sum(v) / len(v) for w, v in by.items()}}
+
+
 # ---- bits per byte on the run's own held-out split ----------------------------------------------
 
 def own_split_bpb(models: dict, val_texts: list[str], train_jsonl: str | Path, max_docs: int = 200,

@@ -76,6 +76,8 @@ class SpeedrunConfig:
     # seeds (median 0.73 vs 0.77; docs/LOG.md, eighth issue-24 section).
     sft_average_last: float = field(default=0.0, metadata={
         "help": "fraction of the final SFT steps whose weights are averaged into the chat model (0 = off)"})
+    sft_stories: str = field(default="base", metadata={
+        "help": "SFT word problems for + / - / x: base (3 / 3 / 1) or more (15 / 15 / 5: templated.MORE_STORIES_EN)"})
     sft_mix: dict = field(default_factory=dict, metadata={
         "help": "SFT data shares by kind (arith_en, arith_zh, definition, greeting, idiom); keys given replace "
                 "llmlab.finetune.instruct.templated.MIX, e.g. sft_mix.arith_en=0.6"})
@@ -261,6 +263,8 @@ def _check(cfg: SpeedrunConfig) -> None:
                         f"got {cfg.facts_share} + {cfg.midtrain_share}")
     if not 0 <= cfg.sft_hard_share <= 1 - templated.EDGE_SHARE:
         raise UserError(f"sft_hard_share must be in [0, {1 - templated.EDGE_SHARE:g}], got {cfg.sft_hard_share}")
+    if cfg.sft_stories not in templated.STORIES:
+        raise UserError(f"sft_stories must be one of {', '.join(templated.STORIES)}, got '{cfg.sft_stories}'")
     if not 0 <= cfg.sft_average_last <= 1:
         raise UserError(f"sft_average_last must be in [0, 1], got {cfg.sft_average_last}")
     if cfg.precision not in ("auto", "fp32", "bf16"):
@@ -324,7 +328,8 @@ def _sft(cfg: SpeedrunConfig, out: Path, stages: dict, val_texts: list[str]):
     from llmlab.finetune.sft import sft, speedrun_sft_config
 
     recs = templated.build(100 if cfg.quick else cfg.sft_examples, seed=cfg.seed, exclude_text="\n".join(val_texts),
-                           mix={**templated.MIX, **(cfg.sft_mix or {})}, hard_share=cfg.sft_hard_share)
+                           mix={**templated.MIX, **(cfg.sft_mix or {})}, hard_share=cfg.sft_hard_share,
+                           stories=cfg.sft_stories)
     sft_file = templated.write_jsonl(recs, out / "sft_data" / "templated.jsonl")
     sft_kw = {} if cfg.quick else {"max_steps": cfg.sft_steps, "per_device_train_batch_size": 8}
     sft_kw["bf16"] = use_bf16(cfg)

@@ -55,12 +55,48 @@ ARITH_STORIES_EN = {"+": ["I have {a} books and buy {b} more. How many books do 
                           "I had {a} sweets and ate {b}. How many sweets are left?",
                           "Tom has {a} coins. He spends {b}. How many coins does he have left?"],
                     "*": ["There are {a} boxes with {b} pens in each. How many pens are there?"]}
+# More word problems (speedrun `sft_stories=more`, SFT data only; midtraining keeps the three above):
+# new scenes and verbs written from first principles for the ninth issue-24 session, none in a
+# validation or held-out wording or phrase (tests/test_speedrun_templated.py). Last session's lost
+# validation questions were mostly word problems, with 3 training ones per operation (docs/LOG.md).
+MORE_STORIES_EN = {"+": ["Sam has {a} marbles. His friend gives him {b} more. How many marbles does Sam have now?",
+                         "A farmer has {a} cows and buys {b} more. How many cows does the farmer have?",
+                         "There are {a} children in the park. Then {b} more children arrive. How many are there now?",
+                         "Anna picked {a} flowers in the morning and {b} in the afternoon. How many did she pick?",
+                         "A shelf holds {a} red cups and {b} blue cups. How many cups are on the shelf?",
+                         "Lily read {a} pages yesterday and {b} pages today. How many pages has she read?",
+                         "A bus has {a} passengers. At the next stop {b} people get on. How many are on the bus?",
+                         "We baked {a} cookies, then baked {b} more. How many cookies did we bake altogether?",
+                         "Max caught {a} fish and his sister caught {b}. How many fish did they catch together?",
+                         "There were {a} cars in the lot and {b} more drove in. How many cars are in the lot?",
+                         "A jar had {a} stones. I put in {b} more. How many stones are in the jar?",
+                         "Ben is {a} years old. How old will he be in {b} years?"],
+                   "-": ["Sam has {a} marbles and loses {b} of them. How many marbles does Sam have now?",
+                         "A farmer has {a} cows and sells {b}. How many cows does the farmer have left?",
+                         "There are {a} children in the park. Then {b} go home. How many are still in the park?",
+                         "Anna had {a} flowers and gave {b} to her mother. How many flowers does she have left?",
+                         "A shelf holds {a} cups. {b} of them fall and break. How many cups are still whole?",
+                         "A book has {a} pages and Lily has read {b}. How many pages are left to read?",
+                         "A bus has {a} passengers. At the next stop {b} people get off. How many are on the bus?",
+                         "We baked {a} cookies and ate {b} of them. How many cookies are left?",
+                         "There were {a} cars in the lot and {b} drove away. How many cars are in the lot now?",
+                         "A jar had {a} stones. I took out {b}. How many stones are in the jar?",
+                         "Ben is {a} years old. How old was he {b} years ago?",
+                         "Mia is {a} years old and her brother is {b} years younger. How old is her brother?"],
+                   "*": ["Each of {a} bags holds {b} oranges. How many oranges are there in all?",
+                         "There are {a} rows of chairs with {b} chairs in each row. How many chairs are there?",
+                         "Sam reads {b} pages a day for {a} days. How many pages does he read?",
+                         "A box holds {b} eggs. How many eggs do {a} boxes hold?"]}
 # The English wordings of each operation in groups (one per core, the imperatives, the word problems):
 # a draw picks a group first, so the few imperative and story forms are not drowned by the frame x core
 # ones. TRAIN_ARITH_EN is the same wordings flat (what the leak tests check).
 TRAIN_ARITH_GROUPS_EN = {op: [[f.replace("{x}", c) for f in ARITH_FRAMES_EN] for c in cores]
                          + [ARITH_IMPERATIVE_EN[op], ARITH_STORIES_EN[op]] for op, cores in ARITH_CORES_EN.items()}
 TRAIN_ARITH_EN = {op: [q for g in groups for q in g] for op, groups in TRAIN_ARITH_GROUPS_EN.items()}
+# the same with the word-problem group grown by MORE_STORIES_EN (a draw picks it as often as before)
+TRAIN_ARITH_GROUPS_MORE_EN = {op: groups[:-1] + [groups[-1] + MORE_STORIES_EN[op]]
+                              for op, groups in TRAIN_ARITH_GROUPS_EN.items()}
+STORIES = ("base", "more")
 TRAIN_ARITH_ZH = {"+": ["{a}加{b}等于多少？", "计算 {a} 加 {b}。", "{a}+{b}=？"],
                   "-": ["{a}减{b}等于多少？", "计算 {a} 减 {b}。"],
                   "*": ["{a}乘以{b}等于多少？", "计算 {a} 乘 {b}。"]}
@@ -157,10 +193,13 @@ EDGE_SHARE = 0.25
 HARD_SHARE = 0.0
 
 
-def arithmetic(n: int, rng: random.Random, lang: str = "en", hard_share: float | None = None) -> list[dict]:
+def arithmetic(n: int, rng: random.Random, lang: str = "en", hard_share: float | None = None,
+               stories: str = "base") -> list[dict]:
     """Single-digit +, -, x (and, in Chinese, a first operand up to 20), equation-first answers;
-    `hard_share` (default HARD_SHARE) of the + and - questions carry sums or differences of 1 or 2."""
+    `hard_share` (default HARD_SHARE) of the + and - questions carry sums or differences of 1 or 2;
+    `stories="more"`: the English word problems include MORE_STORIES_EN."""
     hard = HARD_SHARE if hard_share is None else hard_share
+    groups = TRAIN_ARITH_GROUPS_MORE_EN if stories == "more" else TRAIN_ARITH_GROUPS_EN
     out = []
     for _ in range(n):
         op = rng.choice(ARITH_OPS)
@@ -168,7 +207,7 @@ def arithmetic(n: int, rng: random.Random, lang: str = "en", hard_share: float |
         c = _answer(a, b, op)
         sym = OPS_EN[op][1]
         if lang == "en":
-            q = rng.choice(rng.choice(TRAIN_ARITH_GROUPS_EN[op])).format(a=a, b=b)
+            q = rng.choice(rng.choice(groups[op])).format(a=a, b=b)
             reply = f"{a} {sym} {b} = {c}."
         else:
             q = rng.choice(TRAIN_ARITH_ZH[op]).format(a=a, b=b)
@@ -247,18 +286,20 @@ MIDTRAIN_MIX = {"arith_en": 0.6, "arith_zh": 0.1, "definition": 0.1, "greeting":
 
 
 def build(n: int = 6000, seed: int = 0, mix: dict | None = None, exclude_text: str = "",
-          hard_share: float | None = None) -> list[dict]:
+          hard_share: float | None = None, stories: str = "base") -> list[dict]:
     """`n` training examples in the `mix` proportions (default MIX), shuffled (seeded). Definitions
     whose answer occurs in `exclude_text` (e.g. the validation documents) are dropped, so a model's
-    bits/byte on that text stays held out. `hard_share`: see `arithmetic` (default HARD_SHARE)."""
+    bits/byte on that text stays held out. `hard_share`, `stories`: see `arithmetic`."""
     if n < 1:
         raise UserError(f"templated instruction data: n must be >= 1, got {n}")
+    if stories not in STORIES:
+        raise UserError(f"stories must be one of {', '.join(STORIES)}, got '{stories}'")
     if hard_share is not None and not 0 <= hard_share <= 1 - EDGE_SHARE:
         raise UserError(f"hard_share must be in [0, {1 - EDGE_SHARE:g}] (1 - EDGE_SHARE), got {hard_share}")
     mix = mix or MIX
     rng = random.Random(f"templated-{seed}")
     k = {name: max(1, round(n * mix.get(name, 0.0))) for name in MIX}
-    recs = arithmetic(k["arith_en"], rng, "en", hard_share) + arithmetic(k["arith_zh"], rng, "zh", hard_share)
+    recs = arithmetic(k["arith_en"], rng, "en", hard_share, stories) + arithmetic(k["arith_zh"], rng, "zh", hard_share)
     recs += [r for r in definitions(k["definition"], rng)
              if not (exclude_text and r["messages"][1]["content"].rstrip(".") in exclude_text)]
     recs += greetings(k["greeting"], rng) + idioms(k["idiom"], rng)
