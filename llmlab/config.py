@@ -175,6 +175,8 @@ def is_explicit(cfg: Any, key: str) -> bool:
 
 def load_yaml(path: str | Path) -> dict:
     p = Path(path)
+    if p.is_dir():  # `llmlab generate runs/x/model`: a model dir where the optional config YAML goes
+        raise UserError(f"{p} is a directory, not a config YAML; to use it as the model, write model={p}")
     if not p.is_file():
         raise UserError(f"config file not found: {p}")
     try:

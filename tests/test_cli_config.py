@@ -52,6 +52,11 @@ def test_config_errors_name_the_key(args, msg):
         load_config(Cfg, args)
 
 
+def test_a_directory_where_the_yaml_goes_says_model_equals(tmp_path):
+    with pytest.raises(UserError, match=f"{tmp_path} is a directory, not a config YAML; .* write model={tmp_path}"):
+        load_config(Cfg, [str(tmp_path)])
+
+
 def test_bad_yaml(tmp_path):
     y = tmp_path / "bad.yaml"
     y.write_text("a: [1, 2\n")
