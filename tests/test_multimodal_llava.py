@@ -67,6 +67,43 @@ def test_greedy_answer_matches_stepwise_argmax(llava):
     assert got == [llava.tok.decode(ids).strip()]
 
 
+def test_shared_prefix_is_exact(smollm2_tokenizer):
+    """The chat prefix run once (batch 1) gives the full rows' hidden states, loss and gradients
+    (projector, LoRA and an unfrozen encoder) and the same greedy answers as running every row whole."""
+    from llmlab.finetune.lora import LoraConfig, apply_lora
+    torch.manual_seed(3)
+    lm = Transformer(ModelConfig(vocab_size=smollm2_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128))
+    lm.requires_grad_(False)
+    vit = VisionTransformer(ViTConfig(image_size=8, patch_size=4, in_chans=3, embed_dim=16, depth=1, num_heads=2))
+    m = Llava(vit, lm, smollm2_tokenizer)
+    assert m.share_prefix
+    apply_lora(m.lm, LoraConfig(r=4, lora_alpha=8))
+    for p in m.lm.parameters():
+        if p.requires_grad:  # LoRA's B starts at 0: move it so its gradient path is not trivial
+            p.data.add_(0.05 * torch.randn_like(p))
+    m.vision.requires_grad_(True)
+    images, qs, ans = torch.rand(3, 3, 8, 8), ["what color?", "is there a red circle?", "shape?"], ["red", "no", "circle"]
+    x, _, _ = m._batch(images, qs, ans)
+    P = len(m._before)
+    with torch.no_grad():
+        full = lm_hidden_from_embeds(m.lm, x)
+        part = lm_hidden_from_embeds(m.lm, x[:, P:], x[:1, :P])
+    assert torch.allclose(part, full[:, P:], atol=1e-5)
+    runs = []
+    for share in (False, True):
+        m.share_prefix = share
+        m.zero_grad(set_to_none=True)
+        loss = m.loss(images, qs, ans)
+        loss.backward()
+        grads = [p.grad.clone() for p in m.parameters() if p.requires_grad]
+        runs.append((loss.item(), grads, m.answer(images, qs, max_new_tokens=3)))
+    m.share_prefix = True
+    assert runs[0][0] == pytest.approx(runs[1][0], abs=1e-5)
+    assert len(runs[0][1]) > 10 and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(runs[0][1], runs[1][1]))
+    assert runs[0][2] == runs[1][2]
+
+
 def test_projector_learns(llava):
     torch.manual_seed(1)
     images = torch.rand(4, 3, 8, 8)
