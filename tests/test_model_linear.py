@@ -73,3 +73,23 @@ def test_model_training_step_matches_the_mkl_path(monkeypatch):
     torch.testing.assert_close(l1, l0, atol=1e-5, rtol=1e-6)
     for n in g0:
         torch.testing.assert_close(g1[n], g0[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+@pytest.mark.slow  # ~20-50 s of inductor compile on a CPU
+def test_inside_torch_compile_the_module_path_is_traced():
+    """inductor cannot lower the oneDNN op: under torch.compile `linear` calls the module (the
+    speedrun's `torch_compile=true` on CPU crashed before), with the same values and gradients."""
+    torch.manual_seed(0)
+    mod = nn.Linear(32, 48)
+    x = torch.randn(128, 32, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    torch._dynamo.reset()
+    y = torch.compile(lambda t: L.linear(mod, t).relu())(x)
+    y.sum().backward()
+    gw = mod.weight.grad.clone()
+    mod.zero_grad()
+    y_ref = F.linear(x_ref, mod.weight, mod.bias).relu()
+    y_ref.sum().backward()
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gw, mod.weight.grad, atol=1e-4, rtol=1e-5)

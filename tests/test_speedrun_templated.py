@@ -7,7 +7,7 @@ import re
 import pytest
 
 from llmlab.finetune.instruct import templated as T
-from llmlab.speedrun.judge import char_f1, distinct_n, last_int, score_item
+from llmlab.speedrun.judge import DECODING_GRID, MIN_DISTINCT_2, char_f1, distinct_n, last_int, pick_decoding, score_item
 
 
 def _users(recs):
@@ -138,6 +138,20 @@ def test_scores_by_hand():
     assert score_item({"kind": "greeting"}, "The answer is 4.") == 0.0
     assert score_item({"kind": "definition", "subject": "Paris"}, "Paris is the capital of France.") == 1.0
     assert score_item({"kind": "definition", "subject": "Paris"}, "London is a city.") == 0.0
+
+
+def test_pick_decoding_takes_the_lowest_judge_among_varied_enough_settings():
+    d = [{"temperature": t} for t in (0.8, 0.6, 0.5, 0.4)]
+    rows = [{"decoding": d[0], "judge_ppl": 500.0, "distinct_2": 0.9},
+            {"decoding": d[1], "judge_ppl": 230.0, "distinct_2": 0.75},
+            {"decoding": d[2], "judge_ppl": 90.0, "distinct_2": MIN_DISTINCT_2},  # on the bar: allowed
+            {"decoding": d[3], "judge_ppl": 44.0, "distinct_2": MIN_DISTINCT_2 - 0.01}]  # too repetitive
+    assert pick_decoding(rows) == d[2]
+    assert pick_decoding([r for r in rows if r["decoding"] != d[2]]) == d[1]  # the grid without T 0.5
+    assert pick_decoding([{**r, "distinct_2": 0.1} for r in rows]) == d[0]  # none varied: the first
+    assert pick_decoding([{**rows[0], "judge_ppl": float("nan")}, rows[1]]) == d[1]
+    temps = [g["temperature"] for g in DECODING_GRID if "no_repeat_ngram_size" not in g]
+    assert temps == sorted(temps, reverse=True) and 0.5 in temps  # the first is the fixed T 0.8
 
 
 def test_midtraining_mix_documents_and_leak_check():

@@ -6,8 +6,8 @@ and docs/train.md. The weight gradient dW = dY^T X stays on MKL (oneDNN needs bo
 transposed and copied there, and was slower).
 
 `linear(module, x)` takes this path only for a plain `nn.Linear` without hooks, fp32 on CPU,
-outside autocast, with autograd recording and at least MIN_ROWS rows, and only when oneDNN is in
-the torch build (LLMLAB_NO_DNN=1 turns it off); everything else (LoRA/adapter layers, GPUs,
+outside autocast, with autograd recording and at least MIN_ROWS rows, not inside torch.compile
+(inductor cannot lower the oneDNN op; it picks its own GEMM), and only when oneDNN is in the torch build (LLMLAB_NO_DNN=1 turns it off); everything else (LoRA/adapter layers, GPUs,
 bf16, inference) calls the module as usual. The product is the same x W^T + b; only the order of the fp32 sums differs from MKL's.
 """
 from __future__ import annotations
@@ -62,6 +62,6 @@ def linear(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
             and x.numel() >= MIN_ROWS * x.shape[-1] and not torch.is_autocast_enabled("cpu")
             and not (mod._forward_hooks or mod._forward_pre_hooks or nn.modules.module._global_forward_hooks
                      or nn.modules.module._global_forward_pre_hooks)
-            and use_dnn()):
+            and not torch.compiler.is_compiling() and use_dnn()):
         return _DnnLinear.apply(x, mod.weight, mod.bias)
     return mod(x)

@@ -225,7 +225,9 @@ def _train_config(cfg: SpeedrunConfig, preset_name: str, tok, out: Path, bytes_p
     sizing.max_steps = overrides["max_steps"]
     overrides["warmup_steps"] = max(1, overrides["max_steps"] // 20)
     model_cfg = ModelConfig(**{**sizing.model.to_dict(), "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id})
-    on_gpu = resolve_device(cfg.device).type == "cuda"  # torch.compile only pays off there
+    # torch.compile only pays off on GPUs: on the AVX2 CPU, fp32, 1.09x per step after a 27 s compile
+    # (benchmarks/compile_step.py; ~20 s of the 18.5-minute run at 2 threads; docs/LOG.md, issue 24)
+    on_gpu = resolve_device(cfg.device).type == "cuda"
     tcfg = TrainConfig(output_dir=str(out / "train"), seed=cfg.seed, device=cfg.device, bf16=use_bf16(cfg),
                        torch_compile=on_gpu and not cfg.quick,
                        eval_steps=0 if cfg.quick else cfg.eval_steps, bytes_per_token=bytes_per_token,
