@@ -52,15 +52,43 @@ def pad_to_group(w: torch.Tensor, group: int) -> torch.Tensor:
     return torch.nn.functional.pad(w, (0, pad)) if pad else w
 
 
+@dataclass
+class GroupGrid:
+    """A 2-D weight as integer codes on per-group grids: w' = (codes - zero) * scale, one (scale,
+    zero) per `group` consecutive weights of a row (a ragged last group where `group` does not
+    divide the row; group <= 0: one per row). What RTN and GPTQ make, handed as is to the block
+    kernel (`llmlab.quant.blocks`) instead of being recovered from the dequantized weight."""
+    codes: torch.Tensor  # (rows, k) integers: uint8 for zero-point grids, int8 for symmetric ones
+    scale: torch.Tensor  # (rows, n_groups)
+    zero: torch.Tensor   # (rows, n_groups), integer-valued (0 for symmetric grids)
+    group: int
+    bits: int
+    sym: bool
+
+    def per_column(self, t: torch.Tensor) -> torch.Tensor:
+        """A (rows, n_groups) parameter -> (rows, k): each group's value on each of its columns."""
+        k = self.codes.shape[1]
+        return t.expand(-1, k) if self.group <= 0 else t.repeat_interleave(self.group, dim=1)[:, :k]
+
+    def dequantize(self) -> torch.Tensor:
+        """(codes - zero) * scale in the scale's dtype (the same operations as `fake_quant`)."""
+        return (self.codes.to(self.scale.dtype) - self.per_column(self.zero)) * self.per_column(self.scale)
+
+
+def rtn_grid(w: torch.Tensor, bits: int, group: int, sym: bool) -> GroupGrid:
+    """Round-to-nearest of a 2-D weight onto per-group grids (group <= 0: per row; a group that
+    does not divide the row leaves a shorter last group: callers that must refuse that check first)."""
+    rows, k = w.shape
+    g = w if group <= 0 else pad_to_group(w, group).reshape(-1, group)
+    s, z = qparams(g, bits, sym)
+    codes = quantize_codes(g, s, z, bits, sym).reshape(rows, -1)[:, :k]
+    return GroupGrid(codes.to(torch.int8 if sym else torch.uint8), s.view(rows, -1), z.view(rows, -1),
+                     group, bits, sym)
+
+
 def rtn_fake(w: torch.Tensor, bits: int, group: int, sym: bool) -> torch.Tensor:
-    """The round-to-nearest fake-quantized 2-D weight (group <= 0: per row); a group that does
-    not divide the row leaves a shorter last group (callers that must refuse that check first)."""
-    if group <= 0:
-        s, z = qparams(w, bits, sym)
-        return fake_quant(w, s, z, bits, sym)
-    g = pad_to_group(w, group)
-    s, z = qparams(g.reshape(-1, group), bits, sym)
-    return fake_quant(g.reshape(-1, group), s, z, bits, sym).reshape(g.shape)[:, : w.shape[1]]
+    """The round-to-nearest fake-quantized 2-D weight (`rtn_grid` dequantized)."""
+    return rtn_grid(w, bits, group, sym).dequantize()
 
 
 def check_bits(bits: int) -> None:
