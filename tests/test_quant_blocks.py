@@ -99,3 +99,29 @@ def test_only_rtn_and_gptq_rows_hand_over_grids(tiny):
     assert attach_blocks(m, grids)["blocks"] == 0
     quantize_model(m, "gptq", bits=4, group=32, sym=False, calib=calib, grids=grids)
     assert len(grids) == 2 * 7 and attach_blocks(m, grids)["blocks"] == 2 * 7
+
+
+def test_a_saved_row_keeps_its_grids_for_the_kernel(tiny, tmp_path):
+    """benchmarks/quant_methods.py's --save-dir file carries the codes, so quant_decode.py's saved
+    GPTQ row goes to the kernel exactly as a freshly quantized one."""
+    import copy
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "quant_methods.py"
+    spec = importlib.util.spec_from_file_location("quant_methods", path)
+    qm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qm)
+    from llmlab.quant.calibrate import quantizable_linears
+    m, grids = copy.deepcopy(tiny), {}
+    info = quantize_model(m, "rtn", bits=4, group=32, sym=False, grids=grids)
+    lins = list(quantizable_linears(m))
+    qm.save_row(m, tmp_path / "row.safetensors", lins, info, grids)
+    m2 = copy.deepcopy(tiny)
+    info2, grids2 = qm.load_row(m2, tmp_path / "row.safetensors", lins)
+    assert info2 == info and set(grids2) == set(grids)
+    for n, g in grids.items():
+        h = grids2[n]
+        assert torch.equal(h.codes, g.codes) and torch.equal(h.scale, g.scale) and (h.group, h.bits, h.sym) == (32, 4, False)
+    assert attach_blocks(m2, grids2)["blocks"] == len(lins)
+    qm.save_row(m, tmp_path / "plain.safetensors", lins, info)  # a file without grids still loads
+    assert qm.load_row(copy.deepcopy(tiny), tmp_path / "plain.safetensors", lins)[1] == {}

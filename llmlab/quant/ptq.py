@@ -59,20 +59,27 @@ class GroupGrid:
     divide the row; group <= 0: one per row). What RTN and GPTQ make, handed as is to the block
     kernel (`llmlab.quant.blocks`) instead of being recovered from the dequantized weight."""
     codes: torch.Tensor  # (rows, k) integers: uint8 for zero-point grids, int8 for symmetric ones
-    scale: torch.Tensor  # (rows, n_groups)
-    zero: torch.Tensor   # (rows, n_groups), integer-valued (0 for symmetric grids)
+    scale: torch.Tensor  # (rows, n_groups); (1, 1) for one scale over the tensor
+    zero: torch.Tensor   # like scale, integer-valued (0 for symmetric grids)
     group: int
     bits: int
     sym: bool
 
     def per_column(self, t: torch.Tensor) -> torch.Tensor:
-        """A (rows, n_groups) parameter -> (rows, k): each group's value on each of its columns."""
+        """A (rows, n_groups) parameter -> (rows, k) (or (1, k) for a (1, 1) one): each group's
+        value on each of its columns."""
         k = self.codes.shape[1]
         return t.expand(-1, k) if self.group <= 0 else t.repeat_interleave(self.group, dim=1)[:, :k]
 
     def dequantize(self) -> torch.Tensor:
         """(codes - zero) * scale in the scale's dtype (the same operations as `fake_quant`)."""
         return (self.codes.to(self.scale.dtype) - self.per_column(self.zero)) * self.per_column(self.scale)
+
+    def nbytes(self, scale_bytes: int = 2) -> int:
+        """Stored size: codes at `bits` each, fp16 scales, zero-points at `bits` each."""
+        n_codes = self.codes.numel() * self.bits
+        n_params = self.scale.numel() * (8 * scale_bytes + (0 if self.sym else self.bits))
+        return (n_codes + n_params + 7) // 8
 
 
 def rtn_grid(w: torch.Tensor, bits: int, group: int, sym: bool) -> GroupGrid:
@@ -122,36 +129,17 @@ def fake_quant(g: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: i
     return (quantize_codes(g, scale, zero, bits, sym) - zero) * scale
 
 
-@dataclass
-class QTensor:
-    """A weight as integer codes plus one (scale, zero) per granule."""
-    codes: torch.Tensor  # int8 (n_granules, size); asymmetric int8 codes are stored minus 128
-    scale: torch.Tensor  # fp32 (n_granules, 1)
-    zero: torch.Tensor   # fp32 (n_granules, 1), integer-valued
-    bits: int
-    sym: bool
-    shape: tuple
-
-    def dequantize(self) -> torch.Tensor:
-        q = self.codes.float() + (128 if (not self.sym and self.bits == 8) else 0)
-        return ((q - self.zero) * self.scale).reshape(self.shape)
-
-    def nbytes(self, scale_bytes: int = 2) -> int:
-        """Stored size: codes at `bits` each, fp16 scales, zero-points at `bits` each."""
-        n_codes = self.codes.numel() * self.bits
-        n_params = self.scale.numel() * (8 * scale_bytes + (0 if self.sym else self.bits))
-        return (n_codes + n_params + 7) // 8
-
-
-def quantize(w: torch.Tensor, bits: int = 8, group: int | str = "channel", sym: bool = True) -> QTensor:
-    """Round-to-nearest (RTN) quantization of a 2-D weight."""
+def quantize(w: torch.Tensor, bits: int = 8, group: int | str = "channel", sym: bool = True) -> GroupGrid:
+    """Round-to-nearest (RTN) quantization of a 2-D weight: group 'tensor' (one scale, held as
+    (1, 1)), 'channel' (per row) or an int that divides the row."""
     check_bits(bits)
-    g = granule_view(w.detach().float(), group)
-    scale, zero = qparams(g, bits, sym)
-    q = quantize_codes(g, scale, zero, bits, sym)
-    if not sym and bits == 8:
-        q = q - 128
-    return QTensor(q.to(torch.int8), scale, zero, bits, sym, tuple(w.shape))
+    w = w.detach().float()
+    granule_view(w, group)  # refuses a bad granularity, a group that does not divide the row
+    if group == "tensor":
+        s, z = qparams(w.reshape(1, -1), bits, sym)
+        codes = quantize_codes(w, s, z, bits, sym)
+        return GroupGrid(codes.to(torch.int8 if sym else torch.uint8), s, z, -1, bits, sym)
+    return rtn_grid(w, bits, -1 if group == "channel" else group, sym)
 
 
 def rtn(w: torch.Tensor, bits: int = 4, group: int | str = 128, sym: bool = False) -> torch.Tensor:
