@@ -49,22 +49,24 @@ def decode_once(model, ids: list[int], n_new: int) -> tuple[float, float, list[i
 
 
 def build_rows(a, base) -> dict:
-    """name -> (model, info)."""
+    """name -> (model, its grids by Linear name: the quantizer's codes for the block kernel)."""
     from pathlib import Path
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
-    models = {"fp32": (base, {}), "gguf": (load_model_and_tokenizer("smollm2")[0], {})}
+    models = {"fp32": (base, None), "gguf": (load_model_and_tokenizer("smollm2")[0], None)}
     for key, kw in (("rtn8", dict(bits=8, group=-1, sym=True)), ("rtn4", dict(bits=4, group=a.group, sym=False))):
-        m = copy.deepcopy(base)
-        quantize_model(m, "rtn", ragged_groups=True, **kw)
-        models[key] = (m, kw)
+        m, grids = copy.deepcopy(base), {}
+        quantize_model(m, "rtn", ragged_groups=True, grids=grids, **kw)
+        models[key] = (m, grids)
     if a.load_dir:
         from quant_methods import load_row  # benchmarks/ is on sys.path when this script runs
         name = f"smollm2.gptq4.g{a.group}.b4.c{a.calib_windows}x256.safetensors"
         path = Path(a.load_dir) / name
         if path.exists():
             m = copy.deepcopy(base)
-            load_row(m, path, list(calibrate.quantizable_linears(m)))
-            models["gptq4"] = (m, dict(bits=4, group=a.group, sym=False))
+            _, grids = load_row(m, path, list(calibrate.quantizable_linears(m)))
+            if not grids:
+                print(f"{path} was saved without the GPTQ codes: the gptq4 row runs fp32 matmuls", flush=True)
+            models["gptq4"] = (m, grids)
         else:
             print(f"no {path}: the gptq4 row is not run", flush=True)
     return models
@@ -89,9 +91,9 @@ def main() -> None:
     ev = calibrate.token_windows(tok, calibrate.wiki_split(True), a.eval_windows, 256)
     models = build_rows(a, base)
     info, ppl = {}, {}
-    for name, (m, kw) in models.items():
+    for name, (m, grids) in models.items():
         before = calibrate.perplexity(m, ev).perplexity
-        info[name] = attach_blocks(m, kw["group"]) if kw else {"blocks": len(getattr(m, "quantized", {}))}
+        info[name] = attach_blocks(m, grids) if grids is not None else {"blocks": len(getattr(m, "quantized", {}))}
         ppl[name] = (before, calibrate.perplexity(m, ev).perplexity)
         print(f"{name}: ppl {before:.4f} -> {ppl[name][1]:.4f} in kernel form; {info[name]}", flush=True)
     ids = tok.encode(PROMPT)

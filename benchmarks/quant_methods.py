@@ -150,28 +150,44 @@ def weights_file(a, key: str):
     return Path(a.load_dir or a.save_dir or ".") / f"{a.model.replace('/', '_')}.{key}.g{a.group}.b{a.bits}.c{a.calib_windows}x{a.length}.safetensors"
 
 
-def save_row(m, path, lins: list[str], info: dict) -> None:
-    """The quantized projections (the rest of the model is the fp32 base) and the row's info, so
-    a row chosen on validation windows is scored on the evaluation windows without quantizing
-    it again (quantization never sees either set of windows)."""
+_GRID = (".codes", ".scale", ".zero")
+
+
+def save_row(m, path, lins: list[str], info: dict, grids: dict | None = None) -> None:
+    """The quantized projections (the rest of the model is the fp32 base), RTN's / GPTQ's codes and
+    (scale, zero) where given (for the block kernel, `benchmarks/quant_decode.py`) and the row's
+    info, so a row chosen on validation windows is scored on the evaluation windows without
+    quantizing it again (quantization never sees either set of windows)."""
     from safetensors.torch import save_file
     path.parent.mkdir(parents=True, exist_ok=True)
     mods = dict(m.named_modules())
-    save_file({n: mods[n].weight.detach().contiguous() for n in lins}, str(path),
-              metadata={"info": json.dumps(info)})
+    tensors = {n: mods[n].weight.detach().contiguous() for n in lins}
+    meta = {"info": json.dumps(info)}
+    if grids:
+        g0 = next(iter(grids.values()))
+        meta["grid"] = json.dumps({"group": g0.group, "bits": g0.bits, "sym": g0.sym})
+        for n, g in grids.items():
+            tensors.update({n + sfx: t.contiguous() for sfx, t in zip(_GRID, (g.codes, g.scale, g.zero))})
+    save_file(tensors, str(path), metadata=meta)
 
 
-def load_row(m, path, lins: list[str]) -> dict:
+def load_row(m, path, lins: list[str]) -> tuple[dict, dict]:
+    """-> (the row's info, its grids by Linear name: empty for a file saved without them)."""
     from safetensors import safe_open
+    from llmlab.quant.ptq import GroupGrid
     mods = dict(m.named_modules())
+    grids = {}
     with safe_open(str(path), "pt") as f:
-        if set(f.keys()) != set(lins):
+        if {k for k in f.keys() if not k.endswith(_GRID)} != set(lins):
             raise SystemExit(f"{path}: its tensors are not this model's projections")
         for n in lins:
             mods[n].weight.data.copy_(f.get_tensor(n))
         info = json.loads(f.metadata()["info"])
-    print(f"loaded the quantized projections from {path}", flush=True)
-    return info
+        if "grid" in f.metadata():
+            kw = json.loads(f.metadata()["grid"])
+            grids = {n: GroupGrid(*(f.get_tensor(n + sfx) for sfx in _GRID), **kw) for n in lins if n + ".codes" in f.keys()}
+    print(f"loaded the quantized projections from {path}" + (f" with {len(grids)} grids" if grids else ""), flush=True)
+    return info, grids
 
 
 def texts(a, heldout: bool) -> list[str]:
@@ -244,11 +260,13 @@ def main() -> None:
         ragged = {"ragged_groups": True} if method in ("rtn", "gptq", "awq", "awq_gptq") else {}
         saved = weights_file(a, key)
         if a.load_dir and saved.exists():
-            info = load_row(m, saved, lins)
+            info, _ = load_row(m, saved, lins)
         else:
-            info = quantize_model(m, method, calib=cal, stats=stats if method == "smoothquant" else None, **kw, **ragged)
+            grids: dict = {}
+            info = quantize_model(m, method, calib=cal, stats=stats if method == "smoothquant" else None, **kw, **ragged,
+                                  grids=grids)
             if a.save_dir and method in ("rtn", "nf4", "gptq", "awq", "awq_gptq"):
-                save_row(m, saved, lins, info)
+                save_row(m, saved, lins, info, grids)
         secs = time.perf_counter() - t
         ppl = calibrate.perplexity(m, ev).perplexity
         ours[key] = ppl

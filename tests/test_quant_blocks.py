@@ -8,8 +8,8 @@ from llmlab.infer.fused import FusedModel, QLinear, fused
 from llmlab.kernels import build as kernel, ggml
 from llmlab.quant.apply import quantize_model
 from llmlab.quant.blocks import attach_blocks, to_blocks
-from llmlab.quant.gptq import gptq, hessian
-from llmlab.quant.ptq import rtn, rtn_fake
+from llmlab.quant.gptq import gptq, gptq_grid, hessian
+from llmlab.quant.ptq import rtn, rtn_fake, rtn_grid
 
 pytestmark = pytest.mark.skipif(kernel.load() is None, reason="no C compiler: the block kernel is not built")
 
@@ -24,48 +24,53 @@ def _steps(q: ggml.QuantWeight, w: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("sym", [False, True])
-def test_int4_g128_rows_become_4_bit_blocks_with_a_ragged_last_group(sym):
-    w = rtn_fake(_w(), 4, 128, sym)  # 576 = 4 x 128 + 64
-    q = to_blocks(w, 128)
+def test_int4_g128_grids_become_4_bit_blocks_with_a_ragged_last_group(sym):
+    g = rtn_grid(_w(), 4, 128, sym)  # 576 = 4 x 128 + 64
+    w = g.dequantize()
+    assert torch.equal(w, rtn_fake(_w(), 4, 128, sym))
+    q = to_blocks(g)
     assert q is not None and q.fmt == 4 and (q.rows, q.k) == (8, 576)
-    assert _steps(q, w) < 1e-3
+    assert _steps(q, w) < 1e-5  # only the fp32 rounding of d u + m vs (q - z) s
     d = q.d.reshape(8, -1)
     assert torch.equal(d[:, :4], d[:, :1].expand(-1, 4)) and torch.equal(d[:, 16:], d[:, 16:17].expand(-1, 2))
+    assert torch.equal(d[:, ::4][:, :4], g.scale[:, :4].float())  # the quantizer's own scales, not re-derived
     x = torch.randn(3, 576)
     assert torch.allclose(ggml.matmul(x, q), x @ q.dequantize().t(), atol=1e-4, rtol=1e-5)
     assert torch.allclose(q.dequantize(), w, atol=1e-6)
 
 
-def test_int8_per_channel_rows_become_8_bit_blocks():
-    w = rtn(_w(4, 256), 8, "channel", True)
-    q = to_blocks(w, -1)
-    assert q is not None and q.fmt == 8 and _steps(q, w) < 1e-3
-    assert torch.allclose(q.dequantize(), w, atol=1e-6)
+def test_int8_per_channel_grids_become_8_bit_blocks():
+    g = rtn_grid(_w(4, 256), 8, -1, True)
+    q = to_blocks(g)
+    assert q is not None and q.fmt == 8 and torch.equal(q.qs, g.codes)
+    assert torch.equal(q.dequantize(), rtn(_w(4, 256), 8, "channel", True))  # d * q is (q - 0) * s exactly
 
 
-def test_gptq_rows_are_on_their_groups_grid():
-    w, x = _w(16, 256, 1), torch.randn(64, 256)
-    wq = gptq(w, hessian(x), bits=4, group=128, sym=False, act_order=True, clip=True)
-    q = to_blocks(wq, 128)
-    assert q is not None and q.fmt == 4 and _steps(q, wq) < 1e-3
+@pytest.mark.parametrize("act_order,clip,group", [(True, True, 128), (True, False, 128), (False, False, 128),
+                                                  (True, False, -1)])
+def test_gptq_hands_over_the_grid_it_quantized_on(act_order, clip, group):
+    w, x = _w(16, 288, 1), torch.randn(64, 288)  # 288 = 2 x 128 + 32: a ragged last group
+    g = gptq_grid(w, hessian(x), 4, group, False, act_order, ragged=True, clip=clip)
+    wq = gptq(w, hessian(x), 4, group, False, act_order, ragged=True, clip=clip)
+    assert torch.equal(g.dequantize().float(), wq)
+    assert int(g.codes.max()) <= 15 and g.scale.shape == (16, 3 if group > 0 else 1)
+    q = to_blocks(g)
+    assert q is not None and q.fmt == 4 and _steps(q, wq) < 1e-5
 
 
-def test_weights_on_no_group_grid_are_refused():
-    w = _w(8, 256)
-    assert to_blocks(w, 128) is None  # plain fp32
-    s = torch.rand(256) + 0.5  # AWQ stores Q(W s) / s: every column has its own 1/s
-    assert to_blocks(rtn_fake(w * s, 4, 128, False) / s, 128) is None
-    assert to_blocks(rtn_fake(w, 4, 64, False), 128) is None  # two grids in one granule
-    assert to_blocks(rtn_fake(w, 4, 128, False), 64) is not None  # halves of a g128 group are on its grid
-    assert to_blocks(rtn_fake(_w(8, 240), 4, 48, False), 48) is None  # 48 is not a whole number of blocks
+def test_grids_the_kernel_cannot_take_are_refused():
+    assert to_blocks(rtn_grid(_w(8, 256), 8, 128, False)) is None  # 256 codes: no zero-point 8-bit block
+    assert to_blocks(rtn_grid(_w(8, 240), 4, 48, False)) is None  # 48 is not a whole number of blocks
+    assert to_blocks(rtn_grid(_w(8, 256), 3, 64, True)).fmt == 4  # int3: codes -3..3 fit a 4-bit block
 
 
 def test_an_rtn_model_decodes_through_the_kernel_with_its_own_weights(tiny):
     import copy
     m = copy.deepcopy(tiny)
-    quantize_model(m, "rtn", bits=4, group=32, sym=False)
+    grids: dict = {}
+    quantize_model(m, "rtn", bits=4, group=32, sym=False, grids=grids)
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
-    info = attach_blocks(m, 32)
+    info = attach_blocks(m, grids)
     assert info["blocks"] == 2 * 7 and info["fp32"] == 0 and info["max_change_steps"] < 1e-3
     for n in m.quantized:
         assert ggml.blocks_for(m, n) is not None  # the weight equals the blocks' decode bit for bit
@@ -83,3 +88,40 @@ def test_an_rtn_model_decodes_through_the_kernel_with_its_own_weights(tiny):
     finally:
         runner._FUSED.pop(m)
     assert with_blocks == fp32
+
+
+def test_only_rtn_and_gptq_rows_hand_over_grids(tiny):
+    import copy
+    m, grids = copy.deepcopy(tiny), {}
+    calib = torch.randint(0, tiny.config.vocab_size, (2, 16))
+    quantize_model(m, "awq", bits=4, group=32, sym=False, calib=calib, grids=grids)
+    assert grids == {}  # AWQ's Q(W s) / s has a scale per column: it stays an fp32 matmul
+    assert attach_blocks(m, grids)["blocks"] == 0
+    quantize_model(m, "gptq", bits=4, group=32, sym=False, calib=calib, grids=grids)
+    assert len(grids) == 2 * 7 and attach_blocks(m, grids)["blocks"] == 2 * 7
+
+
+def test_a_saved_row_keeps_its_grids_for_the_kernel(tiny, tmp_path):
+    """benchmarks/quant_methods.py's --save-dir file carries the codes, so quant_decode.py's saved
+    GPTQ row goes to the kernel exactly as a freshly quantized one."""
+    import copy
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "quant_methods.py"
+    spec = importlib.util.spec_from_file_location("quant_methods", path)
+    qm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qm)
+    from llmlab.quant.calibrate import quantizable_linears
+    m, grids = copy.deepcopy(tiny), {}
+    info = quantize_model(m, "rtn", bits=4, group=32, sym=False, grids=grids)
+    lins = list(quantizable_linears(m))
+    qm.save_row(m, tmp_path / "row.safetensors", lins, info, grids)
+    m2 = copy.deepcopy(tiny)
+    info2, grids2 = qm.load_row(m2, tmp_path / "row.safetensors", lins)
+    assert info2 == info and set(grids2) == set(grids)
+    for n, g in grids.items():
+        h = grids2[n]
+        assert torch.equal(h.codes, g.codes) and torch.equal(h.scale, g.scale) and (h.group, h.bits, h.sym) == (32, 4, False)
+    assert attach_blocks(m2, grids2)["blocks"] == len(lins)
+    qm.save_row(m, tmp_path / "plain.safetensors", lins, info)  # a file without grids still loads
+    assert qm.load_row(copy.deepcopy(tiny), tmp_path / "plain.safetensors", lins)[1] == {}

@@ -14,11 +14,11 @@ def test_round_trip_error_bound(bits, sym, group):
     w = torch.randn(16, 256) * torch.rand(16, 1) * 3
     q = ptq.quantize(w, bits, group, sym)
     err = (q.dequantize() - w).abs()
-    scale = q.scale.expand(-1, ptq.granule_view(w, group).shape[1]).reshape(w.shape)
+    scale = q.per_column(q.scale).expand_as(w)
     assert bool((err <= scale / 2 + 1e-6).all())  # round to nearest: at most half a step
     lo, hi = ptq.qrange(bits, sym)
-    codes = q.codes.float() + (128 if (not sym and bits == 8) else 0)
-    assert codes.min() >= lo and codes.max() <= hi
+    assert q.codes.shape == w.shape and q.codes.float().min() >= lo and q.codes.float().max() <= hi
+    assert q.scale.shape == ({"tensor": (1, 1), "channel": (16, 1)}[group] if isinstance(group, str) else (16, 256 // group))
 
 
 def test_absmax_hand_computed():

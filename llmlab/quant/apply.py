@@ -14,7 +14,7 @@ from torch import nn
 from llmlab.errors import UserError
 from llmlab.log import get_logger
 from llmlab.quant import calibrate
-from llmlab.quant.ptq import check_bits, rtn, rtn_fake
+from llmlab.quant.ptq import check_bits, rtn_grid
 
 METHODS = ("rtn", "nf4", "gptq", "awq", "awq_gptq", "w8a8", "smoothquant", "llm_int8")
 WEIGHT_CALIBRATED = ("gptq", "awq", "awq_gptq")
@@ -99,11 +99,10 @@ def _awq_scale(model, g: list[str], lins: dict, st, bits: int, group: int, sym: 
 
 def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method: str, bits: int, group: int,
                  sym: bool, act_order: bool, awq_objective: str = "linear", ctx=None, percdamp: float = 0.01,
-                 clip: bool = False, awq: dict | None = None) -> list[float]:
+                 clip: bool = False, awq: dict | None = None, grids: dict | None = None) -> list[float]:
     """Quantize the named Linears' weights in place; -> AWQ's chosen alphas. awq: AWQ's search
-    settings (grid, clip_steps, clip_shrink, duo)."""
+    settings (grid, clip_steps, clip_shrink, duo). grids: receives RTN's / GPTQ's `GroupGrid` by name."""
     awq = awq or {}
-    grp = "channel" if group <= 0 else group
     alphas = []
     module = awq_objective == "module"
     if method == "awq":
@@ -134,15 +133,18 @@ def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method
         return alphas
     for n in names:
         w = lins[n].weight
-        if method == "rtn":
-            w.copy_(rtn(w, bits, grp, sym) if grp == "channel" or w.shape[1] % grp == 0
-                    else rtn_fake(w.float(), bits, grp, sym).to(w.dtype))
-        elif method == "nf4":
+        if method == "nf4":
             from llmlab.quant.nf4 import quantize_nf4
             w.copy_(quantize_nf4(w).dequantize(w.dtype))
-        elif method == "gptq":
-            from llmlab.quant.gptq import gptq
-            w.copy_(gptq(w, stats[n].H, bits, group, sym, act_order, percdamp=percdamp, ragged=True, clip=clip))
+            continue
+        if method == "rtn":
+            grid = rtn_grid(w.detach().float(), bits, group, sym)
+        else:
+            from llmlab.quant.gptq import gptq_grid
+            grid = gptq_grid(w, stats[n].H, bits, group, sym, act_order, percdamp=percdamp, ragged=True, clip=clip)
+        w.copy_(grid.dequantize().to(w.dtype))
+        if grids is not None:
+            grids[n] = grid
     return alphas
 
 
@@ -152,7 +154,8 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
                    act_order: bool = True, stats: dict | None = None, sequential: bool = True,
                    awq_objective: str = "linear", ragged_groups: bool = False, percdamp: float = 0.01,
                    clip: bool | None = None, max_rows: int = 512, awq_grid: int = 20, awq_clip_steps: int = 10,
-                   awq_clip_shrink: float = 0.5, awq_duo: bool = False, block_inputs: str = "quantized") -> dict:
+                   awq_clip_shrink: float = 0.5, awq_duo: bool = False, block_inputs: str = "quantized",
+                   grids: dict | None = None) -> dict:
     """-> {'stored_bytes', 'quantized_params', 'layers', ...}. GPTQ and AWQ calibrate block by
     block on `calib` (each block sees the already-quantized blocks' outputs) unless `sequential`
     is off or `stats` (gathered once on the full-precision model by `calibrate.collect`) is given.
@@ -168,7 +171,9 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
     awq_duo: AutoAWQ's duo scaling (`awq.candidate_scale`).
     block_inputs: in block-by-block calibration, block i+1 sees the outputs of the "quantized" blocks
     before it (GPTQ's reference code; the default) or of the full-precision ones, "fp" (what llm-awq
-    and AutoAWQ do for AWQ)."""
+    and AutoAWQ do for AWQ).
+    grids: a dict that receives each RTN / GPTQ Linear's codes and (scale, zero) (`ptq.GroupGrid`)
+    by name, for the block kernel (`blocks.attach_blocks`)."""
     if method not in METHODS:
         raise UserError(f"unknown method '{method}' (one of: {', '.join(METHODS)})")
     if awq_objective not in ("linear", "module"):
@@ -202,7 +207,7 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
         alphas: list[float] = []
         calibrate.layerwise(model, calib, want, lambda names, st, ctx: alphas.extend(
             _weight_only(model, lins, [n for n in names if n in lins], st, method, bits, group, sym, act_order,
-                         awq_objective, ctx, percdamp, clip, awq)), max_rows=max_rows,
+                         awq_objective, ctx, percdamp, clip, awq, grids)), max_rows=max_rows,
                             fp_inputs=block_inputs == "fp")
     else:
         if needs_calib:
@@ -220,7 +225,7 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
                 _set_module(model, n, W8A8Linear(m) if method == "w8a8" else Int8Linear(m, threshold))
         else:
             alphas = _weight_only(model, lins, list(lins), stats, method, bits, group, sym, act_order, awq_objective,
-                                  percdamp=percdamp, clip=clip, awq=awq)
+                                  percdamp=percdamp, clip=clip, awq=awq, grids=grids)
     if method in ("awq", "awq_gptq") and alphas:
         info["alpha_mean"] = sum(alphas) / len(alphas)
     qparams = sum(m.weight.numel() for m in lins.values())

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from llmlab.quant.ptq import check_bits, fake_quant, pad_to_group, qparams
+from llmlab.quant.ptq import GroupGrid, check_bits, fake_quant, pad_to_group, qparams, quantize_codes
 
 
 def hessian(x: torch.Tensor) -> torch.Tensor:
@@ -69,9 +69,17 @@ def clip_qparams(w: torch.Tensor, h: torch.Tensor, bits: int, sym: bool, steps: 
 def gptq(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group: int = 128, sym: bool = False,
          act_order: bool = True, blocksize: int = 128, percdamp: float = 0.01,
          ragged: bool = False, clip: bool = False) -> torch.Tensor:
-    """w (rows, k), h (k, k) -> the dequantized GPTQ weight (fp32, rows x k). group <= 0: one
-    (scale, zero) per row. ragged: a group that does not divide k leaves a shorter last group
-    (otherwise that is an error). clip: the group ranges by output-error search (see above)."""
+    """w (rows, k), h (k, k) -> the dequantized GPTQ weight (w's dtype, rows x k); see `gptq_grid`."""
+    return gptq_grid(w, h, bits, group, sym, act_order, blocksize, percdamp, ragged, clip).dequantize().to(w.dtype)
+
+
+def gptq_grid(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group: int = 128, sym: bool = False,
+              act_order: bool = True, blocksize: int = 128, percdamp: float = 0.01,
+              ragged: bool = False, clip: bool = False) -> GroupGrid:
+    """w (rows, k), h (k, k) -> GPTQ's codes and per-group (scale, zero) (float64), in the original
+    column order. group <= 0: one (scale, zero) per row. ragged: a group that does not divide k
+    leaves a shorter last group (otherwise that is an error). clip: the group ranges by
+    output-error search (see above)."""
     check_bits(bits)
     W = w.detach().double().clone()
     H = h.detach().double().clone()
@@ -101,7 +109,13 @@ def gptq(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group: int = 128, sym:
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
     if group > 0:
         blocksize = group * max(1, blocksize // group)  # groups never straddle two blocks
-    Q = torch.zeros_like(W)
+    codes = torch.zeros_like(W)
+    n_groups = -(-k // group) if group > 0 else 1
+    if static is not None:
+        S, Z = static
+    else:  # filled as each group is reached (group <= 0: the per-row s, z at the end)
+        S = torch.zeros(rows, n_groups, dtype=W.dtype)
+        Z = torch.zeros_like(S)
     for i1 in range(0, k, blocksize):
         i2 = min(i1 + blocksize, k)
         W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
@@ -111,13 +125,18 @@ def gptq(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group: int = 128, sym:
             if static is not None:
                 gi = int(perm[col]) // group
                 s, z = static[0][:, gi:gi + 1], static[1][:, gi:gi + 1]
-            elif group > 0 and col % group == 0:
+            elif group > 0 and col % group == 0:  # no act-order: perm is the identity
                 s, z = qparams(W1[:, i:i + group], bits, sym)
+                S[:, col // group:col // group + 1], Z[:, col // group:col // group + 1] = s, z
             wc = W1[:, i:i + 1]
-            qc = fake_quant(wc, s, z, bits, sym)
-            Q[:, col:col + 1] = qc
+            code = quantize_codes(wc, s, z, bits, sym)
+            qc = (code - z) * s  # = fake_quant(wc, s, z, bits, sym)
+            codes[:, col:col + 1] = code
             err = (wc - qc) / Hinv1[i, i]
             W1[:, i:] -= err @ Hinv1[i:i + 1, i:]
             Err1[:, i:i + 1] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    return Q[:, torch.argsort(perm)].to(w.dtype)
+    if group <= 0:
+        S, Z = s, z
+    codes = codes[:, torch.argsort(perm)].to(torch.int8 if sym else torch.uint8)
+    return GroupGrid(codes, S, Z, group, bits, sym)

@@ -52,15 +52,50 @@ def pad_to_group(w: torch.Tensor, group: int) -> torch.Tensor:
     return torch.nn.functional.pad(w, (0, pad)) if pad else w
 
 
+@dataclass
+class GroupGrid:
+    """A 2-D weight as integer codes on per-group grids: w' = (codes - zero) * scale, one (scale,
+    zero) per `group` consecutive weights of a row (a ragged last group where `group` does not
+    divide the row; group <= 0: one per row). What RTN and GPTQ make, handed as is to the block
+    kernel (`llmlab.quant.blocks`) instead of being recovered from the dequantized weight."""
+    codes: torch.Tensor  # (rows, k) integers: uint8 for zero-point grids, int8 for symmetric ones
+    scale: torch.Tensor  # (rows, n_groups); (1, 1) for one scale over the tensor
+    zero: torch.Tensor   # like scale, integer-valued (0 for symmetric grids)
+    group: int
+    bits: int
+    sym: bool
+
+    def per_column(self, t: torch.Tensor) -> torch.Tensor:
+        """A (rows, n_groups) parameter -> (rows, k) (or (1, k) for a (1, 1) one): each group's
+        value on each of its columns."""
+        k = self.codes.shape[1]
+        return t.expand(-1, k) if self.group <= 0 else t.repeat_interleave(self.group, dim=1)[:, :k]
+
+    def dequantize(self) -> torch.Tensor:
+        """(codes - zero) * scale in the scale's dtype (the same operations as `fake_quant`)."""
+        return (self.codes.to(self.scale.dtype) - self.per_column(self.zero)) * self.per_column(self.scale)
+
+    def nbytes(self, scale_bytes: int = 2) -> int:
+        """Stored size: codes at `bits` each, fp16 scales, zero-points at `bits` each."""
+        n_codes = self.codes.numel() * self.bits
+        n_params = self.scale.numel() * (8 * scale_bytes + (0 if self.sym else self.bits))
+        return (n_codes + n_params + 7) // 8
+
+
+def rtn_grid(w: torch.Tensor, bits: int, group: int, sym: bool) -> GroupGrid:
+    """Round-to-nearest of a 2-D weight onto per-group grids (group <= 0: per row; a group that
+    does not divide the row leaves a shorter last group: callers that must refuse that check first)."""
+    rows, k = w.shape
+    g = w if group <= 0 else pad_to_group(w, group).reshape(-1, group)
+    s, z = qparams(g, bits, sym)
+    codes = quantize_codes(g, s, z, bits, sym).reshape(rows, -1)[:, :k]
+    return GroupGrid(codes.to(torch.int8 if sym else torch.uint8), s.view(rows, -1), z.view(rows, -1),
+                     group, bits, sym)
+
+
 def rtn_fake(w: torch.Tensor, bits: int, group: int, sym: bool) -> torch.Tensor:
-    """The round-to-nearest fake-quantized 2-D weight (group <= 0: per row); a group that does
-    not divide the row leaves a shorter last group (callers that must refuse that check first)."""
-    if group <= 0:
-        s, z = qparams(w, bits, sym)
-        return fake_quant(w, s, z, bits, sym)
-    g = pad_to_group(w, group)
-    s, z = qparams(g.reshape(-1, group), bits, sym)
-    return fake_quant(g.reshape(-1, group), s, z, bits, sym).reshape(g.shape)[:, : w.shape[1]]
+    """The round-to-nearest fake-quantized 2-D weight (`rtn_grid` dequantized)."""
+    return rtn_grid(w, bits, group, sym).dequantize()
 
 
 def check_bits(bits: int) -> None:
@@ -94,36 +129,17 @@ def fake_quant(g: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: i
     return (quantize_codes(g, scale, zero, bits, sym) - zero) * scale
 
 
-@dataclass
-class QTensor:
-    """A weight as integer codes plus one (scale, zero) per granule."""
-    codes: torch.Tensor  # int8 (n_granules, size); asymmetric int8 codes are stored minus 128
-    scale: torch.Tensor  # fp32 (n_granules, 1)
-    zero: torch.Tensor   # fp32 (n_granules, 1), integer-valued
-    bits: int
-    sym: bool
-    shape: tuple
-
-    def dequantize(self) -> torch.Tensor:
-        q = self.codes.float() + (128 if (not self.sym and self.bits == 8) else 0)
-        return ((q - self.zero) * self.scale).reshape(self.shape)
-
-    def nbytes(self, scale_bytes: int = 2) -> int:
-        """Stored size: codes at `bits` each, fp16 scales, zero-points at `bits` each."""
-        n_codes = self.codes.numel() * self.bits
-        n_params = self.scale.numel() * (8 * scale_bytes + (0 if self.sym else self.bits))
-        return (n_codes + n_params + 7) // 8
-
-
-def quantize(w: torch.Tensor, bits: int = 8, group: int | str = "channel", sym: bool = True) -> QTensor:
-    """Round-to-nearest (RTN) quantization of a 2-D weight."""
+def quantize(w: torch.Tensor, bits: int = 8, group: int | str = "channel", sym: bool = True) -> GroupGrid:
+    """Round-to-nearest (RTN) quantization of a 2-D weight: group 'tensor' (one scale, held as
+    (1, 1)), 'channel' (per row) or an int that divides the row."""
     check_bits(bits)
-    g = granule_view(w.detach().float(), group)
-    scale, zero = qparams(g, bits, sym)
-    q = quantize_codes(g, scale, zero, bits, sym)
-    if not sym and bits == 8:
-        q = q - 128
-    return QTensor(q.to(torch.int8), scale, zero, bits, sym, tuple(w.shape))
+    w = w.detach().float()
+    granule_view(w, group)  # refuses a bad granularity, a group that does not divide the row
+    if group == "tensor":
+        s, z = qparams(w.reshape(1, -1), bits, sym)
+        codes = quantize_codes(w, s, z, bits, sym)
+        return GroupGrid(codes.to(torch.int8 if sym else torch.uint8), s, z, -1, bits, sym)
+    return rtn_grid(w, bits, -1 if group == "channel" else group, sym)
 
 
 def rtn(w: torch.Tensor, bits: int = 4, group: int | str = 128, sym: bool = False) -> torch.Tensor:
