@@ -64,6 +64,23 @@ def test_kernel_matches_float64_and_rows_do_not_depend_on_the_row_count(qtype, t
         assert torch.equal(matmul(x, q), y)  # the thread count does not change a bit
 
 
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
+def test_many_row_tiles_give_every_row_the_batch_1_bits(qtype, monkeypatch):
+    """AVX2's 6 x 2 tile for 2+ input rows (then 4 x 2, then 2 rows alone, then the tail of a matrix
+    whose rows are not a multiple of 4): every row count and thread split gives each row the bits of
+    a batch of 1 (the engine's batch invariance)."""
+    monkeypatch.setattr(ggml, "PARALLEL_MACS", 1)
+    for rows in (4, 6, 8, 10, 14, 22, 27):
+        raw, _ = _blocks(qtype, rows, 64, seed=rows)
+        q = QuantWeight.from_gguf(qtype, raw, (rows, 64))
+        x = torch.randn(7, 64, generator=torch.Generator().manual_seed(rows))
+        one = torch.cat([matmul(x[i:i + 1], q) for i in range(7)])
+        for threads in (1, 2):
+            with num_threads(threads):
+                for n in (2, 3, 7):
+                    assert torch.equal(matmul(x[:n], q), one[:n]), (rows, threads, n)
+
+
 def test_kernel_rejects_bad_input():
     raw, _ = _blocks("Q8_0", 8, 64)
     q = QuantWeight.from_gguf("Q8_0", raw, (8, 64))

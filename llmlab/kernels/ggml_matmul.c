@@ -132,6 +132,38 @@ static void dot_4x2_256(const float *w, int64_t k, const float *x0, const float 
 #endif
 }
 
+#ifdef LLMLAB_AVX2
+/* 6 dequantized weight rows (w, stride k) against 2 input rows (AVX2, many input rows): 12
+ * accumulators, so each pair of input vectors loaded feeds 12 FMAs instead of 8 (the 4 x 2 tile
+ * reloads x, from L2 at 32 input rows, once per 4 weight rows). Per output the order of
+ * `dot_4x2_256` (one 8-lane accumulator over k in steps of 8, then hsum): the same bits. */
+/* a weight vector held in a register for its 2 FMAs: the empty asm stops the compiler from folding
+ * its load into both (two loads instead of one: the loop then waits on the load ports) */
+#define LOAD_REG(b, p) do { b = _mm256_loadu_ps(p); __asm__("" : "+x"(b)); } while (0)
+__attribute__((noinline)) static void dot_6x2_256(const float *w, int64_t k, const float *x0, const float *x1, float *y0, float *y1) {
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a04 = a00, a05 = a00;
+    __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00, a14 = a00, a15 = a00;
+    for (int64_t j = 0; j < k; j += 8) {
+        __m256 u = _mm256_loadu_ps(x0 + j), v = _mm256_loadu_ps(x1 + j), b;
+        LOAD_REG(b, w + j); a00 = _mm256_fmadd_ps(u, b, a00); a10 = _mm256_fmadd_ps(v, b, a10);
+        LOAD_REG(b, w + k + j); a01 = _mm256_fmadd_ps(u, b, a01); a11 = _mm256_fmadd_ps(v, b, a11);
+        LOAD_REG(b, w + 2 * k + j); a02 = _mm256_fmadd_ps(u, b, a02); a12 = _mm256_fmadd_ps(v, b, a12);
+        LOAD_REG(b, w + 3 * k + j); a03 = _mm256_fmadd_ps(u, b, a03); a13 = _mm256_fmadd_ps(v, b, a13);
+        LOAD_REG(b, w + 4 * k + j); a04 = _mm256_fmadd_ps(u, b, a04); a14 = _mm256_fmadd_ps(v, b, a14);
+        LOAD_REG(b, w + 5 * k + j); a05 = _mm256_fmadd_ps(u, b, a05); a15 = _mm256_fmadd_ps(v, b, a15);
+    }
+    y0[0] = hsum(a00); y0[1] = hsum(a01); y0[2] = hsum(a02); y0[3] = hsum(a03); y0[4] = hsum(a04); y0[5] = hsum(a05);
+    y1[0] = hsum(a10); y1[1] = hsum(a11); y1[2] = hsum(a12); y1[3] = hsum(a13); y1[4] = hsum(a14); y1[5] = hsum(a15);
+}
+
+/* one output in `dot_4x2_256`'s order (for the 6-row tiles' leftovers) */
+static float dot_col8(const float *w, const float *x, int64_t k) {
+    __m256 a = _mm256_setzero_ps();
+    for (int64_t j = 0; j < k; j += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(w + j), a);
+    return hsum(a);
+}
+#endif
+
 static float dot1_256(const float *w, const float *x, int64_t k) {
 #ifdef LLMLAB_AVX2
     __m256 a = _mm256_setzero_ps(), b = a;
@@ -300,7 +332,49 @@ static float dot1_512(const float *w, const float *x, int64_t k) {
 #define dot1 dot1_256
 #endif
 
-/* buf: scratch of 4*k floats. The one kernel for both formats: dequantize 4 rows into L1, then
+#if defined(LLMLAB_AVX2) && !defined(LLMLAB_512)
+#define LLMLAB_MANY_256 1
+/* Input rows [i0, i1) (at least 2) against weight rows [r0, e4), e4 - r0 a multiple of 2, every
+ * row inside the matrix's whole groups of 4 (the rows `matmul` gives `dot_4x2`'s order): 6 rows at
+ * a time in the 6 x 2 tile, then 4 x 2, then 2 rows one output at a time; every output in
+ * `dot_4x2_256`'s order, so the bits are those of the 4-row path at any mx or split. buf: 6*k. */
+static void many_256(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
+                     const float *x, int64_t i0, int64_t i1, float *y, int64_t r0, int64_t e4, float *buf) {
+    float t0[6], t1[6];
+    int64_t r = r0;
+    for (; r + 6 <= e4; r += 6) {
+        for (int64_t t = 0; t < 6; t++) deq_row(fmt, qs, d, m, r + t, k, buf + t * k);
+        int64_t i = i0;
+        for (; i + 1 < i1; i += 2) {
+            dot_6x2_256(buf, k, x + i * k, x + (i + 1) * k, t0, t1);
+            memcpy(y + i * rows + r, t0, sizeof t0);
+            memcpy(y + (i + 1) * rows + r, t1, sizeof t1);
+        }
+        if (i < i1) {
+            dot_4x2_256(buf, k, x + i * k, x + i * k, t0, t1, 0);
+            for (int t = 4; t < 6; t++) t0[t] = dot_col8(buf + t * k, x + i * k, k);
+            memcpy(y + i * rows + r, t0, sizeof t0);
+        }
+    }
+    for (; r < e4; r += 4) {
+        int nr = e4 - r < 4 ? 2 : 4;
+        for (int64_t t = 0; t < nr; t++) deq_row(fmt, qs, d, m, r + t, k, buf + t * k);
+        for (int64_t i = i0; i < i1; i += 2) {
+            if (nr == 2) {
+                for (int64_t ii = i; ii < i1 && ii < i + 2; ii++)
+                    for (int t = 0; t < 2; t++) y[ii * rows + r + t] = dot_col8(buf + t * k, x + ii * k, k);
+                continue;
+            }
+            int two = i + 1 < i1;
+            dot_4x2_256(buf, k, x + i * k, x + (two ? i + 1 : i) * k, t0, t1, two);
+            memcpy(y + i * rows + r, t0, 4 * sizeof(float));
+            if (two) memcpy(y + (i + 1) * rows + r, t1, 4 * sizeof(float));
+        }
+    }
+}
+#endif
+
+/* buf: scratch of 6*k floats. The one kernel for both formats: dequantize 4 rows into L1, then
  * every input row of a chunk of MB reads them (weights decoded once per chunk, not once per
  * input row; a chunk's inputs stay in L2). A row's result never depends on mx, the chunking or
  * [r0, r1) as long as r0 is a multiple of 4: the engine's batch invariance rests on it. */
@@ -308,8 +382,15 @@ static float dot1_512(const float *w, const float *x, int64_t k) {
 static void matmul(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
                    const float *x, int64_t mx, float *y, int64_t r0, int64_t r1, float *buf) {
     for (int64_t i0 = 0; i0 < mx; i0 += MB) {
-        int64_t i1 = mx - i0 < MB ? mx : i0 + MB;
-        for (int64_t r = r0; r < r1; r += 4) {
+        int64_t i1 = mx - i0 < MB ? mx : i0 + MB, rs = r0;
+#ifdef LLMLAB_MANY_256
+        if (i1 - i0 >= 2) {  /* the rows of whole groups of 4 in the 6 x 2 tile; the tail as below */
+            rs = r1 < (rows & ~(int64_t)3) ? r1 : (rows & ~(int64_t)3);
+            rs = rs > r0 ? rs : r0;
+            many_256(fmt, qs, d, m, rows, k, x, i0, i1, y, r0, rs, buf);
+        }
+#endif
+        for (int64_t r = rs; r < r1; r += 4) {
             int64_t nr = r1 - r < 4 ? r1 - r : 4;
 #ifdef LLMLAB_512
             /* one input row of nibbles: dequantize in registers (same bits as below). int8 formats
@@ -379,7 +460,7 @@ void llmlab_ggml_matmul(int fmt, const uint8_t *qs, const float *d, const float 
         int64_t g0, g1;
         my_share(groups, &g0, &g1);
         int64_t r0 = g0 * 4, r1 = g1 * 4 < rows ? g1 * 4 : rows;
-        float *buf = (float *)malloc(sizeof(float) * 4 * (size_t)k);
+        float *buf = (float *)malloc(sizeof(float) * 6 * (size_t)k);
         if (buf) {
             matmul(fmt, qs, d, m, rows, k, x, mx, y, r0, r1, buf);
             free(buf);
