@@ -3,7 +3,8 @@
 # the same run, so they are only meaningful without other load). Prints the JSON lines of:
 #   inference.py --roofline-only: bandwidth and GEMM ceiling (the roofline), decode_roofline exact /
 #     int8 (/ Python layers), batch32_gemm_eff exact / int8, at 2 threads (the limits take the best
-#     of 1 and 2 threads);
+#     of 1 and 2 threads); then the same with LLMLAB_PARALLEL_MACS=2000000 (session 9's threshold:
+#     the control arm of session 10's change);
 #   inference_features.py --only spec: spec_speedup (prompt lookup vs plain, greedy): int8 at 1
 #     thread in full (the headline, as sessions 7-8 measured it), exact at 1 thread and int8 at
 #     2 threads as --quick rows;
@@ -37,6 +38,9 @@ echo "# $(date -u +%FT%TZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 |
 # shared tokens: a check that the met goal holds; its full size, 32 x 1,000, would add ~4 minutes)
 FULL=""; [ "$QUICK" = --quick ] && FULL=--quick
 run roofline $T2 0 benchmarks/inference.py --roofline-only --quick  # measures exact and int8 itself
+# session 10's control arm: batch-1 layer products on one core as in sessions 4-9 (2M multiply-adds
+# before a call may split; now 250k, so the thread tuner's per-layer pick applies to them)
+LLMLAB_PARALLEL_MACS=2000000 run roofline_macs2M $T2 0 benchmarks/inference.py --roofline-only --quick
 run spec_int8_1thread 1 1 benchmarks/inference_features.py --only spec $FULL
 run spec_exact_1thread 1 0 benchmarks/inference_features.py --only spec --quick
 run spec_int8_2threads $T2 1 benchmarks/inference_features.py --only spec --quick

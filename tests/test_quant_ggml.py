@@ -2,6 +2,10 @@
 row invariance, and the model path that uses them (with its invalidation and fallback)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import gguf
 import numpy as np
 import pytest
@@ -79,6 +83,17 @@ def test_many_row_tiles_give_every_row_the_batch_1_bits(qtype, monkeypatch):
             with num_threads(threads):
                 for n in (2, 3, 7):
                     assert torch.equal(matmul(x[:n], q), one[:n]), (rows, threads, n)
+
+
+def test_batch_1_layer_products_may_split_and_the_threshold_can_be_overridden():
+    """From 250k multiply-adds a call follows the thread count it is given (for a batch-1 step's
+    products: the tuner's per-layer pick); SmolLM2's smallest batch-1 product, o (576 x 576),
+    is above it. LLMLAB_PARALLEL_MACS sets it (the quiet script's control arm)."""
+    assert ggml.PARALLEL_MACS <= 576 * 576
+    code = "from llmlab.kernels import ggml; print(ggml.PARALLEL_MACS)"
+    env = {**os.environ, "LLMLAB_PARALLEL_MACS": "2000000"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2000000"
 
 
 def test_kernel_rejects_bad_input():
