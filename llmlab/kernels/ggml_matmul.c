@@ -152,8 +152,22 @@ __attribute__((noinline)) static void dot_6x2_256(const float *w, int64_t k, con
         LOAD_REG(b, w + 4 * k + j); a04 = _mm256_fmadd_ps(u, b, a04); a14 = _mm256_fmadd_ps(v, b, a14);
         LOAD_REG(b, w + 5 * k + j); a05 = _mm256_fmadd_ps(u, b, a05); a15 = _mm256_fmadd_ps(v, b, a15);
     }
-    y0[0] = hsum(a00); y0[1] = hsum(a01); y0[2] = hsum(a02); y0[3] = hsum(a03); y0[4] = hsum(a04); y0[5] = hsum(a05);
-    y1[0] = hsum(a10); y1[1] = hsum(a11); y1[2] = hsum(a12); y1[3] = hsum(a13); y1[4] = hsum(a14); y1[5] = hsum(a15);
+    /* the 12 hsums side by side: each lane gets hsum's tree ((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7)) */
+    __m256 t0 = _mm256_add_ps(_mm256_permute2f128_ps(a00, a10, 0x20), _mm256_permute2f128_ps(a00, a10, 0x31));
+    __m256 t1 = _mm256_add_ps(_mm256_permute2f128_ps(a01, a11, 0x20), _mm256_permute2f128_ps(a01, a11, 0x31));
+    __m256 t2 = _mm256_add_ps(_mm256_permute2f128_ps(a02, a12, 0x20), _mm256_permute2f128_ps(a02, a12, 0x31));
+    __m256 t3 = _mm256_add_ps(_mm256_permute2f128_ps(a03, a13, 0x20), _mm256_permute2f128_ps(a03, a13, 0x31));
+    __m256 t4 = _mm256_add_ps(_mm256_permute2f128_ps(a04, a14, 0x20), _mm256_permute2f128_ps(a04, a14, 0x31));
+    __m256 t5 = _mm256_add_ps(_mm256_permute2f128_ps(a05, a15, 0x20), _mm256_permute2f128_ps(a05, a15, 0x31));
+    __m256 s01 = _mm256_add_ps(_mm256_unpacklo_ps(t0, t1), _mm256_unpackhi_ps(t0, t1));
+    __m256 s23 = _mm256_add_ps(_mm256_unpacklo_ps(t2, t3), _mm256_unpackhi_ps(t2, t3));
+    __m256 s45 = _mm256_add_ps(_mm256_unpacklo_ps(t4, t5), _mm256_unpackhi_ps(t4, t5));
+    __m256 r03 = _mm256_add_ps(_mm256_shuffle_ps(s01, s23, 0x44), _mm256_shuffle_ps(s01, s23, 0xEE));
+    __m256 r45 = _mm256_add_ps(s45, _mm256_shuffle_ps(s45, s45, 0xEE));
+    _mm_storeu_ps(y0, _mm256_castps256_ps128(r03));
+    _mm_storeu_ps(y1, _mm256_extractf128_ps(r03, 1));
+    _mm_storel_pi((__m64 *)(y0 + 4), _mm256_castps256_ps128(r45));
+    _mm_storel_pi((__m64 *)(y1 + 4), _mm256_extractf128_ps(r45, 1));
 }
 
 /* one output in `dot_4x2_256`'s order (for the 6-row tiles' leftovers) */
