@@ -134,9 +134,10 @@ static void dot_4x2_256(const float *w, int64_t k, const float *x0, const float 
 
 #ifdef LLMLAB_AVX2
 /* 6 dequantized weight rows (w, stride k) against 2 input rows (AVX2, many input rows): 12
- * accumulators, so each pair of input vectors loaded feeds 12 FMAs instead of 8 (the 4 x 2 tile
- * reloads x, from L2 at 32 input rows, once per 4 weight rows). Per output the order of
- * `dot_4x2_256` (one 8-lane accumulator over k in steps of 8, then hsum): the same bits. */
+ * accumulators, 8 loads per 12 FMAs (the 4 x 2 tile as compiled: 10 loads per 8 FMAs, so it ran at
+ * the load ports' speed, ~40 % of the FMA rate; docs/infer.md, session 10). Per output the order
+ * of `dot_4x2_256` (one 8-lane accumulator over k in steps of 8, then hsum): the same bits.
+ * noinline: inlined into the OpenMP body, gcc spilled its pointers. */
 /* a weight vector held in a register for its 2 FMAs: the empty asm stops the compiler from folding
  * its load into both (two loads instead of one: the loop then waits on the load ports) */
 #define LOAD_REG(b, p) do { b = _mm256_loadu_ps(p); __asm__("" : "+x"(b)); } while (0)
