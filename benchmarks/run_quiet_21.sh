@@ -3,15 +3,17 @@
 # the same run, so they are only meaningful without other load). Prints the JSON lines of:
 #   inference.py --roofline-only: bandwidth and GEMM ceiling (the roofline), decode_roofline exact /
 #     int8 (/ Python layers), batch32_gemm_eff exact / int8, at 2 threads (the limits take the best
-#     of 1 and 2 threads);
-#   inference_features.py --only spec: spec_speedup (prompt lookup vs plain, greedy): int8 at 1
-#     thread in full (the headline, as sessions 7-8 measured it), exact at 1 thread and int8 at
-#     2 threads as --quick rows;
+#     of 1 and 2 threads); then the same with LLMLAB_PARALLEL_MACS=2000000 (session 9's threshold:
+#     the control arm of session 10's change);
+#   inference_features.py --only spec: spec_speedup (prompt lookup vs plain, greedy): int8 and
+#     exact at 1 thread in full (int8 was the headline in sessions 7-9; since session 10 a 5-row
+#     exact verification costs ~1.6 batch-1 steps' products against ~3.1 with int8 on AVX2), int8
+#     at 2 threads as a --quick row;
 #   inference_features.py --only prefix --quick: prefix_cache_ttft (8 requests sharing a 500-token
 #     system prompt; the goal's 32 x 1,000 was met in session 5), at 2 threads.
-# Usage, from the repo root:  bash benchmarks/run_quiet_21.sh [--quick]   (full: an estimated 5-7
-# minutes on 2 free cores of the session-9 AVX2 EPYC, from the dry run's 13.5 minutes under load 6-7
-# at 1 thread; --quick: the dry run).
+# Usage, from the repo root:  bash benchmarks/run_quiet_21.sh [--quick]   (full: 2 min 3 s on the
+# quiet AVX2 EPYC in session 9; session 10 adds a second roofline run and the exact spec run in
+# full: an estimated 3-4 minutes; --quick: the dry run for a loaded machine).
 # Set PY to the interpreter (default: .venv/bin/python). Output also kept in runs/quiet_21/.
 # Each run's JSON line gets "run", "threads" and "int8" (LLMLAB_INT8_ACTIVATIONS) in front.
 set -u
@@ -32,13 +34,16 @@ run() {  # name threads int8(0/1) command...
 }
 echo "# $(date -u +%FT%TZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 # the full run: the roofline as session 8's goal runs (--quick: 8 batch-1 and 4 32-row steps per
-# variant, alternating), the headline spec_speedup in full (4 prompts x 128 tokens), the other two
-# speculation rows at --quick (1 prompt x 48 tokens), prefix caching at --quick (8 requests x 500
+# variant, alternating), spec_speedup in full (4 prompts x 128 tokens) for int8 and exact, the other
+# speculation row at --quick (1 prompt x 48 tokens), prefix caching at --quick (8 requests x 500
 # shared tokens: a check that the met goal holds; its full size, 32 x 1,000, would add ~4 minutes)
 FULL=""; [ "$QUICK" = --quick ] && FULL=--quick
 run roofline $T2 0 benchmarks/inference.py --roofline-only --quick  # measures exact and int8 itself
+# session 10's control arm: batch-1 layer products on one core as in sessions 4-9 (2M multiply-adds
+# before a call may split; now 250k, so the thread tuner's per-layer pick applies to them)
+LLMLAB_PARALLEL_MACS=2000000 run roofline_macs2M $T2 0 benchmarks/inference.py --roofline-only --quick
 run spec_int8_1thread 1 1 benchmarks/inference_features.py --only spec $FULL
-run spec_exact_1thread 1 0 benchmarks/inference_features.py --only spec --quick
+run spec_exact_1thread 1 0 benchmarks/inference_features.py --only spec $FULL  # full since session 10
 run spec_int8_2threads $T2 1 benchmarks/inference_features.py --only spec --quick
 run prefix $T2 0 benchmarks/inference_features.py --only prefix --quick
 echo "# done $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)"

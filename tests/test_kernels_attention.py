@@ -86,3 +86,27 @@ def test_paged_and_contiguous_layouts_give_the_same_bits():
     kt, vt = kc.transpose(0, 1).contiguous(), vc.transpose(0, 1).contiguous()  # contiguous: (head, T, D)
     contiguous = attention.decode_attention(q, kt, vt, Hkv, D, T * D, torch.arange(n), torch.tensor([0, n]))
     assert torch.equal(paged, contiguous)
+
+
+@pytest.mark.parametrize("D", [32, 64, 128])
+def test_avx2_path_gives_the_bits_of_the_plain_loops(D):
+    """Head sizes that are multiples of 32 take the AVX2 path (q.k as two 8-lane halves and one
+    tree, p.V with the outputs in registers); the same build's plain C loops give the same bits,
+    for whole sequences and Flash-Decoding chunks (split), with 1, 2 and 3 query heads per K/V head."""
+    lib = attention.load()
+    g = torch.Generator().manual_seed(D)
+    for H, Hkv in ((6, 2), (4, 2), (3, 3), (9, 3)):
+        kc, vc = torch.randn(400, Hkv, D, generator=g), torch.randn(400, Hkv, D, generator=g)
+        lens = [1, 40, 300]
+        slots = torch.randperm(400, generator=g)[:sum(lens)]
+        q = torch.randn(3, H, D, generator=g) * 2
+        offs = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+        for split in (0, 64):
+            runs = []
+            for fast in (1, 0):
+                built = lib.llmlab_attention_fast(fast)
+                runs.append(attention.decode_attention(q, kc, vc, Hkv, Hkv * D, D, slots, offs, 1, split))
+            lib.llmlab_attention_fast(1)
+            if not built:
+                pytest.skip("the AVX2 path is not compiled in (no AVX2 + FMA)")
+            assert torch.equal(runs[0], runs[1]), (D, H, Hkv, split)

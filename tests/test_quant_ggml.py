@@ -2,6 +2,10 @@
 row invariance, and the model path that uses them (with its invalidation and fallback)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import gguf
 import numpy as np
 import pytest
@@ -62,6 +66,34 @@ def test_kernel_matches_float64_and_rows_do_not_depend_on_the_row_count(qtype, t
         assert torch.equal(matmul(x[:3], q, b), y[:3] + b)
     with num_threads(1):
         assert torch.equal(matmul(x, q), y)  # the thread count does not change a bit
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
+def test_many_row_tiles_give_every_row_the_batch_1_bits(qtype, monkeypatch):
+    """AVX2's 6 x 2 tile for 2+ input rows (then 4 x 2, then 2 rows alone, then the tail of a matrix
+    whose rows are not a multiple of 4): every row count and thread split gives each row the bits of
+    a batch of 1 (the engine's batch invariance)."""
+    monkeypatch.setattr(ggml, "PARALLEL_MACS", 1)
+    for rows in (4, 6, 8, 10, 14, 22, 27):
+        raw, _ = _blocks(qtype, rows, 64, seed=rows)
+        q = QuantWeight.from_gguf(qtype, raw, (rows, 64))
+        x = torch.randn(7, 64, generator=torch.Generator().manual_seed(rows))
+        one = torch.cat([matmul(x[i:i + 1], q) for i in range(7)])
+        for threads in (1, 2):
+            with num_threads(threads):
+                for n in (2, 3, 7):
+                    assert torch.equal(matmul(x[:n], q), one[:n]), (rows, threads, n)
+
+
+def test_batch_1_layer_products_may_split_and_the_threshold_can_be_overridden():
+    """From 250k multiply-adds a call follows the thread count it is given (for a batch-1 step's
+    products: the tuner's per-layer pick); SmolLM2's smallest batch-1 product, o (576 x 576),
+    is above it. LLMLAB_PARALLEL_MACS sets it (the quiet script's control arm)."""
+    assert ggml.PARALLEL_MACS <= 576 * 576
+    code = "from llmlab.kernels import ggml; print(ggml.PARALLEL_MACS)"
+    env = {**os.environ, "LLMLAB_PARALLEL_MACS": "2000000"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2000000"
 
 
 def test_kernel_rejects_bad_input():

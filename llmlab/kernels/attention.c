@@ -30,6 +30,91 @@ static float dot(const float *a, const float *b, int64_t D) {
     return s;
 }
 
+/* ---- AVX2 path for head sizes that are multiples of 32 (SmolLM2: 64): the same sums in the same
+ * order as `dot` and the p.V loops below (which the compiler contracts to FMAs), written so that
+ * the accumulators stay in registers: `dot`'s 16 lanes as two 8-lane vectors and its tree as
+ * hsum(lo + hi); p.V over keys in order for up to 3 heads x 32 values at a time (12 accumulators)
+ * instead of a load and a store of the output per key. */
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define ATTN_AVX2 1
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float dot16(const float *a, const float *b, int64_t D) {
+    __m256 lo = _mm256_setzero_ps(), hi = lo;
+    for (int64_t d = 0; d < D; d += 16) {
+        lo = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), lo);
+        hi = _mm256_fmadd_ps(_mm256_loadu_ps(a + d + 8), _mm256_loadu_ps(b + d + 8), hi);
+    }
+    return hsum8(_mm256_add_ps(lo, hi));
+}
+
+/* o[h * D + d] = sum over keys i in order of p[h * n + i] * v_i[d], for NH (1..3) heads sharing
+ * the value rows v + sl[i] * s_pos (already offset to the K/V head) */
+static inline __attribute__((always_inline)) void pv_t(const int NH, const float *p, int64_t n, const float *v,
+                                                       const int64_t *sl, int64_t s_pos, int64_t D, float *o) {
+    for (int64_t d0 = 0; d0 < D; d0 += 32) {
+        __m256 a[3][4];
+        for (int h = 0; h < NH; h++)
+            for (int j = 0; j < 4; j++) a[h][j] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < n; i++) {
+            const float *vv = v + sl[i] * s_pos + d0;
+            __m256 v0 = _mm256_loadu_ps(vv), v1 = _mm256_loadu_ps(vv + 8);
+            __m256 v2 = _mm256_loadu_ps(vv + 16), v3 = _mm256_loadu_ps(vv + 24);
+            for (int h = 0; h < NH; h++) {
+                __m256 w = _mm256_broadcast_ss(p + h * n + i);
+                a[h][0] = _mm256_fmadd_ps(w, v0, a[h][0]);
+                a[h][1] = _mm256_fmadd_ps(w, v1, a[h][1]);
+                a[h][2] = _mm256_fmadd_ps(w, v2, a[h][2]);
+                a[h][3] = _mm256_fmadd_ps(w, v3, a[h][3]);
+            }
+        }
+        for (int h = 0; h < NH; h++)
+            for (int j = 0; j < 4; j++) _mm256_storeu_ps(o + h * D + d0 + 8 * j, a[h][j]);
+    }
+}
+
+/* the G heads of one K/V head (v offset to it), 3 at a time */
+static void pv(const float *p, int64_t n, int64_t G, const float *v, const int64_t *sl, int64_t s_pos,
+               int64_t D, float *o) {
+    for (int64_t h = 0; h < G; h += 3) {
+        int64_t nh = G - h < 3 ? G - h : 3;
+        if (nh == 3) pv_t(3, p + h * n, n, v, sl, s_pos, D, o + h * D);
+        else if (nh == 2) pv_t(2, p + h * n, n, v, sl, s_pos, D, o + h * D);
+        else pv_t(1, p + h * n, n, v, sl, s_pos, D, o + h * D);
+    }
+}
+static int fast_on = 1;
+#define FAST(D) ((D) % 32 == 0 && fast_on)
+#else
+#define FAST(D) 0
+#endif
+
+/* Exported: turn the AVX2 path off (0) or on (1); returns 1 where it is compiled in. For the test
+ * that compares it with the plain C loops in the same build (tests/test_kernels_attention.py). */
+int llmlab_attention_fast(int on) {
+#ifdef ATTN_AVX2
+    fast_on = on;
+    return 1;
+#else
+    (void)on;
+    return 0;
+#endif
+}
+
+/* q.k in `dot`'s order (the AVX2 form where it applies) */
+static inline float qk(const float *a, const float *b, int64_t D) {
+#ifdef ATTN_AVX2
+    if (FAST(D)) return dot16(a, b, D);
+#endif
+    return dot(a, b, D);
+}
+
 /* e^x for x <= 0 (softmax after subtracting the max): Cephes' expf (Cody-Waite reduction by
  * ln 2, degree-6 polynomial; ~1e-7 relative error) written so a loop of it vectorizes; libm's
  * scalar expf was half of this kernel's time. */
@@ -63,7 +148,7 @@ static void whole(const float *qv, const float *k, const float *v, int64_t s_pos
     for (int64_t i = 0; i < n; i++)
         for (int64_t g = g0; g < g1; g++) {
             const float *kk = k + sl[i] * s_pos + g * s_head;
-            for (int64_t h = (g - g0) * G; h < (g - g0 + 1) * G; h++) p[h * n + i] = scale * dot(qv + h * D, kk, D);
+            for (int64_t h = (g - g0) * G; h < (g - g0 + 1) * G; h++) p[h * n + i] = scale * qk(qv + h * D, kk, D);
         }
     for (int64_t h = 0; h < nh; h++) {
         float *ph = p + h * n, mx = -INFINITY, sum = 0.f;
@@ -73,6 +158,14 @@ static void whole(const float *qv, const float *k, const float *v, int64_t s_pos
         float inv = 1.f / sum;
         for (int64_t i = 0; i < n; i++) ph[i] *= inv;
     }
+#ifdef ATTN_AVX2
+    if (FAST(D)) {
+        for (int64_t g = g0; g < g1; g++)
+            pv(p + (g - g0) * G * n, n, G, v + g * s_head, sl, s_pos, D, o + (g - g0) * G * D);
+        free(p);
+        return;
+    }
+#endif
     for (int64_t i = 0; i < n; i++)
         for (int64_t g = g0; g < g1; g++) {
             const float *vv = v + sl[i] * s_pos + g * s_head;
@@ -93,7 +186,7 @@ static void partial(const float *qv, const float *k, const float *v, int64_t s_p
     if (!p) return;
     for (int64_t i = 0; i < n; i++) {  /* as `whole`: each key read once for the G heads */
         const float *kk = k + sl[i] * s_pos + g * s_head;
-        for (int64_t h = 0; h < G; h++) p[h * n + i] = scale * dot(qv + h * D, kk, D);
+        for (int64_t h = 0; h < G; h++) p[h * n + i] = scale * qk(qv + h * D, kk, D);
     }
     for (int64_t h = 0; h < G; h++) {
         float *ph = p + h * n, mx = -INFINITY, sum = 0.f, *o = part + h * (D + 2) + 2;
@@ -103,6 +196,18 @@ static void partial(const float *qv, const float *k, const float *v, int64_t s_p
         part[h * (D + 2)] = mx, part[h * (D + 2) + 1] = sum;
         for (int64_t d = 0; d < D; d++) o[d] = 0.f;
     }
+#ifdef ATTN_AVX2
+    if (FAST(D)) {  /* p.V into a contiguous buffer, then to the partials' (D + 2)-strided outputs */
+        float *t = (float *)malloc(sizeof(float) * (size_t)(G * D));
+        if (t) {
+            pv(p, n, G, v + g * s_head, sl, s_pos, D, t);
+            for (int64_t h = 0; h < G; h++)
+                for (int64_t d = 0; d < D; d++) part[h * (D + 2) + 2 + d] = t[h * D + d];
+        }
+        free(t), free(p);
+        return;
+    }
+#endif
     for (int64_t i = 0; i < n; i++) {
         const float *vv = v + sl[i] * s_pos + g * s_head;
         for (int64_t h = 0; h < G; h++) {

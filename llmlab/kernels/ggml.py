@@ -141,7 +141,12 @@ def available() -> bool:
     return kernel.load() is not None
 
 
-PARALLEL_MACS = 2_000_000  # smaller calls run on one thread (waking a second costs more)
+# Smaller calls run on one thread (a second costs a wake-up, and on a busy machine a time slice).
+# From 250k a batch-1 step's q/k/v, o, gate/up and down follow the thread count the thread tuner
+# measured best for their layer (llmlab.infer.threads: 1 under load, 2 where the second core is
+# free); at 2M (sessions 4-9) they always ran on one core and only the LM head split, so batch-1
+# decode used one of two free cores for its layers. LLMLAB_PARALLEL_MACS overrides (an A/B).
+PARALLEL_MACS = int(os.environ.get("LLMLAB_PARALLEL_MACS", "") or 250_000)
 # int8-activation calls stream the weights at the memory's speed (docs/infer.md), so a second core
 # pays from smaller calls on: a batch-1 step's q/k/v, gate/up and down split their rows
 PARALLEL_MACS_INT8 = 500_000

@@ -132,6 +132,53 @@ static void dot_4x2_256(const float *w, int64_t k, const float *x0, const float 
 #endif
 }
 
+#ifdef LLMLAB_AVX2
+/* 6 dequantized weight rows (w, stride k) against 2 input rows (AVX2, many input rows): 12
+ * accumulators, 8 loads per 12 FMAs (the 4 x 2 tile as compiled: 10 loads per 8 FMAs, so it ran at
+ * the load ports' speed, ~40 % of the FMA rate; docs/infer.md, session 10). Per output the order
+ * of `dot_4x2_256` (one 8-lane accumulator over k in steps of 8, then hsum): the same bits.
+ * noinline: inlined into the OpenMP body, gcc spilled its pointers. */
+/* a weight vector held in a register for its 2 FMAs: the empty asm stops the compiler from folding
+ * its load into both (two loads instead of one: the loop then waits on the load ports) */
+#define LOAD_REG(b, p) do { b = _mm256_loadu_ps(p); __asm__("" : "+x"(b)); } while (0)
+__attribute__((noinline)) static void dot_6x2_256(const float *w, int64_t k, const float *x0, const float *x1, float *y0, float *y1) {
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a04 = a00, a05 = a00;
+    __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00, a14 = a00, a15 = a00;
+    for (int64_t j = 0; j < k; j += 8) {
+        __m256 u = _mm256_loadu_ps(x0 + j), v = _mm256_loadu_ps(x1 + j), b;
+        LOAD_REG(b, w + j); a00 = _mm256_fmadd_ps(u, b, a00); a10 = _mm256_fmadd_ps(v, b, a10);
+        LOAD_REG(b, w + k + j); a01 = _mm256_fmadd_ps(u, b, a01); a11 = _mm256_fmadd_ps(v, b, a11);
+        LOAD_REG(b, w + 2 * k + j); a02 = _mm256_fmadd_ps(u, b, a02); a12 = _mm256_fmadd_ps(v, b, a12);
+        LOAD_REG(b, w + 3 * k + j); a03 = _mm256_fmadd_ps(u, b, a03); a13 = _mm256_fmadd_ps(v, b, a13);
+        LOAD_REG(b, w + 4 * k + j); a04 = _mm256_fmadd_ps(u, b, a04); a14 = _mm256_fmadd_ps(v, b, a14);
+        LOAD_REG(b, w + 5 * k + j); a05 = _mm256_fmadd_ps(u, b, a05); a15 = _mm256_fmadd_ps(v, b, a15);
+    }
+    /* the 12 hsums side by side: each lane gets hsum's tree ((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7)) */
+    __m256 t0 = _mm256_add_ps(_mm256_permute2f128_ps(a00, a10, 0x20), _mm256_permute2f128_ps(a00, a10, 0x31));
+    __m256 t1 = _mm256_add_ps(_mm256_permute2f128_ps(a01, a11, 0x20), _mm256_permute2f128_ps(a01, a11, 0x31));
+    __m256 t2 = _mm256_add_ps(_mm256_permute2f128_ps(a02, a12, 0x20), _mm256_permute2f128_ps(a02, a12, 0x31));
+    __m256 t3 = _mm256_add_ps(_mm256_permute2f128_ps(a03, a13, 0x20), _mm256_permute2f128_ps(a03, a13, 0x31));
+    __m256 t4 = _mm256_add_ps(_mm256_permute2f128_ps(a04, a14, 0x20), _mm256_permute2f128_ps(a04, a14, 0x31));
+    __m256 t5 = _mm256_add_ps(_mm256_permute2f128_ps(a05, a15, 0x20), _mm256_permute2f128_ps(a05, a15, 0x31));
+    __m256 s01 = _mm256_add_ps(_mm256_unpacklo_ps(t0, t1), _mm256_unpackhi_ps(t0, t1));
+    __m256 s23 = _mm256_add_ps(_mm256_unpacklo_ps(t2, t3), _mm256_unpackhi_ps(t2, t3));
+    __m256 s45 = _mm256_add_ps(_mm256_unpacklo_ps(t4, t5), _mm256_unpackhi_ps(t4, t5));
+    __m256 r03 = _mm256_add_ps(_mm256_shuffle_ps(s01, s23, 0x44), _mm256_shuffle_ps(s01, s23, 0xEE));
+    __m256 r45 = _mm256_add_ps(s45, _mm256_shuffle_ps(s45, s45, 0xEE));
+    _mm_storeu_ps(y0, _mm256_castps256_ps128(r03));
+    _mm_storeu_ps(y1, _mm256_extractf128_ps(r03, 1));
+    _mm_storel_pi((__m64 *)(y0 + 4), _mm256_castps256_ps128(r45));
+    _mm_storel_pi((__m64 *)(y1 + 4), _mm256_extractf128_ps(r45, 1));
+}
+
+/* one output in `dot_4x2_256`'s order (for the 6-row tiles' leftovers) */
+static float dot_col8(const float *w, const float *x, int64_t k) {
+    __m256 a = _mm256_setzero_ps();
+    for (int64_t j = 0; j < k; j += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(w + j), a);
+    return hsum(a);
+}
+#endif
+
 static float dot1_256(const float *w, const float *x, int64_t k) {
 #ifdef LLMLAB_AVX2
     __m256 a = _mm256_setzero_ps(), b = a;
@@ -300,7 +347,116 @@ static float dot1_512(const float *w, const float *x, int64_t k) {
 #define dot1 dot1_256
 #endif
 
-/* buf: scratch of 4*k floats. The one kernel for both formats: dequantize 4 rows into L1, then
+#if defined(LLMLAB_AVX2) && !defined(LLMLAB_512)
+/* A few input rows (2..FEW): 2 weight rows dequantized in registers (as `fused4_q4_256`, no trip
+ * through L1) against NX (1..5) input rows, up to 10 accumulators. Dequantizing through L1 costs as much
+ * as the products when only a few input rows share it. Per output `dot_4x2_256`'s order and
+ * `deq_row`'s weights: the same bits. fmt 4 (nibbles) and 8 (Q8_0) only. */
+#define FEW 5
+static inline __attribute__((always_inline)) void deq32_256(int fmt, const uint8_t *qs, const float *d,
+                                                            const float *m, int64_t row, int64_t k, int64_t b,
+                                                            __m256 *w) {
+    int64_t g = row * (k / QK) + b;
+    __m256 vd = _mm256_set1_ps(d[g]);
+    if (fmt == 4) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(qs + g * 16)), lo4 = _mm_set1_epi8(0x0F);
+        __m128i lo = _mm_and_si128(v, lo4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), lo4);
+        __m256 vm = _mm256_set1_ps(m[g]);
+        w[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), vd, vm);
+        w[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), vd, vm);
+        w[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), vd, vm);
+        w[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), vd, vm);
+    } else {
+        const int8_t *q = (const int8_t *)qs + row * k + b * QK;
+        for (int j = 0; j < 4; j++)
+            w[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8 * j)))), vd);
+    }
+}
+
+static inline __attribute__((always_inline)) void few_t(const int fmt, const int NX, const uint8_t *qs,
+                                                        const float *d, const float *m, int64_t r, int64_t k,
+                                                        const float *x, float *y, int64_t rows) {
+    __m256 a[2][5];
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < NX; i++) a[t][i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < k / QK; b++)
+        for (int t = 0; t < 2; t++) {
+            __m256 w[4];
+            deq32_256(fmt, qs, d, m, r + t, k, b, w);
+            for (int i = 0; i < NX; i++)
+                for (int j = 0; j < 4; j++) a[t][i] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i * k + b * QK + 8 * j), w[j], a[t][i]);
+        }
+    for (int i = 0; i < NX; i++)
+        for (int t = 0; t < 2; t++) y[i * rows + r + t] = hsum(a[t][i]);
+}
+
+/* weight rows [r0, e4) (an even count) against the input rows [i0, i1) (1..FEW) in one pass */
+static void few_256(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
+                    const float *x, int64_t i0, int64_t i1, float *y, int64_t r0, int64_t e4) {
+    const float *xi = x + i0 * k;
+    float *yi = y + i0 * rows;
+    for (int64_t r = r0; r < e4; r += 2)
+        switch ((int)(i1 - i0) + (fmt == 4 ? 0 : 8)) {
+        case 1: few_t(4, 1, qs, d, m, r, k, xi, yi, rows); break;
+        case 2: few_t(4, 2, qs, d, m, r, k, xi, yi, rows); break;
+        case 3: few_t(4, 3, qs, d, m, r, k, xi, yi, rows); break;
+        case 4: few_t(4, 4, qs, d, m, r, k, xi, yi, rows); break;
+        case 5: few_t(4, 5, qs, d, m, r, k, xi, yi, rows); break;
+        case 9: few_t(8, 1, qs, d, m, r, k, xi, yi, rows); break;
+        case 10: few_t(8, 2, qs, d, m, r, k, xi, yi, rows); break;
+        case 11: few_t(8, 3, qs, d, m, r, k, xi, yi, rows); break;
+        case 12: few_t(8, 4, qs, d, m, r, k, xi, yi, rows); break;
+        default: few_t(8, 5, qs, d, m, r, k, xi, yi, rows);
+        }
+}
+
+#define LLMLAB_MANY_256 1
+/* Input rows [i0, i1) (at least 2) against weight rows [r0, e4), e4 - r0 a multiple of 2, every
+ * row inside the matrix's whole groups of 4 (the rows `matmul` gives `dot_4x2`'s order): 6 rows at
+ * a time in the 6 x 2 tile, then 4 x 2, then 2 rows one output at a time; every output in
+ * `dot_4x2_256`'s order, so the bits are those of the 4-row path at any mx or split. buf: 6*k. */
+static void many_256(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
+                     const float *x, int64_t i0, int64_t i1, float *y, int64_t r0, int64_t e4, float *buf) {
+    /* Q8_0 at 2 rows: through L1 is faster (4.1 vs 4.4 ms the LM head; 3 rows: 6.7 vs 5.2) */
+    if (i1 - i0 <= FEW && (fmt == 4 || (fmt == 8 && i1 - i0 >= 3))) {
+        few_256(fmt, qs, d, m, rows, k, x, i0, i1, y, r0, e4);
+        return;
+    }
+    float t0[6], t1[6];
+    int64_t r = r0;
+    for (; r + 6 <= e4; r += 6) {
+        for (int64_t t = 0; t < 6; t++) deq_row(fmt, qs, d, m, r + t, k, buf + t * k);
+        int64_t i = i0;
+        for (; i + 1 < i1; i += 2) {
+            dot_6x2_256(buf, k, x + i * k, x + (i + 1) * k, t0, t1);
+            memcpy(y + i * rows + r, t0, sizeof t0);
+            memcpy(y + (i + 1) * rows + r, t1, sizeof t1);
+        }
+        if (i < i1) {
+            dot_4x2_256(buf, k, x + i * k, x + i * k, t0, t1, 0);
+            for (int t = 4; t < 6; t++) t0[t] = dot_col8(buf + t * k, x + i * k, k);
+            memcpy(y + i * rows + r, t0, sizeof t0);
+        }
+    }
+    for (; r < e4; r += 4) {
+        int nr = e4 - r < 4 ? 2 : 4;
+        for (int64_t t = 0; t < nr; t++) deq_row(fmt, qs, d, m, r + t, k, buf + t * k);
+        for (int64_t i = i0; i < i1; i += 2) {
+            if (nr == 2) {
+                for (int64_t ii = i; ii < i1 && ii < i + 2; ii++)
+                    for (int t = 0; t < 2; t++) y[ii * rows + r + t] = dot_col8(buf + t * k, x + ii * k, k);
+                continue;
+            }
+            int two = i + 1 < i1;
+            dot_4x2_256(buf, k, x + i * k, x + (two ? i + 1 : i) * k, t0, t1, two);
+            memcpy(y + i * rows + r, t0, 4 * sizeof(float));
+            if (two) memcpy(y + (i + 1) * rows + r, t1, 4 * sizeof(float));
+        }
+    }
+}
+#endif
+
+/* buf: scratch of 6*k floats. The one kernel for both formats: dequantize 4 rows into L1, then
  * every input row of a chunk of MB reads them (weights decoded once per chunk, not once per
  * input row; a chunk's inputs stay in L2). A row's result never depends on mx, the chunking or
  * [r0, r1) as long as r0 is a multiple of 4: the engine's batch invariance rests on it. */
@@ -308,8 +464,15 @@ static float dot1_512(const float *w, const float *x, int64_t k) {
 static void matmul(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
                    const float *x, int64_t mx, float *y, int64_t r0, int64_t r1, float *buf) {
     for (int64_t i0 = 0; i0 < mx; i0 += MB) {
-        int64_t i1 = mx - i0 < MB ? mx : i0 + MB;
-        for (int64_t r = r0; r < r1; r += 4) {
+        int64_t i1 = mx - i0 < MB ? mx : i0 + MB, rs = r0;
+#ifdef LLMLAB_MANY_256
+        if (i1 - i0 >= 2) {  /* the rows of whole groups of 4 in the 6 x 2 tile; the tail as below */
+            rs = r1 < (rows & ~(int64_t)3) ? r1 : (rows & ~(int64_t)3);
+            rs = rs > r0 ? rs : r0;
+            many_256(fmt, qs, d, m, rows, k, x, i0, i1, y, r0, rs, buf);
+        }
+#endif
+        for (int64_t r = rs; r < r1; r += 4) {
             int64_t nr = r1 - r < 4 ? r1 - r : 4;
 #ifdef LLMLAB_512
             /* one input row of nibbles: dequantize in registers (same bits as below). int8 formats
@@ -379,7 +542,7 @@ void llmlab_ggml_matmul(int fmt, const uint8_t *qs, const float *d, const float 
         int64_t g0, g1;
         my_share(groups, &g0, &g1);
         int64_t r0 = g0 * 4, r1 = g1 * 4 < rows ? g1 * 4 : rows;
-        float *buf = (float *)malloc(sizeof(float) * 4 * (size_t)k);
+        float *buf = (float *)malloc(sizeof(float) * 6 * (size_t)k);
         if (buf) {
             matmul(fmt, qs, d, m, rows, k, x, mx, y, r0, r1, buf);
             free(buf);
