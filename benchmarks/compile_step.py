@@ -6,7 +6,9 @@ same random token batches in each arm, alternating arms (eager, compile, eager, 
 and round: the first step's time (compile included), the median step time after `--warm` steps, and
 the per-step losses (the two arms must give close, not bitwise equal, curves).
     python benchmarks/compile_step.py --steps 40 --rounds 2 [--threads 1]
-Last line: one JSON.
+    python benchmarks/compile_step.py --quick   # 8 steps, 1 round
+Last line: one JSON object, ours = compiled, peer = eager, ratio `step_speedup` = eager / compiled
+seconds per step after the compile (higher is better for compiling).
 """
 from __future__ import annotations
 
@@ -71,7 +73,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="8 steps, 1 round (a smoke run: the compile dominates)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.steps, args.rounds = 8, 1
     import torch
     torch.set_num_threads(args.threads)
     rows = []
@@ -89,7 +94,11 @@ def main(argv=None) -> dict:
            "compile_first_step_s": statistics.median(r["first_step_s"] for r in comp),
            "max_loss_diff": max(diffs), "last_loss": [eager[0]["losses"][-1], comp[0]["losses"][-1]]}
     out["speedup"] = out["eager_step_s"] / out["compile_step_s"]
-    print(json.dumps(out))
+    print(json.dumps({"benchmark": "compile_step",
+                      "ours": {"step_s": out["compile_step_s"], "first_step_s": out["compile_first_step_s"]},
+                      "peer": {"step_s": out["eager_step_s"]},
+                      "ratio": {"step_speedup": out["speedup"]},
+                      "threads": args.threads, "steps": args.steps, "max_loss_diff": out["max_loss_diff"]}))
     return out
 
 

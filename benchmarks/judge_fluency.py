@@ -6,13 +6,15 @@ current grid less the given temperatures) and reads the 20 fixed prompts once pe
 plus the fixed T 0.8 setting. So one pass says what a grid change does to the report's figure.
     python benchmarks/judge_fluency.py --run runs/speedrun [--drop-temperature 0.5] [--out f.json]
 --run is a speedrun run directory (train/model and data/val.jsonl are read, nothing is written there).
-Last line: one JSON.
+    python benchmarks/judge_fluency.py --quick   # a tiny base (speedrun quick=true), 5 prompts of 16 tokens
+Last line: one JSON object; no peer (the grids are compared inside "ours"), so "peer" and "ratio" are empty.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def score(run: Path, drop: list[float]) -> dict:
+def score(run: Path, drop: list[float], quick: bool = False) -> dict:
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     from llmlab.speedrun import judge as J
     from llmlab.speedrun.pipeline import _read_texts
@@ -29,7 +31,7 @@ def score(run: Path, drop: list[float]) -> dict:
     model, tok = load_model_and_tokenizer(str(run / "train" / "model"), device="cpu", dtype="float32")
     val_texts = _read_texts(run / "data" / "val.jsonl")
     ctx = J.load_judge()
-    n, k = len(J.FLUENCY_PROMPTS), J.SAMPLE_TOKENS
+    n, k = (5, 16) if quick else (len(J.FLUENCY_PROMPTS), J.SAMPLE_TOKENS)  # quick: as `judge.fluency`
     chosen, rows = J.choose_decoding(model, tok, J.validation_prompts(val_texts, n), ctx, k)
     old_rows = [r for r in rows if r["decoding"].get("temperature") not in drop]
     choices = {"new_grid": chosen, "old_grid": J.pick_decoding(old_rows), "fixed": J.DECODING_GRID[0]}
@@ -50,15 +52,24 @@ def score(run: Path, drop: list[float]) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True, type=Path)
+    ap.add_argument("--run", type=Path, help="a speedrun run dir (required unless --quick)")
+    ap.add_argument("--quick", action="store_true", help="score a tiny speedrun quick=true base, 5 prompts x 16 tokens")
     ap.add_argument("--drop-temperature", type=float, nargs="*", default=[0.5],
                     help="temperatures the old grid lacked (default: 0.5, added in session 10)")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     args = ap.parse_args(argv)
-    res = score(args.run, args.drop_temperature)
+    if args.run is None and not args.quick:
+        ap.error("--run is needed (or --quick)")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.run is None:
+            from llmlab.speedrun.pipeline import SpeedrunConfig, run
+            run(SpeedrunConfig(quick=True, judge=False, runs_dir=tmp, name="base"))
+            args.run = Path(tmp) / "base"
+        res = score(args.run, args.drop_temperature, args.quick)
     if args.out:
         args.out.write_text(json.dumps(res, indent=1, ensure_ascii=False), encoding="utf-8")
-    print(json.dumps({k: v for k, v in res.items() if k != "selection"}, ensure_ascii=False))
+    ours = {k: v for k, v in res.items() if k != "selection"}
+    print(json.dumps({"benchmark": "judge_fluency", "ours": ours, "peer": {}, "ratio": {}}, ensure_ascii=False))
     return res
 
 

@@ -5,9 +5,12 @@ top operators for one step of each stage, plus the batch's token counts (padding
     python benchmarks/llava_step.py --vision_run runs/ev_clip3000 --steps 3
     python benchmarks/llava_step.py --vision_run runs/ev_clip3000 --steps 3 --profile
     python benchmarks/llava_step.py --vision_run runs/ev_clip3000 --steps 3 --no_share_prefix  # the old path
+    python benchmarks/llava_step.py --quick   # an untrained encoder of the easy-vqa config, 1 step, both paths
 
 Last line: one JSON object (CPU seconds per step per stage, tokens per step in the rows and as run
-(the shared chat prefix once per batch), padding share).
+(the shared chat prefix once per batch), padding share). With --quick it is the standard benchmark
+line: ours = the shared-prefix step, peer = every row's prefix (the old path), ratio = their CPU
+time per step (old / new, higher is better).
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ import torch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--vision_run", required=True)
+    ap.add_argument("--vision_run", help="a `llmlab mm train` run dir (the encoder); required unless --quick")
+    ap.add_argument("--quick", action="store_true",
+                    help="an untrained encoder (configs/mm_clip_easyvqa.yaml), 1 timed step per stage, both paths")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per stage (after one warm-up step)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lora_r", type=int, default=32)
@@ -30,12 +35,40 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print torch.profiler's top operators per stage")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    if a.quick:
+        return quick(a)
+    if not a.vision_run:
+        ap.error("--vision_run is needed (or --quick)")
+    print(json.dumps(time_stages(a, share=not a.no_share_prefix)))
+
+
+def quick(a) -> None:
+    """Both paths on an untrained encoder of the easy-vqa config (timing only: the weights don't matter)."""
+    import tempfile
+    from pathlib import Path
+
+    from llmlab.config import load_config
+    from llmlab.multimodal.runs import save_contrastive
+    from llmlab.multimodal.train import ContrastiveConfig, build_model
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as d:
+        cfg = load_config(ContrastiveConfig, [str(root / "configs" / "mm_clip_easyvqa.yaml")])
+        save_contrastive(build_model(cfg), cfg, {}, d)
+        a.vision_run, a.steps, a.batch = d, 1, 2
+        new, old = time_stages(a, share=True), time_stages(a, share=False)
+    ratio = {f"{s}_step_speedup": old[f"{s}_cpu_s_per_step"] / max(new[f"{s}_cpu_s_per_step"], 1e-9)
+             for s in a.stages.split(",")}
+    print(json.dumps({"benchmark": "llava_step", "ours": new, "peer": old, "ratio": ratio}))
+
+
+def time_stages(a, share: bool) -> dict:
+    """CPU seconds per step of each stage (median of a.steps after one warm-up), tokens and padding."""
     from llmlab.finetune.lora import LoraConfig, apply_lora
     from llmlab.multimodal import data as mmdata
     from llmlab.multimodal.llava_train import CAPTION_PROMPT, LlavaConfig, _vqa_examples, build
     cfg = LlavaConfig(vision_run=a.vision_run, per_device_train_batch_size=a.batch, lora_r=a.lora_r)
     model, size = build(cfg)
-    model.share_prefix = model.share_prefix and not a.no_share_prefix
+    model.share_prefix = model.share_prefix and share
     train = mmdata.easy_vqa("train", size=size)
     rng = random.Random(0)
     out = {}
@@ -79,7 +112,7 @@ def main() -> None:
         out[f"{stage}_padding_share"] = round(1 - real / toks, 3)
         out[f"{stage}_tokens_run_per_step"] = run / a.steps  # the shared prefix counted once per batch
     out["share_prefix"] = model.share_prefix
-    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ session 10). One thread. Prints one JSON line: median CPU ms of a batch-1 step (
 the exact path unless LLMLAB_INT8_ACTIVATIONS=1) and of a 32-row paged step (contexts 16..160, as
 `inference.py --profile`), each over `--steps` steps after warm-up steps.
 
-    PYTHONPATH=<checkout> OMP_NUM_THREADS=1 python benchmarks/step_cpu.py [--steps 16] [--rows 32]
+    PYTHONPATH=<checkout> OMP_NUM_THREADS=1 python benchmarks/step_cpu.py [--steps 16] [--rows 32] [--quick]
+
+No peer inside one run (the A/B is two checkouts taken in turn), so "peer" and "ratio" are empty.
 """
 from __future__ import annotations
 
@@ -36,7 +38,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--rows", type=int, default=32)
+    ap.add_argument("--quick", action="store_true", help="3 steps of each kind, 8 rows")
     args = ap.parse_args()
+    if args.quick:
+        args.steps, args.rows = 3, 8
     torch.set_num_threads(1)
     import _inference_profile as prof
     from llmlab.infer.runner import ContiguousDecoder
@@ -45,7 +50,7 @@ def main() -> None:
 
     model = load_gguf(packaged_path("smollm2"))
     g = torch.Generator().manual_seed(0)
-    out = {"benchmark": "step_cpu", "checkout": os.environ.get("PYTHONPATH", ""),
+    out = {"checkout": os.environ.get("PYTHONPATH", ""),
            "int8": os.environ.get("LLMLAB_INT8_ACTIVATIONS", "0"), "load_before": round(os.getloadavg()[0], 2)}
     with torch.inference_mode():
         dec = ContiguousDecoder(model, 64 + 3 * args.steps + 16)
@@ -59,7 +64,7 @@ def main() -> None:
             runner.decode(tables, ids)
         out[f"batch{args.rows}_cpu_ms"] = cpu_ms(lambda: runner.decode(tables, ids), args.steps)
     out["load_after"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(out))
+    print(json.dumps({"benchmark": "step_cpu", "ours": out, "peer": {}, "ratio": {}}))
 
 
 if __name__ == "__main__":
