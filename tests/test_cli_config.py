@@ -139,3 +139,14 @@ def test_explicit_value_equal_to_default_is_not_derived():
     cfg = load_config(TrainCommandConfig, ["preset=cpu"])
     _preset_shape(cfg)
     assert cfg.learning_rate == PRESETS["cpu"]["learning_rate"]
+
+
+def test_generate_hints_chat_when_a_chat_model_ends_raw_text_at_once(monkeypatch, capsys):
+    """A chat-tuned model often emits EOS at once on a raw prompt; the user sees a hint, not just the prompt."""
+    import llmlab.infer.generate as gen
+    monkeypatch.setattr(gen, "stream_text", lambda *a, **k: iter(()))
+    assert main(["generate", "model=smollm2", "prompt=What is 7 + 5?", "max_new_tokens=2"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("What is 7 + 5?") and "try chat=true" in out.err
+    assert main(["generate", "model=smollm2", "prompt=What is 7 + 5?", "max_new_tokens=2", "chat=true"]) == 0
+    assert "try chat=true" not in capsys.readouterr().err

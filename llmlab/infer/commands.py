@@ -107,10 +107,14 @@ def run_generate(cfg: GenerateConfig) -> int:
         engine = EngineConfig(max_num_seqs=1, num_blocks=-(-model.config.max_position_embeddings // 16) + 1,
                               row_pad=1, speculative=cfg.speculative,
                               num_speculative_tokens=cfg.num_speculative_tokens).build(model, tok)
+    wrote = False
     for piece in (_engine_stream(engine, ids, params) if engine else stream_text(model, tok, ids, params)):
         sys.stdout.write(piece)
         sys.stdout.flush()
+        wrote = wrote or bool(piece)
     sys.stdout.write("\n")
+    if not wrote and not cfg.chat and tok.chat_template:  # a chat model ends raw text at once: say why, not nothing
+        print("(the model ended the text at once; it has a chat template: try chat=true)", file=sys.stderr)
     if engine is not None:
         sp = engine.spec_summary()
         print(f"[speculative {cfg.speculative}: {sp['mean_accepted']:.2f} drafted tokens accepted per step "
