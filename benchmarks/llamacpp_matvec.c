@@ -9,8 +9,10 @@
  * ggml/ directory) at $GGML:
  *   S=$GGML/src; cc -O3 -march=native -c -I$S/ggml-cpu -I$S -I$GGML/include \
  *      $S/ggml-cpu/arch/x86/quants.c -o /tmp/ggml_q.o
- *   cc -O3 -march=native -I$S -I$GGML/include -o /tmp/lmv benchmarks/llamacpp_matvec.c /tmp/ggml_q.o -lm
- *   /tmp/lmv [MX]       (MX input rows, default 1: MX calls per weight row, as ggml's vec_dot path)
+ *   cc -O3 -march=native -fopenmp -I$S -I$GGML/include -o /tmp/lmv benchmarks/llamacpp_matvec.c /tmp/ggml_q.o -lm
+ *   /tmp/lmv [MX [NT]]   (MX input rows, default 1: MX calls per weight row, as ggml's vec_dot path;
+ *                         NT threads split the weight rows in contiguous chunks, as ggml's threads do;
+ *                         the time is process CPU time / NT, like matvec_shapes.c: wall on a quiet machine)
  * Session 11 used ggml d99724f (2026-08-21). Columns: time per product, GB/s of the GGUF's bytes
  * (Q4_1 0.625 B/weight, Q8_0 1.0625; ours reads its repacked 0.75 / 1.125), GMAC/s. */
 #include <immintrin.h>
@@ -40,7 +42,7 @@ static double cpu_seconds(void) {
 static uint16_t half(float f) { return (uint16_t)_cvtss_sh(f, 0); }
 
 int main(int argc, char **argv) {
-    int mx = argc > 1 ? atoi(argv[1]) : 1;
+    int mx = argc > 1 ? atoi(argv[1]) : 1, nt = argc > 2 ? atoi(argv[2]) : 1;
     for (int i = 0; i < 1 << 16; i++) ggml_table_f32_f16[i] = _cvtsh_ss((unsigned short)i);
     /* fmt 4: Q4_1 (20-byte blocks: d, m halves + 16 nibble bytes); 8: Q8_0 (34: d + 32 int8) */
     struct { int fmt; int64_t rows, k; int copies; const char *name; } S[] = {
@@ -69,21 +71,19 @@ int main(int argc, char **argv) {
             for (int c = 0; c < C; c++)
                 for (int i = 0; i < mx; i++) {
                     uint8_t *xi = xq + i * nb * ysz;
-                    if (fmt == 4) {
-                        quantize_row_q8_1(x + i * k, xi, k);
-                        for (int64_t row = 0; row < rows; row++)
-                            ggml_vec_dot_q4_1_q8_1((int)k, y + i * rows + row, 0, w[c] + row * rb, 0, xi, 0, 1);
-                    } else {
-                        quantize_row_q8_0(x + i * k, xi, k);
-                        for (int64_t row = 0; row < rows; row++)
-                            ggml_vec_dot_q8_0_q8_0((int)k, y + i * rows + row, 0, w[c] + row * rb, 0, xi, 0, 1);
+                    if (fmt == 4) quantize_row_q8_1(x + i * k, xi, k);
+                    else quantize_row_q8_0(x + i * k, xi, k);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+                    for (int64_t row = 0; row < rows; row++) {
+                        if (fmt == 4) ggml_vec_dot_q4_1_q8_1((int)k, y + i * rows + row, 0, w[c] + row * rb, 0, xi, 0, 1);
+                        else ggml_vec_dot_q8_0_q8_0((int)k, y + i * rows + row, 0, w[c] + row * rb, 0, xi, 0, 1);
                     }
                 }
-            double e = (cpu_seconds() - t) / C;
+            double e = (cpu_seconds() - t) / C / nt;
             best = e < best ? e : best;
         }
-        printf("%-8s %6lld x %4lld  mx %2d  %8.1f us  %5.1f GB/s  %5.1f GMAC/s  (%g)\n", S[s].name, (long long)rows,
-               (long long)k, mx, best * 1e6, rows * rb / best / 1e9, (double)rows * k * mx / best / 1e9, (double)y[0]);
+        printf("%-8s %6lld x %4lld  mx %2d nt %d  %8.1f us  %5.1f GB/s  %5.1f GMAC/s  (%g)\n", S[s].name, (long long)rows,
+               (long long)k, mx, nt, best * 1e6, rows * rb / best / 1e9, (double)rows * k * mx / best / 1e9, (double)y[0]);
         for (int c = 0; c < C; c++) free(w[c]);
         free(w), free(x), free(y), free(xq);
     }

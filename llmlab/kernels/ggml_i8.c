@@ -520,9 +520,10 @@ int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m,
     int8_t *xq = (int8_t *)malloc((size_t)(mx * stride));
     float *dx = (float *)malloc(sizeof(float) * (size_t)(2 * mx * ng * 4));
     if (!xq || !dx) { free(xq); free(dx); return 0; }
-    float *sx = dx + mx * ng * 4, *dxe = NULL, *sxe = NULL;
+    float *sx = dx + mx * ng * 4;
     for (int64_t i = 0; i < mx; i++) llmlab_i8_quantize(fmt, x + i * k, k, xq + i * stride, dx + i * ng * 4, sx + i * ng * 4);
 #if I8_ISA == 2
+    float *dxe = NULL, *sxe = NULL;
     if (mx > 1) { /* the input scales spread to their lanes for `many_t` */
         dxe = (float *)malloc(sizeof(float) * (size_t)spread_size(fmt, mx, ng));
         if (!dxe) { free(xq); free(dx); return 0; }
@@ -573,7 +574,9 @@ int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m,
     }
     free(xq);
     free(dx);
+#if I8_ISA == 2
     free(dxe);
+#endif
     return 1;
 }
 
