@@ -9,7 +9,7 @@
  * ggml/ directory) at $GGML:
  *   S=$GGML/src; cc -O3 -march=native -c -I$S/ggml-cpu -I$S -I$GGML/include \
  *      $S/ggml-cpu/arch/x86/quants.c -o /tmp/ggml_q.o
- *   cc -O3 -march=native -fopenmp -I$S -I$GGML/include -o /tmp/lmv benchmarks/llamacpp_matvec.c /tmp/ggml_q.o -lm
+ *   cc -O3 -march=native -fopenmp -o /tmp/lmv benchmarks/llamacpp_matvec.c /tmp/ggml_q.o -lm
  *   /tmp/lmv [MX [NT]]   (MX input rows, default 1: MX calls per weight row, as ggml's vec_dot path;
  *                         NT threads split the weight rows in contiguous chunks, as ggml's threads do;
  *                         the time is process CPU time / NT, like matvec_shapes.c: wall on a quiet machine)
@@ -19,7 +19,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
+#include "smollm2_shapes.h"
 
 /* the symbols ggml's x86 quants.c needs from the rest of ggml (tables and one reference
  * quantizer the benchmarked functions do not call) */
@@ -33,21 +33,12 @@ void quantize_row_q8_1(const float *x, void *y, int64_t k);
 void ggml_vec_dot_q4_1_q8_1(int n, float *s, size_t bs, const void *vx, size_t bx, const void *vy, size_t by, int nrc);
 void ggml_vec_dot_q8_0_q8_0(int n, float *s, size_t bs, const void *vx, size_t bx, const void *vy, size_t by, int nrc);
 
-static double cpu_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
 static uint16_t half(float f) { return (uint16_t)_cvtss_sh(f, 0); }
 
 int main(int argc, char **argv) {
     int mx = argc > 1 ? atoi(argv[1]) : 1, nt = argc > 2 ? atoi(argv[2]) : 1;
     for (int i = 0; i < 1 << 16; i++) ggml_table_f32_f16[i] = _cvtsh_ss((unsigned short)i);
-    /* fmt 4: Q4_1 (20-byte blocks: d, m halves + 16 nibble bytes); 8: Q8_0 (34: d + 32 int8) */
-    struct { int fmt; int64_t rows, k; int copies; const char *name; } S[] = {
-        {4, 960, 576, 30, "q/k/v"}, {4, 576, 576, 30, "o"}, {4, 3072, 576, 30, "gate/up"},
-        {4, 576, 1536, 30, "down"}, {8, 49152, 576, 1, "LM head"}};
+    const Shape *S = SHAPES;
     for (int s = 0; s < 5; s++) {
         int fmt = S[s].fmt, C = S[s].copies;
         int64_t rows = S[s].rows, k = S[s].k, nb = k / 32;
