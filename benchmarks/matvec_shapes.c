@@ -14,13 +14,7 @@
 #define PRODUCT llmlab_i8_matmul
 #endif
 #include <stdio.h>
-#include <time.h>
-
-static double cpu_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
+#include "smollm2_shapes.h"
 
 /* One core's plain read speed (the products' reference): sum 256 MB of floats, 8 accumulators. */
 static void read_loop(void) {
@@ -45,9 +39,7 @@ static void read_loop(void) {
 int main(int argc, char **argv) {
     int mx = argc > 1 ? atoi(argv[1]) : 1, nt = argc > 2 ? atoi(argv[2]) : 1;
     if (mx == 0) { read_loop(); return 0; }
-    struct { int fmt; int64_t rows, k; int copies; const char *name; } S[] = {
-        {4, 960, 576, 30, "q/k/v"}, {4, 576, 576, 30, "o"}, {4, 3072, 576, 30, "gate/up"},
-        {4, 576, 1536, 30, "down"}, {8, 49152, 576, 1, "LM head"}};
+    const Shape *S = SHAPES;
     for (int s = 0; s < 5; s++) {
         int fmt = S[s].fmt, C = S[s].copies;
         int64_t rows = S[s].rows, k = S[s].k, nb = k / 32;

@@ -10,7 +10,9 @@
 #     exact verification costs ~1.6 batch-1 steps' products against ~3.1 with int8 on AVX2), int8
 #     at 2 threads as a --quick row;
 #   inference_features.py --only prefix --quick: prefix_cache_ttft (8 requests sharing a 500-token
-#     system prompt; the goal's 32 x 1,000 was met in session 5), at 2 threads.
+#     system prompt; the goal's 32 x 1,000 was met in session 5), at 2 threads;
+#   with GGML=<ggml checkout> set: llama.cpp's batch-1 block products (benchmarks/llamacpp_matvec.c)
+#     beside ours (matvec_shapes.c, int8 and exact), per matrix and per token, 1 and 2 threads.
 # Usage, from the repo root:  bash benchmarks/run_quiet_21.sh [--quick]   (full: 2 min 3 s on the
 # quiet AVX2 EPYC in session 9; session 10 adds a second roofline run and the exact spec run in
 # full: an estimated 3-4 minutes; --quick: the dry run for a loaded machine).
@@ -46,4 +48,19 @@ run spec_int8_1thread 1 1 benchmarks/inference_features.py --only spec $FULL
 run spec_exact_1thread 1 0 benchmarks/inference_features.py --only spec $FULL  # full since session 10
 run spec_int8_2threads $T2 1 benchmarks/inference_features.py --only spec --quick
 run prefix $T2 0 benchmarks/inference_features.py --only prefix --quick
+# session 11: llama.cpp's batch-1 block products beside ours, per matrix (C harnesses, no llama.cpp
+# build): only with GGML=<a checkout of github.com/ggml-org/ggml> (session 11: /tmp/w21/ggml,
+# commit d99724f); ~1 minute. Each line: a product's time; "products per token" = 30 layers + head.
+if [ -n "${GGML:-}" ] && [ -f "$GGML/src/ggml-cpu/arch/x86/quants.c" ]; then
+    S=$GGML/src; B=$OUT/bin; mkdir -p "$B"
+    cc -O3 -march=native -c -I$S/ggml-cpu -I$S -I$GGML/include $S/ggml-cpu/arch/x86/quants.c -o $B/ggml_q.o &&
+    cc -O3 -march=native -fopenmp -o $B/lmv benchmarks/llamacpp_matvec.c $B/ggml_q.o -lm &&
+    cc -O3 -march=native -fopenmp -o $B/mv_i8 benchmarks/matvec_shapes.c -lm &&
+    cc -O3 -march=native -fopenmp -DEXACT -o $B/mv_exact benchmarks/matvec_shapes.c -lm || echo "# build failed"
+    per_token() { awk '{for (i = 1; i <= NF; i++) if ($i == "us") t = $(i - 1); s += ($1 == "LM") ? t : 30 * t}
+                       END {printf "# products per token %.2f ms\n", s / 1000}'; }
+    for nt in 1 $T2; do for r in 1 2; do for b in lmv mv_i8 mv_exact; do
+        echo "# $b batch 1, $nt threads, round $r"; "$B/$b" 1 $nt | tee "$OUT/$b.$nt.$r.txt"; per_token < "$OUT/$b.$nt.$r.txt"
+    done; done; done
+fi
 echo "# done $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)"

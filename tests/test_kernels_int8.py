@@ -99,7 +99,7 @@ def test_every_build_gives_the_reference_bits_for_any_batch_and_threads(qtype, k
         for threads in (1, 2):
             y = matmul_i8(x, w, threads, lib=lib)
             assert torch.equal(y, ref), (name, threads)
-            for n in (1, 2, 5):
+            for n in (1, 2, 3, 5, 7):  # tiles of 1, 2, 3, 4 + 1, 4 + 3 input rows
                 assert torch.equal(matmul_i8(x[:n], w, threads, lib=lib), ref[:n]), (name, threads, n)
 
 

@@ -39,9 +39,10 @@
 
 #define QK 32
 #define NRC 4 /* weight rows per pass: the input group's loads are shared by 4 rows */
-/* One input row (batch-1 decode) streams the weights from DRAM once: 4 rows side by side stream
- * well while their blocks span at most SPAN bytes (Q4 at k = 576: 4 x 288), else one row at a time
- * streams faster (Q8_0's LM head 2.4 vs 3.4 ms, Q4_1 at k = 1536 0.042 vs 0.067 ms: docs/LOG.md). */
+/* One input row (batch-1 decode) streams the weights from DRAM once. VNNI build: 4 rows side by
+ * side stream well while their blocks span at most SPAN bytes (Q4 at k = 576: 4 x 288), else one
+ * row at a time streams faster (Q8_0's LM head 2.4 vs 3.4 ms, Q4_1 at k = 1536 0.042 vs 0.067 ms:
+ * docs/LOG.md). The AVX2 build runs one row at a time at every k (session 11: faster there too). */
 #define SPAN 1536
 
 /* Round one input row to int8 blocks; xq is laid out for the weight format: fmt 4 keeps, per group
@@ -279,16 +280,12 @@ static void tile(int fmt, const uint8_t *qs, const float *d, const float *m, int
 
 #if I8_ISA == 2
 /* AVX2: the same 16 lanes as two 8-lane halves; maddubs (u8 x s8 -> s16 pairs, at most
- * 2 * 128 * 127 = 32512: no saturation) then madd with ones (-> s32 sums of 4). A register tile of
- * NR weight rows x NX input rows: each group's weight bytes are loaded (and fmt 4's nibbles
- * unpacked) once per tile and used against NX input rows; one input row (batch-1) runs NR = 4 rows
- * side by side (sharing the input's loads) or one at a time past SPAN, like the VNNI build. Per
- * (weight row, input row) the lanes and the order of the fmas are `row_portable`'s: the scale
- * d*dx is the same product per lane, the offsets m*sx fma per block lane, and the final sums are
- * tree16/tree4 with the same pairings, so the bits are the same as every other build's. The last
- * partial group of a row is read with masked loads (zeros past its blocks, as the portable order pads). */
+ * 2 * 128 * 127 = 32512: no saturation) then madd with ones (-> s32 sums of 4). Per (weight row,
+ * input row) the lanes and the order of the fmas are `row_portable`'s: the scale d*dx is the same
+ * product per lane, the offsets m*sx fma per block lane, and the final sums are tree16/tree4 with
+ * the same pairings, so the bits are the same as every other build's. */
 #define AI_I8 static inline __attribute__((always_inline))
-#define MI 2
+#define MI 4
 AI_I8 __m256i dot4_256(__m256i u, __m256i s) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
@@ -299,102 +296,117 @@ AI_I8 float red8x2(__m256 a0, __m256 a1, __m128 macc) {
     __m128 f = _mm_add_ps(macc, _mm_movehl_ps(macc, macc));
     return _mm_cvtss_f32(_mm_add_ss(e, _mm_shuffle_ps(e, e, 1))) + _mm_cvtss_f32(_mm_add_ss(f, _mm_shuffle_ps(f, f, 1)));
 }
-AI_I8 __m256 lanes(__m128 v, int a, int b) { /* (v[a] x 4, v[b] x 4) */
-    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(v), _mm256_setr_epi32(a, a, a, a, b, b, b, b));
-}
 
-AI_I8 void tile_t(const int fmt, const int NR, const int NX, const uint8_t *qs, const float *d, const float *m,
-                  int64_t row, int64_t nb, const int8_t *xq, int64_t stride, const float *dx, const float *sx,
-                  float *y, int64_t ldy) {
-    __m256 acc[4][MI][2];
-    __m128 macc[4][MI];
-    for (int t = 0; t < NR; t++)
-        for (int i = 0; i < NX; i++) acc[t][i][0] = acc[t][i][1] = _mm256_setzero_ps(), macc[t][i] = _mm_setzero_ps();
+/* The AVX2 tile, for any number of input rows (batch-1 decode, a speculative verification, a
+ * batched step): one weight row against NX (1..MI) input rows. One weight row at a time streams
+ * from DRAM faster than 4 side by side (session 11: a batch-1 step's int8 products 10.9 -> 9.8 ms
+ * when batch 1 moved from a 4-row tile to this one). With several input rows the bound is the integer multiply port (maddubs, madd), so
+ * the tile keeps every operation that does not depend on the input row out of the input loop:
+ * each group's weight bytes are loaded and unpacked once (one 8-lane half or one block at a time,
+ * so the NX x 2 accumulators stay in registers), the weight scales are broadcast to their lanes
+ * once, and the input scales come spread already by `spread` (one pointer for the tile's input
+ * rows: dxe[g][half][i] = fmt 4's 8 dx lanes, dxe[g][block][i] = fmt 8's dx; sxe[g][pair] = the
+ * offsets' sx lanes of 2 input rows side by side, so 2 rows share one 8-lane fma). In a row's
+ * last, partial group the blocks past the row are skipped (they would add p * d * dx = +0 to
+ * accumulators that are never -0: the same bits), a lone block of a fmt-4 half is read as 16
+ * bytes with zero scales above, and the offsets with a masked load. Per (weight row,
+ * input row) the int32 lane sums, the products d * dx and the order of the fmas are
+ * `row_portable`'s, so the bits are too. */
+AI_I8 void many_t(const int fmt, const int NX, const uint8_t *qs, const float *d, const float *m, int64_t row,
+                  int64_t nb, const int8_t *xq, int64_t stride, const float *dxe, const float *sxe, float *y,
+                  int64_t ldy) {
+    __m256 acc[MI][2], macc[MI / 2];
+    for (int i = 0; i < NX; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int i = 0; i < (NX + 1) / 2; i++) macc[i] = _mm256_setzero_ps();
     const __m256i lo4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     const int bpb = fmt == 4 ? 16 : QK; /* weight bytes per block */
     int64_t ng = (nb + 3) / 4;
     for (int64_t g = 0; g < ng; g++) {
         int nbg = nb - 4 * g < 4 ? (int)(nb - 4 * g) : 4;
-        __m128 dx4[MI], sx4[MI];
-        for (int i = 0; i < NX; i++) {
-            dx4[i] = _mm_loadu_ps(dx + i * ng * 4 + 4 * g);
-            sx4[i] = _mm_loadu_ps(sx + i * ng * 4 + 4 * g);
+        int64_t blk = row * nb + 4 * g;
+        const uint8_t *w = qs + blk * bpb;
+        const float *dp = d + blk;
+        const float *ge = dxe + g * (fmt == 4 ? 2 * MI * 8 : 4 * MI);
+        for (int u = 0; u < (fmt == 4 ? 2 : 4); u++) {
+            if ((fmt == 4 ? 2 * u : u) >= nbg) break;
+            int two = fmt == 4 && 2 * u + 1 < nbg; /* fmt 4: both blocks of the half are in the row */
+            __m256i v = fmt == 8 || two ? _mm256_loadu_si256((const __m256i *)(w + 32 * u))
+                                        : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(w + 32 * u)));
+            if (fmt == 4) { /* half u: blocks 2u, 2u+1 -> lanes 8u..8u+7 */
+                __m256i lo = _mm256_and_si256(v, lo4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
+                __m256 de = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(dp + 2 * u)),
+                                                 two ? _mm_broadcast_ss(dp + 2 * u + 1) : _mm_setzero_ps(), 1);
+                for (int i = 0; i < NX; i++) {
+                    const int8_t *xg = xq + i * stride + g * 4 * QK;
+                    __m256i p = _mm256_madd_epi16(_mm256_add_epi16(
+                        _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(xg + 32 * u))),
+                        _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xg + 64 + 32 * u)))), ones);
+                    __m256 sc = _mm256_mul_ps(de, _mm256_loadu_ps(ge + (u * MI + i) * 8));
+                    acc[i][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[i][u]);
+                }
+            } else { /* block u -> lanes 0..7 (u even) or 8..15 (u odd) */
+                __m256i aq = _mm256_abs_epi8(v);
+                __m256 de = _mm256_broadcast_ss(dp + u);
+                for (int i = 0; i < NX; i++) {
+                    const int8_t *xg = xq + i * stride + g * 4 * QK;
+                    __m256i p = dot4_256(aq, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(xg + 32 * u)), v));
+                    __m256 sc = _mm256_mul_ps(de, _mm256_broadcast_ss(ge + u * MI + i));
+                    acc[i][u & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[i][u & 1]);
+                }
+            }
         }
-        for (int t = 0; t < NR; t++) {
-            int64_t blk = (row + t) * nb + 4 * g;
-            const uint8_t *w = qs + blk * bpb;
-            __m128 d4, m4 = _mm_setzero_ps();
-            __m256i v[4];
-            if (nbg == 4) {
-                d4 = _mm_loadu_ps(d + blk);
-                if (fmt == 4) m4 = _mm_loadu_ps(m + blk);
-                for (int u = 0; u < (fmt == 4 ? 2 : 4); u++) v[u] = _mm256_loadu_si256((const __m256i *)(w + 32 * u));
-            } else { /* the row's last, partial group: masked loads, zeros past its blocks */
-                __m128i mb = _mm_cmpgt_epi32(_mm_set1_epi32(nbg), _mm_setr_epi32(0, 1, 2, 3));
-                d4 = _mm_maskload_ps(d + blk, mb);
-                if (fmt == 4) m4 = _mm_maskload_ps(m + blk, mb);
-                int words = bpb * nbg / 4; /* valid 4-byte words */
-                for (int u = 0; u < (fmt == 4 ? 2 : 4); u++) {
-                    __m256i mw = _mm256_cmpgt_epi32(_mm256_set1_epi32(words - 8 * u), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-                    v[u] = _mm256_maskload_epi32((const int *)(w + 32 * u), mw);
-                }
-            }
-            if (fmt == 4) {
-                __m256i l0 = _mm256_and_si256(v[0], lo4), h0 = _mm256_and_si256(_mm256_srli_epi16(v[0], 4), lo4);
-                __m256i l1 = _mm256_and_si256(v[1], lo4), h1 = _mm256_and_si256(_mm256_srli_epi16(v[1], 4), lo4);
-                for (int i = 0; i < NX; i++) {
-                    const int8_t *xg = xq + i * stride + g * 4 * QK;
-                    /* nibbles: a maddubs pair sums to at most 2 * 15 * 127 = 3810, so the low and
-                     * high halves add in int16 before one madd (the same exact int32 sums) */
-                    __m256i p0 = _mm256_madd_epi16(_mm256_add_epi16(
-                        _mm256_maddubs_epi16(l0, _mm256_loadu_si256((const __m256i *)xg)),
-                        _mm256_maddubs_epi16(h0, _mm256_loadu_si256((const __m256i *)(xg + 64)))), ones);
-                    __m256i p1 = _mm256_madd_epi16(_mm256_add_epi16(
-                        _mm256_maddubs_epi16(l1, _mm256_loadu_si256((const __m256i *)(xg + 32))),
-                        _mm256_maddubs_epi16(h1, _mm256_loadu_si256((const __m256i *)(xg + 96)))), ones);
-                    __m128 sc = _mm_mul_ps(d4, dx4[i]);
-                    acc[t][i][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), lanes(sc, 0, 1), acc[t][i][0]);
-                    acc[t][i][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), lanes(sc, 2, 3), acc[t][i][1]);
-                    macc[t][i] = _mm_fmadd_ps(m4, sx4[i], macc[t][i]);
-                }
-            } else {
-                __m256i *q = v, aq[4];
-                for (int u = 0; u < 4; u++) aq[u] = _mm256_abs_epi8(q[u]);
-                for (int i = 0; i < NX; i++) {
-                    const int8_t *xg = xq + i * stride + g * 4 * QK;
-                    __m128 sc = _mm_mul_ps(d4, dx4[i]);
-                    for (int u = 0; u < 4; u++) { /* block u -> lanes 0..7 (u even) or 8..15 (u odd) */
-                        __m256i p = dot4_256(aq[u], _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(xg + 32 * u)), q[u]));
-                        acc[t][i][u & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), lanes(sc, u, u), acc[t][i][u & 1]);
-                    }
-                }
-            }
+        if (fmt == 4) {
+            __m128 m4 = nbg == 4 ? _mm_loadu_ps(m + blk)
+                                 : _mm_maskload_ps(m + blk, _mm_cmpgt_epi32(_mm_set1_epi32(nbg), _mm_setr_epi32(0, 1, 2, 3)));
+            __m256 m8 = _mm256_set_m128(m4, m4);
+            for (int i = 0; i < (NX + 1) / 2; i++)
+                macc[i] = _mm256_fmadd_ps(m8, _mm256_loadu_ps(sxe + g * MI * 4 + i * 8), macc[i]);
         }
     }
-    for (int t = 0; t < NR; t++)
-        for (int i = 0; i < NX; i++) y[i * ldy + t] = red8x2(acc[t][i][0], acc[t][i][1], macc[t][i]);
+    for (int i = 0; i < NX; i++) {
+        __m128 mi = fmt != 4 ? _mm_setzero_ps() : i & 1 ? _mm256_extractf128_ps(macc[i / 2], 1) : _mm256_castps256_ps128(macc[i / 2]);
+        y[i * ldy] = red8x2(acc[i][0], acc[i][1], mi);
+    }
 }
 
-/* nr (1..NRC) weight rows from `row` against nx (1..MI) input rows (xq, dx, sx at i * stride,
- * i * ng * 4) -> y[i * ldy + t]: pairs of weight rows against pairs of input rows; one input row:
- * 4 weight rows side by side while their blocks span at most SPAN bytes, else one at a time. */
+/* Spread the input scales of mx input rows for `many_t`, per chunk c of MI rows (zeros for rows
+ * past mx): fmt 4: dxe[c][g][half u][row j][8] = block 4g + 2u + l/4 's dx in lane l (size
+ * 16 * MI floats per group), sxe[c][g][pair][8] = the sx of rows 2 pair, 2 pair + 1, 4 lanes each
+ * (4 * MI); fmt 8: dxe[c][g][block u][row j] = dx (4 * MI). */
+static int64_t spread_size(int fmt, int64_t mx, int64_t ng) {
+    return (mx + MI - 1) / MI * ng * (fmt == 4 ? 20 * MI : 4 * MI);
+}
+static void spread(int fmt, int64_t mx, int64_t ng, const float *dx, const float *sx, float *dxe, float *sxe) {
+    memset(dxe, 0, sizeof(float) * (size_t)spread_size(fmt, mx, ng));
+    for (int64_t i = 0; i < mx; i++) {
+        int64_t c = i / MI, j = i % MI;
+        for (int64_t g = 0; g < ng; g++)
+            for (int b = 0; b < 4; b++) {
+                float v = dx[i * ng * 4 + 4 * g + b];
+                if (fmt == 4) {
+                    for (int l = 0; l < 4; l++) dxe[((c * ng + g) * 2 + b / 2) * MI * 8 + j * 8 + (b % 2) * 4 + l] = v;
+                    sxe[(c * ng + g) * MI * 4 + j * 4 + b] = sx[i * ng * 4 + 4 * g + b];
+                } else {
+                    dxe[(c * ng + g) * 4 * MI + b * MI + j] = v;
+                }
+            }
+    }
+}
+
+#define MANY_NX(F) do { switch (nx) { \
+    case 4: many_t(F, 4, qs, d, m, row + t, nb, xq, stride, dxe, sxe, y + t, ldy); break; \
+    case 3: many_t(F, 3, qs, d, m, row + t, nb, xq, stride, dxe, sxe, y + t, ldy); break; \
+    case 2: many_t(F, 2, qs, d, m, row + t, nb, xq, stride, dxe, sxe, y + t, ldy); break; \
+    default: many_t(F, 1, qs, d, m, row + t, nb, xq, stride, dxe, sxe, y + t, ldy); } } while (0)
+
+/* nr (1..NRC) weight rows from `row` against nx (1..MI) input rows (xq at i * stride; dxe, sxe
+ * from `spread`) -> y[i * ldy + t], one weight row at a time. */
 static void tile(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t row, int nr, int64_t nb,
-                 const int8_t *xq, int64_t stride, const float *dx, const float *sx, int nx, float *y, int64_t ldy) {
-    if (nx == 1 && nr == NRC && NRC * nb * (fmt == 4 ? 16 : QK) <= SPAN) {
-        if (fmt == 4) tile_t(4, 4, 1, qs, d, m, row, nb, xq, stride, dx, sx, y, ldy);
-        else tile_t(8, 4, 1, qs, d, m, row, nb, xq, stride, dx, sx, y, ldy);
-        return;
-    }
-    int t = 0;
-    for (; nx == 2 && t + 1 < nr; t += 2) {
-        if (fmt == 4) tile_t(4, 2, 2, qs, d, m, row + t, nb, xq, stride, dx, sx, y + t, ldy);
-        else tile_t(8, 2, 2, qs, d, m, row + t, nb, xq, stride, dx, sx, y + t, ldy);
-    }
-    for (; t < nr; t++) {
-        if (fmt == 4 && nx == 2) tile_t(4, 1, 2, qs, d, m, row + t, nb, xq, stride, dx, sx, y + t, ldy);
-        else if (nx == 2) tile_t(8, 1, 2, qs, d, m, row + t, nb, xq, stride, dx, sx, y + t, ldy);
-        else if (fmt == 4) tile_t(4, 1, 1, qs, d, m, row + t, nb, xq, stride, dx, sx, y + t, ldy);
-        else tile_t(8, 1, 1, qs, d, m, row + t, nb, xq, stride, dx, sx, y + t, ldy);
+                 const int8_t *xq, int64_t stride, const float *dxe, const float *sxe, int nx, float *y,
+                 int64_t ldy) {
+    for (int t = 0; t < nr; t++) {
+        if (fmt == 4) MANY_NX(4);
+        else MANY_NX(8);
     }
 }
 #endif
@@ -421,6 +433,15 @@ int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m,
     if (!xq || !dx) { free(xq); free(dx); return 0; }
     float *sx = dx + mx * ng * 4;
     for (int64_t i = 0; i < mx; i++) llmlab_i8_quantize(fmt, x + i * k, k, xq + i * stride, dx + i * ng * 4, sx + i * ng * 4);
+#if I8_ISA == 2
+    float *dxe = NULL, *sxe = NULL;
+    { /* the input scales spread to their lanes for `many_t` */
+        dxe = (float *)malloc(sizeof(float) * (size_t)spread_size(fmt, mx, ng));
+        if (!dxe) { free(xq); free(dx); return 0; }
+        sxe = fmt == 4 ? dxe + (mx + MI - 1) / MI * ng * 16 * MI : NULL;
+        spread(fmt, mx, ng, dx, sx, dxe, sxe);
+    }
+#endif
     int64_t groups = (rows + NRC - 1) / NRC;
     if (nt > groups) nt = (int)groups;
     if (nt < 1) nt = 1;
@@ -433,9 +454,15 @@ int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m,
             int nr = rows - r < NRC ? (int)(rows - r) : NRC;
 #if I8_ISA >= 2 /* VNNI: the tile for several input rows (rows_vnni below for one); AVX2: the tile always */
             if (mx > 1 || I8_ISA == 2) {
-                for (int64_t i = 0; i < mx; i += MI)
+                for (int64_t i = 0; i < mx; i += MI) {
+#if I8_ISA == 2
+                    tile(fmt, qs, d, m, r, nr, nb, xq + i * stride, stride, dxe + i / MI * ng * (fmt == 4 ? 16 : 4) * MI,
+                         sxe ? sxe + i / MI * ng * 4 * MI : NULL, mx - i < MI ? (int)(mx - i) : MI, y + i * rows + r, rows);
+#else
                     tile(fmt, qs, d, m, r, nr, nb, xq + i * stride, stride, dx + i * ng * 4, sx + i * ng * 4,
                          mx - i < MI ? (int)(mx - i) : MI, y + i * rows + r, rows);
+#endif
+                }
                 continue;
             }
 #endif
@@ -457,6 +484,9 @@ int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m,
     }
     free(xq);
     free(dx);
+#if I8_ISA == 2
+    free(dxe);
+#endif
     return 1;
 }
 
