@@ -60,8 +60,10 @@ def rows(group: int, bits: int = 4) -> list[tuple[str, str, dict]]:
         # session 9: AutoAWQ's default duo scaling, s = mean|x|^a / mean|w|^(1-a)
         ("awq4m_duo", f"int4 AWQ g{group}, module objective, duo scaling", "awq",
          dict(bits=4, group=group, sym=False, awq_objective="module", awq_duo=True)),
-        # session 11: 8x the calibration windows (256 x 256 = 65,536 tokens, AutoAWQ's 128 x 512);
+        # session 11: 4x / 8x the calibration windows (8x: 256 x 256 = 65,536 tokens, AutoAWQ's 128 x 512);
         # `calib_x` is this script's: the row calibrates on the first calib_x * --calib-windows windows
+        ("awq4m_c4", f"int4 AWQ g{group}, module objective, 4x calibration windows", "awq",
+         dict(bits=4, group=group, sym=False, awq_objective="module", calib_x=4)),
         ("awq4m_c8", f"int4 AWQ g{group}, module objective, 8x calibration windows", "awq",
          dict(bits=4, group=group, sym=False, awq_objective="module", calib_x=8)),
     ]
