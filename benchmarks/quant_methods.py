@@ -180,19 +180,27 @@ def save_row(m, path, lins: list[str], info: dict, grids: dict | None = None) ->
 
 
 def load_row(m, path, lins: list[str]) -> tuple[dict, dict]:
-    """-> (the row's info, its grids by Linear name: empty for a file saved without them)."""
+    """-> (the row's info, its grids by Linear name: empty for a file saved without them, as every
+    file saved before session 10 was; its weights load all the same). A file that is not such a
+    row, or a row of another model, stops the script with one line naming the file."""
     from safetensors import safe_open
     from llmlab.quant.ptq import GroupGrid
     mods = dict(m.named_modules())
     grids = {}
     with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        if "info" not in meta:
+            raise SystemExit(f"{path}: not a row saved by quant_methods.py --save-dir (no 'info' metadata)")
         if {k for k in f.keys() if not k.endswith(_GRID)} != set(lins):
             raise SystemExit(f"{path}: its tensors are not this model's projections")
         for n in lins:
-            mods[n].weight.data.copy_(f.get_tensor(n))
-        info = json.loads(f.metadata()["info"])
-        if "grid" in f.metadata():
-            kw = json.loads(f.metadata()["grid"])
+            t = f.get_tensor(n)
+            if t.shape != mods[n].weight.shape:
+                raise SystemExit(f"{path}: {n} is {tuple(t.shape)}, this model's is {tuple(mods[n].weight.shape)}")
+            mods[n].weight.data.copy_(t)
+        info = json.loads(meta["info"])
+        if "grid" in meta:
+            kw = json.loads(meta["grid"])
             grids = {n: GroupGrid(*(f.get_tensor(n + sfx) for sfx in _GRID), **kw) for n in lins if n + ".codes" in f.keys()}
     print(f"loaded the quantized projections from {path}" + (f" with {len(grids)} grids" if grids else ""), flush=True)
     return info, grids
@@ -220,7 +228,7 @@ def main() -> None:
                     "int4 costs a model nothing)")
     ap.add_argument("--out", default="")
     ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,awq4m,gptq4d,"
-                    "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,awq4m_fp,awq4m_duo,awq4m_c8,nf4,w8a8,sq,int8); "
+                    "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,awq4m_fp,awq4m_duo,awq4m_c4,awq4m_c8,nf4,w8a8,sq,int8); "
                     "default all (--quick: rtn4,gptq4,awq4m,sq)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--data-dir", default="", help="held-out/calibration text from this `llmlab data build` output "
