@@ -48,6 +48,19 @@ def decode_once(model, ids: list[int], n_new: int) -> tuple[float, float, list[i
     return len(out) / (time.perf_counter() - t), len(out) / (time.process_time() - c), out
 
 
+def saved_row(base, path, load_row) -> tuple:
+    """(model, grids) of a saved quant_methods.py row for the kernel. A file saved before session 10
+    holds the dequantized weights without the codes: timed, it would be an fp32 matmul under the
+    row's name, so it stops the script with one line saying how to save it again."""
+    m = copy.deepcopy(base)
+    _, grids = load_row(m, path, list(calibrate.quantizable_linears(m)))
+    if not grids:
+        raise SystemExit(f"{path} holds no integer codes (saved before session 10): its decode speed would be "
+                         "an fp32 matmul's; save the row again with `python benchmarks/quant_methods.py --rows "
+                         "gptq4 --no-peers --save-dir DIR` (same --calib-windows)")
+    return m, grids
+
+
 def build_rows(a, base) -> dict:
     """name -> (model, its grids by Linear name: the quantizer's codes for the block kernel)."""
     from pathlib import Path
@@ -62,11 +75,7 @@ def build_rows(a, base) -> dict:
         name = f"smollm2.gptq4.g{a.group}.b4.c{a.calib_windows}x256.safetensors"
         path = Path(a.load_dir) / name
         if path.exists():
-            m = copy.deepcopy(base)
-            _, grids = load_row(m, path, list(calibrate.quantizable_linears(m)))
-            if not grids:
-                print(f"{path} was saved without the GPTQ codes: the gptq4 row runs fp32 matmuls", flush=True)
-            models["gptq4"] = (m, grids)
+            models["gptq4"] = saved_row(base, path, load_row)
         else:
             print(f"no {path}: the gptq4 row is not run", flush=True)
     return models

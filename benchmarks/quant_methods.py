@@ -60,6 +60,12 @@ def rows(group: int, bits: int = 4) -> list[tuple[str, str, dict]]:
         # session 9: AutoAWQ's default duo scaling, s = mean|x|^a / mean|w|^(1-a)
         ("awq4m_duo", f"int4 AWQ g{group}, module objective, duo scaling", "awq",
          dict(bits=4, group=group, sym=False, awq_objective="module", awq_duo=True)),
+        # session 11: 4x / 8x the calibration windows (8x: 256 x 256 = 65,536 tokens, AutoAWQ's 128 x 512);
+        # `calib_x` is this script's: the row calibrates on the first calib_x * --calib-windows windows
+        ("awq4m_c4", f"int4 AWQ g{group}, module objective, 4x calibration windows", "awq",
+         dict(bits=4, group=group, sym=False, awq_objective="module", calib_x=4)),
+        ("awq4m_c8", f"int4 AWQ g{group}, module objective, 8x calibration windows", "awq",
+         dict(bits=4, group=group, sym=False, awq_objective="module", calib_x=8)),
     ]
     if bits != 4:
         low = [(k, lab.replace("int4", f"int{bits}", 1).replace("(W4)", f"(W{bits})"), m, {**kw, "bits": bits} if kw.get("bits") == 4 else kw)
@@ -144,10 +150,12 @@ def gguf_rows(a) -> None:
     print(json.dumps({"benchmark": "quant_gguf", "ours": out}))
 
 
-def weights_file(a, key: str):
-    """Where --save-dir / --load-dir keep a weight-only row's quantized projections."""
+def weights_file(a, key: str, calib_x: int = 1):
+    """Where --save-dir / --load-dir keep a weight-only row's quantized projections (calib_x: the
+    row's multiple of --calib-windows)."""
     from pathlib import Path
-    return Path(a.load_dir or a.save_dir or ".") / f"{a.model.replace('/', '_')}.{key}.g{a.group}.b{a.bits}.c{a.calib_windows}x{a.length}.safetensors"
+    c = a.calib_windows * calib_x
+    return Path(a.load_dir or a.save_dir or ".") / f"{a.model.replace('/', '_')}.{key}.g{a.group}.b{a.bits}.c{c}x{a.length}.safetensors"
 
 
 _GRID = (".codes", ".scale", ".zero")
@@ -172,19 +180,27 @@ def save_row(m, path, lins: list[str], info: dict, grids: dict | None = None) ->
 
 
 def load_row(m, path, lins: list[str]) -> tuple[dict, dict]:
-    """-> (the row's info, its grids by Linear name: empty for a file saved without them)."""
+    """-> (the row's info, its grids by Linear name: empty for a file saved without them, as every
+    file saved before session 10 was; its weights load all the same). A file that is not such a
+    row, or a row of another model, stops the script with one line naming the file."""
     from safetensors import safe_open
     from llmlab.quant.ptq import GroupGrid
     mods = dict(m.named_modules())
     grids = {}
     with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        if "info" not in meta:
+            raise SystemExit(f"{path}: not a row saved by quant_methods.py --save-dir (no 'info' metadata)")
         if {k for k in f.keys() if not k.endswith(_GRID)} != set(lins):
             raise SystemExit(f"{path}: its tensors are not this model's projections")
         for n in lins:
-            mods[n].weight.data.copy_(f.get_tensor(n))
-        info = json.loads(f.metadata()["info"])
-        if "grid" in f.metadata():
-            kw = json.loads(f.metadata()["grid"])
+            t = f.get_tensor(n)
+            if t.shape != mods[n].weight.shape:
+                raise SystemExit(f"{path}: {n} is {tuple(t.shape)}, this model's is {tuple(mods[n].weight.shape)}")
+            mods[n].weight.data.copy_(t)
+        info = json.loads(meta["info"])
+        if "grid" in meta:
+            kw = json.loads(meta["grid"])
             grids = {n: GroupGrid(*(f.get_tensor(n + sfx) for sfx in _GRID), **kw) for n in lins if n + ".codes" in f.keys()}
     print(f"loaded the quantized projections from {path}" + (f" with {len(grids)} grids" if grids else ""), flush=True)
     return info, grids
@@ -212,7 +228,7 @@ def main() -> None:
                     "int4 costs a model nothing)")
     ap.add_argument("--out", default="")
     ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,awq4m,gptq4d,"
-                    "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,awq4m_fp,awq4m_duo,nf4,w8a8,sq,int8); "
+                    "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,awq4m_fp,awq4m_duo,awq4m_c4,awq4m_c8,nf4,w8a8,sq,int8); "
                     "default all (--quick: rtn4,gptq4,awq4m,sq)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--data-dir", default="", help="held-out/calibration text from this `llmlab data build` output "
@@ -236,12 +252,16 @@ def main() -> None:
     n_ev, n_cal = (2, 2) if a.quick else (a.eval_windows, a.calib_windows)
     if a.quick:
         a.length = min(a.length, 128)
-    cal = calibrate.token_windows(tok, texts(a, False), n_cal, a.length, seed=1)
+    keys = set(a.rows.split(",")) if a.rows else QUICK if a.quick else {r[0] for r in rows(a.group, a.bits)}
+    # a row with calib_x calibrates on the first calib_x * n_cal windows of the same seeded document
+    # order (its first n_cal windows are the other rows' `cal`); validation windows stay disjoint from all
+    cx = max([kw.get("calib_x", 1) for k, _, _, kw in rows(a.group, a.bits) if k in keys] + [1])
+    cal_all = calibrate.token_windows(tok, texts(a, False), n_cal * cx, a.length, seed=1)
+    cal = cal_all[:n_cal]
     if a.score == "val":
-        ev = calibrate.validation_windows(tok, texts(a, False), n_ev, a.length, n_cal, a.length, seed=1)
+        ev = calibrate.validation_windows(tok, texts(a, False), n_ev, a.length, n_cal * cx, a.length, seed=1)
     else:
         ev = calibrate.token_windows(tok, texts(a, True), n_ev, a.length)
-    keys = set(a.rows.split(",")) if a.rows else QUICK if a.quick else {r[0] for r in rows(a.group, a.bits)}
     t0 = time.perf_counter()
     fp = calibrate.perplexity(base, ev).perplexity
     lins = list(calibrate.quantizable_linears(base))
@@ -253,17 +273,19 @@ def main() -> None:
     todo = sorted((r for r in rows(a.group, a.bits) if r[0] in keys), key=lambda r: order.index(r[0]))
     table = [("fp32 (decoded packaged weights)" if a.model == "smollm2" else "fp32", fp, 0.0, 4 * sum(p.numel() for p in base.parameters()), 0.0)]
     for key, label, method, kw in todo:
+        kw = dict(kw)
+        x = kw.pop("calib_x", 1)
         # one row and no peers: quantize the base model itself (one model in memory instead of two)
         m = base if len(todo) == 1 and a.no_peers else copy.deepcopy(base)
         t = time.perf_counter()
         # GPTQ/AWQ calibrate block by block (sequentially) on `cal`; SmoothQuant uses the fp32 ranges
         ragged = {"ragged_groups": True} if method in ("rtn", "gptq", "awq", "awq_gptq") else {}
-        saved = weights_file(a, key)
+        saved = weights_file(a, key, x)
         if a.load_dir and saved.exists():
             info, _ = load_row(m, saved, lins)
         else:
             grids: dict = {}
-            info = quantize_model(m, method, calib=cal, stats=stats if method == "smoothquant" else None, **kw, **ragged,
+            info = quantize_model(m, method, calib=cal_all[:n_cal * x], stats=stats if method == "smoothquant" else None, **kw, **ragged,
                                   grids=grids)
             if a.save_dir and method in ("rtn", "nf4", "gptq", "awq", "awq_gptq"):
                 save_row(m, saved, lins, info, grids)
@@ -271,7 +293,8 @@ def main() -> None:
         ppl = calibrate.perplexity(m, ev).perplexity
         ours[key] = ppl
         table.append((label, ppl, ppl - fp, info["stored_bytes"], secs))
-        print(f"{label}: ppl {ppl:.4f} (+{ppl - fp:.4f}), {info['stored_bytes'] / 1e6:.1f} MB, {secs:.0f}s", flush=True)
+        print(f"{label}: ppl {ppl:.4f} (+{ppl - fp:.4f}), {info['stored_bytes'] / 1e6:.1f} MB, {secs:.0f}s"
+              + (f" (calibration {n_cal * x} x {a.length})" if x != 1 else ""), flush=True)
         del m
     peer = {} if a.no_peers else peers(base, ev, a.quick)
     print("\n| method | held-out ppl | delta vs fp32 | stored MB | quantize s |\n|---|---|---|---|---|")

@@ -101,16 +101,25 @@ def test_only_rtn_and_gptq_rows_hand_over_grids(tiny):
     assert len(grids) == 2 * 7 and attach_blocks(m, grids)["blocks"] == 2 * 7
 
 
+def _bench(name: str):
+    """A benchmarks/ script as a module (benchmarks/ on sys.path, as when the script runs)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+    d = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(d) not in sys.path:
+        sys.path.insert(0, str(d))
+    spec = importlib.util.spec_from_file_location(name, d / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_a_saved_row_keeps_its_grids_for_the_kernel(tiny, tmp_path):
     """benchmarks/quant_methods.py's --save-dir file carries the codes, so quant_decode.py's saved
     GPTQ row goes to the kernel exactly as a freshly quantized one."""
     import copy
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "quant_methods.py"
-    spec = importlib.util.spec_from_file_location("quant_methods", path)
-    qm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(qm)
+    qm = _bench("quant_methods")
     from llmlab.quant.calibrate import quantizable_linears
     m, grids = copy.deepcopy(tiny), {}
     info = quantize_model(m, "rtn", bits=4, group=32, sym=False, grids=grids)
@@ -125,3 +134,38 @@ def test_a_saved_row_keeps_its_grids_for_the_kernel(tiny, tmp_path):
     assert attach_blocks(m2, grids2)["blocks"] == len(lins)
     qm.save_row(m, tmp_path / "plain.safetensors", lins, info)  # a file without grids still loads
     assert qm.load_row(copy.deepcopy(tiny), tmp_path / "plain.safetensors", lins)[1] == {}
+
+
+def test_an_old_or_foreign_row_file_fails_with_one_clear_line(tiny, tmp_path):
+    """A row saved before session 10 (weights, no codes) still loads for perplexity, but the decode
+    benchmark refuses to time it as a kernel row; a file that is not a row, or another model's
+    row, stops with a line naming the file instead of a KeyError or a copy error."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    from llmlab.quant.calibrate import quantizable_linears
+    qm, qd = _bench("quant_methods"), _bench("quant_decode")
+    m = copy.deepcopy(tiny)
+    info = quantize_model(m, "rtn", bits=4, group=32, sym=False)
+    lins = list(quantizable_linears(m))
+    qm.save_row(m, tmp_path / "old.safetensors", lins, info)  # the pre-grid format
+    m2, grids = copy.deepcopy(tiny), {}
+    assert qm.load_row(m2, tmp_path / "old.safetensors", lins) == (info, {})
+    assert all(torch.equal(a.weight, b.weight) for a, b in zip(
+        quantizable_linears(m).values(), quantizable_linears(m2).values()))
+    with pytest.raises(SystemExit, match="holds no integer codes"):
+        qd.saved_row(tiny, tmp_path / "old.safetensors", qm.load_row)
+    quantize_model(m, "rtn", bits=4, group=32, sym=False, grids=grids)
+    qm.save_row(m, tmp_path / "new.safetensors", lins, info, grids)
+    m3, g3 = qd.saved_row(tiny, tmp_path / "new.safetensors", qm.load_row)
+    assert set(g3) == set(lins) and attach_blocks(m3, g3)["blocks"] == len(lins)
+    weights = {n: mod.weight.detach().contiguous() for n, mod in quantizable_linears(m).items()}
+    save_file(weights, str(tmp_path / "bare.safetensors"))
+    with pytest.raises(SystemExit, match="not a row saved by quant_methods"):
+        qm.load_row(copy.deepcopy(tiny), tmp_path / "bare.safetensors", lins)
+    n0 = lins[0]
+    save_file({**weights, n0: weights[n0][:, :-1].contiguous()}, str(tmp_path / "other.safetensors"),
+              metadata={"info": "{}"})
+    with pytest.raises(SystemExit, match=f"{n0} is"):
+        qm.load_row(copy.deepcopy(tiny), tmp_path / "other.safetensors", lins)

@@ -92,11 +92,17 @@ class _CharTok:
 def test_validation_windows_share_no_document_with_calibration():
     texts = [chr(0x4E00 + i) * (30 + i % 7) for i in range(200)]  # one distinct character per document
     tok = _CharTok()
+    vals = []
     for n_cal in (1, 5, 20):
         cal = calibrate.token_windows(tok, texts, n_cal, 64, seed=1)
         val = calibrate.validation_windows(tok, texts, 10, 64, n_cal, 64, seed=1)
         assert val.shape == (10, 64)
         assert not set(cal.flatten().tolist()) & set(val.flatten().tolist())
+        vals.append(val)
+    # benchmarks/quant_methods.py's awq4m_c4 / _c8 rows: more calibration windows continue the same
+    # document order (the fewer windows are their first ones) and leave the validation windows as they are
+    assert torch.equal(calibrate.token_windows(tok, texts, 20, 64, seed=1)[:5], calibrate.token_windows(tok, texts, 5, 64, seed=1))
+    assert all(torch.equal(v, vals[0]) for v in vals)
     with pytest.raises(UserError, match="too short"):
         calibrate.validation_windows(tok, texts, 200, 64, 20, 64, seed=1)
 

@@ -28,20 +28,17 @@ from llmlab.errors import UserError
 BITS = (2, 3, 4, 8)
 
 
-def granule_view(w: torch.Tensor, group: int | str) -> torch.Tensor:
-    """w (rows, k) -> (n_granules, size): 'tensor' one granule, 'channel' one per row, an int g
-    groups of g consecutive weights of a row (g must divide k)."""
+def check_granularity(w: torch.Tensor, group: int | str) -> None:
+    """Refuse what no quantizer here takes: a weight that is not 2-D, a granularity other than
+    'tensor', 'channel' (or -1) or a positive integer, a group that does not divide the row."""
     if w.dim() != 2:
         raise UserError(f"expected a 2-D weight, got shape {tuple(w.shape)}")
-    if group == "tensor":
-        return w.reshape(1, -1)
-    if group == "channel" or group == -1:
-        return w
+    if group in ("tensor", "channel", -1):
+        return
     if not isinstance(group, int) or group <= 0:
         raise UserError(f"group must be 'tensor', 'channel' or a positive integer, got {group!r}")
     if w.shape[1] % group:
         raise UserError(f"group size {group} does not divide the row length {w.shape[1]}")
-    return w.reshape(-1, group)
 
 
 def pad_to_group(w: torch.Tensor, group: int) -> torch.Tensor:
@@ -134,7 +131,7 @@ def quantize(w: torch.Tensor, bits: int = 8, group: int | str = "channel", sym: 
     (1, 1)), 'channel' (per row) or an int that divides the row."""
     check_bits(bits)
     w = w.detach().float()
-    granule_view(w, group)  # refuses a bad granularity, a group that does not divide the row
+    check_granularity(w, group)
     if group == "tensor":
         s, z = qparams(w.reshape(1, -1), bits, sym)
         codes = quantize_codes(w, s, z, bits, sym)

@@ -16,7 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.quant.ptq import granule_view, qparams
+from llmlab.quant.ptq import check_granularity, qparams
+
+
+def granule_view(w: torch.Tensor, group: int | str) -> torch.Tensor:
+    """w (rows, k) -> (n_granules, size), one scale per granule: 'tensor' one granule, 'channel'
+    (or -1) one per row, an int g groups of g consecutive weights of a row (g must divide k)."""
+    check_granularity(w, group)
+    if group == "tensor":
+        return w.reshape(1, -1)
+    return w if group in ("channel", -1) else w.reshape(-1, group)
 
 
 class _RoundSTE(torch.autograd.Function):
