@@ -15,6 +15,8 @@ and saves the model to OUT/base/model (HF layout) with recipe.json beside it.
 step (warmup-stable-decay). --keep-every K: also keeps OUT/base/ckpt/step_N every K steps, and at the end
 `--select best` copies the kept checkpoint with the most validation keys (ties: the later step) to
 OUT/base/model and writes OUT/base/selected.json; `--select last` (the default) leaves the last model.
+--endpoint-share S: a share S of the passkey rows has the needle at exactly depth 0 or 1 (mix.py).
+--stop-full N: stop after N probes in a row retrieve every validation key (0: run all --steps).
 
 Last line: {"benchmark": "passkey_recipe", "ours": {"keys": .., "answer_tokens": ..}, "peer": {"keys": 0.0}, ...}
 (peer: a model that never retrieves).
@@ -87,6 +89,10 @@ def main() -> None:
     ap.add_argument("--keep-every", type=int, default=0, help="keep OUT/base/ckpt/step_N every K steps (0: none)")
     ap.add_argument("--select", choices=("last", "best"), default="last",
                     help="best: OUT/base/model becomes the kept checkpoint with the most validation keys")
+    ap.add_argument("--endpoint-share", type=float, default=0.0,
+                    help="share of passkey rows with the needle at exactly depth 0 or 1 (half each)")
+    ap.add_argument("--stop-full", type=int, default=0,
+                    help="stop after N probes in a row at 100%% validation keys (0: never)")
     ap.add_argument("--passkey-fraction", type=float, default=0.5)
     ap.add_argument("--copy-fraction", type=float, default=0.25)
     ap.add_argument("--every", type=int, default=250)
@@ -110,7 +116,8 @@ def main() -> None:
     train_task = PasskeyTask(tok, keys="train")
     loader = PasskeyMixLoader(TokenWindowLoader(corpus["train"], T, a.batch, seed=a.seed), train_task, T,
                               a.passkey_fraction, seed=a.seed, copy_fraction=a.copy_fraction,
-                              passkey_loss="answer", copy_period="random")
+                              passkey_loss="answer", copy_period="random",
+                              endpoint_share=a.endpoint_share)
     task = PasskeyTask(tok, keys="held_out")
     examples = [task.make(T, d, random.Random(f"recipe-probe-{j}-{i}"))
                 for j, d in enumerate([0.0, 0.25, 0.5, 0.75, 1.0]) for i in range(8)]
@@ -122,8 +129,8 @@ def main() -> None:
     base = Path(a.out) / "base"
     base.mkdir(parents=True, exist_ok=True)
     (base / "recipe.json").write_text(json.dumps(vars(a), indent=1))
-    t0, step, keys, tokens, lines = time.perf_counter(), 0, 0.0, 0.0, []
-    while step < a.steps:
+    t0, step, keys, tokens, lines, full = time.perf_counter(), 0, 0.0, 0.0, [], 0
+    while step < a.steps and not (a.stop_full and full >= a.stop_full):
         for x, y in loader:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, a)
@@ -146,7 +153,8 @@ def main() -> None:
                 with open(base / "probe.jsonl", "a") as f:
                     f.write(json.dumps(line) + "\n")
                 print(json.dumps(line), flush=True)
-            if step >= a.steps:
+                full = full + 1 if keys == 1.0 else 0
+            if step >= a.steps or (a.stop_full and full >= a.stop_full):
                 break
     if a.select == "best" and (best := select_best(base, lines)):
         keys, tokens, step = best["keys"], best["answer_tokens"], best["step"]

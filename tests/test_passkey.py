@@ -277,3 +277,69 @@ def test_passkey_recipe_schedule_and_best_checkpoint(tmp_path):
     assert best["step"] == 3 and (base / "model" / "w").read_text() == "3"
     assert json.loads((base / "selected.json").read_text())["step"] == 3
     assert rec.select_best(tmp_path / "none", lines) == {}
+
+
+def _needle_ends(rows_ids, tok):
+    """Per row: (needle right after the intro, needle right before the question, the row's key)."""
+    out = []
+    for r in rows_ids:
+        s = tok.decode(r)
+        key = s.rsplit(QUESTION, 1)[1].strip()
+        needle = NEEDLE.format(key=key)
+        out.append((s.startswith(INTRO + needle), needle + QUESTION in s, key, s))
+    return out
+
+
+def test_endpoint_share_puts_needles_at_exactly_depth_0_and_1():
+    """endpoint_share=s: s/2 of the passkey rows have the needle right after the intro (depth 0), s/2 right
+    before the question (depth 1), the rest uniform; s=0 is the old uniform draw; keys stay in the training
+    split and the evaluation's FILLER never appears."""
+    from llmlab.ablate.mix import PasskeyMixLoader
+    from llmlab.eval.passkey import held_out_key
+    from llmlab.train.loader import TokenArrayLoader
+    tok = CharTok()
+    tr = PasskeyTask(tok, keys="train")
+    text = torch.randint(0, 32, (200_000,), generator=torch.Generator().manual_seed(0))  # no printable char
+
+    def rows(share, batches=50):
+        loader = PasskeyMixLoader(TokenArrayLoader(text, 300, 8), tr, 300, 1.0, seed=4, endpoint_share=share)
+        it = iter(loader)
+        return _needle_ends([torch.cat([x, y[:, -1:]], 1)[i].tolist() for x, y in (next(it) for _ in range(batches))
+                             for i in range(8)], tok)
+    with_ends, uniform = rows(0.4), rows(0.0)
+    n = len(with_ends)
+    start, end = sum(r[0] for r in with_ends) / n, sum(r[1] for r in with_ends) / n
+    assert 0.14 < start < 0.26 and 0.14 < end < 0.26, (start, end)
+    assert sum(r[0] or r[1] for r in uniform) <= 2  # a uniform draw almost never lands exactly there
+    inner = [r[3] for r in with_ends if not (r[0] or r[1])]
+    n_fill = 301 - len(INTRO) - len(NEEDLE.format(key="12345")) - len(QUESTION) - 6
+    depths = [(r.index(" The pass key is") - len(INTRO)) / n_fill for r in inner]
+    assert 0.4 < sum(d < 0.5 for d in depths) / len(depths) < 0.6  # the rest still uniform over the window
+    assert 0.0 < min(depths) < 0.1 and 0.9 < max(depths) < 1.0
+    for r in with_ends + uniform:
+        assert len(r[2]) == 5 and not held_out_key(r[2]) and FILLER[:20] not in r[3]
+    m = PasskeyMixLoader(TokenArrayLoader(text, 300, 8), tr, 300, 1.0, endpoint_share=0.4)
+    assert [m.depth(u) for u in (0.0, 0.1999, 0.2, 0.3999)] == [0.0, 0.0, 1.0, 1.0]
+    assert m.depth(0.4) == 0.0 and m.depth(0.7) == pytest.approx(0.5) and m.depth(0.99) < 1.0
+    m0 = PasskeyMixLoader(TokenArrayLoader(text, 300, 8), tr, 300, 1.0)
+    us = [random.Random(5).random() for _ in range(100)]
+    assert [m0.depth(u) for u in us] == us  # share 0: bit-identical to the old draw
+    for bad in (-0.1, 1.0):
+        with pytest.raises(UserError, match="endpoint_share"):
+            PasskeyMixLoader(TokenArrayLoader(text, 300, 8), tr, 300, 1.0, endpoint_share=bad)
+
+
+def test_longctx_hands_endpoint_share_to_the_base_and_the_fine_tune(monkeypatch, tmp_path):
+    import llmlab.data.loader
+    import llmlab.train.trainer
+    from llmlab.ablate.longctx import LongCtxConfig, _train
+    from llmlab.train.loader import TokenArrayLoader
+    seen = []
+    monkeypatch.setattr(llmlab.data.loader, "TokenWindowLoader",
+                        lambda path, seq_len, batch, seed: TokenArrayLoader(torch.zeros(5000, dtype=torch.long),
+                                                                            seq_len, batch))
+    monkeypatch.setattr(llmlab.train.trainer, "train", lambda tcfg, model, loader: seen.append(loader))
+    task = PasskeyTask(CharTok(), keys="train")
+    for share in (0.0, 0.4):
+        _train(LongCtxConfig(endpoint_share=share), None, 300, 2, 1, 1e-3, tmp_path, {"train": "x"}, task, 1)
+    assert [ld.endpoint_share for ld in seen] == [0.0, 0.4]

@@ -19,7 +19,14 @@ content match predicts every row.
 Held out from the evaluation: pass a task with keys="train" (the evaluation asks keys="held_out"
 ones), and the rows' filler is never the evaluation's FILLER: a share `text_filler` of the passkey
 rows hide the key in the very corpus window they replace (natural text), the rest in one of
-TRAIN_FILLERS (repetitive sentences, none of them in FILLER). Depths are uniform in [0, 1].
+TRAIN_FILLERS (repetitive sentences, none of them in FILLER).
+
+Depths are uniform in [0, 1], except that a share `endpoint_share` of the passkey rows puts the needle at
+exactly depth 0 (half of that share: right after the intro) or exactly 1 (the other half: right before
+the question). A uniform draw almost never gives those two positions (depth 1 needs d > 1 - 1/(2 n_fill)),
+yet they are where every fine-tuned arm lost keys at 4T (docs/LOG.md, session 9). One uniform draw u
+decides both: u < s/2 -> 0, u < s -> 1, else (u - s) / (1 - s); at s = 0 the rows are those of before.
+Only the endpoints are added, not the evaluation's inner depths (.25, .5, .75).
 
 `passkey_loss="answer"` keeps the loss of a passkey row on its answer tokens only (the others are
 -100), as in supervised fine-tuning on a retrieval task: the ~5 answer tokens are otherwise ~4 % of
@@ -38,7 +45,7 @@ from llmlab.eval.passkey import TRAIN_FILLERS, PasskeyTask
 class PasskeyMixLoader:
     def __init__(self, text_loader, task: PasskeyTask, seq_len: int, passkey_fraction: float, seed: int = 0,
                  copy_fraction: float = 0.0, text_filler: float = 0.5, passkey_loss: str = "all",
-                 copy_period: str = "half"):
+                 copy_period: str = "half", endpoint_share: float = 0.0):
         if not (0.0 <= passkey_fraction and 0.0 <= copy_fraction and passkey_fraction + copy_fraction <= 1.0):
             raise UserError(f"passkey_fraction {passkey_fraction} + copy_fraction {copy_fraction} must be in [0, 1]")
         if seq_len + 1 < task.min_length():
@@ -49,6 +56,9 @@ class PasskeyMixLoader:
         if copy_period not in ("half", "random"):
             raise UserError(f"copy_period must be half or random, got {copy_period!r}")
         self.random_period = copy_period == "random"
+        if not 0.0 <= endpoint_share < 1.0:
+            raise UserError(f"endpoint_share must be in [0, 1), got {endpoint_share}")
+        self.endpoint_share = endpoint_share
         self.text, self.task, self.seq_len, self.seed = text_loader, task, seq_len, seed
         self.fraction, self.copy, self.batches = passkey_fraction, copy_fraction, 0
         self.text_filler = text_filler
@@ -65,7 +75,7 @@ class PasskeyMixLoader:
                 x, y = x.clone(), y.clone()
             if n:
                 rng = random.Random(f"{self.seed}-{self.batches}")
-                ex = [self.task.make(self.seq_len + 1, rng.random(), rng, self._filler(x[i], rng)) for i in range(n)]
+                ex = [self.task.make(self.seq_len + 1, self.depth(rng.random()), rng, self._filler(x[i], rng)) for i in range(n)]
                 rows = torch.tensor([e.ids for e in ex])
                 x[:n], y[:n] = rows[:, :-1], rows[:, 1:]
                 if self.answer_only:  # y[:, t] is ids[t + 1]: the answer's targets are y[:, answer_start - 1:]
@@ -81,6 +91,13 @@ class PasskeyMixLoader:
                     x[n + i], y[n + i] = rep[:-1], rep[1:]
             self.batches += 1
             yield x, y
+
+    def depth(self, u: float) -> float:
+        """A uniform draw u in [0, 1) -> the needle's depth (exactly 0 or 1 for a share endpoint_share)."""
+        s = self.endpoint_share
+        if u < s:
+            return 0.0 if u < s / 2 else 1.0
+        return (u - s) / (1.0 - s)
 
     def _filler(self, window: torch.Tensor, rng: random.Random) -> list[int]:
         if rng.random() < self.text_filler:
