@@ -210,3 +210,50 @@ def test_test_split_scored_only_on_request_and_reloaded_run_scores_it_alike(tmp_
     assert again == {k: both[k] for k in again}
     assert evaluate_run(str(tmp_path / "val_only")) == again  # seeded: the same weights either way
     assert run_eval(EvalConfig(run_dir=str(tmp_path / "both"))) == 0
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_lr_schedule_per_step_and_per_group(schedule, monkeypatch):
+    """`lr_schedule=cosine`: each stage warms up over 3 % of its steps and decays to 0 along a cosine,
+    every param group from its own peak (the encoder's rate stays 10x below); constant keeps the rates."""
+    import math
+    import random
+    from llmlab.multimodal import llava_train
+    from llmlab.multimodal.llava_train import LlavaConfig, _steps
+    seen = []
+    step_fn = torch.optim.AdamW.step
+
+    def spy(opt, *a, **k):
+        seen.append([g["lr"] for g in opt.param_groups])
+        return step_fn(opt, *a, **k)
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+
+    class Stub(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+
+        def loss(self, images, questions, answers):
+            return (self.a ** 2).sum() + (self.b ** 2).sum()
+    m, steps = Stub(), 100
+    cfg = LlavaConfig(learning_rate=1e-3, lr_schedule=schedule, per_device_train_batch_size=2)
+    groups = [{"params": [m.a]}, {"params": [m.b], "lr": 1e-4}]
+    _steps(m, groups, [(0, "q", "a")], torch.zeros(1, 3, 4, 4), steps, cfg, random.Random(0), "t")
+    assert len(seen) == steps
+    if schedule == "constant":
+        assert all(lrs == [1e-3, 1e-4] for lrs in seen)
+        return
+    warm = 3  # round(0.03 * 100)
+    assert seen[0] == pytest.approx([1e-3 / warm, 1e-4 / warm]) and seen[warm - 1] == pytest.approx([1e-3, 1e-4])
+    mid = warm + (steps - warm) // 2  # halfway through the decay: half the peak
+    want = 0.5 * (1 + math.cos(math.pi * (mid - warm) / (steps - warm)))
+    assert seen[mid] == pytest.approx([1e-3 * want, 1e-4 * want])
+    assert seen[-1][0] < 1e-3 * 1e-3 and seen[-1][1] == pytest.approx(seen[-1][0] / 10)
+    assert all(x[0] >= y[0] for x, y in zip(seen[warm - 1:], seen[warm:]))  # monotone after warm-up
+
+
+def test_bad_lr_schedule_is_one_clear_line():
+    from llmlab.errors import UserError
+    from llmlab.multimodal.llava_train import LlavaConfig, run
+    with pytest.raises(UserError, match="lr_schedule='linear': use constant or cosine"):
+        run(LlavaConfig(lr_schedule="linear"))

@@ -33,6 +33,9 @@ class LlavaConfig:
     stage2_steps: int = field(default=200, metadata={"help": "projector (+LoRA) steps on VQA turns"})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "examples per step"})
     learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate (projector and LoRA)"})
+    lr_schedule: str = field(default="constant", metadata={
+        "help": "constant, or cosine: LLaVA-1.5's schedule in each stage (linear warm-up over 3% of the "
+                "stage's steps, cosine decay to 0; the peak is each group's learning rate)"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank on q_proj/v_proj in stage 2 (0: projector only)"})
     train_vision: bool = field(default=False, metadata={
         "help": "stage 2 also fine-tunes the vision encoder (saved to vision.safetensors in the run)"})
@@ -76,9 +79,14 @@ def _vqa_examples(ds) -> list[tuple[int, str, str]]:
 
 def _steps(model, params, examples, images, steps, cfg, rng, stage: str) -> list[float]:
     """`params`: tensors, or AdamW param groups (dicts) with their own learning rates."""
+    from llmlab.multimodal.train import lr_at
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    peaks, warmup = [g["lr"] for g in opt.param_groups], max(1, round(0.03 * steps))
     losses, t0 = [], time.perf_counter()
     for step in range(steps):
+        if cfg.lr_schedule == "cosine":
+            for g, peak in zip(opt.param_groups, peaks):
+                g["lr"] = lr_at(step, peak, warmup, steps)
         batch = [examples[rng.randrange(len(examples))] for _ in range(cfg.per_device_train_batch_size)]
         idx = torch.tensor([b[0] for b in batch])
         loss = model.loss(images[idx], [b[1] for b in batch], [b[2] for b in batch])
@@ -123,6 +131,8 @@ def run(cfg: LlavaConfig) -> dict:
     from llmlab.checkpoint import atomic_dir, save_tensors, write_json
     from llmlab.finetune.lora import LoraConfig, apply_lora, lora_state_dict
     from llmlab.multimodal import data as mmdata
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise UserError(f"lr_schedule={cfg.lr_schedule!r}: use constant or cosine")
     model, size = build(cfg)
     train, val = mmdata.easy_vqa("train", size=size), None
     if cfg.validation:
@@ -149,7 +159,7 @@ def run(cfg: LlavaConfig) -> dict:
     model.vision.requires_grad_(False)
     train_s = time.perf_counter() - t0
     metrics = {"seed": cfg.seed, "stage1_steps": cfg.stage1_steps, "stage2_steps": cfg.stage2_steps,
-               "lora_r": cfg.lora_r, "train_seconds": round(train_s, 1),
+               "lora_r": cfg.lora_r, "lr_schedule": cfg.lr_schedule, "train_seconds": round(train_s, 1),
                "stage1_final_loss": round(sum(s1[-10:]) / max(1, len(s1[-10:])), 4) if s1 else None,
                "stage2_final_loss": round(sum(s2[-10:]) / max(1, len(s2[-10:])), 4) if s2 else None,
                "train_vision": cfg.train_vision, "validation": cfg.validation}
