@@ -218,7 +218,6 @@ def test_lr_schedule_per_step_and_per_group(schedule, monkeypatch):
     every param group from its own peak (the encoder's rate stays 10x below); constant keeps the rates."""
     import math
     import random
-    from llmlab.multimodal import llava_train
     from llmlab.multimodal.llava_train import LlavaConfig, _steps
     seen = []
     step_fn = torch.optim.AdamW.step
