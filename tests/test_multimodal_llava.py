@@ -149,7 +149,8 @@ def test_vqa_accuracy_per_answer_type_by_hand():
     out = evaluate_vqa(Stub(), ds, limit=0, seed=0, batch=4)
     assert [answer_type(a) for a in ("teal", "rectangle", "no")] == ["color", "shape", "yes_no"]
     assert out == pytest.approx({"vqa_acc": 4 / 6, "n": 6, "acc_color": 1.0, "n_color": 2, "acc_shape": 0.0,
-                                 "n_shape": 1, "acc_yes_no": 0.6667, "n_yes_no": 3}, abs=1e-4)
+                                 "n_shape": 1, "acc_yes_no": 0.6667, "n_yes_no": 3,
+                                 "yes_share": 1.0, "yes_share_true": 0.6667}, abs=1e-4)
 
 
 def test_vision_feature_layer_picks_the_patch_tokens(llava):

@@ -108,11 +108,12 @@ def answer_type(answer: str) -> str:
 
 def evaluate_vqa(model, test, limit: int, seed: int, batch: int = 16) -> dict:
     """Exact-match accuracy on a fixed seeded sample, overall and per answer type (`acc_color`,
-    `acc_shape`, `acc_yes_no`, with their counts) so a run shows which kind of question fails."""
+    `acc_shape`, `acc_yes_no`, with their counts) so a run shows which kind of question fails; `yes_share`
+    (answered "yes" / yes-no questions) beside `yes_share_true` shows a model collapsed onto one answer."""
     ex = _vqa_examples(test)
     random.Random(seed).shuffle(ex)
     ex = ex[:limit] if limit else ex
-    right, seen = {}, {}
+    right, seen, said_yes, is_yes = {}, {}, 0, 0
     model.eval()
     for i in range(0, len(ex), batch):
         chunk = ex[i:i + batch]
@@ -121,9 +122,13 @@ def evaluate_vqa(model, test, limit: int, seed: int, batch: int = 16) -> dict:
             kind = answer_type(c[2])
             seen[kind] = seen.get(kind, 0) + 1
             right[kind] = right.get(kind, 0) + (g.lower() == c[2])
+            if kind == "yes_no":
+                said_yes, is_yes = said_yes + (g.lower() == "yes"), is_yes + (c[2] == "yes")
     out = {"vqa_acc": sum(right.values()) / len(ex), "n": len(ex)}
     for kind in sorted(seen):
         out.update({f"acc_{kind}": round(right[kind] / seen[kind], 4), f"n_{kind}": seen[kind]})
+    if seen.get("yes_no"):
+        out.update({"yes_share": round(said_yes / seen["yes_no"], 4), "yes_share_true": round(is_yes / seen["yes_no"], 4)})
     return out
 
 
@@ -166,7 +171,7 @@ def run(cfg: LlavaConfig) -> dict:
     if val is not None:
         v = evaluate_vqa(model, val, cfg.eval_limit, cfg.seed)
         metrics.update(vqa_val_acc=v["vqa_acc"], val_n=v["n"],
-                       **{f"val_{k}": x for k, x in v.items() if k.startswith(("acc_", "n_"))})
+                       **{f"val_{k}": x for k, x in v.items() if k.startswith(("acc_", "n_", "yes_share"))})
         print(json.dumps(metrics), file=sys.stderr, flush=True)
     if val is None or cfg.score_test:
         metrics.update(evaluate_vqa(model, mmdata.easy_vqa("test", size=size), cfg.eval_limit, cfg.seed))
