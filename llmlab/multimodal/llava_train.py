@@ -119,11 +119,11 @@ def evaluate_vqa(model, test, limit: int, seed: int, batch: int = 16) -> dict:
         chunk = ex[i:i + batch]
         got = model.answer(test.images[torch.tensor([c[0] for c in chunk])], [c[1] for c in chunk])
         for g, c in zip(got, chunk):
-            kind = answer_type(c[2])
+            kind, g = answer_type(c[2]), g.lower()
             seen[kind] = seen.get(kind, 0) + 1
-            right[kind] = right.get(kind, 0) + (g.lower() == c[2])
+            right[kind] = right.get(kind, 0) + (g == c[2])
             if kind == "yes_no":
-                said_yes, is_yes = said_yes + (g.lower() == "yes"), is_yes + (c[2] == "yes")
+                said_yes, is_yes = said_yes + (g == "yes"), is_yes + (c[2] == "yes")
     out = {"vqa_acc": sum(right.values()) / len(ex), "n": len(ex)}
     for kind in sorted(seen):
         out.update({f"acc_{kind}": round(right[kind] / seen[kind], 4), f"n_{kind}": seen[kind]})
