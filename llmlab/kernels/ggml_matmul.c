@@ -53,12 +53,18 @@ static void deq_row_q4(const uint8_t *qs, const float *d, const float *m, int64_
     }
 }
 
+/* Software prefetch distance of the weight streams that batch-1 decode reads from DRAM (the int8
+ * rows of `deq_row_i8`, the nibbles of `fused4_q4_256`): one core, CPU time, under load, LM head
+ * 4.6 -> 4.1 ms, down 135 -> 101 us (benchmarks/matvec_shapes.c -DEXACT; docs/LOG.md session 12). */
+#define PF_BYTES 2048
+
 /* int8 weights in groups of g (32: Q8_0 and Q5_K's repacking; 16: Q6_K's): w = d*q, or fma(d, q, m)
  * with an offset (Q5_K). d*q is exact in fp32 for every format kept (<= 24 significant bits). */
 static void deq_row_i8(const int8_t *qs, const float *d, const float *m, int64_t ng, int g, float *out) {
     for (int64_t b = 0; b < ng; b++) {
         const int8_t *q = qs + b * g;
         float db = d[b];
+        __builtin_prefetch(q + PF_BYTES, 0, 3);
 #ifdef LLMLAB_AVX2
         __m256 vd = _mm256_set1_ps(db);
         for (int j = 0; j < g; j += 8) {
@@ -211,6 +217,7 @@ static void fused4_q4_256(const uint8_t *qs, const float *d, const float *m, int
         __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
         for (int t = 0; t < 4; t++) {
             int64_t g = (r + t) * nb + b;
+            if ((b & 3) == 0) __builtin_prefetch(qs + g * 16 + PF_BYTES, 0, 3); /* one 64-byte line: 4 blocks */
             __m128i v = _mm_loadu_si128((const __m128i *)(qs + g * 16));
             __m128i lo = _mm_and_si128(v, lo4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), lo4);
             __m256 vd = _mm256_set1_ps(d[g]), vm = _mm256_set1_ps(m[g]);
