@@ -111,9 +111,11 @@ def _lin_label(model):
              (d, cfg.num_attention_heads * cfg.head_dim): "o", (2 * f, d): "gate_up", (d, f): "down",
              (V, d): "lm_head"}
 
-    def label(x, w, b):
+    def label(x, w, b, *rest, **kw):  # _lin(x, w, b) or the block kernel's qmatmul(x, QuantWeight, b, ...)
         from llmlab.infer.fused import QLinear, _fp32
-        shape = tuple((w.q.rows, w.q.k) if type(w) is QLinear else _fp32(getattr(w, "w", w)).shape)
+        from llmlab.kernels.ggml import QuantWeight
+        shape = ((w.q.rows, w.q.k) if type(w) is QLinear else (w.rows, w.k) if type(w) is QuantWeight
+                 else tuple(_fp32(getattr(w, "w", w)).shape))
         return f"matmul {names.get(shape, '?')} {shape[1]}->{shape[0]}"
     return label
 
@@ -124,6 +126,9 @@ def _instrument(model, cache) -> _Timers:
     from llmlab.infer import fused as fz, runner as rn
     T = _Timers()
     T.wrap(fz, "_lin", _lin_label(model))
+    # the block kernel under _lin, and the int8 LM head (`FusedModel.logits` calls it directly): the
+    # head is its own piece on every path, also where the C layers time the layers' products
+    T.wrap(fz, "qmatmul", _lin_label(model))
     T.wrap(fz, "_norm", "norms (RMSNorm)")
     T.wrap(rn, "_norm", "norms (RMSNorm)")
     T.wrap(fz.FusedModel, "qkv", "rotary + q/k/v split")
@@ -347,21 +352,30 @@ def decode_steps_s(model, batch: int, n_steps: int, seed: int = 1) -> float:
     return statistics.median(ts[2:])
 
 
-def limits(model, path, threads: int, quick: bool) -> tuple[dict, dict]:
-    """The roofline columns, all measured in this call: -> (fields for `ours`, ratios).
+def limits(model, path, threads: int, quick: bool, peer=None) -> tuple[dict, dict, dict]:
+    """The roofline columns, all measured in this call: -> (fields for `ours`, ratios, peer's).
     decode_roofline = batch-1 steady decode tok/s / (read bandwidth / bytes per token);
     batch32_gemm_eff = matmul FLOPs of a 32-row decode step / (step time x fp32 GEMM ceiling).
     The same two with the int8-activation option (`*_int8`) and on the Python layers
-    (`*_pylayers`, LLMLAB_C_LAYERS=0: the path before the C decoder layers), all alternating."""
+    (`*_pylayers`, LLMLAB_C_LAYERS=0: the path before the C decoder layers), all alternating.
+    peer: a `_inference_llamacpp.Peer` or None: its steady batch-1 step is timed after each round
+    of ours, and its `llama_cpp_decode_roofline` divides by the same limit."""
     import os
     n = 8 if quick else 24
     # (int8 activations, C decoder layers) -> tag; the Python layers ("_pylayers") are the path
     # before the C layers, timed in the same run
     variants = {("0", "1"): "", ("1", "1"): "_int8", ("0", "0"): "_pylayers"}
     steps = {v: ([], []) for v in variants}
+    peer_steps = []
     with torch.inference_mode():
         roof = roofline(threads)
-        for v in [*variants, *variants]:
+        if peer is not None:
+            peer.step_s(2)  # warm-up (model pages, thread pool)
+        for v in [*variants, "peer", *variants, "peer"]:
+            if v == "peer":
+                if peer is not None:
+                    peer_steps.append(peer.step_s(n))
+                continue
             os.environ["LLMLAB_INT8_ACTIVATIONS"], os.environ["LLMLAB_C_LAYERS"] = v
             try:
                 steps[v][0].append(decode_steps_s(model, 1, n))
@@ -384,7 +398,14 @@ def limits(model, path, threads: int, quick: bool) -> tuple[dict, dict]:
         ours.update({f"decode_steady_tok_s{tag}": 1 / step1, f"batch32_step_ms{tag}": step32 * 1e3})
         ratios.update({f"decode_roofline{tag}": (1 / step1) / limit_tok_s,
                        f"batch32_gemm_eff{tag}": flops / (step32 * roof["gemm_gflop_s"] * 1e9)})
-    return ours, ratios
+    peer_out = {}
+    if peer_steps:
+        tok_s = 1 / min(peer_steps)  # best of the two alternations, as ours
+        peer_out = {"llama_cpp_decode_steady_tok_s": tok_s, "llama_cpp_decode_roofline": tok_s / limit_tok_s,
+                    "llama_cpp_threads": peer.threads}
+        ratios.update({"decode_steady_vs_llama_cpp": ours["decode_steady_tok_s"] / tok_s,
+                       "decode_steady_vs_llama_cpp_int8": ours["decode_steady_tok_s_int8"] / tok_s})
+    return ours, ratios, peer_out
 
 
 def c_layers_ab(model, rounds: int = 8, n_steps: int = 8) -> dict:

@@ -10,8 +10,13 @@
   lengths) through the continuous-batching engine / the same 32 run one at a time with our
   best batch-1 decoder; plus time-to-first-token and p50/p99 request latency under that load
   (all 32 arrive at t = 0).
-Both sides alternate within each repeat; medians. If llama-cpp-python is installed its decode
-speed is added as a reference column (it is not a dependency). The machine's load average
+Both sides alternate within each repeat; medians. Where llama-cpp-python is importable (not a
+dependency; `benchmarks/install_llama_cpp.sh` builds it once, then PYTHONPATH=<its dir>), llama.cpp
+is a third side (`_inference_llamacpp.py`): the same GGUF, thread count, prompt ids and new tokens,
+greedy, warmed up, alternating with ours: `peer.llama_cpp_decode_tok_s` (prefill included, as
+decode_tok_s), `llama_cpp_greedy_agree` (leading tokens its greedy continuation shares with ours),
+and in the roofline its steady batch-1 step as `peer.llama_cpp_decode_roofline` (the same measured
+limit as ours) with `ratio.decode_steady_vs_llama_cpp[_int8]`. `--no-llama-cpp` leaves it out. The machine's load average
 (os.getloadavg, 1 min) before and after is printed and put in the JSON (`load_avg`): on a shared
 CPU the figures mean little without it. Last stdout line: JSON.
 
@@ -30,7 +35,6 @@ runs only the roofline columns (and with --profile the breakdowns, exact and int
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -91,6 +95,11 @@ def main() -> None:
     ap.add_argument("--c-layers-ab", action="store_true",
                     help="with --roofline-only: only batch-1 steps, C decoder layers vs Python layers, exact "
                          "and int8, alternating, 1 thread (wall and CPU time)")
+    ap.add_argument("--no-llama-cpp", action="store_true", help="leave llama.cpp out even where it is installed")
+    ap.add_argument("--llama-cpp-ab", action="store_true",
+                    help="with --roofline-only: only batch-1 steps at 1 thread in process CPU time, ours exact / "
+                         "int8 vs llama.cpp, alternating, each as a fraction of one core's read bandwidth limit "
+                         "(holds under load)")
     args = ap.parse_args()
     repeats, new_tokens, conc_tokens = (1, 24, 12) if args.quick else (3, 64, 32)
     repeats = args.repeats or repeats
@@ -108,12 +117,14 @@ def main() -> None:
     from llmlab.model.load import packaged_path
     from llmlab.tokenizer.bpe import load_tokenizer
 
+    import _inference_llamacpp as lcp  # benchmarks/ is on sys.path when this script runs
     load_before = os.getloadavg()[0]
     threads = setup_threads()
     path = packaged_path("smollm2")
     ours, tok = load_gguf(path), load_tokenizer(path)
+    llama = lcp.Peer(path, threads) if lcp.available() and not args.no_llama_cpp else None
     if args.roofline_only:
-        return roofline_only(ours, path, threads, args, load_before)
+        return roofline_only(ours, path, threads, args, load_before, llama)
     # the peer gets the very same fp32 weights (skips transformers' 20 s GGUF dequantization)
     peer = LlamaForCausalLM(LlamaConfig(**config_to_hf(ours.config))).eval()
     peer.load_state_dict(ours.state_dict(), strict=False)
@@ -131,6 +142,9 @@ def main() -> None:
         out = peer.generate(torch.tensor([short]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                             do_sample=False, pad_token_id=0)
         assert out.shape[1] == len(short) + new_tokens
+
+    def decode_llama():  # llama.cpp: the same prompt ids and tokens, greedy, EOS ignored
+        assert len(llama.generate(short, new_tokens)) == new_tokens
 
     def decode_peer_1thread():  # reference column: the peer at our batch-1 thread count
         torch.set_num_threads(1)
@@ -175,13 +189,17 @@ def main() -> None:
         n = sum(len(list(generate_ids(ours, p, cparams))) for p in prompts)
         return n / (time.perf_counter() - t0)
 
-    res = {k: [] for k in ["dec_o", "dec_p", "dec_p1", "pre_o", "pre_p", "conc", "seq", "ttft50", "ttft99", "lat50", "lat99"]}
+    res = {k: [] for k in ["dec_o", "dec_p", "dec_p1", "dec_l", "pre_o", "pre_p", "conc", "seq", "ttft50", "ttft99",
+                           "lat50", "lat99"]}
+    timed = [("dec_o", decode_ours, new_tokens), ("dec_p", decode_peer, new_tokens),
+             ("dec_p1", decode_peer_1thread, new_tokens), ("pre_o", prefill_ours, 512), ("pre_p", prefill_peer, 512)]
+    if llama is not None:
+        timed.insert(1, ("dec_l", decode_llama, new_tokens))
     with torch.inference_mode():
-        decode_ours(), decode_peer(), prefill_ours(), prefill_peer()  # warm up
+        for _, fn, _ in timed:  # warm up
+            fn()
         for _ in range(repeats):
-            for key, fn, n in [("dec_o", decode_ours, new_tokens), ("dec_p", decode_peer, new_tokens),
-                               ("dec_p1", decode_peer_1thread, new_tokens),
-                               ("pre_o", prefill_ours, 512), ("pre_p", prefill_peer, 512)]:
+            for key, fn, n in timed:
                 t0 = time.perf_counter()
                 fn()
                 res[key].append(n / (time.perf_counter() - t0))
@@ -190,7 +208,7 @@ def main() -> None:
             res["ttft50"].append(pct(ttft, 50)), res["ttft99"].append(pct(ttft, 99))
             res["lat50"].append(pct(lat, 50)), res["lat99"].append(pct(lat, 99))
             res["seq"].append(sequential())
-    med = {k: statistics.median(v) for k, v in res.items()}
+    med = {k: statistics.median(v) for k, v in res.items() if v}
     ours_r = {"decode_tok_s": med["dec_o"], "prefill_tok_s": med["pre_o"], "concurrent_tok_s": med["conc"],
               "sequential_tok_s": med["seq"], "ttft_p50_s": med["ttft50"], "ttft_p99_s": med["ttft99"],
               "latency_p50_s": med["lat50"], "latency_p99_s": med["lat99"]}
@@ -198,8 +216,9 @@ def main() -> None:
     if args.server_start:
         ours_r["server_start_to_first_answer_s"] = server_start_to_first_answer()
     import _inference_profile as prof  # benchmarks/ is on sys.path when this script runs (the "_": not itself a benchmark)
-    roof_ours, roof_ratio = prof.limits(ours, path, threads, args.quick)
+    roof_ours, roof_ratio, roof_peer = prof.limits(ours, path, threads, args.quick, llama)
     ours_r.update(roof_ours)
+    peer_r.update(roof_peer)
     if args.profile:
         with torch.inference_mode():
             bd = prof.breakdown(ours, n_steps=8 if args.quick else 16)
@@ -221,12 +240,11 @@ def main() -> None:
         with torch.inference_mode():
             ours_r["batch32_routes"] = int8.batch32_routes(ours)
         print("32-row gate/up by route:", json.dumps(ours_r["batch32_routes"]))
-    if importlib.util.find_spec("llama_cpp") is not None:  # optional reference column
-        from llama_cpp import Llama
-        llm = Llama(model_path=str(path), n_threads=threads, verbose=False)
-        t0 = time.perf_counter()
-        llm(tok.decode(short), max_tokens=new_tokens, temperature=0)
-        peer_r["llama_cpp_decode_tok_s"] = new_tokens / (time.perf_counter() - t0)
+    if llama is not None:  # the llama.cpp column (alternated above)
+        peer_r["llama_cpp_decode_tok_s"] = med["dec_l"]
+        with torch.inference_mode():
+            peer_r["llama_cpp_greedy_agree"] = lcp.greedy_agreement(list(generate_ids(ours, short, greedy)),
+                                                                    llama.generate(short, new_tokens))
     features = {}
     if not (args.no_features or args.quick):  # engine features, ours with / without (inference_features.py)
         import inference_features as feat
@@ -244,19 +262,33 @@ def main() -> None:
                       "ratio": {"decode_tok_s": med["dec_o"] / med["dec_p"],
                                 "prefill_tok_s": med["pre_o"] / med["pre_p"],
                                 "concurrent_vs_sequential": med["conc"] / med["seq"], **roof_ratio,
+                                **({"decode_vs_llama_cpp": med["dec_o"] / med["dec_l"]} if "dec_l" in med else {}),
                                 **{k: features[k] for k in ("spec_speedup", "prefix_cache_ttft") if k in features}}}))
 
 
-def roofline_only(ours, path, threads: int, args, load_before: float) -> None:
-    """`--roofline-only`: the roofline columns and, with --profile, the breakdowns (default path,
-    then the Python layers) with and without int8 activations; last line the JSON."""
+def roofline_only(ours, path, threads: int, args, load_before: float, llama=None) -> None:
+    """`--roofline-only`: the roofline columns (llama.cpp's steady step beside ours where `llama`)
+    and, with --profile, the breakdowns (default path, then the Python layers) with and without
+    int8 activations; last line the JSON."""
     import _inference_profile as prof
+    if args.llama_cpp_ab:
+        import _inference_llamacpp as lcp
+        if llama is None:
+            raise SystemExit("--llama-cpp-ab needs llama-cpp-python (benchmarks/install_llama_cpp.sh)")
+        ab = lcp.cpu_ab(ours, path, rounds=3 if args.quick else 6)
+        for k, v in ab.items():
+            print(f"{k:34s} {v:10.3f}")
+        print(json.dumps({"benchmark": "inference_llama_cpp_ab", "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                          "ours": {k: v for k, v in ab.items() if not k.startswith("llama")},
+                          "peer": {k: v for k, v in ab.items() if k.startswith("llama")},
+                          "ratio": {k: v for k, v in ab.items() if "_vs_" in k}}))
+        return
     if args.c_layers_ab:
         ab = prof.c_layers_ab(ours)
         print(json.dumps({"benchmark": "inference_c_layers", "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                           "ours": ab, "peer": {}, "ratio": {k: v for k, v in ab.items() if k.startswith("speedup")}}))
         return
-    roof_ours, roof_ratio = prof.limits(ours, path, threads, args.quick)
+    roof_ours, roof_ratio, roof_peer = prof.limits(ours, path, threads, args.quick, llama)
     if args.profile:
         for flag, key in (("0", "profile"), ("1", "profile_int8")):
             os.environ["LLMLAB_INT8_ACTIVATIONS"] = flag
@@ -267,12 +299,12 @@ def roofline_only(ours, path, threads: int, args, load_before: float) -> None:
                 os.environ.pop("LLMLAB_INT8_ACTIVATIONS", None)
             print("int8 activations:" if flag == "1" else "exact:")
             prof.print_breakdown(roof_ours[key])
-    for k, v in roof_ours.items():
+    for k, v in {**roof_ours, **{f"peer_{k}": v for k, v in roof_peer.items()}}.items():
         if not isinstance(v, dict):
-            print(f"{k:28s} {v:10.3f}")
+            print(f"{k:34s} {v:10.3f}")
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print(f"threads={threads} load_avg(before, after)={load}")
-    print(json.dumps({"benchmark": "inference_roofline", "load_avg": load, "ours": roof_ours, "peer": {},
+    print(json.dumps({"benchmark": "inference_roofline", "load_avg": load, "ours": roof_ours, "peer": roof_peer,
                       "ratio": roof_ratio}))
 
 

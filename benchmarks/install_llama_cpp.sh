@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Build and install llama-cpp-python once, for people who want llama.cpp beside us: the reference column of
-# benchmarks/inference.py and the llama.cpp load check of our GGUF exports (tests skip both when it is absent).
-# A source build (no wheel for CPU Linux): about 14 minutes on 2 cores. Never run in CI; never an llmlab dependency.
+# Build and install llama-cpp-python once, for people who want llama.cpp beside us: the llama.cpp column of
+# benchmarks/inference.py (and of run_quiet_21.sh with LLAMACPP=DIR) and tests/test_llamacpp_peer.py (skipped
+# where it is absent). A source build (no wheel for CPU Linux): 828 s with JOBS=1 on the 2-core AVX2 EPYC under
+# load (session 12, llama-cpp-python 0.3.36). Never run in CI; never an llmlab dependency.
 #
 #   bash benchmarks/install_llama_cpp.sh              # into the active Python environment
-#   bash benchmarks/install_llama_cpp.sh DIR          # pip --target DIR; then run with PYTHONPATH=DIR
+#   bash benchmarks/install_llama_cpp.sh DIR          # pip --target DIR; then run with PYTHONPATH=$PWD:DIR
 #
 # Env: PY (interpreter, default python3), JOBS (parallel compile jobs, default all cores), VERSION (a pin).
 set -euo pipefail

@@ -11,6 +11,10 @@
 #     at 2 threads as a --quick row;
 #   inference_features.py --only prefix --quick: prefix_cache_ttft (8 requests sharing a 500-token
 #     system prompt; the goal's 32 x 1,000 was met in session 5), at 2 threads;
+#   with LLAMACPP=<dir of llama-cpp-python> set (benchmarks/install_llama_cpp.sh DIR builds it there):
+#     llama.cpp itself beside ours in the roofline runs (same GGUF, threads, prompt ids, greedy,
+#     alternating): peer.llama_cpp_decode_roofline against the same measured limit, at 2 threads
+#     and again at 1 thread (roofline_1thread);
 #   with GGML=<ggml checkout> set: llama.cpp's batch-1 block products (benchmarks/llamacpp_matvec.c)
 #     beside ours (matvec_shapes.c, int8 and exact), per matrix and per token, 1 and 2 threads.
 # Usage, from the repo root:  bash benchmarks/run_quiet_21.sh [--quick]   (full: 2 min 3 s on the
@@ -25,7 +29,7 @@ T2=${T2:-2}  # the "2 threads" of the runs below (T2=1 for a dry run on a loaded
 QUICK=${1:-}
 OUT=runs/quiet_21
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=$PWD${LLAMACPP:+:$LLAMACPP} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 run() {  # name threads int8(0/1) command...
     local name=$1 nt=$2 i8=$3; shift 3
     local t0=$(date +%s)
@@ -43,7 +47,9 @@ FULL=""; [ "$QUICK" = --quick ] && FULL=--quick
 run roofline $T2 0 benchmarks/inference.py --roofline-only --quick  # measures exact and int8 itself
 # session 10's control arm: batch-1 layer products on one core as in sessions 4-9 (2M multiply-adds
 # before a call may split; now 250k, so the thread tuner's per-layer pick applies to them)
-LLMLAB_PARALLEL_MACS=2000000 run roofline_macs2M $T2 0 benchmarks/inference.py --roofline-only --quick
+LLMLAB_PARALLEL_MACS=2000000 run roofline_macs2M $T2 0 benchmarks/inference.py --roofline-only --quick --no-llama-cpp
+# session 12: ours and llama.cpp at one thread each (only with LLAMACPP: ~1 minute)
+[ -n "${LLAMACPP:-}" ] && run roofline_1thread 1 0 benchmarks/inference.py --roofline-only --quick
 run spec_int8_1thread 1 1 benchmarks/inference_features.py --only spec $FULL
 run spec_exact_1thread 1 0 benchmarks/inference_features.py --only spec $FULL  # full since session 10
 run spec_int8_2threads $T2 1 benchmarks/inference_features.py --only spec --quick
