@@ -17,8 +17,6 @@ K-quant in a K file), and the speedrun model where `LLMLAB_SPEEDRUN_MODEL` names
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +26,9 @@ import torch
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional: "
                                 "benchmarks/install_llama_cpp.sh); the llama.cpp load check is skipped")
 
-# max |logit difference| / std(logits), per GGUF type (measured in session 12, docs/quant.md; ~3x margin)
-TOL = {"F32": 1e-4, "F16": 2e-2, "Q8_0": 6e-2, "Q4_0": 6e-2, "Q4_1": 6e-2, "Q4_K": 6e-2, "Q6_K": 6e-2}
+# max |logit difference| / std(our logits) over the prompt's positions, per GGUF type: about 3x the
+# largest of session 12's measurements on the two models (docs/quant.md, "llama.cpp loading")
+TOL = {"F32": 3e-5, "F16": 1.5e-2, "Q8_0": 0.3, "Q4_0": 0.3, "Q4_1": 0.3, "Q4_K": 0.4, "Q5_K": 0.4, "Q6_K": 0.4}
 TEXTS = ["The cat sat on the mat.", "Hello wörld 12345, naïve café!", "  two  spaces\nand a newline\t tab",
          "def f(x):\n    return x ** 2"]
 PROMPT = "Once upon a time, the"
@@ -37,10 +36,14 @@ STEPS = 8
 
 
 def _export(model_dir: Path, out: Path, fmt: str) -> Path:
+    """`llmlab quantize model=<dir> format=gguf type=<fmt> output=<file>` (its function, in process)."""
+    from llmlab.quant.commands import QuantizeConfig, run_quantize
     path = out / f"m.{fmt}.gguf"
-    r = subprocess.run([sys.executable, "-m", "llmlab.cli", "quantize", f"model={model_dir}", "format=gguf",
-                        f"type={fmt}", f"output={path}"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    grad = torch.is_grad_enabled()
+    try:
+        assert run_quantize(QuantizeConfig(model=str(model_dir), output=str(path), format="gguf", type=fmt)) in (0, None)
+    finally:
+        torch.set_grad_enabled(grad)  # the verb turns autograd off for its process
     return path
 
 
@@ -84,8 +87,9 @@ def _ours(path: Path):
 
 
 def _llama(path: Path):
+    # an F32 KV cache (llama.cpp's default is F16): then an F32 file's logits differ only by summation order
     return llama_cpp.Llama(model_path=str(path), n_ctx=128, n_batch=128, n_threads=1, logits_all=True,
-                           verbose=False, seed=0)
+                           verbose=False, seed=0, type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
 
 
 def _greedy_ours(model, ids: list[int], steps: int) -> tuple[list[int], list[float]]:
@@ -118,9 +122,18 @@ def test_llama_cpp_loads_our_gguf(which, fmt, tiny_dir, tmp_path):
     path = _export(model_dir, tmp_path, fmt)
     ours, tok = _ours(path)
     llm = _llama(path)
+    try:
+        _compare(which, fmt, llm, ours, tok)
+    finally:
+        llm.close()
+
+
+def _compare(which: str, fmt: str, llm, ours, tok) -> None:
     # tokenizer: the same ids (no BOS added: our exports' tokenizers add none), specials, chat template
     for t in TEXTS:
         assert llm.tokenize(t.encode(), add_bos=False, special=False) == tok.encode(t), t
+        # add_bos=True: the file's own rule for added specials (what llama.cpp's completion uses)
+        assert llm.tokenize(t.encode(), add_bos=True, special=False) == tok.encode(t), t
     assert llm.token_eos() == tok.eos_id
     assert llm.metadata.get("tokenizer.chat_template") == tok.chat_template and tok.chat_template
     # next-token logits at every prompt position
@@ -135,12 +148,14 @@ def test_llama_cpp_loads_our_gguf(which, fmt, tiny_dir, tmp_path):
     print(f"\n{which if which == 'tiny' else 'speedrun'} {fmt}: max|dlogit|/std {rel:.2e} (tolerance {TOL[fmt]:.0e})",
           end="")
     assert rel < TOL[fmt], rel
-    # greedy tokens: equal at every step whose top-2 margin (ours) is clear of the tolerance;
-    # the comparison ends at the first near tie (where either token is a correct greedy pick)
+    # greedy tokens: equal at every step whose top-2 margin (ours) is more than twice the largest
+    # logit difference seen on the prompt; the comparison ends at the first nearer tie (there either
+    # token is a right greedy pick)
     want, margins = _greedy_ours(ours, ids, STEPS)
     got = _greedy_llama(llm, ids, STEPS)
-    n = next((i for i, m in enumerate(margins) if m < 2 * TOL[fmt]), STEPS)
+    n = next((i for i, m in enumerate(margins) if m < 2 * rel), STEPS)
     print(f"; greedy {got} vs ours {want}, compared {n} of {STEPS}", end="")
     assert got[:n] == want[:n]
-    if which != "tiny":  # a trained model's choices are clear: all steps compared
-        assert n == STEPS, margins
+    # a trained model's choices are clear: every step is compared. A random model's top two logits
+    # sit ~0.2 std apart, inside the 8-bit activations' differences: only F32 / F16 must compare one
+    assert n >= (STEPS if which != "tiny" else 1 if fmt in ("F32", "F16") else 0), margins
