@@ -155,7 +155,8 @@ def weights_file(a, key: str, calib_x: int = 1):
     row's multiple of --calib-windows)."""
     from pathlib import Path
     c = a.calib_windows * calib_x
-    return Path(a.load_dir or a.save_dir or ".") / f"{a.model.replace('/', '_')}.{key}.g{a.group}.b{a.bits}.c{c}x{a.length}.safetensors"
+    d = f".d{a.calib_draw}" if a.calib_draw else ""  # draw 0: the name every earlier row was saved under
+    return Path(a.load_dir or a.save_dir or ".") / f"{a.model.replace('/', '_')}.{key}.g{a.group}.b{a.bits}.c{c}x{a.length}{d}.safetensors"
 
 
 _GRID = (".codes", ".scale", ".zero")
@@ -230,6 +231,9 @@ def main() -> None:
     ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,awq4m,gptq4d,"
                     "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,awq4m_fp,awq4m_duo,awq4m_c4,awq4m_c8,nf4,w8a8,sq,int8); "
                     "default all (--quick: rtn4,gptq4,awq4m,sq)")
+    ap.add_argument("--calib-draw", type=int, default=0, help="which calibration windows: draw d takes the d-th "
+                    "block of --calib-windows windows in the seeded document order (0, the default: the windows of "
+                    "sessions 4-11); validation and evaluation windows stay the same for every draw")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--data-dir", default="", help="held-out/calibration text from this `llmlab data build` output "
                     "(val.jsonl / train.jsonl, wiki_en documents) instead of the default Wikipedia split")
@@ -256,10 +260,11 @@ def main() -> None:
     # a row with calib_x calibrates on the first calib_x * n_cal windows of the same seeded document
     # order (its first n_cal windows are the other rows' `cal`); validation windows stay disjoint from all
     cx = max([kw.get("calib_x", 1) for k, _, _, kw in rows(a.group, a.bits) if k in keys] + [1])
-    cal_all = calibrate.token_windows(tok, texts(a, False), n_cal * cx, a.length, seed=1)
+    # --calib-draw d: the d-th block of n_cal * cx windows in that order (0: the windows of every earlier session)
+    cal_all = calibrate.calibration_draw(tok, texts(a, False), n_cal * cx, a.length, a.calib_draw, seed=1)
     cal = cal_all[:n_cal]
-    if a.score == "val":
-        ev = calibrate.validation_windows(tok, texts(a, False), n_ev, a.length, n_cal * cx, a.length, seed=1)
+    if a.score == "val":  # the same windows for every draw (they come from the far end of the order)
+        ev = calibrate.validation_windows(tok, texts(a, False), n_ev, a.length, n_cal * cx * (a.calib_draw + 1), a.length, seed=1)
     else:
         ev = calibrate.token_windows(tok, texts(a, True), n_ev, a.length)
     t0 = time.perf_counter()
@@ -314,7 +319,7 @@ def main() -> None:
     if "sq" in ours:
         ratio["int8_ppl"] = fp / ours["sq"]
     res = {"benchmark": "quant_methods", "ours": ours, "peer": peer, "ratio": ratio,
-           "conditions": {"scored_on": a.score, "model": a.model, "data_dir": a.data_dir, "eval_tokens": n_ev * a.length, "calib_tokens": n_cal * a.length, "group": a.group, "bits": a.bits,
+           "conditions": {"scored_on": a.score, "model": a.model, "data_dir": a.data_dir, "eval_tokens": n_ev * a.length, "calib_tokens": n_cal * a.length, "calib_draw": a.calib_draw, "group": a.group, "bits": a.bits,
                           "threads": 1}}
     if a.out:
         with open(a.out, "w") as f:

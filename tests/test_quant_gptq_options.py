@@ -107,6 +107,28 @@ def test_validation_windows_share_no_document_with_calibration():
         calibrate.validation_windows(tok, texts, 200, 64, 20, 64, seed=1)
 
 
+def test_calibration_draws_are_disjoint_and_draw_0_is_the_old_windows():
+    """benchmarks/quant_methods.py --calib-draw: draw 0 is exactly the windows of earlier sessions;
+    draws are consecutive blocks of one token stream (no position in two draws); validation
+    windows, cut with calib_n = n * (draw + 1), are the same for every draw and share no document
+    with any draw up to it."""
+    texts = [chr(0x4E00 + i) * (30 + i % 7) for i in range(200)]
+    tok = _CharTok()
+    n = 4
+    assert torch.equal(calibrate.calibration_draw(tok, texts, n, 64), calibrate.token_windows(tok, texts, n, 64, seed=1))
+    draws = [calibrate.calibration_draw(tok, texts, n, 64, d) for d in range(3)]
+    assert torch.equal(torch.cat(draws), calibrate.token_windows(tok, texts, 3 * n, 64, seed=1))
+    assert not torch.equal(draws[1], draws[0]) and not torch.equal(draws[2], draws[1])
+    val0 = calibrate.validation_windows(tok, texts, 10, 64, n, 64, seed=1)
+    for d in range(3):
+        val = calibrate.validation_windows(tok, texts, 10, 64, n * (d + 1), 64, seed=1)
+        assert torch.equal(val, val0)
+        for cal in draws[: d + 1]:
+            assert not set(cal.flatten().tolist()) & set(val.flatten().tolist())
+    with pytest.raises(UserError, match="draw"):
+        calibrate.calibration_draw(tok, texts, n, 64, -1)
+
+
 def test_layerwise_sample_rows_are_spread_over_all_windows(tiny_config):
     from llmlab.model.transformer import Transformer
     model = Transformer(tiny_config).eval()

@@ -66,6 +66,16 @@ def token_windows(tok, texts: list[str], n: int, length: int, seed: int | None =
     return torch.tensor(ids[: n * length]).view(n, length)
 
 
+def calibration_draw(tok, texts: list[str], n: int, length: int, draw: int = 0, seed: int = 1) -> torch.Tensor:
+    """Calibration draw `draw` (0, 1, ...): windows draw*n .. (draw+1)*n - 1 of the seeded document
+    order's token stream, so draw 0 is `token_windows(tok, texts, n, length, seed)` and different
+    draws share no token position (a document may straddle two neighbouring draws). Pass
+    `validation_windows` calib_n = n * (draw + 1) to keep the validation text clear of every draw."""
+    if draw < 0:
+        raise UserError(f"calibration draw must be >= 0, got {draw}")
+    return token_windows(tok, texts, n * (draw + 1), length, seed=seed)[n * draw:]
+
+
 def validation_windows(tok, texts: list[str], n: int, length: int, calib_n: int, calib_length: int,
                        seed: int = 1) -> torch.Tensor:
     """Windows for choosing a method's settings: from the same documents as the calibration
