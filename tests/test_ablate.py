@@ -218,3 +218,23 @@ def test_grid_run_killed_after_a_checkpoint_resumes_to_the_same_result(tmp_path)
     assert cut["steps"] == full["steps"] == 40
     for k in ("val_bpb", "val_loss", "train_loss"):
         assert cut[k] == full[k], (k, cut[k], full[k])
+
+
+def test_ablation_time_measured_reads_a_grid_that_ran(tmp_path):
+    """benchmarks/ablation_time.py --measured: the table of the runs in a results.jsonl and summed CPU s / cores;
+    lines of another budget (signature) are left out."""
+    from pathlib import Path
+    (tmp_path / "g.yaml").write_text("max_steps: 7\nseeds: [0, 1]\n")
+    sig = AblateConfig(max_steps=7, seeds=[0, 1]).signature()
+    lines = [{"row": "pre-norm", "group": "norm placement", "key": "reference", "seed": s, "signature": g,
+              "val_bpb": v, "steps": 7, "params": 10, "seconds": 1, "cpu_seconds": 3600.0, "wall_seconds": 5000.0}
+             for s, g, v in [(0, sig, 2.0), (1, sig, 2.2), (0, "other", 9.0)]]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_time.py"
+    p = subprocess.run([sys.executable, str(script), "--measured", str(tmp_path / "results.jsonl"), "--config",
+                        str(tmp_path / "g.yaml")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "| norm placement | pre-norm | 2.1000 ± 0.1414 |" in p.stdout and "| mlp | GeLU | not run yet |" in p.stdout
+    last = json.loads(p.stdout.strip().splitlines()[-1])
+    assert last["ours"]["runs"] == 2 and last["ours"]["measured_hours"] == 1.0
+    assert last["ratio"]["goal_over_measured"] == 3.0 and last["ours"]["wall_seconds_summed"] == 10000.0
