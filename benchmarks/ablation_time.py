@@ -19,12 +19,17 @@ time, by design of what it leaves out).
     python benchmarks/ablation_time.py            # ~6 minutes on 2 cores
     python benchmarks/ablation_time.py --quick    # times `llmlab ablate quick=true`, and the estimator on it
     python benchmarks/ablation_time.py --clock cpu --workers 1 --cores 2   # on a shared machine
+    python benchmarks/ablation_time.py --measured runs/ablate/results.jsonl  # a grid that ran: no estimate
 
 --clock cpu fits each run's own CPU seconds (time.process_time of its worker) instead of its wall time: on a
 machine other people load, the wall time of a one-thread worker counts their share of the core too, its CPU
 time does not (it still pays for caches and memory bandwidth they share, so it errs high). A one-thread run's
 CPU time is its wall time on a core of its own, so the estimate for --cores workers on --cores free cores is
 the summed CPU time / cores.
+
+--measured RESULTS reads a grid that ran (its results.jsonl) instead: the table of the runs there (mean +- std
+over seeds, as `llmlab ablate` writes it) and the measured figures, summed cpu_seconds / --cores (default 2)
+and summed wall_seconds. A run killed and resumed counts only the CPU time after its resume.
 
 Last line: {"benchmark": "ablation_time", "ours": {...}, "peer": {"hours": 3}, "ratio": {"goal_over_estimate": ..}}
 """
@@ -72,7 +77,10 @@ def main() -> None:
                     help="fit each run's wall seconds, or its worker's CPU seconds (a shared machine)")
     ap.add_argument("--out", default="", help="work dir (default: a temporary one)")
     ap.add_argument("--quick", action="store_true", help="budgets 2 and 8, and time `llmlab ablate quick=true`")
+    ap.add_argument("--measured", default="", help="a results.jsonl of a grid that ran: its table and hours")
     args = ap.parse_args()
+    if args.measured:
+        return measured(Path(args.measured), args.config, args.cores or 2)
     if args.quick:  # the estimator checked on the toy grid: fit at 2 and 4 steps, predict its 8-step run
         args.short, args.long, args.workers = 2, 4, 1
     from llmlab.ablate.rows import ROWS, missing
@@ -126,6 +134,26 @@ def main() -> None:
         return
     print(json.dumps({"benchmark": "ablation_time", "ours": ours, "peer": {"hours": 3.0},
                       "ratio": {"goal_over_estimate": 3.0 / hours if hours else 0.0}}))
+
+
+def measured(path: Path, config: str, cores: int) -> None:
+    """The figures of a grid that ran: its table and summed CPU time / cores (no fit, no estimate)."""
+    from llmlab.ablate.grid import AblateConfig, read_results, summarize, table
+    from llmlab.ablate.rows import missing, select
+    from llmlab.train.config import TrainConfig
+    cfg = AblateConfig(**{k: v for k, v in yaml.safe_load(Path(config).read_text()).items()}, progress=False)
+    res = [r for r in read_results(path) if r["signature"] == cfg.signature() and r["seed"] in cfg.seeds]
+    rows = select([], [])
+    print(table(summarize(cfg, rows, res, {r.name: m for r in rows if (m := missing(r, TrainConfig))})), end="")
+    cpu, wall = sum(r.get("cpu_seconds", 0.0) for r in res), sum(r.get("wall_seconds", 0.0) for r in res)
+    hours = cpu / cores / 3600
+    want = len({r.key for r in rows if not missing(r, TrainConfig)}) * len(cfg.seeds)
+    print(f"{len(res)} of {want} runs: {cpu:.0f} CPU s = {hours:.2f} h on {cores} cores; wall seconds summed "
+          f"{wall:.0f} ({wall / cores / 3600:.2f} h on {cores} workers)")
+    ours = {"runs": len(res), "runs_in_grid": want, "cpu_seconds": round(cpu, 1), "measured_hours": round(hours, 3),
+            "cores": cores, "wall_seconds_summed": round(wall, 1)}
+    print(json.dumps({"benchmark": "ablation_time_measured", "ours": ours, "peer": {"hours": 3.0},
+                      "ratio": {"goal_over_measured": 3.0 / hours if hours else 0.0}}))
 
 
 def _quick(out: str) -> float:

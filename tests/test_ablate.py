@@ -175,3 +175,66 @@ def test_quick_objective_and_architecture_rows(tmp_path):
     assert "| architecture | encoder-decoder | n/a (no causal score) |" in table
     assert "| architecture | decoder-only |" not in table  # not selected
     assert (tmp_path / "ab" / "infill.png").stat().st_size > 1000
+
+
+_KILLED_RUN = """
+import dataclasses, json, sys
+from pathlib import Path
+from llmlab.ablate.corpus import prepare_corpus
+from llmlab.ablate.grid import AblateConfig, train_one
+from llmlab.ablate.rows import ROWS
+from llmlab.tokenizer.bpe import load_tokenizer
+cfg = AblateConfig(**json.loads(sys.argv[1]))
+corpus = prepare_corpus(cfg.corpus_dir, cfg.max_docs, cfg.vocab_size, progress=False)
+row = dataclasses.replace(ROWS["pre-norm"], train={"debug_kill_at_step": int(sys.argv[2])})
+train_one(cfg, row, 0, corpus, load_tokenizer(corpus["tokenizer"]), Path(cfg.output_dir) / "runs" / "reference-seed0")
+"""
+
+
+@pytest.mark.slow  # three subprocesses on a tiny grid row: ~1 min on a loaded 2-core box
+def test_grid_run_killed_after_a_checkpoint_resumes_to_the_same_result(tmp_path):
+    """A grid run SIGKILLed between checkpoints (as the session-12 full grid's worker B was) and resumed by a
+    rerun of `llmlab ablate` ends with the same held-out bpb, to the bit, as an uninterrupted run."""
+    import os
+    import signal
+    os.environ["OMP_NUM_THREADS"] = "1"
+    kw = dict(max_docs=300, vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, context=32,
+              batch_size=4, max_steps=40, save_steps=10, seeds=[0], corpus_dir=str(tmp_path / "corpus"),
+              progress=False)
+    args = [f"{k}={v}" for k, v in kw.items() if k != "seeds"] + ["rows=pre-norm", "seeds=[0]"]
+
+    def results(name):
+        return [json.loads(x) for x in (tmp_path / name / "results.jsonl").read_text().splitlines()]
+    assert _cli("ablate", *args, f"output_dir={tmp_path}/full", cwd=tmp_path).returncode == 0
+    killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, json.dumps({**kw, "output_dir": str(tmp_path / "cut")}),
+                             "25"], capture_output=True, text=True, cwd=tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run_dir = tmp_path / "cut" / "runs" / "reference-seed0"
+    assert sorted(d.name for d in run_dir.glob("checkpoint-*")) == ["checkpoint-20"]
+    assert not (tmp_path / "cut" / "results.jsonl").exists()
+    r = _cli("ablate", *args, f"output_dir={tmp_path}/cut", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (full,), (cut,) = results("full"), results("cut")
+    assert cut["steps"] == full["steps"] == 40
+    for k in ("val_bpb", "val_loss", "train_loss"):
+        assert cut[k] == full[k], (k, cut[k], full[k])
+
+
+def test_ablation_time_measured_reads_a_grid_that_ran(tmp_path):
+    """benchmarks/ablation_time.py --measured: the table of the runs in a results.jsonl and summed CPU s / cores;
+    lines of another budget (signature) are left out."""
+    from pathlib import Path
+    (tmp_path / "g.yaml").write_text("max_steps: 7\nseeds: [0, 1]\n")
+    sig = AblateConfig(max_steps=7, seeds=[0, 1]).signature()
+    lines = [{"row": "pre-norm", "group": "norm placement", "key": "reference", "seed": s, "signature": g,
+              "val_bpb": v, "steps": 7, "params": 10, "seconds": 1, "cpu_seconds": 3600.0, "wall_seconds": 5000.0}
+             for s, g, v in [(0, sig, 2.0), (1, sig, 2.2), (0, "other", 9.0)]]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_time.py"
+    p = subprocess.run([sys.executable, str(script), "--measured", str(tmp_path / "results.jsonl"), "--config",
+                        str(tmp_path / "g.yaml")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "| norm placement | pre-norm | 2.1000 ± 0.1414 |" in p.stdout and "| mlp | GeLU | not run yet |" in p.stdout
+    last = json.loads(p.stdout.strip().splitlines()[-1])
+    assert last["ours"]["runs"] == 2 and last["ours"]["measured_hours"] == 1.0
+    assert last["ratio"]["goal_over_measured"] == 3.0 and last["ours"]["wall_seconds_summed"] == 10000.0

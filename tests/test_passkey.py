@@ -327,6 +327,31 @@ def test_endpoint_share_puts_needles_at_exactly_depth_0_and_1():
     for bad in (-0.1, 1.0):
         with pytest.raises(UserError, match="endpoint_share"):
             PasskeyMixLoader(TokenArrayLoader(text, 300, 8), tr, 300, 1.0, endpoint_share=bad)
+    m1 = PasskeyMixLoader(TokenArrayLoader(text, 300, 8), tr, 300, 1.0, endpoint_share=0.6, endpoint_depth1=0.75)
+    assert [m1.depth(u) for u in (0.0, 0.1499, 0.15, 0.5999)] == [0.0, 0.0, 1.0, 1.0]
+    assert m1.depth(0.6) == 0.0 and m1.depth(0.8) == pytest.approx(0.5)
+    for bad in (-0.1, 1.1):
+        with pytest.raises(UserError, match="endpoint_depth1"):
+            PasskeyMixLoader(TokenArrayLoader(text, 300, 8), tr, 300, 1.0, endpoint_share=0.4, endpoint_depth1=bad)
+
+
+def test_endpoint_depth1_moves_the_endpoint_rows_to_depth_1():
+    """endpoint_depth1=d: of the share s of endpoint rows, s d have the needle at depth 1 and s (1 - d) at
+    depth 0, counted in real rows; d=0.5 gives bit-identical rows to the default."""
+    from llmlab.ablate.mix import PasskeyMixLoader
+    from llmlab.train.loader import TokenArrayLoader
+    tok = CharTok()
+    tr = PasskeyTask(tok, keys="train")
+    text = torch.randint(0, 32, (200_000,), generator=torch.Generator().manual_seed(0))
+
+    def batches(**kw):
+        it = iter(PasskeyMixLoader(TokenArrayLoader(text, 300, 8), tr, 300, 1.0, seed=4, **kw))
+        return [torch.cat([x, y[:, -1:]], 1) for x, y in (next(it) for _ in range(50))]
+    late = _needle_ends([r.tolist() for b in batches(endpoint_share=0.6, endpoint_depth1=2 / 3) for r in b], tok)
+    start, end = sum(r[0] for r in late) / len(late), sum(r[1] for r in late) / len(late)
+    assert 0.14 < start < 0.26 and 0.33 < end < 0.47, (start, end)
+    same = zip(batches(endpoint_share=0.4), batches(endpoint_share=0.4, endpoint_depth1=0.5))
+    assert all(torch.equal(a, b) for a, b in same)
 
 
 def test_longctx_hands_endpoint_share_to_the_base_and_the_fine_tune(monkeypatch, tmp_path):
@@ -343,3 +368,6 @@ def test_longctx_hands_endpoint_share_to_the_base_and_the_fine_tune(monkeypatch,
     for share in (0.0, 0.4):
         _train(LongCtxConfig(endpoint_share=share), None, 300, 2, 1, 1e-3, tmp_path, {"train": "x"}, task, 1)
     assert [ld.endpoint_share for ld in seen] == [0.0, 0.4]
+    _train(LongCtxConfig(endpoint_share=0.6, endpoint_depth1=0.75), None, 300, 2, 1, 1e-3, tmp_path, {"train": "x"},
+           task, 1)
+    assert [ld.endpoint_depth1 for ld in seen] == [0.5, 0.5, 0.75]

@@ -46,6 +46,8 @@ class LongCtxConfig:
                                                                       "(the rest in training-only filler sentences)"})
     endpoint_share: float = field(default=0.0, metadata={"help": "share of passkey rows with the needle at "
                                                                    "exactly depth 0 or 1 (pretraining and fine-tune)"})
+    endpoint_depth1: float = field(default=0.5, metadata={"help": "share of those endpoint rows at depth 1 "
+                                                                   "(the rest at depth 0)"})
     copy_period: str = field(default="half", metadata={"help": "half | random: where repeated rows repeat"})
     passkey_loss: str = field(default="all", metadata={"help": "all | answer: loss on a passkey row's answer only"})
     factor: float = field(default=4.0, metadata={"help": "scale s of every method (fine-tune at s*T)"})
@@ -125,7 +127,7 @@ def _train(cfg: LongCtxConfig, model, seq_len: int, batch: int, steps: int, lr: 
     loader = PasskeyMixLoader(text, task, seq_len, cfg.passkey_fraction, seed=cfg.seed + seed_offset,
                               copy_fraction=cfg.copy_fraction, text_filler=cfg.text_filler,
                               passkey_loss=cfg.passkey_loss, copy_period=cfg.copy_period,
-                              endpoint_share=cfg.endpoint_share)
+                              endpoint_share=cfg.endpoint_share, endpoint_depth1=cfg.endpoint_depth1)
     tcfg = TrainConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, max_length=seq_len,
                        learning_rate=lr, warmup_steps=max(1, steps // 20), seed=cfg.seed, device="cpu",
                        report_to=["jsonl"], save_total_limit=1, save_steps=max(50, steps // 5),

@@ -26,7 +26,8 @@ exactly depth 0 (half of that share: right after the intro) or exactly 1 (the ot
 the question). A uniform draw almost never gives those two positions (depth 1 needs d > 1 - 1/(2 n_fill)),
 yet they are where every fine-tuned arm lost keys at 4T (docs/LOG.md, session 9). One uniform draw u
 decides both: u < s/2 -> 0, u < s -> 1, else (u - s) / (1 - s); at s = 0 the rows are those of before.
-Only the endpoints are added, not the evaluation's inner depths (.25, .5, .75).
+Only the endpoints are added, not the evaluation's inner depths (.25, .5, .75). `endpoint_depth1` moves the
+split between the two ends: u < s (1 - d1) -> 0, u < s -> 1 (d1 = 0.5, the default, is the draw above).
 
 `passkey_loss="answer"` keeps the loss of a passkey row on its answer tokens only (the others are
 -100), as in supervised fine-tuning on a retrieval task: the ~5 answer tokens are otherwise ~4 % of
@@ -45,7 +46,8 @@ from llmlab.eval.passkey import TRAIN_FILLERS, PasskeyTask
 class PasskeyMixLoader:
     def __init__(self, text_loader, task: PasskeyTask, seq_len: int, passkey_fraction: float, seed: int = 0,
                  copy_fraction: float = 0.0, text_filler: float = 0.5, passkey_loss: str = "all",
-                 copy_period: str = "half", endpoint_share: float = 0.0):
+                 copy_period: str = "half", endpoint_share: float = 0.0,
+                 endpoint_depth1: float = 0.5):
         if not (0.0 <= passkey_fraction and 0.0 <= copy_fraction and passkey_fraction + copy_fraction <= 1.0):
             raise UserError(f"passkey_fraction {passkey_fraction} + copy_fraction {copy_fraction} must be in [0, 1]")
         if seq_len + 1 < task.min_length():
@@ -58,7 +60,9 @@ class PasskeyMixLoader:
         self.random_period = copy_period == "random"
         if not 0.0 <= endpoint_share < 1.0:
             raise UserError(f"endpoint_share must be in [0, 1), got {endpoint_share}")
-        self.endpoint_share = endpoint_share
+        if not 0.0 <= endpoint_depth1 <= 1.0:
+            raise UserError(f"endpoint_depth1 must be in [0, 1], got {endpoint_depth1}")
+        self.endpoint_share, self.endpoint_depth1 = endpoint_share, endpoint_depth1
         self.text, self.task, self.seq_len, self.seed = text_loader, task, seq_len, seed
         self.fraction, self.copy, self.batches = passkey_fraction, copy_fraction, 0
         self.text_filler = text_filler
@@ -93,10 +97,11 @@ class PasskeyMixLoader:
             yield x, y
 
     def depth(self, u: float) -> float:
-        """A uniform draw u in [0, 1) -> the needle's depth (exactly 0 or 1 for a share endpoint_share)."""
+        """A uniform draw u in [0, 1) -> the needle's depth (exactly 0 or 1 for a share endpoint_share,
+        of which a share endpoint_depth1 at 1)."""
         s = self.endpoint_share
         if u < s:
-            return 0.0 if u < s / 2 else 1.0
+            return 0.0 if u < s * (1.0 - self.endpoint_depth1) else 1.0
         return (u - s) / (1.0 - s)
 
     def _filler(self, window: torch.Tensor, rng: random.Random) -> list[int]:
