@@ -5,14 +5,18 @@ same tokens as ours (llama.cpp rounds activations to 8 bits, so only a prompt wi
 used) and that its step timer measures a step."""
 from __future__ import annotations
 
+import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import _inference_llamacpp as lcp  # noqa: E402
+# loaded by path: benchmarks/ must not go on sys.path at collection, where its peft.py would shadow
+# the real peft for every test module collected after this one (transformers imports peft)
+_spec = importlib.util.spec_from_file_location(
+    "_inference_llamacpp", Path(__file__).resolve().parents[1] / "benchmarks" / "_inference_llamacpp.py")
+lcp = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(lcp)
 
 
 def test_greedy_agreement_counts_the_shared_prefix():
