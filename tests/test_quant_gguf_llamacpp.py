@@ -156,6 +156,9 @@ def _compare(which: str, fmt: str, llm, ours, tok) -> None:
     n = next((i for i, m in enumerate(margins) if m < 2 * rel), STEPS)
     print(f"; greedy {got} vs ours {want}, compared {n} of {STEPS}", end="")
     assert got[:n] == want[:n]
-    # a trained model's choices are clear: every step is compared. A random model's top two logits
-    # sit ~0.2 std apart, inside the 8-bit activations' differences: only F32 / F16 must compare one
-    assert n >= (STEPS if which != "tiny" else 1 if fmt in ("F32", "F16") else 0), margins
+    if which != "tiny":  # a trained model: all its greedy tokens equal (measured so in every format,
+        # session 12, although the speedrun model has one near tie at step 2, 0.01 std apart)
+        assert got == want, (got, want, margins)
+    else:  # a random model's top two logits sit ~0.2 std apart, inside the 8-bit activations'
+        # differences: only F32 / F16 must compare one step
+        assert n >= (1 if fmt in ("F32", "F16") else 0), margins
