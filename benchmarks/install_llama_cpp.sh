@@ -9,6 +9,9 @@
 #
 # Env: PY (interpreter, default python3), JOBS (parallel compile jobs, default all cores), VERSION (a pin).
 set -euo pipefail
+case "${1:-}" in  # an option is not a target directory: show the usage above instead of installing into "-h"
+    -*) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+esac
 PY=${PY:-python3}
 JOBS=${JOBS:-$(nproc)}
 SPEC="llama-cpp-python${VERSION:+==$VERSION}"
