@@ -61,8 +61,10 @@ def test_summary_mean_std_over_seeds():
            for s, v in [(0, 2.0), (1, 2.2), (2, 2.4)]]
     res.append({"key": "reference", "seed": 0, "signature": "other", "val_bpb": 9.0, "steps": 5, "params": 10,
                 "seconds": 1})
+    res.append({**res[0], "val_bpb": 5.0})  # a second line for (reference, seed 0), e.g. two racing workers
     out = summarize(cfg, [ROWS["RoPE"], ROWS["ALiBi"]], res, {})
     assert out[0]["bpb_mean"] == pytest.approx(2.2) and out[0]["bpb_std"] == pytest.approx(0.2)
+    assert out[0]["seeds"] == 3  # the duplicate line is not a fourth seed
     assert out[1]["status"] == "not run yet"
 
 

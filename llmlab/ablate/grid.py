@@ -130,8 +130,11 @@ def _done(cfg: AblateConfig, path: Path) -> set:
 def summarize(cfg: AblateConfig, rows, results: list[dict], missing: dict[str, str]) -> list[dict]:
     """One line per row: mean/std bpb over the seeds done (shared keys share runs), or why it is missing."""
     by_key: dict[str, list[dict]] = {}
+    seen = set()
     for r in results:
-        if r["signature"] == cfg.signature() and r["seed"] in cfg.seeds:
+        # the first line of a (row, seed) counts: two workers that raced on one run would write it twice
+        if r["signature"] == cfg.signature() and r["seed"] in cfg.seeds and (r["key"], r["seed"]) not in seen:
+            seen.add((r["key"], r["seed"]))
             by_key.setdefault(r["key"], []).append(r)
     out = []
     for row in rows:
