@@ -87,22 +87,14 @@ def cpu_ab(model, path, rounds: int = 6, n_steps: int = 8) -> dict:
     import _inference_profile as prof
 
     from llmlab.device import num_threads
-    from llmlab.infer.runner import ContiguousDecoder
-    prompt = prompt64()
     peer = Peer(path, 1, n_ctx=256)
 
-    def ours(i8: str) -> float:
+    def ours(i8: str) -> float:  # decode_steps_s's batch-1 prompt is prompt64()
         os.environ["LLMLAB_INT8_ACTIVATIONS"] = i8
         try:
-            dec = ContiguousDecoder(model, 64 + n_steps + 8)
-            logits, ts = dec.forward(prompt), []
-            for _ in range(n_steps + 2):
-                c0 = time.process_time()
-                logits = dec.forward([int(logits.argmax())])
-                ts.append(time.process_time() - c0)
+            return prof.decode_steps_s(model, 1, n_steps, clock=time.process_time)
         finally:
             os.environ.pop("LLMLAB_INT8_ACTIVATIONS", None)
-        return statistics.median(ts[2:])
 
     def llama() -> float:
         return peer.step_s(n_steps, time.process_time)
@@ -110,12 +102,7 @@ def cpu_ab(model, path, rounds: int = 6, n_steps: int = 8) -> dict:
     def bandwidth() -> float:
         a = torch.ones(64 * 1024 * 1024)  # 256 MB: far beyond the caches
         a.sum()
-        ts = []
-        for _ in range(5):
-            c0 = time.process_time()
-            a.sum()
-            ts.append(time.process_time() - c0)
-        return a.numel() * 4 / min(ts) / 1e9
+        return a.numel() * 4 / prof._best(a.sum, clock=time.process_time) / 1e9
 
     sides = {"ours_exact": lambda: ours("0"), "ours_int8": lambda: ours("1"), "llama_cpp": llama}
     res = {k: [] for k in sides}

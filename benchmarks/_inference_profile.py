@@ -23,12 +23,12 @@ from collections import defaultdict
 import torch
 
 
-def _best(fn, n=5) -> float:
+def _best(fn, n=5, clock=time.perf_counter) -> float:
     ts = []
     for _ in range(n):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        ts.append(time.perf_counter() - t0)
+        ts.append(clock() - t0)
     return min(ts)
 
 
@@ -328,9 +328,10 @@ def serve_memory(model, path, port: int = 0) -> dict:
             "limit_mb": limit, "baseline_python_torch_mb": base_mb, "rss_over_limit": rss["VmRSS"] / limit}
 
 
-def decode_steps_s(model, batch: int, n_steps: int, seed: int = 1) -> float:
+def decode_steps_s(model, batch: int, n_steps: int, seed: int = 1, clock=time.perf_counter) -> float:
     """Median seconds of one decode step: batch 1 on `ContiguousDecoder` (64-token context),
-    else `batch` sequences (contexts 16..160) on `PagedRunner.decode`."""
+    else `batch` sequences (contexts 16..160) on `PagedRunner.decode`. clock: batch 1's timer
+    (wall by default; time.process_time for CPU time)."""
     from llmlab.infer.runner import ContiguousDecoder
     g = torch.Generator().manual_seed(seed)
     ts = []
@@ -338,9 +339,9 @@ def decode_steps_s(model, batch: int, n_steps: int, seed: int = 1) -> float:
         dec = ContiguousDecoder(model, 64 + n_steps + 8)
         logits = dec.forward(torch.randint(100, 40000, (64,), generator=g).tolist())
         for i in range(n_steps + 2):
-            t0 = time.perf_counter()
+            t0 = clock()
             logits = dec.forward([int(logits.argmax())])
-            ts.append(time.perf_counter() - t0)
+            ts.append(clock() - t0)
         return statistics.median(ts[2:])
     cache, runner, tables = _paged_batch(model, batch, n_steps, g)
     for i in range(n_steps + 2):
