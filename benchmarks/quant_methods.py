@@ -66,6 +66,9 @@ def rows(group: int, bits: int = 4) -> list[tuple[str, str, dict]]:
          dict(bits=4, group=group, sym=False, awq_objective="module", calib_x=4)),
         ("awq4m_c8", f"int4 AWQ g{group}, module objective, 8x calibration windows", "awq",
          dict(bits=4, group=group, sym=False, awq_objective="module", calib_x=8)),
+        # session 13: every per-Linear search and the clip search on all calibration tokens (through x^T x / n)
+        ("awq4h", f"int4 AWQ g{group}, searches on all calibration tokens", "awq",
+         dict(bits=4, group=group, sym=False, awq_rows="all")),
     ]
     if bits != 4:
         low = [(k, lab.replace("int4", f"int{bits}", 1).replace("(W4)", f"(W{bits})"), m, {**kw, "bits": bits} if kw.get("bits") == 4 else kw)
