@@ -1,7 +1,6 @@
 """benchmarks/quant_methods.py: awq_vs_rtn reads AWQ's chosen row (awq4), and --calib-draws scores a
 calibrated row on each draw (the key row's perplexity is their mean)."""
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
