@@ -9,7 +9,8 @@ stays fp32) and scores the same held-out windows (`llmlab.quant.calibrate`: Wiki
 the data pipeline's validation split); GPTQ, AWQ and SmoothQuant calibrate on windows from the
 other documents. References where they run on CPU: optimum-quanto int8/int4 weight-only, torchao
 int8 weight-only. Prints a markdown table, then as its last line one JSON object with the ratios
-gptq_vs_rtn = (RTN int4 ppl - fp32 ppl) / (GPTQ's - fp32), awq_vs_rtn likewise (row awq4m; int4 at
+gptq_vs_rtn = (RTN int4 ppl - fp32 ppl) / (GPTQ's - fp32), awq_vs_rtn likewise (row awq4, AWQ's chosen
+arm; with --calib-draws each calibrated row is the mean perplexity over its draws; int4 at
 --group, default 128 as the goal says: SmolLM2's 576-wide rows then end in a ragged group of 64,
 576 = 4 x 128 + 64; 1536-wide rows divide), and
 int8_ppl = fp32 ppl / W8A8 SmoothQuant ppl (all higher is better).
@@ -66,6 +67,9 @@ def rows(group: int, bits: int = 4) -> list[tuple[str, str, dict]]:
          dict(bits=4, group=group, sym=False, awq_objective="module", calib_x=4)),
         ("awq4m_c8", f"int4 AWQ g{group}, module objective, 8x calibration windows", "awq",
          dict(bits=4, group=group, sym=False, awq_objective="module", calib_x=8)),
+        # session 13: every per-Linear search and the clip search on all calibration tokens (through x^T x / n)
+        ("awq4h", f"int4 AWQ g{group}, searches on all calibration tokens", "awq",
+         dict(bits=4, group=group, sym=False, awq_rows="all")),
     ]
     if bits != 4:
         low = [(k, lab.replace("int4", f"int{bits}", 1).replace("(W4)", f"(W{bits})"), m, {**kw, "bits": bits} if kw.get("bits") == 4 else kw)
@@ -78,7 +82,7 @@ def rows(group: int, bits: int = 4) -> list[tuple[str, str, dict]]:
     ]
 
 
-QUICK = {"rtn4", "gptq4", "awq4m", "sq"}
+QUICK = {"rtn4", "gptq4", "awq4", "sq"}
 
 
 def peers(base, ev, quick: bool) -> dict:
@@ -150,12 +154,13 @@ def gguf_rows(a) -> None:
     print(json.dumps({"benchmark": "quant_gguf", "ours": out}))
 
 
-def weights_file(a, key: str, calib_x: int = 1):
+def weights_file(a, key: str, calib_x: int = 1, draw: int | None = None):
     """Where --save-dir / --load-dir keep a weight-only row's quantized projections (calib_x: the
-    row's multiple of --calib-windows)."""
+    row's multiple of --calib-windows; draw: its calibration draw, default --calib-draw)."""
     from pathlib import Path
     c = a.calib_windows * calib_x
-    d = f".d{a.calib_draw}" if a.calib_draw else ""  # draw 0: the name every earlier row was saved under
+    draw = a.calib_draw if draw is None else draw
+    d = f".d{draw}" if draw else ""  # draw 0: the name every earlier row was saved under
     return Path(a.load_dir or a.save_dir or ".") / f"{a.model.replace('/', '_')}.{key}.g{a.group}.b{a.bits}.c{c}x{a.length}{d}.safetensors"
 
 
@@ -216,7 +221,7 @@ def texts(a, heldout: bool) -> list[str]:
     return calibrate.wiki_split(heldout)
 
 
-def main() -> None:
+def parse_args():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--quick", action="store_true")
@@ -229,11 +234,14 @@ def main() -> None:
                     "int4 costs a model nothing)")
     ap.add_argument("--out", default="")
     ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,awq4m,gptq4d,"
-                    "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,awq4m_fp,awq4m_duo,awq4m_c4,awq4m_c8,nf4,w8a8,sq,int8); "
-                    "default all (--quick: rtn4,gptq4,awq4m,sq)")
+                    "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,awq4m_fp,awq4m_duo,awq4m_c4,awq4m_c8,awq4h,nf4,w8a8,sq,int8); "
+                    "default all (--quick: rtn4,gptq4,awq4,sq)")
     ap.add_argument("--calib-draw", type=int, default=0, help="which calibration windows: draw d takes the d-th "
                     "block of --calib-windows windows in the seeded document order (0, the default: the windows of "
                     "sessions 4-11); validation and evaluation windows stay the same for every draw")
+    ap.add_argument("--calib-draws", default="", help="comma-separated draws (e.g. 0,1,2): every calibrated row "
+                    "(GPTQ, AWQ) is quantized on each and reported as the mean perplexity over them (per draw in "
+                    "the JSON's per_draw); rows without calibration are scored once; overrides --calib-draw")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--data-dir", default="", help="held-out/calibration text from this `llmlab data build` output "
                     "(val.jsonl / train.jsonl, wiki_en documents) instead of the default Wikipedia split")
@@ -245,6 +253,64 @@ def main() -> None:
                     "calibration) are loaded instead of quantized again")
     ap.add_argument("--gguf", action="store_true", help="instead: the GGUF export table (size, ppl, decode tok/s)")
     a = ap.parse_args()
+    a.draws = [int(d) for d in a.calib_draws.split(",")] if a.calib_draws else [a.calib_draw]
+    if min(a.draws) < 0 or len(set(a.draws)) != len(a.draws):
+        raise SystemExit(f"--calib-draws: distinct draws >= 0, got {a.calib_draws}")
+    return a
+
+
+# the row each ratio reads: awq_vs_rtn reads AWQ's chosen arm, awq4 (the per-Linear objective, chosen
+# over awq4m by mean validation perplexity over 3 calibration draws in session 12, docs/LOG.md)
+RATIO_KEYS = {"gptq4": "gptq_vs_rtn", "awq4": "awq_vs_rtn"}
+
+
+def ratios(ours: dict, fp: float, group: int, bits: int) -> dict:
+    """RTN's int4 perplexity increase over each calibrated row's (its mean over draws): RATIO_KEYS'
+    rows under their goal names, the others as '<key>_vs_rtn'; int8_ppl = fp32 / SmoothQuant."""
+    ratio = {}
+    for key, _, method, _ in rows(group, bits):
+        if key in ours and "rtn4" in ours and method in ("gptq", "awq", "awq_gptq"):
+            # a row at or below fp32 has no increase to divide by: null, not a huge number
+            d = ours[key] - fp
+            ratio[RATIO_KEYS.get(key, f"{key}_vs_rtn")] = (ours["rtn4"] - fp) / d if d > 0 else None
+    if "sq" in ours:
+        ratio["int8_ppl"] = fp / ours["sq"]
+    return ratio
+
+
+def score_row(a, base, row, cals: dict, ev, lins: list[str], stats, alone: bool) -> tuple[list[float], dict, float]:
+    """One row quantized (or loaded from --load-dir) and scored: -> (its perplexity on each draw it
+    calibrates on: every --calib-draws draw for GPTQ/AWQ, the first otherwise; its info; seconds)."""
+    key, label, method, kw = row
+    kw = dict(kw)
+    x = kw.pop("calib_x", 1)
+    draws = a.draws if method in ("gptq", "awq", "awq_gptq") else a.draws[:1]
+    # GPTQ/AWQ calibrate block by block (sequentially) on the draw's windows; SmoothQuant uses the fp32 ranges
+    ragged = {"ragged_groups": True} if method in ("rtn", "gptq", "awq", "awq_gptq") else {}
+    ppls, secs = [], 0.0
+    for d in draws:
+        # one row, one draw and no peers: quantize the base model itself (one model in memory instead of two)
+        m = base if alone and len(draws) == 1 else copy.deepcopy(base)
+        t = time.perf_counter()
+        saved = weights_file(a, key, x, d)
+        if a.load_dir and saved.exists():
+            info, _ = load_row(m, saved, lins)
+        else:
+            grids: dict = {}
+            info = quantize_model(m, method, calib=cals[d][:a.n_cal * x], stats=stats if method == "smoothquant" else None,
+                                  **kw, **ragged, grids=grids)
+            if a.save_dir and method in ("rtn", "nf4", "gptq", "awq", "awq_gptq"):
+                save_row(m, saved, lins, info, grids)
+        secs += time.perf_counter() - t
+        ppls.append(calibrate.perplexity(m, ev).perplexity)
+        if len(draws) > 1:
+            print(f"{label} draw {d}: ppl {ppls[-1]:.4f}", flush=True)
+        del m
+    return ppls, info, secs
+
+
+def main() -> None:
+    a = parse_args()
     torch.set_num_threads(1)
     if a.gguf:
         return gguf_rows(a)
@@ -253,73 +319,50 @@ def main() -> None:
     base.__dict__.pop("quantized", None)  # the packaged blocks: every row here runs fp32 matmuls
     # --quick: a smoke test of every key row in ~1 minute of one idle core (GPTQ's column loop over
     # 30 blocks is ~35 s of it); its ratios come from 256 tokens and are not the table's figures
-    n_ev, n_cal = (2, 2) if a.quick else (a.eval_windows, a.calib_windows)
+    n_ev, a.n_cal = (2, 2) if a.quick else (a.eval_windows, a.calib_windows)
+    n_cal = a.n_cal
     if a.quick:
         a.length = min(a.length, 128)
     keys = set(a.rows.split(",")) if a.rows else QUICK if a.quick else {r[0] for r in rows(a.group, a.bits)}
     # a row with calib_x calibrates on the first calib_x * n_cal windows of the same seeded document
     # order (its first n_cal windows are the other rows' `cal`); validation windows stay disjoint from all
     cx = max([kw.get("calib_x", 1) for k, _, _, kw in rows(a.group, a.bits) if k in keys] + [1])
-    # --calib-draw d: the d-th block of n_cal * cx windows in that order (0: the windows of every earlier session)
-    cal_all = calibrate.calibration_draw(tok, texts(a, False), n_cal * cx, a.length, a.calib_draw, seed=1)
-    cal = cal_all[:n_cal]
+    # draw d: the d-th block of n_cal * cx windows in that order (0: the windows of every earlier session)
+    cals = {d: calibrate.calibration_draw(tok, texts(a, False), n_cal * cx, a.length, d, seed=1) for d in a.draws}
     if a.score == "val":  # the same windows for every draw (they come from the far end of the order)
-        ev = calibrate.validation_windows(tok, texts(a, False), n_ev, a.length, n_cal * cx * (a.calib_draw + 1), a.length, seed=1)
+        ev = calibrate.validation_windows(tok, texts(a, False), n_ev, a.length, n_cal * cx * (max(a.draws) + 1), a.length, seed=1)
     else:
         ev = calibrate.token_windows(tok, texts(a, True), n_ev, a.length)
     t0 = time.perf_counter()
     fp = calibrate.perplexity(base, ev).perplexity
     lins = list(calibrate.quantizable_linears(base))
-    stats = calibrate.collect(base, cal, lins, set()) if "sq" in keys else None  # SmoothQuant's ranges
-    print(f"fp32 ppl {fp:.4f} ({n_ev} x {a.length} {'VALIDATION' if a.score == 'val' else 'held-out'} tokens; calibration {n_cal} x {a.length}; "
-          f"{time.perf_counter() - t0:.0f}s)", flush=True)
-    ours = {"fp32": fp}
+    # SmoothQuant's ranges, on the first draw
+    stats = calibrate.collect(base, cals[a.draws[0]][:n_cal], lins, set()) if "sq" in keys else None
+    print(f"fp32 ppl {fp:.4f} ({n_ev} x {a.length} {'VALIDATION' if a.score == 'val' else 'held-out'} tokens; calibration {n_cal} x {a.length}"
+          f", draws {a.draws}; {time.perf_counter() - t0:.0f}s)", flush=True)
+    ours, per_draw = {"fp32": fp}, {}
     order = a.rows.split(",") if a.rows else [r[0] for r in rows(a.group, a.bits)]  # --rows' order
     todo = sorted((r for r in rows(a.group, a.bits) if r[0] in keys), key=lambda r: order.index(r[0]))
     table = [("fp32 (decoded packaged weights)" if a.model == "smollm2" else "fp32", fp, 0.0, 4 * sum(p.numel() for p in base.parameters()), 0.0)]
-    for key, label, method, kw in todo:
-        kw = dict(kw)
-        x = kw.pop("calib_x", 1)
-        # one row and no peers: quantize the base model itself (one model in memory instead of two)
-        m = base if len(todo) == 1 and a.no_peers else copy.deepcopy(base)
-        t = time.perf_counter()
-        # GPTQ/AWQ calibrate block by block (sequentially) on `cal`; SmoothQuant uses the fp32 ranges
-        ragged = {"ragged_groups": True} if method in ("rtn", "gptq", "awq", "awq_gptq") else {}
-        saved = weights_file(a, key, x)
-        if a.load_dir and saved.exists():
-            info, _ = load_row(m, saved, lins)
-        else:
-            grids: dict = {}
-            info = quantize_model(m, method, calib=cal_all[:n_cal * x], stats=stats if method == "smoothquant" else None, **kw, **ragged,
-                                  grids=grids)
-            if a.save_dir and method in ("rtn", "nf4", "gptq", "awq", "awq_gptq"):
-                save_row(m, saved, lins, info, grids)
-        secs = time.perf_counter() - t
-        ppl = calibrate.perplexity(m, ev).perplexity
-        ours[key] = ppl
+    for row in todo:
+        ppls, info, secs = score_row(a, base, row, cals, ev, lins, stats, len(todo) == 1 and a.no_peers)
+        key, label, x = row[0], row[1], row[3].get("calib_x", 1)
+        ppl = ours[key] = sum(ppls) / len(ppls)
+        if len(ppls) > 1:
+            per_draw[key], label = ppls, f"{label}, mean of {len(ppls)} draws"
         table.append((label, ppl, ppl - fp, info["stored_bytes"], secs))
         print(f"{label}: ppl {ppl:.4f} (+{ppl - fp:.4f}), {info['stored_bytes'] / 1e6:.1f} MB, {secs:.0f}s"
               + (f" (calibration {n_cal * x} x {a.length})" if x != 1 else ""), flush=True)
-        del m
     peer = {} if a.no_peers else peers(base, ev, a.quick)
     print("\n| method | held-out ppl | delta vs fp32 | stored MB | quantize s |\n|---|---|---|---|---|")
     for label, ppl, d, nb, secs in table:
         print(f"| {label} | {ppl:.3f} | {d:+.3f} ({100 * d / fp:+.1f}%) | {nb / 1e6:.1f} | {secs:.0f} |")
     for label, ppl in peer.items():
         print(f"| {label} | {ppl if isinstance(ppl, str) else f'{ppl:.3f} | {ppl - fp:+.3f} ({100 * (ppl - fp) / fp:+.1f}%)'} | | |")
-    ratio = {}
-    # awq_vs_rtn: AWQ with the attention/MLP-output objective, alpha grid 20, clip search (session 7:
-    # the only candidate finished by the validation cutoff, docs/LOG.md); awq4 is the per-Linear row
-    names = {"gptq4": "gptq_vs_rtn", "awq4m": "awq_vs_rtn"}
-    for key, _, method, _ in rows(a.group, a.bits):
-        if key in ours and "rtn4" in ours and method in ("gptq", "awq", "awq_gptq"):
-            # a row at or below fp32 has no increase to divide by: null, not a huge number
-            d = ours[key] - fp
-            ratio[names.get(key, f"{key}_vs_rtn")] = (ours["rtn4"] - fp) / d if d > 0 else None
-    if "sq" in ours:
-        ratio["int8_ppl"] = fp / ours["sq"]
-    res = {"benchmark": "quant_methods", "ours": ours, "peer": peer, "ratio": ratio,
-           "conditions": {"scored_on": a.score, "model": a.model, "data_dir": a.data_dir, "eval_tokens": n_ev * a.length, "calib_tokens": n_cal * a.length, "calib_draw": a.calib_draw, "group": a.group, "bits": a.bits,
+    res = {"benchmark": "quant_methods", "ours": ours, "peer": peer, "ratio": ratios(ours, fp, a.group, a.bits),
+           "per_draw": per_draw,
+           "conditions": {"scored_on": a.score, "model": a.model, "data_dir": a.data_dir, "eval_tokens": n_ev * a.length,
+                          "calib_tokens": n_cal * a.length, "calib_draws": a.draws, "group": a.group, "bits": a.bits,
                           "threads": 1}}
     if a.out:
         with open(a.out, "w") as f:

@@ -204,7 +204,8 @@ def test_cli_bad_input_on_a_model_dir(tiny, tmp_path):
              (("format=hf", "group_size=48"), "does not divide"),  # rows of 64 and 128
              (("format=hf", "method=gptq", f"calibration={tmp_path}/missing.txt"), "calibration file not found"),
              (("format=hf", "method=awq", f"calibration={tmp_path}/short.txt"), "too short"),
-             (("format=hf", "method=awq", "awq_grid=0"), "awq_grid")]
+             (("format=hf", "method=awq", "awq_grid=0"), "awq_grid"),
+             (("format=hf", "method=awq", "awq_rows=every"), "awq_rows")]
     for args, msg in cases:
         r = _cli(f"model={d}", f"output={out}", *args)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

@@ -101,17 +101,19 @@ def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method
                  sym: bool, act_order: bool, awq_objective: str = "linear", ctx=None, percdamp: float = 0.01,
                  clip: bool = False, awq: dict | None = None, grids: dict | None = None) -> list[float]:
     """Quantize the named Linears' weights in place; -> AWQ's chosen alphas. awq: AWQ's search
-    settings (grid, clip_steps, clip_shrink, duo). grids: receives RTN's / GPTQ's `GroupGrid` by name."""
+    settings (grid, clip_steps, clip_shrink, duo, rows). grids: receives RTN's / GPTQ's `GroupGrid` by name."""
     awq = awq or {}
     alphas = []
     module = awq_objective == "module"
     if method == "awq":
         from llmlab.quant.awq import awq_group
         sub = {n: stats[n] for n in names}
+        opts = {k: v for k, v in awq.items() if k != "rows"}
         for g in input_groups(sub):
             st = sub[g[0]]
+            h = st.H / 2 if awq.get("rows") == "all" else None  # x^T x / n over every calibration token
             new, a = awq_group([lins[n].weight.float() for n in g], g, st.sample, st.mean_abs, bits, group, sym,
-                               clip=clip, **awq, out_fn=_mlp_output(model, g) if module else None,
+                               clip=clip, **opts, h=h, out_fn=_mlp_output(model, g) if module else None,
                                loss_fn=_attention_loss(g, ctx) if module else None)
             alphas.append(a)
             for n, w in zip(g, new):
@@ -155,7 +157,7 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
                    awq_objective: str = "linear", ragged_groups: bool = False, percdamp: float = 0.01,
                    clip: bool | None = None, max_rows: int = 512, awq_grid: int = 20, awq_clip_steps: int = 10,
                    awq_clip_shrink: float = 0.5, awq_duo: bool = False, block_inputs: str = "quantized",
-                   grids: dict | None = None) -> dict:
+                   grids: dict | None = None, awq_rows: str = "sample") -> dict:
     """-> {'stored_bytes', 'quantized_params', 'layers', ...}. GPTQ and AWQ calibrate block by
     block on `calib` (each block sees the already-quantized blocks' outputs) unless `sequential`
     is off or `stats` (gathered once on the full-precision model by `calibrate.collect`) is given.
@@ -169,6 +171,8 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
     clip: GPTQ's group ranges chosen by output-error search (`gptq.clip_qparams`; needs act_order).
     max_rows: calibration input rows (spread over all windows) AWQ's scale and clip searches use.
     awq_duo: AutoAWQ's duo scaling (`awq.candidate_scale`).
+    awq_rows: "sample" (AWQ's per-Linear objectives and clip search on the max_rows sampled rows) or
+    "all" (on every calibration token, exactly, through x^T x / n: `awq.linear_loss`).
     block_inputs: in block-by-block calibration, block i+1 sees the outputs of the "quantized" blocks
     before it (GPTQ's reference code; the default) or of the full-precision ones, "fp" (what llm-awq
     and AutoAWQ do for AWQ).
@@ -184,12 +188,14 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
         raise UserError(f"block_inputs must be quantized or fp, got '{block_inputs}'")
     if percdamp <= 0:
         raise UserError(f"percdamp must be > 0, got {percdamp}")
+    if awq_rows not in ("sample", "all"):
+        raise UserError(f"awq_rows must be sample or all, got '{awq_rows}'")
     if awq_grid < 1 or awq_clip_steps < 1 or not 0 < awq_clip_shrink < 1:
         raise UserError(f"AWQ needs awq_grid >= 1, awq_clip_steps >= 1 and 0 < awq_clip_shrink < 1, got "
                         f"{awq_grid}, {awq_clip_steps}, {awq_clip_shrink}")
     if clip is None:
         clip = method == "awq"
-    awq = dict(grid=awq_grid, clip_steps=awq_clip_steps, clip_shrink=awq_clip_shrink, duo=awq_duo)
+    awq = dict(grid=awq_grid, clip_steps=awq_clip_steps, clip_shrink=awq_clip_shrink, duo=awq_duo, rows=awq_rows)
     if clip and not act_order and group > 0 and method in ("gptq", "awq_gptq"):
         raise UserError("GPTQ's clip search needs act_order=true (static groups) or per-channel groups")
     lins = calibrate.quantizable_linears(model)
@@ -202,7 +208,8 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
     needs_calib = method in WEIGHT_CALIBRATED + ("smoothquant",) and stats is None
     if needs_calib and (calib is None or calib.numel() == 0):
         raise UserError(f"method '{method}' needs calibration data")
-    want = {"gptq": {"hessian"}, "awq": {"sample"}, "awq_gptq": {"hessian", "sample"}}.get(method, set())
+    want = {"gptq": {"hessian"}, "awq": {"sample"} | ({"hessian"} if awq_rows == "all" else set()),
+            "awq_gptq": {"hessian", "sample"}}.get(method, set())
     if method in WEIGHT_CALIBRATED and stats is None and sequential and hasattr(model, "model"):
         alphas: list[float] = []
         calibrate.layerwise(model, calib, want, lambda names, st, ctx: alphas.extend(

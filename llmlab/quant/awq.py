@@ -13,6 +13,11 @@ weight range is clipped (the paper's and llm-awq's `auto_clip`, on by default): 
 rows is kept (skipped for q/k, whose outputs meet in attention scores, as the reference code
 does). Finally round to nearest.
 
+Data: the per-Linear objectives and the clip search score calibration rows x. Given h = x^T x / n
+over ALL calibration tokens (option `h`), both use it instead of a row sample: a Linear's output
+error mean_t ||x_t D^T||^2 = sum_o d_o h d_o^T exactly, at a cost independent of the token count
+(AutoAWQ scores its searches on all of its 64k tokens, ours by default on 512 sampled rows).
+
 The division by s is folded into the previous operator when one can take it (a norm's weight,
 the up projection for down); here the effective weight Q(W diag(s)) diag(1/s) is what the
 model computes with, which gives the same outputs.
@@ -44,15 +49,29 @@ def candidate_scale(mean_abs: torch.Tensor, a: float, w_mean: torch.Tensor | Non
     return s / (s.max() * s.min()).sqrt()
 
 
+def linear_loss(ws: list[torch.Tensor], h: torch.Tensor):
+    """candidate weights -> sum over ws of mean_{t,o} (x_t . (c_o - w_o))^2, through h = x^T x / n
+    (k x k): sum_o d_o h d_o^T / rows, the same number as on the rows themselves."""
+    h = h.float()
+
+    def loss(cand):
+        return sum(float(((c - w) @ h * (c - w)).sum()) / w.shape[0] for c, w in zip(cand, ws))
+    return loss
+
+
 @torch.no_grad()
 def search_scale(ws: list[torch.Tensor], x: torch.Tensor, mean_abs: torch.Tensor, bits: int, group: int,
-                 sym: bool, grid: int = 20, out_fn=None, loss_fn=None, duo: bool = False) -> tuple[torch.Tensor, float]:
+                 sym: bool, grid: int = 20, out_fn=None, loss_fn=None, duo: bool = False,
+                 h: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
     """-> (s (k,), alpha) minimizing sum over ws of ||x W^T - x (Q(W s)/s)^T||^2, or, with
     out_fn (the list of the group's outputs -> the module output they feed, e.g. the MLP's
     down(act(gate) * up)), the error of that module output (AutoAWQ's `module2inspect`), or,
     with loss_fn (the group's candidate weights -> an error, e.g. of the whole attention's
-    output over calibration sequences), that error. duo: AutoAWQ's duo scaling (`candidate_scale`)."""
-    if loss_fn is None and out_fn is not None:
+    output over calibration sequences), that error. duo: AutoAWQ's duo scaling (`candidate_scale`).
+    h: x^T x / n over all calibration tokens: the per-Linear objective computed from it (`linear_loss`)."""
+    if loss_fn is None and out_fn is None and h is not None:
+        loss_fn = linear_loss(ws, h)
+    elif loss_fn is None and out_fn is not None:
         y = out_fn([x @ w.t() for w in ws])
 
         def loss_fn(cand):
@@ -75,20 +94,27 @@ def search_scale(ws: list[torch.Tensor], x: torch.Tensor, mean_abs: torch.Tensor
 
 @torch.no_grad()
 def search_clip(w: torch.Tensor, x: torch.Tensor, bits: int, group: int, sym: bool, steps: int = 10,
-                n_rows: int = 512, chunk: int = 256, max_shrink: float = 0.5) -> torch.Tensor:
+                n_rows: int = 512, chunk: int = 256, max_shrink: float = 0.5,
+                h: torch.Tensor | None = None) -> torch.Tensor:
     """Per weight group, the clip of |w| (a fraction 1 - i max_shrink / steps, i < steps, of its
     absmax; ratio 1 is a candidate, so no group's error exceeds its unclipped one) with the least error on that
     group's share of the output (on up to n_rows of x: AutoAWQ's n_sample_token 512); returns
     the clipped weight. The group's output error over the rows, mean_t (x_t,g . (q_g - w_g))^2,
     is computed as d H_g d^T with H_g = mean_t x_t,g^T x_t,g (gs x gs): the same number as
-    AutoAWQ's elementwise (rows x groups x gs) product, ~100x cheaper on a CPU."""
+    AutoAWQ's elementwise (rows x groups x gs) product, ~100x cheaper on a CPU. h (k x k): x^T x / n
+    over all calibration tokens, whose diagonal blocks replace the row sample's (x is then unused)."""
     co, k0 = w.shape
     gs = group if group > 0 else k0
-    w, x = pad_to_group(w, gs), pad_to_group(x, gs)  # a ragged last group: zero columns add nothing
+    w = pad_to_group(w, gs)  # a ragged last group: zero columns add nothing
     k = w.shape[1]
     ng = k // gs
-    xg = x[:: max(1, x.shape[0] // n_rows)][:n_rows].reshape(-1, ng, gs).transpose(0, 1).double()  # (ng, n, gs)
-    h = (xg.transpose(1, 2) @ xg / xg.shape[1]).float()  # (ng, gs, gs)
+    if h is None:
+        xg = pad_to_group(x, gs)[:: max(1, x.shape[0] // n_rows)][:n_rows].reshape(-1, ng, gs).transpose(0, 1).double()  # (ng, n, gs)
+        h = (xg.transpose(1, 2) @ xg / xg.shape[1]).float()  # (ng, gs, gs)
+    else:
+        hp = torch.zeros(k, k, dtype=torch.float64)
+        hp[:k0, :k0] = h
+        h = torch.stack([hp[i * gs:(i + 1) * gs, i * gs:(i + 1) * gs] for i in range(ng)]).float()
     out = torch.empty_like(w)
     for c0 in range(0, co, chunk):
         wc = w[c0:c0 + chunk].reshape(-1, ng, gs)  # (c, ng, gs)
@@ -108,15 +134,18 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, bits: int, group: int, sym: bo
 
 def awq_group(ws: list[torch.Tensor], names: list[str], x: torch.Tensor, mean_abs: torch.Tensor, bits: int,
               group: int, sym: bool, clip: bool = True, out_fn=None, loss_fn=None, grid: int = 20,
-              clip_steps: int = 10, clip_shrink: float = 0.5, duo: bool = False) -> tuple[list[torch.Tensor], float]:
+              clip_steps: int = 10, clip_shrink: float = 0.5, duo: bool = False,
+              h: torch.Tensor | None = None) -> tuple[list[torch.Tensor], float]:
     """The effective AWQ weights of Linears sharing one input, and the alpha chosen. grid: alpha
     points; clip: the weight-clipping search after the scales (clip_steps ratios down to
-    1 - clip_shrink (exclusive), llm-awq's 10 and 0.5); duo: AutoAWQ's duo scaling."""
-    s, a = search_scale(ws, x, mean_abs, bits, group, sym, grid=grid, out_fn=out_fn, loss_fn=loss_fn, duo=duo)
+    1 - clip_shrink (exclusive), llm-awq's 10 and 0.5); duo: AutoAWQ's duo scaling; h: x^T x / n over
+    all calibration tokens, for the per-Linear objective and the clip search instead of the rows x."""
+    s, a = search_scale(ws, x, mean_abs, bits, group, sym, grid=grid, out_fn=out_fn, loss_fn=loss_fn, duo=duo, h=h)
+    hs = None if h is None else h.double() / (s.double()[:, None] * s.double()[None, :])  # inputs x / s
     out = []
     for w, n in zip(ws, names):
         ws_ = w * s
         if clip and not n.endswith(("q_proj", "k_proj")):
-            ws_ = search_clip(ws_, x / s, bits, group, sym, steps=clip_steps, max_shrink=clip_shrink)
+            ws_ = search_clip(ws_, x / s, bits, group, sym, steps=clip_steps, max_shrink=clip_shrink, h=hs)
         out.append(rtn_fq(ws_, bits, group, sym) / s)
     return out, a

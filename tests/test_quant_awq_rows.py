@@ -1,0 +1,52 @@
+"""AWQ's searches on all calibration tokens through h = x^T x / n (`awq_rows="all"`) equal the
+same searches run on all the rows themselves."""
+import copy
+
+import pytest
+import torch
+
+from llmlab.errors import UserError
+from llmlab.quant.apply import quantize_model
+from llmlab.quant.awq import awq_group, linear_loss, rtn_fq, search_clip, search_scale
+from tiny_quant import tiny_quant_case
+
+
+def _case(n=300, k=80, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, k, generator=g) * torch.linspace(0.1, 4, k)
+    ws = [torch.randn(24, k, generator=g) * 0.05, torch.randn(16, k, generator=g) * 0.05]
+    ws[0][:, 5] *= 8
+    return x, ws, (x.double().t() @ x.double() / n)
+
+
+def test_linear_loss_equals_the_mean_squared_output_error_on_the_rows():
+    x, ws, h = _case()
+    cand = [rtn_fq(w, 4, 32, False) for w in ws]
+    ref = sum(float(((x @ c.t() - x @ w.t()) ** 2).mean()) for c, w in zip(cand, ws))
+    assert linear_loss(ws, h)(cand) == pytest.approx(ref, rel=1e-4)
+
+
+def test_scale_and_clip_searches_through_h_equal_the_searches_on_every_row():
+    x, ws, h = _case()
+    mean_abs = x.abs().mean(0)
+    s_rows, a_rows = search_scale(ws, x, mean_abs, 4, 32, False)  # all 300 rows as the sample
+    s_h, a_h = search_scale(ws, x[:7], mean_abs, 4, 32, False, h=h)  # the 7 rows are not used
+    assert a_h == a_rows and torch.equal(s_h, s_rows)
+    got = search_clip(ws[0], x[:7], 4, 32, False, h=h)  # ragged last group: 80 = 32 + 32 + 16
+    ref = search_clip(ws[0], x, 4, 32, False, n_rows=x.shape[0])
+    assert torch.allclose(got, ref, atol=1e-7) and not torch.equal(ref, ws[0])
+    new_h, _ = awq_group(ws, ["gate_proj", "up_proj"], x[:7], mean_abs, 4, 32, False, h=h)
+    new_r, _ = awq_group(ws, ["gate_proj", "up_proj"], x, mean_abs, 4, 32, False)  # 300 rows < 512: all of them
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(new_h, new_r))
+
+
+def test_quantize_model_awq_rows(tiny_config):
+    model, calib, ids, _ = tiny_quant_case(tiny_config)
+    out = {}
+    for rows in ("sample", "all"):
+        m = copy.deepcopy(model)
+        quantize_model(m, "awq", group=32, calib=calib, awq_rows=rows, max_rows=8)
+        out[rows] = m(ids).detach()
+    assert torch.isfinite(out["all"]).all() and not torch.equal(out["sample"], out["all"])
+    with pytest.raises(UserError, match="awq_rows"):
+        quantize_model(copy.deepcopy(model), "awq", group=32, calib=calib, awq_rows="every")
