@@ -21,7 +21,7 @@ from llmlab.kernels import build, ggml
 
 SRC = Path(__file__).with_name("layer.c")
 _LIB: list = []
-NF = 30  # int64 fields per layer (layer.c)
+NF = 42  # int64 fields per layer (layer.c)
 # the pieces `Layers.profile` times, in layer.c's order (its enum P_*)
 PIECES = ("norms (RMSNorm)", "matmul qkv", "rotary + KV cache writes", "attention (C decode kernel)", "matmul o",
           "residual adds + SiLU*up", "matmul gate_up", "matmul down")
@@ -31,8 +31,10 @@ def _open_library(arch: str | None = None):
     lib = ctypes.CDLL(str(build.build(SRC, arch)))
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.llmlab_decode_layers.argtypes = [i64, p, p, p, p, i64, i64, i64, i64, i64, i64, p, p, ctypes.c_float,
-                                         i64, i64, p, p, p, p, p, i64, i64, i64, p, p]
+                                         i64, i64, p, p, p, p, p, i64, i64, i64, p, p, ctypes.c_int]
     lib.llmlab_decode_layers.restype = ctypes.c_int
+    lib.llmlab_omp_probe.argtypes = [ctypes.c_int, i64, ctypes.c_double, p]
+    lib.llmlab_omp_probe.restype = None
     return lib
 
 
@@ -47,6 +49,12 @@ def enabled() -> bool:
     return os.environ.get("LLMLAB_C_LAYERS", "1") not in ("", "0")
 
 
+def team_mode(rows: int, threads: int) -> bool:
+    """Does a call with this many input rows and threads run every layer in one parallel region
+    (layer.c's `layers_team`)? One row, more than one thread, unless LLMLAB_C_TEAM=0 (the A/B arm)."""
+    return rows == 1 and threads > 1 and os.environ.get("LLMLAB_C_TEAM", "1") not in ("", "0")
+
+
 def _addr(fn) -> int:
     return ctypes.cast(fn, ctypes.c_void_p).value
 
@@ -57,6 +65,7 @@ class Layers:
     profile: None, or a float64 tensor (len(PIECES),) that every run adds its pieces' seconds to
     (benchmarks/_inference_profile.py)."""
     profile: torch.Tensor | None = None
+    last_team = False  # did the last run use team mode (layer.c's layers_team)?
 
     def __init__(self, w, table: torch.Tensor, eps: float):
         self.w, self.table, self.eps = w, table, eps
@@ -86,6 +95,9 @@ class Layers:
                 row += [q.fmt, q.qs.data_ptr(), q.d.data_ptr(), 0 if q.m is None else q.m.data_ptr(), q.rows, q.k]
             row += [0 if b is None else b.contiguous().data_ptr() for b in (L.qkv_b, L.o_b, L.up_b, L.down_b)]
             row += [L.n1[1].contiguous().data_ptr(), L.n2[1].contiguous().data_ptr()]
+            for m in mats:  # one weight row's strides: qs bytes, d and m floats (team mode's row ranges)
+                q = m.q
+                row += [q.qs.stride(0) * q.qs.element_size(), q.d.stride(0), 0 if q.m is None else q.m.stride(0)]
             eps |= {L.n1[2], L.n2[2]}
             rows.append(row)
         if len(eps) != 1 or any(b is not None and not b.is_contiguous() for L in w.layers
@@ -116,7 +128,9 @@ class Layers:
                                       offs.data_ptr(), fns.data_ptr(), lnt.data_ptr(), ggml.PARALLEL_MACS,
                                       ggml.PARALLEL_MACS_INT8, c_attention.SPLIT,
                                       None if self.profile is None else self.profile.data_ptr(),
-                                      None if layer_seconds is None else layer_seconds.data_ptr())
-        if rc:
+                                      None if layer_seconds is None else layer_seconds.data_ptr(),
+                                      int(team_mode(M, int(lnt.max()))))
+        if rc == 1:
             raise MemoryError("decode layers: out of memory")
+        self.last_team = rc == 2  # every layer ran in one parallel region (team_mode)
         return x
