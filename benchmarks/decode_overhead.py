@@ -11,8 +11,8 @@ mean something on a quiet machine only; `--clock cpu` (process CPU time) for one
     PYTHONPATH=$PWD python benchmarks/decode_overhead.py [--arms 1:1:1,2:0:1,2:1:1] [--rounds 3] [--steps 32]
                                                         [--clock wall|cpu] [--quick]
 
-Arms are threads:team:int8 (team: LLMLAB_C_TEAM, every layer in one parallel region; int8:
-LLMLAB_INT8_ACTIVATIONS), taken in turn, the order flipped each round; medians over rounds. Also
+Arms are threads:team:int8[:head[:prefetch]] (team: LLMLAB_C_TEAM, every layer in one parallel
+region; int8: LLMLAB_INT8_ACTIVATIONS; head: LLMLAB_C_HEAD; prefetch: LLMLAB_C_PREFETCH), taken in turn, the order flipped each round; medians over rounds. Also
 the read bandwidth (`inference.py`'s roofline) and each arm's step as a fraction of its limit
 (bandwidth / bytes per token; 1 thread: one core's bandwidth). Last line: the standard JSON
 (`ours`: per arm the step, product and non-product ms, the pieces; the probes; `ratio`: each arm's
@@ -78,8 +78,8 @@ def regions_per_step(model, nt: int) -> int:
     cfg = model.config
     d, f, H, Hkv, D = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads, \
         cfg.head_dim
-    if getattr(c_layer, "team_mode", lambda *a: False)(1, nt):
-        return 1 + 1  # one team for every layer, then the LM head's
+    if c_layer.team_mode(1, nt):
+        return 1 if c_layer.head_in_c() else 2  # one team for every layer (and the head), or the head's own
     thr = ggml.PARALLEL_MACS_INT8 if ggml.int8_activations() and ggml.int8_simd() else ggml.PARALLEL_MACS
     per_layer = sum(rows * k >= thr for rows, k in (((H + 2 * Hkv) * D, d), (d, H * D), (2 * f, d), (d, f)))
     return cfg.num_hidden_layers * per_layer + 1
@@ -100,9 +100,9 @@ def run_steps(model, nt: int, steps: int, clock, seed: int) -> dict:
         for _ in range(4):
             logits = dec.forward([int(logits.argmax())])
         ts = []
-        for _ in range(steps):  # plain steps (no timers): the step time
+        for _ in range(steps):  # plain greedy steps (no timers): the step time, with the argmax
             t0 = clock()
-            logits = dec.forward([int(logits.argmax())])
+            logits = dec.forward([dec.last_argmax if dec.last_argmax is not None else int(logits.argmax())])
             ts.append(clock() - t0)
         toks = torch.randint(100, 40000, (steps,), generator=g).tolist()
         pieces, prof_s = prof._run_profiled(model, None, prof._Step(dec, "forward", lambda i: ([toks[i]],)), steps)
@@ -114,15 +114,18 @@ def run_steps(model, nt: int, steps: int, clock, seed: int) -> dict:
             "pieces_ms": {k: round(1e3 * v * scale, 4) for k, v in sorted(pieces.items(), key=lambda kv: -kv[1])}}
 
 
-def _arm_env(team: int, int8: int) -> None:
-    os.environ["LLMLAB_C_TEAM"], os.environ["LLMLAB_INT8_ACTIVATIONS"] = str(team), str(int8)
+def _arm_env(team: int, int8: int, head: int = 1, pf: int = 8192) -> None:
+    os.environ.update(LLMLAB_C_TEAM=str(team), LLMLAB_INT8_ACTIVATIONS=str(int8), LLMLAB_C_HEAD=str(head),
+                      LLMLAB_C_PREFETCH=str(pf))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--arms", default="1:1:1,2:0:1,2:1:1",
-                    help="arms threads:team:int8, comma-separated (team: LLMLAB_C_TEAM, every layer in one "
-                         "parallel region; int8: LLMLAB_INT8_ACTIVATIONS)")
+                    help="arms threads:team:int8[:head[:prefetch]], comma-separated (team: LLMLAB_C_TEAM, every "
+                         "layer in one parallel region; int8: LLMLAB_INT8_ACTIVATIONS; head: LLMLAB_C_HEAD, the "
+                         "final norm + LM head in the C call, default 1; prefetch: LLMLAB_C_PREFETCH bytes, "
+                         "default 8192)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds over the arms (order flipped each round)")
     ap.add_argument("--steps", type=int, default=32, help="timed steps per arm per round")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
@@ -149,11 +152,11 @@ def main() -> None:
     runs = {a: [] for a in arms}
     for r in range(args.rounds):
         for a in (arms if r % 2 == 0 else arms[::-1]):
-            _arm_env(a[1], a[2])
+            _arm_env(*a[1:])
             runs[a].append({**run_steps(model, a[0], args.steps, clock, seed=r), "regions": regions_per_step(model, a[0])})
     summary, ratio = {}, {}
     for a, rs in runs.items():
-        name = f"{a[0]}t_team{a[1]}_int8{a[2]}"
+        name = f"{a[0]}t_team{a[1]}_int8{a[2]}" + "".join(f"_{k}{v}" for k, v in zip(("head", "pf"), a[3:]))
         med = {k: statistics.median(x[k] for x in rs) for k in ("step_ms", "products_ms", "nonproduct_ms")}
         med["steps_ms_rounds"] = [round(x["step_ms"], 4) for x in rs]
         med["regions_per_step"] = rs[0]["regions"]

@@ -143,7 +143,7 @@ def test_c_layers_bits_do_not_depend_on_threads(monkeypatch):
     monkeypatch.setenv("LLMLAB_C_LAYERS", "1")
     monkeypatch.setattr(ggml, "PARALLEL_MACS", 1)  # every product and the attention split across threads
     seen, run = [], c_layer.Layers.run
-    monkeypatch.setattr(c_layer.Layers, "run", lambda self, *a: seen.append(a[-2]) or run(self, *a))
+    monkeypatch.setattr(c_layer.Layers, "run", lambda self, *a: seen.append(a[9]) or run(self, *a))
     outs = []
     for n in (1, 2):
         c = PagedKVCache.for_model(model, 64)
@@ -179,7 +179,7 @@ def test_c_layers_thread_counts_are_tuned_per_layer(monkeypatch):
     model = _model()
     monkeypatch.setenv("LLMLAB_C_LAYERS", "1")
     seen, run = [], c_layer.Layers.run
-    monkeypatch.setattr(c_layer.Layers, "run", lambda self, *a: seen.append(list(a[-2])) or run(self, *a))
+    monkeypatch.setattr(c_layer.Layers, "run", lambda self, *a: seen.append(list(a[9])) or run(self, *a))
     tuner = ContiguousDecoder._tuners[model] = ThreadTuner(2, explore_every=2)
     dec = ContiguousDecoder(model, 64)
     ref = ContiguousDecoder(model, 64)
@@ -231,7 +231,10 @@ def _steps_at(model, threads: int, team: bool, monkeypatch, n_prompt=30, n_steps
         dec = ContiguousDecoder(model, 64)
         dec.tuner = ThreadTuner(threads)
         dec.tuner.cands = [threads]
-        out = [dec.forward(list(range(3, 3 + n_prompt)))] + [dec.forward([t]) for t in range(7, 7 + n_steps)]
+        out = [dec.forward(list(range(3, 3 + n_prompt)))]
+        for t in range(7, 7 + n_steps):
+            out.append(dec.forward([t]))
+            assert dec.last_argmax == int(out[-1].argmax())  # the head's argmax, in the same C call
     monkeypatch.setattr(c_layer.Layers, "run", run)
     return torch.stack(out), teams
 

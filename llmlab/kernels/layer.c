@@ -79,6 +79,22 @@ static void product_rows(const int64_t *f, const int64_t *str, int64_t bias, con
         for (int64_t j = r0; j < r1; j++) out[j] += PTR(const float *, bias)[j];
 }
 
+/* Prefetch the first `bytes` of weight rows [r0, r1) (qs, and the d and m of those rows): a thread
+ * issues it for its share of the next product before it waits at a barrier, so that product's
+ * stream starts from the caches instead of DRAM (team mode; the arithmetic is unchanged). */
+static void warm(const int64_t *f, const int64_t *str, int64_t r0, int64_t r1, int64_t bytes) {
+    if (r1 <= r0 || bytes <= 0) return;
+    int64_t n = (r1 - r0) * str[0] < bytes ? (r1 - r0) * str[0] : bytes, rows = n / str[0] + 1;
+    const char *qs = PTR(const char *, f[1]) + r0 * str[0];
+    for (int64_t b = 0; b < n; b += 64) __builtin_prefetch(qs + b, 0, 3);
+    for (int j = 1; j <= 2; j++) {  /* d, m: fp32 per row */
+        if (!f[1 + j]) continue;
+        const char *p = PTR(const char *, f[1 + j]) + r0 * str[j] * 4;
+        int64_t nb = (rows < r1 - r0 ? rows : r1 - r0) * str[j] * 4;
+        for (int64_t b = 0; b < nb; b += 64) __builtin_prefetch(p + b, 0, 3);
+    }
+}
+
 /* thread t of n: its share [lo, hi) of `rows`, cut at multiples of 4 */
 static void share4(int64_t rows, int t, int n, int64_t *lo, int64_t *hi) {
     int64_t g = (rows + 3) / 4, a = g * t / n * 4, b = g * (t + 1) / n * 4;
@@ -107,6 +123,21 @@ static void rope(const float *x, const float *cos, const float *sin, int64_t D, 
     for (int64_t i = half; i < D; i++) y[i] = x[i] * cos[i] + x[i - half] * sin[i];
 }
 
+/* the LM head's row of `head`: fmt, qs, d, m, rows, k, bias, final-norm weight, strides (qs, d, m) */
+enum { H_BIAS = 6, H_NORM = 7, H_STR = 8, NH = 11 };
+enum { P_HEAD = NP };  /* prof[NP]: the final norm + LM head (+ argmax) */
+
+/* is v a better argmax candidate than b (torch.argmax's order: NaN first, then larger; ties: the earlier) */
+static inline int better(float v, float b) { return (v != v && b == b) || v > b; }
+
+/* argmax of y[lo, hi) -> its index (lo if empty) */
+static int64_t argmax_range(const float *y, int64_t lo, int64_t hi) {
+    int64_t bi = lo;
+    for (int64_t j = lo + 1; j < hi; j++)
+        if (better(y[j], y[bi])) bi = j;
+    return bi;
+}
+
 #define TICK0(i) if (prof && t == 0) { double t_ = now(); prof[i] += t_ - t0; t0 = t_; }
 #ifdef _OPENMP
 #define BARRIER _Pragma("omp barrier")
@@ -128,8 +159,10 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
                        int64_t H, int64_t Hkv, int64_t D, int64_t ffn, const float *cos, const float *sin, float eps,
                        int64_t s_pos, int64_t s_head, const int64_t *wslots, const int64_t *slots,
                        const int64_t *offs, const int64_t *fns, const int32_t *lnt, int nt, int64_t split,
-                       double *prof, double *lsec) {
-    int64_t nqkv = (H + 2 * Hkv) * D, hd = H * D, G = H / Hkv;
+                       double *prof, double *lsec, const int64_t *head, const int64_t *hfns, float *logits,
+                       int64_t *amax, int64_t pf) {
+    int64_t nqkv = (H + 2 * Hkv) * D, hd = H * D, G = H / Hkv, best[64];
+    if (nt > 64) nt = 64;
     float *buf = (float *)malloc(sizeof(float) * (size_t)(nqkv + 2 * hd + 3 * ffn + dm + (int64_t)nt * 2 * dm));
     if (!buf) return 1;
     float *qkv = buf, *q = qkv + nqkv, *att = q + hd, *gu = att + hd, *act = gu + 2 * ffn, *o = act + ffn,
@@ -154,6 +187,7 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
             rmsnorm(xl, PTR(const float *, L[F_N1]), dm, eps, h);
             TICK0(P_NORM)
             if (me) share4(nqkv, t, ne, &lo, &hi), product_rows(L + F_QKV, S, L[F_BIAS], h, qkv, lo, hi, fns);
+            if (me && pf) share4(dm, t, ne, &lo, &hi), warm(L + F_O, S + 3, lo, hi, pf);
             BARRIER
             TICK0(P_QKV)
             for (int64_t hh = g0 * G; hh < g1 * G; hh++) {
@@ -173,6 +207,10 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
             BARRIER
             TICK0(P_ATTN)
             if (me) share4(dm, t, ne, &lo, &hi), product_rows(L + F_O, S + 3, L[F_BIAS + 1], att, o, lo, hi, fns);
+            if (me && pf) {
+                share4(ffn, t, ne, &lo, &hi);
+                warm(L + F_UP, S + 6, lo, hi, pf / 2), warm(L + F_UP, S + 6, ffn + lo, ffn + hi, pf / 2);
+            }
             BARRIER
             TICK0(P_O)
             for (int64_t j = 0; j < dm; j++) xl[j] += o[j];
@@ -185,10 +223,17 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
                 product_rows(L + F_UP, S + 6, L[F_BIAS + 2], h, gu, ffn + lo, ffn + hi, fns);
                 TICK0(P_UP)
                 for (int64_t j = lo; j < hi; j++) act[j] = gu[j] / (1.0f + expf(-gu[j])) * gu[ffn + j];
+                if (pf) share4(dm, t, ne, &lo, &hi), warm(L + F_DOWN, S + 9, lo, hi, pf);
             }
             BARRIER
             TICK0(P_ADD_SILU)
             if (me) share4(dm, t, ne, &lo, &hi), product_rows(L + F_DOWN, S + 9, L[F_BIAS + 3], act, o, lo, hi, fns);
+            if (pf && li + 1 < nl) {  /* the next layer's q/k/v share, on its thread count */
+                int ne2 = lnt[li + 1] < n ? (lnt[li + 1] < 1 ? 1 : lnt[li + 1]) : n;
+                if (t < ne2) share4(nqkv, t, ne2, &lo, &hi), warm(lay + (li + 1) * NF, lay + (li + 1) * NF + F_STR, lo, hi, pf);
+            } else if (pf && head) {
+                share4(head[4], t, n, &lo, &hi), warm(head, head + H_STR, lo, hi, pf);
+            }
             BARRIER
             TICK0(P_DOWN)
             for (int64_t j = 0; j < dm; j++) xl[j] += o[j];
@@ -196,6 +241,21 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
             if (lsec && t == 0) lsec[li] = now() - l0;
         }
         if (t == 0) memcpy(x, xl, sizeof(float) * (size_t)dm);
+        if (head) {  /* final norm (each thread), the head's rows shared out, each share's argmax */
+            int64_t lo, hi;
+            rmsnorm(xl, PTR(const float *, head[H_NORM]), dm, eps, h);
+            share4(head[4], t, n, &lo, &hi);
+            product_rows(head, head + H_STR, head[H_BIAS], h, logits, lo, hi, hfns);
+            if (t < 64) best[t] = argmax_range(logits, lo, hi);
+            BARRIER
+            if (t == 0 && amax) {
+                int64_t bi = best[0];
+                for (int u = 1; u < n && u < 64; u++)
+                    if (better(logits[best[u]], logits[bi])) bi = best[u];
+                *amax = bi;
+            }
+            TICK0(P_HEAD)
+        }
     }
     free(buf);
     return 0;
@@ -207,19 +267,25 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
  * matmul or 0, attention. lnt[li]: layer li's thread count; its products of at least macs (int8:
  * macs8) multiply-adds get that many threads. prof: 0, or NP doubles that get each piece's
  * seconds added; lsec: 0, or one double per layer that gets its seconds (the thread tuner's). team:
- * one input row on more than one thread runs `layers_team` (one parallel region for every layer).
+ * one input row on more than one thread runs `layers_team` (one parallel region for every layer);
+ * team >> 1: the bytes it prefetches of each thread's share of the next product (0: none).
+ * head (one row only; 0: none): the final RMSNorm and the LM head (`H_*` fields) into logits, through
+ * hfns (the block matmul, the int8 one or 0) on the threads of the widest layer, and the logits'
+ * argmax into *amax (if not 0): the step's whole forward in this call.
  * Returns 0 (2: ran as a team), or 1 if out of memory (then x is unchanged). */
 int llmlab_decode_layers(int64_t nl, const int64_t *lay, const int64_t *kp, const int64_t *vp, float *x,
                          int64_t M, int64_t dm, int64_t H, int64_t Hkv, int64_t D, int64_t ffn,
                          const float *cos, const float *sin, float eps, int64_t s_pos, int64_t s_head,
                          const int64_t *wslots, const int64_t *slots, const int64_t *offs, const int64_t *fns,
                          const int32_t *lnt, int64_t macs, int64_t macs8, int64_t split, double *prof,
-                         double *lsec, int team) {
+                         double *lsec, int team, const int64_t *head, const int64_t *hfns, float *logits,
+                         int64_t *amax) {
     int max_nt = 1;
     for (int64_t li = 0; li < nl; li++) max_nt = lnt[li] > max_nt ? lnt[li] : max_nt;
-    if (team && M == 1 && max_nt > 1 && ffn % 4 == 0 && Hkv > 0 && H % Hkv == 0)
+    if (M != 1) head = 0;
+    if ((team & 1) && M == 1 && max_nt > 1 && ffn % 4 == 0 && Hkv > 0 && H % Hkv == 0)
         return layers_team(nl, lay, kp, vp, x, dm, H, Hkv, D, ffn, cos, sin, eps, s_pos, s_head, wslots, slots,
-                           offs, fns, lnt, max_nt, split, prof, lsec) ? 1 : 2;
+                           offs, fns, lnt, max_nt, split, prof, lsec, head, hfns, logits, amax, team >> 1) ? 1 : 2;
     int64_t nqkv = (H + 2 * Hkv) * D, hd = H * D;
     size_t need = (size_t)(M * (dm + nqkv + 2 * hd + 2 * ffn + ffn + dm));
     float *buf = (float *)malloc(sizeof(float) * need);
@@ -275,6 +341,12 @@ int llmlab_decode_layers(int64_t nl, const int64_t *lay, const int64_t *kp, cons
         for (int64_t j = 0; j < M * dm; j++) x[j] += o[j];
         TICK(P_ADD_SILU)
         if (lsec) lsec[li] = now() - l0;
+    }
+    if (head) {  /* one row: the final norm, the LM head, its argmax */
+        rmsnorm(x, PTR(const float *, head[H_NORM]), dm, eps, h);
+        product(head, head[H_BIAS], h, 1, logits, hfns, max_nt, macs, macs8);
+        if (amax) *amax = argmax_range(logits, 0, head[4]);
+        TICK(P_HEAD)
     }
     free(buf);
     return 0;
