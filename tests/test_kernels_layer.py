@@ -262,8 +262,12 @@ def test_team_mode_is_bit_equal_to_one_region_per_product(isa, int8, kind, monke
     assert torch.equal(got, ref)
 
 
-def test_team_mode_layer_on_fewer_threads(monkeypatch):
-    """A layer the tuner runs on 1 of the team's 2 threads (its exploring layer) keeps the bits."""
+@pytest.mark.parametrize("qsplit", ["0", "1"])
+def test_team_mode_layer_on_fewer_threads(qsplit, monkeypatch):
+    """A layer the tuner runs on 1 of the team's 2 threads (its exploring layer) keeps the bits, with
+    the attention shared out by query heads (LLMLAB_C_QSPLIT=1, 6 heads: 3 and 3, one K/V head read by
+    both threads) or by K/V heads (0: 2 and 1)."""
+    monkeypatch.setenv("LLMLAB_C_QSPLIT", qsplit)
     model = _gqa3_model()
     ref, _ = _steps_at(model, 1, False, monkeypatch)
     lnt = []

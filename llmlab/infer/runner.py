@@ -331,15 +331,16 @@ class ContiguousDecoder:
         if self._c is None:
             step = self.k.stride(0) * self.k.element_size()
             kv = tuple(torch.arange(len(w.layers), dtype=torch.int64) * step + t.data_ptr() for t in (self.k, self.v))
-            self._c = (kv, torch.arange(self.k.shape[2], dtype=torch.int64), torch.empty(len(w.layers), dtype=torch.float64))
-        kv, slots, secs = self._c
+            n = self.k.shape[2]
+            offs = torch.stack([torch.zeros(n, dtype=torch.int64), torch.arange(1, n + 1, dtype=torch.int64)], 1)
+            self._c = (kv, torch.arange(n, dtype=torch.int64), offs, torch.empty(len(w.layers), dtype=torch.float64))
+        kv, slots, offs, secs = self._c
         x = w.embed[token:token + 1].clone()  # F.embedding's row
         rope = (w.rope.cos[start:start + 1].to(x.dtype), w.rope.sin[start:start + 1].to(x.dtype))
         head = (torch.empty(cl.head_rows, dtype=x.dtype),
                 torch.empty(1, dtype=torch.int64)) if cl.head is not None and self.cpu and c_layer.head_in_c() else None
-        offs = torch.tensor([0, start + 1], dtype=torch.int64)
         x = run_c_tuned(self.tuner if self.cpu else None, ("decode", 1, "c"), len(w.layers), lambda n, s: cl.run(
-            x, rope, *kv, w.D, self.k.shape[2] * w.D, slots[start:start + 1], slots[:start + 1], offs, n, s, head),
+            x, rope, *kv, w.D, self.k.shape[2] * w.D, slots[start:start + 1], slots[:start + 1], offs[start], n, s, head),
             secs)
         self.n += 1
         if head is not None:

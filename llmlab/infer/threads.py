@@ -58,6 +58,14 @@ class ThreadTuner:
         key = (kind, n)
         self.cost[key] = seconds if key not in self.cost else 0.7 * self.cost[key] + 0.3 * seconds
 
+    def record_layers(self, kind, counts: list[int], seconds: list[float]) -> None:
+        """`record` for each layer in order (counts[i] threads took seconds[i]), in one call."""
+        cost = self.cost
+        for n, sec in zip(counts, seconds):
+            key = (kind, n)
+            old = cost.get(key)
+            cost[key] = sec if old is None else 0.7 * old + 0.3 * sec
+
 
 def run_layers(tuner: "ThreadTuner | None", kind, n_layers: int, layer, fixed: int | None = None) -> None:
     """layer(i) for i in range(n_layers), each at the thread count the tuner picks (CPU), timed."""
@@ -94,6 +102,5 @@ def run_c_tuned(tuner, kind, n_layers: int, run, secs: torch.Tensor | None = Non
     secs = torch.zeros(n_layers, dtype=torch.float64) if secs is None else secs
     with num_threads(max(picks)):
         out = run(picks, secs)
-    for n, s in zip(picks, secs.tolist()):
-        tuner.record(kind, n, s)
+    tuner.record_layers(kind, picks, secs.tolist())
     return out

@@ -79,22 +79,6 @@ static void product_rows(const int64_t *f, const int64_t *str, int64_t bias, con
         for (int64_t j = r0; j < r1; j++) out[j] += PTR(const float *, bias)[j];
 }
 
-/* Prefetch the first `bytes` of weight rows [r0, r1) (qs, and the d and m of those rows): a thread
- * issues it for its share of the next product before it waits at a barrier, so that product's
- * stream starts from the caches instead of DRAM (team mode; the arithmetic is unchanged). */
-static void warm(const int64_t *f, const int64_t *str, int64_t r0, int64_t r1, int64_t bytes) {
-    if (r1 <= r0 || bytes <= 0) return;
-    int64_t n = (r1 - r0) * str[0] < bytes ? (r1 - r0) * str[0] : bytes, rows = n / str[0] + 1;
-    const char *qs = PTR(const char *, f[1]) + r0 * str[0];
-    for (int64_t b = 0; b < n; b += 64) __builtin_prefetch(qs + b, 0, 3);
-    for (int j = 1; j <= 2; j++) {  /* d, m: fp32 per row */
-        if (!f[1 + j]) continue;
-        const char *p = PTR(const char *, f[1 + j]) + r0 * str[j] * 4;
-        int64_t nb = (rows < r1 - r0 ? rows : r1 - r0) * str[j] * 4;
-        for (int64_t b = 0; b < nb; b += 64) __builtin_prefetch(p + b, 0, 3);
-    }
-}
-
 /* thread t of n: its share [lo, hi) of `rows`, cut at multiples of 4 */
 static void share4(int64_t rows, int t, int n, int64_t *lo, int64_t *hi) {
     int64_t g = (rows + 3) / 4, a = g * t / n * 4, b = g * (t + 1) / n * 4;
@@ -160,7 +144,7 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
                        int64_t s_pos, int64_t s_head, const int64_t *wslots, const int64_t *slots,
                        const int64_t *offs, const int64_t *fns, const int32_t *lnt, int nt, int64_t split,
                        double *prof, double *lsec, const int64_t *head, const int64_t *hfns, float *logits,
-                       int64_t *amax, int64_t pf) {
+                       int64_t *amax, int qsplit) {
     int64_t nqkv = (H + 2 * Hkv) * D, hd = H * D, G = H / Hkv, best[64];
     if (nt > 64) nt = 64;
     float *buf = (float *)malloc(sizeof(float) * (size_t)(nqkv + 2 * hd + 3 * ffn + dm + (int64_t)nt * 2 * dm));
@@ -187,30 +171,34 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
             rmsnorm(xl, PTR(const float *, L[F_N1]), dm, eps, h);
             TICK0(P_NORM)
             if (me) share4(nqkv, t, ne, &lo, &hi), product_rows(L + F_QKV, S, L[F_BIAS], h, qkv, lo, hi, fns);
-            if (me && pf) share4(dm, t, ne, &lo, &hi), warm(L + F_O, S + 3, lo, hi, pf);
             BARRIER
             TICK0(P_QKV)
-            for (int64_t hh = g0 * G; hh < g1 * G; hh++) {
-                if (cos) rope(qkv + hh * D, cos, sin, D, q + hh * D);
-                else memcpy(q + hh * D, qkv + hh * D, sizeof(float) * (size_t)D);
-            }
-            for (int64_t g = g0; g < g1; g++) {
+            for (int64_t g = g0; g < g1; g++) {  /* RoPE and the cache writes of this thread's K/V heads */
                 float *kk = K + wslots[0] * s_pos + g * s_head, *vv = V + wslots[0] * s_pos + g * s_head;
                 if (cos) rope(qkv + (H + g) * D, cos, sin, D, kk);
                 else memcpy(kk, qkv + (H + g) * D, sizeof(float) * (size_t)D);
                 memcpy(vv, qkv + (H + Hkv + g) * D, sizeof(float) * (size_t)D);
             }
+            /* attention: qsplit, an even share of the query heads (after a barrier: another thread's
+             * K/V head may be read); else the query heads of this thread's K/V heads. Each run of
+             * heads within one K/V head is one call; every head's scores, softmax and sum are its
+             * own, so the bits do not depend on the grouping. */
+            int64_t q0 = qsplit ? H * t / ne : g0 * G, q1 = qsplit ? (me ? H * (t + 1) / ne : q0) : g1 * G;
+            for (int64_t hh = q0; hh < q1; hh++) {
+                if (cos) rope(qkv + hh * D, cos, sin, D, q + hh * D);
+                else memcpy(q + hh * D, qkv + hh * D, sizeof(float) * (size_t)D);
+            }
             TICK0(P_ROPE_KV)
-            if (g1 > g0)  /* this thread's K/V heads, written just above by this thread */
-                PTR(attn_fn, fns[2])(q + g0 * G * D, K + g0 * s_head, V + g0 * s_head, s_pos, s_head, slots, offs, 1,
-                                     (g1 - g0) * G, g1 - g0, D, scale, att + g0 * G * D, 1, split);
+            if (qsplit) { BARRIER }
+            for (int64_t hh = q0; hh < q1;) {
+                int64_t g = hh / G, e = (g + 1) * G < q1 ? (g + 1) * G : q1;
+                PTR(attn_fn, fns[2])(q + hh * D, K + g * s_head, V + g * s_head, s_pos, s_head, slots, offs, 1, e - hh, 1,
+                                     D, scale, att + hh * D, 1, split);
+                hh = e;
+            }
             BARRIER
             TICK0(P_ATTN)
             if (me) share4(dm, t, ne, &lo, &hi), product_rows(L + F_O, S + 3, L[F_BIAS + 1], att, o, lo, hi, fns);
-            if (me && pf) {
-                share4(ffn, t, ne, &lo, &hi);
-                warm(L + F_UP, S + 6, lo, hi, pf / 2), warm(L + F_UP, S + 6, ffn + lo, ffn + hi, pf / 2);
-            }
             BARRIER
             TICK0(P_O)
             for (int64_t j = 0; j < dm; j++) xl[j] += o[j];
@@ -223,17 +211,10 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
                 product_rows(L + F_UP, S + 6, L[F_BIAS + 2], h, gu, ffn + lo, ffn + hi, fns);
                 TICK0(P_UP)
                 for (int64_t j = lo; j < hi; j++) act[j] = gu[j] / (1.0f + expf(-gu[j])) * gu[ffn + j];
-                if (pf) share4(dm, t, ne, &lo, &hi), warm(L + F_DOWN, S + 9, lo, hi, pf);
             }
             BARRIER
             TICK0(P_ADD_SILU)
             if (me) share4(dm, t, ne, &lo, &hi), product_rows(L + F_DOWN, S + 9, L[F_BIAS + 3], act, o, lo, hi, fns);
-            if (pf && li + 1 < nl) {  /* the next layer's q/k/v share, on its thread count */
-                int ne2 = lnt[li + 1] < n ? (lnt[li + 1] < 1 ? 1 : lnt[li + 1]) : n;
-                if (t < ne2) share4(nqkv, t, ne2, &lo, &hi), warm(lay + (li + 1) * NF, lay + (li + 1) * NF + F_STR, lo, hi, pf);
-            } else if (pf && head) {
-                share4(head[4], t, n, &lo, &hi), warm(head, head + H_STR, lo, hi, pf);
-            }
             BARRIER
             TICK0(P_DOWN)
             for (int64_t j = 0; j < dm; j++) xl[j] += o[j];
@@ -268,7 +249,7 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
  * macs8) multiply-adds get that many threads. prof: 0, or NP doubles that get each piece's
  * seconds added; lsec: 0, or one double per layer that gets its seconds (the thread tuner's). team:
  * one input row on more than one thread runs `layers_team` (one parallel region for every layer);
- * team >> 1: the bytes it prefetches of each thread's share of the next product (0: none).
+ * team bit 1: its attention is shared out by query heads (else by K/V heads).
  * head (one row only; 0: none): the final RMSNorm and the LM head (`H_*` fields) into logits, through
  * hfns (the block matmul, the int8 one or 0) on the threads of the widest layer, and the logits'
  * argmax into *amax (if not 0): the step's whole forward in this call.
@@ -285,7 +266,7 @@ int llmlab_decode_layers(int64_t nl, const int64_t *lay, const int64_t *kp, cons
     if (M != 1) head = 0;
     if ((team & 1) && M == 1 && max_nt > 1 && ffn % 4 == 0 && Hkv > 0 && H % Hkv == 0)
         return layers_team(nl, lay, kp, vp, x, dm, H, Hkv, D, ffn, cos, sin, eps, s_pos, s_head, wslots, slots,
-                           offs, fns, lnt, max_nt, split, prof, lsec, head, hfns, logits, amax, team >> 1) ? 1 : 2;
+                           offs, fns, lnt, max_nt, split, prof, lsec, head, hfns, logits, amax, team >> 1 & 1) ? 1 : 2;
     int64_t nqkv = (H + 2 * Hkv) * D, hd = H * D;
     size_t need = (size_t)(M * (dm + nqkv + 2 * hd + 2 * ffn + ffn + dm));
     float *buf = (float *)malloc(sizeof(float) * need);

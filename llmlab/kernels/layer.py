@@ -55,10 +55,10 @@ def team_mode(rows: int, threads: int) -> bool:
     return rows == 1 and threads > 1 and os.environ.get("LLMLAB_C_TEAM", "1") not in ("", "0")
 
 
-def prefetch_bytes() -> int:
-    """Bytes of each thread's share of the next product that team mode prefetches before a barrier
-    (LLMLAB_C_PREFETCH; 0: none)."""
-    return int(os.environ.get("LLMLAB_C_PREFETCH", "") or 8192)
+def query_split() -> bool:
+    """Does team mode share the attention out by query heads (an even split; LLMLAB_C_QSPLIT,
+    default on) rather than by K/V heads (SmolLM2's 3 over 2 threads: 2 and 1)?"""
+    return os.environ.get("LLMLAB_C_QSPLIT", "1") not in ("", "0")
 
 
 def head_in_c() -> bool:
@@ -84,6 +84,7 @@ class Layers:
         L0 = w.layers[0]
         self.ffn = L0.down_w.q.k
         self._fns: dict = {}
+        self._lnt: dict = {}
 
     def fns(self, int8: bool, head: bool = False) -> torch.Tensor:
         """The function pointers layer.c calls: block matmul, int8 matmul or 0, attention (cached)."""
@@ -159,7 +160,10 @@ class Layers:
         nl = len(w.layers)
         if head is not None and (M != 1 or self.head is None):
             raise ValueError("the C head runs for one row of a model whose head has blocks (Layers.head)")
-        lnt = torch.tensor(threads if isinstance(threads, (list, tuple)) else [threads] * nl, dtype=torch.int32)
+        key = tuple(threads) if isinstance(threads, (list, tuple)) else (threads,) * nl
+        lnt = self._lnt.get(key)
+        if lnt is None:  # per thread pattern, made once (a handful: the tuner's picks)
+            lnt = self._lnt[key] = torch.tensor(key, dtype=torch.int32)
         rc = lib.llmlab_decode_layers(len(w.layers), self.table.data_ptr(), k_ptrs.data_ptr(), v_ptrs.data_ptr(),
                                       x.data_ptr(), M, x.shape[1], w.H, w.Hkv, w.D, self.ffn, cos.data_ptr(),
                                       sin.data_ptr(), self.eps, s_pos, s_head, wslots.data_ptr(), slots.data_ptr(),
@@ -167,7 +171,7 @@ class Layers:
                                       ggml.PARALLEL_MACS_INT8, c_attention.SPLIT,
                                       None if self.profile is None else self.profile.data_ptr(),
                                       None if layer_seconds is None else layer_seconds.data_ptr(),
-                                      int(team_mode(M, int(lnt.max()))) | prefetch_bytes() << 1,
+                                      int(team_mode(M, max(key))) | query_split() << 1,
                                       None if head is None else self.head.data_ptr(),
                                       hfns.data_ptr(), None if head is None else head[0].data_ptr(),
                                       None if head is None else head[1].data_ptr())
