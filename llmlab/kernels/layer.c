@@ -79,6 +79,31 @@ static void product_rows(const int64_t *f, const int64_t *str, int64_t bias, con
         for (int64_t j = r0; j < r1; j++) out[j] += PTR(const float *, bias)[j];
 }
 
+/* e^x (x clamped to [-87, 88]): Cephes' expf (Cody-Waite reduction by ln 2, degree-6 polynomial,
+ * ~1e-7 relative error), written so that a loop of it vectorizes (libm's expf is a call per value) */
+static inline float exp_poly(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float fe = floorf(x * 1.44269504088896341f + 0.5f);
+    float f = x - fe * 0.693359375f - fe * -2.12194440e-4f;
+    float y = 1.9875691500E-4f;
+    y = y * f + 1.3981999507E-3f;
+    y = y * f + 8.3334519073E-3f;
+    y = y * f + 4.1665795894E-2f;
+    y = y * f + 1.6666665459E-1f;
+    y = y * f + 5.0000001201E-1f;
+    y = y * f * f + f + 1.0f;
+    union { int32_t i; float f; } s = {.i = ((int32_t)fe + 127) << 23};
+    return y * s.f;
+}
+
+/* a[j] = silu(g[j]) * u[j] for j in [lo, hi): fast (exp_poly, vectorized) or libm's expf */
+static void silu_mul(const float *g, const float *u, float *a, int64_t lo, int64_t hi, int fast) {
+    if (fast)
+        for (int64_t j = lo; j < hi; j++) a[j] = g[j] / (1.0f + exp_poly(-g[j])) * u[j];
+    else
+        for (int64_t j = lo; j < hi; j++) a[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+}
+
 /* thread t of n: its share [lo, hi) of `rows`, cut at multiples of 4 */
 static void share4(int64_t rows, int t, int n, int64_t *lo, int64_t *hi) {
     int64_t g = (rows + 3) / 4, a = g * t / n * 4, b = g * (t + 1) / n * 4;
@@ -144,7 +169,7 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
                        int64_t s_pos, int64_t s_head, const int64_t *wslots, const int64_t *slots,
                        const int64_t *offs, const int64_t *fns, const int32_t *lnt, int nt, int64_t split,
                        double *prof, double *lsec, const int64_t *head, const int64_t *hfns, float *logits,
-                       int64_t *amax, int qsplit) {
+                       int64_t *amax, int qsplit, int fast_silu) {
     int64_t nqkv = (H + 2 * Hkv) * D, hd = H * D, G = H / Hkv, best[64];
     if (nt > 64) nt = 64;
     float *buf = (float *)malloc(sizeof(float) * (size_t)(nqkv + 2 * hd + 3 * ffn + dm + (int64_t)nt * 2 * dm));
@@ -210,7 +235,7 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
                 product_rows(L + F_UP, S + 6, L[F_BIAS + 2], h, gu, lo, hi, fns);
                 product_rows(L + F_UP, S + 6, L[F_BIAS + 2], h, gu, ffn + lo, ffn + hi, fns);
                 TICK0(P_UP)
-                for (int64_t j = lo; j < hi; j++) act[j] = gu[j] / (1.0f + expf(-gu[j])) * gu[ffn + j];
+                silu_mul(gu, gu + ffn, act, lo, hi, fast_silu);
             }
             BARRIER
             TICK0(P_ADD_SILU)
@@ -249,7 +274,8 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
  * macs8) multiply-adds get that many threads. prof: 0, or NP doubles that get each piece's
  * seconds added; lsec: 0, or one double per layer that gets its seconds (the thread tuner's). team:
  * one input row on more than one thread runs `layers_team` (one parallel region for every layer);
- * team bit 1: its attention is shared out by query heads (else by K/V heads).
+ * team bit 1: its attention is shared out by query heads (else by K/V heads); bit 2 (any path):
+ * SiLU through exp_poly (else libm's expf).
  * head (one row only; 0: none): the final RMSNorm and the LM head (`H_*` fields) into logits, through
  * hfns (the block matmul, the int8 one or 0) on the threads of the widest layer, and the logits'
  * argmax into *amax (if not 0): the step's whole forward in this call.
@@ -266,7 +292,8 @@ int llmlab_decode_layers(int64_t nl, const int64_t *lay, const int64_t *kp, cons
     if (M != 1) head = 0;
     if ((team & 1) && M == 1 && max_nt > 1 && ffn % 4 == 0 && Hkv > 0 && H % Hkv == 0)
         return layers_team(nl, lay, kp, vp, x, dm, H, Hkv, D, ffn, cos, sin, eps, s_pos, s_head, wslots, slots,
-                           offs, fns, lnt, max_nt, split, prof, lsec, head, hfns, logits, amax, team >> 1 & 1) ? 1 : 2;
+                           offs, fns, lnt, max_nt, split, prof, lsec, head, hfns, logits, amax, team >> 1 & 1,
+                           team >> 2 & 1) ? 1 : 2;
     int64_t nqkv = (H + 2 * Hkv) * D, hd = H * D;
     size_t need = (size_t)(M * (dm + nqkv + 2 * hd + 2 * ffn + ffn + dm));
     float *buf = (float *)malloc(sizeof(float) * need);
@@ -314,7 +341,7 @@ int llmlab_decode_layers(int64_t nl, const int64_t *lay, const int64_t *kp, cons
         for (int64_t i = 0; i < M; i++) {
             const float *g = gu + i * 2 * ffn, *u = g + ffn;
             float *a = act + i * ffn;
-            for (int64_t j = 0; j < ffn; j++) a[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+            silu_mul(g, u, a, 0, ffn, team >> 2 & 1);
         }
         TICK(P_ADD_SILU)
         product(L + F_DOWN, L[F_BIAS + 3], act, M, o, fns, nt, macs, macs8);

@@ -61,6 +61,12 @@ def query_split() -> bool:
     return os.environ.get("LLMLAB_C_QSPLIT", "1") not in ("", "0")
 
 
+def fast_silu() -> bool:
+    """SiLU*up through a vectorized polynomial e^x (layer.c's exp_poly, ~1e-7 relative) rather than
+    libm's expf per value (LLMLAB_C_FAST_SILU, default on)."""
+    return os.environ.get("LLMLAB_C_FAST_SILU", "1") not in ("", "0")
+
+
 def head_in_c() -> bool:
     """Do one-row C steps run the final norm and the LM head in the same call (LLMLAB_C_HEAD, default on)?"""
     return os.environ.get("LLMLAB_C_HEAD", "1") not in ("", "0")
@@ -171,7 +177,7 @@ class Layers:
                                       ggml.PARALLEL_MACS_INT8, c_attention.SPLIT,
                                       None if self.profile is None else self.profile.data_ptr(),
                                       None if layer_seconds is None else layer_seconds.data_ptr(),
-                                      int(team_mode(M, max(key))) | query_split() << 1,
+                                      int(team_mode(M, max(key))) | query_split() << 1 | fast_silu() << 2,
                                       None if head is None else self.head.data_ptr(),
                                       hfns.data_ptr(), None if head is None else head[0].data_ptr(),
                                       None if head is None else head[1].data_ptr())
