@@ -277,3 +277,15 @@ def test_team_mode_layer_on_fewer_threads(qsplit, monkeypatch):
     got, teams = _steps_at(model, 2, True, monkeypatch)
     assert lnt and all(teams)
     assert torch.equal(got, ref)
+
+
+def test_kernel_cache_key_covers_included_headers(tmp_path, monkeypatch):
+    """A kernel library is rebuilt when a header it includes changes (exp_poly.h), not only its .c."""
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "k.h").write_text("static inline int k(void) { return 1; }\n")
+    src = tmp_path / "k.c"
+    src.write_text('#include "k.h"\nint f(void) { return k(); }\n')
+    first = kernel.build(src, "portable")
+    (tmp_path / "k.h").write_text("static inline int k(void) { return 2; }\n")
+    second = kernel.build(src, "portable")
+    assert first != second and first.is_file() and second.is_file()

@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "exp_poly.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -79,27 +81,10 @@ static void product_rows(const int64_t *f, const int64_t *str, int64_t bias, con
         for (int64_t j = r0; j < r1; j++) out[j] += PTR(const float *, bias)[j];
 }
 
-/* e^x (x clamped to [-87, 88]): Cephes' expf (Cody-Waite reduction by ln 2, degree-6 polynomial,
- * ~1e-7 relative error), written so that a loop of it vectorizes (libm's expf is a call per value) */
-static inline float exp_poly(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    float fe = floorf(x * 1.44269504088896341f + 0.5f);
-    float f = x - fe * 0.693359375f - fe * -2.12194440e-4f;
-    float y = 1.9875691500E-4f;
-    y = y * f + 1.3981999507E-3f;
-    y = y * f + 8.3334519073E-3f;
-    y = y * f + 4.1665795894E-2f;
-    y = y * f + 1.6666665459E-1f;
-    y = y * f + 5.0000001201E-1f;
-    y = y * f * f + f + 1.0f;
-    union { int32_t i; float f; } s = {.i = ((int32_t)fe + 127) << 23};
-    return y * s.f;
-}
-
-/* a[j] = silu(g[j]) * u[j] for j in [lo, hi): fast (exp_poly, vectorized) or libm's expf */
+/* a[j] = silu(g[j]) * u[j] for j in [lo, hi): fast (exp_poly.h's exp_any) or libm's expf */
 static void silu_mul(const float *g, const float *u, float *a, int64_t lo, int64_t hi, int fast) {
     if (fast)
-        for (int64_t j = lo; j < hi; j++) a[j] = g[j] / (1.0f + exp_poly(-g[j])) * u[j];
+        for (int64_t j = lo; j < hi; j++) a[j] = g[j] / (1.0f + exp_any(-g[j])) * u[j];
     else
         for (int64_t j = lo; j < hi; j++) a[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
 }
@@ -153,6 +138,16 @@ static int64_t argmax_range(const float *y, int64_t lo, int64_t hi) {
 #else
 #define BARRIER
 #endif
+
+/* Team mode: this thread's share of a dm-row product into o, a barrier (an orphaned one: it binds to
+ * the team's region), then its own residual row += o (every thread, the same bits) */
+static void residual_product(const int64_t *f, const int64_t *str, int64_t bias, const float *in, float *o, float *xl,
+                             int64_t dm, int t, int ne, const int64_t *fns) {
+    int64_t lo, hi;
+    if (t < ne) share4(dm, t, ne, &lo, &hi), product_rows(f, str, bias, in, o, lo, hi, fns);
+    BARRIER
+    for (int64_t j = 0; j < dm; j++) xl[j] += o[j];
+}
 
 /* Team mode (one input row, more than one thread): every layer inside ONE parallel region instead
  * of a region per product (each a fork and a join on the runtime) with the small ops between them
@@ -223,11 +218,8 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
             }
             BARRIER
             TICK0(P_ATTN)
-            if (me) share4(dm, t, ne, &lo, &hi), product_rows(L + F_O, S + 3, L[F_BIAS + 1], att, o, lo, hi, fns);
-            BARRIER
+            residual_product(L + F_O, S + 3, L[F_BIAS + 1], att, o, xl, dm, t, ne, fns);
             TICK0(P_O)
-            for (int64_t j = 0; j < dm; j++) xl[j] += o[j];
-            TICK0(P_ADD_SILU)
             rmsnorm(xl, PTR(const float *, L[F_N2]), dm, eps, h);
             TICK0(P_NORM)
             if (me) {  /* gate and up rows of the same columns, then their SiLU*up: no hand-off between */
@@ -239,11 +231,8 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
             }
             BARRIER
             TICK0(P_ADD_SILU)
-            if (me) share4(dm, t, ne, &lo, &hi), product_rows(L + F_DOWN, S + 9, L[F_BIAS + 3], act, o, lo, hi, fns);
-            BARRIER
+            residual_product(L + F_DOWN, S + 9, L[F_BIAS + 3], act, o, xl, dm, t, ne, fns);
             TICK0(P_DOWN)
-            for (int64_t j = 0; j < dm; j++) xl[j] += o[j];
-            TICK0(P_ADD_SILU)
             if (lsec && t == 0) lsec[li] = now() - l0;
         }
         if (t == 0) memcpy(x, xl, sizeof(float) * (size_t)dm);
@@ -275,7 +264,7 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
  * seconds added; lsec: 0, or one double per layer that gets its seconds (the thread tuner's). team:
  * one input row on more than one thread runs `layers_team` (one parallel region for every layer);
  * team bit 1: its attention is shared out by query heads (else by K/V heads); bit 2 (any path):
- * SiLU through exp_poly (else libm's expf).
+ * SiLU through exp_poly.h's exp_any (else libm's expf).
  * head (one row only; 0: none): the final RMSNorm and the LM head (`H_*` fields) into logits, through
  * hfns (the block matmul, the int8 one or 0) on the threads of the widest layer, and the logits'
  * argmax into *amax (if not 0): the step's whole forward in this call.
