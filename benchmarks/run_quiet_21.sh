@@ -15,6 +15,7 @@
 #     llama.cpp itself beside ours in the roofline runs (same GGUF, threads, prompt ids, greedy,
 #     alternating): peer.llama_cpp_decode_roofline against the same measured limit, at 2 threads
 #     and again at 1 thread (roofline_1thread);
+#   decode_overhead.py: the batch-1 step's pieces at 2 and 1 threads, session 12's path beside today's;
 #   with GGML=<ggml checkout> set: llama.cpp's batch-1 block products (benchmarks/llamacpp_matvec.c)
 #     beside ours (matvec_shapes.c, int8 and exact), per matrix and per token, 1 and 2 threads.
 # Usage, from the repo root:  bash benchmarks/run_quiet_21.sh [--quick]   (full: 2 min 3 s on the
@@ -50,6 +51,9 @@ run roofline $T2 0 benchmarks/inference.py --roofline-only --quick  # measures e
 LLMLAB_PARALLEL_MACS=2000000 run roofline_macs2M $T2 0 benchmarks/inference.py --roofline-only --quick --no-llama-cpp
 # session 12: ours and llama.cpp at one thread each (only with LLAMACPP: ~1 minute)
 [ -n "${LLAMACPP:-}" ] && run roofline_1thread 1 0 benchmarks/inference.py --roofline-only --quick
+# session 13: where a batch-1 step's time goes (decode_overhead.py, ~25 s): session 12's path (a region per
+# product, the head in Python) against the defaults (team mode, head in C, query split, fast SiLU), int8
+run overhead $T2 1 benchmarks/decode_overhead.py --arms 2:0:1:0:0:0,2:1:1,1:1:1 --rounds 3 --steps 32
 run spec_int8_1thread 1 1 benchmarks/inference_features.py --only spec $FULL
 run spec_exact_1thread 1 0 benchmarks/inference_features.py --only spec $FULL  # full since session 10
 run spec_int8_2threads $T2 1 benchmarks/inference_features.py --only spec --quick

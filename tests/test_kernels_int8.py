@@ -152,6 +152,7 @@ def test_int8_head_option_on_smollm2(smollm2, smollm2_tokenizer, monkeypatch):
     from llmlab.infer.sampling import SamplingParams
     f, rows = fused(smollm2), []
     real = f.logits
+    monkeypatch.setenv("LLMLAB_C_HEAD", "0")  # the head in Python, where its inputs are collected
     monkeypatch.setattr(f, "logits", lambda h: rows.append(h.clone()) or real(h), raising=False)
     tok = smollm2_tokenizer
     ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": "Name three colours of the rainbow."}]))

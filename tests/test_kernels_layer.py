@@ -143,7 +143,7 @@ def test_c_layers_bits_do_not_depend_on_threads(monkeypatch):
     monkeypatch.setenv("LLMLAB_C_LAYERS", "1")
     monkeypatch.setattr(ggml, "PARALLEL_MACS", 1)  # every product and the attention split across threads
     seen, run = [], c_layer.Layers.run
-    monkeypatch.setattr(c_layer.Layers, "run", lambda self, *a: seen.append(a[-2]) or run(self, *a))
+    monkeypatch.setattr(c_layer.Layers, "run", lambda self, *a: seen.append(a[9]) or run(self, *a))
     outs = []
     for n in (1, 2):
         c = PagedKVCache.for_model(model, 64)
@@ -179,7 +179,7 @@ def test_c_layers_thread_counts_are_tuned_per_layer(monkeypatch):
     model = _model()
     monkeypatch.setenv("LLMLAB_C_LAYERS", "1")
     seen, run = [], c_layer.Layers.run
-    monkeypatch.setattr(c_layer.Layers, "run", lambda self, *a: seen.append(list(a[-2])) or run(self, *a))
+    monkeypatch.setattr(c_layer.Layers, "run", lambda self, *a: seen.append(list(a[9])) or run(self, *a))
     tuner = ContiguousDecoder._tuners[model] = ThreadTuner(2, explore_every=2)
     dec = ContiguousDecoder(model, 64)
     ref = ContiguousDecoder(model, 64)
@@ -191,3 +191,101 @@ def test_c_layers_thread_counts_are_tuned_per_layer(monkeypatch):
     assert all(len(set(s)) == 2 for s in seen[1::2])  # every 2nd forward, one layer at the other count
     kind = ("decode", 1, "c")
     assert (kind, 1) in tuner.cost and (kind, 2) in tuner.cost and all(v > 0 for v in tuner.cost.values())
+
+
+def _gqa3_model():
+    """3 K/V heads over 2 threads (an uneven split), head size 32 (the AVX2 attention path)."""
+    torch.manual_seed(1)
+    cfg = ModelConfig(vocab_size=128, hidden_size=192, num_hidden_layers=3, num_attention_heads=6,
+                      num_key_value_heads=3, intermediate_size=96, max_position_embeddings=256,
+                      initializer_range=0.3, tie_word_embeddings=True)
+    model = Transformer(cfg).eval()
+    blocks = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                fmt = "Q4_1" if "mlp" in name else "Q8_0"
+                q = ggml.QuantWeight.from_gguf(fmt, encode_blocks(p, fmt), tuple(p.shape))
+                p.copy_(q.dequantize())
+                blocks[name] = q
+            else:
+                p.uniform_(0.5, 1.5)
+    ggml.attach(model, blocks)
+    return model
+
+
+def _steps_at(model, threads: int, team: bool, monkeypatch, n_prompt=30, n_steps=8):
+    from llmlab.device import num_threads
+    from llmlab.infer.threads import ThreadTuner
+    monkeypatch.setenv("LLMLAB_C_LAYERS", "1")
+    monkeypatch.setenv("LLMLAB_C_TEAM", "1" if team else "0")
+    teams = []
+    run = c_layer.Layers.run
+
+    def spy(self, *a):
+        out = run(self, *a)
+        teams.append(self.last_team)
+        return out
+    monkeypatch.setattr(c_layer.Layers, "run", spy)
+    with num_threads(threads):
+        dec = ContiguousDecoder(model, 64)
+        dec.tuner = ThreadTuner(threads)
+        dec.tuner.cands = [threads]
+        out = [dec.forward(list(range(3, 3 + n_prompt)))]
+        for t in range(7, 7 + n_steps):
+            out.append(dec.forward([t]))
+            assert dec.last_argmax == int(out[-1].argmax())  # the head's argmax, in the same C call
+    monkeypatch.setattr(c_layer.Layers, "run", run)
+    return torch.stack(out), teams
+
+
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("int8", ["0", "1"])
+@pytest.mark.parametrize("kind", ["gqa2_bias", "gqa3"])
+def test_team_mode_is_bit_equal_to_one_region_per_product(isa, int8, kind, monkeypatch):
+    """Batch 1 on 2 threads with every layer in one parallel region (layers_team: rows, K/V heads and
+    SiLU columns shared out, each thread its own residual copy) gives the very bits of the
+    one-region-per-product path at 1 thread, on every build, with int8 activations or exact, with
+    biases, an uneven K/V-head split and Flash-Decoding's split attention."""
+    from llmlab.kernels import attention as c_attention
+    if int8 == "1" and not ggml.int8_simd():
+        pytest.skip("no SIMD int8 dot products here")
+    monkeypatch.setenv("LLMLAB_INT8_ACTIVATIONS", int8)
+    monkeypatch.setattr(kernel, "_LIB", [kernel.open_lib(isa)])
+    monkeypatch.setattr(kernel, "_LIB_I8", [kernel.open_i8(isa)])
+    monkeypatch.setattr(c_layer, "_LIB", [c_layer._open_library(isa)])
+    monkeypatch.setattr(c_attention, "SPLIT", 16)  # contexts past 16 keys take the split attention
+    model = _model(bias=True) if kind == "gqa2_bias" else _gqa3_model()
+    ref, teams_ref = _steps_at(model, 1, False, monkeypatch)
+    got, teams = _steps_at(model, 2, True, monkeypatch)
+    assert teams and all(teams) and not any(teams_ref)  # team mode really ran (and only there)
+    assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("qsplit", ["0", "1"])
+def test_team_mode_layer_on_fewer_threads(qsplit, monkeypatch):
+    """A layer the tuner runs on 1 of the team's 2 threads (its exploring layer) keeps the bits, with
+    the attention shared out by query heads (LLMLAB_C_QSPLIT=1, 6 heads: 3 and 3, one K/V head read by
+    both threads) or by K/V heads (0: 2 and 1)."""
+    monkeypatch.setenv("LLMLAB_C_QSPLIT", qsplit)
+    model = _gqa3_model()
+    ref, _ = _steps_at(model, 1, False, monkeypatch)
+    lnt = []
+    run = c_layer.Layers.run
+    monkeypatch.setattr(c_layer.Layers, "run", lambda self, x, rope, k, v, sp, sh, w, s, o, threads, *a: run(
+        self, x, rope, k, v, sp, sh, w, s, o, lnt.append([2, 1, 2]) or [2, 1, 2], *a))
+    got, teams = _steps_at(model, 2, True, monkeypatch)
+    assert lnt and all(teams)
+    assert torch.equal(got, ref)
+
+
+def test_kernel_cache_key_covers_included_headers(tmp_path, monkeypatch):
+    """A kernel library is rebuilt when a header it includes changes (exp_poly.h), not only its .c."""
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "k.h").write_text("static inline int k(void) { return 1; }\n")
+    src = tmp_path / "k.c"
+    src.write_text('#include "k.h"\nint f(void) { return k(); }\n')
+    first = kernel.build(src, "portable")
+    (tmp_path / "k.h").write_text("static inline int k(void) { return 2; }\n")
+    second = kernel.build(src, "portable")
+    assert first != second and first.is_file() and second.is_file()

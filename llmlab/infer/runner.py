@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from llmlab.device import num_threads
 from llmlab.infer.fused import _norm, _on_cpu, fused, invariant_rows
 from llmlab.infer.paged import BlockTable, PagedKVCache
-from llmlab.infer.threads import ThreadTuner, run_layers
+from llmlab.infer.threads import ThreadTuner, run_c_tuned, run_layers
 from llmlab.kernels import attention as c_attention
 from llmlab.kernels import layer as c_layer
 
@@ -45,28 +45,6 @@ def _c_layers(w):
     these weights, or None: not a LLaMA-style model with blocks everywhere, no compiler, or
     LLMLAB_C_LAYERS=0."""
     return c_layer.Layers.of(w) if c_layer.enabled() and _c_attention(w) else None
-
-
-def _c_tuned(tuner, kind, n_layers: int, run):
-    """run(threads) once for a one-call forward (the C decoder layers), threads one count per
-    layer as `run_layers` picks them (the tuner's best, one layer at the other count every
-    `explore_every` forwards; the first forward tries each count on one layer), with each layer's
-    seconds recorded from the C call's own timers."""
-    if tuner is None:
-        return run(torch.get_num_threads(), None)
-    explore = tuner.start(kind, n_layers)
-    unknown = [n for n in tuner.cands if (kind, n) not in tuner.cost]
-    if unknown:  # first forward: layer i tries unknown[i], the rest the largest count
-        picks = unknown[::-1] + [tuner.cands[-1]] * n_layers
-    else:
-        picks = [tuner.pick(kind, i, explore) for i in range(n_layers)]
-    picks = picks[:n_layers]
-    secs = torch.zeros(n_layers, dtype=torch.float64)
-    with num_threads(max(picks)):
-        out = run(picks, secs)
-    for n, s in zip(picks, secs.tolist()):
-        tuner.record(kind, n, s)
-    return out
 
 
 def bucket_rows(n: int) -> int:
@@ -318,7 +296,7 @@ class PagedRunner:
         kv_ptrs = self._kv_ptrs
         kind = ("decode", M.bit_length(), "c")
         x, rope = w.embed_rows(ids_t, pos_t)
-        x = _c_tuned(self.tuner if self.fixed_threads is None else None, kind, len(w.layers), lambda n, secs: cl.run(
+        x = run_c_tuned(self.tuner if self.fixed_threads is None else None, kind, len(w.layers), lambda n, secs: cl.run(
             x, rope, *kv_ptrs, self.Hkv * self.D, self.D, slots_t, flat_t, offs_t, self.fixed_threads or n, secs))
         with num_threads(self.fixed_threads or self.tuner.best(kind)):
             return w.logits(x if heads is None else x[torch.tensor(heads)])
@@ -338,33 +316,54 @@ class ContiguousDecoder:
         self.k = torch.empty(len(w.layers), w.Hkv, max_len, w.D, dtype=p.dtype, device=p.device)
         self.v = torch.empty_like(self.k)
         self.n = 0
-        self._kv_ptrs = None
+        self._c = None  # the C step's constants (_step_c)
+        self.last_argmax: int | None = None
         self.cpu = _on_cpu(p)
         if model not in self._tuners:
             self._tuners[model] = ThreadTuner(torch.get_num_threads())
         self.tuner = self._tuners[model]
 
+    def _step_c(self, cl, token: int, start: int) -> torch.Tensor:
+        """One token through the C decoder layers (`_c_layers`) -> logits (V,). Where the head has
+        blocks (`cl.head`), the final norm, the LM head and the logits' argmax run in the same C call
+        (`last_argmax`); per-decoder constants (cache pointers, key slots) are built once."""
+        w = self.w
+        if self._c is None:
+            step = self.k.stride(0) * self.k.element_size()
+            kv = tuple(torch.arange(len(w.layers), dtype=torch.int64) * step + t.data_ptr() for t in (self.k, self.v))
+            n = self.k.shape[2]
+            offs = torch.stack([torch.zeros(n, dtype=torch.int64), torch.arange(1, n + 1, dtype=torch.int64)], 1)
+            self._c = (kv, torch.arange(n, dtype=torch.int64), offs, torch.empty(len(w.layers), dtype=torch.float64))
+        kv, slots, offs, secs = self._c
+        x = w.embed[token:token + 1].clone()  # F.embedding's row
+        rope = (w.rope.cos[start:start + 1].to(x.dtype), w.rope.sin[start:start + 1].to(x.dtype))
+        head = (torch.empty(cl.head_rows, dtype=x.dtype),
+                torch.empty(1, dtype=torch.int64)) if cl.head is not None and self.cpu and c_layer.head_in_c() else None
+        x = run_c_tuned(self.tuner if self.cpu else None, ("decode", 1, "c"), len(w.layers), lambda n, s: cl.run(
+            x, rope, *kv, w.D, self.k.shape[2] * w.D, slots[start:start + 1], slots[:start + 1], offs[start], n, s, head),
+            secs)
+        self.n += 1
+        if head is not None:
+            self.last_argmax = int(head[1])
+            return head[0]
+        self.last_argmax = None
+        with num_threads(self.tuner.best(("decode", 1, "c"))) if self.cpu else contextlib.nullcontext():
+            return w.logits(x)[0]
+
     @torch.inference_mode()
     def forward(self, tokens: list[int]) -> torch.Tensor:
-        """Append tokens -> logits of the last one (V,)."""
+        """Append tokens -> logits of the last one (V,). One-token steps through the C decoder layers
+        also leave the logits' argmax in `last_argmax` (None where the head ran in Python)."""
         w, start, T = (self.w.prefill_view() if len(tokens) > 1 else self.w), self.n, len(tokens)
         dev, cpu = self.k.device, self.cpu
-        x, rope = w.embed_rows(torch.tensor(tokens, device=dev), torch.arange(start, start + T, device=dev))
         mask, c_attn = None, T == 1 and _c_attention(self.w)
         if c_attn:
-            slots, offs = torch.arange(start + 1, dtype=torch.int64), torch.tensor([0, start + 1], dtype=torch.int64)
             cl = _c_layers(w)
-            if cl is not None:  # every layer in one C call
-                if self._kv_ptrs is None:
-                    step = self.k.stride(0) * self.k.element_size()
-                    self._kv_ptrs = tuple(torch.arange(len(w.layers), dtype=torch.int64) * step + t.data_ptr()
-                                          for t in (self.k, self.v))
-                tuner = self.tuner if cpu else None
-                x = _c_tuned(tuner, ("decode", 1, "c"), len(w.layers), lambda n, secs: cl.run(
-                    x, rope, *self._kv_ptrs, w.D, self.k.shape[2] * w.D, torch.tensor([start]), slots, offs, n, secs))
-                self.n += 1
-                with num_threads(self.tuner.best(("decode", 1, "c"))) if cpu else contextlib.nullcontext():
-                    return w.logits(x)[0]
+            if cl is not None:  # every layer (and the head) in one C call
+                return self._step_c(cl, tokens[0], start)
+        x, rope = w.embed_rows(torch.tensor(tokens, device=dev), torch.arange(start, start + T, device=dev))
+        if c_attn:
+            slots, offs = torch.arange(start + 1, dtype=torch.int64), torch.tensor([0, start + 1], dtype=torch.int64)
         if start > 0 and T > 1:
             mask = torch.arange(start + T, device=dev)[None] <= torch.arange(start, start + T, device=dev)[:, None]
         st = [x]

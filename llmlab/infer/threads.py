@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import time
 
+import torch
+
 from llmlab.device import num_threads
 
 
@@ -56,6 +58,14 @@ class ThreadTuner:
         key = (kind, n)
         self.cost[key] = seconds if key not in self.cost else 0.7 * self.cost[key] + 0.3 * seconds
 
+    def record_layers(self, kind, counts: list[int], seconds: list[float]) -> None:
+        """`record` for each layer in order (counts[i] threads took seconds[i]), in one call."""
+        cost = self.cost
+        for n, sec in zip(counts, seconds):
+            key = (kind, n)
+            old = cost.get(key)
+            cost[key] = sec if old is None else 0.7 * old + 0.3 * sec
+
 
 def run_layers(tuner: "ThreadTuner | None", kind, n_layers: int, layer, fixed: int | None = None) -> None:
     """layer(i) for i in range(n_layers), each at the thread count the tuner picks (CPU), timed."""
@@ -71,3 +81,26 @@ def run_layers(tuner: "ThreadTuner | None", kind, n_layers: int, layer, fixed: i
         with num_threads(n):
             layer(i)
         tuner.record(kind, n, time.perf_counter() - t0)
+
+
+def run_c_tuned(tuner, kind, n_layers: int, run, secs: torch.Tensor | None = None):
+    """run(threads, secs) once for a one-call forward (the C decoder layers), threads one count per
+    layer as `run_layers` picks them (the tuner's best, one layer at the other count every
+    `explore_every` forwards; the first forward tries each count on one layer), with each layer's
+    seconds recorded from the C call's own timers (into secs, a float64 (n_layers,) buffer, or a new one)."""
+    if tuner is None:
+        return run(torch.get_num_threads(), None)
+    explore = tuner.start(kind, n_layers)
+    unknown = [n for n in tuner.cands if (kind, n) not in tuner.cost]
+    if unknown:  # first forward: layer i tries unknown[i], the rest the largest count
+        picks = (unknown[::-1] + [tuner.cands[-1]] * n_layers)[:n_layers]
+    else:  # = [tuner.pick(kind, i, explore) for each layer], without a call per layer
+        best = tuner.best(kind)
+        picks = [best] * n_layers
+        if explore is not None and explore < n_layers:
+            picks[explore] = next(n for n in tuner.cands if n != best)
+    secs = torch.zeros(n_layers, dtype=torch.float64) if secs is None else secs
+    with num_threads(max(picks)):
+        out = run(picks, secs)
+    tuner.record_layers(kind, picks, secs.tolist())
+    return out

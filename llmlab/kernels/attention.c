@@ -115,25 +115,7 @@ static inline float qk(const float *a, const float *b, int64_t D) {
     return dot(a, b, D);
 }
 
-/* e^x for x <= 0 (softmax after subtracting the max): Cephes' expf (Cody-Waite reduction by
- * ln 2, degree-6 polynomial; ~1e-7 relative error) written so a loop of it vectorizes; libm's
- * scalar expf was half of this kernel's time. */
-static inline float exp_neg(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    float t = x * 1.44269504088896341f;
-    int e = (int)(t - 0.5f);  /* round to nearest for t <= 0 */
-    float fe = (float)e;
-    float f = x - fe * 0.693359375f - fe * -2.12194440e-4f;
-    float y = 1.9875691500E-4f;
-    y = y * f + 1.3981999507E-3f;
-    y = y * f + 8.3334519073E-3f;
-    y = y * f + 4.1665795894E-2f;
-    y = y * f + 1.6666665459E-1f;
-    y = y * f + 5.0000001201E-1f;
-    y = y * f * f + f + 1.0f;
-    union { int32_t i; float f; } s = {.i = (e + 127) << 23};
-    return y * s.f;
-}
+#include "exp_poly.h"  /* exp_neg: e^x for x <= 0 (shared with layer.c) */
 
 /* One sequence, K/V heads [g0, g1), all n keys: the G query heads of each K/V head read its key
  * and value once. Each head's scores, softmax and sum over keys run in one fixed order whatever

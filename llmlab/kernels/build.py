@@ -19,6 +19,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -66,6 +67,8 @@ def build(src: Path = SRC, arch: str | None = None) -> Path:
     if cc is None:
         raise RuntimeError("no C compiler (cc/gcc) on PATH")
     code = src.read_bytes()
+    for name in re.findall(rb'#include "([^"]+)"', code):  # its own headers (exp_poly.h) are part of the key
+        code += (src.parent / name.decode()).read_bytes()
     key = hashlib.sha256(code + _cpu_flags().encode() + platform.machine().encode()).hexdigest()[:16]
     out = cache_dir() / f"{src.stem}-{key}{'' if arch == 'native' else '-' + arch}.so"
     if out.is_file():

@@ -20,6 +20,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "exp_poly.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -37,8 +42,9 @@ typedef void (*attn_fn)(const float *, const float *, const float *, int64_t, in
                         const int64_t *, int64_t, int64_t, int64_t, int64_t, float, float *, int, int64_t);
 
 /* one layer's row of `lay`: 4 matrices (qkv, o, gate/up, down) x (fmt, qs, d, m, rows, k), then
- * their 4 bias pointers (0 = none), then the two norm weights */
-enum { F_QKV = 0, F_O = 6, F_UP = 12, F_DOWN = 18, F_BIAS = 24, F_N1 = 28, F_N2 = 29, NF = 30 };
+ * their 4 bias pointers (0 = none), then the two norm weights, then per matrix the strides of one
+ * weight row in qs (bytes), d and m (floats) */
+enum { F_QKV = 0, F_O = 6, F_UP = 12, F_DOWN = 18, F_BIAS = 24, F_N1 = 28, F_N2 = 29, F_STR = 30, NF = 42 };
 
 #define PTR(T, v) ((T)(intptr_t)(v))
 
@@ -56,6 +62,37 @@ static void product(const int64_t *f, int64_t bias, const float *in, int64_t M, 
         for (int64_t i = 0; i < M; i++)
             for (int64_t j = 0; j < rows; j++) out[i * rows + j] += b[j];
     }
+}
+
+/* rows [r0, r1) of one input row's product (team mode: each thread its share), through the same
+ * kernels on the weight rows from r0: a row's bits do not depend on the range (the kernels compute
+ * rows in groups of 4 from the pointer they get; r0 is a multiple of 4) */
+static void product_rows(const int64_t *f, const int64_t *str, int64_t bias, const float *in, float *out, int64_t r0,
+                         int64_t r1, const int64_t *fns) {
+    if (r1 <= r0) return;
+    int fmt = (int)f[0];
+    int64_t k = f[5];
+    const uint8_t *qs = PTR(const uint8_t *, f[1]) + r0 * str[0];
+    const float *d = PTR(const float *, f[2]) + r0 * str[1], *m = f[3] ? PTR(const float *, f[3]) + r0 * str[2] : 0;
+    int done = 0;
+    if (fns[1]) done = PTR(mm8_fn, fns[1])(fmt, qs, d, m, r1 - r0, k, in, 1, out + r0, 1);
+    if (!done) PTR(mm_fn, fns[0])(fmt, qs, d, m, r1 - r0, k, in, 1, out + r0, 1);
+    if (bias)
+        for (int64_t j = r0; j < r1; j++) out[j] += PTR(const float *, bias)[j];
+}
+
+/* a[j] = silu(g[j]) * u[j] for j in [lo, hi): fast (exp_poly.h's exp_any) or libm's expf */
+static void silu_mul(const float *g, const float *u, float *a, int64_t lo, int64_t hi, int fast) {
+    if (fast)
+        for (int64_t j = lo; j < hi; j++) a[j] = g[j] / (1.0f + exp_any(-g[j])) * u[j];
+    else
+        for (int64_t j = lo; j < hi; j++) a[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+}
+
+/* thread t of n: its share [lo, hi) of `rows`, cut at multiples of 4 */
+static void share4(int64_t rows, int t, int n, int64_t *lo, int64_t *hi) {
+    int64_t g = (rows + 3) / 4, a = g * t / n * 4, b = g * (t + 1) / n * 4;
+    *lo = a < rows ? a : rows, *hi = b < rows ? b : rows;
 }
 
 #define LANES 16
@@ -80,19 +117,172 @@ static void rope(const float *x, const float *cos, const float *sin, int64_t D, 
     for (int64_t i = half; i < D; i++) y[i] = x[i] * cos[i] + x[i - half] * sin[i];
 }
 
+/* the LM head's row of `head`: fmt, qs, d, m, rows, k, bias, final-norm weight, strides (qs, d, m) */
+enum { H_BIAS = 6, H_NORM = 7, H_STR = 8, NH = 11 };
+enum { P_HEAD = NP };  /* prof[NP]: the final norm + LM head (+ argmax) */
+
+/* is v a better argmax candidate than b (torch.argmax's order: NaN first, then larger; ties: the earlier) */
+static inline int better(float v, float b) { return (v != v && b == b) || v > b; }
+
+/* argmax of y[lo, hi) -> its index (lo if empty) */
+static int64_t argmax_range(const float *y, int64_t lo, int64_t hi) {
+    int64_t bi = lo;
+    for (int64_t j = lo + 1; j < hi; j++)
+        if (better(y[j], y[bi])) bi = j;
+    return bi;
+}
+
+#define TICK0(i) if (prof && t == 0) { double t_ = now(); prof[i] += t_ - t0; t0 = t_; }
+#ifdef _OPENMP
+#define BARRIER _Pragma("omp barrier")
+#else
+#define BARRIER
+#endif
+
+/* Team mode: this thread's share of a dm-row product into o, a barrier (an orphaned one: it binds to
+ * the team's region), then its own residual row += o (every thread, the same bits) */
+static void residual_product(const int64_t *f, const int64_t *str, int64_t bias, const float *in, float *o, float *xl,
+                             int64_t dm, int t, int ne, const int64_t *fns) {
+    int64_t lo, hi;
+    if (t < ne) share4(dm, t, ne, &lo, &hi), product_rows(f, str, bias, in, o, lo, hi, fns);
+    BARRIER
+    for (int64_t j = 0; j < dm; j++) xl[j] += o[j];
+}
+
+/* Team mode (one input row, more than one thread): every layer inside ONE parallel region instead
+ * of a region per product (each a fork and a join on the runtime) with the small ops between them
+ * on one thread while the others wait. Each thread keeps its own copy of the residual row and
+ * computes the norms itself (the same ops in the same order: the same bits on every thread), so no
+ * hand-off precedes a product; each product's rows, the K/V heads (RoPE, cache writes and their
+ * attention) and SiLU*up's columns are shared out; a barrier follows each piece whose output every
+ * thread reads (5 per layer). The bits are those of the one-region-per-product path: products by
+ * rows in groups of 4 from the same code, attention per K/V head in a fixed order, the same norm,
+ * RoPE and SiLU code (tests/test_kernels_layer.py checks equality). lnt[li] < nt: layer li runs on
+ * its first lnt[li] threads (the thread tuner's exploring layer). */
+static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const int64_t *vp, float *x, int64_t dm,
+                       int64_t H, int64_t Hkv, int64_t D, int64_t ffn, const float *cos, const float *sin, float eps,
+                       int64_t s_pos, int64_t s_head, const int64_t *wslots, const int64_t *slots,
+                       const int64_t *offs, const int64_t *fns, const int32_t *lnt, int nt, int64_t split,
+                       double *prof, double *lsec, const int64_t *head, const int64_t *hfns, float *logits,
+                       int64_t *amax, int qsplit, int fast_silu) {
+    int64_t nqkv = (H + 2 * Hkv) * D, hd = H * D, G = H / Hkv, best[64];
+    if (nt > 64) nt = 64;
+    float *buf = (float *)malloc(sizeof(float) * (size_t)(nqkv + 2 * hd + 3 * ffn + dm + (int64_t)nt * 2 * dm));
+    if (!buf) return 1;
+    float *qkv = buf, *q = qkv + nqkv, *att = q + hd, *gu = att + hd, *act = gu + 2 * ffn, *o = act + ffn,
+          *priv = o + dm;
+    float scale = (float)pow((double)D, -0.5);
+#pragma omp parallel num_threads(nt)
+    {
+        int t = 0, n = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num(), n = omp_get_num_threads();
+#endif
+        float *xl = priv + (int64_t)t * 2 * dm, *h = xl + dm;
+        memcpy(xl, x, sizeof(float) * (size_t)dm);
+        double t0 = prof && t == 0 ? now() : 0.0;
+        for (int64_t li = 0; li < nl; li++) {
+            const int64_t *L = lay + li * NF, *S = L + F_STR;
+            int ne = lnt[li] < n ? lnt[li] : n, me;  /* this layer's threads; the others wait */
+            ne = ne < 1 ? 1 : ne, me = t < ne;
+            double l0 = lsec && t == 0 ? now() : 0.0;
+            float *K = PTR(float *, kp[li]), *V = PTR(float *, vp[li]);
+            int64_t lo = 0, hi = 0, g0 = Hkv * t / ne, g1 = me ? Hkv * (t + 1) / ne : g0;
+            rmsnorm(xl, PTR(const float *, L[F_N1]), dm, eps, h);
+            TICK0(P_NORM)
+            if (me) share4(nqkv, t, ne, &lo, &hi), product_rows(L + F_QKV, S, L[F_BIAS], h, qkv, lo, hi, fns);
+            BARRIER
+            TICK0(P_QKV)
+            for (int64_t g = g0; g < g1; g++) {  /* RoPE and the cache writes of this thread's K/V heads */
+                float *kk = K + wslots[0] * s_pos + g * s_head, *vv = V + wslots[0] * s_pos + g * s_head;
+                if (cos) rope(qkv + (H + g) * D, cos, sin, D, kk);
+                else memcpy(kk, qkv + (H + g) * D, sizeof(float) * (size_t)D);
+                memcpy(vv, qkv + (H + Hkv + g) * D, sizeof(float) * (size_t)D);
+            }
+            /* attention: qsplit, an even share of the query heads (after a barrier: another thread's
+             * K/V head may be read); else the query heads of this thread's K/V heads. Each run of
+             * heads within one K/V head is one call; every head's scores, softmax and sum are its
+             * own, so the bits do not depend on the grouping. */
+            int64_t q0 = qsplit ? H * t / ne : g0 * G, q1 = qsplit ? (me ? H * (t + 1) / ne : q0) : g1 * G;
+            for (int64_t hh = q0; hh < q1; hh++) {
+                if (cos) rope(qkv + hh * D, cos, sin, D, q + hh * D);
+                else memcpy(q + hh * D, qkv + hh * D, sizeof(float) * (size_t)D);
+            }
+            TICK0(P_ROPE_KV)
+            if (qsplit) { BARRIER }
+            for (int64_t hh = q0; hh < q1;) {
+                int64_t g = hh / G, e = (g + 1) * G < q1 ? (g + 1) * G : q1;
+                PTR(attn_fn, fns[2])(q + hh * D, K + g * s_head, V + g * s_head, s_pos, s_head, slots, offs, 1, e - hh, 1,
+                                     D, scale, att + hh * D, 1, split);
+                hh = e;
+            }
+            BARRIER
+            TICK0(P_ATTN)
+            residual_product(L + F_O, S + 3, L[F_BIAS + 1], att, o, xl, dm, t, ne, fns);
+            TICK0(P_O)
+            rmsnorm(xl, PTR(const float *, L[F_N2]), dm, eps, h);
+            TICK0(P_NORM)
+            if (me) {  /* gate and up rows of the same columns, then their SiLU*up: no hand-off between */
+                share4(ffn, t, ne, &lo, &hi);
+                product_rows(L + F_UP, S + 6, L[F_BIAS + 2], h, gu, lo, hi, fns);
+                product_rows(L + F_UP, S + 6, L[F_BIAS + 2], h, gu, ffn + lo, ffn + hi, fns);
+                TICK0(P_UP)
+                silu_mul(gu, gu + ffn, act, lo, hi, fast_silu);
+            }
+            BARRIER
+            TICK0(P_ADD_SILU)
+            residual_product(L + F_DOWN, S + 9, L[F_BIAS + 3], act, o, xl, dm, t, ne, fns);
+            TICK0(P_DOWN)
+            if (lsec && t == 0) lsec[li] = now() - l0;
+        }
+        if (t == 0) memcpy(x, xl, sizeof(float) * (size_t)dm);
+        if (head) {  /* final norm (each thread), the head's rows shared out, each share's argmax */
+            int64_t lo, hi;
+            rmsnorm(xl, PTR(const float *, head[H_NORM]), dm, eps, h);
+            share4(head[4], t, n, &lo, &hi);
+            product_rows(head, head + H_STR, head[H_BIAS], h, logits, lo, hi, hfns);
+            if (t < 64) best[t] = argmax_range(logits, lo, hi);
+            BARRIER
+            if (t == 0 && amax) {
+                int64_t bi = best[0];
+                for (int u = 1; u < n && u < 64; u++)
+                    if (better(logits[best[u]], logits[bi])) bi = best[u];
+                *amax = bi;
+            }
+            TICK0(P_HEAD)
+        }
+    }
+    free(buf);
+    return 0;
+}
+
 /* nl layers over x (M, dm) in place. kp, vp: each layer's K and V cache; K/V head g of slot s at
  * s * s_pos + g * s_head; wslots (M): the slot each row's k, v go to; slots/offs: every row's
  * key slots (llmlab_decode_attention's). cos, sin (M, D) or 0 (no RoPE). fns: block matmul, int8
  * matmul or 0, attention. lnt[li]: layer li's thread count; its products of at least macs (int8:
  * macs8) multiply-adds get that many threads. prof: 0, or NP doubles that get each piece's
- * seconds added; lsec: 0, or one double per layer that gets its seconds (the thread tuner's). Returns 0, or 1 if out of memory
- * (then x is unchanged). */
+ * seconds added; lsec: 0, or one double per layer that gets its seconds (the thread tuner's). team:
+ * one input row on more than one thread runs `layers_team` (one parallel region for every layer);
+ * team bit 1: its attention is shared out by query heads (else by K/V heads); bit 2 (any path):
+ * SiLU through exp_poly.h's exp_any (else libm's expf).
+ * head (one row only; 0: none): the final RMSNorm and the LM head (`H_*` fields) into logits, through
+ * hfns (the block matmul, the int8 one or 0) on the threads of the widest layer, and the logits'
+ * argmax into *amax (if not 0): the step's whole forward in this call.
+ * Returns 0 (2: ran as a team), or 1 if out of memory (then x is unchanged). */
 int llmlab_decode_layers(int64_t nl, const int64_t *lay, const int64_t *kp, const int64_t *vp, float *x,
                          int64_t M, int64_t dm, int64_t H, int64_t Hkv, int64_t D, int64_t ffn,
                          const float *cos, const float *sin, float eps, int64_t s_pos, int64_t s_head,
                          const int64_t *wslots, const int64_t *slots, const int64_t *offs, const int64_t *fns,
                          const int32_t *lnt, int64_t macs, int64_t macs8, int64_t split, double *prof,
-                         double *lsec) {
+                         double *lsec, int team, const int64_t *head, const int64_t *hfns, float *logits,
+                         int64_t *amax) {
+    int max_nt = 1;
+    for (int64_t li = 0; li < nl; li++) max_nt = lnt[li] > max_nt ? lnt[li] : max_nt;
+    if (M != 1) head = 0;
+    if ((team & 1) && M == 1 && max_nt > 1 && ffn % 4 == 0 && Hkv > 0 && H % Hkv == 0)
+        return layers_team(nl, lay, kp, vp, x, dm, H, Hkv, D, ffn, cos, sin, eps, s_pos, s_head, wslots, slots,
+                           offs, fns, lnt, max_nt, split, prof, lsec, head, hfns, logits, amax, team >> 1 & 1,
+                           team >> 2 & 1) ? 1 : 2;
     int64_t nqkv = (H + 2 * Hkv) * D, hd = H * D;
     size_t need = (size_t)(M * (dm + nqkv + 2 * hd + 2 * ffn + ffn + dm));
     float *buf = (float *)malloc(sizeof(float) * need);
@@ -140,7 +330,7 @@ int llmlab_decode_layers(int64_t nl, const int64_t *lay, const int64_t *kp, cons
         for (int64_t i = 0; i < M; i++) {
             const float *g = gu + i * 2 * ffn, *u = g + ffn;
             float *a = act + i * ffn;
-            for (int64_t j = 0; j < ffn; j++) a[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+            silu_mul(g, u, a, 0, ffn, team >> 2 & 1);
         }
         TICK(P_ADD_SILU)
         product(L + F_DOWN, L[F_BIAS + 3], act, M, o, fns, nt, macs, macs8);
@@ -149,6 +339,41 @@ int llmlab_decode_layers(int64_t nl, const int64_t *lay, const int64_t *kp, cons
         TICK(P_ADD_SILU)
         if (lsec) lsec[li] = now() - l0;
     }
+    if (head) {  /* one row: the final norm, the LM head, its argmax */
+        rmsnorm(x, PTR(const float *, head[H_NORM]), dm, eps, h);
+        product(head, head[H_BIAS], h, 1, logits, hfns, max_nt, macs, macs8);
+        if (amax) *amax = argmax_range(logits, 0, head[4]);
+        TICK(P_HEAD)
+    }
     free(buf);
     return 0;
+}
+
+/* For the breakdown (benchmarks/decode_overhead.py): the cost of OpenMP hand-offs on the runtime the
+ * products use (torch's libgomp). out[0]: seconds per empty `parallel num_threads(nt)` region, back
+ * to back; out[1]: per `barrier` inside one region; out[2]: per empty region after gap_s seconds of
+ * one-thread work (the decode pattern: a small op, then a product's region). */
+void llmlab_omp_probe(int nt, int64_t reps, double gap_s, double *out) {
+    double t0 = now();
+    for (int64_t i = 0; i < reps; i++) {
+#pragma omp parallel num_threads(nt)
+        { __asm__ volatile("" ::: "memory"); }
+    }
+    out[0] = (now() - t0) / (double)reps;
+    t0 = now();
+#pragma omp parallel num_threads(nt)
+    for (int64_t i = 0; i < reps; i++) {
+#pragma omp barrier
+    }
+    out[1] = (now() - t0) / (double)reps;
+    double in_regions = 0.0;
+    for (int64_t i = 0; i < reps; i++) {
+        double g0 = now();
+        while (now() - g0 < gap_s) {}
+        double r0 = now();
+#pragma omp parallel num_threads(nt)
+        { __asm__ volatile("" ::: "memory"); }
+        in_regions += now() - r0;
+    }
+    out[2] = in_regions / (double)reps;
 }
