@@ -88,6 +88,15 @@ class Llava(nn.Module):
         self._before = self.tok.encode(before)
         self._after_tail = after.split("Q", 1)[1]  # "<|im_end|>\n<|im_start|>assistant\n"
         self.end_id = self.tok.encode("<|im_end|>")
+        # a later turn of a multi-turn row (packed training): the text between an answer's <|im_end|> and
+        # the next question, from the same template ("\n<|im_start|>user\n" with SmolLM2's)
+        two = self.tok.apply_chat_template([{"role": "system", "content": SYSTEM},
+                                            {"role": "user", "content": f"{IMAGE_MARK}\nQ1"},
+                                            {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}])
+        between = two.split("A1", 1)[1].split("Q2", 1)[0]
+        if not between.startswith("<|im_end|>"):
+            raise UserError("the LM's chat template does not end an assistant turn with <|im_end|>")
+        self._next_turn = between[len("<|im_end|>"):]
         # every row starts with the same chat prefix (system turn, user header): run it once per batch
         # (exact; about a quarter of a training step's tokens with SmolLM2's template). Off for
         # attention variants whose KV path differs (MLA, flash).
@@ -104,22 +113,38 @@ class Llava(nn.Module):
     def _prompt_ids(self, question: str) -> list[int]:
         return self.tok.encode(f"\n{question}{self._after_tail}")
 
+    def _row_ids(self, questions: list[str], answers: list[str] | None) -> tuple[list[int], list[int]]:
+        """The text tokens after the image for one row, and their targets (-100 outside answers). Several
+        questions make one multi-turn conversation (LLaVA-1.5's packing): every answer is a target."""
+        ids, tgt = [], []
+        for t, q in enumerate(questions):
+            p = self._prompt_ids(q) if t == 0 else self.tok.encode(f"{self._next_turn}{q}{self._after_tail}")
+            ids, tgt = ids + p, tgt + [-100] * len(p)
+            if answers is not None:
+                a = self.tok.encode(answers[t]) + self.end_id
+                ids, tgt = ids + a, tgt + a
+        return ids, tgt
+
     def _batch(self, images, questions, answers=None):
-        """Input embeddings (B, T, d), labels (B, T) (-100 outside answers) and prompt lengths."""
+        """Input embeddings (B, T, d), labels (B, T) (-100 outside answers) and prompt lengths. A row's
+        question may be a list (with a list of answers): one conversation of several turns about its image,
+        the image encoded once, every answer labelled; its prompt length ends before the last answer."""
         img = self.image_tokens(images)
         emb = self.lm.model.embed_tokens
         rows, labels, plen = [], [], []
         pre = emb(torch.tensor(self._before))
         for i, q in enumerate(questions):
-            ids = self._prompt_ids(q)
-            ans = (self.tok.encode(answers[i]) + self.end_id) if answers is not None else []
-            x = torch.cat([pre, img[i], emb(torch.tensor(ids + ans, dtype=torch.long))])
-            lab = torch.full((len(x),), -100, dtype=torch.long)
-            if ans:  # position t predicts token t+1: the answer's tokens are predicted from one before
-                lab[len(x) - len(ans) - 1:len(x) - 1] = torch.tensor(ans)
+            qs = [q] if isinstance(q, str) else list(q)
+            ans = None if answers is None else [answers[i]] if isinstance(answers[i], str) else list(answers[i])
+            if (ans is None and len(qs) > 1) or (ans is not None and len(ans) != len(qs)):
+                raise ValueError(f"a row of {len(qs)} questions needs as many answers (got {ans})")
+            ids, tgt = self._row_ids(qs, ans)
+            x = torch.cat([pre, img[i], emb(torch.tensor(ids, dtype=torch.long))])
+            # position t predicts token t+1: each answer token is labelled at the position before it
+            lab = torch.tensor(([-100] * (len(x) - len(tgt)) + tgt)[1:] + [-100], dtype=torch.long)
             rows.append(x)
             labels.append(lab)
-            plen.append(len(x) - len(ans))
+            plen.append(len(x) - (len(self.tok.encode(ans[-1])) + len(self.end_id) if ans else 0))
         T = max(len(r) for r in rows)
         x = torch.stack([F.pad(r, (0, 0, 0, T - len(r))) for r in rows])
         y = torch.stack([F.pad(lab, (0, T - len(lab)), value=-100) for lab in labels])

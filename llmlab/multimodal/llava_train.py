@@ -36,6 +36,9 @@ class LlavaConfig:
     lr_schedule: str = field(default="constant", metadata={
         "help": "constant, or cosine: LLaVA-1.5's schedule in each stage (linear warm-up over 3% of the "
                 "stage's steps, cosine decay to 0; the peak is each group's learning rate)"})
+    pack_turns: int = field(default=1, metadata={
+        "help": "stage 2: up to N of an image's training questions per row as one multi-turn conversation "
+                "(LLaVA-1.5's packing: the image encoded once, loss on every answer); 1: one question per row"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank on q_proj/v_proj in stage 2 (0: projector only)"})
     train_vision: bool = field(default=False, metadata={
         "help": "stage 2 also fine-tunes the vision encoder (saved to vision.safetensors in the run)"})
@@ -77,8 +80,26 @@ def _vqa_examples(ds) -> list[tuple[int, str, str]]:
     return [(i, q, a) for i, qa in enumerate(ds.qa) for q, a in qa]
 
 
+def _packed(ds, turns: int):
+    """A row sampler for `pack_turns`: draws a training question as one-question rows do (uniform over
+    questions), then up to turns-1 other questions of the same image, all in a random order:
+    (image index, questions, answers). With turns=1 it draws exactly what the plain sampler draws."""
+    ex = [(i, j) for i, qa in enumerate(ds.qa) for j in range(len(qa))]
+
+    def draw(rng: random.Random):
+        i, j = ex[rng.randrange(len(ex))]
+        if turns == 1:
+            return i, ds.qa[i][j][0], ds.qa[i][j][1]
+        others = [k for k in range(len(ds.qa[i])) if k != j]
+        pick = [j] + rng.sample(others, min(turns - 1, len(others)))
+        rng.shuffle(pick)
+        return i, tuple(ds.qa[i][k][0] for k in pick), tuple(ds.qa[i][k][1] for k in pick)
+    return draw
+
+
 def _steps(model, params, examples, images, steps, cfg, rng, stage: str) -> list[float]:
-    """`params`: tensors, or AdamW param groups (dicts) with their own learning rates."""
+    """`params`: tensors, or AdamW param groups (dicts) with their own learning rates. `examples`: a
+    list of (image index, question, answer) drawn uniformly, or a function of the rng that draws one."""
     from llmlab.multimodal.train import lr_at
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     peaks, warmup = [g["lr"] for g in opt.param_groups], max(1, round(0.03 * steps))
@@ -87,7 +108,8 @@ def _steps(model, params, examples, images, steps, cfg, rng, stage: str) -> list
         if cfg.lr_schedule == "cosine":
             for g, peak in zip(opt.param_groups, peaks):
                 g["lr"] = lr_at(step, peak, warmup, steps)
-        batch = [examples[rng.randrange(len(examples))] for _ in range(cfg.per_device_train_batch_size)]
+        batch = [examples(rng) if callable(examples) else examples[rng.randrange(len(examples))]
+                 for _ in range(cfg.per_device_train_batch_size)]
         idx = torch.tensor([b[0] for b in batch])
         loss = model.loss(images[idx], [b[1] for b in batch], [b[2] for b in batch])
         opt.zero_grad(set_to_none=True)
@@ -138,6 +160,8 @@ def run(cfg: LlavaConfig) -> dict:
     from llmlab.multimodal import data as mmdata
     if cfg.lr_schedule not in ("constant", "cosine"):
         raise UserError(f"lr_schedule={cfg.lr_schedule!r}: use constant or cosine")
+    if cfg.pack_turns < 1:
+        raise UserError(f"pack_turns={cfg.pack_turns}: at least 1 question per row")
     model, size = build(cfg)
     train, val = mmdata.easy_vqa("train", size=size), None
     if cfg.validation:
@@ -160,11 +184,12 @@ def run(cfg: LlavaConfig) -> dict:
         for p in model.vision.parameters():
             p.requires_grad_(True)
         groups.append({"params": list(model.vision.parameters()), "lr": cfg.vision_learning_rate})
-    s2 = _steps(model, groups, _vqa_examples(train), train.images, cfg.stage2_steps, cfg, rng, "stage2")
+    rows = _vqa_examples(train) if cfg.pack_turns == 1 else _packed(train, cfg.pack_turns)
+    s2 = _steps(model, groups, rows, train.images, cfg.stage2_steps, cfg, rng, "stage2")
     model.vision.requires_grad_(False)
     train_s = time.perf_counter() - t0
     metrics = {"seed": cfg.seed, "stage1_steps": cfg.stage1_steps, "stage2_steps": cfg.stage2_steps,
-               "lora_r": cfg.lora_r, "lr_schedule": cfg.lr_schedule, "train_seconds": round(train_s, 1),
+               "lora_r": cfg.lora_r, "lr_schedule": cfg.lr_schedule, "pack_turns": cfg.pack_turns, "train_seconds": round(train_s, 1),
                "stage1_final_loss": round(sum(s1[-10:]) / max(1, len(s1[-10:])), 4) if s1 else None,
                "stage2_final_loss": round(sum(s2[-10:]) / max(1, len(s2[-10:])), 4) if s2 else None,
                "train_vision": cfg.train_vision, "validation": cfg.validation}
