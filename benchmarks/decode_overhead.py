@@ -11,10 +11,10 @@ mean something on a quiet machine only; `--clock cpu` (process CPU time) for one
     PYTHONPATH=$PWD python benchmarks/decode_overhead.py [--arms 1:1:1,2:0:1,2:1:1] [--rounds 3] [--steps 32]
                                                         [--clock wall|cpu] [--quick]
 
-Arms are threads:team:int8[:head[:qsplit[:silu]]] (team: LLMLAB_C_TEAM, every layer in one parallel
+Arms are threads:team:int8[:head[:qsplit[:silu[:fq]]]] (team: LLMLAB_C_TEAM, every layer in one parallel
 region; int8: LLMLAB_INT8_ACTIVATIONS; head: LLMLAB_C_HEAD; qsplit: LLMLAB_C_QSPLIT; silu:
-LLMLAB_C_FAST_SILU), taken in turn, the order flipped each round; medians over rounds. Also
-the read bandwidth (`inference.py`'s roofline) and each arm's step as a fraction of its limit
+LLMLAB_C_FAST_SILU; fq: LLMLAB_I8_FAST_QUANT), taken in turn, the order flipped each round;
+medians over rounds. Also the read bandwidth (`inference.py`'s roofline) and each arm's step as a fraction of its limit
 (bandwidth / bytes per token; 1 thread: one core's bandwidth). Last line: the standard JSON
 (`ours`: per arm the step, product and non-product ms, the pieces; the probes; `ratio`: each arm's
 non-product share and fraction of the limit).
@@ -115,18 +115,22 @@ def run_steps(model, nt: int, steps: int, clock, seed: int) -> dict:
             "pieces_ms": {k: round(1e3 * v * scale, 4) for k, v in sorted(pieces.items(), key=lambda kv: -kv[1])}}
 
 
-def _arm_env(team: int, int8: int, head: int = 1, qsplit: int = 1, silu: int = 1) -> None:
+def _arm_env(team: int, int8: int, head: int = 1, qsplit: int = 1, silu: int = 1, fq: int = 1) -> None:
+    from llmlab.kernels import build
     os.environ.update(LLMLAB_C_TEAM=str(team), LLMLAB_INT8_ACTIVATIONS=str(int8), LLMLAB_C_HEAD=str(head),
-                      LLMLAB_C_QSPLIT=str(qsplit), LLMLAB_C_FAST_SILU=str(silu))
+                      LLMLAB_C_QSPLIT=str(qsplit), LLMLAB_C_FAST_SILU=str(silu), LLMLAB_I8_FAST_QUANT=str(fq))
+    if build.load_i8() is not None:  # read when the library opens: switch the open one
+        build.load_i8().llmlab_i8_set_fast_quant(fq)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--arms", default="1:1:1,2:0:1,2:1:1",
-                    help="arms threads:team:int8[:head[:qsplit[:silu]]], comma-separated (team: LLMLAB_C_TEAM, every "
-                         "layer in one parallel region; int8: LLMLAB_INT8_ACTIVATIONS; head: LLMLAB_C_HEAD, the "
+                    help="arms threads:team:int8[:head[:qsplit[:silu[:fq]]]], comma-separated (team: "
+                         "LLMLAB_C_TEAM, every layer in one parallel region; int8: LLMLAB_INT8_ACTIVATIONS; head: LLMLAB_C_HEAD, the "
                          "final norm + LM head in the C call, default 1; qsplit: LLMLAB_C_QSPLIT, team attention "
-                         "by query heads, default 1; silu: LLMLAB_C_FAST_SILU, default 1)")
+                         "by query heads, default 1; silu: LLMLAB_C_FAST_SILU, default 1; fq: LLMLAB_I8_FAST_QUANT, "
+                         "the int8 input rounding in AVX2, default 1)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds over the arms (order flipped each round)")
     ap.add_argument("--steps", type=int, default=32, help="timed steps per arm per round")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")

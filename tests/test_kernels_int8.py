@@ -170,3 +170,42 @@ def test_int8_head_option_on_smollm2(smollm2, smollm2_tokenizer, monkeypatch):
     assert 0 < err < 2e-2, err  # really int8, and close (1.05e-2 measured)
     assert agree >= 0.9, agree
     print(f"int8 head: max error {err:.2e} of max |logit|, top-1 agreement {agree:.3f}")
+
+
+@pytest.mark.parametrize("fmt", [4, 8])
+def test_fast_quantization_gives_the_scalar_bits(fmt):
+    """LLMLAB_I8_FAST_QUANT's AVX2 rounding (and one row's stack buffers) against the scalar loop, on
+    every build: ties at .5 (round half to even), an all-zero block, signed zeros, a NaN, an inf, a
+    partial last group of blocks (k = 5 blocks), and the products of one row at k = 576 and 1536."""
+    g = torch.Generator().manual_seed(1)
+    k = 160
+    x = torch.randn(k, generator=g) * 3
+    x[32:64] = 0.0
+    x[64:96] = torch.arange(32, dtype=torch.float32) - 15.5  # amax 15.5, not a tie
+    x[96:128] = (torch.arange(32, dtype=torch.float32) - 16) + 0.5  # amax 127 -> id 1: x.5 ties
+    x[96] = 127.0
+    x[130], x[131] = -0.0, float("nan")
+    x[140] = float("inf")
+    for name, lib in _builds():
+        outs = []
+        for on in (0, 1):
+            lib.llmlab_i8_set_fast_quant(on)
+            xq = torch.full((256,), 7, dtype=torch.int8)
+            dx, sx = torch.full((8,), 7.0), torch.full((8,), 7.0)
+            lib.llmlab_i8_quantize(fmt, x.data_ptr(), k, xq.data_ptr(), dx.data_ptr(), sx.data_ptr())
+            ys = []
+            for kk in (576, 1536):
+                w = _weight("Q4_1" if fmt == 4 else "Q8_0", 12, kk, seed=kk)
+                xi = torch.randn(kk, generator=torch.Generator().manual_seed(kk))
+                y = torch.empty(12)
+                assert lib.llmlab_i8_matmul(fmt, w.qs.data_ptr(), w.d.data_ptr(),
+                                            w.m.data_ptr() if w.m is not None else None, 12, kk, xi.data_ptr(), 1,
+                                            y.data_ptr(), 1)
+                ys.append(y)
+            outs.append((xq, dx, sx, ys))
+        lib.llmlab_i8_set_fast_quant(kernel.fast_quant())
+        (q0, d0, s0, y0), (q1, d1, s1, y1) = outs
+        assert torch.equal(q0, q1), name
+        assert torch.equal(d0.view(torch.int32), d1.view(torch.int32)), name
+        assert torch.equal(s0.view(torch.int32), s1.view(torch.int32)), name
+        assert all(torch.equal(a.view(torch.int32), b.view(torch.int32)) for a, b in zip(y0, y1)), name

@@ -135,4 +135,14 @@ def open_i8(arch: str | None = None):
     lib.llmlab_i8_quantize.argtypes = [c_int, p, i64, p, p, p]
     lib.llmlab_i8_quantize.restype = None
     lib.llmlab_i8_isa.restype = c_int
+    lib.llmlab_i8_set_fast_quant.argtypes = [c_int]
+    lib.llmlab_i8_set_fast_quant.restype = None
+    lib.llmlab_i8_set_fast_quant(fast_quant())
     return lib
+
+
+def fast_quant() -> int:
+    """Does `ggml_i8.c` round the input with AVX2 and keep one row's buffers on the stack
+    (LLMLAB_I8_FAST_QUANT, default on; the same bits either way)? Read when a library opens;
+    `llmlab_i8_set_fast_quant` switches an open one (benchmarks/decode_overhead.py's arms)."""
+    return int(os.environ.get("LLMLAB_I8_FAST_QUANT", "1") not in ("", "0"))

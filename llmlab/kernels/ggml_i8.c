@@ -44,6 +44,66 @@
  * row at a time streams faster (Q8_0's LM head 2.4 vs 3.4 ms, Q4_1 at k = 1536 0.042 vs 0.067 ms:
  * docs/LOG.md). The AVX2 build runs one row at a time at every k (session 11: faster there too). */
 #define SPAN 1536
+#define SMALL_K 4096 /* one input row up to this k: its buffers on the stack */
+
+/* Round one block of 32 inputs to int8: xq (fmt 4: low halves at (b%4)*16, high halves at
+ * 64 + (b%4)*16 of the group; fmt 8: at (b%4)*32), its scale dx and offset sx. */
+static void quantize_block(int fmt, const float *xb, int64_t b, int8_t *o, float *dx, float *sx) {
+    float amax = 0.f;
+    for (int j = 0; j < QK; j++) amax = fabsf(xb[j]) > amax ? fabsf(xb[j]) : amax;
+    float id = amax > 0.f ? 127.f / amax : 0.f;
+    int s = 0;
+    for (int j = 0; j < QK; j++) {
+        int v = (int)nearbyintf(xb[j] * id);
+        s += v;
+        int64_t at = fmt == 4 ? (j < 16 ? (b % 4) * 16 + j : 64 + (b % 4) * 16 + j - 16) : (b % 4) * QK + j;
+        o[at] = (int8_t)v;
+    }
+    dx[b] = amax / 127.f;
+    sx[b] = dx[b] * (float)s;
+}
+
+#if I8_ISA >= 2
+/* `quantize_block` in AVX2, the same bits: max_ps(|x|, acc) keeps acc where |x| is NaN (the scalar
+ * compare's choice), the same x * id and round-half-even (nearbyintf in the default mode), the
+ * int32 truncation's low byte (what the scalar (int8_t) cast keeps: masked, then packed without
+ * saturation) and the block's int32 sum (wrapping sums do not depend on the order). */
+static void quantize_block_avx2(int fmt, const float *xb, int64_t b, int8_t *o, float *dx, float *sx) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v[4], mx = _mm256_setzero_ps();
+    for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(xb + 8 * i), mx = _mm256_max_ps(_mm256_andnot_ps(sign, v[i]), mx);
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
+    float id = amax > 0.f ? 127.f / amax : 0.f;
+    const __m256 idv = _mm256_set1_ps(id);
+    const __m256i low = _mm256_set1_epi32(0xFF);
+    __m256i q[4], sum = _mm256_setzero_si256();
+    for (int i = 0; i < 4; i++) {
+        q[i] = _mm256_cvttps_epi32(_mm256_round_ps(_mm256_mul_ps(v[i], idv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        sum = _mm256_add_epi32(sum, q[i]);
+        q[i] = _mm256_and_si256(q[i], low);
+    }
+    __m256i p = _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]), _mm256_packus_epi32(q[2], q[3]));
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    if (fmt == 4) {
+        _mm_storeu_si128((__m128i *)(o + (b % 4) * 16), _mm256_castsi256_si128(p));
+        _mm_storeu_si128((__m128i *)(o + 64 + (b % 4) * 16), _mm256_extracti128_si256(p, 1));
+    } else {
+        _mm256_storeu_si256((__m256i *)(o + (b % 4) * QK), p);
+    }
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    dx[b] = amax / 127.f;
+    sx[b] = dx[b] * (float)_mm_cvtsi128_si32(s4);
+}
+#endif
+
+/* The AVX2 quantization and small one-row buffers on the stack (default on; off: the scalar loop
+ * and malloc, the A/B arm of benchmarks/decode_overhead.py, LLMLAB_I8_FAST_QUANT=0). */
+static int fast_quant = 1;
+void llmlab_i8_set_fast_quant(int on) { fast_quant = on; }
 
 /* Round one input row to int8 blocks; xq is laid out for the weight format: fmt 4 keeps, per group
  * of 4 blocks, the 4 low halves (x_0..15 of each block) then the 4 high halves; fmt 8 is plain.
@@ -53,20 +113,10 @@ void llmlab_i8_quantize(int fmt, const float *x, int64_t k, int8_t *xq, float *d
     memset(xq, 0, (size_t)(ng * 4 * QK));
     for (int64_t b = nb; b < ng * 4; b++) dx[b] = sx[b] = 0.f;
     for (int64_t b = 0; b < nb; b++) {
-        const float *xb = x + b * QK;
-        float amax = 0.f;
-        for (int j = 0; j < QK; j++) amax = fabsf(xb[j]) > amax ? fabsf(xb[j]) : amax;
-        float id = amax > 0.f ? 127.f / amax : 0.f;
-        int s = 0;
-        int8_t *o = xq + (b / 4) * 4 * QK;
-        for (int j = 0; j < QK; j++) {
-            int v = (int)nearbyintf(xb[j] * id);
-            s += v;
-            int64_t at = fmt == 4 ? (j < 16 ? (b % 4) * 16 + j : 64 + (b % 4) * 16 + j - 16) : (b % 4) * QK + j;
-            o[at] = (int8_t)v;
-        }
-        dx[b] = amax / 127.f;
-        sx[b] = dx[b] * (float)s;
+#if I8_ISA >= 2
+        if (fast_quant) { quantize_block_avx2(fmt, x + b * QK, b, xq + (b / 4) * 4 * QK, dx, sx); continue; }
+#endif
+        quantize_block(fmt, x + b * QK, b, xq + (b / 4) * 4 * QK, dx, sx);
     }
 }
 
@@ -431,21 +481,73 @@ static void share(int64_t units, int64_t *lo, int64_t *hi) {
     *hi = units * (t + 1) / n;
 }
 
+/* Weight-row groups [g0, g1) of the product against mx quantized input rows (xq, dx, sx; AVX2:
+ * the spread scales dxe, sxe) -> y. */
+static void run_groups(int64_t g0, int64_t g1, int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows,
+                       int64_t nb, int64_t ng, int64_t mx, const int8_t *xq, int64_t stride, const float *dx,
+                       const float *sx, const float *dxe, const float *sxe, float *y) {
+    (void)dxe, (void)sxe;
+    for (int64_t gr = g0; gr < g1; gr++) {
+        int64_t r = gr * NRC;
+        int nr = rows - r < NRC ? (int)(rows - r) : NRC;
+#if I8_ISA >= 2 /* VNNI: the tile for several input rows (rows_vnni below for one); AVX2: the tile always */
+        if (mx > 1 || I8_ISA == 2) {
+            for (int64_t i = 0; i < mx; i += MI) {
+#if I8_ISA == 2
+                tile(fmt, qs, d, m, r, nr, nb, xq + i * stride, stride, dxe + i / MI * ng * (fmt == 4 ? 16 : 4) * MI,
+                     sxe ? sxe + i / MI * ng * 4 * MI : NULL, mx - i < MI ? (int)(mx - i) : MI, y + i * rows + r, rows);
+#else
+                tile(fmt, qs, d, m, r, nr, nb, xq + i * stride, stride, dx + i * ng * 4, sx + i * ng * 4,
+                     mx - i < MI ? (int)(mx - i) : MI, y + i * rows + r, rows);
+#endif
+            }
+            continue;
+        }
+#endif
+        for (int64_t i = 0; i < mx; i++) {
+            const int8_t *xi = xq + i * stride;
+            const float *dxi = dx + i * ng * 4, *sxi = sx + i * ng * 4;
+#if I8_ISA == 3
+            float tmp[NRC];
+            int step = NRC * nb * (fmt == 4 ? 16 : QK) > SPAN ? 1 : NRC;
+            for (int t = 0; t < nr; t += step)
+                rows_vnni(fmt, qs, d, m, r + t, nr - t < step ? nr - t : step, nb, xi, dxi, sxi, tmp + t);
+            memcpy(y + i * rows + r, tmp, sizeof(float) * (size_t)nr);
+#else
+            for (int t = 0; t < nr; t++)
+                y[i * rows + r + t] = row_portable(fmt, qs, d, m, r + t, nb, xi, dxi, sxi);
+#endif
+        }
+    }
+}
+
+#if I8_ISA == 2
+#define DXE dxe
+#define SXE sxe
+#else
+#define DXE NULL
+#define SXE NULL
+#endif
 /* Exported: fmt 4 or 8, k a multiple of 32; returns 0 for another format or no memory. nt threads
  * split the weight rows in groups of NRC; each group's rows stay in L1 across the input rows. */
 int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
                      const float *x, int64_t mx, float *y, int nt) {
     if ((fmt != 4 && fmt != 8) || k % QK) return 0;
     int64_t nb = k / QK, ng = (nb + 3) / 4, stride = ng * 4 * QK;
-    int8_t *xq = (int8_t *)malloc((size_t)(mx * stride));
-    float *dx = (float *)malloc(sizeof(float) * (size_t)(2 * mx * ng * 4));
-    if (!xq || !dx) { free(xq); free(dx); return 0; }
+    /* one input row of at most SMALL_K (a decode step's products, team mode's shares): buffers on
+     * the stack, not 3 mallocs and frees per call */
+    int small = fast_quant && mx == 1 && k <= SMALL_K;
+    int8_t xq_s[SMALL_K];
+    float dx_s[2 * SMALL_K / QK];
+    int8_t *xq = small ? xq_s : (int8_t *)malloc((size_t)(mx * stride));
+    float *dx = small ? dx_s : (float *)malloc(sizeof(float) * (size_t)(2 * mx * ng * 4));
+    if (!xq || !dx) { if (!small) free(xq), free(dx); return 0; }
     float *sx = dx + mx * ng * 4;
     for (int64_t i = 0; i < mx; i++) llmlab_i8_quantize(fmt, x + i * k, k, xq + i * stride, dx + i * ng * 4, sx + i * ng * 4);
 #if I8_ISA == 2
-    float *dxe = NULL, *sxe = NULL;
+    float *dxe = NULL, *sxe = NULL, dxe_s[SMALL_K / QK / 4 * 20 * MI];
     { /* the input scales spread to their lanes for `many_t` */
-        dxe = (float *)malloc(sizeof(float) * (size_t)spread_size(fmt, mx, ng));
+        dxe = small ? dxe_s : (float *)malloc(sizeof(float) * (size_t)spread_size(fmt, mx, ng));
         if (!dxe) { free(xq); free(dx); return 0; }
         sxe = fmt == 4 ? dxe + (mx + MI - 1) / MI * ng * 16 * MI : NULL;
         spread(fmt, mx, ng, dx, sx, dxe, sxe);
@@ -454,43 +556,17 @@ int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m,
     int64_t groups = (rows + NRC - 1) / NRC;
     if (nt > groups) nt = (int)groups;
     if (nt < 1) nt = 1;
+    if (nt > 1 || !fast_quant) { /* nested in team mode: a region of one thread (share's ids 0 of 1) */
 #pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        int64_t g0, g1;
-        share(groups, &g0, &g1);
-        for (int64_t gr = g0; gr < g1; gr++) {
-            int64_t r = gr * NRC;
-            int nr = rows - r < NRC ? (int)(rows - r) : NRC;
-#if I8_ISA >= 2 /* VNNI: the tile for several input rows (rows_vnni below for one); AVX2: the tile always */
-            if (mx > 1 || I8_ISA == 2) {
-                for (int64_t i = 0; i < mx; i += MI) {
-#if I8_ISA == 2
-                    tile(fmt, qs, d, m, r, nr, nb, xq + i * stride, stride, dxe + i / MI * ng * (fmt == 4 ? 16 : 4) * MI,
-                         sxe ? sxe + i / MI * ng * 4 * MI : NULL, mx - i < MI ? (int)(mx - i) : MI, y + i * rows + r, rows);
-#else
-                    tile(fmt, qs, d, m, r, nr, nb, xq + i * stride, stride, dx + i * ng * 4, sx + i * ng * 4,
-                         mx - i < MI ? (int)(mx - i) : MI, y + i * rows + r, rows);
-#endif
-                }
-                continue;
-            }
-#endif
-            for (int64_t i = 0; i < mx; i++) {
-                const int8_t *xi = xq + i * stride;
-                const float *dxi = dx + i * ng * 4, *sxi = sx + i * ng * 4;
-#if I8_ISA == 3
-                float tmp[NRC];
-                int step = NRC * nb * (fmt == 4 ? 16 : QK) > SPAN ? 1 : NRC;
-                for (int t = 0; t < nr; t += step)
-                    rows_vnni(fmt, qs, d, m, r + t, nr - t < step ? nr - t : step, nb, xi, dxi, sxi, tmp + t);
-                memcpy(y + i * rows + r, tmp, sizeof(float) * (size_t)nr);
-#else
-                for (int t = 0; t < nr; t++)
-                    y[i * rows + r + t] = row_portable(fmt, qs, d, m, r + t, nb, xi, dxi, sxi);
-#endif
-            }
+        {
+            int64_t g0, g1;
+            share(groups, &g0, &g1);
+            run_groups(g0, g1, fmt, qs, d, m, rows, nb, ng, mx, xq, stride, dx, sx, DXE, SXE, y);
         }
+    } else { /* one thread: no region (in team mode the calling thread's own share) */
+        run_groups(0, groups, fmt, qs, d, m, rows, nb, ng, mx, xq, stride, dx, sx, DXE, SXE, y);
     }
+    if (small) return 1;
     free(xq);
     free(dx);
 #if I8_ISA == 2
