@@ -127,7 +127,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--arms", default="1:1:1,2:0:1,2:1:1",
                     help="arms threads:team:int8[:head[:qsplit[:silu[:fq]]]], comma-separated (team: "
-                         "LLMLAB_C_TEAM, every layer in one parallel region; int8: LLMLAB_INT8_ACTIVATIONS; head: LLMLAB_C_HEAD, the "
+                         "LLMLAB_C_TEAM, every layer in one parallel region; int8: LLMLAB_INT8_ACTIVATIONS; head: "
+                         "LLMLAB_C_HEAD, the "
                          "final norm + LM head in the C call, default 1; qsplit: LLMLAB_C_QSPLIT, team attention "
                          "by query heads, default 1; silu: LLMLAB_C_FAST_SILU, default 1; fq: LLMLAB_I8_FAST_QUANT, "
                          "the int8 input rounding in AVX2, default 1)")
@@ -161,7 +162,8 @@ def main() -> None:
             runs[a].append({**run_steps(model, a[0], args.steps, clock, seed=r), "regions": regions_per_step(model, a[0])})
     summary, ratio = {}, {}
     for a, rs in runs.items():
-        name = f"{a[0]}t_team{a[1]}_int8{a[2]}" + "".join(f"_{k}{v}" for k, v in zip(("head", "qsplit", "silu"), a[3:]))
+        opts = zip(("head", "qsplit", "silu", "fq"), a[3:])
+        name = f"{a[0]}t_team{a[1]}_int8{a[2]}" + "".join(f"_{k}{v}" for k, v in opts)
         med = {k: statistics.median(x[k] for x in rs) for k in ("step_ms", "products_ms", "nonproduct_ms")}
         med["steps_ms_rounds"] = [round(x["step_ms"], 4) for x in rs]
         med["regions_per_step"] = rs[0]["regions"]
