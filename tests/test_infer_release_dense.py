@@ -11,29 +11,17 @@ from llmlab.infer.sampling import SamplingParams
 from llmlab.kernels import ggml
 from llmlab.model.config import ModelConfig
 from llmlab.model.transformer import Transformer
-from llmlab.quant.gguf_export import encode_blocks
+from tiny_quant import block_model
 
 pytestmark = pytest.mark.skipif(not ggml.available(), reason="the block kernel does not build here")
 
 
 def _quantized_model(fmt_of=lambda name: "Q4_0" if "mlp" in name else "Q8_0"):
-    """A small LLaMA whose 2-D weights are GGUF blocks, loaded the way `load_gguf` loads one:
-    fp32 parameters = the blocks' decode, blocks attached."""
-    torch.manual_seed(0)
+    """A small LLaMA whose 2-D weights are GGUF blocks, loaded the way `load_gguf` loads one."""
     cfg = ModelConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256,
                       initializer_range=0.3, tie_word_embeddings=True)
-    model = Transformer(cfg).eval()
-    blocks = {}
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                fmt = fmt_of(name)
-                q = ggml.QuantWeight.from_gguf(fmt, encode_blocks(p, fmt), tuple(p.shape))
-                p.copy_(q.dequantize())
-                blocks[name] = q
-    ggml.attach(model, blocks)
-    return model
+    return block_model(cfg, fmt_of)
 
 
 def _run(model, prompts):

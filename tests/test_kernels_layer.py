@@ -15,31 +15,17 @@ from llmlab.kernels import build as kernel
 from llmlab.kernels import ggml
 from llmlab.kernels import layer as c_layer
 from llmlab.model.config import ModelConfig
-from llmlab.model.transformer import Transformer
-from llmlab.quant.gguf_export import encode_blocks
+from tiny_quant import block_model
 
 pytestmark = pytest.mark.skipif(c_layer.load() is None, reason="no C compiler: the kernels are not built")
 
 
 def _model(bias=False, fmt_of=lambda n: "Q4_0" if "mlp" in n else ("Q4_1" if "o_proj" in n else "Q8_0"), layers=2):
-    torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=128, hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
                       num_key_value_heads=2, intermediate_size=96, max_position_embeddings=256,
                       initializer_range=0.3, tie_word_embeddings=True, attention_bias=bias, mlp_bias=bias)
-    model = Transformer(cfg).eval()
-    blocks = {}
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                q = ggml.QuantWeight.from_gguf(fmt_of(name), encode_blocks(p, fmt_of(name)), tuple(p.shape))
-                p.copy_(q.dequantize())
-                blocks[name] = q
-            elif "norm" in name:  # not all ones: a norm weight that is dropped shows
-                p.uniform_(0.5, 1.5)
-            else:  # biases
-                p.normal_(0, 0.3)
-    ggml.attach(model, blocks)
-    return model
+    # norm weights not all ones (a norm weight that is dropped shows), biases random
+    return block_model(cfg, fmt_of, 0, lambda name, p: p.uniform_(0.5, 1.5) if "norm" in name else p.normal_(0, 0.3))
 
 
 def _decode(model, ids, steps, on: bool, monkeypatch, expect_c: bool | None = None):
@@ -195,23 +181,10 @@ def test_c_layers_thread_counts_are_tuned_per_layer(monkeypatch):
 
 def _gqa3_model():
     """3 K/V heads over 2 threads (an uneven split), head size 32 (the AVX2 attention path)."""
-    torch.manual_seed(1)
     cfg = ModelConfig(vocab_size=128, hidden_size=192, num_hidden_layers=3, num_attention_heads=6,
                       num_key_value_heads=3, intermediate_size=96, max_position_embeddings=256,
                       initializer_range=0.3, tie_word_embeddings=True)
-    model = Transformer(cfg).eval()
-    blocks = {}
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                fmt = "Q4_1" if "mlp" in name else "Q8_0"
-                q = ggml.QuantWeight.from_gguf(fmt, encode_blocks(p, fmt), tuple(p.shape))
-                p.copy_(q.dequantize())
-                blocks[name] = q
-            else:
-                p.uniform_(0.5, 1.5)
-    ggml.attach(model, blocks)
-    return model
+    return block_model(cfg, lambda n: "Q4_1" if "mlp" in n else "Q8_0", 1, lambda name, p: p.uniform_(0.5, 1.5))
 
 
 def _steps_at(model, threads: int, team: bool, monkeypatch, n_prompt=30, n_steps=8):

@@ -22,3 +22,26 @@ def tiny_quant_case(config):
     calib = torch.randint(0, config.vocab_size, (4, 32))
     ids = torch.randint(0, config.vocab_size, (2, 16))
     return model, calib, ids, model(ids).detach()
+
+
+def block_model(config, fmt_of, seed: int = 0, other=None):
+    """A LLaMA whose 2-D weights are GGUF blocks (format fmt_of(name)), loaded the way `load_gguf`
+    loads one: fp32 parameters = the blocks' decode, blocks attached. other(name, p), if given,
+    sets each 1-D parameter in order (norm weights that are not all ones, biases)."""
+    from llmlab.kernels import ggml
+    from llmlab.model.transformer import Transformer
+    from llmlab.quant.gguf_export import encode_blocks
+    torch.manual_seed(seed)
+    model = Transformer(config).eval()
+    blocks = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                fmt = fmt_of(name)
+                q = ggml.QuantWeight.from_gguf(fmt, encode_blocks(p, fmt), tuple(p.shape))
+                p.copy_(q.dequantize())
+                blocks[name] = q
+            elif other is not None:
+                other(name, p)
+    ggml.attach(model, blocks)
+    return model
