@@ -135,6 +135,8 @@ def open_i8(arch: str | None = None):
     lib.llmlab_i8_quantize.argtypes = [c_int, p, i64, p, p, p]
     lib.llmlab_i8_quantize.restype = None
     lib.llmlab_i8_isa.restype = c_int
+    lib.llmlab_i8_h2f.argtypes = [ctypes.c_uint16]
+    lib.llmlab_i8_h2f.restype = ctypes.c_float
     lib.llmlab_i8_set_fast_quant.argtypes = [c_int]
     lib.llmlab_i8_set_fast_quant.restype = None
     lib.llmlab_i8_set_fast_quant(fast_quant())

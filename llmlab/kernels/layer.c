@@ -47,6 +47,8 @@ typedef void (*attn_fn)(const float *, const float *, const float *, int64_t, in
 enum { F_QKV = 0, F_O = 6, F_UP = 12, F_DOWN = 18, F_BIAS = 24, F_N1 = 28, F_N2 = 29, F_STR = 30, NF = 42 };
 
 #define PTR(T, v) ((T)(intptr_t)(v))
+/* fmt flag of ggml_i8.c: d and m are fp16 (the int8 product's table only; strides in elements) */
+#define F16S 16
 
 static void product(const int64_t *f, int64_t bias, const float *in, int64_t M, float *out, const int64_t *fns,
                     int nt, int64_t macs, int64_t macs8) {
@@ -56,7 +58,7 @@ static void product(const int64_t *f, int64_t bias, const float *in, int64_t M, 
     const float *d = PTR(const float *, f[2]), *m = PTR(const float *, f[3]);
     int done = 0;
     if (fns[1]) done = PTR(mm8_fn, fns[1])(fmt, qs, d, m, rows, k, in, M, out, work >= macs8 ? nt : 1);
-    if (!done) PTR(mm_fn, fns[0])(fmt, qs, d, m, rows, k, in, M, out, work >= macs ? nt : 1);
+    if (!done && !(fmt & F16S)) PTR(mm_fn, fns[0])(fmt, qs, d, m, rows, k, in, M, out, work >= macs ? nt : 1);
     if (bias) {
         const float *b = PTR(const float *, bias);
         for (int64_t i = 0; i < M; i++)
@@ -71,12 +73,12 @@ static void product_rows(const int64_t *f, const int64_t *str, int64_t bias, con
                          int64_t r1, const int64_t *fns) {
     if (r1 <= r0) return;
     int fmt = (int)f[0];
-    int64_t k = f[5];
+    int64_t k = f[5], es = fmt & F16S ? 2 : 4; /* bytes per scale: fp16 (F16S) or fp32 */
     const uint8_t *qs = PTR(const uint8_t *, f[1]) + r0 * str[0];
-    const float *d = PTR(const float *, f[2]) + r0 * str[1], *m = f[3] ? PTR(const float *, f[3]) + r0 * str[2] : 0;
+    const float *d = PTR(const float *, f[2] + r0 * str[1] * es), *m = f[3] ? PTR(const float *, f[3] + r0 * str[2] * es) : 0;
     int done = 0;
     if (fns[1]) done = PTR(mm8_fn, fns[1])(fmt, qs, d, m, r1 - r0, k, in, 1, out + r0, 1);
-    if (!done) PTR(mm_fn, fns[0])(fmt, qs, d, m, r1 - r0, k, in, 1, out + r0, 1);
+    if (!done && !(fmt & F16S)) PTR(mm_fn, fns[0])(fmt, qs, d, m, r1 - r0, k, in, 1, out + r0, 1);
     if (bias)
         for (int64_t j = r0; j < r1; j++) out[j] += PTR(const float *, bias)[j];
 }
