@@ -256,3 +256,24 @@ def test_fp16_scales_only_where_exact():
         assert w.half_scales() is None and ggml.args_i8(w, True) == ggml._args(w)
     w = QuantWeight(4, qs, torch.full((4, 2), 0.25), torch.full((4, 2), -2.0))
     assert w.half_scales() is not None and ggml.args_i8(w, True)[0] == 4 | ggml.F16S
+
+
+@pytest.mark.parametrize("qtype,k", [("Q4_1", 576), ("Q4_0", 1536), ("Q8_0", 576), ("Q8_0", 160), ("Q4_1", 96)])
+def test_one_row_short_path_gives_the_general_paths_bits(qtype, k):
+    """LLMLAB_I8_ONE_ROW's batch-1 short path (full groups of 4 blocks, the scales d * dx as one 4-lane product
+    permuted to their lanes) against the general path and the reference order, on every build, 1 and 2 threads;
+    k = 576 (4 full groups + 2 blocks), 1536 (12 full), 160 (1 full + 1), 96 (no full group)."""
+    rows = 37
+    w = _weight(qtype, rows, k, seed=11)
+    x = torch.randn(3, k, generator=torch.Generator().manual_seed(12))
+    ref = torch.empty(3, rows)
+    assert kernel.load_i8().llmlab_i8_matmul_reference(*ggml._args(w), x.data_ptr(), 3, ref.data_ptr())
+    for name, lib in _builds():
+        for threads in (1, 2):
+            got = {}
+            for on in (0, 1):
+                lib.llmlab_i8_set_one_row(on)
+                got[on] = torch.cat([matmul_i8(x[i:i + 1], w, threads, lib=lib) for i in range(3)])
+            lib.llmlab_i8_set_one_row(kernel.one_row())
+            assert torch.equal(got[0].view(torch.int32), got[1].view(torch.int32)), (name, threads)
+            assert torch.equal(got[1], ref), (name, threads)

@@ -314,3 +314,21 @@ def test_generate_ids_greedy_takes_the_c_heads_argmax(int8, monkeypatch):
     assert len(calls) == 1  # only the prompt's step (its forward is Python's: no C argmax)
     pen = list(generate_ids(model, prompt, SamplingParams(temperature=0.0, max_new_tokens=4, repetition_penalty=1.3)))
     assert len(pen) == 4 and len(calls) == 1 + 4
+
+
+@pytest.mark.parametrize("split", [512, 16])
+def test_team_attention_one_sequence_entry_keeps_the_bits(split, monkeypatch):
+    """Team mode's attention through `llmlab_decode_attention_one` (LLMLAB_C_ATTN_ONE=1: no work lists or
+    region a call) gives the bits of `llmlab_decode_attention` (=0), short contexts (`whole`) and contexts
+    past Flash-Decoding's split (its chunks); 3 K/V heads, query heads shared 3 and 3 over 2 threads."""
+    from llmlab.kernels import attention as c_attention
+    monkeypatch.setattr(c_attention, "SPLIT", split)
+    model = _gqa3_model()
+    out = {}
+    for one in ("0", "1"):
+        monkeypatch.setenv("LLMLAB_C_ATTN_ONE", one)
+        out[one], teams = _steps_at(model, 2, True, monkeypatch)
+        assert all(teams)
+        assert bool(c_layer.Layers.of(fused(model)).fns(False)[3]) == (one == "1")  # the entry really in use
+    ref, _ = _steps_at(model, 1, False, monkeypatch)
+    assert torch.equal(out["1"], out["0"]) and torch.equal(out["1"], ref)

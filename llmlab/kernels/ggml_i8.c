@@ -124,6 +124,10 @@ static void quantize_block_avx2(int fmt, const float *xb, int64_t b, int8_t *o, 
  * and malloc, the A/B arm of benchmarks/decode_overhead.py, LLMLAB_I8_FAST_QUANT=0). */
 static int fast_quant = 1;
 void llmlab_i8_set_fast_quant(int on) { fast_quant = on; }
+/* AVX2, batch 1: full groups through `many_t`'s short path (default on; off: the general path, the
+ * A/B arm of benchmarks/decode_overhead.py, LLMLAB_I8_ONE_ROW=0). The same bits either way. */
+static int one_row_fast = 1;
+void llmlab_i8_set_one_row(int on) { one_row_fast = on; }
 
 /* Round one input row to int8 blocks; xq is laid out for the weight format: fmt 4 keeps, per group
  * of 4 blocks, the 4 low halves (x_0..15 of each block) then the 4 high halves; fmt 8 is plain.
@@ -388,8 +392,8 @@ AI_I8 float red8x2(__m256 a0, __m256 a1, __m128 macc) {
  * 110 -> 88 us (benchmarks/matvec_shapes.c, 1 thread, CPU time, under load; docs/LOG.md session 12). */
 #define PF_BYTES 2048
 AI_I8 void many_t(const int fmt, const int H, const int NX, const uint8_t *qs, const float *d, const float *m,
-                  int64_t row, int64_t nb, const int8_t *xq, int64_t stride, const float *dxe, const float *sxe,
-                  float *y, int64_t ldy) {
+                  int64_t row, int64_t nb, const int8_t *xq, int64_t stride, const float *dx, const float *dxe,
+                  const float *sxe, float *y, int64_t ldy) {
     const uint16_t *dh = (const uint16_t *)d, *mh = (const uint16_t *)m; /* H: the fp16 scales (F16S) */
     __m256 acc[MI][2], macc[MI / 2];
     for (int i = 0; i < NX; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
@@ -415,6 +419,35 @@ AI_I8 void many_t(const int fmt, const int H, const int NX, const uint8_t *qs, c
                 if (H) __builtin_prefetch(hp + PF_BYTES / 32, 0, 3);
                 else __builtin_prefetch(dp + PF_BYTES / 32, 0, 3);
             }
+        }
+        if (NX == 1 && !H && nbg == 4 && one_row_fast) {
+            /* batch 1, a full group (fp32 scales): the 4 scales d * dx as one 4-lane product permuted to
+             * their lanes (the same products as de * ge below: the same bits), with fewer operations
+             * a block than the general path; the cores' work per block bounds these products */
+            const __m256 s8 = _mm256_castps128_ps256(_mm_mul_ps(_mm_loadu_ps(dp), _mm_loadu_ps(dx + 4 * g)));
+            const int8_t *xg = xq + g * 4 * QK;
+            if (fmt == 4) {
+                for (int u = 0; u < 2; u++) {
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(w + 32 * u));
+                    __m256i lo = _mm256_and_si256(v, lo4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
+                    __m256i p = _mm256_madd_epi16(_mm256_add_epi16(
+                        _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(xg + 32 * u))),
+                        _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xg + 64 + 32 * u)))), ones);
+                    __m256 sc = _mm256_permutevar8x32_ps(s8, u ? _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3)
+                                                               : _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+                    acc[0][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[0][u]);
+                }
+                __m128 m4 = _mm_loadu_ps(m + blk);
+                macc[0] = _mm256_fmadd_ps(_mm256_set_m128(m4, m4), _mm256_loadu_ps(sxe + g * MI * 4), macc[0]);
+            } else {
+                for (int u = 0; u < 4; u++) {
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(w + 32 * u));
+                    __m256i p = dot4_256(_mm256_abs_epi8(v), _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(xg + 32 * u)), v));
+                    __m256 sc = _mm256_permutevar8x32_ps(s8, _mm256_set1_epi32(u));
+                    acc[0][u & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[0][u & 1]);
+                }
+            }
+            continue;
         }
         for (int u = 0; u < (fmt == 4 ? 2 : 4); u++) {
             if ((fmt == 4 ? 2 * u : u) >= nbg) break;
@@ -491,16 +524,17 @@ static void spread(int fmt, int64_t mx, int64_t ng, const float *dx, const float
 }
 
 #define MANY_NX(F, H) do { switch (nx) { \
-    case 4: many_t(F, H, 4, qs, d, m, row + t, nb, xq, stride, dxe, sxe, y + t, ldy); break; \
-    case 3: many_t(F, H, 3, qs, d, m, row + t, nb, xq, stride, dxe, sxe, y + t, ldy); break; \
-    case 2: many_t(F, H, 2, qs, d, m, row + t, nb, xq, stride, dxe, sxe, y + t, ldy); break; \
-    default: many_t(F, H, 1, qs, d, m, row + t, nb, xq, stride, dxe, sxe, y + t, ldy); } } while (0)
+    case 4: many_t(F, H, 4, qs, d, m, row + t, nb, xq, stride, dx, dxe, sxe, y + t, ldy); break; \
+    case 3: many_t(F, H, 3, qs, d, m, row + t, nb, xq, stride, dx, dxe, sxe, y + t, ldy); break; \
+    case 2: many_t(F, H, 2, qs, d, m, row + t, nb, xq, stride, dx, dxe, sxe, y + t, ldy); break; \
+    default: many_t(F, H, 1, qs, d, m, row + t, nb, xq, stride, dx, dxe, sxe, y + t, ldy); } } while (0)
 
-/* nr (1..NRC) weight rows from `row` against nx (1..MI) input rows (xq at i * stride; dxe, sxe
- * from `spread`) -> y[i * ldy + t], one weight row at a time; h16: d, m are fp16 (F16S). */
+/* nr (1..NRC) weight rows from `row` against nx (1..MI) input rows (xq at i * stride; dx: the first
+ * row's block scales; dxe, sxe from `spread`) -> y[i * ldy + t], one weight row at a time; h16: d, m
+ * are fp16 (F16S). */
 static void tile(int fmt, int h16, const uint8_t *qs, const float *d, const float *m, int64_t row, int nr, int64_t nb,
-                 const int8_t *xq, int64_t stride, const float *dxe, const float *sxe, int nx, float *y,
-                 int64_t ldy) {
+                 const int8_t *xq, int64_t stride, const float *dx, const float *dxe, const float *sxe, int nx,
+                 float *y, int64_t ldy) {
     for (int t = 0; t < nr; t++) {
         if (fmt == 4) { if (h16) MANY_NX(4, 1); else MANY_NX(4, 0); }
         else { if (h16) MANY_NX(8, 1); else MANY_NX(8, 0); }
@@ -526,13 +560,14 @@ static void share(int64_t units, int64_t *lo, int64_t *hi) {
 static void run_groups(int64_t g0, int64_t g1, int fmt, int h16, const uint8_t *qs, const float *d, const float *m,
                        int64_t rows, int64_t nb, int64_t ng, int64_t mx, const int8_t *xq, int64_t stride,
                        const float *dx, const float *sx, const float *dxe, const float *sxe, float *y, float *cv) {
-    (void)dx, (void)sx, (void)dxe, (void)sxe, (void)cv;
+    (void)dx, (void)sx, (void)dxe, (void)sxe, (void)cv;  /* each build reads some of them */
     for (int64_t gr = g0; gr < g1; gr++) {
         int64_t r = gr * NRC;
         int nr = rows - r < NRC ? (int)(rows - r) : NRC;
 #if I8_ISA == 2 /* AVX2: the tile always, fp16 scales read in registers */
         for (int64_t i = 0; i < mx; i += MI)
-            tile(fmt, h16, qs, d, m, r, nr, nb, xq + i * stride, stride, dxe + i / MI * ng * (fmt == 4 ? 16 : 4) * MI,
+            tile(fmt, h16, qs, d, m, r, nr, nb, xq + i * stride, stride, dx + i * ng * 4,
+                 dxe + i / MI * ng * (fmt == 4 ? 16 : 4) * MI,
                  sxe ? sxe + i / MI * ng * 4 * MI : NULL, mx - i < MI ? (int)(mx - i) : MI, y + i * rows + r, rows);
 #else
         const uint8_t *gq = qs;

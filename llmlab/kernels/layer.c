@@ -38,6 +38,8 @@ typedef void (*mm_fn)(int, const uint8_t *, const float *, const float *, int64_
                       int64_t, float *, int);
 typedef int (*mm8_fn)(int, const uint8_t *, const float *, const float *, int64_t, int64_t, const float *,
                       int64_t, float *, int);
+typedef void (*attn1_fn)(const float *, const float *, const float *, int64_t, int64_t, const int64_t *, int64_t,
+                         int64_t, int64_t, float, float *, int64_t);
 typedef void (*attn_fn)(const float *, const float *, const float *, int64_t, int64_t, const int64_t *,
                         const int64_t *, int64_t, int64_t, int64_t, int64_t, float, float *, int, int64_t);
 
@@ -214,8 +216,12 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
             if (qsplit) { BARRIER }
             for (int64_t hh = q0; hh < q1;) {
                 int64_t g = hh / G, e = (g + 1) * G < q1 ? (g + 1) * G : q1;
-                PTR(attn_fn, fns[2])(q + hh * D, K + g * s_head, V + g * s_head, s_pos, s_head, slots, offs, 1, e - hh, 1,
-                                     D, scale, att + hh * D, 1, split);
+                if (fns[3])  /* the one-sequence entry (the same bits, no work lists or region) */
+                    PTR(attn1_fn, fns[3])(q + hh * D, K + g * s_head, V + g * s_head, s_pos, s_head, slots + offs[0],
+                                          offs[1] - offs[0], e - hh, D, scale, att + hh * D, split);
+                else
+                    PTR(attn_fn, fns[2])(q + hh * D, K + g * s_head, V + g * s_head, s_pos, s_head, slots, offs, 1, e - hh,
+                                         1, D, scale, att + hh * D, 1, split);
                 hh = e;
             }
             BARRIER
@@ -261,7 +267,7 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
 /* nl layers over x (M, dm) in place. kp, vp: each layer's K and V cache; K/V head g of slot s at
  * s * s_pos + g * s_head; wslots (M): the slot each row's k, v go to; slots/offs: every row's
  * key slots (llmlab_decode_attention's). cos, sin (M, D) or 0 (no RoPE). fns: block matmul, int8
- * matmul or 0, attention. lnt[li]: layer li's thread count; its products of at least macs (int8:
+ * matmul or 0, attention, and the one-sequence attention (llmlab_decode_attention_one) or 0 (team mode's). lnt[li]: layer li's thread count; its products of at least macs (int8:
  * macs8) multiply-adds get that many threads. prof: 0, or NP doubles that get each piece's
  * seconds added; lsec: 0, or one double per layer that gets its seconds (the thread tuner's). team:
  * one input row on more than one thread runs `layers_team` (one parallel region for every layer);

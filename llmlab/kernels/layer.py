@@ -67,6 +67,13 @@ def fast_silu() -> bool:
     return os.environ.get("LLMLAB_C_FAST_SILU", "1") not in ("", "0")
 
 
+def attention_one() -> bool:
+    """Does team mode call the one-sequence attention entry (`llmlab_decode_attention_one`: no work
+    lists, mallocs or nested region a call; the same bits) rather than `llmlab_decode_attention`
+    (LLMLAB_C_ATTN_ONE, default on)?"""
+    return os.environ.get("LLMLAB_C_ATTN_ONE", "1") not in ("", "0")
+
+
 def head_in_c() -> bool:
     """Do one-row C steps run the final norm and the LM head in the same call (LLMLAB_C_HEAD, default on)?"""
     return os.environ.get("LLMLAB_C_HEAD", "1") not in ("", "0")
@@ -94,12 +101,15 @@ class Layers:
         self._lnt: dict = {}
 
     def fns(self, int8: bool, head: bool = False) -> torch.Tensor:
-        """The function pointers layer.c calls: block matmul, int8 matmul or 0, attention (cached)."""
-        key = (int8, head)
+        """The function pointers layer.c calls: block matmul, int8 matmul or 0, attention, the
+        one-sequence attention or 0 (`attention_one`) (cached)."""
+        key = (int8, head, attention_one())
         if key not in self._fns:
+            att = c_attention.load()
             self._fns[key] = torch.tensor([_addr(build.load().llmlab_ggml_matmul),
                                            _addr(build.load_i8().llmlab_i8_matmul) if int8 else 0,
-                                           _addr(c_attention.load().llmlab_decode_attention)], dtype=torch.int64)
+                                           _addr(att.llmlab_decode_attention),
+                                           _addr(att.llmlab_decode_attention_one) if key[2] else 0], dtype=torch.int64)
         return self._fns[key]
 
     def tables(self, int8: bool, int8_head: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
