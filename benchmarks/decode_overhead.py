@@ -118,7 +118,7 @@ def run_steps(model, nt: int, steps: int, clock, seed: int) -> dict:
 
 
 def _arm_env(team: int, int8: int, head: int = 1, qsplit: int = 1, silu: int = 1, fq: int = 1, f16: int = 0,
-             row: int = 1, a1: int = 1) -> None:
+             row: int = 1, a1: int = 0) -> None:
     from llmlab.kernels import build
     os.environ.update(LLMLAB_C_TEAM=str(team), LLMLAB_INT8_ACTIVATIONS=str(int8), LLMLAB_C_HEAD=str(head),
                       LLMLAB_C_QSPLIT=str(qsplit), LLMLAB_C_FAST_SILU=str(silu), LLMLAB_I8_FAST_QUANT=str(fq),
@@ -140,7 +140,7 @@ def main() -> None:
                          "the int8 input rounding in AVX2, default 1; f16: LLMLAB_I8_F16_SCALES, the blocks' fp16 "
                          "scales read by the int8 kernel, default 0; row: LLMLAB_I8_ONE_ROW, batch 1's short path in "
                          "the AVX2 int8 kernel, default 1; a1: LLMLAB_C_ATTN_ONE, team mode's one-sequence attention "
-                         "entry, default 1)")
+                         "entry, default 0)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds over the arms (order flipped each round)")
     ap.add_argument("--steps", type=int, default=32, help="timed steps per arm per round")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
