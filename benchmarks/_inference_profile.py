@@ -22,6 +22,8 @@ from collections import defaultdict
 
 import torch
 
+from llmlab.calc.roofline import ReadBandwidth
+
 
 def _best(fn, n=5, clock=time.perf_counter) -> float:
     ts = []
@@ -355,7 +357,9 @@ def decode_steps_s(model, batch: int, n_steps: int, seed: int = 1, clock=time.pe
 
 def limits(model, path, threads: int, quick: bool, peer=None) -> tuple[dict, dict, dict]:
     """The roofline columns, all measured in this call: -> (fields for `ours`, ratios, peer's).
-    decode_roofline = batch-1 steady decode tok/s / (read bandwidth / bytes per token);
+    decode_roofline = batch-1 steady decode tok/s / (read bandwidth / bytes per token), the read
+    bandwidth the median of probes taken between the timings (`ReadBandwidth`; `*_oldbw`: against
+    the run's best read before and after, the estimate until session 14);
     batch32_gemm_eff = matmul FLOPs of a 32-row decode step / (step time x fp32 GEMM ceiling).
     The same two with the int8-activation option (`*_int8`) and on the Python layers
     (`*_pylayers`, LLMLAB_C_LAYERS=0: the path before the C decoder layers), all alternating.
@@ -370,12 +374,15 @@ def limits(model, path, threads: int, quick: bool, peer=None) -> tuple[dict, dic
     peer_steps = []
     with torch.inference_mode():
         roof = roofline(threads)
+        bw = ReadBandwidth(threads)  # the denominator: probes between the timings (session 14)
+        bw.probe()
         if peer is not None:
             peer.step_s(2)  # warm-up (model pages, thread pool)
         for v in [*variants, "peer", *variants, "peer"]:
             if v == "peer":
                 if peer is not None:
                     peer_steps.append(peer.step_s(n))
+                    bw.probe()
                 continue
             os.environ["LLMLAB_INT8_ACTIVATIONS"], os.environ["LLMLAB_C_LAYERS"] = v
             try:
@@ -384,13 +391,19 @@ def limits(model, path, threads: int, quick: bool, peer=None) -> tuple[dict, dic
             finally:
                 os.environ.pop("LLMLAB_INT8_ACTIVATIONS", None)
                 os.environ.pop("LLMLAB_C_LAYERS", None)
-        roof2 = roofline(threads)  # again after: the machine's load moves; the best of both is the limit
+            bw.probe()
+        roof2 = roofline(threads)  # again after: the machine's load moves; the best of both was the limit
     for key in ("bandwidth_gb_s", "gemm_gflop_s"):
         roof[key] = max(roof[key], roof2[key])
     bpt = bytes_per_token(model, path, 64 + n)
-    limit_tok_s = roof["bandwidth_gb_s"] * 1e9 / (bpt["total_mb"] * 1e6)
+    est = bw.estimate()
+    limit_tok_s = est["bandwidth_gb_s"] * 1e9 / (bpt["total_mb"] * 1e6)
+    old_limit = roof["bandwidth_gb_s"] * 1e9 / (bpt["total_mb"] * 1e6)  # before session 14: the run's best read
     flops = matmul_flops(model, 32)
-    ours = {"bandwidth_gb_s": roof["bandwidth_gb_s"], "bytes_per_token_mb": bpt["total_mb"],
+    ours = {"bandwidth_gb_s": est["bandwidth_gb_s"], "bandwidth_gb_s_old": roof["bandwidth_gb_s"],
+            "bandwidth_probes": est["bandwidth_probes"],
+            "bandwidth_probes_gb_s": est[f"bandwidth_probes_gb_s_{max(bw.counts)}t"],
+            "bytes_per_token_mb": bpt["total_mb"],
             "bandwidth_limit_tok_s": limit_tok_s, "gemm_ceiling_gflop_s": roof["gemm_gflop_s"],
             "batch32_matmul_gflop": flops / 1e9}
     ratios = {}
@@ -398,12 +411,13 @@ def limits(model, path, threads: int, quick: bool, peer=None) -> tuple[dict, dic
         step1, step32 = min(steps[v][0]), min(steps[v][1])  # best of the two alternations
         ours.update({f"decode_steady_tok_s{tag}": 1 / step1, f"batch32_step_ms{tag}": step32 * 1e3})
         ratios.update({f"decode_roofline{tag}": (1 / step1) / limit_tok_s,
+                       f"decode_roofline{tag}_oldbw": (1 / step1) / old_limit,
                        f"batch32_gemm_eff{tag}": flops / (step32 * roof["gemm_gflop_s"] * 1e9)})
     peer_out = {}
     if peer_steps:
         tok_s = 1 / min(peer_steps)  # best of the two alternations, as ours
         peer_out = {"llama_cpp_decode_steady_tok_s": tok_s, "llama_cpp_decode_roofline": tok_s / limit_tok_s,
-                    "llama_cpp_threads": peer.threads}
+                    "llama_cpp_decode_roofline_oldbw": tok_s / old_limit, "llama_cpp_threads": peer.threads}
         ratios.update({"decode_steady_vs_llama_cpp": ours["decode_steady_tok_s"] / tok_s,
                        "decode_steady_vs_llama_cpp_int8": ours["decode_steady_tok_s_int8"] / tok_s})
     return ours, ratios, peer_out

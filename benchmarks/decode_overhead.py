@@ -11,11 +11,13 @@ mean something on a quiet machine only; `--clock cpu` (process CPU time) for one
     PYTHONPATH=$PWD python benchmarks/decode_overhead.py [--arms 1:1:1,2:0:1,2:1:1] [--rounds 3] [--steps 32]
                                                         [--clock wall|cpu] [--quick]
 
-Arms are threads:team:int8[:head[:qsplit[:silu[:fq]]]] (team: LLMLAB_C_TEAM, every layer in one parallel
+Arms are threads:team:int8[:head[:qsplit[:silu[:fq[:f16[:row[:a1]]]]]]] (team: LLMLAB_C_TEAM, every layer in one parallel
 region; int8: LLMLAB_INT8_ACTIVATIONS; head: LLMLAB_C_HEAD; qsplit: LLMLAB_C_QSPLIT; silu:
-LLMLAB_C_FAST_SILU; fq: LLMLAB_I8_FAST_QUANT), taken in turn, the order flipped each round;
-medians over rounds. Also the read bandwidth (`inference.py`'s roofline) and each arm's step as a fraction of its limit
-(bandwidth / bytes per token; 1 thread: one core's bandwidth). Last line: the standard JSON
+LLMLAB_C_FAST_SILU; fq: LLMLAB_I8_FAST_QUANT; f16: LLMLAB_I8_F16_SCALES; row: LLMLAB_I8_ONE_ROW; a1: LLMLAB_C_ATTN_ONE), taken in turn, the order flipped each round;
+medians over rounds. Also the read bandwidth and each arm's step as a fraction of its limit (bandwidth / bytes per token;
+1 thread: one core's bandwidth): the bandwidth is the median of probes taken before the first arm and
+after every arm's timing (`llmlab.calc.roofline.ReadBandwidth`); `*_oldbw`: against the reads before the
+timings (`inference.py`'s roofline, the estimate until session 14). Last line: the standard JSON
 (`ours`: per arm the step, product and non-product ms, the pieces; the probes; `ratio`: each arm's
 non-product share and fraction of the limit).
 """
@@ -115,23 +117,30 @@ def run_steps(model, nt: int, steps: int, clock, seed: int) -> dict:
             "pieces_ms": {k: round(1e3 * v * scale, 4) for k, v in sorted(pieces.items(), key=lambda kv: -kv[1])}}
 
 
-def _arm_env(team: int, int8: int, head: int = 1, qsplit: int = 1, silu: int = 1, fq: int = 1) -> None:
+def _arm_env(team: int, int8: int, head: int = 1, qsplit: int = 1, silu: int = 1, fq: int = 1, f16: int = 0,
+             row: int = 1, a1: int = 0) -> None:
     from llmlab.kernels import build
     os.environ.update(LLMLAB_C_TEAM=str(team), LLMLAB_INT8_ACTIVATIONS=str(int8), LLMLAB_C_HEAD=str(head),
-                      LLMLAB_C_QSPLIT=str(qsplit), LLMLAB_C_FAST_SILU=str(silu), LLMLAB_I8_FAST_QUANT=str(fq))
+                      LLMLAB_C_QSPLIT=str(qsplit), LLMLAB_C_FAST_SILU=str(silu), LLMLAB_I8_FAST_QUANT=str(fq),
+                      LLMLAB_I8_F16_SCALES=str(f16), LLMLAB_I8_ONE_ROW=str(row),
+                      LLMLAB_C_ATTN_ONE=str(a1))
     if build.load_i8() is not None:  # read when the library opens: switch the open one
         build.load_i8().llmlab_i8_set_fast_quant(fq)
+        build.load_i8().llmlab_i8_set_one_row(row)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--arms", default="1:1:1,2:0:1,2:1:1",
-                    help="arms threads:team:int8[:head[:qsplit[:silu[:fq]]]], comma-separated (team: "
+                    help="arms threads:team:int8[:head[:qsplit[:silu[:fq[:f16[:row[:a1]]]]]]], comma-separated (team: "
                          "LLMLAB_C_TEAM, every layer in one parallel region; int8: LLMLAB_INT8_ACTIVATIONS; head: "
                          "LLMLAB_C_HEAD, the "
                          "final norm + LM head in the C call, default 1; qsplit: LLMLAB_C_QSPLIT, team attention "
                          "by query heads, default 1; silu: LLMLAB_C_FAST_SILU, default 1; fq: LLMLAB_I8_FAST_QUANT, "
-                         "the int8 input rounding in AVX2, default 1)")
+                         "the int8 input rounding in AVX2, default 1; f16: LLMLAB_I8_F16_SCALES, the blocks' fp16 "
+                         "scales read by the int8 kernel, default 0; row: LLMLAB_I8_ONE_ROW, batch 1's short path in "
+                         "the AVX2 int8 kernel, default 1; a1: LLMLAB_C_ATTN_ONE, team mode's one-sequence attention "
+                         "entry, default 0)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds over the arms (order flipped each round)")
     ap.add_argument("--steps", type=int, default=32, help="timed steps per arm per round")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
@@ -151,7 +160,11 @@ def main() -> None:
         time.sleep(3)  # the machine's scheduler pauses the other jobs within ~2 s
     counts = sorted({a[0] for a in arms})
     load_before = round(os.getloadavg()[0], 2)
-    limits = prof.roofline(max(counts)) if not args.quick else {}
+    limits = prof.roofline(max(counts)) if not args.quick else {}  # the old denominator: reads before the timings
+    from llmlab.calc.roofline import ReadBandwidth
+    bw = ReadBandwidth(max(counts)) if not args.quick else None  # the new: probes between the arms (session 14)
+    if bw:
+        bw.probe()
     mb = prof.bytes_per_token(model, path, 64 + 2 * args.steps)["total_mb"]
     reps = 200 if args.quick else 2000
     probes = {n: {**omp_probe(n, reps), **torch_probe(n, reps // 10)} for n in counts}
@@ -160,32 +173,37 @@ def main() -> None:
         for a in (arms if r % 2 == 0 else arms[::-1]):
             _arm_env(*a[1:])
             runs[a].append({**run_steps(model, a[0], args.steps, clock, seed=r), "regions": regions_per_step(model, a[0])})
+            if bw:
+                bw.probe()
+    est = bw.estimate() if bw else {}
     summary, ratio = {}, {}
     for a, rs in runs.items():
-        opts = zip(("head", "qsplit", "silu", "fq"), a[3:])
+        opts = zip(("head", "qsplit", "silu", "fq", "f16", "row", "a1"), a[3:])
         name = f"{a[0]}t_team{a[1]}_int8{a[2]}" + "".join(f"_{k}{v}" for k, v in opts)
         med = {k: statistics.median(x[k] for x in rs) for k in ("step_ms", "products_ms", "nonproduct_ms")}
         med["steps_ms_rounds"] = [round(x["step_ms"], 4) for x in rs]
         med["regions_per_step"] = rs[0]["regions"]
         med["pieces_ms"] = {k: round(statistics.median(x["pieces_ms"].get(k, 0.0) for x in rs), 4)
                             for k in rs[0]["pieces_ms"]}
-        if limits:
-            bw = limits[f"bandwidth_gb_s_{a[0]}t"] if a[0] == 1 else limits["bandwidth_gb_s"]
-            med["fraction_of_limit"] = round(1e3 / med["step_ms"] / (bw * 1e3 / mb), 4)
+        if limits:  # 1 thread: one core's bandwidth
+            for key, lim in (("fraction_of_limit", est), ("fraction_of_limit_oldbw", limits)):
+                gbs = lim[f"bandwidth_gb_s_{a[0]}t"] if a[0] == 1 else lim["bandwidth_gb_s"]
+                med[key] = round(1e3 / med["step_ms"] / (gbs * 1e3 / mb), 4)
             ratio[f"decode_roofline_{name}"] = med["fraction_of_limit"]
+            ratio[f"decode_roofline_{name}_oldbw"] = med["fraction_of_limit_oldbw"]
         summary[name] = med
         ratio[f"nonproduct_share_{name}"] = round(med["nonproduct_ms"] / med["step_ms"], 4)
         print(f"--- {name}: step {med['step_ms']:.3f} ms (rounds {med['steps_ms_rounds']}), products "
               f"{med['products_ms']:.3f}, non-product {med['nonproduct_ms']:.3f} ({args.clock}, median of {len(rs)} "
               f"rounds), {med['regions_per_step']} parallel regions per step, of the limit "
-              f"{med.get('fraction_of_limit', '-')}")
+              f"{med.get('fraction_of_limit', '-')} (old estimate {med.get('fraction_of_limit_oldbw', '-')})")
         for k, v in med["pieces_ms"].items():
             print(f"  {k:48s} {v:8.3f} ms")
     for n, p in probes.items():
         print(f"probes, {n} thread(s): {json.dumps({k: round(v, 3) for k, v in p.items()})}")
     print(json.dumps({"benchmark": "decode_overhead", "ours": {**summary, "probes": probes, "limits": limits,
                       "mb_per_token": mb, "clock": args.clock, "load": [load_before, round(os.getloadavg()[0], 2)]},
-                      "peer": {}, "ratio": ratio}))
+                      "bandwidth": est, "peer": {}, "ratio": ratio}))
 
 
 if __name__ == "__main__":

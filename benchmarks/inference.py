@@ -252,8 +252,8 @@ def main() -> None:
             features = {**feat.speculative(ours, tok, 128, 4), **feat.prefix_cache(ours, tok, 32)}
         ours_r.update({k: v for k, v in features.items() if k not in ("spec_speedup", "prefix_cache_ttft")})
     for k, v in {**ours_r, **{f"peer_{k}": v for k, v in peer_r.items()}}.items():
-        if isinstance(v, dict):
-            continue  # the profile: printed above, kept in the JSON
+        if not isinstance(v, (int, float)):
+            continue  # the profile, the bandwidth probes' range: printed above or kept in the JSON
         print(f"{k:28s} {v:10.3f}")
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print(f"threads={threads} repeats={repeats} decode_tokens={new_tokens} concurrent=32x{conc_tokens} "
@@ -300,7 +300,7 @@ def roofline_only(ours, path, threads: int, args, load_before: float, llama=None
             print("int8 activations:" if flag == "1" else "exact:")
             prof.print_breakdown(roof_ours[key])
     for k, v in {**roof_ours, **{f"peer_{k}": v for k, v in roof_peer.items()}}.items():
-        if not isinstance(v, dict):
+        if isinstance(v, (int, float)):
             print(f"{k:34s} {v:10.3f}")
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print(f"threads={threads} load_avg(before, after)={load}")

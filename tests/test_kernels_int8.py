@@ -209,3 +209,71 @@ def test_fast_quantization_gives_the_scalar_bits(fmt):
         assert torch.equal(d0.view(torch.int32), d1.view(torch.int32)), name
         assert torch.equal(s0.view(torch.int32), s1.view(torch.int32)), name
         assert all(torch.equal(a.view(torch.int32), b.view(torch.int32)) for a, b in zip(y0, y1)), name
+
+
+def test_fp16_to_fp32_is_exact_for_every_half():
+    """ggml_i8.c's portable fp16 -> fp32 (the non-AVX2 builds' F16S path) on all 65,536 values, bit for bit
+    against numpy's conversion (subnormals, signed zeros, inf, NaN payloads; ctypes returns the float through
+    a double, which sets a signalling NaN's quiet bit, so NaNs are compared with that bit set)."""
+    h = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    want = h.view(np.float16).astype(np.float32).view(np.uint32)
+    nan = np.isnan(want.view(np.float32))
+    want = np.where(nan, want | 0x400000, want)
+    for name, lib in _builds():
+        got = np.array([lib.llmlab_i8_h2f(int(v)) for v in h], dtype=np.float32).view(np.uint32)
+        assert np.array_equal(got, want), name
+
+
+@pytest.mark.parametrize("qtype,k", [("Q4_0", 576), ("Q4_1", 576), ("Q4_1", 160), ("Q8_0", 96), ("Q8_0", 1536)])
+def test_fp16_scales_give_the_bits_of_the_fp32_scales(qtype, k):
+    """The F16S form (the blocks' d and m read as the file's fp16, `QuantWeight.half_scales`) against the
+    fp32 scales, on every build, 1 and 2 threads, 1 to 9 input rows, partial groups (k = 160: 5 blocks;
+    96: 3); the kernel really reads the fp16 arrays: handed the fp32 ones under the flag, it differs."""
+    rows = 37
+    w = _weight(qtype, rows, k, seed=7)
+    h = w.half_scales()
+    assert h is not None and torch.equal(h[0].float(), w.d)
+    x = torch.randn(9, k, generator=torch.Generator().manual_seed(8))
+    for name, lib in _builds():
+        for threads in (1, 2):
+            for n in (1, 2, 3, 5, 9):
+                a = matmul_i8(x[:n], w, threads, lib=lib, f16=False)
+                b = matmul_i8(x[:n], w, threads, lib=lib, f16=True)
+                assert torch.equal(a.view(torch.int32), b.view(torch.int32)), (name, threads, n)
+        bad = torch.empty(1, rows)
+        args = list(ggml._args(w))
+        args[0] |= ggml.F16S  # fp32 arrays read as fp16: other numbers
+        assert lib.llmlab_i8_matmul(*args, x.data_ptr(), 1, bad.data_ptr(), 1)
+        assert not torch.equal(bad, matmul_i8(x[:1], w, lib=lib, f16=False)), name
+
+
+def test_fp16_scales_only_where_exact():
+    """Scales fp16 cannot hold (a K-quant's d_super * 6-bit scale can need 17 bits; here 1/3 and a min of
+    1e-9) get no F16S form: the int8 kernel reads their fp32 arrays."""
+    qs = torch.zeros(4, 2 * 16, dtype=torch.uint8)
+    for d, m in ((torch.full((4, 2), 1 / 3), torch.zeros(4, 2)), (torch.ones(4, 2), torch.full((4, 2), 1e-9))):
+        w = QuantWeight(4, qs, d, m)
+        assert w.half_scales() is None and ggml.args_i8(w, True) == ggml._args(w)
+    w = QuantWeight(4, qs, torch.full((4, 2), 0.25), torch.full((4, 2), -2.0))
+    assert w.half_scales() is not None and ggml.args_i8(w, True)[0] == 4 | ggml.F16S
+
+
+@pytest.mark.parametrize("qtype,k", [("Q4_1", 576), ("Q4_0", 1536), ("Q8_0", 576), ("Q8_0", 160), ("Q4_1", 96)])
+def test_one_row_short_path_gives_the_general_paths_bits(qtype, k):
+    """LLMLAB_I8_ONE_ROW's batch-1 short path (full groups of 4 blocks, the scales d * dx as one 4-lane product
+    permuted to their lanes) against the general path and the reference order, on every build, 1 and 2 threads;
+    k = 576 (4 full groups + 2 blocks), 1536 (12 full), 160 (1 full + 1), 96 (no full group)."""
+    rows = 37
+    w = _weight(qtype, rows, k, seed=11)
+    x = torch.randn(3, k, generator=torch.Generator().manual_seed(12))
+    ref = torch.empty(3, rows)
+    assert kernel.load_i8().llmlab_i8_matmul_reference(*ggml._args(w), x.data_ptr(), 3, ref.data_ptr())
+    for name, lib in _builds():
+        for threads in (1, 2):
+            got = {}
+            for on in (0, 1):
+                lib.llmlab_i8_set_one_row(on)
+                got[on] = torch.cat([matmul_i8(x[i:i + 1], w, threads, lib=lib) for i in range(3)])
+            lib.llmlab_i8_set_one_row(kernel.one_row())
+            assert torch.equal(got[0].view(torch.int32), got[1].view(torch.int32)), (name, threads)
+            assert torch.equal(got[1], ref), (name, threads)

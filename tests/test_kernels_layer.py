@@ -262,3 +262,73 @@ def test_kernel_cache_key_covers_included_headers(tmp_path, monkeypatch):
     (tmp_path / "k.h").write_text("static inline int k(void) { return 2; }\n")
     second = kernel.build(src, "portable")
     assert first != second and first.is_file() and second.is_file()
+
+
+@pytest.mark.parametrize("isa", [i for i in _isas() if i != "portable"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_int8_fp16_scales_keep_the_bits(isa, threads, monkeypatch):
+    """With int8 activations the layer table points at the blocks' fp16 scales (fmt | F16S, every matrix
+    and the head: Q4_0, Q4_1 and Q8_0 here): the steps' logits and argmaxes are those of the fp32 scales,
+    in team mode (2 threads) and one-region-per-product (1 thread)."""
+    if not ggml.int8_simd():
+        pytest.skip("no SIMD int8 dot products here")
+    monkeypatch.setenv("LLMLAB_INT8_ACTIVATIONS", "1")
+    monkeypatch.setattr(kernel, "_LIB", [kernel.open_lib(isa)])
+    monkeypatch.setattr(kernel, "_LIB_I8", [kernel.open_i8(isa)])
+    monkeypatch.setattr(c_layer, "_LIB", [c_layer._open_library(isa)])
+    model = _model(bias=True)
+    out = {}
+    for f16 in ("0", "1"):
+        monkeypatch.setenv("LLMLAB_I8_F16_SCALES", f16)
+        out[f16], teams = _steps_at(model, threads, True, monkeypatch)
+        assert all(teams) == (threads > 1)
+    assert torch.equal(out["0"], out["1"])
+    table, head = c_layer.Layers.of(fused(model)).tables(True, True)
+    assert bool((table[:, [0, 6, 12, 18]] & ggml.F16S).all()) and int(head[0]) & ggml.F16S  # really in use
+
+
+@pytest.mark.parametrize("int8", ["0", "1"])
+def test_generate_ids_greedy_takes_the_c_heads_argmax(int8, monkeypatch):
+    """Greedy `generate_ids` takes each step's token from the C head's argmax (no torch argmax over the
+    logits): the tokens of a plain decode loop with torch's argmax on the same steps' logits; with a
+    penalty (the logits are rescored) it falls back to sampling's argmax."""
+    from llmlab.infer import generate as gen_mod
+    from llmlab.infer.generate import generate_ids
+    if int8 == "1" and not ggml.int8_simd():
+        pytest.skip("no SIMD int8 dot products here")
+    monkeypatch.setenv("LLMLAB_INT8_ACTIVATIONS", int8)
+    monkeypatch.setenv("LLMLAB_C_LAYERS", "1")
+    model = _gqa3_model()
+    prompt = list(range(3, 20))
+    dec = ContiguousDecoder(model, 64)
+    logits, ref = dec.forward(prompt), []
+    for _ in range(12):
+        ref.append(int(logits.argmax()))
+        logits = dec.forward([ref[-1]])
+    assert dec.last_argmax is not None  # the head ran in C
+    calls = []
+    sample_next = gen_mod.sample_next
+    monkeypatch.setattr(gen_mod, "sample_next", lambda *a: calls.append(1) or sample_next(*a))
+    got = list(generate_ids(model, prompt, SamplingParams(temperature=0.0, max_new_tokens=12)))
+    assert got == ref
+    assert len(calls) == 1  # only the prompt's step (its forward is Python's: no C argmax)
+    pen = list(generate_ids(model, prompt, SamplingParams(temperature=0.0, max_new_tokens=4, repetition_penalty=1.3)))
+    assert len(pen) == 4 and len(calls) == 1 + 4
+
+
+@pytest.mark.parametrize("split", [512, 16])
+def test_team_attention_one_sequence_entry_keeps_the_bits(split, monkeypatch):
+    """Team mode's attention through `llmlab_decode_attention_one` (LLMLAB_C_ATTN_ONE=1: no work lists or
+    region a call) gives the bits of `llmlab_decode_attention` (=0), short contexts (`whole`) and contexts
+    past Flash-Decoding's split (its chunks); 3 K/V heads, query heads shared 3 and 3 over 2 threads."""
+    from llmlab.kernels import attention as c_attention
+    monkeypatch.setattr(c_attention, "SPLIT", split)
+    model = _gqa3_model()
+    out = {}
+    for one in ("0", "1"):
+        monkeypatch.setenv("LLMLAB_C_ATTN_ONE", one)
+        out[one], teams = _steps_at(model, 2, True, monkeypatch)
+        assert all(teams)
+        assert bool(c_layer.Layers.of(fused(model)).fns(False)[3]) == (one == "1")  # the entry really in use
+    ref, _ = _steps_at(model, 1, False, monkeypatch)
+    assert torch.equal(out["1"], out["0"]) and torch.equal(out["1"], ref)

@@ -43,3 +43,53 @@ def measure_bandwidth(nbytes: int = 64 << 20, seconds: float = 0.3) -> float:
         dst.copy_(src)
         best = max(best, 2 * nbytes / (time.perf_counter() - t))
     return best
+
+
+class ReadBandwidth:
+    """The read bandwidth of a run, sampled WHILE the run's timings happen (the denominator of issue 21's
+    `decode_roofline`: the bandwidth limit is this / bytes per token).
+
+    A probe (`probe()`, called before the first timing and after each one) reads a buffer of `nbytes`
+    fp32 (`sum`: 256 MB, far beyond the caches) once untimed and then `reads` times back to back, at
+    each thread count, and keeps the best of those reads: a read slower than its neighbours a few ms
+    apart lost its core or the memory to something else (an interrupt, another process), an artefact.
+    `estimate()` is, per count, the MEDIAN over probes: the machine's deliverable bandwidth moves between
+    moments (the host's other tenants, this machine's load), and the decode step it divides is itself a
+    median over steps spread across the run, so both describe the same period the same way. A maximum
+    over the whole run (the estimate before session 14) follows the rare fast moments and grows with the
+    number of reads. `read` (tests): a callable (threads) -> seconds of one read, instead of the buffer."""
+
+    def __init__(self, threads: int, reads: int = 3, nbytes: int = 256 << 20, read=None):
+        self.counts = sorted({1, max(1, threads)})
+        self.reads, self.nbytes = reads, nbytes
+        self.probes: dict[int, list[float]] = {n: [] for n in self.counts}
+        self._read = read
+        self._buf = None if read is not None else torch.ones(nbytes // 4)
+
+    def _one(self, n: int) -> float:
+        if self._read is not None:
+            return self._read(n)
+        t = time.perf_counter()
+        self._buf.sum()
+        return time.perf_counter() - t
+
+    def probe(self) -> None:
+        from llmlab.device import num_threads
+        for n in self.counts:
+            with num_threads(n):
+                self._one(n)  # untimed: the thread pool's wake-up, the pages' first touch
+                best = min(self._one(n) for _ in range(self.reads))
+            self.probes[n].append(self.nbytes / best / 1e9)
+
+    def estimate(self) -> dict:
+        """{bandwidth_gb_s_<n>t: the median over probes (GB/s); bandwidth_gb_s: the largest of those over
+        the counts (as the limit always took); bandwidth_probes_gb_s_<n>t: [min, max]; bandwidth_probes: k}"""
+        import statistics
+        if not self.probes[self.counts[0]]:
+            raise ValueError("no probe taken")
+        out: dict = {"bandwidth_probes": len(self.probes[self.counts[0]])}
+        for n, ps in self.probes.items():
+            out[f"bandwidth_gb_s_{n}t"] = statistics.median(ps)
+            out[f"bandwidth_probes_gb_s_{n}t"] = [min(ps), max(ps)]
+        out["bandwidth_gb_s"] = max(out[f"bandwidth_gb_s_{n}t"] for n in self.counts)
+        return out

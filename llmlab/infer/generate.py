@@ -87,10 +87,14 @@ def _decode_steps(forward: Callable[[list[int] | None], torch.Tensor], prompts: 
                   params: SamplingParams, budget: int, stop_ids: set[int], pad_id: int,
                   generator: torch.Generator | None, processors: Sequence[LogitsProcessor | None] | None,
                   on_step: StepCallback | None, stop_when: Callable[[int, list[int]], bool] | None,
-                  logprobs: bool) -> Iterator[tuple[list[int], list[bool], list[float] | None]]:
+                  logprobs: bool, argmax: Callable[[], int | None] | None = None
+                  ) -> Iterator[tuple[list[int], list[bool], list[float] | None]]:
     """Yield, per step, (chosen token of every row, which rows were alive for it, its log-prob
     under the raw logits or None). A row dies on a stop token (yielded) or when stop_when says
-    so; dead rows are fed pad_id. Ends when every row is dead or after `budget` steps."""
+    so; dead rows are fed pad_id. Ends when every row is dead or after `budget` steps.
+    argmax (one row): the last forward's logits' argmax where the forward already took it (the C
+    head's, `ContiguousDecoder.last_argmax`), else None; a greedy step with nothing to score uses it
+    instead of torch's argmax over the vocabulary."""
     B = len(prompts)
     alive = [True] * B
     outs: list[list[int]] = [[] for _ in range(B)]
@@ -110,7 +114,8 @@ def _decode_steps(forward: Callable[[list[int] | None], torch.Tensor], prompts: 
                     scored[i] = apply_penalties(scored[i], params, prompts[i] + outs[i], len(prompts[i]))
                 if processors and processors[i] is not None:
                     scored[i] = processors[i](outs[i], scored[i])
-        nxt = sample_next(scored, params, generator).tolist()
+        fast = argmax() if argmax is not None and B == 1 and params.greedy and scored is logits else None
+        nxt = [fast] if fast is not None else sample_next(scored, params, generator).tolist()
         lps = None
         if logprobs:
             lps = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(nxt, device=logits.device)
@@ -250,8 +255,10 @@ def generate_ids(model, prompt_ids: list[int], params: SamplingParams,
     gen = None
     if params.seed is not None:
         gen = torch.Generator(device=device).manual_seed(params.seed)
+    argmax = None  # greedy steps: the C head's argmax where the step took it (no torch argmax over the logits)
     if type(model) is Transformer and not model.config.beyond_llama_gpt():  # the lean forward (llmlab.infer.runner)
         dec = ContiguousDecoder(model, len(prompt_ids) + budget)
+        argmax = lambda: dec.last_argmax  # noqa: E731
 
         def forward(fed):
             return dec.forward(list(prompt_ids) if fed is None else fed).unsqueeze(0)
@@ -261,7 +268,7 @@ def generate_ids(model, prompt_ids: list[int], params: SamplingParams,
         forward = CacheForward(model, [list(prompt_ids)], 0, budget, masked=False)
     procs = [logits_processor] if logits_processor is not None else None
     for nxt, _, _ in _decode_steps(forward, [list(prompt_ids)], params, budget, stops, 0, gen, procs,
-                                   None, None, False):
+                                   None, None, False, argmax):
         if nxt[0] in stops:
             return
         yield nxt[0]

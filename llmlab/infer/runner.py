@@ -356,6 +356,7 @@ class ContiguousDecoder:
         also leave the logits' argmax in `last_argmax` (None where the head ran in Python)."""
         w, start, T = (self.w.prefill_view() if len(tokens) > 1 else self.w), self.n, len(tokens)
         dev, cpu = self.k.device, self.cpu
+        self.last_argmax = None  # set again by a step whose C call took it
         mask, c_attn = None, T == 1 and _c_attention(self.w)
         if c_attn:
             cl = _c_layers(w)

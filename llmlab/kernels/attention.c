@@ -270,3 +270,19 @@ void llmlab_decode_attention(const float *q, const float *k, const float *v, int
     }
     free(first), free(owner), free(part);
 }
+
+/* One sequence's n keys (slots sl) for G query heads of ONE K/V head (k, v at that head), on the
+ * calling thread: `whole` directly (the same bits as llmlab_decode_attention on it), without that
+ * function's work lists, their mallocs and its one-thread OpenMP region, which cost ~1-2 us a call
+ * (layer.c's team mode makes 2 a layer on each thread). A sequence longer than `split` keys goes
+ * through llmlab_decode_attention (Flash-Decoding's chunks, the same bits as there). */
+void llmlab_decode_attention_one(const float *q, const float *k, const float *v, int64_t s_pos, int64_t s_head,
+                                 const int64_t *sl, int64_t n, int64_t G, int64_t D, float scale, float *out,
+                                 int64_t split) {
+    if (split > 0 && n > split) {
+        int64_t offs[2] = {0, n};
+        llmlab_decode_attention(q, k, v, s_pos, s_head, sl, offs, 1, G, 1, D, scale, out, 1, split);
+        return;
+    }
+    whole(q, k, v, s_pos, s_head, sl, n, 0, 1, G, D, scale, out);
+}

@@ -26,6 +26,8 @@ def _open_library():
     lib.llmlab_decode_attention.argtypes = [p, p, p, i64, i64, p, p, i64, i64, i64, i64,
                                             ctypes.c_float, p, ctypes.c_int, i64]
     lib.llmlab_decode_attention.restype = None
+    lib.llmlab_decode_attention_one.argtypes = [p, p, p, i64, i64, p, i64, i64, i64, ctypes.c_float, p, i64]
+    lib.llmlab_decode_attention_one.restype = None
     lib.llmlab_attention_fast.argtypes = [ctypes.c_int]  # the AVX2 path off/on (its test); 0: not built
     lib.llmlab_attention_fast.restype = ctypes.c_int
     return lib

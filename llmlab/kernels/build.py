@@ -135,9 +135,14 @@ def open_i8(arch: str | None = None):
     lib.llmlab_i8_quantize.argtypes = [c_int, p, i64, p, p, p]
     lib.llmlab_i8_quantize.restype = None
     lib.llmlab_i8_isa.restype = c_int
+    lib.llmlab_i8_h2f.argtypes = [ctypes.c_uint16]
+    lib.llmlab_i8_h2f.restype = ctypes.c_float
     lib.llmlab_i8_set_fast_quant.argtypes = [c_int]
     lib.llmlab_i8_set_fast_quant.restype = None
     lib.llmlab_i8_set_fast_quant(fast_quant())
+    lib.llmlab_i8_set_one_row.argtypes = [c_int]
+    lib.llmlab_i8_set_one_row.restype = None
+    lib.llmlab_i8_set_one_row(one_row())
     return lib
 
 
@@ -146,3 +151,10 @@ def fast_quant() -> int:
     (LLMLAB_I8_FAST_QUANT, default on; the same bits either way)? Read when a library opens;
     `llmlab_i8_set_fast_quant` switches an open one (benchmarks/decode_overhead.py's arms)."""
     return int(os.environ.get("LLMLAB_I8_FAST_QUANT", "1") not in ("", "0"))
+
+
+def one_row() -> int:
+    """Does `ggml_i8.c`'s AVX2 build take batch 1's full block groups through its short path
+    (LLMLAB_I8_ONE_ROW, default on; the same bits either way)? Read when a library opens;
+    `llmlab_i8_set_one_row` switches an open one (benchmarks/decode_overhead.py's arms)."""
+    return int(os.environ.get("LLMLAB_I8_ONE_ROW", "1") not in ("", "0"))

@@ -78,12 +78,26 @@ class QuantWeight:
     (qs: rows x nb x 32 int8, d; m None), 5 (int8 per 32, d, m) or 6 (int8 per 16, d; m None).
     d, m: fp32 (rows, groups); qs: uint8/int8 (rows, bytes)."""
 
-    __slots__ = ("fmt", "qs", "d", "m", "rows", "k")
+    __slots__ = ("fmt", "qs", "d", "m", "rows", "k", "_h16")
 
     def __init__(self, fmt: int, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None):
         self.fmt, self.qs, self.d, self.m = fmt, qs.contiguous(), d.contiguous(), None if m is None else m.contiguous()
         self.rows, nb = d.shape
         self.k = nb * _group(fmt)
+        self._h16: tuple | None | bool = False  # half_scales(), made on first use
+
+    def half_scales(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """fp16 copies of d (and m) for the int8 kernel's F16S form, where fp16 holds every value
+        exactly (Q4_0, Q4_1, Q8_0: the file's own fp16 scales; not the K-quants' products), else None.
+        Made once: a Q4_1 block then streams 20 bytes instead of 24, with the same fp32 values."""
+        if self._h16 is False:
+            h = None
+            if self.fmt in (4, 8):
+                d16, m16 = self.d.half(), None if self.m is None else self.m.half()
+                if torch.equal(d16.float(), self.d) and (m16 is None or torch.equal(m16.float(), self.m)):
+                    h = (d16, m16)
+            self._h16 = h
+        return self._h16
 
     @classmethod
     def from_gguf(cls, qtype: str, raw: torch.Tensor, shape: tuple[int, int]) -> "QuantWeight":
@@ -191,20 +205,41 @@ def int8_simd() -> bool:
     return int8_isa() not in (None, "portable")
 
 
+F16S = 16  # ggml_i8.c's fmt flag: d and m are fp16
+
+
+def f16_scales() -> bool:
+    """Does the int8 kernel read the blocks' scales as fp16 where that is exact (`QuantWeight.half_scales`;
+    LLMLAB_I8_F16_SCALES=1)? Same bits either way; 17 % fewer bytes a Q4_1 block. Default off: on the
+    quiet AVX2 EPYC it took 2.0 % off a 2-thread int8 step (rule: >= 2 %) and added 1.0 % at 1 thread
+    (docs/LOG.md, session 14): the products there are bound by the cores' work per block, not the bytes."""
+    return os.environ.get("LLMLAB_I8_F16_SCALES", "0") not in ("", "0")
+
+
 def _args(w: QuantWeight) -> tuple:
     return (w.fmt, w.qs.data_ptr(), w.d.data_ptr(), 0 if w.m is None else w.m.data_ptr(), w.rows, w.k)
 
 
-def matmul_i8(x: torch.Tensor, w: QuantWeight, threads: int = 1, lib=None) -> torch.Tensor | None:
+def args_i8(w: QuantWeight, f16: bool | None = None) -> tuple:
+    """`_args` for the int8 kernel: with fp16 scales (fmt | F16S) where `f16` (default `f16_scales()`)
+    and `w.half_scales()` exist."""
+    h = w.half_scales() if (f16_scales() if f16 is None else f16) else None
+    if h is None:
+        return _args(w)
+    return (w.fmt | F16S, w.qs.data_ptr(), h[0].data_ptr(), 0 if h[1] is None else h[1].data_ptr(), w.rows, w.k)
+
+
+def matmul_i8(x: torch.Tensor, w: QuantWeight, threads: int = 1, lib=None, f16: bool | None = None) -> torch.Tensor | None:
     """x (M, k) fp32 -> x @ W.T with int8 activations (see `ggml_i8.c` for the exact order of
     operations); None where the format has no int8 form (Q5_K, Q6_K) or the library is missing.
-    lib: a library from `build.open_i8(arch)` (tests compare builds); default the native one."""
+    lib: a library from `build.open_i8(arch)` (tests compare builds); default the native one.
+    f16: read the scales as fp16 (`args_i8`; default `f16_scales()`): the same bits."""
     lib = lib or kernel.load_i8()
     if lib is None or w.fmt not in (4, 8):
         return None
     x = x.contiguous()
     y = torch.empty(x.shape[0], w.rows)
-    if not lib.llmlab_i8_matmul(*_args(w), x.data_ptr(), x.shape[0], y.data_ptr(), threads):
+    if not lib.llmlab_i8_matmul(*args_i8(w, f16), x.data_ptr(), x.shape[0], y.data_ptr(), threads):
         return None
     return y
 

@@ -45,6 +45,26 @@
  * docs/LOG.md). The AVX2 build runs one row at a time at every k (session 11: faster there too). */
 #define SPAN 1536
 #define SMALL_K 4096 /* one input row up to this k: its buffers on the stack */
+/* fmt | F16S: d and m are IEEE fp16 (the GGUF file's own scales, Q4_0/Q4_1/Q8_0), read as fp16 and
+ * converted to fp32 exactly (F16C in the AVX2 build), so the product has the bits of the fp32 scales'
+ * one while a Q4_1 block streams 20 bytes instead of 24 (Q8_0: 34 instead of 36). */
+#define F16S 16
+/* fp16 -> fp32, exact (every fp16 value, subnormals, inf and NaN included) */
+static float h2f(uint16_t h) {
+    uint32_t s = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, f = h & 0x3FFu, u;
+    if (e == 0x1F) u = s | 0x7F800000u | (f << 13);
+    else if (e) u = s | ((e + 112) << 23) | (f << 13);
+    else if (!f) u = s;
+    else { /* subnormal: shift the fraction up to its leading 1 */
+        e = 113;
+        while (!(f & 0x400u)) f <<= 1, e--;
+        u = s | (e << 23) | ((f & 0x3FFu) << 13);
+    }
+    float r;
+    memcpy(&r, &u, sizeof r);
+    return r;
+}
+float llmlab_i8_h2f(uint16_t h) { return h2f(h); } /* tests: against torch's fp16 -> fp32 */
 
 /* Round one block of 32 inputs to int8: xq (fmt 4: low halves at (b%4)*16, high halves at
  * 64 + (b%4)*16 of the group; fmt 8: at (b%4)*32), its scale dx and offset sx. */
@@ -104,6 +124,10 @@ static void quantize_block_avx2(int fmt, const float *xb, int64_t b, int8_t *o, 
  * and malloc, the A/B arm of benchmarks/decode_overhead.py, LLMLAB_I8_FAST_QUANT=0). */
 static int fast_quant = 1;
 void llmlab_i8_set_fast_quant(int on) { fast_quant = on; }
+/* AVX2, batch 1: full groups through `many_t`'s short path (default on; off: the general path, the
+ * A/B arm of benchmarks/decode_overhead.py, LLMLAB_I8_ONE_ROW=0). The same bits either way. */
+static int one_row_fast = 1;
+void llmlab_i8_set_one_row(int on) { one_row_fast = on; }
 
 /* Round one input row to int8 blocks; xq is laid out for the weight format: fmt 4 keeps, per group
  * of 4 blocks, the 4 low halves (x_0..15 of each block) then the 4 high halves; fmt 8 is plain.
@@ -367,9 +391,10 @@ AI_I8 float red8x2(__m256 a0, __m256 a1, __m128 macc) {
  * 14.8 GB/s for a plain read loop; 2 KB ahead: LM head 2.9 -> ~2.1 ms, down 52 -> 39 us, gate/up
  * 110 -> 88 us (benchmarks/matvec_shapes.c, 1 thread, CPU time, under load; docs/LOG.md session 12). */
 #define PF_BYTES 2048
-AI_I8 void many_t(const int fmt, const int NX, const uint8_t *qs, const float *d, const float *m, int64_t row,
-                  int64_t nb, const int8_t *xq, int64_t stride, const float *dxe, const float *sxe, float *y,
-                  int64_t ldy) {
+AI_I8 void many_t(const int fmt, const int H, const int NX, const uint8_t *qs, const float *d, const float *m,
+                  int64_t row, int64_t nb, const int8_t *xq, int64_t stride, const float *dx, const float *dxe,
+                  const float *sxe, float *y, int64_t ldy) {
+    const uint16_t *dh = (const uint16_t *)d, *mh = (const uint16_t *)m; /* H: the fp16 scales (F16S) */
     __m256 acc[MI][2], macc[MI / 2];
     for (int i = 0; i < NX; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     for (int i = 0; i < (NX + 1) / 2; i++) macc[i] = _mm256_setzero_ps();
@@ -380,11 +405,49 @@ AI_I8 void many_t(const int fmt, const int NX, const uint8_t *qs, const float *d
         int nbg = nb - 4 * g < 4 ? (int)(nb - 4 * g) : 4;
         int64_t blk = row * nb + 4 * g;
         const uint8_t *w = qs + blk * bpb;
-        const float *dp = d + blk;
+        const float *dp = H ? NULL : d + blk;
+        const uint16_t *hp = H ? dh + blk : NULL;
         const float *ge = dxe + g * (fmt == 4 ? 2 * MI * 8 : 4 * MI);
+        __m256 d8 = _mm256_setzero_ps(); /* H: the group's 4 scales converted at once (zeros past the row) */
+        if (H) d8 = _mm256_castps128_ps256(nbg == 4 ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)hp))
+                                                    : _mm_setr_ps(_cvtsh_ss(hp[0]), nbg > 1 ? _cvtsh_ss(hp[1]) : 0.f,
+                                                                  nbg > 2 ? _cvtsh_ss(hp[2]) : 0.f, 0.f));
         if (NX == 1) { /* batch 1 streams the weights: ask for the bytes PF_BYTES ahead (see PF_BYTES) */
             __builtin_prefetch(w + PF_BYTES, 0, 3);
-            if (fmt == 8) __builtin_prefetch(w + PF_BYTES + 64, 0, 3), __builtin_prefetch(dp + PF_BYTES / 32, 0, 3);
+            if (fmt == 8) {
+                __builtin_prefetch(w + PF_BYTES + 64, 0, 3);
+                if (H) __builtin_prefetch(hp + PF_BYTES / 32, 0, 3);
+                else __builtin_prefetch(dp + PF_BYTES / 32, 0, 3);
+            }
+        }
+        if (NX == 1 && !H && nbg == 4 && one_row_fast) {
+            /* batch 1, a full group (fp32 scales): the 4 scales d * dx as one 4-lane product permuted to
+             * their lanes (the same products as de * ge below: the same bits), with fewer operations
+             * a block than the general path; the cores' work per block bounds these products */
+            const __m256 s8 = _mm256_castps128_ps256(_mm_mul_ps(_mm_loadu_ps(dp), _mm_loadu_ps(dx + 4 * g)));
+            const int8_t *xg = xq + g * 4 * QK;
+            if (fmt == 4) {
+                for (int u = 0; u < 2; u++) {
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(w + 32 * u));
+                    __m256i lo = _mm256_and_si256(v, lo4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
+                    __m256i p = _mm256_madd_epi16(_mm256_add_epi16(
+                        _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(xg + 32 * u))),
+                        _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xg + 64 + 32 * u)))), ones);
+                    __m256 sc = _mm256_permutevar8x32_ps(s8, u ? _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3)
+                                                               : _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+                    acc[0][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[0][u]);
+                }
+                __m128 m4 = _mm_loadu_ps(m + blk);
+                macc[0] = _mm256_fmadd_ps(_mm256_set_m128(m4, m4), _mm256_loadu_ps(sxe + g * MI * 4), macc[0]);
+            } else {
+                for (int u = 0; u < 4; u++) {
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(w + 32 * u));
+                    __m256i p = dot4_256(_mm256_abs_epi8(v), _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(xg + 32 * u)), v));
+                    __m256 sc = _mm256_permutevar8x32_ps(s8, _mm256_set1_epi32(u));
+                    acc[0][u & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[0][u & 1]);
+                }
+            }
+            continue;
         }
         for (int u = 0; u < (fmt == 4 ? 2 : 4); u++) {
             if ((fmt == 4 ? 2 * u : u) >= nbg) break;
@@ -393,8 +456,10 @@ AI_I8 void many_t(const int fmt, const int NX, const uint8_t *qs, const float *d
                                         : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(w + 32 * u)));
             if (fmt == 4) { /* half u: blocks 2u, 2u+1 -> lanes 8u..8u+7 */
                 __m256i lo = _mm256_and_si256(v, lo4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
-                __m256 de = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(dp + 2 * u)),
-                                                 two ? _mm_broadcast_ss(dp + 2 * u + 1) : _mm_setzero_ps(), 1);
+                __m256 de = H ? _mm256_permutevar8x32_ps(d8, _mm256_setr_epi32(2 * u, 2 * u, 2 * u, 2 * u, 2 * u + 1, 2 * u + 1,
+                                                                             2 * u + 1, 2 * u + 1))
+                              : _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(dp + 2 * u)),
+                                                     two ? _mm_broadcast_ss(dp + 2 * u + 1) : _mm_setzero_ps(), 1);
                 for (int i = 0; i < NX; i++) {
                     const int8_t *xg = xq + i * stride + g * 4 * QK;
                     __m256i p = _mm256_madd_epi16(_mm256_add_epi16(
@@ -405,7 +470,7 @@ AI_I8 void many_t(const int fmt, const int NX, const uint8_t *qs, const float *d
                 }
             } else { /* block u -> lanes 0..7 (u even) or 8..15 (u odd) */
                 __m256i aq = _mm256_abs_epi8(v);
-                __m256 de = _mm256_broadcast_ss(dp + u);
+                __m256 de = H ? _mm256_permutevar8x32_ps(d8, _mm256_set1_epi32(u)) : _mm256_broadcast_ss(dp + u);
                 for (int i = 0; i < NX; i++) {
                     const int8_t *xg = xq + i * stride + g * 4 * QK;
                     __m256i p = dot4_256(aq, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(xg + 32 * u)), v));
@@ -415,8 +480,14 @@ AI_I8 void many_t(const int fmt, const int NX, const uint8_t *qs, const float *d
             }
         }
         if (fmt == 4) {
-            __m128 m4 = nbg == 4 ? _mm_loadu_ps(m + blk)
-                                 : _mm_maskload_ps(m + blk, _mm_cmpgt_epi32(_mm_set1_epi32(nbg), _mm_setr_epi32(0, 1, 2, 3)));
+            __m128 m4;
+            if (H) /* a partial group: its blocks past the row as +0, as the masked load gives */
+                m4 = nbg == 4 ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(mh + blk)))
+                              : _mm_setr_ps(_cvtsh_ss(mh[blk]), nbg > 1 ? _cvtsh_ss(mh[blk + 1]) : 0.f,
+                                            nbg > 2 ? _cvtsh_ss(mh[blk + 2]) : 0.f, 0.f);
+            else
+                m4 = nbg == 4 ? _mm_loadu_ps(m + blk)
+                              : _mm_maskload_ps(m + blk, _mm_cmpgt_epi32(_mm_set1_epi32(nbg), _mm_setr_epi32(0, 1, 2, 3)));
             __m256 m8 = _mm256_set_m128(m4, m4);
             for (int i = 0; i < (NX + 1) / 2; i++)
                 macc[i] = _mm256_fmadd_ps(m8, _mm256_loadu_ps(sxe + g * MI * 4 + i * 8), macc[i]);
@@ -452,20 +523,21 @@ static void spread(int fmt, int64_t mx, int64_t ng, const float *dx, const float
     }
 }
 
-#define MANY_NX(F) do { switch (nx) { \
-    case 4: many_t(F, 4, qs, d, m, row + t, nb, xq, stride, dxe, sxe, y + t, ldy); break; \
-    case 3: many_t(F, 3, qs, d, m, row + t, nb, xq, stride, dxe, sxe, y + t, ldy); break; \
-    case 2: many_t(F, 2, qs, d, m, row + t, nb, xq, stride, dxe, sxe, y + t, ldy); break; \
-    default: many_t(F, 1, qs, d, m, row + t, nb, xq, stride, dxe, sxe, y + t, ldy); } } while (0)
+#define MANY_NX(F, H) do { switch (nx) { \
+    case 4: many_t(F, H, 4, qs, d, m, row + t, nb, xq, stride, dx, dxe, sxe, y + t, ldy); break; \
+    case 3: many_t(F, H, 3, qs, d, m, row + t, nb, xq, stride, dx, dxe, sxe, y + t, ldy); break; \
+    case 2: many_t(F, H, 2, qs, d, m, row + t, nb, xq, stride, dx, dxe, sxe, y + t, ldy); break; \
+    default: many_t(F, H, 1, qs, d, m, row + t, nb, xq, stride, dx, dxe, sxe, y + t, ldy); } } while (0)
 
-/* nr (1..NRC) weight rows from `row` against nx (1..MI) input rows (xq at i * stride; dxe, sxe
- * from `spread`) -> y[i * ldy + t], one weight row at a time. */
-static void tile(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t row, int nr, int64_t nb,
-                 const int8_t *xq, int64_t stride, const float *dxe, const float *sxe, int nx, float *y,
-                 int64_t ldy) {
+/* nr (1..NRC) weight rows from `row` against nx (1..MI) input rows (xq at i * stride; dx: the first
+ * row's block scales; dxe, sxe from `spread`) -> y[i * ldy + t], one weight row at a time; h16: d, m
+ * are fp16 (F16S). */
+static void tile(int fmt, int h16, const uint8_t *qs, const float *d, const float *m, int64_t row, int nr, int64_t nb,
+                 const int8_t *xq, int64_t stride, const float *dx, const float *dxe, const float *sxe, int nx,
+                 float *y, int64_t ldy) {
     for (int t = 0; t < nr; t++) {
-        if (fmt == 4) MANY_NX(4);
-        else MANY_NX(8);
+        if (fmt == 4) { if (h16) MANY_NX(4, 1); else MANY_NX(4, 0); }
+        else { if (h16) MANY_NX(8, 1); else MANY_NX(8, 0); }
     }
 }
 #endif
@@ -482,25 +554,35 @@ static void share(int64_t units, int64_t *lo, int64_t *hi) {
 }
 
 /* Weight-row groups [g0, g1) of the product against mx quantized input rows (xq, dx, sx; AVX2:
- * the spread scales dxe, sxe) -> y. */
-static void run_groups(int64_t g0, int64_t g1, int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows,
-                       int64_t nb, int64_t ng, int64_t mx, const int8_t *xq, int64_t stride, const float *dx,
-                       const float *sx, const float *dxe, const float *sxe, float *y) {
-    (void)dxe, (void)sxe;
+ * the spread scales dxe, sxe) -> y. h16: d, m are fp16 (F16S): the AVX2 tile reads them as they
+ * are; the other builds convert each group's rows to fp32 first (cv: 2 * NRC * nb floats) and run
+ * on those, their kernels unchanged. */
+static void run_groups(int64_t g0, int64_t g1, int fmt, int h16, const uint8_t *qs, const float *d, const float *m,
+                       int64_t rows, int64_t nb, int64_t ng, int64_t mx, const int8_t *xq, int64_t stride,
+                       const float *dx, const float *sx, const float *dxe, const float *sxe, float *y, float *cv) {
+    (void)dx, (void)sx, (void)dxe, (void)sxe, (void)cv;  /* each build reads some of them */
     for (int64_t gr = g0; gr < g1; gr++) {
         int64_t r = gr * NRC;
         int nr = rows - r < NRC ? (int)(rows - r) : NRC;
-#if I8_ISA >= 2 /* VNNI: the tile for several input rows (rows_vnni below for one); AVX2: the tile always */
-        if (mx > 1 || I8_ISA == 2) {
-            for (int64_t i = 0; i < mx; i += MI) {
-#if I8_ISA == 2
-                tile(fmt, qs, d, m, r, nr, nb, xq + i * stride, stride, dxe + i / MI * ng * (fmt == 4 ? 16 : 4) * MI,
-                     sxe ? sxe + i / MI * ng * 4 * MI : NULL, mx - i < MI ? (int)(mx - i) : MI, y + i * rows + r, rows);
+#if I8_ISA == 2 /* AVX2: the tile always, fp16 scales read in registers */
+        for (int64_t i = 0; i < mx; i += MI)
+            tile(fmt, h16, qs, d, m, r, nr, nb, xq + i * stride, stride, dx + i * ng * 4,
+                 dxe + i / MI * ng * (fmt == 4 ? 16 : 4) * MI,
+                 sxe ? sxe + i / MI * ng * 4 * MI : NULL, mx - i < MI ? (int)(mx - i) : MI, y + i * rows + r, rows);
 #else
-                tile(fmt, qs, d, m, r, nr, nb, xq + i * stride, stride, dx + i * ng * 4, sx + i * ng * 4,
+        const uint8_t *gq = qs;
+        const float *gd = d, *gm = m;
+        int64_t r0 = r; /* the first row's index in (gq, gd, gm) */
+        if (h16) { /* this group's rows: their bytes from row r, their scales as fp32 in cv */
+            const uint16_t *hd = (const uint16_t *)d + r * nb, *hm = m ? (const uint16_t *)m + r * nb : NULL;
+            for (int64_t j = 0; j < nr * nb; j++) cv[j] = h2f(hd[j]), cv[NRC * nb + j] = hm ? h2f(hm[j]) : 0.f;
+            gq = qs + r * nb * (fmt == 4 ? 16 : QK), gd = cv, gm = m ? cv + NRC * nb : NULL, r0 = 0;
+        }
+#if I8_ISA == 3 /* VNNI: the tile for several input rows, rows_vnni for one */
+        if (mx > 1) {
+            for (int64_t i = 0; i < mx; i += MI)
+                tile(fmt, gq, gd, gm, r0, nr, nb, xq + i * stride, stride, dx + i * ng * 4, sx + i * ng * 4,
                      mx - i < MI ? (int)(mx - i) : MI, y + i * rows + r, rows);
-#endif
-            }
             continue;
         }
 #endif
@@ -511,13 +593,14 @@ static void run_groups(int64_t g0, int64_t g1, int fmt, const uint8_t *qs, const
             float tmp[NRC];
             int step = NRC * nb * (fmt == 4 ? 16 : QK) > SPAN ? 1 : NRC;
             for (int t = 0; t < nr; t += step)
-                rows_vnni(fmt, qs, d, m, r + t, nr - t < step ? nr - t : step, nb, xi, dxi, sxi, tmp + t);
+                rows_vnni(fmt, gq, gd, gm, r0 + t, nr - t < step ? nr - t : step, nb, xi, dxi, sxi, tmp + t);
             memcpy(y + i * rows + r, tmp, sizeof(float) * (size_t)nr);
 #else
             for (int t = 0; t < nr; t++)
-                y[i * rows + r + t] = row_portable(fmt, qs, d, m, r + t, nb, xi, dxi, sxi);
+                y[i * rows + r + t] = row_portable(fmt, gq, gd, gm, r0 + t, nb, xi, dxi, sxi);
 #endif
         }
+#endif
     }
 }
 
@@ -532,6 +615,8 @@ static void run_groups(int64_t g0, int64_t g1, int fmt, const uint8_t *qs, const
  * split the weight rows in groups of NRC; each group's rows stay in L1 across the input rows. */
 int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t k,
                      const float *x, int64_t mx, float *y, int nt) {
+    int h16 = (fmt & F16S) != 0;
+    fmt &= ~F16S;
     if ((fmt != 4 && fmt != 8) || k % QK) return 0;
     int64_t nb = k / QK, ng = (nb + 3) / 4, stride = ng * 4 * QK;
     /* one input row of at most SMALL_K (a decode step's products, team mode's shares): buffers on
@@ -556,16 +641,29 @@ int llmlab_i8_matmul(int fmt, const uint8_t *qs, const float *d, const float *m,
     int64_t groups = (rows + NRC - 1) / NRC;
     if (nt > groups) nt = (int)groups;
     if (nt < 1) nt = 1;
+    float *cv = NULL; /* the fp16 scales' fp32 rows for the builds other than AVX2: per thread */
+#if I8_ISA != 2
+    if (h16 && !(cv = (float *)malloc(sizeof(float) * (size_t)(nt * 2 * NRC * nb)))) {
+        if (!small) free(xq), free(dx);
+        return 0;
+    }
+#endif
     if (nt > 1 || !fast_quant) { /* nested in team mode: a region of one thread (share's ids 0 of 1) */
 #pragma omp parallel num_threads(nt) if (nt > 1)
         {
             int64_t g0, g1;
             share(groups, &g0, &g1);
-            run_groups(g0, g1, fmt, qs, d, m, rows, nb, ng, mx, xq, stride, dx, sx, DXE, SXE, y);
+            int t = 0;
+#ifdef _OPENMP
+            t = omp_get_thread_num();
+#endif
+            run_groups(g0, g1, fmt, h16, qs, d, m, rows, nb, ng, mx, xq, stride, dx, sx, DXE, SXE, y,
+                       cv ? cv + (int64_t)t * 2 * NRC * nb : NULL);
         }
     } else { /* one thread: no region (in team mode the calling thread's own share) */
-        run_groups(0, groups, fmt, qs, d, m, rows, nb, ng, mx, xq, stride, dx, sx, DXE, SXE, y);
+        run_groups(0, groups, fmt, h16, qs, d, m, rows, nb, ng, mx, xq, stride, dx, sx, DXE, SXE, y, cv);
     }
+    free(cv);
     if (small) return 1;
     free(xq);
     free(dx);

@@ -38,6 +38,8 @@ typedef void (*mm_fn)(int, const uint8_t *, const float *, const float *, int64_
                       int64_t, float *, int);
 typedef int (*mm8_fn)(int, const uint8_t *, const float *, const float *, int64_t, int64_t, const float *,
                       int64_t, float *, int);
+typedef void (*attn1_fn)(const float *, const float *, const float *, int64_t, int64_t, const int64_t *, int64_t,
+                         int64_t, int64_t, float, float *, int64_t);
 typedef void (*attn_fn)(const float *, const float *, const float *, int64_t, int64_t, const int64_t *,
                         const int64_t *, int64_t, int64_t, int64_t, int64_t, float, float *, int, int64_t);
 
@@ -47,6 +49,8 @@ typedef void (*attn_fn)(const float *, const float *, const float *, int64_t, in
 enum { F_QKV = 0, F_O = 6, F_UP = 12, F_DOWN = 18, F_BIAS = 24, F_N1 = 28, F_N2 = 29, F_STR = 30, NF = 42 };
 
 #define PTR(T, v) ((T)(intptr_t)(v))
+/* fmt flag of ggml_i8.c: d and m are fp16 (the int8 product's table only; strides in elements) */
+#define F16S 16
 
 static void product(const int64_t *f, int64_t bias, const float *in, int64_t M, float *out, const int64_t *fns,
                     int nt, int64_t macs, int64_t macs8) {
@@ -56,7 +60,7 @@ static void product(const int64_t *f, int64_t bias, const float *in, int64_t M, 
     const float *d = PTR(const float *, f[2]), *m = PTR(const float *, f[3]);
     int done = 0;
     if (fns[1]) done = PTR(mm8_fn, fns[1])(fmt, qs, d, m, rows, k, in, M, out, work >= macs8 ? nt : 1);
-    if (!done) PTR(mm_fn, fns[0])(fmt, qs, d, m, rows, k, in, M, out, work >= macs ? nt : 1);
+    if (!done && !(fmt & F16S)) PTR(mm_fn, fns[0])(fmt, qs, d, m, rows, k, in, M, out, work >= macs ? nt : 1);
     if (bias) {
         const float *b = PTR(const float *, bias);
         for (int64_t i = 0; i < M; i++)
@@ -71,12 +75,12 @@ static void product_rows(const int64_t *f, const int64_t *str, int64_t bias, con
                          int64_t r1, const int64_t *fns) {
     if (r1 <= r0) return;
     int fmt = (int)f[0];
-    int64_t k = f[5];
+    int64_t k = f[5], es = fmt & F16S ? 2 : 4; /* bytes per scale: fp16 (F16S) or fp32 */
     const uint8_t *qs = PTR(const uint8_t *, f[1]) + r0 * str[0];
-    const float *d = PTR(const float *, f[2]) + r0 * str[1], *m = f[3] ? PTR(const float *, f[3]) + r0 * str[2] : 0;
+    const float *d = PTR(const float *, f[2] + r0 * str[1] * es), *m = f[3] ? PTR(const float *, f[3] + r0 * str[2] * es) : 0;
     int done = 0;
     if (fns[1]) done = PTR(mm8_fn, fns[1])(fmt, qs, d, m, r1 - r0, k, in, 1, out + r0, 1);
-    if (!done) PTR(mm_fn, fns[0])(fmt, qs, d, m, r1 - r0, k, in, 1, out + r0, 1);
+    if (!done && !(fmt & F16S)) PTR(mm_fn, fns[0])(fmt, qs, d, m, r1 - r0, k, in, 1, out + r0, 1);
     if (bias)
         for (int64_t j = r0; j < r1; j++) out[j] += PTR(const float *, bias)[j];
 }
@@ -212,8 +216,12 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
             if (qsplit) { BARRIER }
             for (int64_t hh = q0; hh < q1;) {
                 int64_t g = hh / G, e = (g + 1) * G < q1 ? (g + 1) * G : q1;
-                PTR(attn_fn, fns[2])(q + hh * D, K + g * s_head, V + g * s_head, s_pos, s_head, slots, offs, 1, e - hh, 1,
-                                     D, scale, att + hh * D, 1, split);
+                if (fns[3])  /* the one-sequence entry (the same bits, no work lists or region) */
+                    PTR(attn1_fn, fns[3])(q + hh * D, K + g * s_head, V + g * s_head, s_pos, s_head, slots + offs[0],
+                                          offs[1] - offs[0], e - hh, D, scale, att + hh * D, split);
+                else
+                    PTR(attn_fn, fns[2])(q + hh * D, K + g * s_head, V + g * s_head, s_pos, s_head, slots, offs, 1, e - hh,
+                                         1, D, scale, att + hh * D, 1, split);
                 hh = e;
             }
             BARRIER
@@ -259,7 +267,7 @@ static int layers_team(int64_t nl, const int64_t *lay, const int64_t *kp, const 
 /* nl layers over x (M, dm) in place. kp, vp: each layer's K and V cache; K/V head g of slot s at
  * s * s_pos + g * s_head; wslots (M): the slot each row's k, v go to; slots/offs: every row's
  * key slots (llmlab_decode_attention's). cos, sin (M, D) or 0 (no RoPE). fns: block matmul, int8
- * matmul or 0, attention. lnt[li]: layer li's thread count; its products of at least macs (int8:
+ * matmul or 0, attention, and the one-sequence attention (llmlab_decode_attention_one) or 0 (team mode's). lnt[li]: layer li's thread count; its products of at least macs (int8:
  * macs8) multiply-adds get that many threads. prof: 0, or NP doubles that get each piece's
  * seconds added; lsec: 0, or one double per layer that gets its seconds (the thread tuner's). team:
  * one input row on more than one thread runs `layers_team` (one parallel region for every layer);

@@ -67,6 +67,13 @@ def fast_silu() -> bool:
     return os.environ.get("LLMLAB_C_FAST_SILU", "1") not in ("", "0")
 
 
+def attention_one() -> bool:
+    """Does team mode call the one-sequence attention entry (`llmlab_decode_attention_one`: no work
+    lists, mallocs or nested region a call; the same bits) rather than `llmlab_decode_attention`
+    (LLMLAB_C_ATTN_ONE=1)? Default off: -0.9 % of a quiet 2-thread int8 step, its rule >= 1 % (docs/LOG.md)."""
+    return os.environ.get("LLMLAB_C_ATTN_ONE", "0") not in ("", "0")
+
+
 def head_in_c() -> bool:
     """Do one-row C steps run the final norm and the LM head in the same call (LLMLAB_C_HEAD, default on)?"""
     return os.environ.get("LLMLAB_C_HEAD", "1") not in ("", "0")
@@ -87,19 +94,45 @@ class Layers:
     def __init__(self, w, table: torch.Tensor, eps: float, head: torch.Tensor | None = None):
         self.w, self.table, self.eps, self.head = w, table, eps, head
         self.head_rows = 0 if head is None else int(head[4])
+        self._t16: tuple | None = None  # (table, head) with fp16 scales for the int8 kernel (`tables`)
         L0 = w.layers[0]
         self.ffn = L0.down_w.q.k
         self._fns: dict = {}
         self._lnt: dict = {}
 
     def fns(self, int8: bool, head: bool = False) -> torch.Tensor:
-        """The function pointers layer.c calls: block matmul, int8 matmul or 0, attention (cached)."""
-        key = (int8, head)
+        """The function pointers layer.c calls: block matmul, int8 matmul or 0, attention, the
+        one-sequence attention or 0 (`attention_one`) (cached)."""
+        key = (int8, head, attention_one())
         if key not in self._fns:
+            att = c_attention.load()
             self._fns[key] = torch.tensor([_addr(build.load().llmlab_ggml_matmul),
                                            _addr(build.load_i8().llmlab_i8_matmul) if int8 else 0,
-                                           _addr(c_attention.load().llmlab_decode_attention)], dtype=torch.int64)
+                                           _addr(att.llmlab_decode_attention),
+                                           _addr(att.llmlab_decode_attention_one) if key[2] else 0], dtype=torch.int64)
         return self._fns[key]
+
+    def tables(self, int8: bool, int8_head: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(layer table, head row) for a call: where the int8 kernel runs and `ggml.f16_scales()`, the
+        matrices whose scales fp16 holds exactly point at their fp16 copies (fmt | F16S); same bits."""
+        if not ggml.f16_scales() or not (int8 or int8_head):
+            return self.table, self.head
+        if self._t16 is None:
+            t, h = self.table.clone(), None if self.head is None else self.head.clone()
+            for li, L in enumerate(self.w.layers):
+                for mi, m in enumerate((L.qkv_w, L.o_w, L.up_w, L.down_w)):
+                    self._halve(t[li, 6 * mi:6 * mi + 4], m.q)
+            if h is not None:
+                self._halve(h[:4], self.w.head_w.q)
+            self._t16 = (t, h)
+        return self._t16[0] if int8 else self.table, self._t16[1] if int8_head else self.head
+
+    @staticmethod
+    def _halve(f: torch.Tensor, q) -> None:
+        """fields fmt, qs, d, m of one matrix -> its fp16-scale form, where it has one"""
+        h = q.half_scales()
+        if h is not None:
+            f[0], f[2], f[3] = q.fmt | ggml.F16S, h[0].data_ptr(), 0 if h[1] is None else h[1].data_ptr()
 
     @classmethod
     def of(cls, w) -> "Layers | None":
@@ -161,8 +194,9 @@ class Layers:
         M = x.shape[0]
         cos, sin = (t.reshape(M, -1).contiguous() for t in rope)
         simd = ggml.int8_simd()
-        fns = self.fns(ggml.int8_activations() and simd)
-        hfns = self.fns(ggml.int8_head() and simd, True)
+        i8, i8h = ggml.int8_activations() and simd, ggml.int8_head() and simd
+        fns, hfns = self.fns(i8), self.fns(i8h, True)
+        table, head_row = self.tables(i8, i8h)
         nl = len(w.layers)
         if head is not None and (M != 1 or self.head is None):
             raise ValueError("the C head runs for one row of a model whose head has blocks (Layers.head)")
@@ -170,7 +204,7 @@ class Layers:
         lnt = self._lnt.get(key)
         if lnt is None:  # per thread pattern, made once (a handful: the tuner's picks)
             lnt = self._lnt[key] = torch.tensor(key, dtype=torch.int32)
-        rc = lib.llmlab_decode_layers(len(w.layers), self.table.data_ptr(), k_ptrs.data_ptr(), v_ptrs.data_ptr(),
+        rc = lib.llmlab_decode_layers(len(w.layers), table.data_ptr(), k_ptrs.data_ptr(), v_ptrs.data_ptr(),
                                       x.data_ptr(), M, x.shape[1], w.H, w.Hkv, w.D, self.ffn, cos.data_ptr(),
                                       sin.data_ptr(), self.eps, s_pos, s_head, wslots.data_ptr(), slots.data_ptr(),
                                       offs.data_ptr(), fns.data_ptr(), lnt.data_ptr(), ggml.PARALLEL_MACS,
@@ -178,7 +212,7 @@ class Layers:
                                       None if self.profile is None else self.profile.data_ptr(),
                                       None if layer_seconds is None else layer_seconds.data_ptr(),
                                       int(team_mode(M, max(key))) | query_split() << 1 | fast_silu() << 2,
-                                      None if head is None else self.head.data_ptr(),
+                                      None if head is None else head_row.data_ptr(),
                                       hfns.data_ptr(), None if head is None else head[0].data_ptr(),
                                       None if head is None else head[1].data_ptr())
         if rc == 1:
