@@ -56,6 +56,38 @@ def _calibration(cfg: QuantizeConfig, tok):
     return calibrate.text_windows(tok, cfg.calibration, cfg.num_calibration_samples, cfg.calibration_length)
 
 
+def _check(cfg: QuantizeConfig) -> None:
+    """Every check that needs no model, before it is loaded (bad input: one line, exit code 2)."""
+    from pathlib import Path
+
+    from llmlab.checkpoint import check_output_dir
+    from llmlab.quant.gguf_export import FORMATS
+    from llmlab.quant.ptq import check_bits
+    require(cfg.output, "output= is required (a .gguf file for format=gguf, a directory for format=hf)")
+    if cfg.format not in ("gguf", "hf"):
+        raise UserError(f"unknown format '{cfg.format}' (gguf or hf)")
+    require(cfg.eval_windows >= 0, f"eval_windows must be >= 0, got {cfg.eval_windows}")
+    if cfg.format == "gguf":
+        cfg.type = cfg.type.upper()  # as llama.cpp's quantize: q4_0 is Q4_0
+        if cfg.type not in FORMATS:
+            raise UserError(f"unknown GGUF type '{cfg.type}' (one of: {', '.join(FORMATS)})")
+        if Path(cfg.output).suffix != ".gguf":
+            raise UserError(f"output must end in .gguf for format=gguf, got {cfg.output}")
+        require(not Path(cfg.output).is_dir(), f"output={cfg.output} is a directory")
+        return
+    if cfg.method not in ("rtn", "nf4", "gptq", "awq", "awq_gptq"):
+        raise UserError(f"method '{cfg.method}' cannot be saved as weights (rtn, nf4, gptq, awq, awq_gptq); the activation "
+                        "methods are measured by benchmarks/quant_methods.py")
+    check_output_dir(cfg.output, "output")
+    if cfg.method in ("rtn", "gptq", "awq", "awq_gptq"):
+        check_bits(cfg.bits)
+    if cfg.method in ("gptq", "awq", "awq_gptq"):
+        require(cfg.num_calibration_samples >= 1 and cfg.calibration_length >= 2, "need num_calibration_samples >= 1 "
+                f"and calibration_length >= 2, got {cfg.num_calibration_samples} and {cfg.calibration_length}")
+        if cfg.calibration != "wiki" and not Path(cfg.calibration).is_file():
+            raise UserError(f"calibration file not found: {cfg.calibration}")
+
+
 @verb(VERBS, "quantize", QuantizeConfig)
 def run_quantize(cfg: QuantizeConfig) -> int:
     """post-training quantization: GGUF export, RTN/NF4/GPTQ/AWQ
@@ -67,16 +99,8 @@ def run_quantize(cfg: QuantizeConfig) -> int:
     import torch
 
     from llmlab.quant import calibrate
-    from llmlab.quant.gguf_export import FORMATS
 
-    require(cfg.output, "output= is required (a .gguf file for format=gguf, a directory for format=hf)")
-    if cfg.format not in ("gguf", "hf"):
-        raise UserError(f"unknown format '{cfg.format}' (gguf or hf)")
-    if cfg.format == "gguf" and cfg.type not in FORMATS:
-        raise UserError(f"unknown GGUF type '{cfg.type}' (one of: {', '.join(FORMATS)})")
-    if cfg.format == "hf" and cfg.method not in ("rtn", "nf4", "gptq", "awq", "awq_gptq"):
-        raise UserError(f"method '{cfg.method}' cannot be saved as weights (rtn, nf4, gptq, awq, awq_gptq); the activation "
-                        "methods are measured by benchmarks/quant_methods.py")
+    _check(cfg)
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     torch.set_grad_enabled(False)
     model, tok = load_model_and_tokenizer(cfg.model, device="cpu", dtype="float32")
@@ -87,8 +111,6 @@ def run_quantize(cfg: QuantizeConfig) -> int:
     if cfg.format == "gguf":
         from llmlab.quant.gguf_export import write_gguf
         out = Path(cfg.output)
-        if out.suffix != ".gguf":
-            raise UserError(f"output must end in .gguf for format=gguf, got {cfg.output}")
         info = write_gguf(model, tok, out, cfg.type, cfg.name or Path(cfg.model).stem)
         print(f"wrote {out} ({info['bytes'] / 1e6:.1f} MB; tensor types: {info['types']})")
         if ev is not None:
