@@ -32,6 +32,8 @@ class QuantizeConfig:
                                                            "mean|w|^(1-a) (per-group normalised |w|)"})
     awq_rows: str = field(default="sample", metadata={"help": "AWQ: per-Linear and clip searches on 512 sampled "
                                                               "calibration rows (sample) or on every token (all)"})
+    awq_sample: str = field(default="strided", metadata={"help": "AWQ: the 512 search rows are every (tokens // 512)-th "
+                                                                "token (strided) or seeded random tokens (uniform)"})
     awq_objective: str = field(default="linear", metadata={"help": "AWQ: score scales on each Linear's output "
                                                                    "(linear) or on the attention / MLP output (module)"})
     block_inputs: str = field(default="quantized", metadata={"help": "GPTQ/AWQ: block i+1 is calibrated on the "
@@ -124,7 +126,8 @@ def run_quantize(cfg: QuantizeConfig) -> int:
                           awq_objective=cfg.awq_objective, ragged_groups=cfg.ragged_groups,
                           percdamp=cfg.percdamp, clip=cfg.clip, awq_grid=cfg.awq_grid,
                           awq_clip_steps=cfg.awq_clip_steps, awq_clip_shrink=cfg.awq_clip_shrink,
-                          awq_duo=cfg.awq_duo, block_inputs=cfg.block_inputs, awq_rows=cfg.awq_rows)
+                          awq_duo=cfg.awq_duo, block_inputs=cfg.block_inputs, awq_rows=cfg.awq_rows,
+                          awq_sample=cfg.awq_sample)
     from llmlab.model.hf import save_hf_dir
     import tempfile
     with tempfile.TemporaryDirectory() as td:
