@@ -79,3 +79,23 @@ def test_uniform_sample_rows_are_the_drawn_token_indices(tiny_config):
     assert torch.isfinite(m(calib[:2])).all()
     with pytest.raises(UserError, match="awq_sample"):
         quantize_model(copy.deepcopy(model), "awq", group=32, calib=calib, awq_sample="random")
+
+
+@pytest.mark.parametrize("n_windows,length", [(32, 256), (128, 256), (256, 256), (10, 64)])
+def test_awq_positions_benchmark_counts_the_rows_stats_keeps(n_windows, length):
+    """benchmarks/awq_positions.py's index arithmetic equals the rows `calibrate.Stats` keeps when fed
+    4-window batches the way `layerwise` feeds them (each row holding its own token index)."""
+    import importlib.util
+    from pathlib import Path
+
+    from llmlab.quant.calibrate import Stats
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "awq_positions.py"
+    spec = importlib.util.spec_from_file_location("awq_positions", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    idx = torch.arange(n_windows * length, dtype=torch.float32).reshape(n_windows, length, 1)
+    st = Stats(1, {"sample"}, 512, stride=max(1, idx.numel() // 512))
+    for b in idx.split(4):
+        st.add(b)
+    kept = (st.sample[:, 0].long() % length).tolist()
+    assert kept == bench.sample_positions(n_windows, length)
