@@ -219,6 +219,7 @@ def test_cli_bad_input_on_a_model_dir(tiny, tmp_path):
                       ((f"output={tmp_path}/mine", "format=hf"), "holds other files"),
                       ((f"output={out}", "format=hf", "method=awq", "num_calibration_samples=0"), "num_calibration_samples"),
                       ((f"output={out}", "format=hf", "method=gptq", "bits=5"), "unsupported bit width"),
+                      ((f"output={out}", "format=hf", "method=awq", "awq_sample=every"), "awq_sample must be"),
                       ((f"output={tmp_path}/mine.gguf", "eval_windows=-1"), "eval_windows"),
                       ((f"output={tmp_path}", "type=Q4_0"), "must end in .gguf")]:
         r = _cli(f"model={d}", *args)
