@@ -70,6 +70,16 @@ def rows(group: int, bits: int = 4) -> list[tuple[str, str, dict]]:
         # session 13: every per-Linear search and the clip search on all calibration tokens (through x^T x / n)
         ("awq4h", f"int4 AWQ g{group}, searches on all calibration tokens", "awq",
          dict(bits=4, group=group, sym=False, awq_rows="all")),
+        # session 14: the chosen awq4 on 8x the calibration windows (65,536 tokens: AutoAWQ's 128 documents of
+        # <= 512 tokens hold at most that many)
+        ("awq4_c8", f"int4 AWQ g{group}, 8x calibration windows", "awq",
+         dict(bits=4, group=group, sym=False, calib_x=8)),
+        # the strided 512 search rows of awq4_c8 are every 128th token: half of them at window position 0;
+        # the same rows drawn uniformly over token positions (calibrate.layerwise's sample="uniform")
+        ("awq4_c8u", f"int4 AWQ g{group}, 8x calibration windows, uniform search rows", "awq",
+         dict(bits=4, group=group, sym=False, calib_x=8, awq_sample="uniform")),
+        ("awq4u", f"int4 AWQ g{group}, uniform search rows", "awq",
+         dict(bits=4, group=group, sym=False, awq_sample="uniform")),
     ]
     if bits != 4:
         low = [(k, lab.replace("int4", f"int{bits}", 1).replace("(W4)", f"(W{bits})"), m, {**kw, "bits": bits} if kw.get("bits") == 4 else kw)
@@ -234,7 +244,7 @@ def parse_args():
                     "int4 costs a model nothing)")
     ap.add_argument("--out", default="")
     ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,awq4m,gptq4d,"
-                    "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,awq4m_fp,awq4m_duo,awq4m_c4,awq4m_c8,awq4h,nf4,w8a8,sq,int8); "
+                    "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,awq4m_fp,awq4m_duo,awq4m_c4,awq4m_c8,awq4h,awq4_c8,awq4_c8u,awq4u,nf4,w8a8,sq,int8); "
                     "default all (--quick: rtn4,gptq4,awq4,sq)")
     ap.add_argument("--calib-draw", type=int, default=0, help="which calibration windows: draw d takes the d-th "
                     "block of --calib-windows windows in the seeded document order (0, the default: the windows of "

@@ -21,10 +21,37 @@ from safetensors.torch import load_file, save_file
 from llmlab.errors import UserError
 
 
+HF_DIR_FILES = ("config.json", "model.safetensors", "generation_config.json")
+
+
+def check_output_dir(path: str | Path, key: str = "output_dir", names=HF_DIR_FILES) -> None:
+    """Fail early (before any work) when `path` exists and is not a directory, or is a directory
+    `atomic_dir` would refuse to replace with one holding `names`."""
+    if path and Path(path).exists():
+        if not Path(path).is_dir():
+            raise UserError(f"{key}={path} exists and is not a directory")
+        check_replaceable(Path(path), set(names))
+
+
+def check_replaceable(path: Path, names: set[str]) -> None:
+    """An existing directory is replaced only when it looks like an earlier output of the same kind
+    (new entry names `names`): it is empty, or it shares a name with the new one and holds no
+    sub-directory the new one lacks. So `output_dir=.` or a folder of the user's own files is
+    refused, not deleted."""
+    old = {p.name: p.is_dir() for p in path.iterdir()}
+    foreign = sorted(n for n in old if n not in names)
+    if foreign and (not set(old) & names or any(old[n] for n in foreign)):
+        raise UserError(f"{path} exists and holds other files ({', '.join(foreign[:4])}"
+                        f"{' ...' if len(foreign) > 4 else ''}): not replaced; choose a new path or remove it")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp dir; on success it replaces `path` (old contents removed), else it is deleted."""
+    """Yield a temp dir; on success it replaces `path` (old contents removed, if `check_replaceable`),
+    else it is deleted. `path` existing as a file is an error (nothing is written)."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output={path} exists and is not a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
@@ -33,8 +60,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 -> what a plain mkdir would have given
         old = None
         if path.exists():
+            check_replaceable(path, {p.name for p in tmp.iterdir()})
             old = path.parent / f".{path.name}.old-{os.getpid()}"
             os.replace(path, old)
         os.replace(tmp, path)

@@ -105,6 +105,7 @@ def run_prune(cfg: PruneConfig) -> int:
 
     import torch
 
+    from llmlab.checkpoint import check_output_dir
     from llmlab.compress import prune
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     from llmlab.quant import calibrate
@@ -122,6 +123,12 @@ def run_prune(cfg: PruneConfig) -> int:
     if cfg.method == "owl":
         from llmlab.compress.prune import owl_sparsities
         owl_sparsities([0.0, 1.0], cfg.sparsity, cfg.owl_lambda)  # checks the range before loading
+    for key in ("eval_windows", "num_calibration_samples"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.recovery_steps < 0 or cfg.learning_rate <= 0:
+        raise UserError(f"need recovery_steps >= 0 and learning_rate > 0, got {cfg.recovery_steps} and {cfg.learning_rate}")
+    check_output_dir(cfg.output_dir)
     torch.manual_seed(cfg.seed)
     base, tok = load_model_and_tokenizer(cfg.model, device="cpu", dtype="float32")
     base.__dict__.pop("quantized", None)

@@ -65,9 +65,21 @@ class DistillConfig:
 
 
 def _check(cfg: DistillConfig) -> None:
+    from llmlab.checkpoint import check_output_dir
     alphas, temps = cfg.sweep_alpha or [cfg.alpha], cfg.sweep_temperature or [cfg.temperature]
-    if not all(0 <= a <= 1 for a in alphas) or min(temps) <= 0 or cfg.max_steps < 1 or cfg.teacher_topk < 0:
-        raise UserError("need 0 <= alpha <= 1, temperature > 0, max_steps >= 1, teacher_topk >= 0")
+    if not all(0 <= a <= 1 for a in alphas):
+        raise UserError(f"alpha must be in [0, 1], got {alphas if cfg.sweep_alpha else cfg.alpha}")
+    if min(temps) <= 0 or cfg.learning_rate <= 0:
+        raise UserError(f"temperature and learning_rate must be > 0, got {temps} and {cfg.learning_rate}")
+    for key in ("max_steps", "batch_size", "student_layers", "student_hidden", "student_heads", "val_windows",
+                "eval_windows"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.student_hidden % cfg.student_heads:
+        raise UserError(f"student_heads={cfg.student_heads} does not divide student_hidden={cfg.student_hidden}")
+    if cfg.seq_len < 2 or cfg.teacher_topk < 0:
+        raise UserError(f"need seq_len >= 2 and teacher_topk >= 0, got {cfg.seq_len} and {cfg.teacher_topk}")
+    check_output_dir(cfg.output_dir)
     if cfg.seeds and max(alphas) == 0 and not cfg.seq_kd:
         raise UserError("seeds=... compares KD (alpha > 0) with alpha = 0: give alpha > 0")
     if cfg.seq_kd and (cfg.data_free or not 1 <= cfg.seq_kd_prompt < cfg.seq_len or cfg.seq_kd_temperature < 0):

@@ -157,7 +157,7 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
                    awq_objective: str = "linear", ragged_groups: bool = False, percdamp: float = 0.01,
                    clip: bool | None = None, max_rows: int = 512, awq_grid: int = 20, awq_clip_steps: int = 10,
                    awq_clip_shrink: float = 0.5, awq_duo: bool = False, block_inputs: str = "quantized",
-                   grids: dict | None = None, awq_rows: str = "sample") -> dict:
+                   grids: dict | None = None, awq_rows: str = "sample", awq_sample: str = "strided") -> dict:
     """-> {'stored_bytes', 'quantized_params', 'layers', ...}. GPTQ and AWQ calibrate block by
     block on `calib` (each block sees the already-quantized blocks' outputs) unless `sequential`
     is off or `stats` (gathered once on the full-precision model by `calibrate.collect`) is given.
@@ -173,6 +173,8 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
     awq_duo: AutoAWQ's duo scaling (`awq.candidate_scale`).
     awq_rows: "sample" (AWQ's per-Linear objectives and clip search on the max_rows sampled rows) or
     "all" (on every calibration token, exactly, through x^T x / n: `awq.linear_loss`).
+    awq_sample: how block-by-block calibration picks AWQ's max_rows sample rows: "strided" (every
+    (tokens // max_rows)-th token) or "uniform" (seeded random token indices; `calibrate.layerwise`).
     block_inputs: in block-by-block calibration, block i+1 sees the outputs of the "quantized" blocks
     before it (GPTQ's reference code; the default) or of the full-precision ones, "fp" (what llm-awq
     and AutoAWQ do for AWQ).
@@ -188,6 +190,8 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
         raise UserError(f"block_inputs must be quantized or fp, got '{block_inputs}'")
     if percdamp <= 0:
         raise UserError(f"percdamp must be > 0, got {percdamp}")
+    if awq_sample not in ("strided", "uniform"):
+        raise UserError(f"awq_sample must be strided or uniform, got '{awq_sample}'")
     if awq_rows not in ("sample", "all"):
         raise UserError(f"awq_rows must be sample or all, got '{awq_rows}'")
     if awq_grid < 1 or awq_clip_steps < 1 or not 0 < awq_clip_shrink < 1:
@@ -215,7 +219,7 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
         calibrate.layerwise(model, calib, want, lambda names, st, ctx: alphas.extend(
             _weight_only(model, lins, [n for n in names if n in lins], st, method, bits, group, sym, act_order,
                          awq_objective, ctx, percdamp, clip, awq, grids)), max_rows=max_rows,
-                            fp_inputs=block_inputs == "fp")
+                            fp_inputs=block_inputs == "fp", sample=awq_sample)
     else:
         if needs_calib:
             stats = calibrate.collect(model, calib, list(lins), want)

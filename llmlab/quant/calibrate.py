@@ -127,8 +127,9 @@ def quantizable_linears(model, skip: tuple[str, ...] = ("lm_head",)) -> dict[str
 
 
 class Stats:
-    def __init__(self, k: int, want: set[str], max_rows: int, stride: int | None = None):
-        self.n, self.want, self.max_rows, self.stride = 0, want, max_rows, stride
+    def __init__(self, k: int, want: set[str], max_rows: int, stride: int | None = None,
+                 rows_at: torch.Tensor | None = None):
+        self.n, self.want, self.max_rows, self.stride, self.rows_at = 0, want, max_rows, stride, rows_at
         self.hessian = torch.zeros(k, k, dtype=torch.float64) if "hessian" in want else None
         self.absmax = torch.zeros(k)
         self.sum_abs = torch.zeros(k, dtype=torch.float64)
@@ -141,8 +142,11 @@ class Stats:
             self.hessian += 2.0 * xd.t() @ xd
         self.absmax = torch.maximum(self.absmax, x.abs().amax(0))
         self.sum_abs += x.abs().sum(0).double()
-        self.n += x.shape[0]
-        if "sample" in self.want and sum(r.shape[0] for r in self.rows) < self.max_rows:
+        n0, self.n = self.n, self.n + x.shape[0]
+        if "sample" in self.want and self.rows_at is not None:  # the rows at these token indices of the whole run
+            at = self.rows_at[(self.rows_at >= n0) & (self.rows_at < self.n)] - n0
+            self.rows.append(x[at].clone())
+        elif "sample" in self.want and sum(r.shape[0] for r in self.rows) < self.max_rows:
             self.rows.append(x[:: self.stride or max(1, x.shape[0] // 64)].clone())
 
     @property
@@ -161,8 +165,9 @@ class Stats:
 class _Gather:
     """Forward pre-hooks on named Linears filling one Stats per distinct input tensor."""
 
-    def __init__(self, mods: dict[str, nn.Linear], want: set[str], max_rows: int, stride: int | None = None):
-        self.stats = {n: Stats(m.in_features, want, max_rows, stride) for n, m in mods.items()}
+    def __init__(self, mods: dict[str, nn.Linear], want: set[str], max_rows: int, stride: int | None = None,
+                 rows_at: torch.Tensor | None = None):
+        self.stats = {n: Stats(m.in_features, want, max_rows, stride, rows_at) for n, m in mods.items()}
         self.seen: dict[int, tuple] = {}
         self.hooks = [m.register_forward_pre_hook(self._hook(n)) for n, m in mods.items()]
 
@@ -210,7 +215,7 @@ class _Stop(Exception):
 
 @torch.no_grad()
 def layerwise(model, windows: torch.Tensor, want: set[str], quantize_layer, max_rows: int = 512,
-              batch_size: int = 4, fp_inputs: bool = False) -> None:
+              batch_size: int = 4, fp_inputs: bool = False, sample: str = "strided") -> None:
     """Block-by-block calibration. quantize_layer(names, stats) changes block i's Linears in place
     (its third argument, (block, block inputs, the block's other positional arguments), lets a
     method score a whole sub-module such as the attention). The inputs of block i+1 are:
@@ -218,10 +223,18 @@ def layerwise(model, windows: torch.Tensor, want: set[str], quantize_layer, max_
       block i is run again after quantize_layer; about two forward passes over the calibration set;
     - fp_inputs=True (llm-awq's `run_awq` and AutoAWQ's `_get_input_feat`): the outputs of the
       full-precision blocks, i.e. every block's statistics are the full-precision model's; one pass.
-    The `max_rows` sample rows (AWQ's) are every (tokens // max_rows)-th row, so they are spread
-    over all the windows."""
+    The `max_rows` sample rows (AWQ's) are every (tokens // max_rows)-th row ("strided"), so they are
+    spread over all the windows, but a stride that divides the window length takes the same few
+    positions of every window (a stride of 128 in 256-token windows: half the rows at position 0, whose
+    inputs are atypical); "uniform": max_rows token indices drawn without replacement (seed 0), every
+    position equally likely."""
     layers = model.model.layers
     xs, rest = [], []
+    rows_at = None
+    if sample == "uniform":
+        rows_at = torch.randperm(windows.numel(), generator=torch.Generator().manual_seed(0))[:max_rows].sort().values
+    elif sample != "strided":
+        raise UserError(f"sample must be strided or uniform, got '{sample}'")
 
     def grab(mod, args):
         xs.append(args[0].detach())
@@ -240,7 +253,7 @@ def layerwise(model, windows: torch.Tensor, want: set[str], quantize_layer, max_
         h.remove()
     for i, layer in enumerate(layers):
         mods = {f"model.layers.{i}.{n}": m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
-        g = _Gather(mods, want, max_rows, stride=max(1, windows.numel() // max_rows))
+        g = _Gather(mods, want, max_rows, stride=max(1, windows.numel() // max_rows), rows_at=rows_at)
         try:
             outs = [g.step(layer, x, *rest) for x in xs]  # block i at full precision
         finally:

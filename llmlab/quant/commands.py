@@ -32,6 +32,8 @@ class QuantizeConfig:
                                                            "mean|w|^(1-a) (per-group normalised |w|)"})
     awq_rows: str = field(default="sample", metadata={"help": "AWQ: per-Linear and clip searches on 512 sampled "
                                                               "calibration rows (sample) or on every token (all)"})
+    awq_sample: str = field(default="strided", metadata={"help": "AWQ: the 512 search rows are every (tokens // 512)-th "
+                                                                "token (strided) or seeded random tokens (uniform)"})
     awq_objective: str = field(default="linear", metadata={"help": "AWQ: score scales on each Linear's output "
                                                                    "(linear) or on the attention / MLP output (module)"})
     block_inputs: str = field(default="quantized", metadata={"help": "GPTQ/AWQ: block i+1 is calibrated on the "
@@ -56,6 +58,42 @@ def _calibration(cfg: QuantizeConfig, tok):
     return calibrate.text_windows(tok, cfg.calibration, cfg.num_calibration_samples, cfg.calibration_length)
 
 
+def _check(cfg: QuantizeConfig) -> None:
+    """Every check that needs no model, before it is loaded (bad input: one line, exit code 2)."""
+    from pathlib import Path
+
+    from llmlab.checkpoint import check_output_dir
+    from llmlab.quant.gguf_export import FORMATS
+    from llmlab.quant.ptq import check_bits
+    require(cfg.output, "output= is required (a .gguf file for format=gguf, a directory for format=hf)")
+    if cfg.format not in ("gguf", "hf"):
+        raise UserError(f"unknown format '{cfg.format}' (gguf or hf)")
+    require(cfg.eval_windows >= 0, f"eval_windows must be >= 0, got {cfg.eval_windows}")
+    if cfg.format == "gguf":
+        cfg.type = cfg.type.upper()  # as llama.cpp's quantize: q4_0 is Q4_0
+        if cfg.type not in FORMATS:
+            raise UserError(f"unknown GGUF type '{cfg.type}' (one of: {', '.join(FORMATS)})")
+        if Path(cfg.output).suffix != ".gguf":
+            raise UserError(f"output must end in .gguf for format=gguf, got {cfg.output}")
+        require(not Path(cfg.output).is_dir(), f"output={cfg.output} is a directory")
+        return
+    if cfg.method not in ("rtn", "nf4", "gptq", "awq", "awq_gptq"):
+        raise UserError(f"method '{cfg.method}' cannot be saved as weights (rtn, nf4, gptq, awq, awq_gptq); the activation "
+                        "methods are measured by benchmarks/quant_methods.py")
+    check_output_dir(cfg.output, "output")
+    if cfg.method in ("rtn", "gptq", "awq", "awq_gptq"):
+        check_bits(cfg.bits)
+    for key, allowed in (("awq_rows", ("sample", "all")), ("awq_sample", ("strided", "uniform")),
+                         ("awq_objective", ("linear", "module")), ("block_inputs", ("quantized", "fp"))):
+        if getattr(cfg, key) not in allowed:
+            raise UserError(f"{key} must be {' or '.join(allowed)}, got '{getattr(cfg, key)}'")
+    if cfg.method in ("gptq", "awq", "awq_gptq"):
+        require(cfg.num_calibration_samples >= 1 and cfg.calibration_length >= 2, "need num_calibration_samples >= 1 "
+                f"and calibration_length >= 2, got {cfg.num_calibration_samples} and {cfg.calibration_length}")
+        if cfg.calibration != "wiki" and not Path(cfg.calibration).is_file():
+            raise UserError(f"calibration file not found: {cfg.calibration}")
+
+
 @verb(VERBS, "quantize", QuantizeConfig)
 def run_quantize(cfg: QuantizeConfig) -> int:
     """post-training quantization: GGUF export, RTN/NF4/GPTQ/AWQ
@@ -67,16 +105,8 @@ def run_quantize(cfg: QuantizeConfig) -> int:
     import torch
 
     from llmlab.quant import calibrate
-    from llmlab.quant.gguf_export import FORMATS
 
-    require(cfg.output, "output= is required (a .gguf file for format=gguf, a directory for format=hf)")
-    if cfg.format not in ("gguf", "hf"):
-        raise UserError(f"unknown format '{cfg.format}' (gguf or hf)")
-    if cfg.format == "gguf" and cfg.type not in FORMATS:
-        raise UserError(f"unknown GGUF type '{cfg.type}' (one of: {', '.join(FORMATS)})")
-    if cfg.format == "hf" and cfg.method not in ("rtn", "nf4", "gptq", "awq", "awq_gptq"):
-        raise UserError(f"method '{cfg.method}' cannot be saved as weights (rtn, nf4, gptq, awq, awq_gptq); the activation "
-                        "methods are measured by benchmarks/quant_methods.py")
+    _check(cfg)
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     torch.set_grad_enabled(False)
     model, tok = load_model_and_tokenizer(cfg.model, device="cpu", dtype="float32")
@@ -87,8 +117,6 @@ def run_quantize(cfg: QuantizeConfig) -> int:
     if cfg.format == "gguf":
         from llmlab.quant.gguf_export import write_gguf
         out = Path(cfg.output)
-        if out.suffix != ".gguf":
-            raise UserError(f"output must end in .gguf for format=gguf, got {cfg.output}")
         info = write_gguf(model, tok, out, cfg.type, cfg.name or Path(cfg.model).stem)
         print(f"wrote {out} ({info['bytes'] / 1e6:.1f} MB; tensor types: {info['types']})")
         if ev is not None:
@@ -102,7 +130,8 @@ def run_quantize(cfg: QuantizeConfig) -> int:
                           awq_objective=cfg.awq_objective, ragged_groups=cfg.ragged_groups,
                           percdamp=cfg.percdamp, clip=cfg.clip, awq_grid=cfg.awq_grid,
                           awq_clip_steps=cfg.awq_clip_steps, awq_clip_shrink=cfg.awq_clip_shrink,
-                          awq_duo=cfg.awq_duo, block_inputs=cfg.block_inputs, awq_rows=cfg.awq_rows)
+                          awq_duo=cfg.awq_duo, block_inputs=cfg.block_inputs, awq_rows=cfg.awq_rows,
+                          awq_sample=cfg.awq_sample)
     from llmlab.model.hf import save_hf_dir
     import tempfile
     with tempfile.TemporaryDirectory() as td:

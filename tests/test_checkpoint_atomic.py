@@ -1,0 +1,60 @@
+"""`checkpoint.atomic_dir`: an output directory replaces only an earlier output of the same kind; a user's
+own folder or file at that path is refused (one-line UserError), never deleted, and nothing is left behind."""
+import os
+import stat
+
+import pytest
+
+from llmlab.checkpoint import atomic_dir, check_output_dir
+from llmlab.errors import UserError
+
+
+def _write(path, names):
+    with atomic_dir(path) as tmp:
+        for n in names:
+            (tmp / n).write_text(n, encoding="utf-8")
+
+
+def test_replaces_an_earlier_output_of_the_same_kind(tmp_path):
+    out = tmp_path / "run"
+    _write(out, ["config.json", "lora.safetensors"])
+    _write(out, ["config.json"])  # a re-run without the optional file: the stale one goes
+    assert sorted(os.listdir(out)) == ["config.json"]
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # no temporary or old copy left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o777 & ~umask  # not mkdtemp's 0700
+
+
+@pytest.mark.parametrize("existing", [["thesis.tex"], ["notes.txt", "data/"], ["config.json", "checkpoints/"]])
+def test_a_folder_of_other_files_is_refused_and_kept(tmp_path, existing):
+    out = tmp_path / "mine"
+    out.mkdir()
+    for n in existing:
+        (out / n.rstrip("/")).mkdir() if n.endswith("/") else (out / n).write_text("keep", encoding="utf-8")
+    with pytest.raises(UserError, match="holds other files"):
+        _write(out, ["config.json", "model.safetensors"])
+    assert sorted(os.listdir(out)) == sorted(n.rstrip("/") for n in existing)
+    assert sorted(os.listdir(tmp_path)) == ["mine"]
+    with pytest.raises(UserError, match="holds other files"):
+        check_output_dir(out)  # the verbs' early check says the same before any work
+
+
+def test_an_empty_folder_is_filled(tmp_path):
+    (tmp_path / "empty").mkdir()
+    check_output_dir(tmp_path / "empty")
+    _write(tmp_path / "empty", ["config.json"])
+    assert os.listdir(tmp_path / "empty") == ["config.json"]
+
+
+def test_a_file_at_the_path_is_refused_before_any_work(tmp_path):
+    f = tmp_path / "model"
+    f.write_text("mine", encoding="utf-8")
+    ran = []
+    with pytest.raises(UserError, match="not a directory"):
+        with atomic_dir(f):
+            ran.append(1)
+    assert not ran and f.read_text(encoding="utf-8") == "mine" and os.listdir(tmp_path) == ["model"]
+    with pytest.raises(UserError, match="output_dir=.* not a directory"):
+        check_output_dir(f)
+    check_output_dir("")  # no output: nothing to check
