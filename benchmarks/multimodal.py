@@ -128,6 +128,17 @@ def summarise(rows: dict[str, list[dict]]) -> dict:
                       "clip_zero_shot": round(of_means["clip_zero_shot"][0], 4)}}
 
 
+def markdown_table(seeds: list[int], rows: dict[str, list[dict]]) -> str:
+    """The per-seed table for docs: zero-shot ours / open_clip, its ratio, final losses, images/s ratio."""
+    out = ["| seed | zero-shot ours / open_clip | ratio | final loss ours / open_clip | images/s ratio |",
+           "|---:|---|---:|---|---:|"]
+    for seed, o, p in zip(seeds, rows["ours"], rows["peer"]):
+        out.append(f"| {seed} | {o['clip_zero_shot']:.3f} / {p['clip_zero_shot']:.3f} | "
+                   f"{o['clip_zero_shot'] / p['clip_zero_shot']:.3f} | {o['final_loss']:.3f} / {p['final_loss']:.3f} | "
+                   f"{o['clip_img_s'] / p['clip_img_s']:.3f} |")
+    return "\n".join(out)
+
+
 def seed_rows(open_clip, seed: int, args, steps: int, batch: int) -> tuple[dict, dict]:
     """One seed's (ours, peer), read from --per_seed_dir when already there, else run (and saved)."""
     path = Path(args.per_seed_dir) / f"seed_{seed}.json" if args.per_seed_dir else None
@@ -152,6 +163,7 @@ def main() -> None:
     ap.add_argument("--same_init", action="store_true",
                     help="ours starts from open_clip's initial weights (each library's own init otherwise)")
     ap.add_argument("--per_seed_dir", default="", help="save each seed's figures as DIR/seed_S.json; reuse them")
+    ap.add_argument("--table", action="store_true", help="print the per-seed markdown table before the JSON line")
     args = ap.parse_args()
     torch.set_num_threads(1)
     steps = args.steps or (120 if args.quick else 600)
@@ -165,6 +177,8 @@ def main() -> None:
         rows["peer"].append(p)
         print(f"seed {seed}: ours {o}  open_clip {p}", file=sys.stderr, flush=True)
     summary = summarise(rows)
+    if args.table:
+        print(markdown_table(seeds, rows))
     print(f"{'metric':<16}{'ours':>12}{'open_clip':>12}   (medians over seeds)")
     for k in summary["ours"]:
         print(f"{k:<16}{summary['ours'][k]:>12.4f}{summary['peer'][k]:>12.4f}")

@@ -71,3 +71,9 @@ def test_per_seed_file_is_written_then_reused(bench, tmp_path, monkeypatch):
     assert bench.seed_rows(None, 3, args, 300, 64) == first and calls == [3]  # reused, not rerun
     with pytest.raises(SystemExit, match="seed_3.json was run with"):
         bench.seed_rows(None, 3, args, 600, 64)  # another protocol's file is refused, not mixed in
+
+
+def test_markdown_table_has_one_row_per_seed(bench):
+    t = bench.markdown_table([0, 7, 9], _rows([0.6, 0.8, 0.7], [0.8, 0.7, 0.9])).splitlines()
+    assert len(t) == 5 and t[0].startswith("| seed |")
+    assert t[3] == "| 7 | 0.800 / 0.700 | 1.143 | 2.000 / 2.000 | 1.100 |"
