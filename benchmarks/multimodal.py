@@ -58,14 +58,21 @@ def peer_model(open_clip, seed: int):
     return open_clip.CLIP(embed_dim=EMBED, vision_cfg=vision, text_cfg=text)
 
 
-def run_seed(open_clip, seed: int, steps: int, batch: int, chunk: int, same_init: bool = False) -> tuple[dict, dict]:
+def bench_config(seed: int, steps: int, batch: int, validation: int = 0):
+    """The tiny CLIP both libraries train, and its (train, test) digits as RGB; with validation=N the
+    last N training digits are held out and returned in place of the test split."""
     cfg = ContrastiveConfig(model="clip", dataset="digits", max_steps=steps, per_device_train_batch_size=batch,
                             seed=seed, vision=ViTConfig(image_size=8, patch_size=2, in_chans=1, embed_dim=WIDTH,
                                                         depth=LAYERS, num_heads=HEADS, pool="mean", pre_norm=True),
                             text=TextConfig(context_length=CTX, width=WIDTH, depth=LAYERS, num_heads=HEADS),
-                            embed_dim=EMBED)
+                            embed_dim=EMBED, validation=validation)
     train, test = rgb(load_split(cfg, "train")), rgb(load_split(cfg, "test"))
     cfg.vision.in_chans = 3
+    return cfg, train, test
+
+
+def run_seed(open_clip, seed: int, steps: int, batch: int, chunk: int, same_init: bool = False) -> tuple[dict, dict]:
+    cfg, train, test = bench_config(seed, steps, batch)
     ours = build_model(cfg)
     peer = peer_model(open_clip, seed)
     if same_init:  # isolate the implementations: both start from open_clip's initial weights

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,3 +78,56 @@ def test_markdown_table_has_one_row_per_seed(bench):
     t = bench.markdown_table([0, 7, 9], _rows([0.6, 0.8, 0.7], [0.8, 0.7, 0.9])).splitlines()
     assert len(t) == 5 and t[0].startswith("| seed |")
     assert t[3] == "| 7 | 0.800 / 0.700 | 1.143 | 2.000 / 2.000 | 1.100 |"
+
+
+@pytest.fixture()
+def init_bench():
+    """benchmarks/multimodal_init.py as a module; sys.path and sys.modules restored after (benchmarks/
+    must not stay on the path: its peft.py would shadow the package)."""
+    saved_path, saved_mods = list(sys.path), set(sys.modules)
+    spec = importlib.util.spec_from_file_location("bench_multimodal_init", ROOT / "benchmarks" / "multimodal_init.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.path[:] = saved_path
+    for name in set(sys.modules) - saved_mods:
+        if name in ("multimodal", "bench_multimodal_init"):
+            sys.modules.pop(name)
+
+
+def test_open_clip_biases_draws_the_two_bias_sets_as_open_clip_does(init_bench):
+    from llmlab.multimodal.reference import import_references
+    from llmlab.multimodal.train import build_model
+    _timm, open_clip = import_references()
+    cfg, _train, _val = init_bench.bench_config(0, 10, 8, validation=init_bench.VALIDATION)
+    ours = build_model(cfg)
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    init_bench.open_clip_biases(ours)
+    changed = {k for k, v in ours.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {f"text.blocks.{i}.mlp.fc{j}.bias" for i in range(2) for j in (1, 2)} | \
+        {f"visual.blocks.{i}.attn.proj.bias" for i in range(2)}
+    peer = bench_peer(open_clip)
+    for i in range(2):
+        pv, ov = peer.visual.transformer.resblocks[i], ours.visual.blocks[i]
+        assert not pv.attn.out_proj.bias.any() and not ov.attn.proj.bias.any()  # zero on both sides
+        pt, ot = peer.transformer.resblocks[i], ours.text.blocks[i]
+        for theirs, mine in ((pt.mlp.c_fc, ot.mlp.fc1), (pt.mlp.c_proj, ot.mlp.fc2)):
+            bound = mine.in_features ** -0.5
+            assert theirs.in_features == mine.in_features  # the same U(-bound, bound)
+            for b in (theirs.bias, mine.bias):
+                assert b.abs().max() <= bound and b.abs().max() > bound / 2 and b.std() > bound / 4
+
+
+def bench_peer(open_clip):
+    spec = importlib.util.spec_from_file_location("bench_multimodal_peer", ROOT / "benchmarks" / "multimodal.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.peer_model(open_clip, 0)
+
+
+def test_validation_split_is_the_last_training_digits(init_bench):
+    cfg, train, val = init_bench.bench_config(0, 10, 8, validation=257)
+    _, full, test = init_bench.bench_config(0, 10, 8)
+    assert len(val.images) == 257 and len(train.images) + 257 == len(full.images)
+    assert torch.equal(val.images, full.images[-257:]) and torch.equal(train.images, full.images[:-257])
+    assert len(full.images) + len(test.images) == 1797  # the validation digits come from train only
