@@ -46,8 +46,35 @@ def test_bad_images_refused(tmp_path):
     with pytest.raises(UserError, match="file not found"):
         load_image(str(tmp_path / "missing.png"), 8)
     big = _png(Image.new("L", (5000, 5000)))  # 25M pixels, tiny file: refused before decoding
-    with pytest.raises(UserError, match="pixels"):
+    with pytest.raises(UserError, match="pixels") as e:
         load_image(big, 8)
+    assert "5000x5000" in str(e.value) and "downscale it first (the model sees it at 8x8)" in str(e.value)
+
+
+def test_bad_image_messages_name_the_image_and_say_what_to_do(tmp_path):
+    (tmp_path / "page.png").write_text("<html>a web page saved as .png</html>")
+    with pytest.raises(UserError) as e:
+        load_image(str(tmp_path / "page.png"), 8)
+    msg = str(e.value)
+    assert str(tmp_path / "page.png") in msg and "not a readable image" in msg and "b'<html>a web page'" in msg
+    assert "0x" not in msg and "BytesIO" not in msg  # no object reprs in a user's message
+    url = "data:image/png;base64," + base64.b64encode(b"GIF89a-truncated").decode()
+    with pytest.raises(UserError, match="the data URL's image is not a readable image"):
+        load_image(url, 8)
+    buf = io.BytesIO()
+    Image.new("LAB", (4, 4)).save(buf, format="TIFF")
+    with pytest.raises(UserError, match="image mode 'LAB'.*save it as an RGB"):
+        load_image(buf.getvalue(), 4)
+
+
+def test_big_endian_16_bit_grey_is_converted():
+    buf = io.BytesIO()
+    deep = Image.new("I;16B", (4, 4))
+    deep.putdata([i * 1000 for i in range(16)])
+    deep.save(buf, format="TIFF")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode == "I;16B"
+    g = load_image(buf.getvalue(), 4, channels=1)
+    assert g.shape == (1, 4, 4) and g.max() == 1.0 and g.min() == 0.0
 
 
 def _cli(*args, cwd):

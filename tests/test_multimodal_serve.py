@@ -98,3 +98,36 @@ def test_text_only_model_refuses_images_naming_itself(vm):
             _client(base).chat.completions.create(model="tiny-text", messages=_ask(data_url(png())), max_tokens=2)
     assert e.value.status_code == 400 and "'tiny-text'" in e.value.body["message"]
     assert e.value.body["code"] == "image_not_supported" and "text-only" in e.value.body["message"]
+
+
+def test_an_encoder_run_is_refused_as_a_chat_model_in_one_line(tmp_path):
+    from llmlab.errors import UserError
+    from llmlab.infer.vision import vision_kind
+    (tmp_path / "config.json").write_text('{"kind": "contrastive", "model": "clip"}')
+    for call in (vision_kind, load_vision_model):
+        with pytest.raises(UserError, match="kind 'contrastive'.*llmlab mm eval run_dir=") as e:
+            call(str(tmp_path))
+        assert str(tmp_path) in str(e.value)
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')  # an HF dir: text-only, no error
+    assert vision_kind(str(tmp_path)) is None
+
+
+def test_image_chat_repl_says_the_size_and_quits_on_exit(vm, monkeypatch, capsys):
+    from llmlab.infer.commands import image_chat
+    typed = iter([QUESTION, "", "/exit", "never asked"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(typed))
+    assert image_chat(vm, data_url(png()), "", 4) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"(the model sees it at {vm.size}x{vm.size})" in out[0] and "/exit" in out[0]
+    assert out[1:] == [f"assistant> {vm.answer(vm.image(png()), QUESTION, 4)}"]  # one answer, then /exit
+    assert next(typed) == "never asked"
+
+
+@pytest.mark.slow  # a CLI start imports torch
+def test_mm_chat_answers_like_llmlab_chat(run, vm, tmp_path):
+    (tmp_path / "red.png").write_bytes(png())
+    r = subprocess.run([sys.executable, "-m", "llmlab.cli", "mm", "chat", f"run_dir={run}",
+                        f"image={tmp_path / 'red.png'}", f"question={QUESTION}", "max_new_tokens=5"],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-2:] == [f"you> {QUESTION}", f"assistant> {vm.answer(vm.image(png()), QUESTION, 5)}"]

@@ -58,6 +58,23 @@ def test_invalid_fields_name_their_param(body, param):
     assert set(err.body()["error"]) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.parametrize("content,where,says", [
+    ([{"type": "text", "text": "q"}, {"type": "image_url", "image_url": "data:image/png;base64,AAAA"}],
+     "messages.0.content.1.image_url", 'must be an object {"url": "data:image/png;base64,..."}'),
+    ([{"type": "text", "text": "q"}, {"type": "image", "image": "u"}], "messages.0.content.1",
+     "expected tags: 'text', 'image_url'"),
+    ([{"type": "image_url", "image_url": {}}], "messages.0.content.0.image_url.url", "Field required"),
+    ([{"text": "q"}], "messages.0.content.0", "discriminator 'type'"),
+    (5, "messages.0.content", "must be a string or a list of parts"),
+])
+def test_bad_content_parts_name_the_part_not_the_string_arm(content, where, says):
+    with pytest.raises(ValidationError) as ei:
+        chat(messages=[{"role": "user", "content": content}])
+    err = validation_error(ei.value.errors())
+    assert err.status == 400 and err.param == "messages" and err.message.startswith(f"'{where}': "), err.message
+    assert says in err.message and "valid string" not in err.message
+
+
 def test_json_and_shape_errors():
     from pydantic import TypeAdapter
     with pytest.raises(ValidationError) as ei:

@@ -176,16 +176,20 @@ def _reply(engine, tok, history: list, params) -> str | None:
     return "".join(reply)
 
 
-def _image_chat(vm, cfg: ChatConfig) -> int:
-    """Questions about one picture, answered greedily by the vision-language model (each on its own:
-    LLaVA-style models here are trained on single question/answer turns)."""
-    img = vm.image(cfg.image, "image")
-    if cfg.prompt:
-        print(f"you> {cfg.prompt}\nassistant> {vm.answer(img, cfg.prompt, cfg.sampling.max_new_tokens)}", flush=True)
+def image_chat(vm, image: str, prompt: str, max_new_tokens: int) -> int:
+    """Questions about one picture, answered greedily by the vision-language model `vm`
+    (llmlab.infer.vision), each on its own: LLaVA-style models here are trained on single
+    question/answer turns. `prompt`: ask once and return; empty: a REPL (/exit or Ctrl-D quits).
+    `llmlab chat image=...` and `llmlab mm chat` both run this."""
+    img = vm.image(image, "image")
+    if prompt:
+        print(f"you> {prompt}\nassistant> {vm.answer(img, prompt, max_new_tokens)}", flush=True)
         return 0
-    print(f"ask about {cfg.image}; /exit or Ctrl-D quits")
+    size = getattr(vm, "size", None)
+    print(f"ask about {image}" + (f" (the model sees it at {size}x{size})" if size else "")
+          + "; /exit or Ctrl-D quits")
     while (q := _read_turn([], "")) is not None:
-        print(f"assistant> {vm.answer(img, q, cfg.sampling.max_new_tokens)}", flush=True)
+        print(f"assistant> {vm.answer(img, q, max_new_tokens)}", flush=True)
     return 0
 
 
@@ -194,7 +198,8 @@ def run_chat(cfg: ChatConfig) -> int:
     """chat with a model in the terminal using its chat template
 
     Example: llmlab chat model=smollm2 temperature=0.7 top_p=0.9
-      (a picture: llmlab chat model=runs/mm_llava image=shape.png)
+      (a picture: llmlab chat model=runs/mm_llava image=shape.png; an easy-vqa test picture:
+       image=$(python -c "import easy_vqa; print(easy_vqa.get_test_image_paths()[0])"))
     """
     from llmlab.infer.engine import Engine
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
@@ -206,7 +211,7 @@ def run_chat(cfg: ChatConfig) -> int:
                         "(a `llmlab mm llava` output_dir)")
     vm = load_vision_model(cfg.model)
     if vm is not None and cfg.image:
-        return _image_chat(vm, cfg)
+        return image_chat(vm, cfg.image, cfg.prompt, cfg.sampling.max_new_tokens)
     model, tok = (vm.lm, vm.tokenizer) if vm is not None else load_model_and_tokenizer(cfg.model, cfg.device, cfg.dtype)
     # one user: no batch to be invariant to, so no row padding (row_pad=1 is the fastest at batch 1)
     engine = Engine(model, tok, max_num_seqs=1, num_blocks=-(-model.config.max_position_embeddings // 16) + 1,

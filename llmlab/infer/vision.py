@@ -18,7 +18,9 @@ VISION_MODELS: dict = {}  # config.json "kind" -> loader(model_dir)
 
 
 def vision_kind(model: str) -> str | None:
-    """The registered kind of a model dir, or None (a text-only model: packaged name, .gguf, HF dir)."""
+    """The registered kind of a model dir, or None (a text-only model: packaged name, .gguf, HF dir).
+    A run dir of a kind that does not generate text (a `llmlab mm train` encoder: kind "contrastive")
+    is refused in one line (UserError) instead of failing later as an unknown model_type."""
     cfg = Path(model) / "config.json"
     if not cfg.is_file():
         return None
@@ -26,7 +28,13 @@ def vision_kind(model: str) -> str | None:
         kind = json.loads(cfg.read_text(encoding="utf-8")).get("kind")
     except (OSError, ValueError, AttributeError):
         return None
-    return kind if kind in VISION_MODELS else None
+    if kind is not None and kind not in VISION_MODELS:
+        from llmlab.errors import UserError
+        what = (f"an image-text encoder from `llmlab mm train`: score it with `llmlab mm eval run_dir={model}`"
+                if kind == "contrastive" else "no chat loader is registered for it")
+        raise UserError(f"model '{model}' is a run of kind '{kind}' ({what}), not a model that writes text; "
+                        "chat and serve take a language model or a `llmlab mm llava` output_dir")
+    return kind
 
 
 def load_vision_model(model: str):

@@ -126,7 +126,7 @@ def run_llava(cfg) -> int:
 class ChatConfig:
     run_dir: str = field(default="runs/mm_llava", metadata={"help": "a `llmlab mm llava` output_dir"})
     image: str = field(default="", metadata={"help": "image file (png/jpg/...) or a data:image/...;base64 URL"})
-    question: str = field(default="", metadata={"help": "ask once and exit; empty: read questions from stdin"})
+    question: str = field(default="", metadata={"help": "ask once and exit; empty: a REPL (/exit or Ctrl-D quits)"})
     max_new_tokens: int = field(default=8, metadata={"help": "answer length limit"})
 
 
@@ -135,27 +135,14 @@ def run_chat(cfg: ChatConfig) -> int:
     """ask a trained LLaVA-style model about a picture (terminal)
 
     Example: llmlab mm chat run_dir=runs/mm_llava image=shape.png question='what color is the shape?'
+      (an easy-vqa test picture: image=$(python -c "import easy_vqa; print(easy_vqa.get_test_image_paths()[0])"))
     """
+    from llmlab.infer.commands import image_chat
+    from llmlab.multimodal.chat import LlavaChat
     from llmlab.multimodal.image_io import load_image
-    from llmlab.multimodal.llava_train import load_llava
     require(cfg.image, "config key 'image': give a picture, e.g. image=cat.png")
     load_image(cfg.image, 8)  # a bad image fails in a second, before the LM loads
-    model, size = load_llava(cfg.run_dir)
-    img = load_image(cfg.image, size, model.vision.config.in_chans).unsqueeze(0)
-    questions = [cfg.question] if cfg.question else None
-    while True:
-        if questions is None:
-            try:
-                q = input("you> ").strip()
-            except EOFError:
-                return 0
-            if not q:
-                continue
-        else:
-            if not questions:
-                return 0
-            q = questions.pop()
-        print(f"assistant> {model.answer(img, [q], cfg.max_new_tokens)[0]}", flush=True)
+    return image_chat(LlavaChat(cfg.run_dir), cfg.image, cfg.question, cfg.max_new_tokens)
 
 
 def _llava_chat(run_dir: str):

@@ -18,7 +18,9 @@ from llmlab.errors import UserError
 
 MAX_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 4096 * 4096
-CONVERTIBLE = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I;16", "I", "F"}
+CONVERTIBLE = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I;16", "I;16B", "I;16L",
+               "I", "F"}
+READ = "png, jpeg, gif, bmp, webp or tiff"
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,(.*)$", re.S)
 
 
@@ -46,6 +48,13 @@ def image_bytes(src: str | bytes, name: str = "image") -> bytes:
     return data
 
 
+def _what(src: str | bytes) -> str:
+    """How an error names the image: its path, or where its bytes came from."""
+    if isinstance(src, bytes):
+        return "the image data"
+    return "the data URL's image" if src.startswith("data:") else src
+
+
 def load_image(src: str | bytes, size: int, channels: int = 3, name: str = "image") -> torch.Tensor:
     """-> (channels, size, size) float tensor in [0, 1]."""
     from PIL import Image, UnidentifiedImageError
@@ -55,15 +64,21 @@ def load_image(src: str | bytes, size: int, channels: int = 3, name: str = "imag
         im = Image.open(io.BytesIO(data))
         w, h = im.size
         if w * h > MAX_PIXELS:
-            raise UserError(f"{name}: {w}x{h} pixels; the limit is {MAX_PIXELS} pixels")
+            raise UserError(f"{name}: {w}x{h} pixels ({w * h / 1e6:.1f} M); the limit is {MAX_PIXELS / 1e6:.1f} M "
+                            f"pixels (4096x4096): downscale it first (the model sees it at {size}x{size})")
         im.load()
     except UserError:
         raise
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
-        raise UserError(f"{name}: not a readable image ({type(e).__name__}: {str(e)[:80]})") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{name}: {_what(src)} is not a readable image: no {READ} format recognised "
+                        f"(it starts with {data[:16]!r})") from None
+    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
+        reason = re.sub(r" at 0x[0-9a-f]+", "", str(e))[:80]  # no object addresses in a user's message
+        raise UserError(f"{name}: {_what(src)} is not a readable image ({type(e).__name__}: {reason})") from None
     if im.mode not in CONVERTIBLE:
-        raise UserError(f"{name}: unsupported image mode {im.mode}")
-    if im.mode in ("I;16", "I", "F"):  # high bit depth grey: scale to 8 bits
+        raise UserError(f"{name}: {_what(src)} has image mode {im.mode!r}, which is not converted here "
+                        f"(supported: {', '.join(sorted(CONVERTIBLE))}); save it as an RGB {READ} first")
+    if im.mode.startswith("I") or im.mode == "F":  # high bit depth grey: scale to 8 bits
         arr = np.asarray(im, dtype=np.float64)
         im = Image.fromarray((255 * (arr - arr.min()) / max(1e-9, np.ptp(arr))).astype(np.uint8))
     if "A" in im.mode or (im.mode == "P" and "transparency" in im.info):

@@ -113,17 +113,18 @@ class Llava(nn.Module):
     def _prompt_ids(self, question: str) -> list[int]:
         return self.tok.encode(f"\n{question}{self._after_tail}")
 
-    def _row_ids(self, questions: list[str], answers: list[str] | None) -> tuple[list[int], list[int]]:
-        """The text tokens after the image for one row, and their targets (-100 outside answers). Several
-        questions make one multi-turn conversation (LLaVA-1.5's packing): every answer is a target."""
-        ids, tgt = [], []
+    def _row_ids(self, questions: list[str], answers: list[str] | None) -> tuple[list[int], list[int], int]:
+        """The text tokens after the image for one row, their targets (-100 outside answers) and the
+        last answer's length (with its end token; 0 without answers). Several questions make one
+        multi-turn conversation (LLaVA-1.5's packing): every answer is a target."""
+        ids, tgt, a = [], [], []
         for t, q in enumerate(questions):
             p = self._prompt_ids(q) if t == 0 else self.tok.encode(f"{self._next_turn}{q}{self._after_tail}")
             ids, tgt = ids + p, tgt + [-100] * len(p)
             if answers is not None:
                 a = self.tok.encode(answers[t]) + self.end_id
                 ids, tgt = ids + a, tgt + a
-        return ids, tgt
+        return ids, tgt, len(a)
 
     def _batch(self, images, questions, answers=None):
         """Input embeddings (B, T, d), labels (B, T) (-100 outside answers) and prompt lengths. A row's
@@ -138,13 +139,13 @@ class Llava(nn.Module):
             ans = None if answers is None else [answers[i]] if isinstance(answers[i], str) else list(answers[i])
             if (ans is None and len(qs) > 1) or (ans is not None and len(ans) != len(qs)):
                 raise ValueError(f"a row of {len(qs)} questions needs as many answers (got {ans})")
-            ids, tgt = self._row_ids(qs, ans)
+            ids, tgt, last = self._row_ids(qs, ans)
             x = torch.cat([pre, img[i], emb(torch.tensor(ids, dtype=torch.long))])
             # position t predicts token t+1: each answer token is labelled at the position before it
             lab = torch.tensor(([-100] * (len(x) - len(tgt)) + tgt)[1:] + [-100], dtype=torch.long)
             rows.append(x)
             labels.append(lab)
-            plen.append(len(x) - (len(self.tok.encode(ans[-1])) + len(self.end_id) if ans else 0))
+            plen.append(len(x) - last)  # the prompt ends where the last answer begins
         T = max(len(r) for r in rows)
         x = torch.stack([F.pad(r, (0, 0, 0, T - len(r))) for r in rows])
         y = torch.stack([F.pad(lab, (0, T - len(lab)), value=-100) for lab in labels])

@@ -124,6 +124,8 @@ def run_serve(cfg: ServeConfig) -> int:
     """OpenAI-compatible server (/v1/chat/completions, /v1/completions) + web chat
 
     Example: llmlab serve configs/serve_smollm2.yaml port=8000
+      (pictures: llmlab serve model=runs/mm_llava takes OpenAI image_url parts as base64 data URLs,
+       and the web chat gets an Image button)
     """
     import uvicorn
 

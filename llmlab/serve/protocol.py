@@ -77,9 +77,12 @@ class ToolCall(_Strict):
     function: FunctionCall
 
 
+ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]  # errors name the bad part
+
+
 class ChatMessage(_Strict):
     role: Role
-    content: Union[StrictStr, list[Union[TextPart, ImagePart]], None] = None
+    content: Union[StrictStr, list[ContentPart], None] = None
     name: StrictStr | None = None
     tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
     tool_call_id: StrictStr | None = None  # a tool turn: which call it answers
@@ -179,7 +182,10 @@ class CompletionRequest(_Sampling):
 def validation_error(errors: list[dict]) -> APIError:
     """pydantic/FastAPI validation errors -> one OpenAI 400 naming the first bad field."""
     e = errors[0] if errors else {}
-    loc = [str(x) for x in e.get("loc", ()) if x != "body" and _is_field(x)]
+    loc = _field_loc(e)
+    if loc and loc[-1] == "content" and len(errors) > 1:  # a list of parts: name the bad part, not the str arm
+        deeper = [x for x in errors if len(_field_loc(x)) > len(loc)]
+        e, loc = (deeper[0], _field_loc(deeper[0])) if deeper else (e, loc)
     if e.get("type") == "json_invalid":
         return APIError(400, f"We could not parse the JSON body of your request ({e.get('msg', '')})")
     if not loc:
@@ -187,7 +193,21 @@ def validation_error(errors: list[dict]) -> APIError:
     where = ".".join(loc)
     got = repr(e.get("input"))
     got = got if len(got) <= 60 else got[:57] + "..."
-    return APIError(400, f"'{where}': {e.get('msg', 'invalid value')} (got {got})", loc[0])
+    msg = e.get("msg", "invalid value")
+    if loc[-1] == "content" and e.get("type") == "string_type":
+        msg = 'must be a string or a list of parts ({"type": "text", ...}, {"type": "image_url", ...})'
+    elif loc[-1] == "image_url" and e.get("type") == "model_type":
+        msg = 'must be an object {"url": "data:image/png;base64,..."} (OpenAI\'s form)'
+    return APIError(400, f"'{where}': {msg} (got {got})", loc[0])
+
+
+def _field_loc(e: dict) -> list[str]:
+    """An error's location as field names and indexes (consecutive repeats from union tags dropped)."""
+    out = []
+    for x in e.get("loc", ()):
+        if x != "body" and _is_field(x) and (not out or out[-1] != str(x)):
+            out.append(str(x))
+    return out
 
 
 def _is_field(part) -> bool:
