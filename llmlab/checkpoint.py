@@ -45,10 +45,21 @@ def check_replaceable(path: Path, names: set[str]) -> None:
                         f"{' ...' if len(foreign) > 4 else ''}): not replaced; choose a new path or remove it")
 
 
+def _free_sibling(path: Path) -> Path:
+    """`path.new`, else `path.new-2`, ...: a name beside `path` that does not exist yet."""
+    kept, i = path.with_name(f"{path.name}.new"), 1
+    while kept.exists():
+        i += 1
+        kept = path.with_name(f"{path.name}.new-{i}")
+    return kept
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temp dir; on success it replaces `path` (old contents removed, if `check_replaceable`),
-    else it is deleted. `path` existing as a file is an error (nothing is written)."""
+    else it is deleted. `path` existing as a file is an error (nothing is written). A folder refused
+    by `check_replaceable` only at the end (it changed during the run) keeps the finished output
+    beside it (`path.new`), named in the error."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"output={path} exists and is not a directory")
@@ -65,7 +76,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 -> what a plain mkdir would have given
         old = None
         if path.exists():
-            check_replaceable(path, {p.name for p in tmp.iterdir()})
+            try:
+                check_replaceable(path, {p.name for p in tmp.iterdir()})
+            except UserError as e:  # refused only now (the folder changed during the run): keep the finished work
+                kept = _free_sibling(path)
+                os.replace(tmp, kept)
+                raise UserError(f"{e}; this run's output is kept at {kept}") from None
             old = path.parent / f".{path.name}.old-{os.getpid()}"
             os.replace(path, old)
         os.replace(tmp, path)

@@ -32,10 +32,11 @@ def test_a_folder_of_other_files_is_refused_and_kept(tmp_path, existing):
     out.mkdir()
     for n in existing:
         (out / n.rstrip("/")).mkdir() if n.endswith("/") else (out / n).write_text("keep", encoding="utf-8")
-    with pytest.raises(UserError, match="holds other files"):
+    with pytest.raises(UserError, match="holds other files.*kept at"):
         _write(out, ["config.json", "model.safetensors"])
     assert sorted(os.listdir(out)) == sorted(n.rstrip("/") for n in existing)
-    assert sorted(os.listdir(tmp_path)) == ["mine"]
+    assert sorted(os.listdir(tmp_path)) == ["mine", "mine.new"]  # the finished output, beside; no temporary
+    assert sorted(os.listdir(tmp_path / "mine.new")) == ["config.json", "model.safetensors"]
     with pytest.raises(UserError, match="holds other files"):
         check_output_dir(out)  # the verbs' early check says the same before any work
 
@@ -58,3 +59,35 @@ def test_a_file_at_the_path_is_refused_before_any_work(tmp_path):
     with pytest.raises(UserError, match="output_dir=.* not a directory"):
         check_output_dir(f)
     check_output_dir("")  # no output: nothing to check
+
+
+def test_a_folder_that_changed_during_the_run_keeps_the_finished_output(tmp_path):
+    """Refused only at the end (the user's files appeared while the run went on): the work is kept beside it."""
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=r"kept at .*run\.new"):
+        with atomic_dir(out) as tmp:
+            (tmp / "config.json").write_text("new", encoding="utf-8")
+            out.mkdir()
+            (out / "thesis.tex").write_text("mine", encoding="utf-8")
+    assert os.listdir(out) == ["thesis.tex"]
+    assert (tmp_path / "run.new" / "config.json").read_text(encoding="utf-8") == "new"
+    assert sorted(os.listdir(tmp_path)) == ["run", "run.new"]  # no temporary copy left
+
+
+def test_mm_train_refuses_a_foreign_output_dir_before_training(tmp_path, capsys):
+    from llmlab.cli import main
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine", encoding="utf-8")
+    assert main(["mm", "train", "configs/mm_clip_digits.yaml", f"output_dir={out}", "max_steps=1"]) == 2
+    assert "holds other files" in capsys.readouterr().err
+    assert os.listdir(out) == ["thesis.tex"]
+
+
+def test_mm_llava_refuses_a_foreign_output_dir_before_training(tmp_path, capsys):
+    from llmlab.cli import main
+    out = tmp_path / "mine"
+    (out / "data").mkdir(parents=True)
+    assert main(["mm", "llava", "configs/mm_llava.yaml", f"output_dir={out}", "stage1_steps=1", "stage2_steps=1"]) == 2
+    assert "holds other files" in capsys.readouterr().err
+    assert os.listdir(out) == ["data"]

@@ -12,7 +12,8 @@ import torch
 from llmlab.errors import UserError, require
 from llmlab.verb import Verb, verb
 from llmlab.infer.vision import VISION_MODELS
-from llmlab.multimodal.runs import load_contrastive, save_contrastive
+from llmlab.checkpoint import check_output_dir
+from llmlab.multimodal.runs import RUN_FILES, load_contrastive, save_contrastive
 from llmlab.multimodal.train import ContrastiveConfig
 
 VERBS: dict[str, Verb] = {}
@@ -29,6 +30,7 @@ def run_train(cfg: ContrastiveConfig) -> int:
     setup_threads()
     if cfg.model == "llava":
         raise UserError("model=llava trains with `llmlab mm llava` (its own config); here: clip or siglip")
+    check_output_dir(cfg.output_dir, names=RUN_FILES)  # before training, not after it
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
     model = build_model(cfg)
     trainer = ContrastiveTrainer(model, model.tokenize, train, cfg)

@@ -155,9 +155,11 @@ def evaluate_vqa(model, test, limit: int, seed: int, batch: int = 16) -> dict:
 
 
 def run(cfg: LlavaConfig) -> dict:
-    from llmlab.checkpoint import atomic_dir, save_tensors, write_json
+    from llmlab.checkpoint import atomic_dir, check_output_dir, save_tensors, write_json
     from llmlab.finetune.lora import LoraConfig, apply_lora, lora_state_dict
     from llmlab.multimodal import data as mmdata
+    check_output_dir(cfg.output_dir, names=("projector.safetensors", "lora.safetensors", "vision.safetensors",
+                                            "config.json", "metrics.json"))  # before training, not after it
     if cfg.lr_schedule not in ("constant", "cosine"):
         raise UserError(f"lr_schedule={cfg.lr_schedule!r}: use constant or cosine")
     if cfg.pack_turns < 1:

@@ -10,6 +10,9 @@ from llmlab.errors import UserError
 from llmlab.multimodal.train import ContrastiveConfig
 
 
+RUN_FILES = ("model.safetensors", "config.json", "metrics.json")  # what save_contrastive writes
+
+
 def save_contrastive(model, cfg: ContrastiveConfig, metrics: dict, out_dir: str) -> None:
     with atomic_dir(out_dir) as d:
         save_tensors(d / "model.safetensors", model.state_dict())
