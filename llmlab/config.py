@@ -173,8 +173,18 @@ def is_explicit(cfg: Any, key: str) -> bool:
     return key in getattr(cfg, "_explicit", ())
 
 
+def _shipped_config(p: Path) -> Path | None:
+    """`configs/x.yaml` named from outside the checkout: the one beside the package (a clone or an
+    editable install), so the README's commands also work from another directory."""
+    if p.is_absolute() or p.exists() or not p.parts or p.parts[0] != "configs":
+        return None
+    shipped = Path(__file__).resolve().parents[1] / p
+    return shipped if shipped.is_file() else None
+
+
 def load_yaml(path: str | Path) -> dict:
     p = Path(path)
+    p = _shipped_config(p) or p
     if p.is_dir():  # `llmlab generate runs/x/model`: a model dir where the optional config YAML goes
         raise UserError(f"{p} is a directory, not a config YAML; to use it as the model, write model={p}")
     if not p.is_file():

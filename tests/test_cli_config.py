@@ -150,3 +150,19 @@ def test_generate_hints_chat_when_a_chat_model_ends_raw_text_at_once(monkeypatch
     assert out.out.startswith("What is 7 + 5?") and "try chat=true" in out.err
     assert main(["generate", "model=smollm2", "prompt=What is 7 + 5?", "max_new_tokens=2", "chat=true"]) == 0
     assert "try chat=true" not in capsys.readouterr().err
+
+
+def test_a_shipped_config_is_found_from_another_directory(tmp_path, monkeypatch):
+    """`llmlab mm train configs/mm_clip_digits.yaml` run outside the checkout reads the checkout's file;
+    a path that exists where the user is wins, and an unknown configs/ name is still an error."""
+    from pathlib import Path
+
+    from llmlab.config import load_yaml
+    shipped = load_yaml(Path(__file__).resolve().parents[1] / "configs" / "mm_clip_digits.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert load_yaml("configs/mm_clip_digits.yaml") == shipped
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mm_clip_digits.yaml").write_text("max_steps: 7\n", encoding="utf-8")
+    assert load_yaml("configs/mm_clip_digits.yaml") == {"max_steps": 7}
+    with pytest.raises(UserError, match="config file not found: configs/nosuch.yaml"):
+        load_yaml("configs/nosuch.yaml")
