@@ -24,9 +24,21 @@ from llmlab.errors import UserError
 HF_DIR_FILES = ("config.json", "model.safetensors", "generation_config.json")
 
 
+def check_output_parent(path: str | Path, key: str = "output") -> None:
+    """Fail early (before any work) when a folder above `path` exists as a file: the output could
+    never be written there (mkdir would fail only after the work)."""
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{key}={path}: {parent} is a file, not a directory")
+            return
+
+
 def check_output_dir(path: str | Path, key: str = "output_dir", names=HF_DIR_FILES) -> None:
     """Fail early (before any work) when `path` exists and is not a directory, or is a directory
-    `atomic_dir` would refuse to replace with one holding `names`."""
+    `atomic_dir` would refuse to replace with one holding `names`, or a folder above it is a file."""
+    if path:
+        check_output_parent(path, key)
     if path and Path(path).exists():
         if not Path(path).is_dir():
             raise UserError(f"{key}={path} exists and is not a directory")

@@ -91,3 +91,21 @@ def test_mm_llava_refuses_a_foreign_output_dir_before_training(tmp_path, capsys)
     assert main(["mm", "llava", "configs/mm_llava.yaml", f"output_dir={out}", "stage1_steps=1", "stage2_steps=1"]) == 2
     assert "holds other files" in capsys.readouterr().err
     assert os.listdir(out) == ["data"]
+
+
+@pytest.mark.parametrize("args", [["quantize", "model=smollm2", "format=gguf", "type=Q4_0", "output={f}/x.gguf"],
+                                  ["quantize", "model=smollm2", "format=hf", "method=rtn", "output={f}/sub"],
+                                  ["eval", "model=smollm2", "tasks=arithmetic", "limit=1", "output_dir={f}/sub"],
+                                  ["eval", "model=smollm2", "tasks=arithmetic", "limit=1", "output_dir={f}"]])
+def test_an_output_under_a_file_is_one_line_before_any_work(tmp_path, capsys, args):
+    """A new user's session 14: an output path whose folder is a file was a FileExistsError traceback (exit 1),
+    for eval only after the tasks had run."""
+    from llmlab.cli import main
+    f = tmp_path / "notes.txt"
+    f.write_text("mine", encoding="utf-8")
+    assert main([a.format(f=f) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llmlab: error: ") and "not a directory" in err and err.count("\n") == 1, err
+    assert f.read_text(encoding="utf-8") == "mine" and os.listdir(tmp_path) == ["notes.txt"]
+    with pytest.raises(UserError, match=r"output_dir=.*notes\.txt is a file, not a directory"):
+        check_output_dir(f / "run")

@@ -62,7 +62,7 @@ def _check(cfg: QuantizeConfig) -> None:
     """Every check that needs no model, before it is loaded (bad input: one line, exit code 2)."""
     from pathlib import Path
 
-    from llmlab.checkpoint import check_output_dir
+    from llmlab.checkpoint import check_output_dir, check_output_parent
     from llmlab.quant.gguf_export import FORMATS
     from llmlab.quant.ptq import check_bits
     require(cfg.output, "output= is required (a .gguf file for format=gguf, a directory for format=hf)")
@@ -76,6 +76,7 @@ def _check(cfg: QuantizeConfig) -> None:
         if Path(cfg.output).suffix != ".gguf":
             raise UserError(f"output must end in .gguf for format=gguf, got {cfg.output}")
         require(not Path(cfg.output).is_dir(), f"output={cfg.output} is a directory")
+        check_output_parent(cfg.output, "output")
         return
     if cfg.method not in ("rtn", "nf4", "gptq", "awq", "awq_gptq"):
         raise UserError(f"method '{cfg.method}' cannot be saved as weights (rtn, nf4, gptq, awq, awq_gptq); the activation "
