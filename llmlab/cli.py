@@ -102,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"llmlab: error: {e}", file=sys.stderr)
         return 2
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        if not e.filename:  # not about a path the user can fix
+            raise
+        why = "permission denied" if isinstance(e, PermissionError) else "a file where a folder is needed, or the reverse"
+        print(f"llmlab: error: cannot use {e.filename}: {why} ({e.strerror})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\nllmlab: interrupted", file=sys.stderr)
         return 130

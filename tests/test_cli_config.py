@@ -166,3 +166,15 @@ def test_a_shipped_config_is_found_from_another_directory(tmp_path, monkeypatch)
     assert load_yaml("configs/mm_clip_digits.yaml") == {"max_steps": 7}
     with pytest.raises(UserError, match="config file not found: configs/nosuch.yaml"):
         load_yaml("configs/nosuch.yaml")
+
+
+def test_a_file_in_the_way_of_an_output_is_one_line_exit_2(tmp_path, capsys):
+    """A new user's session 14: `tokenizer train output_dir=<a file>/x` ended in a FileExistsError traceback."""
+    from llmlab.cli import main
+    text, f = tmp_path / "a.txt", tmp_path / "notes.txt"
+    text.write_text("hello world, hello there\n" * 20, encoding="utf-8")
+    f.write_text("mine", encoding="utf-8")
+    assert main(["tokenizer", "train", f"files={text}", "vocab_size=300", f"output_dir={f}/tok"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("llmlab: error: cannot use ") and "notes.txt" in err[-1], err
+    assert f.read_text(encoding="utf-8") == "mine"
