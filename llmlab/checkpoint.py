@@ -36,13 +36,15 @@ def check_output_parent(path: str | Path, key: str = "output") -> None:
 
 def check_output_dir(path: str | Path, key: str = "output_dir", names=HF_DIR_FILES) -> None:
     """Fail early (before any work) when `path` exists and is not a directory, or is a directory
-    `atomic_dir` would refuse to replace with one holding `names`, or a folder above it is a file."""
+    `atomic_dir` would refuse to replace with one holding `names` (None: a folder the verb writes
+    into, not one it replaces), or a folder above it is a file."""
     if path:
         check_output_parent(path, key)
     if path and Path(path).exists():
         if not Path(path).is_dir():
             raise UserError(f"{key}={path} exists and is not a directory")
-        check_replaceable(Path(path), set(names))
+        if names is not None:
+            check_replaceable(Path(path), set(names))
 
 
 def check_replaceable(path: Path, names: set[str]) -> None:

@@ -32,11 +32,9 @@ def run_eval(cfg: EvalConfig) -> int:
 
     Example: llmlab eval model=smollm2 tasks=mmlu_0shot,arithmetic limit=20
     """
-    from pathlib import Path
-
     import torch
 
-    from llmlab.checkpoint import check_output_parent
+    from llmlab.checkpoint import check_output_dir
     from llmlab.device import setup_threads
     from llmlab.eval.contamination import NgramIndex
     from llmlab.eval.harness import EvalContext, run_task
@@ -51,9 +49,7 @@ def run_eval(cfg: EvalConfig) -> int:
     if cfg.limit < 0 or cfg.batch_size < 1 or cfg.max_length < 0:
         raise UserError(f"limit ({cfg.limit}), batch_size ({cfg.batch_size}) and max_length ({cfg.max_length}) "
                         f"must be >= 0, >= 1, >= 0")
-    if Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir():
-        raise UserError(f"output_dir={cfg.output_dir} exists and is not a directory")
-    check_output_parent(cfg.output_dir, "output_dir")
+    check_output_dir(cfg.output_dir, names=None)  # eval writes its reports into the folder
     require(cfg.tasks, "tasks is empty: pass tasks=name[,name...] (see `llmlab eval tasks=list`)")
     tasks, limits = [], []
     for spec in cfg.tasks:  # "name" or "name:limit"

@@ -150,6 +150,17 @@ def _weight_only(model, lins: dict, names: list[str], stats: dict | None, method
     return alphas
 
 
+CHOICES = {"awq_objective": ("linear", "module"), "block_inputs": ("quantized", "fp"),
+           "awq_sample": ("strided", "uniform"), "awq_rows": ("sample", "all")}  # quantize_model's string options
+
+
+def check_choices(**options: str) -> None:
+    """Each of quantize_model's string options (`CHOICES`) given here is one of its values (UserError)."""
+    for key, value in options.items():
+        if value not in CHOICES[key]:
+            raise UserError(f"{key} must be {' or '.join(CHOICES[key])}, got '{value}'")
+
+
 @torch.no_grad()
 def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: bool = False,
                    calib: torch.Tensor | None = None, alpha: float = 0.5, threshold: float = 6.0,
@@ -182,18 +193,11 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
     by name, for the block kernel (`blocks.attach_blocks`)."""
     if method not in METHODS:
         raise UserError(f"unknown method '{method}' (one of: {', '.join(METHODS)})")
-    if awq_objective not in ("linear", "module"):
-        raise UserError(f"awq_objective must be linear or module, got '{awq_objective}'")
+    check_choices(awq_objective=awq_objective, block_inputs=block_inputs, awq_sample=awq_sample, awq_rows=awq_rows)
     if method in ("rtn",) + WEIGHT_CALIBRATED:
         check_bits(bits)
-    if block_inputs not in ("quantized", "fp"):
-        raise UserError(f"block_inputs must be quantized or fp, got '{block_inputs}'")
     if percdamp <= 0:
         raise UserError(f"percdamp must be > 0, got {percdamp}")
-    if awq_sample not in ("strided", "uniform"):
-        raise UserError(f"awq_sample must be strided or uniform, got '{awq_sample}'")
-    if awq_rows not in ("sample", "all"):
-        raise UserError(f"awq_rows must be sample or all, got '{awq_rows}'")
     if awq_grid < 1 or awq_clip_steps < 1 or not 0 < awq_clip_shrink < 1:
         raise UserError(f"AWQ needs awq_grid >= 1, awq_clip_steps >= 1 and 0 < awq_clip_shrink < 1, got "
                         f"{awq_grid}, {awq_clip_steps}, {awq_clip_shrink}")

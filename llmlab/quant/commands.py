@@ -63,6 +63,7 @@ def _check(cfg: QuantizeConfig) -> None:
     from pathlib import Path
 
     from llmlab.checkpoint import check_output_dir, check_output_parent
+    from llmlab.quant.apply import CHOICES, check_choices
     from llmlab.quant.gguf_export import FORMATS
     from llmlab.quant.ptq import check_bits
     require(cfg.output, "output= is required (a .gguf file for format=gguf, a directory for format=hf)")
@@ -84,10 +85,7 @@ def _check(cfg: QuantizeConfig) -> None:
     check_output_dir(cfg.output, "output")
     if cfg.method in ("rtn", "gptq", "awq", "awq_gptq"):
         check_bits(cfg.bits)
-    for key, allowed in (("awq_rows", ("sample", "all")), ("awq_sample", ("strided", "uniform")),
-                         ("awq_objective", ("linear", "module")), ("block_inputs", ("quantized", "fp"))):
-        if getattr(cfg, key) not in allowed:
-            raise UserError(f"{key} must be {' or '.join(allowed)}, got '{getattr(cfg, key)}'")
+    check_choices(**{key: getattr(cfg, key) for key in CHOICES})
     if cfg.method in ("gptq", "awq", "awq_gptq"):
         require(cfg.num_calibration_samples >= 1 and cfg.calibration_length >= 2, "need num_calibration_samples >= 1 "
                 f"and calibration_length >= 2, got {cfg.num_calibration_samples} and {cfg.calibration_length}")
