@@ -178,3 +178,26 @@ def test_a_file_in_the_way_of_an_output_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith("llmlab: error: cannot use ") and "notes.txt" in err[-1], err
     assert f.read_text(encoding="utf-8") == "mine"
+
+
+def test_a_permission_error_on_a_path_is_one_line_exit_2(monkeypatch, capsys):
+    """A path the user may not write (root ignores chmod, so the verb raises it here): one line naming the path,
+    exit 2; an error that names no path is not the user's to fix and keeps its traceback."""
+    import llmlab.cli as cli
+
+    def denied(cfg):
+        raise PermissionError(13, "Permission denied", "/srv/readonly/out")
+
+    verb = cli.all_verbs()["tokenizer train"]
+    monkeypatch.setattr(verb, "run", denied)
+    monkeypatch.setattr(cli, "all_verbs", lambda: {"tokenizer train": verb})
+    assert cli.main(["tokenizer", "train"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["llmlab: error: cannot use /srv/readonly/out: permission denied (Permission denied)"], err
+
+    def anonymous(cfg):
+        raise PermissionError("no path")
+
+    monkeypatch.setattr(verb, "run", anonymous)
+    with pytest.raises(PermissionError):
+        cli.main(["tokenizer", "train"])
