@@ -1,6 +1,6 @@
 """Retrieval pipeline, ours vs sentence-transformers + FAISS + bm25s, on the packaged Wikipedia extracts.
 
-  python benchmarks/rag.py [--quick] [--docs N] [--queries Q]
+  python benchmarks/rag.py [--quick] [--docs N] [--queries Q]   (--quick: 300 / 50 / 5 fine-tune steps, a smoke run)
 
 One document = one extract (both encoders truncate at 256 tokens). Steps, alternating ours/peer:
   embed    the documents in blocks of 256, ours (llmlab.model.encoder) and sentence-transformers
@@ -143,11 +143,12 @@ def tuned_encoder(all_texts, exclude: set, steps: int, seed: int = 0):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="1000 documents, 100 queries (about a minute)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 300 documents, 50 queries, 5 fine-tune steps "
+                    "(about a minute; until session 15 it meant --docs 1000 --queries 100)")
     ap.add_argument("--docs", type=int, default=0)
     ap.add_argument("--queries", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--finetune-steps", type=int, default=15, help="0: the hybrid uses the base encoder only")
+    ap.add_argument("--finetune-steps", type=int, default=None, help="default 15 (5 with --quick); 0: the hybrid uses the base encoder only")
     ap.add_argument("--dev-queries", type=int, default=0, help="dev draw size (default 4x the test queries)")
     ap.add_argument("--dump", default="", help="write every query's top-50 lists per retriever (test and dev) to this JSON")
     args = ap.parse_args()
@@ -155,8 +156,10 @@ def main() -> None:
     import bm25s
     from sentence_transformers import SentenceTransformer
 
-    n_docs = args.docs or (1000 if args.quick else 10000)
-    n_q = args.queries or (100 if args.quick else 500)
+    n_docs = args.docs or (300 if args.quick else 10000)
+    n_q = args.queries or (50 if args.quick else 500)
+    if args.finetune_steps is None:
+        args.finetune_steps = 5 if args.quick else 15
     all_texts = [e["extract"] for e in wiki_extracts()]
     texts = all_texts[:n_docs]
     queries = cloze_queries(texts, n_q, seed=1234)
