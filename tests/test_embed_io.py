@@ -142,3 +142,16 @@ def test_cli_train_files_then_nearest(tmp_path):
     r = _cli("embed", "nearest", f"vectors={tmp_path}/ft", "words=w1,w1x", "topn=3")  # w1x: OOV via n-grams
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.strip().splitlines()) == 2
+
+
+def test_own_files_bom_and_latin1(tmp_path):
+    """A leading UTF-8 BOM is not part of the first word; a Latin-1 file names its first bad line."""
+    from llmlab.embed.corpus import iter_sentences
+    from llmlab.errors import UserError
+    f = tmp_path / "bom.txt"
+    f.write_bytes(b"\xef\xbb\xbfHello world\r\nhello again\r\n")
+    assert list(iter_sentences(files=[f])) == [["hello", "world"], ["hello", "again"]]
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"ok\nok\ncaf\xe9\n")
+    with pytest.raises(UserError, match=r"corpus file .*latin\.txt:3: not UTF-8 text \(byte 0xe9 at column 4\)"):
+        list(iter_sentences(files=[latin]))

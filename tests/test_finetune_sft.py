@@ -224,7 +224,7 @@ def test_bad_input_errors(tiny_dir, tmp_path):
     bad = tmp_path / "d.jsonl"
     good = json.dumps(CONV)
     bad.write_text(good + "\n{oops\n" + good + "\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"d\.jsonl:2: .*on_error=skip"):
+    with pytest.raises(UserError, match=r"d\.jsonl:2: invalid JSON \(.* at column 2\) \(pass on_bad_line=skip"):
         sft(_cfg(tiny_dir, tmp_path, datasets=[str(bad)]), progress=False)
     assert sft(_cfg(tiny_dir, tmp_path, datasets=[str(bad)], on_bad_line="skip", max_steps=1),
                progress=False).data["examples"] == 2

@@ -99,9 +99,12 @@ def run_encode(cfg: EncodeConfig) -> int:
     if cfg.input_file:
         p = Path(cfg.input_file)
         try:
-            lines = p.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
+            lines = p.read_text(encoding="utf-8-sig").splitlines()  # a leading BOM is no text
+        except OSError as e:
             raise UserError(f"config key 'input_file': cannot read {p}: {e}") from None
+        except UnicodeDecodeError:
+            from llmlab.data.packages import not_utf8
+            raise not_utf8(p, "config key 'input_file': ") from None
         for ids in tok.encode_batch(lines, cfg.allow_special):
             print(json.dumps(ids))
         return 0
@@ -205,11 +208,17 @@ def run_tokenize(cfg: DataTokenizeConfig) -> int:
     require(cfg.tokenizer, "tokenizer is required: pass tokenizer=<path to .gguf or tokenizer dir>")
     if not Path(cfg.tokenizer).exists():
         raise UserError(f"tokenizer not found: {cfg.tokenizer}")
+    for split in ("train", "val"):  # both inputs first: a missing val.jsonl is found before train is written
+        if not (Path(cfg.data_dir) / f"{split}.jsonl").is_file():
+            raise UserError(f"data_dir={cfg.data_dir}: no {split}.jsonl (one {{\"text\": ...}} object per line)")
     tok = load_tokenizer(cfg.tokenizer)
     out = Path(cfg.out_dir or Path(cfg.data_dir) / "tokens")
+    from llmlab.checkpoint import atomic_dir
     for split in ("train", "val"):
-        index = write_shards(iter_jsonl_texts(Path(cfg.data_dir) / f"{split}.jsonl"), tok, out / split,
-                             shard_tokens=cfg.shard_tokens, append_eos=cfg.append_eos)
+        with atomic_dir(out / split) as tmp:  # a bad line leaves no half-written (or half-replaced) shard folder
+            src = Path(cfg.data_dir) / f"{split}.jsonl"
+            index = write_shards(iter_jsonl_texts(src), tok, tmp, shard_tokens=cfg.shard_tokens,
+                                 append_eos=cfg.append_eos, source=str(src))
         print(f"{split}: {index['num_docs']} documents, {index['num_tokens']} tokens ({index['dtype']}) "
               f"in {len(index['shards'])} shard(s) -> {out / split}")
     return 0
