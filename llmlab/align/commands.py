@@ -19,6 +19,7 @@ from llmlab.align.results_verb import AlignResultsRun, run_align_results
 from llmlab.align.reward_model import RewardConfig
 from llmlab.verb import Verb, verb
 from llmlab.errors import UserError
+from llmlab.log import get_logger
 
 VERBS: dict[str, Verb] = {}
 
@@ -207,6 +208,9 @@ def run_dpo(cfg: DPORun) -> int:
     policy, tok = _load(cfg.model, cfg.tokenizer)
     ref = _ref(policy, tok, cfg.ref_model, cfg.tokenizer) if cfg.loss_type not in NO_REFERENCE else None
     train, held = _split_rows(cfg.data, cfg.num_rows, cfg.eval_rows, cfg.seed)
+    if not cfg.chat and any(r.get("chat") for r in train + held):  # TRL applies the template to such data too
+        get_logger("llmlab.align").info(f"{cfg.data}: conversational rows, prompts rendered with the chat template (chat=true)")
+        cfg.chat = True
     base = copy.deepcopy(policy).eval()
     before = heldout_accuracy(policy, tok, held, cfg)
     trainer = RankingTrainer if cfg.loss_type in RANKING else PreferenceTrainer
