@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from llmlab.cli import main
+from llmlab.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +119,9 @@ def test_cli_dpo_on_a_trl_conversational_file(tiny_dir, tmp_path):
                                             f"data={tmp_path / 'conv.jsonl'}", "num_rows=4", "eval_rows=2"])
     assert not cfg.chat and VERBS["dpo"].run(cfg) == 0
     assert json.loads((tmp_path / "o" / "model" / "align.json").read_text())["config"]["chat"] is True
+    (tmp_path / "sft.jsonl").write_text(json.dumps({"messages": rows[0]["prompt"] + rows[0]["chosen"]}) + "\n")
+    cfg = load_config(VERBS["dpo"].config, [f"model={tiny_dir}", f"output_dir={tmp_path / 'no'}",
+                                            f"data={tmp_path / 'sft.jsonl'}"])
+    with pytest.raises(UserError, match=r"sft\.jsonl:1: a 'messages' conversation is SFT data"):
+        VERBS["dpo"].run(cfg)
+    assert not (tmp_path / "no").exists()  # nothing left behind by a bad file

@@ -204,6 +204,9 @@ def _one_turn(v, key: str, role: str):
 
 
 def _check_file_row(rec) -> None:
+    if isinstance(rec, dict) and "messages" in rec and not {"chosen", "rejected", "completions", "completion"} & set(rec):
+        raise ValueError("a 'messages' conversation is SFT data (llmlab sft datasets=...); preference rows "
+                         "have 'prompt', 'chosen' and 'rejected'")
     problem = _row_problem(from_trl(rec))
     if problem is not None:
         raise ValueError(problem)
