@@ -113,11 +113,12 @@ def test_tokenize_verb_own_data_errors_leave_nothing_half_written(tmp_path, caps
     assert main(["tokenizer", "train", f"files={tmp_path / 't.txt'}", "vocab_size=270", "progress=false",
                  f"output_dir={tmp_path / 'tok'}"]) == 0
     (d / "train.jsonl").write_text('{"text": "hello there"}\n\n{"text": "more words"}\n', encoding="utf-8")
-    args = ["data", "tokenize", f"data_dir={d}", f"tokenizer={tmp_path / 'tok'}"]
+    args = ["data", "tokenize", f"data_dir={d}", f"tokenizer={tmp_path / 'tok'}"]  # progress=true by default
     assert main(args) == 2
     assert "no val.jsonl" in capsys.readouterr().err and not out.exists()
     (d / "val.jsonl").write_text('{"text": "held out"}\n', encoding="utf-8")
     assert main(args) == 0
+    assert "tokenize train: " in capsys.readouterr().err  # progress on long work (progress=false: none)
     before = (out / "train" / "index.json").read_text()
     (d / "train.jsonl").write_text('{"text": "ok"}\n{"text": "cut\n', encoding="utf-8")
     assert main(args) == 2

@@ -191,6 +191,7 @@ class DataTokenizeConfig:
     out_dir: str = field(default="", metadata={"help": "shard output dir (default: <data_dir>/tokens); writes train/ and val/"})
     shard_tokens: int = field(default=1 << 24, metadata={"help": "tokens per shard file (documents never straddle shards)"})
     append_eos: bool = field(default=True, metadata={"help": "append the tokenizer's EOS id after every document"})
+    progress: bool = field(default=True, metadata={"help": "a progress bar (documents) on stderr"})
 
 
 @verb(VERBS, "data tokenize", DataTokenizeConfig)
@@ -199,9 +200,12 @@ def run_tokenize(cfg: DataTokenizeConfig) -> int:
 
     Example: llmlab data tokenize data_dir=runs/data tokenizer=runs/tok
     """
+    from tqdm import tqdm
+
+    from llmlab.checkpoint import atomic_dir
+    from llmlab.data.commands import iter_jsonl_texts
     from llmlab.data.shards import write_shards
     from llmlab.device import setup_threads
-    from llmlab.data.commands import iter_jsonl_texts
     from llmlab.tokenizer.bpe import load_tokenizer
 
     setup_threads()
@@ -213,12 +217,13 @@ def run_tokenize(cfg: DataTokenizeConfig) -> int:
             raise UserError(f"data_dir={cfg.data_dir}: no {split}.jsonl (one {{\"text\": ...}} object per line)")
     tok = load_tokenizer(cfg.tokenizer)
     out = Path(cfg.out_dir or Path(cfg.data_dir) / "tokens")
-    from llmlab.checkpoint import atomic_dir
     for split in ("train", "val"):
         with atomic_dir(out / split) as tmp:  # a bad line leaves no half-written (or half-replaced) shard folder
             src = Path(cfg.data_dir) / f"{split}.jsonl"
-            index = write_shards(iter_jsonl_texts(src), tok, tmp, shard_tokens=cfg.shard_tokens,
-                                 append_eos=cfg.append_eos, source=str(src))
+            with tqdm(iter_jsonl_texts(src), desc=f"tokenize {split}", unit=" docs", disable=not cfg.progress,
+                      file=sys.stderr, mininterval=0.5) as texts:  # no total: the file is streamed once
+                index = write_shards(texts, tok, tmp, shard_tokens=cfg.shard_tokens, append_eos=cfg.append_eos,
+                                     source=str(src))
         print(f"{split}: {index['num_docs']} documents, {index['num_tokens']} tokens ({index['dtype']}) "
               f"in {len(index['shards'])} shard(s) -> {out / split}")
     return 0
