@@ -46,6 +46,9 @@ def validate_record(rec) -> None:
         if isinstance(rec["completion"], str) and not rec["completion"]:
             raise ValueError("'completion' is empty")
         return
+    if "chosen" in rec and "rejected" in rec:
+        raise ValueError("'chosen'/'rejected' is preference data (llmlab dpo data=...); SFT records have a "
+                         "'messages' list or 'prompt' and 'completion' fields")
     raise ValueError("expected a 'messages' list or 'prompt' and 'completion' fields")
 
 
