@@ -155,3 +155,13 @@ def test_own_files_bom_and_latin1(tmp_path):
     latin.write_bytes(b"ok\nok\ncaf\xe9\n")
     with pytest.raises(UserError, match=r"corpus file .*latin\.txt:3: not UTF-8 text \(byte 0xe9 at column 4\)"):
         list(iter_sentences(files=[latin]))
+
+
+def test_word2vec_run_over_a_fasttext_folder_drops_its_ngrams(trained, tmp_path):
+    """A word2vec run into a folder an earlier fastText run wrote: its n-grams are not loaded with the new vectors."""
+    from llmlab.embed.recipe import load_vectors, save_run
+    (tmp_path / "ngrams.npy").write_bytes(b"stale")
+    (tmp_path / "subwords.json").write_text('{"min_n": 3, "max_n": 6, "bucket": 10}')
+    save_run(trained, tmp_path)
+    assert trained.ngrams is None and load_vectors(str(tmp_path)).ngrams is None
+    assert not (tmp_path / "ngrams.npy").exists()
