@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from llmlab.cli import main
+from llmlab.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +105,23 @@ def test_cli_splits_share_no_prompt(tmp_path):
     write_jsonl(tmp_path / "p.jsonl", arithmetic_pairs(20, 5))
     train, held = _split_rows(str(tmp_path / "p.jsonl"), 100, 4, 0)
     assert len(held) == 4 and len(train) <= 16 and not {r["prompt"] for r in train} & {r["prompt"] for r in held}
+
+
+def test_cli_dpo_on_a_trl_conversational_file(tiny_dir, tmp_path):
+    """A user's TRL-style conversational preference file trains with the chat template (as TRL does)."""
+    from llmlab.align.commands import VERBS
+    from llmlab.config import load_config
+    rows = [{"prompt": [{"role": "user", "content": f"What is {i} + 30?"}],
+             "chosen": [{"role": "assistant", "content": str(i + 30)}],
+             "rejected": [{"role": "assistant", "content": str(i + 31)}]} for i in range(6)]
+    (tmp_path / "conv.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg = load_config(VERBS["dpo"].config, [f"model={tiny_dir}", f"output_dir={tmp_path / 'o'}", "max_steps=1",
+                                            f"data={tmp_path / 'conv.jsonl'}", "num_rows=4", "eval_rows=2"])
+    assert not cfg.chat and VERBS["dpo"].run(cfg) == 0
+    assert json.loads((tmp_path / "o" / "model" / "align.json").read_text())["config"]["chat"] is True
+    (tmp_path / "sft.jsonl").write_text(json.dumps({"messages": rows[0]["prompt"] + rows[0]["chosen"]}) + "\n")
+    cfg = load_config(VERBS["dpo"].config, [f"model={tiny_dir}", f"output_dir={tmp_path / 'no'}",
+                                            f"data={tmp_path / 'sft.jsonl'}"])
+    with pytest.raises(UserError, match=r"sft\.jsonl:1: a 'messages' conversation is SFT data"):
+        VERBS["dpo"].run(cfg)
+    assert not (tmp_path / "no").exists()  # nothing left behind by a bad file

@@ -1,6 +1,8 @@
 """Preference data builders on small fixed slices of packaged data, and bad-row handling."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from llmlab.align import preference_data as D
@@ -115,3 +117,29 @@ def test_sampled_rankings_are_ordered_by_reward():
         scores = [graded_arithmetic_reward(by_prompt[r["prompt"]], c) for c in comps]
         assert scores == sorted(scores, reverse=True) and len(set(scores)) == len(scores)
     assert D.check_rows(rows) == rows
+
+
+def test_build_rows_reads_trl_conversational_files(tmp_path):
+    """A user's preference JSONL in TRL's three layouts gives the same plain rows; the message forms are
+    marked chat (rendered with the template); a bad row is 'file:line' (line numbers count blank lines)."""
+    user, good, bad = [{"role": "user", "content": "2+3?"}], [{"role": "assistant", "content": "5"}], \
+        [{"role": "assistant", "content": "6"}]
+    D.write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "2+3?", "chosen": "5", "rejected": "6"}])
+    D.write_jsonl(tmp_path / "conv.jsonl", [{"prompt": user, "chosen": good, "rejected": bad}])
+    D.write_jsonl(tmp_path / "implicit.jsonl", [{"chosen": user + good, "rejected": user + bad}])
+    D.write_jsonl(tmp_path / "kto.jsonl", [{"prompt": user, "completion": good, "label": True}])
+    want = {"prompt": "2+3?", "chosen": "5", "rejected": "6"}
+    assert D.build_rows(str(tmp_path / "plain.jsonl"), 0) == [want]
+    assert D.build_rows(str(tmp_path / "conv.jsonl"), 0) == [{**want, "chat": True}]
+    assert D.build_rows(str(tmp_path / "implicit.jsonl"), 0) == [{**want, "chat": True}]
+    assert D.build_rows(str(tmp_path / "kto.jsonl"), 0) == [{"prompt": "2+3?", "completion": "5", "label": True,
+                                                            "chat": True}]
+    sys_prompt = [{"role": "system", "content": "Be brief."}] + user
+    (tmp_path / "multi.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n\n'
+                                          + json.dumps({"prompt": sys_prompt, "chosen": good, "rejected": bad}) + "\n")
+    with pytest.raises(UserError, match=r"multi\.jsonl:3: conversational 'prompt' must be one user turn"):
+        D.build_rows(str(tmp_path / "multi.jsonl"), 0)
+    (tmp_path / "same.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+                                         '{"prompt": "a", "chosen": "b", "rejected": "b"}\n')
+    with pytest.raises(UserError, match=r"same\.jsonl:2: identical"):
+        D.build_rows(str(tmp_path / "same.jsonl"), 0)

@@ -189,6 +189,7 @@ JSONL_VERBS = {
 def test_non_utf8_jsonl_is_a_one_line_error(case, tmp_path, capsys, tiny_dir, monkeypatch):
     _log_here(monkeypatch)
     (tmp_path / "train.jsonl").write_bytes(NON_UTF8)
+    (tmp_path / "val.jsonl").write_text('{"text": "ok"}\n')  # data tokenize checks that both splits exist first
     (tmp_path / "ok.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
                                                                 {"role": "assistant", "content": "hello"}]}) + "\n")
     argv = [a.format(f=tmp_path / "train.jsonl", d=tmp_path, m=tiny_dir) for a in JSONL_VERBS[case]]

@@ -102,3 +102,31 @@ def test_tokenize_verb_feeds_the_loader(built, smollm2_path, tmp_path):
     assert index["num_docs"] == len((built / "train.jsonl").read_text().splitlines())
     x, y = next(TokenWindowLoader(out / "train", seq_len=64, batch_size=2))
     assert x.shape == (2, 64) and int(x.max()) < index["vocab_size"]
+
+
+def test_tokenize_verb_own_data_errors_leave_nothing_half_written(tmp_path, capsys):
+    """A user's own data_dir: a missing val.jsonl is found before train is written; a bad line is
+    'file:line' with no hint at a key the verb lacks, and the earlier complete output is kept."""
+    d, out = tmp_path / "mine", tmp_path / "mine" / "tokens"
+    d.mkdir()
+    (tmp_path / "t.txt").write_text("hello there, more words\n" * 4, encoding="utf-8")
+    assert main(["tokenizer", "train", f"files={tmp_path / 't.txt'}", "vocab_size=270", "progress=false",
+                 f"output_dir={tmp_path / 'tok'}"]) == 0
+    (d / "train.jsonl").write_text('{"text": "hello there"}\n\n{"text": "more words"}\n', encoding="utf-8")
+    args = ["data", "tokenize", f"data_dir={d}", f"tokenizer={tmp_path / 'tok'}"]  # progress=true by default
+    assert main(args) == 2
+    assert "no val.jsonl" in capsys.readouterr().err and not out.exists()
+    (d / "val.jsonl").write_text('{"text": "held out"}\n', encoding="utf-8")
+    assert main(args) == 0
+    assert "tokenize train: " in capsys.readouterr().err  # progress on long work (progress=false: none)
+    before = (out / "train" / "index.json").read_text()
+    (d / "train.jsonl").write_text('{"text": "ok"}\n{"text": "cut\n', encoding="utf-8")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "train.jsonl:2: invalid JSON" in err and "on_error" not in err
+    assert (out / "train" / "index.json").read_text() == before
+    assert sorted(p.name for p in out.iterdir()) == ["train", "val"]
+    (d / "val.jsonl").write_text("\n", encoding="utf-8")
+    (d / "train.jsonl").write_text('{"text": "ok"}\n', encoding="utf-8")
+    assert main(args) == 2
+    assert f"{d / 'val.jsonl'}: no documents to tokenize" in capsys.readouterr().err

@@ -142,3 +142,26 @@ def test_cli_train_files_then_nearest(tmp_path):
     r = _cli("embed", "nearest", f"vectors={tmp_path}/ft", "words=w1,w1x", "topn=3")  # w1x: OOV via n-grams
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.strip().splitlines()) == 2
+
+
+def test_own_files_bom_and_latin1(tmp_path):
+    """A leading UTF-8 BOM is not part of the first word; a Latin-1 file names its first bad line."""
+    from llmlab.embed.corpus import iter_sentences
+    from llmlab.errors import UserError
+    f = tmp_path / "bom.txt"
+    f.write_bytes(b"\xef\xbb\xbfHello world\r\nhello again\r\n")
+    assert list(iter_sentences(files=[f])) == [["hello", "world"], ["hello", "again"]]
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"ok\nok\ncaf\xe9\n")
+    with pytest.raises(UserError, match=r"corpus file .*latin\.txt:3: not UTF-8 text \(byte 0xe9 at column 4\)"):
+        list(iter_sentences(files=[latin]))
+
+
+def test_word2vec_run_over_a_fasttext_folder_drops_its_ngrams(trained, tmp_path):
+    """A word2vec run into a folder an earlier fastText run wrote: its n-grams are not loaded with the new vectors."""
+    from llmlab.embed.recipe import load_vectors, save_run
+    (tmp_path / "ngrams.npy").write_bytes(b"stale")
+    (tmp_path / "subwords.json").write_text('{"min_n": 3, "max_n": 6, "bucket": 10}')
+    save_run(trained, tmp_path)
+    assert trained.ngrams is None and load_vectors(str(tmp_path)).ngrams is None
+    assert not (tmp_path / "ngrams.npy").exists()

@@ -93,6 +93,13 @@ def test_task_file_missing_field_names_file_and_line(tmp_path):
         get_task(str(p))
     with pytest.raises(UserError, match="unknown eval task 'nope'"):
         get_task("nope")
+    p.write_text('{"query": "2+2=", "choices": ["3", "4"], "gold": 1}\n\n{"query": "1+1=", "choices": ["2"], "gold": 1}\n'
+                 '{"query": "1+1=", "choices": 2, "gold": 0}\n')  # a blank line: the bad item is on line 3
+    with pytest.raises(UserError, match=r"mc\.jsonl:3: 'gold' must index 'choices' \(gold=1, 1 choices\)"):
+        get_task(str(p))
+    p.write_text('{"query": "1+1=", "choices": 2, "gold": 0}\n')
+    with pytest.raises(UserError, match=r"mc\.jsonl:1: 'choices' must be a non-empty list"):
+        get_task(str(p))
 
 
 def test_custom_jsonl_task_and_cli_error(tmp_path, tiny_ctx):

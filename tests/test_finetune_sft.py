@@ -224,10 +224,14 @@ def test_bad_input_errors(tiny_dir, tmp_path):
     bad = tmp_path / "d.jsonl"
     good = json.dumps(CONV)
     bad.write_text(good + "\n{oops\n" + good + "\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"d\.jsonl:2: .*on_error=skip"):
+    with pytest.raises(UserError, match=r"d\.jsonl:2: invalid JSON \(.* at column 2\) \(pass on_bad_line=skip"):
         sft(_cfg(tiny_dir, tmp_path, datasets=[str(bad)]), progress=False)
     assert sft(_cfg(tiny_dir, tmp_path, datasets=[str(bad)], on_bad_line="skip", max_steps=1),
                progress=False).data["examples"] == 2
+    pref = tmp_path / "p.jsonl"
+    pref.write_text(json.dumps({"prompt": "hi", "chosen": "hello", "rejected": "go"}) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"p\.jsonl:1: 'chosen'/'rejected' is preference data \(llmlab dpo"):
+        sft(_cfg(tiny_dir, tmp_path, datasets=[str(pref)]), progress=False)
     no_reply = tmp_path / "n.jsonl"
     no_reply.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"n\.jsonl:1: conversation has no assistant turn"):

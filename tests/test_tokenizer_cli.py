@@ -41,3 +41,27 @@ def test_eval_reports_both_languages(capsys):
         assert set(res[name]) == {"en", "zh"}
         assert res[name]["en"]["bytes_per_token"] > 1.5
     assert abs(res["ours"]["zh"]["bytes_per_token"] / res["hf_bpe"]["zh"]["bytes_per_token"] - 1) < 0.02
+
+
+def test_own_files_bom_crlf_and_latin1(tmp_path, capsys):
+    """A user's files: a UTF-8 BOM is not text (train never counts it, encode never emits it), CRLF
+    ends are line ends, and a Latin-1 file is one line naming the file and its first bad line."""
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_bytes(b"\xef\xbb\xbfhello world\r\n" + b"hello there world\r\n" * 30)
+    b.write_bytes(b"caf\xc3\xa9 ok\n" * 30)
+    out = tmp_path / "tok"
+    assert main(["tokenizer", "train", f"files={a},{b}", "vocab_size=300", f"output_dir={out}", "progress=false"]) == 0
+    capsys.readouterr()
+    assert not [t for t in json.loads((out / "tokenizer.json").read_text())["model"]["vocab"] if "ï»¿" in t]
+    assert main(["tokenizer", "encode", f"tokenizer={out}", f"input_file={a}"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    tok = load_tokenizer(out)
+    assert len(rows) == 31 and tok.decode(rows[0]) == "hello world"
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"plain line\ncaf\xe9 au lait\n")
+    for args in (["train", f"files={a},{latin}", f"output_dir={tmp_path / 't2'}", "progress=false"],
+                 ["encode", f"tokenizer={out}", f"input_file={latin}"]):
+        assert main(["tokenizer", *args]) == 2
+        err = capsys.readouterr().err
+        assert f"{latin}:2: not UTF-8 text (byte 0xe9 at column 4)" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "t2").exists()

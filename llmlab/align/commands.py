@@ -19,6 +19,7 @@ from llmlab.align.results_verb import AlignResultsRun, run_align_results
 from llmlab.align.reward_model import RewardConfig
 from llmlab.verb import Verb, verb
 from llmlab.errors import UserError
+from llmlab.log import get_logger
 
 VERBS: dict[str, Verb] = {}
 
@@ -162,9 +163,9 @@ def run_reward(cfg: RewardRun) -> int:
     from llmlab.align.reward_model import RewardModel, pairwise_accuracy, train_reward_model
     from llmlab.checkpoint import save_tensors
 
+    train, held = _split_rows(cfg.data, cfg.num_rows, cfg.eval_rows, cfg.seed, cfg.ranking_size)  # a bad file: no output_dir
     metrics = _setup(cfg.output_dir)
     backbone, tok = _load(cfg.model, cfg.tokenizer)
-    train, held = _split_rows(cfg.data, cfg.num_rows, cfg.eval_rows, cfg.seed, cfg.ranking_size)
     rm = RewardModel(backbone)
     before = pairwise_accuracy(rm, tok, held, cfg.max_length, cfg.chat)
     logs = train_reward_model(rm, tok, train, cfg, metrics)
@@ -203,10 +204,13 @@ def run_dpo(cfg: DPORun) -> int:
 
     if cfg.data not in BUILTIN and not cfg.data.endswith(".jsonl"):
         raise UserError(f"config key 'data': {cfg.data!r} is neither a .jsonl file nor one of {', '.join(BUILTIN)}")
+    train, held = _split_rows(cfg.data, cfg.num_rows, cfg.eval_rows, cfg.seed)  # a bad file: no output_dir
     metrics = _setup(cfg.output_dir)
     policy, tok = _load(cfg.model, cfg.tokenizer)
     ref = _ref(policy, tok, cfg.ref_model, cfg.tokenizer) if cfg.loss_type not in NO_REFERENCE else None
-    train, held = _split_rows(cfg.data, cfg.num_rows, cfg.eval_rows, cfg.seed)
+    if not cfg.chat and any(r.get("chat") for r in train + held):  # TRL applies the template to such data too
+        get_logger("llmlab.align").info(f"{cfg.data}: conversational rows, prompts rendered with the chat template (chat=true)")
+        cfg.chat = True
     base = copy.deepcopy(policy).eval()
     before = heldout_accuracy(policy, tok, held, cfg)
     trainer = RankingTrainer if cfg.loss_type in RANKING else PreferenceTrainer

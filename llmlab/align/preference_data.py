@@ -7,6 +7,9 @@ best first; unpaired (KTO): {"prompt", "completion", "label"}. Every "chosen" is
   humaneval:  the canonical solution vs a mutated copy that fails the tests (see humaneval_pairs.py).
 Bad rows (identical chosen/rejected, empty text, missing column) raise UserError or are skipped
 with a log line (on_bad="skip").
+A user's .jsonl may also be in TRL's conversational form (message lists, with the prompt explicit or
+implicit in chosen/rejected): `from_trl` turns such a row into the plain one the trainers take,
+marked "chat": True (its prompt is rendered with the chat template).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import json
 import random
 from pathlib import Path
 
-from llmlab.data.packages import idiom_table, read_jsonl
+from llmlab.data.packages import idiom_table, iter_jsonl, read_jsonl
 from llmlab.errors import UserError
 from llmlab.log import get_logger
 
@@ -158,7 +161,52 @@ def build_rows(source: str, n: int, seed: int = 0, k: int = 4) -> list[dict]:
         from llmlab.align.humaneval_pairs import humaneval_pairs
         rows = humaneval_pairs(n, seed)
     elif source.endswith(".jsonl"):
-        rows = read_jsonl(source)[:n] if n else read_jsonl(source)
+        rows = [from_trl(r) for r in iter_jsonl(source, validate=_check_file_row)]
+        rows = rows[:n] if n else rows
     else:
         raise UserError(f"config key 'data': {source!r} is neither a .jsonl file nor one of {', '.join(BUILTIN)}")
     return check_rows(rows, on_bad="error", source=source)
+
+
+def from_trl(rec):
+    """A row in TRL's conversational form -> the plain row the trainers take, marked "chat": True;
+    a plain row is returned as it is. The prompt (explicit, or the turns chosen and rejected share)
+    must be one user turn and each answer one assistant turn: the trainers render a single user turn
+    with the chat template. Anything else -> ValueError saying so."""
+    if not isinstance(rec, dict):
+        return rec
+    answers = [k for k in ("chosen", "rejected", "completion") if k in rec]
+    if not any(isinstance(rec[k], list) for k in ["prompt", *answers] if k in rec):
+        return rec
+    out = dict(rec)
+    if "prompt" not in rec and isinstance(rec.get("chosen"), list) and isinstance(rec.get("rejected"), list):
+        c, r, k = rec["chosen"], rec["rejected"], 0  # implicit prompt: the turns both conversations share
+        while k < min(len(c), len(r)) - 1 and c[k] == r[k]:
+            k += 1
+        out.update(prompt=c[:k], chosen=c[k:], rejected=r[k:])
+    out["prompt"] = _one_turn(out.get("prompt"), "prompt", "user")
+    for k in answers:
+        out[k] = _one_turn(out[k], k, "assistant")
+    out["chat"] = True
+    return out
+
+
+def _one_turn(v, key: str, role: str):
+    if isinstance(v, str):
+        return v
+    if not isinstance(v, list) or not all(isinstance(m, dict) for m in v):
+        raise ValueError(f"'{key}' must be a string or a list of {{'role', 'content'}} messages")
+    roles = [m.get("role") for m in v]
+    if roles != [role] or not isinstance(v[0].get("content"), str):
+        raise ValueError(f"conversational '{key}' must be one {role} turn with a string 'content' "
+                         f"(got roles {roles}): preference training renders a single user turn with the chat template")
+    return v[0]["content"]
+
+
+def _check_file_row(rec) -> None:
+    if isinstance(rec, dict) and "messages" in rec and not {"chosen", "rejected", "completions", "completion"} & set(rec):
+        raise ValueError("a 'messages' conversation is SFT data (llmlab sft datasets=...); preference rows "
+                         "have 'prompt', 'chosen' and 'rejected'")
+    problem = _row_problem(from_trl(rec))
+    if problem is not None:
+        raise ValueError(problem)

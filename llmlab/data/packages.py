@@ -61,12 +61,13 @@ def packaged_path(name: str) -> Path:
 
 
 def iter_jsonl(path: str | Path, required: Sequence[str] = (), validate: Callable[[dict], None] | None = None,
-               on_error: str = "raise", skipped: list[int] | None = None) -> Iterator[dict]:
+               on_error: str = "raise", skipped: list[int] | None = None, skip_key: str = "") -> Iterator[dict]:
     """Records of a .jsonl (or .jsonl.gz) file, one JSON object per line, blank lines ignored.
 
     A bad line (invalid JSON, not an object, a `required` field missing, or `validate` raising
     ValueError) -> UserError 'file:line: why' with on_error="raise"; with on_error="skip" it is
-    dropped and its line number appended to `skipped`."""
+    dropped and its line number appended to `skipped`. `skip_key`: the caller's config key that
+    skips bad lines, named in the error (none named when the verb has no such key)."""
     if on_error not in ("raise", "skip"):
         raise UserError(f"on_error must be raise or skip, got {on_error!r}")
     path = Path(path)
@@ -75,12 +76,13 @@ def iter_jsonl(path: str | Path, required: Sequence[str] = (), validate: Callabl
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:  # bytes, decoded per line: a non-UTF-8 line is reported with its number
-            yield from _records(path, f, required, validate, on_error, skipped)
+            yield from _records(path, f, required, validate, on_error, skipped, skip_key)
     except (OSError, EOFError, zlib.error) as e:  # unreadable, or a truncated / corrupt .gz
         raise UserError(f"{path}: cannot read ({e})") from None
 
 
-def _records(path: Path, f, required, validate, on_error: str, skipped: list[int] | None) -> Iterator[dict]:
+def _records(path: Path, f, required, validate, on_error: str, skipped: list[int] | None,
+             skip_key: str = "") -> Iterator[dict]:
     for n, raw in enumerate(f, 1):
         try:
             line = _decode(raw, n)
@@ -92,9 +94,22 @@ def _records(path: Path, f, required, validate, on_error: str, skipped: list[int
                 if skipped is not None:
                     skipped.append(n)
                 continue
-            hint = " (pass on_error=skip to drop bad lines)" if validate is not None else ""
+            hint = f" (pass {skip_key}=skip to drop bad lines)" if skip_key else ""
             raise UserError(f"{path}:{n}: {e}{hint}") from None
         yield rec
+
+
+def not_utf8(path: str | Path, what: str = "") -> UserError:
+    """The error for a text file that failed to decode as UTF-8: 'what path:line: not UTF-8 text (byte
+    0x.. at column c); save the file as UTF-8', naming its first bad line (a decoder's own position is
+    within a read block, not the file)."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                _decode(raw, n)
+            except ValueError as e:
+                return UserError(f"{what}{path}:{n}: {e}")
+    return UserError(f"{what}{path}: not UTF-8 text; save the file as UTF-8")
 
 
 def _decode(raw: bytes, n: int) -> str:
@@ -109,7 +124,7 @@ def _record(line: str, required: Sequence[str], validate: Callable[[dict], None]
     try:
         rec = json.loads(line)
     except json.JSONDecodeError as e:
-        raise ValueError(f"invalid JSON ({e.msg})") from None
+        raise ValueError(f"invalid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(rec, dict):
         raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
     missing = [k for k in required if k not in rec]

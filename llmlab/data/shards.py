@@ -48,10 +48,11 @@ def _atomic_json(path: Path, obj: dict) -> None:
 
 
 def write_shards(texts: Iterable[str], tokenizer, out_dir: str | Path, shard_tokens: int = 1 << 24,
-                 append_eos: bool = True) -> dict:
+                 append_eos: bool = True, source: str = "") -> dict:
     """Tokenise `texts` with `tokenizer.encode` and write shards of about `shard_tokens` tokens.
 
-    Returns the index dict. Raises UserError if no tokens were produced.
+    Returns the index dict. Raises UserError if no tokens were produced (naming `source`, the input,
+    when given, else `out_dir`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +96,8 @@ def write_shards(texts: Iterable[str], tokenizer, out_dir: str | Path, shard_tok
         n_bytes += len(text.encode("utf-8"))
     flush()
     if not shards:
-        raise UserError(f"no tokens to write to {out}: the input had no non-empty documents")
+        raise UserError(f"{source}: no documents to tokenize" if source else
+                        f"no tokens to write to {out}: the input had no non-empty documents")
     index = {"format": FORMAT, "version": VERSION, "dtype": dtype.name, "vocab_size": vocab, "eos_id": eos,
              "num_tokens": sum(s["num_tokens"] for s in shards), "num_docs": sum(s["num_docs"] for s in shards),
              "num_bytes": sum(s["num_bytes"] for s in shards), "shards": shards}

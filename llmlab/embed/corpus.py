@@ -62,11 +62,12 @@ def iter_sentences(sources: Iterable[str] = ("wiki_en",), files: Iterable[str] =
             if not p.is_file():
                 raise UserError(f"corpus file not found: {p}")
             try:
-                with open(p, encoding="utf-8") as fh:
+                with open(p, encoding="utf-8-sig") as fh:  # a leading BOM is no text
                     for line in fh:
                         yield line, False
-            except UnicodeDecodeError as e:
-                raise UserError(f"corpus file {p} is not UTF-8 ({e})") from None
+            except UnicodeDecodeError:
+                from llmlab.data.packages import not_utf8
+                raise not_utf8(p, "corpus file ") from None
         if not files:
             for name in sources:
                 for doc in iter_documents(name):

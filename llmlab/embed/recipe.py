@@ -49,6 +49,9 @@ def save_run(kv: WordVectors, out: Path) -> None:
     if kv.ngrams is not None:
         np.save(out / "ngrams.npy", kv.ngrams)
         (out / "subwords.json").write_text(json.dumps({"min_n": kv.min_n, "max_n": kv.max_n, "bucket": kv.bucket}))
+    else:  # an earlier fastText run's n-grams would be loaded with these vectors
+        for name in ("ngrams.npy", "subwords.json"):
+            (out / name).unlink(missing_ok=True)
 
 
 def load_vectors(path: str) -> WordVectors:

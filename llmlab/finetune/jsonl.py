@@ -46,13 +46,18 @@ def validate_record(rec) -> None:
         if isinstance(rec["completion"], str) and not rec["completion"]:
             raise ValueError("'completion' is empty")
         return
+    if "chosen" in rec and "rejected" in rec:
+        raise ValueError("'chosen'/'rejected' is preference data (llmlab dpo data=...); SFT records have a "
+                         "'messages' list or 'prompt' and 'completion' fields")
     raise ValueError("expected a 'messages' list or 'prompt' and 'completion' fields")
 
 
 def read_jsonl(path: str | Path, on_error: str = "raise") -> tuple[list[dict], int]:
-    """(records, number skipped). on_error: "raise" (UserError naming file:line) or "skip"."""
+    """(records, number skipped). on_error: "raise" (UserError naming file:line and the `on_bad_line`
+    key of `llmlab sft`) or "skip"."""
     skipped: list[int] = []
-    return list(iter_jsonl(path, validate=validate_record, on_error=on_error, skipped=skipped)), len(skipped)
+    return list(iter_jsonl(path, validate=validate_record, on_error=on_error, skipped=skipped,
+                           skip_key="on_bad_line")), len(skipped)
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:

@@ -173,7 +173,13 @@ def run_delete(cfg: RagDeleteConfig) -> int:
     """
     from llmlab.rag.index import RagIndex
     with RagIndex(cfg.index) as idx:
+        known = set(idx.sources())
+        missing = [s for s in cfg.sources if s not in known]
         print(f"deleted {idx.delete(cfg.sources)} of {len(cfg.sources)} sources")
+        left = idx.sources()[:2]
+    if missing:  # a source is named as it was given to `rag index` (a relative path stays relative)
+        print(f"not in the index: {', '.join(missing)} (its sources are named as they were given to "
+              f"`rag index`, e.g. {', '.join(left) or 'none: the index is empty'})", file=sys.stderr)
     return 0
 
 

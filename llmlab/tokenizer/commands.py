@@ -99,9 +99,12 @@ def run_encode(cfg: EncodeConfig) -> int:
     if cfg.input_file:
         p = Path(cfg.input_file)
         try:
-            lines = p.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
+            lines = p.read_text(encoding="utf-8-sig").splitlines()  # a leading BOM is no text
+        except OSError as e:
             raise UserError(f"config key 'input_file': cannot read {p}: {e}") from None
+        except UnicodeDecodeError:
+            from llmlab.data.packages import not_utf8
+            raise not_utf8(p, "config key 'input_file': ") from None
         for ids in tok.encode_batch(lines, cfg.allow_special):
             print(json.dumps(ids))
         return 0
@@ -188,6 +191,13 @@ class DataTokenizeConfig:
     out_dir: str = field(default="", metadata={"help": "shard output dir (default: <data_dir>/tokens); writes train/ and val/"})
     shard_tokens: int = field(default=1 << 24, metadata={"help": "tokens per shard file (documents never straddle shards)"})
     append_eos: bool = field(default=True, metadata={"help": "append the tokenizer's EOS id after every document"})
+    progress: bool = field(default=True, metadata={"help": "a progress bar (documents) on stderr"})
+
+
+def _count_records(path: Path) -> int:
+    """Non-blank lines of a JSONL file (the progress bar's total; one fast pass over its bytes)."""
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
 
 
 @verb(VERBS, "data tokenize", DataTokenizeConfig)
@@ -196,20 +206,30 @@ def run_tokenize(cfg: DataTokenizeConfig) -> int:
 
     Example: llmlab data tokenize data_dir=runs/data tokenizer=runs/tok
     """
+    from tqdm import tqdm
+
+    from llmlab.checkpoint import atomic_dir
+    from llmlab.data.commands import iter_jsonl_texts
     from llmlab.data.shards import write_shards
     from llmlab.device import setup_threads
-    from llmlab.data.commands import iter_jsonl_texts
     from llmlab.tokenizer.bpe import load_tokenizer
 
     setup_threads()
     require(cfg.tokenizer, "tokenizer is required: pass tokenizer=<path to .gguf or tokenizer dir>")
     if not Path(cfg.tokenizer).exists():
         raise UserError(f"tokenizer not found: {cfg.tokenizer}")
+    for split in ("train", "val"):  # both inputs first: a missing val.jsonl is found before train is written
+        if not (Path(cfg.data_dir) / f"{split}.jsonl").is_file():
+            raise UserError(f"data_dir={cfg.data_dir}: no {split}.jsonl (one {{\"text\": ...}} object per line)")
     tok = load_tokenizer(cfg.tokenizer)
     out = Path(cfg.out_dir or Path(cfg.data_dir) / "tokens")
     for split in ("train", "val"):
-        index = write_shards(iter_jsonl_texts(Path(cfg.data_dir) / f"{split}.jsonl"), tok, out / split,
-                             shard_tokens=cfg.shard_tokens, append_eos=cfg.append_eos)
+        with atomic_dir(out / split) as tmp:  # a bad line leaves no half-written (or half-replaced) shard folder
+            src = Path(cfg.data_dir) / f"{split}.jsonl"
+            with tqdm(iter_jsonl_texts(src), total=_count_records(src), desc=f"tokenize {split}", unit=" docs",
+                      disable=not cfg.progress, file=sys.stderr, mininterval=0.5) as texts:
+                index = write_shards(texts, tok, tmp, shard_tokens=cfg.shard_tokens, append_eos=cfg.append_eos,
+                                     source=str(src))
         print(f"{split}: {index['num_docs']} documents, {index['num_tokens']} tokens ({index['dtype']}) "
               f"in {len(index['shards'])} shard(s) -> {out / split}")
     return 0

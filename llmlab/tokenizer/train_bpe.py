@@ -32,6 +32,7 @@ from typing import Iterable
 
 import regex
 
+from llmlab.data.packages import not_utf8
 from llmlab.errors import UserError
 from llmlab.tokenizer.patterns import GPT2
 
@@ -75,7 +76,7 @@ def iter_file_blocks(paths: Iterable[str | Path], block_bytes: int = 1 << 20, pr
     try:
         for p in paths:
             try:
-                with open(p, encoding="utf-8", newline="") as f:
+                with open(p, encoding="utf-8-sig", newline="") as f:  # a leading BOM is no text
                     while True:
                         block = f.read(block_bytes)
                         if not block:
@@ -85,7 +86,7 @@ def iter_file_blocks(paths: Iterable[str | Path], block_bytes: int = 1 << 20, pr
                         bar.update(len(block.encode("utf-8")))
                         yield from block.splitlines(keepends=True)
             except UnicodeDecodeError as e:
-                raise UserError(f"training file {p} is not UTF-8 text: {e}") from None
+                raise not_utf8(p, "training file ") from None
             except OSError as e:
                 raise UserError(f"cannot read training file {p}: {e}") from None
     finally:

@@ -21,6 +21,15 @@ MC_FIELDS = ("query", "choices", "gold")
 GEN_FIELDS = ("prompt", "answer")
 
 
+def _check_gold(rec: dict) -> None:
+    """A bad item -> ValueError, reported by iter_jsonl as 'file:line: why' (blank lines counted)."""
+    c, g = rec["choices"], rec["gold"]
+    if not isinstance(c, list) or not c:
+        raise ValueError(f"'choices' must be a non-empty list (got {json.dumps(c)[:80]})")
+    if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < len(c):
+        raise ValueError(f"'gold' must index 'choices' (gold={json.dumps(g)}, {len(c)} choices)")
+
+
 class JsonlTask:
     version = "file"
 
@@ -38,15 +47,7 @@ class JsonlTask:
             raise UserError(f"{self.path}: no items")
         self.kind = "multiple_choice" if "choices" in first else "generate"
         fields = MC_FIELDS if self.kind == "multiple_choice" else GEN_FIELDS
-        items = []
-        for n, rec in enumerate(iter_jsonl(self.path, fields), 1):
-            if self.kind == "multiple_choice" and not (
-                    isinstance(rec["choices"], list) and isinstance(rec["gold"], int)
-                    and 0 <= rec["gold"] < len(rec["choices"])):
-                raise UserError(f"{self.path}: item {n}: 'gold' must index 'choices' "
-                                f"(gold={json.dumps(rec['gold'])}, {len(rec['choices'])} choices)")
-            items.append(rec)
-        return items
+        return list(iter_jsonl(self.path, fields, validate=_check_gold if self.kind == "multiple_choice" else None))
 
     def evaluate(self, ctx, items: list[dict]) -> dict:
         if self.kind == "multiple_choice":
