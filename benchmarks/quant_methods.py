@@ -29,8 +29,7 @@ from llmlab.quant.apply import quantize_model
 
 
 def rows(group: int, bits: int = 4) -> list[tuple[str, str, dict]]:
-    """(label, method, kwargs); the keys the ratios use are 'rtn4', 'gptq4', 'awq4', 'sq'. bits: the
-    width of the low-bit weight rows (their keys keep the 4: 'rtn4' at --bits 3 is int3 RTN)."""
+    """(label, method, kwargs); the ratios use 'rtn4', 'gptq4', 'awq4', 'sq'. bits: the low-bit rows' width (keys keep the 4)."""
     low = [
         ("rtn8", "int8 RTN per-channel (W8)", "rtn", dict(bits=8, group=-1, sym=True)),
         ("rtn4", f"int4 RTN g{group} (W4)", "rtn", dict(bits=4, group=group, sym=False)),
@@ -81,6 +80,9 @@ def rows(group: int, bits: int = 4) -> list[tuple[str, str, dict]]:
         # session 15: awq4 with alpha 0 only (s = 1): RTN + AWQ's clip search, the clip search's share
         ("awq4_a0", f"int4 AWQ g{group}, alpha 0 only (RTN + clip search)", "awq",
          dict(bits=4, group=group, sym=False, awq_grid=1)),
+        # awq4h on 2x the calibration windows (16,384 tokens, every one in the searches through x^T x / n)
+        ("awq4h_c2", f"int4 AWQ g{group}, searches on all tokens, 2x calibration windows", "awq",
+         dict(bits=4, group=group, sym=False, awq_rows="all", calib_x=2)),
     ]
     if bits != 4:
         low = [(k, lab.replace("int4", f"int{bits}", 1).replace("(W4)", f"(W{bits})"), m, {**kw, "bits": bits} if kw.get("bits") == 4 else kw)
@@ -246,7 +248,7 @@ def parse_args():
                     "int4 costs a model nothing)")
     ap.add_argument("--out", default="")
     ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,awq4m,gptq4d,"
-                    "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,awq4m_fp,awq4m_duo,awq4m_c4,awq4m_c8,awq4h,awq4_c8,awq4_c8u,awq4u,awq4_a0,nf4,w8a8,sq,int8); "
+                    "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,awq4m_fp,awq4m_duo,awq4m_c4,awq4m_c8,awq4h,awq4_c8,awq4_c8u,awq4u,awq4_a0,awq4h_c2,nf4,w8a8,sq,int8); "
                     "default all (--quick: rtn4,gptq4,awq4,sq)")
     ap.add_argument("--calib-draw", type=int, default=0, help="which calibration windows: draw d takes the d-th "
                     "block of --calib-windows windows in the seeded document order (0, the default: the windows of "
@@ -340,8 +342,7 @@ def main() -> None:
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     base, tok = load_model_and_tokenizer(a.model)
     base.__dict__.pop("quantized", None)  # the packaged blocks: every row here runs fp32 matmuls
-    # --quick: a smoke test of every key row in ~1 minute of one idle core (GPTQ's column loop over
-    # 30 blocks is ~35 s of it); its ratios come from 256 tokens and are not the table's figures
+    # --quick: a smoke test of the key rows in ~1 min of one idle core; its ratios (256 tokens) are not the table's
     n_ev, a.n_cal = (2, 2) if a.quick else (a.eval_windows, a.calib_windows)
     n_cal = a.n_cal
     if a.quick:
@@ -360,8 +361,7 @@ def main() -> None:
     t0 = time.perf_counter()
     fp = calibrate.perplexity(base, ev).perplexity
     lins = list(calibrate.quantizable_linears(base))
-    # SmoothQuant's ranges, on the first draw
-    stats = calibrate.collect(base, cals[a.draws[0]][:n_cal], lins, set()) if "sq" in keys else None
+    stats = calibrate.collect(base, cals[a.draws[0]][:n_cal], lins, set()) if "sq" in keys else None  # SmoothQuant's
     print(f"fp32 ppl {fp:.4f} ({n_ev} x {a.length} {'VALIDATION' if a.score == 'val' else 'held-out'} tokens; calibration {n_cal} x {a.length}"
           f"{' = THE SCORED WINDOWS (--calib-on-val, a diagnostic)' if a.calib_on_val else ''}"
           f", draws {a.draws}; {time.perf_counter() - t0:.0f}s)", flush=True)
