@@ -28,12 +28,9 @@ from llmlab.quant import calibrate
 from llmlab.quant.apply import quantize_model
 
 
-
 def rows(group: int, bits: int = 4) -> list[tuple[str, str, dict]]:
-    """(label, method, kwargs); the keys the ratios use are 'rtn4', 'gptq4', 'awq4', 'sq'. bits: the
-    width of the low-bit weight rows (their keys keep the 4: 'rtn4' at --bits 3 is int3 RTN)."""
+    """(label, method, kwargs); the ratios use 'rtn4', 'gptq4', 'awq4', 'sq'. bits: the low-bit rows' width (keys keep the 4)."""
     low = [
-
         ("rtn8", "int8 RTN per-channel (W8)", "rtn", dict(bits=8, group=-1, sym=True)),
         ("rtn4", f"int4 RTN g{group} (W4)", "rtn", dict(bits=4, group=group, sym=False)),
         # GPTQ with the group ranges by clip search: fixed before measuring (docs/LOG.md, session 5)
@@ -80,6 +77,12 @@ def rows(group: int, bits: int = 4) -> list[tuple[str, str, dict]]:
          dict(bits=4, group=group, sym=False, calib_x=8, awq_sample="uniform")),
         ("awq4u", f"int4 AWQ g{group}, uniform search rows", "awq",
          dict(bits=4, group=group, sym=False, awq_sample="uniform")),
+        # session 15: awq4 with alpha 0 only (s = 1): RTN + AWQ's clip search, the clip search's share
+        ("awq4_a0", f"int4 AWQ g{group}, alpha 0 only (RTN + clip search)", "awq",
+         dict(bits=4, group=group, sym=False, awq_grid=1)),
+        # awq4h on 2x the calibration windows (16,384 tokens, every one in the searches through x^T x / n)
+        ("awq4h_c2", f"int4 AWQ g{group}, searches on all tokens, 2x calibration windows", "awq",
+         dict(bits=4, group=group, sym=False, awq_rows="all", calib_x=2)),
     ]
     if bits != 4:
         low = [(k, lab.replace("int4", f"int{bits}", 1).replace("(W4)", f"(W{bits})"), m, {**kw, "bits": bits} if kw.get("bits") == 4 else kw)
@@ -171,6 +174,7 @@ def weights_file(a, key: str, calib_x: int = 1, draw: int | None = None):
     c = a.calib_windows * calib_x
     draw = a.calib_draw if draw is None else draw
     d = f".d{draw}" if draw else ""  # draw 0: the name every earlier row was saved under
+    d += ".calval" if getattr(a, "calib_on_val", False) else ""  # the diagnostic's rows never load as a draw's
     return Path(a.load_dir or a.save_dir or ".") / f"{a.model.replace('/', '_')}.{key}.g{a.group}.b{a.bits}.c{c}x{a.length}{d}.safetensors"
 
 
@@ -244,7 +248,7 @@ def parse_args():
                     "int4 costs a model nothing)")
     ap.add_argument("--out", default="")
     ap.add_argument("--rows", default="", help="comma-separated row keys (rtn8,rtn4,gptq4,awq4,awq4m,gptq4d,"
-                    "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,awq4m_fp,awq4m_duo,awq4m_c4,awq4m_c8,awq4h,awq4_c8,awq4_c8u,awq4u,nf4,w8a8,sq,int8); "
+                    "awq4mr,awqgptq4,gptq4plain,awq4m_noclip,awq4m_a40,awq4m_cf,awq4m_fp,awq4m_duo,awq4m_c4,awq4m_c8,awq4h,awq4_c8,awq4_c8u,awq4u,awq4_a0,awq4h_c2,nf4,w8a8,sq,int8); "
                     "default all (--quick: rtn4,gptq4,awq4,sq)")
     ap.add_argument("--calib-draw", type=int, default=0, help="which calibration windows: draw d takes the d-th "
                     "block of --calib-windows windows in the seeded document order (0, the default: the windows of "
@@ -258,6 +262,9 @@ def parse_args():
     ap.add_argument("--score", choices=("eval", "val"), default="eval", help="val: score every row on validation "
                     "windows (non-held-out documents disjoint from the calibration windows' documents) instead of "
                     "the held-out evaluation windows: for choosing settings")
+    ap.add_argument("--calib-on-val", action="store_true", help="DIAGNOSTIC, never a reported figure (needs --score "
+                    "val): every calibrated row calibrates on the validation windows it is scored on, repeated to "
+                    "the row's number of calibration windows: the best any calibration text could do")
     ap.add_argument("--save-dir", default="", help="save each weight-only row's quantized projections here")
     ap.add_argument("--load-dir", default="", help="rows saved here by --save-dir (same model, group, bits, "
                     "calibration) are loaded instead of quantized again")
@@ -266,7 +273,15 @@ def parse_args():
     a.draws = [int(d) for d in a.calib_draws.split(",")] if a.calib_draws else [a.calib_draw]
     if min(a.draws) < 0 or len(set(a.draws)) != len(a.draws):
         raise SystemExit(f"--calib-draws: distinct draws >= 0, got {a.calib_draws}")
+    if a.calib_on_val and (a.score != "val" or a.draws != [0]):
+        raise SystemExit("--calib-on-val: only with --score val and one draw (0): the evaluation windows are never calibrated on")
     return a
+
+
+def on_scored(ev: torch.Tensor, n: int) -> torch.Tensor:
+    """--calib-on-val's calibration: the scored windows repeated to n windows (the batches and strided search
+    rows keep n windows' geometry; mean|x| and x^T x / n are the scored windows' own)."""
+    return ev.repeat(-(-n // ev.shape[0]), 1)[:n]
 
 
 # the row each ratio reads: awq_vs_rtn reads AWQ's chosen arm, awq4 (the per-Linear objective, chosen
@@ -327,8 +342,7 @@ def main() -> None:
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     base, tok = load_model_and_tokenizer(a.model)
     base.__dict__.pop("quantized", None)  # the packaged blocks: every row here runs fp32 matmuls
-    # --quick: a smoke test of every key row in ~1 minute of one idle core (GPTQ's column loop over
-    # 30 blocks is ~35 s of it); its ratios come from 256 tokens and are not the table's figures
+    # --quick: a smoke test of the key rows in ~1 min of one idle core; its ratios (256 tokens) are not the table's
     n_ev, a.n_cal = (2, 2) if a.quick else (a.eval_windows, a.calib_windows)
     n_cal = a.n_cal
     if a.quick:
@@ -343,12 +357,13 @@ def main() -> None:
         ev = calibrate.validation_windows(tok, texts(a, False), n_ev, a.length, n_cal * cx * (max(a.draws) + 1), a.length, seed=1)
     else:
         ev = calibrate.token_windows(tok, texts(a, True), n_ev, a.length)
+    cals = {0: on_scored(ev, n_cal * cx)} if a.calib_on_val else cals
     t0 = time.perf_counter()
     fp = calibrate.perplexity(base, ev).perplexity
     lins = list(calibrate.quantizable_linears(base))
-    # SmoothQuant's ranges, on the first draw
-    stats = calibrate.collect(base, cals[a.draws[0]][:n_cal], lins, set()) if "sq" in keys else None
+    stats = calibrate.collect(base, cals[a.draws[0]][:n_cal], lins, set()) if "sq" in keys else None  # SmoothQuant's
     print(f"fp32 ppl {fp:.4f} ({n_ev} x {a.length} {'VALIDATION' if a.score == 'val' else 'held-out'} tokens; calibration {n_cal} x {a.length}"
+          f"{' = THE SCORED WINDOWS (--calib-on-val, a diagnostic)' if a.calib_on_val else ''}"
           f", draws {a.draws}; {time.perf_counter() - t0:.0f}s)", flush=True)
     ours, per_draw = {"fp32": fp}, {}
     order = a.rows.split(",") if a.rows else [r[0] for r in rows(a.group, a.bits)]  # --rows' order
@@ -372,7 +387,8 @@ def main() -> None:
     res = {"benchmark": "quant_methods", "ours": ours, "peer": peer, "ratio": ratios(ours, fp, a.group, a.bits),
            "per_draw": per_draw,
            "conditions": {"scored_on": a.score, "model": a.model, "data_dir": a.data_dir, "eval_tokens": n_ev * a.length,
-                          "calib_tokens": n_cal * a.length, "calib_draws": a.draws, "group": a.group, "bits": a.bits,
+                          "calib_tokens": n_cal * a.length, "calib_draws": a.draws,
+                          "calib_on_val": a.calib_on_val, "group": a.group, "bits": a.bits,
                           "threads": 1}}
     if a.out:
         with open(a.out, "w") as f:

@@ -47,3 +47,18 @@ def test_score_row_over_draws_is_each_draws_row_and_saves_each(tiny, tmp_path, m
     monkeypatch.setattr("sys.argv", ["quant_methods.py", "--calib-draws", "1,1"])
     with pytest.raises(SystemExit, match="distinct"):
         qm.parse_args()
+
+
+def test_calib_on_val_is_the_scored_windows_and_only_on_validation(tmp_path, monkeypatch):
+    qm = _bench("quant_methods")
+    ev = torch.arange(3 * 4).view(3, 4)
+    cal = qm.on_scored(ev, 7)
+    assert torch.equal(cal, torch.cat([ev, ev, ev[:1]])) and torch.equal(qm.on_scored(ev, 2), ev[:2])
+    monkeypatch.setattr("sys.argv", ["quant_methods.py", "--score", "val", "--calib-on-val", "--save-dir", str(tmp_path)])
+    a = qm.parse_args()
+    assert qm.weights_file(a, "awq4").name.endswith(".c32x256.calval.safetensors")  # never a draw's saved row
+    for bad in (["--calib-on-val"], ["--score", "val", "--calib-on-val", "--calib-draw", "1"]):
+        monkeypatch.setattr("sys.argv", ["quant_methods.py", *bad])
+        with pytest.raises(SystemExit, match="calib-on-val"):
+            qm.parse_args()
+    assert dict((k, kw) for k, _, _, kw in qm.rows(128))["awq4_a0"]["awq_grid"] == 1  # alpha 0 only: s = 1

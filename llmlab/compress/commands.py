@@ -132,9 +132,7 @@ def run_prune(cfg: PruneConfig) -> int:
     torch.manual_seed(cfg.seed)
     base, tok = load_model_and_tokenizer(cfg.model, device="cpu", dtype="float32")
     base.__dict__.pop("quantized", None)
-    ctx = getattr(base.config, "max_position_embeddings", cfg.window_length)
-    if not 2 <= cfg.window_length <= ctx:
-        raise UserError(f"window_length must be in [2, {ctx}] (the model's context), got {cfg.window_length}")
+    calibrate.check_window(base, cfg.window_length, "window_length")
     ev = _windows(tok, cfg.eval_windows, True, 0, cfg.window_length)
     calib = _windows(tok, cfg.num_calibration_samples, False, 1 + cfg.seed, cfg.window_length)
     with torch.no_grad():
@@ -169,15 +167,8 @@ def run_prune(cfg: PruneConfig) -> int:
         with torch.no_grad():
             print(f"after {cfg.recovery_steps} recovery steps: ppl {calibrate.perplexity(model, ev).perplexity:.3f}")
     if cfg.output_dir:
-        import tempfile
-        from pathlib import Path
-
         from llmlab.model.hf import save_hf_dir
-        with tempfile.TemporaryDirectory() as td:
-            tok.save(td)
-            files = {n: (Path(td) / n).read_text(encoding="utf-8") for n in ("tokenizer.json",
-                                                                                "tokenizer_config.json")}
-        save_hf_dir(model, cfg.output_dir, extra_files=files)
+        save_hf_dir(model, cfg.output_dir, extra_files=tok.hf_files())
         print(f"wrote {cfg.output_dir}")
     return 0
 

@@ -274,6 +274,7 @@ def run_distill(cfg: DistillConfig) -> int:
     torch.set_grad_enabled(True)
     teacher, tok = load_model_and_tokenizer(cfg.teacher, device="cpu", dtype="float32")
     teacher.eval()
+    calibrate.check_window(teacher, cfg.seq_len, "seq_len")  # the teacher reads seq_len-token windows
     train_docs, val_docs = texts()
     n_train = cfg.train_windows or cfg.max_steps * cfg.batch_size
     # the same windows for every seed and arm (seeds change init and order only)
@@ -322,5 +323,5 @@ def run_distill(cfg: DistillConfig) -> int:
         print(json.dumps({"distill": results, "kd_wins": wins, "seeds": len(kd)}))
     if cfg.output_dir and student is not None:
         from llmlab.model.hf import save_hf_dir
-        save_hf_dir(student, cfg.output_dir)
+        save_hf_dir(student, cfg.output_dir, extra_files=tok.hf_files())  # the teacher's tokenizer is the student's
     return 0

@@ -158,17 +158,13 @@ def run_merge(cfg: MergeConfig) -> int:
 
 def _tokenizer_files(model_path) -> dict[str, str]:
     """tokenizer.json + tokenizer_config.json of the base, so the merged dir is usable on its own."""
-    import tempfile
-
     from llmlab.tokenizer.bpe import load_tokenizer
 
     try:
         tok = load_tokenizer(model_path)
     except UserError:
         return {}  # a base without a tokenizer (e.g. a bare test model): weights only
-    with tempfile.TemporaryDirectory() as d:
-        out = tok.save(Path(d) / "tok")
-        return {f.name: f.read_text(encoding="utf-8") for f in out.iterdir()}
+    return tok.hf_files()
 
 
 @verb(VERBS, "sft", SftConfig)

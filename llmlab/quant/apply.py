@@ -161,6 +161,15 @@ def check_choices(**options: str) -> None:
             raise UserError(f"{key} must be {' or '.join(CHOICES[key])}, got '{value}'")
 
 
+def check_numbers(percdamp: float, awq_grid: int, awq_clip_steps: int, awq_clip_shrink: float) -> None:
+    """quantize_model's numeric GPTQ / AWQ knobs in range (UserError)."""
+    if percdamp <= 0:
+        raise UserError(f"percdamp must be > 0, got {percdamp}")
+    if awq_grid < 1 or awq_clip_steps < 1 or not 0 < awq_clip_shrink < 1:
+        raise UserError(f"AWQ needs awq_grid >= 1, awq_clip_steps >= 1 and 0 < awq_clip_shrink < 1, got "
+                        f"{awq_grid}, {awq_clip_steps}, {awq_clip_shrink}")
+
+
 @torch.no_grad()
 def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: bool = False,
                    calib: torch.Tensor | None = None, alpha: float = 0.5, threshold: float = 6.0,
@@ -196,11 +205,7 @@ def quantize_model(model, method: str, bits: int = 4, group: int = 128, sym: boo
     check_choices(awq_objective=awq_objective, block_inputs=block_inputs, awq_sample=awq_sample, awq_rows=awq_rows)
     if method in ("rtn",) + WEIGHT_CALIBRATED:
         check_bits(bits)
-    if percdamp <= 0:
-        raise UserError(f"percdamp must be > 0, got {percdamp}")
-    if awq_grid < 1 or awq_clip_steps < 1 or not 0 < awq_clip_shrink < 1:
-        raise UserError(f"AWQ needs awq_grid >= 1, awq_clip_steps >= 1 and 0 < awq_clip_shrink < 1, got "
-                        f"{awq_grid}, {awq_clip_steps}, {awq_clip_shrink}")
+    check_numbers(percdamp, awq_grid, awq_clip_steps, awq_clip_shrink)
     if clip is None:
         clip = method == "awq"
     awq = dict(grid=awq_grid, clip_steps=awq_clip_steps, clip_shrink=awq_clip_shrink, duo=awq_duo, rows=awq_rows)

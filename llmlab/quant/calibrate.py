@@ -93,6 +93,15 @@ def validation_windows(tok, texts: list[str], n: int, length: int, calib_n: int,
     return token_windows(tok, tail, n, length, seed=None)
 
 
+def check_window(model, length: int, key: str) -> int:
+    """-> the model's context (max_position_embeddings); a window `length` outside [2, context] -> UserError
+    naming `key` (a speedrun model's context is 128, the windows' usual 256 is longer)."""
+    ctx = getattr(model.config, "max_position_embeddings", length)
+    if not 2 <= length <= ctx:
+        raise UserError(f"{key} must be in [2, {ctx}] (the model's context), got {length}")
+    return ctx
+
+
 def text_windows(tok, path: str, n: int, length: int) -> torch.Tensor:
     """Windows from a user's text file (calibration data of their own)."""
     from pathlib import Path

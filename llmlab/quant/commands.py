@@ -44,9 +44,10 @@ class QuantizeConfig:
     calibration: str = field(default="wiki", metadata={"help": "'wiki' (Wikipedia extracts outside the held-out "
                                                                 "split) or a UTF-8 text file"})
     num_calibration_samples: int = field(default=32, metadata={"help": "calibration windows"})
-    calibration_length: int = field(default=256, metadata={"help": "tokens per calibration window"})
+    calibration_length: int = field(default=256, metadata={"help": "tokens per calibration window (at most the "
+                                                                   "model's context: the speedrun model's is 128)"})
     eval_windows: int = field(default=0, metadata={"help": "if > 0: held-out perplexity before and after on this "
-                                                            "many 256-token windows"})
+                                                            "many 256-token windows (the model's context if shorter)"})
     name: str = field(default="", metadata={"help": "general.name in the GGUF metadata"})
 
 
@@ -63,7 +64,7 @@ def _check(cfg: QuantizeConfig) -> None:
     from pathlib import Path
 
     from llmlab.checkpoint import check_output_dir, check_output_parent
-    from llmlab.quant.apply import CHOICES, check_choices
+    from llmlab.quant.apply import CHOICES, check_choices, check_numbers
     from llmlab.quant.gguf_export import FORMATS
     from llmlab.quant.ptq import check_bits
     require(cfg.output, "output= is required (a .gguf file for format=gguf, a directory for format=hf)")
@@ -86,6 +87,7 @@ def _check(cfg: QuantizeConfig) -> None:
     if cfg.method in ("rtn", "gptq", "awq", "awq_gptq"):
         check_bits(cfg.bits)
     check_choices(**{key: getattr(cfg, key) for key in CHOICES})
+    check_numbers(cfg.percdamp, cfg.awq_grid, cfg.awq_clip_steps, cfg.awq_clip_shrink)
     if cfg.method in ("gptq", "awq", "awq_gptq"):
         require(cfg.num_calibration_samples >= 1 and cfg.calibration_length >= 2, "need num_calibration_samples >= 1 "
                 f"and calibration_length >= 2, got {cfg.num_calibration_samples} and {cfg.calibration_length}")
@@ -109,10 +111,14 @@ def run_quantize(cfg: QuantizeConfig) -> int:
     from llmlab.infer.model_and_tokenizer import load_model_and_tokenizer
     torch.set_grad_enabled(False)
     model, tok = load_model_and_tokenizer(cfg.model, device="cpu", dtype="float32")
+    calibrated = cfg.format == "hf" and cfg.method in ("gptq", "awq", "awq_gptq")
+    if calibrated:
+        calibrate.check_window(model, cfg.calibration_length, "calibration_length")
     ev = None
     if cfg.eval_windows > 0:
-        ev = calibrate.token_windows(tok, calibrate.wiki_split(True), cfg.eval_windows, 256)
-        print(f"held-out perplexity before: {calibrate.perplexity(model, ev).perplexity:.4f}")
+        n = min(256, getattr(model.config, "max_position_embeddings", 256))
+        ev = calibrate.token_windows(tok, calibrate.wiki_split(True), cfg.eval_windows, n)
+        print(f"held-out perplexity before ({cfg.eval_windows} x {n} tokens): {calibrate.perplexity(model, ev).perplexity:.4f}")
     if cfg.format == "gguf":
         from llmlab.quant.gguf_export import write_gguf
         out = Path(cfg.output)
@@ -124,7 +130,7 @@ def run_quantize(cfg: QuantizeConfig) -> int:
             print(f"held-out perplexity after: {calibrate.perplexity(back, ev).perplexity:.4f}")
         return 0
     from llmlab.quant.apply import quantize_model
-    calib = _calibration(cfg, tok) if cfg.method in ("gptq", "awq", "awq_gptq") else None
+    calib = _calibration(cfg, tok) if calibrated else None
     info = quantize_model(model, cfg.method, cfg.bits, cfg.group_size, cfg.sym, calib, act_order=cfg.act_order,
                           awq_objective=cfg.awq_objective, ragged_groups=cfg.ragged_groups,
                           percdamp=cfg.percdamp, clip=cfg.clip, awq_grid=cfg.awq_grid,
@@ -132,11 +138,7 @@ def run_quantize(cfg: QuantizeConfig) -> int:
                           awq_duo=cfg.awq_duo, block_inputs=cfg.block_inputs, awq_rows=cfg.awq_rows,
                           awq_sample=cfg.awq_sample)
     from llmlab.model.hf import save_hf_dir
-    import tempfile
-    with tempfile.TemporaryDirectory() as td:
-        tok.save(td)
-        files = {n: (Path(td) / n).read_text(encoding="utf-8") for n in ("tokenizer.json", "tokenizer_config.json")}
-    save_hf_dir(model, cfg.output, extra_files=files)
+    save_hf_dir(model, cfg.output, extra_files=tok.hf_files())
     print(f"wrote {cfg.output} ({cfg.method} int{cfg.bits} g{cfg.group_size}: {info['stored_bytes'] / 1e6:.1f} MB "
           "as codes + scales; the directory holds the dequantized fp32 weights)")
     if ev is not None:

@@ -200,20 +200,24 @@ class ByteLevelBPE:
                           "ignore_merges": False, "vocab": vocab,
                           "merges": [[bytes_to_token(a), bytes_to_token(b)] for a, b in self.merges]}}
 
-    def save(self, path: str | Path) -> Path:
-        """Write `tokenizer.json` + `tokenizer_config.json` (with `chat_template`) into directory `path`."""
-        from llmlab.checkpoint import atomic_dir
-
-        path = Path(path)
+    def hf_files(self) -> dict[str, str]:
+        """name -> text of `tokenizer.json` + `tokenizer_config.json` (with `chat_template`): what `save` writes,
+        for a model dir written beside its weights (`save_hf_dir(..., extra_files=tok.hf_files())`)."""
         cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 8192,
                "clean_up_tokenization_spaces": False, "chat_template": self.chat_template,
                "bos_token": self.bos_token, "eos_token": self.eos_token, "pad_token": self.pad_token,
                "added_tokens_decoder": {str(i): {"content": t, "special": True} for t, i in self.special.items()}}
+        return {"tokenizer.json": json.dumps(self.to_hf_json(), ensure_ascii=False),
+                "tokenizer_config.json": json.dumps(cfg, ensure_ascii=False, indent=2)}
+
+    def save(self, path: str | Path) -> Path:
+        """Write `hf_files()` into directory `path`."""
+        from llmlab.checkpoint import atomic_dir
+
+        path = Path(path)
         with atomic_dir(path) as tmp:
-            (Path(tmp) / "tokenizer.json").write_text(json.dumps(self.to_hf_json(), ensure_ascii=False),
-                                                      encoding="utf-8")
-            (Path(tmp) / "tokenizer_config.json").write_text(json.dumps(cfg, ensure_ascii=False, indent=2),
-                                                             encoding="utf-8")
+            for name, text in self.hf_files().items():
+                (Path(tmp) / name).write_text(text, encoding="utf-8")
         return path
 
     def encode_chat(self, messages: list[dict], train_on_end_of_turn: bool = True) -> tuple[list[int], list[int]]:
