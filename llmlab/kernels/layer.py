@@ -35,6 +35,8 @@ def _open_library(arch: str | None = None):
     lib.llmlab_decode_layers.restype = ctypes.c_int
     lib.llmlab_omp_probe.argtypes = [ctypes.c_int, i64, ctypes.c_double, p]
     lib.llmlab_omp_probe.restype = None
+    lib.llmlab_silu_check.argtypes = [p, p, p, i64, ctypes.c_int]  # its test: the 8-lane SiLU = the scalar one
+    lib.llmlab_silu_check.restype = ctypes.c_int
     return lib
 
 
@@ -65,6 +67,12 @@ def fast_silu() -> bool:
     """SiLU*up through Cephes' polynomial e^x inline (exp_poly.h, ~1e-7 relative) rather than a call
     of libm's expf per value (LLMLAB_C_FAST_SILU, default on: 2.5 % off a 2-thread step, docs/infer.md)."""
     return os.environ.get("LLMLAB_C_FAST_SILU", "1") not in ("", "0")
+
+
+def silu_vec() -> bool:
+    """With `fast_silu`: SiLU*up on 8 lanes where AVX2 is built in (LLMLAB_C_SILU_VEC, default on; the same
+    bits as the scalar loop, layer.c's `silu_vec`)."""
+    return os.environ.get("LLMLAB_C_SILU_VEC", "1") not in ("", "0")
 
 
 def attention_one() -> bool:
@@ -211,7 +219,8 @@ class Layers:
                                       ggml.PARALLEL_MACS_INT8, c_attention.SPLIT,
                                       None if self.profile is None else self.profile.data_ptr(),
                                       None if layer_seconds is None else layer_seconds.data_ptr(),
-                                      int(team_mode(M, max(key))) | query_split() << 1 | fast_silu() << 2,
+                                      int(team_mode(M, max(key))) | query_split() << 1 | fast_silu() << 2
+                                      | silu_vec() << 3,
                                       None if head is None else head_row.data_ptr(),
                                       hfns.data_ptr(), None if head is None else head[0].data_ptr(),
                                       None if head is None else head[1].data_ptr())
