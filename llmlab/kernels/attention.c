@@ -101,19 +101,9 @@ static int fast_on = 2;
  * against the scalar code over the whole range it is used on. */
 static inline __m256 exp_neg8(__m256 x) {
     x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
-    __m256i e = _mm256_cvttps_epi32(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(-0.5f)));
-    __m256 fe = _mm256_cvtepi32_ps(e);
-    __m256 f = _mm256_fnmadd_ps(fe, _mm256_set1_ps(0.693359375f), x);
-    f = _mm256_fmadd_ps(fe, _mm256_set1_ps(2.12194440e-4f), f);
-    __m256 y = _mm256_set1_ps(1.9875691500E-4f);
-    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.3981999507E-3f));
-    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(8.3334519073E-3f));
-    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(4.1665795894E-2f));
-    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.6666665459E-1f));
-    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(5.0000001201E-1f));
-    y = _mm256_add_ps(_mm256_fmadd_ps(f, _mm256_mul_ps(f, y), f), _mm256_set1_ps(1.0f));
-    __m256 s = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23));
-    return _mm256_mul_ps(y, s);
+    __m256 fe = _mm256_cvtepi32_ps(_mm256_cvttps_epi32(
+        _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(-0.5f))));
+    return _mm256_mul_ps(exp_reduced8(x, fe), exp2i8(fe));
 }
 
 /* p[i] = scale * dot16(q, k_i) for keys [0, n) (k_i = k + sl[i] * s_pos), 4 keys at a time: the

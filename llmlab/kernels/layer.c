@@ -106,17 +106,7 @@ static void silu_vec(const float *g, const float *u, float *a, int64_t lo, int64
         if (_mm256_movemask_ps(in) != 0xFF) { silu_fast(g, u, a, j, j + 8); continue; }
         __m256 x = _mm256_sub_ps(_mm256_setzero_ps(), gv);
         __m256 fe = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-        __m256 f = _mm256_fnmadd_ps(fe, _mm256_set1_ps(0.693359375f), x);
-        f = _mm256_fmadd_ps(fe, _mm256_set1_ps(2.12194440e-4f), f);
-        __m256 y = _mm256_set1_ps(1.9875691500E-4f);
-        y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.3981999507E-3f));
-        y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(8.3334519073E-3f));
-        y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(4.1665795894E-2f));
-        y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.6666665459E-1f));
-        y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(5.0000001201E-1f));
-        y = _mm256_add_ps(_mm256_fmadd_ps(f, _mm256_mul_ps(f, y), f), one);
-        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fe), _mm256_set1_epi32(127)), 23);
-        __m256 den = _mm256_fmadd_ps(y, _mm256_castsi256_ps(e), one);
+        __m256 den = _mm256_fmadd_ps(exp_reduced8(x, fe), exp2i8(fe), one);
         _mm256_storeu_ps(a + j, _mm256_mul_ps(_mm256_div_ps(gv, den), _mm256_loadu_ps(u + j)));
     }
     silu_fast(g, u, a, j, hi);
