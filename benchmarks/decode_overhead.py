@@ -118,8 +118,8 @@ def run_steps(model, nt: int, steps: int, clock, seed: int) -> dict:
             "pieces_ms": {k: round(1e3 * v * scale, 4) for k, v in sorted(pieces.items(), key=lambda kv: -kv[1])}}
 
 
-def _arm_env(team: int, int8: int, head: int = 1, qsplit: int = 1, silu: int = 1, fq: int = 1, f16: int = 0,
-             row: int = 1, a1: int = 0, av: int = 1, sv: int = 1, nta: int = 1) -> None:
+def _arm_env(team: int, int8: int, head: int = 1, qsplit: int = 1, silu: int = 1, fq: int = 1, f16: int = 1,
+             row: int = 1, a1: int = 1, av: int = 1, sv: int = 1, nta: int = 1) -> None:
     from llmlab.kernels import attention, build
     os.environ.update(LLMLAB_C_TEAM=str(team), LLMLAB_INT8_ACTIVATIONS=str(int8), LLMLAB_C_HEAD=str(head),
                       LLMLAB_C_QSPLIT=str(qsplit), LLMLAB_C_FAST_SILU=str(silu), LLMLAB_I8_FAST_QUANT=str(fq),
@@ -143,11 +143,11 @@ def main() -> None:
                          "final norm + LM head in the C call, default 1; qsplit: LLMLAB_C_QSPLIT, team attention "
                          "by query heads, default 1; silu: LLMLAB_C_FAST_SILU, default 1; fq: LLMLAB_I8_FAST_QUANT, "
                          "the int8 input rounding in AVX2, default 1; f16: LLMLAB_I8_F16_SCALES, the blocks' fp16 "
-                         "scales read by the int8 kernel, default 0; row: LLMLAB_I8_ONE_ROW, batch 1's short path in "
+                         "scales read by the int8 kernel, default 1; row: LLMLAB_I8_ONE_ROW, batch 1's short path in "
                          "the AVX2 int8 kernel, default 1; a1: LLMLAB_C_ATTN_ONE, team mode's one-sequence attention "
-                         "entry, default 0; av: LLMLAB_C_ATTN_VEC, the attention's scores 4 keys at a time and softmax on 8 "
-                         "lanes, default 1; sv: LLMLAB_C_SILU_VEC, SiLU*up on 8 lanes, default 1; nta: LLMLAB_I8_PF_NTA, batch 1's "
-                         "weight prefetch non-temporal, default 1)")
+                         "entry, default 1; av: LLMLAB_C_ATTN_VEC, the attention's scores 4 keys at a time and "
+                         "softmax on 8 lanes, default 1; sv: LLMLAB_C_SILU_VEC, SiLU*up on 8 lanes, default 1; "
+                         "nta: LLMLAB_I8_PF_NTA, batch 1's weight prefetch non-temporal, default 1)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds over the arms (order flipped each round)")
     ap.add_argument("--steps", type=int, default=32, help="timed steps per arm per round")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")

@@ -78,8 +78,9 @@ def silu_vec() -> bool:
 def attention_one() -> bool:
     """Does team mode call the one-sequence attention entry (`llmlab_decode_attention_one`: no work
     lists, mallocs or nested region a call; the same bits) rather than `llmlab_decode_attention`
-    (LLMLAB_C_ATTN_ONE=1)? Default off: -0.9 % of a quiet 2-thread int8 step, its rule >= 1 % (docs/LOG.md)."""
-    return os.environ.get("LLMLAB_C_ATTN_ONE", "0") not in ("", "0")
+    (LLMLAB_C_ATTN_ONE, default on; 0: the general entry)? -0.9 % of a quiet 2-thread int8 step in session 14
+    (its rule >= 1 %: then off), -1.6 % on session 15's defaults (docs/LOG.md)."""
+    return os.environ.get("LLMLAB_C_ATTN_ONE", "1") not in ("", "0")
 
 
 def head_in_c() -> bool:
