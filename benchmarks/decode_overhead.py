@@ -11,9 +11,10 @@ mean something on a quiet machine only; `--clock cpu` (process CPU time) for one
     PYTHONPATH=$PWD python benchmarks/decode_overhead.py [--arms 1:1:1,2:0:1,2:1:1] [--rounds 3] [--steps 32]
                                                         [--clock wall|cpu] [--quick]
 
-Arms are threads:team:int8[:head[:qsplit[:silu[:fq[:f16[:row[:a1]]]]]]] (team: LLMLAB_C_TEAM, every layer in one parallel
+Arms are threads:team:int8[:head[:qsplit[:silu[:fq[:f16[:row[:a1[:av[:sv[:nta]]]]]]]]]] (team: LLMLAB_C_TEAM, every layer in one parallel
 region; int8: LLMLAB_INT8_ACTIVATIONS; head: LLMLAB_C_HEAD; qsplit: LLMLAB_C_QSPLIT; silu:
-LLMLAB_C_FAST_SILU; fq: LLMLAB_I8_FAST_QUANT; f16: LLMLAB_I8_F16_SCALES; row: LLMLAB_I8_ONE_ROW; a1: LLMLAB_C_ATTN_ONE), taken in turn, the order flipped each round;
+LLMLAB_C_FAST_SILU; fq: LLMLAB_I8_FAST_QUANT; f16: LLMLAB_I8_F16_SCALES; row: LLMLAB_I8_ONE_ROW; a1: LLMLAB_C_ATTN_ONE;
+av: LLMLAB_C_ATTN_VEC; sv: LLMLAB_C_SILU_VEC; nta: LLMLAB_I8_PF_NTA), taken in turn, the order flipped each round;
 medians over rounds. Also the read bandwidth and each arm's step as a fraction of its limit (bandwidth / bytes per token;
 1 thread: one core's bandwidth): the bandwidth is the median of probes taken before the first arm and
 after every arm's timing (`llmlab.calc.roofline.ReadBandwidth`); `*_oldbw`: against the reads before the
@@ -117,30 +118,36 @@ def run_steps(model, nt: int, steps: int, clock, seed: int) -> dict:
             "pieces_ms": {k: round(1e3 * v * scale, 4) for k, v in sorted(pieces.items(), key=lambda kv: -kv[1])}}
 
 
-def _arm_env(team: int, int8: int, head: int = 1, qsplit: int = 1, silu: int = 1, fq: int = 1, f16: int = 0,
-             row: int = 1, a1: int = 0) -> None:
-    from llmlab.kernels import build
+def _arm_env(team: int, int8: int, head: int = 1, qsplit: int = 1, silu: int = 1, fq: int = 1, f16: int = 1,
+             row: int = 1, a1: int = 1, av: int = 1, sv: int = 1, nta: int = 1) -> None:
+    from llmlab.kernels import attention, build
     os.environ.update(LLMLAB_C_TEAM=str(team), LLMLAB_INT8_ACTIVATIONS=str(int8), LLMLAB_C_HEAD=str(head),
                       LLMLAB_C_QSPLIT=str(qsplit), LLMLAB_C_FAST_SILU=str(silu), LLMLAB_I8_FAST_QUANT=str(fq),
                       LLMLAB_I8_F16_SCALES=str(f16), LLMLAB_I8_ONE_ROW=str(row),
-                      LLMLAB_C_ATTN_ONE=str(a1))
+                      LLMLAB_C_ATTN_ONE=str(a1), LLMLAB_C_ATTN_VEC=str(av), LLMLAB_C_SILU_VEC=str(sv),
+                      LLMLAB_I8_PF_NTA=str(nta))
     if build.load_i8() is not None:  # read when the library opens: switch the open one
         build.load_i8().llmlab_i8_set_fast_quant(fq)
         build.load_i8().llmlab_i8_set_one_row(row)
+        build.load_i8().llmlab_i8_set_pf_nta(nta)
+    if attention.load() is not None:
+        attention.load().llmlab_attention_fast(attention.level())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--arms", default="1:1:1,2:0:1,2:1:1",
-                    help="arms threads:team:int8[:head[:qsplit[:silu[:fq[:f16[:row[:a1]]]]]]], comma-separated (team: "
+                    help="arms threads:team:int8[:head[:qsplit[:silu[:fq[:f16[:row[:a1[:av[:sv[:nta]]]]]]]]]], comma-separated (team: "
                          "LLMLAB_C_TEAM, every layer in one parallel region; int8: LLMLAB_INT8_ACTIVATIONS; head: "
                          "LLMLAB_C_HEAD, the "
                          "final norm + LM head in the C call, default 1; qsplit: LLMLAB_C_QSPLIT, team attention "
                          "by query heads, default 1; silu: LLMLAB_C_FAST_SILU, default 1; fq: LLMLAB_I8_FAST_QUANT, "
                          "the int8 input rounding in AVX2, default 1; f16: LLMLAB_I8_F16_SCALES, the blocks' fp16 "
-                         "scales read by the int8 kernel, default 0; row: LLMLAB_I8_ONE_ROW, batch 1's short path in "
+                         "scales read by the int8 kernel, default 1; row: LLMLAB_I8_ONE_ROW, batch 1's short path in "
                          "the AVX2 int8 kernel, default 1; a1: LLMLAB_C_ATTN_ONE, team mode's one-sequence attention "
-                         "entry, default 0)")
+                         "entry, default 1; av: LLMLAB_C_ATTN_VEC, the attention's scores 4 keys at a time and "
+                         "softmax on 8 lanes, default 1; sv: LLMLAB_C_SILU_VEC, SiLU*up on 8 lanes, default 1; "
+                         "nta: LLMLAB_I8_PF_NTA, batch 1's weight prefetch non-temporal, default 1)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds over the arms (order flipped each round)")
     ap.add_argument("--steps", type=int, default=32, help="timed steps per arm per round")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
@@ -178,7 +185,7 @@ def main() -> None:
     est = bw.estimate() if bw else {}
     summary, ratio = {}, {}
     for a, rs in runs.items():
-        opts = zip(("head", "qsplit", "silu", "fq", "f16", "row", "a1"), a[3:])
+        opts = zip(("head", "qsplit", "silu", "fq", "f16", "row", "a1", "av", "sv", "nta"), a[3:])
         name = f"{a[0]}t_team{a[1]}_int8{a[2]}" + "".join(f"_{k}{v}" for k, v in opts)
         med = {k: statistics.median(x[k] for x in rs) for k in ("step_ms", "products_ms", "nonproduct_ms")}
         med["steps_ms_rounds"] = [round(x["step_ms"], 4) for x in rs]

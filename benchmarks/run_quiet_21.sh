@@ -51,11 +51,12 @@ run roofline $T2 0 benchmarks/inference.py --roofline-only --quick  # measures e
 LLMLAB_PARALLEL_MACS=2000000 run roofline_macs2M $T2 0 benchmarks/inference.py --roofline-only --quick --no-llama-cpp
 # session 12: ours and llama.cpp at one thread each (only with LLAMACPP: ~1 minute)
 [ -n "${LLAMACPP:-}" ] && run roofline_1thread 1 0 benchmarks/inference.py --roofline-only --quick
-# session 13: where a batch-1 step's time goes (decode_overhead.py, ~40 s), int8: session 12's path (a region per
+# session 13: where a batch-1 step's time goes (decode_overhead.py, ~50 s), int8: session 12's path (a region per
 # product, the head in Python, scalar input rounding), session 13's last (no batch-1 short path in the int8
-# kernel), the defaults (session 14: + that short path), 1 thread; the bandwidth as the median of probes
+# kernel), session 14's last (+ that short path), the defaults (session 15: + attention's scores and softmax
+# and SiLU on 8 lanes, the non-temporal weight prefetch), 1 thread; the bandwidth as the median of probes
 # between the arms (session 14) and the old single read beside it (*_oldbw)
-run overhead $T2 1 benchmarks/decode_overhead.py --arms 2:0:1:0:0:0:0:0:0,2:1:1:1:1:1:1:0:0,2:1:1,1:1:1 --rounds 5 --steps 32
+run overhead $T2 1 benchmarks/decode_overhead.py --arms 2:0:1:0:0:0:0:0:0:0:0:0:0,2:1:1:1:1:1:1:0:0:0:0:0:0,2:1:1:1:1:1:1:0:1:0:0:0:0,2:1:1,1:1:1 --rounds 5 --steps 32
 run spec_int8_1thread 1 1 benchmarks/inference_features.py --only spec $FULL
 run spec_exact_1thread 1 0 benchmarks/inference_features.py --only spec $FULL  # full since session 10
 run spec_int8_2threads $T2 1 benchmarks/inference_features.py --only spec --quick

@@ -90,23 +90,45 @@ def test_paged_and_contiguous_layouts_give_the_same_bits():
 
 @pytest.mark.parametrize("D", [32, 64, 128])
 def test_avx2_path_gives_the_bits_of_the_plain_loops(D):
-    """Head sizes that are multiples of 32 take the AVX2 path (q.k as two 8-lane halves and one
-    tree, p.V with the outputs in registers); the same build's plain C loops give the same bits,
-    for whole sequences and Flash-Decoding chunks (split), with 1, 2 and 3 query heads per K/V head."""
+    """Head sizes that are multiples of 32 take the AVX2 path (level 1: q.k as two 8-lane halves and
+    one tree, p.V with the outputs in registers; level 2: the scores 4 keys at a time, the softmax's
+    max and e^x on 8 lanes, 4 heads' sums side by side); the same build's plain C loops give the
+    same bits, for whole sequences and Flash-Decoding chunks (split), with 1, 2, 3 and 5 query heads
+    per K/V head, key counts that are and are not multiples of 4 and 8, scores from small to ones
+    that reach e^x's clamp at -87 (q x 40), and a query with a NaN."""
     lib = attention.load()
     g = torch.Generator().manual_seed(D)
-    for H, Hkv in ((6, 2), (4, 2), (3, 3), (9, 3)):
-        kc, vc = torch.randn(400, Hkv, D, generator=g), torch.randn(400, Hkv, D, generator=g)
-        lens = [1, 40, 300]
-        slots = torch.randperm(400, generator=g)[:sum(lens)]
-        q = torch.randn(3, H, D, generator=g) * 2
-        offs = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
-        for split in (0, 64):
-            runs = []
-            for fast in (1, 0):
-                built = lib.llmlab_attention_fast(fast)
-                runs.append(attention.decode_attention(q, kc, vc, Hkv, Hkv * D, D, slots, offs, 1, split))
-            lib.llmlab_attention_fast(1)
-            if not built:
-                pytest.skip("the AVX2 path is not compiled in (no AVX2 + FMA)")
-            assert torch.equal(runs[0], runs[1]), (D, H, Hkv, split)
+    try:
+        for H, Hkv in ((6, 2), (4, 2), (3, 3), (9, 3), (5, 1)):
+            kc, vc = torch.randn(400, Hkv, D, generator=g), torch.randn(400, Hkv, D, generator=g)
+            lens = [1, 40, 300, 7, 13]
+            slots = torch.randperm(400, generator=g)[:sum(lens)]
+            offs = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+            for qscale in (2.0, 40.0):
+                q = torch.randn(len(lens), H, D, generator=g) * qscale
+                q[3, 0, 5] = float("nan")
+                for split in (0, 64):
+                    runs = []
+                    for fast in (2, 1, 0):
+                        built = lib.llmlab_attention_fast(fast)
+                        runs.append(attention.decode_attention(q, kc, vc, Hkv, Hkv * D, D, slots, offs, 1, split))
+                    if not built:
+                        pytest.skip("the AVX2 path is not compiled in (no AVX2 + FMA)")
+                    for r in runs[:2]:
+                        assert torch.equal(r.view(torch.int32), runs[2].view(torch.int32)), (D, H, Hkv, split, qscale)
+    finally:
+        lib.llmlab_attention_fast(attention.level())
+
+
+def test_vector_exp_is_the_scalar_exp():
+    """attention.c's 8-lane e^x (level 2's softmax) gives the scalar exp_neg's bits on x <= 0: a
+    dense grid over [-100, 0], the clamp at -87, -0, and 100,000 random values."""
+    lib = attention.load()
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.linspace(-100, 0, 200_001), -torch.rand(100_000, generator=g) * 90,
+                   torch.tensor([-0.0, 0.0, -87.0, -87.00001, -86.99999, -1e-30, -1e-45, -float("inf")])])
+    a, b = torch.empty_like(x), torch.empty_like(x)
+    if not lib.llmlab_attention_exp_check(x.data_ptr(), x.numel(), a.data_ptr(), b.data_ptr()):
+        pytest.skip("the AVX2 path is not compiled in (no AVX2 + FMA)")
+    assert torch.equal(a.view(torch.int32), b.view(torch.int32))
+    assert torch.allclose(a[:200_001], torch.exp(x[:200_001]).clamp_min(torch.exp(torch.tensor(-87.0))), rtol=1e-6)

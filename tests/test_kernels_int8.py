@@ -277,3 +277,22 @@ def test_one_row_short_path_gives_the_general_paths_bits(qtype, k):
             lib.llmlab_i8_set_one_row(kernel.one_row())
             assert torch.equal(got[0].view(torch.int32), got[1].view(torch.int32)), (name, threads)
             assert torch.equal(got[1], ref), (name, threads)
+
+
+@pytest.mark.parametrize("qtype,k", [("Q4_1", 576), ("Q8_0", 576)])
+def test_non_temporal_prefetch_keeps_the_bits(qtype, k):
+    """LLMLAB_I8_PF_NTA (batch 1's weight stream prefetched with prefetchnta) changes no value: on/off give
+    the reference bits on every build, fp32 and fp16 scales, 1 and 2 threads."""
+    rows = 41
+    w = _weight(qtype, rows, k, seed=13)
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(14))
+    ref = torch.empty(1, rows)
+    assert kernel.load_i8().llmlab_i8_matmul_reference(*ggml._args(w), x.data_ptr(), 1, ref.data_ptr())
+    for name, lib in _builds():
+        for threads in (1, 2):
+            for f16 in (False, True):
+                for on in (0, 1):
+                    lib.llmlab_i8_set_pf_nta(on)
+                    got = matmul_i8(x, w, threads, lib=lib, f16=f16)
+                    assert torch.equal(got, ref), (name, threads, f16, on)
+            lib.llmlab_i8_set_pf_nta(kernel.pf_nta())

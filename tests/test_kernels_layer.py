@@ -332,3 +332,37 @@ def test_team_attention_one_sequence_entry_keeps_the_bits(split, monkeypatch):
         assert bool(c_layer.Layers.of(fused(model)).fns(False)[3]) == (one == "1")  # the entry really in use
     ref, _ = _steps_at(model, 1, False, monkeypatch)
     assert torch.equal(out["1"], out["0"]) and torch.equal(out["1"], ref)
+
+
+@pytest.mark.parametrize("isa", _isas())
+def test_vector_silu_is_the_scalar_silu(isa):
+    """layer.c's 8-lane SiLU*up (`silu_vec`, LLMLAB_C_SILU_VEC) gives the scalar fast loop's bits: a dense
+    grid over [-100, 100] (past both clamps), random values, +-0, +-inf, NaN, the range's edges, lengths
+    that are not multiples of 8; on a build without AVX2 it is the scalar loop."""
+    lib = c_layer._open_library(isa)
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.linspace(-100, 100, 400_003), torch.randn(100_000, generator=g) * 6,
+                   torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 87.0, 87.00001, -88.0,
+                                 -88.0001, 1e-30, -1e-45])])
+    u = torch.randn(x.numel(), generator=g)
+    ref, got = torch.empty_like(x), torch.empty_like(x)
+    lib.llmlab_silu_check(x.data_ptr(), u.data_ptr(), ref.data_ptr(), x.numel(), 1)
+    for n in (x.numel(), 13):
+        lib.llmlab_silu_check(x.data_ptr(), u.data_ptr(), got.data_ptr(), n, 3)
+        assert torch.equal(got[:n].view(torch.int32), ref[:n].view(torch.int32))
+    close = torch.isfinite(ref) & (x.abs() < 80)
+    assert torch.allclose(ref[close], (torch.nn.functional.silu(x) * u)[close], rtol=1e-5, atol=1e-6)
+
+
+def test_team_and_one_thread_steps_keep_the_bits_with_vector_silu(monkeypatch):
+    """Decode steps with SiLU on 8 lanes (LLMLAB_C_SILU_VEC=1) give the bits of the scalar loop (=0), in
+    team mode (2 threads) and at 1 thread."""
+    model = _gqa3_model()
+    out = {}
+    for vec in ("0", "1"):
+        monkeypatch.setenv("LLMLAB_C_SILU_VEC", vec)
+        for threads in (1, 2):
+            out[vec, threads], teams = _steps_at(model, threads, True, monkeypatch)
+            assert all(teams) == (threads > 1)
+    assert torch.equal(out["1", 1], out["0", 1]) and torch.equal(out["1", 2], out["0", 2])
+    assert torch.equal(out["1", 2], out["1", 1])

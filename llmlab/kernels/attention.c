@@ -89,20 +89,123 @@ static void pv(const float *p, int64_t n, int64_t G, const float *v, const int64
         else pv_t(1, p + h * n, n, v, sl, s_pos, D, o + h * D);
     }
 }
-static int fast_on = 1;
+static int fast_on = 2;
 #define FAST(D) ((D) % 32 == 0 && fast_on)
+#define FAST2(D) ((D) % 32 == 0 && fast_on >= 2)
+
+#include "exp_poly.h"
+/* exp_poly.h's exp_neg on 8 lanes, the same bits: its operations as GCC -O3 with FMA contracts the
+ * scalar code (t - 0.5 = fma(x, log2e, -0.5); f = x - fe c1 - fe c2 as two fmas; the polynomial's
+ * Horner steps as fmas; y f f + f = fma(y f, f, f)); the clamp x < -87 ? -87 : x as max(-87, x)
+ * (which keeps x where x is NaN, as the compare does). tests/test_kernels_attention.py checks it
+ * against the scalar code over the whole range it is used on. */
+static inline __m256 exp_neg8(__m256 x) {
+    x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
+    __m256 fe = _mm256_cvtepi32_ps(_mm256_cvttps_epi32(
+        _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(-0.5f))));
+    return _mm256_mul_ps(exp_reduced8(x, fe), exp2i8(fe));
+}
+
+/* p[i] = scale * dot16(q, k_i) for keys [0, n) (k_i = k + sl[i] * s_pos), 4 keys at a time: the
+ * same two 8-lane accumulators per key as dot16 (q in the same order), then hsum8's tree for 4 keys
+ * at once (lo + hi; 128-bit halves added; a 4 x 4 transpose; (t0 + t2) + (t1 + t3)). */
+static void scores(const float *q, const float *k, const int64_t *sl, int64_t s_pos, int64_t n, int64_t D,
+                   float scale, float *p) {
+    int64_t i = 0;
+    const __m128 sc = _mm_set1_ps(scale);
+    for (; i + 4 <= n; i += 4) {
+        const float *k0 = k + sl[i] * s_pos, *k1 = k + sl[i + 1] * s_pos, *k2 = k + sl[i + 2] * s_pos,
+                    *k3 = k + sl[i + 3] * s_pos;
+        __m256 l0 = _mm256_setzero_ps(), l1 = l0, l2 = l0, l3 = l0, h0 = l0, h1 = l0, h2 = l0, h3 = l0;
+        for (int64_t d = 0; d < D; d += 16) {
+            __m256 qa = _mm256_loadu_ps(q + d), qb = _mm256_loadu_ps(q + d + 8);
+            l0 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k0 + d), l0), h0 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k0 + d + 8), h0);
+            l1 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k1 + d), l1), h1 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k1 + d + 8), h1);
+            l2 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k2 + d), l2), h2 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k2 + d + 8), h2);
+            l3 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k3 + d), l3), h3 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k3 + d + 8), h3);
+        }
+        l0 = _mm256_add_ps(l0, h0), l1 = _mm256_add_ps(l1, h1), l2 = _mm256_add_ps(l2, h2), l3 = _mm256_add_ps(l3, h3);
+        __m128 t0 = _mm_add_ps(_mm256_castps256_ps128(l0), _mm256_extractf128_ps(l0, 1));
+        __m128 t1 = _mm_add_ps(_mm256_castps256_ps128(l1), _mm256_extractf128_ps(l1, 1));
+        __m128 t2 = _mm_add_ps(_mm256_castps256_ps128(l2), _mm256_extractf128_ps(l2, 1));
+        __m128 t3 = _mm_add_ps(_mm256_castps256_ps128(l3), _mm256_extractf128_ps(l3, 1));
+        _MM_TRANSPOSE4_PS(t0, t1, t2, t3);
+        _mm_storeu_ps(p + i, _mm_mul_ps(sc, _mm_add_ps(_mm_add_ps(t0, t2), _mm_add_ps(t1, t3))));
+    }
+    for (; i < n; i++) p[i] = scale * dot16(q, k + sl[i] * s_pos, D);
+}
+
+/* C (1..4) heads' sums of p over keys in order, side by side (independent chains) */
+static inline __attribute__((always_inline)) void sums_t(const int C, const float *p, int64_t n, float *sum) {
+    float s[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int64_t i = 0; i < n; i++)
+        for (int h = 0; h < C; h++) s[h] += p[h * n + i];
+    for (int h = 0; h < C; h++) sum[h] = s[h];
+}
+
+/* The softmax of `whole` over nh heads' scores p (h * n + i), the same bits: the max over 8 lanes
+ * (a max is exact and the scalar's first-of-equals choice differs only between +0 and -0, which
+ * give the same x - max into e^x and so the same values), e^x on 8 lanes, each head's sum in key
+ * order (4 heads' chains side by side), then the scaling. */
+static void softmax_fast(float *p, int64_t n, int64_t nh) {
+    float sum[4];
+    for (int64_t h = 0; h < nh; h++) {
+        float *ph = p + h * n;
+        __m256 m8 = _mm256_set1_ps(-INFINITY);
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8) m8 = _mm256_max_ps(_mm256_loadu_ps(ph + i), m8);
+        float l[8], mx = -INFINITY;
+        _mm256_storeu_ps(l, m8);
+        for (int j = 0; j < 8; j++) mx = l[j] > mx ? l[j] : mx;
+        for (; i < n; i++) mx = ph[i] > mx ? ph[i] : mx;
+        const __m256 mv = _mm256_set1_ps(mx);
+        for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(ph + i, exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(ph + i), mv)));
+        for (; i < n; i++) ph[i] = exp_neg(ph[i] - mx);
+    }
+    for (int64_t h = 0; h < nh; h += 4) {
+        int64_t c = nh - h < 4 ? nh - h : 4;
+        if (c == 4) sums_t(4, p + h * n, n, sum);
+        else if (c == 3) sums_t(3, p + h * n, n, sum);
+        else if (c == 2) sums_t(2, p + h * n, n, sum);
+        else sums_t(1, p + h * n, n, sum);
+        for (int64_t j = 0; j < c; j++) {
+            float *ph = p + (h + j) * n, inv = 1.f / sum[j];
+            for (int64_t i = 0; i < n; i++) ph[i] *= inv;
+        }
+    }
+}
 #else
 #define FAST(D) 0
 #endif
 
-/* Exported: turn the AVX2 path off (0) or on (1); returns 1 where it is compiled in. For the test
- * that compares it with the plain C loops in the same build (tests/test_kernels_attention.py). */
+/* Exported: the AVX2 path off (0), on (1: q.k per key, p.V in registers) or on with the scores 4
+ * keys at a time and the softmax on 8 lanes (2, the default; LLMLAB_C_ATTN_VEC=0 gives 1); returns 1
+ * where it is compiled in. For the test that compares the levels with the plain C loops in the same
+ * build (tests/test_kernels_attention.py) and the A/B arms of benchmarks/decode_overhead.py. */
 int llmlab_attention_fast(int on) {
 #ifdef ATTN_AVX2
     fast_on = on;
     return 1;
 #else
     (void)on;
+    return 0;
+#endif
+}
+
+/* For the test: out_s[i] = exp_neg(x[i]) (the scalar code), out_v[i] the 8-lane exp_neg8 (a last
+ * partial group padded); returns 0 where the AVX2 path is not compiled in. */
+int llmlab_attention_exp_check(const float *x, int64_t n, float *out_s, float *out_v) {
+#ifdef ATTN_AVX2
+    for (int64_t i = 0; i < n; i++) out_s[i] = exp_neg(x[i]);
+    for (int64_t i = 0; i < n; i += 8) {
+        float t[8] = {0};
+        for (int64_t j = i; j < i + 8 && j < n; j++) t[j - i] = x[j];
+        _mm256_storeu_ps(t, exp_neg8(_mm256_loadu_ps(t)));
+        for (int64_t j = i; j < i + 8 && j < n; j++) out_v[j] = t[j - i];
+    }
+    return 1;
+#else
+    (void)x, (void)n, (void)out_s, (void)out_v;
     return 0;
 #endif
 }
@@ -127,6 +230,18 @@ static void whole(const float *qv, const float *k, const float *v, int64_t s_pos
     for (int64_t d = 0; d < nh * D; d++) o[d] = 0.f;
     float *p = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n * nh : 1));
     if (!p || n <= 0) { free(p); return; }
+#ifdef ATTN_AVX2
+    if (FAST2(D)) {  /* the same scores and softmax, 4 keys / 8 lanes at a time (level 2) */
+        for (int64_t g = g0; g < g1; g++)
+            for (int64_t h = (g - g0) * G; h < (g - g0 + 1) * G; h++)
+                scores(qv + h * D, k + g * s_head, sl, s_pos, n, D, scale, p + h * n);
+        softmax_fast(p, n, nh);
+        for (int64_t g = g0; g < g1; g++)
+            pv(p + (g - g0) * G * n, n, G, v + g * s_head, sl, s_pos, D, o + (g - g0) * G * D);
+        free(p);
+        return;
+    }
+#endif
     for (int64_t i = 0; i < n; i++)
         for (int64_t g = g0; g < g1; g++) {
             const float *kk = k + sl[i] * s_pos + g * s_head;

@@ -8,6 +8,7 @@ torch's `enable_gqa`; tested against F.scaled_dot_product_attention.
 from __future__ import annotations
 
 import ctypes
+import os
 from pathlib import Path
 
 import torch
@@ -30,7 +31,16 @@ def _open_library():
     lib.llmlab_decode_attention_one.restype = None
     lib.llmlab_attention_fast.argtypes = [ctypes.c_int]  # the AVX2 path off/on (its test); 0: not built
     lib.llmlab_attention_fast.restype = ctypes.c_int
+    lib.llmlab_attention_exp_check.argtypes = [p, i64, p, p]  # its test: the 8-lane e^x = the scalar one
+    lib.llmlab_attention_exp_check.restype = ctypes.c_int
+    lib.llmlab_attention_fast(level())
     return lib
+
+
+def level() -> int:
+    """The AVX2 path's level where it is compiled in: 2 (default), the scores 4 keys at a time and the
+    softmax on 8 lanes; 1 with LLMLAB_C_ATTN_VEC=0 (session 14's path, the A/B arm). The same bits."""
+    return 2 if os.environ.get("LLMLAB_C_ATTN_VEC", "1") not in ("", "0") else 1
 
 
 def load():

@@ -143,6 +143,9 @@ def open_i8(arch: str | None = None):
     lib.llmlab_i8_set_one_row.argtypes = [c_int]
     lib.llmlab_i8_set_one_row.restype = None
     lib.llmlab_i8_set_one_row(one_row())
+    lib.llmlab_i8_set_pf_nta.argtypes = [c_int]
+    lib.llmlab_i8_set_pf_nta.restype = None
+    lib.llmlab_i8_set_pf_nta(pf_nta())
     return lib
 
 
@@ -158,3 +161,10 @@ def one_row() -> int:
     (LLMLAB_I8_ONE_ROW, default on; the same bits either way)? Read when a library opens;
     `llmlab_i8_set_one_row` switches an open one (benchmarks/decode_overhead.py's arms)."""
     return int(os.environ.get("LLMLAB_I8_ONE_ROW", "1") not in ("", "0"))
+
+
+def pf_nta() -> int:
+    """Does batch 1's weight stream in `ggml_i8.c`'s AVX2 build prefetch non-temporally (prefetchnta,
+    LLMLAB_I8_PF_NTA, default on; the same values either way: a prefetch changes no result)? Read when a
+    library opens; `llmlab_i8_set_pf_nta` switches an open one (benchmarks/decode_overhead.py's arms)."""
+    return int(os.environ.get("LLMLAB_I8_PF_NTA", "1") not in ("", "0"))

@@ -210,10 +210,10 @@ F16S = 16  # ggml_i8.c's fmt flag: d and m are fp16
 
 def f16_scales() -> bool:
     """Does the int8 kernel read the blocks' scales as fp16 where that is exact (`QuantWeight.half_scales`;
-    LLMLAB_I8_F16_SCALES=1)? Same bits either way; 17 % fewer bytes a Q4_1 block. Default off: on the
-    quiet AVX2 EPYC it took 2.0 % off a 2-thread int8 step (rule: >= 2 %) and added 1.0 % at 1 thread
-    (docs/LOG.md, session 14): the products there are bound by the cores' work per block, not the bytes."""
-    return os.environ.get("LLMLAB_I8_F16_SCALES", "0") not in ("", "0")
+    LLMLAB_I8_F16_SCALES, default on; 0 reads fp32 copies)? Same bits either way; 17 % fewer bytes a Q4_1
+    block. On the quiet AVX2 EPYC: -2.0 % of a 2-thread int8 step in session 14 (its rule >= 2 %: then off),
+    -4.1 % (and -1.2 % at 1 thread) on session 15's defaults (non-temporal prefetch; docs/LOG.md)."""
+    return os.environ.get("LLMLAB_I8_F16_SCALES", "1") not in ("", "0")
 
 
 def _args(w: QuantWeight) -> tuple:

@@ -128,6 +128,11 @@ void llmlab_i8_set_fast_quant(int on) { fast_quant = on; }
  * A/B arm of benchmarks/decode_overhead.py, LLMLAB_I8_ONE_ROW=0). The same bits either way. */
 static int one_row_fast = 1;
 void llmlab_i8_set_one_row(int on) { one_row_fast = on; }
+/* batch 1's weight stream prefetched non-temporally (prefetchnta instead of prefetcht0; default on,
+ * LLMLAB_I8_PF_NTA=0 off): the ~100 MB a step streams through once then displaces less of what the
+ * step reuses (the KV cache, activations, the Python around the call). Changes no value. */
+static int pf_nta = 1;
+void llmlab_i8_set_pf_nta(int on) { pf_nta = on; }
 
 /* Round one input row to int8 blocks; xq is laid out for the weight format: fmt 4 keeps, per group
  * of 4 blocks, the 4 low halves (x_0..15 of each block) then the 4 high halves; fmt 8 is plain.
@@ -412,7 +417,14 @@ AI_I8 void many_t(const int fmt, const int H, const int NX, const uint8_t *qs, c
         if (H) d8 = _mm256_castps128_ps256(nbg == 4 ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)hp))
                                                     : _mm_setr_ps(_cvtsh_ss(hp[0]), nbg > 1 ? _cvtsh_ss(hp[1]) : 0.f,
                                                                   nbg > 2 ? _cvtsh_ss(hp[2]) : 0.f, 0.f));
-        if (NX == 1) { /* batch 1 streams the weights: ask for the bytes PF_BYTES ahead (see PF_BYTES) */
+        if (NX == 1 && pf_nta) { /* the same, non-temporal (LLMLAB_I8_PF_NTA): the stream displaces less */
+            __builtin_prefetch(w + PF_BYTES, 0, 0);
+            if (fmt == 8) {
+                __builtin_prefetch(w + PF_BYTES + 64, 0, 0);
+                if (H) __builtin_prefetch(hp + PF_BYTES / 32, 0, 0);
+                else __builtin_prefetch(dp + PF_BYTES / 32, 0, 0);
+            }
+        } else if (NX == 1) { /* batch 1 streams the weights: ask for the bytes PF_BYTES ahead (see PF_BYTES) */
             __builtin_prefetch(w + PF_BYTES, 0, 3);
             if (fmt == 8) {
                 __builtin_prefetch(w + PF_BYTES + 64, 0, 3);

@@ -35,6 +35,8 @@ def _open_library(arch: str | None = None):
     lib.llmlab_decode_layers.restype = ctypes.c_int
     lib.llmlab_omp_probe.argtypes = [ctypes.c_int, i64, ctypes.c_double, p]
     lib.llmlab_omp_probe.restype = None
+    lib.llmlab_silu_check.argtypes = [p, p, p, i64, ctypes.c_int]  # its test: the 8-lane SiLU = the scalar one
+    lib.llmlab_silu_check.restype = ctypes.c_int
     return lib
 
 
@@ -67,11 +69,18 @@ def fast_silu() -> bool:
     return os.environ.get("LLMLAB_C_FAST_SILU", "1") not in ("", "0")
 
 
+def silu_vec() -> bool:
+    """With `fast_silu`: SiLU*up on 8 lanes where AVX2 is built in (LLMLAB_C_SILU_VEC, default on; the same
+    bits as the scalar loop, layer.c's `silu_vec`)."""
+    return os.environ.get("LLMLAB_C_SILU_VEC", "1") not in ("", "0")
+
+
 def attention_one() -> bool:
     """Does team mode call the one-sequence attention entry (`llmlab_decode_attention_one`: no work
     lists, mallocs or nested region a call; the same bits) rather than `llmlab_decode_attention`
-    (LLMLAB_C_ATTN_ONE=1)? Default off: -0.9 % of a quiet 2-thread int8 step, its rule >= 1 % (docs/LOG.md)."""
-    return os.environ.get("LLMLAB_C_ATTN_ONE", "0") not in ("", "0")
+    (LLMLAB_C_ATTN_ONE, default on; 0: the general entry)? -0.9 % of a quiet 2-thread int8 step in session 14
+    (its rule >= 1 %: then off), -1.6 % on session 15's defaults (docs/LOG.md)."""
+    return os.environ.get("LLMLAB_C_ATTN_ONE", "1") not in ("", "0")
 
 
 def head_in_c() -> bool:
@@ -211,7 +220,8 @@ class Layers:
                                       ggml.PARALLEL_MACS_INT8, c_attention.SPLIT,
                                       None if self.profile is None else self.profile.data_ptr(),
                                       None if layer_seconds is None else layer_seconds.data_ptr(),
-                                      int(team_mode(M, max(key))) | query_split() << 1 | fast_silu() << 2,
+                                      int(team_mode(M, max(key))) | query_split() << 1 | fast_silu() << 2
+                                      | silu_vec() << 3,
                                       None if head is None else head_row.data_ptr(),
                                       hfns.data_ptr(), None if head is None else head[0].data_ptr(),
                                       None if head is None else head[1].data_ptr())
