@@ -85,7 +85,7 @@ def iter_file_blocks(paths: Iterable[str | Path], block_bytes: int = 1 << 20, pr
                         block += rest
                         bar.update(len(block.encode("utf-8")))
                         yield from block.splitlines(keepends=True)
-            except UnicodeDecodeError as e:
+            except UnicodeDecodeError:
                 raise not_utf8(p, "training file ") from None
             except OSError as e:
                 raise UserError(f"cannot read training file {p}: {e}") from None
