@@ -144,3 +144,17 @@ def test_validation_split_is_the_last_training_digits(init_bench):
     assert len(val.images) == 257 and len(train.images) + 257 == len(full.images)
     assert torch.equal(val.images, full.images[-257:]) and torch.equal(train.images, full.images[:-257])
     assert len(full.images) + len(test.images) == 1797  # the validation digits come from train only
+
+
+def test_bootstrap_interval_and_paired_differences_by_hand(bench):
+    assert bench.bootstrap_ratio([0.5, 0.5, 0.5], [1.0, 1.0, 1.0], draws=50) == (0.5, 0.5)
+    lo, hi = bench.bootstrap_ratio([0.6, 0.8, 0.7, 0.9], [0.8, 0.7, 0.9, 0.6], draws=2000)
+    assert lo < 3.0 / 3.0 < hi and lo >= 0.6 / 0.9 and hi <= 0.9 / 0.6
+    assert bench.bootstrap_ratio([0.6, 0.8], [0.7, 0.9], draws=200, seed=3) == \
+        bench.bootstrap_ratio([0.6, 0.8], [0.7, 0.9], draws=200, seed=3)  # seeded
+    new, old = _rows([0.7, 0.8, 0.7], [0.8, 0.7, 0.9]), _rows([0.6, 0.8, 0.8], [0.8, 0.7, 0.9])
+    got = bench.paired_against(new, old)
+    assert got["peer"] == {"mean_diff": 0.0, "diff_se": 0.0, "same": 3, "ahead": 0}
+    assert got["ours"]["mean_diff"] == 0.0 and got["ours"]["same"] == 1 and got["ours"]["ahead"] == 1
+    assert got["ours"]["diff_se"] == round(statistics.stdev([0.1, 0.0, -0.1]) / math.sqrt(3), 4)
+    assert "zero_shot_boot95" in bench.summarise(new)
