@@ -1,6 +1,6 @@
 """Our tiny CLIP's initialisation and weight-decay groups, chosen on validation digits (never the test digits).
 
-    python benchmarks/multimodal_init.py --quick     # 60 steps, seed 100, every arm (about a minute)
+    python benchmarks/multimodal_init.py --quick     # 40 steps, seed 100, every arm (3 x 40 steps: the 2 x 60 of session 14)
     python benchmarks/multimodal_init.py --steps 300 --seeds 100-199 --per_seed_dir runs/zs15/val  # session 15
 
 `clip_zero_shot` (benchmarks/multimodal.py, each library's own init) was 0.947 +- 0.023 over 48 seeds in
@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--per_seed_dir", default="", help="DIR/seed_S.json per finished seed; reused on a rerun")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    steps = args.steps or (60 if args.quick else 300)
+    steps = args.steps or (40 if args.quick else 300)
     seeds = parse_seeds(args.seeds) if args.seeds else [100]
     arms = args.arms.split(",")
     if arms[0] != "ours" or len(arms) < 2 or any(a not in ARMS for a in arms):
