@@ -1,6 +1,6 @@
 """Our tiny CLIP's initialisation and weight-decay groups, chosen on validation digits (never the test digits).
 
-    python benchmarks/multimodal_init.py --quick     # 40 steps, seed 100, every arm (3 x 40 steps: the 2 x 60 of session 14)
+    python benchmarks/multimodal_init.py --quick     # 40 steps, seed 100, every arm (3 x 40: session 14's 2 x 60)
     python benchmarks/multimodal_init.py --steps 300 --seeds 100-199 --per_seed_dir runs/zs15/val  # session 15
 
 `clip_zero_shot` (benchmarks/multimodal.py, each library's own init) was 0.947 +- 0.023 over 48 seeds in
