@@ -4,6 +4,7 @@
     python benchmarks/multimodal.py --quick    # 120 steps x 32 pairs, seed 0 (about a minute on a free core)
     python benchmarks/multimodal.py --same_init  # ours starts from open_clip's initial weights
     python benchmarks/multimodal.py --steps 300 --seeds 0-47 --per_seed_dir runs/zs14  # session 14's run
+    python benchmarks/multimodal.py --steps 300 --seeds 0-47 --per_seed_dir runs/zs15/s300 --against runs/zs14/s300
 
 Data: scikit-learn digits (8x8, repeated to 3 channels because open_clip's patch embedding takes RGB),
 its seeded 70/30 split; captions from training templates ("a handwritten digit three", ...).
@@ -17,16 +18,19 @@ training, both models scored by the same code. Last line one JSON object, ratios
 (higher is better). `ratio.clip_zero_shot` is the ratio of the mean zero-shot accuracies over the
 seeds (session 14: the accuracy swings 0.6-0.9 with the initial draw, so the mean over many seeds is
 the estimate of each library's expected accuracy; `zero_shot_se` is its delta-method standard error
-over seeds). `ratio.clip_img_s` is the median per-seed ratio (the two sides are timed in alternating
-chunks within a seed, so the per-seed ratio cancels the load). `ratio_median_per_seed` and
+over seeds, `zero_shot_boot95` its 95 % bootstrap interval over seeds). `ratio.clip_img_s` is the
+median per-seed ratio (the two sides are timed in alternating chunks within a seed, so the per-seed
+ratio cancels the load). `ratio_median_per_seed` and
 `ratio_of_means` give both statistics for both keys; `ours`/`peer` are medians over seeds.
 `--per_seed_dir DIR` writes DIR/seed_S.json after each seed and reuses it on a rerun (a stop loses
-nothing; rerunning the same command with every seed done only prints the summary).
+nothing; rerunning the same command with every seed done only prints the summary). `--against DIR`
+adds each side's seed-by-seed difference from another run of the same seeds (e.g. a changed init).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 from pathlib import Path
@@ -118,6 +122,29 @@ def ratio_of_means_se(ours: list[float], peer: list[float]) -> tuple[float, floa
     return r, se
 
 
+def bootstrap_ratio(ours: list[float], peer: list[float], draws: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of the ratio of means, resampling seeds (pairs) with replacement."""
+    rng, n = random.Random(seed), len(ours)
+    stats = []
+    for _ in range(draws):
+        pick = [rng.randrange(n) for _ in range(n)]
+        stats.append(sum(ours[i] for i in pick) / sum(peer[i] for i in pick))
+    stats.sort()
+    return stats[int(0.025 * draws)], stats[int(0.975 * draws) - 1]
+
+
+def paired_against(rows: dict[str, list[dict]], other: dict[str, list[dict]]) -> dict:
+    """Seed-by-seed zero-shot differences of this run from another run of the same seeds (`--against`):
+    each side's mean difference with its s.e. over seeds, and how many seeds give exactly the same accuracy."""
+    out = {}
+    for side in ("ours", "peer"):
+        d = [a["clip_zero_shot"] - b["clip_zero_shot"] for a, b in zip(rows[side], other[side])]
+        se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+        out[side] = {"mean_diff": round(statistics.fmean(d), 4), "diff_se": round(se, 4),
+                     "same": sum(x == 0 for x in d), "ahead": sum(x > 0 for x in d)}
+    return out
+
+
 def summarise(rows: dict[str, list[dict]]) -> dict:
     """The summary fields of the last JSON line from per-seed rows {"ours": [...], "peer": [...]}."""
     med = {side: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for side, rs in rows.items()}
@@ -125,12 +152,14 @@ def summarise(rows: dict[str, list[dict]]) -> dict:
     per_seed = {k: [o[k] / p[k] if p[k] else float("nan") for o, p in zip(rows["ours"], rows["peer"])] for k in keys}
     by_median = {k: statistics.median(per_seed[k]) for k in keys}
     of_means = {k: ratio_of_means_se([o[k] for o in rows["ours"]], [p[k] for p in rows["peer"]]) for k in keys}
+    boot = bootstrap_ratio([o["clip_zero_shot"] for o in rows["ours"]], [p["clip_zero_shot"] for p in rows["peer"]])
     return {"ours": {k: round(v, 4) for k, v in med["ours"].items()},
             "peer": {k: round(v, 4) for k, v in med["peer"].items()},
             "ratio_per_seed": {k: [round(v, 4) for v in vs] for k, vs in per_seed.items()},
             "ratio_median_per_seed": {k: round(v, 4) for k, v in by_median.items()},
             "ratio_of_means": {k: round(v[0], 4) for k, v in of_means.items()},
             "zero_shot_se": round(of_means["clip_zero_shot"][1], 4),
+            "zero_shot_boot95": [round(v, 4) for v in boot],
             "ratio": {"clip_img_s": round(by_median["clip_img_s"], 4),
                       "clip_zero_shot": round(of_means["clip_zero_shot"][0], 4)}}
 
@@ -146,15 +175,19 @@ def markdown_table(seeds: list[int], rows: dict[str, list[dict]]) -> str:
     return "\n".join(out)
 
 
+def saved_seed(path: Path, cfg: dict) -> tuple[dict, dict]:
+    saved = json.loads(path.read_text())
+    if saved["config"] != cfg:
+        raise SystemExit(f"{path} was run with {saved['config']}, not {cfg}; use another --per_seed_dir")
+    return saved["ours"], saved["peer"]
+
+
 def seed_rows(open_clip, seed: int, args, steps: int, batch: int) -> tuple[dict, dict]:
     """One seed's (ours, peer), read from --per_seed_dir when already there, else run (and saved)."""
     path = Path(args.per_seed_dir) / f"seed_{seed}.json" if args.per_seed_dir else None
     cfg = {"steps": steps, "batch": batch, "same_init": args.same_init}
     if path is not None and path.exists():
-        saved = json.loads(path.read_text())
-        if saved["config"] != cfg:
-            raise SystemExit(f"{path} was run with {saved['config']}, not {cfg}; use another --per_seed_dir")
-        return saved["ours"], saved["peer"]
+        return saved_seed(path, cfg)
     o, p = run_seed(open_clip, seed, steps, batch, chunk=20, same_init=args.same_init)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +204,8 @@ def main() -> None:
                     help="ours starts from open_clip's initial weights (each library's own init otherwise)")
     ap.add_argument("--per_seed_dir", default="", help="save each seed's figures as DIR/seed_S.json; reuse them")
     ap.add_argument("--table", action="store_true", help="print the per-seed markdown table before the JSON line")
+    ap.add_argument("--against", default="", help="another run's --per_seed_dir with the same seeds and protocol: "
+                    "add each side's seed-by-seed zero-shot difference from it (its files must all be there)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     steps = args.steps or (120 if args.quick else 600)
@@ -184,6 +219,11 @@ def main() -> None:
         rows["peer"].append(p)
         print(f"seed {seed}: ours {o}  open_clip {p}", file=sys.stderr, flush=True)
     summary = summarise(rows)
+    if args.against:
+        cfg = {"steps": steps, "batch": batch, "same_init": args.same_init}
+        pairs = [saved_seed(Path(args.against) / f"seed_{seed}.json", cfg) for seed in seeds]
+        summary["against"] = {"dir": args.against, **paired_against(rows, {"ours": [o for o, _ in pairs],
+                                                                            "peer": [p for _, p in pairs]})}
     if args.table:
         print(markdown_table(seeds, rows))
     print(f"{'metric':<16}{'ours':>12}{'open_clip':>12}   (medians over seeds)")

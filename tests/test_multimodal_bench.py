@@ -95,27 +95,40 @@ def init_bench():
             sys.modules.pop(name)
 
 
-def test_open_clip_biases_draws_the_two_bias_sets_as_open_clip_does(init_bench):
-    from llmlab.multimodal.reference import import_references
-    from llmlab.multimodal.train import build_model
+def test_arms_skip_decay_where_open_clip_does(init_bench):
+    """The validation arms' weight-decay groups against open_clip's own rules on its own model (the
+    benchmark's config, names matched through the weights `open_clip_to_ours` maps): `ours` decays what
+    has >= 2 dims; `cls_no_decay` what open_clip_train/main.py's exclude lambda decays (up to 3.3);
+    `open_clip_no_decay` what its current rule decays (1-D tensors and `no_weight_decay()` skip)."""
+    from llmlab.multimodal.reference import import_references, open_clip_to_ours
+    from llmlab.multimodal.train import build_model, param_groups
     _timm, open_clip = import_references()
     cfg, _train, _val = init_bench.bench_config(0, 10, 8, validation=init_bench.VALIDATION)
-    ours = build_model(cfg)
-    before = {k: v.clone() for k, v in ours.state_dict().items()}
-    init_bench.open_clip_biases(ours)
-    changed = {k for k, v in ours.state_dict().items() if not torch.equal(v, before[k])}
-    assert changed == {f"text.blocks.{i}.mlp.fc{j}.bias" for i in range(2) for j in (1, 2)} | \
-        {f"visual.blocks.{i}.attn.proj.bias" for i in range(2)}
-    peer = bench_peer(open_clip)
-    for i in range(2):
-        pv, ov = peer.visual.transformer.resblocks[i], ours.visual.blocks[i]
-        assert not pv.attn.out_proj.bias.any() and not ov.attn.proj.bias.any()  # zero on both sides
-        pt, ot = peer.transformer.resblocks[i], ours.text.blocks[i]
-        for theirs, mine in ((pt.mlp.c_fc, ot.mlp.fc1), (pt.mlp.c_proj, ot.mlp.fc2)):
-            bound = mine.in_features ** -0.5
-            assert theirs.in_features == mine.in_features  # the same U(-bound, bound)
-            for b in (theirs.bias, mine.bias):
-                assert b.abs().max() <= bound and b.abs().max() > bound / 2 and b.std() > bound / 4
+    ours, peer = build_model(cfg), bench_peer(open_clip)
+    mapped = open_clip_to_ours(dict(peer.named_parameters()), 2)  # our name -> a view of open_clip's tensor
+    theirs = {id(p): n for n, p in peer.named_parameters()}
+    ptr = {p.data_ptr(): theirs[id(p)] for p in peer.parameters()}
+    name_of = {ours_name: ptr[t.data_ptr()] for ours_name, t in mapped.items()}  # our name -> open_clip's
+    legacy = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731
+    current = lambda n, p: p.ndim <= 1 or n in peer.no_weight_decay()  # noqa: E731
+    assert peer.no_weight_decay() >= {"positional_embedding", "visual.positional_embedding", "visual.class_embedding"}
+    peer_params = dict(peer.named_parameters())
+    for arm, rule in (("cls_no_decay", legacy), ("open_clip_no_decay", current)):
+        decayed = {id(p) for p in param_groups(ours, 0.05, no_decay=init_bench.ARMS[arm])[0]["params"]}
+        mine = {n for n, p in ours.named_parameters() if id(p) in decayed}
+        assert {name_of[n] for n in mine} == {n for n, p in peer_params.items() if not rule(n, p)}, arm
+    default = {id(p) for p in param_groups(ours, 0.05)[0]["params"]}
+    assert {n for n, p in ours.named_parameters() if id(p) in default} == \
+        {n for n, p in ours.named_parameters() if p.dim() >= 2} >= set(init_bench.ARMS["open_clip_no_decay"])
+    assert "visual.cls_token" in name_of and name_of["visual.cls_token"] == "visual.class_embedding"
+
+
+def test_init_summary_by_hand(init_bench):
+    rows = [{"ours": {"val_zero_shot": o}, "cls_no_decay": {"val_zero_shot": c}} for o, c in ((0.5, 0.6), (0.7, 0.6))]
+    s = init_bench.summarise(rows, ["ours", "cls_no_decay"])
+    assert s["means"] == {"ours": 0.6, "cls_no_decay": 0.6} and s["diff"] == {"cls_no_decay": 0.0}
+    assert s["diff_se"] == {"cls_no_decay": 0.1} and s["ahead"] == {"cls_no_decay": 1}
+    assert s["peer_arm"] == "cls_no_decay" and s["ratio"] == {"val_zero_shot": 1.0}
 
 
 def bench_peer(open_clip):
@@ -131,3 +144,17 @@ def test_validation_split_is_the_last_training_digits(init_bench):
     assert len(val.images) == 257 and len(train.images) + 257 == len(full.images)
     assert torch.equal(val.images, full.images[-257:]) and torch.equal(train.images, full.images[:-257])
     assert len(full.images) + len(test.images) == 1797  # the validation digits come from train only
+
+
+def test_bootstrap_interval_and_paired_differences_by_hand(bench):
+    assert bench.bootstrap_ratio([0.5, 0.5, 0.5], [1.0, 1.0, 1.0], draws=50) == (0.5, 0.5)
+    lo, hi = bench.bootstrap_ratio([0.6, 0.8, 0.7, 0.9], [0.8, 0.7, 0.9, 0.6], draws=2000)
+    assert lo < 3.0 / 3.0 < hi and lo >= 0.6 / 0.9 and hi <= 0.9 / 0.6
+    assert bench.bootstrap_ratio([0.6, 0.8], [0.7, 0.9], draws=200, seed=3) == \
+        bench.bootstrap_ratio([0.6, 0.8], [0.7, 0.9], draws=200, seed=3)  # seeded
+    new, old = _rows([0.7, 0.8, 0.7], [0.8, 0.7, 0.9]), _rows([0.6, 0.8, 0.8], [0.8, 0.7, 0.9])
+    got = bench.paired_against(new, old)
+    assert got["peer"] == {"mean_diff": 0.0, "diff_se": 0.0, "same": 3, "ahead": 0}
+    assert got["ours"]["mean_diff"] == 0.0 and got["ours"]["same"] == 1 and got["ours"]["ahead"] == 1
+    assert got["ours"]["diff_se"] == round(statistics.stdev([0.1, 0.0, -0.1]) / math.sqrt(3), 4)
+    assert "zero_shot_boot95" in bench.summarise(new)

@@ -104,7 +104,7 @@ def clip_init(model: CLIP) -> None:
     """CLIP's initialisation (Radford et al. 2021, as in open_clip): class token and positions
     ~ N(0, width^-1/2); text blocks attn ~ N(0, w^-1/2), output projections ~ N(0, w^-1/2 (2L)^-1/2),
     MLP input ~ N(0, (2w)^-1/2); vision attention input Xavier-uniform, other vision linears
-    PyTorch's default. timm's N(0, 0.02) suits wide ViTs; at width 64 it leaves the blocks near
+    PyTorch's default; biases as open_clip draws them (`open_clip_bias_draw`). timm's N(0, 0.02) suits wide ViTs; at width 64 it leaves the blocks near
     the identity and training starts several times slower (docs/LOG.md)."""
     vis, txt = model.visual, model.text
     w = vis.config.embed_dim
@@ -124,6 +124,23 @@ def clip_init(model: CLIP) -> None:
         nn.init.normal_(blk.attn.proj.weight, std=proj_std)
         nn.init.normal_(blk.mlp.fc1.weight, std=fc_std)
         nn.init.normal_(blk.mlp.fc2.weight, std=proj_std)
+    open_clip_bias_draw(model)
+
+
+def open_clip_bias_draw(model: CLIP) -> None:
+    """The biases as open_clip draws them: text MLP biases (c_fc, c_proj) keep nn.Linear's default
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the image attention output bias is zero
+    (nn.MultiheadAttention's reset). Drawn last, after every other tensor, in this order (text
+    block 0 fc1, fc2, block 1 ...), exactly the draw session 14 chose on validation digits only
+    (`benchmarks/multimodal_init.py`: +0.008, s.e. 0.009, over 32 seeds; docs/LOG.md). The vision
+    attention output bias was drawn by reset_parameters above; zeroing it keeps the random stream."""
+    with torch.no_grad():
+        for blk in model.text.blocks:
+            for lin in (blk.mlp.fc1, blk.mlp.fc2):
+                bound = lin.in_features ** -0.5
+                nn.init.uniform_(lin.bias, -bound, bound)
+        for blk in model.visual.blocks:
+            nn.init.zeros_(blk.attn.proj.bias)
 
 
 def contrastive_loss(out: tuple, targets: torch.Tensor | None = None) -> torch.Tensor:

@@ -99,9 +99,10 @@ def caption_sampler(ds: mmdata.ImageSet, rng: random.Random, templates: str = "b
     return lambda idx: [ds.captions[i] for i in idx]
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
-    rest = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
+def param_groups(model: torch.nn.Module, weight_decay: float, no_decay: tuple[str, ...] = ()) -> list[dict]:
+    """Tensors of >= 2 dims decay, except those named in `no_decay`; norms, biases and the temperature do not."""
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2 and n not in no_decay]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and (p.dim() < 2 or n in no_decay)]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
