@@ -17,7 +17,7 @@ import json
 import random
 from pathlib import Path
 
-from llmlab.data.packages import idiom_table, iter_jsonl
+from llmlab.data.packages import idiom_table, iter_jsonl, read_jsonl  # noqa: F401  (read_jsonl: this module's reader, re-exported)
 from llmlab.errors import UserError
 from llmlab.log import get_logger
 
