@@ -258,16 +258,21 @@ def test_fp16_scales_only_where_exact():
     assert w.half_scales() is not None and ggml.args_i8(w, True)[0] == 4 | ggml.F16S
 
 
+def _case_with_reference(qtype: str, rows: int, k: int, n: int, seed: int):
+    """A random weight of `rows` x k in qtype, n input rows, and the C reference's product (its own order)."""
+    w = _weight(qtype, rows, k, seed=seed)
+    x = torch.randn(n, k, generator=torch.Generator().manual_seed(seed + 1))
+    ref = torch.empty(n, rows)
+    assert kernel.load_i8().llmlab_i8_matmul_reference(*ggml._args(w), x.data_ptr(), n, ref.data_ptr())
+    return w, x, ref
+
+
 @pytest.mark.parametrize("qtype,k", [("Q4_1", 576), ("Q4_0", 1536), ("Q8_0", 576), ("Q8_0", 160), ("Q4_1", 96)])
 def test_one_row_short_path_gives_the_general_paths_bits(qtype, k):
     """LLMLAB_I8_ONE_ROW's batch-1 short path (full groups of 4 blocks, the scales d * dx as one 4-lane product
     permuted to their lanes) against the general path and the reference order, on every build, 1 and 2 threads;
     k = 576 (4 full groups + 2 blocks), 1536 (12 full), 160 (1 full + 1), 96 (no full group)."""
-    rows = 37
-    w = _weight(qtype, rows, k, seed=11)
-    x = torch.randn(3, k, generator=torch.Generator().manual_seed(12))
-    ref = torch.empty(3, rows)
-    assert kernel.load_i8().llmlab_i8_matmul_reference(*ggml._args(w), x.data_ptr(), 3, ref.data_ptr())
+    w, x, ref = _case_with_reference(qtype, 37, k, 3, seed=11)
     for name, lib in _builds():
         for threads in (1, 2):
             got = {}
@@ -283,11 +288,7 @@ def test_one_row_short_path_gives_the_general_paths_bits(qtype, k):
 def test_non_temporal_prefetch_keeps_the_bits(qtype, k):
     """LLMLAB_I8_PF_NTA (batch 1's weight stream prefetched with prefetchnta) changes no value: on/off give
     the reference bits on every build, fp32 and fp16 scales, 1 and 2 threads."""
-    rows = 41
-    w = _weight(qtype, rows, k, seed=13)
-    x = torch.randn(1, k, generator=torch.Generator().manual_seed(14))
-    ref = torch.empty(1, rows)
-    assert kernel.load_i8().llmlab_i8_matmul_reference(*ggml._args(w), x.data_ptr(), 1, ref.data_ptr())
+    w, x, ref = _case_with_reference(qtype, 41, k, 1, seed=13)
     for name, lib in _builds():
         for threads in (1, 2):
             for f16 in (False, True):
