@@ -1,4 +1,5 @@
 """Loaders, chunking, the persistent index (incremental add/update/delete, crash safety), citations."""
+import hashlib
 import os
 import signal
 import sqlite3
@@ -11,6 +12,7 @@ import pytest
 from llmlab.errors import UserError
 from llmlab.rag import chunking
 from llmlab.rag.answer import add_citations
+from llmlab.rag.bm25 import tokenize
 from llmlab.rag.index import Hit, RagIndex
 from llmlab.rag.loaders import Document, load_paths
 
@@ -174,8 +176,8 @@ def test_citations_kept_checked_or_attributed():
 
 
 def test_cli_delete_names_sources_not_in_the_index(tmp_path, capsys):
-    """`rag delete` with a path the index does not hold (another spelling of it: sources are named as
-    they were given to `rag index`) says so, and shows how the index names its sources."""
+    """`rag delete` with a name the index does not hold (these sources are no existing files, so they
+    are named as they were given to `rag index`) says so, and shows how the index names its sources."""
     from llmlab.cli import main
     with RagIndex(tmp_path / "ix", create=True, chunk_size=200, encoder=_FakeEncoder()) as idx:
         idx.add([Document("docs/a.md", "Rivers run to the sea.", "a"), Document("docs/b.md", "Hills.", "b")])
@@ -183,6 +185,81 @@ def test_cli_delete_names_sources_not_in_the_index(tmp_path, capsys):
     out = capsys.readouterr()
     assert "deleted 1 of 2 sources" in out.out
     assert "not in the index: /abs/docs/b.md (" in out.err and "e.g. docs/b.md" in out.err
+
+
+def test_one_file_under_many_paths_is_one_source(tmp_path, monkeypatch):
+    """`a.md`, `./a.md`, its absolute path and a symlink to it are one source (its resolved absolute
+    path): indexed once, found by each spelling for delete; a folder holding both the file and the
+    link indexes it once."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.md").write_text("# A\n\nRivers run to the sea.")
+    (tmp_path / "d" / "link.md").symlink_to(tmp_path / "d" / "a.md")
+    monkeypatch.chdir(tmp_path)
+    real = os.path.realpath(tmp_path / "d" / "a.md")
+    with RagIndex(tmp_path / "ix", create=True, chunk_size=200, encoder=_FakeEncoder()) as idx:
+        assert idx.add(load_paths(["d/a.md"]).documents)["added"] == 1
+        for spelling in ("./d/a.md", str(tmp_path / "d" / "a.md"), "d/link.md", "d/../d/a.md"):
+            assert idx.add(load_paths([spelling]).documents)["unchanged"] == 1, spelling
+        assert idx.add(load_paths(["d"]).documents) == {"added": 0, "updated": 0, "unchanged": 2, "chunks": 0}
+        assert idx.sources() == [real] and idx.store.count("chunks") == 1
+        assert idx.search("rivers", 5, mode="fts")[0].source == real
+        assert idx.delete(["./d/link.md"]) == 1 and idx.sources() == []
+        (tmp_path / "d" / "b.md").write_text("Hills.")  # new files and their links in one pass: each once
+        (tmp_path / "d" / "c.md").symlink_to("b.md")
+        assert idx.add(load_paths(["d"]).documents) == {"added": 2, "updated": 0, "unchanged": 2, "chunks": 2}
+
+
+def _old_index(root, docs):
+    """An index as the code before session 16 wrote it: sources keyed by the path string as given,
+    no `source_keys` marker."""
+    with RagIndex(root, create=True, chunk_size=200, encoder=_FakeEncoder()) as idx:
+        enc = idx.encoder
+        for source, text in docs:
+            chunks = idx._chunks(text)
+            with idx.store.transaction():
+                idx.store.insert(source, hashlib.sha256(text.encode()).hexdigest(), "", "en", {}, len(text), chunks,
+                                 [tokenize(c.text) for c in chunks], enc.encode([c.text for c in chunks]).numpy())
+        idx.store.db.execute("DELETE FROM meta WHERE key='source_keys'")
+
+
+def test_index_written_with_paths_as_typed_is_migrated(tmp_path, monkeypatch):
+    """An old index holding one file under four spellings (and a packaged-corpus source): on open its
+    file keys become the resolved path, the copies are merged into the one written last (its chunks,
+    FTS rows and vectors kept, the others' dropped: nothing counted twice), other names are untouched;
+    the migration runs once, and re-indexing the file afterwards finds it unchanged."""
+    (tmp_path / "a.md").write_text("new text about volcanoes")
+    (tmp_path / "link.md").symlink_to("a.md")
+    monkeypatch.chdir(tmp_path)
+    old = [("a.md", "old text about glaciers"), ("wiki_en:3", "Paris is in France."),
+           (str(tmp_path / "a.md"), "old text about glaciers"), ("./link.md", "old text about glaciers"),
+           ("./a.md", "new text about volcanoes")]
+    _old_index(tmp_path / "ix", old)
+    real = os.path.realpath("a.md")
+    with RagIndex(tmp_path / "ix", encoder=_FakeEncoder()) as idx:
+        assert sorted(idx.sources()) == sorted([real, "wiki_en:3"])
+        n = idx.store.count("chunks")
+        assert n == 2 and idx.store.count("chunks_fts") == n and idx.store.vector_index(384).ntotal == n
+        assert idx.search("volcanoes", 1, mode="fts")[0].source == real
+        assert idx.search("glaciers", 5, mode="fts") == []
+        gen = idx.store.generation
+        assert idx.add(load_paths(["link.md"]).documents)["unchanged"] == 1
+    with RagIndex(tmp_path / "ix", encoder=_FakeEncoder()) as idx:  # once: reopening changes nothing
+        assert idx.store.generation == gen and idx.store.count("sources") == 2
+
+
+def test_migration_from_another_directory_is_finished_by_reindexing(tmp_path, monkeypatch):
+    """Opened first from a directory where its relative keys name no file, an old index keeps them as
+    typed; indexing the same spelling later from the right directory replaces the row, not adds one."""
+    (tmp_path / "a.md").write_text("text about volcanoes")
+    _old_index(tmp_path / "ix", [("a.md", "text about volcanoes")])
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with RagIndex(tmp_path / "ix", encoder=_FakeEncoder()) as idx:
+        assert idx.sources() == ["a.md"]
+    monkeypatch.chdir(tmp_path)
+    with RagIndex(tmp_path / "ix", encoder=_FakeEncoder()) as idx:
+        assert idx.add(load_paths(["a.md"]).documents)["updated"] == 1
+        assert idx.sources() == [os.path.realpath("a.md")] and idx.store.count("chunks") == 1
 
 
 @pytest.mark.slow  # four CLI processes (torch import each)
@@ -206,3 +283,20 @@ def test_cli_index_query_and_errors(tmp_path):
     assert "'unchanged': 2" in r.stdout
     r = cli("rag", "query", f"index={tmp_path / 'none'}", "query=x")
     assert r.returncode == 2 and "no index" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_prune_by_any_spelling_of_the_folder(tmp_path, monkeypatch, capsys):
+    """`rag index paths=./d/ prune=true` after `paths=d`: the file gone from d is deleted; a file of the
+    sibling folder `d2` (its path starts with d's) is not."""
+    from llmlab.cli import main
+    monkeypatch.setattr(RagIndex, "encoder", property(lambda self: _FakeEncoder()))
+    monkeypatch.chdir(tmp_path)
+    for name in ("d/a.md", "d/b.md", "d2/c.md"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(f"Text of {name}.")
+    assert main(["rag", "index", "index=ix", "paths=d,d2"]) == 0
+    (tmp_path / "d" / "b.md").unlink()
+    assert main(["rag", "index", "index=ix", "paths=./d/", "prune=true"]) == 0
+    assert "'deleted': 1" in capsys.readouterr().out
+    with RagIndex("ix") as idx:
+        assert idx.sources() == [os.path.realpath(p) for p in ("d/a.md", "d2/c.md")]

@@ -45,7 +45,7 @@ class RagAskConfig(RagQueryConfig):
 @dataclass
 class RagDeleteConfig:
     index: str = "rag_index"
-    sources: list[str] = field(default_factory=list, metadata={"help": "source paths as listed by the index"})
+    sources: list[str] = field(default_factory=list, metadata={"help": "files (any path to them) or sources as listed by the index"})
 
 
 @dataclass
@@ -97,10 +97,13 @@ def run_index(cfg: RagIndexConfig) -> int:
         with _progress(len(docs), "indexing") as bar:
             stats = idx.add(docs, progress=bar.update)
         if cfg.prune and cfg.paths:
-            from pathlib import Path
-            roots = [str(Path(p)) for p in cfg.paths]
-            seen = {d.source for d in docs}
-            gone = [s for s in idx.sources() if s not in seen and any(s.startswith(r) for r in roots)]
+            import os
+
+            from llmlab.rag.store import source_key
+            roots = [os.path.realpath(p) for p in cfg.paths]
+            seen = {source_key(d.source) for d in docs}
+            gone = [s for s in idx.sources() if s not in seen and any(
+                s == r or s.startswith((os.path.join(r, ""), r + "#")) for r in roots)]
             stats["deleted"] = idx.delete(gone)
         idx.store.vector_index(idx.store.get_meta("dim"))  # save the FAISS file now, not at first query
         print(f"{cfg.index}: {stats} skipped={len(skipped)}; {idx.store.count('sources')} sources, "
@@ -173,13 +176,13 @@ def run_delete(cfg: RagDeleteConfig) -> int:
     """
     from llmlab.rag.index import RagIndex
     with RagIndex(cfg.index) as idx:
-        known = set(idx.sources())
-        missing = [s for s in cfg.sources if s not in known]
+        missing = [s for s in cfg.sources if idx.find(s) is None]
         print(f"deleted {idx.delete(cfg.sources)} of {len(cfg.sources)} sources")
         left = idx.sources()[:2]
-    if missing:  # a source is named as it was given to `rag index` (a relative path stays relative)
-        print(f"not in the index: {', '.join(missing)} (its sources are named as they were given to "
-              f"`rag index`, e.g. {', '.join(left) or 'none: the index is empty'})", file=sys.stderr)
+    if missing:  # a file is found by any path to it; other names must be the index's own
+        print(f"not in the index: {', '.join(missing)} (files are named by their resolved absolute path, "
+              f"other sources as given to `rag index`, e.g. {', '.join(left) or 'none: the index is empty'})",
+              file=sys.stderr)
     return 0
 
 

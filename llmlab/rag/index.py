@@ -4,6 +4,7 @@ rank fusion of dense and BM25)."""
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -15,7 +16,7 @@ from llmlab.errors import UserError
 from llmlab.rag.bm25 import BM25, convex_fusion, reciprocal_rank_fusion, tokenize
 from llmlab.rag.chunking import STRATEGIES, chunk
 from llmlab.rag.loaders import Document
-from llmlab.rag.store import Store
+from llmlab.rag.store import Store, source_key
 
 ENCODER = "all-MiniLM-L6-v2"
 MODES = ("hybrid", "dense", "bm25", "fts")
@@ -64,40 +65,46 @@ class RagIndex:
     # ------------------------------------------------------------------ writes
     def add(self, docs: Iterable[Document], progress: Callable[[int], None] | None = None,
             batch_chunks: int = 64) -> dict:
-        """Index documents; a source already indexed with the same text is skipped, with other text
-        replaced. Writes one transaction per batch of about `batch_chunks` chunks."""
+        """Index documents under `source_key(doc.source)` (a file: its resolved absolute path); a source
+        already indexed with the same text is skipped, with other text replaced. Writes one
+        transaction per batch of about `batch_chunks` chunks."""
         stats = {"added": 0, "updated": 0, "unchanged": 0, "chunks": 0}
         pending: list[tuple] = []
 
         def flush():
-            texts = [c.text for p in pending for c in p[2]]
+            texts = [c.text for p in pending for c in p[3]]
             vecs = self.encoder.encode(texts).numpy() if texts else np.zeros((0, 384), np.float32)
             with self.store.transaction():
                 i = 0
-                for doc, sha, chunks, old in pending:
+                for doc, key, sha, chunks, old in pending:
                     if old is not None:
                         self.store.delete_source(old)
                     toks = [tokenize(c.text) for c in chunks]
-                    self.store.insert(doc.source, sha, doc.title, detect_language(doc.text[:2000]), doc.meta,
+                    self.store.insert(key, sha, doc.title, detect_language(doc.text[:2000]), doc.meta,
                                       len(doc.text), chunks, toks, vecs[i:i + len(chunks)])
                     i += len(chunks)
             if progress:
                 progress(len(pending))
             pending.clear()
 
-        n_pending = 0
+        n_pending, seen = 0, set()
         for doc in docs:
             sha = hashlib.sha256(doc.text.encode("utf-8")).hexdigest()
-            row = self.store.source(doc.source)
-            if row is not None and row[1] == sha:
+            key = source_key(doc.source)
+            row = self.store.source(key)
+            if row is None and key != doc.source and self.store.source(doc.source):
+                # kept as typed by the migration (it ran from another directory): re-stored under its key
+                row = (self.store.source(doc.source)[0], None)
+            if key in seen or (row is not None and row[1] == sha):  # seen: a file and a symlink to it
                 stats["unchanged"] += 1
                 if progress:
                     progress(1)
                 continue
+            seen.add(key)
             chunks = self._chunks(doc.text)
             stats["updated" if row else "added"] += 1
             stats["chunks"] += len(chunks)
-            pending.append((doc, sha, chunks, row[0] if row else None))
+            pending.append((doc, key, sha, chunks, row[0] if row else None))
             n_pending += len(chunks)
             if n_pending >= batch_chunks:
                 flush()
@@ -107,11 +114,20 @@ class RagIndex:
         self._bm25 = None
         return stats
 
+    def find(self, source: str) -> tuple | None:
+        """(id, sha256) of a source named as stored, or as any path to the same file (also one
+        deleted since: its path resolved as it would have been)."""
+        for name in dict.fromkeys((source, source_key(source), os.path.realpath(source))):
+            row = self.store.source(name)
+            if row is not None:
+                return row
+        return None
+
     def delete(self, sources: Iterable[str]) -> int:
         n = 0
         with self.store.transaction():
             for s in sources:
-                row = self.store.source(s)
+                row = self.find(s)
                 if row is not None:
                     self.store.delete_source(row[0])
                     n += 1

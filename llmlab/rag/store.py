@@ -6,6 +6,9 @@ transaction (WAL journal, synchronous=FULL) that also bumps `generation`; a kill
 leaves the database at the last committed batch. The FAISS file is a cache: it is written to a
 temporary file and renamed into place, and a sidecar records the generation it reflects; if the
 two disagree on open (a kill between commit and save) it is rebuilt from the vectors in SQLite.
+
+Sources are keyed by `source_key`: a file by its resolved absolute path. An index written before
+that (keys as the paths were typed) is migrated once, on its first open.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from llmlab.errors import UserError
+from llmlab.log import get_logger
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -29,6 +33,18 @@ CREATE INDEX IF NOT EXISTS chunks_source ON chunks(source_id);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(tokens, tokenize='unicode61');
 """
 DB, FAISS, FAISS_META = "index.sqlite", "vectors.faiss", "vectors.json"
+KEYS = "resolved"  # meta source_keys: the sources are keyed by source_key (absent: as typed, before session 16)
+
+
+def source_key(source: str) -> str:
+    """The name a source is stored under: a file (or a JSONL record, `file#id`) by its resolved absolute
+    path, so `a.md`, `./a.md`, its absolute path and a symlink to it are one source; any other name
+    (`wiki_en:3`, a path that is not an existing file) as given."""
+    cuts = [len(source)] + [i for i, c in enumerate(source) if c == "#"]
+    for i in cuts:
+        if os.path.isfile(source[:i]):
+            return os.path.realpath(source[:i]) + source[i:]
+    return source
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -56,6 +72,31 @@ class Store:
         except sqlite3.DatabaseError as e:
             raise UserError(f"{self.root / DB}: not a usable index database ({e})") from None
         self._faiss = None
+        if self.get_meta("source_keys") != KEYS:
+            self._resolve_source_keys()
+
+    def _resolve_source_keys(self) -> None:
+        """Migrate an index written with the paths as typed: each source that names an existing file
+        (a relative one from the current directory) gets its `source_key`; sources that turn out to be
+        one file keep the copy written last (the highest id; its chunks, FTS rows and vectors) and
+        the others are deleted, so nothing is retrieved twice. Runs once (meta source_keys)."""
+        groups: dict[str, list[tuple[int, str]]] = {}
+        for sid, path in self.db.execute("SELECT id, path FROM sources ORDER BY id"):
+            groups.setdefault(source_key(path), []).append((sid, path))
+        changed = {k: g for k, g in groups.items() if len(g) > 1 or g[0][1] != k}
+        if not changed:
+            self.set_meta("source_keys", KEYS)
+            return
+        with self.transaction():  # bumps generation: the FAISS cache is rebuilt without the dropped chunks
+            for key, group in changed.items():
+                *dropped, (keep, path) = group
+                for sid, _ in dropped:
+                    self.delete_source(sid)
+                self.db.execute("UPDATE sources SET path=? WHERE id=?", (key, keep))
+            self.set_meta("source_keys", KEYS)
+        n = sum(len(g) - 1 for g in changed.values())
+        get_logger().info(f"rag: {self.root}: file source(s) now named by their resolved paths ({len(changed)} "
+                          f"renamed{f', {n} duplicate copies of the same files dropped' if n else ''})")
 
     # ---- metadata
     def get_meta(self, key: str, default=None):
