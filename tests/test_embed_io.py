@@ -165,3 +165,32 @@ def test_word2vec_run_over_a_fasttext_folder_drops_its_ngrams(trained, tmp_path)
     save_run(trained, tmp_path)
     assert trained.ngrams is None and load_vectors(str(tmp_path)).ngrams is None
     assert not (tmp_path / "ngrams.npy").exists()
+
+
+def test_failed_save_keeps_the_previous_run(tmp_path, monkeypatch, capsys):
+    """`embed train` writes its files into a temporary folder that replaces output_dir only when all
+    are written: a failure after vectors.vec, inside vectors.bin, leaves the previous run as it was."""
+    from llmlab.cli import main
+    f = tmp_path / "c.txt"
+    rng = np.random.default_rng(0)
+    f.write_text("\n".join(" ".join(rng.choice([f"w{i}" for i in range(30)], 10)) for _ in range(200)))
+    out = tmp_path / "o"
+    args = ["embed", "train", f"files={f}", "min_count=1", "epochs=1", "vector_size=8", "progress=false",
+            f"output_dir={out}"]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"vectors.vec", "vectors.bin", "report.json"} <= set(before)
+    real_save = formats.save
+
+    def failing_save(kv, path, binary=None):
+        if str(path).endswith(".bin"):
+            open(path, "wb").write(b"half a file")
+            raise OSError("No space left on device")
+        return real_save(kv, path, binary)
+    monkeypatch.setattr(formats, "save", failing_save)
+    with pytest.raises(OSError, match="No space"):
+        main(args[:-2] + ["seed=2", f"output_dir={out}"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "o"]  # no temporary folder left
+    assert main(args[:-1] + [f"output_dir={tmp_path}"]) == 2  # a folder of other things: refused before training
+    assert "holds other files (c.txt, o)" in capsys.readouterr().err

@@ -25,7 +25,7 @@ def run_train(cfg: EmbedConfig) -> int:
 
 @dataclass
 class EvalConfig:
-    vectors: str = field(default="runs/embed", metadata={"help": "a train output_dir or a .vec/.txt/.bin file"})
+    vectors: str = field(default="runs/embed/default", metadata={"help": "a train output_dir or a .vec/.txt/.bin file"})
     restrict_vocab: int = field(default=30000, metadata={"help": "analogies: only the most frequent words"})
     sections: bool = field(default=False, metadata={"help": "also print per-section analogy accuracy"})
     plot: str = field(default="", metadata={"help": "write a PCA plot of semantic clusters to this PNG"})
@@ -55,7 +55,7 @@ def run_eval(cfg: EvalConfig) -> int:
 
 @dataclass
 class NearestConfig:
-    vectors: str = field(default="runs/embed", metadata={"help": "a train output_dir or a .vec/.txt/.bin file"})
+    vectors: str = field(default="runs/embed/default", metadata={"help": "a train output_dir or a .vec/.txt/.bin file"})
     words: list[str] = field(default_factory=list, metadata={"help": "comma-separated probe words"})
     topn: int = field(default=10, metadata={"help": "neighbours per word"})
 
@@ -80,7 +80,7 @@ def run_nearest(cfg: NearestConfig) -> int:
 
 @dataclass
 class AnalogyConfig:
-    vectors: str = field(default="runs/embed", metadata={"help": "a train output_dir or a .vec/.txt/.bin file"})
+    vectors: str = field(default="runs/embed/default", metadata={"help": "a train output_dir or a .vec/.txt/.bin file"})
     positive: list[str] = field(default_factory=list, metadata={"help": "words to add (b, c in b - a + c)"})
     negative: list[str] = field(default_factory=list, metadata={"help": "words to subtract (a)"})
     topn: int = field(default=5, metadata={"help": "answers to print"})

@@ -40,7 +40,8 @@ class EmbedConfig:
     bucket: int = _h("fastText: hash buckets for n-grams", 2_000_000)
     x_max: float = _h("GloVe: weighting cutoff in f(x) = min(1, (x/x_max)^power)", 100.0)
     power: float = _h("GloVe: weighting exponent", 0.75)
-    output_dir: str = _h("writes vectors.vec, vectors.bin, report.json (+ ngrams.npy for fastText)", "runs/embed")
+    output_dir: str = _h("the run's folder (vectors.vec, vectors.bin, report.json, + ngrams.npy for fastText), "
+                         "replaced whole when the run has written it", "runs/embed/default")
     evaluate: bool = _h("run the analogy / similarity benchmarks after training", True)
     restrict_vocab: int = _h("analogies: only the most frequent words", 30000)
     progress: bool = _h("progress bar on stderr", True)

@@ -42,6 +42,9 @@ def train_vectors(cfg: EmbedConfig, vocab=None, encoded=None) -> WordVectors:
     return train(vocab, encoded, settings(cfg), progress=cfg.progress)
 
 
+RUN_FILES = ("vectors.vec", "vectors.bin", "ngrams.npy", "subwords.json", "pca.png", "report.json")
+
+
 def save_run(kv: WordVectors, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     formats.save(kv, out / "vectors.vec")
@@ -70,23 +73,29 @@ def load_vectors(path: str) -> WordVectors:
 
 
 def run(cfg: EmbedConfig) -> dict:
+    """Train, then write the run's files into a temporary folder beside `output_dir` that replaces
+    it only when all are written (`atomic_dir`): a failure or kill keeps the previous run whole."""
+    from llmlab.checkpoint import atomic_dir, check_output_dir
+
+    check_output_dir(cfg.output_dir, "output_dir", RUN_FILES)  # before the training, not after it
     t0 = time.perf_counter()
     kv = train_vectors(cfg)
     secs = time.perf_counter() - t0
     out = Path(cfg.output_dir)
-    save_run(kv, out)
     report = {"model": cfg.model, "words": len(kv), "vector_size": kv.vector_size, "seconds": round(secs, 2),
               "output_dir": str(out), "config": asdict(cfg)}
     english = not cfg.files and not any(s in corpus.ZH_SOURCES for s in cfg.sources)
-    if cfg.evaluate and english:
-        from llmlab.embed.evaluate import evaluate_all
-        from llmlab.embed.plot import pca_plot
+    with atomic_dir(out) as tmp:
+        save_run(kv, tmp)
+        if cfg.evaluate and english:
+            from llmlab.embed.evaluate import evaluate_all
+            from llmlab.embed.plot import pca_plot
 
-        res = evaluate_all(kv, cfg.restrict_vocab)
-        report["eval"] = summary(res)
-        plot = pca_plot(kv, out / "pca.png", title=f"{cfg.model} (sg={cfg.sg}), PCA of 5 clusters")
-        report["plot"] = str(plot) if plot else None
-    (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+            res = evaluate_all(kv, cfg.restrict_vocab)
+            report["eval"] = summary(res)
+            plot = pca_plot(kv, tmp / "pca.png", title=f"{cfg.model} (sg={cfg.sg}), PCA of 5 clusters")
+            report["plot"] = str(out / plot.name) if plot else None
+        (tmp / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
     return report
 
 
