@@ -194,3 +194,44 @@ def test_failed_save_keeps_the_previous_run(tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "o"]  # no temporary folder left
     assert main(args[:-1] + [f"output_dir={tmp_path}"]) == 2  # a folder of other things: refused before training
     assert "holds other files (c.txt, o)" in capsys.readouterr().err
+
+
+ZH = "我们今天下午去公园散步，然后回家吃晚饭。\n北京是中国的首都，上海是一个很大的城市。\n"
+
+
+def test_chinese_files_are_segmented_with_jieba_and_say_so(tmp_path, caplog):
+    """segment=auto on files of unsegmented Chinese: jieba words, not one "word" per line, and one log
+    line saying so; already segmented Chinese and English files stay split on whitespace."""
+    import logging
+
+    from llmlab.embed.corpus import iter_sentences, words_zh
+    f = tmp_path / "zh.txt"
+    f.write_text(ZH * 3, encoding="utf-8")
+    with caplog.at_level(logging.INFO, logger="llmlab"):
+        sents = list(iter_sentences(files=[f]))
+    assert sents[:2] == [words_zh(line) for line in ZH.splitlines()] and "北京" in sents[1]
+    notes = [r.message for r in caplog.records if "jieba" in r.message]
+    assert len(notes) == 1 and "segment=whitespace" in notes[0], notes
+    caplog.clear()
+    seg = tmp_path / "seg.txt"
+    seg.write_text("我们 今天 下午 去 公园 散步\n北京 是 中国 的 首都\n", encoding="utf-8")
+    en = tmp_path / "en.txt"
+    en.write_text("Hello, world.\n", encoding="utf-8")
+    with caplog.at_level(logging.INFO, logger="llmlab"):
+        assert list(iter_sentences(files=[seg]))[1] == ["北京", "是", "中国", "的", "首都"]
+        assert list(iter_sentences(files=[en])) == [["hello,", "world."]]
+        assert list(iter_sentences(files=[f], segment="whitespace"))[1] == ["北京是中国的首都，上海是一个很大的城市。"]
+    assert not [r for r in caplog.records if "jieba" in r.message]
+
+
+def test_chinese_files_without_jieba_stop_with_one_line(tmp_path, monkeypatch, capsys):
+    """No jieba installed: `embed train files=<Chinese>` stops before training, one line saying what
+    to install (or segment=whitespace), exit code 2."""
+    from llmlab.cli import main
+    f = tmp_path / "zh.txt"
+    f.write_text(ZH * 3, encoding="utf-8")
+    monkeypatch.setitem(sys.modules, "jieba", None)  # import jieba -> ImportError
+    assert main(["embed", "train", f"files={f}", "min_count=1", f"output_dir={tmp_path}/o"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install jieba" in err and "segment=whitespace" in err, err
+    assert not (tmp_path / "o").exists()

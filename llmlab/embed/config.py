@@ -17,7 +17,8 @@ class EmbedConfig:
     model: str = _h("word2vec, fasttext or glove", "word2vec")
     sources: list[str] = _hl("packaged sources (wiki_en, poetry_en, news_zh, reviews_zh, idioms_zh)", lambda: ["wiki_en"])
     files: list[str] = _hl("UTF-8 text files, one sentence per line (instead of sources)", list)
-    segment: str = _h("auto (jieba for Chinese sources, whitespace for files), regex, jieba, whitespace", "auto")
+    segment: str = _h("auto (sources: jieba for Chinese ones; files: whitespace, or jieba when mostly Chinese "
+                      "without spaces between words), regex, jieba, whitespace", "auto")
     lower: bool = _h("lower-case the text", True)
     max_tokens: int = _h("stop reading after this many tokens (0 = all)", 0)
     vector_size: int = _h("dimension of the vectors", 100)

@@ -2,7 +2,8 @@
 sources (llmlab.data.sources) or from UTF-8 text files (one sentence per line).
 
 English text is split into words by a Unicode regex (letters/digits, inner apostrophes and
-hyphens kept); Chinese text is segmented with jieba. A document is one sentence (windows do not
+hyphens kept); Chinese text is segmented with jieba. Files are split on whitespace, unless they
+are mostly Chinese with no spaces between words (`files_segment`): then jieba, with a note. A document is one sentence (windows do not
 cross documents); documents longer than MAX_SENTENCE tokens are cut into pieces.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from llmlab.errors import UserError
+from llmlab.log import get_logger
 
 ZH_SOURCES = ("news_zh", "reviews_zh", "idioms_zh")
 MAX_SENTENCE = 10_000  # gensim's MAX_WORDS_IN_BATCH: longer sentences are cut, not truncated
@@ -32,6 +34,32 @@ def words_zh(text: str, lower: bool = True) -> list[str]:
     return [w.lower() for w in words] if lower else words
 
 
+def files_segment(files: list[str], sample_chars: int = 65536) -> str:
+    """segment=auto for files: 'jieba' when their first `sample_chars` characters are mostly Chinese
+    (llmlab.data.langid) and not already segmented (more than 3 Han characters per whitespace token
+    that holds any: segmented text has about 1.5), said in one log line; else 'whitespace'. Chinese
+    text with jieba missing is a UserError (install it, or say segment=whitespace)."""
+    from llmlab.data.langid import detect_language, script_counts
+
+    sample = ""
+    for f in files:
+        if Path(f).is_file() and len(sample) < sample_chars:
+            with open(f, encoding="utf-8-sig", errors="ignore") as fh:  # a bad byte is reported by the real pass
+                sample += fh.read(sample_chars - len(sample)) + "\n"
+    han_tokens = sum(1 for t in sample.split() if script_counts(t)["han"])
+    if detect_language(sample) != "zh" or script_counts(sample)["han"] <= 3 * han_tokens:
+        return "whitespace"
+    try:
+        import jieba  # noqa: F401
+    except ImportError:
+        raise UserError(f"{files[0]}: the text is Chinese with no spaces between words, and segmenting it needs "
+                        "jieba: pip install jieba (or pass segment=whitespace to keep each line's runs as words)") from None
+    named = f"{files[0]}" + (f" (and {len(files) - 1} more)" if len(files) > 1 else "")
+    get_logger().info(f"embed: {named} is Chinese with no spaces between words: segmenting with jieba "
+                      "(segment=auto; segment=whitespace splits on spaces only)")
+    return "jieba"
+
+
 def _cut(tokens: list[str]) -> Iterator[list[str]]:
     for i in range(0, len(tokens), MAX_SENTENCE):
         yield tokens[i:i + MAX_SENTENCE]
@@ -40,17 +68,19 @@ def _cut(tokens: list[str]) -> Iterator[list[str]]:
 def iter_sentences(sources: Iterable[str] = ("wiki_en",), files: Iterable[str] = (), lower: bool = True,
                    max_tokens: int = 0, segment: str = "auto") -> Iterator[list[str]]:
     """Sentences from `files` (if any) else from the packaged `sources`, until `max_tokens`
-    tokens (0 = all). segment: 'auto' (jieba for Chinese sources, regex words otherwise),
-    'whitespace' (files: split on whitespace), 'jieba' or 'regex'."""
+    tokens (0 = all). segment: 'auto' (sources: jieba for the Chinese ones, regex words otherwise;
+    files: `files_segment`, whitespace unless unsegmented Chinese), 'whitespace', 'jieba' or 'regex'."""
     from llmlab.data.sources import iter_documents
 
     if segment not in ("auto", "whitespace", "jieba", "regex"):
         raise UserError(f"config key 'segment': {segment!r} is not one of auto, whitespace, jieba, regex")
     total = 0
     files = list(files)
+    if segment == "auto" and files:
+        segment = files_segment(files)
 
     def split(text: str, chinese: bool) -> list[str]:
-        if segment == "whitespace" or (segment == "auto" and files):
+        if segment == "whitespace":
             return text.lower().split() if lower else text.split()
         if segment == "jieba" or (segment == "auto" and chinese):
             return words_zh(text, lower)
