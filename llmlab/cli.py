@@ -58,7 +58,9 @@ def _key_lines(cls, indent: str = "  ", prefix: str = "", defaults=None) -> list
 def verb_help(name: str, verb: Verb) -> str:
     lines = [f"usage: llmlab {name} [config.yaml] [key=value ...]", "", verb.summary, "",
              f"example:\n  {verb.example}", "", "config keys (default):"]
-    return "\n".join(lines + _key_lines(verb.config))
+    renamed = [f"  {old}: deprecated old name of {new} (removed in the next release)"
+               for old, new in getattr(verb.config, "RENAMED", {}).items()]
+    return "\n".join(lines + _key_lines(verb.config) + (["", "deprecated keys:"] + renamed if renamed else []))
 
 
 def group_help(group: str, verbs: dict[str, Verb]) -> str:

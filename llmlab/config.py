@@ -1,11 +1,14 @@
 """Typed dataclass configs loaded from YAML and overridden by `key=value` CLI arguments.
 
 Every stage has one dataclass; field names follow HF/TRL (`learning_rate`, `max_length`, ...).
-Unknown keys, wrong types and missing files raise `UserError` naming the key or file.
+Unknown keys, wrong types and missing files raise `UserError` naming the key or file. A key renamed
+to its HF name is still accepted for one release: the dataclass's `RENAMED = {"old": "new"}`
+(a ClassVar) sends the old key's value to the new one, with one warning line.
 """
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from pathlib import Path
@@ -104,6 +107,7 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
+    data = _renamed(cls, data, prefix)
     for key, value in _route_flat_keys(hints, fields, data).items():
         if key not in fields:
             raise UserError(f"unknown config key '{prefix}{key}' for {cls.__name__}; "
@@ -121,6 +125,24 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     # batch) fill only the others, so an explicit value equal to the default still wins
     object.__setattr__(cfg, "_explicit", frozenset(kwargs))
     return cfg
+
+
+def _renamed(cls: type, data: dict, prefix: str) -> dict:
+    """Old names of renamed keys (`cls.RENAMED`, old -> new): the value moves to the new key and one
+    warning line says so; both names at once is an error."""
+    renamed = getattr(cls, "RENAMED", {})
+    if not renamed.keys() & data.keys():
+        return data
+    out = dict(data)
+    for old, new in renamed.items():
+        if old in out:
+            if new in out:
+                raise UserError(f"config keys '{prefix}{old}' and '{prefix}{new}' are one setting: give only "
+                                f"{prefix}{new} ({prefix}{old} is its deprecated old name)")
+            print(f"llmlab: warning: config key '{prefix}{old}' is deprecated and will be removed in the next "
+                  f"release; use '{prefix}{new}'", file=sys.stderr)
+            out[new] = out.pop(old)
+    return out
 
 
 def _default_of(f: dataclasses.Field):
@@ -240,7 +262,8 @@ def load_config(cls: type[T], args: list[str]) -> T:
     rest = list(args)
     if rest and "=" not in rest[0]:
         data = load_yaml(rest.pop(0))
-    return from_dict(cls, _merge(data, parse_overrides(rest)))
+    # old key names renamed in each source first: a YAML's old name is overridden by the new one on the line
+    return from_dict(cls, _merge(_renamed(cls, data, ""), _renamed(cls, parse_overrides(rest), "")))
 
 
 def to_dict(cfg: Any) -> dict:

@@ -93,8 +93,8 @@ def test_mm_llava_refuses_a_foreign_output_dir_before_training(tmp_path, capsys)
     assert os.listdir(out) == ["data"]
 
 
-@pytest.mark.parametrize("args", [["quantize", "model=smollm2", "format=gguf", "type=Q4_0", "output={f}/x.gguf"],
-                                  ["quantize", "model=smollm2", "format=hf", "method=rtn", "output={f}/sub"],
+@pytest.mark.parametrize("args", [["quantize", "model=smollm2", "format=gguf", "type=Q4_0", "output_dir={f}/x.gguf"],
+                                  ["quantize", "model=smollm2", "format=hf", "method=rtn", "output_dir={f}/sub"],
                                   ["eval", "model=smollm2", "tasks=arithmetic", "limit=1", "output_dir={f}/sub"],
                                   ["eval", "model=smollm2", "tasks=arithmetic", "limit=1", "output_dir={f}"]])
 def test_an_output_under_a_file_is_one_line_before_any_work(tmp_path, capsys, args):

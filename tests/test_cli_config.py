@@ -201,3 +201,30 @@ def test_a_permission_error_on_a_path_is_one_line_exit_2(monkeypatch, capsys):
     monkeypatch.setattr(verb, "run", anonymous)
     with pytest.raises(PermissionError):
         cli.main(["tokenizer", "train"])
+
+
+def test_quantize_output_is_output_dir_and_output_a_deprecated_alias(tmp_path, capsys):
+    """`output_dir=` is quantize's key, as prune's and distill's; `output=` (its old name) still works
+    for one release, with one warning line, on the command line and in a YAML; both at once is an error;
+    `--help` shows output_dir (and the old name as deprecated)."""
+    from llmlab.quant.commands import QuantizeConfig
+    assert load_config(QuantizeConfig, ["output_dir=a.gguf"]).output_dir == "a.gguf"
+    assert capsys.readouterr().err == ""
+    assert load_config(QuantizeConfig, ["output=a.gguf", "type=Q4_0"]).output_dir == "a.gguf"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning: config key 'output' is deprecated" in err and "'output_dir'" in err
+    y = tmp_path / "q.yaml"
+    y.write_text("output: b.gguf\n")
+    assert load_config(QuantizeConfig, [str(y)]).output_dir == "b.gguf"
+    assert load_config(QuantizeConfig, [str(y), "output_dir=c.gguf"]).output_dir == "c.gguf"  # the line wins
+    assert capsys.readouterr().err.count("deprecated") == 2
+    with pytest.raises(UserError, match="give only output_dir"):
+        load_config(QuantizeConfig, ["output=a.gguf", "output_dir=b.gguf"])
+    assert main(["quantize", "output=x"]) == 2  # through the CLI: the warning, then the check names the new key
+    err = capsys.readouterr().err
+    assert "deprecated" in err and "output_dir must end in .gguf" in err, err
+    assert main(["quantize", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "\n  output_dir: str" in out and "\n  output: str" not in out and "output: deprecated old name of output_dir" in out
+    with pytest.raises(UserError, match="unknown config key 'output'"):  # prune never had it
+        load_config(all_verbs()["prune"].config, ["output=x"])

@@ -41,7 +41,7 @@ def test_hf_files_are_what_save_writes(tok, tmp_path):
 def test_quantize_refuses_windows_longer_than_the_context(model_dir, tmp_path):
     from llmlab.quant.commands import QuantizeConfig, run_quantize
     with pytest.raises(UserError, match=r"calibration_length must be in \[2, 128\] \(the model's context\), got 256"):
-        run_quantize(QuantizeConfig(model=str(model_dir), format="hf", method="awq", output=str(tmp_path / "q")))
+        run_quantize(QuantizeConfig(model=str(model_dir), format="hf", method="awq", output_dir=str(tmp_path / "q")))
     assert not (tmp_path / "q").exists()
 
 

@@ -121,8 +121,8 @@ def _cli(*args):
 
 @pytest.mark.slow
 def test_cli_bad_input(tmp_path):
-    for args, msg in [((f"output={tmp_path}/a.gguf", "type=Q9"), "unknown GGUF type"),
-                      ((f"output={tmp_path}/d", "format=hf", "method=smoothquant"), "cannot be saved")]:
+    for args, msg in [((f"output_dir={tmp_path}/a.gguf", "type=Q9"), "unknown GGUF type"),
+                      ((f"output_dir={tmp_path}/d", "format=hf", "method=smoothquant"), "cannot be saved")]:
         r = _cli(*args)
         assert r.returncode == 2 and msg in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
@@ -201,28 +201,28 @@ def test_cli_bad_input_on_a_model_dir(tiny, tmp_path):
              (("format=hf", "method=awq", f"calibration={tmp_path}/short.txt", "calibration_length=64"), "too short"),
              (("format=hf", "method=awq", "awq_rows=every"), "awq_rows")]
     for args, msg in cases:
-        r = _cli(f"model={d}", f"output={out}", *args)
+        r = _cli(f"model={d}", f"output_dir={out}", *args)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()[-1]) < 300 and not out.exists(), args
     # an output path holding a file or the user's own folder: refused before the model loads, left as it was
     (tmp_path / "f").write_text("mine", encoding="utf-8")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine", encoding="utf-8")
-    for args, msg in [((f"output={tmp_path}/f", "format=hf"), "not a directory"),
-                      ((f"output={tmp_path}/mine", "format=hf"), "holds other files"),
-                      ((f"output={out}", "format=hf", "method=awq", "num_calibration_samples=0"), "num_calibration_samples"),
-                      ((f"output={out}", "format=hf", "method=gptq", "bits=5"), "unsupported bit width"),
-                      ((f"output={out}", "format=hf", "method=awq", "awq_sample=every"), "awq_sample must be"),
-                      ((f"output={out}", "format=hf", "method=awq", "awq_grid=0"), "awq_grid"),
-                      ((f"output={tmp_path}/mine.gguf", "eval_windows=-1"), "eval_windows"),
-                      ((f"output={tmp_path}", "type=Q4_0"), "must end in .gguf")]:
+    for args, msg in [((f"output_dir={tmp_path}/f", "format=hf"), "not a directory"),
+                      ((f"output_dir={tmp_path}/mine", "format=hf"), "holds other files"),
+                      ((f"output_dir={out}", "format=hf", "method=awq", "num_calibration_samples=0"), "num_calibration_samples"),
+                      ((f"output_dir={out}", "format=hf", "method=gptq", "bits=5"), "unsupported bit width"),
+                      ((f"output_dir={out}", "format=hf", "method=awq", "awq_sample=every"), "awq_sample must be"),
+                      ((f"output_dir={out}", "format=hf", "method=awq", "awq_grid=0"), "awq_grid"),
+                      ((f"output_dir={tmp_path}/mine.gguf", "eval_windows=-1"), "eval_windows"),
+                      ((f"output_dir={tmp_path}", "type=Q4_0"), "must end in .gguf")]:
         r = _cli(f"model={d}", *args)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
         assert "loaded" not in r.stderr, (args, r.stderr)
     assert (tmp_path / "f").read_text(encoding="utf-8") == "mine" and os.listdir(tmp_path / "mine") == ["notes.txt"]
     assert not out.exists() and not (tmp_path / "mine.gguf").exists()
     # GGUF type names in any case, as llama.cpp's quantize takes them
-    r = _cli(f"model={d}", f"output={tmp_path}/q.gguf", "type=q8_0")
+    r = _cli(f"model={d}", f"output_dir={tmp_path}/q.gguf", "type=q8_0")
     assert r.returncode == 0 and "'Q8_0'" in r.stdout, r.stderr
     # `llmlab prune` on the same dir: windows longer than the model's context (128) are refused
     r = subprocess.run([sys.executable, "-m", "llmlab.cli", "prune", f"model={d}", "window_length=256"],

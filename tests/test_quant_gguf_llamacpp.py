@@ -43,12 +43,12 @@ SMOL_CHAT = [{"role": "user", "content": "What is 12 + 7?"}]
 
 
 def _export(model_dir: Path, out: Path, fmt: str) -> Path:
-    """`llmlab quantize model=<dir> format=gguf type=<fmt> output=<file>` (its function, in process)."""
+    """`llmlab quantize model=<dir> format=gguf type=<fmt> output_dir=<file>` (its function, in process)."""
     from llmlab.quant.commands import QuantizeConfig, run_quantize
     path = out / f"m.{fmt}.gguf"
     grad = torch.is_grad_enabled()
     try:
-        assert run_quantize(QuantizeConfig(model=str(model_dir), output=str(path), format="gguf", type=fmt)) in (0, None)
+        assert run_quantize(QuantizeConfig(model=str(model_dir), output_dir=str(path), format="gguf", type=fmt)) in (0, None)
     finally:
         torch.set_grad_enabled(grad)  # the verb turns autograd off for its process
     return path

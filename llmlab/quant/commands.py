@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from llmlab.verb import Verb, verb
 from llmlab.errors import UserError, require
@@ -11,8 +12,9 @@ VERBS: dict[str, Verb] = {}
 
 @dataclass
 class QuantizeConfig:
+    RENAMED: ClassVar[dict[str, str]] = {"output": "output_dir"}  # output= until the next release (llmlab.config)
     model: str = field(default="smollm2", metadata={"help": "packaged name, .gguf file or HF-style dir"})
-    output: str = field(default="", metadata={"help": "the .gguf file (format=gguf) or model dir (format=hf)"})
+    output_dir: str = field(default="", metadata={"help": "the .gguf file (format=gguf) or model dir (format=hf)"})
     format: str = field(default="gguf", metadata={"help": "gguf (block formats) or hf (method applied, fp32 "
                                                            "weights holding the dequantized values)"})
     type: str = field(default="Q8_0", metadata={"help": "GGUF tensor type: F32 F16 Q8_0 Q4_0 Q4_1 Q4_K Q5_K Q6_K"})
@@ -67,7 +69,7 @@ def _check(cfg: QuantizeConfig) -> None:
     from llmlab.quant.apply import CHOICES, check_choices, check_numbers
     from llmlab.quant.gguf_export import FORMATS
     from llmlab.quant.ptq import check_bits
-    require(cfg.output, "output= is required (a .gguf file for format=gguf, a directory for format=hf)")
+    require(cfg.output_dir, "output_dir= is required (a .gguf file for format=gguf, a directory for format=hf)")
     if cfg.format not in ("gguf", "hf"):
         raise UserError(f"unknown format '{cfg.format}' (gguf or hf)")
     require(cfg.eval_windows >= 0, f"eval_windows must be >= 0, got {cfg.eval_windows}")
@@ -75,15 +77,15 @@ def _check(cfg: QuantizeConfig) -> None:
         cfg.type = cfg.type.upper()  # as llama.cpp's quantize: q4_0 is Q4_0
         if cfg.type not in FORMATS:
             raise UserError(f"unknown GGUF type '{cfg.type}' (one of: {', '.join(FORMATS)})")
-        if Path(cfg.output).suffix != ".gguf":
-            raise UserError(f"output must end in .gguf for format=gguf, got {cfg.output}")
-        require(not Path(cfg.output).is_dir(), f"output={cfg.output} is a directory")
-        check_output_parent(cfg.output, "output")
+        if Path(cfg.output_dir).suffix != ".gguf":
+            raise UserError(f"output_dir must end in .gguf for format=gguf, got {cfg.output_dir}")
+        require(not Path(cfg.output_dir).is_dir(), f"output_dir={cfg.output_dir} is a directory")
+        check_output_parent(cfg.output_dir, "output_dir")
         return
     if cfg.method not in ("rtn", "nf4", "gptq", "awq", "awq_gptq"):
         raise UserError(f"method '{cfg.method}' cannot be saved as weights (rtn, nf4, gptq, awq, awq_gptq); the activation "
                         "methods are measured by benchmarks/quant_methods.py")
-    check_output_dir(cfg.output, "output")
+    check_output_dir(cfg.output_dir, "output_dir")
     if cfg.method in ("rtn", "gptq", "awq", "awq_gptq"):
         check_bits(cfg.bits)
     check_choices(**{key: getattr(cfg, key) for key in CHOICES})
@@ -99,7 +101,7 @@ def _check(cfg: QuantizeConfig) -> None:
 def run_quantize(cfg: QuantizeConfig) -> int:
     """post-training quantization: GGUF export, RTN/NF4/GPTQ/AWQ
 
-    Example: llmlab quantize model=smollm2 format=gguf type=Q4_0 output=runs/smollm2.Q4_0.gguf
+    Example: llmlab quantize model=smollm2 format=gguf type=Q4_0 output_dir=runs/smollm2.Q4_0.gguf
     """
     from pathlib import Path
 
@@ -121,7 +123,7 @@ def run_quantize(cfg: QuantizeConfig) -> int:
         print(f"held-out perplexity before ({cfg.eval_windows} x {n} tokens): {calibrate.perplexity(model, ev).perplexity:.4f}")
     if cfg.format == "gguf":
         from llmlab.quant.gguf_export import write_gguf
-        out = Path(cfg.output)
+        out = Path(cfg.output_dir)
         info = write_gguf(model, tok, out, cfg.type, cfg.name or Path(cfg.model).stem)
         print(f"wrote {out} ({info['bytes'] / 1e6:.1f} MB; tensor types: {info['types']})")
         if ev is not None:
@@ -138,8 +140,8 @@ def run_quantize(cfg: QuantizeConfig) -> int:
                           awq_duo=cfg.awq_duo, block_inputs=cfg.block_inputs, awq_rows=cfg.awq_rows,
                           awq_sample=cfg.awq_sample)
     from llmlab.model.hf import save_hf_dir
-    save_hf_dir(model, cfg.output, extra_files=tok.hf_files())
-    print(f"wrote {cfg.output} ({cfg.method} int{cfg.bits} g{cfg.group_size}: {info['stored_bytes'] / 1e6:.1f} MB "
+    save_hf_dir(model, cfg.output_dir, extra_files=tok.hf_files())
+    print(f"wrote {cfg.output_dir} ({cfg.method} int{cfg.bits} g{cfg.group_size}: {info['stored_bytes'] / 1e6:.1f} MB "
           "as codes + scales; the directory holds the dequantized fp32 weights)")
     if ev is not None:
         print(f"held-out perplexity after: {calibrate.perplexity(model, ev).perplexity:.4f}")
