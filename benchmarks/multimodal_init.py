@@ -39,40 +39,76 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from multimodal import bench_config, parse_seeds  # noqa: E402  (benchmarks/multimodal.py)
 
-from llmlab.multimodal.evaluate import DIGIT_EVAL_TEMPLATES, zero_shot_accuracy  # noqa: E402
+from llmlab.multimodal.evaluate import DIGIT_EVAL_TEMPLATES, DIGIT_GENERIC_TEMPLATES, zero_shot_accuracy  # noqa: E402
 from llmlab.multimodal.train import ContrastiveTrainer, build_model, param_groups  # noqa: E402
 
-# arm -> the names (ours) of the >= 2-dim tensors that skip weight decay
-ARMS = {"ours": (),
-        "cls_no_decay": ("visual.cls_token",),
-        "open_clip_no_decay": ("visual.cls_token", "visual.pos_embed", "text.positional_embedding")}
+def sincos_1d(length: int, dim: int) -> torch.Tensor:
+    """(length, dim) 1-D sin-cos positions (Vaswani et al. 2017, s3.5): sin(p w_i) then cos(p w_i),
+    w_i = 10000^(-2i/dim)."""
+    pos = torch.arange(length, dtype=torch.float64)[:, None]
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    return torch.cat([(pos * omega).sin(), (pos * omega).cos()], 1).float()
+
+
+def text_positions(std: float | None):
+    """An arm's init: the text position table replaced after the build (the random stream is
+    untouched, so every other tensor, batch and caption is the control's): zeros (std None) or the
+    1-D sin-cos table rescaled to the given overall std (open_clip draws N(0, 0.01))."""
+    def apply(model) -> None:
+        with torch.no_grad():
+            pe = model.text.positional_embedding
+            if std is None:
+                pe.zero_()
+            else:
+                t = sincos_1d(*pe.shape)
+                pe.copy_(t / t.std() * std)
+    return apply
+
+
+# arm -> (the names (ours) of the >= 2-dim tensors that skip weight decay, an init applied after the build)
+ARMS = {"ours": ((), None),
+        "cls_no_decay": (("visual.cls_token",), None),
+        "open_clip_no_decay": (("visual.cls_token", "visual.pos_embed", "text.positional_embedding"), None),
+        # session 16: the text position table (what the held-out prompts need: the class word and
+        # the end-of-text token at positions no training caption puts them)
+        "tpos_zero": ((), text_positions(None)),
+        "tpos_sincos": ((), text_positions(0.01)),
+        "tpos_sincos2": ((), text_positions(0.02))}
 VALIDATION = 257
+# --prompts: the benchmark's 4 held-out prompts (sessions 14-15), or the 12 other unseen prompts of
+# `prompts=generic` (session 16's selection metric: neither the test digits nor the test prompts)
+PROMPTS = {"eval": DIGIT_EVAL_TEMPLATES,
+           "generic12": [t for t in DIGIT_GENERIC_TEMPLATES if t not in DIGIT_EVAL_TEMPLATES]}
 
 
-def run_arm(seed: int, arm: str, steps: int, batch: int) -> dict:
+def run_arm(seed: int, arm: str, steps: int, batch: int, prompts: str = "eval") -> dict:
     cfg, train, val = bench_config(seed, steps, batch, validation=VALIDATION)
     model = build_model(cfg)
+    no_decay, init = ARMS[arm]
+    if init is not None:
+        init(model)
     trainer = ContrastiveTrainer(model, model.tokenize, train, cfg)
-    trainer.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, no_decay=ARMS[arm]),
+    trainer.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, no_decay=no_decay),
                                     lr=cfg.learning_rate, betas=(0.9, 0.98))  # the trainer's, but for no_decay
     trainer.run(steps)
     model.eval()
-    acc = zero_shot_accuracy(model, model.tokenize, val.images, val.labels, val.class_names, DIGIT_EVAL_TEMPLATES)
+    acc = zero_shot_accuracy(model, model.tokenize, val.images, val.labels, val.class_names, PROMPTS[prompts])
     return {"val_zero_shot": acc, "final_loss": statistics.mean(trainer.losses[-10:])}
 
 
-def seed_row(seed: int, arms: list[str], steps: int, per_seed_dir: str) -> dict:
+def seed_row(seed: int, arms: list[str], steps: int, per_seed_dir: str, prompts: str = "eval") -> dict:
     """One seed's arms, read from per_seed_dir when there (refused if run otherwise), else run and saved."""
     path = Path(per_seed_dir) / f"seed_{seed}.json" if per_seed_dir else None
     if path is not None and path.exists():
         row = json.loads(path.read_text())
-        if row["steps"] != steps or row.get("arms") != arms:
-            raise SystemExit(f"{path} was run with {row['steps']} steps and arms {row.get('arms')}, "
-                             f"not {steps} and {arms}; use another --per_seed_dir")
+        if row["steps"] != steps or row.get("arms") != arms or row.get("prompts", "eval") != prompts:
+            raise SystemExit(f"{path} was run with {row['steps']} steps, arms {row.get('arms')} and prompts "
+                             f"{row.get('prompts', 'eval')}, not {steps}, {arms} and {prompts}; use another --per_seed_dir")
         return row
     k = seed % len(arms)
     order = arms[k:] + arms[:k]  # rotate which arm goes first
-    row = {"seed": seed, "steps": steps, "arms": arms, **{arm: run_arm(seed, arm, steps, 64) for arm in order}}
+    row = {"seed": seed, "steps": steps, "arms": arms, "prompts": prompts,
+           **{arm: run_arm(seed, arm, steps, 64, prompts) for arm in order}}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(row) + "\n")
@@ -101,6 +137,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=0)
     ap.add_argument("--seeds", default="", help='"100-139" (inclusive) or "100,101"')
     ap.add_argument("--arms", default=",".join(ARMS), help="ours first, then the arms to compare with it")
+    ap.add_argument("--prompts", default="eval", choices=list(PROMPTS),
+                    help="zero-shot prompts: the benchmark's 4 held-out ones, or the 12 other unseen ones")
     ap.add_argument("--per_seed_dir", default="", help="DIR/seed_S.json per finished seed; reused on a rerun")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -111,10 +149,10 @@ def main() -> None:
         raise SystemExit(f"--arms: 'ours' first, then one or more of {', '.join(list(ARMS)[1:])}")
     rows = []
     for seed in seeds:
-        rows.append(seed_row(seed, arms, steps, args.per_seed_dir))
+        rows.append(seed_row(seed, arms, steps, args.per_seed_dir, args.prompts))
         print(f"seed {seed}: " + "  ".join(f"{a} {rows[-1][a]['val_zero_shot']:.4f}" for a in arms), file=sys.stderr,
               flush=True)
-    print(json.dumps({"benchmark": "multimodal_init", "steps": steps, "seeds": seeds, "validation": VALIDATION,
+    print(json.dumps({"benchmark": "multimodal_init", "steps": steps, "seeds": seeds, "validation": VALIDATION, "prompts": args.prompts,
                       **summarise(rows, arms)}))
 
 

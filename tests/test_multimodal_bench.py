@@ -114,13 +114,30 @@ def test_arms_skip_decay_where_open_clip_does(init_bench):
     assert peer.no_weight_decay() >= {"positional_embedding", "visual.positional_embedding", "visual.class_embedding"}
     peer_params = dict(peer.named_parameters())
     for arm, rule in (("cls_no_decay", legacy), ("open_clip_no_decay", current)):
-        decayed = {id(p) for p in param_groups(ours, 0.05, no_decay=init_bench.ARMS[arm])[0]["params"]}
+        decayed = {id(p) for p in param_groups(ours, 0.05, no_decay=init_bench.ARMS[arm][0])[0]["params"]}
         mine = {n for n, p in ours.named_parameters() if id(p) in decayed}
         assert {name_of[n] for n in mine} == {n for n, p in peer_params.items() if not rule(n, p)}, arm
     default = {id(p) for p in param_groups(ours, 0.05)[0]["params"]}
     assert {n for n, p in ours.named_parameters() if id(p) in default} == \
-        {n for n, p in ours.named_parameters() if p.dim() >= 2} >= set(init_bench.ARMS["open_clip_no_decay"])
+        {n for n, p in ours.named_parameters() if p.dim() >= 2} >= set(init_bench.ARMS["open_clip_no_decay"][0])
     assert "visual.cls_token" in name_of and name_of["visual.cls_token"] == "visual.class_embedding"
+
+
+def test_position_arms_change_only_the_text_position_table(init_bench):
+    """Session 16's arms: zeros, or the 1-D sin-cos table (sin(p w_i), cos(p w_i), w_i = 10000^(-2i/d))
+    rescaled to the stated std; every other tensor as the control's build."""
+    from llmlab.multimodal.train import build_model
+    cfg, _train, _val = init_bench.bench_config(0, 10, 8, validation=init_bench.VALIDATION)
+    control = build_model(cfg).state_dict()
+    t = init_bench.sincos_1d(48, 64)
+    assert torch.allclose(t[3, 0], torch.tensor(3.0).sin()) and abs(float(t[5, 32 + 1]) - math.cos(5 * 10000 ** (-2 / 64))) < 1e-6
+    for arm, expect in (("tpos_zero", torch.zeros(48, 64)), ("tpos_sincos", t / t.std() * 0.01),
+                        ("tpos_sincos2", t / t.std() * 0.02)):
+        model = build_model(cfg)
+        init_bench.ARMS[arm][1](model)
+        sd = model.state_dict()
+        assert torch.allclose(sd["text.positional_embedding"], expect), arm
+        assert all(torch.equal(v, control[k]) for k, v in sd.items() if k != "text.positional_embedding"), arm
 
 
 def test_init_summary_by_hand(init_bench):
