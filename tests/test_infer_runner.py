@@ -2,13 +2,15 @@
 prefill, the contiguous batch-1 decoder and the thread tuner."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from llmlab.infer.paged import BlockTable, PagedKVCache
 from llmlab.device import num_threads
-from llmlab.infer.fused import Packed, _lin, fused, invariant_rows, packed_rows_invariant
+from llmlab.infer.fused import MKL_RULES, Packed, _lin, fused, invariant_rows, mkl_rule, packed_rows_invariant
 from llmlab.infer.runner import ContiguousDecoder, PagedRunner
 from llmlab.infer.threads import ThreadTuner, run_layers
 from llmlab.model.config import ModelConfig
@@ -24,18 +26,44 @@ def _model(position="rope", **kw):
     return Transformer(cfg).eval()
 
 
+def _smollm2_shapes(g):
+    """A stand-in FusedModel with SmolLM2's layer shapes (q/k/v 960x576, o 576x576, gate/up
+    3072x576, down 576x1536; the up shape stands in for the 49152-row LM head, to stay fast)."""
+    L = SimpleNamespace(**{f"{k}_w": torch.randn(o, i, generator=g) * 0.05 for k, (o, i) in
+                           dict(qkv=(960, 576), o=(576, 576), up=(3072, 576), down=(576, 1536)).items()},
+                        qkv_b=None, o_b=None, up_b=None, down_b=None)
+    return SimpleNamespace(layers=[L], head_w=L.up_w, head_b=None)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_gemm_rows_are_invariant_for_invariant_row_counts(threads):
-    """The assumption batch invariance rests on: a row of x @ W.T has the same bits for every row
-    count invariant_rows() can return (if this fails on another BLAS/CPU, see runner.py)."""
+    """The assumption the MKL fallback's batch invariance rests on: under the rule `mkl_rule`
+    measures on this machine (a few row counts), a row of x @ W.T has the bits of a 300-row call
+    at 1 thread for many more row counts, at every thread count the engine may then use (1 and
+    `threads`, or 1 where the rule says so). Fails if the picked rule is wrong here."""
     g = torch.Generator().manual_seed(0)
-    W = torch.randn(3072, 576, generator=g) * 0.05
-    X = torch.randn(300, 576, generator=g)
+    w = _smollm2_shapes(g)
     with num_threads(threads):
-        ref = F.linear(X[:4], W)
-        for n in (1, 3, 4, 5, 8, 9, 12, 13, 32, 100, 300):
-            m = invariant_rows(n)
-            assert torch.equal(F.linear(X[:m], W)[:4], ref), (n, m)
+        rule, pinned = mkl_rule(w)
+    assert rule in MKL_RULES and pinned in (None, 1)
+    for W in (w.layers[0].qkv_w, w.layers[0].o_w, w.layers[0].up_w, w.layers[0].down_w):
+        X = torch.randn(300, W.shape[1], generator=g)
+        with num_threads(1):
+            ref = F.linear(X, W)
+        for t in sorted({1, pinned or threads}):
+            with num_threads(t):
+                for n in [*range(1, 26), 31, 47, 57, 64, 69, 81, 100, 128, 160, 192, 255, 299]:
+                    m = invariant_rows(n, rule)
+                    assert torch.equal(F.linear(X[:m], W), ref[:m]), (tuple(W.shape), t, n, m, rule)
+
+
+def test_mkl_rule_warns_where_no_rule_holds(monkeypatch, capsys):
+    """Rows that never match (a BLAS whose rows depend on everything): the first rule, and a warning."""
+    from llmlab.infer import fused as fz
+    monkeypatch.setattr(fz, "_INVARIANT", {})
+    monkeypatch.setattr(fz, "_lin", lambda x, w, b: torch.randn(x.shape[0], w.shape[0]))
+    assert fz.mkl_rule(_smollm2_shapes(torch.Generator().manual_seed(0))) == (MKL_RULES[0], None)
+    assert "batch invariance is not guaranteed" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch build")
@@ -44,7 +72,6 @@ def test_packed_rows_are_invariant_for_every_row_count(threads):
     """The engine's matmuls (oneDNN-packed weights, no row padding): a row's bits do not depend on
     how many rows the call has. SmolLM2's shapes; if this fails on another CPU/build, the runner's
     own check (packed_rows_invariant) makes the engine fall back to MKL with padded rows."""
-    from types import SimpleNamespace
     g = torch.Generator().manual_seed(0)
     for out_f, in_f in [(3072, 576), (576, 1536), (960, 576)]:
         W = Packed(torch.randn(out_f, in_f, generator=g) * 0.05)
@@ -66,7 +93,7 @@ def test_engine_runner_uses_packed_weights_without_padding():
     model = _model()
     r = PagedRunner(model, PagedKVCache.for_model(model, 8))
     if fused(model).packed() is None:  # this CPU's oneDNN rows vary with M: MKL on padded rows
-        assert not r.packed and r.padded_rows(5) == 8
+        assert not r.packed and r.padded_rows(5) == invariant_rows(5, mkl_rule(fused(model))[0])
         return
     assert r.packed and type(r.w.layers[0].up_w) is Packed and r.padded_rows(5) == 5
     one = PagedRunner(model, PagedKVCache.for_model(model, 8), row_pad=1)  # one user: plain weights (gemv)
@@ -81,7 +108,9 @@ def test_llmlab_no_dnn_turns_packing_off_for_the_engine(monkeypatch):
     assert not device.use_onednn()
     model = _model()
     r = PagedRunner(model, PagedKVCache.for_model(model, 8))
-    assert fused(model).packed() is None and not r.packed and r.padded_rows(5) == 8  # MKL on invariant rows
+    rule, pinned = mkl_rule(fused(model))  # MKL on the rows of the rule measured here, at 1 thread if it says so
+    assert fused(model).packed() is None and not r.packed and r.padded_rows(5) == invariant_rows(5, rule)
+    assert r.fixed_threads == pinned
 
 
 def test_prefill_many_equals_one_at_a_time():

@@ -9,7 +9,12 @@ LayerNorm, MHA/GQA/MQA, biases). A matmul weight is one of three kinds (`_lin`):
   faster for decode batches, and a row's bits do not depend on the row count
   (`packed_min_rows` re-checks that at run time);
 - `QLinear`: GGUF blocks multiplied by the block kernel (`llmlab.kernels.ggml`).
-MKL's sgemm computes a row identically only for some row counts: `invariant_rows(M)` pads to them.
+MKL's sgemm computes a row identically only for some row counts, and which ones depends on the CPU
+and the thread count: `mkl_rule` measures at run time which padding rule (`MKL_RULES`) holds for the
+model's shapes and `invariant_rows(M, rule)` pads to it. Measured (docs/LOG.md, session 16): on the
+AVX2 EPYC, 4 / 8 / >= 12 rows at 1 and 2 threads; on the AVX-512 Xeon only >= 16 rows at 1 thread,
+and at 2 threads the (576, 1536) product also differs for M in 57..192, so no pad-to-k rule holds
+there and the engine runs those matmuls at 1 thread.
 Measured figures behind these choices: docs/LOG.md ("Inference forward: packed weights").
 """
 from __future__ import annotations
@@ -24,16 +29,18 @@ from llmlab.device import num_threads, use_onednn
 from llmlab.errors import UserError
 from llmlab.kernels import ggml
 from llmlab.kernels.ggml import matmul as qmatmul
+from llmlab.log import get_logger
 
 
-def invariant_rows(n: int) -> int:
+# Padding rules for MKL GEMMs, fewest padding rows first: a rule pads n rows to its first count >= n
+# (n itself beyond its last). (4, 8, 12) was measured on the AVX2 EPYC, (16,) on the AVX-512 Xeon.
+MKL_RULES = ((4, 8, 12), (16,), (32,), (64,))
+
+
+def invariant_rows(n: int, rule: tuple = MKL_RULES[0]) -> int:
     """Rows to run a GEMM with so that each of the first n rows is computed by the same kernel and
-    reduction order whatever n is (see the module docstring)."""
-    if n <= 4:
-        return 4
-    if n <= 8:
-        return 8
-    return max(n, 12)
+    reduction order whatever n is, under `rule` (which rule holds on this CPU: `mkl_rule`)."""
+    return next((r for r in rule if r >= n), n)
 
 
 class _Layer:
@@ -63,8 +70,9 @@ class Packed:
     """A weight reordered once by oneDNN into its blocked layout, for x (M, in) @ W.T.
 
     Why: MKL's sgemm packs the weight on every call; packed once, decode-size products are faster
-    and a row's bits do not depend on the row count M (no padding rows; MKL needs M in
-    {4, 8, >= 12}). Figures: docs/LOG.md. `packed_rows_invariant` re-checks invariance at run time."""
+    and a row's bits do not depend on the row count M (no padding rows; MKL needs padding, and how
+    much depends on the CPU: `mkl_rule`). Figures: docs/LOG.md. `packed_rows_invariant` re-checks
+    invariance at run time."""
     __slots__ = ("w",)
     HINT = 32  # the batch size oneDNN packs for (any M works; 32 = a full decode batch)
 
@@ -289,6 +297,54 @@ def packed_min_rows(w: "FusedModel", rows=(1, 2, 3, 5, 8, 13)) -> int | None:
                     for p in ok:
                         ok[p] = ok[p] and all(torch.equal(_lin(x[:max(r, p)], m, b)[:r], ref[:r]) for r in rows)
         _INVARIANT[key] = next((p for p, good in ok.items() if good), None)
+    return _INVARIANT[key]
+
+
+# The row counts `mkl_rule` checks, against a call with _MKL_REF rows: small ones (decode batches, the
+# rules' own counts) and larger ones, where MKL at 2 threads on the AVX-512 Xeon splits differently.
+_MKL_ROWS, _MKL_REF = (1, 2, 3, 5, 8, 13, 16, 21, 33, 64, 100, 150, 200), 256
+
+
+def mkl_rule(w: "FusedModel") -> tuple[tuple, int | None]:
+    """(rule, threads) for the plain (MKL) matmuls of layer 0 and the LM head: the first rule of
+    MKL_RULES under which, for each row count n in _MKL_ROWS, the invariant_rows(n, rule) rows of
+    every such matmul have the bits of a 256-row call at 1 thread, both at 1 thread and at torch's
+    thread count (threads None: any count the tuner picks); else the first that holds at 1 thread
+    (threads 1: the engine must run them at 1 thread); else the first rule, with a warning that
+    batch invariance is not guaranteed. Measured once per process, shapes and thread count
+    (SmolLM2's shapes on the AVX-512 Xeon: 0.9 s at 1 thread, 1.7 s at 2, where it gives ((16,), 1);
+    the AVX2 EPYC's MKL gave 4 / 8 / >= 12 at 1 and 2 threads). A sample of row counts, not a
+    proof: the wider sweep is tests/test_infer_runner.py's."""
+    L = w.layers[0]
+    mats = [(m, b) for m, b in [(L.qkv_w, L.qkv_b), (L.o_w, L.o_b), (L.up_w, L.up_b), (L.down_w, L.down_b),
+                                (w.head_w, w.head_b)] if type(m) is torch.Tensor]  # QLinear: no MKL
+    if not mats:
+        return MKL_RULES[0], None
+    T, m0 = torch.get_num_threads(), mats[0][0]
+    key = ("mkl", tuple((tuple(m.shape), b is not None) for m, b in mats), m0.dtype, m0.device, T)
+    if key not in _INVARIANT:
+        g = torch.Generator().manual_seed(0)
+        xs = [torch.randn(_MKL_REF, m.shape[1], generator=g).to(m) for m, _ in mats]
+        with num_threads(1), torch.inference_mode():
+            refs = [_lin(x, m, b) for x, (m, b) in zip(xs, mats)]
+        seen = {}
+
+        def holds(rule, n):  # at n threads; each (rows, threads) computed once
+            for M in (invariant_rows(r, rule) for r in _MKL_ROWS):
+                if (M, n) not in seen:
+                    with num_threads(n), torch.inference_mode():
+                        seen[M, n] = all(torch.equal(_lin(x[:M], m, b), ref[:M])
+                                         for x, ref, (m, b) in zip(xs, refs, mats))
+                if not seen[M, n]:
+                    return False
+            return True
+        picked = (next(((r, None) for r in MKL_RULES if all(holds(r, n) for n in sorted({1, T}))), None)
+                  or next(((r, 1) for r in MKL_RULES if holds(r, 1)), None))
+        if picked is None:
+            get_logger().warning("batch invariance is not guaranteed on this CPU/BLAS: no row-padding rule "
+                                 f"of {MKL_RULES} gives MKL rows independent of the row count")
+            picked = (MKL_RULES[0], None)
+        _INVARIANT[key] = picked
     return _INVARIANT[key]
 
 

@@ -7,8 +7,10 @@ concatenated into one GEMM.
 
 Batch invariance (a request's tokens must not depend on what else runs):
 - fp32 GEMM rows: oneDNN-packed weights (row bits independent of the row count, re-checked at run
-  time by `packed_min_rows`), else MKL on `invariant_rows(M)` rows (extra rows are zeros and are
-  discarded), or the GGUF block kernel (rows alike for every M);
+  time by `packed_min_rows`), else MKL on `invariant_rows(M, rule)` rows (extra rows are zeros and
+  are discarded) by the rule `mkl_rule` measures at run time (AVX2 EPYC: 4 / 8 / >= 12 rows at any
+  thread count; AVX-512 Xeon: >= 16 rows, at 1 thread only, so the matmuls run at 1 thread there),
+  or the GGUF block kernel (rows alike for every M);
 - attention runs at 1 thread (torch's flash-attention kernel splits differently at 2 threads:
   batched != alone there), per sequence over its own keys in prefill; in decode the sequences are
   grouped by their key count rounded up to `attn_bucket` (32) and each group is one masked SDPA
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.device import num_threads
-from llmlab.infer.fused import _norm, _on_cpu, fused, invariant_rows
+from llmlab.infer.fused import _norm, _on_cpu, fused, invariant_rows, mkl_rule
 from llmlab.infer.paged import BlockTable, PagedKVCache
 from llmlab.infer.threads import ThreadTuner, run_c_tuned, run_layers
 from llmlab.kernels import attention as c_attention
@@ -72,8 +74,9 @@ class PagedRunner:
         prefill on their GEMM path (AVX-512; elsewhere on the decode path, as fast as oneDNN on AVX2:
         never an fp32 copy of a matrix that has blocks, so serving stays within the memory goal);
         without blocks, the oneDNN-packed weights (`Packed`, padded to `min_rows`), where packing
-        is unavailable or not invariant MKL on `invariant_rows` rows. threads: intra-op threads
-        for the matmuls (default: measured per kind of step, see ThreadTuner)."""
+        is unavailable or not invariant MKL on `invariant_rows` rows of the rule `mkl_rule` measured
+        (at 1 thread, whatever `threads` says, where the rule holds only there). threads: intra-op
+        threads for the matmuls (default: measured per kind of step, see ThreadTuner)."""
         self.model, self.cache, self.cfg = model, cache, model.config
         self.row_pad, self.attn_bucket = row_pad, attn_bucket
         self._kv_ptrs = None  # the C layers' per-layer cache addresses (the pools never move): made once
@@ -83,17 +86,20 @@ class PagedRunner:
         blocks = base.has_blocks and base.n_plain == 0  # the block kernel: rows alike for every M
         gemm = blocks and base.prefill_view() is not base
         pk = base.packed() if row_pad > 1 and not blocks else None  # blocks: no fp32 copies (memory)
-        same, mkl = (lambda n: n), invariant_rows
-        packed = (pk, lambda n: max(bucket_rows(n), pk.min_rows)) if pk is not None else None
+        same, mkl = (lambda n: n), False
         if row_pad <= 1 and not gemm:  # one user: plain weights or blocks, no padding
             decode = prefill = (base, same)
         elif blocks:  # decode on the blocks; prompts on their GEMM path, else the decode path
             decode = (base, same)
             prefill = (base.prefill_view(), same) if gemm else decode
-        else:
-            decode = prefill = packed or (base, mkl)
+        elif pk is not None:
+            decode = prefill = (pk, lambda n: max(bucket_rows(n), pk.min_rows))
+        else:  # MKL: the rule holds at 1 thread only on some CPUs (one_thread = 1), then pin it
+            rule, one_thread = mkl_rule(base)
+            decode = prefill = (base, lambda n: invariant_rows(n, rule))
+            mkl, threads = True, one_thread or threads
         (self.w, self._pad), (self.w_prefill, self._pad_prefill) = decode, prefill
-        self.packed = self._pad is not mkl and (row_pad > 1 or gemm)  # no padding beyond min_rows
+        self.packed = not mkl and (row_pad > 1 or gemm)  # no padding beyond min_rows
         self.fixed_threads = threads
         self.tuner = ThreadTuner(torch.get_num_threads())
 

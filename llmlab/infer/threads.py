@@ -3,7 +3,9 @@
 On a small machine shared with other jobs, a parallel region costs a scheduler time slice
 whenever another core is taken, so 2 threads can be several times slower than 1 under load and
 faster when idle (figures: docs/LOG.md, "Threads under load"). GEMM bits do not depend on the
-thread count, so `ThreadTuner` times every layer and keeps the faster count per kind of step.
+thread count (where MKL's do for some row counts, as on the AVX-512 Xeon at 2 threads, the engine
+runs at 1 thread: `llmlab.infer.fused.mkl_rule`), so `ThreadTuner` times every layer and keeps the
+faster count per kind of step.
 Thread setup itself (how many, `num_threads`) is `llmlab.device`'s.
 """
 from __future__ import annotations
