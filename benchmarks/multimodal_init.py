@@ -27,10 +27,12 @@ arm's paired mean difference from `ours` and its standard error over seeds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -39,15 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from multimodal import bench_config, parse_seeds  # noqa: E402  (benchmarks/multimodal.py)
 
+import llmlab.multimodal.clip as clip_module  # noqa: E402
 from llmlab.multimodal.evaluate import DIGIT_EVAL_TEMPLATES, DIGIT_GENERIC_TEMPLATES, zero_shot_accuracy  # noqa: E402
+from llmlab.multimodal.clip import text_positions as clip_text_positions  # noqa: E402
 from llmlab.multimodal.train import ContrastiveTrainer, build_model, param_groups  # noqa: E402
-
-def sincos_1d(length: int, dim: int) -> torch.Tensor:
-    """(length, dim) 1-D sin-cos positions (Vaswani et al. 2017, s3.5): sin(p w_i) then cos(p w_i),
-    w_i = 10000^(-2i/dim)."""
-    pos = torch.arange(length, dtype=torch.float64)[:, None]
-    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
-    return torch.cat([(pos * omega).sin(), (pos * omega).cos()], 1).float()
 
 
 def text_positions(std: float | None):
@@ -60,17 +57,23 @@ def text_positions(std: float | None):
             if std is None:
                 pe.zero_()
             else:
-                t = sincos_1d(*pe.shape)
-                pe.copy_(t / t.std() * std)
+                pe.copy_(clip_text_positions(*pe.shape, std=std))
     return apply
 
 
-# arm -> (the names (ours) of the >= 2-dim tensors that skip weight decay, an init applied after the build)
+def open_clip_positions():
+    """Build with open_clip's N(0, 0.01) text positions (our init before session 16: the control then)."""
+    return mock.patch.object(clip_module, "TEXT_POSITION_STD", None)
+
+
+# arm -> (the names (ours) of the >= 2-dim tensors that skip weight decay, an init applied after the
+# build, a context the build runs in)
 ARMS = {"ours": ((), None),
         "cls_no_decay": (("visual.cls_token",), None),
         "open_clip_no_decay": (("visual.cls_token", "visual.pos_embed", "text.positional_embedding"), None),
         # session 16: the text position table (what the held-out prompts need: the class word and
         # the end-of-text token at positions no training caption puts them)
+        "open_clip_positions": ((), None, open_clip_positions),
         "tpos_zero": ((), text_positions(None)),
         "tpos_sincos": ((), text_positions(0.01)),
         "tpos_sincos2": ((), text_positions(0.02))}
@@ -83,8 +86,9 @@ PROMPTS = {"eval": DIGIT_EVAL_TEMPLATES,
 
 def run_arm(seed: int, arm: str, steps: int, batch: int, prompts: str = "eval") -> dict:
     cfg, train, val = bench_config(seed, steps, batch, validation=VALIDATION)
-    model = build_model(cfg)
-    no_decay, init = ARMS[arm]
+    no_decay, init, *build_in = ARMS[arm]
+    with (build_in[0]() if build_in else contextlib.nullcontext()):
+        model = build_model(cfg)
     if init is not None:
         init(model)
     trainer = ContrastiveTrainer(model, model.tokenize, train, cfg)
