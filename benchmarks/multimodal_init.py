@@ -2,6 +2,8 @@
 
     python benchmarks/multimodal_init.py --quick     # 40 steps, seed 100, every arm (3 x 40: session 14's 2 x 60)
     python benchmarks/multimodal_init.py --steps 300 --seeds 100-199 --per_seed_dir runs/zs15/val  # session 15
+    python benchmarks/multimodal_init.py --steps 300 --seeds 300-323 --prompts generic12 \
+        --arms ours,open_clip_positions,tpos_zero,tpos_sincos --per_seed_dir runs/zs16/val   # session 16
 
 `clip_zero_shot` (benchmarks/multimodal.py, each library's own init) was 0.947 +- 0.023 over 48 seeds in
 session 14; with the same initial weights the two implementations train alike, so the gap is in the
@@ -18,8 +20,14 @@ Session 15's arms: which tensors of >= 2 dims skip weight decay (`param_groups(n
 - `open_clip_no_decay`: the class token and both position tables, open_clip's current rule (optim.py:
   1-D tensors plus the model's `no_weight_decay()`: positional_embedding, visual.positional_embedding,
   visual.class_embedding).
+Session 16's arms: the text position table (the held-out prompts put the class word and end-of-text
+where no training caption does): `open_clip_positions` (open_clip's N(0, 0.01) draw, our init before
+session 16), `tpos_zero`, `tpos_sincos` / `tpos_sincos2` (the 1-D sin-cos table at std 0.01 / 0.02; the
+latter is `ours` since session 16, so `tpos_sincos2` now equals `ours`). Scored with `--prompts
+generic12`, the 12 unseen prompts of `prompts=generic` that are not the benchmark's 4. The weight-decay
+arms above now run on session 16's init (their session-15 figures: at commit 5d259f1).
 Each seed trains every arm on the first 1,001 training digits (all but the last 257) and scores
-zero-shot accuracy (the benchmark's 4 held-out prompts) on the last 257 training digits. Arms rotate
+zero-shot accuracy (`--prompts`: the benchmark's 4 held-out prompts by default) on the last 257 training digits. Arms rotate
 within a seed, so a stop leaves whole seeds. Last line one JSON object: `peer` is the arm (not `ours`)
 with the highest mean validation accuracy, `ratio` its mean / ours'; `diff` and `diff_se` give every
 arm's paired mean difference from `ours` and its standard error over seeds.
