@@ -84,7 +84,9 @@ ARMS = {"ours": ((), None),
         "open_clip_positions": ((), None, open_clip_positions),
         "tpos_zero": ((), text_positions(None)),
         "tpos_sincos": ((), text_positions(0.01)),
-        "tpos_sincos2": ((), text_positions(0.02))}
+        "tpos_sincos2": ((), text_positions(0.02)),
+        "tpos_sincos4": ((), text_positions(0.04)),  # session 16's look past the adopted scale (validation)
+        "tpos_sincos8": ((), text_positions(0.08))}
 VALIDATION = 257
 # --prompts: the benchmark's 4 held-out prompts (sessions 14-15), or the 12 other unseen prompts of
 # `prompts=generic` (session 16's selection metric: neither the test digits nor the test prompts)
