@@ -19,6 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 TINY = dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
 TOL = 1e-5
+# weights after 4 AdamW steps: Adam divides by sqrt(v), so a gradient summed in another order (2 ranks'
+# averages vs one batch) moves near-zero-gradient weights by up to ~lr-scale rounding; measured max
+# |2 ranks - 1 process| 1.03e-05 on the AVX-512 Xeon for every strategy (session 16), < 1e-05 on the AVX2 EPYC
+W_TOL = 3e-5
 
 
 @pytest.mark.slow  # 3 interpreters, ~45 s on a loaded 2-core machine
@@ -33,7 +37,7 @@ def test_strategies_match_one_process_and_calc():
         r0, r1 = ranks[0][i], ranks[1][i]
         assert max(abs(a - b) for a, b in zip(r0["losses"], one["losses"])) < TOL, (name, r0["losses"], one["losses"])
         w = max((r0["weights"][k] - one["weights"][k]).abs().max().item() for k in one["weights"])
-        assert w < TOL, (name, w)
+        assert w < W_TOL, (name, w)
         for r in (r0, r1):  # model states per rank: ZeRO's own slices are padded to equal size, <= 1 %
             assert abs(r["state_bytes"] / r["state_pred"] - 1) < 0.01, (name, r["state_bytes"], r["state_pred"])
             # ring bytes sent per step: 2 psi (DDP, ZeRO-1/2), 3 psi (ZeRO-3; FSDP2 keeps the root's
