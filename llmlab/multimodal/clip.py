@@ -128,7 +128,7 @@ def clip_init(model: CLIP) -> None:
     open_clip_bias_draw(model)
     if TEXT_POSITION_STD is not None:  # None: open_clip's N(0, 0.01) draw stays (a validation arm's control)
         with torch.no_grad():  # replaced after every draw: the random stream is the validated arm's
-            txt.positional_embedding.copy_(text_positions(*txt.positional_embedding.shape))
+            txt.positional_embedding.copy_(text_positions(*txt.positional_embedding.shape, std=TEXT_POSITION_STD))
 
 
 TEXT_POSITION_STD: float | None = 0.02  # the token embedding's std
