@@ -92,9 +92,9 @@ class RagIndex:
             sha = hashlib.sha256(doc.text.encode("utf-8")).hexdigest()
             key = source_key(doc.source)
             row = self.store.source(key)
-            if row is None and key != doc.source and self.store.source(doc.source):
-                # kept as typed by the migration (it ran from another directory): re-stored under its key
-                row = (self.store.source(doc.source)[0], None)
+            typed = self.store.source(doc.source) if row is None and key != doc.source else None
+            if typed is not None:  # kept as typed by the migration (it ran from another directory): re-stored under its key
+                row = (typed[0], None)
             if key in seen or (row is not None and row[1] == sha):  # seen: a file and a symlink to it
                 stats["unchanged"] += 1
                 if progress:
