@@ -50,7 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from multimodal import bench_config, parse_seeds  # noqa: E402  (benchmarks/multimodal.py)
 
 import llmlab.multimodal.clip as clip_module  # noqa: E402
-from llmlab.multimodal.evaluate import DIGIT_EVAL_TEMPLATES, DIGIT_GENERIC_TEMPLATES, zero_shot_accuracy  # noqa: E402
+from llmlab.multimodal.evaluate import (DIGIT_EVAL_TEMPLATES, DIGIT_GENERIC_TEMPLATES, DIGIT_TRAIN_TEMPLATES,
+                                        zero_shot_accuracy)  # noqa: E402
 from llmlab.multimodal.clip import text_positions as clip_text_positions  # noqa: E402
 from llmlab.multimodal.train import ContrastiveTrainer, build_model, param_groups  # noqa: E402
 
@@ -91,7 +92,8 @@ VALIDATION = 257
 # --prompts: the benchmark's 4 held-out prompts (sessions 14-15), or the 12 other unseen prompts of
 # `prompts=generic` (session 16's selection metric: neither the test digits nor the test prompts)
 PROMPTS = {"eval": DIGIT_EVAL_TEMPLATES,
-           "generic12": [t for t in DIGIT_GENERIC_TEMPLATES if t not in DIGIT_EVAL_TEMPLATES]}
+           "generic12": [t for t in DIGIT_GENERIC_TEMPLATES if t not in DIGIT_EVAL_TEMPLATES],
+           "train": DIGIT_TRAIN_TEMPLATES}  # the training captions' own templates: a diagnostic, never a selection metric
 
 
 def run_arm(seed: int, arm: str, steps: int, batch: int, prompts: str = "eval") -> dict:
@@ -152,7 +154,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="", help='"100-139" (inclusive) or "100,101"')
     ap.add_argument("--arms", default=",".join(ARMS), help="ours first, then the arms to compare with it")
     ap.add_argument("--prompts", default="eval", choices=list(PROMPTS),
-                    help="zero-shot prompts: the benchmark's 4 held-out ones, or the 12 other unseen ones")
+                    help="zero-shot prompts: the benchmark's 4 held-out ones, the 12 other unseen ones, or the 4 training templates")
     ap.add_argument("--per_seed_dir", default="", help="DIR/seed_S.json per finished seed; reused on a rerun")
     args = ap.parse_args()
     torch.set_num_threads(1)
