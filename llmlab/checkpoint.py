@@ -106,8 +106,54 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[str]:
+    """Yield a temporary sibling path for a writer that takes a file name (safetensors, gguf); on a
+    clean exit it is fsynced and renamed over `path` (atomic on POSIX), so a reader or a killed job sees
+    the old file or the new one, never half of one; on an error it is removed and `path` is untouched.
+    A unique name (mkstemp), so two writers of one path never share a temp file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:  # make the data durable before the rename publishes it
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what a plain open() would have given
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator:
+    """`open(path, mode)` that publishes the file only on a clean exit (`atomic_path`); text is UTF-8."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_file writes a new file: mode 'w' or 'wb', got {mode!r}")
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+        yield f
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_file(path) as f:
+        f.write(text)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_file(path, "wb") as f:
+        f.write(data)
+
+
 def write_json(path: str | Path, obj) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_json(path: str | Path) -> dict:

@@ -109,3 +109,41 @@ def test_an_output_under_a_file_is_one_line_before_any_work(tmp_path, capsys, ar
     assert f.read_text(encoding="utf-8") == "mine" and os.listdir(tmp_path) == ["notes.txt"]
     with pytest.raises(UserError, match=r"output_dir=.*notes\.txt is a file, not a directory"):
         check_output_dir(f / "run")
+
+
+def test_atomic_file_publishes_only_on_a_clean_exit(tmp_path):
+    from llmlab.checkpoint import atomic_file, atomic_write_text
+    target = tmp_path / "sub" / "data.jsonl"
+    atomic_write_text(target, "old\n")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_file(target) as f:
+            f.write("half of the new fil")
+            raise KeyboardInterrupt
+    assert target.read_text() == "old\n"  # untouched, and no temp file left beside it
+    assert sorted(p.name for p in target.parent.iterdir()) == ["data.jsonl"]
+    with atomic_file(target, "wb") as f:
+        f.write("новый\n".encode())
+    assert target.read_text(encoding="utf-8") == "новый\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # what a plain open() gives, not mkstemp's 0600
+    with pytest.raises(ValueError):
+        with atomic_file(target, "a"):
+            pass
+
+
+def test_a_killed_data_build_keeps_the_old_files(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of `llmlab data build` used to publish the partial train.jsonl."""
+    from llmlab.data import pipeline
+    out = tmp_path / "built"
+    out.mkdir()
+    (out / "train.jsonl").write_text('{"text": "old"}\n')
+
+    def interrupted(*a, **k):
+        yield "wiki_en", "A first document that is long enough to keep, with several words in it. " * 5
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pipeline, "mix_documents", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.build(pipeline.DataBuildConfig(out_dir=str(out), progress=False))
+    assert (out / "train.jsonl").read_text() == '{"text": "old"}\n'
+    assert sorted(p.name for p in out.iterdir()) == ["train.jsonl"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llmlab.checkpoint import atomic_path
 from llmlab.errors import UserError
 
 VAL_FRACTION, VAL_SEED = 0.05, 1
@@ -163,13 +164,8 @@ def cached_teacher(path: str, key: str, need: set[str], data: torch.Tensor, comp
         print(f"{path} was made for other windows or settings: recomputing")
     out = compute()
     if path:
-        tmp = f"{path}.tmp{os.getpid()}"
-        try:
+        with atomic_path(path) as tmp:
             save_file({**out, "windows": data.contiguous()}, tmp, metadata={"key": key})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         print(f"wrote {path}")
     return out
 

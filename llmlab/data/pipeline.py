@@ -9,13 +9,13 @@ jobs share the cores; `total_seconds` is wall-clock.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from llmlab.checkpoint import atomic_file
 from llmlab.data.archaic import archaic_score
 from llmlab.data.dedup_exact import ExactDeduper
 from llmlab.data.langid import detect_language
@@ -74,26 +74,6 @@ class DataBuildConfig:
                 raise ValueError(f"languages: unknown language id '{lang}' (use en, zh, other)")
 
 
-class _JsonlWriter:
-    """Writes to `name.tmp` and renames on close, so a killed build never leaves a partial file."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.tmp = path.with_name(path.name + ".tmp")
-        self.f = open(self.tmp, "w", encoding="utf-8")
-        self.count = 0
-
-    def write(self, record: dict) -> None:
-        self.f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.count += 1
-
-    def close(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-        os.replace(self.tmp, self.path)
-
-
 def _drop_checks(cfg: DataBuildConfig, exact: ExactDeduper, near: NearDeduper) -> list[tuple[str, Callable]]:
     """The filtering steps after language id, in pipeline order: (step, (text, lang) -> the reason
     to drop the document, or None to keep it)."""
@@ -150,7 +130,7 @@ def build(cfg: DataBuildConfig) -> dict:
     max_docs = min(cfg.max_docs or QUICK_MAX_DOCS, QUICK_MAX_DOCS) if cfg.quick else (cfg.max_docs or None)
     report = Report()
     pii_counts: Counter = Counter()
-    writers = {"train": _JsonlWriter(out / "train.jsonl"), "val": _JsonlWriter(out / "val.jsonl")}
+    written: Counter = Counter()
     docs = mix_documents(SOURCES, cfg.weights, seed=cfg.seed, max_docs=max_docs)
     if cfg.progress:
         from tqdm import tqdm
@@ -160,7 +140,9 @@ def build(cfg: DataBuildConfig) -> dict:
     for name in ["normalize", "langid", *(n for n, _ in checks)] + (["pii"] if cfg.pii else []):
         report.step(name)  # report rows in pipeline order, whichever document reaches a step first
     t_start, cpu_start = time.perf_counter(), time.process_time()
-    try:
+    # both files are published only when the whole build finishes: a kill or Ctrl-C leaves the old ones
+    with atomic_file(out / "train.jsonl") as train_f, atomic_file(out / "val.jsonl") as val_f:
+        files = {"train": train_f, "val": val_f}
         for src, raw in docs:
             counts = report.per_source[src]
             counts["drawn"] += 1
@@ -169,17 +151,15 @@ def build(cfg: DataBuildConfig) -> dict:
                 continue
             text, lang = kept
             split = "val" if is_val(text, cfg.val_fraction, cfg.seed) else "train"
-            writers[split].write({"text": text, "source": src, "lang": lang})
+            files[split].write(json.dumps({"text": text, "source": src, "lang": lang}, ensure_ascii=False) + "\n")
+            written[split] += 1
             counts[split] += 1
             counts[f"{split}_chars"] += len(text)
-    finally:
-        for w in writers.values():
-            w.close()
-    if writers["train"].count == 0:
+    if written["train"] == 0:
         raise UserError(f"data build kept no training documents (max_docs={max_docs}, "
                         f"weights={cfg.weights}); raise max_docs or relax the quality.* thresholds")
     report.extra["pii_replacements"] = dict(pii_counts.most_common())
-    report.extra["split"] = {k: w.count for k, w in writers.items()}
+    report.extra["split"] = {"train": written["train"], "val": written["val"]}
     report.extra["minhash"] = {"shingle_size": cfg.minhash.shingle_size, "num_perm": cfg.minhash.num_perm,
                                "bands": cfg.minhash.bands, "rows": cfg.minhash.rows,
                                "threshold": cfg.minhash.threshold,

@@ -21,7 +21,8 @@ import numpy as np
 
 from llmlab.data.model_filter import NgramLM, QualityClassifier
 from llmlab.data.packages import iter_jsonl
-from llmlab.data.report import Report, atomic_write_text
+from llmlab.checkpoint import atomic_write_text
+from llmlab.data.report import Report
 from llmlab.data.sentence_dedup import SentenceDeduper
 from llmlab.data.sources import SOURCES
 from llmlab.errors import UserError

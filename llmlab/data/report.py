@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
+
+from llmlab.checkpoint import atomic_write_text
 
 
 class Report:
@@ -65,12 +66,3 @@ class Report:
         out = Path(out_dir)
         atomic_write_text(out / "report.json", json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
         atomic_write_text(out / "report.md", self.to_markdown())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

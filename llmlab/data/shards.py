@@ -14,13 +14,13 @@ then renamed (atomic on POSIX), so a crash never leaves a half-written shard beh
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from llmlab.checkpoint import atomic_write_bytes, atomic_write_text
 from llmlab.errors import UserError
 
 FORMAT = "llmlab-tokens"
@@ -34,17 +34,8 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= 65536 else np.dtype("<u4")
 
 
-def _atomic_bytes(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _atomic_json(path: Path, obj: dict) -> None:
-    _atomic_bytes(path, lambda f: f.write(json.dumps(obj, indent=1).encode("utf-8")))
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def write_shards(texts: Iterable[str], tokenizer, out_dir: str | Path, shard_tokens: int = 1 << 24,
@@ -71,7 +62,7 @@ def write_shards(texts: Iterable[str], tokenizer, out_dir: str | Path, shard_tok
             return
         name = f"shard_{len(shards):05d}"
         arr = np.concatenate(buf).astype(dtype, copy=False)
-        _atomic_bytes(out / f"{name}.bin", lambda f: f.write(arr.tobytes()))
+        atomic_write_bytes(out / f"{name}.bin", arr.tobytes())
         header = {"format": FORMAT, "version": VERSION, "dtype": dtype.name, "num_tokens": int(arr.size),
                   "num_docs": len(starts), "num_bytes": n_bytes, "doc_starts": starts, "vocab_size": vocab, "eos_id": eos}
         _atomic_json(out / f"{name}.json", header)

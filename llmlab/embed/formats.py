@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmlab.checkpoint import atomic_file
 from llmlab.embed.vectors import WordVectors
 from llmlab.errors import UserError
 
@@ -26,9 +27,7 @@ def save(kv: WordVectors, path: str | Path, binary: bool | None = None) -> Path:
     for w in kv.words:
         if not w or any(c.isspace() for c in w):
             raise UserError(f"cannot save word {w!r}: words in word2vec files may not contain whitespace")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(p, "wb") as f:
         f.write(f"{len(kv)} {kv.vector_size}\n".encode())
         if binary:
             vecs = kv.vectors.astype("<f4")
@@ -37,7 +36,6 @@ def save(kv: WordVectors, path: str | Path, binary: bool | None = None) -> Path:
         else:
             for w, row in zip(kv.words, kv.vectors):
                 f.write((w + " " + " ".join(f"{x:.6g}" for x in row.tolist()) + "\n").encode("utf-8"))
-    tmp.replace(p)
     return p
 
 

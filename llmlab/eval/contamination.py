@@ -156,7 +156,7 @@ def decontaminate_file(data: str | Path, output: str | Path, eval_sets: dict[str
                        min_words: int = 4) -> dict:
     """Filter a JSONL ({"text": ...} a line) or plain-text (a document a line) training file;
     writes `output` atomically and returns the counts (per task: items found, documents removed)."""
-    import os
+    from llmlab.checkpoint import atomic_file
     src, dst = Path(data), Path(output)
     if not src.is_file():
         raise UserError(f"decontaminate: data file not found: {src}")
@@ -180,9 +180,7 @@ def decontaminate_file(data: str | Path, output: str | Path, eval_sets: dict[str
     counts = {"documents": 0, "removed": 0, "kept": 0, "ngram": n,
               "per_task": {t: {"items": len(v), "items_found": 0, "docs_removed": 0} for t, v in eval_sets.items()}}
     found: dict[str, set[int]] = {t: set() for t in eval_sets}
-    tmp = dst.with_name(dst.name + ".tmp")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "w", encoding="utf-8") as out:
+    with atomic_file(dst) as out:  # a kill or a bad line leaves `output` as it was
         def docs():
             for line, text in lines():
                 raw["line"] = line
@@ -197,7 +195,6 @@ def decontaminate_file(data: str | Path, output: str | Path, eval_sets: dict[str
             for task, ids in hit.items():
                 found[task].update(ids)
                 counts["per_task"][task]["docs_removed"] += 1
-    os.replace(tmp, dst)
     for t, ids in found.items():
         counts["per_task"][t]["items_found"] = len(ids)
     return counts

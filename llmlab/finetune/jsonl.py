@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from llmlab.checkpoint import atomic_write_text
 from llmlab.data.packages import iter_jsonl
 from llmlab.errors import UserError
 
@@ -69,10 +70,6 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
         except ValueError as e:
             raise UserError(f"record {i}: {e}") from None
         lines.append(json.dumps(r, ensure_ascii=False))
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
-    tmp.replace(p)
-    return p
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+    return Path(path)
 

@@ -19,12 +19,11 @@ when complete: a failure leaves no partial file.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from llmlab.checkpoint import atomic_path
 from llmlab.errors import UserError
 
 QK = 32
@@ -162,11 +161,8 @@ def write_gguf(model, tok, path: str | Path, fmt: str = "Q8_0", name: str = "llm
     if not llama:
         raise UserError("GGUF export supports LLaMA-architecture models (RMSNorm, SwiGLU, RoPE, no biases)")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     counts: dict[str, int] = {}
-    try:
+    with atomic_path(path) as tmp:
         wr = gguf.GGUFWriter(tmp, "llama")
         wr.add_name(name)
         for key, field in _LLAMA_METADATA.items():
@@ -200,12 +196,5 @@ def write_gguf(model, tok, path: str | Path, fmt: str = "Q8_0", name: str = "llm
         wr.write_kv_data_to_file()
         wr.write_tensors_to_file()
         wr.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what a plain open() would have given
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return {"bytes": path.stat().st_size, "types": counts}
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmlab.checkpoint import atomic_write_bytes
 from llmlab.errors import UserError
 from llmlab.log import get_logger
 
@@ -45,15 +46,6 @@ def source_key(source: str) -> str:
         if os.path.isfile(source[:i]):
             return os.path.realpath(source[:i]) + source[i:]
     return source
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Store:
@@ -201,8 +193,8 @@ class Store:
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
             if len(ids):
                 index.add_with_ids(vecs, ids)
-            _fsync_write(path, faiss.serialize_index(index).tobytes())
-            _fsync_write(side, json.dumps({"generation": gen}).encode())
+            atomic_write_bytes(path, faiss.serialize_index(index).tobytes())
+            atomic_write_bytes(side, json.dumps({"generation": gen}).encode())
         self._faiss = (gen, index)
         return index
 

@@ -327,12 +327,13 @@ def _sft(cfg: SpeedrunConfig, out: Path, stages: dict, val_texts: list[str]):
     """Full SFT of the pretrained model on templated instruction data (llmlab.finetune.instruct);
     no definition whose answer is in a validation document. -> (result, the records)."""
     from llmlab.finetune.instruct import templated
+    from llmlab.finetune.jsonl import write_jsonl
     from llmlab.finetune.sft import sft, speedrun_sft_config
 
     recs = templated.build(100 if cfg.quick else cfg.sft_examples, seed=cfg.seed, exclude_text="\n".join(val_texts),
                            mix={**templated.MIX, **(cfg.sft_mix or {})}, hard_share=cfg.sft_hard_share,
                            stories=cfg.sft_stories)
-    sft_file = templated.write_jsonl(recs, out / "sft_data" / "templated.jsonl")
+    sft_file = write_jsonl(out / "sft_data" / "templated.jsonl", recs)
     sft_kw = {} if cfg.quick else {"max_steps": cfg.sft_steps, "per_device_train_batch_size": 8}
     sft_kw["bf16"] = use_bf16(cfg)
     sft_kw["average_last"] = cfg.sft_average_last

@@ -18,7 +18,6 @@ import hashlib
 import json
 import random
 import re
-from pathlib import Path
 
 from llmlab.data.packages import idiom_table, package_file
 from llmlab.errors import UserError
@@ -382,14 +381,3 @@ def heldout_items(seed: int = 0, n_arith: int = 50, n_define: int = 10, n_idiom:
     for w, e in rng.sample(held_i, min(n_idiom, len(held_i))):
         items.append({"kind": "idiom", "prompt": EVAL_IDIOM[0].format(w=w), "subject": w, "reference": e})
     return items
-
-
-def write_jsonl(records: list[dict], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
