@@ -17,6 +17,7 @@ import json
 import random
 from pathlib import Path
 
+from llmlab.checkpoint import atomic_write_text
 from llmlab.data.packages import idiom_table, iter_jsonl, read_jsonl  # noqa: F401  (read_jsonl: this module's reader, re-exported)
 from llmlab.errors import UserError
 from llmlab.log import get_logger
@@ -142,8 +143,7 @@ def rankings_to_pairs(rows: list[dict]) -> list[dict]:
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 BUILTIN = ("arithmetic", "arithmetic_ranked", "idiom", "humaneval")

@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from llmlab.checkpoint import atomic_write_text
+
 # the headline metric(s) of each kind of result, in display order
 _METRICS = ["bits_per_byte", "perplexity", "acc", "acc_norm", "acc_macro", "exact_match", "f1", "pass@1",
             "prompt_acc", "instruction_acc"]
@@ -60,6 +62,6 @@ def write_card(card: dict, out_dir: str | Path) -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jp, mp = out / "report_card.json", out / "report_card.md"
-    jp.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    mp.write_text(markdown_table(card), encoding="utf-8")
+    atomic_write_text(jp, json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(mp, markdown_table(card))
     return jp, mp

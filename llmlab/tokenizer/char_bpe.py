@@ -98,7 +98,8 @@ class CharBPE:
 
 def _write_json(path: str | Path, kind: str, **fields) -> None:
     """A teaching tokenizer's file: {"type": kind, **fields} as UTF-8 JSON (read back by _read_json)."""
-    Path(path).write_text(json.dumps({"type": kind, **fields}, ensure_ascii=False), encoding="utf-8")
+    from llmlab.checkpoint import atomic_write_text
+    atomic_write_text(path, json.dumps({"type": kind, **fields}, ensure_ascii=False))
 
 
 def _read_json(path: str | Path, kind: str) -> dict:
