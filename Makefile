@@ -23,6 +23,12 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt requirements-data.txt
 
 setup: $(STAMP)
 
+# DeepSpeed (an optional extra) for its slow test against one process; only test-slow installs it
+DS_STAMP := $(VENV)/.deepspeed
+$(DS_STAMP): $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt -e '.[deepspeed]'
+	touch $(DS_STAMP)
+
 # The main job: real text -> tokenizer -> pretraining -> SFT -> report card, on 2 CPU cores
 # (runs/speedrun/report.md), then one canned question to the chat model it made.
 run: $(STAMP)
@@ -49,7 +55,7 @@ speedrun: $(STAMP)
 	$(BIN)/llmlab speedrun
 
 # The soak runs 3 minutes here (CI's 45-minute budget); LLMLAB_SOAK_SECONDS=600 make test-slow for the full one.
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(DS_STAMP)
 	LLMLAB_SOAK_SECONDS=$${LLMLAB_SOAK_SECONDS:-180} $(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
